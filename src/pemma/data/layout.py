@@ -1,0 +1,177 @@
+"""Finding cases in the layouts users already have: HECKTOR 2022, nnU-Net raw, or a datalist JSON."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pemma import MODALITY_ORDER
+from pemma.errors import PemmaError
+
+HECKTOR_CENTRES = ("CHUM", "CHUP", "CHUS", "CHUV", "MDA", "HGJ", "HMR", "CHB", "USZ")
+_HECKTOR_SUFFIX = {"ct": "__CT", "pet": "__PT"}
+_NIFTI = (".nii.gz", ".nii")
+
+
+@dataclass(frozen=True)
+class CaseRecord:
+    """One patient: image paths by modality (``ct``, ``pet``) and an optional label path."""
+
+    case_id: str
+    centre: str
+    images: dict[str, str] = field(hash=False)
+    label: str | None = None
+
+
+def centre_of(case_id: str) -> str:
+    """Centre from a case ID: a known HECKTOR centre token, else the prefix before ``-`` or ``_``."""
+    tokens = re.split(r"[-_]", case_id)
+    for token in tokens:
+        if token.upper() in HECKTOR_CENTRES:
+            return token.upper()
+    return tokens[0]
+
+
+def _strip_nifti(name: str) -> str | None:
+    for ending in _NIFTI:
+        if name.endswith(ending):
+            return name[: -len(ending)]
+    return None
+
+
+def _discover_hecktor(root: Path) -> list[CaseRecord]:
+    images: dict[str, dict[str, str]] = {}
+    labels: dict[str, str] = {}
+    for path in sorted(root.rglob("*.nii*")):
+        stem = _strip_nifti(path.name)
+        if stem is None or path.name.startswith("."):
+            continue
+        for modality, suffix in _HECKTOR_SUFFIX.items():
+            if stem.endswith(suffix):
+                images.setdefault(stem[: -len(suffix)], {})[modality] = str(path)
+                break
+        else:
+            if "__" not in stem and not re.search(r"_\d{4}$", stem):
+                labels[stem] = str(path)
+    return [CaseRecord(cid, centre_of(cid), imgs, labels.get(cid)) for cid, imgs in sorted(images.items())]
+
+
+def _modality_of_channel(name: str) -> str | None:
+    key = name.strip().lower()
+    if key in ("ct", "computed tomography"):
+        return "ct"
+    if key in ("pet", "pt", "fdg-pet", "fdg pet", "suv"):
+        return "pet"
+    return None
+
+
+def _discover_nnunet(root: Path) -> list[CaseRecord]:
+    meta_path = root / "dataset.json"
+    try:
+        meta = json.loads(meta_path.read_text())
+        channels = meta.get("channel_names") or meta.get("modality")
+        ending = meta.get("file_ending", ".nii.gz")
+        channel_of = {_modality_of_channel(v): int(k) for k, v in channels.items()}
+    except (OSError, ValueError, AttributeError) as exc:
+        raise PemmaError(f"{meta_path}: cannot read nnU-Net dataset.json ({exc})") from None
+    channel_of.pop(None, None)
+    if "ct" not in channel_of and "pet" not in channel_of:
+        raise PemmaError(f"{meta_path}: channel_names {channels} name neither CT nor PET")
+    cases = []
+    for folder in ("imagesTr", "imagesTs"):
+        for path in sorted((root / folder).glob(f"*_0000{ending}")) if (root / folder).is_dir() else []:
+            cid = path.name[: -len(f"_0000{ending}")]
+            imgs = {m: str(root / folder / f"{cid}_{ch:04d}{ending}") for m, ch in channel_of.items()}
+            label = root / "labelsTr" / f"{cid}{ending}"
+            cases.append(CaseRecord(cid, centre_of(cid), imgs, str(label) if label.is_file() else None))
+    return cases
+
+
+def _discover_datalist(path: Path) -> list[CaseRecord]:
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise PemmaError(f"{path}: cannot read datalist JSON ({exc})") from None
+    entries = raw.get("training", []) + raw.get("test", []) if isinstance(raw, dict) else raw
+    cases = []
+    for i, entry in enumerate(entries):
+        if not isinstance(entry, dict) or ("ct" not in entry and "pet" not in entry and "pt" not in entry):
+            raise PemmaError(f"{path}: entry {i} needs a 'ct' and/or 'pet' path")
+        imgs = {m: str((path.parent / entry[k]).resolve()) for m, k in (("ct", "ct"), ("pet", "pet"), ("pet", "pt"))
+                if k in entry}
+        cid = str(entry.get("case_id") or entry.get("id") or Path(imgs.get("ct", imgs.get("pet", ""))).name)
+        label = str((path.parent / entry["label"]).resolve()) if entry.get("label") else None
+        centre = str(entry.get("centre") or entry.get("center") or centre_of(cid))
+        cases.append(CaseRecord(cid, centre, imgs, label))
+    return cases
+
+
+def discover_cases(root: str | Path) -> list[CaseRecord]:
+    """All cases under ``root``, whichever layout it has.
+
+    * a ``.json`` file: datalist (``{"training": [{"ct", "pet", "label", "id", "centre"}]}``), paths
+      relative to the file;
+    * a folder with ``dataset.json``: nnU-Net raw (``imagesTr/{case}_0000``, channel names CT / PET);
+    * any other folder: HECKTOR 2022, searched recursively (``ID__CT.nii.gz``, ``ID__PT.nii.gz``,
+      ``labelsTr/ID.nii.gz``; IDs like ``CHUM-001`` or ``CHUM_001``);
+    * a single ``*__CT.nii.gz`` file: that case (its ``__PT`` beside it if present).
+
+    Raises:
+        PemmaError: the path does not exist or holds no case.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise PemmaError(f"{root}: dataset path not found")
+    if root.is_file() and root.suffix == ".json":
+        cases = _discover_datalist(root)
+    elif root.is_file():
+        stem = _strip_nifti(root.name) or ""
+        cid = re.sub(r"(__CT|__PT|_0000|_0001)$", "", stem)
+        cases = [c for c in _discover_hecktor(root.parent) if c.case_id == cid] or [
+            CaseRecord(cid, centre_of(cid), {"ct": str(root)})]
+    elif (root / "dataset.json").is_file():
+        cases = _discover_nnunet(root)
+    else:
+        cases = _discover_hecktor(root)
+    if not cases:
+        raise PemmaError(f"{root}: no cases found (expected HECKTOR ID__CT.nii.gz, nnU-Net dataset.json or datalist)")
+    return cases
+
+
+def select_cases(cases: list[CaseRecord], *, centres: list[str] | None = None, modalities: list[str] | None = None,
+                 require_label: bool = False, source: str = "dataset") -> list[CaseRecord]:
+    """Cases of the given centres that have every requested modality (and a label if required).
+
+    Raises:
+        PemmaError: a selected case lacks a requested file, or the selection is empty.
+    """
+    wanted = {c.upper() for c in centres or []}
+    chosen = [c for c in cases if not wanted or c.centre.upper() in wanted]
+    if not chosen:
+        found = sorted({c.centre for c in cases})
+        raise PemmaError(f"{source}: no cases for centres {sorted(wanted)} (centres found: {', '.join(found)})")
+    for case in chosen:
+        for modality in modalities or []:
+            if modality not in MODALITY_ORDER:
+                raise PemmaError(f"unknown modality {modality!r}")
+            if modality not in case.images:
+                raise PemmaError(f"case {case.case_id}: no {modality.upper()} image in {source}")
+        if require_label and case.label is None:
+            raise PemmaError(f"case {case.case_id}: no label file in {source}")
+    return chosen
+
+
+def split_cases(cases: list[CaseRecord], val_fraction: float, seed: int) -> tuple[list[CaseRecord], list[CaseRecord]]:
+    """Seeded train / validation split within each centre (at least one training case per centre)."""
+    train, val = [], []
+    for centre in sorted({c.centre for c in cases}):
+        members = [c for c in cases if c.centre == centre]
+        order = np.random.default_rng([seed, sum(map(ord, centre))]).permutation(len(members))
+        n_val = min(int(round(val_fraction * len(members))), len(members) - 1)
+        val += [members[i] for i in order[:n_val]]
+        train += [members[i] for i in order[n_val:]]
+    return train, val

@@ -1,0 +1,206 @@
+"""MONAI transform pipelines: PET and label onto the CT grid, RAS + target spacing, head-and-neck crop,
+per-modality intensity scaling, and label-balanced random crops.
+
+Keys: ``ct``, ``pet``, ``label`` (each channel-first), and after :func:`preprocessing` ``image`` =
+the requested modalities concatenated in the fixed [CT, PET] order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.transforms import (
+    ClassesToIndicesd,
+    Compose,
+    ConcatItemsd,
+    DeleteItemsd,
+    MapTransform,
+    Orientationd,
+    RandCropByLabelClassesd,
+    RandFlipd,
+    ResampleToMatchd,
+    ScaleIntensityRanged,
+    Spacingd,
+    SpatialCrop,
+    SpatialPadd,
+)
+
+from pemma.config import PreprocessConfig
+from pemma.errors import PemmaError
+from pemma.io_utils import load_nifti
+
+_WHAT = {"ct": "CT", "pet": "PET", "label": "label"}
+
+
+class LoadCased(MapTransform):
+    """Load the NIfTI paths under ``keys`` as channel-first float32 :class:`MetaTensor` (affine kept).
+
+    Checks each file (missing, corrupt, not 3-D, NaN/inf; label values in {0, 1, 2}) and raises a
+    one-line :class:`PemmaError` naming the case and file.
+    """
+
+    def __init__(self, keys: Sequence[str], allow_missing_keys: bool = True) -> None:
+        super().__init__(keys, allow_missing_keys)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        case = d.get("case_id", "?")
+        for key in self.key_iterator(d):
+            path = d[key]
+            img = load_nifti(path, what=f"{_WHAT.get(str(key), key)} of case {case}")
+            array = np.asanyarray(img.dataobj)
+            array = array.reshape(array.shape[:3])
+            if key == "label":
+                values = np.unique(array)
+                bad = [v for v in values.tolist() if v not in (0, 1, 2)]
+                if bad:
+                    raise PemmaError(f"{path}: label of case {case} has values {bad[:5]} outside {{0, 1, 2}}")
+            meta = {"filename_or_obj": str(path), "original_affine": img.affine.copy(),
+                    "spatial_shape": np.asarray(array.shape)}
+            d[key] = MetaTensor(torch.as_tensor(np.asarray(array, dtype=np.float32))[None],
+                                affine=torch.as_tensor(img.affine, dtype=torch.float64), meta=meta)
+        return d
+
+
+def world_box(image: MetaTensor) -> np.ndarray:
+    """(2, 3) min / max world coordinates (mm) of the voxel centres of a channel-first image."""
+    shape = np.asarray(image.shape[1:])
+    corners = np.array(np.meshgrid(*[[0, s - 1] for s in shape], indexing="ij")).reshape(3, -1)
+    affine = np.asarray(image.affine, dtype=np.float64)
+    world = affine[:3, :3] @ corners + affine[:3, 3:4]
+    return np.stack([world.min(axis=1), world.max(axis=1)])
+
+
+class CheckOverlapd(MapTransform):
+    """Refuse a case whose ``key`` (PET) covers less than ``min_fraction`` of the CT box in world space."""
+
+    def __init__(self, key: str = "pet", ref_key: str = "ct", min_fraction: float = 0.5) -> None:
+        super().__init__([key], allow_missing_keys=True)
+        self.ref_key, self.min_fraction = ref_key, min_fraction
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            if self.ref_key not in d:
+                continue
+            ref, other = world_box(d[self.ref_key]), world_box(d[key])
+            inter = np.clip(np.minimum(ref[1], other[1]) - np.maximum(ref[0], other[0]), 0, None)
+            fraction = float(np.prod(inter) / max(np.prod(ref[1] - ref[0]), 1e-6))
+            if fraction < self.min_fraction:
+                raise PemmaError(f"case {d.get('case_id', '?')}: {_WHAT.get(str(key), key)} covers only "
+                                 f"{100 * fraction:.0f}% of the CT field of view in physical space "
+                                 f"(not co-registered?) ({d[key].meta.get('filename_or_obj')})")
+        return d
+
+
+class HeadNeckCropd(MapTransform):
+    """Crop every key to a head-and-neck box found from the CT alone (never from the label).
+
+    The body is the CT above ``body_threshold_hu``; the box spans ``crop_mm[2]`` mm down from the top
+    (most superior) body slice and ``crop_mm[:2]`` mm around the body centre in those slices. Expects
+    RAS orientation (axis 2 = inferior -> superior) and the CT still in HU.
+    """
+
+    def __init__(self, keys: Sequence[str], crop_mm: Sequence[float], body_threshold_hu: float,
+                 ref_key: str = "ct", allow_missing_keys: bool = True) -> None:
+        super().__init__(keys, allow_missing_keys)
+        self.crop_mm, self.threshold, self.ref_key = list(crop_mm), body_threshold_hu, ref_key
+
+    def box(self, ref: MetaTensor) -> tuple[list[int], list[int]]:
+        body = ref[0] > self.threshold
+        shape = list(body.shape)
+        spacing = np.sqrt((np.asarray(ref.affine)[:3, :3] ** 2).sum(axis=0))
+        size = [max(1, int(round(mm / sp))) for mm, sp in zip(self.crop_mm, spacing, strict=True)]
+        if not bool(body.any()):
+            centre = [s // 2 for s in shape]
+            top = shape[2]
+        else:
+            slices = torch.nonzero(body.any(dim=0).any(dim=0)).flatten()
+            top = int(slices.max()) + 1
+            region = body[:, :, max(0, top - size[2]):top]
+            idx = torch.nonzero(region)
+            centre = [int((idx[:, a].min() + idx[:, a].max()) // 2) for a in range(2)] + [0]
+        start, end = [], []
+        for axis in range(2):
+            lo = int(np.clip(centre[axis] - size[axis] // 2, 0, max(0, shape[axis] - size[axis])))
+            start.append(lo)
+            end.append(min(shape[axis], lo + size[axis]))
+        start.append(max(0, top - size[2]))
+        end.append(top)
+        return start, end
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        start, end = self.box(d[self.ref_key])
+        cropper = SpatialCrop(roi_start=start, roi_end=end)
+        for key in self.key_iterator(d):
+            d[key] = cropper(d[key])
+        return d
+
+
+def preprocessing(modalities: Sequence[str], cfg: PreprocessConfig, roi_size: Sequence[int],
+                  with_label: bool, label_indices: bool = False) -> Compose:
+    """Deterministic part of the pipeline (cacheable): load, check, resample, crop, scale, pad, concat.
+
+    Args:
+        modalities: input channels in [CT, PET] order, e.g. ``["ct", "pet"]``.
+        cfg: spacing, intensity windows and crop size.
+        roi_size: windows are padded up to at least this size.
+        with_label: also load and transform ``label`` (nearest neighbour onto the CT grid).
+        label_indices: precompute per-class voxel indices for label-balanced cropping. Default False.
+
+    The CT is the geometric reference; PET-only cases use the PET grid instead.
+    """
+    ref = "ct" if "ct" in modalities else "pet"
+    keys = list(modalities) + (["label"] if with_label else [])
+    others = [k for k in keys if k != ref]
+    modes = ["nearest" if k == "label" else "bilinear" for k in keys]
+    steps: list[Any] = [LoadCased(keys, allow_missing_keys=False), CheckOverlapd("pet", ref_key=ref)]
+    if others:
+        steps.append(ResampleToMatchd(others, key_dst=ref, mode=["nearest" if k == "label" else "bilinear"
+                                                                  for k in others], padding_mode="zeros",
+                                      dtype=np.float32))
+    steps += [
+        Orientationd(keys, axcodes="RAS"),
+        Spacingd(keys, pixdim=cfg.target_spacing, mode=modes, padding_mode="border", dtype=np.float32),
+    ]
+    if ref == "ct":
+        steps.append(HeadNeckCropd(keys, cfg.crop_mm, cfg.body_threshold_hu))
+    if "ct" in modalities:
+        steps.append(ScaleIntensityRanged("ct", *cfg.ct_window, 0.0, 1.0, clip=True))
+    if "pet" in modalities:
+        steps.append(ScaleIntensityRanged("pet", *cfg.pet_suv_range, 0.0, 1.0, clip=True))
+    steps += [
+        SpatialPadd(keys, spatial_size=roi_size, mode="constant"),
+        ConcatItemsd(list(modalities), name="image", dim=0),
+        DeleteItemsd(list(modalities)),
+    ]
+    if with_label and label_indices:
+        steps.append(ClassesToIndicesd("label", indices_postfix="_cls_indices", num_classes=3))
+    return Compose(steps)
+
+
+def training_augmentation(roi_size: Sequence[int], ratios: Sequence[float], samples: int) -> Compose:
+    """Random part: label-balanced crops (background / GTVp / GTVn ratios) and left-right flips."""
+    return Compose([
+        RandCropByLabelClassesd(["image", "label"], label_key="label", spatial_size=roi_size, ratios=list(ratios),
+                                num_classes=3, num_samples=samples, indices_key="label_cls_indices", warn=False),
+        RandFlipd(["image", "label"], prob=0.5, spatial_axis=0),
+    ])
+
+
+def describe(modalities: Sequence[str], cfg: PreprocessConfig) -> list[str]:
+    """Human-readable lines of what preprocessing does (for the run log)."""
+    lines = [f"inputs: {', '.join(m.upper() for m in modalities)} (channel order fixed [CT, PET])",
+             f"resampling: PET and label onto the CT grid, RAS, spacing {cfg.target_spacing} mm",
+             f"crop: head and neck box {cfg.crop_mm} mm below the top of the body (CT > "
+             f"{cfg.body_threshold_hu} HU), label never used"]
+    if "ct" in modalities:
+        lines.append(f"CT: clip HU to {cfg.ct_window}, scale to [0, 1]")
+    if "pet" in modalities:
+        lines.append(f"PET: clip SUV to {cfg.pet_suv_range}, scale to [0, 1]")
+    return lines

@@ -1,0 +1,69 @@
+"""``pemma predict``: label maps written back in the original CT geometry (shape, spacing, origin,
+direction identical to the input CT)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+from monai.transforms import SpatialResample
+from tqdm.auto import tqdm
+
+from pemma.data.layout import CaseRecord
+from pemma.data.transforms import preprocessing
+from pemma.inference.sliding import sliding_window_probs
+from pemma.io_utils import load_nifti, save_nifti
+from pemma.models.loading import LoadedModel
+
+
+@dataclass
+class WindowSettings:
+    """Sliding-window settings; ``None`` takes the value the model was trained with."""
+
+    roi_size: list[int] | None = None
+    overlap: float | None = None
+    sw_batch_size: int | None = None
+    amp: bool = False
+
+
+def predict_case(model: LoadedModel, case: CaseRecord, modalities: Sequence[str], device: torch.device,
+                 window: WindowSettings | None = None) -> tuple[np.ndarray, nib.Nifti1Image]:
+    """Predict one case; returns the uint8 label array on the reference image grid, and that image.
+
+    The reference is the CT (the PET for PET-only input). Probabilities are resampled from the
+    preprocessed grid onto the reference grid (zero outside the crop, so background) and then argmaxed.
+    """
+    window = window or WindowSettings()
+    cfg = model.config
+    roi = window.roi_size or cfg.model.roi_size
+    ref_key = "ct" if "ct" in modalities else "pet"
+    ref_img = load_nifti(case.images[ref_key], what=f"{ref_key.upper()} of case {case.case_id}")
+    item = {"case_id": case.case_id, **{m: case.images[m] for m in modalities}}
+    data = preprocessing(modalities, cfg.preprocess, roi, with_label=False)(item)
+    image = data["image"]
+    probs = sliding_window_probs(model.predictor(modalities), image.as_tensor(), roi,
+                                 window.sw_batch_size or cfg.train.sw_batch_size,
+                                 cfg.train.overlap if window.overlap is None else window.overlap,
+                                 device=device, amp=window.amp)
+    probs = type(image)(probs, affine=image.affine)
+    resample = SpatialResample(mode="bilinear", padding_mode="zeros", dtype=torch.float32)
+    on_ref = resample(probs, dst_affine=torch.as_tensor(ref_img.affine), spatial_size=ref_img.shape[:3])
+    label = on_ref.as_tensor().argmax(0).numpy().astype(np.uint8)
+    return label, ref_img
+
+
+def predict_cases(model: LoadedModel, cases: Sequence[CaseRecord], modalities: Sequence[str], out_dir: str | Path,
+                  device: torch.device, window: WindowSettings | None = None, progress: bool = True) -> list[Path]:
+    """Predict every case and write ``out_dir/<case_id>.nii.gz`` (atomically, in the reference geometry)."""
+    out_dir = Path(out_dir)
+    written = []
+    for case in tqdm(cases, desc="predict", unit="case", disable=not progress):
+        label, ref_img = predict_case(model, case, modalities, device, window)
+        path = out_dir / f"{case.case_id}.nii.gz"
+        save_nifti(label, ref_img.affine, path, header=ref_img.header, dtype=np.uint8)
+        written.append(path)
+    return written

@@ -1,0 +1,95 @@
+"""Atomic file writing and checked NIfTI reading shared by every stage."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from pemma.errors import PemmaError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success it is renamed onto ``path``.
+
+    A crash or an exception leaves ``path`` untouched (either the old file or nothing).
+    The temporary name keeps the suffix of ``path`` so writers that look at it (``.nii.gz``) work.
+
+    Example:
+        >>> with atomic_path("out/case.nii.gz") as tmp:
+        ...     nib.save(img, tmp)
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(path.suffixes) or ".tmp"
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".part{suffix}", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def save_nifti(array: np.ndarray, affine: np.ndarray, path: str | os.PathLike,
+               header: nib.Nifti1Header | None = None, dtype: np.dtype | type | None = None) -> None:
+    """Save ``array`` as NIfTI with ``affine`` atomically (temporary file, then rename).
+
+    Args:
+        array: voxel data, indexed like the nibabel data array (i, j, k).
+        affine: 4x4 voxel-to-world (RAS+) matrix.
+        path: destination, usually ``*.nii.gz``.
+        header: header to copy (keeps qform/sform codes and units of an input image). Default None.
+        dtype: on-disk data type. Default: the array's dtype.
+    """
+    data = np.asarray(array)
+    if dtype is not None:
+        data = data.astype(dtype)
+    hdr = header.copy() if header is not None else None
+    img = nib.Nifti1Image(data, np.asarray(affine, dtype=np.float64), header=hdr)
+    if hdr is not None:
+        img.set_data_dtype(data.dtype)
+        img.header.set_slope_inter(1.0, 0.0)
+    img.set_qform(np.asarray(affine, dtype=np.float64), code=1)
+    img.set_sform(np.asarray(affine, dtype=np.float64), code=1)
+    with atomic_path(path) as tmp:
+        nib.save(img, str(tmp))
+
+
+def load_nifti(path: str | os.PathLike, *, what: str = "image") -> nib.Nifti1Image:
+    """Open a NIfTI file and check that it can be read, is 3-D and holds only finite values.
+
+    Raises:
+        PemmaError: one line naming the file and the problem (missing, corrupt, not 3-D, NaN/inf).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise PemmaError(f"{path}: {what} file not found")
+    try:
+        img = nib.load(str(path))
+        data = np.asanyarray(img.dataobj)
+    except Exception as exc:  # nibabel raises many types for truncated / corrupt files
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise PemmaError(f"{path}: cannot read {what} as NIfTI ({reason})") from None
+    if data.ndim == 4 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise PemmaError(f"{path}: {what} must be a 3-D volume, got shape {tuple(data.shape)}")
+    if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
+        bad = int((~np.isfinite(data)).sum())
+        raise PemmaError(f"{path}: {what} has {bad} NaN/inf voxels")
+    return img

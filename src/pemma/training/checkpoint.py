@@ -1,0 +1,86 @@
+"""Run-folder artifacts: model weights (safetensors + JSON), resumable training state (atomic writes)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from pemma.errors import PemmaError
+from pemma.io_utils import atomic_path, write_text_atomic
+
+MODEL_FILE = "model.safetensors"
+MODEL_META = "model.json"
+CONFIG_FILE = "config.yaml"
+STATE_FILE = "checkpoint.pt"
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def save_weights(model: nn.Module, run_dir: str | Path, meta: dict[str, Any]) -> str:
+    """Write ``model.safetensors`` (the plain network's state dict) and ``model.json``; return the SHA-256."""
+    run_dir = Path(run_dir)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(run_dir / MODEL_FILE) as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt"})
+    digest = sha256_file(run_dir / MODEL_FILE)
+    write_text_atomic(run_dir / MODEL_META, json.dumps({**meta, "sha256": digest}, indent=2))
+    return digest
+
+
+def read_meta(run_dir: str | Path) -> dict[str, Any]:
+    """The ``model.json`` of a run folder."""
+    path = Path(run_dir) / MODEL_META
+    if not Path(run_dir).is_dir():
+        raise PemmaError(f"{run_dir}: model folder not found")
+    if not path.is_file():
+        raise PemmaError(f"{path}: not found (is {run_dir} a finished pemma run?)")
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        raise PemmaError(f"{path}: corrupt model metadata ({exc})") from None
+
+
+def load_weights(run_dir: str | Path, verify: bool = True) -> dict[str, torch.Tensor]:
+    """Load ``model.safetensors`` of a run; a truncated, corrupt or altered file is a :class:`PemmaError`."""
+    path = Path(run_dir) / MODEL_FILE
+    if not path.is_file():
+        raise PemmaError(f"{path}: model weights not found")
+    if verify:
+        expected = read_meta(run_dir).get("sha256")
+        if expected and sha256_file(path) != expected:
+            raise PemmaError(f"{path}: checksum does not match model.json (truncated or modified checkpoint)")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise PemmaError(f"{path}: truncated or corrupt checkpoint ({str(exc).splitlines()[0]})") from None
+
+
+def save_state(state: dict[str, Any], run_dir: str | Path) -> None:
+    """Write the resumable training state atomically (a kill mid-write keeps the previous one)."""
+    with atomic_path(Path(run_dir) / STATE_FILE) as tmp:
+        torch.save(state, tmp)
+
+
+def load_state(run_dir: str | Path) -> dict[str, Any]:
+    """Read the resumable training state of ``run_dir``."""
+    path = Path(run_dir) / STATE_FILE
+    if not path.is_file():
+        raise PemmaError(f"{path}: no checkpoint to resume from")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for truncated zip archives
+        raise PemmaError(f"{path}: truncated or corrupt checkpoint ({str(exc).splitlines()[0]})") from None

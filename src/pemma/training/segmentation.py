@@ -1,0 +1,51 @@
+"""``pemma train``: a segmentation backbone trained on the chosen modalities (CT-only, or early fusion)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pemma.config import RunConfig
+from pemma.data.layout import discover_cases, select_cases, split_cases
+from pemma.models.registry import build_backbone, count_parameters
+from pemma.training.checkpoint import save_weights
+from pemma.training.loop import TrainingTask, train_task
+
+
+def backbone_task(cfg: RunConfig) -> TrainingTask:
+    """All parameters of a MONAI backbone with ``len(modalities)`` input channels train."""
+    modalities = list(cfg.data.modalities)
+    torch.manual_seed(cfg.train.seed)
+    net = build_backbone(cfg.model, in_channels=len(modalities))
+    trainable, total = count_parameters(net)
+    name = "CT-only" if modalities == ["ct"] else "early fusion" if len(modalities) > 1 else "single-modality"
+
+    def save(model: nn.Module, run_dir: Path, meta: dict[str, Any]) -> None:
+        save_weights(model, run_dir, {"kind": "backbone", "backbone": cfg.model.backbone,
+                                      "modalities": modalities, **meta})
+
+    return TrainingTask(
+        model=net, modalities=modalities, forward=lambda module, image, step: module(image),
+        predictor=lambda module: module, save=save,
+        describe=[f"model: {cfg.model.backbone} ({name}), {len(modalities)} input channel(s), "
+                  f"roi {cfg.model.roi_size}, {cfg.model.backbone_kwargs}",
+                  f"trainable parameters: {trainable:,} of {total:,}"])
+
+
+def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Train a backbone on ``cfg.data`` and write the run folder ``out_dir``.
+
+    Example:
+        >>> cfg = build_config("tiny", overrides={"data": {"root": "data/phantom", "centres": ["CHUM"]}})
+        >>> train(cfg, "runs/ct_unetr")
+    """
+    source = cfg.data.root
+    cases = select_cases(discover_cases(source), centres=cfg.data.centres, modalities=cfg.data.modalities,
+                         require_label=True, source=str(source))
+    train_cases, val_cases = split_cases(cases, cfg.data.val_fraction, cfg.train.seed)
+    return train_task(backbone_task(cfg), cfg, train_cases, val_cases, out_dir, resume=resume, progress=progress,
+                      meta={"train_cases": [c.case_id for c in train_cases],
+                            "val_cases": [c.case_id for c in val_cases]})
