@@ -229,6 +229,9 @@ def build_config(preset: str = "tiny", config_file: str | Path | None = None,
         clean = {k: v for k, v in values.items() if v is not None}
         raw = _merge(raw, {section: clean})
     raw["preset"] = preset
+    model = raw.setdefault("model", {})
+    if isinstance(model.get("roi_size"), dict):  # presets may size the window per backbone
+        model["roi_size"] = model["roi_size"][model.get("backbone", "unetr")]
     try:
         return RunConfig.from_dict(raw)
     except (ValueError, TypeError) as exc:

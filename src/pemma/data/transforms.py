@@ -165,7 +165,7 @@ def preprocessing(modalities: Sequence[str], cfg: PreprocessConfig, roi_size: Se
                                                                   for k in others], padding_mode="zeros",
                                       dtype=np.float32))
     steps += [
-        Orientationd(keys, axcodes="RAS"),
+        Orientationd(keys, axcodes="RAS", labels=None),
         Spacingd(keys, pixdim=cfg.target_spacing, mode=modes, padding_mode="border", dtype=np.float32),
     ]
     if ref == "ct":

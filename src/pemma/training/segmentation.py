@@ -30,6 +30,8 @@ def backbone_task(cfg: RunConfig) -> TrainingTask:
     return TrainingTask(
         model=net, modalities=modalities, forward=lambda module, image, step: module(image),
         predictor=lambda module: module, save=save,
+        # MONAI's TransformerBlock always builds a cross-attention norm that UNETR never uses
+        find_unused_parameters=cfg.model.backbone == "unetr",
         describe=[f"model: {cfg.model.backbone} ({name}), {len(modalities)} input channel(s), "
                   f"roi {cfg.model.roi_size}, {cfg.model.backbone_kwargs}",
                   f"trainable parameters: {trainable:,} of {total:,}"])

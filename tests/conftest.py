@@ -1,0 +1,38 @@
+"""Shared fixtures: a tiny phantom dataset and the tiny-model training flags used by CLI tests."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pemma.data.phantom import PhantomConfig, synthesize_phantom
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+#: flags that make any training verb run a tiny model in seconds
+FAST = ["--preset", "tiny", "--spacing", "4", "4", "4", "--roi", "32", "32", "32", "--batch-size", "1",
+        "--val-every", "1"]
+FAST_SWIN = ["--preset", "tiny", "--spacing", "4", "4", "4", "--roi", "64", "64", "64", "--batch-size", "1",
+             "--val-every", "1"]
+
+
+@pytest.fixture(scope="session")
+def phantom(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """3 centres x 2 cases, 48 x 48 x 32 CT voxels (about 96 x 96 x 80 mm)."""
+    root = tmp_path_factory.mktemp("phantom")
+    synthesize_phantom(root, PhantomConfig(cases_per_centre=2, centres=("CHUM", "CHUP", "MDA"),
+                                           ct_shape=(48, 48, 32), seed=1), progress=False)
+    return root
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    """Run ``python -m pemma.cli.main ARGS`` in a subprocess (as a user would run ``pemma``)."""
+    proc = subprocess.run([sys.executable, "-m", "pemma.cli.main", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"pemma {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc
