@@ -11,9 +11,8 @@ import time
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
-
 from conftest import FAST, run_cli
+from safetensors.torch import load_file
 
 STEPS = "8"
 

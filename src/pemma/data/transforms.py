@@ -190,6 +190,7 @@ def training_augmentation(roi_size: Sequence[int], ratios: Sequence[float], samp
         RandCropByLabelClassesd(["image", "label"], label_key="label", spatial_size=roi_size, ratios=list(ratios),
                                 num_classes=3, num_samples=samples, indices_key="label_cls_indices", warn=False),
         RandFlipd(["image", "label"], prob=0.5, spatial_axis=0),
+        DeleteItemsd("label_cls_indices"),
     ])
 
 

@@ -1,0 +1,133 @@
+"""Bad input: one line naming the file or case and the problem, non-zero exit, no traceback, nothing
+half-written."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from conftest import FAST
+
+from pemma.cli.main import main
+from pemma.io_utils import save_nifti
+
+
+def _copy_case(phantom: Path, dst: Path, case: str = "CHUM-000") -> Path:
+    for sub, names in (("imagesTr", [f"{case}__CT.nii.gz", f"{case}__PT.nii.gz"]), ("labelsTr", [f"{case}.nii.gz"])):
+        (dst / sub).mkdir(parents=True, exist_ok=True)
+        for name in names:
+            shutil.copy(phantom / sub / name, dst / sub / name)
+    return dst
+
+
+def _error_line(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code != 0
+    assert "Traceback" not in err
+    lines = [ln for ln in err.splitlines() if "error:" in ln]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def ct_model(phantom: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "ct"
+    assert main(["train", "--data", str(phantom), "--centres", "CHUM", "--modalities", "ct", *FAST,
+                 "--max-steps", "1", "--out", str(out)]) == 0
+    return out
+
+
+def _train(data: Path, tmp_path: Path, modalities: str = "ct,pet") -> list[str]:
+    return ["train", "--data", str(data), "--modalities", modalities, *FAST, "--max-steps", "1", "--val-fraction",
+            "0", "--out", str(tmp_path / "run")]
+
+
+def test_missing_file(phantom: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    data = _copy_case(phantom, tmp_path / "d")
+    (data / "imagesTr" / "CHUM-000__PT.nii.gz").unlink()
+    assert "CHUM-000: no PET image" in _error_line(capsys, _train(data, tmp_path))
+
+
+def test_corrupt_nifti(phantom: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    data = _copy_case(phantom, tmp_path / "d")
+    path = data / "imagesTr" / "CHUM-000__CT.nii.gz"
+    path.write_bytes(path.read_bytes()[:300])
+    line = _error_line(capsys, _train(data, tmp_path))
+    assert "CHUM-000__CT.nii.gz: cannot read CT of case CHUM-000" in line
+
+
+def test_pet_not_overlapping_ct(phantom: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    data = _copy_case(phantom, tmp_path / "d")
+    path = data / "imagesTr" / "CHUM-000__PT.nii.gz"
+    img = nib.load(str(path))
+    affine = img.affine.copy()
+    affine[:3, 3] += 500.0
+    save_nifti(np.asanyarray(img.dataobj), affine, path)
+    assert "case CHUM-000: PET covers only 0% of the CT field of view" in _error_line(capsys, _train(data, tmp_path))
+
+
+def test_nan_voxels(phantom: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    data = _copy_case(phantom, tmp_path / "d")
+    path = data / "imagesTr" / "CHUM-000__PT.nii.gz"
+    img = nib.load(str(path))
+    pet = np.asanyarray(img.dataobj).astype(np.float32)
+    pet[3, 3, 3] = np.nan
+    pet[4, 4, 4] = np.inf
+    save_nifti(pet, img.affine, path)
+    assert "CHUM-000__PT.nii.gz: PET of case CHUM-000 has 2 NaN/inf voxels" in _error_line(
+        capsys, _train(data, tmp_path))
+
+
+def test_label_value_outside_0_1_2(phantom: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    data = _copy_case(phantom, tmp_path / "d")
+    path = data / "labelsTr" / "CHUM-000.nii.gz"
+    img = nib.load(str(path))
+    label = np.asanyarray(img.dataobj).copy()
+    label[0, 0, 0] = 4
+    save_nifti(label, img.affine, path, dtype=np.uint8)
+    assert "CHUM-000.nii.gz: label of case CHUM-000 has values [4] outside {0, 1, 2}" in _error_line(
+        capsys, _train(data, tmp_path))
+
+
+def test_empty_selection(phantom: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    line = _error_line(capsys, ["train", "--data", str(phantom), "--centres", "HMR", "--out", str(tmp_path / "r")])
+    assert "no cases for centres ['HMR']" in line and "CHUM" in line
+
+
+def test_wrong_channel_count_for_model(ct_model: Path, phantom: Path, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture) -> None:
+    line = _error_line(capsys, ["predict", "--model", str(ct_model), "--modalities", "ct,pet", "--input",
+                                str(phantom / "imagesTr"), "--out", str(tmp_path / "p")])
+    assert "model expects input ct, got ct,pet (1 channel(s) expected)" in line
+
+
+def test_truncated_checkpoint(ct_model: Path, phantom: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(ct_model, broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    line = _error_line(capsys, ["predict", "--model", str(broken), "--input", str(phantom / "imagesTr"),
+                                "--out", str(tmp_path / "p")])
+    assert "model.safetensors" in line and "truncated" in line
+
+
+def test_failed_case_leaves_earlier_outputs_whole(ct_model: Path, phantom: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    data = _copy_case(phantom, tmp_path / "d", "CHUM-000")
+    _copy_case(phantom, data, "CHUM-001")
+    bad = data / "imagesTr" / "CHUM-001__CT.nii.gz"
+    bad.write_bytes(bad.read_bytes()[:200])
+    out = tmp_path / "pred"
+    out.mkdir()
+    (out / "CHUM-001.nii.gz").write_bytes(b"previous result")
+    line = _error_line(capsys, ["predict", "--model", str(ct_model), "--input", str(data / "imagesTr"),
+                                "--out", str(out)])
+    assert "CHUM-001" in line
+    ct_shape = nib.load(str(data / "imagesTr" / "CHUM-000__CT.nii.gz")).shape
+    assert nib.load(str(out / "CHUM-000.nii.gz")).shape == ct_shape
+    assert (out / "CHUM-001.nii.gz").read_bytes() == b"previous result"
+    assert sorted(p.name for p in out.iterdir()) == ["CHUM-000.nii.gz", "CHUM-001.nii.gz"]
