@@ -8,10 +8,10 @@ import sys
 from collections.abc import Sequence
 
 from pemma import __version__
-from pemma.cli import segmentation
+from pemma.cli import demo, segmentation
 from pemma.errors import PemmaError
 
-VERBS = (segmentation,)
+VERBS = (segmentation, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -21,6 +21,7 @@ from pemma.config import RunConfig
 from pemma.data.dataset import EpochPlan, SeededCrops, cached_dataset, case_dicts
 from pemma.data.layout import CaseRecord
 from pemma.data.transforms import describe, preprocessing, training_augmentation
+from pemma.errors import PemmaError
 from pemma.evaluation.metrics import AggregatedDice
 from pemma.inference.sliding import autocast, sliding_window_probs
 from pemma.training.checkpoint import CONFIG_FILE, load_state, save_state
@@ -53,8 +54,12 @@ class TrainingTask:
     find_unused_parameters: bool = False
 
 
-def _unwrap(module: nn.Module) -> nn.Module:
-    return module.module if isinstance(module, DistributedDataParallel) else module
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Parameters that train plus all buffers: what a resumable checkpoint must hold (frozen weights are
+    rebuilt from their source)."""
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    buffers = {n for n, _ in model.named_buffers()}
+    return {k: v for k, v in model.state_dict().items() if k in trainable or k in buffers}
 
 
 def validate(task: TrainingTask, module: nn.Module, val_ds: Any, cfg: RunConfig, device: torch.device) -> dict:
@@ -131,7 +136,11 @@ def _train(task: TrainingTask, cfg: RunConfig, train_cases: list[CaseRecord], va
     step, best, best_step = 0, -1.0, -1
     if resume and (out_dir / "checkpoint.pt").is_file():
         state = load_state(out_dir)
-        model.load_state_dict(state["model"])
+        missing = set(trainable_state(model)) - set(state["model"])
+        if missing:
+            raise PemmaError(f"{out_dir / 'checkpoint.pt'}: checkpoint lacks {len(missing)} trained tensors "
+                             f"(e.g. {sorted(missing)[0]}); it belongs to another model")
+        model.load_state_dict(state["model"], strict=False)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
@@ -149,7 +158,7 @@ def _train(task: TrainingTask, cfg: RunConfig, train_cases: list[CaseRecord], va
 
     def checkpoint() -> None:
         if dist.is_main:
-            save_state({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            save_state({"model": trainable_state(model), "optimizer": optimizer.state_dict(),
                         "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "step": step,
                         "best": best, "best_step": best_step, "rng": torch.get_rng_state()}, out_dir)
 
