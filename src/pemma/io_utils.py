@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -93,3 +94,15 @@ def load_nifti(path: str | os.PathLike, *, what: str = "image") -> nib.Nifti1Ima
         bad = int((~np.isfinite(data)).sum())
         raise PemmaError(f"{path}: {what} has {bad} NaN/inf voxels")
     return img
+
+
+def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file's bytes (raises PemmaError naming the file when it cannot be read)."""
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            while block := fh.read(chunk_size):
+                digest.update(block)
+    except OSError as exc:
+        raise PemmaError(f"{path}: cannot read file ({exc.strerror or type(exc).__name__})") from None
+    return digest.hexdigest()

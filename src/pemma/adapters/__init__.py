@@ -15,7 +15,7 @@ from pemma.adapters.artifacts import (
     save_adapter,
     sha256_file,
 )
-from pemma.adapters.base import PemmaAdaptedModel, adapters_disabled
+from pemma.adapters.base import PemmaAdaptedModel, adapters_disabled, unwrap_model
 from pemma.adapters.config import AdapterConfig, check_modalities
 from pemma.adapters.export import (
     count_parameters,
@@ -41,4 +41,5 @@ __all__ = [
     "read_adapter_config",
     "save_adapter",
     "sha256_file",
+    "unwrap_model",
 ]

@@ -7,7 +7,6 @@ the base checkpoint by SHA-256, so an adapter is never applied to a CT model it 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Mapping
@@ -18,28 +17,16 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from pemma.adapters.base import PemmaAdaptedModel
+from pemma.adapters.base import PemmaAdaptedModel, unwrap_model
 from pemma.adapters.config import AdapterConfig
 from pemma.errors import PemmaError
-from pemma.io_utils import atomic_path, write_text_atomic
+from pemma.io_utils import atomic_path, sha256_file, write_text_atomic
 
 WEIGHTS_NAME = "adapter_model.safetensors"
 CONFIG_NAME = "adapter_config.json"
 FORMAT = "pemma-adapter"
 FORMAT_VERSION = 1
 _REQUIRED = ("format", "version", "backbone", "adapter_name", "adapter_config", "base_sha256", "weights_sha256")
-
-
-def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file's bytes (raises PemmaError naming the file when it cannot be read)."""
-    digest = hashlib.sha256()
-    try:
-        with open(path, "rb") as fh:
-            while block := fh.read(chunk_size):
-                digest.update(block)
-    except OSError as exc:
-        raise PemmaError(f"{path}: cannot read file ({exc.strerror or type(exc).__name__})") from None
-    return digest.hexdigest()
 
 
 def _check_sha(value: str, what: str) -> str:
@@ -53,7 +40,7 @@ def save_adapter(model: PemmaAdaptedModel, out_dir: str | os.PathLike, base_sha2
     """Write ``model``'s adapter state and config to ``out_dir`` (each file atomically; weights first).
 
     Args:
-        model: an unmerged PEMMA model.
+        model: an unmerged PEMMA model (a DDP / torch.compile wrapper around one is unwrapped).
         out_dir: destination directory (created).
         base_sha256: SHA-256 of the CT base checkpoint the model was built from (:func:`sha256_file`).
         extra_config: JSON-serialisable description of the base (e.g. its MONAI hyper-parameters, preset
@@ -63,6 +50,7 @@ def save_adapter(model: PemmaAdaptedModel, out_dir: str | os.PathLike, base_sha2
         The stored config dict plus ``"weights_path"`` and ``"config_path"``; ``"adapter_bytes"`` is the
         size of the safetensors file and ``"parameters"`` the number of values in it.
     """
+    model = unwrap_model(model)
     if not isinstance(model, PemmaAdaptedModel) or model.merged:
         raise ValueError("save_adapter needs an unmerged PEMMA model")
     _check_sha(base_sha256, "base_sha256")
@@ -124,6 +112,7 @@ def load_adapter(model: PemmaAdaptedModel, out_dir: str | os.PathLike, base_sha2
         PemmaError: the adapter was trained on another base (different SHA-256), is for another backbone,
             config or adapter name, or a file is missing, corrupt or does not fit the model.
     """
+    model = unwrap_model(model)
     if not isinstance(model, PemmaAdaptedModel) or model.merged:
         raise ValueError("load_adapter needs an unmerged PEMMA model")
     _check_sha(base_sha256, "base_sha256")

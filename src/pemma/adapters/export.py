@@ -10,7 +10,8 @@ import torch
 from monai.networks.nets import UNETR, SwinUNETR
 from torch import nn
 
-from pemma.adapters.base import PemmaAdaptedModel
+from pemma.adapters.base import PemmaAdaptedModel, unwrap_model
+from pemma.models.registry import count_parameters
 
 
 def merge_adapters(model: PemmaAdaptedModel) -> PemmaAdaptedModel:
@@ -21,6 +22,7 @@ def merge_adapters(model: PemmaAdaptedModel) -> PemmaAdaptedModel:
     the adapter overhead. It has no untouched CT path any more, so it refuses CT-only input: keep the
     unmerged model or the CT base for that. All parameters of the copy are frozen. ``model`` is unchanged.
     """
+    model = unwrap_model(model)
     if not isinstance(model, PemmaAdaptedModel):
         raise ValueError(f"merge_adapters needs a PEMMA model, got {type(model).__name__}")
     if model.merged:
@@ -30,12 +32,6 @@ def merge_adapters(model: PemmaAdaptedModel) -> PemmaAdaptedModel:
     merged._merged = True
     merged.requires_grad_(False)
     return merged
-
-
-def count_parameters(model: nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameter counts (shared parameters counted once)."""
-    params = list(model.parameters())
-    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 
 
 _NETS: dict[str, type[nn.Module]] = {"unetr": UNETR, "swin_unetr": SwinUNETR}
@@ -65,6 +61,7 @@ def parameter_report(model: PemmaAdaptedModel, base_kwargs: Mapping[str, Any]) -
 
     ``base_kwargs`` as for :func:`early_fusion_parameter_count`.
     """
+    model = unwrap_model(model)
     trainable, total = count_parameters(model)
     early = early_fusion_parameter_count(model.backbone_name, base_kwargs)
     return {"trainable": trainable, "total": total, "early_fusion": early,

@@ -8,10 +8,10 @@ import sys
 from collections.abc import Sequence
 
 from pemma import __version__
-from pemma.cli import demo, segmentation
+from pemma.cli import adaptation, demo, segmentation
 from pemma.errors import PemmaError
 
-VERBS = (segmentation, demo)
+VERBS = (segmentation, adaptation, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,9 +1,9 @@
-"""Rebuild a trained model from its run folder."""
+"""Rebuild a trained model from its run folder (plain backbone runs and PEMMA-adapted runs)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,20 +18,31 @@ from pemma.training.checkpoint import CONFIG_FILE, load_weights, read_meta
 
 @dataclass
 class LoadedModel:
-    """A trained network, the configuration it was trained with, and the input sets it accepts."""
+    """A trained network, the configuration it was trained with, and the input sets it accepts.
+
+    ``net`` is a plain MONAI network (``kind == "backbone"``, called as ``net(x)``) or a PEMMA model
+    (``kind == "pemma"``, called as ``net(x, modalities)``).
+    """
 
     net: nn.Module
     config: RunConfig
     meta: dict[str, Any]
     input_sets: list[list[str]]
+    run_dir: Path | None = field(default=None)
+
+    @property
+    def kind(self) -> str:
+        return str(self.meta.get("kind", "backbone"))
 
     def check_inputs(self, modalities: Sequence[str], source: str) -> None:
         if list(modalities) not in self.input_sets:
             accepted = " or ".join(",".join(s) for s in self.input_sets)
-            raise PemmaError(f"{source}: model expects input {accepted}, got {','.join(modalities)} "
-                             f"({len(self.input_sets[0])} channel(s) expected)")
+            channels = f" ({len(self.input_sets[0])} channel(s) expected)" if len(self.input_sets) == 1 else ""
+            raise PemmaError(f"{source}: model expects input {accepted}, got {','.join(modalities)}{channels}")
 
     def __call__(self, x: torch.Tensor, modalities: Sequence[str]) -> torch.Tensor:
+        if self.kind == "pemma":
+            return self.net(x, tuple(modalities))
         return self.net(x)
 
     def predictor(self, modalities: Sequence[str]) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -39,21 +50,85 @@ class LoadedModel:
         return lambda x: self(x, modalities)
 
 
-def load_model(run_dir: str | Path, device: torch.device | str = "cpu") -> LoadedModel:
-    """Load a run folder written by ``pemma train`` (config, metadata and checked weights)."""
-    run_dir = Path(run_dir)
-    meta = read_meta(run_dir)
-    config = RunConfig.load(run_dir / CONFIG_FILE)
-    kind = meta.get("kind", "backbone")
-    if kind != "backbone":
-        raise PemmaError(f"{run_dir}: unsupported model kind {kind!r}")
-    modalities = list(meta["modalities"])
-    net = build_backbone(config.model, in_channels=len(modalities))
+def base_constructor_kwargs(cfg: RunConfig, in_channels: int = 1) -> dict[str, Any]:
+    """The MONAI constructor arguments of the network of ``cfg`` (for parameter accounting)."""
+    kwargs = {**cfg.model.backbone_kwargs, "in_channels": in_channels, "out_channels": cfg.model.out_channels}
+    if cfg.model.backbone == "unetr":
+        kwargs["img_size"] = list(cfg.model.roi_size)
+    return kwargs
+
+
+def build_pemma(base: LoadedModel, adapter_cfg: Any) -> nn.Module:
+    """A PEMMA model around the CT network of ``base`` (``base.net`` itself is left as it is).
+
+    The base weights go into a fresh network through :func:`~pemma.adapters.artifacts.load_base_state`;
+    ``model.load_report`` lists the loaded and skipped base tensors and the new ones (adapters, PET pathway,
+    trainable copies of base modules).
+    """
+    from pemma.adapters.artifacts import load_base_state
+    from pemma.models.pemma_swin import PemmaSwinUNETR
+    from pemma.models.pemma_unetr import PemmaUNETR
+
+    classes = {"unetr": PemmaUNETR, "swin_unetr": PemmaSwinUNETR}
+    net = build_backbone(base.config.model, in_channels=1)
+    report = load_base_state(net, base.net.state_dict())
+    if report["new"] or report["skipped"]:
+        raise PemmaError(f"{base.run_dir}: base weights do not fit its own configuration "
+                         f"({len(report['new'])} missing, {len(report['skipped'])} skipped)")
+    extra = {"gradient_checkpointing": True} if base.config.model.gradient_checkpointing and \
+        base.config.model.backbone == "unetr" else {}
+    model = classes[base.config.model.backbone](net, adapter_cfg, **extra)
+    report["new"] = sorted(model.adapter_state_dict())
+    model.load_report = report
+    return model
+
+
+def _load_backbone(run_dir: Path, meta: dict[str, Any], config: RunConfig) -> nn.Module:
+    net = build_backbone(config.model, in_channels=len(meta["modalities"]))
     state = load_weights(run_dir)
     try:
         net.load_state_dict(state)
     except RuntimeError as exc:
         raise PemmaError(f"{run_dir}: weights do not fit the configured network "
                          f"({str(exc).splitlines()[0]})") from None
+    return net
+
+
+def _load_pemma(run_dir: Path, meta: dict[str, Any], base_run: str | Path | None) -> nn.Module:
+    from pemma.adapters.artifacts import load_adapter, read_adapter_config, sha256_file
+    from pemma.adapters.config import AdapterConfig
+
+    base_dir = Path(base_run or meta["base_run"])
+    base = load_model(base_dir)
+    if base.kind != "backbone":
+        raise PemmaError(f"{base_dir}: the base of {run_dir} must be a plain CT run")
+    stored = read_adapter_config(run_dir)
+    model = build_pemma(base, AdapterConfig.from_dict(stored["adapter_config"]))
+    load_adapter(model, run_dir, sha256_file(Path(base_dir) / "model.safetensors"))
+    return model
+
+
+def load_model(run_dir: str | Path, device: torch.device | str = "cpu",
+               base_run: str | Path | None = None) -> LoadedModel:
+    """Load a run folder written by ``pemma train`` or ``pemma adapt`` (config, metadata, checked weights).
+
+    Args:
+        run_dir: the run folder.
+        device: where the network goes. Default CPU.
+        base_run: for an adapted run, the CT base run if it has moved since adaptation (its SHA-256 must
+            still match). Default: the path recorded in the run.
+    """
+    run_dir = Path(run_dir)
+    meta = read_meta(run_dir)
+    config = RunConfig.load(run_dir / CONFIG_FILE)
+    kind = meta.get("kind", "backbone")
+    if kind == "backbone":
+        net = _load_backbone(run_dir, meta, config)
+        input_sets = [list(meta["modalities"])]
+    elif kind == "pemma":
+        net = _load_pemma(run_dir, meta, base_run)
+        input_sets = [list(s) for s in meta["input_sets"]]
+    else:
+        raise PemmaError(f"{run_dir}: unsupported model kind {kind!r}")
     net.to(device).eval()
-    return LoadedModel(net=net, config=config, meta=meta, input_sets=[modalities])
+    return LoadedModel(net=net, config=config, meta=meta, input_sets=input_sets, run_dir=run_dir)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -13,21 +12,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from pemma.errors import PemmaError
-from pemma.io_utils import atomic_path, write_text_atomic
+from pemma.io_utils import atomic_path, sha256_file, write_text_atomic
 
 MODEL_FILE = "model.safetensors"
 MODEL_META = "model.json"
 CONFIG_FILE = "config.yaml"
 STATE_FILE = "checkpoint.pt"
-
-
-def sha256_file(path: str | Path) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def save_weights(model: nn.Module, run_dir: str | Path, meta: dict[str, Any]) -> str:

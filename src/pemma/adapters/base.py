@@ -1,0 +1,224 @@
+"""Shared machinery of the PEMMA models: the peft-wrapped copy of the CT base and the CT-only guarantee.
+
+PEMMA: Saeed et al., arXiv 2504.13645. A PEMMA model holds
+
+* ``base_model``: a peft ``LoraModel`` around a **deep copy** of the CT network. peft injects LoRA/DoRA
+  layers into that copy in place (the caller's network is never touched) and wraps the base modules
+  listed in ``train_parts`` in ``ModulesToSaveWrapper`` (a trainable copy per adapter; the original stays
+  for CT-only input);
+* the new PET modules (built by the subclass).
+
+With ``modalities == ("ct",)`` the copy runs its own MONAI ``forward`` with every adapter and wrapper
+disabled, which is exactly the CT model (tested to 1e-6, also after training). The disabling flips peft's
+per-layer ``_disable_adapters`` flag for the duration of the call and restores it; unlike
+``disable_adapter_layers()`` it does not touch ``requires_grad`` (peft's toggle would re-enable gradients
+of adapters the caller froze). peft is pinned to 0.21.2 in pyproject.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterator, Sequence
+from typing import ClassVar
+
+import torch
+from peft import LoraConfig
+from peft.tuners.lora import LoraModel
+from peft.tuners.tuners_utils import BaseTunerLayer
+from peft.utils.other import AuxiliaryTrainingWrapper, ModulesToSaveWrapper
+from torch import nn
+
+from pemma import MODALITY_ORDER
+from pemma.adapters.config import NEW_PARTS, AdapterConfig, check_modalities
+
+_ADAPTABLE = (nn.Linear, nn.Conv3d)
+
+
+@contextlib.contextmanager
+def adapters_disabled(module: nn.Module) -> Iterator[None]:
+    """Run ``module`` as its base model: every peft adapter layer and ModulesToSave wrapper is bypassed.
+
+    ``requires_grad`` flags are left as they are; the previous state is restored on exit.
+    """
+    layers = [m for m in module.modules() if isinstance(m, (BaseTunerLayer, AuxiliaryTrainingWrapper))]
+    previous = [m._disable_adapters for m in layers]
+    for layer in layers:
+        layer._disable_adapters = True
+    try:
+        yield
+    finally:
+        for layer, state in zip(layers, previous, strict=True):
+            layer._disable_adapters = state
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The network inside ``DistributedDataParallel`` / ``DataParallel`` (``.module``) or ``torch.compile``."""
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def first_conv(module: nn.Module) -> nn.Conv3d:
+    """The first ``Conv3d`` inside ``module`` (raises ValueError when there is none: not a 3-D network)."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv3d):
+            return m
+    raise ValueError(f"{type(module).__name__} has no Conv3d; PEMMA supports 3-D networks only")
+
+
+def _strip_forward_overrides(net: nn.Module) -> list[str]:
+    """Remove instance-level ``forward`` attributes from the copied network.
+
+    A wrapper such as the registry's gradient checkpointing stores ``block.forward`` bound to the
+    *original* block; a deep copy would keep calling the original (un-adapted) weights.
+    """
+    stripped = []
+    for name, m in net.named_modules():
+        if "forward" in m.__dict__:
+            del m.__dict__["forward"]
+            stripped.append(name or "<root>")
+    return stripped
+
+
+class PemmaAdaptedModel(nn.Module):
+    """Base class of :class:`~pemma.models.pemma_unetr.PemmaUNETR` and ``PemmaSwinUNETR``.
+
+    Subclasses set the class attributes, build their PET modules after ``super().__init__`` and call
+    :meth:`_set_new_parts_trainable`, and implement :meth:`_forward_adapted`.
+
+    Args:
+        base: the CT network (MONAI, in_channels=1). Deep-copied; the caller's object is left unchanged.
+        config: adapter configuration; stored resolved for this backbone as ``self.config``.
+        adapter_name: peft adapter name. Default "ctpet".
+    """
+
+    backbone_name: ClassVar[str]
+    transformer_name: ClassVar[str]
+
+    def __init__(self, base: nn.Module, config: AdapterConfig | None = None, adapter_name: str = "ctpet") -> None:
+        super().__init__()
+        config = AdapterConfig() if config is None else config
+        if not isinstance(config, AdapterConfig):
+            raise ValueError(f"config must be an AdapterConfig, got {type(config).__name__}")
+        if not isinstance(adapter_name, str) or not adapter_name.isidentifier():
+            raise ValueError(f"adapter_name must be an identifier such as 'ctpet', got {adapter_name!r}")
+        self.config = config.resolve(self.backbone_name)
+        self.adapter_name = adapter_name
+        self.modalities = MODALITY_ORDER
+        self._merged = False
+
+        net = copy.deepcopy(base)
+        self.stripped_forward_overrides = _strip_forward_overrides(net)
+        net.requires_grad_(False)
+        targets = self._resolve_targets(net, self.config.target_modules)
+        base_parts = [p for p in self.config.train_parts if p not in NEW_PARTS[self.backbone_name]]
+        children = [n for n, _ in net.named_children() if n != self.transformer_name]
+        unknown = [p for p in base_parts if p not in children]
+        if unknown:
+            raise ValueError(f"train_parts {unknown} are neither new parts {list(NEW_PARTS[self.backbone_name])} "
+                             f"nor base modules outside {self.transformer_name!r}: {children}")
+        lora_config = LoraConfig(
+            r=self.config.rank, lora_alpha=self.config.alpha, lora_dropout=self.config.dropout,
+            use_dora=self.config.method == "dora", target_modules=targets, bias="none",
+            init_lora_weights=True,
+        )
+        self.base_model = LoraModel(net, lora_config, adapter_name)
+        # Trainable base parts: peft's ModulesToSaveWrapper (frozen original + trainable copy per adapter),
+        # attached by exact name; LoraConfig.modules_to_save matches by bare suffix ("out" hits "lora_dropout").
+        for part in base_parts:
+            wrapper = ModulesToSaveWrapper(getattr(net, part), adapter_name)
+            wrapper.set_adapter(adapter_name)  # as peft's own _set_trainable does; makes the copy trainable
+            setattr(net, part, wrapper)
+
+    # ------------------------------------------------------------------ construction helpers
+    def _resolve_targets(self, net: nn.Module, suffixes: Sequence[str]) -> list[str]:
+        """Full names of the adaptable layers inside the transformer that end with one of ``suffixes``."""
+        prefix = self.transformer_name + "."
+        names: list[str] = []
+        for suffix in suffixes:
+            hits = [n for n, m in net.named_modules()
+                    if n.startswith(prefix) and (n == suffix or n.endswith("." + suffix))
+                    and isinstance(m, _ADAPTABLE)]
+            if not hits:
+                raise ValueError(f"target module {suffix!r} matches no Linear/Conv3d layer in "
+                                 f"{self.transformer_name!r} of {type(net).__name__}")
+            names.extend(h for h in hits if h not in names)
+        return names
+
+    def _set_new_parts_trainable(self) -> None:
+        """``requires_grad`` of the new PET modules according to ``config.train_parts``."""
+        for part in NEW_PARTS[self.backbone_name]:
+            getattr(self, part).requires_grad_(part in self.config.train_parts)
+
+    # ------------------------------------------------------------------ adapters (thin peft layer)
+    @property
+    def net(self) -> nn.Module:
+        """The MONAI network inside (with peft layers, or plain after :func:`merge_adapters`)."""
+        return self.base_model.model if isinstance(self.base_model, LoraModel) else self.base_model
+
+    @property
+    def merged(self) -> bool:
+        """True for a model returned by :func:`pemma.adapters.export.merge_adapters`."""
+        return self._merged
+
+    @property
+    def adapter_names(self) -> list[str]:
+        """All peft adapters of this model (the first is ``self.adapter_name``)."""
+        return [] if self._merged else list(self.base_model.peft_config)
+
+    @property
+    def active_adapters(self) -> list[str]:
+        """Adapters used for ct+pet and pet input (CT alone always runs the base)."""
+        return [] if self._merged else list(self.base_model.active_adapters)
+
+    def set_adapter(self, name: str | list[str]) -> None:
+        """Activate adapter(s) (peft semantics: active adapters become trainable, the others frozen)."""
+        names = [name] if isinstance(name, str) else list(name)
+        missing = [n for n in names if n not in self.adapter_names]
+        if missing:
+            raise ValueError(f"unknown adapter(s) {missing}; this model has {self.adapter_names}")
+        self.base_model.set_adapter(names)
+
+    def adapter_state_dict(self) -> dict[str, torch.Tensor]:
+        """State of everything adaptation adds: LoRA/DoRA tensors, trainable base-module copies and the new
+        PET modules (whatever their ``requires_grad``). The frozen base copy is left out."""
+        out = {}
+        for key, value in self.state_dict().items():
+            if not key.startswith("base_model.") or ".modules_to_save." in key \
+                    or any(part.startswith("lora_") for part in key.split(".")):
+                out[key] = value
+        return out
+
+    # ------------------------------------------------------------------ forward
+    def split_modalities(self, x: torch.Tensor, modalities: Sequence[str]) -> dict[str, torch.Tensor]:
+        """Check ``x`` (B, len(modalities), D, H, W) against ``modalities``; ``{name: (B, 1, D, H, W)}``."""
+        mods = check_modalities(modalities)
+        if not isinstance(x, torch.Tensor) or x.ndim != 5:
+            raise ValueError(f"x must be a (B, C, D, H, W) tensor, got shape {tuple(getattr(x, 'shape', ()))}")
+        if x.shape[1] != len(mods):
+            raise ValueError(f"x has {x.shape[1]} channels but modalities {mods} name {len(mods)}")
+        return {m: x[:, i : i + 1] for i, m in enumerate(mods)}
+
+    def forward(self, x: torch.Tensor, modalities: Sequence[str]) -> torch.Tensor:
+        """Segmentation logits (B, out_channels, D, H, W).
+
+        Args:
+            x: (B, len(modalities), D, H, W), channels in MODALITY_ORDER order ([CT, PET]).
+            modalities: the modalities present, e.g. ("ct", "pet"), ("ct",) or ("pet",).
+        """
+        inputs = self.split_modalities(x, modalities)
+        if tuple(inputs) == ("ct",):
+            if self._merged:
+                raise ValueError("a merged PEMMA model has no unadapted CT path; use the unmerged model "
+                                 "or the CT base model for CT-only input")
+            with adapters_disabled(self.base_model):
+                return self.net(inputs["ct"])
+        return self._forward_adapted(inputs.get("ct"), inputs.get("pet"))
+
+    def _forward_adapted(self, ct: torch.Tensor | None, pet: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError

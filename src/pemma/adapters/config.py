@@ -1,0 +1,190 @@
+"""Configuration of a PEMMA adaptation (LoRA / DoRA adapters, PET pathway, modality dropout).
+
+PEMMA: Saeed et al., "Parameter-efficient multi-modal adaptation", arXiv 2504.13645 (2025).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from pemma import MODALITY_ORDER
+
+#: Backbone names, as in :mod:`pemma.models.registry`.
+BACKBONES: tuple[str, ...] = ("unetr", "swin_unetr")
+
+#: Attention projections that receive adapters when ``target_modules`` is None (suffixes of module names
+#: inside the transformer: MONAI ``SABlock.qkv`` for UNETR, ``WindowAttention.qkv`` / ``.proj`` for Swin).
+DEFAULT_TARGET_MODULES: dict[str, tuple[str, ...]] = {
+    "unetr": ("attn.qkv",),
+    "swin_unetr": ("attn.qkv", "attn.proj"),
+}
+
+#: Modules that PEMMA adds to each backbone (they are new, so always created; trained if listed).
+NEW_PARTS: dict[str, tuple[str, ...]] = {
+    "unetr": ("pet_embedding", "pet_skip"),
+    "swin_unetr": ("pet_embedding", "pet_skip", "fusion"),
+}
+
+#: What trains besides the adapters when ``train_parts`` is None (method.md: UNETR trains the PET embedding,
+#: the PET skip block, the shallow skip encoders and the output head; Swin trains only the new modules).
+DEFAULT_TRAIN_PARTS: dict[str, tuple[str, ...]] = {
+    "unetr": ("pet_embedding", "pet_skip", "encoder1", "encoder2", "out"),
+    "swin_unetr": ("pet_embedding", "pet_skip", "fusion"),
+}
+
+#: The three input sets of modality dropout, in the order of ``AdapterConfig.modality_dropout``.
+MODALITY_SETS: tuple[tuple[str, ...], ...] = (("ct", "pet"), ("ct",), ("pet",))
+
+
+def _help(text: str) -> dict[str, str]:
+    return {"help": text}
+
+
+@dataclass
+class AdapterConfig:
+    """How a CT model is adapted to CT+PET (arXiv 2504.13645).
+
+    ``target_modules`` and ``train_parts`` left as None mean "the backbone's default"; :meth:`resolve`
+    fills them in, and a model always stores the resolved config (so a saved adapter is self-describing).
+
+    Example:
+        >>> cfg = AdapterConfig(method="dora", rank=8, alpha=16).resolve("swin_unetr")
+        >>> cfg.target_modules
+        ('attn.qkv', 'attn.proj')
+    """
+
+    method: str = field(default="lora", metadata=_help("'lora' or 'dora' (weight-decomposed LoRA)."))
+    rank: int = field(default=4, metadata=_help("rank r of the low-rank update B·A."))
+    alpha: float = field(default=8.0, metadata=_help("LoRA scaling numerator: the update is B·A·x·alpha/r."))
+    dropout: float = field(default=0.0, metadata=_help("dropout on the adapter input, in [0, 1)."))
+    target_modules: tuple[str, ...] | None = field(
+        default=None,
+        metadata=_help("suffixes of Linear modules in the transformer that get adapters, e.g. 'attn.qkv'; "
+                       "None: the backbone default (UNETR: attn.qkv; Swin: attn.qkv, attn.proj)."),
+    )
+    train_parts: tuple[str, ...] | None = field(
+        default=None,
+        metadata=_help("non-adapter parts that train: new modules (pet_embedding, pet_skip, fusion [Swin]) and "
+                       "top-level base modules outside the transformer (e.g. encoder1, encoder2, out); a base "
+                       "module trains as a copy, the original stays for CT-only input. None: backbone default."),
+    )
+    modality_dropout: tuple[float, float, float] = field(
+        default=(0.6, 0.2, 0.2),
+        metadata=_help("probabilities of the input sets (ct+pet, ct, pet) per training batch; sum to 1."),
+    )
+
+    def __post_init__(self) -> None:
+        if self.method not in ("lora", "dora"):
+            raise ValueError(f"method must be 'lora' or 'dora', got {self.method!r}")
+        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
+            raise ValueError(f"rank must be a positive integer, got {self.rank!r}")
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not self.alpha > 0:
+            raise ValueError(f"alpha must be a positive number, got {self.alpha!r}")
+        self.alpha = float(self.alpha)
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) \
+                or not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        self.dropout = float(self.dropout)
+        self.target_modules = self._names("target_modules", self.target_modules, allow_empty=False)
+        self.train_parts = self._names("train_parts", self.train_parts, allow_empty=True)
+        probs = tuple(self.modality_dropout)
+        if len(probs) != 3 or any(isinstance(p, bool) or not isinstance(p, (int, float)) or p < 0 for p in probs):
+            raise ValueError(f"modality_dropout must be 3 non-negative numbers (ct+pet, ct, pet), got {probs!r}")
+        if not math.isclose(sum(probs), 1.0, abs_tol=1e-6):
+            raise ValueError(f"modality_dropout must sum to 1, got {probs!r} (sum {sum(probs):g})")
+        self.modality_dropout = tuple(float(p) for p in probs)  # type: ignore[assignment]
+
+    @staticmethod
+    def _names(what: str, value: Any, allow_empty: bool) -> tuple[str, ...] | None:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            raise ValueError(f"{what} must be a list of names, not the string {value!r}")
+        names = tuple(value)
+        if not names and not allow_empty:
+            raise ValueError(f"{what} must not be empty")
+        if any(not isinstance(n, str) or not n or n != n.strip() for n in names):
+            raise ValueError(f"{what} must hold non-empty names, got {list(names)!r}")
+        if len(set(names)) != len(names):
+            raise ValueError(f"{what} has duplicates: {list(names)!r}")
+        return names
+
+    # ------------------------------------------------------------------ defaults per backbone
+    def resolve(self, backbone: str) -> AdapterConfig:
+        """A copy with ``target_modules`` / ``train_parts`` filled in for ``backbone``, checked against it.
+
+        Raises:
+            ValueError: unknown backbone, or a ``train_parts`` entry naming a new module of another backbone.
+        """
+        if backbone not in BACKBONES:
+            raise ValueError(f"backbone must be one of {list(BACKBONES)}, got {backbone!r}")
+        targets = self.target_modules or DEFAULT_TARGET_MODULES[backbone]
+        parts = DEFAULT_TRAIN_PARTS[backbone] if self.train_parts is None else self.train_parts
+        foreign = {p for b, new in NEW_PARTS.items() if b != backbone for p in new} - set(NEW_PARTS[backbone])
+        bad = sorted(foreign & set(parts))
+        if bad:
+            raise ValueError(f"train_parts {bad} do not exist for backbone {backbone!r}; "
+                             f"its new parts are {list(NEW_PARTS[backbone])}")
+        return dataclasses.replace(self, target_modules=tuple(targets), train_parts=tuple(parts))
+
+    # ------------------------------------------------------------------ modality dropout
+    def modality_choices(self, trainable_only: bool = False) -> list[tuple[tuple[str, ...], float]]:
+        """``[(modalities, probability), ...]`` of modality dropout.
+
+        Args:
+            trainable_only: drop the CT-only set and renormalise. CT-only input runs the frozen base model
+                (CT is not forgotten), so a CT-only batch has nothing to train. Default False.
+        """
+        choices = [(m, p) for m, p in zip(MODALITY_SETS, self.modality_dropout, strict=True)
+                   if p > 0 and not (trainable_only and m == ("ct",))]
+        total = sum(p for _, p in choices)
+        if total <= 0:
+            raise ValueError(f"modality_dropout {self.modality_dropout} leaves no trainable input set")
+        return [(m, p / total) for m, p in choices]
+
+    def sample_modalities(self, rng: random.Random, trainable_only: bool = False) -> tuple[str, ...]:
+        """Draw one input set. Use the same seed on every DDP rank so all ranks take the same path."""
+        choices = self.modality_choices(trainable_only)
+        return rng.choices([m for m, _ in choices], weights=[p for _, p in choices], k=1)[0]
+
+    # ------------------------------------------------------------------ (de)serialisation
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (tuples become lists)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AdapterConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise ValueError."""
+        if not isinstance(data, dict):
+            raise ValueError(f"adapter config must be a mapping, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown adapter config keys {unknown}; known: {sorted(known)}")
+        kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+        return cls(**kwargs)
+
+    @classmethod
+    def help(cls) -> dict[str, str]:
+        """``{field: help text}`` for CLIs and docs."""
+        return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
+
+
+def check_modalities(modalities: Any) -> tuple[str, ...]:
+    """``modalities`` as a tuple, checked to be a non-empty subset of MODALITY_ORDER in that order."""
+    if isinstance(modalities, str) or not hasattr(modalities, "__iter__"):
+        raise ValueError(f"modalities must be a sequence of names such as ('ct', 'pet'), got {modalities!r}")
+    mods = tuple(modalities)
+    if not mods or any(m not in MODALITY_ORDER for m in mods) or len(set(mods)) != len(mods):
+        raise ValueError(f"modalities must be a non-empty subset of {MODALITY_ORDER}, got {mods!r}")
+    if list(mods) != sorted(mods, key=MODALITY_ORDER.index):
+        raise ValueError(f"modalities must follow the channel order {MODALITY_ORDER}, got {mods!r}")
+    return mods

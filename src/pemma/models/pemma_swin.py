@@ -1,0 +1,94 @@
+"""PEMMA Swin UNETR: a CT-trained MONAI SwinUNETR upgraded to CT+PET with a PET pathway and LoRA/DoRA."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from monai.networks.nets import SwinUNETR
+
+from pemma.adapters.base import PemmaAdaptedModel, first_conv
+from pemma.adapters.blocks import EmbeddingFusion, PetSkipBlock
+from pemma.adapters.config import AdapterConfig
+
+__all__ = ["PemmaSwinUNETR"]
+
+
+class PemmaSwinUNETR(PemmaAdaptedModel):
+    """PEMMA on Swin UNETR, based on: "Saeed et al., Parameter-efficient multi-modal adaptation"
+    <https://arxiv.org/abs/2504.13645>.
+
+    * PET gets its own patch embedding ``pet_embedding`` (a copy of the CT ``swinViT.patch_embed``).
+    * ``fusion``: with CT and PET the two embeddings are concatenated on channels ([CT, PET]) and
+      projected back by a 1×1×1 convolution (initialised to pass CT through); with PET alone a residual
+      adapter (1×1 conv, instance norm, ReLU, 1×1 conv; zero-initialised) maps the PET embedding.
+      The fused embedding then runs through the frozen Swin stages, whose ``attn.qkv`` and ``attn.proj``
+      Linears carry LoRA/DoRA adapters (``config.target_modules``; the MLP linears can be added).
+    * ``pet_skip`` (conv block on the raw PET volume, zero-initialised output) is added to the first,
+      full-resolution skip ``encoder1(ct)``; without CT, ``encoder1`` reads the PET volume.
+    * CT alone bypasses all of this and runs the untouched CT model (adapters disabled): its output equals
+      the base model's exactly, before and after adaptation.
+
+    Everything else stays frozen (default ``train_parts``: pet_embedding, pet_skip, fusion).
+
+    Args:
+        base: the CT model, ``monai.networks.nets.SwinUNETR`` (3-D, in_channels=1). Deep-copied, never edited.
+        config: adapter configuration. Default ``AdapterConfig()`` (LoRA rank 4 on attn.qkv and attn.proj).
+        adapter_name: peft adapter name. Default "ctpet".
+
+    Example:
+        >>> base = SwinUNETR(in_channels=1, out_channels=3, feature_size=48)
+        >>> model = PemmaSwinUNETR(base, AdapterConfig(method="dora", rank=8, alpha=16))
+        >>> logits = model(torch.rand(1, 1, 96, 96, 96), modalities=("pet",))  # (1, 3, 96, 96, 96)
+    """
+
+    backbone_name = "swin_unetr"
+    transformer_name = "swinViT"
+
+    def __init__(self, base: SwinUNETR, config: AdapterConfig | None = None, adapter_name: str = "ctpet") -> None:
+        if not isinstance(base, SwinUNETR):
+            raise ValueError(f"base must be a monai SwinUNETR, got {type(base).__name__}")
+        embed_conv = base.swinViT.patch_embed.proj
+        if not isinstance(embed_conv, torch.nn.Conv3d):
+            raise ValueError("PemmaSwinUNETR supports 3-D SwinUNETR only")
+        if embed_conv.in_channels != 1 or first_conv(base.encoder1).in_channels != 1:
+            raise ValueError(f"base must be a CT model with in_channels=1, got {embed_conv.in_channels}")
+        super().__init__(base, config, adapter_name)
+        feature_size = embed_conv.out_channels
+        self.pet_embedding = copy.deepcopy(base.swinViT.patch_embed)
+        self.fusion = EmbeddingFusion(feature_size, self.modalities)
+        self.pet_skip = PetSkipBlock(out_channels=first_conv(base.encoder1).out_channels)
+        self._set_new_parts_trainable()
+
+    def _stages(self, x0: torch.Tensor) -> list[torch.Tensor]:
+        """``SwinTransformer.forward`` from the (fused) patch embedding on: the five normalised outputs."""
+        vit, normalize = self.net.swinViT, self.net.normalize
+        x = vit.pos_drop(x0)
+        outs = [vit.proj_out(x, normalize)]
+        for i in range(1, 5):
+            if vit.use_v2:
+                x = getattr(vit, f"layers{i}c")[0](x.contiguous())
+            x = getattr(vit, f"layers{i}")[0](x.contiguous())
+            outs.append(vit.proj_out(x, normalize))
+        return outs
+
+    def _forward_adapted(self, ct: torch.Tensor | None, pet: torch.Tensor) -> torch.Tensor:
+        net = self.net
+        if not torch.jit.is_scripting() and not torch.jit.is_tracing():
+            net._check_input_size(pet.shape[2:])
+        embeddings = {"pet": self.pet_embedding(pet)}
+        if ct is not None:
+            embeddings = {"ct": net.swinViT.patch_embed(ct), **embeddings}
+        hidden = self._stages(self.fusion(embeddings))
+
+        primary = pet if ct is None else ct
+        enc0 = net.encoder1(primary) + self.pet_skip(pet)
+        enc1 = net.encoder2(hidden[0])
+        enc2 = net.encoder3(hidden[1])
+        enc3 = net.encoder4(hidden[2])
+        dec4 = net.encoder10(hidden[4])
+        dec3 = net.decoder5(dec4, hidden[3])
+        dec2 = net.decoder4(dec3, enc3)
+        dec1 = net.decoder3(dec2, enc2)
+        dec0 = net.decoder2(dec1, enc1)
+        return net.out(net.decoder1(dec0, enc0))

@@ -1,0 +1,108 @@
+"""PEMMA UNETR: a CT-trained MONAI UNETR upgraded to CT+PET with a PET pathway and LoRA/DoRA adapters."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from monai.networks.nets import UNETR
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from pemma.adapters.base import PemmaAdaptedModel, first_conv
+from pemma.adapters.blocks import PetSkipBlock
+from pemma.adapters.config import AdapterConfig
+
+__all__ = ["PemmaUNETR"]
+
+
+class PemmaUNETR(PemmaAdaptedModel):
+    """PEMMA on UNETR, based on: "Saeed et al., Parameter-efficient multi-modal adaptation"
+    <https://arxiv.org/abs/2504.13645> (and its MICCAI 2024 version, arXiv 2404.13704).
+
+    * CT and PET are cut into patch tokens, PET through ``pet_embedding`` (a copy of the CT patch
+      projection). Both token sets get the CT model's positional embedding. The two sequences are
+      concatenated along the sequence axis, CT first, and run together through the frozen transformer,
+      whose attention projections carry LoRA/DoRA adapters: PET tokens are extra context for CT tokens.
+    * The decoder reads the hidden states (blocks 3, 6, 9 and the final norm of block 12) at the CT
+      positions, or at the PET positions when CT is absent. The final ViT LayerNorm is token-wise, so
+      applying it to the CT slice equals slicing its output.
+    * ``pet_skip`` (a conv block on the raw PET volume, zero-initialised output) is added to the first,
+      full-resolution skip ``encoder1(ct)``. Without CT, ``encoder1`` reads the PET volume instead.
+    * CT alone runs the untouched CT model (adapters and trainable copies disabled): its output equals the
+      base model's exactly, before and after adaptation.
+
+    What trains is ``config.train_parts`` (default: PET embedding, PET skip block, ``encoder1``,
+    ``encoder2``, ``out``; base modules train as peft ``modules_to_save`` copies) plus the adapters.
+
+    Args:
+        base: the CT model, ``monai.networks.nets.UNETR`` with in_channels=1. Deep-copied, never edited.
+        config: adapter configuration. Default ``AdapterConfig()`` (LoRA, rank 4, alpha 8, on ``attn.qkv``).
+        adapter_name: peft adapter name. Default "ctpet".
+        gradient_checkpointing: recompute each transformer block in backward (saves memory). Default False.
+            A checkpointing wrapper patched onto the base's blocks (an instance-level ``forward``) is
+            removed from the copy, because it would call the original, un-adapted block.
+
+    Example:
+        >>> base = UNETR(in_channels=1, out_channels=3, img_size=96)
+        >>> model = PemmaUNETR(base, AdapterConfig(method="lora", rank=4))
+        >>> logits = model(torch.rand(1, 2, 96, 96, 96), modalities=("ct", "pet"))  # (1, 3, 96, 96, 96)
+    """
+
+    backbone_name = "unetr"
+    transformer_name = "vit"
+
+    def __init__(self, base: UNETR, config: AdapterConfig | None = None, adapter_name: str = "ctpet",
+                 gradient_checkpointing: bool = False) -> None:
+        if not isinstance(base, UNETR):
+            raise ValueError(f"base must be a monai UNETR, got {type(base).__name__}")
+        if len(base.feat_size) != 3:
+            raise ValueError(f"PemmaUNETR supports 3-D UNETR only, got spatial dims {len(base.feat_size)}")
+        if hasattr(base.vit, "cls_token"):
+            raise ValueError("base UNETR has a classification token; PEMMA expects classification=False")
+        conv1 = first_conv(base.encoder1)
+        if conv1.in_channels != 1:
+            raise ValueError(f"base must be a CT model with in_channels=1, got {conv1.in_channels}")
+        super().__init__(base, config, adapter_name)
+        self.gradient_checkpointing = bool(gradient_checkpointing)
+        self.img_size = tuple(f * p for f, p in zip(base.feat_size, base.patch_size, strict=True))
+        self.pet_embedding = copy.deepcopy(base.vit.patch_embedding.patch_embeddings)
+        self.pet_skip = PetSkipBlock(out_channels=conv1.out_channels)
+        self._set_new_parts_trainable()
+
+    def _pet_tokens(self, pet: torch.Tensor) -> torch.Tensor:
+        """PET patch tokens: own projection, the CT model's positional embedding and dropout."""
+        embed = self.net.vit.patch_embedding
+        tokens = self.pet_embedding(pet)
+        if embed.proj_type == "conv":
+            tokens = tokens.flatten(2).transpose(-1, -2)
+        return embed.dropout(tokens + embed.position_embeddings)
+
+    def _block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            return checkpoint(block, x, use_reentrant=False)
+        return block(x)
+
+    def _forward_adapted(self, ct: torch.Tensor | None, pet: torch.Tensor) -> torch.Tensor:
+        net = self.net
+        if tuple(pet.shape[2:]) != self.img_size:
+            raise ValueError(f"UNETR input must be {self.img_size}, got spatial shape {tuple(pet.shape[2:])}")
+        sequences = [] if ct is None else [net.vit.patch_embedding(ct)]
+        sequences.append(self._pet_tokens(pet))
+        n_tokens = sequences[0].shape[1]  # the decoder reads the first sequence: CT, or PET alone
+        x = torch.cat(sequences, dim=1)
+        hidden = []
+        for block in net.vit.blocks:
+            x = self._block(block, x)
+            hidden.append(x[:, :n_tokens])
+        last = net.vit.norm(x[:, :n_tokens])
+
+        primary = pet if ct is None else ct
+        enc1 = net.encoder1(primary) + self.pet_skip(pet)
+        enc2 = net.encoder2(net.proj_feat(hidden[3]))
+        enc3 = net.encoder3(net.proj_feat(hidden[6]))
+        enc4 = net.encoder4(net.proj_feat(hidden[9]))
+        dec3 = net.decoder5(net.proj_feat(last), enc4)
+        dec2 = net.decoder4(dec3, enc3)
+        dec1 = net.decoder3(dec2, enc2)
+        return net.out(net.decoder2(dec1, enc1))

@@ -1,0 +1,104 @@
+"""``pemma adapt``: upgrade a CT-only run to CT+PET with the PEMMA PET pathway and LoRA / DoRA adapters.
+
+Only the adapters, the PET modules and the configured heads train; the CT base run is read, never
+written. The adapted run folder stores the trained tensors (safetensors), the adapter config and the
+SHA-256 of the base weights, and points at the base run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pemma.adapters.artifacts import format_load_report, save_adapter
+from pemma.adapters.config import AdapterConfig
+from pemma.adapters.export import parameter_report
+from pemma.config import RunConfig
+from pemma.data.layout import discover_cases, select_cases, split_cases
+from pemma.errors import PemmaError
+from pemma.io_utils import write_text_atomic
+from pemma.models.loading import LoadedModel, base_constructor_kwargs, build_pemma, load_model
+from pemma.training.checkpoint import MODEL_META
+from pemma.training.loop import TrainingTask, train_task
+
+ALL_INPUTS = ["ct", "pet"]
+
+
+def _select(image: torch.Tensor, modalities: tuple[str, ...]) -> torch.Tensor:
+    """The channels of ``modalities`` from an image holding [CT, PET]."""
+    return image[:, [ALL_INPUTS.index(m) for m in modalities]]
+
+
+def pemma_task(base: LoadedModel, base_run: Path, adapter_cfg: AdapterConfig, cfg: RunConfig) -> TrainingTask:
+    """The PEMMA model built on ``base`` and how it trains (seeded modality dropout per step)."""
+    torch.manual_seed(cfg.train.seed)
+    model = build_pemma(base, adapter_cfg)
+    report = parameter_report(model, base_constructor_kwargs(base.config))
+    choices = model.config.modality_choices(trainable_only=True)
+    seed = cfg.train.seed
+
+    def forward(module: nn.Module, image: torch.Tensor, step: int) -> torch.Tensor:
+        # the same draw on every DDP rank: a pure function of (seed, step)
+        modalities = model.config.sample_modalities(random.Random(seed * 1_000_003 + step), trainable_only=True)
+        return module(_select(image, modalities), modalities)
+
+    def save(module: nn.Module, run_dir: Path, meta: dict[str, Any]) -> None:
+        saved = save_adapter(module, run_dir, base.meta["sha256"],
+                             extra_config={"run": str(base_run.resolve()), "backbone": base.config.model.backbone})
+        info = {"kind": "pemma", "backbone": base.config.model.backbone, "method": model.config.method,
+                "base_run": str(base_run.resolve()), "base_sha256": base.meta["sha256"],
+                "modalities": ALL_INPUTS, "input_sets": [["ct", "pet"], ["ct"], ["pet"]],
+                "adapters": {"ct+pet": model.adapter_name, "pet": model.adapter_name, "ct": "none (CT base)"},
+                "adapter_bytes": saved["adapter_bytes"], "parameters": report, **meta}
+        write_text_atomic(run_dir / MODEL_META, json.dumps(info, indent=2, default=str))
+
+    return TrainingTask(
+        model=model, modalities=ALL_INPUTS, forward=forward,
+        predictor=lambda module: (lambda x: module(x, ("ct", "pet"))), save=save,
+        find_unused_parameters=True,  # PET-only steps leave parts of the model unused
+        describe=[f"PEMMA {model.config.method.upper()} on {base.config.model.backbone}: rank "
+                  f"{model.config.rank}, alpha {model.config.alpha}, targets {list(model.config.target_modules)}, "
+                  f"training {list(model.config.train_parts)}",
+                  f"trainable parameters: {report['trainable']:,} of {report['total']:,} "
+                  f"({report['percent_of_early_fusion']:.2f}% of the early-fusion model's "
+                  f"{report['early_fusion']:,})",
+                  "modality dropout per step: " + ", ".join(f"{'+'.join(m)} {p:.2f}" for m, p in choices)
+                  + " (CT-only batches run the frozen CT base and train nothing, so they are skipped)"])
+
+
+def adapt(base_run: str | Path, cfg: RunConfig, adapter_cfg: AdapterConfig, out_dir: str | Path,
+          resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Adapt the CT-only run ``base_run`` to CT+PET on ``cfg.data`` and write the run folder ``out_dir``.
+
+    ``cfg.model`` and ``cfg.preprocess`` are taken from the base run (the adapted model must see what the
+    base saw); ``cfg.data`` and ``cfg.train`` come from the caller.
+
+    Example:
+        >>> cfg = build_config("tiny", overrides={"data": {"root": "data/phantom", "centres": ["MDA"]}})
+        >>> adapt("runs/ct_unetr", cfg, AdapterConfig(method="lora"), "runs/pemma_unetr")
+    """
+    base_run = Path(base_run)
+    if Path(out_dir).resolve() == base_run.resolve():
+        raise PemmaError(f"{out_dir}: the adapted run must not overwrite its base run")
+    base = load_model(base_run)
+    if base.meta.get("kind") != "backbone" or base.meta.get("modalities") != ["ct"]:
+        raise PemmaError(f"{base_run}: the base must be a CT-only run of `pemma train` "
+                         f"(got {base.meta.get('kind')} on {base.meta.get('modalities')})")
+    cfg = dataclasses.replace(cfg, model=base.config.model, preprocess=base.config.preprocess,
+                              data=dataclasses.replace(cfg.data, modalities=ALL_INPUTS))
+    cases = select_cases(discover_cases(cfg.data.root), centres=cfg.data.centres, modalities=ALL_INPUTS,
+                         require_label=True, source=str(cfg.data.root))
+    train_cases, val_cases = split_cases(cases, cfg.data.val_fraction, cfg.train.seed)
+    task = pemma_task(base, base_run, adapter_cfg, cfg)
+    task.describe.insert(0, f"base: {base_run} (sha256 {base.meta['sha256'][:12]}); "
+                            + format_load_report(task.model.load_report))
+    return train_task(task, cfg, train_cases, val_cases, out_dir, resume=resume, progress=progress,
+                      meta={"train_cases": [c.case_id for c in train_cases],
+                            "val_cases": [c.case_id for c in val_cases]})
+
