@@ -36,3 +36,18 @@ def run_cli(*args: str, env: dict[str, str] | None = None, check: bool = True) -
     if check and proc.returncode != 0:
         raise AssertionError(f"pemma {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
     return proc
+
+
+def run_main(*args: str) -> str:
+    """Run ``pemma ARGS`` in this process (no interpreter start-up); return stdout, fail on a non-zero exit."""
+    import contextlib
+    import io
+
+    from pemma.cli.main import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(list(args))
+    if code != 0:
+        raise AssertionError(f"pemma {' '.join(args)} exited {code}:\n{err.getvalue()[-3000:]}")
+    return out.getvalue()

@@ -39,6 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="output folder for <case>.nii.gz")
     p.add_argument("--modalities", help="input set (default: what the model was trained with)")
     p.add_argument("--centres", help="only these centres")
+    p.add_argument("--base", help="CT base run of an adapted model, if it moved since adaptation")
     add_window_flags(p)
     p.set_defaults(func=cmd_predict)
 
@@ -49,6 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--modalities", help="input set (default: what the model was trained with)")
     p.add_argument("--out", help="report folder (default: <model>/evaluation)")
     p.add_argument("--save-predictions", action="store_true", help="also write the label maps")
+    p.add_argument("--base", help="CT base run of an adapted model, if it moved since adaptation")
     add_window_flags(p)
     p.set_defaults(func=cmd_evaluate)
 
@@ -89,7 +91,7 @@ def _model_and_inputs(args: argparse.Namespace, source: str):
     from pemma.training.distributed import resolve_device
 
     device = resolve_device(args.device or "auto")
-    model = load_model(args.model, device)
+    model = load_model(args.model, device, base_run=args.base)
     modalities = parse_modalities(args.modalities) if args.modalities else model.input_sets[0]
     model.check_inputs(modalities, source)
     return model, modalities, device

@@ -212,5 +212,6 @@ def _train(task: TrainingTask, cfg: RunConfig, train_cases: list[CaseRecord], va
         best_step = step
     barrier(dist)
     seconds = time.time() - started
-    log.info(f"done: {step} steps in {seconds:.0f} s; best mean DSCagg {best:.4f} at step {best_step}")
+    best_text = f"{best:.4f}" if best >= 0 else "n/a (no validation cases)"
+    log.info(f"done: {step} steps in {seconds:.0f} s; best mean DSCagg {best_text} at step {best_step}")
     return {"steps": step, "best_dsc": best, "best_step": best_step, "seconds": seconds}
