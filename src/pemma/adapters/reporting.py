@@ -30,9 +30,11 @@ def parameter_summary(run_dir: Path) -> dict[str, Any]:
         for inputs, adapter in loaded.meta.get("adapters", {}).items():
             out[f"adapter for {inputs}"] = adapter
     else:
-        trainable, total = count_parameters(loaded.net)
+        net = loaded.net.pet_net if loaded.kind == "late_fusion" else loaded.net  # late fusion trains the PET model
+        trainable, total = count_parameters(net)
         early = early_fusion_parameter_count(cfg.model.backbone, base_constructor_kwargs(cfg))
-        out.update({"inputs": "+".join(loaded.meta["modalities"]), "trainable": trainable, "total": total,
+        out.update({"inputs": "+".join(loaded.meta["modalities"]), "method": loaded.meta.get("method"),
+                    "trainable": trainable, "total": count_parameters(loaded.net)[1],
                     "early_fusion": early, "percent_of_early_fusion": f"{100.0 * trainable / early:.3f}%"})
     return out
 

@@ -17,7 +17,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="dataset folder or datalist")
     p.add_argument("--centres", help="comma-separated centres (default: all)")
     p.add_argument("--add-modality", default="pet", choices=["pet"], help="modality to add (default pet)")
-    p.add_argument("--method", default="lora", choices=["lora", "dora"], help="adapter type (default lora)")
+    p.add_argument("--method", default="lora", choices=["lora", "dora", "early-fusion", "full", "late-fusion"],
+                   help="lora | dora (PEMMA, default lora); baselines: early-fusion (2 channels from the CT "
+                        "model, all trained), full (PEMMA pathway, all parameters trained), late-fusion (a PET "
+                        "model, logits weighted with the CT model's)")
     p.add_argument("--rank", type=int, default=4, help="adapter rank r (default 4)")
     p.add_argument("--alpha", type=float, default=8.0, help="adapter scaling alpha (default 8)")
     p.add_argument("--adapter-dropout", type=float, default=0.0, help="dropout on the adapter input")
@@ -45,20 +48,27 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     from pemma.adapters.config import AdapterConfig
     from pemma.errors import PemmaError
     from pemma.training.adaptation import adapt
+    from pemma.training.baselines import BASELINES, train_baseline
 
     def split(value: str | None) -> tuple[str, ...] | None:
         return None if value is None else tuple(x.strip() for x in value.split(",") if x.strip())
 
     try:
-        adapter_cfg = AdapterConfig(method=args.method, rank=args.rank, alpha=args.alpha,
+        method = args.method if args.method in ("lora", "dora") else "lora"  # the baseline "full" uses LoRA
+        adapter_cfg = AdapterConfig(method=method, rank=args.rank, alpha=args.alpha,
                                     dropout=args.adapter_dropout, target_modules=split(args.target_modules),
                                     train_parts=split(args.train_parts),
                                     modality_dropout=tuple(args.modality_dropout))
     except ValueError as exc:
         raise PemmaError(f"invalid adapter settings: {exc}") from None
     cfg = run_config_from_args(args)
-    summary = adapt(args.base, cfg, adapter_cfg, args.out, resume=args.resume)
-    print(f"{args.out}: {summary['steps']} steps, best validation mean DSCagg (CT+PET) {summary['best_dsc']:.4f}")
+    if args.method in BASELINES:
+        summary = train_baseline(args.method, args.base, cfg, args.out, adapter_cfg, resume=args.resume)
+    else:
+        summary = adapt(args.base, cfg, adapter_cfg, args.out, resume=args.resume)
+    extra = f", CT logit weight {summary['weight']}" if "weight" in summary else ""
+    print(f"{args.out}: {summary['steps']} steps, best validation mean DSCagg (CT+PET) {summary['best_dsc']:.4f}"
+          f"{extra}")
     return 0
 
 

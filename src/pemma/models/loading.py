@@ -41,9 +41,9 @@ class LoadedModel:
             raise PemmaError(f"{source}: model expects input {accepted}, got {','.join(modalities)}{channels}")
 
     def __call__(self, x: torch.Tensor, modalities: Sequence[str]) -> torch.Tensor:
-        if self.kind == "pemma":
-            return self.net(x, tuple(modalities))
-        return self.net(x)
+        if self.kind == "backbone":
+            return self.net(x)
+        return self.net(x, tuple(modalities))
 
     def predictor(self, modalities: Sequence[str]) -> Callable[[torch.Tensor], torch.Tensor]:
         """A window -> logits function for sliding-window inference with the given inputs."""
@@ -108,6 +108,42 @@ def _load_pemma(run_dir: Path, meta: dict[str, Any], base_run: str | Path | None
     return model
 
 
+def _base_of(run_dir: Path, meta: dict[str, Any], base_run: str | Path | None) -> tuple[LoadedModel, Path]:
+    from pemma.io_utils import sha256_file
+
+    base_dir = Path(base_run or meta["base_run"])
+    base = load_model(base_dir)
+    if base.kind != "backbone":
+        raise PemmaError(f"{base_dir}: the base of {run_dir} must be a plain CT run")
+    if sha256_file(base_dir / "model.safetensors") != meta["base_sha256"]:
+        raise PemmaError(f"{run_dir}: was trained on base {meta['base_sha256'][:12]} but {base_dir} holds "
+                         f"{base.meta['sha256'][:12]}")
+    return base, base_dir
+
+
+def _load_full(run_dir: Path, meta: dict[str, Any], config: RunConfig) -> nn.Module:
+    from pemma.adapters.config import AdapterConfig
+
+    shell = LoadedModel(net=build_backbone(config.model, in_channels=1), config=config, meta={},
+                        input_sets=[["ct"]], run_dir=run_dir)
+    model = build_pemma(shell, AdapterConfig.from_dict(meta["adapter_config"]))
+    model.requires_grad_(True)  # full fine-tuning trained everything
+    try:
+        model.load_state_dict(load_weights(run_dir))
+    except RuntimeError as exc:
+        raise PemmaError(f"{run_dir}: weights do not fit the configured model ({str(exc).splitlines()[0]})") from None
+    return model
+
+
+def _load_late_fusion(run_dir: Path, meta: dict[str, Any], config: RunConfig,
+                      base_run: str | Path | None) -> nn.Module:
+    from pemma.models.late_fusion import LateFusion
+
+    base, _ = _base_of(run_dir, meta, base_run)
+    pet_net = _load_backbone(run_dir, {"modalities": ["pet"]}, config)
+    return LateFusion(base.net, pet_net, float(meta["weight"]))
+
+
 def load_model(run_dir: str | Path, device: torch.device | str = "cpu",
                base_run: str | Path | None = None) -> LoadedModel:
     """Load a run folder written by ``pemma train`` or ``pemma adapt`` (config, metadata, checked weights).
@@ -125,8 +161,13 @@ def load_model(run_dir: str | Path, device: torch.device | str = "cpu",
     if kind == "backbone":
         net = _load_backbone(run_dir, meta, config)
         input_sets = [list(meta["modalities"])]
-    elif kind == "pemma":
-        net = _load_pemma(run_dir, meta, base_run)
+    elif kind in ("pemma", "pemma_full", "late_fusion"):
+        if kind == "pemma":
+            net = _load_pemma(run_dir, meta, base_run)
+        elif kind == "pemma_full":
+            net = _load_full(run_dir, meta, config)
+        else:
+            net = _load_late_fusion(run_dir, meta, config, base_run)
         input_sets = [list(s) for s in meta["input_sets"]]
     else:
         raise PemmaError(f"{run_dir}: unsupported model kind {kind!r}")

@@ -20,7 +20,7 @@ from pemma.adapters.artifacts import format_load_report, save_adapter
 from pemma.adapters.config import AdapterConfig
 from pemma.adapters.export import parameter_report
 from pemma.config import RunConfig
-from pemma.data.layout import discover_cases, select_cases, split_cases
+from pemma.data.layout import CaseRecord, discover_cases, select_cases, split_cases
 from pemma.errors import PemmaError
 from pemma.io_utils import write_text_atomic
 from pemma.models.loading import LoadedModel, base_constructor_kwargs, build_pemma, load_model
@@ -30,7 +30,7 @@ from pemma.training.loop import TrainingTask, train_task
 ALL_INPUTS = ["ct", "pet"]
 
 
-def _select(image: torch.Tensor, modalities: tuple[str, ...]) -> torch.Tensor:
+def select_channels(image: torch.Tensor, modalities: tuple[str, ...]) -> torch.Tensor:
     """The channels of ``modalities`` from an image holding [CT, PET]."""
     return image[:, [ALL_INPUTS.index(m) for m in modalities]]
 
@@ -46,7 +46,7 @@ def pemma_task(base: LoadedModel, base_run: Path, adapter_cfg: AdapterConfig, cf
     def forward(module: nn.Module, image: torch.Tensor, step: int) -> torch.Tensor:
         # the same draw on every DDP rank: a pure function of (seed, step)
         modalities = model.config.sample_modalities(random.Random(seed * 1_000_003 + step), trainable_only=True)
-        return module(_select(image, modalities), modalities)
+        return module(select_channels(image, modalities), modalities)
 
     def save(module: nn.Module, run_dir: Path, meta: dict[str, Any]) -> None:
         saved = save_adapter(module, run_dir, base.meta["sha256"],
@@ -72,33 +72,54 @@ def pemma_task(base: LoadedModel, base_run: Path, adapter_cfg: AdapterConfig, cf
                   + " (CT-only batches run the frozen CT base and train nothing, so they are skipped)"])
 
 
-def adapt(base_run: str | Path, cfg: RunConfig, adapter_cfg: AdapterConfig, out_dir: str | Path,
-          resume: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Adapt the CT-only run ``base_run`` to CT+PET on ``cfg.data`` and write the run folder ``out_dir``.
+@dataclasses.dataclass
+class AdaptationSetup:
+    """A CT base run, the run configuration with the base's model / preprocessing, and the case split."""
+
+    base: LoadedModel
+    base_run: Path
+    cfg: RunConfig
+    train_cases: list[CaseRecord]
+    val_cases: list[CaseRecord]
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return {"train_cases": [c.case_id for c in self.train_cases],
+                "val_cases": [c.case_id for c in self.val_cases]}
+
+
+def prepare_adaptation(base_run: str | Path, cfg: RunConfig, out_dir: str | Path) -> AdaptationSetup:
+    """Load and check the CT-only base run, and select the CT+PET cases of ``cfg.data``.
 
     ``cfg.model`` and ``cfg.preprocess`` are taken from the base run (the adapted model must see what the
     base saw); ``cfg.data`` and ``cfg.train`` come from the caller.
-
-    Example:
-        >>> cfg = build_config("tiny", overrides={"data": {"root": "data/phantom", "centres": ["MDA"]}})
-        >>> adapt("runs/ct_unetr", cfg, AdapterConfig(method="lora"), "runs/pemma_unetr")
     """
     base_run = Path(base_run)
     if Path(out_dir).resolve() == base_run.resolve():
         raise PemmaError(f"{out_dir}: the adapted run must not overwrite its base run")
     base = load_model(base_run)
-    if base.meta.get("kind") != "backbone" or base.meta.get("modalities") != ["ct"]:
+    if base.kind != "backbone" or base.meta.get("modalities") != ["ct"]:
         raise PemmaError(f"{base_run}: the base must be a CT-only run of `pemma train` "
-                         f"(got {base.meta.get('kind')} on {base.meta.get('modalities')})")
+                         f"(got {base.kind} on {base.meta.get('modalities')})")
     cfg = dataclasses.replace(cfg, model=base.config.model, preprocess=base.config.preprocess,
                               data=dataclasses.replace(cfg.data, modalities=ALL_INPUTS))
     cases = select_cases(discover_cases(cfg.data.root), centres=cfg.data.centres, modalities=ALL_INPUTS,
                          require_label=True, source=str(cfg.data.root))
     train_cases, val_cases = split_cases(cases, cfg.data.val_fraction, cfg.train.seed)
-    task = pemma_task(base, base_run, adapter_cfg, cfg)
-    task.describe.insert(0, f"base: {base_run} (sha256 {base.meta['sha256'][:12]}); "
-                            + format_load_report(task.model.load_report))
-    return train_task(task, cfg, train_cases, val_cases, out_dir, resume=resume, progress=progress,
-                      meta={"train_cases": [c.case_id for c in train_cases],
-                            "val_cases": [c.case_id for c in val_cases]})
+    return AdaptationSetup(base, base_run, cfg, train_cases, val_cases)
 
+
+def adapt(base_run: str | Path, cfg: RunConfig, adapter_cfg: AdapterConfig, out_dir: str | Path,
+          resume: bool = False, progress: bool = True) -> dict[str, Any]:
+    """Adapt the CT-only run ``base_run`` to CT+PET on ``cfg.data`` with PEMMA and write ``out_dir``.
+
+    Example:
+        >>> cfg = build_config("tiny", overrides={"data": {"root": "data/phantom", "centres": ["MDA"]}})
+        >>> adapt("runs/ct_unetr", cfg, AdapterConfig(method="lora"), "runs/pemma_unetr")
+    """
+    setup = prepare_adaptation(base_run, cfg, out_dir)
+    task = pemma_task(setup.base, setup.base_run, adapter_cfg, setup.cfg)
+    task.describe.insert(0, f"base: {setup.base_run} (sha256 {setup.base.meta['sha256'][:12]}); "
+                            + format_load_report(task.model.load_report))
+    return train_task(task, setup.cfg, setup.train_cases, setup.val_cases, out_dir, resume=resume,
+                      progress=progress, meta=setup.meta)

@@ -15,17 +15,25 @@ from pemma.training.checkpoint import save_weights
 from pemma.training.loop import TrainingTask, train_task
 
 
-def backbone_task(cfg: RunConfig) -> TrainingTask:
-    """All parameters of a MONAI backbone with ``len(modalities)`` input channels train."""
+def backbone_task(cfg: RunConfig, net: nn.Module | None = None, name: str | None = None,
+                  extra_meta: dict[str, Any] | None = None) -> TrainingTask:
+    """All parameters of a MONAI backbone with ``len(modalities)`` input channels train.
+
+    Args:
+        cfg: run configuration (``data.modalities`` are the input channels).
+        net: an initialised network (e.g. early fusion started from a CT model). Default: a fresh one.
+        name: what the run is, for the log. extra_meta: stored in ``model.json``.
+    """
     modalities = list(cfg.data.modalities)
     torch.manual_seed(cfg.train.seed)
-    net = build_backbone(cfg.model, in_channels=len(modalities))
+    net = net if net is not None else build_backbone(cfg.model, in_channels=len(modalities))
     trainable, total = count_parameters(net)
-    name = "CT-only" if modalities == ["ct"] else "early fusion" if len(modalities) > 1 else "single-modality"
+    name = name or ("CT-only" if modalities == ["ct"] else "early fusion" if len(modalities) > 1
+                    else "single-modality")
 
     def save(model: nn.Module, run_dir: Path, meta: dict[str, Any]) -> None:
         save_weights(model, run_dir, {"kind": "backbone", "backbone": cfg.model.backbone,
-                                      "modalities": modalities, **meta})
+                                      "modalities": modalities, "method": name, **(extra_meta or {}), **meta})
 
     return TrainingTask(
         model=net, modalities=modalities, forward=lambda module, image, step: module(image),
