@@ -104,3 +104,36 @@ def test_adapt_two_process_gloo_with_modality_dropout(bases: dict[str, Path], ph
     log = (out / "train.log").read_text()
     assert "processes 2" in log and "ct+pet 0.50, pet 0.50" in log
     assert (out / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("method", ["early-fusion", "full", "late-fusion"])
+def test_baselines_train_and_evaluate(bases: dict[str, Path], phantom: Path, tmp_path: Path, method: str) -> None:
+    run = tmp_path / method
+    stdout = run_main("adapt", "--base", str(bases["unetr"]), "--data", str(phantom), "--centres", "MDA", "--method",
+                      method, *FAST[:2], "--spacing", "4", "4", "4", "--batch-size", "1", "--max-steps", "2",
+                      "--out", str(run))
+    meta = json.loads((run / "model.json").read_text())
+    summary = json.loads(run_main("params", str(run), "--json"))
+    if method == "early-fusion":
+        assert meta["kind"] == "backbone" and meta["modalities"] == ["ct", "pet"]
+        assert summary["trainable"] == summary["early_fusion"]
+        input_sets = ["ct,pet"]
+    elif method == "full":
+        assert meta["kind"] == "pemma_full"
+        assert summary["trainable"] == summary["total"] > summary["early_fusion"]
+        input_sets = ["ct", "pet", "ct,pet"]
+    else:
+        assert meta["kind"] == "late_fusion" and 0.0 <= meta["weight"] <= 1.0 and "CT logit weight" in stdout
+        assert len(meta["weight_search"]) == 11
+        input_sets = ["ct", "ct,pet"]
+        # the CT member is the base itself: CT-only predictions are the base's
+        run_main("predict", "--model", str(run), "--modalities", "ct", "--input", str(phantom / "imagesTr"),
+                 "--centres", "MDA", "--out", str(tmp_path / "lf_ct"))
+        run_main("predict", "--model", str(bases["unetr"]), "--input", str(phantom / "imagesTr"),
+                 "--centres", "MDA", "--out", str(tmp_path / "base_ct"))
+        a, b = _labels(tmp_path / "lf_ct"), _labels(tmp_path / "base_ct")
+        assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    for modalities in input_sets:
+        out = run_main("evaluate", "--model", str(run), "--data", str(phantom), "--centres", "MDA",
+                       "--modalities", modalities, "--out", str(tmp_path / "eval"))
+        assert f"inputs {modalities.replace(',', '+')}" in out
