@@ -67,6 +67,7 @@ def save_adapter(model: PemmaAdaptedModel, out_dir: str | os.PathLike, base_sha2
     meta: dict[str, Any] = {
         "format": FORMAT, "version": FORMAT_VERSION, "backbone": model.backbone_name,
         "adapter_name": model.adapter_name, "adapter_config": model.config.to_dict(),
+        "ct_adapter": model.ct_adapter,
         "base_sha256": base_sha256, "base": extra, "weights_file": WEIGHTS_NAME,
         "weights_sha256": sha256_file(weights), "adapter_bytes": weights.stat().st_size,
         "tensors": len(state), "parameters": int(sum(v.numel() for v in state.values())),

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 from collections.abc import Iterator, Sequence
 from typing import ClassVar
 
@@ -61,6 +62,24 @@ def unwrap_model(model: nn.Module) -> nn.Module:
             model = model._orig_mod
         else:
             return model
+
+
+@contextlib.contextmanager
+def adapter_active(module: nn.Module, name: str) -> Iterator[None]:
+    """Run ``module`` with only the peft adapter ``name`` active (wrappers without it pass through).
+
+    Like :func:`adapters_disabled` this flips the layers' state for the call only and leaves
+    ``requires_grad`` alone (peft's ``set_adapter`` would re-mark trainable parameters).
+    """
+    layers = [m for m in module.modules() if isinstance(m, (BaseTunerLayer, AuxiliaryTrainingWrapper))]
+    previous = [m._active_adapter for m in layers]
+    for layer in layers:
+        layer._active_adapter = [name]
+    try:
+        yield
+    finally:
+        for layer, state in zip(layers, previous, strict=True):
+            layer._active_adapter = state
 
 
 def first_conv(module: nn.Module) -> nn.Conv3d:
@@ -111,6 +130,7 @@ class PemmaAdaptedModel(nn.Module):
         self.adapter_name = adapter_name
         self.modalities = MODALITY_ORDER
         self._merged = False
+        self.ct_adapter: str | None = None  # adapter serving CT-only input; None = the exact CT base
 
         net = copy.deepcopy(base)
         self.stripped_forward_overrides = _strip_forward_overrides(net)
@@ -184,6 +204,31 @@ class PemmaAdaptedModel(nn.Module):
             raise ValueError(f"unknown adapter(s) {missing}; this model has {self.adapter_names}")
         self.base_model.set_adapter(names)
 
+    def add_ct_adapter(self, name: str = "ct_update") -> None:
+        """Give CT-only input an adapter of its own (for a CT-only update) and make only it trainable.
+
+        Until this is called CT alone runs the exact CT base. Afterwards CT alone runs the base with the
+        ``name`` adapter (same rank / alpha / targets as the main one, initialised to a zero update, so the
+        output starts equal to the base); the base stays recoverable by disabling adapters. CT+PET and PET
+        input keep using ``self.adapter_name``.
+        """
+        if self._merged:
+            raise ValueError("cannot add an adapter to a merged model")
+        if name in self.adapter_names:
+            raise ValueError(f"adapter {name!r} already exists")
+        main = self.base_model.peft_config[self.adapter_name]
+        self.base_model.peft_config[name] = dataclasses.replace(main)
+        self.base_model.inject_adapter(self.base_model.model, name)
+        self.requires_grad_(False)
+        for key, param in self.named_parameters():
+            if f".{name}." in key or key.endswith(f".{name}"):
+                param.requires_grad_(True)
+        self.ct_adapter = name
+
+    def adapter_for(self, modalities: Sequence[str]) -> str | None:
+        """Which adapter serves an input set (None: the exact CT base)."""
+        return self.ct_adapter if tuple(modalities) == ("ct",) else self.adapter_name
+
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
         """State of everything adaptation adds: LoRA/DoRA tensors, trainable base-module copies and the new
         PET modules (whatever their ``requires_grad``). The frozen base copy is left out."""
@@ -216,9 +261,15 @@ class PemmaAdaptedModel(nn.Module):
             if self._merged:
                 raise ValueError("a merged PEMMA model has no unadapted CT path; use the unmerged model "
                                  "or the CT base model for CT-only input")
+            if self.ct_adapter is not None:
+                with adapter_active(self.base_model, self.ct_adapter):
+                    return self.net(inputs["ct"])
             with adapters_disabled(self.base_model):
                 return self.net(inputs["ct"])
-        return self._forward_adapted(inputs.get("ct"), inputs.get("pet"))
+        if self.ct_adapter is None or self._merged:
+            return self._forward_adapted(inputs.get("ct"), inputs.get("pet"))
+        with adapter_active(self.base_model, self.adapter_name):
+            return self._forward_adapted(inputs.get("ct"), inputs.get("pet"))
 
     def _forward_adapted(self, ct: torch.Tensor | None, pet: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError

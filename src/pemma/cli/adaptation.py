@@ -32,6 +32,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_training_flags(p)
     p.set_defaults(func=cmd_adapt)
 
+    p = sub.add_parser("update", help="continue training an adapted model on new centres with one modality",
+                       description="Continual update without replay: PEMMA trains its adapters (a CT-only update "
+                                   "gets an adapter of its own on the CT route); the CT base is never modified.")
+    p.add_argument("--model", required=True, help="run folder to update (adapt, baselines or earlier update)")
+    p.add_argument("--data", required=True, help="dataset folder or datalist")
+    p.add_argument("--centres", help="comma-separated centres (default: all)")
+    p.add_argument("--modalities", required=True, help="ct, pet or ct,pet: what the new centre provides")
+    p.add_argument("--out", required=True, help="run folder of the updated model")
+    add_training_flags(p)
+    p.set_defaults(func=cmd_update)
+
     p = sub.add_parser("params", help="trainable / total parameters, and %% of early fusion")
     p.add_argument("model", help="run folder")
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -69,6 +80,17 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     extra = f", CT logit weight {summary['weight']}" if "weight" in summary else ""
     print(f"{args.out}: {summary['steps']} steps, best validation mean DSCagg (CT+PET) {summary['best_dsc']:.4f}"
           f"{extra}")
+    return 0
+
+
+def cmd_update(args: argparse.Namespace) -> int:
+    from pemma.config import parse_modalities
+    from pemma.training.update import update
+
+    cfg = run_config_from_args(args)
+    summary = update(args.model, cfg, parse_modalities(args.modalities), args.out, resume=args.resume)
+    print(f"{args.out}: {summary['steps']} steps, best validation mean DSCagg ({args.modalities}) "
+          f"{summary['best_dsc']:.4f}")
     return 0
 
 

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from torch import nn
 
 from pemma.config import RunConfig
@@ -41,13 +43,28 @@ class LoadedModel:
             raise PemmaError(f"{source}: model expects input {accepted}, got {','.join(modalities)}{channels}")
 
     def __call__(self, x: torch.Tensor, modalities: Sequence[str]) -> torch.Tensor:
-        if self.kind == "backbone":
-            return self.net(x)
-        return self.net(x, tuple(modalities))
+        return run_network(self.net, self.kind, self.meta.get("modalities", []), x, modalities)
 
     def predictor(self, modalities: Sequence[str]) -> Callable[[torch.Tensor], torch.Tensor]:
         """A window -> logits function for sliding-window inference with the given inputs."""
         return lambda x: self(x, modalities)
+
+
+def run_network(net: nn.Module, kind: str, trained: Sequence[str], x: torch.Tensor,
+                modalities: Sequence[str]) -> torch.Tensor:
+    """Logits of ``net`` for ``x`` holding ``modalities`` ([CT, PET] order).
+
+    A plain backbone trained on more channels than given (early fusion with one modality) gets the
+    missing channels as zeros, as the PEMMA paper evaluates early fusion with a single modality.
+    """
+    if kind != "backbone":
+        return net(x, tuple(modalities))
+    if list(modalities) == list(trained):
+        return net(x)
+    full = x.new_zeros((x.shape[0], len(trained), *x.shape[2:]))
+    for i, modality in enumerate(modalities):
+        full[:, list(trained).index(modality)] = x[:, i]
+    return net(full)
 
 
 def base_constructor_kwargs(cfg: RunConfig, in_channels: int = 1) -> dict[str, Any]:
@@ -104,6 +121,8 @@ def _load_pemma(run_dir: Path, meta: dict[str, Any], base_run: str | Path | None
         raise PemmaError(f"{base_dir}: the base of {run_dir} must be a plain CT run")
     stored = read_adapter_config(run_dir)
     model = build_pemma(base, AdapterConfig.from_dict(stored["adapter_config"]))
+    if stored.get("ct_adapter"):
+        model.add_ct_adapter(stored["ct_adapter"])
     load_adapter(model, run_dir, sha256_file(Path(base_dir) / "model.safetensors"))
     return model
 
@@ -141,6 +160,12 @@ def _load_late_fusion(run_dir: Path, meta: dict[str, Any], config: RunConfig,
 
     base, _ = _base_of(run_dir, meta, base_run)
     pet_net = _load_backbone(run_dir, {"modalities": ["pet"]}, config)
+    ct_member = run_dir / "ct_member.safetensors"  # written when an update trained the CT member
+    if ct_member.is_file():
+        try:
+            base.net.load_state_dict(load_file(str(ct_member)))
+        except (SafetensorError, OSError, RuntimeError) as exc:
+            raise PemmaError(f"{ct_member}: truncated or corrupt checkpoint ({str(exc).splitlines()[0]})") from None
     return LateFusion(base.net, pet_net, float(meta["weight"]))
 
 
@@ -160,7 +185,8 @@ def load_model(run_dir: str | Path, device: torch.device | str = "cpu",
     kind = meta.get("kind", "backbone")
     if kind == "backbone":
         net = _load_backbone(run_dir, meta, config)
-        input_sets = [list(meta["modalities"])]
+        trained = list(meta["modalities"])
+        input_sets = [trained] + ([[m] for m in trained] if len(trained) > 1 else [])
     elif kind in ("pemma", "pemma_full", "late_fusion"):
         if kind == "pemma":
             net = _load_pemma(run_dir, meta, base_run)

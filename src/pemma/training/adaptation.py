@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from pemma.adapters.artifacts import format_load_report, save_adapter
+from pemma.adapters.base import unwrap_model
 from pemma.adapters.config import AdapterConfig
 from pemma.adapters.export import parameter_report
 from pemma.config import RunConfig
@@ -35,6 +36,21 @@ def select_channels(image: torch.Tensor, modalities: tuple[str, ...]) -> torch.T
     return image[:, [ALL_INPUTS.index(m) for m in modalities]]
 
 
+def save_pemma_run(model: nn.Module, run_dir: Path, base_run: Path, base_sha256: str, base_cfg: RunConfig,
+                   meta: dict[str, Any]) -> None:
+    """Write an adapted run's artifacts: adapter tensors + config (safetensors / JSON) and ``model.json``
+    (kind, base run and SHA-256, which adapter serves which input set, parameter accounting)."""
+    model = unwrap_model(model)
+    backbone = base_cfg.model.backbone
+    saved = save_adapter(model, run_dir, base_sha256, extra_config={"run": str(base_run), "backbone": backbone})
+    info = {"kind": "pemma", "backbone": backbone, "method": model.config.method, "base_run": str(base_run),
+            "base_sha256": base_sha256, "modalities": ALL_INPUTS, "input_sets": [["ct", "pet"], ["ct"], ["pet"]],
+            "adapters": {s: model.adapter_for(s.split("+")) or "none (exact CT base)" for s in ("ct+pet", "pet", "ct")},
+            "adapter_bytes": saved["adapter_bytes"],
+            "parameters": parameter_report(model, base_constructor_kwargs(base_cfg)), **meta}
+    write_text_atomic(run_dir / MODEL_META, json.dumps(info, indent=2, default=str))
+
+
 def pemma_task(base: LoadedModel, base_run: Path, adapter_cfg: AdapterConfig, cfg: RunConfig) -> TrainingTask:
     """The PEMMA model built on ``base`` and how it trains (seeded modality dropout per step)."""
     torch.manual_seed(cfg.train.seed)
@@ -49,14 +65,7 @@ def pemma_task(base: LoadedModel, base_run: Path, adapter_cfg: AdapterConfig, cf
         return module(select_channels(image, modalities), modalities)
 
     def save(module: nn.Module, run_dir: Path, meta: dict[str, Any]) -> None:
-        saved = save_adapter(module, run_dir, base.meta["sha256"],
-                             extra_config={"run": str(base_run.resolve()), "backbone": base.config.model.backbone})
-        info = {"kind": "pemma", "backbone": base.config.model.backbone, "method": model.config.method,
-                "base_run": str(base_run.resolve()), "base_sha256": base.meta["sha256"],
-                "modalities": ALL_INPUTS, "input_sets": [["ct", "pet"], ["ct"], ["pet"]],
-                "adapters": {"ct+pet": model.adapter_name, "pet": model.adapter_name, "ct": "none (CT base)"},
-                "adapter_bytes": saved["adapter_bytes"], "parameters": report, **meta}
-        write_text_atomic(run_dir / MODEL_META, json.dumps(info, indent=2, default=str))
+        save_pemma_run(module, run_dir, base_run, base.meta["sha256"], base.config, meta)
 
     return TrainingTask(
         model=model, modalities=ALL_INPUTS, forward=forward,
@@ -118,7 +127,7 @@ def adapt(base_run: str | Path, cfg: RunConfig, adapter_cfg: AdapterConfig, out_
         >>> adapt("runs/ct_unetr", cfg, AdapterConfig(method="lora"), "runs/pemma_unetr")
     """
     setup = prepare_adaptation(base_run, cfg, out_dir)
-    task = pemma_task(setup.base, setup.base_run, adapter_cfg, setup.cfg)
+    task = pemma_task(setup.base, setup.base_run.resolve(), adapter_cfg, setup.cfg)
     task.describe.insert(0, f"base: {setup.base_run} (sha256 {setup.base.meta['sha256'][:12]}); "
                             + format_load_report(task.model.load_report))
     return train_task(task, setup.cfg, setup.train_cases, setup.val_cases, out_dir, resume=resume,

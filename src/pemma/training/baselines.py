@@ -20,6 +20,7 @@ import torch
 from monai.inferers import sliding_window_inference
 from torch import nn
 
+from pemma.adapters.base import unwrap_model
 from pemma.adapters.config import AdapterConfig
 from pemma.config import RunConfig
 from pemma.data.dataset import cached_dataset, case_dicts
@@ -35,6 +36,7 @@ from pemma.training.loop import TrainingTask, train_task
 from pemma.training.segmentation import backbone_task
 
 BASELINES = ("early-fusion", "full", "late-fusion")
+LATE_FUSION_INPUTS = [["ct", "pet"], ["ct"], ["pet"]]
 LATE_FUSION_WEIGHTS = tuple(np.round(np.linspace(0.0, 1.0, 11), 2))
 
 
@@ -63,6 +65,14 @@ def early_fusion_task(setup: AdaptationSetup) -> TrainingTask:
     return task
 
 
+def save_full_run(model: nn.Module, run_dir: Path, meta: dict[str, Any]) -> None:
+    """All weights of a fully fine-tuned PEMMA model, with what is needed to rebuild it."""
+    model = unwrap_model(model)
+    save_weights(model, run_dir, {**meta, "kind": "pemma_full", "method": "full fine-tuning",
+                                  "adapter_config": model.config.to_dict(), "modalities": ALL_INPUTS,
+                                  "input_sets": [["ct", "pet"], ["ct"], ["pet"]]})
+
+
 def full_finetune_task(setup: AdaptationSetup, adapter_cfg: AdapterConfig) -> TrainingTask:
     model = build_pemma(setup.base, adapter_cfg)
     model.requires_grad_(True)
@@ -74,11 +84,9 @@ def full_finetune_task(setup: AdaptationSetup, adapter_cfg: AdapterConfig) -> Tr
         return module(select_channels(image, modalities), modalities)
 
     def save(module: nn.Module, run_dir: Path, meta: dict[str, Any]) -> None:
-        save_weights(module, run_dir, {
-            "kind": "pemma_full", "backbone": setup.cfg.model.backbone, "method": "full fine-tuning",
-            "adapter_config": model.config.to_dict(), "base_run": str(setup.base_run.resolve()),
-            "base_sha256": setup.base.meta["sha256"], "modalities": ALL_INPUTS,
-            "input_sets": [["ct", "pet"], ["ct"], ["pet"]], **meta})
+        save_full_run(module, run_dir, {"backbone": setup.cfg.model.backbone,
+                                        "base_run": str(setup.base_run.resolve()),
+                                        "base_sha256": setup.base.meta["sha256"], **meta})
 
     return TrainingTask(model=model, modalities=ALL_INPUTS, forward=forward,
                         predictor=lambda module: (lambda x: module(x, ("ct", "pet"))), save=save,
@@ -96,7 +104,7 @@ def late_fusion_task(setup: AdaptationSetup) -> TrainingTask:
         save_weights(module, run_dir, {
             "kind": "late_fusion", "backbone": setup.cfg.model.backbone, "method": "late fusion",
             "base_run": str(setup.base_run.resolve()), "base_sha256": setup.base.meta["sha256"],
-            "weight": 0.5, "modalities": ALL_INPUTS, "input_sets": [["ct", "pet"], ["ct"], ["pet"]], **meta})
+            "weight": 0.5, "modalities": ALL_INPUTS, "input_sets": LATE_FUSION_INPUTS, **meta})
 
     return TrainingTask(model=pet_net, modalities=ALL_INPUTS, forward=lambda module, image, step: module(image[:, 1:]),
                         predictor=lambda module: (lambda x: module(x[:, 1:])), save=save,

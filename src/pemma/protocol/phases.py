@@ -1,0 +1,147 @@
+"""Strategy building blocks: names the protocol knows, the phase and split records, and the order rules.
+
+Everything here raises :class:`StrategyError` with a message that names the phase; :mod:`pemma.protocol.strategy`
+prefixes the file. See that module for the YAML format.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pemma import MODALITY_ORDER
+from pemma.errors import PemmaError
+
+#: Centres of HECKTOR 2022 (training: CHUM, CHUP, CHUS, CHUV, MDA, HGJ, HMR; test: CHB, USZ).
+HECKTOR_CENTRES: tuple[str, ...] = ("CHUM", "CHUP", "CHUS", "CHUV", "MDA", "HGJ", "HMR", "CHB", "USZ")
+OPERATIONS: tuple[str, ...] = ("pretrain", "adapt", "update")
+METHODS: tuple[str, ...] = ("pemma_lora", "pemma_dora", "early_fusion", "late_fusion", "full_finetune")
+#: ``pemma adapt --method`` value of each strategy method.
+ADAPT_METHOD_FLAG: dict[str, str] = {"pemma_lora": "lora", "pemma_dora": "dora", "early_fusion": "early-fusion",
+                                     "late_fusion": "late-fusion", "full_finetune": "full"}
+#: Input sets every centre seen so far is evaluated with after each phase.
+EVAL_INPUTS: tuple[str, ...] = ("ct", "pet", "ct+pet")
+DEFAULT_VARIANT = "default"
+
+TOP_KEYS = ("name", "backbones", "preset", "max_steps", "split", "methods", "phases", "variants")
+PHASE_KEYS = ("name", "operation", "centres", "modalities")
+OVERRIDE_KEYS = ("centres", "modalities")
+SPLIT_KEYS = ("val_fraction", "test_fraction", "seed")
+
+
+class StrategyError(PemmaError):
+    """An invalid strategy file; the message is one line naming the file and the phase."""
+
+
+def name_list(value: Any, what: str) -> list[str]:
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not items or not all(isinstance(v, str) and v.strip() for v in items):
+        raise StrategyError(f"{what} must be a non-empty list of names, got {value!r}")
+    return [v.strip() for v in items]
+
+
+def check_keys(raw: Any, allowed: Sequence[str], where: str) -> None:
+    if not isinstance(raw, Mapping):
+        raise StrategyError(f"{where} must be a mapping, got {type(raw).__name__}")
+    unknown = sorted(str(k) for k in raw if k not in allowed)
+    if unknown:
+        raise StrategyError(f"{where}: unknown key {unknown[0]!r} (allowed: {', '.join(allowed)})")
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """Seeded per-centre split: ``test_fraction`` held out first, then ``val_fraction`` of the rest."""
+
+    val_fraction: float = 0.2
+    test_fraction: float = 0.2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("val_fraction", "test_fraction"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+                raise StrategyError(f"split: {name} must be a number in [0, 1), got {value!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise StrategyError(f"split: seed must be an integer, got {self.seed!r}")
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One training phase: ``operation`` on ``centres`` with ``modalities`` (kept in ``MODALITY_ORDER``)."""
+
+    name: str
+    operation: str
+    centres: tuple[str, ...]
+    modalities: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name.strip() or "/" in self.name:
+            raise StrategyError(f"phase {self.name!r}: name must be a non-empty string without '/'")
+        where = f"phase {self.name!r}"
+        if self.operation not in OPERATIONS:
+            raise StrategyError(f"{where}: unknown operation {self.operation!r} (known: {', '.join(OPERATIONS)})")
+        centres = name_list(self.centres, f"{where}: centres")
+        if len(set(centres)) != len(centres):
+            raise StrategyError(f"{where}: centres listed twice in {centres}")
+        mods = ["pet" if m.lower() == "pt" else m.lower() for m in name_list(self.modalities, f"{where}: modalities")]
+        for mod in mods:
+            if mod not in MODALITY_ORDER:
+                raise StrategyError(f"{where}: unknown modality {mod!r} (known: {', '.join(MODALITY_ORDER)})")
+        object.__setattr__(self, "centres", tuple(centres))
+        object.__setattr__(self, "modalities", tuple(m for m in MODALITY_ORDER if m in mods))
+
+    @property
+    def inputs(self) -> str:
+        """The modalities as one input-set name: ``"ct"``, ``"pet"`` or ``"ct+pet"``."""
+        return "+".join(self.modalities)
+
+
+def check_order(phases: Sequence[Phase], where: str) -> None:
+    seen_names: set[str] = set()
+    seen_mods: set[str] = set()
+    adapted = False
+    for i, phase in enumerate(phases):
+        at = f"{where}phase {phase.name!r} (#{i + 1})"
+        if phase.name in seen_names:
+            raise StrategyError(f"{at}: duplicate phase name")
+        seen_names.add(phase.name)
+        if i == 0 and phase.operation != "pretrain":
+            raise StrategyError(f"{at}: the first phase must be 'pretrain' (a CT base model), got {phase.operation!r}")
+        if phase.operation == "pretrain":
+            if i > 0:
+                raise StrategyError(f"{at}: 'pretrain' must be the first phase only")
+            if phase.modalities != ("ct",):
+                raise StrategyError(f"{at}: 'pretrain' trains the CT base model, so modalities must be [ct]")
+        elif phase.operation == "adapt":
+            if not set(phase.modalities) - seen_mods:
+                raise StrategyError(f"{at}: 'adapt' must add a modality not seen before "
+                                    f"(seen: {', '.join(sorted(seen_mods))})")
+            adapted = True
+        elif not adapted:
+            raise StrategyError(f"{at}: 'update' needs an 'adapt' phase before it")
+        else:
+            new = [m for m in phase.modalities if m not in seen_mods]
+            if new:
+                raise StrategyError(f"{at}: 'update' uses {new[0]!r}, which no earlier phase added; use 'adapt'")
+        seen_mods.update(phase.modalities)
+
+
+def check_centres(phases: Sequence[Phase], known: Mapping[str, str], dataset: set[str] | None,
+                   where: str) -> tuple[Phase, ...]:
+    out = []
+    for i, phase in enumerate(phases):
+        at = f"{where}phase {phase.name!r} (#{i + 1})"
+        centres = []
+        for centre in phase.centres:
+            canonical = known.get(centre.upper())
+            if canonical is None:
+                names = ", ".join(dict.fromkeys(known.values()))
+                raise StrategyError(f"{at}: unknown centre {centre!r} (known: {names})")
+            if dataset is not None and canonical not in dataset:
+                raise StrategyError(f"{at}: centre {canonical!r} has no cases in the dataset "
+                                    f"(found: {', '.join(sorted(dataset)) or 'none'})")
+            centres.append(canonical)
+        out.append(dataclasses.replace(phase, centres=tuple(centres)))
+    return tuple(out)

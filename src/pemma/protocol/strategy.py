@@ -1,0 +1,307 @@
+"""Strategy files: the phases of a continual-learning protocol, their variants and the per-centre split.
+
+A strategy is a small YAML file (``strategies/hecktor2022.yaml`` is the authors' protocol, commented)::
+
+    name: hecktor2022
+    backbones: [unetr]          # --backbone, --preset and --max-steps override these three
+    preset: tiny
+    max_steps: null
+    split: {val_fraction: 0.2, test_fraction: 0.2, seed: 0}
+    methods: [pemma_lora, pemma_dora, early_fusion, late_fusion, full_finetune]
+    phases:                     # {name, operation, centres, modalities}, in training order
+      - {name: pretrain, operation: pretrain, centres: [CHUM, CHUP, CHUS, CHUV], modalities: [ct]}
+      - ...
+    variants:                   # variant name -> {phase name -> replaced fields}
+      pet_only: {}
+      ct_only: {update_hgj: {modalities: [ct]}, update_hmr: {modalities: [ct]}}
+
+Operations: ``pretrain`` trains the CT base model (shared by every method); ``adapt`` adds a modality to
+it (PEMMA adapters, or a baseline built from the base); ``update`` continues training an adapted model on
+new centres with the modalities given, without replay.
+
+Variants: ``phases`` is the base sequence; each entry of ``variants`` names a full protocol obtained by
+replacing the ``modalities`` and/or ``centres`` of the phases it lists (``{}`` = the base sequence as
+written). Without ``variants`` there is one variant, ``default``. Every expanded variant is validated like
+the base. Phases whose whole history is identical across variants get the same :attr:`PlannedPhase.run_key`,
+so a runner trains them once and reuses them (the key covers the phases only: a runner adds the backbone,
+method, preset and split to its run-folder name).
+
+Rules (a violation raises :class:`StrategyError`, one line naming the file and the phase): the first
+phase is ``pretrain`` on CT only and no later phase is; ``adapt`` follows a pretrain and adds a modality
+not seen before; ``update`` follows an adapt and uses only modalities the model already has; phase
+names are unique; centres are HECKTOR centres or centres of the dataset; no unknown keys.
+
+Example:
+    >>> strategy = load_strategy("strategies/hecktor2022.yaml").with_overrides(preset="tiny", max_steps=20)
+    >>> [p.run_key for p in strategy.plan() if p.variant == "pet_only"][-1]
+    '03_update_hmr_pet_0999d89b'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pemma.config import BACKBONES
+from pemma.protocol.phases import (
+    ADAPT_METHOD_FLAG,
+    DEFAULT_VARIANT,
+    EVAL_INPUTS,
+    HECKTOR_CENTRES,
+    METHODS,
+    OPERATIONS,
+    OVERRIDE_KEYS,
+    PHASE_KEYS,
+    SPLIT_KEYS,
+    TOP_KEYS,
+    Phase,
+    SplitSpec,
+    StrategyError,
+    check_centres,
+    check_keys,
+    check_order,
+    name_list,
+)
+from pemma.protocol.split import split_case_ids
+
+__all__ = ["ADAPT_METHOD_FLAG", "DEFAULT_VARIANT", "EVAL_INPUTS", "HECKTOR_CENTRES", "METHODS", "OPERATIONS", "Phase",
+           "PlannedPhase", "SplitSpec", "Strategy", "StrategyError", "load_strategy", "parse_strategy",
+           "split_case_ids"]
+
+@dataclass(frozen=True)
+class PlannedPhase:
+    """A phase of one variant, with the key that identifies its whole training history.
+
+    ``run_key`` (e.g. ``"02_update_hgj_pet_1a2b3c4d"``) is equal for two variants exactly when this phase
+    and every phase before it are equal, so it names a reusable run folder. ``parent_key`` is the key of
+    the previous phase (None for the first). ``eval_centres`` are the centres seen up to this phase.
+    """
+
+    variant: str
+    index: int
+    phase: Phase
+    run_key: str
+    parent_key: str | None
+    eval_centres: tuple[str, ...]
+
+
+def _key(chain: Sequence[Phase]) -> str:
+    last = chain[-1]
+    blob = json.dumps([[p.name, p.operation, list(p.centres), list(p.modalities)] for p in chain])
+    digest = hashlib.sha1(blob.encode()).hexdigest()[:8]
+    return f"{len(chain) - 1:02d}_{last.name}_{last.inputs.replace('+', '-')}_{digest}"
+
+
+def _available_presets() -> list[str]:
+    files = resources.files("pemma") / "presets"
+    return sorted(p.name[:-5] for p in files.iterdir() if p.name.endswith(".yaml"))
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """A validated protocol. Build it with :func:`load_strategy` or :func:`parse_strategy`.
+
+    ``variants`` maps a variant name to ``{phase name: {"modalities": [...], "centres": [...]}}``.
+    ``dataset_centres`` (optional) widens the known centres and requires every centre to be present.
+    """
+
+    name: str
+    phases: tuple[Phase, ...]
+    backbones: tuple[str, ...] = ("unetr",)
+    preset: str = "tiny"
+    max_steps: int | None = None
+    split: SplitSpec = field(default_factory=SplitSpec)
+    methods: tuple[str, ...] = METHODS
+    variants: Mapping[str, Mapping[str, Mapping[str, Any]]] = field(default_factory=dict)
+    dataset_centres: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise StrategyError(f"name must be a non-empty string, got {self.name!r}")
+        for b in name_list(self.backbones, "backbones"):
+            if b not in BACKBONES:
+                raise StrategyError(f"unknown backbone {b!r} (known: {', '.join(BACKBONES)})")
+        for m in name_list(self.methods, "methods"):
+            if m not in METHODS:
+                raise StrategyError(f"unknown method {m!r} (known: {', '.join(METHODS)})")
+        if self.preset not in _available_presets():
+            raise StrategyError(f"unknown preset {self.preset!r} (known: {', '.join(_available_presets())})")
+        if self.max_steps is not None and (isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int)
+                                           or self.max_steps < 1):
+            raise StrategyError(f"max_steps must be null or an integer >= 1, got {self.max_steps!r}")
+        if not self.phases:
+            raise StrategyError("phases must list at least one phase")
+        dataset, known = self._known()
+        object.__setattr__(self, "backbones", tuple(dict.fromkeys(name_list(self.backbones, "backbones"))))
+        object.__setattr__(self, "methods", tuple(dict.fromkeys(name_list(self.methods, "methods"))))
+        object.__setattr__(self, "phases", check_centres(tuple(self.phases), known, dataset, ""))
+        check_order(self.phases, "")
+        if not isinstance(self.variants, Mapping):
+            raise StrategyError("variants must map a variant name to phase overrides")
+        by_name = {p.name: p for p in self.phases}
+        for variant, overrides in self.variants.items():
+            where = f"variant {variant!r}"
+            if not isinstance(variant, str) or not variant.strip() or "/" in variant:
+                raise StrategyError(f"{where}: name must be a non-empty string without '/'")
+            check_keys(overrides or {}, list(by_name), f"{where} (phase names)")
+            for phase_name, change in (overrides or {}).items():
+                check_keys(change or {}, OVERRIDE_KEYS, f"{where}, phase {phase_name!r}")
+            check_order(check_centres(self._expand(variant), known, dataset, f"{where}, "), f"{where}, ")
+
+    def _known(self) -> tuple[set[str] | None, dict[str, str]]:
+        dataset = set(self.dataset_centres) if self.dataset_centres is not None else None
+        return dataset, {c.upper(): c for c in (*HECKTOR_CENTRES, *sorted(dataset or ()))}
+
+    def _expand(self, variant: str) -> tuple[Phase, ...]:
+        overrides = self.variants.get(variant) or {}
+        out = []
+        for phase in self.phases:
+            change = dict(overrides.get(phase.name) or {})
+            try:
+                out.append(dataclasses.replace(phase, **change) if change else phase)
+            except StrategyError as exc:
+                raise StrategyError(f"variant {variant!r}, {exc}") from None
+        return tuple(out)
+
+    @property
+    def variant_names(self) -> tuple[str, ...]:
+        """The variant names in file order (``("default",)`` when the file has no ``variants``)."""
+        return tuple(self.variants) or (DEFAULT_VARIANT,)
+
+    def variant_phases(self, variant: str) -> tuple[Phase, ...]:
+        """The phases of one variant, overrides applied and centres validated.
+
+        Example:
+            >>> [p.modalities for p in strategy.variant_phases("ct_only")][-1]
+            ('ct',)
+        """
+        if variant not in self.variant_names:
+            raise StrategyError(f"unknown variant {variant!r} (known: {', '.join(self.variant_names)})")
+        if not self.variants:
+            return self.phases
+        dataset, known = self._known()
+        return check_centres(self._expand(variant), known, dataset, f"variant {variant!r}, ")
+
+    def plan(self) -> list[PlannedPhase]:
+        """Every (variant, phase) in run order, with run keys shared where histories are identical."""
+        out = []
+        for variant in self.variant_names:
+            phases = self.variant_phases(variant)
+            parent = None
+            for i in range(len(phases)):
+                key = _key(phases[: i + 1])
+                seen = tuple(dict.fromkeys(c for p in phases[: i + 1] for c in p.centres))
+                out.append(PlannedPhase(variant, i, phases[i], key, parent, seen))
+                parent = key
+        return out
+
+    def centre_learnt_at(self, variant: str) -> dict[str, int]:
+        """``{centre: index of the first phase of ``variant`` that trains on it}`` (for forgetting)."""
+        learnt: dict[str, int] = {}
+        for i, phase in enumerate(self.variant_phases(variant)):
+            for centre in phase.centres:
+                learnt.setdefault(centre, i)
+        return learnt
+
+    def with_overrides(self, *, backbones: Sequence[str] | None = None, preset: str | None = None,
+                       max_steps: int | None = None, variants: Sequence[str] | None = None,
+                       dataset_centres: Iterable[str] | None = None) -> Strategy:
+        """A re-validated copy with command-line overrides applied (``None`` keeps the file's value).
+
+        Args:
+            backbones: e.g. ``["swin_unetr"]`` from ``--backbone``.
+            preset: e.g. ``"tiny"`` from ``--preset``.
+            max_steps: from ``--max-steps``.
+            variants: keep only these variants, in this order.
+            dataset_centres: centres found in the dataset (then every strategy centre must be among them).
+
+        Example:
+            >>> strategy.with_overrides(backbones=["swin_unetr"], max_steps=5).max_steps
+            5
+        """
+        changes: dict[str, Any] = {}
+        if backbones is not None:
+            changes["backbones"] = tuple(backbones)
+        if preset is not None:
+            changes["preset"] = preset
+        if max_steps is not None:
+            changes["max_steps"] = max_steps
+        if variants is not None:
+            unknown = [v for v in variants if v not in self.variant_names]
+            if unknown:
+                raise StrategyError(f"unknown variant {unknown[0]!r} (known: {', '.join(self.variant_names)})")
+            changes["variants"] = {v: self.variants.get(v, {}) for v in variants} if self.variants else {}
+        if dataset_centres is not None:
+            changes["dataset_centres"] = tuple(sorted(set(dataset_centres)))
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (YAML/JSON-ready) equal to what :func:`parse_strategy` reads back."""
+        return {"name": self.name, "backbones": list(self.backbones), "preset": self.preset,
+                "max_steps": self.max_steps, "split": dataclasses.asdict(self.split), "methods": list(self.methods),
+                "phases": [{"name": p.name, "operation": p.operation, "centres": list(p.centres),
+                            "modalities": list(p.modalities)} for p in self.phases],
+                "variants": {k: {n: dict(c) for n, c in (v or {}).items()} for k, v in self.variants.items()}}
+
+
+def parse_strategy(raw: Any, source: str = "<strategy>", dataset_centres: Iterable[str] | None = None) -> Strategy:
+    """Validate already-loaded YAML data; errors are prefixed with ``source``.
+
+    Example:
+        >>> parse_strategy({"name": "x", "phases": [{"name": "p", "operation": "pretrain",
+        ...                 "centres": ["CHUM"], "modalities": ["ct"]}]}).variant_names
+        ('default',)
+    """
+    try:
+        check_keys(raw, TOP_KEYS, "top level")
+        phases = []
+        if not isinstance(raw.get("phases") or [], list):
+            raise StrategyError("phases must be a list of phases")
+        for i, entry in enumerate(raw.get("phases") or []):
+            label = entry.get("name", f"#{i + 1}") if isinstance(entry, Mapping) else f"#{i + 1}"
+            check_keys(entry, PHASE_KEYS, f"phase {label!r}")
+            missing = [k for k in PHASE_KEYS if k not in entry]
+            if missing:
+                raise StrategyError(f"phase {label!r}: missing key {missing[0]!r}")
+            phases.append(Phase(entry["name"], entry["operation"], entry["centres"], entry["modalities"]))
+        split = raw.get("split") or {}
+        check_keys(split, SPLIT_KEYS, "split")
+        kwargs = {k: raw[k] for k in ("backbones", "preset", "methods") if raw.get(k) is not None}
+        return Strategy(name=raw.get("name", ""), phases=tuple(phases), max_steps=raw.get("max_steps"),
+                        split=SplitSpec(**split), variants=raw.get("variants") or {},
+                        dataset_centres=tuple(sorted(set(dataset_centres))) if dataset_centres is not None else None,
+                        **kwargs)
+    except StrategyError as exc:
+        raise StrategyError(f"{source}: {exc}") from None
+
+
+def load_strategy(path: str | Path, dataset_centres: Iterable[str] | None = None) -> Strategy:
+    """Read and validate a strategy YAML file.
+
+    Args:
+        path: the YAML file.
+        dataset_centres: centres present in the dataset, if known (see :class:`Strategy`).
+
+    Raises:
+        StrategyError: one line, ``"<path>: phase 'adapt_mda' (#2): unknown centre 'MDX' (known: ...)"``.
+
+    Example:
+        >>> load_strategy("strategies/hecktor2022.yaml").variant_names
+        ('pet_only', 'ct_only', 'ct_pet')
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise StrategyError(f"{path}: strategy file not found")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise StrategyError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+    return parse_strategy(raw if raw is not None else {}, str(path), dataset_centres)
