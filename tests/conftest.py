@@ -18,6 +18,7 @@ FAST = ["--preset", "tiny", "--spacing", "4", "4", "4", "--roi", "32", "32", "32
         "--val-every", "1"]
 FAST_SWIN = ["--preset", "tiny", "--spacing", "4", "4", "4", "--roi", "64", "64", "64", "--batch-size", "1",
              "--val-every", "1"]
+FLAGS = {"unetr": FAST, "swin_unetr": FAST_SWIN}
 
 
 @pytest.fixture(scope="session")
@@ -27,6 +28,18 @@ def phantom(tmp_path_factory: pytest.TempPathFactory) -> Path:
     synthesize_phantom(root, PhantomConfig(cases_per_centre=2, centres=("CHUM", "CHUP", "MDA"),
                                            ct_shape=(48, 48, 32), seed=1), progress=False)
     return root
+
+
+@pytest.fixture(scope="session")
+def bases(phantom: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny CT-only base runs (2 steps) of both backbones, trained on CHUM and CHUP."""
+    root = tmp_path_factory.mktemp("bases")
+    out = {}
+    for backbone in ("unetr", "swin_unetr"):
+        out[backbone] = root / backbone
+        run_cli("train", "--data", str(phantom), "--centres", "CHUM,CHUP", "--modalities", "ct", "--backbone",
+                backbone, *FLAGS[backbone], "--max-steps", "2", "--out", str(out[backbone]))
+    return out
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess:

@@ -13,20 +13,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
-from conftest import FAST, FAST_SWIN, run_cli, run_main
-
-FLAGS = {"unetr": FAST, "swin_unetr": FAST_SWIN}
-
-
-@pytest.fixture(scope="module")
-def bases(phantom: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("bases")
-    out = {}
-    for backbone in ("unetr", "swin_unetr"):
-        out[backbone] = root / backbone
-        run_cli("train", "--data", str(phantom), "--centres", "CHUM,CHUP", "--modalities", "ct", "--backbone",
-                backbone, *FLAGS[backbone], "--max-steps", "2", "--out", str(out[backbone]))
-    return out
+from conftest import FAST, FAST_SWIN, FLAGS, run_cli, run_main
 
 
 def _labels(folder: Path) -> dict[str, np.ndarray]:
