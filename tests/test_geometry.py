@@ -84,3 +84,32 @@ def test_oblique_anisotropic_round_trip(tmp_path: Path) -> None:
     _same_geometry(path, out)
     pred = np.asanyarray(nib.load(str(out)).dataobj)
     assert _dice(pred == 1, ct > 0) > 0.9
+
+
+def test_label_one_voxel_off_the_ct_grid(tmp_path: Path) -> None:
+    """HECKTOR quirk: a label with one extra slice (same spacing) is resampled onto the CT grid by nearest
+    neighbour, in evaluation and in the training pipeline."""
+    from pemma.data.layout import CaseRecord
+    from pemma.data.transforms import preprocessing
+    from pemma.evaluation.evaluate import label_on_grid
+
+    affine = np.diag([2.0, 2.0, 3.0, 1.0])
+    ct = np.full((20, 20, 12), -1000, np.int16)
+    ct[4:16, 4:16, :] = 40
+    label = np.zeros((20, 20, 13), np.uint8)  # one slice more than the CT
+    label[8:12, 8:12, 5:8] = 1
+    label[2:4, 2:4, 12] = 2  # lies on the extra slice, outside the CT grid
+    save_nifti(ct, affine, tmp_path / "CHUS-001__CT.nii.gz")
+    save_nifti(label, affine, tmp_path / "CHUS-001.nii.gz", dtype=np.uint8)
+    case = CaseRecord("CHUS-001", "CHUS", {"ct": str(tmp_path / "CHUS-001__CT.nii.gz")},
+                      str(tmp_path / "CHUS-001.nii.gz"))
+    on_grid = label_on_grid(case, nib.load(str(tmp_path / "CHUS-001__CT.nii.gz")))
+    assert on_grid.shape == ct.shape
+    np.testing.assert_array_equal(on_grid, label[:, :, :12])
+
+    cfg = build_config("tiny", overrides={"preprocess": {"target_spacing": [2, 2, 3]}}).preprocess
+    item = preprocessing(["ct"], cfg, [16, 16, 16], with_label=True)(
+        {"case_id": "CHUS-001", "ct": case.images["ct"], "label": case.label})
+    assert item["image"].shape[1:] == item["label"].shape[1:]
+    assert int((item["label"] == 1).sum()) == int((label == 1).sum())
+    assert int((item["label"] == 2).sum()) == 0
