@@ -111,6 +111,7 @@ class Strategy:
 
     ``variants`` maps a variant name to ``{phase name: {"modalities": [...], "centres": [...]}}``.
     ``dataset_centres`` (optional) widens the known centres and requires every centre to be present.
+    ``source`` (the file) prefixes every error.
     """
 
     name: str
@@ -122,8 +123,15 @@ class Strategy:
     methods: tuple[str, ...] = METHODS
     variants: Mapping[str, Mapping[str, Mapping[str, Any]]] = field(default_factory=dict)
     dataset_centres: tuple[str, ...] | None = None
+    source: str = "<strategy>"
 
     def __post_init__(self) -> None:
+        try:
+            self._validate()
+        except StrategyError as exc:
+            raise StrategyError(f"{self.source}: {exc}") from None
+
+    def _validate(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
             raise StrategyError(f"name must be a non-empty string, got {self.name!r}")
         for b in name_list(self.backbones, "backbones"):
@@ -160,6 +168,11 @@ class Strategy:
         dataset = set(self.dataset_centres) if self.dataset_centres is not None else None
         return dataset, {c.upper(): c for c in (*HECKTOR_CENTRES, *sorted(dataset or ()))}
 
+    def _require_variant(self, variant: str) -> None:
+        if variant not in self.variant_names:
+            known = ", ".join(self.variant_names)
+            raise StrategyError(f"{self.source}: unknown variant {variant!r} (known: {known})")
+
     def _expand(self, variant: str) -> tuple[Phase, ...]:
         overrides = self.variants.get(variant) or {}
         out = []
@@ -183,8 +196,7 @@ class Strategy:
             >>> [p.modalities for p in strategy.variant_phases("ct_only")][-1]
             ('ct',)
         """
-        if variant not in self.variant_names:
-            raise StrategyError(f"unknown variant {variant!r} (known: {', '.join(self.variant_names)})")
+        self._require_variant(variant)
         if not self.variants:
             return self.phases
         dataset, known = self._known()
@@ -235,9 +247,8 @@ class Strategy:
         if max_steps is not None:
             changes["max_steps"] = max_steps
         if variants is not None:
-            unknown = [v for v in variants if v not in self.variant_names]
-            if unknown:
-                raise StrategyError(f"unknown variant {unknown[0]!r} (known: {', '.join(self.variant_names)})")
+            for variant in variants:
+                self._require_variant(variant)
             changes["variants"] = {v: self.variants.get(v, {}) for v in variants} if self.variants else {}
         if dataset_centres is not None:
             changes["dataset_centres"] = tuple(sorted(set(dataset_centres)))
@@ -262,9 +273,9 @@ def parse_strategy(raw: Any, source: str = "<strategy>", dataset_centres: Iterab
     """
     try:
         check_keys(raw, TOP_KEYS, "top level")
-        phases = []
         if not isinstance(raw.get("phases") or [], list):
             raise StrategyError("phases must be a list of phases")
+        phases = []
         for i, entry in enumerate(raw.get("phases") or []):
             label = entry.get("name", f"#{i + 1}") if isinstance(entry, Mapping) else f"#{i + 1}"
             check_keys(entry, PHASE_KEYS, f"phase {label!r}")
@@ -272,15 +283,15 @@ def parse_strategy(raw: Any, source: str = "<strategy>", dataset_centres: Iterab
             if missing:
                 raise StrategyError(f"phase {label!r}: missing key {missing[0]!r}")
             phases.append(Phase(entry["name"], entry["operation"], entry["centres"], entry["modalities"]))
-        split = raw.get("split") or {}
-        check_keys(split, SPLIT_KEYS, "split")
-        kwargs = {k: raw[k] for k in ("backbones", "preset", "methods") if raw.get(k) is not None}
-        return Strategy(name=raw.get("name", ""), phases=tuple(phases), max_steps=raw.get("max_steps"),
-                        split=SplitSpec(**split), variants=raw.get("variants") or {},
-                        dataset_centres=tuple(sorted(set(dataset_centres))) if dataset_centres is not None else None,
-                        **kwargs)
+        check_keys(raw.get("split") or {}, SPLIT_KEYS, "split")
+        split = SplitSpec(**(raw.get("split") or {}))
     except StrategyError as exc:
         raise StrategyError(f"{source}: {exc}") from None
+    kwargs = {k: raw[k] for k in ("backbones", "preset", "methods") if raw.get(k) is not None}
+    return Strategy(name=raw.get("name", ""), phases=tuple(phases), max_steps=raw.get("max_steps"), split=split,
+                    variants=raw.get("variants") or {}, source=source,
+                    dataset_centres=tuple(sorted(set(dataset_centres))) if dataset_centres is not None else None,
+                    **kwargs)
 
 
 def load_strategy(path: str | Path, dataset_centres: Iterable[str] | None = None) -> Strategy:
