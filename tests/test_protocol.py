@@ -148,7 +148,7 @@ def test_unknown_keys(tmp_path: Path) -> None:
     raw = _raw()
     raw["phases"][1]["centers"] = ["MDA"]
     assert _error(tmp_path, raw) == \
-        "phase 'adapt_mda': unknown key 'centers' (allowed: name, operation, centres, modalities)"
+        "phase 'adapt_mda': unknown key 'centers' (allowed: name, operation, centres, modalities, epochs)"
     raw = _raw()
     raw["split"]["train_fraction"] = 0.6
     assert _error(tmp_path, raw) == "split: unknown key 'train_fraction' (allowed: val_fraction, test_fraction, seed)"

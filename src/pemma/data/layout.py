@@ -27,6 +27,10 @@ class CaseRecord:
     label: str | None = None
 
 
+#: (training cases, validation cases)
+CaseSplit = tuple[list[CaseRecord], list[CaseRecord]]
+
+
 def centre_of(case_id: str) -> str:
     """Centre from a case ID: a known HECKTOR centre token, else the prefix before ``-`` or ``_``."""
     tokens = re.split(r"[-_]", case_id)
@@ -165,7 +169,7 @@ def select_cases(cases: list[CaseRecord], *, centres: list[str] | None = None, m
     return chosen
 
 
-def split_cases(cases: list[CaseRecord], val_fraction: float, seed: int) -> tuple[list[CaseRecord], list[CaseRecord]]:
+def split_cases(cases: list[CaseRecord], val_fraction: float, seed: int) -> CaseSplit:
     """Seeded train / validation split within each centre (at least one training case per centre)."""
     train, val = [], []
     for centre in sorted({c.centre for c in cases}):

@@ -27,6 +27,8 @@ DEFAULT_VARIANT = "default"
 
 TOP_KEYS = ("name", "backbones", "preset", "max_steps", "split", "methods", "phases", "variants")
 PHASE_KEYS = ("name", "operation", "centres", "modalities")
+#: optional per-phase keys: ``epochs`` overrides the preset's number of epochs for that phase
+OPTIONAL_PHASE_KEYS = ("epochs",)
 OVERRIDE_KEYS = ("centres", "modalities")
 SPLIT_KEYS = ("val_fraction", "test_fraction", "seed")
 
@@ -75,6 +77,7 @@ class Phase:
     operation: str
     centres: tuple[str, ...]
     modalities: tuple[str, ...]
+    epochs: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip() or "/" in self.name:
@@ -89,6 +92,9 @@ class Phase:
         for mod in mods:
             if mod not in MODALITY_ORDER:
                 raise StrategyError(f"{where}: unknown modality {mod!r} (known: {', '.join(MODALITY_ORDER)})")
+        if self.epochs is not None and (isinstance(self.epochs, bool) or not isinstance(self.epochs, int)
+                                        or self.epochs < 1):
+            raise StrategyError(f"{where}: epochs must be a positive integer, got {self.epochs!r}")
         object.__setattr__(self, "centres", tuple(centres))
         object.__setattr__(self, "modalities", tuple(m for m in MODALITY_ORDER if m in mods))
 

@@ -58,6 +58,7 @@ from pemma.protocol.phases import (
     HECKTOR_CENTRES,
     METHODS,
     OPERATIONS,
+    OPTIONAL_PHASE_KEYS,
     OVERRIDE_KEYS,
     PHASE_KEYS,
     SPLIT_KEYS,
@@ -95,7 +96,8 @@ class PlannedPhase:
 
 def _key(chain: Sequence[Phase]) -> str:
     last = chain[-1]
-    blob = json.dumps([[p.name, p.operation, list(p.centres), list(p.modalities)] for p in chain])
+    blob = json.dumps([[p.name, p.operation, list(p.centres), list(p.modalities)] + ([p.epochs] if p.epochs else [])
+                       for p in chain])
     digest = hashlib.sha1(blob.encode()).hexdigest()[:8]
     return f"{len(chain) - 1:02d}_{last.name}_{last.inputs.replace('+', '-')}_{digest}"
 
@@ -259,7 +261,8 @@ class Strategy:
         return {"name": self.name, "backbones": list(self.backbones), "preset": self.preset,
                 "max_steps": self.max_steps, "split": dataclasses.asdict(self.split), "methods": list(self.methods),
                 "phases": [{"name": p.name, "operation": p.operation, "centres": list(p.centres),
-                            "modalities": list(p.modalities)} for p in self.phases],
+                            "modalities": list(p.modalities), **({"epochs": p.epochs} if p.epochs else {})}
+                           for p in self.phases],
                 "variants": {k: {n: dict(c) for n, c in (v or {}).items()} for k, v in self.variants.items()}}
 
 
@@ -278,11 +281,12 @@ def parse_strategy(raw: Any, source: str = "<strategy>", dataset_centres: Iterab
         phases = []
         for i, entry in enumerate(raw.get("phases") or []):
             label = entry.get("name", f"#{i + 1}") if isinstance(entry, Mapping) else f"#{i + 1}"
-            check_keys(entry, PHASE_KEYS, f"phase {label!r}")
+            check_keys(entry, PHASE_KEYS + OPTIONAL_PHASE_KEYS, f"phase {label!r}")
             missing = [k for k in PHASE_KEYS if k not in entry]
             if missing:
                 raise StrategyError(f"phase {label!r}: missing key {missing[0]!r}")
-            phases.append(Phase(entry["name"], entry["operation"], entry["centres"], entry["modalities"]))
+            phases.append(Phase(entry["name"], entry["operation"], entry["centres"], entry["modalities"],
+                                entry.get("epochs")))
         check_keys(raw.get("split") or {}, SPLIT_KEYS, "split")
         split = SplitSpec(**(raw.get("split") or {}))
     except StrategyError as exc:

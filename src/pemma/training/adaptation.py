@@ -21,12 +21,13 @@ from pemma.adapters.base import unwrap_model
 from pemma.adapters.config import AdapterConfig
 from pemma.adapters.export import parameter_report
 from pemma.config import RunConfig
-from pemma.data.layout import CaseRecord, discover_cases, select_cases, split_cases
+from pemma.data.layout import CaseRecord, CaseSplit
 from pemma.errors import PemmaError
 from pemma.io_utils import write_text_atomic
 from pemma.models.loading import LoadedModel, base_constructor_kwargs, build_pemma, load_model
 from pemma.training.checkpoint import MODEL_META
 from pemma.training.loop import TrainingTask, train_task
+from pemma.training.segmentation import select_split
 
 ALL_INPUTS = ["ct", "pet"]
 
@@ -97,7 +98,8 @@ class AdaptationSetup:
                 "val_cases": [c.case_id for c in self.val_cases]}
 
 
-def prepare_adaptation(base_run: str | Path, cfg: RunConfig, out_dir: str | Path) -> AdaptationSetup:
+def prepare_adaptation(base_run: str | Path, cfg: RunConfig, out_dir: str | Path,
+                       split: CaseSplit | None = None) -> AdaptationSetup:
     """Load and check the CT-only base run, and select the CT+PET cases of ``cfg.data``.
 
     ``cfg.model`` and ``cfg.preprocess`` are taken from the base run (the adapted model must see what the
@@ -112,21 +114,19 @@ def prepare_adaptation(base_run: str | Path, cfg: RunConfig, out_dir: str | Path
                          f"(got {base.kind} on {base.meta.get('modalities')})")
     cfg = dataclasses.replace(cfg, model=base.config.model, preprocess=base.config.preprocess,
                               data=dataclasses.replace(cfg.data, modalities=ALL_INPUTS))
-    cases = select_cases(discover_cases(cfg.data.root), centres=cfg.data.centres, modalities=ALL_INPUTS,
-                         require_label=True, source=str(cfg.data.root))
-    train_cases, val_cases = split_cases(cases, cfg.data.val_fraction, cfg.train.seed)
+    train_cases, val_cases = split or select_split(cfg, ALL_INPUTS)
     return AdaptationSetup(base, base_run, cfg, train_cases, val_cases)
 
 
 def adapt(base_run: str | Path, cfg: RunConfig, adapter_cfg: AdapterConfig, out_dir: str | Path,
-          resume: bool = False, progress: bool = True) -> dict[str, Any]:
+          resume: bool = False, progress: bool = True, split: CaseSplit | None = None) -> dict[str, Any]:
     """Adapt the CT-only run ``base_run`` to CT+PET on ``cfg.data`` with PEMMA and write ``out_dir``.
 
     Example:
         >>> cfg = build_config("tiny", overrides={"data": {"root": "data/phantom", "centres": ["MDA"]}})
         >>> adapt("runs/ct_unetr", cfg, AdapterConfig(method="lora"), "runs/pemma_unetr")
     """
-    setup = prepare_adaptation(base_run, cfg, out_dir)
+    setup = prepare_adaptation(base_run, cfg, out_dir, split)
     task = pemma_task(setup.base, setup.base_run.resolve(), adapter_cfg, setup.cfg)
     task.describe.insert(0, f"base: {setup.base_run} (sha256 {setup.base.meta['sha256'][:12]}); "
                             + format_load_report(task.model.load_report))

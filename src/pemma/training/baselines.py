@@ -24,6 +24,7 @@ from pemma.adapters.base import unwrap_model
 from pemma.adapters.config import AdapterConfig
 from pemma.config import RunConfig
 from pemma.data.dataset import cached_dataset, case_dicts
+from pemma.data.layout import CaseSplit
 from pemma.data.transforms import preprocessing
 from pemma.evaluation.metrics import AggregatedDice
 from pemma.io_utils import write_text_atomic
@@ -136,9 +137,9 @@ def choose_late_fusion_weight(model: LateFusion, cfg: RunConfig, setup: Adaptati
 
 def train_baseline(method: str, base_run: str | Path, cfg: RunConfig, out_dir: str | Path,
                    adapter_cfg: AdapterConfig | None = None, resume: bool = False,
-                   progress: bool = True) -> dict[str, Any]:
+                   progress: bool = True, split: CaseSplit | None = None) -> dict[str, Any]:
     """Train one of :data:`BASELINES` from the CT base run on ``cfg.data`` (CT+PET cases) into ``out_dir``."""
-    setup = prepare_adaptation(base_run, cfg, out_dir)
+    setup = prepare_adaptation(base_run, cfg, out_dir, split)
     if method == "early-fusion":
         task = early_fusion_task(setup)
     elif method == "full":

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from pemma.config import RunConfig
-from pemma.data.layout import discover_cases, select_cases, split_cases
+from pemma.data.layout import CaseSplit, discover_cases, select_cases, split_cases
 from pemma.models.registry import build_backbone, count_parameters
 from pemma.training.checkpoint import save_weights
 from pemma.training.loop import TrainingTask, train_task
@@ -45,17 +45,25 @@ def backbone_task(cfg: RunConfig, net: nn.Module | None = None, name: str | None
                   f"trainable parameters: {trainable:,} of {total:,}"])
 
 
-def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
+def select_split(cfg: RunConfig, modalities: list[str]) -> CaseSplit:
+    """The labelled cases of ``cfg.data`` with ``modalities``, split per centre into training / validation."""
+    cases = select_cases(discover_cases(cfg.data.root), centres=cfg.data.centres, modalities=modalities,
+                         require_label=True, source=str(cfg.data.root))
+    return split_cases(cases, cfg.data.val_fraction, cfg.train.seed)
+
+
+def train(cfg: RunConfig, out_dir: str | Path, resume: bool = False, progress: bool = True,
+          split: CaseSplit | None = None) -> dict[str, Any]:
     """Train a backbone on ``cfg.data`` and write the run folder ``out_dir``.
+
+    ``split`` gives the (training, validation) cases explicitly (e.g. a protocol's split); by default they
+    are the cases of ``cfg.data`` split per centre by ``cfg.data.val_fraction``.
 
     Example:
         >>> cfg = build_config("tiny", overrides={"data": {"root": "data/phantom", "centres": ["CHUM"]}})
         >>> train(cfg, "runs/ct_unetr")
     """
-    source = cfg.data.root
-    cases = select_cases(discover_cases(source), centres=cfg.data.centres, modalities=cfg.data.modalities,
-                         require_label=True, source=str(source))
-    train_cases, val_cases = split_cases(cases, cfg.data.val_fraction, cfg.train.seed)
+    train_cases, val_cases = split or select_split(cfg, cfg.data.modalities)
     return train_task(backbone_task(cfg), cfg, train_cases, val_cases, out_dir, resume=resume, progress=progress,
                       meta={"train_cases": [c.case_id for c in train_cases],
                             "val_cases": [c.case_id for c in val_cases]})

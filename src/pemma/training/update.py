@@ -26,7 +26,7 @@ from torch import nn
 from pemma.adapters.base import unwrap_model
 from pemma.adapters.config import NEW_PARTS
 from pemma.config import RunConfig
-from pemma.data.layout import discover_cases, select_cases, split_cases
+from pemma.data.layout import CaseSplit
 from pemma.errors import PemmaError
 from pemma.io_utils import atomic_path
 from pemma.models.loading import LoadedModel, load_model, run_network
@@ -35,6 +35,7 @@ from pemma.training.adaptation import save_pemma_run
 from pemma.training.baselines import save_full_run
 from pemma.training.checkpoint import save_weights
 from pemma.training.loop import TrainingTask, train_task
+from pemma.training.segmentation import select_split
 
 CT_MEMBER_FILE = "ct_member.safetensors"
 
@@ -125,7 +126,7 @@ def update_task(loaded: LoadedModel, model_run: Path, modalities: tuple[str, ...
 
 
 def update(model_run: str | Path, cfg: RunConfig, modalities: list[str], out_dir: str | Path,
-           resume: bool = False, progress: bool = True) -> dict[str, Any]:
+           resume: bool = False, progress: bool = True, split: CaseSplit | None = None) -> dict[str, Any]:
     """Continue training the run ``model_run`` on ``cfg.data`` with ``modalities`` into ``out_dir``.
 
     Example:
@@ -140,9 +141,7 @@ def update(model_run: str | Path, cfg: RunConfig, modalities: list[str], out_dir
     loaded.check_inputs(list(mods), str(model_run))
     cfg = dataclasses.replace(cfg, model=loaded.config.model, preprocess=loaded.config.preprocess,
                               data=dataclasses.replace(cfg.data, modalities=list(mods)))
-    cases = select_cases(discover_cases(cfg.data.root), centres=cfg.data.centres, modalities=list(mods),
-                         require_label=True, source=str(cfg.data.root))
-    train_cases, val_cases = split_cases(cases, cfg.data.val_fraction, cfg.train.seed)
+    train_cases, val_cases = split or select_split(cfg, list(mods))
     task = update_task(loaded, model_run, mods, cfg)
     return train_task(task, cfg, train_cases, val_cases, out_dir, resume=resume, progress=progress,
                       meta={"train_cases": [c.case_id for c in train_cases],

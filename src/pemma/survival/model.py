@@ -1,0 +1,224 @@
+"""Prognosis model: pooled encoder features of a segmentation backbone (+ a projected clinical vector) -> head.
+
+Image features (``D`` channels) per backbone and input:
+
+* plain UNETR (the CT run): mean over tokens of the final ViT hidden states (after the last LayerNorm);
+* plain Swin UNETR: mean over space of the deepest ``swinViT`` stage output (``16 * feature_size`` channels);
+* PEMMA UNETR (adapted): CT and PET patch tokens (PET through ``pet_embedding``) concatenated along the
+  sequence and run through the adapter-carrying transformer, as in segmentation; the mean is taken over
+  **all** tokens (CT and PET), so the PET tokens' own features reach the head;
+* PEMMA Swin UNETR: the fused CT+PET embedding (``fusion``) through the adapted Swin stages, deepest stage
+  pooled. CT alone (a CT+EHR model) runs the CT embedding through the adapted stages.
+
+The PEMMA features are computed here from the PEMMA model's submodules (``net``, ``pet_embedding``,
+``fusion``, ``_pet_tokens``, ``_stages``) without changing those classes. With adapters freshly initialised
+and CT input they equal the plain model's features exactly (tested).
+
+Then ``z = (f - mean) / std`` with the training-set mean and std of ``f`` (buffers, set when a stage starts),
+plus ``clinical(x_ehr)`` when the model uses EHR: a Linear projection of the encoded clinical vector
+(:class:`~pemma.survival.clinical.ClinicalEncoder`) initialised to zero, so adding EHR starts from the
+previous model's predictions exactly. The head (:mod:`pemma.survival.heads`) maps ``z`` to its output.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from monai.networks.nets import UNETR, SwinUNETR
+from torch import nn
+
+from pemma.adapters.base import PemmaAdaptedModel
+
+
+def feature_dim(encoder: nn.Module) -> int:
+    """D of the pooled features of a plain MONAI UNETR / SwinUNETR or a PEMMA model around one."""
+    net = encoder.net if isinstance(encoder, PemmaAdaptedModel) else encoder
+    if isinstance(net, UNETR):
+        return int(net.vit.norm.normalized_shape[0])
+    if isinstance(net, SwinUNETR):
+        return int(net.swinViT.patch_embed.proj.out_channels) * 16
+    raise ValueError(f"unsupported encoder {type(net).__name__}; expected MONAI UNETR or SwinUNETR")
+
+
+def plain_features(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Pooled encoder features of a plain MONAI network.
+
+    Args:
+        net: ``UNETR`` or ``SwinUNETR`` (any in_channels).
+        x: (B, C, X, Y, Z) input at the network's ROI size.
+
+    Returns:
+        (B, D).
+
+    Example:
+        >>> net = UNETR(1, 3, img_size=32, hidden_size=96, mlp_dim=192, num_heads=4, feature_size=8)
+        >>> plain_features(net, torch.rand(2, 1, 32, 32, 32)).shape
+        torch.Size([2, 96])
+    """
+    if isinstance(net, UNETR):
+        tokens, _ = net.vit(x)  # (B, N, D), after the final LayerNorm
+        return tokens.mean(dim=1)
+    if isinstance(net, SwinUNETR):
+        deepest = net.swinViT(x, net.normalize)[-1]  # (B, 16 * feature_size, x/32, y/32, z/32)
+        return deepest.mean(dim=(2, 3, 4))
+    raise ValueError(f"unsupported network {type(net).__name__}")
+
+
+def pemma_features(model: PemmaAdaptedModel, x: torch.Tensor, modalities: Sequence[str]) -> torch.Tensor:
+    """Pooled features of a PEMMA model on the adapted path (adapters active), for ct+pet or ct.
+
+    Args:
+        model: ``PemmaUNETR`` or ``PemmaSwinUNETR``.
+        x: (B, len(modalities), X, Y, Z) in [CT, PET] order.
+        modalities: ("ct", "pet") or ("ct",). PET alone is not supported for prognosis.
+
+    Returns:
+        (B, D).
+    """
+    inputs = model.split_modalities(x, modalities)
+    if "ct" not in inputs:
+        raise ValueError("prognosis features need CT (PET-only input is not supported)")
+    net = model.net
+    if isinstance(net, UNETR):
+        sequences = [net.vit.patch_embedding(inputs["ct"])]
+        if "pet" in inputs:
+            sequences.append(model._pet_tokens(inputs["pet"]))
+        h = torch.cat(sequences, dim=1)
+        for block in net.vit.blocks:
+            h = block(h)
+        return net.vit.norm(h).mean(dim=1)
+    if isinstance(net, SwinUNETR):
+        embedding = net.swinViT.patch_embed(inputs["ct"])
+        if "pet" in inputs:
+            embedding = model.fusion({"ct": embedding, "pet": model.pet_embedding(inputs["pet"])})
+        return model._stages(embedding)[-1].mean(dim=(2, 3, 4))
+    raise ValueError(f"unsupported network {type(net).__name__}")
+
+
+class PrognosisModel(nn.Module):
+    """Encoder features (+ EHR) -> survival head.
+
+    Args:
+        encoder: a plain MONAI ``UNETR`` / ``SwinUNETR`` (the segmentation run's network) or a PEMMA model.
+        head: :class:`~pemma.survival.heads.CoxHead` or :class:`~pemma.survival.heads.MTLRHead` on D inputs.
+        modalities: the image inputs, [CT, PET] order, e.g. ("ct",) or ("ct", "pet").
+        n_clinical: length of the encoded clinical vector; 0 = no EHR. Default 0.
+
+    Shapes:
+        forward: x (B, len(modalities), X, Y, Z), clinical (B, n_clinical) -> head output ((B,) Cox,
+        (B, K + 1) MTLR); :meth:`risk` maps it to (B,) risk scores.
+
+    Example:
+        >>> model = PrognosisModel(unetr, CoxHead(96), ("ct",))
+        >>> risk = model.risk(model(torch.rand(2, 1, 32, 32, 32)))  # (2,)
+    """
+
+    def __init__(self, encoder: nn.Module, head: nn.Module, modalities: Sequence[str], n_clinical: int = 0) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.modalities = tuple(modalities)
+        dim = feature_dim(encoder)
+        self.feature_dim = dim
+        if not self.is_pemma and "pet" in self.modalities and len(self.modalities) == 1:
+            raise ValueError("a plain prognosis model reads what its network was trained on; got PET only")
+        self.register_buffer("feature_mean", torch.zeros(dim))
+        self.register_buffer("feature_std", torch.ones(dim))
+        self.clinical: nn.Linear | None = None
+        if n_clinical:
+            self.clinical = nn.Linear(n_clinical, dim)
+            nn.init.zeros_(self.clinical.weight)
+            nn.init.zeros_(self.clinical.bias)
+        self.head = head
+
+    @property
+    def is_pemma(self) -> bool:
+        return isinstance(self.encoder, PemmaAdaptedModel)
+
+    @property
+    def n_clinical(self) -> int:
+        return 0 if self.clinical is None else int(self.clinical.in_features)
+
+    def image_features(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, X, Y, Z) -> raw pooled features (B, D)."""
+        if self.is_pemma:
+            return pemma_features(self.encoder, x, self.modalities)
+        return plain_features(self.encoder, x)
+
+    def from_features(self, features: torch.Tensor, clinical: torch.Tensor | None = None) -> torch.Tensor:
+        """Head output from raw pooled features (B, D) and the clinical vector (B, n_clinical)."""
+        z = (features - self.feature_mean) / self.feature_std
+        if self.clinical is not None:
+            if clinical is None or clinical.shape[-1] != self.clinical.in_features:
+                got = None if clinical is None else tuple(clinical.shape)
+                raise ValueError(f"this model needs a clinical vector of {self.clinical.in_features} values, "
+                                 f"got {got}")
+            z = z + self.clinical(clinical.to(z.dtype))
+        return self.head(z)
+
+    def forward(self, x: torch.Tensor, clinical: torch.Tensor | None = None) -> torch.Tensor:
+        return self.from_features(self.image_features(x), clinical)
+
+    def risk(self, out: torch.Tensor) -> torch.Tensor:
+        """(B,) risk scores (higher = earlier relapse) from the head output."""
+        return self.head.risk(out)
+
+    @torch.no_grad()
+    def set_feature_scaling(self, features: torch.Tensor) -> None:
+        """Standardise with the mean and std of training features (N, D) (std floored at 1e-6)."""
+        self.feature_mean.copy_(features.mean(dim=0))
+        self.feature_std.copy_(features.std(dim=0, unbiased=False).clamp_min(1e-6))
+
+    def saved_state(self) -> dict[str, torch.Tensor]:
+        """Everything not in the frozen base network: head, scaling, clinical projection and, for a PEMMA
+        encoder, its adapter state (LoRA/DoRA tensors and PET modules). The base is rebuilt from its run."""
+        out = {k: v for k, v in self.state_dict().items() if not k.startswith("encoder.")}
+        if self.is_pemma:
+            out.update({f"encoder.{k}": v for k, v in self.encoder.adapter_state_dict().items()})
+        return out
+
+    def load_saved_state(self, state: dict[str, torch.Tensor], source: str = "prognosis weights",
+                         allow_new: Sequence[str] = ()) -> list[str]:
+        """Copy :meth:`saved_state` tensors into this model.
+
+        Args:
+            state: tensors from :meth:`saved_state` (of this model or of the previous stage).
+            source: name used in error messages.
+            allow_new: key prefixes of this model that ``state`` may lack (parts new in this stage).
+
+        Returns:
+            The keys of this model that ``state`` did not provide.
+
+        Raises:
+            ValueError: ``state`` has keys this model lacks, wrong shapes, or lacks keys not in ``allow_new``.
+        """
+        own = self.saved_state()
+        unexpected = sorted(set(state) - set(own))
+        shapes = sorted(k for k in set(state) & set(own) if tuple(state[k].shape) != tuple(own[k].shape))
+        missing = sorted(k for k in set(own) - set(state) if not k.startswith(tuple(allow_new)))
+        if unexpected or shapes or missing:
+            first = (unexpected or shapes or missing)[0]
+            raise ValueError(f"{source} do not fit this model ({len(unexpected)} unexpected, {len(shapes)} "
+                             f"wrong-shape, {len(missing)} missing tensors, e.g. {first})")
+        with torch.no_grad():
+            for key, value in state.items():
+                own[key].copy_(value)
+        return sorted(set(own) - set(state))
+
+
+def trainable_summary(model: nn.Module) -> dict[str, int]:
+    """``{"trainable", "total"}`` parameter counts and trainable counts per top-level part."""
+    params = dict(model.named_parameters())
+    out = {"trainable": sum(p.numel() for p in params.values() if p.requires_grad),
+           "total": sum(p.numel() for p in params.values())}
+    parts: dict[str, int] = {}
+    for name, p in params.items():
+        if p.requires_grad:
+            if ".lora_" in name:
+                part = "adapters"
+            else:
+                pieces = name.split(".")
+                part = pieces[1] if pieces[0] == "encoder" and len(pieces) > 1 else pieces[0]
+            parts[part] = parts.get(part, 0) + p.numel()
+    out.update({f"trainable:{k}": v for k, v in sorted(parts.items())})
+    return out

@@ -1,0 +1,194 @@
+"""Prognosis run folders: what ``pemma survival train|adapt`` write and how a model is rebuilt from them.
+
+A run folder holds
+
+* ``config.yaml``: the :class:`~pemma.config.RunConfig` (model and preprocessing are the segmentation base's);
+* ``survival.safetensors``: every tensor that is not the frozen base network (head, feature scaling, clinical
+  projection; for adapted stages the LoRA/DoRA tensors and PET modules), written atomically;
+* ``survival.json``: format, stage (``ct``, ``ct+pet``, ``ct+pet+ehr``, ...), backbone, head and MTLR bins,
+  the base run and the SHA-256 of its weights, the adapter config, the fitted clinical encoder, the training
+  median risk (the Kaplan–Meier split), the case split, the SHA-256 of the weights, and ``history``: one row
+  per stage with its trainable parameters and validation C-index.
+
+The base segmentation run is never written; a prognosis run refuses a base whose weights changed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from pemma.adapters.config import AdapterConfig
+from pemma.config import RunConfig
+from pemma.errors import PemmaError
+from pemma.io_utils import atomic_path, sha256_file, write_text_atomic
+from pemma.models.loading import LoadedModel, build_pemma, load_model
+from pemma.survival.clinical import ClinicalEncoder
+from pemma.survival.heads import TimeBins, build_head
+from pemma.survival.model import PrognosisModel, feature_dim
+from pemma.training.checkpoint import CONFIG_FILE, MODEL_FILE
+
+FORMAT = "pemma-survival"
+FORMAT_VERSION = 1
+META_FILE = "survival.json"
+WEIGHTS_FILE = "survival.safetensors"
+#: parts of the PEMMA model on the prognosis feature path that train when PET is added (besides adapters)
+PET_PATHWAY: dict[str, tuple[str, ...]] = {"unetr": ("pet_embedding",), "swin_unetr": ("pet_embedding", "fusion")}
+
+
+def stage_name(modalities: tuple[str, ...] | list[str], ehr: bool) -> str:
+    """``ct``, ``ct+pet``, ``ct+pet+ehr``, ``ct+ehr``."""
+    return "+".join(list(modalities) + (["ehr"] if ehr else []))
+
+
+def load_base(base_run: str | Path, expected_sha256: str | None = None, source: str = "") -> LoadedModel:
+    """The segmentation base run (a plain backbone run), checked against ``expected_sha256`` if given."""
+    base_run = Path(base_run)
+    base = load_model(base_run)
+    if base.kind != "backbone":
+        raise PemmaError(f"{base_run}: the base of a prognosis model must be a plain segmentation run of "
+                         f"`pemma train` (got a {base.kind} run)")
+    if expected_sha256 is not None and sha256_file(base_run / MODEL_FILE) != expected_sha256:
+        raise PemmaError(f"{source or base_run}: was trained on base weights {expected_sha256[:12]} but "
+                         f"{base_run} now holds {str(base.meta.get('sha256', '?'))[:12]}")
+    return base
+
+
+def pemma_adapter_config(backbone: str, method: str, rank: int, alpha: float) -> AdapterConfig:
+    """Adapters on the transformer's attention (backbone default) and the PET pathway of the feature path."""
+    try:
+        return AdapterConfig(method=method, rank=rank, alpha=alpha, train_parts=PET_PATHWAY[backbone])
+    except ValueError as exc:
+        raise PemmaError(f"invalid adapter settings: {exc}") from None
+
+
+def build_model(base: LoadedModel, head: str, bins: TimeBins | None, modalities: tuple[str, ...],
+                adapter_cfg: AdapterConfig | None, n_clinical: int) -> PrognosisModel:
+    """A prognosis model on ``base``: the plain network (``adapter_cfg`` None) or a PEMMA model around it."""
+    encoder = base.net if adapter_cfg is None else build_pemma(base, adapter_cfg)
+    encoder.requires_grad_(False)
+    return PrognosisModel(encoder, build_head(head, feature_dim(encoder), bins), modalities, n_clinical)
+
+
+@dataclass
+class PrognosisRun:
+    """A loaded prognosis model, its metadata, run configuration, base and clinical encoder."""
+
+    model: PrognosisModel
+    meta: dict[str, Any]
+    config: RunConfig
+    base: LoadedModel
+    base_run: Path
+    clinical_encoder: ClinicalEncoder | None
+    run_dir: Path | None = None
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return tuple(self.meta["modalities"])
+
+    @property
+    def ehr(self) -> bool:
+        return bool(self.meta.get("ehr"))
+
+    @property
+    def stage(self) -> str:
+        return stage_name(self.modalities, self.ehr)
+
+    @property
+    def adapter_config(self) -> AdapterConfig | None:
+        raw = self.meta.get("adapter_config")
+        return None if raw is None else AdapterConfig.from_dict(raw)
+
+    @property
+    def bins(self) -> TimeBins | None:
+        raw = self.meta.get("time_bins")
+        return None if raw is None else TimeBins(tuple(raw))
+
+
+def save_run(model: PrognosisModel, cfg: RunConfig, out_dir: str | Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """Write ``config.yaml``, ``survival.safetensors`` and ``survival.json`` (atomically, weights first).
+
+    Returns:
+        The metadata written (``meta`` plus format, checksum and tensor count).
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cfg.save(out / CONFIG_FILE)
+    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.saved_state().items()}
+    with atomic_path(out / WEIGHTS_FILE) as tmp:
+        save_file(state, str(tmp), metadata={"format": "pt", "pemma": FORMAT})
+    info = {"format": FORMAT, "version": FORMAT_VERSION, **meta, "weights_file": WEIGHTS_FILE,
+            "weights_sha256": sha256_file(out / WEIGHTS_FILE), "tensors": len(state)}
+    write_text_atomic(out / META_FILE, json.dumps(info, indent=2, default=str) + "\n")
+    return info
+
+
+def read_meta(run_dir: str | Path) -> dict[str, Any]:
+    """The checked ``survival.json`` of a prognosis run."""
+    path = Path(run_dir) / META_FILE
+    if not Path(run_dir).is_dir():
+        raise PemmaError(f"{run_dir}: prognosis model folder not found")
+    if not path.is_file():
+        raise PemmaError(f"{path}: not found (is {run_dir} a run of `pemma survival train|adapt`?)")
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise PemmaError(f"{path}: corrupt prognosis metadata ({str(exc).splitlines()[0]})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise PemmaError(f"{path}: not a pemma prognosis model")
+    if meta.get("version") != FORMAT_VERSION:
+        raise PemmaError(f"{path}: prognosis format version {meta.get('version')} is not supported")
+    missing = [k for k in ("modalities", "head", "base_run", "base_sha256", "weights_sha256") if k not in meta]
+    if missing:
+        raise PemmaError(f"{path}: lacks {missing}")
+    return meta
+
+
+def load_run(run_dir: str | Path, device: torch.device | str = "cpu",
+             base_run: str | Path | None = None) -> PrognosisRun:
+    """Rebuild a prognosis model from its run folder (and its segmentation base run).
+
+    Args:
+        run_dir: the prognosis run.
+        device: where the model goes. Default CPU.
+        base_run: the base segmentation run if it moved (its weights must still match). Default: recorded path.
+
+    Example:
+        >>> run = load_run("runs/surv_ctpet_ehr")
+        >>> run.stage, run.model.n_clinical
+        ('ct+pet+ehr', 23)
+    """
+    run_dir = Path(run_dir)
+    meta = read_meta(run_dir)
+    config = RunConfig.load(run_dir / CONFIG_FILE)
+    base_dir = Path(base_run or meta["base_run"])
+    base = load_base(base_dir, meta["base_sha256"], str(run_dir))
+    clinical = None
+    try:
+        if meta.get("clinical_encoder"):
+            clinical = ClinicalEncoder.from_dict(meta["clinical_encoder"])
+        adapter = None if meta.get("adapter_config") is None else AdapterConfig.from_dict(meta["adapter_config"])
+        bins = None if meta.get("time_bins") is None else TimeBins(tuple(meta["time_bins"]))
+        model = build_model(base, meta["head"], bins, tuple(meta["modalities"]), adapter,
+                            clinical.n_features if clinical else 0)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise PemmaError(f"{run_dir / META_FILE}: cannot rebuild the model ({exc})") from None
+    weights = run_dir / WEIGHTS_FILE
+    if not weights.is_file():
+        raise PemmaError(f"{weights}: prognosis weights not found")
+    if sha256_file(weights) != meta["weights_sha256"]:
+        raise PemmaError(f"{weights}: checksum does not match {META_FILE} (corrupt or replaced file)")
+    try:
+        state = load_file(str(weights))
+        model.load_saved_state(state, str(weights))
+    except ValueError as exc:
+        raise PemmaError(str(exc)) from None
+    except Exception as exc:  # safetensors raises its own types for truncated files
+        raise PemmaError(f"{weights}: cannot read ({str(exc).splitlines()[0] or type(exc).__name__})") from None
+    model.to(device).eval()
+    return PrognosisRun(model, meta, config, base, base_dir, clinical, run_dir)

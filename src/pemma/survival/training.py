@@ -1,0 +1,351 @@
+"""``pemma survival train`` and ``adapt``: the prognosis stages CT -> CT+PET -> CT+PET+EHR.
+
+* **train** (CT): the segmentation run's network is frozen; its pooled features are computed once per
+  case and only the head trains (each step sees every training case: full-batch partial likelihood).
+* **adapt --add-modality pet**: the PEMMA model is built around the same base (LoRA/DoRA on the attention
+  projections, a PET patch embedding [+ fusion for Swin]); adapters, the PET pathway and the head train.
+  Feature scaling is re-estimated on the CT+PET training features first.
+* **adapt --add-ehr**: a zero-initialised Linear projection of the encoded clinical vector is added to the
+  image features (the model starts from the previous stage's predictions); adapters, the projection and
+  the head train. The clinical encoder is fitted on the training cases only.
+
+Steps that run the encoder use ``train.batch_size`` cases per step (Cox batches without an event give a
+zero loss and a zero gradient). The number of steps is ``epochs * ceil(training cases / batch_size)``,
+capped by ``max_steps``. Single process; no resume (each stage is short).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pemma.config import RunConfig
+from pemma.data.transforms import describe
+from pemma.errors import PemmaError
+from pemma.io_utils import sha256_file, write_text_atomic
+from pemma.survival.clinical import ClinicalConfig, ClinicalEncoder
+from pemma.survival.data import CaseImages, Tables, encode_clinical, match_or_fail, outcome_tensors, select_image_cases
+from pemma.survival.heads import HEADS, TimeBins
+from pemma.survival.metrics import concordance_counts
+from pemma.survival.model import PrognosisModel, trainable_summary
+from pemma.survival.runs import (
+    PET_PATHWAY,
+    build_model,
+    load_base,
+    load_run,
+    pemma_adapter_config,
+    save_run,
+    stage_name,
+)
+from pemma.training.checkpoint import MODEL_FILE
+from pemma.training.distributed import resolve_device
+from pemma.training.logs import run_logger
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+@dataclasses.dataclass
+class Split:
+    """Images, outcomes and encoded clinical vectors of one side of the case split."""
+
+    images: CaseImages
+    time: torch.Tensor
+    event: torch.Tensor
+    clinical: torch.Tensor | None = None
+
+    @property
+    def case_ids(self) -> list[str]:
+        return [c.case_id for c in self.images.cases]
+
+
+def _prepare(cfg: RunConfig, modalities: tuple[str, ...], tables: Tables, encoder: ClinicalEncoder | None,
+             progress: bool) -> tuple[Split, Split | None]:
+    from pemma.data.layout import split_cases
+
+    report = match_or_fail(select_image_cases(cfg, modalities), tables, cfg.data.centres)
+    train_cases, val_cases = split_cases(report.cases, cfg.data.val_fraction, cfg.train.seed)
+    sides = []
+    for cases in (train_cases, val_cases):
+        if not cases:
+            sides.append(None)
+            continue
+        t, e = outcome_tensors(report, cases)
+        clin = None
+        if encoder is not None:
+            assert tables.clinical is not None
+            clin = torch.from_numpy(encode_clinical(encoder, cases, tables.clinical))
+        sides.append(Split(CaseImages.build(cases, modalities, cfg, progress), t, e, clin))
+    return sides[0], sides[1]
+
+
+@torch.no_grad()
+def features_of(model: PrognosisModel, images: CaseImages, batch_size: int, device: torch.device) -> torch.Tensor:
+    """(N, D) raw pooled image features of every case (eval mode, no gradient)."""
+    was_training = model.training
+    model.eval()
+    out = [model.image_features(images.batch(range(i, min(i + batch_size, len(images)))).to(device))
+           for i in range(0, len(images), batch_size)]
+    model.train(was_training)
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def risks_of(model: PrognosisModel, split: Split, batch_size: int, device: torch.device) -> np.ndarray:
+    """(N,) risk scores of a split."""
+    feats = features_of(model, split.images, batch_size, device)
+    clin = None if split.clinical is None else split.clinical.to(device)
+    model.eval()
+    return model.risk(model.from_features(feats, clin)).float().cpu().numpy()
+
+
+def c_index_or_none(split: Split | None, risk: np.ndarray | None) -> float | None:
+    """Harrell's C of a split, or None when it has no comparable pair."""
+    if split is None or risk is None:
+        return None
+    score, pairs = concordance_counts(split.time.numpy(), split.event.numpy(), risk)
+    return score / pairs if pairs else None
+
+
+def fit(model: PrognosisModel, train: Split, cfg: RunConfig, device: torch.device, out_dir: Path,
+        log: Any) -> dict[str, Any]:
+    """Optimise the trainable parameters of ``model`` on ``train`` (AdamW, cosine decay); write metrics.csv."""
+    tc = cfg.train
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise PemmaError("nothing to train (no trainable parameter)")
+    encoder_trains = any(p.requires_grad for p in model.encoder.parameters())
+    n = len(train.images)
+    per_epoch = max(1, math.ceil(n / tc.batch_size))
+    total = tc.epochs * per_epoch if tc.max_steps is None else min(tc.epochs * per_epoch, tc.max_steps)
+    cached = None if encoder_trains else features_of(model, train.images, tc.batch_size, device)
+    time_all, event_all = train.time.to(device), train.event.to(device)
+    clin_all = None if train.clinical is None else train.clinical.to(device)
+    optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total)
+                                                                                         / total)))
+    log.info(f"training {total} steps on {n} cases ("
+             + (f"batches of {tc.batch_size} through the encoder" if encoder_trains
+                else "encoder frozen: cached features, every case in each step") + ")")
+    torch.manual_seed(tc.seed)
+    rows, started, order = [], time.time(), np.arange(n)
+    model.train()
+    for step in range(total):
+        epoch, pos = divmod(step, per_epoch)
+        if pos == 0:
+            order = np.random.default_rng([tc.seed, epoch, 11]).permutation(n)
+        idx = torch.as_tensor(order[pos * tc.batch_size:(pos + 1) * tc.batch_size] if encoder_trains else order)
+        clin = None if clin_all is None else clin_all[idx.to(device)]
+        if cached is None:
+            out = model(train.images.batch(idx.tolist()).to(device), clin)
+        else:
+            out = model.from_features(cached[idx.to(device)], clin)
+        loss = model.head.loss(out, time_all[idx.to(device)], event_all[idx.to(device)])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        rows.append({"step": step + 1, "epoch": epoch, "loss": f"{float(loss):.5f}",
+                     "events": int(event_all[idx.to(device)].sum()), "lr": f"{scheduler.get_last_lr()[0]:.3e}",
+                     "seconds": f"{time.time() - started:.1f}"})
+        if (step + 1) % max(1, total // 5) == 0 or step + 1 == total:
+            log.info(f"step {step + 1}/{total} epoch {epoch}: loss {float(loss):.4f}")
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=["step", "epoch", "loss", "events", "lr", "seconds"],
+                            lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(out_dir / "metrics.csv", buf.getvalue())
+    model.eval()
+    return {"steps": total, "loss": float(rows[-1]["loss"]) if rows else math.nan, "seconds": time.time() - started}
+
+
+def _finish(model: PrognosisModel, cfg: RunConfig, train: Split, val: Split | None, out_dir: Path,
+            meta: dict[str, Any], history: list[dict[str, Any]], log: Any, device: torch.device,
+            fitted: dict[str, Any], params: dict[str, int]) -> dict[str, Any]:
+    """Training median risk, validation C-index, history row; save the run."""
+    bs = cfg.train.batch_size
+    train_risk = risks_of(model, train, bs, device)
+    val_risk = None if val is None else risks_of(model, val, bs, device)
+    train_c, val_c = c_index_or_none(train, train_risk), c_index_or_none(val, val_risk)
+    stage = stage_name(meta["modalities"], meta["ehr"])
+    row = {"stage": stage, "run": str(out_dir.resolve()), "trainable": params["trainable"],
+           "total": params["total"], "train_c_index": train_c, "val_c_index": val_c, "steps": fitted["steps"]}
+    meta.update({"stage": stage, "risk_threshold": float(np.median(train_risk)), "train_c_index": train_c,
+                 "val_c_index": val_c, "train_cases": train.case_ids,
+                 "val_cases": [] if val is None else val.case_ids, "parameters": params,
+                 "history": history + [row], "steps": fitted["steps"]})
+    save_run(model, cfg, out_dir, meta)
+    log.info(f"done {stage}: {fitted['steps']} steps in {fitted['seconds']:.0f} s; C-index train {_fmt(train_c)}, "
+             f"validation {_fmt(val_c)}; training median risk {meta['risk_threshold']:.4g}")
+    return {**row, "seconds": fitted["seconds"], "risk_threshold": meta["risk_threshold"]}
+
+
+def _start(out_dir: str | Path, cfg: RunConfig, modalities: tuple[str, ...], source: Path) -> tuple[Path, Any]:
+    out = Path(out_dir)
+    if out.resolve() == source.resolve():
+        raise PemmaError(f"{out}: the new run must not overwrite {source}")
+    out.mkdir(parents=True, exist_ok=True)
+    log = run_logger(out)
+    for line in describe(list(modalities), cfg.preprocess):
+        log.info(line)
+    log.info(f"input: one centre crop of {cfg.model.roi_size} voxels per case (the label is never read)")
+    return out, log
+
+
+def train_survival(base_run: str | Path, cfg: RunConfig, out_dir: str | Path, head: str = "mtlr",
+                   endpoints: str | Path | None = None, n_bins: int | None = None,
+                   progress: bool = False) -> dict[str, Any]:
+    """Train a prognosis head on the frozen encoder of a segmentation run (stage ``ct``).
+
+    Args:
+        base_run: run folder of ``pemma train`` (plain backbone); its model and preprocessing are used.
+        cfg: data (root, centres, modalities = the base's, val_fraction) and train settings.
+        out_dir: the prognosis run folder.
+        head: "mtlr" or "cox".
+        endpoints: endpoint CSV; default: found under ``cfg.data.root``.
+        n_bins: MTLR bins; default ``ceil(sqrt(training events))``.
+
+    Returns:
+        Summary (stage, trainable/total parameters, train/validation C-index, steps, seconds).
+
+    Example:
+        >>> cfg = build_config("tiny", overrides={"data": {"root": "data/phantom"}})
+        >>> train_survival("runs/ct_unetr", cfg, "runs/surv_ct", head="mtlr")
+    """
+    if head not in HEADS:
+        raise PemmaError(f"head must be one of {HEADS}, got {head!r}")
+    base_run = Path(base_run)
+    base = load_base(base_run)
+    modalities = tuple(cfg.data.modalities)
+    if list(modalities) != list(base.meta.get("modalities", [])):
+        raise PemmaError(f"{base_run}: the segmentation run reads {','.join(base.meta.get('modalities', []))}, "
+                         f"not {','.join(modalities)}; train on its inputs, then add modalities with "
+                         "`pemma survival adapt`")
+    cfg = dataclasses.replace(cfg, model=base.config.model, preprocess=base.config.preprocess)
+    out, log = _start(out_dir, cfg, modalities, base_run)
+    tables = Tables.find(cfg.data.root, endpoints=endpoints)
+    train, val = _prepare(cfg, modalities, tables, None, progress)
+    bins = TimeBins.from_times(train.time.numpy(), train.event.numpy(), n_bins) if head == "mtlr" else None
+    device = resolve_device(cfg.train.device)
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(base, head, bins, modalities, None, 0).to(device)
+    model.set_feature_scaling(features_of(model, train.images, cfg.train.batch_size, device))
+    model.head.requires_grad_(True)
+    params = trainable_summary(model)
+    log.info(f"stage {stage_name(modalities, False)}: {head} head on {base.config.model.backbone} features "
+             f"(D={model.feature_dim}){f', MTLR bins {list(bins.boundaries)}' if bins else ''}; trainable "
+             f"parameters {params['trainable']:,} of {params['total']:,}")
+    fitted = fit(model, train, cfg, device, out, log)
+    meta = {"modalities": list(modalities), "ehr": False, "head": head,
+            "time_bins": list(bins.boundaries) if bins else None, "backbone": base.config.model.backbone,
+            "feature_dim": model.feature_dim, "base_run": str(base_run.resolve()),
+            "base_sha256": sha256_file(base_run / MODEL_FILE), "adapter_config": None, "clinical_encoder": None,
+            "parent": None}
+    return _finish(model, cfg, train, val, out, meta, [], log, device, fitted, params)
+
+
+def adapt_survival(model_run: str | Path, cfg: RunConfig, out_dir: str | Path, add_modality: str | None = None,
+                   add_ehr: bool = False, method: str | None = None, rank: int = 4, alpha: float = 8.0,
+                   clinical_config: ClinicalConfig | None = None, endpoints: str | Path | None = None,
+                   clinical: str | Path | None = None, base_run: str | Path | None = None,
+                   progress: bool = False) -> dict[str, Any]:
+    """Add PET and/or EHR to a prognosis model, training adapters (and the new input pathway and head) only.
+
+    Args:
+        model_run: the previous prognosis run (``train`` or an earlier ``adapt``).
+        cfg: data and train settings (model and preprocessing come from the previous run).
+        out_dir: the new run folder (the previous run is not modified).
+        add_modality: "pet" or None.
+        add_ehr: add the clinical vector.
+        method: "lora" or "dora" for new adapters; must equal the previous stage's when it has adapters.
+            Default: the previous stage's, else "lora".
+        rank, alpha: adapter rank and scaling for new adapters.
+        clinical_config: clinical columns (default :class:`ClinicalConfig` ()).
+        endpoints, clinical: explicit table paths; default: found under ``cfg.data.root``.
+        base_run: the segmentation base if it moved.
+
+    Example:
+        >>> adapt_survival("runs/surv_ct", cfg, "runs/surv_ctpet", add_modality="pet", method="lora")
+    """
+    prev = load_run(model_run, base_run=base_run)
+    if add_modality not in (None, "pet"):
+        raise PemmaError(f"--add-modality must be pet, got {add_modality!r}")
+    if add_modality is None and not add_ehr:
+        raise PemmaError("nothing to add: give --add-modality pet and/or --add-ehr")
+    if add_modality and add_modality in prev.modalities:
+        raise PemmaError(f"{model_run}: already reads {add_modality.upper()} (stage {prev.stage})")
+    if add_ehr and prev.ehr:
+        raise PemmaError(f"{model_run}: already uses EHR (stage {prev.stage})")
+    old_cfg = prev.adapter_config
+    if old_cfg is not None and method is not None and method != old_cfg.method:
+        raise PemmaError(f"{model_run}: has {old_cfg.method} adapters; adapt it with --method {old_cfg.method}")
+    backbone = prev.base.config.model.backbone
+    adapter_cfg = old_cfg or pemma_adapter_config(backbone, method or "lora", rank, alpha)
+    modalities = tuple(m for m in ("ct", "pet") if m in prev.modalities or m == add_modality)
+    ehr = prev.ehr or add_ehr
+    cfg = dataclasses.replace(cfg, model=prev.config.model, preprocess=prev.config.preprocess,
+                              data=dataclasses.replace(cfg.data, modalities=list(modalities)))
+    out, log = _start(out_dir, cfg, modalities, Path(model_run))
+    tables = Tables.find(cfg.data.root, endpoints=endpoints, clinical=clinical, need_clinical=ehr)
+    encoder = prev.clinical_encoder
+    if add_ehr:
+        from pemma.data.layout import split_cases
+        from pemma.survival.data import clinical_rows
+
+        assert tables.clinical is not None
+        encoder = ClinicalEncoder(clinical_config or ClinicalConfig())
+        encoder.check_columns(tables.clinical.columns, str(tables.clinical.path))
+        report = match_or_fail(select_image_cases(cfg, modalities), tables, cfg.data.centres)
+        train_cases, _ = split_cases(report.cases, cfg.data.val_fraction, cfg.train.seed)
+        rows = [r for r in clinical_rows(train_cases, tables.clinical) if r is not None]
+        if not rows:
+            raise PemmaError(f"{tables.clinical.path}: no training case has a clinical row")
+        encoder.fit(rows)
+        log.info(f"clinical encoder fitted on {len(rows)} training cases: {encoder.n_features} features "
+                 f"({', '.join(encoder.feature_names[:6])}, ...)")
+    train, val = _prepare(cfg, modalities, tables, encoder if ehr else None, progress)
+    device = resolve_device(cfg.train.device)
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(prev.base, prev.meta["head"], prev.bins, modalities, adapter_cfg,
+                        encoder.n_features if (ehr and encoder) else 0)
+    new_parts = ("encoder.",) if old_cfg is None else ()
+    new_parts += ("clinical.",) if add_ehr else ()
+    model.load_saved_state(prev.model.saved_state(), f"{model_run} weights", allow_new=new_parts)
+    model.to(device)
+    if add_modality:  # features of the new input set: re-estimate the scaling the head reads
+        model.set_feature_scaling(features_of(model, train.images, cfg.train.batch_size, device))
+    model.requires_grad_(False)
+    for name, p in model.encoder.named_parameters():
+        if ".lora_" in name:
+            p.requires_grad_(True)
+    if add_modality:
+        for part in PET_PATHWAY[backbone]:
+            getattr(model.encoder, part).requires_grad_(True)
+    if add_ehr and model.clinical is not None:
+        model.clinical.requires_grad_(True)
+    model.head.requires_grad_(True)
+    params = trainable_summary(model)
+    log.info(f"stage {prev.stage} -> {stage_name(modalities, ehr)}: {adapter_cfg.method.upper()} rank "
+             f"{adapter_cfg.rank} on {list(adapter_cfg.resolve(backbone).target_modules)}; trainable parameters "
+             f"{params['trainable']:,} of {params['total']:,} ("
+             + ", ".join(f"{k.split(':', 1)[1]} {v:,}" for k, v in params.items() if k.startswith("trainable:"))
+             + ")")
+    fitted = fit(model, train, cfg, device, out, log)
+    meta = {**{k: prev.meta[k] for k in ("head", "time_bins", "backbone", "feature_dim", "base_run", "base_sha256")},
+            "modalities": list(modalities), "ehr": ehr, "adapter_config": adapter_cfg.to_dict(),
+            "clinical_encoder": encoder.to_dict() if (ehr and encoder) else None,
+            "parent": str(Path(model_run).resolve())}
+    if base_run is not None:
+        meta["base_run"] = str(Path(base_run).resolve())
+    return _finish(model, cfg, train, val, out, meta, list(prev.meta.get("history", [])), log, device, fitted,
+                   params)
