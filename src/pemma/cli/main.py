@@ -8,10 +8,10 @@ import sys
 from collections.abc import Sequence
 
 from pemma import __version__
-from pemma.cli import adaptation, demo, segmentation
+from pemma.cli import adaptation, demo, protocol, segmentation
 from pemma.errors import PemmaError
 
-VERBS = (segmentation, adaptation, demo)
+VERBS = (segmentation, adaptation, protocol, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,6 +15,7 @@ import argparse
 
 from pemma.cli.options import add_device_flags, add_training_flags, parse_centres, run_config_from_args
 from pemma.errors import PemmaError
+from pemma.training.logs import run_logger
 
 
 def _fmt(value: float | None) -> str:
@@ -60,6 +61,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--categorical-column", action="append", metavar="NAME",
                    help="categorical clinical column, exact CSV name (repeat; default Gender, Tobacco, Alcohol, "
                         "Performance status, HPV status (0=-, 1=+), Surgery, Chemotherapy)")
+    p.add_argument("--encoder-lr-scale", type=float, default=0.1,
+                   help="learning rate of adapters and PET pathway relative to --lr (default 0.1)")
     p.add_argument("--base", help="segmentation base run, if it moved since training")
     p.add_argument("--out", required=True, help="new prognosis run folder")
     _table_flags(p)
@@ -70,6 +73,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="prognosis run folder")
     p.add_argument("--data", required=True, help="dataset folder with images and the endpoint CSV")
     p.add_argument("--centres", help="comma-separated centres (default: all)")
+    p.add_argument("--split", choices=["all", "train", "val"], default="all",
+                   help="all cases of --data (default), or only the model's training / held-out cases")
     p.add_argument("--out", help="report folder (default: <model>/evaluation)")
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
@@ -132,6 +137,8 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     from pemma.training.checkpoint import CONFIG_FILE
 
     _reject_resume(args)
+    if not args.encoder_lr_scale > 0:
+        raise PemmaError(f"--encoder-lr-scale must be > 0, got {args.encoder_lr_scale}")
     read_meta(args.model)
     prev_cfg = RunConfig.load(f"{args.model}/{CONFIG_FILE}")
     _check_geometry(args, prev_cfg.model, prev_cfg.preprocess, args.model)
@@ -148,7 +155,8 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     cfg = run_config_from_args(args)
     summary = adapt_survival(args.model, cfg, args.out, add_modality=args.add_modality, add_ehr=args.add_ehr,
                              method=args.method, rank=args.rank, alpha=args.alpha, clinical_config=clinical_config,
-                             endpoints=args.endpoints, clinical=args.clinical, base_run=args.base)
+                             endpoints=args.endpoints, clinical=args.clinical, base_run=args.base,
+                             encoder_lr_scale=args.encoder_lr_scale)
     _print_summary(args.out, summary)
     return 0
 
@@ -158,12 +166,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     if args.bootstrap < 1:
         raise PemmaError(f"--bootstrap must be >= 1, got {args.bootstrap}")
+    run_logger(None)  # notes (skips, unseen clinical categories) go to stderr
     res = evaluate_survival(args.model, args.data, centres=parse_centres(args.centres) or None, out_dir=args.out,
                             device=args.device or "auto", n_bootstrap=args.bootstrap, seed=args.seed,
                             endpoints=args.endpoints, clinical=args.clinical, base_run=args.base,
-                            cache_dir=args.cache_dir)
+                            cache_dir=args.cache_dir, split=args.split)
     p = "n/a" if res["logrank_p"] is None else f"{res['logrank_p']:.3g}"
-    print(f"stage {res['stage']} on {', '.join(res['centres'])}: {res['text']}")
+    print(f"stage {res['stage']} on {', '.join(res['centres'])} ({res['split']} cases): {res['text']}")
     print(f"risk groups split at the training median {res['risk_threshold']:.4g}: {res['high_risk']} high-risk, "
           f"{res['n_cases'] - res['high_risk']} low-risk; log-rank p = {p}")
     print(f"skipped: {res['skipped']}")
@@ -174,6 +183,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from pemma.survival.evaluate import predict_survival
 
+    run_logger(None)
     res = predict_survival(args.model, args.data, args.out, centres=parse_centres(args.centres) or None,
                            device=args.device or "auto", clinical=args.clinical, base_run=args.base,
                            cache_dir=args.cache_dir)

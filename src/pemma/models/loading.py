@@ -59,7 +59,7 @@ def run_network(net: nn.Module, kind: str, trained: Sequence[str], x: torch.Tens
     """
     if kind != "backbone":
         return net(x, tuple(modalities))
-    if list(modalities) == list(trained):
+    if not trained or list(modalities) == list(trained):
         return net(x)
     full = x.new_zeros((x.shape[0], len(trained), *x.shape[2:]))
     for i, modality in enumerate(modalities):

@@ -116,8 +116,9 @@ class CaseImages:
               progress: bool = False) -> CaseImages:
         """Preprocess ``cases`` (cached in memory or in ``cfg.data.cache_dir``)."""
         roi = list(cfg.model.roi_size)
+        # flattened: CacheDataset caches up to the first Randomizable transform, and a nested Compose is one
         transform = Compose([preprocessing(list(modalities), cfg.preprocess, roi, with_label=False),
-                             CenterSpatialCropd("image", roi)])
+                             CenterSpatialCropd("image", roi)]).flatten()
         data = cached_dataset(case_dicts(list(cases), list(modalities), with_label=False), transform,
                               cfg.data.cache_dir, progress)
         return cls(list(cases), tuple(modalities), data)

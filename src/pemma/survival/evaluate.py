@@ -13,6 +13,7 @@ import csv
 import dataclasses
 import io
 import json
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,8 @@ from pemma.survival.endpoints import match_endpoints
 from pemma.survival.metrics import bootstrap_c_index, plot_risk_groups
 from pemma.survival.runs import PrognosisRun, load_run
 from pemma.training.distributed import resolve_device
+
+log = logging.getLogger("pemma.run")
 
 
 def _config(run: PrognosisRun, data: str | Path, cache_dir: str | None):
@@ -55,14 +58,27 @@ def predict_risks(run: PrognosisRun, cases: list[CaseRecord], data: str | Path, 
     return torch.cat(risks).numpy()
 
 
-def _cases(run: PrognosisRun, data: str | Path, centres: list[str] | None) -> list[CaseRecord]:
-    return select_cases(discover_cases(data), centres=centres, modalities=list(run.modalities), source=str(data))
+SPLITS = ("all", "train", "val")
+
+
+def _cases(run: PrognosisRun, data: str | Path, centres: list[str] | None, split: str = "all") -> list[CaseRecord]:
+    """Cases of ``data`` with the model's inputs; ``split`` "train" / "val" keeps the run's own case lists."""
+    if split not in SPLITS:
+        raise PemmaError(f"split must be one of {SPLITS}, got {split!r}")
+    cases = select_cases(discover_cases(data), centres=centres, modalities=list(run.modalities), source=str(data))
+    if split != "all":
+        wanted = set(run.meta.get(f"{split}_cases") or [])
+        cases = [c for c in cases if c.case_id in wanted]
+        if not cases:
+            raise PemmaError(f"{data}: none of the model's {split} cases is here")
+    return cases
 
 
 def evaluate_survival(model_run: str | Path, data: str | Path, centres: list[str] | None = None,
                       out_dir: str | Path | None = None, device: str = "auto", n_bootstrap: int = 1000,
                       seed: int = 0, endpoints: str | Path | None = None, clinical: str | Path | None = None,
-                      base_run: str | Path | None = None, cache_dir: str | None = None) -> dict[str, Any]:
+                      base_run: str | Path | None = None, cache_dir: str | None = None,
+                      split: str = "all") -> dict[str, Any]:
     """C-index (bootstrap CI), Kaplan–Meier PNG and JSON report of a prognosis model on ``data``.
 
     Args:
@@ -71,6 +87,7 @@ def evaluate_survival(model_run: str | Path, data: str | Path, centres: list[str
         centres: only these centres. Default all.
         out_dir: report folder. Default ``<model_run>/evaluation``.
         n_bootstrap, seed: bootstrap resamples and seed.
+        split: "all" cases of ``data``, or only the model's "train" or held-out "val" cases. Default "all".
 
     Returns:
         The report dict (also written to ``survival_<stage>.json``; the plot is ``km_<stage>.png``).
@@ -83,7 +100,7 @@ def evaluate_survival(model_run: str | Path, data: str | Path, centres: list[str
     run = load_run(model_run, dev, base_run=base_run)
     tables = Tables.find(data, endpoints=endpoints, clinical=clinical, need_clinical=run.ehr)
     assert tables.endpoints is not None
-    report = match_endpoints(_cases(run, data, centres), tables.endpoints, centres)
+    report = match_endpoints(_cases(run, data, centres, split), tables.endpoints, centres)
     if not report.pairs:
         raise PemmaError(f"{tables.endpoint_path}: no endpoint row matches an image case of {data}")
     cases = report.cases
@@ -96,11 +113,18 @@ def evaluate_survival(model_run: str | Path, data: str | Path, centres: list[str
     except ValueError as exc:
         raise PemmaError(f"{data}: {exc}") from None
     out = Path(out_dir) if out_dir is not None else Path(model_run) / "evaluation"
-    tag = run.stage
+    tag = run.stage if split == "all" else f"{run.stage}_{split}"
     png = out / f"km_{tag}.png"
     threshold = float(run.meta["risk_threshold"])
     test = plot_risk_groups(time_, event, risk, threshold, png, title=f"{tag} ({len(cases)} cases)")
-    summary = {"model": str(model_run), "stage": tag, "data": str(data), "centres": sorted({c.centre for c in cases}),
+    if split == "all" and run.meta.get("val_cases"):
+        seen = set(run.meta.get("train_cases", []))
+        overlap = sum(c.case_id in seen for c in cases)
+        if overlap:
+            log.info(f"note: {overlap} of the {len(cases)} evaluated cases were training cases of this model "
+                     "(use --split val for the held-out ones)")
+    summary = {"model": str(model_run), "stage": run.stage, "split": split, "data": str(data),
+               "centres": sorted({c.centre for c in cases}),
                "n_cases": len(cases), "events": int(event.sum()), "c_index": result.c_index, "ci_low": result.low,
                "ci_high": result.high, "ci_level": result.level, "n_bootstrap": result.n_bootstrap,
                "risk_threshold": threshold, "high_risk": int((risk > threshold).sum()),

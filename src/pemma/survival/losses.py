@@ -58,22 +58,21 @@ def cox_neg_partial_log_likelihood(log_hz: torch.Tensor, event: torch.Tensor, ti
     n_events = int(event.sum())
     if n_events == 0:
         return log_hz.sum() * 0.0
-    shift = log_hz.detach().max()
-    hz = torch.exp(log_hz - shift)  # (N,)
     t_ev = time[event]  # (E,)
-    at_risk = (time[None, :] >= t_ev[:, None]).to(hz.dtype)  # (E, N)
-    risk_sum = at_risk @ hz  # (E,)
+    neg_inf = torch.finfo(log_hz.dtype).min
+    at_risk = time[None, :] >= t_ev[:, None]  # (E, N)
+    log_risk = torch.logsumexp(log_hz[None, :].masked_fill(~at_risk, neg_inf), dim=1)  # (E,) log sum over risk set
+    log_denom = log_risk
     if ties == "efron":
-        tied = ((time[None, :] == t_ev[:, None]) & event[None, :]).to(hz.dtype)  # (E, N) events at the same time
-        tied_sum = tied @ hz  # (E,)
-        m = tied.sum(dim=1)  # (E,) number of events tied with each event
+        tied = (time[None, :] == t_ev[:, None]) & event[None, :]  # (E, N) events at the same time
+        log_tied = torch.logsumexp(log_hz[None, :].masked_fill(~tied, neg_inf), dim=1)  # (E,)
+        m = tied.sum(dim=1).to(log_hz.dtype)  # (E,) number of events tied with each event
         # rank r of each event within its tie group (0..m-1), by position: the Efron sum runs over r
-        idx = torch.arange(event.numel(), device=hz.device)[event]
-        r = ((time[event][None, :] == t_ev[:, None]) & (idx[None, :] < idx[:, None])).sum(dim=1).to(hz.dtype)
-        denom = risk_sum - (r / m) * tied_sum
-    else:
-        denom = risk_sum
-    terms = log_hz[event] - (torch.log(denom) + shift)
+        idx = torch.arange(event.numel(), device=log_hz.device)[event]
+        r = ((t_ev[None, :] == t_ev[:, None]) & (idx[None, :] < idx[:, None])).sum(dim=1).to(log_hz.dtype)
+        # log(S_R - r/m S_H) = log S_R + log1p(-r/m * S_H/S_R), with S_H/S_R <= 1 and r/m <= (m-1)/m
+        log_denom = log_risk + torch.log1p(-(r / m) * torch.exp(log_tied - log_risk))
+    terms = log_hz[event] - log_denom
     total = -terms.sum()
     return total / n_events if reduction == "mean" else total
 

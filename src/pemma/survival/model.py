@@ -165,9 +165,11 @@ class PrognosisModel(nn.Module):
 
     @torch.no_grad()
     def set_feature_scaling(self, features: torch.Tensor) -> None:
-        """Standardise with the mean and std of training features (N, D) (std floored at 1e-6)."""
+        """Standardise with the mean and std of training features (N, D); each std is floored at a tenth of
+        their mean (and 1e-6), so near-constant features are not magnified without bound."""
+        std = features.std(dim=0, unbiased=False) if features.shape[0] > 1 else torch.ones_like(features[0])
         self.feature_mean.copy_(features.mean(dim=0))
-        self.feature_std.copy_(features.std(dim=0, unbiased=False).clamp_min(1e-6))
+        self.feature_std.copy_(std.clamp_min(max(0.1 * float(std.mean()), 1e-6)))
 
     def saved_state(self) -> dict[str, torch.Tensor]:
         """Everything not in the frozen base network: head, scaling, clinical projection and, for a PEMMA

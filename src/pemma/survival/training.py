@@ -49,6 +49,9 @@ from pemma.training.checkpoint import MODEL_FILE
 from pemma.training.distributed import resolve_device
 from pemma.training.logs import run_logger
 
+#: learning-rate factor of trainable encoder parts (adapters, PET pathway) relative to the head's
+ENCODER_LR_SCALE = 0.1
+
 
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
@@ -85,7 +88,12 @@ def _prepare(cfg: RunConfig, modalities: tuple[str, ...], tables: Tables, encode
             assert tables.clinical is not None
             clin = torch.from_numpy(encode_clinical(encoder, cases, tables.clinical))
         sides.append(Split(CaseImages.build(cases, modalities, cfg, progress), t, e, clin))
-    return sides[0], sides[1]
+    train = sides[0]
+    if train is None or not bool(train.event.any()):
+        n = 0 if train is None else len(train.images)
+        raise PemmaError(f"{tables.endpoint_path}: no relapse among the {n} training cases; a survival model "
+                         "cannot be trained (add cases or centres)")
+    return train, sides[1]
 
 
 @torch.no_grad()
@@ -117,22 +125,35 @@ def c_index_or_none(split: Split | None, risk: np.ndarray | None) -> float | Non
 
 
 def fit(model: PrognosisModel, train: Split, cfg: RunConfig, device: torch.device, out_dir: Path,
-        log: Any) -> dict[str, Any]:
-    """Optimise the trainable parameters of ``model`` on ``train`` (AdamW, cosine decay); write metrics.csv."""
+        log: Any, encoder_lr_scale: float = ENCODER_LR_SCALE) -> dict[str, Any]:
+    """Optimise the trainable parameters of ``model`` on ``train``; write ``metrics.csv``.
+
+    AdamW with cosine decay; the head and clinical projection use ``cfg.train.lr``, trainable encoder parts
+    (adapters, PET pathway) ``lr * encoder_lr_scale``; gradients are clipped to norm 1. The pooled features
+    differ little between patients (their standardisation magnifies them), so encoder updates at the head's
+    learning rate destabilise the head.
+    """
     tc = cfg.train
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not params:
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not named:
         raise PemmaError("nothing to train (no trainable parameter)")
-    encoder_trains = any(p.requires_grad for p in model.encoder.parameters())
+    params = [p for _, p in named]
+    encoder_params = [p for n, p in named if n.startswith("encoder.")]
+    groups = [{"params": [p for n, p in named if not n.startswith("encoder.")], "lr": tc.lr}]
+    if encoder_params:
+        groups.append({"params": encoder_params, "lr": tc.lr * encoder_lr_scale})
+    encoder_trains = bool(encoder_params)
     n = len(train.images)
     per_epoch = max(1, math.ceil(n / tc.batch_size))
     total = tc.epochs * per_epoch if tc.max_steps is None else min(tc.epochs * per_epoch, tc.max_steps)
     cached = None if encoder_trains else features_of(model, train.images, tc.batch_size, device)
     time_all, event_all = train.time.to(device), train.event.to(device)
     clin_all = None if train.clinical is None else train.clinical.to(device)
-    optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
+    optimizer = torch.optim.AdamW(groups, lr=tc.lr, weight_decay=tc.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total)
                                                                                          / total)))
+    if encoder_trains and tc.batch_size < 2 and model.head.kind == "cox":
+        log.warning("Cox partial likelihood needs >= 2 cases per batch; with --batch-size 1 every loss is 0")
     log.info(f"training {total} steps on {n} cases ("
              + (f"batches of {tc.batch_size} through the encoder" if encoder_trains
                 else "encoder frozen: cached features, every case in each step") + ")")
@@ -152,13 +173,15 @@ def fit(model: PrognosisModel, train: Split, cfg: RunConfig, device: torch.devic
         loss = model.head.loss(out, time_all[idx.to(device)], event_all[idx.to(device)])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         scheduler.step()
-        rows.append({"step": step + 1, "epoch": epoch, "loss": f"{float(loss):.5f}",
+        value = loss.item()
+        rows.append({"step": step + 1, "epoch": epoch, "loss": f"{value:.5f}",
                      "events": int(event_all[idx.to(device)].sum()), "lr": f"{scheduler.get_last_lr()[0]:.3e}",
                      "seconds": f"{time.time() - started:.1f}"})
         if (step + 1) % max(1, total // 5) == 0 or step + 1 == total:
-            log.info(f"step {step + 1}/{total} epoch {epoch}: loss {float(loss):.4f}")
+            log.info(f"step {step + 1}/{total} epoch {epoch}: loss {value:.4f}")
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=["step", "epoch", "loss", "events", "lr", "seconds"],
                             lineterminator="\n")
@@ -258,7 +281,7 @@ def adapt_survival(model_run: str | Path, cfg: RunConfig, out_dir: str | Path, a
                    add_ehr: bool = False, method: str | None = None, rank: int = 4, alpha: float = 8.0,
                    clinical_config: ClinicalConfig | None = None, endpoints: str | Path | None = None,
                    clinical: str | Path | None = None, base_run: str | Path | None = None,
-                   progress: bool = False) -> dict[str, Any]:
+                   encoder_lr_scale: float = ENCODER_LR_SCALE, progress: bool = False) -> dict[str, Any]:
     """Add PET and/or EHR to a prognosis model, training adapters (and the new input pathway and head) only.
 
     Args:
@@ -273,6 +296,7 @@ def adapt_survival(model_run: str | Path, cfg: RunConfig, out_dir: str | Path, a
         clinical_config: clinical columns (default :class:`ClinicalConfig` ()).
         endpoints, clinical: explicit table paths; default: found under ``cfg.data.root``.
         base_run: the segmentation base if it moved.
+        encoder_lr_scale: learning-rate factor of the adapters and PET pathway (see :func:`fit`).
 
     Example:
         >>> adapt_survival("runs/surv_ct", cfg, "runs/surv_ctpet", add_modality="pet", method="lora")
@@ -340,7 +364,7 @@ def adapt_survival(model_run: str | Path, cfg: RunConfig, out_dir: str | Path, a
              f"{params['trainable']:,} of {params['total']:,} ("
              + ", ".join(f"{k.split(':', 1)[1]} {v:,}" for k, v in params.items() if k.startswith("trainable:"))
              + ")")
-    fitted = fit(model, train, cfg, device, out, log)
+    fitted = fit(model, train, cfg, device, out, log, encoder_lr_scale)
     meta = {**{k: prev.meta[k] for k in ("head", "time_bins", "backbone", "feature_dim", "base_run", "base_sha256")},
             "modalities": list(modalities), "ehr": ehr, "adapter_config": adapter_cfg.to_dict(),
             "clinical_encoder": encoder.to_dict() if (ehr and encoder) else None,

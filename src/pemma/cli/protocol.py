@@ -1,0 +1,32 @@
+"""``pemma reproduce``: the paper's protocol from a strategy file."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("reproduce", help="run a strategy (pretrain -> adapt -> updates) for every method",
+                       description="Runs every phase of the strategy for PEMMA (LoRA, DoRA), early fusion, late "
+                                   "fusion and full fine-tuning, evaluates every centre seen so far with CT, PET "
+                                   "and CT+PET after each phase, and writes results.csv/json, report.md and "
+                                   "figures. Finished phases are not recomputed.")
+    p.add_argument("--strategy", required=True, help="strategy YAML, e.g. strategies/hecktor2022.yaml")
+    p.add_argument("--data", required=True, help="HECKTOR folder, nnU-Net raw folder or datalist")
+    p.add_argument("--out", required=True, help="results folder")
+    p.add_argument("--backbone", action="append", choices=["unetr", "swin_unetr"],
+                   help="override the strategy's backbones (repeatable)")
+    p.add_argument("--preset", help="override the strategy's preset")
+    p.add_argument("--max-steps", type=int, help="bound every phase's training steps (quick trials)")
+    p.add_argument("--variant", action="append", help="run only these variants (repeatable)")
+    p.set_defaults(func=cmd_reproduce)
+
+
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from pemma.protocol.runner import reproduce
+
+    report = reproduce(args.strategy, args.data, args.out, backbones=args.backbone, preset=args.preset,
+                       max_steps=args.max_steps, variants=args.variant)
+    print(report.read_text())
+    print(f"report: {report}")
+    return 0

@@ -1,0 +1,176 @@
+"""``pemma reproduce``: every phase of a strategy for every method, evaluation of every centre seen so far
+with CT, PET and CT+PET inputs after each phase, then results, report and figures.
+
+Runs live in ``OUT/runs/<backbone>/<method or "shared">/<run key>``; a phase whose ``phase.json`` exists is
+finished and not recomputed (an interrupted run resumes from its checkpoint), and evaluations are cached
+in ``evaluation.json`` beside it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from pemma.adapters.config import AdapterConfig
+from pemma.adapters.reporting import parameter_summary
+from pemma.config import build_config
+from pemma.data.layout import CaseRecord, discover_cases
+from pemma.evaluation.evaluate import evaluate_model
+from pemma.io_utils import write_text_atomic
+from pemma.models.loading import load_model
+from pemma.protocol.phases import ADAPT_METHOD_FLAG
+from pemma.protocol.results import markdown_report, write_results
+from pemma.protocol.split import split_case_ids
+from pemma.protocol.strategy import PlannedPhase, Strategy, load_strategy
+
+EVAL_INPUTS = (("ct",), ("pet",), ("ct", "pet"))
+
+
+@dataclasses.dataclass
+class ProtocolData:
+    """The dataset's cases and the strategy's train / val / test split of them."""
+
+    root: str
+    cases: dict[str, CaseRecord]
+    split: dict[str, dict[str, list[str]]]
+
+    def part(self, centres: tuple[str, ...], which: str) -> list[CaseRecord]:
+        return [self.cases[i] for c in centres for i in self.split[c][which]]
+
+
+def _run_dir(out: Path, backbone: str, method: str, planned: PlannedPhase | None, key: str | None) -> Path:
+    shared = planned is not None and planned.phase.operation == "pretrain"
+    return out / "runs" / backbone / ("shared" if shared else method) / str(key)
+
+
+def _train_phase(strategy: Strategy, data: ProtocolData, backbone: str, method: str, planned: PlannedPhase,
+                 run: Path, parent: Path | None, progress: bool) -> None:
+    from pemma.training.adaptation import adapt
+    from pemma.training.baselines import train_baseline
+    from pemma.training.segmentation import train
+    from pemma.training.update import update
+
+    phase = planned.phase
+    cfg = build_config(strategy.preset, overrides={
+        "data": {"root": data.root, "centres": list(phase.centres), "modalities": list(phase.modalities)},
+        "model": {"backbone": backbone}, "train": {"max_steps": strategy.max_steps, "seed": strategy.split.seed,
+                                                   "epochs": phase.epochs}})
+    split = (data.part(phase.centres, "train"), data.part(phase.centres, "val"))
+    resume = (run / "checkpoint.pt").is_file()
+    if phase.operation == "pretrain":
+        train(cfg, run, resume=resume, progress=progress, split=split)
+    elif phase.operation == "adapt":
+        flag = ADAPT_METHOD_FLAG[method]
+        if flag in ("lora", "dora"):
+            adapt(parent, cfg, AdapterConfig(method=flag), run, resume=resume, progress=progress, split=split)
+        else:
+            train_baseline(flag, parent, cfg, run, resume=resume, progress=progress, split=split)
+    else:
+        update(parent, cfg, list(phase.modalities), run, resume=resume, progress=progress, split=split)
+    write_text_atomic(run / "phase.json", json.dumps({"phase": phase.name, "method": method,
+                                                      "parent": str(parent) if parent else None}, indent=2))
+
+
+def _evaluate_run(run: Path, data: ProtocolData, centres: tuple[str, ...], device: torch.device) -> dict[str, Any]:
+    """``{"centre|inputs": DSCagg dict}`` for every centre and accepted input set (cached in the run)."""
+    cache_path = run / "evaluation.json"
+    cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+    missing = [(c, m) for c in centres for m in EVAL_INPUTS if f"{c}|{'+'.join(m)}" not in cache]
+    if missing:
+        model = load_model(run, device)
+        if "params" not in cache:
+            cache["params"] = parameter_summary(run)
+        for centre, modalities in missing:
+            key = f"{centre}|{'+'.join(modalities)}"
+            if list(modalities) not in model.input_sets:
+                cache[key] = None
+                continue
+            result = evaluate_model(model, data.part((centre,), "test"), modalities, device, progress=False)
+            cache[key] = result["DSCagg"]
+        write_text_atomic(cache_path, json.dumps(cache, indent=2, default=float))
+    return cache
+
+
+def _rows(cache: dict[str, Any], backbone: str, method: str, planned: PlannedPhase) -> list[dict[str, Any]]:
+    params = cache.get("params", {})
+    percent = params.get("percent_of_early_fusion")
+    rows = []
+    for centre in planned.eval_centres:
+        for modalities in EVAL_INPUTS:
+            scores = cache.get(f"{centre}|{'+'.join(modalities)}")
+            if scores is None:
+                continue
+            rows.append({"backbone": backbone, "method": method, "variant": planned.variant,
+                         "phase": planned.phase.name, "phase_index": planned.index, "eval_centre": centre,
+                         "inputs": "+".join(modalities), "DSCagg_GTVp": scores["GTVp"],
+                         "DSCagg_GTVn": scores["GTVn"], "DSCagg_mean": scores["mean"],
+                         "trainable_params": params.get("trainable"),
+                         "percent_of_early_fusion": float(percent.rstrip("%")) if percent else None})
+    return rows
+
+
+def reproduce(strategy_path: str | Path, data_root: str | Path, out_dir: str | Path, *,
+              backbones: list[str] | None = None, preset: str | None = None, max_steps: int | None = None,
+              variants: list[str] | None = None, progress: bool = True) -> Path:
+    """Run a strategy on a dataset; returns the path of the Markdown report.
+
+    Example:
+        >>> reproduce("strategies/hecktor2022.yaml", "data/phantom", "results/", max_steps=20)
+    """
+    started = time.time()
+    out = Path(out_dir)
+    all_cases = discover_cases(data_root)
+    by_centre: dict[str, list[str]] = {}
+    for case in all_cases:
+        if case.label is not None and {"ct", "pet"} <= set(case.images):
+            by_centre.setdefault(case.centre, []).append(case.case_id)
+    strategy = load_strategy(strategy_path, dataset_centres=by_centre).with_overrides(
+        backbones=backbones, preset=preset, max_steps=max_steps, variants=variants)
+    used = sorted({c for p in strategy.plan() for c in p.phase.centres})
+    split = split_case_ids({c: by_centre[c] for c in used}, strategy.split)
+    data = ProtocolData(str(data_root), {c.case_id: c for c in all_cases}, split)
+    write_text_atomic(out / "split.json", json.dumps(split, indent=2))
+    write_text_atomic(out / "strategy.json", json.dumps(strategy.to_dict(), indent=2))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+    jobs = [(b, m, p) for b in strategy.backbones for m in strategy.methods for p in strategy.plan()]
+    rows: list[dict[str, Any]] = []
+    bar = tqdm(jobs, desc="reproduce", unit="phase", disable=not progress, dynamic_ncols=True)
+    for backbone, method, planned in bar:
+        bar.set_postfix_str(f"{backbone} {method} {planned.variant} {planned.phase.name}")
+        run = _run_dir(out, backbone, method, planned, planned.run_key)
+        if not (run / "phase.json").is_file():
+            parent_planned = next((p for p in strategy.plan() if p.run_key == planned.parent_key), None)
+            parent = _run_dir(out, backbone, method, parent_planned, planned.parent_key) if parent_planned else None
+            _train_phase(strategy, data, backbone, method, planned, run, parent, progress=False)
+        cache = _evaluate_run(run, data, planned.eval_centres, device)
+        rows += _rows(cache, backbone, method, planned)
+    bar.close()
+    write_results(rows, out)
+    return _report(strategy, rows, out, time.time() - started)
+
+
+def _report(strategy: Strategy, rows: list[dict[str, Any]], out: Path, seconds: float) -> Path:
+    from pemma.protocol.figures import plot_dsc_across_phases
+
+    figures = {}
+    pretrain_centres = list(strategy.phases[0].centres)
+    for variant in strategy.variant_names:
+        name = f"dsc_{variant}.png"
+        plot_dsc_across_phases(rows, out / name, variant=variant, centres=pretrain_centres,
+                               title=f"DSCagg on the pretraining centres ({variant})")
+        figures[f"DSCagg mean on {', '.join(pretrain_centres)} across phases ({variant})"] = name
+    notes = [f"Strategy `{strategy.name}` ({strategy.source}), preset `{strategy.preset}`, max steps "
+             f"{strategy.max_steps}, split seed {strategy.split.seed}; test cases per centre held out "
+             f"(`split.json`). Wall time {seconds / 60:.1f} min."]
+    text = markdown_report(rows, title=f"PEMMA protocol: {strategy.name}", figures=figures,
+                           learnt_at=strategy.centre_learnt_at(strategy.variant_names[0]), notes=notes)
+    report = out / "report.md"
+    write_text_atomic(report, text)
+    return report
