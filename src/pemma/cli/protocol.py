@@ -19,6 +19,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--preset", help="override the strategy's preset")
     p.add_argument("--max-steps", type=int, help="bound every phase's training steps (quick trials)")
     p.add_argument("--variant", action="append", help="run only these variants (repeatable)")
+    p.add_argument("--method", action="append", help="run only these methods (repeatable): pemma_lora, pemma_dora, "
+                                                     "early_fusion, late_fusion, full_finetune")
     p.set_defaults(func=cmd_reproduce)
 
 
@@ -26,7 +28,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from pemma.protocol.runner import reproduce
 
     report = reproduce(args.strategy, args.data, args.out, backbones=args.backbone, preset=args.preset,
-                       max_steps=args.max_steps, variants=args.variant)
+                       max_steps=args.max_steps, variants=args.variant, methods=args.method)
     print(report.read_text())
     print(f"report: {report}")
     return 0

@@ -40,7 +40,7 @@ def label_on_grid(case: CaseRecord, ref: nib.Nifti1Image) -> np.ndarray:
 
 def evaluate_model(model: LoadedModel, cases: Sequence[CaseRecord], modalities: Sequence[str], device: torch.device,
                    window: WindowSettings | None = None, predictions_dir: str | Path | None = None,
-                   progress: bool = True) -> dict[str, Any]:
+                   progress: bool = True, inputs_cache: dict[tuple, Any] | None = None) -> dict[str, Any]:
     """Predict and score every case.
 
     Returns:
@@ -50,8 +50,14 @@ def evaluate_model(model: LoadedModel, cases: Sequence[CaseRecord], modalities: 
     agg = AggregatedDice()
     rows = []
     for case in tqdm(cases, desc="evaluate", unit="case", disable=not progress):
-        pred, ref = predict_case(model, case, modalities, device, window)
-        label = label_on_grid(case, ref)
+        pred, ref = predict_case(model, case, modalities, device, window, inputs_cache)
+        label_key = ("label", case.case_id, ref.shape)
+        if inputs_cache is not None and label_key in inputs_cache:
+            label = inputs_cache[label_key]
+        else:
+            label = label_on_grid(case, ref)
+            if inputs_cache is not None:
+                inputs_cache[label_key] = label
         agg.update(pred, label)
         spacing = tuple(float(z) for z in ref.header.get_zooms()[:3])
         rows.append({"case_id": case.case_id, "centre": case.centre, **case_metrics(pred, label, spacing)})

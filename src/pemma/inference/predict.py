@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -31,20 +32,28 @@ class WindowSettings:
 
 
 def predict_case(model: LoadedModel, case: CaseRecord, modalities: Sequence[str], device: torch.device,
-                 window: WindowSettings | None = None) -> tuple[np.ndarray, nib.Nifti1Image]:
+                 window: WindowSettings | None = None,
+                 inputs_cache: dict[tuple, Any] | None = None) -> tuple[np.ndarray, nib.Nifti1Image]:
     """Predict one case; returns the uint8 label array on the reference image grid, and that image.
 
     The reference is the CT (the PET for PET-only input). Probabilities are resampled from the
     preprocessed grid onto the reference grid (zero outside the crop, so background) and then argmaxed.
+    ``inputs_cache`` (a dict) keeps preprocessed inputs between calls, e.g. when many models are evaluated
+    on the same cases with the same preprocessing.
     """
     window = window or WindowSettings()
     cfg = model.config
     roi = window.roi_size or cfg.model.roi_size
     ref_key = "ct" if "ct" in modalities else "pet"
-    ref_img = load_nifti(case.images[ref_key], what=f"{ref_key.upper()} of case {case.case_id}")
-    item = {"case_id": case.case_id, **{m: case.images[m] for m in modalities}}
-    data = preprocessing(modalities, cfg.preprocess, roi, with_label=False)(item)
-    image = data["image"]
+    key = (case.case_id, tuple(modalities), repr(cfg.preprocess), tuple(roi))
+    if inputs_cache is not None and key in inputs_cache:
+        image, ref_img = inputs_cache[key]
+    else:
+        ref_img = load_nifti(case.images[ref_key], what=f"{ref_key.upper()} of case {case.case_id}")
+        item = {"case_id": case.case_id, **{m: case.images[m] for m in modalities}}
+        image = preprocessing(modalities, cfg.preprocess, roi, with_label=False)(item)["image"]
+        if inputs_cache is not None:
+            inputs_cache[key] = (image, ref_img)
     probs = sliding_window_probs(model.predictor(modalities), image.as_tensor(), roi,
                                  window.sw_batch_size or cfg.train.sw_batch_size,
                                  cfg.train.overlap if window.overlap is None else window.overlap,

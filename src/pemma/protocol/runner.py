@@ -21,6 +21,7 @@ from pemma.adapters.config import AdapterConfig
 from pemma.adapters.reporting import parameter_summary
 from pemma.config import build_config
 from pemma.data.layout import CaseRecord, discover_cases
+from pemma.errors import PemmaError
 from pemma.evaluation.evaluate import evaluate_model
 from pemma.io_utils import write_text_atomic
 from pemma.models.loading import load_model
@@ -77,7 +78,8 @@ def _train_phase(strategy: Strategy, data: ProtocolData, backbone: str, method: 
                                                       "parent": str(parent) if parent else None}, indent=2))
 
 
-def _evaluate_run(run: Path, data: ProtocolData, centres: tuple[str, ...], device: torch.device) -> dict[str, Any]:
+def _evaluate_run(run: Path, data: ProtocolData, centres: tuple[str, ...], device: torch.device,
+                  inputs_cache: dict[tuple, Any]) -> dict[str, Any]:
     """``{"centre|inputs": DSCagg dict}`` for every centre and accepted input set (cached in the run)."""
     cache_path = run / "evaluation.json"
     cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
@@ -91,7 +93,8 @@ def _evaluate_run(run: Path, data: ProtocolData, centres: tuple[str, ...], devic
             if list(modalities) not in model.input_sets:
                 cache[key] = None
                 continue
-            result = evaluate_model(model, data.part((centre,), "test"), modalities, device, progress=False)
+            result = evaluate_model(model, data.part((centre,), "test"), modalities, device, progress=False,
+                                    inputs_cache=inputs_cache)
             cache[key] = result["DSCagg"]
         write_text_atomic(cache_path, json.dumps(cache, indent=2, default=float))
     return cache
@@ -117,7 +120,7 @@ def _rows(cache: dict[str, Any], backbone: str, method: str, planned: PlannedPha
 
 def reproduce(strategy_path: str | Path, data_root: str | Path, out_dir: str | Path, *,
               backbones: list[str] | None = None, preset: str | None = None, max_steps: int | None = None,
-              variants: list[str] | None = None, progress: bool = True) -> Path:
+              variants: list[str] | None = None, methods: list[str] | None = None, progress: bool = True) -> Path:
     """Run a strategy on a dataset; returns the path of the Markdown report.
 
     Example:
@@ -132,6 +135,11 @@ def reproduce(strategy_path: str | Path, data_root: str | Path, out_dir: str | P
             by_centre.setdefault(case.centre, []).append(case.case_id)
     strategy = load_strategy(strategy_path, dataset_centres=by_centre).with_overrides(
         backbones=backbones, preset=preset, max_steps=max_steps, variants=variants)
+    if methods:
+        unknown = sorted(set(methods) - set(ADAPT_METHOD_FLAG))
+        if unknown:
+            raise PemmaError(f"unknown method(s) {unknown}; known: {', '.join(ADAPT_METHOD_FLAG)}")
+        strategy = dataclasses.replace(strategy, methods=tuple(methods))
     used = sorted({c for p in strategy.plan() for c in p.phase.centres})
     split = split_case_ids({c: by_centre[c] for c in used}, strategy.split)
     data = ProtocolData(str(data_root), {c.case_id: c for c in all_cases}, split)
@@ -141,6 +149,7 @@ def reproduce(strategy_path: str | Path, data_root: str | Path, out_dir: str | P
 
     jobs = [(b, m, p) for b in strategy.backbones for m in strategy.methods for p in strategy.plan()]
     rows: list[dict[str, Any]] = []
+    inputs_cache: dict[tuple, Any] = {}  # preprocessed test inputs, shared by every model evaluated
     bar = tqdm(jobs, desc="reproduce", unit="phase", disable=not progress, dynamic_ncols=True)
     for backbone, method, planned in bar:
         bar.set_postfix_str(f"{backbone} {method} {planned.variant} {planned.phase.name}")
@@ -149,7 +158,7 @@ def reproduce(strategy_path: str | Path, data_root: str | Path, out_dir: str | P
             parent_planned = next((p for p in strategy.plan() if p.run_key == planned.parent_key), None)
             parent = _run_dir(out, backbone, method, parent_planned, planned.parent_key) if parent_planned else None
             _train_phase(strategy, data, backbone, method, planned, run, parent, progress=False)
-        cache = _evaluate_run(run, data, planned.eval_centres, device)
+        cache = _evaluate_run(run, data, planned.eval_centres, device, inputs_cache)
         rows += _rows(cache, backbone, method, planned)
     bar.close()
     write_results(rows, out)

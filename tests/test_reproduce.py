@@ -1,0 +1,73 @@
+"""``pemma reproduce`` on a tiny phantom: every phase for two methods, evaluation, report, and resume."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+from conftest import run_main
+
+STRATEGY = """
+name: tiny
+backbones: [unetr]
+preset: tiny
+max_steps: 1
+split: {val_fraction: 0.2, test_fraction: 0.5, seed: 0}
+methods: [pemma_lora, early_fusion]
+phases:
+  - {name: pretrain, operation: pretrain, centres: [CHUM], modalities: [ct]}
+  - {name: adapt_mda, operation: adapt, centres: [MDA], modalities: [ct, pet]}
+  - {name: update_chup, operation: update, centres: [CHUP], modalities: [pet]}
+"""
+
+
+@pytest.fixture(scope="module")
+def reproduced(phantom: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("reproduce")
+    (root / "tiny.yaml").write_text(STRATEGY)
+    stdout = run_main("reproduce", "--strategy", str(root / "tiny.yaml"), "--data", str(phantom), "--out",
+                      str(root / "out"))
+    assert "report:" in stdout
+    return root / "out"
+
+
+def test_every_phase_and_method_evaluated(reproduced: Path) -> None:
+    with open(reproduced / "results.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    seen = {(r["method"], r["phase"], r["eval_centre"], r["inputs"]) for r in rows}
+    # pretrain (CT-only model): CT input only, on CHUM
+    assert ("pemma_lora", "pretrain", "CHUM", "ct") in seen and ("pemma_lora", "pretrain", "CHUM", "pet") not in seen
+    # after adaptation and after the update every centre seen so far is evaluated with every input set
+    for method in ("pemma_lora", "early_fusion"):
+        for centre in ("CHUM", "MDA", "CHUP"):
+            for inputs in ("ct", "pet", "ct+pet"):
+                assert (method, "update_chup", centre, inputs) in seen
+    # PEMMA's CT input keeps the CT model's DSCagg on CHUM exactly after adaptation and a PET update
+    ct_chum = {r["phase"]: r["DSCagg_mean"] for r in rows
+               if r["method"] == "pemma_lora" and r["eval_centre"] == "CHUM" and r["inputs"] == "ct"}
+    assert ct_chum["pretrain"] == ct_chum["adapt_mda"] == ct_chum["update_chup"]
+    report = (reproduced / "report.md").read_text()
+    assert "pemma_lora" in report and "early_fusion" in report and "orgetting" in report
+    assert (reproduced / "results.json").is_file() and list(reproduced.glob("dsc_*.png"))
+
+
+def test_rerun_skips_finished_phases(reproduced: Path, phantom: Path) -> None:
+    phases = sorted(reproduced.glob("runs/*/*/*/phase.json"))
+    assert len(phases) == 1 + 2 * 2  # shared pretrain + (adapt, update) per method
+    stamps = {p: p.stat().st_mtime_ns for p in phases}
+    before = (reproduced / "results.csv").read_text()
+    run_main("reproduce", "--strategy", str(reproduced.parent / "tiny.yaml"), "--data", str(phantom), "--out",
+             str(reproduced))
+    assert {p: p.stat().st_mtime_ns for p in phases} == stamps
+    assert (reproduced / "results.csv").read_text() == before
+
+
+def test_invalid_strategy_is_one_line(tmp_path: Path, phantom: Path, capsys: pytest.CaptureFixture) -> None:
+    from pemma.cli.main import main
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(STRATEGY.replace("operation: update", "operation: upgrade"))
+    assert main(["reproduce", "--strategy", str(bad), "--data", str(phantom), "--out", str(tmp_path / "o")]) != 0
+    err = capsys.readouterr().err
+    assert "unknown operation 'upgrade'" in err and "Traceback" not in err

@@ -1,0 +1,191 @@
+"""``pemma survival`` end to end on a tiny phantom: train (CT) -> adapt +PET -> adapt +EHR -> evaluate -> predict,
+and bad input (one-line errors, counted skips)."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+
+import pemma.cli.main as cli_main
+from pemma.cli import survival as survival_cli
+from pemma.config import build_config
+from pemma.data.phantom import PhantomConfig, synthesize_phantom
+from pemma.io_utils import sha256_file
+from pemma.training.checkpoint import CONFIG_FILE
+from pemma.training.segmentation import backbone_task
+
+TINY = ["--preset", "tiny", "--spacing", "4", "4", "4", "--roi", "32", "32", "32", "--batch-size", "2",
+        "--max-steps", "2"]
+
+
+@pytest.fixture(autouse=True)
+def survival_verb(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Register ``survival`` for these tests if the CLI does not (yet) list it."""
+    if survival_cli not in cli_main.VERBS:
+        monkeypatch.setattr(cli_main, "VERBS", (*cli_main.VERBS, survival_cli))
+
+
+def pemma(*args: str | Path) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli_main.main([str(a) for a in args])
+    return code, out.getvalue(), err.getvalue()
+
+
+def ok(*args: str | Path) -> str:
+    code, out, err = pemma(*args)
+    assert code == 0, f"pemma {' '.join(map(str, args))} exited {code}:\n{err[-3000:]}"
+    return out
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("survival")
+    data = root / "phantom"
+    synthesize_phantom(data, PhantomConfig(cases_per_centre=3, centres=("CHUM", "MDA"), ct_shape=(48, 48, 32)),
+                       progress=False)
+    # the segmentation run, written by `pemma train`'s own save function without training steps (the CLI of
+    # `pemma train` has its own end-to-end tests; training it here would only cost time)
+    base = root / "ct_unetr"
+    cfg = build_config("tiny", overrides={"data": {"root": str(data), "modalities": ["ct"]},
+                                          "preprocess": {"target_spacing": [4.0, 4.0, 4.0]},
+                                          "model": {"roi_size": [32, 32, 32]}})
+    task = backbone_task(cfg)
+    base.mkdir()
+    cfg.save(base / CONFIG_FILE)
+    task.save(task.model, base, {"step": 0})
+    return {"root": root, "data": data, "base": base}
+
+
+def test_survival_end_to_end(setup: dict[str, Path]) -> None:
+    data, base, root = setup["data"], setup["base"], setup["root"]
+    base_sha = sha256_file(base / "model.safetensors")
+    runs = {name: root / name for name in ("surv_ct", "surv_ctpet", "surv_ctpet_ehr")}
+    out = ok("survival", "train", "--base", base, "--data", data, "--modalities", "ct", "--head", "mtlr",
+             "--out", runs["surv_ct"], *TINY)
+    assert "stage ct" in out and "trainable parameters" in out
+    ok("survival", "adapt", "--model", runs["surv_ct"], "--add-modality", "pet", "--method", "lora",
+       "--out", runs["surv_ctpet"], *TINY)
+    out = ok("survival", "adapt", "--model", runs["surv_ctpet"], "--add-ehr", "--method", "lora",
+             "--out", runs["surv_ctpet_ehr"], *TINY)
+    assert "stage ct+pet+ehr" in out
+    assert sha256_file(base / "model.safetensors") == base_sha  # the segmentation run is never written
+
+    for run in runs.values():
+        for name in ("survival.json", "survival.safetensors", "config.yaml", "metrics.csv", "train.log"):
+            assert (run / name).is_file(), (run, name)
+    log = (runs["surv_ct"] / "train.log").read_text()
+    assert "6 cases with images and endpoints; skipped 0 endpoint rows without images, 0 image cases" in log
+    assert "label is never read" in log
+    meta = json.loads((runs["surv_ctpet_ehr"] / "survival.json").read_text())
+    assert meta["stage"] == "ct+pet+ehr" and meta["modalities"] == ["ct", "pet"] and meta["ehr"] is True
+    assert meta["base_sha256"] == base_sha and meta["adapter_config"]["method"] == "lora"
+    assert [h["stage"] for h in meta["history"]] == ["ct", "ct+pet", "ct+pet+ehr"]
+    k = len(meta["time_bins"])
+    trainable = [h["trainable"] for h in meta["history"]]
+    assert trainable[0] == meta["feature_dim"] * k + k  # CT stage: the MTLR head only
+    assert trainable[1] > trainable[0] and meta["parameters"]["trainable:clinical"] > 0
+    assert "trainable:adapters" in meta["parameters"] and "trainable:pet_embedding" not in meta["parameters"]
+    assert meta["clinical_encoder"]["categorical"][4] == "HPV status (0=-, 1=+)"
+
+    eval_dir = root / "eval"
+    out = ok("survival", "evaluate", "--model", runs["surv_ctpet_ehr"], "--data", data, "--centres", "MDA",
+             "--out", eval_dir, "--bootstrap", "50")
+    assert "C-index" in out and "95% CI" in out and "log-rank p" in out
+    png = eval_dir / "km_ct+pet+ehr.png"
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    report = json.loads((eval_dir / "survival_ct+pet+ehr.json").read_text())
+    assert report["n_cases"] == 3 and report["centres"] == ["MDA"] and 0.0 <= report["c_index"] <= 1.0
+    assert report["risk_threshold"] == meta["risk_threshold"]
+
+    out = ok("survival", "evaluate", "--model", runs["surv_ctpet_ehr"], "--data", data, "--split", "train",
+             "--out", eval_dir, "--bootstrap", "20")
+    assert "(train cases)" in out
+    train_report = json.loads((eval_dir / "survival_ct+pet+ehr_train.json").read_text())
+    assert sorted(c["PatientID"] for c in train_report["cases"]) == sorted(meta["train_cases"])
+    assert train_report["c_index"] == pytest.approx(meta["train_c_index"], abs=1e-9)  # reloaded == trained model
+    csv_path = root / "out" / "risk.csv"
+    out = ok("survival", "predict", "--model", runs["surv_ctpet_ehr"], "--data", data, "--out", csv_path)
+    assert "wrote 6 risk scores" in out
+    with open(csv_path, newline="") as fh:
+        rows = list(csv.reader(fh))
+    assert rows[0] == ["PatientID", "Prediction"] and len(rows) == 7
+    assert [r[0] for r in rows[1:]] == [f"{c}-{i:03d}" for c in ("CHUM", "MDA") for i in range(3)]
+    assert all(math.isfinite(float(r[1])) for r in rows[1:])
+    assert sorted(p.name for p in csv_path.parent.iterdir()) == ["risk.csv"]  # no temporary file left
+    predicted = {r[0]: float(r[1]) for r in rows[1:]}
+    for case in report["cases"]:  # evaluate and predict agree (reloaded model, same preprocessing)
+        assert predicted[case["PatientID"]] == pytest.approx(case["risk"], rel=1e-6, abs=1e-9)
+
+
+def test_cox_head_and_dora_ehr_on_ct(setup: dict[str, Path]) -> None:
+    data, base, root = setup["data"], setup["base"], setup["root"]
+    ok("survival", "train", "--base", base, "--data", data, "--head", "cox", "--out", root / "cox_ct", *TINY)
+    out = ok("survival", "adapt", "--model", root / "cox_ct", "--add-ehr", "--method", "dora", "--out",
+             root / "cox_ct_ehr", "--categorical-column", "HPV status (0=-, 1=+)", "--numeric-column", "Age", *TINY)
+    assert "stage ct+ehr" in out
+    meta = json.loads((root / "cox_ct_ehr" / "survival.json").read_text())
+    assert meta["head"] == "cox" and meta["adapter_config"]["method"] == "dora"
+    assert meta["clinical_encoder"]["numeric"] == ["Age"] and meta["time_bins"] is None
+    code, _, err = pemma("survival", "adapt", "--model", root / "cox_ct_ehr", "--add-modality", "pet", "--method",
+                         "lora", "--out", root / "x", *TINY)
+    assert code == 2 and "has dora adapters; adapt it with --method dora" in err
+
+
+def copy_data(src: Path, dst: Path) -> Path:
+    (dst / "imagesTr").mkdir(parents=True)
+    for f in (src / "imagesTr").iterdir():
+        (dst / "imagesTr" / f.name).symlink_to(f)
+    for f in src.glob("*.csv"):
+        shutil.copy(f, dst / f.name)
+    return dst
+
+
+def one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.startswith("pemma survival: error:")]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_bad_endpoints_and_skips(setup: dict[str, Path], tmp_path: Path) -> None:
+    data, base = setup["data"], setup["base"]
+    bad = copy_data(data, tmp_path / "bad")
+    endpoint = bad / "hecktor2022_endpoint_training.csv"
+    lines = endpoint.read_text().splitlines()
+    endpoint.write_text("\n".join(lines[:2] + [lines[2].rsplit(",", 1)[0] + ",abc"] + lines[3:]) + "\n")
+    code, _, err = pemma("survival", "train", "--base", base, "--data", bad, "--out", tmp_path / "r1", *TINY)
+    assert code == 2
+    assert "line 3 (patient CHUM-001): RFS 'abc' is not a number" in one_error_line(err)
+
+    # drop CHUM-002's row, add a patient without images: both skipped and counted
+    endpoint.write_text("\n".join([lines[0], *[r for r in lines[1:] if not r.startswith("CHUM-002")],
+                                   "CHUM-099,1,120"]) + "\n")
+    ok("survival", "train", "--base", base, "--data", bad, "--out", tmp_path / "r2", *TINY[:-1], "1")
+    log = (tmp_path / "r2" / "train.log").read_text()
+    assert "5 cases with images and endpoints; skipped 1 endpoint rows without images (CHUM-099), " \
+           "1 image cases without endpoints (CHUM-002)" in log
+
+
+def test_bad_options(setup: dict[str, Path], tmp_path: Path) -> None:
+    data, base, root = setup["data"], setup["base"], setup["root"]
+    code, _, err = pemma("survival", "train", "--base", base, "--data", data, "--out", tmp_path / "r", "--roi",
+                         "48", "48", "48")
+    assert code == 2 and "--roi [48, 48, 48] differs from the segmentation run's [32, 32, 32]" in one_error_line(err)
+    code, _, err = pemma("survival", "train", "--base", base, "--data", data, "--modalities", "ct,pet",
+                         "--out", tmp_path / "r")
+    assert code == 2 and "train on its inputs" in one_error_line(err)
+    ok("survival", "train", "--base", base, "--data", data, "--out", tmp_path / "ct", *TINY[:-1], "1")
+    code, _, err = pemma("survival", "adapt", "--model", tmp_path / "ct", "--add-ehr", "--categorical-column",
+                         "Smoking", "--out", tmp_path / "e", *TINY)
+    assert code == 2 and "unknown clinical column(s) ['Smoking']" in one_error_line(err)
+    code, _, err = pemma("survival", "adapt", "--model", tmp_path / "ct", "--out", tmp_path / "n", *TINY)
+    assert code == 2 and "nothing to add" in one_error_line(err)
+    code, _, err = pemma("survival", "evaluate", "--model", root / "does-not-exist", "--data", data)
+    assert code == 2 and "prognosis model folder not found" in one_error_line(err)

@@ -1,0 +1,89 @@
+"""Prognosis model: pooled features of plain and PEMMA encoders, EHR projection, saved state."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from monai.networks.nets import UNETR, SwinUNETR
+
+from pemma.adapters.config import AdapterConfig
+from pemma.models.pemma_swin import PemmaSwinUNETR
+from pemma.models.pemma_unetr import PemmaUNETR
+from pemma.survival.heads import CoxHead, MTLRHead, TimeBins
+from pemma.survival.model import PrognosisModel, feature_dim, pemma_features, plain_features, trainable_summary
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def unetr() -> UNETR:
+    torch.manual_seed(0)
+    return UNETR(1, 3, img_size=32, feature_size=8, hidden_size=48, mlp_dim=96, num_heads=4).eval()
+
+
+@pytest.fixture(scope="module")
+def swin() -> SwinUNETR:
+    torch.manual_seed(0)
+    return SwinUNETR(in_channels=1, out_channels=3, feature_size=12, depths=(1, 1, 1, 1),
+                     num_heads=(1, 2, 2, 4)).eval()
+
+
+def test_pemma_features_equal_plain_features_at_initialisation(unetr: UNETR, swin: SwinUNETR) -> None:
+    """Fresh adapters (zero update) on CT input give the CT network's features exactly."""
+    for net, klass, size in ((unetr, PemmaUNETR, 32), (swin, PemmaSwinUNETR, 64)):
+        x = torch.rand(2, 1, size, size, size, generator=torch.Generator().manual_seed(1))
+        model = klass(net, AdapterConfig(method="lora", rank=2)).eval()
+        with torch.no_grad():
+            plain = plain_features(net, x)
+            adapted = pemma_features(model, x, ("ct",))
+        assert plain.shape == (2, feature_dim(net))
+        torch.testing.assert_close(adapted, plain, rtol=0, atol=1e-6)
+
+
+def test_pet_changes_features_and_reaches_adapters(unetr: UNETR) -> None:
+    model = PemmaUNETR(unetr, AdapterConfig(method="dora", rank=2)).eval()
+    ct = torch.rand(2, 1, 32, 32, 32, generator=torch.Generator().manual_seed(2))
+    pet = torch.rand(2, 1, 32, 32, 32, generator=torch.Generator().manual_seed(3))
+    both = pemma_features(model, torch.cat([ct, pet], 1), ("ct", "pet"))
+    assert both.shape == (2, 48) and not torch.allclose(both, pemma_features(model, ct, ("ct",)))
+    both.sum().backward()
+    lora_grads = [p.grad for n, p in model.named_parameters() if ".lora_" in n and p.grad is not None]
+    assert lora_grads and any(g.abs().sum() > 0 for g in lora_grads)
+    with pytest.raises(ValueError, match="need CT"):
+        pemma_features(model, pet, ("pet",))
+
+
+def test_prognosis_model_ehr_starts_as_identity_and_saved_state(unetr: UNETR) -> None:
+    torch.manual_seed(0)
+    x = torch.rand(3, 1, 32, 32, 32)
+    plain = PrognosisModel(unetr, MTLRHead(48, TimeBins((100.0, 200.0))), ("ct",))
+    plain.set_feature_scaling(torch.randn(10, 48))
+    out = plain(x)
+    assert out.shape == (3, 3) and plain.risk(out).shape == (3,)
+    assert set(plain.saved_state()) == {"feature_mean", "feature_std", "head.linear.weight", "head.linear.bias"}
+
+    encoder = PemmaUNETR(unetr, AdapterConfig(rank=2)).eval()
+    with_ehr = PrognosisModel(encoder, MTLRHead(48, TimeBins((100.0, 200.0))), ("ct",), n_clinical=5)
+    new = with_ehr.load_saved_state(plain.saved_state(), allow_new=("encoder.", "clinical."))
+    assert "clinical.weight" in new and any(".lora_A." in k for k in new)
+    clinical = torch.randn(3, 5)
+    torch.testing.assert_close(with_ehr(x, clinical), out, rtol=0, atol=1e-5)  # zero-initialised projection
+    with pytest.raises(ValueError, match="clinical vector of 5"):
+        with_ehr(x)
+    with pytest.raises(ValueError, match="missing"):
+        with_ehr.load_saved_state(plain.saved_state())
+    with pytest.raises(ValueError, match="unexpected"):
+        plain.load_saved_state(with_ehr.saved_state())
+    with_ehr.requires_grad_(False)
+    with_ehr.clinical.requires_grad_(True)
+    summary = trainable_summary(with_ehr)
+    assert summary["trainable"] == 5 * 48 + 48 == summary["trainable:clinical"]
+
+
+def test_feature_scaling_floors_small_std(unetr: UNETR) -> None:
+    model = PrognosisModel(unetr, CoxHead(48), ("ct",))
+    feats = torch.randn(20, 48)
+    feats[:, 0] = 1.0  # constant feature
+    model.set_feature_scaling(feats)
+    assert model.feature_std[0] >= 0.1 * feats.std(0, unbiased=False).mean() - 1e-6
+    torch.testing.assert_close(model.feature_mean, feats.mean(0))
