@@ -4,6 +4,7 @@ validation by DSCagg, atomic checkpoints, exact resume, and DistributedDataParal
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -86,7 +87,7 @@ def train_task(task: TrainingTask, cfg: RunConfig, train_cases: list[CaseRecord]
     """
     out_dir = Path(out_dir)
     tc = cfg.train
-    device = resolve_device(tc.device, int(__import__("os").environ.get("LOCAL_RANK", "0")))
+    device = resolve_device(tc.device, int(os.environ.get("LOCAL_RANK", "0")))
     dist = init_distributed(device)
     try:
         return _train(task, cfg, train_cases, val_cases, out_dir, resume, progress, meta or {}, device, dist)
