@@ -37,20 +37,30 @@ _ADAPTABLE = (nn.Linear, nn.Conv3d)
 
 
 @contextlib.contextmanager
-def adapters_disabled(module: nn.Module) -> Iterator[None]:
-    """Run ``module`` as its base model: every peft adapter layer and ModulesToSave wrapper is bypassed.
+def _layer_state(module: nn.Module, attribute: str, value: object) -> Iterator[None]:
+    """Set ``attribute`` on every peft layer / ModulesToSave wrapper of ``module`` for the block, then restore.
 
-    ``requires_grad`` flags are left as they are; the previous state is restored on exit.
+    ``requires_grad`` flags are left alone (peft's public toggles re-mark trainable parameters).
     """
     layers = [m for m in module.modules() if isinstance(m, (BaseTunerLayer, AuxiliaryTrainingWrapper))]
-    previous = [m._disable_adapters for m in layers]
+    previous = [getattr(m, attribute) for m in layers]
     for layer in layers:
-        layer._disable_adapters = True
+        setattr(layer, attribute, value)
     try:
         yield
     finally:
         for layer, state in zip(layers, previous, strict=True):
-            layer._disable_adapters = state
+            setattr(layer, attribute, state)
+
+
+def adapters_disabled(module: nn.Module) -> contextlib.AbstractContextManager[None]:
+    """Run ``module`` as its base model: every peft adapter layer and ModulesToSave wrapper is bypassed."""
+    return _layer_state(module, "_disable_adapters", True)
+
+
+def adapter_active(module: nn.Module, name: str) -> contextlib.AbstractContextManager[None]:
+    """Run ``module`` with only the peft adapter ``name`` active (wrappers without it pass through)."""
+    return _layer_state(module, "_active_adapter", [name])
 
 
 def unwrap_model(model: nn.Module) -> nn.Module:
@@ -62,24 +72,6 @@ def unwrap_model(model: nn.Module) -> nn.Module:
             model = model._orig_mod
         else:
             return model
-
-
-@contextlib.contextmanager
-def adapter_active(module: nn.Module, name: str) -> Iterator[None]:
-    """Run ``module`` with only the peft adapter ``name`` active (wrappers without it pass through).
-
-    Like :func:`adapters_disabled` this flips the layers' state for the call only and leaves
-    ``requires_grad`` alone (peft's ``set_adapter`` would re-mark trainable parameters).
-    """
-    layers = [m for m in module.modules() if isinstance(m, (BaseTunerLayer, AuxiliaryTrainingWrapper))]
-    previous = [m._active_adapter for m in layers]
-    for layer in layers:
-        layer._active_adapter = [name]
-    try:
-        yield
-    finally:
-        for layer, state in zip(layers, previous, strict=True):
-            layer._active_adapter = state
 
 
 def first_conv(module: nn.Module) -> nn.Conv3d:
