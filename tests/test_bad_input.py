@@ -36,8 +36,10 @@ def _error_line(capsys: pytest.CaptureFixture, argv: list[str]) -> str:
 @pytest.fixture(scope="module")
 def ct_model(phantom: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("runs") / "ct"
+    # also exercises mixed precision (bf16 autocast on CPU) and gradient checkpointing
     assert main(["train", "--data", str(phantom), "--centres", "CHUM", "--modalities", "ct", *FAST,
-                 "--max-steps", "1", "--out", str(out)]) == 0
+                 "--max-steps", "1", "--amp", "--gradient-checkpointing", "--out", str(out)]) == 0
+    assert "amp True" in (out / "train.log").read_text()
     return out
 
 

@@ -88,6 +88,9 @@ def test_survival_end_to_end(setup: dict[str, Path]) -> None:
     assert meta["stage"] == "ct+pet+ehr" and meta["modalities"] == ["ct", "pet"] and meta["ehr"] is True
     assert meta["base_sha256"] == base_sha and meta["adapter_config"]["method"] == "lora"
     assert [h["stage"] for h in meta["history"]] == ["ct", "ct+pet", "ct+pet+ehr"]
+    first = json.loads((runs["surv_ct"] / "survival.json").read_text())
+    assert (first["train_cases"], first["val_cases"]) == (meta["train_cases"], meta["val_cases"])  # same split
+    assert meta["val_cases"] and not set(meta["val_cases"]) & set(meta["train_cases"])
     k = len(meta["time_bins"])
     trainable = [h["trainable"] for h in meta["history"]]
     assert trainable[0] == meta["feature_dim"] * k + k  # CT stage: the MTLR head only

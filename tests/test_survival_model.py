@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from monai.networks.nets import UNETR, SwinUNETR
@@ -87,3 +89,40 @@ def test_feature_scaling_floors_small_std(unetr: UNETR) -> None:
     model.set_feature_scaling(feats)
     assert model.feature_std[0] >= 0.1 * feats.std(0, unbiased=False).mean() - 1e-6
     torch.testing.assert_close(model.feature_mean, feats.mean(0))
+
+
+class FakeImages:
+    """Stands in for :class:`~pemma.survival.data.CaseImages`: fixed random volumes."""
+
+    def __init__(self, n: int) -> None:
+        self.volumes = torch.rand(n, 1, 32, 32, 32, generator=torch.Generator().manual_seed(5))
+
+    def __len__(self) -> int:
+        return len(self.volumes)
+
+    def batch(self, indices) -> torch.Tensor:
+        return self.volumes[list(indices)]
+
+
+def test_fit_trains_the_head_only_and_l2_shrinks_it(unetr: UNETR, tmp_path) -> None:
+    import logging
+
+    from pemma.config import build_config
+    from pemma.survival.training import Split, fit
+
+    cfg = build_config("tiny", overrides={"train": {"max_steps": 15, "batch_size": 2, "lr": 0.05}})
+    n = 8
+    split = Split(FakeImages(n), torch.linspace(100, 800, n), torch.tensor([1.0, 0, 1, 1, 0, 1, 0, 1]))
+    norms = {}
+    for l2 in (0.0, 5.0):
+        torch.manual_seed(0)
+        model = PrognosisModel(unetr, CoxHead(48), ("ct",))
+        model.encoder.requires_grad_(False)
+        before = {k: v.clone() for k, v in unetr.state_dict().items()}
+        result = fit(model, split, cfg, torch.device("cpu"), tmp_path, logging.getLogger("test"), l2=l2)
+        assert result["steps"] == 15 and math.isfinite(result["loss"])
+        assert all(torch.equal(before[k], v) for k, v in unetr.state_dict().items())  # frozen encoder
+        norms[l2] = model.head.linear.weight.detach().norm().item()
+    assert norms[5.0] < 0.5 * norms[0.0]
+    rows = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert rows[0] == "step,epoch,loss,events,lr,seconds" and len(rows) == 16
