@@ -8,10 +8,10 @@ import sys
 from collections.abc import Sequence
 
 from pemma import __version__
-from pemma.cli import adaptation, demo, protocol, segmentation
+from pemma.cli import adaptation, demo, protocol, segmentation, survival
 from pemma.errors import PemmaError
 
-VERBS = (segmentation, adaptation, protocol, demo)
+VERBS = (segmentation, adaptation, survival, protocol, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

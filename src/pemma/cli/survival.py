@@ -42,6 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--modalities", default="ct", help="inputs; must be the segmentation run's (default ct)")
     p.add_argument("--head", choices=["mtlr", "cox"], default="mtlr", help="survival head (default mtlr)")
     p.add_argument("--bins", type=int, help="MTLR time bins (default: sqrt of the training relapses)")
+    p.add_argument("--l2", type=float, default=0.1, help="L2 penalty on the head's weights (default 0.1)")
     p.add_argument("--out", required=True, help="prognosis run folder")
     _table_flags(p, clinical=False)
     add_training_flags(p)
@@ -61,6 +62,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--categorical-column", action="append", metavar="NAME",
                    help="categorical clinical column, exact CSV name (repeat; default Gender, Tobacco, Alcohol, "
                         "Performance status, HPV status (0=-, 1=+), Surgery, Chemotherapy)")
+    p.add_argument("--l2", type=float, default=0.1,
+                   help="L2 penalty on the head's and clinical projection's weights (default 0.1)")
     p.add_argument("--encoder-lr-scale", type=float, default=0.1,
                    help="learning rate of adapters and PET pathway relative to --lr (default 0.1)")
     p.add_argument("--base", help="segmentation base run, if it moved since training")
@@ -124,7 +127,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     base = load_model(args.base)
     _check_geometry(args, base.config.model, base.config.preprocess, args.base)
     cfg = run_config_from_args(args)
-    summary = train_survival(args.base, cfg, args.out, head=args.head, endpoints=args.endpoints, n_bins=args.bins)
+    summary = train_survival(args.base, cfg, args.out, head=args.head, endpoints=args.endpoints, n_bins=args.bins,
+                             l2=args.l2)
     _print_summary(args.out, summary)
     return 0
 
@@ -156,7 +160,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     summary = adapt_survival(args.model, cfg, args.out, add_modality=args.add_modality, add_ehr=args.add_ehr,
                              method=args.method, rank=args.rank, alpha=args.alpha, clinical_config=clinical_config,
                              endpoints=args.endpoints, clinical=args.clinical, base_run=args.base,
-                             encoder_lr_scale=args.encoder_lr_scale)
+                             encoder_lr_scale=args.encoder_lr_scale, l2=args.l2)
     _print_summary(args.out, summary)
     return 0
 

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,7 +20,7 @@ from monai.transforms import CenterSpatialCropd, Compose
 
 from pemma.config import RunConfig
 from pemma.data.dataset import cached_dataset, case_dicts
-from pemma.data.layout import CaseRecord, discover_cases, select_cases
+from pemma.data.layout import CaseRecord, discover_cases, select_cases, split_cases
 from pemma.data.transforms import preprocessing
 from pemma.errors import PemmaError
 from pemma.survival.clinical import ClinicalEncoder
@@ -137,3 +138,58 @@ def outcome_tensors(report: MatchReport, cases: Sequence[CaseRecord]) -> tuple[t
     time = torch.tensor([endpoints[c.case_id].rfs for c in cases], dtype=torch.float32)
     event = torch.tensor([endpoints[c.case_id].relapse for c in cases], dtype=torch.float32)
     return time, event
+
+
+@dataclass
+class Split:
+    """Images, outcomes and encoded clinical vectors of one side of the case split."""
+
+    images: CaseImages
+    time: torch.Tensor
+    event: torch.Tensor
+    clinical: torch.Tensor | None = None
+
+    @property
+    def case_ids(self) -> list[str]:
+        return [c.case_id for c in self.images.cases]
+
+
+def split_for_stage(cfg: RunConfig, modalities: tuple[str, ...], tables: Tables, previous: dict[str, Any] | None = None
+                    ) -> tuple[MatchReport, list[CaseRecord], list[CaseRecord]]:
+    """Cases with endpoints, split per centre (seeded). With ``previous`` (the metadata of the stage being
+    extended) its training and validation cases keep their side, so no stage validates on an earlier stage's
+    training cases; cases it did not have are split as usual."""
+    report = match_or_fail(select_image_cases(cfg, modalities), tables, cfg.data.centres)
+    old_train = set((previous or {}).get("train_cases") or [])
+    old_val = set((previous or {}).get("val_cases") or [])
+    new = [c for c in report.cases if c.case_id not in old_train | old_val]
+    train_new, val_new = split_cases(new, cfg.data.val_fraction, cfg.train.seed) if new else ([], [])
+    train = [c for c in report.cases if c.case_id in old_train] + train_new
+    val = [c for c in report.cases if c.case_id in old_val] + val_new
+    if previous is not None and new:
+        log.info(f"{len(new)} cases new to this stage were split by val_fraction "
+                 f"({len(train_new)} training, {len(val_new)} validation)")
+    return report, train, val
+
+
+def prepare_splits(cfg: RunConfig, modalities: tuple[str, ...], tables: Tables, encoder: ClinicalEncoder | None,
+                   progress: bool, report: MatchReport, train_cases: list[CaseRecord],
+                   val_cases: list[CaseRecord]) -> tuple[Split, Split | None]:
+    """Preprocessed images, outcomes and encoded clinical vectors of both sides of the split."""
+    sides = []
+    for cases in (train_cases, val_cases):
+        if not cases:
+            sides.append(None)
+            continue
+        t, e = outcome_tensors(report, cases)
+        clin = None
+        if encoder is not None:
+            assert tables.clinical is not None
+            clin = torch.from_numpy(encode_clinical(encoder, cases, tables.clinical))
+        sides.append(Split(CaseImages.build(cases, modalities, cfg, progress), t, e, clin))
+    train = sides[0]
+    if train is None or not bool(train.event.any()):
+        n = 0 if train is None else len(train.images)
+        raise PemmaError(f"{tables.endpoint_path}: no relapse among the {n} training cases; a survival model "
+                         "cannot be trained (add cases or centres)")
+    return train, sides[1]

@@ -9,9 +9,13 @@
   image features (the model starts from the previous stage's predictions); adapters, the projection and
   the head train. The clinical encoder is fitted on the training cases only.
 
-Steps that run the encoder use ``train.batch_size`` cases per step (Cox batches without an event give a
-zero loss and a zero gradient). The number of steps is ``epochs * ceil(training cases / batch_size)``,
-capped by ``max_steps``. Single process; no resume (each stage is short).
+Every stage keeps the training / validation cases of the stage it extends (new cases are split by
+``val_fraction``), so no stage is validated on cases an earlier stage trained on. Steps that run the
+encoder use ``train.batch_size`` cases per step (Cox batches without an event give a zero loss and a zero
+gradient). The number of steps is ``epochs * ceil(training cases / batch_size)``, capped by ``max_steps``.
+The head's weights carry an L2 penalty (``l2``); adapters and the PET pathway learn at ``lr *
+encoder_lr_scale``. The final weights are kept (validation sets are too small to select on) and the
+validation C-index is logged. Single process; no resume (each stage is short).
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from pemma.data.transforms import describe
 from pemma.errors import PemmaError
 from pemma.io_utils import sha256_file, write_text_atomic
 from pemma.survival.clinical import ClinicalConfig, ClinicalEncoder
-from pemma.survival.data import CaseImages, Tables, encode_clinical, match_or_fail, outcome_tensors, select_image_cases
+from pemma.survival.data import CaseImages, Split, Tables, clinical_rows, prepare_splits, split_for_stage
 from pemma.survival.heads import HEADS, TimeBins
 from pemma.survival.metrics import concordance_counts
 from pemma.survival.model import PrognosisModel, trainable_summary
@@ -51,49 +55,12 @@ from pemma.training.logs import run_logger
 
 #: learning-rate factor of trainable encoder parts (adapters, PET pathway) relative to the head's
 ENCODER_LR_SCALE = 0.1
+#: L2 penalty ``l2 / 2 * ||W||^2`` on the head's and the clinical projection's weights (MTLR's C1 regulariser)
+L2_DEFAULT = 0.1
 
 
 def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
-
-
-@dataclasses.dataclass
-class Split:
-    """Images, outcomes and encoded clinical vectors of one side of the case split."""
-
-    images: CaseImages
-    time: torch.Tensor
-    event: torch.Tensor
-    clinical: torch.Tensor | None = None
-
-    @property
-    def case_ids(self) -> list[str]:
-        return [c.case_id for c in self.images.cases]
-
-
-def _prepare(cfg: RunConfig, modalities: tuple[str, ...], tables: Tables, encoder: ClinicalEncoder | None,
-             progress: bool) -> tuple[Split, Split | None]:
-    from pemma.data.layout import split_cases
-
-    report = match_or_fail(select_image_cases(cfg, modalities), tables, cfg.data.centres)
-    train_cases, val_cases = split_cases(report.cases, cfg.data.val_fraction, cfg.train.seed)
-    sides = []
-    for cases in (train_cases, val_cases):
-        if not cases:
-            sides.append(None)
-            continue
-        t, e = outcome_tensors(report, cases)
-        clin = None
-        if encoder is not None:
-            assert tables.clinical is not None
-            clin = torch.from_numpy(encode_clinical(encoder, cases, tables.clinical))
-        sides.append(Split(CaseImages.build(cases, modalities, cfg, progress), t, e, clin))
-    train = sides[0]
-    if train is None or not bool(train.event.any()):
-        n = 0 if train is None else len(train.images)
-        raise PemmaError(f"{tables.endpoint_path}: no relapse among the {n} training cases; a survival model "
-                         "cannot be trained (add cases or centres)")
-    return train, sides[1]
 
 
 @torch.no_grad()
@@ -125,8 +92,11 @@ def c_index_or_none(split: Split | None, risk: np.ndarray | None) -> float | Non
 
 
 def fit(model: PrognosisModel, train: Split, cfg: RunConfig, device: torch.device, out_dir: Path,
-        log: Any, encoder_lr_scale: float = ENCODER_LR_SCALE) -> dict[str, Any]:
+        log: Any, encoder_lr_scale: float = ENCODER_LR_SCALE, l2: float = L2_DEFAULT) -> dict[str, Any]:
     """Optimise the trainable parameters of ``model`` on ``train``; write ``metrics.csv``.
+
+    The loss is the head's survival loss plus ``l2 / 2`` times the squared norm of the head's weight matrix
+    and of the clinical projection's (when they train); ``metrics.csv`` logs the survival loss alone.
 
     AdamW with cosine decay; the head and clinical projection use ``cfg.train.lr``, trainable encoder parts
     (adapters, PET pathway) ``lr * encoder_lr_scale``; gradients are clipped to norm 1. The pooled features
@@ -143,6 +113,10 @@ def fit(model: PrognosisModel, train: Split, cfg: RunConfig, device: torch.devic
     if encoder_params:
         groups.append({"params": encoder_params, "lr": tc.lr * encoder_lr_scale})
     encoder_trains = bool(encoder_params)
+    if l2 < 0:
+        raise PemmaError(f"l2 must be >= 0, got {l2}")
+    penalised = [w for w in (model.head.linear.weight, getattr(model.clinical, "weight", None))
+                 if w is not None and w.requires_grad]
     n = len(train.images)
     per_epoch = max(1, math.ceil(n / tc.batch_size))
     total = tc.epochs * per_epoch if tc.max_steps is None else min(tc.epochs * per_epoch, tc.max_steps)
@@ -171,8 +145,9 @@ def fit(model: PrognosisModel, train: Split, cfg: RunConfig, device: torch.devic
         else:
             out = model.from_features(cached[idx.to(device)], clin)
         loss = model.head.loss(out, time_all[idx.to(device)], event_all[idx.to(device)])
+        total_loss = loss + 0.5 * l2 * sum((w ** 2).sum() for w in penalised) if penalised and l2 else loss
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        total_loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         scheduler.step()
@@ -226,7 +201,7 @@ def _start(out_dir: str | Path, cfg: RunConfig, modalities: tuple[str, ...], sou
 
 
 def train_survival(base_run: str | Path, cfg: RunConfig, out_dir: str | Path, head: str = "mtlr",
-                   endpoints: str | Path | None = None, n_bins: int | None = None,
+                   endpoints: str | Path | None = None, n_bins: int | None = None, l2: float = L2_DEFAULT,
                    progress: bool = False) -> dict[str, Any]:
     """Train a prognosis head on the frozen encoder of a segmentation run (stage ``ct``).
 
@@ -237,6 +212,7 @@ def train_survival(base_run: str | Path, cfg: RunConfig, out_dir: str | Path, he
         head: "mtlr" or "cox".
         endpoints: endpoint CSV; default: found under ``cfg.data.root``.
         n_bins: MTLR bins; default ``ceil(sqrt(training events))``.
+        l2: weight penalty of the head (see :func:`fit`).
 
     Returns:
         Summary (stage, trainable/total parameters, train/validation C-index, steps, seconds).
@@ -257,7 +233,7 @@ def train_survival(base_run: str | Path, cfg: RunConfig, out_dir: str | Path, he
     cfg = dataclasses.replace(cfg, model=base.config.model, preprocess=base.config.preprocess)
     out, log = _start(out_dir, cfg, modalities, base_run)
     tables = Tables.find(cfg.data.root, endpoints=endpoints)
-    train, val = _prepare(cfg, modalities, tables, None, progress)
+    train, val = prepare_splits(cfg, modalities, tables, None, progress, *split_for_stage(cfg, modalities, tables))
     bins = TimeBins.from_times(train.time.numpy(), train.event.numpy(), n_bins) if head == "mtlr" else None
     device = resolve_device(cfg.train.device)
     torch.manual_seed(cfg.train.seed)
@@ -268,8 +244,8 @@ def train_survival(base_run: str | Path, cfg: RunConfig, out_dir: str | Path, he
     log.info(f"stage {stage_name(modalities, False)}: {head} head on {base.config.model.backbone} features "
              f"(D={model.feature_dim}){f', MTLR bins {list(bins.boundaries)}' if bins else ''}; trainable "
              f"parameters {params['trainable']:,} of {params['total']:,}")
-    fitted = fit(model, train, cfg, device, out, log)
-    meta = {"modalities": list(modalities), "ehr": False, "head": head,
+    fitted = fit(model, train, cfg, device, out, log, l2=l2)
+    meta = {"modalities": list(modalities), "ehr": False, "head": head, "l2": l2,
             "time_bins": list(bins.boundaries) if bins else None, "backbone": base.config.model.backbone,
             "feature_dim": model.feature_dim, "base_run": str(base_run.resolve()),
             "base_sha256": sha256_file(base_run / MODEL_FILE), "adapter_config": None, "clinical_encoder": None,
@@ -281,7 +257,8 @@ def adapt_survival(model_run: str | Path, cfg: RunConfig, out_dir: str | Path, a
                    add_ehr: bool = False, method: str | None = None, rank: int = 4, alpha: float = 8.0,
                    clinical_config: ClinicalConfig | None = None, endpoints: str | Path | None = None,
                    clinical: str | Path | None = None, base_run: str | Path | None = None,
-                   encoder_lr_scale: float = ENCODER_LR_SCALE, progress: bool = False) -> dict[str, Any]:
+                   encoder_lr_scale: float = ENCODER_LR_SCALE, l2: float = L2_DEFAULT,
+                   progress: bool = False) -> dict[str, Any]:
     """Add PET and/or EHR to a prognosis model, training adapters (and the new input pathway and head) only.
 
     Args:
@@ -297,6 +274,7 @@ def adapt_survival(model_run: str | Path, cfg: RunConfig, out_dir: str | Path, a
         endpoints, clinical: explicit table paths; default: found under ``cfg.data.root``.
         base_run: the segmentation base if it moved.
         encoder_lr_scale: learning-rate factor of the adapters and PET pathway (see :func:`fit`).
+        l2: weight penalty of the head and clinical projection (see :func:`fit`).
 
     Example:
         >>> adapt_survival("runs/surv_ct", cfg, "runs/surv_ctpet", add_modality="pet", method="lora")
@@ -322,22 +300,19 @@ def adapt_survival(model_run: str | Path, cfg: RunConfig, out_dir: str | Path, a
     out, log = _start(out_dir, cfg, modalities, Path(model_run))
     tables = Tables.find(cfg.data.root, endpoints=endpoints, clinical=clinical, need_clinical=ehr)
     encoder = prev.clinical_encoder
+    report, train_cases, val_cases = split_for_stage(cfg, modalities, tables, prev.meta)
     if add_ehr:
-        from pemma.data.layout import split_cases
-        from pemma.survival.data import clinical_rows
-
         assert tables.clinical is not None
         encoder = ClinicalEncoder(clinical_config or ClinicalConfig())
         encoder.check_columns(tables.clinical.columns, str(tables.clinical.path))
-        report = match_or_fail(select_image_cases(cfg, modalities), tables, cfg.data.centres)
-        train_cases, _ = split_cases(report.cases, cfg.data.val_fraction, cfg.train.seed)
         rows = [r for r in clinical_rows(train_cases, tables.clinical) if r is not None]
         if not rows:
             raise PemmaError(f"{tables.clinical.path}: no training case has a clinical row")
         encoder.fit(rows)
         log.info(f"clinical encoder fitted on {len(rows)} training cases: {encoder.n_features} features "
                  f"({', '.join(encoder.feature_names[:6])}, ...)")
-    train, val = _prepare(cfg, modalities, tables, encoder if ehr else None, progress)
+    train, val = prepare_splits(cfg, modalities, tables, encoder if ehr else None, progress, report, train_cases,
+                          val_cases)
     device = resolve_device(cfg.train.device)
     torch.manual_seed(cfg.train.seed)
     model = build_model(prev.base, prev.meta["head"], prev.bins, modalities, adapter_cfg,
@@ -364,9 +339,9 @@ def adapt_survival(model_run: str | Path, cfg: RunConfig, out_dir: str | Path, a
              f"{params['trainable']:,} of {params['total']:,} ("
              + ", ".join(f"{k.split(':', 1)[1]} {v:,}" for k, v in params.items() if k.startswith("trainable:"))
              + ")")
-    fitted = fit(model, train, cfg, device, out, log, encoder_lr_scale)
+    fitted = fit(model, train, cfg, device, out, log, encoder_lr_scale, l2)
     meta = {**{k: prev.meta[k] for k in ("head", "time_bins", "backbone", "feature_dim", "base_run", "base_sha256")},
-            "modalities": list(modalities), "ehr": ehr, "adapter_config": adapter_cfg.to_dict(),
+            "modalities": list(modalities), "ehr": ehr, "l2": l2, "adapter_config": adapter_cfg.to_dict(),
             "clinical_encoder": encoder.to_dict() if (ehr and encoder) else None,
             "parent": str(Path(model_run).resolve())}
     if base_run is not None:
