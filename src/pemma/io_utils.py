@@ -11,6 +11,8 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
 
 from pemma.errors import PemmaError
 
@@ -106,3 +108,31 @@ def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
     except OSError as exc:
         raise PemmaError(f"{path}: cannot read file ({exc.strerror or type(exc).__name__})") from None
     return digest.hexdigest()
+
+
+def save_tensors(state: dict[str, torch.Tensor], path: str | os.PathLike,
+                 metadata: dict[str, str] | None = None) -> str:
+    """Write tensors as safetensors atomically (CPU, contiguous copies); return the file's SHA-256."""
+    clean = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
+    with atomic_path(path) as tmp:
+        save_file(clean, str(tmp), metadata=metadata or {"format": "pt"})
+    return sha256_file(path)
+
+
+def load_tensors(path: str | os.PathLike, *, sha256: str | None = None, what: str = "weights file",
+                 manifest: str = "its metadata") -> dict[str, torch.Tensor]:
+    """Read a safetensors file, first checking it against the SHA-256 recorded in ``manifest``.
+
+    Raises:
+        PemmaError: one line naming the file: missing, checksum mismatch, truncated or corrupt.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise PemmaError(f"{path}: {what} not found")
+    if sha256 and sha256_file(path) != sha256:
+        raise PemmaError(f"{path}: checksum does not match {manifest} (truncated, corrupt or replaced file)")
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # safetensors raises its own error types for truncated files
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise PemmaError(f"{path}: truncated or corrupt {what} ({reason})") from None

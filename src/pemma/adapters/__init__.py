@@ -13,7 +13,6 @@ from pemma.adapters.artifacts import (
     load_base_state,
     read_adapter_config,
     save_adapter,
-    sha256_file,
 )
 from pemma.adapters.base import PemmaAdaptedModel, adapters_disabled, unwrap_model
 from pemma.adapters.config import AdapterConfig, check_modalities
@@ -23,6 +22,7 @@ from pemma.adapters.export import (
     merge_adapters,
     parameter_report,
 )
+from pemma.io_utils import sha256_file  # re-exported: adapter files record the base's SHA-256
 
 __all__ = [
     "CONFIG_NAME",

@@ -14,13 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from pemma.adapters.base import PemmaAdaptedModel, unwrap_model
 from pemma.adapters.config import AdapterConfig
 from pemma.errors import PemmaError
-from pemma.io_utils import atomic_path, sha256_file, write_text_atomic
+from pemma.io_utils import load_tensors, save_tensors, write_text_atomic
 
 WEIGHTS_NAME = "adapter_model.safetensors"
 CONFIG_NAME = "adapter_config.json"
@@ -61,15 +60,14 @@ def save_adapter(model: PemmaAdaptedModel, out_dir: str | os.PathLike, base_sha2
         raise ValueError(f"extra_config must be JSON-serialisable: {exc}") from None
     out = Path(out_dir)
     weights, config = out / WEIGHTS_NAME, out / CONFIG_NAME
-    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.adapter_state_dict().items()}
-    with atomic_path(weights) as tmp:
-        save_file(state, str(tmp), metadata={"format": "pt", "pemma": FORMAT})
+    state = model.adapter_state_dict()
+    weights_sha256 = save_tensors(state, weights, metadata={"format": "pt", "pemma": FORMAT})
     meta: dict[str, Any] = {
         "format": FORMAT, "version": FORMAT_VERSION, "backbone": model.backbone_name,
         "adapter_name": model.adapter_name, "adapter_config": model.config.to_dict(),
         "ct_adapter": model.ct_adapter,
         "base_sha256": base_sha256, "base": extra, "weights_file": WEIGHTS_NAME,
-        "weights_sha256": sha256_file(weights), "adapter_bytes": weights.stat().st_size,
+        "weights_sha256": weights_sha256, "adapter_bytes": weights.stat().st_size,
         "tensors": len(state), "parameters": int(sum(v.numel() for v in state.values())),
     }
     write_text_atomic(config, json.dumps(meta, indent=2, sort_keys=True) + "\n")
@@ -135,15 +133,7 @@ def load_adapter(model: PemmaAdaptedModel, out_dir: str | os.PathLike, base_sha2
     if differ:
         raise PemmaError(f"{config_path}: adapter config differs from the model's in {differ} "
                          f"(saved {[saved[k] for k in differ]}, model {[ours[k] for k in differ]})")
-    if not weights.is_file():
-        raise PemmaError(f"{weights}: adapter weights file not found")
-    if sha256_file(weights) != meta["weights_sha256"]:
-        raise PemmaError(f"{weights}: checksum does not match {CONFIG_NAME} (corrupt or replaced file)")
-    try:
-        state = load_file(str(weights))
-    except Exception as exc:  # safetensors raises its own error types for truncated files
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise PemmaError(f"{weights}: cannot read adapter weights ({reason})") from None
+    state = load_tensors(weights, sha256=meta["weights_sha256"], what="adapter weights file", manifest=CONFIG_NAME)
     expected = model.adapter_state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))

@@ -8,12 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from torch import nn
 
 from pemma.config import RunConfig
 from pemma.errors import PemmaError
+from pemma.io_utils import sha256_file
 from pemma.models.registry import build_backbone
 from pemma.training.checkpoint import CONFIG_FILE, load_weights, read_meta
 
@@ -112,7 +111,7 @@ def _load_backbone(run_dir: Path, meta: dict[str, Any], config: RunConfig) -> nn
 
 
 def _load_pemma(run_dir: Path, meta: dict[str, Any], base_run: str | Path | None) -> nn.Module:
-    from pemma.adapters.artifacts import load_adapter, read_adapter_config, sha256_file
+    from pemma.adapters.artifacts import load_adapter, read_adapter_config
     from pemma.adapters.config import AdapterConfig
 
     base_dir = Path(base_run or meta["base_run"])
@@ -128,8 +127,6 @@ def _load_pemma(run_dir: Path, meta: dict[str, Any], base_run: str | Path | None
 
 
 def _base_of(run_dir: Path, meta: dict[str, Any], base_run: str | Path | None) -> tuple[LoadedModel, Path]:
-    from pemma.io_utils import sha256_file
-
     base_dir = Path(base_run or meta["base_run"])
     base = load_model(base_dir)
     if base.kind != "backbone":
@@ -160,12 +157,16 @@ def _load_late_fusion(run_dir: Path, meta: dict[str, Any], config: RunConfig,
 
     base, _ = _base_of(run_dir, meta, base_run)
     pet_net = _load_backbone(run_dir, {"modalities": ["pet"]}, config)
-    ct_member = run_dir / "ct_member.safetensors"  # written when an update trained the CT member
-    if ct_member.is_file():
+    if meta.get("ct_member_sha256"):  # an update trained the CT member: its weights live in this run
+        from pemma.io_utils import load_tensors
+
+        ct_member = run_dir / "ct_member.safetensors"
+        state = load_tensors(ct_member, sha256=meta["ct_member_sha256"], what="CT member weights",
+                             manifest="model.json")
         try:
-            base.net.load_state_dict(load_file(str(ct_member)))
-        except (SafetensorError, OSError, RuntimeError) as exc:
-            raise PemmaError(f"{ct_member}: truncated or corrupt checkpoint ({str(exc).splitlines()[0]})") from None
+            base.net.load_state_dict(state)
+        except RuntimeError as exc:
+            raise PemmaError(f"{ct_member}: does not fit the CT network ({str(exc).splitlines()[0]})") from None
     return LateFusion(base.net, pet_net, float(meta["weight"]))
 
 

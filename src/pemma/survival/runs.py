@@ -21,12 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from pemma.adapters.config import AdapterConfig
 from pemma.config import RunConfig
 from pemma.errors import PemmaError
-from pemma.io_utils import atomic_path, sha256_file, write_text_atomic
+from pemma.io_utils import load_tensors, save_tensors, sha256_file, write_text_atomic
 from pemma.models.loading import LoadedModel, build_pemma, load_model
 from pemma.survival.clinical import ClinicalEncoder
 from pemma.survival.heads import TimeBins, build_head
@@ -119,11 +118,10 @@ def save_run(model: PrognosisModel, cfg: RunConfig, out_dir: str | Path, meta: d
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cfg.save(out / CONFIG_FILE)
-    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.saved_state().items()}
-    with atomic_path(out / WEIGHTS_FILE) as tmp:
-        save_file(state, str(tmp), metadata={"format": "pt", "pemma": FORMAT})
+    state = model.saved_state()
+    weights_sha256 = save_tensors(state, out / WEIGHTS_FILE, metadata={"format": "pt", "pemma": FORMAT})
     info = {"format": FORMAT, "version": FORMAT_VERSION, **meta, "weights_file": WEIGHTS_FILE,
-            "weights_sha256": sha256_file(out / WEIGHTS_FILE), "tensors": len(state)}
+            "weights_sha256": weights_sha256, "tensors": len(state)}
     write_text_atomic(out / META_FILE, json.dumps(info, indent=2, default=str) + "\n")
     return info
 
@@ -179,16 +177,10 @@ def load_run(run_dir: str | Path, device: torch.device | str = "cpu",
     except (ValueError, KeyError, TypeError) as exc:
         raise PemmaError(f"{run_dir / META_FILE}: cannot rebuild the model ({exc})") from None
     weights = run_dir / WEIGHTS_FILE
-    if not weights.is_file():
-        raise PemmaError(f"{weights}: prognosis weights not found")
-    if sha256_file(weights) != meta["weights_sha256"]:
-        raise PemmaError(f"{weights}: checksum does not match {META_FILE} (corrupt or replaced file)")
+    state = load_tensors(weights, sha256=meta["weights_sha256"], what="prognosis weights", manifest=META_FILE)
     try:
-        state = load_file(str(weights))
         model.load_saved_state(state, str(weights))
     except ValueError as exc:
         raise PemmaError(str(exc)) from None
-    except Exception as exc:  # safetensors raises its own types for truncated files
-        raise PemmaError(f"{weights}: cannot read ({str(exc).splitlines()[0] or type(exc).__name__})") from None
     model.to(device).eval()
     return PrognosisRun(model, meta, config, base, base_dir, clinical, run_dir)

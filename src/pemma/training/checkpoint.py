@@ -7,12 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from pemma.errors import PemmaError
-from pemma.io_utils import atomic_path, sha256_file, write_text_atomic
+from pemma.io_utils import atomic_path, load_tensors, save_tensors, write_text_atomic
 
 MODEL_FILE = "model.safetensors"
 MODEL_META = "model.json"
@@ -23,10 +21,7 @@ STATE_FILE = "checkpoint.pt"
 def save_weights(model: nn.Module, run_dir: str | Path, meta: dict[str, Any]) -> str:
     """Write ``model.safetensors`` (the plain network's state dict) and ``model.json``; return the SHA-256."""
     run_dir = Path(run_dir)
-    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(run_dir / MODEL_FILE) as tmp:
-        save_file(state, str(tmp), metadata={"format": "pt"})
-    digest = sha256_file(run_dir / MODEL_FILE)
+    digest = save_tensors(model.state_dict(), run_dir / MODEL_FILE)
     write_text_atomic(run_dir / MODEL_META, json.dumps({**meta, "sha256": digest}, indent=2))
     return digest
 
@@ -46,17 +41,8 @@ def read_meta(run_dir: str | Path) -> dict[str, Any]:
 
 def load_weights(run_dir: str | Path, verify: bool = True) -> dict[str, torch.Tensor]:
     """Load ``model.safetensors`` of a run; a truncated, corrupt or altered file is a :class:`PemmaError`."""
-    path = Path(run_dir) / MODEL_FILE
-    if not path.is_file():
-        raise PemmaError(f"{path}: model weights not found")
-    if verify:
-        expected = read_meta(run_dir).get("sha256")
-        if expected and sha256_file(path) != expected:
-            raise PemmaError(f"{path}: checksum does not match model.json (truncated or modified checkpoint)")
-    try:
-        return load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise PemmaError(f"{path}: truncated or corrupt checkpoint ({str(exc).splitlines()[0]})") from None
+    sha = read_meta(run_dir).get("sha256") if verify else None
+    return load_tensors(Path(run_dir) / MODEL_FILE, sha256=sha, what="model weights", manifest=MODEL_META)
 
 
 def save_state(state: dict[str, Any], run_dir: str | Path) -> None:

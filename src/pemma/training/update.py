@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 from torch import nn
 
 from pemma.adapters.base import unwrap_model
@@ -28,7 +27,7 @@ from pemma.adapters.config import NEW_PARTS
 from pemma.config import RunConfig
 from pemma.data.layout import CaseSplit
 from pemma.errors import PemmaError
-from pemma.io_utils import atomic_path
+from pemma.io_utils import save_tensors
 from pemma.models.loading import LoadedModel, load_model, run_network
 from pemma.models.registry import count_parameters
 from pemma.training.adaptation import save_pemma_run
@@ -103,11 +102,10 @@ def update_task(loaded: LoadedModel, model_run: Path, modalities: tuple[str, ...
 
         def save(module: nn.Module, run_dir: Path, meta: dict[str, Any]) -> None:
             fused = unwrap_model(module)
-            save_weights(fused.pet_net, run_dir, {**meta_in, **lineage, **meta})
-            if "ct" in modalities or (Path(model_run) / CT_MEMBER_FILE).is_file():
-                state = {k: v.detach().cpu().contiguous() for k, v in fused.ct_net.state_dict().items()}
-                with atomic_path(run_dir / CT_MEMBER_FILE) as tmp:
-                    save_file(state, str(tmp))
+            member = {}
+            if "ct" in modalities or meta_in.get("ct_member_sha256"):
+                member["ct_member_sha256"] = save_tensors(fused.ct_net.state_dict(), run_dir / CT_MEMBER_FILE)
+            save_weights(fused.pet_net, run_dir, {**meta_in, **lineage, **member, **meta})
     else:
         raise PemmaError(f"{model_run}: runs of kind {kind!r} cannot be updated")
 
