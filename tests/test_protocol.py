@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -46,8 +47,43 @@ def test_shipped_strategy_is_the_authors_protocol() -> None:
     assert updates == {"pet_only": ["pet", "pet"], "ct_only": ["ct", "ct"], "ct_pet": ["ct+pet", "ct+pet"]}
     assert strategy.centre_learnt_at("ct_only") == {"CHUM": 0, "CHUP": 0, "CHUS": 0, "CHUV": 0, "MDA": 1,
                                                    "HGJ": 2, "HMR": 3}
+    assert strategy.prognosis is not None and strategy.prognosis.methods == ("lora", "dora")
+    assert strategy.prognosis_centres == ("CHUM", "CHUP", "CHUS", "CHUV", "MDA", "HGJ", "HMR")
     # the round trip through to_dict gives the same strategy
     assert parse_strategy(strategy.to_dict(), str(SHIPPED)) == strategy
+    # the repository's strategies/hecktor2022.yaml is the shipped one, also loadable by name
+    assert load_strategy("hecktor2022") == dataclasses.replace(strategy, source=load_strategy("hecktor2022").source)
+
+
+def test_shipped_demo_strategy_checks_the_findings() -> None:
+    from pemma.protocol.strategy import shipped_strategies
+
+    assert {"demo", "hecktor2022"} <= set(shipped_strategies())
+    demo = load_strategy("demo")
+    # the methods and phases the three findings need: PEMMA, early fusion, full fine-tuning; adapt; a PET update
+    assert {"pemma_lora", "early_fusion", "full_finetune"} <= set(demo.methods)
+    assert [p.operation for p in demo.phases] == ["pretrain", "adapt", "update"]
+    assert demo.phases[2].modalities == ("pet",) and demo.prognosis is not None
+    assert demo.with_overrides(seed=3).split.seed == 3 and demo.split.seed == 0
+    with pytest.raises(StrategyError, match="shipped strategies: demo, hecktor2022"):
+        load_strategy("no_such_strategy")
+
+
+def test_prognosis_section_is_validated(tmp_path: Path) -> None:
+    raw = yaml.safe_load(SHIPPED.read_text())
+    for change, message in (({"methods": ["lora", "ia3"]}, "unknown method 'ia3'"),
+                            ({"head": "weibull"}, "unknown head 'weibull'"),
+                            ({"epochs": 0}, "epochs must be null or a positive integer"),
+                            ({"train_adapters": "yes"}, "train_adapters must be true or false"),
+                            ({"centres": ["CHUM", "XYZ"]}, "unknown centre 'XYZ'"),
+                            ({"adapters": True}, "unknown key 'adapters'")):
+        bad = copy.deepcopy(raw)
+        bad["prognosis"] = {**bad["prognosis"], **change}
+        path = tmp_path / "bad.yaml"
+        path.write_text(yaml.safe_dump(bad))
+        with pytest.raises(StrategyError, match=re.escape(message)) as err:
+            load_strategy(path)
+        assert str(err.value).startswith(str(path))
 
 
 def test_plan_shares_runs_with_identical_history() -> None:
@@ -102,6 +138,7 @@ def test_unknown_centre(tmp_path: Path) -> None:
 
 def test_dataset_centres_widen_and_restrict(tmp_path: Path) -> None:
     raw = _edit(3, centres=["site7"])
+    raw["prognosis"]["centres"] = []  # = every centre of the phases
     path = tmp_path / "own.yaml"
     path.write_text(yaml.safe_dump(raw))
     dataset = ["CHUM", "CHUP", "CHUS", "CHUV", "MDA", "HGJ", "SITE7"]
@@ -144,7 +181,7 @@ def test_unknown_keys(tmp_path: Path) -> None:
     raw = _raw()
     raw["phase"] = []
     assert _error(tmp_path, raw) == ("top level: unknown key 'phase' (allowed: name, backbones, preset, max_steps, "
-                                     "split, methods, phases, variants)")
+                                     "split, methods, phases, variants, prognosis)")
     raw = _raw()
     raw["phases"][1]["centers"] = ["MDA"]
     assert _error(tmp_path, raw) == \
@@ -339,3 +376,66 @@ def test_overlay_grid_is_a_png(tmp_path: Path) -> None:
         plot_overlays([{"case_id": "HGJ-009", "ct": ct, "pet": pet[:10], "label": label, "prediction": label}],
                       tmp_path / "bad.png")
     assert not (tmp_path / "bad.png").exists()
+
+
+# ----------------------------------------------------------------------------------------------- findings
+_FINDING_MEANS: dict[tuple[str, str], dict[str, list[float | None]]] = {
+    ("pemma_lora", "ct"): {"CHUM": [0.40, 0.40, 0.40], "MDA": [0.30, 0.30]},
+    ("pemma_lora", "ct+pet"): {"CHUM": [0.70, 0.69], "MDA": [0.72, 0.70]},
+    ("pemma_dora", "ct"): {"CHUM": [0.40, 0.40, 0.40], "MDA": [0.30, 0.30]},
+    ("pemma_dora", "ct+pet"): {"CHUM": [0.60, 0.60], "MDA": [0.62, 0.60]},
+    ("early_fusion", "ct"): {"CHUM": [0.40, 0.35, 0.20], "MDA": [0.25, 0.10]},
+    ("early_fusion", "ct+pet"): {"CHUM": [0.71, 0.60], "MDA": [0.74, 0.60]},
+    ("full_finetune", "ct"): {"CHUM": [0.40, 0.33, 0.25], "MDA": [0.28, 0.20]},
+    ("full_finetune", "ct+pet"): {"CHUM": [0.72, 0.61], "MDA": [0.73, 0.62]},
+}
+_FINDING_PARAMS = {"pemma_lora": 8.0, "pemma_dora": 8.5, "early_fusion": 100.0, "full_finetune": 100.0}
+
+
+def _finding_rows() -> list[dict[str, Any]]:
+    rows = []
+    for (method, inputs), by_centre in _FINDING_MEANS.items():
+        for centre, values in by_centre.items():
+            first = 3 - len(values)
+            for offset, mean in enumerate(values):
+                rows.append({"backbone": "unetr", "method": method, "variant": "pet_only",
+                             "phase": _PHASES[first + offset], "phase_index": first + offset, "eval_centre": centre,
+                             "inputs": inputs, "DSCagg_GTVp": mean, "DSCagg_GTVn": mean, "DSCagg_mean": mean,
+                             "trainable_params": int(_FINDING_PARAMS[method] * 100),
+                             "percent_of_early_fusion": _FINDING_PARAMS[method]})
+    return rows
+
+
+def _finding_phases(update: list[str]) -> tuple:
+    from pemma.protocol.phases import Phase
+
+    return (Phase("pretrain", "pretrain", ("CHUM",), ("ct",)), Phase("adapt_mda", "adapt", ("MDA",), ("ct", "pet")),
+            Phase("update_hgj", "update", ("HGJ",), tuple(update)))
+
+
+def test_findings_on_a_hand_made_table() -> None:
+    from pemma.protocol.findings import check_findings, findings_markdown, summarise_seeds
+
+    claims = {c["claim"]: c for c in check_findings(_finding_rows(), _finding_phases(["pet"]), "pet_only")}
+    first = claims["CT+PET > CT"]
+    assert first["holds"] is True and first["values"]["ct"] == pytest.approx(0.35)
+    assert first["values"]["ct+pet:early_fusion"] == pytest.approx(0.725)
+    lora, dora = claims["pemma_lora ≈ early fusion"], claims["pemma_dora ≈ early fusion"]
+    assert lora["holds"] is True and lora["values"]["gap"] == pytest.approx(-0.015)
+    assert dora["holds"] is False and dora["values"]["gap"] == pytest.approx(-0.115)
+    forgetting = claims["less CT forgetting after update_hgj (PET only)"]
+    assert forgetting["holds"] is True
+    assert forgetting["values"]["drop:pemma_lora"] == pytest.approx(0.0)
+    assert forgetting["values"]["drop:early_fusion"] == pytest.approx(0.175)  # (0.40-0.20 + 0.25-0.10) / 2
+    assert forgetting["values"]["drop:full_finetune"] == pytest.approx(0.115)
+    # a parameter budget below PEMMA's share fails claim 2 even with the DSCagg within tolerance
+    tight = check_findings(_finding_rows(), _finding_phases(["pet"]), "pet_only", max_percent=5.0)
+    assert next(c for c in tight if c["claim"] == "pemma_lora ≈ early fusion")["holds"] is False
+    # a CT-only update is not a PET-only update: claim 3 is not checked there
+    ct_update = check_findings(_finding_rows(), _finding_phases(["ct"]), "pet_only")
+    assert not [c for c in ct_update if c["claim"].startswith("less CT forgetting")]
+    lines = findings_markdown(list(claims.values()))
+    assert sum("**holds**" in line for line in lines) == 3 and sum("does not hold" in line for line in lines) == 1
+    seeds = {c["claim"]: c for c in summarise_seeds({"0": list(claims.values()), "1": tight})}
+    assert seeds["pemma_lora ≈ early fusion"]["held"] == "1/2"
+    assert seeds["CT+PET > CT"]["held"] == "2/2" and seeds["CT+PET > CT"]["values"]["ct"][0] == pytest.approx(0.35)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ phases:
   - {name: pretrain, operation: pretrain, centres: [CHUM], modalities: [ct]}
   - {name: adapt_mda, operation: adapt, centres: [MDA], modalities: [ct, pet]}
   - {name: update_chup, operation: update, centres: [CHUP], modalities: [pet]}
+prognosis: {methods: [lora], epochs: 1, train_adapters: false}
 """
 
 
@@ -50,6 +52,34 @@ def test_every_phase_and_method_evaluated(reproduced: Path) -> None:
     report = (reproduced / "report.md").read_text()
     assert "pemma_lora" in report and "early_fusion" in report and "orgetting" in report
     assert (reproduced / "results.json").is_file() and list(reproduced.glob("dsc_*.png"))
+    # overlays: CT+PET after adaptation, and CT input after the last update (forgetting)
+    for name in ("overlays_adapt.png", "overlays_default_last.png"):
+        assert (reproduced / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"({name})" in report
+    # findings: checked on this run's numbers, in findings.json and the report
+    claims = json.loads((reproduced / "findings.json").read_text())["unetr · default"]
+    names = [c["claim"] for c in claims]
+    assert names == ["CT+PET > CT", "pemma_lora ≈ early fusion", "less CT forgetting after update_chup (PET only)"]
+    rows = {(r["method"], r["phase"], r["eval_centre"], r["inputs"]): float(r["DSCagg_mean"]) for r in rows
+            if r["DSCagg_mean"] != ""}
+    ct = (rows[("pemma_lora", "adapt_mda", "CHUM", "ct")] + rows[("pemma_lora", "adapt_mda", "MDA", "ct")]) / 2
+    assert claims[0]["values"]["ct"] == pytest.approx(ct)
+    assert "## Findings" in report and "## Prognosis" in report
+
+
+def test_prognosis_chain_in_the_report(reproduced: Path) -> None:
+    """CT -> +PET -> +EHR trained on the split's training cases; the held-out cases of this phantom have no
+    relapse, so the C-index is reported as not computed instead of failing the run."""
+    rows = json.loads((reproduced / "prognosis.json").read_text())
+    assert [(r["method"], r["stage"]) for r in rows] == [("CT model", "ct"), ("lora", "ct+pet"),
+                                                          ("lora", "ct+pet+ehr")]
+    assert all(r["c_index"] is None and "no relapse" in r["note"] for r in rows)
+    stage = json.loads((reproduced / "runs/unetr/prognosis/lora_ct+pet+ehr/stage.json").read_text())
+    split = json.loads((reproduced / "split.json").read_text())
+    meta = json.loads((reproduced / "runs/unetr/prognosis/lora_ct+pet+ehr/survival.json").read_text())
+    assert sorted(meta["train_cases"]) == sorted(i for c in split.values() for i in c["train"])
+    # ehr_trains_adapters: false -> only the clinical projection and the head train in the last stage
+    assert stage["trainable"] == meta["parameters"]["trainable"]
+    assert set(k for k in meta["parameters"] if k.startswith("trainable:")) == {"trainable:clinical", "trainable:head"}
 
 
 def test_rerun_skips_finished_phases(reproduced: Path, phantom: Path) -> None:

@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 import pemma.cli.main as cli_main
 from pemma.cli import survival as survival_cli
@@ -141,6 +142,35 @@ def test_cox_head_and_dora_ehr_on_ct(setup: dict[str, Path]) -> None:
     code, _, err = pemma("survival", "adapt", "--model", root / "cox_ct_ehr", "--add-modality", "pet", "--method",
                          "lora", "--out", root / "x", *TINY)
     assert code == 2 and "has dora adapters; adapt it with --method dora" in err
+
+
+def test_pet_stage_started_from_segmentation_adapters(setup: dict[str, Path]) -> None:
+    """``--init-adapters`` loads a PEMMA segmentation run's adapters and PET pathway; ``--freeze-adapters``
+    then trains the head only, so the loaded tensors are saved unchanged."""
+    from pemma.adapters.artifacts import WEIGHTS_NAME
+    from pemma.io_utils import load_tensors
+
+    data, base, root = setup["data"], setup["base"], setup["root"]
+    seg = root / "seg_lora"
+    ok("adapt", "--base", base, "--data", data, "--centres", "MDA", "--add-modality", "pet", "--method", "lora",
+       *TINY[:-2], "--max-steps", "1", "--out", seg)
+    ok("survival", "train", "--base", base, "--data", data, "--out", root / "init_ct", *TINY)
+    out = ok("survival", "adapt", "--model", root / "init_ct", "--add-modality", "pet", "--init-adapters", seg,
+             "--freeze-adapters", "--out", root / "init_ctpet", *TINY)
+    assert "initialised from the segmentation run" in (root / "init_ctpet" / "train.log").read_text()
+    meta = json.loads((root / "init_ctpet" / "survival.json").read_text())
+    assert set(k for k in meta["parameters"] if k.startswith("trainable:")) == {"trainable:head"}
+    assert meta["init_adapters"] == str(seg.resolve()) and "stage ct+pet" in out
+    saved = load_tensors(root / "init_ctpet" / "survival.safetensors")
+    adapter = load_tensors(seg / WEIGHTS_NAME)
+    assert adapter and all(torch.equal(saved[f"encoder.{k}"], v) for k, v in adapter.items())
+    # adapters of another method, or for a stage that does not add PET, are refused in one line
+    code, _, err = pemma("survival", "adapt", "--model", root / "init_ct", "--add-modality", "pet", "--method",
+                         "dora", "--init-adapters", seg, "--out", root / "x", *TINY)
+    assert code == 2 and "holds lora adapters, not dora" in one_error_line(err)
+    code, _, err = pemma("survival", "adapt", "--model", root / "init_ctpet", "--add-ehr", "--init-adapters", seg,
+                         "--out", root / "y", *TINY)
+    assert code == 2 and "can only start the stage that adds PET" in one_error_line(err)
 
 
 def copy_data(src: Path, dst: Path) -> Path:

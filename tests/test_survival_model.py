@@ -47,7 +47,7 @@ def test_pet_changes_features_and_reaches_adapters(unetr: UNETR) -> None:
     ct = torch.rand(2, 1, 32, 32, 32, generator=torch.Generator().manual_seed(2))
     pet = torch.rand(2, 1, 32, 32, 32, generator=torch.Generator().manual_seed(3))
     both = pemma_features(model, torch.cat([ct, pet], 1), ("ct", "pet"))
-    assert both.shape == (2, 48) and not torch.allclose(both, pemma_features(model, ct, ("ct",)))
+    assert both.shape == (2, 96) and not torch.allclose(both, pemma_features(model, ct, ("ct",)))
     both.sum().backward()
     lora_grads = [p.grad for n, p in model.named_parameters() if ".lora_" in n and p.grad is not None]
     assert lora_grads and any(g.abs().sum() > 0 for g in lora_grads)
@@ -58,14 +58,14 @@ def test_pet_changes_features_and_reaches_adapters(unetr: UNETR) -> None:
 def test_prognosis_model_ehr_starts_as_identity_and_saved_state(unetr: UNETR) -> None:
     torch.manual_seed(0)
     x = torch.rand(3, 1, 32, 32, 32)
-    plain = PrognosisModel(unetr, MTLRHead(48, TimeBins((100.0, 200.0))), ("ct",))
-    plain.set_feature_scaling(torch.randn(10, 48))
+    plain = PrognosisModel(unetr, MTLRHead(96, TimeBins((100.0, 200.0))), ("ct",))
+    plain.set_feature_scaling(torch.randn(10, 96))
     out = plain(x)
     assert out.shape == (3, 3) and plain.risk(out).shape == (3,)
     assert set(plain.saved_state()) == {"feature_mean", "feature_std", "head.linear.weight", "head.linear.bias"}
 
     encoder = PemmaUNETR(unetr, AdapterConfig(rank=2)).eval()
-    with_ehr = PrognosisModel(encoder, MTLRHead(48, TimeBins((100.0, 200.0))), ("ct",), n_clinical=5)
+    with_ehr = PrognosisModel(encoder, MTLRHead(96, TimeBins((100.0, 200.0))), ("ct",), n_clinical=5)
     new = with_ehr.load_saved_state(plain.saved_state(), allow_new=("encoder.", "clinical."))
     assert "clinical.weight" in new and any(".lora_A." in k for k in new)
     clinical = torch.randn(3, 5)
@@ -79,12 +79,12 @@ def test_prognosis_model_ehr_starts_as_identity_and_saved_state(unetr: UNETR) ->
     with_ehr.requires_grad_(False)
     with_ehr.clinical.requires_grad_(True)
     summary = trainable_summary(with_ehr)
-    assert summary["trainable"] == 5 * 48 + 48 == summary["trainable:clinical"]
+    assert summary["trainable"] == 5 * 96 + 96 == summary["trainable:clinical"]
 
 
 def test_feature_scaling_floors_small_std(unetr: UNETR) -> None:
-    model = PrognosisModel(unetr, CoxHead(48), ("ct",))
-    feats = torch.randn(20, 48)
+    model = PrognosisModel(unetr, CoxHead(96), ("ct",))
+    feats = torch.randn(20, 96)
     feats[:, 0] = 1.0  # constant feature
     model.set_feature_scaling(feats)
     assert model.feature_std[0] >= 0.1 * feats.std(0, unbiased=False).mean() - 1e-6
@@ -116,7 +116,7 @@ def test_fit_trains_the_head_only_and_l2_shrinks_it(unetr: UNETR, tmp_path) -> N
     norms = {}
     for l2 in (0.0, 5.0):
         torch.manual_seed(0)
-        model = PrognosisModel(unetr, CoxHead(48), ("ct",))
+        model = PrognosisModel(unetr, CoxHead(96), ("ct",))
         model.encoder.requires_grad_(False)
         before = {k: v.clone() for k, v in unetr.state_dict().items()}
         result = fit(model, split, cfg, torch.device("cpu"), tmp_path, logging.getLogger("test"), l2=l2)

@@ -1,56 +1,79 @@
-"""``pemma demo``: the embedded default on the CPU — phantom, CT-only and CT+PET (early fusion) training on
-CHUM/CHUP/CHUS/CHUV, evaluation on the held-out MDA centre, and a Markdown table."""
+"""``pemma demo``: the default phantom and ``pemma reproduce`` with the shipped ``demo`` strategy on the CPU.
+
+The demo strategy (``src/pemma/strategies/demo.yaml``) is the hecktor2022 protocol cut to fit 15 minutes on
+2 CPU cores with the tiny preset: CT pretraining on CHUM/CHUP/CHUS/CHUV, CT+PET adaptation on MDA (PEMMA
+LoRA and DoRA, early fusion, full fine-tuning), a PET-only update on HGJ, and the prognosis chain CT -> CT+PET
+-> CT+PET+EHR. With several seeds each seed is a full run in ``OUT/seed_<n>`` (the phantom is shared) and
+``OUT/seeds.md`` summarises the findings over them.
+
+Example:
+    >>> report = run_demo("demo", seeds=[0, 1, 2])
+"""
 
 from __future__ import annotations
 
-import time
+import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-import torch
-
-from pemma.config import build_config
-from pemma.data.layout import discover_cases, select_cases
-from pemma.data.phantom import PhantomConfig, synthesize_phantom
-from pemma.evaluation.evaluate import evaluate_model, write_report
+from pemma.data.phantom import ENDPOINT_FILE, PhantomConfig, synthesize_phantom
 from pemma.io_utils import write_text_atomic
-from pemma.models.loading import load_model
-from pemma.training.segmentation import train
+from pemma.protocol.findings import summarise_seeds
+from pemma.protocol.runner import reproduce
 
-PRETRAIN_CENTRES = ["CHUM", "CHUP", "CHUS", "CHUV"]
-TEST_CENTRES = ["MDA"]
+DEMO_STRATEGY = "demo"
 
 
-def run_demo(out_dir: str | Path = "demo", preset: str = "tiny", seed: int = 0, max_steps: int | None = None,
-             backbone: str = "unetr") -> Path:
-    """Run the demo into ``out_dir`` and return the path of its Markdown report."""
-    out_dir = Path(out_dir)
-    data = out_dir / "phantom"
-    if not (data / "hecktor2022_endpoint_training.csv").is_file():
-        synthesize_phantom(data, PhantomConfig(seed=seed))
-    device = torch.device("cpu")
-    rows: list[dict[str, Any]] = []
-    for modalities in (["ct"], ["ct", "pet"]):
-        tag = "+".join(modalities)
-        run = out_dir / "runs" / f"{backbone}_{tag}"
-        cfg = build_config(preset, overrides={
-            "data": {"root": str(data), "centres": PRETRAIN_CENTRES, "modalities": modalities},
-            "model": {"backbone": backbone}, "train": {"seed": seed, "max_steps": max_steps}})
-        started = time.time()
-        summary = train(cfg, run, resume=True)
-        model = load_model(run, device)
-        cases = select_cases(discover_cases(data), centres=TEST_CENTRES, modalities=modalities, require_label=True)
-        result = evaluate_model(model, cases, modalities, device)
-        write_report(result, run / "evaluation")
-        rows.append({"inputs": tag, "steps": summary["steps"], "minutes": (time.time() - started) / 60,
-                     **result["DSCagg"]})
-    lines = [f"# pemma demo ({backbone}, preset {preset}, seed {seed})", "",
-             f"Trained on {', '.join(PRETRAIN_CENTRES)}; DSCagg on the held-out {', '.join(TEST_CENTRES)} cases.", "",
-             "| inputs | DSCagg GTVp | DSCagg GTVn | mean | steps | minutes |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['inputs']} | {r['GTVp']:.3f} | {r['GTVn']:.3f} | {r['mean']:.3f} | {r['steps']} | "
-              f"{r['minutes']:.1f} |" for r in rows]
-    report = out_dir / "report.md"
-    write_text_atomic(report, "\n".join(lines) + "\n")
-    print("\n".join(lines))
-    print(f"\nreport: {report}")
-    return report
+def run_demo(out_dir: str | Path = "demo", seeds: Sequence[int] = (0,), preset: str | None = None,
+             max_steps: int | None = None, backbone: str | None = None, strategy: str | Path = DEMO_STRATEGY,
+             phantom: PhantomConfig | None = None, progress: bool = True) -> Path:
+    """Generate the default phantom (once) and reproduce ``strategy`` on it for every seed.
+
+    Args:
+        out_dir: output folder: ``phantom/`` and the results (``results/``, or ``seed_<n>/`` per seed).
+        seeds: split and training seeds; more than one adds ``seeds.md``. Default (0,).
+        preset, max_steps, backbone: overrides of the strategy's values (None keeps them).
+        strategy: a strategy file or shipped name. Default "demo".
+        phantom: the phantom to generate. Default :class:`PhantomConfig` () (the default phantom).
+
+    Returns:
+        The report: ``results/report.md`` for one seed, ``seeds.md`` for several.
+    """
+    out = Path(out_dir)
+    data = out / "phantom"
+    if not (data / ENDPOINT_FILE).is_file():
+        synthesize_phantom(data, phantom or PhantomConfig())
+    reports = {}
+    for seed in seeds:
+        results = out / ("results" if len(seeds) == 1 else f"seed_{seed}")
+        reports[seed] = reproduce(strategy, data, results, backbones=[backbone] if backbone else None, preset=preset,
+                                  max_steps=max_steps, seed=seed, progress=progress)
+    if len(seeds) == 1:
+        return reports[seeds[0]]
+    return write_seed_summary({s: r.parent for s, r in reports.items()}, out / "seeds.md")
+
+
+def write_seed_summary(results: dict[int, Path], path: Path) -> Path:
+    """``seeds.md``: per claim how many seeds hold it and the mean [min, max] of its numbers; per prognosis
+    stage the C-index mean [min, max]."""
+    per_seed = {}
+    for seed, folder in results.items():
+        found = json.loads((folder / "findings.json").read_text())
+        per_seed[str(seed)] = [c for claims in found.values() for c in claims]
+    lines = [f"# Findings over seeds {', '.join(map(str, results))}", "",
+             "| Claim | Seeds where it holds | Numbers: mean [min, max] |", "|---|---|---|"]
+    for row in summarise_seeds(per_seed):
+        numbers = "; ".join(f"{k} {m:.3f} [{lo:.3f}, {hi:.3f}]" for k, (m, lo, hi) in row["values"].items())
+        lines.append(f"| {row['claim']} | {row['held']} | {numbers} |")
+    prognosis: dict[tuple[str, str], list[float]] = {}
+    for folder in results.values():
+        file = folder / "prognosis.json"
+        for r in json.loads(file.read_text()) if file.is_file() else []:
+            prognosis.setdefault((r["method"], r["stage"]), []).append(r["c_index"])
+    if prognosis:
+        lines += ["", "| Prognosis method | Stage | C-index mean [min, max] |", "|---|---|---|"]
+        lines += [f"| {m} | {s} | {sum(v) / len(v):.3f} [{min(v):.3f}, {max(v):.3f}] |"
+                  for (m, s), v in prognosis.items()]
+    lines += ["", "Per-seed reports: " + ", ".join(f"[{s}]({f.name}/report.md)" for s, f in results.items())]
+    write_text_atomic(path, "\n".join(lines) + "\n")
+    return path

@@ -11,7 +11,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "fusion and full fine-tuning, evaluates every centre seen so far with CT, PET "
                                    "and CT+PET after each phase, and writes results.csv/json, report.md and "
                                    "figures. Finished phases are not recomputed.")
-    p.add_argument("--strategy", required=True, help="strategy YAML, e.g. strategies/hecktor2022.yaml")
+    p.add_argument("--strategy", required=True,
+                   help="strategy YAML (e.g. strategies/hecktor2022.yaml) or a shipped name: hecktor2022, demo")
     p.add_argument("--data", required=True, help="HECKTOR folder, nnU-Net raw folder or datalist")
     p.add_argument("--out", required=True, help="results folder")
     p.add_argument("--backbone", action="append", choices=["unetr", "swin_unetr"],
@@ -21,6 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--variant", action="append", help="run only these variants (repeatable)")
     p.add_argument("--method", action="append", help="run only these methods (repeatable): pemma_lora, pemma_dora, "
                                                      "early_fusion, late_fusion, full_finetune")
+    p.add_argument("--seed", type=int, help="override the strategy's split seed (also the training seed)")
     p.set_defaults(func=cmd_reproduce)
 
 
@@ -28,7 +30,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from pemma.protocol.runner import reproduce
 
     report = reproduce(args.strategy, args.data, args.out, backbones=args.backbone, preset=args.preset,
-                       max_steps=args.max_steps, variants=args.variant, methods=args.method)
+                       max_steps=args.max_steps, variants=args.variant, methods=args.method,
+                       seed=args.seed)
     print(report.read_text())
     print(f"report: {report}")
     return 0

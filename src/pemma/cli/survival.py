@@ -66,6 +66,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="L2 penalty on the head's and clinical projection's weights (default 0.1)")
     p.add_argument("--encoder-lr-scale", type=float, default=0.1,
                    help="learning rate of adapters and PET pathway relative to --lr (default 0.1)")
+    p.add_argument("--init-adapters", metavar="RUN",
+                   help="start the adapters and PET pathway from this PEMMA segmentation run (`pemma adapt` on the "
+                        "same base) when adding PET")
+    p.add_argument("--freeze-adapters", action="store_true",
+                   help="keep existing (or --init-adapters) adapters fixed: train only the head and clinical "
+                        "projection, on image features computed once")
     p.add_argument("--base", help="segmentation base run, if it moved since training")
     p.add_argument("--out", required=True, help="new prognosis run folder")
     _table_flags(p)
@@ -160,7 +166,8 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     summary = adapt_survival(args.model, cfg, args.out, add_modality=args.add_modality, add_ehr=args.add_ehr,
                              method=args.method, rank=args.rank, alpha=args.alpha, clinical_config=clinical_config,
                              endpoints=args.endpoints, clinical=args.clinical, base_run=args.base,
-                             encoder_lr_scale=args.encoder_lr_scale, l2=args.l2)
+                             encoder_lr_scale=args.encoder_lr_scale, l2=args.l2,
+                             train_adapters=not args.freeze_adapters, init_adapters=args.init_adapters)
     _print_summary(args.out, summary)
     return 0
 

@@ -62,10 +62,14 @@ MISSING: dict[str, float] = {"Weight": 0.08, "Tobacco": 0.45, "Alcohol": 0.50, "
                              HPV_COLUMN: 0.30, "Surgery": 0.10}
 BOOSTED = ("Tobacco", "Alcohol", "Performance status", HPV_COLUMN)
 #: Weibull proportional-hazards model of relapse and censoring (days).
+#: PET uptake is the strongest image factor and HPV the strongest clinical one, so that each added input
+#: carries information of its own: with the true linear predictor the C-index is about 0.60 from the lesion
+#: volume alone (what CT shows), 0.73 adding SUVmax (PET) and 0.80 adding the clinical factors (EHR); about
+#: 40% of cases relapse.
 SURVIVAL: dict[str, float] = {
-    "shape": 1.3, "scale_days": 3200.0, "log_volume": 0.55, "log_suvmax": 0.8, "hpv": -0.8,
+    "shape": 2.0, "scale_days": 1500.0, "log_volume": 1.0, "log_suvmax": 2.0, "hpv": -1.5,
     "age_per_year": 0.025, "performance": 0.25, "two_nodes": 0.3, "tobacco": 0.2,
-    "admin_min_days": 400.0, "admin_max_days": 2200.0, "loss_mean_days": 3000.0,
+    "admin_min_days": 600.0, "admin_max_days": 2200.0, "loss_mean_days": 3000.0,
 }
 
 

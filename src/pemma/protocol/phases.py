@@ -25,12 +25,15 @@ ADAPT_METHOD_FLAG: dict[str, str] = {"pemma_lora": "lora", "pemma_dora": "dora",
 EVAL_INPUTS: tuple[str, ...] = ("ct", "pet", "ct+pet")
 DEFAULT_VARIANT = "default"
 
-TOP_KEYS = ("name", "backbones", "preset", "max_steps", "split", "methods", "phases", "variants")
+TOP_KEYS = ("name", "backbones", "preset", "max_steps", "split", "methods", "phases", "variants", "prognosis")
 PHASE_KEYS = ("name", "operation", "centres", "modalities")
 #: optional per-phase keys: ``epochs`` overrides the preset's number of epochs for that phase
 OPTIONAL_PHASE_KEYS = ("epochs",)
 OVERRIDE_KEYS = ("centres", "modalities")
 SPLIT_KEYS = ("val_fraction", "test_fraction", "seed")
+PROGNOSIS_KEYS = ("centres", "methods", "head", "epochs", "l2", "adapters_from_segmentation", "train_adapters")
+PROGNOSIS_METHODS: tuple[str, ...] = ("lora", "dora")
+PROGNOSIS_HEADS: tuple[str, ...] = ("mtlr", "cox")
 
 
 class StrategyError(PemmaError):
@@ -134,20 +137,86 @@ def check_order(phases: Sequence[Phase], where: str) -> None:
         seen_mods.update(phase.modalities)
 
 
-def check_centres(phases: Sequence[Phase], known: Mapping[str, str], dataset: set[str] | None,
-                   where: str) -> tuple[Phase, ...]:
+def canonical_centres(centres: Sequence[str], known: Mapping[str, str], dataset: set[str] | None,
+                      at: str) -> tuple[str, ...]:
+    """The centres in their known spelling; unknown ones, or ones absent from ``dataset``, raise."""
     out = []
-    for i, phase in enumerate(phases):
-        at = f"{where}phase {phase.name!r} (#{i + 1})"
-        centres = []
-        for centre in phase.centres:
-            canonical = known.get(centre.upper())
-            if canonical is None:
-                names = ", ".join(dict.fromkeys(known.values()))
-                raise StrategyError(f"{at}: unknown centre {centre!r} (known: {names})")
-            if dataset is not None and canonical not in dataset:
-                raise StrategyError(f"{at}: centre {canonical!r} has no cases in the dataset "
-                                    f"(found: {', '.join(sorted(dataset)) or 'none'})")
-            centres.append(canonical)
-        out.append(dataclasses.replace(phase, centres=tuple(centres)))
+    for centre in centres:
+        canonical = known.get(centre.upper())
+        if canonical is None:
+            names = ", ".join(dict.fromkeys(known.values()))
+            raise StrategyError(f"{at}: unknown centre {centre!r} (known: {names})")
+        if dataset is not None and canonical not in dataset:
+            raise StrategyError(f"{at}: centre {canonical!r} has no cases in the dataset "
+                                f"(found: {', '.join(sorted(dataset)) or 'none'})")
+        out.append(canonical)
     return tuple(out)
+
+
+def check_centres(phases: Sequence[Phase], known: Mapping[str, str], dataset: set[str] | None,
+                  where: str) -> tuple[Phase, ...]:
+    return tuple(dataclasses.replace(phase, centres=canonical_centres(phase.centres, known, dataset,
+                                                                        f"{where}phase {phase.name!r} (#{i + 1})"))
+                 for i, phase in enumerate(phases))
+
+
+@dataclass(frozen=True)
+class PrognosisSpec:
+    """The prognosis experiment of a strategy: CT -> CT+PET -> CT+PET+EHR on the pretrained CT model.
+
+    Args:
+        centres: centres whose cases are used (the strategy's split: training cases train, validation and
+            test cases are held out and evaluated). Empty = every centre of the phases. Default empty.
+        methods: adapter methods, each a chain of its own ("lora", "dora"). Default both.
+        head: survival head, "mtlr" or "cox". Default "mtlr".
+        epochs: epochs per stage; None = the preset's. Default None.
+        l2: weight penalty of the head and the clinical projection (``pemma survival --l2``). Default 0.1.
+        adapters_from_segmentation: the +PET stage starts from the adapters and PET pathway of the strategy's
+            PEMMA segmentation run of the same method (its ``adapt`` phase), when the strategy has one.
+            Default True.
+        train_adapters: whether stages whose adapters already exist (+PET started from segmentation, +EHR)
+            train them too (True), or only the head and clinical projection on image features computed once
+            (False, much faster). Default True.
+    """
+
+    centres: tuple[str, ...] = ()
+    methods: tuple[str, ...] = PROGNOSIS_METHODS
+    head: str = "mtlr"
+    epochs: int | None = None
+    l2: float = 0.1
+    adapters_from_segmentation: bool = True
+    train_adapters: bool = True
+
+    def __post_init__(self) -> None:
+        where = "prognosis"
+        centres = () if not self.centres else tuple(name_list(self.centres, f"{where}: centres"))
+        methods = tuple(dict.fromkeys(m.lower() for m in name_list(self.methods, f"{where}: methods")))
+        for method in methods:
+            if method not in PROGNOSIS_METHODS:
+                raise StrategyError(f"{where}: unknown method {method!r} (known: {', '.join(PROGNOSIS_METHODS)})")
+        if self.head not in PROGNOSIS_HEADS:
+            raise StrategyError(f"{where}: unknown head {self.head!r} (known: {', '.join(PROGNOSIS_HEADS)})")
+        if self.epochs is not None and (isinstance(self.epochs, bool) or not isinstance(self.epochs, int)
+                                        or self.epochs < 1):
+            raise StrategyError(f"{where}: epochs must be null or a positive integer, got {self.epochs!r}")
+        if isinstance(self.l2, bool) or not isinstance(self.l2, (int, float)) or not self.l2 >= 0:
+            raise StrategyError(f"{where}: l2 must be a number >= 0, got {self.l2!r}")
+        object.__setattr__(self, "l2", float(self.l2))
+        for name in ("adapters_from_segmentation", "train_adapters"):
+            if not isinstance(getattr(self, name), bool):
+                raise StrategyError(f"{where}: {name} must be true or false, got {getattr(self, name)!r}")
+        object.__setattr__(self, "centres", centres)
+        object.__setattr__(self, "methods", methods)
+
+    @classmethod
+    def parse(cls, raw: Any) -> PrognosisSpec | None:
+        """From the YAML mapping (None when absent)."""
+        if raw is None:
+            return None
+        check_keys(raw, PROGNOSIS_KEYS, "prognosis")
+        return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in raw.items()})
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"centres": list(self.centres), "methods": list(self.methods), "head": self.head,
+                "epochs": self.epochs, "l2": self.l2, "adapters_from_segmentation": self.adapters_from_segmentation,
+                "train_adapters": self.train_adapters}

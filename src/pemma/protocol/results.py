@@ -249,7 +249,7 @@ def _blocks(entries: Sequence[Mapping[str, Any]]) -> list[tuple[str, list[Mappin
 
 def markdown_report(rows: Iterable[Mapping[str, Any]], *, title: str = "PEMMA protocol results",
                     figures: Mapping[str, str] | None = None, learnt_at: Mapping[str, int] | None = None,
-                    notes: Sequence[str] = ()) -> str:
+                    notes: Sequence[str] = (), extra_sections: Sequence[str] = ()) -> str:
     """Paper-shaped Markdown: DSCagg by method × input set × phase, per-centre DSCagg, forgetting, figures.
 
     Args:
@@ -258,6 +258,7 @@ def markdown_report(rows: Iterable[Mapping[str, Any]], *, title: str = "PEMMA pr
         figures: ``{caption: relative path}`` of PNGs to embed.
         learnt_at: passed to :func:`forgetting_table`.
         notes: paragraphs printed under the title (set-up, seeds, wall time).
+        extra_sections: Markdown lines placed after the notes (e.g. findings, the prognosis table).
 
     Example:
         >>> write_text_atomic("results/report.md", markdown_report(rows, figures={"DSCagg": "dsc.png"}))
@@ -266,6 +267,8 @@ def markdown_report(rows: Iterable[Mapping[str, Any]], *, title: str = "PEMMA pr
     lines = [f"# {title}", ""]
     for note in notes:
         lines += [note, ""]
+    if extra_sections:
+        lines += [*extra_sections, ""]
     lines += ["## Segmentation", "",
               "DSCagg on the held-out test cases, averaged over the centres evaluated after each phase (every "
               "centre seen so far). Trainable parameters are those the phase trains; % is relative to the "

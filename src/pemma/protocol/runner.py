@@ -120,7 +120,8 @@ def _rows(cache: dict[str, Any], backbone: str, method: str, planned: PlannedPha
 
 def reproduce(strategy_path: str | Path, data_root: str | Path, out_dir: str | Path, *,
               backbones: list[str] | None = None, preset: str | None = None, max_steps: int | None = None,
-              variants: list[str] | None = None, methods: list[str] | None = None, progress: bool = True) -> Path:
+              variants: list[str] | None = None, methods: list[str] | None = None, seed: int | None = None,
+              progress: bool = True) -> Path:
     """Run a strategy on a dataset; returns the path of the Markdown report.
 
     Example:
@@ -134,13 +135,13 @@ def reproduce(strategy_path: str | Path, data_root: str | Path, out_dir: str | P
         if case.label is not None and {"ct", "pet"} <= set(case.images):
             by_centre.setdefault(case.centre, []).append(case.case_id)
     strategy = load_strategy(strategy_path, dataset_centres=by_centre).with_overrides(
-        backbones=backbones, preset=preset, max_steps=max_steps, variants=variants)
+        backbones=backbones, preset=preset, max_steps=max_steps, variants=variants, seed=seed)
     if methods:
         unknown = sorted(set(methods) - set(ADAPT_METHOD_FLAG))
         if unknown:
             raise PemmaError(f"unknown method(s) {unknown}; known: {', '.join(ADAPT_METHOD_FLAG)}")
         strategy = dataclasses.replace(strategy, methods=tuple(methods))
-    used = sorted({c for p in strategy.plan() for c in p.phase.centres})
+    used = sorted({c for p in strategy.plan() for c in p.phase.centres} | set(strategy.prognosis_centres))
     split = split_case_ids({c: by_centre[c] for c in used}, strategy.split)
     data = ProtocolData(str(data_root), {c.case_id: c for c in all_cases}, split)
     write_text_atomic(out / "split.json", json.dumps(split, indent=2))
@@ -162,11 +163,75 @@ def reproduce(strategy_path: str | Path, data_root: str | Path, out_dir: str | P
         rows += _rows(cache, backbone, method, planned)
     bar.close()
     write_results(rows, out)
-    return _report(strategy, rows, out, time.time() - started)
+    prognosis = _prognosis(strategy, data, out)
+    figures = _overlays(strategy, data, out, device, inputs_cache)
+    return _report(strategy, rows, out, time.time() - started, figures, prognosis)
 
 
-def _report(strategy: Strategy, rows: list[dict[str, Any]], out: Path, seconds: float) -> Path:
+def _prognosis(strategy: Strategy, data: ProtocolData, out: Path) -> list[dict[str, Any]]:
+    """The strategy's prognosis experiment for every backbone (none without a ``prognosis`` section)."""
+    from pemma.protocol.prognosis import run_prognosis, write_prognosis
+
+    if strategy.prognosis is None:
+        return []
+    centres = strategy.prognosis_centres
+    rows: list[dict[str, Any]] = []
+    plan = [p for p in strategy.plan() if p.variant == strategy.variant_names[0]]
+    pretrain = plan[0]
+    adapt = next((p for p in plan if p.phase.operation == "adapt"), None)
+    for backbone in strategy.backbones:
+        seg = {}
+        if adapt is not None and strategy.prognosis.adapters_from_segmentation:
+            seg = {m: _run_dir(out, backbone, f"pemma_{m}", adapt, adapt.run_key) for m in strategy.prognosis.methods
+                   if f"pemma_{m}" in strategy.methods}
+        print(f"prognosis ({backbone}): CT -> CT+PET -> CT+PET+EHR on {', '.join(centres)}", flush=True)
+        rows += run_prognosis(
+            strategy.prognosis, data_root=data.root, base_run=_run_dir(out, backbone, "", pretrain, pretrain.run_key),
+            out=out / "runs" / backbone / "prognosis", backbone=backbone, preset=strategy.preset,
+            seed=strategy.split.seed, max_steps=strategy.max_steps, centres=centres,
+            train_ids=[c.case_id for c in data.part(centres, "train")],
+            val_ids=[c.case_id for c in data.part(centres, "val")],
+            held_out_ids=[c.case_id for c in data.part(centres, "val") + data.part(centres, "test")],
+            segmentation_adapters=seg)
+    write_prognosis(rows, out)
+    return rows
+
+
+def _overlays(strategy: Strategy, data: ProtocolData, out: Path, device: torch.device,
+              inputs_cache: dict[tuple, Any]) -> dict[str, str]:
+    """Overlay PNGs for the first backbone and variant: CT+PET predictions after the adapt phase, and CT-input
+    predictions after the last phase (forgetting) on the pretraining centres."""
+    from pemma.protocol.overlays import overlay_figure
+
+    backbone, variant = strategy.backbones[0], strategy.variant_names[0]
+    plan = [p for p in strategy.plan() if p.variant == variant]
+    pretrain = plan[0]
+    base = _run_dir(out, backbone, "", pretrain, pretrain.run_key)
+    adapt = next((p for p in plan if p.phase.operation == "adapt"), None)
+    figures: dict[str, str] = {}
+    if adapt is None:
+        return figures
+    last = plan[-1]
+    views = [(adapt, ["ct", "pet"], adapt.eval_centres, "overlays_adapt.png",
+              f"after {adapt.phase.name}, CT+PET input (test cases of {', '.join(adapt.eval_centres)})")]
+    if last.index > adapt.index:
+        views.append((last, ["ct"], pretrain.phase.centres, f"overlays_{variant}_last.png",
+                      f"after {last.phase.name} ({variant}), CT input on the pretraining centres (forgetting)"))
+    for planned, mods, centres, name, caption in views:
+        runs: dict[str, tuple[Path, list[str]]] = {"CT model (CT)": (base, ["ct"])}
+        runs.update({f"{m} ({'+'.join(mods).upper()})": (_run_dir(out, backbone, m, planned, planned.run_key), mods)
+                     for m in strategy.methods})
+        overlay_figure(data.part(tuple(centres), "test"), runs, out / name, device, title=caption,
+                       inputs_cache=inputs_cache)
+        figures[f"Overlays {caption}"] = name
+    return figures
+
+
+def _report(strategy: Strategy, rows: list[dict[str, Any]], out: Path, seconds: float,
+            overlays: dict[str, str] | None = None, prognosis: list[dict[str, Any]] | None = None) -> Path:
     from pemma.protocol.figures import plot_dsc_across_phases
+    from pemma.protocol.findings import check_findings, findings_markdown
+    from pemma.protocol.prognosis import prognosis_markdown
 
     figures = {}
     pretrain_centres = list(strategy.phases[0].centres)
@@ -175,11 +240,22 @@ def _report(strategy: Strategy, rows: list[dict[str, Any]], out: Path, seconds: 
         plot_dsc_across_phases(rows, out / name, variant=variant, centres=pretrain_centres,
                                title=f"DSCagg on the pretraining centres ({variant})")
         figures[f"DSCagg mean on {', '.join(pretrain_centres)} across phases ({variant})"] = name
+    figures.update(overlays or {})
+    claims = {f"{b} · {v}": check_findings(rows, strategy.variant_phases(v), v, b)
+              for b in strategy.backbones for v in strategy.variant_names}
+    write_text_atomic(out / "findings.json", json.dumps(claims, indent=2, default=float))
+    findings = ["## Findings", "",
+                "The paper's claims checked on this run (definitions: `pemma.protocol.findings`).", ""]
+    for label, found in claims.items():
+        findings += [f"**{label}**", "", *findings_markdown(found), ""]
+    if prognosis:
+        findings += prognosis_markdown(prognosis)
     notes = [f"Strategy `{strategy.name}` ({strategy.source}), preset `{strategy.preset}`, max steps "
              f"{strategy.max_steps}, split seed {strategy.split.seed}; test cases per centre held out "
              f"(`split.json`). Wall time {seconds / 60:.1f} min."]
     text = markdown_report(rows, title=f"PEMMA protocol: {strategy.name}", figures=figures,
-                           learnt_at=strategy.centre_learnt_at(strategy.variant_names[0]), notes=notes)
+                           learnt_at=strategy.centre_learnt_at(strategy.variant_names[0]), notes=notes,
+                           extra_sections=findings)
     report = out / "report.md"
     write_text_atomic(report, text)
     return report

@@ -64,8 +64,10 @@ from pemma.protocol.phases import (
     SPLIT_KEYS,
     TOP_KEYS,
     Phase,
+    PrognosisSpec,
     SplitSpec,
     StrategyError,
+    canonical_centres,
     check_centres,
     check_keys,
     check_order,
@@ -75,7 +77,7 @@ from pemma.protocol.split import split_case_ids
 
 __all__ = ["ADAPT_METHOD_FLAG", "DEFAULT_VARIANT", "EVAL_INPUTS", "HECKTOR_CENTRES", "METHODS", "OPERATIONS", "Phase",
            "PlannedPhase", "SplitSpec", "Strategy", "StrategyError", "load_strategy", "parse_strategy",
-           "split_case_ids"]
+           "shipped_strategies", "split_case_ids"]
 
 @dataclass(frozen=True)
 class PlannedPhase:
@@ -126,6 +128,7 @@ class Strategy:
     variants: Mapping[str, Mapping[str, Mapping[str, Any]]] = field(default_factory=dict)
     dataset_centres: tuple[str, ...] | None = None
     source: str = "<strategy>"
+    prognosis: PrognosisSpec | None = None
 
     def __post_init__(self) -> None:
         try:
@@ -165,6 +168,16 @@ class Strategy:
             for phase_name, change in (overrides or {}).items():
                 check_keys(change or {}, OVERRIDE_KEYS, f"{where}, phase {phase_name!r}")
             check_order(check_centres(self._expand(variant), known, dataset, f"{where}, "), f"{where}, ")
+        if self.prognosis is not None and self.prognosis.centres:
+            centres = canonical_centres(self.prognosis.centres, known, dataset, "prognosis")
+            object.__setattr__(self, "prognosis", dataclasses.replace(self.prognosis, centres=centres))
+
+    @property
+    def prognosis_centres(self) -> tuple[str, ...]:
+        """The centres of the prognosis experiment (every centre of the phases when not listed)."""
+        if self.prognosis is None:
+            return ()
+        return self.prognosis.centres or tuple(dict.fromkeys(c for p in self.plan() for c in p.phase.centres))
 
     def _known(self) -> tuple[set[str] | None, dict[str, str]]:
         dataset = set(self.dataset_centres) if self.dataset_centres is not None else None
@@ -227,7 +240,7 @@ class Strategy:
 
     def with_overrides(self, *, backbones: Sequence[str] | None = None, preset: str | None = None,
                        max_steps: int | None = None, variants: Sequence[str] | None = None,
-                       dataset_centres: Iterable[str] | None = None) -> Strategy:
+                       dataset_centres: Iterable[str] | None = None, seed: int | None = None) -> Strategy:
         """A re-validated copy with command-line overrides applied (``None`` keeps the file's value).
 
         Args:
@@ -236,6 +249,7 @@ class Strategy:
             max_steps: from ``--max-steps``.
             variants: keep only these variants, in this order.
             dataset_centres: centres found in the dataset (then every strategy centre must be among them).
+            seed: the split seed (also the training seed), e.g. from ``--seed``.
 
         Example:
             >>> strategy.with_overrides(backbones=["swin_unetr"], max_steps=5).max_steps
@@ -254,6 +268,8 @@ class Strategy:
             changes["variants"] = {v: self.variants.get(v, {}) for v in variants} if self.variants else {}
         if dataset_centres is not None:
             changes["dataset_centres"] = tuple(sorted(set(dataset_centres)))
+        if seed is not None:
+            changes["split"] = dataclasses.replace(self.split, seed=seed)
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
@@ -263,7 +279,8 @@ class Strategy:
                 "phases": [{"name": p.name, "operation": p.operation, "centres": list(p.centres),
                             "modalities": list(p.modalities), **({"epochs": p.epochs} if p.epochs else {})}
                            for p in self.phases],
-                "variants": {k: {n: dict(c) for n, c in (v or {}).items()} for k, v in self.variants.items()}}
+                "variants": {k: {n: dict(c) for n, c in (v or {}).items()} for k, v in self.variants.items()},
+                **({"prognosis": self.prognosis.to_dict()} if self.prognosis else {})}
 
 
 def parse_strategy(raw: Any, source: str = "<strategy>", dataset_centres: Iterable[str] | None = None) -> Strategy:
@@ -289,20 +306,27 @@ def parse_strategy(raw: Any, source: str = "<strategy>", dataset_centres: Iterab
                                 entry.get("epochs")))
         check_keys(raw.get("split") or {}, SPLIT_KEYS, "split")
         split = SplitSpec(**(raw.get("split") or {}))
+        prognosis = PrognosisSpec.parse(raw.get("prognosis"))
     except StrategyError as exc:
         raise StrategyError(f"{source}: {exc}") from None
     kwargs = {k: raw[k] for k in ("backbones", "preset", "methods") if raw.get(k) is not None}
     return Strategy(name=raw.get("name", ""), phases=tuple(phases), max_steps=raw.get("max_steps"), split=split,
-                    variants=raw.get("variants") or {}, source=source,
+                    variants=raw.get("variants") or {}, source=source, prognosis=prognosis,
                     dataset_centres=tuple(sorted(set(dataset_centres))) if dataset_centres is not None else None,
                     **kwargs)
 
 
+def shipped_strategies() -> list[str]:
+    """Names of the strategies shipped with pemma (``hecktor2022``, ``demo``)."""
+    files = resources.files("pemma") / "strategies"
+    return sorted(p.name[:-5] for p in files.iterdir() if p.name.endswith(".yaml"))
+
+
 def load_strategy(path: str | Path, dataset_centres: Iterable[str] | None = None) -> Strategy:
-    """Read and validate a strategy YAML file.
+    """Read and validate a strategy YAML file, or a shipped strategy by name (see :func:`shipped_strategies`).
 
     Args:
-        path: the YAML file.
+        path: the YAML file, or a shipped strategy's name such as ``"hecktor2022"``.
         dataset_centres: centres present in the dataset, if known (see :class:`Strategy`).
 
     Raises:
@@ -313,8 +337,10 @@ def load_strategy(path: str | Path, dataset_centres: Iterable[str] | None = None
         ('pet_only', 'ct_only', 'ct_pet')
     """
     path = Path(path)
+    if not path.is_file() and str(path) in shipped_strategies():
+        path = Path(str(resources.files("pemma") / "strategies" / f"{path}.yaml"))
     if not path.is_file():
-        raise StrategyError(f"{path}: strategy file not found")
+        raise StrategyError(f"{path}: strategy file not found (shipped strategies: {', '.join(shipped_strategies())})")
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:

@@ -154,12 +154,20 @@ class Split:
         return [c.case_id for c in self.images.cases]
 
 
-def split_for_stage(cfg: RunConfig, modalities: tuple[str, ...], tables: Tables, previous: dict[str, Any] | None = None
+def split_for_stage(cfg: RunConfig, modalities: tuple[str, ...], tables: Tables, previous: dict[str, Any] | None = None,
+                    fixed: tuple[Sequence[str], Sequence[str]] | None = None
                     ) -> tuple[MatchReport, list[CaseRecord], list[CaseRecord]]:
     """Cases with endpoints, split per centre (seeded). With ``previous`` (the metadata of the stage being
     extended) its training and validation cases keep their side, so no stage validates on an earlier stage's
-    training cases; cases it did not have are split as usual."""
+    training cases; cases it did not have are split as usual. ``fixed`` = (training IDs, validation IDs) given
+    by the caller (e.g. the protocol's split): only those cases are used, on those sides."""
     report = match_or_fail(select_image_cases(cfg, modalities), tables, cfg.data.centres)
+    if fixed is not None:
+        train_ids, val_ids = set(fixed[0]), set(fixed[1])
+        if train_ids & val_ids:
+            raise PemmaError(f"case {sorted(train_ids & val_ids)[0]} is both a training and a validation case")
+        return (report, [c for c in report.cases if c.case_id in train_ids],
+                [c for c in report.cases if c.case_id in val_ids])
     old_train = set((previous or {}).get("train_cases") or [])
     old_val = set((previous or {}).get("val_cases") or [])
     new = [c for c in report.cases if c.case_id not in old_train | old_val]

@@ -15,6 +15,7 @@ import io
 import json
 import logging
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +79,7 @@ def evaluate_survival(model_run: str | Path, data: str | Path, centres: list[str
                       out_dir: str | Path | None = None, device: str = "auto", n_bootstrap: int = 1000,
                       seed: int = 0, endpoints: str | Path | None = None, clinical: str | Path | None = None,
                       base_run: str | Path | None = None, cache_dir: str | None = None,
-                      split: str = "all") -> dict[str, Any]:
+                      split: str = "all", case_ids: Sequence[str] | None = None) -> dict[str, Any]:
     """C-index (bootstrap CI), Kaplan–Meier PNG and JSON report of a prognosis model on ``data``.
 
     Args:
@@ -88,6 +89,7 @@ def evaluate_survival(model_run: str | Path, data: str | Path, centres: list[str
         out_dir: report folder. Default ``<model_run>/evaluation``.
         n_bootstrap, seed: bootstrap resamples and seed.
         split: "all" cases of ``data``, or only the model's "train" or held-out "val" cases. Default "all".
+        case_ids: only these cases (e.g. a protocol's held-out cases). Default: no restriction.
 
     Returns:
         The report dict (also written to ``survival_<stage>.json``; the plot is ``km_<stage>.png``).
@@ -100,7 +102,11 @@ def evaluate_survival(model_run: str | Path, data: str | Path, centres: list[str
     run = load_run(model_run, dev, base_run=base_run)
     tables = Tables.find(data, endpoints=endpoints, clinical=clinical, need_clinical=run.ehr)
     assert tables.endpoints is not None
-    report = match_endpoints(_cases(run, data, centres, split), tables.endpoints, centres)
+    cases = _cases(run, data, centres, split)
+    if case_ids is not None:
+        wanted = set(case_ids)
+        cases = [c for c in cases if c.case_id in wanted]
+    report = match_endpoints(cases, tables.endpoints, centres)
     if not report.pairs:
         raise PemmaError(f"{tables.endpoint_path}: no endpoint row matches an image case of {data}")
     cases = report.cases

@@ -1,12 +1,14 @@
 """Prognosis model: pooled encoder features of a segmentation backbone (+ a projected clinical vector) -> head.
 
-Image features (``D`` channels) per backbone and input:
+Image features (``D = 2 * C`` values: the mean and the maximum of ``C`` channels over tokens or space; the
+mean carries how much of the crop looks like tumour, the maximum the most intense focus, e.g. SUVmax) per
+backbone and input:
 
-* plain UNETR (the CT run): mean over tokens of the final ViT hidden states (after the last LayerNorm);
-* plain Swin UNETR: mean over space of the deepest ``swinViT`` stage output (``16 * feature_size`` channels);
+* plain UNETR (the CT run): the final ViT hidden states (after the last LayerNorm) pooled over tokens;
+* plain Swin UNETR: the deepest ``swinViT`` stage output (``16 * feature_size`` channels) pooled over space;
 * PEMMA UNETR (adapted): CT and PET patch tokens (PET through ``pet_embedding``) concatenated along the
-  sequence and run through the adapter-carrying transformer, as in segmentation; the mean is taken over
-  **all** tokens (CT and PET), so the PET tokens' own features reach the head;
+  sequence and run through the adapter-carrying transformer, as in segmentation; pooling is over **all**
+  tokens (CT and PET), so the PET tokens' own features reach the head;
 * PEMMA Swin UNETR: the fused CT+PET embedding (``fusion``) through the adapted Swin stages, deepest stage
   pooled. CT alone (a CT+EHR model) runs the CT embedding through the adapted stages.
 
@@ -32,13 +34,20 @@ from pemma.adapters.base import PemmaAdaptedModel
 
 
 def feature_dim(encoder: nn.Module) -> int:
-    """D of the pooled features of a plain MONAI UNETR / SwinUNETR or a PEMMA model around one."""
+    """D of the pooled features (mean and max of each channel) of a plain MONAI UNETR / SwinUNETR or a PEMMA
+    model around one."""
     net = encoder.net if isinstance(encoder, PemmaAdaptedModel) else encoder
     if isinstance(net, UNETR):
-        return int(net.vit.norm.normalized_shape[0])
+        return 2 * int(net.vit.norm.normalized_shape[0])
     if isinstance(net, SwinUNETR):
-        return int(net.swinViT.patch_embed.proj.out_channels) * 16
+        return 2 * int(net.swinViT.patch_embed.proj.out_channels) * 16
     raise ValueError(f"unsupported encoder {type(net).__name__}; expected MONAI UNETR or SwinUNETR")
+
+
+def pool(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
+    """Mean and max over ``dims``, concatenated: (B, ..., C) tokens (dims=(1,)) or (B, C, X, Y, Z) maps
+    (dims=(2, 3, 4)) -> (B, 2C)."""
+    return torch.cat([x.mean(dim=dims), x.amax(dim=dims)], dim=1)
 
 
 def plain_features(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -54,14 +63,14 @@ def plain_features(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
     Example:
         >>> net = UNETR(1, 3, img_size=32, hidden_size=96, mlp_dim=192, num_heads=4, feature_size=8)
         >>> plain_features(net, torch.rand(2, 1, 32, 32, 32)).shape
-        torch.Size([2, 96])
+        torch.Size([2, 192])
     """
     if isinstance(net, UNETR):
-        tokens, _ = net.vit(x)  # (B, N, D), after the final LayerNorm
-        return tokens.mean(dim=1)
+        tokens, _ = net.vit(x)  # (B, N, C), after the final LayerNorm
+        return pool(tokens, (1,))
     if isinstance(net, SwinUNETR):
         deepest = net.swinViT(x, net.normalize)[-1]  # (B, 16 * feature_size, x/32, y/32, z/32)
-        return deepest.mean(dim=(2, 3, 4))
+        return pool(deepest, (2, 3, 4))
     raise ValueError(f"unsupported network {type(net).__name__}")
 
 
@@ -87,12 +96,12 @@ def pemma_features(model: PemmaAdaptedModel, x: torch.Tensor, modalities: Sequen
         h = torch.cat(sequences, dim=1)
         for block in net.vit.blocks:
             h = block(h)
-        return net.vit.norm(h).mean(dim=1)
+        return pool(net.vit.norm(h), (1,))
     if isinstance(net, SwinUNETR):
         embedding = net.swinViT.patch_embed(inputs["ct"])
         if "pet" in inputs:
             embedding = model.fusion({"ct": embedding, "pet": model.pet_embedding(inputs["pet"])})
-        return model._stages(embedding)[-1].mean(dim=(2, 3, 4))
+        return pool(model._stages(embedding)[-1], (2, 3, 4))
     raise ValueError(f"unsupported network {type(net).__name__}")
 
 

@@ -25,12 +25,15 @@ import dataclasses
 import io
 import math
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from pemma.adapters.artifacts import load_adapter, read_adapter_config
+from pemma.adapters.config import AdapterConfig
 from pemma.config import RunConfig
 from pemma.data.transforms import describe
 from pemma.errors import PemmaError
@@ -202,7 +205,7 @@ def _start(out_dir: str | Path, cfg: RunConfig, modalities: tuple[str, ...], sou
 
 def train_survival(base_run: str | Path, cfg: RunConfig, out_dir: str | Path, head: str = "mtlr",
                    endpoints: str | Path | None = None, n_bins: int | None = None, l2: float = L2_DEFAULT,
-                   progress: bool = False) -> dict[str, Any]:
+                   progress: bool = False, split: tuple[Sequence[str], Sequence[str]] | None = None) -> dict[str, Any]:
     """Train a prognosis head on the frozen encoder of a segmentation run (stage ``ct``).
 
     Args:
@@ -213,6 +216,7 @@ def train_survival(base_run: str | Path, cfg: RunConfig, out_dir: str | Path, he
         endpoints: endpoint CSV; default: found under ``cfg.data.root``.
         n_bins: MTLR bins; default ``ceil(sqrt(training events))``.
         l2: weight penalty of the head (see :func:`fit`).
+        split: (training, validation) case IDs; default: ``cfg.data.val_fraction`` of the cases, seeded.
 
     Returns:
         Summary (stage, trainable/total parameters, train/validation C-index, steps, seconds).
@@ -233,7 +237,8 @@ def train_survival(base_run: str | Path, cfg: RunConfig, out_dir: str | Path, he
     cfg = dataclasses.replace(cfg, model=base.config.model, preprocess=base.config.preprocess)
     out, log = _start(out_dir, cfg, modalities, base_run)
     tables = Tables.find(cfg.data.root, endpoints=endpoints)
-    train, val = prepare_splits(cfg, modalities, tables, None, progress, *split_for_stage(cfg, modalities, tables))
+    train, val = prepare_splits(cfg, modalities, tables, None, progress,
+                                *split_for_stage(cfg, modalities, tables, fixed=split))
     bins = TimeBins.from_times(train.time.numpy(), train.event.numpy(), n_bins) if head == "mtlr" else None
     device = resolve_device(cfg.train.device)
     torch.manual_seed(cfg.train.seed)
@@ -258,7 +263,8 @@ def adapt_survival(model_run: str | Path, cfg: RunConfig, out_dir: str | Path, a
                    clinical_config: ClinicalConfig | None = None, endpoints: str | Path | None = None,
                    clinical: str | Path | None = None, base_run: str | Path | None = None,
                    encoder_lr_scale: float = ENCODER_LR_SCALE, l2: float = L2_DEFAULT,
-                   progress: bool = False) -> dict[str, Any]:
+                   progress: bool = False, split: tuple[Sequence[str], Sequence[str]] | None = None,
+                   train_adapters: bool = True, init_adapters: str | Path | None = None) -> dict[str, Any]:
     """Add PET and/or EHR to a prognosis model, training adapters (and the new input pathway and head) only.
 
     Args:
@@ -275,6 +281,14 @@ def adapt_survival(model_run: str | Path, cfg: RunConfig, out_dir: str | Path, a
         base_run: the segmentation base if it moved.
         encoder_lr_scale: learning-rate factor of the adapters and PET pathway (see :func:`fit`).
         l2: weight penalty of the head and clinical projection (see :func:`fit`).
+        split: (training, validation) case IDs; default: the previous stage's sides (new cases split by
+            ``cfg.data.val_fraction``).
+        train_adapters: train the adapters (LoRA/DoRA tensors and, when adding PET, the PET pathway) too
+            (default). False keeps them frozen: the stage then trains the head (and clinical projection) on
+            image features computed once per case. New adapters always train unless ``init_adapters`` gives
+            them.
+        init_adapters: a PEMMA segmentation run (``pemma adapt``) on the same base whose adapters and PET
+            pathway start this stage (adding PET); its adapter config replaces ``method``/``rank``/``alpha``.
 
     Example:
         >>> adapt_survival("runs/surv_ct", cfg, "runs/surv_ctpet", add_modality="pet", method="lora")
@@ -293,6 +307,12 @@ def adapt_survival(model_run: str | Path, cfg: RunConfig, out_dir: str | Path, a
         raise PemmaError(f"{model_run}: has {old_cfg.method} adapters; adapt it with --method {old_cfg.method}")
     backbone = prev.base.config.model.backbone
     adapter_cfg = old_cfg or pemma_adapter_config(backbone, method or "lora", rank, alpha)
+    if init_adapters is not None:
+        if old_cfg is not None or not add_modality:
+            raise PemmaError(f"{init_adapters}: segmentation adapters can only start the stage that adds PET")
+        adapter_cfg = AdapterConfig.from_dict(read_adapter_config(init_adapters)["adapter_config"])
+        if method is not None and method != adapter_cfg.method:
+            raise PemmaError(f"{init_adapters}: holds {adapter_cfg.method} adapters, not {method}")
     modalities = tuple(m for m in ("ct", "pet") if m in prev.modalities or m == add_modality)
     ehr = prev.ehr or add_ehr
     cfg = dataclasses.replace(cfg, model=prev.config.model, preprocess=prev.config.preprocess,
@@ -300,7 +320,7 @@ def adapt_survival(model_run: str | Path, cfg: RunConfig, out_dir: str | Path, a
     out, log = _start(out_dir, cfg, modalities, Path(model_run))
     tables = Tables.find(cfg.data.root, endpoints=endpoints, clinical=clinical, need_clinical=ehr)
     encoder = prev.clinical_encoder
-    report, train_cases, val_cases = split_for_stage(cfg, modalities, tables, prev.meta)
+    report, train_cases, val_cases = split_for_stage(cfg, modalities, tables, prev.meta, fixed=split)
     if add_ehr:
         assert tables.clinical is not None
         encoder = ClinicalEncoder(clinical_config or ClinicalConfig())
@@ -320,14 +340,19 @@ def adapt_survival(model_run: str | Path, cfg: RunConfig, out_dir: str | Path, a
     new_parts = ("encoder.",) if old_cfg is None else ()
     new_parts += ("clinical.",) if add_ehr else ()
     model.load_saved_state(prev.model.saved_state(), f"{model_run} weights", allow_new=new_parts)
+    if init_adapters is not None:
+        load_adapter(model.encoder, init_adapters, prev.meta["base_sha256"])
+        log.info(f"adapters and PET pathway initialised from the segmentation run {init_adapters}")
     model.to(device)
     if add_modality:  # features of the new input set: re-estimate the scaling the head reads
         model.set_feature_scaling(features_of(model, train.images, cfg.train.batch_size, device))
     model.requires_grad_(False)
-    for name, p in model.encoder.named_parameters():
-        if ".lora_" in name:
-            p.requires_grad_(True)
-    if add_modality:
+    train_encoder = train_adapters or (old_cfg is None and init_adapters is None)
+    if train_encoder:
+        for name, p in model.encoder.named_parameters():
+            if ".lora_" in name:
+                p.requires_grad_(True)
+    if add_modality and train_encoder:
         for part in PET_PATHWAY[backbone]:
             getattr(model.encoder, part).requires_grad_(True)
     if add_ehr and model.clinical is not None:
@@ -343,6 +368,7 @@ def adapt_survival(model_run: str | Path, cfg: RunConfig, out_dir: str | Path, a
     meta = {**{k: prev.meta[k] for k in ("head", "time_bins", "backbone", "feature_dim", "base_run", "base_sha256")},
             "modalities": list(modalities), "ehr": ehr, "l2": l2, "adapter_config": adapter_cfg.to_dict(),
             "clinical_encoder": encoder.to_dict() if (ehr and encoder) else None,
+            "init_adapters": str(Path(init_adapters).resolve()) if init_adapters is not None else None,
             "parent": str(Path(model_run).resolve())}
     if base_run is not None:
         meta["base_run"] = str(Path(base_run).resolve())

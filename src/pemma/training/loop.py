@@ -80,7 +80,8 @@ def validate(task: TrainingTask, module: nn.Module, val_ds: Any, cfg: RunConfig,
 def train_task(task: TrainingTask, cfg: RunConfig, train_cases: list[CaseRecord], val_cases: list[CaseRecord],
                out_dir: str | Path, resume: bool = False, progress: bool = True,
                meta: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Train ``task.model`` on ``train_cases``; keep the best weights by validation mean DSCagg.
+    """Train ``task.model`` on ``train_cases``; keep the best weights by validation mean DSCagg (on a tie, the
+    later step's).
 
     Returns:
         summary dict (steps, best_dsc, best_step, seconds).
@@ -173,7 +174,7 @@ def _train(task: TrainingTask, cfg: RunConfig, train_cases: list[CaseRecord], va
             mean = -1.0 if math.isnan(scores["mean"]) else scores["mean"]
             log.info(f"step {step} epoch {epoch}: loss {loss_value:.4f} validation DSCagg GTVp "
                      f"{scores['GTVp']:.3f} GTVn {scores['GTVn']:.3f} mean {scores['mean']:.3f}")
-            if mean > best:
+            if mean >= best:  # a tie keeps the later, longer-trained weights
                 best, best_step = mean, step
                 task.save(model, out_dir, {**meta, "step": step, "val_dsc": scores})
         metrics.append(row)

@@ -1,0 +1,150 @@
+"""The paper's three claims, checked on a protocol run's results table (and summarised over seeds).
+
+1. **CT+PET beats CT alone**: after the ``adapt`` phase, each multi-modal method's CT+PET DSCagg mean
+   against the CT model's (the pretrained base, evaluated through PEMMA's CT route, which is the base
+   exactly) on the same centres.
+2. **PEMMA matches early fusion with few parameters**: after ``adapt``, PEMMA's CT+PET DSCagg mean is at
+   least early fusion's minus ``tolerance`` (0.03), with trainable parameters <= ``max_percent`` (10%) of
+   early fusion's.
+3. **Less forgetting after a PET-only update**: after each ``update`` phase that uses PET only, the mean
+   drop of the CT-input DSCagg mean on the centres learnt before it (see
+   :func:`pemma.protocol.results.forgetting_table`) is smaller for PEMMA than for early fusion and full
+   fine-tuning.
+
+Averages over centres are plain means of per-centre DSCagg (:func:`pemma.protocol.results.summarise`).
+A claim whose methods or phases are absent from the run is reported as not evaluated (``holds`` None).
+
+Example:
+    >>> claims = check_findings(rows, phases=strategy.variant_phases("pet_only"), variant="pet_only")
+    >>> print("\\n".join(findings_markdown(claims)))
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from pemma.protocol.phases import Phase
+from pemma.protocol.results import forgetting_table, mean_forgetting, normalise_rows, summarise
+
+PEMMA_METHODS: tuple[str, ...] = ("pemma_lora", "pemma_dora")
+FUSION_BASELINES: tuple[str, ...] = ("early_fusion", "late_fusion", "full_finetune")
+FORGETTING_BASELINES: tuple[str, ...] = ("early_fusion", "full_finetune")
+
+
+def _value(entries: Sequence[Mapping[str, Any]], method: str, inputs: str, phase_index: int,
+           key: str = "DSCagg_mean") -> float | None:
+    return next((e[key] for e in entries if e["method"] == method and e["inputs"] == inputs
+                 and e["phase_index"] == phase_index), None)
+
+
+def _claim(name: str, holds: bool | None, detail: str, values: Mapping[str, float | None]) -> dict[str, Any]:
+    return {"claim": name, "holds": holds, "detail": detail, "values": dict(values)}
+
+
+def check_findings(rows: Iterable[Mapping[str, Any]], phases: Sequence[Phase], variant: str, backbone: str = "",
+                   tolerance: float = 0.03, max_percent: float = 10.0) -> list[dict[str, Any]]:
+    """Check the three claims on one (backbone, variant) of a results table.
+
+    Args:
+        rows: result rows (:data:`pemma.protocol.results.COLUMNS`).
+        phases: the variant's phases in order (``Strategy.variant_phases(variant)``).
+        variant: the variant whose rows are read.
+        backbone: the backbone whose rows are read ("" = the first found).
+        tolerance: claim 2's allowed DSCagg gap to early fusion. Default 0.03.
+        max_percent: claim 2's parameter budget, % of early fusion. Default 10.
+
+    Returns:
+        One dict per claim (and per PET-only update for claim 3): ``claim``, ``holds`` (True / False /
+        None = not evaluated), ``detail`` (one sentence with the numbers) and ``values`` (the numbers).
+    """
+    clean = [r for r in normalise_rows(rows) if r["variant"] == variant]
+    backbone = backbone or next((r["backbone"] for r in clean), "")
+    clean = [r for r in clean if r["backbone"] == backbone]
+    entries = summarise(clean)
+    adapt = next((i for i, p in enumerate(phases) if p.operation == "adapt"), None)
+    out = []
+    if adapt is None:
+        return [_claim("CT+PET > CT", None, "no adapt phase", {})]
+    ct = next((v for m in PEMMA_METHODS if (v := _value(entries, m, "ct", adapt)) is not None), None)
+    fused = {m: _value(entries, m, "ct+pet", adapt) for m in (*PEMMA_METHODS, *FUSION_BASELINES)}
+    fused = {m: v for m, v in fused.items() if v is not None}
+    if ct is None or not fused:
+        out.append(_claim("CT+PET > CT", None, "needs a PEMMA method (its CT route is the CT model) and a "
+                                               "CT+PET result after adapt", {}))
+    else:
+        better = [m for m, v in fused.items() if v > ct]
+        out.append(_claim("CT+PET > CT", len(better) == len(fused),
+                          f"after {phases[adapt].name}: CT model {ct:.3f}; CT+PET "
+                          + ", ".join(f"{m} {v:.3f}" for m, v in fused.items()),
+                          {"ct": ct, **{f"ct+pet:{m}": v for m, v in fused.items()}}))
+    ef = fused.get("early_fusion")
+    ef_params = _value(entries, "early_fusion", "ct+pet", adapt, "trainable_params")
+    for method in PEMMA_METHODS:
+        if method not in fused:
+            continue
+        percent = _value(entries, method, "ct+pet", adapt, "percent_of_early_fusion")
+        if ef is None or percent is None:
+            out.append(_claim(f"{method} ≈ early fusion", None, "early fusion or the parameter count is missing",
+                              {}))
+            continue
+        gap = fused[method] - ef
+        holds = gap >= -tolerance and percent <= max_percent
+        out.append(_claim(f"{method} ≈ early fusion", holds,
+                          f"CT+PET DSCagg mean {fused[method]:.3f} vs early fusion {ef:.3f} (gap {gap:+.3f}, "
+                          f"tolerance -{tolerance}); trainable {percent:.2f}% of early fusion's "
+                          f"{ef_params or 0:,} (budget {max_percent:g}%)",
+                          {"pemma": fused[method], "early_fusion": ef, "gap": gap, "percent": percent}))
+    learnt = {}
+    for i, phase in enumerate(phases):
+        for centre in phase.centres:
+            learnt.setdefault(centre, i)
+    drops = {(m["method"], m["phase_index"]): m["mean_drop"]
+             for m in mean_forgetting(forgetting_table(clean, learnt)) if m["inputs"] == "ct"}
+    for i, phase in enumerate(phases):
+        if phase.operation != "update" or phase.modalities != ("pet",):
+            continue
+        mine = {m: drops.get((m, i)) for m in PEMMA_METHODS if drops.get((m, i)) is not None}
+        theirs = {m: drops.get((m, i)) for m in FORGETTING_BASELINES if drops.get((m, i)) is not None}
+        name = f"less CT forgetting after {phase.name} (PET only)"
+        if not mine or not theirs:
+            out.append(_claim(name, None, "needs PEMMA and early fusion / full fine-tuning results", {}))
+            continue
+        holds = all(a < b for a in mine.values() for b in theirs.values())
+        out.append(_claim(name, holds, "mean drop of CT-input DSCagg mean on earlier centres: "
+                          + ", ".join(f"{m} {v:+.3f}" for m, v in {**mine, **theirs}.items()),
+                          {f"drop:{m}": v for m, v in {**mine, **theirs}.items()}))
+    return out
+
+
+def findings_markdown(claims: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Markdown lines: one bullet per claim, ``holds`` / ``does not hold`` / ``not evaluated``."""
+    verdict = {True: "**holds**", False: "**does not hold**", None: "not evaluated"}
+    return [f"- {c['claim']}: {verdict[c['holds']]} — {c['detail']}" for c in claims]
+
+
+def summarise_seeds(per_seed: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[dict[str, Any]]:
+    """Combine :func:`check_findings` outputs of several seeds: per claim, how many seeds hold and the mean,
+    min and max of every value.
+
+    Args:
+        per_seed: ``{seed label: claims}``.
+
+    Returns:
+        Rows with ``claim``, ``held`` ("2/3"), and ``values`` ``{name: (mean, min, max)}``.
+    """
+    names = list(dict.fromkeys(c["claim"] for claims in per_seed.values() for c in claims))
+    out = []
+    for name in names:
+        found = [c for claims in per_seed.values() for c in claims if c["claim"] == name]
+        evaluated = [c for c in found if c["holds"] is not None]
+        keys = list(dict.fromkeys(k for c in found for k in c["values"]))
+        values = {}
+        for key in keys:
+            numbers = [c["values"][key] for c in found if c["values"].get(key) is not None]
+            if numbers:
+                values[key] = (statistics.fmean(numbers), min(numbers), max(numbers))
+        out.append({"claim": name, "held": f"{sum(bool(c['holds']) for c in evaluated)}/{len(evaluated)}",
+                    "values": values})
+    return out

@@ -1,0 +1,135 @@
+"""The prognosis experiment of ``pemma reproduce``: CT -> CT+PET -> CT+PET+EHR on the pretrained CT model.
+
+For each backbone: one CT stage (a survival head on the frozen CT encoder of the strategy's ``pretrain``
+run), then per adapter method (LoRA, DoRA) ``+PET`` (PEMMA PET pathway + adapters) and ``+EHR`` (the
+clinical projection). Every stage trains on the strategy split's training cases of the prognosis centres,
+logs its validation C-index, and is evaluated on the held-out cases (validation + test: the prognosis
+stages keep their final weights, so validation cases are not used for selection) with Harrell's C-index
+and a bootstrap 95% interval.
+
+Runs live in ``OUT/runs/<backbone>/prognosis/<stage>``; a stage whose ``stage.json`` exists is finished and
+not recomputed, and its evaluation is cached in ``evaluation.json``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pemma.config import build_config
+from pemma.errors import PemmaError
+from pemma.io_utils import write_text_atomic
+from pemma.protocol.phases import PrognosisSpec
+
+#: one row per (backbone, method, stage)
+PROGNOSIS_COLUMNS: tuple[str, ...] = ("backbone", "method", "stage", "c_index", "ci_low", "ci_high", "n_cases",
+                                      "events", "val_c_index", "trainable_params", "steps", "note")
+
+
+def _stages(spec: PrognosisSpec) -> list[tuple[str, str, str | None, str | None, bool]]:
+    """(run name, method label, parent run name, added modality, adds EHR) in training order."""
+    out: list[tuple[str, str, str | None, str | None, bool]] = [("ct", "CT model", None, None, False)]
+    for method in spec.methods:
+        out.append((f"{method}_ct+pet", method, "ct", "pet", False))
+        out.append((f"{method}_ct+pet+ehr", method, f"{method}_ct+pet", None, True))
+    return out
+
+
+def run_prognosis(spec: PrognosisSpec, *, data_root: str, base_run: Path, out: Path, backbone: str, preset: str,
+                  seed: int, max_steps: int | None, train_ids: Sequence[str], val_ids: Sequence[str],
+                  held_out_ids: Sequence[str], centres: Sequence[str],
+                  segmentation_adapters: Mapping[str, Path] | None = None) -> list[dict[str, Any]]:
+    """Train (or reuse) and evaluate every prognosis stage; returns the rows (:data:`PROGNOSIS_COLUMNS`).
+
+    Args:
+        spec: the strategy's prognosis section.
+        data_root: the dataset (images, endpoint and clinical CSVs).
+        base_run: the CT segmentation run (the strategy's pretrain phase).
+        out: the backbone's prognosis folder; stages go in sub-folders.
+        backbone, preset, seed, max_steps: as for the segmentation phases.
+        train_ids, val_ids: the split's training and validation cases of ``centres``.
+        held_out_ids: the cases the C-index is computed on.
+        centres: the prognosis centres.
+        segmentation_adapters: ``{method: PEMMA segmentation run}`` whose adapters start the +PET stage.
+    """
+    from pemma.survival.evaluate import evaluate_survival
+    from pemma.survival.training import adapt_survival, train_survival
+
+    rows = []
+    for name, method, parent, add_modality, add_ehr in _stages(spec):
+        run = out / name
+        modalities = ["ct", "pet"] if (add_modality or (parent and parent != "ct")) else ["ct"]
+        cfg = build_config(preset, overrides={
+            "data": {"root": data_root, "centres": list(centres), "modalities": modalities},
+            "model": {"backbone": backbone},
+            "train": {"seed": seed, "max_steps": max_steps, "epochs": spec.epochs}})
+        if not (run / "stage.json").is_file():
+            split = (list(train_ids), list(val_ids))
+            if parent is None:
+                summary = train_survival(base_run, cfg, run, head=spec.head, split=split, l2=spec.l2)
+            else:
+                init = (segmentation_adapters or {}).get(method) if add_modality else None
+                summary = adapt_survival(out / parent, cfg, run, add_modality=add_modality, add_ehr=add_ehr,
+                                         method=method, split=split, train_adapters=spec.train_adapters,
+                                         init_adapters=init, l2=spec.l2)
+            write_text_atomic(run / "stage.json", json.dumps(summary, indent=2, default=float))
+        summary = json.loads((run / "stage.json").read_text())
+        cache = run / "evaluation.json"
+        if not cache.is_file():
+            try:
+                result = evaluate_survival(run, data_root, centres=list(centres), out_dir=run / "evaluation",
+                                           seed=seed, case_ids=held_out_ids, device="auto")
+                result = {k: result[k] for k in ("c_index", "ci_low", "ci_high", "n_cases", "events", "km_plot")}
+            except PemmaError as exc:  # e.g. no relapse among the held-out cases: the C-index is undefined
+                result = {"c_index": None, "ci_low": None, "ci_high": None, "n_cases": len(held_out_ids),
+                          "events": None, "note": str(exc)}
+            write_text_atomic(cache, json.dumps(result, indent=2))
+        result = json.loads(cache.read_text())
+        rows.append({"backbone": backbone, "method": method, "stage": summary["stage"],
+                     "c_index": result["c_index"], "ci_low": result["ci_low"], "ci_high": result["ci_high"],
+                     "n_cases": result["n_cases"], "events": result["events"],
+                     "val_c_index": summary.get("val_c_index"), "trainable_params": summary.get("trainable"),
+                     "steps": summary.get("steps"), "note": result.get("note")})
+    return rows
+
+
+def prognosis_markdown(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The report's prognosis table and the ordering check per method: CT < CT+PET < CT+PET+EHR."""
+    def fmt(v: float | None) -> str:
+        return "–" if v is None else f"{v:.3f}"
+
+    lines = ["## Prognosis", "",
+             "Recurrence-free survival: Harrell's C-index (bootstrap 95% interval) on the held-out validation + test "
+             "cases of the prognosis centres. CT: a head on the frozen CT encoder; +PET: the PEMMA PET pathway and "
+             "adapters (started from the segmentation adaptation of the same method when configured) and the "
+             "head; +EHR: the clinical projection and head (and the adapters when configured). Trainable "
+             "parameters are those each stage trains.", "",
+             "| Backbone | Method | Stage | C-index | 95% CI | Cases (events) | Val. C-index | Trainable params |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        events = "–" if r["events"] is None else r["events"]
+        lines.append(f"| {r['backbone']} | {r['method']} | {r['stage']} | {fmt(r['c_index'])} | "
+                     f"{fmt(r['ci_low'])}–{fmt(r['ci_high'])} | {r['n_cases']} ({events}) | "
+                     f"{fmt(r['val_c_index'])} | {r['trainable_params'] or 0:,} |")
+    lines.append("")
+    lines += [f"- {r['method']} {r['stage']}: C-index not computed ({r['note']})" for r in rows if r.get("note")]
+    for backbone in dict.fromkeys(r["backbone"] for r in rows):
+        ct = next((r["c_index"] for r in rows if r["backbone"] == backbone and r["stage"] == "ct"), None)
+        for method in dict.fromkeys(r["method"] for r in rows if r["backbone"] == backbone and r["stage"] != "ct"):
+            chain = [ct] + [next((r["c_index"] for r in rows if r["backbone"] == backbone and r["method"] == method
+                                  and r["stage"] == stage), None) for stage in ("ct+pet", "ct+pet+ehr")]
+            if None in chain:
+                continue
+            holds = chain[0] < chain[1] < chain[2]
+            lines.append(f"- {backbone} {method}: CT {chain[0]:.3f} → CT+PET {chain[1]:.3f} → CT+PET+EHR "
+                         f"{chain[2]:.3f}: ordering {'**holds**' if holds else '**does not hold**'}")
+    return lines + [""]
+
+
+def write_prognosis(rows: Sequence[dict[str, Any]], out: Path) -> Path:
+    """``prognosis.json`` (list of rows) beside the results."""
+    path = out / "prognosis.json"
+    write_text_atomic(path, json.dumps([{k: r.get(k) for k in PROGNOSIS_COLUMNS} for r in rows], indent=2))
+    return path
