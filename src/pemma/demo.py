@@ -3,7 +3,7 @@
 The demo strategy (``src/pemma/strategies/demo.yaml``) is the hecktor2022 protocol cut to fit 15 minutes on
 2 CPU cores with the tiny preset: CT pretraining on CHUM/CHUP/CHUS/CHUV, CT+PET adaptation on MDA (PEMMA
 LoRA and DoRA, early fusion, full fine-tuning), a PET-only update on HGJ, and the prognosis chain CT -> CT+PET
--> CT+PET+EHR. With several seeds each seed is a full run in ``OUT/seed_<n>`` (the phantom is shared) and
+-> CT+PET+EHR. Each seed is a full run in ``OUT/seed_<n>`` (the phantom is shared); with several seeds
 ``OUT/seeds.md`` summarises the findings over them.
 
 Example:
@@ -30,14 +30,15 @@ def run_demo(out_dir: str | Path = "demo", seeds: Sequence[int] = (0,), preset: 
     """Generate the default phantom (once) and reproduce ``strategy`` on it for every seed.
 
     Args:
-        out_dir: output folder: ``phantom/`` and the results (``results/``, or ``seed_<n>/`` per seed).
+        out_dir: output folder: ``phantom/`` and one results folder ``seed_<n>/`` per seed (finished phases
+            of an earlier call are reused, so adding seeds later only runs the new ones).
         seeds: split and training seeds; more than one adds ``seeds.md``. Default (0,).
         preset, max_steps, backbone: overrides of the strategy's values (None keeps them).
         strategy: a strategy file or shipped name. Default "demo".
         phantom: the phantom to generate. Default :class:`PhantomConfig` () (the default phantom).
 
     Returns:
-        The report: ``results/report.md`` for one seed, ``seeds.md`` for several.
+        The report: ``seed_<n>/report.md`` for one seed, ``seeds.md`` for several.
     """
     out = Path(out_dir)
     data = out / "phantom"
@@ -45,7 +46,7 @@ def run_demo(out_dir: str | Path = "demo", seeds: Sequence[int] = (0,), preset: 
         synthesize_phantom(data, phantom or PhantomConfig())
     reports = {}
     for seed in seeds:
-        results = out / ("results" if len(seeds) == 1 else f"seed_{seed}")
+        results = out / f"seed_{seed}"
         reports[seed] = reproduce(strategy, data, results, backbones=[backbone] if backbone else None, preset=preset,
                                   max_steps=max_steps, seed=seed, progress=progress)
     if len(seeds) == 1:

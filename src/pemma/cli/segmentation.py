@@ -15,7 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Deterministic synthetic PET/CT head-and-neck dataset in the HECKTOR 2022 "
                                    "layout (imagesTr, labelsTr, clinical and endpoint CSVs).")
     p.add_argument("out", help="output folder")
-    p.add_argument("--cases-per-centre", type=int, default=None, help="cases per centre (default 8)")
+    p.add_argument("--cases-per-centre", type=int, default=None, help="cases per centre (default 12)")
     p.add_argument("--centres", help="comma-separated centres (default: the 7 HECKTOR training centres)")
     p.add_argument("--shape", type=int, nargs=3, metavar=("I", "J", "K"), help="CT voxels")
     p.add_argument("--ct-spacing", type=float, nargs=3, metavar=("X", "Y", "Z"), help="CT spacing mm")

@@ -78,7 +78,7 @@ class PhantomConfig:
     """What to synthesise. Every field is validated on construction (``ValueError`` naming the field).
 
     Args:
-        cases_per_centre: cases written per centre (IDs 000..N-1). Default 8.
+        cases_per_centre: cases written per centre (IDs 000..N-1). Default 12.
         centres: centre names, each a key of ``SCANNERS``. Default the seven HECKTOR 2022 centres.
         ct_shape: CT grid (i, j, k) in voxels, each >= 16; k increases toward the head. Default (80, 80, 56).
         ct_spacing: CT voxel size in mm. Default (2.0, 2.0, 2.5).
@@ -93,7 +93,7 @@ class PhantomConfig:
         >>> PhantomConfig(cases_per_centre=1, centres=("CHUM",), ct_shape=(32, 32, 24))
     """
 
-    cases_per_centre: int = 8  # cases per centre, 1..1000 (IDs CENTRE-000 ...)
+    cases_per_centre: int = 12  # cases per centre, 1..1000 (IDs CENTRE-000 ...)
     centres: tuple[str, ...] = ("CHUM", "CHUP", "CHUS", "CHUV", "MDA", "HGJ", "HMR")  # keys of SCANNERS
     ct_shape: tuple[int, int, int] = (80, 80, 56)  # CT voxels (i, j, k), each 16..1024
     ct_spacing: tuple[float, float, float] = (2.0, 2.0, 2.5)  # CT voxel size, mm, each in (0, 20]
@@ -297,7 +297,7 @@ def synthesize_phantom(out_dir: str | Path, config: PhantomConfig | None = None,
 
     Args:
         out_dir: destination folder (created if missing).
-        config: what to synthesise. Default ``PhantomConfig()`` (7 centres x 8 cases, 80 x 80 x 56 CT).
+        config: what to synthesise. Default ``PhantomConfig()`` (7 centres x 12 cases, 80 x 80 x 56 CT).
         progress: show a tqdm bar over cases. Default True.
 
     Raises:
