@@ -15,7 +15,7 @@ For each preset x backbone, in one process, on the same backbone size, roi and b
      CT+PET step measured here.)
 
    All variants do exactly the per-step work of :mod:`pemma.training.loop` (the helper ``PemmaTrainer`` of
-   ``bench_backbones.py``): ``zero_grad``, autocast, forward, ``DiceCELoss(to_onehot_y=True, softmax=True)``
+   ``bench_backbones.py``): ``zero_grad``, autocast, forward, the loop's batch ``DiceCELoss`` (no background)
    on ``logits.float()``, GradScaler, ``AdamW`` over the parameters with ``requires_grad`` only, cosine
    schedule. They train on the same random batch ``(batch_size, 2, *roi)`` with labels in ``{0, 1, 2}``.
 
@@ -147,7 +147,7 @@ class AdaptationTrainer(PemmaTrainer):
         self.optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _cosine(total_steps))
         self.scaler = torch.amp.GradScaler("cuda", enabled=tc.amp and device.type == "cuda")
-        self.loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+        self.loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
         self.step = 0
 
 

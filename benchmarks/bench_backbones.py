@@ -5,7 +5,7 @@ For each preset (``tiny``, ``paper``) x backbone (``unetr``, ``swin_unetr``), in
 1. **Training step** (seconds per step, median over ``--repeats`` after one warm-up step each).
    *pemma*: the model from :func:`pemma.training.segmentation.backbone_task` and exactly the per-step work of
    :mod:`pemma.training.loop` (``zero_grad``, pemma's ``autocast``, ``task.forward``,
-   ``DiceCELoss(to_onehot_y=True, softmax=True)`` on ``logits.float()``, ``GradScaler`` scale/step/update,
+   the loop's batch ``DiceCELoss`` without background on ``logits.float()``, ``GradScaler`` scale/step/update,
    AdamW, cosine ``LambdaLR``, ``float(loss)``).
    *plain*: ``monai.networks.nets.UNETR`` / ``SwinUNETR`` constructed directly with the same keyword arguments
    (and the same seed, so the same initial weights), ``DiceCELoss``, ``torch.optim.AdamW`` and the same cosine
@@ -207,7 +207,7 @@ class PemmaTrainer:
         self.optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _cosine(total_steps))
         self.scaler = torch.amp.GradScaler("cuda", enabled=tc.amp and device.type == "cuda")
-        self.loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+        self.loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
         self.step = 0
 
     def zero_grad(self) -> None:
@@ -252,7 +252,7 @@ class PlainTrainer:
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _cosine(total_steps))
         self.scaler = torch.amp.GradScaler("cuda", enabled=tc.amp and device.type == "cuda")
-        self.loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+        self.loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
 
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)

@@ -21,6 +21,7 @@ phases:
   - {name: pretrain, operation: pretrain, centres: [CHUM], modalities: [ct]}
   - {name: adapt_mda, operation: adapt, centres: [MDA], modalities: [ct, pet]}
   - {name: update_hgj, operation: update, centres: [HGJ], modalities: [pet]}
+prognosis: {methods: [lora], head: cox, epochs: 1, train_adapters: false}
 """
 
 
@@ -43,6 +44,7 @@ def test_demo_with_two_seeds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ca
         assert json.loads((folder / "strategy.json").read_text())["split"]["seed"] == seed
         claims = [c for found in json.loads((folder / "findings.json").read_text()).values() for c in found]
         assert [c["claim"] for c in claims] == ["CT+PET > CT", "pemma_lora ≈ early fusion",
+                                                "pemma_lora trains ≤ 10% of early fusion's parameters",
                                                 "less CT forgetting after update_hgj (PET only)"]
         assert f"[{seed}](seed_{seed}/report.md)" in summary
     # PEMMA's CT route is the CT model, so a PET-only update cannot change its CT-input DSCagg: drop 0 on every seed
@@ -50,3 +52,31 @@ def test_demo_with_two_seeds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ca
     assert "drop:pemma_lora 0.000 [0.000, 0.000]" in line
     held = [row.split(" | ")[1] for row in summary.splitlines() if row.startswith("| CT+PET > CT")]
     assert held and held[0].endswith("/2")
+    assert "| lora | ct+pet+ehr |" in summary
+
+
+def test_demo_prognosis_is_evaluated_on_the_held_out_cases(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The prognosis rows of a demo run: C-index of each stage on the split's validation + test cases (this
+    phantom has relapses on both sides), equal to ``evaluate_survival`` on those cases; +PET starts from the
+    PEMMA LoRA segmentation adapters."""
+    import pemma.demo
+    from pemma.survival.evaluate import evaluate_survival
+
+    strategy = tmp_path / "demo_test.yaml"
+    strategy.write_text(STRATEGY.replace("methods: [pemma_lora, early_fusion, full_finetune]", "methods: [pemma_lora]"))
+    small = PhantomConfig(cases_per_centre=2, centres=("CHUM", "MDA", "HGJ"), ct_shape=(40, 40, 32))
+    report = pemma.demo.run_demo(tmp_path / "demo", seeds=[0], strategy=strategy, phantom=small, progress=False)
+    folder = report.parent
+    assert "## Prognosis" in report.read_text()
+    rows = json.loads((folder / "prognosis.json").read_text())
+    assert [r["stage"] for r in rows] == ["ct", "ct+pet", "ct+pet+ehr"]
+    split = json.loads((folder / "split.json").read_text())
+    held_out = [i for c in split.values() for i in c["val"] + c["test"]]
+    for row, name in zip(rows, ("ct", "lora_ct+pet", "lora_ct+pet+ehr"), strict=True):
+        direct = evaluate_survival(next(folder.glob("runs/unetr/prognosis_*")) / name, tmp_path / "demo/phantom",
+                                   out_dir=tmp_path / "direct", case_ids=held_out, n_bootstrap=20)
+        assert row["c_index"] == pytest.approx(direct["c_index"], abs=1e-12)
+        assert row["n_cases"] == len(held_out) == direct["n_cases"] and row["events"] == direct["events"] > 0
+    meta = json.loads((next(folder.glob("runs/unetr/prognosis_*/lora_ct+pet/survival.json"))).read_text())
+    assert meta["init_adapters"] == str((folder / "runs/unetr/pemma_lora").resolve() / next(
+        p.name for p in (folder / "runs/unetr/pemma_lora").iterdir() if p.name.startswith("01_adapt")))

@@ -58,7 +58,9 @@ def test_every_phase_and_method_evaluated(reproduced: Path) -> None:
     # findings: checked on this run's numbers, in findings.json and the report
     claims = json.loads((reproduced / "findings.json").read_text())["unetr · default"]
     names = [c["claim"] for c in claims]
-    assert names == ["CT+PET > CT", "pemma_lora ≈ early fusion", "less CT forgetting after update_chup (PET only)"]
+    assert names == ["CT+PET > CT", "pemma_lora ≈ early fusion",
+                     "pemma_lora trains ≤ 10% of early fusion's parameters",
+                     "less CT forgetting after update_chup (PET only)"]
     rows = {(r["method"], r["phase"], r["eval_centre"], r["inputs"]): float(r["DSCagg_mean"]) for r in rows
             if r["DSCagg_mean"] != ""}
     ct = (rows[("pemma_lora", "adapt_mda", "CHUM", "ct")] + rows[("pemma_lora", "adapt_mda", "MDA", "ct")]) / 2
@@ -73,9 +75,9 @@ def test_prognosis_chain_in_the_report(reproduced: Path) -> None:
     assert [(r["method"], r["stage"]) for r in rows] == [("CT model", "ct"), ("lora", "ct+pet"),
                                                           ("lora", "ct+pet+ehr")]
     assert all(r["c_index"] is None and "no relapse" in r["note"] for r in rows)
-    stage = json.loads((reproduced / "runs/unetr/prognosis/lora_ct+pet+ehr/stage.json").read_text())
+    stage = json.loads((next(reproduced.glob("runs/unetr/prognosis_*/lora_ct+pet+ehr/stage.json"))).read_text())
     split = json.loads((reproduced / "split.json").read_text())
-    meta = json.loads((reproduced / "runs/unetr/prognosis/lora_ct+pet+ehr/survival.json").read_text())
+    meta = json.loads((next(reproduced.glob("runs/unetr/prognosis_*/lora_ct+pet+ehr/survival.json"))).read_text())
     assert sorted(meta["train_cases"]) == sorted(i for c in split.values() for i in c["train"])
     # ehr_trains_adapters: false -> only the clinical projection and the head train in the last stage
     assert stage["trainable"] == meta["parameters"]["trainable"]

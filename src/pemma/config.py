@@ -120,6 +120,10 @@ class TrainConfig:
     weight_decay: float = field(default=1e-5, metadata={"help": "AdamW weight decay"})
     label_ratios: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0],
                                       metadata={"help": "crop-centre ratios for background, GTVp, GTVn"})
+    dice_batch: bool = field(default=True, metadata={
+        "help": "Dice over the whole batch (nnU-Net's batch Dice) instead of per crop: a crop without a class "
+                "then does not reward predicting none of it everywhere"})
+    dice_background: bool = field(default=False, metadata={"help": "include the background class in the Dice term"})
     val_every: int = field(default=5, metadata={"help": "validate every N epochs (and at the end)"})
     overlap: float = field(default=0.25, metadata={"help": "sliding-window overlap"})
     sw_batch_size: int = field(default=2, metadata={"help": "sliding-window batch"})

@@ -2,7 +2,7 @@
 
 Each case is a small head-and-neck phantom (see :mod:`pemma.data.phantom_anatomy`): body, fat, airway,
 spine, mandible, skull and brain on CT; physiological PET uptake (brain, tonsils, salivary glands, vocal
-cords) and unlabelled inflammation hot spots as confounders; a GTVp with weak CT contrast (+10..+20 HU
+cords) and unlabelled inflammation hot spots as confounders; a GTVp with modest CT contrast (+25..+40 HU
 against 15-40 HU noise) and strong heterogeneous FDG uptake; 0-3 GTVn. Every centre has its own scanner
 character (CT noise, PET resolution / noise / SUV calibration, field of view). PET is drawn as activity
 on the CT grid, blurred, resampled through the affines onto its own coarser, offset grid and given

@@ -67,8 +67,8 @@ PHYSIO_SUV: dict[str, tuple[float, float]] = {
 }
 #: Lesion parameters (volumes in reference mL, radii in reference mm, HU deltas against soft tissue).
 LESION = {
-    "p_no_primary": 0.04, "gtvp_ml": (5.0, 40.0), "gtvp_hu_delta": (10.0, 20.0), "gtvp_suvmax": (5.0, 25.0),
-    "p_necrosis": 0.35, "gtvn_radius": (6.0, 14.0), "gtvn_hu_delta": (5.0, 20.0), "gtvn_suv": (3.0, 12.0),
+    "p_no_primary": 0.04, "gtvp_ml": (5.0, 40.0), "gtvp_hu_delta": (25.0, 40.0), "gtvp_suvmax": (5.0, 25.0),
+    "p_necrosis": 0.35, "gtvn_radius": (6.0, 14.0), "gtvn_hu_delta": (15.0, 30.0), "gtvn_suv": (3.0, 12.0),
     "n_nodes_p_hpv_pos": (0.15, 0.35, 0.30, 0.20), "n_nodes_p_hpv_neg": (0.40, 0.30, 0.20, 0.10),
     "n_hotspots_p": (0.30, 0.35, 0.25, 0.10), "hotspot_suv": (2.5, 8.0), "hotspot_radius": (3.5, 7.0),
     "n_normal_nodes": (2, 5), "p_metal": 0.2,
@@ -295,7 +295,7 @@ def _uptake(rng: np.random.Generator, g: RefGrid, mask: np.ndarray, peak: float,
 
 def paint_lesions(g: RefGrid, rng: np.random.Generator, hu: np.ndarray, suv: np.ndarray, masks: dict,
                   hpv: int) -> LesionSummary:
-    """Paint GTVp (irregular, weak CT contrast, strong PET uptake) and 0-3 GTVn; return the label."""
+    """Paint GTVp (irregular, modest CT contrast, strong PET uptake) and 0-3 GTVn; return the label."""
     label = np.zeros(g.shape, np.uint8)
     # Lesions keep a voxel's distance from bone (a mandible-invading tumour would be obvious on CT).
     allowed = masks["inner"] & ~ndimage.binary_dilation(masks["bone"]) & ~masks["brain"]

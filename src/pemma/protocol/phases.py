@@ -7,6 +7,8 @@ prefixes the file. See that module for the YAML format.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -215,6 +217,10 @@ class PrognosisSpec:
             return None
         check_keys(raw, PROGNOSIS_KEYS, "prognosis")
         return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in raw.items()})
+
+    def digest(self) -> str:
+        """8 hex characters naming these settings (the runner's prognosis folder), so changed settings retrain."""
+        return hashlib.sha1(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
 
     def to_dict(self) -> dict[str, Any]:
         return {"centres": list(self.centres), "methods": list(self.methods), "head": self.head,

@@ -7,8 +7,8 @@ logs its validation C-index, and is evaluated on the held-out cases (validation 
 stages keep their final weights, so validation cases are not used for selection) with Harrell's C-index
 and a bootstrap 95% interval.
 
-Runs live in ``OUT/runs/<backbone>/prognosis/<stage>``; a stage whose ``stage.json`` exists is finished and
-not recomputed, and its evaluation is cached in ``evaluation.json``.
+Runs live in ``OUT/runs/<backbone>/prognosis_<settings digest>/<stage>``; a stage whose ``stage.json`` exists
+is finished and not recomputed, and its evaluation is cached in ``evaluation.json``.
 """
 
 from __future__ import annotations

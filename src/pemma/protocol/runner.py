@@ -158,7 +158,7 @@ def reproduce(strategy_path: str | Path, data_root: str | Path, out_dir: str | P
         if not (run / "phase.json").is_file():
             parent_planned = next((p for p in strategy.plan() if p.run_key == planned.parent_key), None)
             parent = _run_dir(out, backbone, method, parent_planned, planned.parent_key) if parent_planned else None
-            _train_phase(strategy, data, backbone, method, planned, run, parent, progress=False)
+            _train_phase(strategy, data, backbone, method, planned, run, parent, progress=progress)
         cache = _evaluate_run(run, data, planned.eval_centres, device, inputs_cache)
         rows += _rows(cache, backbone, method, planned)
     bar.close()
@@ -184,10 +184,13 @@ def _prognosis(strategy: Strategy, data: ProtocolData, out: Path) -> list[dict[s
         if adapt is not None and strategy.prognosis.adapters_from_segmentation:
             seg = {m: _run_dir(out, backbone, f"pemma_{m}", adapt, adapt.run_key) for m in strategy.prognosis.methods
                    if f"pemma_{m}" in strategy.methods}
-        print(f"prognosis ({backbone}): CT -> CT+PET -> CT+PET+EHR on {', '.join(centres)}", flush=True)
+        start = {m: "segmentation adapters" if m in seg else "new adapters" for m in strategy.prognosis.methods}
+        print(f"prognosis ({backbone}): CT -> CT+PET -> CT+PET+EHR on {', '.join(centres)}; +PET starts from "
+              + ", ".join(f"{m}: {how}" for m, how in start.items()), flush=True)
         rows += run_prognosis(
             strategy.prognosis, data_root=data.root, base_run=_run_dir(out, backbone, "", pretrain, pretrain.run_key),
-            out=out / "runs" / backbone / "prognosis", backbone=backbone, preset=strategy.preset,
+            out=out / "runs" / backbone / f"prognosis_{strategy.prognosis.digest()}", backbone=backbone,
+            preset=strategy.preset,
             seed=strategy.split.seed, max_steps=strategy.max_steps, centres=centres,
             train_ids=[c.case_id for c in data.part(centres, "train")],
             val_ids=[c.case_id for c in data.part(centres, "val")],

@@ -133,7 +133,7 @@ def _train(task: TrainingTask, cfg: RunConfig, train_cases: list[CaseRecord], va
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total)
                                                                                          / total)))
     scaler = torch.amp.GradScaler("cuda", enabled=tc.amp and device.type == "cuda")
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=tc.dice_background, batch=tc.dice_batch)
     metrics = MetricsCSV(out_dir / "metrics.csv")
     step, best, best_step = 0, -1.0, -1
     if resume and (out_dir / "checkpoint.pt").is_file():
