@@ -42,12 +42,32 @@ def test_pemma_features_equal_plain_features_at_initialisation(unetr: UNETR, swi
         torch.testing.assert_close(adapted, plain, rtol=0, atol=1e-6)
 
 
+def test_pool_features_weights_tokens_by_the_tumour() -> None:
+    """Known answer: 2 patches on a 2 x 1 x 1 grid, CT and PET tokens; the tumour fills patch 0 only."""
+    from pemma.survival.model import pool_features
+
+    tokens = torch.tensor([[[1.0, 10.0], [3.0, 30.0], [5.0, 50.0], [7.0, 70.0]]])  # CT p0, CT p1, PET p0, PET p1
+    tumour = torch.zeros(1, 1, 4, 2, 2)
+    tumour[:, :, :2] = 1.0  # patch 0 (first 2 voxels along x) is tumour: 8 voxels
+    out = pool_features(tokens, tumour, 2)[0]
+    assert out.shape == (7,)
+    torch.testing.assert_close(out[:2], torch.tensor([4.0, 40.0]))  # mean over the 4 tokens
+    torch.testing.assert_close(out[2:4], torch.tensor([7.0, 70.0]))  # max
+    torch.testing.assert_close(out[4:6], torch.tensor([3.0, 30.0]) * 2 / (2 + 1e-3))  # CT p0 and PET p0 only
+    torch.testing.assert_close(out[6], torch.log1p(torch.tensor(8.0)))  # soft tumour burden
+    # a feature map (B, C, x, y, z) is read as tokens in the same patch order
+    fmap = tokens[:, :2].transpose(1, 2).reshape(1, 2, 2, 1, 1)
+    torch.testing.assert_close(pool_features(fmap, tumour, 2)[0, 4:6], torch.tensor([1.0, 10.0]) / (1 + 1e-3))
+    with pytest.raises(ValueError, match="do not tile"):
+        pool_features(tokens[:, :3], tumour, 2)
+
+
 def test_pet_changes_features_and_reaches_adapters(unetr: UNETR) -> None:
     model = PemmaUNETR(unetr, AdapterConfig(method="dora", rank=2)).eval()
     ct = torch.rand(2, 1, 32, 32, 32, generator=torch.Generator().manual_seed(2))
     pet = torch.rand(2, 1, 32, 32, 32, generator=torch.Generator().manual_seed(3))
     both = pemma_features(model, torch.cat([ct, pet], 1), ("ct", "pet"))
-    assert both.shape == (2, 96) and not torch.allclose(both, pemma_features(model, ct, ("ct",)))
+    assert both.shape == (2, 145) and not torch.allclose(both, pemma_features(model, ct, ("ct",)))
     both.sum().backward()
     lora_grads = [p.grad for n, p in model.named_parameters() if ".lora_" in n and p.grad is not None]
     assert lora_grads and any(g.abs().sum() > 0 for g in lora_grads)
@@ -58,14 +78,14 @@ def test_pet_changes_features_and_reaches_adapters(unetr: UNETR) -> None:
 def test_prognosis_model_ehr_starts_as_identity_and_saved_state(unetr: UNETR) -> None:
     torch.manual_seed(0)
     x = torch.rand(3, 1, 32, 32, 32)
-    plain = PrognosisModel(unetr, MTLRHead(96, TimeBins((100.0, 200.0))), ("ct",))
-    plain.set_feature_scaling(torch.randn(10, 96))
+    plain = PrognosisModel(unetr, MTLRHead(145, TimeBins((100.0, 200.0))), ("ct",))
+    plain.set_feature_scaling(torch.randn(10, 145))
     out = plain(x)
     assert out.shape == (3, 3) and plain.risk(out).shape == (3,)
     assert set(plain.saved_state()) == {"feature_mean", "feature_std", "head.linear.weight", "head.linear.bias"}
 
     encoder = PemmaUNETR(unetr, AdapterConfig(rank=2)).eval()
-    with_ehr = PrognosisModel(encoder, MTLRHead(96, TimeBins((100.0, 200.0))), ("ct",), n_clinical=5)
+    with_ehr = PrognosisModel(encoder, MTLRHead(145, TimeBins((100.0, 200.0))), ("ct",), n_clinical=5)
     new = with_ehr.load_saved_state(plain.saved_state(), allow_new=("encoder.", "clinical."))
     assert "clinical.weight" in new and any(".lora_A." in k for k in new)
     clinical = torch.randn(3, 5)
@@ -79,12 +99,12 @@ def test_prognosis_model_ehr_starts_as_identity_and_saved_state(unetr: UNETR) ->
     with_ehr.requires_grad_(False)
     with_ehr.clinical.requires_grad_(True)
     summary = trainable_summary(with_ehr)
-    assert summary["trainable"] == 5 * 96 + 96 == summary["trainable:clinical"]
+    assert summary["trainable"] == 5 * 145 + 145 == summary["trainable:clinical"]
 
 
 def test_feature_scaling_floors_small_std(unetr: UNETR) -> None:
-    model = PrognosisModel(unetr, CoxHead(96), ("ct",))
-    feats = torch.randn(20, 96)
+    model = PrognosisModel(unetr, CoxHead(145), ("ct",))
+    feats = torch.randn(20, 145)
     feats[:, 0] = 1.0  # constant feature
     model.set_feature_scaling(feats)
     assert model.feature_std[0] >= 0.1 * feats.std(0, unbiased=False).mean() - 1e-6
@@ -116,7 +136,7 @@ def test_fit_trains_the_head_only_and_l2_shrinks_it(unetr: UNETR, tmp_path) -> N
     norms = {}
     for l2 in (0.0, 5.0):
         torch.manual_seed(0)
-        model = PrognosisModel(unetr, CoxHead(96), ("ct",))
+        model = PrognosisModel(unetr, CoxHead(145), ("ct",))
         model.encoder.requires_grad_(False)
         before = {k: v.clone() for k, v in unetr.state_dict().items()}
         result = fit(model, split, cfg, torch.device("cpu"), tmp_path, logging.getLogger("test"), l2=l2)

@@ -1,17 +1,25 @@
 """Prognosis model: pooled encoder features of a segmentation backbone (+ a projected clinical vector) -> head.
 
-Image features (``D = 2 * C`` values: the mean and the maximum of ``C`` channels over tokens or space; the
-mean carries how much of the crop looks like tumour, the maximum the most intense focus, e.g. SUVmax) per
-backbone and input:
+Image features (``D = 3 * C + 1`` values) are read from the encoder's ``C``-channel output (tokens or the
+deepest feature map) and from the network's own segmentation of the crop:
 
-* plain UNETR (the CT run): the final ViT hidden states (after the last LayerNorm) pooled over tokens;
-* plain Swin UNETR: the deepest ``swinViT`` stage output (``16 * feature_size`` channels) pooled over space;
+* the mean and the maximum of every channel over tokens / space (the most intense focus, e.g. SUVmax);
+* the **tumour-weighted mean** of every channel: tokens weighted by the predicted GTVp + GTVn probability
+  averaged over each token's patch (so the features describe the lesion, not the anatomy around it);
+* ``log(1 + predicted tumour voxels)``: the soft tumour burden (the network's metabolic/tumour volume).
+
+Encoder output per backbone and input:
+
+* plain UNETR (the CT run): the final ViT hidden states (after the last LayerNorm);
+* plain Swin UNETR: the deepest ``swinViT`` stage output (``16 * feature_size`` channels);
 * PEMMA UNETR (adapted): CT and PET patch tokens (PET through ``pet_embedding``) concatenated along the
   sequence and run through the adapter-carrying transformer, as in segmentation; pooling is over **all**
-  tokens (CT and PET), so the PET tokens' own features reach the head;
-* PEMMA Swin UNETR: the fused CT+PET embedding (``fusion``) through the adapted Swin stages, deepest stage
-  pooled. CT alone (a CT+EHR model) runs the CT embedding through the adapted stages.
+  tokens (CT and PET, both weighted by the same patch's tumour probability), so the PET tokens' own
+  features reach the head;
+* PEMMA Swin UNETR: the fused CT+PET embedding (``fusion``) through the adapted Swin stages, deepest stage.
+  CT alone (a CT+EHR model) runs the CT embedding through the adapted stages.
 
+The segmentation is the network's forward pass on the same input (the PEMMA model with the same modalities).
 The PEMMA features are computed here from the PEMMA model's submodules (``net``, ``pet_embedding``,
 ``fusion``, ``_pet_tokens``, ``_stages``) without changing those classes. With adapters freshly initialised
 and CT input they equal the plain model's features exactly (tested).
@@ -32,26 +40,54 @@ from torch import nn
 
 from pemma.adapters.base import PemmaAdaptedModel
 
+#: input patch edge of a UNETR token and of a Swin UNETR deepest-stage voxel
+UNETR_PATCH, SWIN_STRIDE = 16, 32
+
 
 def feature_dim(encoder: nn.Module) -> int:
-    """D of the pooled features (mean and max of each channel) of a plain MONAI UNETR / SwinUNETR or a PEMMA
-    model around one."""
+    """D of the image features (:func:`pool_features`) of a plain MONAI UNETR / SwinUNETR or a PEMMA model
+    around one."""
     net = encoder.net if isinstance(encoder, PemmaAdaptedModel) else encoder
     if isinstance(net, UNETR):
-        return 2 * int(net.vit.norm.normalized_shape[0])
+        return 3 * int(net.vit.norm.normalized_shape[0]) + 1
     if isinstance(net, SwinUNETR):
-        return 2 * int(net.swinViT.patch_embed.proj.out_channels) * 16
+        return 3 * int(net.swinViT.patch_embed.proj.out_channels) * 16 + 1
     raise ValueError(f"unsupported encoder {type(net).__name__}; expected MONAI UNETR or SwinUNETR")
 
 
-def pool(x: torch.Tensor, dims: tuple[int, ...]) -> torch.Tensor:
-    """Mean and max over ``dims``, concatenated: (B, ..., C) tokens (dims=(1,)) or (B, C, X, Y, Z) maps
-    (dims=(2, 3, 4)) -> (B, 2C)."""
-    return torch.cat([x.mean(dim=dims), x.amax(dim=dims)], dim=1)
+def tumour_probability(logits: torch.Tensor) -> torch.Tensor:
+    """(B, 3, X, Y, Z) segmentation logits -> (B, 1, X, Y, Z) probability of GTVp or GTVn."""
+    return torch.softmax(logits.float(), dim=1)[:, 1:].sum(dim=1, keepdim=True)
+
+
+def pool_features(encoded: torch.Tensor, tumour: torch.Tensor, stride: int) -> torch.Tensor:
+    """Mean, max and tumour-weighted mean of every channel, and the log soft tumour burden.
+
+    Args:
+        encoded: (B, N, C) tokens whose N is a multiple of the patch grid (e.g. CT and PET tokens), or
+            (B, C, x, y, z) a feature map on the patch grid.
+        tumour: (B, 1, X, Y, Z) tumour probability on the input grid, ``X = stride * x`` etc.
+        stride: input voxels per token / feature-map voxel along each axis.
+
+    Returns:
+        (B, 3C + 1).
+
+    Example:
+        >>> pool_features(torch.rand(2, 54, 8), torch.rand(2, 1, 48, 48, 48), 16).shape
+        torch.Size([2, 25])
+    """
+    weights = nn.functional.avg_pool3d(tumour, stride).flatten(1)  # (B, P) in patch-grid order
+    tokens = encoded if encoded.ndim == 3 else encoded.flatten(2).transpose(1, 2)  # (B, N, C)
+    if tokens.shape[1] % weights.shape[1]:
+        raise ValueError(f"{tokens.shape[1]} tokens do not tile the {weights.shape[1]}-patch grid")
+    weights = weights.repeat(1, tokens.shape[1] // weights.shape[1]).to(tokens.dtype)  # same patch, each modality
+    weighted = (tokens * weights[..., None]).sum(dim=1) / (weights.sum(dim=1, keepdim=True) + 1e-3)
+    burden = torch.log1p(tumour.flatten(1).sum(dim=1, keepdim=True)).to(tokens.dtype)
+    return torch.cat([tokens.mean(dim=1), tokens.amax(dim=1), weighted, burden], dim=1)
 
 
 def plain_features(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """Pooled encoder features of a plain MONAI network.
+    """Image features of a plain MONAI network (see :func:`pool_features`).
 
     Args:
         net: ``UNETR`` or ``SwinUNETR`` (any in_channels).
@@ -63,19 +99,20 @@ def plain_features(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
     Example:
         >>> net = UNETR(1, 3, img_size=32, hidden_size=96, mlp_dim=192, num_heads=4, feature_size=8)
         >>> plain_features(net, torch.rand(2, 1, 32, 32, 32)).shape
-        torch.Size([2, 192])
+        torch.Size([2, 289])
     """
+    tumour = tumour_probability(net(x))
     if isinstance(net, UNETR):
         tokens, _ = net.vit(x)  # (B, N, C), after the final LayerNorm
-        return pool(tokens, (1,))
+        return pool_features(tokens, tumour, UNETR_PATCH)
     if isinstance(net, SwinUNETR):
         deepest = net.swinViT(x, net.normalize)[-1]  # (B, 16 * feature_size, x/32, y/32, z/32)
-        return pool(deepest, (2, 3, 4))
+        return pool_features(deepest, tumour, SWIN_STRIDE)
     raise ValueError(f"unsupported network {type(net).__name__}")
 
 
 def pemma_features(model: PemmaAdaptedModel, x: torch.Tensor, modalities: Sequence[str]) -> torch.Tensor:
-    """Pooled features of a PEMMA model on the adapted path (adapters active), for ct+pet or ct.
+    """Image features of a PEMMA model on the adapted path (adapters active), for ct+pet or ct.
 
     Args:
         model: ``PemmaUNETR`` or ``PemmaSwinUNETR``.
@@ -88,6 +125,7 @@ def pemma_features(model: PemmaAdaptedModel, x: torch.Tensor, modalities: Sequen
     inputs = model.split_modalities(x, modalities)
     if "ct" not in inputs:
         raise ValueError("prognosis features need CT (PET-only input is not supported)")
+    tumour = tumour_probability(model(x, modalities))
     net = model.net
     if isinstance(net, UNETR):
         sequences = [net.vit.patch_embedding(inputs["ct"])]
@@ -96,12 +134,12 @@ def pemma_features(model: PemmaAdaptedModel, x: torch.Tensor, modalities: Sequen
         h = torch.cat(sequences, dim=1)
         for block in net.vit.blocks:
             h = block(h)
-        return pool(net.vit.norm(h), (1,))
+        return pool_features(net.vit.norm(h), tumour, UNETR_PATCH)
     if isinstance(net, SwinUNETR):
         embedding = net.swinViT.patch_embed(inputs["ct"])
         if "pet" in inputs:
             embedding = model.fusion({"ct": embedding, "pet": model.pet_embedding(inputs["pet"])})
-        return pool(model._stages(embedding)[-1], (2, 3, 4))
+        return pool_features(model._stages(embedding)[-1], tumour, SWIN_STRIDE)
     raise ValueError(f"unsupported network {type(net).__name__}")
 
 
