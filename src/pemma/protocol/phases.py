@@ -219,8 +219,12 @@ class PrognosisSpec:
         return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in raw.items()})
 
     def digest(self) -> str:
-        """8 hex characters naming these settings (the runner's prognosis folder), so changed settings retrain."""
-        return hashlib.sha1(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+        """8 hex characters naming these settings and the image features (the runner's prognosis folder), so
+        changed settings retrain."""
+        from pemma.survival.model import FEATURES
+
+        blob = json.dumps({**self.to_dict(), "features": FEATURES}, sort_keys=True)
+        return hashlib.sha1(blob.encode()).hexdigest()[:8]
 
     def to_dict(self) -> dict[str, Any]:
         return {"centres": list(self.centres), "methods": list(self.methods), "head": self.head,

@@ -42,6 +42,8 @@ from pemma.adapters.base import PemmaAdaptedModel
 
 #: input patch edge of a UNETR token and of a Swin UNETR deepest-stage voxel
 UNETR_PATCH, SWIN_STRIDE = 16, 32
+#: names the image features; runs keyed by it (``pemma reproduce``'s prognosis folder) retrain when it changes
+FEATURES = "mean-max-tumour_weighted-burden/1"
 
 
 def feature_dim(encoder: nn.Module) -> int:
