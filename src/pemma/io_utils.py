@@ -6,7 +6,7 @@ import contextlib
 import hashlib
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import nibabel as nib
@@ -136,3 +136,33 @@ def load_tensors(path: str | os.PathLike, *, sha256: str | None = None, what: st
     except Exception as exc:  # safetensors raises its own error types for truncated files
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise PemmaError(f"{path}: truncated or corrupt {what} ({reason})") from None
+
+
+def copy_tensors_into(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], source: str,
+                      optional: Sequence[str] = ()) -> list[str]:
+    """Copy ``state`` into the tensors ``own`` (e.g. a module's state dict) after checking that it fits.
+
+    Args:
+        own: the target tensors by name.
+        state: the tensors to copy.
+        source: names ``state`` in the error (e.g. the file).
+        optional: key prefixes of ``own`` that ``state`` may lack.
+
+    Returns:
+        The keys of ``own`` that ``state`` did not provide.
+
+    Raises:
+        ValueError: ``"<source>: does not fit this model (M missing, U unexpected, S wrong-shape tensors,
+            e.g. KEY)"`` when ``state`` lacks a required key, has an unknown one, or a shape differs.
+    """
+    missing = sorted(k for k in set(own) - set(state) if not k.startswith(tuple(optional)))
+    unexpected = sorted(set(state) - set(own))
+    shapes = sorted(k for k in set(state) & set(own) if tuple(state[k].shape) != tuple(own[k].shape))
+    if missing or unexpected or shapes:
+        first = (missing or unexpected or shapes)[0]
+        raise ValueError(f"{source}: does not fit this model ({len(missing)} missing, {len(unexpected)} "
+                         f"unexpected, {len(shapes)} wrong-shape tensors, e.g. {first})")
+    with torch.no_grad():
+        for key, value in state.items():
+            own[key].copy_(value)
+    return sorted(set(own) - set(state))

@@ -19,7 +19,7 @@ from torch import nn
 from pemma.adapters.base import PemmaAdaptedModel, unwrap_model
 from pemma.adapters.config import AdapterConfig
 from pemma.errors import PemmaError
-from pemma.io_utils import load_tensors, save_tensors, write_text_atomic
+from pemma.io_utils import copy_tensors_into, load_tensors, save_tensors, write_text_atomic
 
 WEIGHTS_NAME = "adapter_model.safetensors"
 CONFIG_NAME = "adapter_config.json"
@@ -134,17 +134,10 @@ def load_adapter(model: PemmaAdaptedModel, out_dir: str | os.PathLike, base_sha2
         raise PemmaError(f"{config_path}: adapter config differs from the model's in {differ} "
                          f"(saved {[saved[k] for k in differ]}, model {[ours[k] for k in differ]})")
     state = load_tensors(weights, sha256=meta["weights_sha256"], what="adapter weights file", manifest=CONFIG_NAME)
-    expected = model.adapter_state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    shapes = sorted(k for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
-    if missing or unexpected or shapes:
-        first = (missing or unexpected or shapes)[0]
-        raise PemmaError(f"{weights}: does not fit this model ({len(missing)} missing, {len(unexpected)} "
-                         f"unexpected, {len(shapes)} wrong-shape tensors, e.g. {first})")
-    with torch.no_grad():
-        for key, value in state.items():
-            expected[key].copy_(value)
+    try:
+        copy_tensors_into(model.adapter_state_dict(), state, str(weights))
+    except ValueError as exc:
+        raise PemmaError(str(exc)) from None
     return meta
 
 

@@ -63,9 +63,10 @@ MISSING: dict[str, float] = {"Weight": 0.08, "Tobacco": 0.45, "Alcohol": 0.50, "
 BOOSTED = ("Tobacco", "Alcohol", "Performance status", HPV_COLUMN)
 #: Weibull proportional-hazards model of relapse and censoring (days).
 #: PET uptake is the strongest image factor and HPV the strongest clinical one, so that each added input
-#: carries information of its own: with the true linear predictor the C-index is about 0.60 from the lesion
-#: volume alone (what CT shows), 0.73 adding SUVmax (PET) and 0.80 adding the clinical factors (EHR); about
-#: 40% of cases relapse.
+#: carries information of its own. Harrell's C-index of the true linear predictor, measured on the default
+#: phantom (84 cases, 39 relapses): 0.66 from the lesion terms alone (volume, nodes: what CT shows), 0.77
+#: adding SUVmax (PET); in a 20,000-case simulation of this hazard with the phantom's covariate ranges 0.61,
+#: 0.74 and 0.80 adding the clinical factors (EHR).
 SURVIVAL: dict[str, float] = {
     "shape": 2.0, "scale_days": 1500.0, "log_volume": 1.0, "log_suvmax": 2.0, "hpv": -1.5,
     "age_per_year": 0.025, "performance": 0.25, "two_nodes": 0.3, "tobacco": 0.2,

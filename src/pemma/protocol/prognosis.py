@@ -8,7 +8,8 @@ stages keep their final weights, so validation cases are not used for selection)
 and a bootstrap 95% interval.
 
 Runs live in ``OUT/runs/<backbone>/prognosis_<settings digest>/<stage>``; a stage whose ``stage.json`` exists
-is finished and not recomputed, and its evaluation is cached in ``evaluation.json``.
+is finished and not recomputed, and its evaluation is cached in ``evaluation.json``. The preprocessed crops
+are cached on disk in ``prognosis_<digest>/preprocessed`` and shared by all stages and evaluations.
 """
 
 from __future__ import annotations
@@ -58,11 +59,12 @@ def run_prognosis(spec: PrognosisSpec, *, data_root: str, base_run: Path, out: P
     from pemma.survival.training import adapt_survival, train_survival
 
     rows = []
+    cache = str(out / "preprocessed")  # every stage reads the same crops: preprocess each case once
     for name, method, parent, add_modality, add_ehr in _stages(spec):
         run = out / name
         modalities = ["ct", "pet"] if (add_modality or (parent and parent != "ct")) else ["ct"]
         cfg = build_config(preset, overrides={
-            "data": {"root": data_root, "centres": list(centres), "modalities": modalities},
+            "data": {"root": data_root, "centres": list(centres), "modalities": modalities, "cache_dir": cache},
             "model": {"backbone": backbone},
             "train": {"seed": seed, "max_steps": max_steps, "epochs": spec.epochs}})
         if not (run / "stage.json").is_file():
@@ -76,17 +78,17 @@ def run_prognosis(spec: PrognosisSpec, *, data_root: str, base_run: Path, out: P
                                          init_adapters=init, l2=spec.l2)
             write_text_atomic(run / "stage.json", json.dumps(summary, indent=2, default=float))
         summary = json.loads((run / "stage.json").read_text())
-        cache = run / "evaluation.json"
-        if not cache.is_file():
+        evaluation = run / "evaluation.json"
+        if not evaluation.is_file():
             try:
                 result = evaluate_survival(run, data_root, centres=list(centres), out_dir=run / "evaluation",
-                                           seed=seed, case_ids=held_out_ids, device="auto")
+                                           seed=seed, case_ids=held_out_ids, device="auto", cache_dir=cache)
                 result = {k: result[k] for k in ("c_index", "ci_low", "ci_high", "n_cases", "events", "km_plot")}
             except PemmaError as exc:  # e.g. no relapse among the held-out cases: the C-index is undefined
                 result = {"c_index": None, "ci_low": None, "ci_high": None, "n_cases": len(held_out_ids),
                           "events": None, "note": str(exc)}
-            write_text_atomic(cache, json.dumps(result, indent=2))
-        result = json.loads(cache.read_text())
+            write_text_atomic(evaluation, json.dumps(result, indent=2))
+        result = json.loads(evaluation.read_text())
         rows.append({"backbone": backbone, "method": method, "stage": summary["stage"],
                      "c_index": result["c_index"], "ci_low": result["ci_low"], "ci_high": result["ci_high"],
                      "n_cases": result["n_cases"], "events": result["events"],

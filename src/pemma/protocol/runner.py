@@ -168,6 +168,12 @@ def reproduce(strategy_path: str | Path, data_root: str | Path, out_dir: str | P
     return _report(strategy, rows, out, time.time() - started, figures, prognosis)
 
 
+def _first_variant(strategy: Strategy) -> tuple[list[PlannedPhase], PlannedPhase | None]:
+    """The first variant's planned phases and its ``adapt`` phase (None without one)."""
+    plan = [p for p in strategy.plan() if p.variant == strategy.variant_names[0]]
+    return plan, next((p for p in plan if p.phase.operation == "adapt"), None)
+
+
 def _prognosis(strategy: Strategy, data: ProtocolData, out: Path) -> list[dict[str, Any]]:
     """The strategy's prognosis experiment for every backbone (none without a ``prognosis`` section)."""
     from pemma.protocol.prognosis import run_prognosis, write_prognosis
@@ -176,9 +182,8 @@ def _prognosis(strategy: Strategy, data: ProtocolData, out: Path) -> list[dict[s
         return []
     centres = strategy.prognosis_centres
     rows: list[dict[str, Any]] = []
-    plan = [p for p in strategy.plan() if p.variant == strategy.variant_names[0]]
-    pretrain = plan[0]
-    adapt = next((p for p in plan if p.phase.operation == "adapt"), None)
+    plan, adapt = _first_variant(strategy)
+    val, test = data.part(centres, "val"), data.part(centres, "test")
     for backbone in strategy.backbones:
         seg = {}
         if adapt is not None and strategy.prognosis.adapters_from_segmentation:
@@ -188,13 +193,12 @@ def _prognosis(strategy: Strategy, data: ProtocolData, out: Path) -> list[dict[s
         print(f"prognosis ({backbone}): CT -> CT+PET -> CT+PET+EHR on {', '.join(centres)}; +PET starts from "
               + ", ".join(f"{m}: {how}" for m, how in start.items()), flush=True)
         rows += run_prognosis(
-            strategy.prognosis, data_root=data.root, base_run=_run_dir(out, backbone, "", pretrain, pretrain.run_key),
+            strategy.prognosis, data_root=data.root, base_run=_run_dir(out, backbone, "", plan[0], plan[0].run_key),
             out=out / "runs" / backbone / f"prognosis_{strategy.prognosis.digest()}", backbone=backbone,
             preset=strategy.preset,
             seed=strategy.split.seed, max_steps=strategy.max_steps, centres=centres,
             train_ids=[c.case_id for c in data.part(centres, "train")],
-            val_ids=[c.case_id for c in data.part(centres, "val")],
-            held_out_ids=[c.case_id for c in data.part(centres, "val") + data.part(centres, "test")],
+            val_ids=[c.case_id for c in val], held_out_ids=[c.case_id for c in val + test],
             segmentation_adapters=seg)
     write_prognosis(rows, out)
     return rows
@@ -207,10 +211,9 @@ def _overlays(strategy: Strategy, data: ProtocolData, out: Path, device: torch.d
     from pemma.protocol.overlays import overlay_figure
 
     backbone, variant = strategy.backbones[0], strategy.variant_names[0]
-    plan = [p for p in strategy.plan() if p.variant == variant]
+    plan, adapt = _first_variant(strategy)
     pretrain = plan[0]
     base = _run_dir(out, backbone, "", pretrain, pretrain.run_key)
-    adapt = next((p for p in plan if p.phase.operation == "adapt"), None)
     figures: dict[str, str] = {}
     if adapt is None:
         return figures

@@ -39,6 +39,7 @@ from monai.networks.nets import UNETR, SwinUNETR
 from torch import nn
 
 from pemma.adapters.base import PemmaAdaptedModel
+from pemma.io_utils import copy_tensors_into
 
 #: input patch edge of a UNETR token and of a Swin UNETR deepest-stage voxel
 UNETR_PATCH, SWIN_STRIDE = 16, 32
@@ -243,18 +244,7 @@ class PrognosisModel(nn.Module):
         Raises:
             ValueError: ``state`` has keys this model lacks, wrong shapes, or lacks keys not in ``allow_new``.
         """
-        own = self.saved_state()
-        unexpected = sorted(set(state) - set(own))
-        shapes = sorted(k for k in set(state) & set(own) if tuple(state[k].shape) != tuple(own[k].shape))
-        missing = sorted(k for k in set(own) - set(state) if not k.startswith(tuple(allow_new)))
-        if unexpected or shapes or missing:
-            first = (unexpected or shapes or missing)[0]
-            raise ValueError(f"{source} do not fit this model ({len(unexpected)} unexpected, {len(shapes)} "
-                             f"wrong-shape, {len(missing)} missing tensors, e.g. {first})")
-        with torch.no_grad():
-            for key, value in state.items():
-                own[key].copy_(value)
-        return sorted(set(own) - set(state))
+        return copy_tensors_into(self.saved_state(), state, source, optional=allow_new)
 
 
 def trainable_summary(model: nn.Module) -> dict[str, int]:
