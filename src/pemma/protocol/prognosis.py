@@ -8,8 +8,7 @@ stages keep their final weights, so validation cases are not used for selection)
 and a bootstrap 95% interval.
 
 Runs live in ``OUT/runs/<backbone>/prognosis_<settings digest>/<stage>``; a stage whose ``stage.json`` exists
-is finished and not recomputed, and its evaluation is cached in ``evaluation.json``. The preprocessed crops
-are cached on disk in ``prognosis_<digest>/preprocessed`` and shared by all stages and evaluations.
+is finished and not recomputed, and its evaluation is cached in ``evaluation.json``.
 """
 
 from __future__ import annotations
@@ -59,12 +58,11 @@ def run_prognosis(spec: PrognosisSpec, *, data_root: str, base_run: Path, out: P
     from pemma.survival.training import adapt_survival, train_survival
 
     rows = []
-    cache = str(out / "preprocessed")  # every stage reads the same crops: preprocess each case once
     for name, method, parent, add_modality, add_ehr in _stages(spec):
         run = out / name
         modalities = ["ct", "pet"] if (add_modality or (parent and parent != "ct")) else ["ct"]
         cfg = build_config(preset, overrides={
-            "data": {"root": data_root, "centres": list(centres), "modalities": modalities, "cache_dir": cache},
+            "data": {"root": data_root, "centres": list(centres), "modalities": modalities},
             "model": {"backbone": backbone},
             "train": {"seed": seed, "max_steps": max_steps, "epochs": spec.epochs}})
         if not (run / "stage.json").is_file():
@@ -82,7 +80,7 @@ def run_prognosis(spec: PrognosisSpec, *, data_root: str, base_run: Path, out: P
         if not evaluation.is_file():
             try:
                 result = evaluate_survival(run, data_root, centres=list(centres), out_dir=run / "evaluation",
-                                           seed=seed, case_ids=held_out_ids, device="auto", cache_dir=cache)
+                                           seed=seed, case_ids=held_out_ids, device="auto")
                 result = {k: result[k] for k in ("c_index", "ci_low", "ci_high", "n_cases", "events", "km_plot")}
             except PemmaError as exc:  # e.g. no relapse among the held-out cases: the C-index is undefined
                 result = {"c_index": None, "ci_low": None, "ci_high": None, "n_cases": len(held_out_ids),
