@@ -7,7 +7,7 @@ For each preset x backbone, in one process, on the same backbone size, roi and b
    * ``early_fusion``: the 2-channel MONAI backbone with every parameter trained
      (:func:`pemma.training.segmentation.backbone_task` with ``modalities [ct, pet]``), as ``pemma train``
      does it.
-   * ``lora`` / ``dora``: the PEMMA model that ``pemma adapt`` trains (:func:`pemma.training.adaptation.
+   * ``lora`` / ``dora``: the PEMMA model that ``pemma adapt`` trains (:func:`pemma.methods.pemma.
      pemma_task` on a CT base built with :func:`pemma.models.registry.build_backbone`), default
      :class:`~pemma.adapters.config.AdapterConfig` apart from ``method``, called with **CT+PET** input on
      every step. (``pemma adapt`` draws the input set per step by modality dropout: CT+PET 75 %, PET-only
@@ -43,7 +43,7 @@ For each preset x backbone, in one process, on the same backbone size, roi and b
    * ``<method>_ct``: the adapted model (after the timed training steps, so adapters are non-zero) on CT only
      (this runs the base network with every adapter bypassed);
    * ``<method>_ctpet``: the adapted model on CT+PET, unmerged (peft LoRA/DoRA layers active);
-   * ``<method>_merged``: :func:`pemma.adapters.export.merge_adapters` of that model on CT+PET.
+   * ``<method>_merged``: :func:`pemma.adapters.merging.merge_adapters` of that model on CT+PET.
 
    *Definition of "the same architecture without adapters".* A merged PEMMA model *is* the PEMMA
    architecture with plain ``nn.Linear`` layers where the adapters were (``merge_and_unload`` folds B·A into
@@ -115,16 +115,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_backbones import MB, MemProbe, MemSample, PemmaTrainer, _cosine, _load, _sync  # noqa: E402
 from monai.losses import DiceCELoss  # noqa: E402
 
-from pemma.adapters.base import adapters_disabled  # noqa: E402
 from pemma.adapters.config import AdapterConfig  # noqa: E402
-from pemma.adapters.export import merge_adapters  # noqa: E402
-from pemma.config import BACKBONES, RunConfig, build_config, preset_dict  # noqa: E402
+from pemma.adapters.merging import merge_adapters  # noqa: E402
+from pemma.adapters.state import adapters_disabled  # noqa: E402
+from pemma.config import RunConfig, build_config, preset_dict  # noqa: E402
 from pemma.errors import PemmaError  # noqa: E402
 from pemma.inference.sliding import autocast, sliding_window_probs  # noqa: E402
-from pemma.models.loading import LoadedModel  # noqa: E402
-from pemma.models.registry import build_backbone, count_parameters  # noqa: E402
-from pemma.training.adaptation import pemma_task  # noqa: E402
+from pemma.methods.pemma import pemma_task  # noqa: E402
+from pemma.models.accounting import count_parameters
+from pemma.models.loaded import LoadedModel  # noqa: E402
+from pemma.models.registry import build_backbone  # noqa: E402
 from pemma.training.loop import TrainingTask  # noqa: E402
+from pemma.vocab import BACKBONES  # noqa: E402
 
 METHODS = ("lora", "dora")
 CTPET = ("ct", "pet")
@@ -364,7 +366,7 @@ def bench_one(preset: str, backbone: str, methods: Sequence[str], repeats: int, 
             (outs[f"{m}_ctpet"] - outs["base_ct"]).abs().max())
     del outs
     # what the CT-only path adds to the base's forward: toggling peft's flags on every adapter layer
-    # (pemma.adapters.base.adapters_disabled) and the input check; timed alone, free of the forward's noise
+    # (pemma.adapters.state.adapters_disabled) and the input check; timed alone, free of the forward's noise
     model = trainers_models[methods[0]]
     t0 = time.perf_counter()
     for _ in range(200):

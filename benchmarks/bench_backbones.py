@@ -69,12 +69,13 @@ from monai.losses import DiceCELoss
 from monai.networks.nets import UNETR, SwinUNETR
 from torch import nn
 
-from pemma.config import BACKBONES, RunConfig, build_config, preset_dict
+from pemma.config import RunConfig, build_config, preset_dict
 from pemma.errors import PemmaError
 from pemma.inference.sliding import autocast, sliding_window_probs
-from pemma.models.registry import count_parameters
+from pemma.models.accounting import count_parameters
 from pemma.training.loop import TrainingTask
 from pemma.training.segmentation import backbone_task
+from pemma.vocab import BACKBONES
 
 MB = 1024.0 * 1024.0
 IMPLS = ("plain", "pemma")

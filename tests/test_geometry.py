@@ -14,7 +14,7 @@ from pemma.config import build_config
 from pemma.data.layout import discover_cases
 from pemma.inference.predict import WindowSettings, predict_cases
 from pemma.io_utils import save_nifti
-from pemma.models.loading import LoadedModel
+from pemma.models.loaded import LoadedModel
 
 REAL_CT = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "lung1_ct.nii.gz"
 

@@ -18,18 +18,17 @@ from pemma.adapters import (
     CONFIG_NAME,
     WEIGHTS_NAME,
     AdapterConfig,
-    count_parameters,
     format_load_report,
     load_adapter,
     load_base_state,
     merge_adapters,
-    parameter_report,
     read_adapter_config,
     save_adapter,
-    sha256_file,
 )
 from pemma.adapters.config import NEW_PARTS
 from pemma.errors import PemmaError
+from pemma.io_utils import sha256_file
+from pemma.models.accounting import count_parameters, parameter_report
 from pemma.models.pemma_swin import PemmaSwinUNETR
 from pemma.models.pemma_unetr import PemmaUNETR
 

@@ -352,7 +352,7 @@ def _check_png(path: Path) -> None:
 
 
 def test_dsc_plot_is_a_png(tmp_path: Path) -> None:
-    from pemma.protocol.results import plot_dsc_across_phases  # re-exported lazily from figures
+    from pemma.protocol.figures import plot_dsc_across_phases
 
     _check_png(plot_dsc_across_phases(_rows(), tmp_path / "dsc.png"))
     _check_png(plot_dsc_across_phases(_rows(), tmp_path / "dsc_chum.png", centres=["CHUM"], variant="pet_only"))

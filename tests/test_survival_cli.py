@@ -19,7 +19,7 @@ from pemma.cli import survival as survival_cli
 from pemma.config import build_config
 from pemma.data.phantom import PhantomConfig, synthesize_phantom
 from pemma.io_utils import sha256_file
-from pemma.training.checkpoint import CONFIG_FILE
+from pemma.runs import CONFIG_FILE
 from pemma.training.segmentation import backbone_task
 
 TINY = ["--preset", "tiny", "--spacing", "4", "4", "4", "--roi", "32", "32", "32", "--batch-size", "2",

@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import FAST, run_main
 
-from pemma.models.loading import load_model
+from pemma.methods.loading import load_model
 
 TINY = [*FAST[:2], "--spacing", "4", "4", "4", "--batch-size", "1", "--max-steps", "2"]
 

@@ -14,11 +14,9 @@ from typing import Any
 
 import yaml
 
-from pemma import MODALITY_ORDER
 from pemma.errors import PemmaError
 from pemma.io_utils import write_text_atomic
-
-BACKBONES = ("unetr", "swin_unetr")
+from pemma.vocab import BACKBONES, parse_modalities
 
 
 def _triple(name: str, value: Any, positive: bool = True) -> list[float]:
@@ -28,17 +26,6 @@ def _triple(name: str, value: Any, positive: bool = True) -> list[float]:
     if positive and any(float(v) <= 0 for v in vals):
         raise ValueError(f"{name} must be positive, got {vals}")
     return vals
-
-
-def parse_modalities(value: str | list[str] | tuple[str, ...]) -> list[str]:
-    """Parse ``"ct,pet"`` (any order/case) into the fixed channel order ``["ct", "pet"]``."""
-    items = value.split(",") if isinstance(value, str) else list(value)
-    names = [m.strip().lower() for m in items if m.strip()]
-    names = ["pet" if m == "pt" else m for m in names]
-    unknown = sorted(set(names) - set(MODALITY_ORDER))
-    if unknown or not names:
-        raise ValueError(f"modalities must be a non-empty subset of {list(MODALITY_ORDER)}, got {items}")
-    return [m for m in MODALITY_ORDER if m in names]
 
 
 @dataclass

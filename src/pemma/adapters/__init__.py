@@ -1,6 +1,8 @@
-"""PEMMA adapters: configuration, PET-pathway blocks, adapter artifacts, merging and parameter accounting.
+"""PEMMA adapters (peft wiring): configuration, PET-pathway blocks, switching adapters, adapter artifacts and
+merging.
 
-The segmentation models live in :mod:`pemma.models.pemma_unetr` and :mod:`pemma.models.pemma_swin`.
+The PEMMA models themselves (and their base class) live in :mod:`pemma.models`; parameter accounting in
+:mod:`pemma.models.accounting`.
 """
 
 from __future__ import annotations
@@ -14,32 +16,22 @@ from pemma.adapters.artifacts import (
     read_adapter_config,
     save_adapter,
 )
-from pemma.adapters.base import PemmaAdaptedModel, adapters_disabled, unwrap_model
-from pemma.adapters.config import AdapterConfig, check_modalities
-from pemma.adapters.export import (
-    count_parameters,
-    early_fusion_parameter_count,
-    merge_adapters,
-    parameter_report,
-)
-from pemma.io_utils import sha256_file  # re-exported: adapter files record the base's SHA-256
+from pemma.adapters.config import AdapterConfig
+from pemma.adapters.merging import merge_adapters
+from pemma.adapters.state import AdaptedModel, adapter_active, adapters_disabled, unwrap_model
 
 __all__ = [
     "CONFIG_NAME",
     "WEIGHTS_NAME",
+    "AdaptedModel",
     "AdapterConfig",
-    "PemmaAdaptedModel",
+    "adapter_active",
     "adapters_disabled",
-    "check_modalities",
-    "count_parameters",
-    "early_fusion_parameter_count",
     "format_load_report",
     "load_adapter",
     "load_base_state",
     "merge_adapters",
-    "parameter_report",
     "read_adapter_config",
     "save_adapter",
-    "sha256_file",
     "unwrap_model",
 ]

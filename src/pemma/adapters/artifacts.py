@@ -16,8 +16,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from pemma.adapters.base import PemmaAdaptedModel, unwrap_model
 from pemma.adapters.config import AdapterConfig
+from pemma.adapters.state import AdaptedModel, unwrap_model
 from pemma.errors import PemmaError
 from pemma.io_utils import copy_tensors_into, load_tensors, save_tensors, write_text_atomic
 
@@ -34,7 +34,7 @@ def _check_sha(value: str, what: str) -> str:
     return value
 
 
-def save_adapter(model: PemmaAdaptedModel, out_dir: str | os.PathLike, base_sha256: str,
+def save_adapter(model: AdaptedModel, out_dir: str | os.PathLike, base_sha256: str,
                  extra_config: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """Write ``model``'s adapter state and config to ``out_dir`` (each file atomically; weights first).
 
@@ -50,7 +50,7 @@ def save_adapter(model: PemmaAdaptedModel, out_dir: str | os.PathLike, base_sha2
         size of the safetensors file and ``"parameters"`` the number of values in it.
     """
     model = unwrap_model(model)
-    if not isinstance(model, PemmaAdaptedModel) or model.merged:
+    if not isinstance(model, AdaptedModel) or model.merged:
         raise ValueError("save_adapter needs an unmerged PEMMA model")
     _check_sha(base_sha256, "base_sha256")
     extra = dict(extra_config or {})
@@ -101,7 +101,7 @@ def read_adapter_config(out_dir: str | os.PathLike) -> dict[str, Any]:
     return meta
 
 
-def load_adapter(model: PemmaAdaptedModel, out_dir: str | os.PathLike, base_sha256: str) -> dict[str, Any]:
+def load_adapter(model: AdaptedModel, out_dir: str | os.PathLike, base_sha256: str) -> dict[str, Any]:
     """Load an adapter saved by :func:`save_adapter` into ``model`` (built from the same base and config).
 
     Returns:
@@ -112,7 +112,7 @@ def load_adapter(model: PemmaAdaptedModel, out_dir: str | os.PathLike, base_sha2
             config or adapter name, or a file is missing, corrupt or does not fit the model.
     """
     model = unwrap_model(model)
-    if not isinstance(model, PemmaAdaptedModel) or model.merged:
+    if not isinstance(model, AdaptedModel) or model.merged:
         raise ValueError("load_adapter needs an unmerged PEMMA model")
     _check_sha(base_sha256, "base_sha256")
     out = Path(out_dir)
@@ -159,7 +159,7 @@ def load_base_state(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) ->
         ``{"loaded": [...], "new": [...], "skipped": [...]}``: keys loaded; model keys the checkpoint does
         not have (they keep their initialisation); checkpoint keys not used, with the reason.
     """
-    if isinstance(model, PemmaAdaptedModel):
+    if isinstance(model, AdaptedModel):
         raise ValueError("load the base state into the MONAI network before building the PEMMA model")
     state = _strip_prefix(state_dict)
     own = model.state_dict()

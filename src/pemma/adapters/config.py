@@ -11,10 +11,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from pemma import MODALITY_ORDER
-
-#: Backbone names, as in :mod:`pemma.models.registry`.
-BACKBONES: tuple[str, ...] = ("unetr", "swin_unetr")
+from pemma.vocab import BACKBONES, DROPOUT_INPUT_SETS
 
 #: Attention projections that receive adapters when ``target_modules`` is None (suffixes of module names
 #: inside the transformer: MONAI ``SABlock.qkv`` for UNETR, ``WindowAttention.qkv`` / ``.proj`` for Swin).
@@ -35,10 +32,6 @@ DEFAULT_TRAIN_PARTS: dict[str, tuple[str, ...]] = {
     "unetr": ("pet_embedding", "pet_skip", "encoder1", "encoder2", "out"),
     "swin_unetr": ("pet_embedding", "pet_skip", "fusion"),
 }
-
-#: The three input sets of modality dropout, in the order of ``AdapterConfig.modality_dropout``.
-MODALITY_SETS: tuple[tuple[str, ...], ...] = (("ct", "pet"), ("ct",), ("pet",))
-
 
 def _help(text: str) -> dict[str, str]:
     return {"help": text}
@@ -139,7 +132,7 @@ class AdapterConfig:
             trainable_only: drop the CT-only set and renormalise. CT-only input runs the frozen base model
                 (CT is not forgotten), so a CT-only batch has nothing to train. Default False.
         """
-        choices = [(m, p) for m, p in zip(MODALITY_SETS, self.modality_dropout, strict=True)
+        choices = [(m, p) for m, p in zip(DROPOUT_INPUT_SETS, self.modality_dropout, strict=True)
                    if p > 0 and not (trainable_only and m == ("ct",))]
         total = sum(p for _, p in choices)
         if total <= 0:
@@ -176,15 +169,3 @@ class AdapterConfig:
     def help(cls) -> dict[str, str]:
         """``{field: help text}`` for CLIs and docs."""
         return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}
-
-
-def check_modalities(modalities: Any) -> tuple[str, ...]:
-    """``modalities`` as a tuple, checked to be a non-empty subset of MODALITY_ORDER in that order."""
-    if isinstance(modalities, str) or not hasattr(modalities, "__iter__"):
-        raise ValueError(f"modalities must be a sequence of names such as ('ct', 'pet'), got {modalities!r}")
-    mods = tuple(modalities)
-    if not mods or any(m not in MODALITY_ORDER for m in mods) or len(set(mods)) != len(mods):
-        raise ValueError(f"modalities must be a non-empty subset of {MODALITY_ORDER}, got {mods!r}")
-    if list(mods) != sorted(mods, key=MODALITY_ORDER.index):
-        raise ValueError(f"modalities must follow the channel order {MODALITY_ORDER}, got {mods!r}")
-    return mods

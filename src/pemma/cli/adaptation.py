@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from pemma.cli.options import add_training_flags, run_config_from_args
+from pemma.vocab import PEMMA_METHODS, canonical_method, method_choices
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,10 +18,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="dataset folder or datalist")
     p.add_argument("--centres", help="comma-separated centres (default: all)")
     p.add_argument("--add-modality", default="pet", choices=["pet"], help="modality to add (default pet)")
-    p.add_argument("--method", default="lora", choices=["lora", "dora", "early-fusion", "full", "late-fusion"],
-                   help="lora | dora (PEMMA, default lora); baselines: early-fusion (2 channels from the CT "
-                        "model, all trained), full (PEMMA pathway, all parameters trained), late-fusion (a PET "
-                        "model, logits weighted with the CT model's)")
+    p.add_argument("--method", default="lora", choices=method_choices(), metavar="METHOD",
+                   help="pemma_lora (alias lora, the default) | pemma_dora (dora): PEMMA; baselines: early_fusion "
+                        "(2 channels from the CT model, all trained), full_finetune (full: PEMMA pathway, all "
+                        "parameters trained), late_fusion (a PET model, logits weighted with the CT model's)")
     p.add_argument("--rank", type=int, default=4, help="adapter rank r (default 4)")
     p.add_argument("--alpha", type=float, default=8.0, help="adapter scaling alpha (default 8)")
     p.add_argument("--adapter-dropout", type=float, default=0.0, help="dropout on the adapter input")
@@ -58,25 +59,22 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_adapt(args: argparse.Namespace) -> int:
     from pemma.adapters.config import AdapterConfig
     from pemma.errors import PemmaError
-    from pemma.training.adaptation import adapt
-    from pemma.training.baselines import BASELINES, train_baseline
+    from pemma.methods.adaptation import adapt
 
     def split(value: str | None) -> tuple[str, ...] | None:
         return None if value is None else tuple(x.strip() for x in value.split(",") if x.strip())
 
     try:
-        method = args.method if args.method in ("lora", "dora") else "lora"  # the baseline "full" uses LoRA
-        adapter_cfg = AdapterConfig(method=method, rank=args.rank, alpha=args.alpha,
+        # the PEMMA methods set the adapter type; full fine-tuning builds the PEMMA pathway with LoRA
+        adapter_type = PEMMA_METHODS.get(canonical_method(args.method), "lora")
+        adapter_cfg = AdapterConfig(method=adapter_type, rank=args.rank, alpha=args.alpha,
                                     dropout=args.adapter_dropout, target_modules=split(args.target_modules),
                                     train_parts=split(args.train_parts),
                                     modality_dropout=tuple(args.modality_dropout))
     except ValueError as exc:
         raise PemmaError(f"invalid adapter settings: {exc}") from None
     cfg = run_config_from_args(args)
-    if args.method in BASELINES:
-        summary = train_baseline(args.method, args.base, cfg, args.out, adapter_cfg, resume=args.resume)
-    else:
-        summary = adapt(args.base, cfg, adapter_cfg, args.out, resume=args.resume)
+    summary = adapt(args.base, cfg, args.out, method=args.method, adapter_cfg=adapter_cfg, resume=args.resume)
     extra = f", CT logit weight {summary['weight']}" if "weight" in summary else ""
     print(f"{args.out}: {summary['steps']} steps, best validation mean DSCagg (CT+PET) {summary['best_dsc']:.4f}"
           f"{extra}")
@@ -84,8 +82,8 @@ def cmd_adapt(args: argparse.Namespace) -> int:
 
 
 def cmd_update(args: argparse.Namespace) -> int:
-    from pemma.config import parse_modalities
-    from pemma.training.update import update
+    from pemma.methods.update import update
+    from pemma.vocab import parse_modalities
 
     cfg = run_config_from_args(args)
     summary = update(args.model, cfg, parse_modalities(args.modalities), args.out, resume=args.resume)
@@ -95,7 +93,7 @@ def cmd_update(args: argparse.Namespace) -> int:
 
 
 def cmd_params(args: argparse.Namespace) -> int:
-    from pemma.adapters.reporting import parameter_summary
+    from pemma.methods.reporting import parameter_summary
 
     summary = parameter_summary(Path(args.model))
     if args.json:
@@ -107,8 +105,8 @@ def cmd_params(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from pemma.adapters.reporting import export_merged
     from pemma.errors import PemmaError
+    from pemma.methods.reporting import export_merged
 
     if not args.merge:
         raise PemmaError("export needs --merge (an unmerged adapted model is its run folder)")

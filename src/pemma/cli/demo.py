@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from pemma.vocab import BACKBONES
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="default phantom + the demo protocol (pretrain, adapt, PET update, prognosis)",
@@ -14,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="split and training seed (default 0); repeat for several seeds and a summary (seeds.md)")
     p.add_argument("--strategy", default="demo", help="strategy file or shipped name (default: demo)")
     p.add_argument("--preset", help="override the strategy's preset (tiny)")
-    p.add_argument("--backbone", choices=["unetr", "swin_unetr"], help="override the strategy's backbone (unetr)")
+    p.add_argument("--backbone", choices=BACKBONES, help="override the strategy's backbone (unetr)")
     p.add_argument("--max-steps", type=int, help="bound the training steps of every phase (quick trials)")
     p.set_defaults(func=cmd_demo)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from pemma.vocab import BACKBONES
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("reproduce", help="run a strategy (pretrain -> adapt -> updates) for every method",
@@ -15,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="strategy YAML (e.g. strategies/hecktor2022.yaml) or a shipped name: hecktor2022, demo")
     p.add_argument("--data", required=True, help="HECKTOR folder, nnU-Net raw folder or datalist")
     p.add_argument("--out", required=True, help="results folder")
-    p.add_argument("--backbone", action="append", choices=["unetr", "swin_unetr"],
+    p.add_argument("--backbone", action="append", choices=BACKBONES,
                    help="override the strategy's backbones (repeatable)")
     p.add_argument("--preset", help="override the strategy's preset")
     p.add_argument("--max-steps", type=int, help="bound every phase's training steps (quick trials)")

@@ -6,8 +6,8 @@ import argparse
 from pathlib import Path
 
 from pemma.cli.options import add_training_flags, add_window_flags, parse_centres, run_config_from_args
-from pemma.config import parse_modalities
 from pemma.errors import PemmaError
+from pemma.vocab import BACKBONES, parse_modalities
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="HECKTOR folder, nnU-Net raw folder or datalist JSON")
     p.add_argument("--centres", help="comma-separated centres (default: all)")
     p.add_argument("--modalities", default="ct", help="ct, pet or ct,pet (early fusion); default ct")
-    p.add_argument("--backbone", choices=["unetr", "swin_unetr"], default=None, help="default unetr")
+    p.add_argument("--backbone", choices=BACKBONES, default=None, help="default unetr")
     p.add_argument("--out", required=True, help="run folder")
     add_training_flags(p)
     p.set_defaults(func=cmd_train)
@@ -87,8 +87,8 @@ def _window(args: argparse.Namespace):
 
 
 def _model_and_inputs(args: argparse.Namespace, source: str):
-    from pemma.models.loading import load_model
-    from pemma.training.distributed import resolve_device
+    from pemma.methods.loading import load_model
+    from pemma.runtime import resolve_device
 
     device = resolve_device(args.device or "auto")
     model = load_model(args.model, device, base_run=args.base)

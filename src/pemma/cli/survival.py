@@ -15,7 +15,7 @@ import argparse
 
 from pemma.cli.options import add_device_flags, add_training_flags, parse_centres, run_config_from_args
 from pemma.errors import PemmaError
-from pemma.training.logs import run_logger
+from pemma.runtime import run_logger
 
 
 def _fmt(value: float | None) -> str:
@@ -126,7 +126,7 @@ def _print_summary(out: str, summary: dict) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from pemma.models.loading import load_model
+    from pemma.methods.loading import load_model
     from pemma.survival.training import train_survival
 
     _reject_resume(args)
@@ -141,10 +141,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_adapt(args: argparse.Namespace) -> int:
     from pemma.config import RunConfig
+    from pemma.runs import CONFIG_FILE
     from pemma.survival.clinical import ClinicalConfig
     from pemma.survival.runs import read_meta
     from pemma.survival.training import adapt_survival
-    from pemma.training.checkpoint import CONFIG_FILE
 
     _reject_resume(args)
     if not args.encoder_lr_scale > 0:

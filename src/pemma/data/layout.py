@@ -9,10 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pemma import MODALITY_ORDER
 from pemma.errors import PemmaError
+from pemma.vocab import HECKTOR_CENTRES, MODALITY_ORDER
 
-HECKTOR_CENTRES = ("CHUM", "CHUP", "CHUS", "CHUV", "MDA", "HGJ", "HMR", "CHB", "USZ")
 _HECKTOR_SUFFIX = {"ct": "__CT", "pet": "__PT"}
 _NIFTI = (".nii.gz", ".nii")
 

@@ -32,6 +32,7 @@ from monai.transforms import (
 from pemma.config import PreprocessConfig
 from pemma.errors import PemmaError
 from pemma.io_utils import load_nifti
+from pemma.vocab import LABEL_VALUES
 
 _WHAT = {"ct": "CT", "pet": "PET", "label": "label"}
 
@@ -56,7 +57,7 @@ class LoadCased(MapTransform):
             array = array.reshape(array.shape[:3])
             if key == "label":
                 values = np.unique(array)
-                bad = [v for v in values.tolist() if v not in (0, 1, 2)]
+                bad = [v for v in values.tolist() if v not in LABEL_VALUES]
                 if bad:
                     raise PemmaError(f"{path}: label of case {case} has values {bad[:5]} outside {{0, 1, 2}}")
             meta = {"filename_or_obj": str(path), "original_affine": img.affine.copy(),

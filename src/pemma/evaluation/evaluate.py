@@ -21,7 +21,8 @@ from pemma.errors import PemmaError
 from pemma.evaluation.metrics import AggregatedDice, case_metrics, summarize
 from pemma.inference.predict import WindowSettings, predict_case
 from pemma.io_utils import load_nifti, save_nifti, write_text_atomic
-from pemma.models.loading import LoadedModel
+from pemma.models.loaded import LoadedModel
+from pemma.vocab import LABEL_VALUES
 
 
 def label_on_grid(case: CaseRecord, ref: nib.Nifti1Image) -> np.ndarray:
@@ -29,7 +30,7 @@ def label_on_grid(case: CaseRecord, ref: nib.Nifti1Image) -> np.ndarray:
     img = load_nifti(case.label, what=f"label of case {case.case_id}")
     data = np.asanyarray(img.dataobj)
     values = np.unique(data)
-    bad = [v for v in values.tolist() if v not in (0, 1, 2)]
+    bad = [v for v in values.tolist() if v not in LABEL_VALUES]
     if bad:
         raise PemmaError(f"{case.label}: label of case {case.case_id} has values {bad[:5]} outside {{0, 1, 2}}")
     if img.shape[:3] != ref.shape[:3] or not np.allclose(img.affine, ref.affine, atol=1e-3):

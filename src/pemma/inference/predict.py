@@ -18,7 +18,7 @@ from pemma.data.layout import CaseRecord
 from pemma.data.transforms import preprocessing
 from pemma.inference.sliding import sliding_window_probs
 from pemma.io_utils import load_nifti, save_nifti
-from pemma.models.loading import LoadedModel
+from pemma.models.loaded import LoadedModel
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -24,6 +25,9 @@ class LateFusion(nn.Module):
         >>> model = LateFusion(ct_unetr, pet_unetr, weight=0.4)
         >>> logits = model(torch.rand(1, 2, 96, 96, 96), ("ct", "pet"))
     """
+
+    #: called as ``model(x, modalities)`` (see :func:`pemma.models.loaded.run_network`)
+    accepts_modalities: ClassVar[bool] = True
 
     def __init__(self, ct_net: nn.Module, pet_net: nn.Module, weight: float = 0.5) -> None:
         super().__init__()

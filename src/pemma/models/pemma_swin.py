@@ -7,9 +7,9 @@ import copy
 import torch
 from monai.networks.nets import SwinUNETR
 
-from pemma.adapters.base import PemmaAdaptedModel, first_conv
 from pemma.adapters.blocks import EmbeddingFusion, PetSkipBlock
 from pemma.adapters.config import AdapterConfig
+from pemma.models.pemma_base import PemmaAdaptedModel, first_conv
 
 __all__ = ["PemmaSwinUNETR"]
 

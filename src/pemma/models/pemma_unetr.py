@@ -9,9 +9,9 @@ from monai.networks.nets import UNETR
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from pemma.adapters.base import PemmaAdaptedModel, first_conv
 from pemma.adapters.blocks import PetSkipBlock
 from pemma.adapters.config import AdapterConfig
+from pemma.models.pemma_base import PemmaAdaptedModel, first_conv
 
 __all__ = ["PemmaUNETR"]
 

@@ -26,6 +26,8 @@ def _swin_unetr(in_channels: int, out_channels: int, roi_size: list[int], **kwar
     return SwinUNETR(in_channels=in_channels, out_channels=out_channels, **kwargs)
 
 
+#: The MONAI class of each backbone name of :data:`pemma.vocab.BACKBONES`.
+BACKBONE_NETS: dict[str, type[nn.Module]] = {"unetr": UNETR, "swin_unetr": SwinUNETR}
 BACKBONE_BUILDERS: dict[str, Callable[..., nn.Module]] = {"unetr": _unetr, "swin_unetr": _swin_unetr}
 
 
@@ -56,9 +58,3 @@ def build_backbone(cfg: ModelConfig, in_channels: int) -> nn.Module:
     if cfg.gradient_checkpointing and cfg.backbone == "unetr":
         _checkpoint_blocks(net.vit.blocks)
     return net
-
-
-def count_parameters(model: nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameter counts (shared parameters counted once)."""
-    params = list(model.parameters())
-    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)

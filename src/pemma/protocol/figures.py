@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from pemma.io_utils import atomic_path
-from pemma.protocol.phases import EVAL_INPUTS
 from pemma.protocol.results import DSC_KEYS, summarise
+from pemma.vocab import EVAL_INPUTS
 
 #: label value -> (name, RGBA) drawn over CT
 LABEL_COLOURS: dict[int, tuple[str, tuple[float, float, float, float]]] = {

@@ -27,9 +27,11 @@ from typing import Any
 
 from pemma.protocol.phases import Phase
 from pemma.protocol.results import forgetting_table, mean_forgetting, normalise_rows, summarise
+from pemma.vocab import BASELINE_METHODS
+from pemma.vocab import PEMMA_METHODS as PEMMA_METHOD_TYPES
 
-PEMMA_METHODS: tuple[str, ...] = ("pemma_lora", "pemma_dora")
-FUSION_BASELINES: tuple[str, ...] = ("early_fusion", "late_fusion", "full_finetune")
+PEMMA_METHODS: tuple[str, ...] = tuple(PEMMA_METHOD_TYPES)
+FUSION_BASELINES: tuple[str, ...] = BASELINE_METHODS
 FORGETTING_BASELINES: tuple[str, ...] = ("early_fusion", "full_finetune")
 
 

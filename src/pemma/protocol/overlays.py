@@ -20,7 +20,7 @@ from pemma.data.layout import CaseRecord
 from pemma.evaluation.evaluate import label_on_grid
 from pemma.inference.predict import predict_case
 from pemma.io_utils import load_nifti
-from pemma.models.loading import load_model
+from pemma.methods.loading import load_model
 from pemma.protocol.figures import plot_overlays
 
 

@@ -13,18 +13,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pemma import MODALITY_ORDER
 from pemma.errors import PemmaError
+from pemma.vocab import MODALITY_ORDER, PEMMA_METHODS, canonical_method
 
-#: Centres of HECKTOR 2022 (training: CHUM, CHUP, CHUS, CHUV, MDA, HGJ, HMR; test: CHB, USZ).
-HECKTOR_CENTRES: tuple[str, ...] = ("CHUM", "CHUP", "CHUS", "CHUV", "MDA", "HGJ", "HMR", "CHB", "USZ")
 OPERATIONS: tuple[str, ...] = ("pretrain", "adapt", "update")
-METHODS: tuple[str, ...] = ("pemma_lora", "pemma_dora", "early_fusion", "late_fusion", "full_finetune")
-#: ``pemma adapt --method`` value of each strategy method.
-ADAPT_METHOD_FLAG: dict[str, str] = {"pemma_lora": "lora", "pemma_dora": "dora", "early_fusion": "early-fusion",
-                                     "late_fusion": "late-fusion", "full_finetune": "full"}
-#: Input sets every centre seen so far is evaluated with after each phase.
-EVAL_INPUTS: tuple[str, ...] = ("ct", "pet", "ct+pet")
 DEFAULT_VARIANT = "default"
 
 TOP_KEYS = ("name", "backbones", "preset", "max_steps", "split", "methods", "phases", "variants", "prognosis")
@@ -34,7 +26,8 @@ OPTIONAL_PHASE_KEYS = ("epochs",)
 OVERRIDE_KEYS = ("centres", "modalities")
 SPLIT_KEYS = ("val_fraction", "test_fraction", "seed")
 PROGNOSIS_KEYS = ("centres", "methods", "head", "epochs", "l2", "adapters_from_segmentation", "train_adapters")
-PROGNOSIS_METHODS: tuple[str, ...] = ("lora", "dora")
+#: prognosis stages name the adapter type (``lora``, ``dora``); ``pemma_lora`` / ``pemma_dora`` are accepted
+PROGNOSIS_METHODS: tuple[str, ...] = tuple(PEMMA_METHODS.values())
 PROGNOSIS_HEADS: tuple[str, ...] = ("mtlr", "cox")
 
 
@@ -194,8 +187,9 @@ class PrognosisSpec:
         centres = () if not self.centres else tuple(name_list(self.centres, f"{where}: centres"))
         methods = tuple(dict.fromkeys(m.lower() for m in name_list(self.methods, f"{where}: methods")))
         for method in methods:
-            if method not in PROGNOSIS_METHODS:
+            if method not in PROGNOSIS_METHODS and method not in PEMMA_METHODS:
                 raise StrategyError(f"{where}: unknown method {method!r} (known: {', '.join(PROGNOSIS_METHODS)})")
+        methods = tuple(dict.fromkeys(PEMMA_METHODS[canonical_method(m)] for m in methods))
         if self.head not in PROGNOSIS_HEADS:
             raise StrategyError(f"{where}: unknown head {self.head!r} (known: {', '.join(PROGNOSIS_HEADS)})")
         if self.epochs is not None and (isinstance(self.epochs, bool) or not isinstance(self.epochs, int)

@@ -29,7 +29,7 @@ from typing import Any
 
 from pemma.errors import PemmaError
 from pemma.io_utils import write_text_atomic
-from pemma.protocol.phases import EVAL_INPUTS, METHODS
+from pemma.vocab import EVAL_INPUTS, METHODS
 
 COLUMNS: tuple[str, ...] = ("backbone", "method", "variant", "phase", "phase_index", "eval_centre", "inputs",
                             "DSCagg_GTVp", "DSCagg_GTVn", "DSCagg_mean", "trainable_params", "percent_of_early_fusion")
@@ -316,12 +316,3 @@ def markdown_report(rows: Iterable[Mapping[str, Any]], *, title: str = "PEMMA pr
         for caption, path in figures.items():
             lines += [f"![{caption}]({path})", "", f"*{caption}* ([{path}]({path}))", ""]
     return "\n".join(lines).rstrip() + "\n"
-
-
-def __getattr__(name: str) -> Any:
-    """``plot_dsc_across_phases`` and ``plot_overlays`` from :mod:`pemma.protocol.figures`, imported lazily."""
-    if name in ("plot_dsc_across_phases", "plot_overlays"):
-        from pemma.protocol import figures
-
-        return getattr(figures, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -17,20 +17,17 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from pemma.adapters.config import AdapterConfig
-from pemma.adapters.reporting import parameter_summary
 from pemma.config import build_config
 from pemma.data.layout import CaseRecord, discover_cases
 from pemma.errors import PemmaError
 from pemma.evaluation.evaluate import evaluate_model
 from pemma.io_utils import write_text_atomic
-from pemma.models.loading import load_model
-from pemma.protocol.phases import ADAPT_METHOD_FLAG
+from pemma.methods import adapt, load_model, parameter_summary, update
 from pemma.protocol.results import markdown_report, write_results
 from pemma.protocol.split import split_case_ids
 from pemma.protocol.strategy import PlannedPhase, Strategy, load_strategy
-
-EVAL_INPUTS = (("ct",), ("pet",), ("ct", "pet"))
+from pemma.training.segmentation import train
+from pemma.vocab import EVAL_INPUT_SETS, METHODS, canonical_method, method_choices
 
 
 @dataclasses.dataclass
@@ -52,11 +49,6 @@ def _run_dir(out: Path, backbone: str, method: str, planned: PlannedPhase | None
 
 def _train_phase(strategy: Strategy, data: ProtocolData, backbone: str, method: str, planned: PlannedPhase,
                  run: Path, parent: Path | None, progress: bool) -> None:
-    from pemma.training.adaptation import adapt
-    from pemma.training.baselines import train_baseline
-    from pemma.training.segmentation import train
-    from pemma.training.update import update
-
     phase = planned.phase
     cfg = build_config(strategy.preset, overrides={
         "data": {"root": data.root, "centres": list(phase.centres), "modalities": list(phase.modalities)},
@@ -67,11 +59,7 @@ def _train_phase(strategy: Strategy, data: ProtocolData, backbone: str, method: 
     if phase.operation == "pretrain":
         train(cfg, run, resume=resume, progress=progress, split=split)
     elif phase.operation == "adapt":
-        flag = ADAPT_METHOD_FLAG[method]
-        if flag in ("lora", "dora"):
-            adapt(parent, cfg, AdapterConfig(method=flag), run, resume=resume, progress=progress, split=split)
-        else:
-            train_baseline(flag, parent, cfg, run, resume=resume, progress=progress, split=split)
+        adapt(parent, cfg, run, method=method, resume=resume, progress=progress, split=split)
     else:
         update(parent, cfg, list(phase.modalities), run, resume=resume, progress=progress, split=split)
     write_text_atomic(run / "phase.json", json.dumps({"phase": phase.name, "method": method,
@@ -83,7 +71,7 @@ def _evaluate_run(run: Path, data: ProtocolData, centres: tuple[str, ...], devic
     """``{"centre|inputs": DSCagg dict}`` for every centre and accepted input set (cached in the run)."""
     cache_path = run / "evaluation.json"
     cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
-    missing = [(c, m) for c in centres for m in EVAL_INPUTS if f"{c}|{'+'.join(m)}" not in cache]
+    missing = [(c, m) for c in centres for m in EVAL_INPUT_SETS if f"{c}|{'+'.join(m)}" not in cache]
     if missing:
         model = load_model(run, device)
         if "params" not in cache:
@@ -105,7 +93,7 @@ def _rows(cache: dict[str, Any], backbone: str, method: str, planned: PlannedPha
     percent = params.get("percent_of_early_fusion")
     rows = []
     for centre in planned.eval_centres:
-        for modalities in EVAL_INPUTS:
+        for modalities in EVAL_INPUT_SETS:
             scores = cache.get(f"{centre}|{'+'.join(modalities)}")
             if scores is None:
                 continue
@@ -137,10 +125,10 @@ def reproduce(strategy_path: str | Path, data_root: str | Path, out_dir: str | P
     strategy = load_strategy(strategy_path, dataset_centres=by_centre).with_overrides(
         backbones=backbones, preset=preset, max_steps=max_steps, variants=variants, seed=seed)
     if methods:
-        unknown = sorted(set(methods) - set(ADAPT_METHOD_FLAG))
+        unknown = sorted(m for m in methods if m not in method_choices())
         if unknown:
-            raise PemmaError(f"unknown method(s) {unknown}; known: {', '.join(ADAPT_METHOD_FLAG)}")
-        strategy = dataclasses.replace(strategy, methods=tuple(methods))
+            raise PemmaError(f"unknown method(s) {unknown}; known: {', '.join(METHODS)}")
+        strategy = dataclasses.replace(strategy, methods=tuple(dict.fromkeys(canonical_method(m) for m in methods)))
     used = sorted({c for p in strategy.plan() for c in p.phase.centres} | set(strategy.prognosis_centres))
     split = split_case_ids({c: by_centre[c] for c in used}, strategy.split)
     data = ProtocolData(str(data_root), {c.case_id: c for c in all_cases}, split)

@@ -50,13 +50,8 @@ from typing import Any
 
 import yaml
 
-from pemma.config import BACKBONES
 from pemma.protocol.phases import (
-    ADAPT_METHOD_FLAG,
     DEFAULT_VARIANT,
-    EVAL_INPUTS,
-    HECKTOR_CENTRES,
-    METHODS,
     OPERATIONS,
     OPTIONAL_PHASE_KEYS,
     OVERRIDE_KEYS,
@@ -74,8 +69,9 @@ from pemma.protocol.phases import (
     name_list,
 )
 from pemma.protocol.split import split_case_ids
+from pemma.vocab import BACKBONES, EVAL_INPUTS, HECKTOR_CENTRES, METHODS, canonical_method, method_choices
 
-__all__ = ["ADAPT_METHOD_FLAG", "DEFAULT_VARIANT", "EVAL_INPUTS", "HECKTOR_CENTRES", "METHODS", "OPERATIONS", "Phase",
+__all__ = ["DEFAULT_VARIANT", "EVAL_INPUTS", "HECKTOR_CENTRES", "METHODS", "OPERATIONS", "Phase",
            "PlannedPhase", "SplitSpec", "Strategy", "StrategyError", "load_strategy", "parse_strategy",
            "shipped_strategies", "split_case_ids"]
 
@@ -143,7 +139,7 @@ class Strategy:
             if b not in BACKBONES:
                 raise StrategyError(f"unknown backbone {b!r} (known: {', '.join(BACKBONES)})")
         for m in name_list(self.methods, "methods"):
-            if m not in METHODS:
+            if m not in method_choices():
                 raise StrategyError(f"unknown method {m!r} (known: {', '.join(METHODS)})")
         if self.preset not in _available_presets():
             raise StrategyError(f"unknown preset {self.preset!r} (known: {', '.join(_available_presets())})")
@@ -154,7 +150,8 @@ class Strategy:
             raise StrategyError("phases must list at least one phase")
         dataset, known = self._known()
         object.__setattr__(self, "backbones", tuple(dict.fromkeys(name_list(self.backbones, "backbones"))))
-        object.__setattr__(self, "methods", tuple(dict.fromkeys(name_list(self.methods, "methods"))))
+        methods = (canonical_method(m) for m in name_list(self.methods, "methods"))
+        object.__setattr__(self, "methods", tuple(dict.fromkeys(methods)))
         object.__setattr__(self, "phases", check_centres(tuple(self.phases), known, dataset, ""))
         check_order(self.phases, "")
         if not isinstance(self.variants, Mapping):

@@ -25,11 +25,11 @@ import torch
 from pemma.data.layout import CaseRecord, discover_cases, select_cases
 from pemma.errors import PemmaError
 from pemma.io_utils import write_text_atomic
+from pemma.runtime import resolve_device
 from pemma.survival.data import CaseImages, Tables, encode_clinical, outcome_tensors
 from pemma.survival.endpoints import match_endpoints
 from pemma.survival.metrics import bootstrap_c_index, plot_risk_groups
 from pemma.survival.runs import PrognosisRun, load_run
-from pemma.training.distributed import resolve_device
 
 log = logging.getLogger("pemma.run")
 

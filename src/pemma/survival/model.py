@@ -38,8 +38,8 @@ import torch
 from monai.networks.nets import UNETR, SwinUNETR
 from torch import nn
 
-from pemma.adapters.base import PemmaAdaptedModel
 from pemma.io_utils import copy_tensors_into
+from pemma.models.pemma_base import PemmaAdaptedModel
 
 #: input patch edge of a UNETR token and of a Swin UNETR deepest-stage voxel
 UNETR_PATCH, SWIN_STRIDE = 16, 32

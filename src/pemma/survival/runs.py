@@ -15,7 +15,6 @@ The base segmentation run is never written; a prognosis run refuses a base whose
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,16 +24,19 @@ import torch
 from pemma.adapters.config import AdapterConfig
 from pemma.config import RunConfig
 from pemma.errors import PemmaError
-from pemma.io_utils import load_tensors, save_tensors, sha256_file, write_text_atomic
-from pemma.models.loading import LoadedModel, build_pemma, load_model
+from pemma.io_utils import load_tensors, save_tensors
+from pemma.methods.loading import load_model
+from pemma.models.loaded import LoadedModel, build_pemma
+from pemma.runs import CONFIG_FILE, SURVIVAL_META, check_base, stamp, write_meta
+from pemma.runs import read_meta as read_run_meta
 from pemma.survival.clinical import ClinicalEncoder
 from pemma.survival.heads import TimeBins, build_head
 from pemma.survival.model import PrognosisModel, feature_dim
-from pemma.training.checkpoint import CONFIG_FILE, MODEL_FILE
+from pemma.vocab import KIND_BACKBONE, KIND_SURVIVAL
 
 FORMAT = "pemma-survival"
 FORMAT_VERSION = 1
-META_FILE = "survival.json"
+META_FILE = SURVIVAL_META
 WEIGHTS_FILE = "survival.safetensors"
 #: parts of the PEMMA model on the prognosis feature path that train when PET is added (besides adapters)
 PET_PATHWAY: dict[str, tuple[str, ...]] = {"unetr": ("pet_embedding",), "swin_unetr": ("pet_embedding", "fusion")}
@@ -48,13 +50,12 @@ def stage_name(modalities: tuple[str, ...] | list[str], ehr: bool) -> str:
 def load_base(base_run: str | Path, expected_sha256: str | None = None, source: str = "") -> LoadedModel:
     """The segmentation base run (a plain backbone run), checked against ``expected_sha256`` if given."""
     base_run = Path(base_run)
+    if expected_sha256 is not None:
+        check_base(source or base_run, {"base_sha256": expected_sha256}, base_run)
     base = load_model(base_run)
-    if base.kind != "backbone":
+    if base.kind != KIND_BACKBONE:
         raise PemmaError(f"{base_run}: the base of a prognosis model must be a plain segmentation run of "
                          f"`pemma train` (got a {base.kind} run)")
-    if expected_sha256 is not None and sha256_file(base_run / MODEL_FILE) != expected_sha256:
-        raise PemmaError(f"{source or base_run}: was trained on base weights {expected_sha256[:12]} but "
-                         f"{base_run} now holds {str(base.meta.get('sha256', '?'))[:12]}")
     return base
 
 
@@ -120,9 +121,9 @@ def save_run(model: PrognosisModel, cfg: RunConfig, out_dir: str | Path, meta: d
     cfg.save(out / CONFIG_FILE)
     state = model.saved_state()
     weights_sha256 = save_tensors(state, out / WEIGHTS_FILE, metadata={"format": "pt", "pemma": FORMAT})
-    info = {"format": FORMAT, "version": FORMAT_VERSION, **meta, "weights_file": WEIGHTS_FILE,
+    info = {"format": FORMAT, "version": FORMAT_VERSION, **stamp(meta, KIND_SURVIVAL), "weights_file": WEIGHTS_FILE,
             "weights_sha256": weights_sha256, "tensors": len(state)}
-    write_text_atomic(out / META_FILE, json.dumps(info, indent=2, default=str) + "\n")
+    write_meta(out, info, META_FILE)
     return info
 
 
@@ -133,11 +134,8 @@ def read_meta(run_dir: str | Path) -> dict[str, Any]:
         raise PemmaError(f"{run_dir}: prognosis model folder not found")
     if not path.is_file():
         raise PemmaError(f"{path}: not found (is {run_dir} a run of `pemma survival train|adapt`?)")
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise PemmaError(f"{path}: corrupt prognosis metadata ({str(exc).splitlines()[0]})") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+    meta = read_run_meta(run_dir, META_FILE)
+    if meta.get("format") != FORMAT:
         raise PemmaError(f"{path}: not a pemma prognosis model")
     if meta.get("version") != FORMAT_VERSION:
         raise PemmaError(f"{path}: prognosis format version {meta.get('version')} is not supported")

@@ -38,6 +38,8 @@ from pemma.config import RunConfig
 from pemma.data.transforms import describe
 from pemma.errors import PemmaError
 from pemma.io_utils import sha256_file, write_text_atomic
+from pemma.runs import MODEL_FILE
+from pemma.runtime import resolve_device, run_logger
 from pemma.survival.clinical import ClinicalConfig, ClinicalEncoder
 from pemma.survival.data import CaseImages, Split, Tables, clinical_rows, prepare_splits, split_for_stage
 from pemma.survival.heads import HEADS, TimeBins
@@ -52,9 +54,6 @@ from pemma.survival.runs import (
     save_run,
     stage_name,
 )
-from pemma.training.checkpoint import MODEL_FILE
-from pemma.training.distributed import resolve_device
-from pemma.training.logs import run_logger
 
 #: learning-rate factor of trainable encoder parts (adapters, PET pathway) relative to the head's
 ENCODER_LR_SCALE = 0.1

@@ -25,9 +25,8 @@ from pemma.data.transforms import describe, preprocessing, training_augmentation
 from pemma.errors import PemmaError
 from pemma.evaluation.metrics import AggregatedDice
 from pemma.inference.sliding import autocast, sliding_window_probs
-from pemma.training.checkpoint import CONFIG_FILE, load_state, save_state
-from pemma.training.distributed import DistInfo, barrier, cleanup, init_distributed, resolve_device
-from pemma.training.logs import MetricsCSV, run_logger
+from pemma.runs import CONFIG_FILE, load_state, save_state
+from pemma.runtime import DistInfo, MetricsCSV, barrier, cleanup, init_distributed, resolve_device, run_logger
 
 ForwardFn = Callable[[nn.Module, torch.Tensor, int], torch.Tensor]
 

@@ -10,8 +10,9 @@ from torch import nn
 
 from pemma.config import RunConfig
 from pemma.data.layout import CaseSplit, discover_cases, select_cases, split_cases
-from pemma.models.registry import build_backbone, count_parameters
-from pemma.training.checkpoint import save_weights
+from pemma.models.accounting import count_parameters
+from pemma.models.registry import build_backbone
+from pemma.runs import save_weights
 from pemma.training.loop import TrainingTask, train_task
 
 

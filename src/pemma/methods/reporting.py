@@ -1,4 +1,4 @@
-"""What ``pemma params`` and ``pemma export`` report about a run folder."""
+"""What ``pemma params`` and ``pemma export`` report about a run folder (any registered kind)."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from pemma.adapters.export import early_fusion_parameter_count, merge_adapters, parameter_report
+from pemma.adapters.merging import merge_adapters
 from pemma.errors import PemmaError
 from pemma.io_utils import atomic_path
-from pemma.models.loading import base_constructor_kwargs, load_model
-from pemma.models.registry import count_parameters
+from pemma.methods.loading import load_model
+from pemma.methods.registry import get_kind
+from pemma.vocab import ALL_INPUT_SETS, KIND_PEMMA
 
 
 def parameter_summary(run_dir: Path) -> dict[str, Any]:
@@ -21,21 +22,9 @@ def parameter_summary(run_dir: Path) -> dict[str, Any]:
     cfg = loaded.config
     out: dict[str, Any] = {"run": str(run_dir), "kind": loaded.kind, "backbone": cfg.model.backbone,
                            "preset": cfg.preset}
-    if loaded.kind == "pemma":
-        report = parameter_report(loaded.net, base_constructor_kwargs(cfg))
-        out.update({"method": loaded.meta.get("method"), "trainable": int(report["trainable"]),
-                    "total": int(report["total"]), "early_fusion": int(report["early_fusion"]),
-                    "percent_of_early_fusion": f"{report['percent_of_early_fusion']:.3f}%",
-                    "adapter_bytes": int(loaded.meta.get("adapter_bytes", 0))})
-        for inputs, adapter in loaded.meta.get("adapters", {}).items():
-            out[f"adapter for {inputs}"] = adapter
-    else:
-        net = loaded.net.pet_net if loaded.kind == "late_fusion" else loaded.net  # late fusion trains the PET model
-        trainable, total = count_parameters(net)
-        early = early_fusion_parameter_count(cfg.model.backbone, base_constructor_kwargs(cfg))
-        out.update({"inputs": "+".join(loaded.meta["modalities"]), "method": loaded.meta.get("method"),
-                    "trainable": trainable, "total": count_parameters(loaded.net)[1],
-                    "early_fusion": early, "percent_of_early_fusion": f"{100.0 * trainable / early:.3f}%"})
+    report = get_kind(loaded.kind, str(run_dir)).report
+    if report is not None:
+        out.update(report(loaded))
     return out
 
 
@@ -58,11 +47,11 @@ def export_merged(run_dir: Path, out_path: Path, tolerance: float = 1e-4) -> dic
     size; a difference above ``tolerance`` is an error and nothing is written.
     """
     loaded = load_model(run_dir)
-    if loaded.kind != "pemma":
+    if loaded.kind != KIND_PEMMA:
         raise PemmaError(f"{run_dir}: only adapted (pemma adapt) runs have adapters to merge")
-    modalities = ("ct", "pet")
+    modalities = ALL_INPUT_SETS[0]
     merged = merge_adapters(loaded.net).eval()
-    x = torch.rand((1, 2, *loaded.config.model.roi_size), generator=torch.Generator().manual_seed(0))
+    x = torch.rand((1, len(modalities), *loaded.config.model.roi_size), generator=torch.Generator().manual_seed(0))
     reference = loaded.net(x, modalities)
     diff = float((merged(x, modalities) - reference).abs().max())
     if diff > tolerance:

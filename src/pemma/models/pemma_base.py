@@ -17,61 +17,22 @@ of adapters the caller froze). peft is pinned to 0.21.2 in pyproject.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import ClassVar
 
 import torch
 from peft import LoraConfig
 from peft.tuners.lora import LoraModel
-from peft.tuners.tuners_utils import BaseTunerLayer
-from peft.utils.other import AuxiliaryTrainingWrapper, ModulesToSaveWrapper
+from peft.utils.other import ModulesToSaveWrapper
 from torch import nn
 
-from pemma import MODALITY_ORDER
-from pemma.adapters.config import NEW_PARTS, AdapterConfig, check_modalities
+from pemma.adapters.config import NEW_PARTS, AdapterConfig
+from pemma.adapters.state import adapter_active, adapters_disabled
+from pemma.vocab import MODALITY_ORDER, check_modalities
 
 _ADAPTABLE = (nn.Linear, nn.Conv3d)
-
-
-@contextlib.contextmanager
-def _layer_state(module: nn.Module, attribute: str, value: object) -> Iterator[None]:
-    """Set ``attribute`` on every peft layer / ModulesToSave wrapper of ``module`` for the block, then restore.
-
-    ``requires_grad`` flags are left alone (peft's public toggles re-mark trainable parameters).
-    """
-    layers = [m for m in module.modules() if isinstance(m, (BaseTunerLayer, AuxiliaryTrainingWrapper))]
-    previous = [getattr(m, attribute) for m in layers]
-    for layer in layers:
-        setattr(layer, attribute, value)
-    try:
-        yield
-    finally:
-        for layer, state in zip(layers, previous, strict=True):
-            setattr(layer, attribute, state)
-
-
-def adapters_disabled(module: nn.Module) -> contextlib.AbstractContextManager[None]:
-    """Run ``module`` as its base model: every peft adapter layer and ModulesToSave wrapper is bypassed."""
-    return _layer_state(module, "_disable_adapters", True)
-
-
-def adapter_active(module: nn.Module, name: str) -> contextlib.AbstractContextManager[None]:
-    """Run ``module`` with only the peft adapter ``name`` active (wrappers without it pass through)."""
-    return _layer_state(module, "_active_adapter", [name])
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The network inside ``DistributedDataParallel`` / ``DataParallel`` (``.module``) or ``torch.compile``."""
-    while True:
-        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-            model = model.module
-        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
-            model = model._orig_mod
-        else:
-            return model
 
 
 def first_conv(module: nn.Module) -> nn.Conv3d:
@@ -109,6 +70,8 @@ class PemmaAdaptedModel(nn.Module):
     """
 
     backbone_name: ClassVar[str]
+    #: called as ``model(x, modalities)`` (see :func:`pemma.models.loaded.run_network`)
+    accepts_modalities: ClassVar[bool] = True
     transformer_name: ClassVar[str]
 
     def __init__(self, base: nn.Module, config: AdapterConfig | None = None, adapter_name: str = "ctpet") -> None:
@@ -175,7 +138,7 @@ class PemmaAdaptedModel(nn.Module):
 
     @property
     def merged(self) -> bool:
-        """True for a model returned by :func:`pemma.adapters.export.merge_adapters`."""
+        """True for a model returned by :func:`pemma.adapters.merging.merge_adapters`."""
         return self._merged
 
     @property

@@ -1,0 +1,69 @@
+"""Switching peft adapters on a wrapped network, and unwrapping DDP / compiled modules.
+
+The switches flip peft's per-layer ``_disable_adapters`` / ``_active_adapter`` state for the duration of a call and
+restore it; unlike ``disable_adapter_layers()`` they do not touch ``requires_grad`` (peft's toggle would re-enable
+gradients of adapters the caller froze). peft is pinned to 0.21.2 in pyproject.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+from peft.tuners.tuners_utils import BaseTunerLayer
+from peft.utils.other import AuxiliaryTrainingWrapper
+from torch import nn
+
+
+@contextlib.contextmanager
+def _layer_state(module: nn.Module, attribute: str, value: object) -> Iterator[None]:
+    """Set ``attribute`` on every peft layer / ModulesToSave wrapper of ``module`` for the block, then restore.
+
+    ``requires_grad`` flags are left alone (peft's public toggles re-mark trainable parameters).
+    """
+    layers = [m for m in module.modules() if isinstance(m, (BaseTunerLayer, AuxiliaryTrainingWrapper))]
+    previous = [getattr(m, attribute) for m in layers]
+    for layer in layers:
+        setattr(layer, attribute, value)
+    try:
+        yield
+    finally:
+        for layer, state in zip(layers, previous, strict=True):
+            setattr(layer, attribute, state)
+
+
+def adapters_disabled(module: nn.Module) -> contextlib.AbstractContextManager[None]:
+    """Run ``module`` as its base model: every peft adapter layer and ModulesToSave wrapper is bypassed."""
+    return _layer_state(module, "_disable_adapters", True)
+
+
+def adapter_active(module: nn.Module, name: str) -> contextlib.AbstractContextManager[None]:
+    """Run ``module`` with only the peft adapter ``name`` active (wrappers without it pass through)."""
+    return _layer_state(module, "_active_adapter", [name])
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The network inside ``DistributedDataParallel`` / ``DataParallel`` (``.module``) or ``torch.compile``."""
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
+@runtime_checkable
+class AdaptedModel(Protocol):
+    """What adapter artifacts and merging need of a model: a peft-wrapped ``base_model``, its resolved adapter
+    ``config``, and the tensors adaptation trained (``pemma.models.pemma_base.PemmaAdaptedModel`` implements it)."""
+
+    base_model: Any
+    config: Any
+
+    @property
+    def merged(self) -> bool: ...
+
+    def adapter_state_dict(self) -> dict[str, torch.Tensor]: ...

@@ -1,0 +1,108 @@
+"""``pemma adapt``: train a CT+PET model from a CT-only base run with any registered method.
+
+The CT base run is read, never written. What trains and what the run folder holds is the method's business
+(:mod:`pemma.methods.registry`); this module loads and checks the base, takes the base's model and
+preprocessing settings, selects the CT+PET cases and runs the training engine.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pemma.adapters.config import AdapterConfig
+from pemma.config import RunConfig
+from pemma.data.layout import CaseRecord, CaseSplit
+from pemma.errors import PemmaError
+from pemma.methods.loading import load_model
+from pemma.methods.registry import get_method
+from pemma.models.loaded import LoadedModel
+from pemma.runtime import is_main_process
+from pemma.training.loop import train_task
+from pemma.training.segmentation import select_split
+from pemma.vocab import KIND_BACKBONE, MODALITY_ORDER
+
+#: the channels an adaptation reads: every modality, in channel order
+ALL_INPUTS: list[str] = list(MODALITY_ORDER)
+
+
+def select_channels(image: torch.Tensor, modalities: tuple[str, ...]) -> torch.Tensor:
+    """The channels of ``modalities`` from an image holding every modality in :data:`MODALITY_ORDER`."""
+    return image[:, [MODALITY_ORDER.index(m) for m in modalities]]
+
+
+@dataclasses.dataclass
+class AdaptationSetup:
+    """A CT base run, the run configuration with the base's model / preprocessing, and the case split."""
+
+    base: LoadedModel
+    base_run: Path
+    cfg: RunConfig
+    train_cases: list[CaseRecord]
+    val_cases: list[CaseRecord]
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return {"train_cases": [c.case_id for c in self.train_cases],
+                "val_cases": [c.case_id for c in self.val_cases]}
+
+    @property
+    def base_reference(self) -> dict[str, str]:
+        """``base_run`` (absolute) and ``base_sha256`` for the run's metadata."""
+        return {"base_run": str(self.base_run.resolve()), "base_sha256": self.base.meta["sha256"]}
+
+
+def prepare_adaptation(base_run: str | Path, cfg: RunConfig, out_dir: str | Path,
+                       split: CaseSplit | None = None) -> AdaptationSetup:
+    """Load and check the CT-only base run, and select the CT+PET cases of ``cfg.data``.
+
+    ``cfg.model`` and ``cfg.preprocess`` are taken from the base run (the adapted model must see what the
+    base saw); ``cfg.data`` and ``cfg.train`` come from the caller.
+    """
+    base_run = Path(base_run)
+    if Path(out_dir).resolve() == base_run.resolve():
+        raise PemmaError(f"{out_dir}: the adapted run must not overwrite its base run")
+    base = load_model(base_run)
+    if base.kind != KIND_BACKBONE or base.meta.get("modalities") != ["ct"]:
+        raise PemmaError(f"{base_run}: the base must be a CT-only run of `pemma train` "
+                         f"(got {base.kind} on {base.meta.get('modalities')})")
+    cfg = dataclasses.replace(cfg, model=base.config.model, preprocess=base.config.preprocess,
+                              data=dataclasses.replace(cfg.data, modalities=ALL_INPUTS))
+    train_cases, val_cases = split or select_split(cfg, ALL_INPUTS)
+    return AdaptationSetup(base, base_run, cfg, train_cases, val_cases)
+
+
+def adapt(base_run: str | Path, cfg: RunConfig, out_dir: str | Path, method: str = "pemma_lora",
+          adapter_cfg: AdapterConfig | None = None, resume: bool = False, progress: bool = True,
+          split: CaseSplit | None = None) -> dict[str, Any]:
+    """Adapt the CT-only run ``base_run`` to CT+PET on ``cfg.data`` with ``method`` and write ``out_dir``.
+
+    Args:
+        base_run: the CT base run folder (``pemma train --modalities ct``).
+        cfg: data and training settings (model and preprocessing come from the base).
+        out_dir: the new run folder.
+        method: a registered method or alias (``pemma_lora``/``lora``, ``pemma_dora``/``dora``, ``early_fusion``,
+            ``late_fusion``, ``full_finetune``). Default ``pemma_lora``.
+        adapter_cfg: adapter settings (rank, alpha, targets, ...) for the methods that use them; for PEMMA methods
+            its ``method`` field is set from ``method``. Default: the defaults of :class:`AdapterConfig`.
+        resume: continue an interrupted run in ``out_dir``. progress: progress bars.
+        split: explicit (training, validation) cases; default: ``cfg.data`` split per centre.
+
+    Returns:
+        the training summary (steps, best_dsc, best_step, seconds; late fusion adds ``weight``).
+
+    Example:
+        >>> cfg = build_config("tiny", overrides={"data": {"root": "data/phantom", "centres": ["MDA"]}})
+        >>> adapt("runs/ct_unetr", cfg, "runs/pemma_unetr", method="lora")
+    """
+    spec = get_method(method)
+    setup = prepare_adaptation(base_run, cfg, out_dir, split)
+    task = spec.build(setup, adapter_cfg)
+    summary = train_task(task, setup.cfg, setup.train_cases, setup.val_cases, out_dir, resume=resume,
+                         progress=progress, meta=setup.meta)
+    if spec.finish is not None and is_main_process():
+        summary = spec.finish(setup, Path(out_dir), summary)
+    return summary

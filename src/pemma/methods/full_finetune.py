@@ -1,0 +1,87 @@
+"""Full fine-tuning (a baseline of the PEMMA paper): the PEMMA model (PET pathway + adapters) with every
+parameter trainable, the CT base included. The run stores all weights (kind ``pemma_full``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pemma.adapters.config import AdapterConfig
+from pemma.adapters.state import unwrap_model
+from pemma.config import RunConfig
+from pemma.errors import PemmaError
+from pemma.methods.adaptation import ALL_INPUTS, AdaptationSetup, select_channels
+from pemma.methods.backbone import report_trained
+from pemma.methods.pemma import dropout_seed
+from pemma.methods.registry import Method, RunKind, register_kind, register_method
+from pemma.methods.update import update_task
+from pemma.models.accounting import count_parameters
+from pemma.models.loaded import LoadedModel, build_pemma
+from pemma.models.registry import build_backbone
+from pemma.runs import load_weights, save_weights
+from pemma.training.loop import TrainingTask
+from pemma.vocab import ALL_INPUT_SETS, KIND_PEMMA_FULL
+
+
+def save_full_run(model: nn.Module, run_dir: Path, meta: dict[str, Any]) -> None:
+    """All weights of a fully fine-tuned PEMMA model, with what is needed to rebuild it."""
+    model = unwrap_model(model)
+    save_weights(model, run_dir, {**meta, "kind": KIND_PEMMA_FULL, "method": "full fine-tuning",
+                                  "adapter_config": model.config.to_dict(), "modalities": ALL_INPUTS,
+                                  "input_sets": [list(s) for s in ALL_INPUT_SETS]})
+
+
+def full_finetune_task(setup: AdaptationSetup, adapter_cfg: AdapterConfig | None) -> TrainingTask:
+    model = build_pemma(setup.base, adapter_cfg or AdapterConfig())
+    model.requires_grad_(True)
+    trainable, total = count_parameters(model)
+    seed = setup.cfg.train.seed
+
+    def forward(module: nn.Module, image: torch.Tensor, step: int) -> torch.Tensor:
+        modalities = model.config.sample_modalities(dropout_seed(seed, step))
+        return module(select_channels(image, modalities), modalities)
+
+    def save(module: nn.Module, run_dir: Path, meta: dict[str, Any]) -> None:
+        save_full_run(module, run_dir, {"backbone": setup.cfg.model.backbone, **setup.base_reference, **meta})
+
+    return TrainingTask(model=model, modalities=ALL_INPUTS, forward=forward,
+                        predictor=lambda module: (lambda x: module(x, tuple(ALL_INPUTS))), save=save,
+                        find_unused_parameters=True,
+                        describe=[f"full fine-tuning of the CT model with the PET pathway: trainable {trainable:,}"
+                                  f" of {total:,}; modality dropout {model.config.modality_dropout}"])
+
+
+def _load(run_dir: Path, meta: dict[str, Any], config: RunConfig, base_run: Path | None) -> nn.Module:
+    shell = LoadedModel(net=build_backbone(config.model, in_channels=1), config=config, meta={},
+                        input_sets=[["ct"]], run_dir=run_dir)
+    model = build_pemma(shell, AdapterConfig.from_dict(meta["adapter_config"]))
+    model.requires_grad_(True)  # full fine-tuning trained everything
+    try:
+        model.load_state_dict(load_weights(run_dir))
+    except RuntimeError as exc:
+        raise PemmaError(f"{run_dir}: weights do not fit the configured model ({str(exc).splitlines()[0]})") from None
+    return model
+
+
+def _update(loaded: LoadedModel, model_run: Path, modalities: tuple[str, ...], cfg: RunConfig) -> TrainingTask:
+    model, seed = loaded.net.requires_grad_(True), cfg.train.seed
+    carry = {k: loaded.meta[k] for k in ("backbone", "base_run", "base_sha256") if k in loaded.meta}
+
+    def draw(step: int) -> tuple[str, ...]:
+        if len(modalities) == 1:
+            return modalities
+        return model.config.sample_modalities(dropout_seed(seed, step))
+
+    def save(module: nn.Module, run_dir: Path, meta: dict[str, Any]) -> None:
+        save_full_run(module, run_dir, {**carry, **meta})
+
+    return update_task(loaded, model_run, modalities, model, draw, save)
+
+
+register_kind(RunKind(name=KIND_PEMMA_FULL, load=_load, input_sets=lambda meta: [list(s) for s in meta["input_sets"]],
+                      update=_update, report=lambda loaded: report_trained(loaded, loaded.net)))
+register_method(Method(name="full_finetune", kind=KIND_PEMMA_FULL, build=full_finetune_task,
+                       description="full fine-tuning: the PEMMA model with every parameter trained"))

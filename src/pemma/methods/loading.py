@@ -1,0 +1,47 @@
+"""Rebuild a trained model from its run folder, whatever method wrote it (looked up in the method registry)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from pemma.config import RunConfig
+from pemma.errors import PemmaError
+from pemma.methods.registry import get_kind
+from pemma.models.loaded import LoadedModel
+from pemma.runs import CONFIG_FILE, check_base, read_meta
+from pemma.vocab import KIND_BACKBONE
+
+
+def load_model(run_dir: str | Path, device: torch.device | str = "cpu",
+               base_run: str | Path | None = None) -> LoadedModel:
+    """Load a run folder written by ``pemma train``, ``adapt`` or ``update`` (config, metadata, checked weights).
+
+    Args:
+        run_dir: the run folder.
+        device: where the network goes. Default CPU.
+        base_run: for a run built on a CT base run, that base if it has moved since (its SHA-256 must still
+            match). Default: the path recorded in the run.
+
+    Example:
+        >>> model = load_model("runs/pemma_unetr")
+        >>> model.input_sets
+        [['ct', 'pet'], ['ct'], ['pet']]
+    """
+    run_dir = Path(run_dir)
+    meta = read_meta(run_dir)
+    config = RunConfig.load(run_dir / CONFIG_FILE)
+    kind = get_kind(str(meta.get("kind", KIND_BACKBONE)), str(run_dir))
+    net = kind.load(run_dir, meta, config, None if base_run is None else Path(base_run))
+    net.to(device).eval()
+    return LoadedModel(net=net, config=config, meta=meta, input_sets=kind.input_sets(meta), run_dir=run_dir)
+
+
+def load_base(run_dir: Path, meta: dict, base_run: Path | None) -> LoadedModel:
+    """The CT base run a run was built on, checked to hold the weights the run was trained on."""
+    base_dir = check_base(run_dir, meta, base_run)
+    base = load_model(base_dir)
+    if base.kind != KIND_BACKBONE:
+        raise PemmaError(f"{base_dir}: the base of {run_dir} must be a plain CT run")
+    return base

@@ -1,0 +1,172 @@
+"""PEMMA (LoRA / DoRA): adapters on the frozen CT model plus a thin PET pathway (arXiv 2504.13645).
+
+Only the adapters, the PET modules and the configured heads train; the run folder stores the trained tensors
+(peft's two files: ``adapter_model.safetensors`` + ``adapter_config.json``), the SHA-256 of the base weights and
+``model.json`` (which adapter serves which input set, parameter accounting). Updates:
+
+* PET or CT+PET updates train the main adapter, the PET modules and the configured heads; CT-only input never
+  touches those, so CT predictions on earlier centres stay exactly as they were;
+* a CT-only update adds an adapter of its own on the CT route (``ct_update``), so it does not disturb the
+  CT+PET / PET adapter; ``pemma params`` shows which adapter serves which input set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pemma.adapters.artifacts import format_load_report, load_adapter, read_adapter_config, save_adapter
+from pemma.adapters.config import NEW_PARTS, AdapterConfig
+from pemma.adapters.state import unwrap_model
+from pemma.config import RunConfig
+from pemma.errors import PemmaError
+from pemma.io_utils import sha256_file
+from pemma.methods.adaptation import ALL_INPUTS, AdaptationSetup, select_channels
+from pemma.methods.loading import load_model
+from pemma.methods.registry import Method, RunKind, register_kind, register_method
+from pemma.methods.update import update_task
+from pemma.models.accounting import parameter_report
+from pemma.models.loaded import LoadedModel, base_constructor_kwargs, build_pemma
+from pemma.runs import MODEL_FILE, stamp, write_meta
+from pemma.training.loop import TrainingTask
+from pemma.vocab import (
+    ALL_INPUT_SETS,
+    KIND_BACKBONE,
+    KIND_PEMMA,
+    PEMMA_METHODS,
+    input_set_name,
+)
+
+
+def dropout_seed(seed: int, step: int) -> random.Random:
+    """The generator of step ``step``'s modality draw: a pure function of (seed, step), so every DDP rank and
+    a resumed run draw the same input set."""
+    return random.Random(seed * 1_000_003 + step)
+
+
+def save_pemma_run(model: nn.Module, run_dir: Path, base_run: Path, base_sha256: str, base_cfg: RunConfig,
+                   meta: dict[str, Any]) -> None:
+    """Write an adapted run's artifacts: adapter tensors + config (safetensors / JSON) and ``model.json``
+    (kind, base run and SHA-256, which adapter serves which input set, parameter accounting)."""
+    model = unwrap_model(model)
+    backbone = base_cfg.model.backbone
+    saved = save_adapter(model, run_dir, base_sha256, extra_config={"run": str(base_run), "backbone": backbone})
+    serves = {input_set_name(s): model.adapter_for(s) or "none (exact CT base)"
+              for s in (("ct", "pet"), ("pet",), ("ct",))}
+    info = {"backbone": backbone, "method": model.config.method, "base_run": str(base_run),
+            "base_sha256": base_sha256, "modalities": ALL_INPUTS, "input_sets": [list(s) for s in ALL_INPUT_SETS],
+            "adapters": serves, "adapter_bytes": saved["adapter_bytes"],
+            "parameters": parameter_report(model, base_constructor_kwargs(base_cfg)), **meta}
+    write_meta(run_dir, stamp(info, KIND_PEMMA))
+
+
+def pemma_task(base: LoadedModel, base_run: Path, adapter_cfg: AdapterConfig, cfg: RunConfig) -> TrainingTask:
+    """The PEMMA model built on ``base`` and how it trains (seeded modality dropout per step)."""
+    torch.manual_seed(cfg.train.seed)
+    model = build_pemma(base, adapter_cfg)
+    report = parameter_report(model, base_constructor_kwargs(base.config))
+    choices = model.config.modality_choices(trainable_only=True)
+    seed = cfg.train.seed
+
+    def forward(module: nn.Module, image: torch.Tensor, step: int) -> torch.Tensor:
+        modalities = model.config.sample_modalities(dropout_seed(seed, step), trainable_only=True)
+        return module(select_channels(image, modalities), modalities)
+
+    def save(module: nn.Module, run_dir: Path, meta: dict[str, Any]) -> None:
+        save_pemma_run(module, run_dir, base_run, base.meta["sha256"], base.config, meta)
+
+    return TrainingTask(
+        model=model, modalities=ALL_INPUTS, forward=forward,
+        predictor=lambda module: (lambda x: module(x, tuple(ALL_INPUTS))), save=save,
+        find_unused_parameters=True,  # PET-only steps leave parts of the model unused
+        describe=[f"PEMMA {model.config.method.upper()} on {base.config.model.backbone}: rank "
+                  f"{model.config.rank}, alpha {model.config.alpha}, targets {list(model.config.target_modules)}, "
+                  f"training {list(model.config.train_parts)}",
+                  f"trainable parameters: {report['trainable']:,} of {report['total']:,} "
+                  f"({report['percent_of_early_fusion']:.2f}% of the early-fusion model's "
+                  f"{report['early_fusion']:,})",
+                  "modality dropout per step: " + ", ".join(f"{'+'.join(m)} {p:.2f}" for m, p in choices)
+                  + " (CT-only batches run the frozen CT base and train nothing, so they are skipped)"])
+
+
+def _build(adapter_type: str):
+    def build(setup: AdaptationSetup, adapter_cfg: AdapterConfig | None) -> TrainingTask:
+        cfg = dataclasses.replace(adapter_cfg or AdapterConfig(), method=adapter_type)
+        task = pemma_task(setup.base, setup.base_run.resolve(), cfg, setup.cfg)
+        task.describe.insert(0, f"base: {setup.base_run} (sha256 {setup.base.meta['sha256'][:12]}); "
+                                + format_load_report(task.model.load_report))
+        return task
+    return build
+
+
+# ---------------------------------------------------------------------------------------------- run kind
+def _load(run_dir: Path, meta: dict[str, Any], config: RunConfig, base_run: Path | None) -> nn.Module:
+    base_dir = Path(base_run or meta["base_run"])
+    base = load_model(base_dir)
+    if base.kind != KIND_BACKBONE:
+        raise PemmaError(f"{base_dir}: the base of {run_dir} must be a plain CT run")
+    stored = read_adapter_config(run_dir)
+    model = build_pemma(base, AdapterConfig.from_dict(stored["adapter_config"]))
+    if stored.get("ct_adapter"):
+        model.add_ct_adapter(stored["ct_adapter"])
+    load_adapter(model, run_dir, sha256_file(base_dir / MODEL_FILE))
+    return model
+
+
+def train_only(model: nn.Module, names: list[str], modules: list[nn.Module] = ()) -> None:
+    """Freeze ``model`` except the parameters under the named submodules / adapters and ``modules``."""
+    model.requires_grad_(False)
+    for key, param in model.named_parameters():
+        if any(f".{n}." in key for n in names):
+            param.requires_grad_(True)
+    for module in modules:
+        module.requires_grad_(True)
+
+
+def _update(loaded: LoadedModel, model_run: Path, modalities: tuple[str, ...], cfg: RunConfig) -> TrainingTask:
+    model, seed = loaded.net, cfg.train.seed
+    if modalities == ("ct",):
+        if model.ct_adapter is None:
+            model.add_ct_adapter()
+        train_only(model, [model.ct_adapter])
+
+        def draw(step: int) -> tuple[str, ...]:
+            return ("ct",)
+    else:
+        parts = [getattr(model, p) for p in model.config.train_parts if p in NEW_PARTS[model.backbone_name]]
+        train_only(model, [model.adapter_name], parts)
+
+        def draw(step: int) -> tuple[str, ...]:
+            if modalities == ("pet",):
+                return modalities
+            return model.config.sample_modalities(dropout_seed(seed, step), True)
+
+    meta_in = dict(loaded.meta)
+
+    def save(module: nn.Module, run_dir: Path, meta: dict[str, Any]) -> None:
+        save_pemma_run(module, run_dir, Path(meta_in["base_run"]), meta_in["base_sha256"], loaded.config, meta)
+
+    return update_task(loaded, model_run, modalities, model, draw, save)
+
+
+def _report(loaded: LoadedModel) -> dict[str, Any]:
+    report = parameter_report(loaded.net, base_constructor_kwargs(loaded.config))
+    out: dict[str, Any] = {"method": loaded.meta.get("method"), "trainable": int(report["trainable"]),
+                           "total": int(report["total"]), "early_fusion": int(report["early_fusion"]),
+                           "percent_of_early_fusion": f"{report['percent_of_early_fusion']:.3f}%",
+                           "adapter_bytes": int(loaded.meta.get("adapter_bytes", 0))}
+    for inputs, adapter in loaded.meta.get("adapters", {}).items():
+        out[f"adapter for {inputs}"] = adapter
+    return out
+
+
+register_kind(RunKind(name=KIND_PEMMA, load=_load, input_sets=lambda meta: [list(s) for s in meta["input_sets"]],
+                      update=_update, report=_report))
+for _name, _adapter in PEMMA_METHODS.items():
+    register_method(Method(name=_name, kind=KIND_PEMMA, build=_build(_adapter),
+                           description=f"PEMMA: {_adapter.upper()} adapters + PET pathway on the frozen CT model"))

@@ -1,0 +1,114 @@
+"""Where and how pemma runs: the device, torchrun / DistributedDataParallel (gloo on CPU, NCCL on CUDA), the run
+logger and the metrics CSV. Every layer above uses these; none is specific to segmentation or survival."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def resolve_device(name: str, local_rank: int = 0) -> torch.device:
+    """``auto`` -> ``cuda:<local rank>`` when CUDA is available, else ``cpu``."""
+    if name == "auto":
+        return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device(f"cuda:{local_rank}")
+    return device
+
+
+def init_distributed(device: torch.device) -> DistInfo:
+    """Join the process group when launched by ``torchrun`` (``WORLD_SIZE`` > 1); else single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled:
+        dist.barrier()
+
+
+def cleanup(info: DistInfo) -> None:
+    if info.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def local_rank() -> int:
+    """``LOCAL_RANK`` set by torchrun (0 for a single process)."""
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def is_main_process() -> bool:
+    """True on rank 0 of a torchrun job, and for a single process."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+METRIC_FIELDS = ["step", "epoch", "loss", "lr", "val_GTVp", "val_GTVn", "val_mean", "seconds"]
+
+
+def run_logger(run_dir: Path | None, enabled: bool = True) -> logging.Logger:
+    """Logger ``pemma.run`` writing to stderr and ``run_dir/train.log`` (main process only)."""
+    logger = logging.getLogger("pemma.run")
+    logger.handlers.clear()
+    logger.propagate = False
+    logger.setLevel(logging.INFO if enabled else logging.WARNING)
+    fmt = logging.Formatter("%(asctime)s %(message)s", "%H:%M:%S")
+    console = logging.StreamHandler()
+    console.setFormatter(fmt)
+    logger.addHandler(console)
+    if run_dir is not None and enabled:
+        handler = logging.FileHandler(run_dir / "train.log")
+        handler.setFormatter(fmt)
+        logger.addHandler(handler)
+    return logger
+
+
+class MetricsCSV:
+    """``metrics.csv`` with one row per logged step; :meth:`truncate` drops rows after a resumed step."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def truncate(self, last_step: int) -> None:
+        if not self.path.is_file():
+            return
+        with open(self.path, newline="") as fh:
+            rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= last_step]
+        with open(self.path, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=METRIC_FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def append(self, row: dict[str, Any]) -> None:
+        new = not self.path.is_file()
+        with open(self.path, "a", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=METRIC_FIELDS, extrasaction="ignore")
+            if new:
+                writer.writeheader()
+            writer.writerow({k: row.get(k, "") for k in METRIC_FIELDS})

@@ -1,0 +1,136 @@
+"""pemma's vocabulary: every name the code, the CLI, strategy files and run folders share, spelled once.
+
+This module is the bottom of the package (it imports nothing from pemma), so any layer may use it.
+
+* **Backbones**: ``unetr``, ``swin_unetr`` (MONAI ``UNETR`` / ``SwinUNETR``).
+* **Modalities** and their fixed channel order ``[CT, PET]``; input sets such as ``("ct", "pet")`` and their
+  text form ``"ct+pet"``.
+* **Methods** of adding PET to a CT model, with one canonical spelling each (the spelling of strategy files and
+  ``results.csv``); the CLI's older spellings (``lora``, ``early-fusion``, ``full`` ...) are accepted aliases.
+* **Run kinds**: what a run folder holds (``backbone``, ``pemma``, ``pemma_full``, ``late_fusion``, ``survival``).
+* **Centres** of HECKTOR 2022 and its **label values**.
+
+Example:
+    >>> canonical_method("early-fusion")
+    'early_fusion'
+    >>> input_set_name(parse_modalities("PET,ct"))
+    'ct+pet'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+# ---------------------------------------------------------------------------------------------- backbones
+#: MONAI backbones pemma builds (``pemma.models.registry`` holds their builders).
+BACKBONES: tuple[str, ...] = ("unetr", "swin_unetr")
+
+# ---------------------------------------------------------------------------------------------- modalities
+#: Fixed channel order of every multi-modal tensor in pemma.
+MODALITY_ORDER: tuple[str, ...] = ("ct", "pet")
+#: Other spellings users write for a modality (HECKTOR's file suffix ``__PT``).
+MODALITY_ALIASES: dict[str, str] = {"pt": "pet"}
+#: Input sets every centre is evaluated with (``pemma reproduce``), in report order.
+EVAL_INPUT_SETS: tuple[tuple[str, ...], ...] = (("ct",), ("pet",), ("ct", "pet"))
+#: The input sets of modality dropout, in the order of ``AdapterConfig.modality_dropout``.
+DROPOUT_INPUT_SETS: tuple[tuple[str, ...], ...] = (("ct", "pet"), ("ct",), ("pet",))
+#: Input sets a two-modality model (PEMMA, late fusion, full fine-tuning) accepts, in run-metadata order.
+ALL_INPUT_SETS: tuple[tuple[str, ...], ...] = DROPOUT_INPUT_SETS
+
+
+def parse_modalities(value: str | Iterable[str]) -> list[str]:
+    """``"ct,pet"``, ``"ct+pet"`` or ``["PET", "ct"]`` (any order, case, ``pt`` for PET) as ``["ct", "pet"]``.
+
+    Raises:
+        ValueError: empty, or a name outside :data:`MODALITY_ORDER`.
+    """
+    items = value.replace("+", ",").split(",") if isinstance(value, str) else list(value)
+    names = [str(m).strip().lower() for m in items if str(m).strip()]
+    names = [MODALITY_ALIASES.get(m, m) for m in names]
+    unknown = sorted(set(names) - set(MODALITY_ORDER))
+    if unknown or not names:
+        raise ValueError(f"modalities must be a non-empty subset of {list(MODALITY_ORDER)}, got {items}")
+    return [m for m in MODALITY_ORDER if m in names]
+
+
+def check_modalities(modalities: Any) -> tuple[str, ...]:
+    """``modalities`` as a tuple, checked to be a non-empty subset of MODALITY_ORDER in that order (no parsing)."""
+    if isinstance(modalities, str) or not hasattr(modalities, "__iter__"):
+        raise ValueError(f"modalities must be a sequence of names such as ('ct', 'pet'), got {modalities!r}")
+    mods = tuple(modalities)
+    if not mods or any(m not in MODALITY_ORDER for m in mods) or len(set(mods)) != len(mods):
+        raise ValueError(f"modalities must be a non-empty subset of {MODALITY_ORDER}, got {mods!r}")
+    if list(mods) != sorted(mods, key=MODALITY_ORDER.index):
+        raise ValueError(f"modalities must follow the channel order {MODALITY_ORDER}, got {mods!r}")
+    return mods
+
+
+def input_set_name(modalities: Iterable[str]) -> str:
+    """``("ct", "pet")`` -> ``"ct+pet"`` (the spelling of results tables and run metadata)."""
+    return "+".join(modalities)
+
+
+def input_set_of(name: str) -> tuple[str, ...]:
+    """``"ct+pet"`` -> ``("ct", "pet")``; inverse of :func:`input_set_name`."""
+    return tuple(name.split("+"))
+
+
+#: The text form of :data:`EVAL_INPUT_SETS`: ``("ct", "pet", "ct+pet")``.
+EVAL_INPUTS: tuple[str, ...] = tuple(input_set_name(s) for s in EVAL_INPUT_SETS)
+
+# ---------------------------------------------------------------------------------------------- methods
+#: Canonical method names (strategy files, results tables, ``pemma adapt --method``).
+METHODS: tuple[str, ...] = ("pemma_lora", "pemma_dora", "early_fusion", "late_fusion", "full_finetune")
+#: PEMMA methods (adapters on the frozen CT model) and the adapter type each uses.
+PEMMA_METHODS: dict[str, str] = {"pemma_lora": "lora", "pemma_dora": "dora"}
+#: Baselines of the paper, trained from the CT model like PEMMA.
+BASELINE_METHODS: tuple[str, ...] = ("early_fusion", "late_fusion", "full_finetune")
+#: Older spellings still accepted (the CLI's ``--method`` values before the vocabulary was unified).
+METHOD_ALIASES: dict[str, str] = {
+    "lora": "pemma_lora", "dora": "pemma_dora", "early-fusion": "early_fusion", "late-fusion": "late_fusion",
+    "full": "full_finetune", "full-finetune": "full_finetune", "pemma-lora": "pemma_lora",
+    "pemma-dora": "pemma_dora",
+}
+
+
+def canonical_method(name: str) -> str:
+    """The canonical spelling of a method name or alias.
+
+    Raises:
+        ValueError: an unknown method (the message lists the canonical names).
+    """
+    key = str(name).strip().lower()
+    key = METHOD_ALIASES.get(key, key)
+    if key not in METHODS:
+        raise ValueError(f"unknown method {name!r}; known: {', '.join(METHODS)}")
+    return key
+
+
+def method_choices() -> list[str]:
+    """Every accepted spelling (canonical first), for argparse ``choices``."""
+    return [*METHODS, *METHOD_ALIASES]
+
+
+# ---------------------------------------------------------------------------------------------- run kinds
+#: A plain MONAI network trained by ``pemma train`` (CT-only, or early fusion with several channels).
+KIND_BACKBONE = "backbone"
+#: A PEMMA-adapted run: adapters and PET pathway on a referenced CT base run.
+KIND_PEMMA = "pemma"
+#: Full fine-tuning: the PEMMA model with every parameter trained (all weights stored).
+KIND_PEMMA_FULL = "pemma_full"
+#: Late fusion: a PET network whose logits are summed with the referenced CT base's.
+KIND_LATE_FUSION = "late_fusion"
+#: A prognosis (survival) run.
+KIND_SURVIVAL = "survival"
+RUN_KINDS: tuple[str, ...] = (KIND_BACKBONE, KIND_PEMMA, KIND_PEMMA_FULL, KIND_LATE_FUSION, KIND_SURVIVAL)
+
+# ---------------------------------------------------------------------------------------------- data
+#: Centres of HECKTOR 2022 (training: CHUM, CHUP, CHUS, CHUV, MDA, HGJ, HMR; test: CHB, USZ).
+HECKTOR_CENTRES: tuple[str, ...] = ("CHUM", "CHUP", "CHUS", "CHUV", "MDA", "HGJ", "HMR", "CHB", "USZ")
+#: Label values of HECKTOR 2022.
+LABELS: dict[str, int] = {"background": 0, "GTVp": 1, "GTVn": 2}
+#: The tumour classes scored by HECKTOR (DSCagg per class), in label order.
+TUMOUR_CLASSES: tuple[str, ...] = ("GTVp", "GTVn")
+#: Every valid label value.
+LABEL_VALUES: tuple[int, ...] = tuple(LABELS.values())

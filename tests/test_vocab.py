@@ -1,0 +1,66 @@
+"""One vocabulary and one method registry: spellings, aliases, and every method / run kind registered once."""
+
+from __future__ import annotations
+
+import pytest
+
+from pemma import vocab
+from pemma.errors import PemmaError
+from pemma.methods import get_kind, get_method, registered_kinds, registered_methods
+from pemma.methods.registry import Method, register_method
+
+
+@pytest.mark.parametrize(("alias", "canonical"), [
+    ("lora", "pemma_lora"), ("dora", "pemma_dora"), ("early-fusion", "early_fusion"), ("full", "full_finetune"),
+    ("late-fusion", "late_fusion"), ("PEMMA_LORA", "pemma_lora"), ("full_finetune", "full_finetune"),
+])
+def test_method_aliases(alias: str, canonical: str) -> None:
+    assert vocab.canonical_method(alias) == canonical
+    assert get_method(alias).name == canonical
+
+
+def test_unknown_method_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="unknown method 'lorra'; known: pemma_lora, pemma_dora"):
+        vocab.canonical_method("lorra")
+    with pytest.raises(PemmaError, match="unknown method 'lorra'"):
+        get_method("lorra")
+
+
+@pytest.mark.parametrize(("text", "parsed"), [
+    ("ct", ["ct"]), ("PET,ct", ["ct", "pet"]), ("pt", ["pet"]), ("ct+pet", ["ct", "pet"]),
+    (["pet", "CT"], ["ct", "pet"]),
+])
+def test_parse_modalities(text: str | list[str], parsed: list[str]) -> None:
+    assert vocab.parse_modalities(text) == parsed
+    assert vocab.input_set_of(vocab.input_set_name(parsed)) == tuple(parsed)
+
+
+@pytest.mark.parametrize("bad", ["", "mr", "ct,mr", []])
+def test_parse_modalities_rejects(bad: str | list[str]) -> None:
+    with pytest.raises(ValueError, match="modalities must be a non-empty subset"):
+        vocab.parse_modalities(bad)
+
+
+def test_every_method_and_kind_is_registered_once() -> None:
+    assert registered_methods() == vocab.METHODS
+    assert set(registered_kinds()) == set(vocab.RUN_KINDS) - {vocab.KIND_SURVIVAL}
+    for name in registered_methods():
+        method = get_method(name)
+        assert method.kind in registered_kinds(), f"{name} writes an unregistered run kind {method.kind}"
+        assert method.description
+    with pytest.raises(ValueError, match="registered twice"):
+        register_method(get_method("pemma_lora"))
+    with pytest.raises(ValueError, match="canonical name"):
+        register_method(Method(name="lora", kind="pemma", description="", build=lambda setup, cfg: None))
+
+
+def test_unknown_run_kind_names_the_folder() -> None:
+    with pytest.raises(PemmaError, match="runs/x: unsupported model kind 'mystery'"):
+        get_kind("mystery", "runs/x")
+
+
+def test_eval_inputs_and_labels_are_consistent() -> None:
+    assert vocab.EVAL_INPUTS == ("ct", "pet", "ct+pet")
+    assert set(vocab.DROPOUT_INPUT_SETS) == set(vocab.EVAL_INPUT_SETS)
+    assert vocab.LABEL_VALUES == (0, 1, 2) and vocab.TUMOUR_CLASSES == ("GTVp", "GTVn")
+    assert set(vocab.PEMMA_METHODS) | set(vocab.BASELINE_METHODS) == set(vocab.METHODS)
