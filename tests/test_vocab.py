@@ -64,3 +64,22 @@ def test_eval_inputs_and_labels_are_consistent() -> None:
     assert set(vocab.DROPOUT_INPUT_SETS) == set(vocab.EVAL_INPUT_SETS)
     assert vocab.LABEL_VALUES == (0, 1, 2) and vocab.TUMOUR_CLASSES == ("GTVp", "GTVn")
     assert set(vocab.PEMMA_METHODS) | set(vocab.BASELINE_METHODS) == set(vocab.METHODS)
+
+
+def test_every_backbone_is_registered_once_with_its_pemma_model() -> None:
+    from monai.networks.nets import UNETR
+
+    from pemma.adapters.config import NEW_PARTS
+    from pemma.models.pemma_base import PEMMA_MODELS
+    from pemma.models.registry import BackboneSpec, check_roi, get_backbone, register_backbone
+
+    assert set(PEMMA_MODELS) == set(NEW_PARTS) == set(vocab.BACKBONES)
+    for name in vocab.BACKBONES:
+        assert get_backbone(name).name == PEMMA_MODELS[name].backbone_name == name
+    with pytest.raises(ValueError, match="not in pemma.vocab.BACKBONES"):
+        register_backbone(BackboneSpec(name="vnet", net_class=UNETR, roi_multiple=16))
+    with pytest.raises(ValueError, match="registered twice"):
+        register_backbone(get_backbone("unetr"))
+    with pytest.raises(ValueError, match="swin_unetr needs roi_size divisible by 32"):
+        check_roi("swin_unetr", [48, 48, 48])
+    check_roi("unetr", [48, 48, 48])

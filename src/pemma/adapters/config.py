@@ -13,25 +13,38 @@ from typing import Any
 
 from pemma.vocab import BACKBONES, DROPOUT_INPUT_SETS
 
-#: Attention projections that receive adapters when ``target_modules`` is None (suffixes of module names
-#: inside the transformer: MONAI ``SABlock.qkv`` for UNETR, ``WindowAttention.qkv`` / ``.proj`` for Swin).
-DEFAULT_TARGET_MODULES: dict[str, tuple[str, ...]] = {
-    "unetr": ("attn.qkv",),
-    "swin_unetr": ("attn.qkv", "attn.proj"),
-}
 
-#: Modules that PEMMA adds to each backbone (they are new, so always created; trained if listed).
-NEW_PARTS: dict[str, tuple[str, ...]] = {
-    "unetr": ("pet_embedding", "pet_skip"),
-    "swin_unetr": ("pet_embedding", "pet_skip", "fusion"),
-}
+@dataclass(frozen=True)
+class AdapterDefaults:
+    """Where adapters go and what trains on one backbone when the user does not say (registered by each PEMMA
+    model class, see :class:`pemma.models.pemma_base.PemmaAdaptedModel`).
 
-#: What trains besides the adapters when ``train_parts`` is None (method.md: UNETR trains the PET embedding,
-#: the PET skip block, the shallow skip encoders and the output head; Swin trains only the new modules).
-DEFAULT_TRAIN_PARTS: dict[str, tuple[str, ...]] = {
-    "unetr": ("pet_embedding", "pet_skip", "encoder1", "encoder2", "out"),
-    "swin_unetr": ("pet_embedding", "pet_skip", "fusion"),
-}
+    Args:
+        target_modules: suffixes of the transformer's Linear modules that get adapters (MONAI ``SABlock.qkv`` for
+            UNETR; ``WindowAttention.qkv`` / ``.proj`` for Swin).
+        new_parts: modules PEMMA adds to the backbone (always created; trained if listed in ``train_parts``).
+        train_parts: what trains besides the adapters (new parts and top-level base modules).
+    """
+
+    target_modules: tuple[str, ...]
+    new_parts: tuple[str, ...]
+    train_parts: tuple[str, ...]
+
+
+#: Per-backbone defaults, filled by :func:`register_adapter_defaults` (one entry per PEMMA model class).
+DEFAULT_TARGET_MODULES: dict[str, tuple[str, ...]] = {}
+NEW_PARTS: dict[str, tuple[str, ...]] = {}
+DEFAULT_TRAIN_PARTS: dict[str, tuple[str, ...]] = {}
+
+
+def register_adapter_defaults(backbone: str, defaults: AdapterDefaults) -> None:
+    """Record the adapter defaults of ``backbone`` (a name of :data:`pemma.vocab.BACKBONES`)."""
+    if backbone not in BACKBONES:
+        raise ValueError(f"backbone {backbone!r} is not in pemma.vocab.BACKBONES {BACKBONES}")
+    DEFAULT_TARGET_MODULES[backbone] = tuple(defaults.target_modules)
+    NEW_PARTS[backbone] = tuple(defaults.new_parts)
+    DEFAULT_TRAIN_PARTS[backbone] = tuple(defaults.train_parts)
+
 
 def _help(text: str) -> dict[str, str]:
     return {"help": text}
@@ -113,8 +126,8 @@ class AdapterConfig:
         Raises:
             ValueError: unknown backbone, or a ``train_parts`` entry naming a new module of another backbone.
         """
-        if backbone not in BACKBONES:
-            raise ValueError(f"backbone must be one of {list(BACKBONES)}, got {backbone!r}")
+        if backbone not in NEW_PARTS:
+            raise ValueError(f"backbone must be one of {list(NEW_PARTS)}, got {backbone!r}")
         targets = self.target_modules or DEFAULT_TARGET_MODULES[backbone]
         parts = DEFAULT_TRAIN_PARTS[backbone] if self.train_parts is None else self.train_parts
         foreign = {p for b, new in NEW_PARTS.items() if b != backbone for p in new} - set(NEW_PARTS[backbone])

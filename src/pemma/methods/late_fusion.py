@@ -31,7 +31,7 @@ from pemma.methods.update import update_task
 from pemma.models.accounting import count_parameters
 from pemma.models.late_fusion import LateFusion
 from pemma.models.loaded import LoadedModel
-from pemma.models.registry import build_backbone
+from pemma.models.registry import build_backbone, get_backbone
 from pemma.runs import MODEL_META, load_weights, read_meta, save_weights
 from pemma.runtime import resolve_device
 from pemma.training.loop import TrainingTask
@@ -58,7 +58,7 @@ def late_fusion_task(setup: AdaptationSetup, adapter_cfg: AdapterConfig | None =
     return TrainingTask(model=pet_net, modalities=ALL_INPUTS,
                         forward=lambda module, image, step: module(image[:, pet:pet + 1]),
                         predictor=lambda module: (lambda x: module(x[:, pet:pet + 1])), save=save,
-                        find_unused_parameters=setup.cfg.model.backbone == "unetr",
+                        find_unused_parameters=get_backbone(setup.cfg.model.backbone).unused_parameters,
                         describe=[f"late fusion: PET model ({trainable:,} parameters) trained alone; CT model "
                                   f"{setup.base_run} frozen; logit weight chosen on validation"])
 

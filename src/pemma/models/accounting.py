@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from pemma.adapters.state import unwrap_model
-from pemma.models.registry import BACKBONE_NETS
+from pemma.models.registry import backbone_nets
 
 
 def count_parameters(model: nn.Module) -> tuple[int, int]:
@@ -26,14 +26,15 @@ def early_fusion_parameter_count(backbone: str, base_kwargs: Mapping[str, Any]) 
         base_kwargs: the MONAI constructor arguments of the CT base (``img_size`` for UNETR, ``feature_size``,
             ...); ``in_channels`` is replaced by 2, ``out_channels`` defaults to 3.
     """
-    if backbone not in BACKBONE_NETS:
-        raise ValueError(f"backbone must be one of {sorted(BACKBONE_NETS)}, got {backbone!r}")
+    nets = backbone_nets()
+    if backbone not in nets:
+        raise ValueError(f"backbone must be one of {sorted(nets)}, got {backbone!r}")
     kwargs = {"out_channels": 3, **dict(base_kwargs), "in_channels": 2}
     try:
         with torch.device("meta"):  # no memory, no init
-            net = BACKBONE_NETS[backbone](**kwargs)
+            net = nets[backbone](**kwargs)
     except (RuntimeError, NotImplementedError):  # SwinUNETR calls .item() while building
-        net = BACKBONE_NETS[backbone](**kwargs)
+        net = nets[backbone](**kwargs)
     return sum(p.numel() for p in net.parameters())
 
 

@@ -18,13 +18,9 @@ from pemma.adapters.config import AdapterConfig
 from pemma.adapters.state import unwrap_model
 from pemma.config import RunConfig
 from pemma.errors import PemmaError
-from pemma.models.pemma_swin import PemmaSwinUNETR
-from pemma.models.pemma_unetr import PemmaUNETR
-from pemma.models.registry import build_backbone
+from pemma.models.pemma_base import PEMMA_MODELS
+from pemma.models.registry import build_backbone, constructor_kwargs
 from pemma.vocab import KIND_BACKBONE
-
-#: The PEMMA model class of each backbone.
-PEMMA_MODELS: dict[str, type[nn.Module]] = {"unetr": PemmaUNETR, "swin_unetr": PemmaSwinUNETR}
 
 
 @dataclass
@@ -82,10 +78,7 @@ def run_network(net: nn.Module, trained: Sequence[str], x: torch.Tensor, modalit
 
 def base_constructor_kwargs(cfg: RunConfig, in_channels: int = 1) -> dict[str, Any]:
     """The MONAI constructor arguments of the network of ``cfg`` (for parameter accounting)."""
-    kwargs = {**cfg.model.backbone_kwargs, "in_channels": in_channels, "out_channels": cfg.model.out_channels}
-    if cfg.model.backbone == "unetr":
-        kwargs["img_size"] = list(cfg.model.roi_size)
-    return kwargs
+    return constructor_kwargs(cfg.model, in_channels)
 
 
 def build_pemma(base: LoadedModel, adapter_cfg: AdapterConfig) -> nn.Module:
@@ -100,9 +93,10 @@ def build_pemma(base: LoadedModel, adapter_cfg: AdapterConfig) -> nn.Module:
     if report["new"] or report["skipped"]:
         raise PemmaError(f"{base.run_dir}: base weights do not fit its own configuration "
                          f"({len(report['new'])} missing, {len(report['skipped'])} skipped)")
+    model_class = PEMMA_MODELS[base.config.model.backbone]
     extra = {"gradient_checkpointing": True} if base.config.model.gradient_checkpointing and \
-        base.config.model.backbone == "unetr" else {}
-    model = PEMMA_MODELS[base.config.model.backbone](net, adapter_cfg, **extra)
+        model_class.supports_gradient_checkpointing else {}
+    model = model_class(net, adapter_cfg, **extra)
     report["new"] = sorted(model.adapter_state_dict())
     model.load_report = report
     return model

@@ -28,7 +28,7 @@ from peft.tuners.lora import LoraModel
 from peft.utils.other import ModulesToSaveWrapper
 from torch import nn
 
-from pemma.adapters.config import NEW_PARTS, AdapterConfig
+from pemma.adapters.config import NEW_PARTS, AdapterConfig, AdapterDefaults, register_adapter_defaults
 from pemma.adapters.state import adapter_active, adapters_disabled
 from pemma.vocab import MODALITY_ORDER, check_modalities
 
@@ -57,6 +57,10 @@ def _strip_forward_overrides(net: nn.Module) -> list[str]:
     return stripped
 
 
+#: The PEMMA model class of each backbone, filled as the classes are defined.
+PEMMA_MODELS: dict[str, type[PemmaAdaptedModel]] = {}
+
+
 class PemmaAdaptedModel(nn.Module):
     """Base class of :class:`~pemma.models.pemma_unetr.PemmaUNETR` and ``PemmaSwinUNETR``.
 
@@ -70,9 +74,24 @@ class PemmaAdaptedModel(nn.Module):
     """
 
     backbone_name: ClassVar[str]
+    transformer_name: ClassVar[str]
+    #: where adapters go and what trains by default on this backbone
+    adapter_defaults: ClassVar[AdapterDefaults]
+    #: the PET modules on the path to the transformer's features (what a prognosis stage adds to train)
+    feature_pet_parts: ClassVar[tuple[str, ...]]
     #: called as ``model(x, modalities)`` (see :func:`pemma.models.loaded.run_network`)
     accepts_modalities: ClassVar[bool] = True
-    transformer_name: ClassVar[str]
+    #: the constructor takes ``gradient_checkpointing`` (the base's own switch does not reach the copy)
+    supports_gradient_checkpointing: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        """A subclass naming its ``backbone_name`` registers itself and its adapter defaults."""
+        super().__init_subclass__(**kwargs)
+        if "backbone_name" in cls.__dict__:
+            if cls.backbone_name in PEMMA_MODELS:
+                raise ValueError(f"a PEMMA model for {cls.backbone_name!r} is registered twice")
+            register_adapter_defaults(cls.backbone_name, cls.adapter_defaults)
+            PEMMA_MODELS[cls.backbone_name] = cls
 
     def __init__(self, base: nn.Module, config: AdapterConfig | None = None, adapter_name: str = "ctpet") -> None:
         super().__init__()

@@ -8,8 +8,9 @@ import torch
 from monai.networks.nets import SwinUNETR
 
 from pemma.adapters.blocks import EmbeddingFusion, PetSkipBlock
-from pemma.adapters.config import AdapterConfig
+from pemma.adapters.config import AdapterConfig, AdapterDefaults
 from pemma.models.pemma_base import PemmaAdaptedModel, first_conv
+from pemma.models.registry import BackboneSpec, register_backbone
 
 __all__ = ["PemmaSwinUNETR"]
 
@@ -44,6 +45,10 @@ class PemmaSwinUNETR(PemmaAdaptedModel):
 
     backbone_name = "swin_unetr"
     transformer_name = "swinViT"
+    adapter_defaults = AdapterDefaults(target_modules=("attn.qkv", "attn.proj"),
+                                       new_parts=("pet_embedding", "pet_skip", "fusion"),
+                                       train_parts=("pet_embedding", "pet_skip", "fusion"))
+    feature_pet_parts = ("pet_embedding", "fusion")
 
     def __init__(self, base: SwinUNETR, config: AdapterConfig | None = None, adapter_name: str = "ctpet") -> None:
         if not isinstance(base, SwinUNETR):
@@ -92,3 +97,7 @@ class PemmaSwinUNETR(PemmaAdaptedModel):
         dec1 = net.decoder3(dec2, enc2)
         dec0 = net.decoder2(dec1, enc1)
         return net.out(net.decoder1(dec0, enc0))
+
+
+register_backbone(BackboneSpec(name="swin_unetr", net_class=SwinUNETR, roi_multiple=32,
+                               checkpointing_kwarg="use_checkpoint"))

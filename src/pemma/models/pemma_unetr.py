@@ -10,8 +10,9 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from pemma.adapters.blocks import PetSkipBlock
-from pemma.adapters.config import AdapterConfig
+from pemma.adapters.config import AdapterConfig, AdapterDefaults
 from pemma.models.pemma_base import PemmaAdaptedModel, first_conv
+from pemma.models.registry import BackboneSpec, register_backbone
 
 __all__ = ["PemmaUNETR"]
 
@@ -51,6 +52,11 @@ class PemmaUNETR(PemmaAdaptedModel):
 
     backbone_name = "unetr"
     transformer_name = "vit"
+    # method.md: UNETR trains the PET embedding, the PET skip block, the shallow skip encoders and the head
+    adapter_defaults = AdapterDefaults(target_modules=("attn.qkv",), new_parts=("pet_embedding", "pet_skip"),
+                                       train_parts=("pet_embedding", "pet_skip", "encoder1", "encoder2", "out"))
+    feature_pet_parts = ("pet_embedding",)
+    supports_gradient_checkpointing = True
 
     def __init__(self, base: UNETR, config: AdapterConfig | None = None, adapter_name: str = "ctpet",
                  gradient_checkpointing: bool = False) -> None:
@@ -106,3 +112,9 @@ class PemmaUNETR(PemmaAdaptedModel):
         dec2 = net.decoder4(dec3, enc3)
         dec1 = net.decoder3(dec2, enc2)
         return net.out(net.decoder2(dec1, enc1))
+
+
+register_backbone(BackboneSpec(
+    name="unetr", net_class=UNETR, roi_multiple=16, roi_kwarg="img_size",
+    unused_parameters=True,  # MONAI's TransformerBlock always builds a cross-attention norm UNETR never uses
+    checkpoint_blocks=lambda net: net.vit.blocks))

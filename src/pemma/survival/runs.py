@@ -27,6 +27,7 @@ from pemma.errors import PemmaError
 from pemma.io_utils import load_tensors, save_tensors
 from pemma.methods.loading import load_model
 from pemma.models.loaded import LoadedModel, build_pemma
+from pemma.models.pemma_base import PEMMA_MODELS
 from pemma.runs import CONFIG_FILE, SURVIVAL_META, check_base, stamp, write_meta
 from pemma.runs import read_meta as read_run_meta
 from pemma.survival.clinical import ClinicalEncoder
@@ -38,8 +39,6 @@ FORMAT = "pemma-survival"
 FORMAT_VERSION = 1
 META_FILE = SURVIVAL_META
 WEIGHTS_FILE = "survival.safetensors"
-#: parts of the PEMMA model on the prognosis feature path that train when PET is added (besides adapters)
-PET_PATHWAY: dict[str, tuple[str, ...]] = {"unetr": ("pet_embedding",), "swin_unetr": ("pet_embedding", "fusion")}
 
 
 def stage_name(modalities: tuple[str, ...] | list[str], ehr: bool) -> str:
@@ -62,7 +61,9 @@ def load_base(base_run: str | Path, expected_sha256: str | None = None, source: 
 def pemma_adapter_config(backbone: str, method: str, rank: int, alpha: float) -> AdapterConfig:
     """Adapters on the transformer's attention (backbone default) and the PET pathway of the feature path."""
     try:
-        return AdapterConfig(method=method, rank=rank, alpha=alpha, train_parts=PET_PATHWAY[backbone])
+        # the PET parts on the feature path train when PET is added (besides the adapters)
+        parts = PEMMA_MODELS[backbone].feature_pet_parts
+        return AdapterConfig(method=method, rank=rank, alpha=alpha, train_parts=parts)
     except ValueError as exc:
         raise PemmaError(f"invalid adapter settings: {exc}") from None
 

@@ -38,6 +38,7 @@ from pemma.config import RunConfig
 from pemma.data.transforms import describe
 from pemma.errors import PemmaError
 from pemma.io_utils import sha256_file, write_text_atomic
+from pemma.models.pemma_base import PEMMA_MODELS
 from pemma.runs import MODEL_FILE
 from pemma.runtime import resolve_device, run_logger
 from pemma.survival.clinical import ClinicalConfig, ClinicalEncoder
@@ -46,7 +47,6 @@ from pemma.survival.heads import HEADS, TimeBins
 from pemma.survival.metrics import concordance_counts
 from pemma.survival.model import PrognosisModel, trainable_summary
 from pemma.survival.runs import (
-    PET_PATHWAY,
     build_model,
     load_base,
     load_run,
@@ -352,7 +352,7 @@ def adapt_survival(model_run: str | Path, cfg: RunConfig, out_dir: str | Path, a
             if ".lora_" in name:
                 p.requires_grad_(True)
     if add_modality and train_encoder:
-        for part in PET_PATHWAY[backbone]:
+        for part in PEMMA_MODELS[backbone].feature_pet_parts:
             getattr(model.encoder, part).requires_grad_(True)
     if add_ehr and model.clinical is not None:
         model.clinical.requires_grad_(True)

@@ -11,7 +11,7 @@ from torch import nn
 from pemma.config import RunConfig
 from pemma.data.layout import CaseSplit, discover_cases, select_cases, split_cases
 from pemma.models.accounting import count_parameters
-from pemma.models.registry import build_backbone
+from pemma.models.registry import build_backbone, get_backbone
 from pemma.runs import save_weights
 from pemma.training.loop import TrainingTask, train_task
 
@@ -40,7 +40,7 @@ def backbone_task(cfg: RunConfig, net: nn.Module | None = None, name: str | None
         model=net, modalities=modalities, forward=lambda module, image, step: module(image),
         predictor=lambda module: module, save=save,
         # MONAI's TransformerBlock always builds a cross-attention norm that UNETR never uses
-        find_unused_parameters=cfg.model.backbone == "unetr",
+        find_unused_parameters=get_backbone(cfg.model.backbone).unused_parameters,
         describe=[f"model: {cfg.model.backbone} ({name}), {len(modalities)} input channel(s), "
                   f"roi {cfg.model.roi_size}, {cfg.model.backbone_kwargs}",
                   f"trainable parameters: {trainable:,} of {total:,}"])
