@@ -98,8 +98,8 @@ def _case_confusion(pred: np.ndarray, label: np.ndarray) -> torch.Tensor:
     """MONAI confusion matrix ``(1, 2, 4)`` of one case: ``[tp, fp, tn, fn]`` for GTVp and GTVn, float64.
 
     Only the voxels that are foreground in ``pred`` or ``label`` go to MONAI: the others are true negatives
-    of both classes, which the Dice does not use. This keeps it fast on whole CT grids and every count below
-    2**24, so MONAI's float32 counts are exact integers.
+    of both classes, which the Dice does not use. This keeps it fast on whole CT grids, and every count is at
+    most the number of foreground voxels: MONAI counts in float32, exact integers below 2**24 (16.7 M).
     """
     from monai.metrics import get_confusion_matrix
     from monai.networks.utils import one_hot
