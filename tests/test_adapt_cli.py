@@ -15,6 +15,8 @@ import pytest
 import torch
 from conftest import FAST, FAST_SWIN, FLAGS, run_cli, run_main
 
+pytestmark = pytest.mark.slow  # trains tiny base and adapted models (CLI train / adapt)
+
 
 def _labels(folder: Path) -> dict[str, np.ndarray]:
     return {p.name: np.asanyarray(nib.load(str(p)).dataobj) for p in sorted(folder.glob("*.nii.gz"))}

@@ -100,6 +100,7 @@ def test_empty_selection(phantom: Path, tmp_path: Path, capsys: pytest.CaptureFi
     assert "no cases for centres ['HMR']" in line and "CHUM" in line
 
 
+@pytest.mark.slow
 def test_wrong_channel_count_for_model(ct_model: Path, phantom: Path, tmp_path: Path,
                                        capsys: pytest.CaptureFixture) -> None:
     line = _error_line(capsys, ["predict", "--model", str(ct_model), "--modalities", "ct,pet", "--input",
@@ -107,6 +108,7 @@ def test_wrong_channel_count_for_model(ct_model: Path, phantom: Path, tmp_path: 
     assert "model expects input ct, got ct,pet (1 channel(s) expected)" in line
 
 
+@pytest.mark.slow
 def test_truncated_checkpoint(ct_model: Path, phantom: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     broken = tmp_path / "broken"
     shutil.copytree(ct_model, broken)
@@ -117,6 +119,7 @@ def test_truncated_checkpoint(ct_model: Path, phantom: Path, tmp_path: Path, cap
     assert "model.safetensors" in line and "truncated" in line
 
 
+@pytest.mark.slow
 def test_failed_case_leaves_earlier_outputs_whole(ct_model: Path, phantom: Path, tmp_path: Path,
                                                   capsys: pytest.CaptureFixture) -> None:
     data = _copy_case(phantom, tmp_path / "d", "CHUM-000")

@@ -21,6 +21,7 @@ def cli_phantom(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.parametrize(("backbone", "modalities", "fast"), [
     ("unetr", "ct", FAST), ("unetr", "ct,pet", FAST), ("swin_unetr", "ct", FAST_SWIN)])
+@pytest.mark.slow
 def test_synth_train_predict_evaluate(cli_phantom: Path, tmp_path: Path, backbone: str, modalities: str,
                                       fast: list[str]) -> None:
     run = tmp_path / "run"
@@ -54,6 +55,7 @@ def test_synth_train_predict_evaluate(cli_phantom: Path, tmp_path: Path, backbon
     assert header.startswith("case_id,centre,dice_GTVp,hd95_GTVp,dice_GTVn,hd95_GTVn")
 
 
+@pytest.mark.slow  # four CLI interpreter start-ups: the slowest test outside the training ones
 def test_help_on_every_verb() -> None:
     for verb in ("synth", "train", "predict", "evaluate"):
         assert "usage: pemma " + verb in run_cli(verb, "--help").stdout

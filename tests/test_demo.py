@@ -10,6 +10,8 @@ import pytest
 
 from pemma.data.phantom import PhantomConfig
 
+pytestmark = pytest.mark.slow  # runs the whole demo (trains every phase)
+
 STRATEGY = """
 name: demo_test
 backbones: [unetr]

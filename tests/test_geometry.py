@@ -16,7 +16,8 @@ from pemma.inference.predict import WindowSettings, predict_cases
 from pemma.io_utils import save_nifti
 from pemma.models.loaded import LoadedModel
 
-REAL_CT = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "lung1_ct.nii.gz"
+# a crop of a real chest CT (pyradiomics lung1; tests/data/README.md): scanner header, LPS flips, 5 mm slices
+REAL_CT = Path(__file__).resolve().parent / "data" / "lung1_ct.nii.gz"
 
 
 class ThresholdNet(nn.Module):
@@ -48,6 +49,10 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
 
 def test_real_ct_round_trip(tmp_path: Path) -> None:
     # soft tissue / bone above 100 HU, window centred there, so the known answer is CT > 100 HU
+    real = nib.load(str(REAL_CT))  # what makes it a real-geometry case: flipped axes, anisotropic, offset
+    assert np.sign(np.diag(real.affine)[:3]).tolist() == [-1.0, -1.0, 1.0]  # scanner LPS: x, y flipped in RAS
+    assert real.header.get_zooms() == (0.5703125, 0.5703125, 5.0) and real.get_data_dtype() == np.int16
+    assert np.abs(real.affine[:3, 3]).min() > 50
     model = _threshold_model((-300.0, 500.0))
     (out,) = predict_cases(model, discover_cases(REAL_CT), ["ct"], tmp_path, torch.device("cpu"),
                            WindowSettings(), progress=False)

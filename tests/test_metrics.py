@@ -190,3 +190,53 @@ def test_summarize_nanmean_skips_non_numeric():
 def test_docstring_examples():
     result = doctest.testmod(metrics, verbose=False)
     assert result.attempted > 0 and result.failed == 0
+
+
+def _numpy_dscagg(cases: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, float]:
+    """DSCagg from direct numpy voxel counts (independent of MONAI), NaN for a class absent everywhere."""
+    out = {}
+    for c, name in CLASS_NAMES.items():
+        inter = sum(int(np.sum((p == c) & (g == c))) for p, g in cases)
+        size = sum(int(np.sum(p == c)) + int(np.sum(g == c)) for p, g in cases)
+        out[name] = 2.0 * inter / size if size else math.nan
+    finite = [v for v in out.values() if not math.isnan(v)]
+    out["mean"] = sum(finite) / len(finite) if finite else math.nan
+    return out
+
+
+@pytest.mark.parametrize("absent", [None, 1, 2, "both"])
+def test_dscagg_matches_numpy_counts_on_random_maps(absent):
+    """The MONAI-backed DSCagg equals a plain numpy count; an absent class stays NaN, the mean skips it."""
+    rng = np.random.default_rng(7 if absent is None else len(str(absent)))
+    cases = []
+    for _ in range(4):
+        shape = tuple(int(s) for s in rng.integers(5, 17, size=3))
+        # sparse foreground, as in CT: mostly background, some of each class
+        pred = rng.choice(3, size=shape, p=[0.8, 0.12, 0.08])
+        label = np.where(rng.random(shape) < 0.7, pred, rng.choice(3, size=shape, p=[0.8, 0.1, 0.1]))
+        for c in {"both": (1, 2), None: ()}.get(absent, (absent,)):
+            pred[pred == c] = 0
+            label[label == c] = 0
+        cases.append((pred, label))
+    agg = AggregatedDice()
+    for pred, label in cases:
+        agg.update(pred, label)
+        assert case_counts(pred, label) == {
+            c: (int(np.sum((pred == c) & (label == c))), int(np.sum(label == c)), int(np.sum(pred == c)))
+            for c in CLASS_NAMES
+        }
+    got, want = agg.compute(), _numpy_dscagg(cases)
+    assert agg.num_cases == len(cases)
+    for key, value in want.items():
+        if math.isnan(value):
+            assert math.isnan(got[key]), key
+        else:
+            assert got[key] == pytest.approx(value, abs=1e-6), key
+            assert 0.0 < got[key] < 1.0
+    absent_names = {None: set(), 1: {"GTVp"}, 2: {"GTVn"}, "both": {"GTVp", "GTVn", "mean"}}[absent]
+    assert {k for k, v in got.items() if math.isnan(v)} == absent_names
+    by_counts = AggregatedDice()
+    for pred, label in cases:
+        by_counts.update_counts(case_counts(pred, label))
+    assert by_counts.compute().keys() == got.keys()
+    assert all(math.isnan(v) if math.isnan(got[k]) else v == got[k] for k, v in by_counts.compute().items())

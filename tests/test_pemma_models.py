@@ -8,6 +8,7 @@ gradient; a PET-only step leaves Swin's ct+pet fusion projection unused and a ct
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import torch
@@ -329,11 +330,22 @@ def test_load_base_state_report(bases):
     state["module.extra.weight"] = torch.zeros(1)
     state["module.out.conv.conv.weight"] = torch.zeros(5, 8, 1, 1, 1)
     net = UNETR(1, 3, **UNETR_KW)
-    report = load_base_state(net, state)
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    monai_log = logging.getLogger("monai.networks.utils")  # copy_model_state's; its handler prints to stdout
+    monai_log.addHandler(handler)
+    try:
+        report = load_base_state(net, state)
+    finally:
+        monai_log.removeHandler(handler)
+    assert not records  # CLI stdout (e.g. --json) stays clean
     assert report["new"] == ["out.conv.conv.weight"]
     assert len(report["skipped"]) == 2 and len(report["loaded"]) == len(state) - 2
     assert torch.equal(net.vit.blocks[0].attn.qkv.weight, bases["unetr"].vit.blocks[0].attn.qkv.weight)
     assert format_load_report(report).startswith(f"loaded {len(state) - 2} tensors, new 1")
+    assert report["skipped"] == ["out.conv.conv.weight (shape (5, 8, 1, 1, 1) != (3, 8, 1, 1, 1))",
+                                 "extra.weight (not in model)"]  # in checkpoint order
     with pytest.raises(ValueError, match="before building"):
         load_base_state(build(bases, "unetr"), state)
 

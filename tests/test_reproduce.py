@@ -34,6 +34,7 @@ def reproduced(phantom: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "out"
 
 
+@pytest.mark.slow
 def test_every_phase_and_method_evaluated(reproduced: Path) -> None:
     with open(reproduced / "results.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
@@ -68,6 +69,7 @@ def test_every_phase_and_method_evaluated(reproduced: Path) -> None:
     assert "## Findings" in report and "## Prognosis" in report
 
 
+@pytest.mark.slow
 def test_prognosis_chain_in_the_report(reproduced: Path) -> None:
     """CT -> +PET -> +EHR trained on the split's training cases; the held-out cases of this phantom have no
     relapse, so the C-index is reported as not computed instead of failing the run."""
@@ -84,6 +86,7 @@ def test_prognosis_chain_in_the_report(reproduced: Path) -> None:
     assert set(k for k in meta["parameters"] if k.startswith("trainable:")) == {"trainable:clinical", "trainable:head"}
 
 
+@pytest.mark.slow
 def test_rerun_skips_finished_phases(reproduced: Path, phantom: Path) -> None:
     phases = sorted(reproduced.glob("runs/*/*/*/phase.json"))
     assert len(phases) == 1 + 2 * 2  # shared pretrain + (adapt, update) per method

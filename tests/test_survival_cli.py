@@ -22,6 +22,8 @@ from pemma.io_utils import sha256_file
 from pemma.runs import CONFIG_FILE
 from pemma.training.segmentation import backbone_task
 
+pytestmark = pytest.mark.slow  # trains segmentation and prognosis models (CLI)
+
 TINY = ["--preset", "tiny", "--spacing", "4", "4", "4", "--roi", "32", "32", "32", "--batch-size", "2",
         "--max-steps", "2"]
 

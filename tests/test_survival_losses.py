@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -45,6 +47,18 @@ def test_cox_tied_events_efron_and_breslow() -> None:
     efron = -((0.4 - 0.3) - math.log(a + b + c) - math.log(a + b + c - 0.5 * (a + b)))
     assert float(cox_nll(h, event, time, ties="breslow", reduction="sum")) == pytest.approx(breslow, abs=1e-6)
     assert float(cox_nll(h, event, time, ties="efron", reduction="sum")) == pytest.approx(efron, abs=1e-6)
+
+
+@pytest.mark.parametrize("case", range(3))
+def test_cox_agrees_with_stored_torchsurv_without_ties(case: int) -> None:
+    """Stored torchsurv values (tests/reference/make_reference.py): run even where torchsurv is absent."""
+    reference = json.loads((Path(__file__).parent / "reference" / "torchsurv_cox.json").read_text())
+    ref = reference["cox_no_ties"][case]
+    h = torch.tensor(ref["log_hazard"], dtype=torch.float64)
+    event, time = torch.tensor(ref["event"], dtype=torch.bool), torch.tensor(ref["time"], dtype=torch.float64)
+    assert len(set(ref["time"])) == len(ref["time"]) and event.any()  # no ties, at least one event
+    ours = cox_nll(h, event, time, reduction="sum")
+    assert float(ours) == pytest.approx(ref["neg_partial_log_likelihood_sum"], rel=1e-5)
 
 
 def test_cox_agrees_with_torchsurv_without_ties() -> None:

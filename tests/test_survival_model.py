@@ -124,6 +124,7 @@ class FakeImages:
         return self.volumes[list(indices)]
 
 
+@pytest.mark.slow
 def test_fit_trains_the_head_only_and_l2_shrinks_it(unetr: UNETR, tmp_path) -> None:
     import logging
 

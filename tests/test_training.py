@@ -10,9 +10,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from conftest import FAST, run_cli
 from safetensors.torch import load_file
+
+pytestmark = pytest.mark.slow  # CLI training runs (resume, DDP)
 
 STEPS = "8"
 

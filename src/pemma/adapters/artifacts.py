@@ -8,6 +8,7 @@ the base checkpoint by SHA-256, so an adapter is never applied to a CT model it 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -150,7 +151,8 @@ def _strip_prefix(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Ten
 
 
 def load_base_state(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> dict[str, list[str]]:
-    """Load a CT base checkpoint into a plain MONAI network, tensor by tensor, and report what happened.
+    """Load a CT base checkpoint into a plain MONAI network (``monai.networks.utils.copy_model_state``: tensor
+    by tensor, where key and shape match) and report what happened.
 
     Load the base *before* building the PEMMA model (``PemmaUNETR(base, cfg)`` copies it). Keys with a
     ``module.`` (DDP) or ``_orig_mod.`` (torch.compile) prefix on every key are accepted.
@@ -161,18 +163,24 @@ def load_base_state(model: nn.Module, state_dict: Mapping[str, torch.Tensor]) ->
     """
     if isinstance(model, AdaptedModel):
         raise ValueError("load the base state into the MONAI network before building the PEMMA model")
+    from monai.networks.utils import copy_model_state
+
     state = _strip_prefix(state_dict)
     own = model.state_dict()
-    usable, skipped = {}, []
-    for key, value in state.items():
-        if key not in own:
-            skipped.append(f"{key} (not in model)")
-        elif tuple(value.shape) != tuple(own[key].shape):
-            skipped.append(f"{key} (shape {tuple(value.shape)} != {tuple(own[key].shape)})")
-        else:
-            usable[key] = value
-    model.load_state_dict(usable, strict=False)
-    return {"loaded": sorted(usable), "new": [k for k in own if k not in usable], "skipped": skipped}
+    # copies every checkpoint tensor whose key and shape the model has, then loads the result in place;
+    # its INFO line ("'dst' model updated ...") would go to stdout through MONAI's own handler
+    monai_log = logging.getLogger(copy_model_state.__module__)
+    level = monai_log.level
+    monai_log.setLevel(logging.WARNING)
+    try:
+        _, loaded, _ = copy_model_state(model, state, inplace=True)
+    finally:
+        monai_log.setLevel(level)
+    done = set(loaded)
+    skipped = [f"{key} (not in model)" if key not in own else
+               f"{key} (shape {tuple(value.shape)} != {tuple(own[key].shape)})"
+               for key, value in state.items() if key not in done]
+    return {"loaded": loaded, "new": [k for k in own if k not in done], "skipped": skipped}
 
 
 def format_load_report(report: Mapping[str, list[str]], limit: int = 3) -> str:

@@ -6,7 +6,8 @@ model-agnostic (no torch module, no file I/O).
 
 * :class:`AggregatedDice` is the challenge metric,
   ``DSCagg_c = 2 * sum_i |GT_i,c & P_i,c| / sum_i (|GT_i,c| + |P_i,c|)`` over cases ``i``, ranked by the
-  mean of GTVp and GTVn. It is a plain voxel-count sum (there is no MONAI equivalent).
+  mean of GTVp and GTVn, i.e. the F1 score of the confusion-matrix counts summed over cases. It runs on
+  MONAI's ``ConfusionMatrixMetric`` (``metric_name="f1 score"``, ``reduction="sum_batch"``).
 * :func:`case_metrics` gives per-case Dice and HD95 (mm) per class through MONAI's ``compute_dice`` and
   ``compute_hausdorff_distance``.
 * :func:`summarize` gives NaN-ignoring means of per-case metrics.
@@ -28,6 +29,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 CLASS_NAMES: dict[int, str] = {1: "GTVp", 2: "GTVn"}
 """Foreground class index -> HECKTOR name."""
@@ -92,8 +94,34 @@ def _check_pair(pred: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.nda
     return _check_label_map(pred_arr, "prediction"), _check_label_map(label_arr, "label")
 
 
+def _case_confusion(pred: np.ndarray, label: np.ndarray) -> torch.Tensor:
+    """MONAI confusion matrix ``(1, 2, 4)`` of one case: ``[tp, fp, tn, fn]`` for GTVp and GTVn, float64.
+
+    Only the voxels that are foreground in ``pred`` or ``label`` go to MONAI: the others are true negatives
+    of both classes, which the Dice does not use. This keeps it fast on whole CT grids, and every count is at
+    most the number of foreground voxels: MONAI counts in float32, exact integers below 2**24 (16.7 M).
+    """
+    from monai.metrics import get_confusion_matrix
+    from monai.networks.utils import one_hot
+
+    p, g = _check_pair(pred, label)
+    foreground = (p > 0) | (g > 0)
+    p_oh = one_hot(torch.from_numpy(p[foreground])[None, None], num_classes=_NUM_CLASSES)  # (1, 3, N)
+    g_oh = one_hot(torch.from_numpy(g[foreground])[None, None], num_classes=_NUM_CLASSES)
+    return get_confusion_matrix(p_oh, g_oh, include_background=False).double()
+
+
+def _counts_of(confusion: torch.Tensor) -> dict[int, CaseCounts]:
+    """``{class: CaseCounts}`` from a ``(2, 4)`` ``[tp, fp, tn, fn]`` matrix (classes 1, 2)."""
+    out = {}
+    for k, c in enumerate(CLASS_NAMES):
+        tp, fp, _, fn = (int(round(float(v))) for v in confusion[k])
+        out[c] = CaseCounts(tp, tp + fn, tp + fp)
+    return out
+
+
 def case_counts(pred: np.ndarray, label: np.ndarray) -> dict[int, tuple[int, int, int]]:
-    """Per-class voxel counts of one case.
+    """Per-class voxel counts of one case (MONAI ``get_confusion_matrix``).
 
     Args:
         pred: predicted label map, integer array of shape ``(D, H, W)`` with values in {0, 1, 2}.
@@ -112,14 +140,8 @@ def case_counts(pred: np.ndarray, label: np.ndarray) -> dict[int, tuple[int, int
         >>> case_counts(pred, label)
         {1: (1, 2, 1), 2: (1, 1, 2)}
     """
-    p, g = _check_pair(pred, label)
-    # confusion[g, p]: voxel counts of (ground truth g, prediction p) pairs
-    confusion = np.bincount((g * _NUM_CLASSES + p).ravel(), minlength=_NUM_CLASSES**2).reshape(
-        _NUM_CLASSES, _NUM_CLASSES
-    )
-    return {
-        c: (int(confusion[c, c]), int(confusion[c, :].sum()), int(confusion[:, c].sum())) for c in CLASS_NAMES
-    }
+    counts = _counts_of(_case_confusion(pred, label)[0])
+    return {c: (n.intersection, n.gt, n.pred) for c, n in counts.items()}
 
 
 class AggregatedDice:
@@ -127,7 +149,8 @@ class AggregatedDice:
 
     ``DSCagg_c = 2 * sum_i |GT_i,c ∩ P_i,c| / sum_i (|GT_i,c| + |P_i,c|)``. Unlike the mean of per-case
     Dice, cases with an empty class contribute their false-positive voxels without a 0/0 problem, and
-    large tumours weigh more.
+    large tumours weigh more. A thin wrapper over MONAI's ``ConfusionMatrixMetric`` (F1 of the per-class
+    ``[tp, fp, tn, fn]`` counts summed over the cases); the counts are kept in float64, exact integers.
 
     Conventions:
         * A class with no ground-truth and no predicted voxel in **any** case is NaN (undefined).
@@ -143,12 +166,27 @@ class AggregatedDice:
     """
 
     def __init__(self) -> None:
-        self.totals: dict[int, CaseCounts] = {c: CaseCounts() for c in CLASS_NAMES}
-        self.num_cases = 0
+        from monai.metrics import ConfusionMatrixMetric
+
+        self._metric = ConfusionMatrixMetric(include_background=False, metric_name="f1 score",
+                                             compute_sample=False, reduction="sum_batch")
+
+    @property
+    def num_cases(self) -> int:
+        """Number of cases added."""
+        buffer = self._metric.get_buffer()
+        return 0 if buffer is None else len(buffer)
+
+    @property
+    def totals(self) -> dict[int, CaseCounts]:
+        """Voxel counts per class summed over the cases added so far."""
+        buffer = self._metric.get_buffer()
+        summed = torch.zeros(len(CLASS_NAMES), 4, dtype=torch.float64) if buffer is None else buffer.sum(0)
+        return _counts_of(summed)
 
     def reset(self) -> None:
         """Forget all accumulated cases."""
-        self.__init__()
+        self._metric.reset()
 
     def update(self, pred: np.ndarray, label: np.ndarray) -> None:
         """Add one case.
@@ -160,7 +198,7 @@ class AggregatedDice:
         Raises:
             ValueError: as :func:`case_counts`.
         """
-        self.update_counts(case_counts(pred, label))
+        self._metric.extend(_case_confusion(pred, label))
 
     def update_counts(self, counts: Mapping[int, Sequence[int] | CaseCounts]) -> None:
         """Add one case from precomputed counts (e.g. the output of :func:`case_counts`).
@@ -168,18 +206,26 @@ class AggregatedDice:
         Args:
             counts: ``{class: (intersection, gt, pred)}`` for classes 1 and 2 (a missing class adds 0).
         """
+        rows = []
         for c in CLASS_NAMES:
             item = counts.get(c, CaseCounts())
             if not isinstance(item, CaseCounts):
                 item = CaseCounts(*(int(v) for v in item))
             if not 0 <= item.intersection <= min(item.gt, item.pred):
                 raise ValueError(f"inconsistent counts for class {c}: {item}")
-            self.totals[c] = self.totals[c] + item
-        self.num_cases += 1
+            tp = item.intersection
+            rows.append([tp, item.pred - tp, 0, item.gt - tp])  # tn is not known (nor used)
+        self._metric.extend(torch.tensor([rows], dtype=torch.float64))
 
     def compute(self) -> dict[str, float]:
         """Return ``{"GTVp": DSCagg_1, "GTVn": DSCagg_2, "mean": nan-mean of the two}``."""
-        out = {name: self.totals[c].dice for c, name in CLASS_NAMES.items()}
+        from monai.metrics import compute_confusion_matrix_metric
+
+        # = self._metric.aggregate() ("sum_batch", then F1), whose reduction would cast the sums to float32
+        buffer = self._metric.get_buffer()
+        dice = [math.nan] * len(CLASS_NAMES) if buffer is None else \
+            [float(v) for v in compute_confusion_matrix_metric("f1 score", buffer.sum(0))]
+        out = dict(zip(CLASS_NAMES.values(), dice, strict=True))
         out["mean"] = _nanmean([out[name] for name in CLASS_NAMES.values()])
         return out
 
@@ -222,7 +268,6 @@ def case_metrics(
         >>> m["dice_GTVp"], m["hd95_GTVp"]
         (0.0, 6.0)
     """
-    import torch
     from monai.metrics import compute_dice, compute_hausdorff_distance
     from monai.networks.utils import one_hot
 

@@ -46,8 +46,8 @@ def first_conv(module: nn.Module) -> nn.Conv3d:
 def _strip_forward_overrides(net: nn.Module) -> list[str]:
     """Remove instance-level ``forward`` attributes from the copied network.
 
-    A wrapper such as the registry's gradient checkpointing stores ``block.forward`` bound to the
-    *original* block; a deep copy would keep calling the original (un-adapted) weights.
+    A wrapper patched onto a module (e.g. a hand-made gradient checkpointing) stores ``block.forward``
+    bound to the *original* block; a deep copy would keep calling the original (un-adapted) weights.
     """
     stripped = []
     for name, m in net.named_modules():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Sequence
 
 import torch
 from monai.networks.nets import SwinUNETR
@@ -11,6 +12,7 @@ from pemma.adapters.blocks import EmbeddingFusion, PetSkipBlock
 from pemma.adapters.config import AdapterConfig, AdapterDefaults
 from pemma.models.pemma_base import PemmaAdaptedModel, first_conv
 from pemma.models.registry import BackboneSpec, register_backbone
+from pemma.vocab import check_modalities
 
 __all__ = ["PemmaSwinUNETR"]
 
@@ -64,6 +66,21 @@ class PemmaSwinUNETR(PemmaAdaptedModel):
         self.fusion = EmbeddingFusion(feature_size, self.modalities)
         self.pet_skip = PetSkipBlock(out_channels=first_conv(base.encoder1).out_channels)
         self._set_new_parts_trainable()
+
+    def forward(self, x: torch.Tensor, modalities: Sequence[str]) -> torch.Tensor:
+        """As :meth:`PemmaAdaptedModel.forward`. CT alone runs the copied base inside peft adapter contexts,
+        which a recomputation in backward (MONAI's ``use_checkpoint``) would run outside of: there the
+        blocks' checkpointing is off for the call (as for UNETR, whose PEMMA copy never checkpoints CT alone).
+        """
+        blocks = [m for m in self.net.modules() if getattr(m, "use_checkpoint", False) is True] \
+            if tuple(check_modalities(modalities)) == ("ct",) else []
+        for block in blocks:
+            block.use_checkpoint = False
+        try:
+            return super().forward(x, modalities)
+        finally:
+            for block in blocks:
+                block.use_checkpoint = True
 
     def _stages(self, x0: torch.Tensor) -> list[torch.Tensor]:
         """``SwinTransformer.forward`` from the (fused) patch embedding on: the five normalised outputs."""

@@ -11,6 +11,7 @@ from torch.utils.checkpoint import checkpoint
 
 from pemma.adapters.blocks import PetSkipBlock
 from pemma.adapters.config import AdapterConfig, AdapterDefaults
+from pemma.models.checkpointed_unetr import CheckpointedUNETR
 from pemma.models.pemma_base import PemmaAdaptedModel, first_conv
 from pemma.models.registry import BackboneSpec, register_backbone
 
@@ -41,8 +42,10 @@ class PemmaUNETR(PemmaAdaptedModel):
         config: adapter configuration. Default ``AdapterConfig()`` (LoRA, rank 4, alpha 8, on ``attn.qkv``).
         adapter_name: peft adapter name. Default "ctpet".
         gradient_checkpointing: recompute each transformer block in backward (saves memory). Default False.
-            A checkpointing wrapper patched onto the base's blocks (an instance-level ``forward``) is
-            removed from the copy, because it would call the original, un-adapted block.
+            A base :class:`~pemma.models.checkpointed_unetr.CheckpointedUNETR` has its own switch turned off in the copy
+            (CT alone runs the copy's forward inside peft adapter contexts, which a recompute in backward
+            would run outside of), and a ``forward`` patched onto the base's modules (an instance attribute)
+            is removed from the copy, because it would call the original, un-adapted module.
 
     Example:
         >>> base = UNETR(in_channels=1, out_channels=3, img_size=96)
@@ -70,6 +73,8 @@ class PemmaUNETR(PemmaAdaptedModel):
         if conv1.in_channels != 1:
             raise ValueError(f"base must be a CT model with in_channels=1, got {conv1.in_channels}")
         super().__init__(base, config, adapter_name)
+        if isinstance(self.net, CheckpointedUNETR):
+            self.net.gradient_checkpointing = False
         self.gradient_checkpointing = bool(gradient_checkpointing)
         self.img_size = tuple(f * p for f, p in zip(base.feat_size, base.patch_size, strict=True))
         self.pet_embedding = copy.deepcopy(base.vit.patch_embedding.patch_embeddings)
@@ -117,4 +122,4 @@ class PemmaUNETR(PemmaAdaptedModel):
 register_backbone(BackboneSpec(
     name="unetr", net_class=UNETR, roi_multiple=16, roi_kwarg="img_size",
     unused_parameters=True,  # MONAI's TransformerBlock always builds a cross-attention norm UNETR never uses
-    checkpoint_blocks=lambda net: net.vit.blocks))
+    checkpointed_class=CheckpointedUNETR))

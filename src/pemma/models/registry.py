@@ -7,14 +7,10 @@ Adding a backbone is that one file (plus its name in :data:`pemma.vocab.BACKBONE
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from pemma.config import ModelConfig
 from pemma.vocab import BACKBONES
@@ -32,7 +28,8 @@ class BackboneSpec:
         unused_parameters: the network owns parameters its forward never uses (DDP needs
             ``find_unused_parameters``). Default False.
         checkpointing_kwarg: the constructor flag that turns on MONAI's own gradient checkpointing, if any.
-        checkpoint_blocks: ``network -> blocks`` to recompute in backward, for networks without such a flag.
+        checkpointed_class: for networks without such a flag, a subclass of ``net_class`` with the same module tree
+            (and state-dict keys) that recomputes its blocks in backward; built when checkpointing is on.
     """
 
     name: str
@@ -41,7 +38,7 @@ class BackboneSpec:
     roi_kwarg: str | None = None
     unused_parameters: bool = False
     checkpointing_kwarg: str | None = None
-    checkpoint_blocks: Callable[[nn.Module], nn.ModuleList] | None = None
+    checkpointed_class: type[nn.Module] | None = None
 
 
 _BACKBONES: dict[str, BackboneSpec] = {}
@@ -72,19 +69,6 @@ def check_roi(name: str, roi_size: list[int]) -> None:
         raise ValueError(f"{name} needs roi_size divisible by {multiple}, got {list(roi_size)}")
 
 
-def _checkpoint_blocks(blocks: nn.ModuleList) -> None:
-    """Recompute each block's activations in backward (the module tree and state-dict keys are unchanged)."""
-    for block in blocks:
-        forward = block.forward
-
-        def wrapped(*args: Any, _forward: Callable = forward, **kwargs: Any) -> Any:
-            if torch.is_grad_enabled():
-                return checkpoint(_forward, *args, use_reentrant=False, **kwargs)
-            return _forward(*args, **kwargs)
-
-        block.forward = functools.update_wrapper(wrapped, forward)
-
-
 def constructor_kwargs(cfg: ModelConfig, in_channels: int) -> dict[str, Any]:
     """The MONAI constructor arguments of the network of ``cfg`` with ``in_channels`` inputs."""
     spec = get_backbone(cfg.backbone)
@@ -97,6 +81,9 @@ def constructor_kwargs(cfg: ModelConfig, in_channels: int) -> dict[str, Any]:
 def build_backbone(cfg: ModelConfig, in_channels: int) -> nn.Module:
     """A MONAI segmentation network for ``in_channels`` inputs, sized by ``cfg`` (preset + overrides).
 
+    ``cfg.gradient_checkpointing`` turns on the backbone's checkpointing (Swin UNETR: MONAI's ``use_checkpoint``;
+    UNETR: :class:`~pemma.models.checkpointed_unetr.CheckpointedUNETR`).
+
     Example:
         >>> net = build_backbone(build_config("tiny").model, in_channels=1)
     """
@@ -105,10 +92,9 @@ def build_backbone(cfg: ModelConfig, in_channels: int) -> nn.Module:
     kwargs = constructor_kwargs(cfg, in_channels)
     if spec.checkpointing_kwarg:
         kwargs[spec.checkpointing_kwarg] = cfg.gradient_checkpointing
-    net = spec.net_class(**kwargs)
-    if cfg.gradient_checkpointing and spec.checkpoint_blocks is not None:
-        _checkpoint_blocks(spec.checkpoint_blocks(net))
-    return net
+    if cfg.gradient_checkpointing and spec.checkpointed_class is not None:
+        return spec.checkpointed_class(**kwargs)
+    return spec.net_class(**kwargs)
 
 
 def backbone_nets() -> dict[str, type[nn.Module]]:

@@ -1,0 +1,126 @@
+"""Gradient checkpointing: same module tree, outputs and gradients as without it; PEMMA copies stay exact."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from monai.networks.nets import UNETR, SwinUNETR
+
+from pemma.adapters import AdapterConfig
+from pemma.config import build_config
+from pemma.models.checkpointed_unetr import CheckpointedUNETR
+from pemma.models.pemma_swin import PemmaSwinUNETR
+from pemma.models.pemma_unetr import PemmaUNETR
+from pemma.models.registry import build_backbone
+
+UNETR_KW = {"img_size": 32, "feature_size": 8, "hidden_size": 48, "mlp_dim": 96, "num_heads": 4}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _block_calls(net: torch.nn.Module) -> list[int]:
+    """A counter of calls to the first transformer block (2 per training step when it is recomputed)."""
+    calls = [0]
+    net.vit.blocks[0].register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
+    return calls
+
+
+def _step(net: torch.nn.Module, x: torch.Tensor, *args) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    net.zero_grad()
+    out = net(x, *args)
+    (out.square().mean() + out[:, 1].mean()).backward()
+    return out.detach(), {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
+
+
+def _assert_same_step(a, b, atol: float = 1e-6) -> None:
+    (out_a, grads_a), (out_b, grads_b) = a, b
+    assert torch.allclose(out_a, out_b, atol=atol, rtol=0)
+    assert grads_a.keys() == grads_b.keys() and grads_a
+    for name in grads_a:
+        assert torch.allclose(grads_a[name], grads_b[name], atol=atol, rtol=0), name
+
+
+def test_build_backbone_checkpointed_unetr_keeps_tree_and_init():
+    cfg = build_config("tiny").model
+    cfg_ck = build_config("tiny", overrides={"model": {"gradient_checkpointing": True}}).model
+    if cfg.backbone != "unetr":
+        pytest.skip("tiny preset is not UNETR")
+    torch.manual_seed(0)
+    plain = build_backbone(cfg, in_channels=1)
+    torch.manual_seed(0)
+    ck = build_backbone(cfg_ck, in_channels=1)
+    assert type(plain) is UNETR and isinstance(ck, CheckpointedUNETR) and ck.gradient_checkpointing
+    assert [n for n, _ in ck.named_parameters()] == [n for n, _ in plain.named_parameters()]
+    sd, sd_ck = plain.state_dict(), ck.state_dict()
+    assert list(sd) == list(sd_ck) and all(torch.equal(sd[k], sd_ck[k]) for k in sd)
+    assert not any("forward" in m.__dict__ for m in ck.modules())  # nothing patched onto instances
+
+
+def test_checkpointed_unetr_equals_unetr_outputs_and_gradients():
+    torch.manual_seed(0)
+    plain = UNETR(1, 3, **UNETR_KW).train()
+    ck = CheckpointedUNETR(1, 3, **UNETR_KW).train()
+    ck.load_state_dict(plain.state_dict())
+    x = torch.rand(2, 1, 32, 32, 32, generator=torch.Generator().manual_seed(1))
+    calls_plain, calls_ck = _block_calls(plain), _block_calls(ck)
+    _assert_same_step(_step(plain, x), _step(ck, x))
+    assert calls_plain == [1] and calls_ck == [2]  # forward, and the recomputation in backward
+    with torch.no_grad():  # inference: UNETR.forward itself, nothing recomputed
+        assert torch.equal(ck(x), plain(x)) and calls_ck == [3]
+    ck.gradient_checkpointing = False
+    _step(ck, x)
+    assert calls_ck == [4]
+
+
+@pytest.mark.parametrize("ct_update", [False, True])
+def test_pemma_unetr_on_checkpointed_base_equals_plain(ct_update: bool):
+    """CT alone runs the copied base inside peft adapter contexts: no recomputation may run outside them."""
+    torch.manual_seed(0)
+    plain = UNETR(1, 3, **UNETR_KW)
+    ck = CheckpointedUNETR(1, 3, **UNETR_KW)
+    ck.load_state_dict(plain.state_dict())
+    models = [PemmaUNETR(plain), PemmaUNETR(ck, gradient_checkpointing=True)]
+    assert models[1].net.gradient_checkpointing is False and ck.gradient_checkpointing is True
+    for model in models:
+        if ct_update:
+            model.add_ct_adapter()
+        model.train()
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():  # pretend adaptation happened (LoRA B starts at zero)
+        for name, p in models[0].named_parameters():
+            if ".lora_" in name or p.requires_grad:
+                p.add_(torch.randn(p.shape, generator=gen) * 0.05)
+    models[1].load_state_dict(models[0].state_dict())
+    x = torch.rand(1, 2, 32, 32, 32, generator=torch.Generator().manual_seed(1))
+    if ct_update:  # only the CT adapter trains
+        _assert_same_step(_step(models[0], x[:, :1], ("ct",)), _step(models[1], x[:, :1], ("ct",)))
+    else:
+        _assert_same_step(_step(models[0], x, ("ct", "pet")), _step(models[1], x, ("ct", "pet")))
+
+
+def test_pemma_swin_ct_update_on_checkpointed_base_equals_plain():
+    """MONAI's use_checkpoint in the copied Swin base: a CT-only update gets the non-checkpointed gradients."""
+    kw = {"feature_size": 12, "depths": (1, 1, 1, 1), "num_heads": (1, 1, 1, 1)}
+    torch.manual_seed(0)
+    plain = SwinUNETR(1, 3, **kw)
+    ck = SwinUNETR(1, 3, use_checkpoint=True, **kw)
+    ck.load_state_dict(plain.state_dict())
+    models = [PemmaSwinUNETR(plain, AdapterConfig()), PemmaSwinUNETR(ck, AdapterConfig())]
+    for model in models:
+        model.add_ct_adapter()
+        model.train()
+    gen = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, p in models[0].named_parameters():
+            if ".lora_" in name:
+                p.add_(torch.randn(p.shape, generator=gen) * 0.05)
+    models[1].load_state_dict(models[0].state_dict())
+    x = torch.rand(1, 1, 64, 32, 32, generator=torch.Generator().manual_seed(1))
+    _assert_same_step(_step(models[0], x, ("ct",)), _step(models[1], x, ("ct",)))
+    assert all(m.use_checkpoint for m in models[1].net.modules() if hasattr(m, "use_checkpoint"))  # restored
