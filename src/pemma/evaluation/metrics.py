@@ -31,11 +31,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from pemma.vocab import LABEL_VALUES, LABELS
+
 CLASS_NAMES: dict[int, str] = {1: "GTVp", 2: "GTVn"}
 """Foreground class index -> HECKTOR name."""
 
-_NUM_CLASSES = 3  # background, GTVp, GTVn
-_VALID_LABELS = (0, 1, 2)
+_NUM_CLASSES = len(LABELS)  # background, GTVp, GTVn
 
 
 @dataclass
@@ -72,7 +73,7 @@ def _check_label_map(arr: np.ndarray, name: str) -> np.ndarray:
     arr = np.asarray(arr)
     if arr.dtype == bool:
         return arr.astype(np.int64)
-    bad = ~np.isin(arr, _VALID_LABELS)
+    bad = ~np.isin(arr, LABEL_VALUES)
     if bad.any():
         values = np.unique(arr[bad])
         shown = ", ".join(repr(v.item()) for v in values[:5]) + (", ..." if values.size > 5 else "")
