@@ -13,8 +13,11 @@ Example:
 from __future__ import annotations
 
 import json
+import sys
+import types
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from pemma.data.phantom import ENDPOINT_FILE, PhantomConfig, synthesize_phantom
 from pemma.io_utils import write_text_atomic
@@ -78,3 +81,16 @@ def write_seed_summary(results: dict[int, Path], path: Path) -> Path:
     lines += ["", "Per-seed reports: " + ", ".join(f"[{s}]({f.name}/report.md)" for s, f in results.items())]
     write_text_atomic(path, "\n".join(lines) + "\n")
     return path
+
+
+class _CallableModule(types.ModuleType):
+    """``pemma.demo`` is both this module and the API function :func:`pemma.api.demo`: importing the module
+    rebinds the package attribute ``pemma.demo`` to it, so calling the module runs the function."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Path:
+        from pemma.api.protocol import demo
+
+        return demo(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
-from pemma.cli.options import add_training_flags, run_config_from_args
+from pemma.cli.options import add_training_flags, training_settings
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -56,27 +55,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_adapt(args: argparse.Namespace) -> int:
-    from pemma.adapters.config import AdapterConfig
-    from pemma.errors import PemmaError
-    from pemma.training.adaptation import adapt
-    from pemma.training.baselines import BASELINES, train_baseline
+    from pemma.api import adapt
 
-    def split(value: str | None) -> tuple[str, ...] | None:
-        return None if value is None else tuple(x.strip() for x in value.split(",") if x.strip())
-
-    try:
-        method = args.method if args.method in ("lora", "dora") else "lora"  # the baseline "full" uses LoRA
-        adapter_cfg = AdapterConfig(method=method, rank=args.rank, alpha=args.alpha,
-                                    dropout=args.adapter_dropout, target_modules=split(args.target_modules),
-                                    train_parts=split(args.train_parts),
-                                    modality_dropout=tuple(args.modality_dropout))
-    except ValueError as exc:
-        raise PemmaError(f"invalid adapter settings: {exc}") from None
-    cfg = run_config_from_args(args)
-    if args.method in BASELINES:
-        summary = train_baseline(args.method, args.base, cfg, args.out, adapter_cfg, resume=args.resume)
-    else:
-        summary = adapt(args.base, cfg, adapter_cfg, args.out, resume=args.resume)
+    run = adapt(args.base, args.data, args.out, centres=args.centres, add_modality=args.add_modality,
+                method=args.method, rank=args.rank, alpha=args.alpha, adapter_dropout=args.adapter_dropout,
+                target_modules=args.target_modules, train_parts=args.train_parts,
+                modality_dropout=args.modality_dropout, **training_settings(args))
+    summary = run.summary
     extra = f", CT logit weight {summary['weight']}" if "weight" in summary else ""
     print(f"{args.out}: {summary['steps']} steps, best validation mean DSCagg (CT+PET) {summary['best_dsc']:.4f}"
           f"{extra}")
@@ -84,20 +69,18 @@ def cmd_adapt(args: argparse.Namespace) -> int:
 
 
 def cmd_update(args: argparse.Namespace) -> int:
-    from pemma.config import parse_modalities
-    from pemma.training.update import update
+    from pemma.api import update
 
-    cfg = run_config_from_args(args)
-    summary = update(args.model, cfg, parse_modalities(args.modalities), args.out, resume=args.resume)
-    print(f"{args.out}: {summary['steps']} steps, best validation mean DSCagg ({args.modalities}) "
-          f"{summary['best_dsc']:.4f}")
+    run = update(args.model, args.data, args.modalities, args.out, centres=args.centres, **training_settings(args))
+    print(f"{args.out}: {run.summary['steps']} steps, best validation mean DSCagg ({args.modalities}) "
+          f"{run.summary['best_dsc']:.4f}")
     return 0
 
 
 def cmd_params(args: argparse.Namespace) -> int:
-    from pemma.adapters.reporting import parameter_summary
+    from pemma.api import params
 
-    summary = parameter_summary(Path(args.model))
+    summary = params(args.model)
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
@@ -107,12 +90,9 @@ def cmd_params(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from pemma.adapters.reporting import export_merged
-    from pemma.errors import PemmaError
+    from pemma.api import export
 
-    if not args.merge:
-        raise PemmaError("export needs --merge (an unmerged adapted model is its run folder)")
-    info = export_merged(Path(args.model), Path(args.out))
+    info = export(args.model, args.out, merge=args.merge)
     print(f"wrote {args.out}: merged {info['backbone']} for ct+pet input, max |merged - unmerged| = "
           f"{info['max_abs_diff']:.2e} on a test input ({info['bytes'] / 1e6:.1f} MB)")
     return 0
