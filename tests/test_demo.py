@@ -28,13 +28,13 @@ prognosis: {methods: [lora], head: cox, epochs: 1, train_adapters: false}
 
 
 def test_demo_with_two_seeds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
-    import pemma.demo
     from pemma.cli.main import main
+    from pemma.protocol import demo as demo_module
 
     strategy = tmp_path / "demo_test.yaml"
     strategy.write_text(STRATEGY)
     small = PhantomConfig(cases_per_centre=2, centres=("CHUM", "MDA", "HGJ"), ct_shape=(40, 40, 32))
-    monkeypatch.setattr(pemma.demo, "PhantomConfig", lambda: small)  # the CLI always asks for the default
+    monkeypatch.setattr(demo_module, "PhantomConfig", lambda: small)  # the CLI always asks for the default
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--strategy", str(strategy), "--seed", "0", "--seed", "1"]) == 0
     printed = capsys.readouterr().out
@@ -61,13 +61,13 @@ def test_demo_prognosis_is_evaluated_on_the_held_out_cases(tmp_path: Path, monke
     """The prognosis rows of a demo run: C-index of each stage on the split's validation + test cases (this
     phantom has relapses on both sides), equal to ``evaluate_survival`` on those cases; +PET starts from the
     PEMMA LoRA segmentation adapters."""
-    import pemma.demo
+    from pemma.protocol import demo as demo_module
     from pemma.survival.evaluate import evaluate_survival
 
     strategy = tmp_path / "demo_test.yaml"
     strategy.write_text(STRATEGY.replace("methods: [pemma_lora, early_fusion, full_finetune]", "methods: [pemma_lora]"))
     small = PhantomConfig(cases_per_centre=2, centres=("CHUM", "MDA", "HGJ"), ct_shape=(40, 40, 32))
-    report = pemma.demo.run_demo(tmp_path / "demo", seeds=[0], strategy=strategy, phantom=small, progress=False)
+    report = demo_module.run_demo(tmp_path / "demo", seeds=[0], strategy=strategy, phantom=small, progress=False)
     folder = report.parent
     assert "## Prognosis" in report.read_text()
     rows = json.loads((folder / "prognosis.json").read_text())

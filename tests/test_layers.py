@@ -25,7 +25,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("methods",),
     ("survival",),
     ("protocol",),
-    ("demo", "api", "__init__"),
+    ("api", "__init__"),
     ("cli",),
 )
 LAYER_OF = {unit: i for i, units in enumerate(LAYERS) for unit in units}

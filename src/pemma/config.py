@@ -15,8 +15,10 @@ from typing import Any
 import yaml
 
 from pemma.errors import PemmaError
-from pemma.io_utils import write_text_atomic
 from pemma.vocab import BACKBONES, parse_modalities
+
+#: keys that older pemma versions wrote into ``config.yaml`` and that are now read and ignored
+RETIRED_KEYS: dict[str, tuple[str, ...]] = {"data": ("num_workers",)}
 
 
 def _triple(name: str, value: Any, positive: bool = True) -> list[float]:
@@ -36,16 +38,14 @@ class DataConfig:
     centres: list[str] = field(default_factory=list, metadata={"help": "centres to use; empty = all"})
     modalities: list[str] = field(default_factory=lambda: ["ct"], metadata={"help": "input channels, [ct, pet] order"})
     val_fraction: float = field(default=0.2, metadata={"help": "validation share per centre (seeded split)"})
-    cache_dir: str | None = field(default=None, metadata={"help": "persistent preprocessing cache; None = memory"})
-    num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes"})
+    cache_dir: str | None = field(default=None,
+                                  metadata={"help": "persistent preprocessing cache folder (default: in memory)"})
 
     def __post_init__(self) -> None:
         self.modalities = parse_modalities(self.modalities)
         self.centres = [c.strip() for c in self.centres if c.strip()]
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
-        if self.num_workers < 0:
-            raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
 
 
 @dataclass
@@ -53,7 +53,7 @@ class PreprocessConfig:
     """Preprocessing declared per modality; echoed in the run log."""
 
     target_spacing: list[float] = field(default_factory=lambda: [3.0, 3.0, 3.0],
-                                        metadata={"help": "resampling spacing in mm (RAS)"})
+                                        metadata={"help": "target spacing in mm (RAS)"})
     ct_window: list[float] = field(default_factory=lambda: [-250.0, 250.0],
                                    metadata={"help": "CT HU window, clipped and scaled to [0, 1]"})
     pet_suv_range: list[float] = field(default_factory=lambda: [0.0, 20.0],
@@ -75,12 +75,12 @@ class PreprocessConfig:
 class ModelConfig:
     """Backbone and its size (a preset fills the per-backbone keyword arguments)."""
 
-    backbone: str = field(default="unetr", metadata={"help": f"one of {BACKBONES}"})
-    roi_size: list[int] = field(default_factory=lambda: [64, 64, 64], metadata={"help": "crop / window size"})
+    backbone: str = field(default="unetr", metadata={"help": f"network: {' or '.join(BACKBONES)}"})
+    roi_size: list[int] = field(default_factory=lambda: [64, 64, 64], metadata={"help": "crop / window size in voxels"})
     out_channels: int = field(default=3, metadata={"help": "background, GTVp, GTVn"})
     unetr: dict[str, Any] = field(default_factory=dict, metadata={"help": "monai UNETR keyword arguments"})
     swin_unetr: dict[str, Any] = field(default_factory=dict, metadata={"help": "monai SwinUNETR keyword arguments"})
-    gradient_checkpointing: bool = field(default=False, metadata={"help": "trade compute for memory"})
+    gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations (less GPU memory)"})
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:
@@ -113,7 +113,7 @@ class TrainConfig:
     dice_background: bool = field(default=False, metadata={"help": "include the background class in the Dice term"})
     val_every: int = field(default=5, metadata={"help": "validate every N epochs (and at the end)"})
     overlap: float = field(default=0.25, metadata={"help": "sliding-window overlap"})
-    sw_batch_size: int = field(default=2, metadata={"help": "sliding-window batch"})
+    sw_batch_size: int = field(default=2, metadata={"help": "windows per forward pass (sliding window)"})
     checkpoint_every: int = field(default=10, metadata={"help": "save a resumable checkpoint every N steps"})
     device: str = field(default="auto", metadata={"help": "auto, cpu, cuda, cuda:N"})
     amp: bool = field(default=False, metadata={"help": "mixed precision (fp16 on CUDA, bf16 on CPU)"})
@@ -153,7 +153,7 @@ class RunConfig:
             raise ValueError(f"unknown config sections {unknown}")
         kwargs: dict[str, Any] = {"preset": raw.get("preset", "tiny")}
         for name, klass in sections.items():
-            values = raw.get(name) or {}
+            values = {k: v for k, v in (raw.get(name) or {}).items() if k not in RETIRED_KEYS.get(name, ())}
             known = {f.name for f in dataclasses.fields(klass)}
             bad = sorted(set(values) - known)
             if bad:
@@ -162,6 +162,8 @@ class RunConfig:
         return cls(**kwargs)
 
     def save(self, path: str | Path) -> None:
+        from pemma.io_utils import write_text_atomic  # torch-free import of this module (fast `pemma --help`)
+
         write_text_atomic(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     @classmethod

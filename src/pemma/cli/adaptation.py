@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
-from pemma.cli.options import add_training_flags, run_config_from_args
-from pemma.vocab import PEMMA_METHODS, canonical_method, method_choices
+from pemma.cli.options import add_training_flags, training_settings
+from pemma.vocab import method_choices
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -57,24 +56,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_adapt(args: argparse.Namespace) -> int:
-    from pemma.adapters.config import AdapterConfig
-    from pemma.errors import PemmaError
-    from pemma.methods.adaptation import adapt
+    from pemma.api import adapt
 
-    def split(value: str | None) -> tuple[str, ...] | None:
-        return None if value is None else tuple(x.strip() for x in value.split(",") if x.strip())
-
-    try:
-        # the PEMMA methods set the adapter type; full fine-tuning builds the PEMMA pathway with LoRA
-        adapter_type = PEMMA_METHODS.get(canonical_method(args.method), "lora")
-        adapter_cfg = AdapterConfig(method=adapter_type, rank=args.rank, alpha=args.alpha,
-                                    dropout=args.adapter_dropout, target_modules=split(args.target_modules),
-                                    train_parts=split(args.train_parts),
-                                    modality_dropout=tuple(args.modality_dropout))
-    except ValueError as exc:
-        raise PemmaError(f"invalid adapter settings: {exc}") from None
-    cfg = run_config_from_args(args)
-    summary = adapt(args.base, cfg, args.out, method=args.method, adapter_cfg=adapter_cfg, resume=args.resume)
+    run = adapt(args.base, args.data, args.out, centres=args.centres, add_modality=args.add_modality,
+                method=args.method, rank=args.rank, alpha=args.alpha, adapter_dropout=args.adapter_dropout,
+                target_modules=args.target_modules, train_parts=args.train_parts,
+                modality_dropout=args.modality_dropout, **training_settings(args))
+    summary = run.summary
     extra = f", CT logit weight {summary['weight']}" if "weight" in summary else ""
     print(f"{args.out}: {summary['steps']} steps, best validation mean DSCagg (CT+PET) {summary['best_dsc']:.4f}"
           f"{extra}")
@@ -82,20 +70,18 @@ def cmd_adapt(args: argparse.Namespace) -> int:
 
 
 def cmd_update(args: argparse.Namespace) -> int:
-    from pemma.methods.update import update
-    from pemma.vocab import parse_modalities
+    from pemma.api import update
 
-    cfg = run_config_from_args(args)
-    summary = update(args.model, cfg, parse_modalities(args.modalities), args.out, resume=args.resume)
-    print(f"{args.out}: {summary['steps']} steps, best validation mean DSCagg ({args.modalities}) "
-          f"{summary['best_dsc']:.4f}")
+    run = update(args.model, args.data, args.modalities, args.out, centres=args.centres, **training_settings(args))
+    print(f"{args.out}: {run.summary['steps']} steps, best validation mean DSCagg ({args.modalities}) "
+          f"{run.summary['best_dsc']:.4f}")
     return 0
 
 
 def cmd_params(args: argparse.Namespace) -> int:
-    from pemma.methods.reporting import parameter_summary
+    from pemma.api import params
 
-    summary = parameter_summary(Path(args.model))
+    summary = params(args.model)
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
@@ -105,12 +91,9 @@ def cmd_params(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from pemma.errors import PemmaError
-    from pemma.methods.reporting import export_merged
+    from pemma.api import export
 
-    if not args.merge:
-        raise PemmaError("export needs --merge (an unmerged adapted model is its run folder)")
-    info = export_merged(Path(args.model), Path(args.out))
+    info = export(args.model, args.out, merge=args.merge)
     print(f"wrote {args.out}: merged {info['backbone']} for ct+pet input, max |merged - unmerged| = "
           f"{info['max_abs_diff']:.2e} on a test input ({info['bytes'] / 1e6:.1f} MB)")
     return 0

@@ -22,10 +22,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from pemma.demo import run_demo
+    from pemma.api import demo
 
-    report = run_demo(args.out, seeds=args.seed or [0], preset=args.preset, max_steps=args.max_steps,
-                      backbone=args.backbone, strategy=args.strategy)
+    report = demo(args.out, seed=args.seed, preset=args.preset, max_steps=args.max_steps, backbone=args.backbone,
+                  strategy=args.strategy)
     print(report.read_text())
     print(f"report: {report}")
     return 0

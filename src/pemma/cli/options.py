@@ -1,68 +1,103 @@
-"""Argument groups shared by the CLI verbs (every training verb takes the same training flags)."""
+"""Argument groups shared by the CLI verbs (every training verb takes the same training flags).
+
+Flags that set a configuration field are made by :func:`add_field_flag` from the dataclass field in
+:mod:`pemma.config`: the help text is the field's ``metadata["help"]`` and the type / number of values come
+from the field's annotation, so the CLI and the config cannot drift apart. Such flags default to ``None``
+("not given"): the preset and ``--config`` then keep their values (preset < --config < flags).
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from typing import Any
 
-from pemma.config import RunConfig, build_config
+from pemma.config import DataConfig, ModelConfig, PreprocessConfig, TrainConfig
+
+_SCALARS = {"int": int, "float": float, "str": str}
+
+
+def field_of(klass: type, name: str) -> dataclasses.Field:
+    """The dataclass field ``name`` of ``klass`` (``KeyError`` naming both if it does not exist)."""
+    fields = {f.name: f for f in dataclasses.fields(klass)}
+    if name not in fields:
+        raise KeyError(f"{klass.__name__} has no field {name!r}")
+    return fields[name]
+
+
+def add_field_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup, klass: type, name: str,
+                   flag: str | None = None, **kwargs: Any) -> argparse.Action:
+    """Add ``--<name>`` (or ``flag``) for the dataclass field ``klass.name``.
+
+    Help is the field's ``metadata["help"]``; a ``bool`` field becomes a switch, ``list[int]`` /
+    ``list[float]`` a flag of as many values as the field's default holds (metavar X Y Z for three), a
+    scalar a flag of that type. The default is ``None`` (not given). ``kwargs`` go to ``add_argument``
+    (e.g. ``required``, ``choices``). The action remembers its field in ``action.config_field``.
+
+    Args:
+        parser: parser or argument group.
+        klass: a config dataclass (e.g. :class:`~pemma.config.TrainConfig`).
+        name: the field name.
+        flag: the option string. Default ``--`` + the field name with dashes.
+        kwargs: more ``add_argument`` keywords; they win over the derived ones.
+
+    Example:
+        >>> action = add_field_flag(parser, TrainConfig, "max_steps")  # --max-steps N
+    """
+    f = field_of(klass, name)
+    text = str(f.metadata["help"])
+    annotation = str(f.type).replace(" | None", "").strip()
+    spec: dict[str, Any] = {"default": None, "help": text.replace("%", "%%")}
+    if annotation == "bool":
+        spec["action"] = "store_true"
+    elif annotation.startswith("list["):
+        count = len(f.default_factory()) if f.default_factory is not dataclasses.MISSING else None
+        spec.update(type=_SCALARS[annotation[5:-1]], nargs=count or "+")
+        if count == 3:
+            spec["metavar"] = ("X", "Y", "Z")
+    else:
+        spec["type"] = _SCALARS[annotation]
+    spec.update(kwargs)
+    action = parser.add_argument(flag or "--" + name.replace("_", "-"), **spec)
+    action.config_field = (klass, name)  # type: ignore[attr-defined]
+    return action
 
 
 def add_training_flags(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("training")
     g.add_argument("--preset", default="tiny", help="size preset: tiny (CPU, tests) or paper (default: tiny)")
     g.add_argument("--config", help="YAML with data/preprocess/model/train sections (overrides the preset)")
-    g.add_argument("--seed", type=int, help="seed of weights, split and crops (default 0)")
-    g.add_argument("--epochs", type=int, help="passes over the training cases")
-    g.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (quick trials, tests)")
-    g.add_argument("--batch-size", type=int, help="crops per step per process")
-    g.add_argument("--lr", type=float, help="AdamW learning rate")
-    g.add_argument("--val-every", type=int, help="validate every N epochs")
-    g.add_argument("--checkpoint-every", type=int, help="resumable checkpoint every N steps")
-    g.add_argument("--roi", type=int, nargs=3, metavar=("X", "Y", "Z"), help="crop / window size in voxels")
-    g.add_argument("--spacing", type=float, nargs=3, metavar=("X", "Y", "Z"), help="target spacing in mm")
-    g.add_argument("--val-fraction", type=float, help="validation share per centre (default 0.2)")
-    g.add_argument("--cache-dir", help="persistent preprocessing cache folder (default: in memory)")
-    g.add_argument("--num-workers", type=int, help="DataLoader workers")
+    for name in ("seed", "epochs", "max_steps", "batch_size", "lr", "val_every", "checkpoint_every"):
+        add_field_flag(g, TrainConfig, name)
+    add_field_flag(g, ModelConfig, "roi_size", "--roi")
+    add_field_flag(g, PreprocessConfig, "target_spacing", "--spacing")
+    add_field_flag(g, DataConfig, "val_fraction")
+    add_field_flag(g, DataConfig, "cache_dir")
     g.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     add_device_flags(parser)
-    parser.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations (GPU memory)")
+    add_field_flag(parser, ModelConfig, "gradient_checkpointing")
 
 
-def add_device_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default=None, help="auto (default), cpu, cuda, cuda:N")
-    parser.add_argument("--amp", action="store_true", help="mixed precision")
+def add_device_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    add_field_flag(parser, TrainConfig, "device")
+    add_field_flag(parser, TrainConfig, "amp")
 
 
 def add_window_flags(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("sliding window")
-    g.add_argument("--roi", type=int, nargs=3, metavar=("X", "Y", "Z"), help="window size (default: trained roi)")
-    g.add_argument("--overlap", type=float, help="window overlap (default: as trained)")
-    g.add_argument("--sw-batch-size", type=int, help="windows per forward pass")
+    g = parser.add_argument_group("sliding window (default: as the run was trained)")
+    add_field_flag(g, ModelConfig, "roi_size", "--roi")
+    add_field_flag(g, TrainConfig, "overlap")
+    add_field_flag(g, TrainConfig, "sw_batch_size")
     add_device_flags(g)
 
 
-def run_config_from_args(args: argparse.Namespace, **extra: dict[str, Any]) -> RunConfig:
-    """Preset < --config < flags."""
-    overrides: dict[str, dict[str, Any]] = {
-        "data": {"root": getattr(args, "data", None), "centres": _csv(getattr(args, "centres", None)),
-                 "modalities": getattr(args, "modalities", None), "val_fraction": args.val_fraction,
-                 "cache_dir": args.cache_dir, "num_workers": args.num_workers},
-        "preprocess": {"target_spacing": args.spacing},
-        "model": {"backbone": getattr(args, "backbone", None), "roi_size": args.roi,
-                  "gradient_checkpointing": args.gradient_checkpointing or None},
-        "train": {"seed": args.seed, "epochs": args.epochs, "max_steps": args.max_steps,
-                  "batch_size": args.batch_size, "lr": args.lr, "val_every": args.val_every,
-                  "checkpoint_every": args.checkpoint_every, "device": args.device, "amp": args.amp or None},
-    }
-    for section, values in extra.items():
-        overrides.setdefault(section, {}).update(values)
-    return build_config(args.preset, args.config, overrides)
+def training_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments of :func:`add_training_flags` for a training function of :mod:`pemma.api`."""
+    names = ("preset", "config", "seed", "epochs", "max_steps", "batch_size", "lr", "val_every", "checkpoint_every",
+             "roi", "spacing", "val_fraction", "cache_dir", "resume", "device", "amp", "gradient_checkpointing")
+    return {name: getattr(args, name) for name in names}
 
 
-def _csv(value: str | None) -> list[str] | None:
-    return None if value is None else [v.strip() for v in value.split(",") if v.strip()]
-
-
-def parse_centres(value: str | None) -> list[str]:
-    return _csv(value) or []
+def window_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword arguments of :func:`add_window_flags` for :func:`pemma.predict` / :func:`pemma.evaluate`."""
+    return {name: getattr(args, name) for name in ("roi", "overlap", "sw_batch_size", "device", "amp")}

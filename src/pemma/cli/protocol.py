@@ -29,11 +29,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_reproduce(args: argparse.Namespace) -> int:
-    from pemma.protocol.runner import reproduce
+    from pemma.api import reproduce
 
-    report = reproduce(args.strategy, args.data, args.out, backbones=args.backbone, preset=args.preset,
-                       max_steps=args.max_steps, variants=args.variant, methods=args.method,
-                       seed=args.seed)
+    report = reproduce(args.strategy, args.data, args.out, backbone=args.backbone, preset=args.preset,
+                       max_steps=args.max_steps, variant=args.variant, method=args.method, seed=args.seed)
     print(report.read_text())
     print(f"report: {report}")
     return 0

@@ -1,13 +1,12 @@
-"""Segmentation verbs: ``synth``, ``train``, ``predict``, ``evaluate``."""
+"""Segmentation verbs: ``synth``, ``train``, ``predict``, ``evaluate`` (each parses, calls :mod:`pemma.api`, prints)."""
 
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from pemma.cli.options import add_training_flags, add_window_flags, parse_centres, run_config_from_args
-from pemma.errors import PemmaError
-from pemma.vocab import BACKBONES, parse_modalities
+from pemma.cli.options import add_field_flag, add_training_flags, add_window_flags, training_settings, window_settings
+from pemma.config import ModelConfig
+from pemma.vocab import BACKBONES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="HECKTOR folder, nnU-Net raw folder or datalist JSON")
     p.add_argument("--centres", help="comma-separated centres (default: all)")
     p.add_argument("--modalities", default="ct", help="ct, pet or ct,pet (early fusion); default ct")
-    p.add_argument("--backbone", choices=BACKBONES, default=None, help="default unetr")
+    add_field_flag(p, ModelConfig, "backbone", choices=BACKBONES)
     p.add_argument("--out", required=True, help="run folder")
     add_training_flags(p)
     p.set_defaults(func=cmd_train)
@@ -56,72 +55,38 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from pemma.data.phantom import PhantomConfig, synthesize_phantom
+    from pemma.api import synth
 
-    kwargs = {"cases_per_centre": args.cases_per_centre, "ct_shape": args.shape, "ct_spacing": args.ct_spacing,
-              "oblique_degrees": args.oblique_degrees, "seed": args.seed,
-              "centres": tuple(parse_centres(args.centres)) or None}
-    try:
-        config = PhantomConfig(**{k: (tuple(v) if isinstance(v, list) else v)
-                                  for k, v in kwargs.items() if v is not None})
-    except ValueError as exc:
-        raise PemmaError(f"invalid phantom settings: {exc}") from None
-    ids = synthesize_phantom(args.out, config)
+    ids = synth(args.out, cases_per_centre=args.cases_per_centre, centres=args.centres, shape=args.shape,
+                ct_spacing=args.ct_spacing, oblique_degrees=args.oblique_degrees, seed=args.seed)
     print(f"wrote {len(ids)} cases to {args.out}")
     return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from pemma.training.segmentation import train
+    from pemma.api import train
 
-    cfg = run_config_from_args(args)
-    summary = train(cfg, args.out, resume=args.resume)
-    print(f"{args.out}: {summary['steps']} steps, best validation mean DSCagg {summary['best_dsc']:.4f}")
+    run = train(args.data, args.out, centres=args.centres, modalities=args.modalities, backbone=args.backbone,
+                **training_settings(args))
+    print(f"{args.out}: {run.summary['steps']} steps, best validation mean DSCagg {run.summary['best_dsc']:.4f}")
     return 0
 
 
-def _window(args: argparse.Namespace):
-    from pemma.inference.predict import WindowSettings
-
-    return WindowSettings(roi_size=args.roi, overlap=args.overlap, sw_batch_size=args.sw_batch_size, amp=args.amp)
-
-
-def _model_and_inputs(args: argparse.Namespace, source: str):
-    from pemma.methods.loading import load_model
-    from pemma.runtime import resolve_device
-
-    device = resolve_device(args.device or "auto")
-    model = load_model(args.model, device, base_run=args.base)
-    modalities = parse_modalities(args.modalities) if args.modalities else model.input_sets[0]
-    model.check_inputs(modalities, source)
-    return model, modalities, device
-
-
 def cmd_predict(args: argparse.Namespace) -> int:
-    from pemma.data.layout import discover_cases, select_cases
-    from pemma.inference.predict import predict_cases
+    from pemma.api import predict
 
-    model, modalities, device = _model_and_inputs(args, str(args.input))
-    cases = select_cases(discover_cases(args.input), centres=parse_centres(args.centres), modalities=modalities,
-                         source=str(args.input))
-    written = predict_cases(model, cases, modalities, args.out, device, _window(args))
+    written = predict(args.model, args.input, args.out, modalities=args.modalities, centres=args.centres,
+                      base=args.base, **window_settings(args))
     print(f"wrote {len(written)} label maps to {args.out}")
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from pemma.data.layout import discover_cases, select_cases
-    from pemma.evaluation.evaluate import evaluate_model, format_summary, write_report
+    from pemma.api import evaluate
+    from pemma.evaluation.evaluate import format_summary
 
-    model, modalities, device = _model_and_inputs(args, str(args.data))
-    cases = select_cases(discover_cases(args.data), centres=parse_centres(args.centres), modalities=modalities,
-                         require_label=True, source=str(args.data))
-    out = Path(args.out or Path(args.model) / "evaluation")
-    result = evaluate_model(model, cases, modalities, device, _window(args),
-                            predictions_dir=out / f"predictions_{'+'.join(modalities)}" if args.save_predictions
-                            else None)
-    result["centres"] = sorted({c.centre for c in cases})
-    json_path, csv_path = write_report(result, out)
+    result = evaluate(args.model, args.data, centres=args.centres, modalities=args.modalities, out=args.out,
+                      save_predictions=args.save_predictions, base=args.base, **window_settings(args))
     print(format_summary(result))
-    print(f"report: {json_path} and {csv_path}")
+    print(f"report: {result['report']['json']} and {result['report']['csv']}")
     return 0

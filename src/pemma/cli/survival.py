@@ -13,9 +13,8 @@ from __future__ import annotations
 
 import argparse
 
-from pemma.cli.options import add_device_flags, add_training_flags, parse_centres, run_config_from_args
-from pemma.errors import PemmaError
-from pemma.runtime import run_logger
+from pemma.cli.options import add_device_flags, add_field_flag, add_training_flags, training_settings
+from pemma.config import DataConfig
 
 
 def _fmt(value: float | None) -> str:
@@ -88,7 +87,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples (default 1000)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     p.add_argument("--base", help="segmentation base run, if it moved")
-    p.add_argument("--cache-dir", help="persistent preprocessing cache folder")
+    add_field_flag(p, DataConfig, "cache_dir")
     _table_flags(p)
     add_device_flags(p)
     p.set_defaults(func=cmd_evaluate)
@@ -99,24 +98,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--centres", help="comma-separated centres (default: all)")
     p.add_argument("--out", required=True, help="output CSV")
     p.add_argument("--base", help="segmentation base run, if it moved")
-    p.add_argument("--cache-dir", help="persistent preprocessing cache folder")
+    add_field_flag(p, DataConfig, "cache_dir")
     _table_flags(p, endpoints=False)
     add_device_flags(p)
     p.set_defaults(func=cmd_predict)
-
-
-def _reject_resume(args: argparse.Namespace) -> None:
-    if getattr(args, "resume", False):
-        raise PemmaError("survival stages are short and do not resume; run the stage again without --resume")
-
-
-def _check_geometry(args: argparse.Namespace, model_cfg, preprocess_cfg, source: str) -> None:
-    """--roi / --spacing, if given, must be what the encoder was trained with."""
-    if args.roi is not None and [int(v) for v in args.roi] != list(model_cfg.roi_size):
-        raise PemmaError(f"{source}: --roi {args.roi} differs from the segmentation run's {model_cfg.roi_size}")
-    if args.spacing is not None and [float(v) for v in args.spacing] != list(preprocess_cfg.target_spacing):
-        raise PemmaError(f"{source}: --spacing {args.spacing} differs from the segmentation run's "
-                         f"{preprocess_cfg.target_spacing}")
 
 
 def _print_summary(out: str, summary: dict) -> None:
@@ -126,62 +111,34 @@ def _print_summary(out: str, summary: dict) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from pemma.methods.loading import load_model
-    from pemma.survival.training import train_survival
+    from pemma.api import survival_train
 
-    _reject_resume(args)
-    base = load_model(args.base)
-    _check_geometry(args, base.config.model, base.config.preprocess, args.base)
-    cfg = run_config_from_args(args)
-    summary = train_survival(args.base, cfg, args.out, head=args.head, endpoints=args.endpoints, n_bins=args.bins,
-                             l2=args.l2)
-    _print_summary(args.out, summary)
+    run = survival_train(args.base, args.data, args.out, centres=args.centres, modalities=args.modalities,
+                         head=args.head, bins=args.bins, l2=args.l2, endpoints=args.endpoints,
+                         **training_settings(args))
+    _print_summary(args.out, run.summary)
     return 0
 
 
 def cmd_adapt(args: argparse.Namespace) -> int:
-    from pemma.config import RunConfig
-    from pemma.runs import CONFIG_FILE
-    from pemma.survival.clinical import ClinicalConfig
-    from pemma.survival.runs import read_meta
-    from pemma.survival.training import adapt_survival
+    from pemma.api import survival_adapt
 
-    _reject_resume(args)
-    if not args.encoder_lr_scale > 0:
-        raise PemmaError(f"--encoder-lr-scale must be > 0, got {args.encoder_lr_scale}")
-    read_meta(args.model)
-    prev_cfg = RunConfig.load(f"{args.model}/{CONFIG_FILE}")
-    _check_geometry(args, prev_cfg.model, prev_cfg.preprocess, args.model)
-    args.data = args.data or prev_cfg.data.root
-    if args.centres is None and prev_cfg.data.centres:
-        args.centres = ",".join(prev_cfg.data.centres)
-    clinical_config = None
-    if args.numeric_column is not None or args.categorical_column is not None:
-        try:
-            clinical_config = ClinicalConfig(numeric=tuple(args.numeric_column or ()),
-                                             categorical=tuple(args.categorical_column or ()))
-        except ValueError as exc:
-            raise PemmaError(f"invalid clinical columns: {exc}") from None
-    cfg = run_config_from_args(args)
-    summary = adapt_survival(args.model, cfg, args.out, add_modality=args.add_modality, add_ehr=args.add_ehr,
-                             method=args.method, rank=args.rank, alpha=args.alpha, clinical_config=clinical_config,
-                             endpoints=args.endpoints, clinical=args.clinical, base_run=args.base,
-                             encoder_lr_scale=args.encoder_lr_scale, l2=args.l2,
-                             train_adapters=not args.freeze_adapters, init_adapters=args.init_adapters)
-    _print_summary(args.out, summary)
+    run = survival_adapt(args.model, args.out, data=args.data, centres=args.centres, add_modality=args.add_modality,
+                         add_ehr=args.add_ehr, method=args.method, rank=args.rank, alpha=args.alpha,
+                         numeric_column=args.numeric_column, categorical_column=args.categorical_column, l2=args.l2,
+                         encoder_lr_scale=args.encoder_lr_scale, init_adapters=args.init_adapters,
+                         freeze_adapters=args.freeze_adapters, base=args.base, endpoints=args.endpoints,
+                         clinical=args.clinical, **training_settings(args))
+    _print_summary(args.out, run.summary)
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from pemma.survival.evaluate import evaluate_survival
+    from pemma.api import survival_evaluate
 
-    if args.bootstrap < 1:
-        raise PemmaError(f"--bootstrap must be >= 1, got {args.bootstrap}")
-    run_logger(None)  # notes (skips, unseen clinical categories) go to stderr
-    res = evaluate_survival(args.model, args.data, centres=parse_centres(args.centres) or None, out_dir=args.out,
-                            device=args.device or "auto", n_bootstrap=args.bootstrap, seed=args.seed,
-                            endpoints=args.endpoints, clinical=args.clinical, base_run=args.base,
-                            cache_dir=args.cache_dir, split=args.split)
+    res = survival_evaluate(args.model, args.data, centres=args.centres, split=args.split, out=args.out,
+                            bootstrap=args.bootstrap, seed=args.seed, base=args.base, cache_dir=args.cache_dir,
+                            endpoints=args.endpoints, clinical=args.clinical, device=args.device)
     p = "n/a" if res["logrank_p"] is None else f"{res['logrank_p']:.3g}"
     print(f"stage {res['stage']} on {', '.join(res['centres'])} ({res['split']} cases): {res['text']}")
     print(f"risk groups split at the training median {res['risk_threshold']:.4g}: {res['high_risk']} high-risk, "
@@ -192,11 +149,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from pemma.survival.evaluate import predict_survival
+    from pemma.api import survival_predict
 
-    run_logger(None)
-    res = predict_survival(args.model, args.data, args.out, centres=parse_centres(args.centres) or None,
-                           device=args.device or "auto", clinical=args.clinical, base_run=args.base,
-                           cache_dir=args.cache_dir)
+    res = survival_predict(args.model, args.data, args.out, centres=args.centres, base=args.base,
+                           cache_dir=args.cache_dir, clinical=args.clinical, device=args.device)
     print(f"wrote {res['n']} risk scores ({res['stage']} model) to {res['path']}")
     return 0

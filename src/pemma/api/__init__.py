@@ -1,0 +1,23 @@
+"""The Python API: one function per ``pemma`` verb, with the CLI flags as keyword arguments.
+
+::
+
+    import pemma
+    run = pemma.train(data="data/phantom", centres=["CHUM"], modalities=["ct"], preset="tiny", out="runs/ct")
+    ad = pemma.adapt(base=run, data="data/phantom", centres=["MDA"], add_modality="pet", method="lora",
+                     out="runs/ad")
+    pemma.predict(ad, inputs="data/phantom/imagesTr", modalities=["ct", "pet"], out="preds/")
+    scores = pemma.evaluate(ad, data="data/phantom", centres=["MDA"], modalities=["ct", "pet"])
+
+Heavy modules (torch, MONAI) are imported when a function runs, not when this package is imported.
+"""
+
+from __future__ import annotations
+
+from pemma.api.protocol import demo, reproduce
+from pemma.api.run import Run, run_config
+from pemma.api.segmentation import adapt, evaluate, export, params, predict, synth, train, update
+from pemma.api.survival import survival_adapt, survival_evaluate, survival_predict, survival_train
+
+__all__ = ["Run", "adapt", "demo", "evaluate", "export", "params", "predict", "reproduce", "run_config",
+           "survival_adapt", "survival_evaluate", "survival_predict", "survival_train", "synth", "train", "update"]

@@ -1,0 +1,128 @@
+"""What the training functions of :mod:`pemma.api` return, and how their keyword arguments become a config."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+from pemma.config import DataConfig, ModelConfig, PreprocessConfig, RunConfig, TrainConfig, build_config
+
+#: a run folder given as a path or as the :class:`Run` a training function returned
+RunLike = Union[str, os.PathLike, "Run"]
+SECTIONS: dict[str, type] = {"data": DataConfig, "preprocess": PreprocessConfig, "model": ModelConfig,
+                             "train": TrainConfig}
+#: keyword arguments named after a CLI flag whose config field has another name
+ALIASES: dict[str, tuple[str, str]] = {"data": ("data", "root"), "roi": ("model", "roi_size"),
+                                       "spacing": ("preprocess", "target_spacing")}
+
+
+@dataclass(frozen=True, repr=False)
+class Run:
+    """A finished run folder: its path, kind, configuration and metadata.
+
+    ``str(run)`` and ``os.fspath(run)`` give the folder, so a ``Run`` goes wherever a run folder path is
+    accepted (``pemma.adapt(base=run, ...)``, ``pemma.predict(run, ...)``, ``Path(run)``).
+
+    Attributes:
+        path: the run folder.
+        kind: ``backbone`` (``pemma train``, early fusion), ``pemma`` (adapters), ``pemma_full``, ``late_fusion``,
+            or ``survival`` (a prognosis run).
+        config: the :class:`~pemma.config.RunConfig` saved in ``config.yaml``.
+        meta: ``model.json`` (segmentation) or ``survival.json`` (prognosis).
+        summary: what training reported (``steps``, ``best_dsc`` or C-indices); empty for :meth:`open`.
+
+    Example:
+        >>> run = Run.open("runs/ct")
+        >>> run.kind, run.config.model.backbone
+        ('backbone', 'unetr')
+    """
+
+    path: Path
+    kind: str
+    config: RunConfig
+    meta: dict[str, Any]
+    summary: dict[str, Any] = field(default_factory=dict)
+
+    def __fspath__(self) -> str:
+        return str(self.path)
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r}, kind={self.kind!r})"
+
+    @classmethod
+    def open(cls, path: RunLike, summary: dict[str, Any] | None = None) -> Run:
+        """Read the run folder ``path`` (a :class:`~pemma.errors.PemmaError` if it is not a finished run).
+
+        Args:
+            path: run folder of ``train``, ``adapt``, ``update`` or a survival stage.
+            summary: what the training call returned, kept as :attr:`summary`. Default empty.
+        """
+        from pemma.runs import CONFIG_FILE, MODEL_META, SURVIVAL_META, read_meta
+        from pemma.vocab import KIND_BACKBONE
+
+        folder = Path(os.fspath(path))
+        meta = read_meta(folder, SURVIVAL_META if (folder / SURVIVAL_META).is_file() else MODEL_META)
+        kind = str(meta.get("kind", KIND_BACKBONE))
+        config = RunConfig.load(folder / CONFIG_FILE)
+        return cls(folder, kind, config, json.loads(json.dumps(meta)), dict(summary or {}))
+
+
+def path_of(run: RunLike | None) -> str | None:
+    """A run folder path as a string (``None`` stays ``None``)."""
+    return None if run is None else os.fspath(run)
+
+
+def name_list(value: str | Iterable[str] | None) -> list[str] | None:
+    """``"CHUM,MDA"`` or ``["CHUM", "MDA"]`` -> ``["CHUM", "MDA"]``; ``None`` stays ``None``."""
+    if value is None:
+        return None
+    items = value.split(",") if isinstance(value, str) else [str(v) for v in value]
+    return [v.strip() for v in items if v.strip()]
+
+
+def run_config(preset: str = "tiny", config: str | os.PathLike | None = None,
+               overrides: dict[str, dict[str, Any]] | None = None, **settings: Any) -> RunConfig:
+    """Compose a :class:`~pemma.config.RunConfig`: preset < ``config`` YAML < ``overrides`` < ``settings``.
+
+    Args:
+        preset: shipped preset name (``tiny`` or ``paper``).
+        config: a YAML file with ``data`` / ``preprocess`` / ``model`` / ``train`` sections.
+        overrides: ``{section: {field: value}}``.
+        settings: CLI flag names (``data``, ``roi``, ``spacing``) or any config field name (``max_steps``,
+            ``weight_decay``, ``ct_window``, ...); ``None`` means "not given".
+
+    Raises:
+        TypeError: a setting that is neither a flag nor a config field.
+
+    Example:
+        >>> cfg = run_config("tiny", data="data/phantom", centres=["CHUM"], max_steps=2, weight_decay=1e-4)
+    """
+    index = {f.name: section for section, klass in SECTIONS.items() for f in dataclasses.fields(klass)}
+    merged: dict[str, dict[str, Any]] = {section: dict((overrides or {}).get(section) or {}) for section in SECTIONS}
+    unknown_sections = sorted(set(overrides or {}) - set(SECTIONS))
+    if unknown_sections:
+        raise TypeError(f"unknown config sections {unknown_sections}; known: {', '.join(SECTIONS)}")
+    for key, value in settings.items():
+        if key in ALIASES:
+            section, name = ALIASES[key]
+        elif key in index:
+            section, name = index[key], key
+        else:
+            raise TypeError(f"unknown setting {key!r}: neither a flag nor a config field "
+                            f"(fields: {', '.join(sorted(index))})")
+        if value is None:
+            continue
+        if isinstance(value, os.PathLike):
+            value = os.fspath(value)
+        if name == "centres":
+            value = name_list(value)
+        merged[section][name] = list(value) if isinstance(value, tuple) else value
+    return build_config(preset, None if config is None else os.fspath(config), merged)

@@ -1,0 +1,282 @@
+"""Segmentation stages as Python functions: ``train``, ``adapt``, ``update``, ``predict``, ``evaluate``,
+``params``, ``export``, ``synth``. Each is what the ``pemma`` verb of the same name runs."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from pemma.api.run import Run, RunLike, name_list, path_of, run_config
+from pemma.errors import PemmaError
+
+Names = str | Iterable[str] | None
+
+
+def train(data: str | os.PathLike, out: str | os.PathLike, *, centres: Names = None, modalities: Names = None,
+          backbone: str | None = None, preset: str = "tiny", config: str | os.PathLike | None = None,
+          resume: bool = False, overrides: dict[str, dict[str, Any]] | None = None, **settings: Any) -> Run:
+    """Train a segmentation backbone (CT-only, or CT+PET early fusion) and write the run folder ``out``.
+
+    Args:
+        data: HECKTOR folder, nnU-Net raw folder or datalist JSON.
+        out: run folder.
+        centres: centres to train on (list or ``"CHUM,CHUP"``). Default all.
+        modalities: input channels, e.g. ``["ct"]`` or ``"ct,pet"`` (early fusion). Default: the config's (ct).
+        backbone: ``unetr`` or ``swin_unetr``. Default: the config's (unetr).
+        preset: size preset, ``tiny`` (CPU, tests) or ``paper``. Default ``tiny``.
+        config: YAML with data / preprocess / model / train sections (over the preset).
+        resume: continue an interrupted run in ``out``.
+        overrides: ``{section: {field: value}}`` over ``config``.
+        settings: the training flags (``seed``, ``epochs``, ``max_steps``, ``batch_size``, ``lr``, ``val_every``,
+            ``checkpoint_every``, ``roi``, ``spacing``, ``val_fraction``, ``cache_dir``, ``device``, ``amp``,
+            ``gradient_checkpointing``) or any config field by name (``weight_decay=1e-4``).
+
+    Returns:
+        The :class:`Run`; ``run.summary`` holds ``steps`` and ``best_dsc`` (best validation mean DSCagg).
+
+    Example:
+        >>> run = pemma.train("data/phantom", "runs/ct", centres=["CHUM"], modalities=["ct"], max_steps=2)
+    """
+    from pemma.training.segmentation import train as train_backbone
+
+    cfg = run_config(preset, config, overrides, data=data, centres=centres, modalities=modalities, backbone=backbone,
+                     **settings)
+    summary = train_backbone(cfg, os.fspath(out), resume=resume)
+    return Run.open(out, summary)
+
+
+def adapt(base: RunLike, data: str | os.PathLike, out: str | os.PathLike, *, centres: Names = None,
+          add_modality: str = "pet", method: str = "lora", rank: int = 4, alpha: float = 8.0,
+          adapter_dropout: float = 0.0, target_modules: Names = None, train_parts: Names = None,
+          modality_dropout: Sequence[float] = (0.6, 0.2, 0.2), preset: str = "tiny",
+          config: str | os.PathLike | None = None, resume: bool = False,
+          overrides: dict[str, dict[str, Any]] | None = None, **settings: Any) -> Run:
+    """Add PET to a CT-only run (PEMMA: PET pathway + LoRA / DoRA adapters), or train a baseline from it.
+
+    The base run is never modified; the adapted run stores only what adaptation trained.
+
+    Args:
+        base: CT-only run folder of :func:`train` (a path or its :class:`Run`).
+        data: dataset folder or datalist.
+        out: run folder of the adapted model.
+        centres: centres to adapt on. Default all.
+        add_modality: modality to add (only ``pet``).
+        method: ``pemma_lora`` (``lora``) or ``pemma_dora`` (``dora``); baselines ``early_fusion``,
+            ``full_finetune`` (``full``), ``late_fusion`` (any spelling of :data:`pemma.vocab.METHOD_ALIASES`).
+        rank, alpha, adapter_dropout: adapter rank r, scaling alpha and input dropout.
+        target_modules: module suffixes that get adapters. Default: the backbone's attention.
+        train_parts: non-adapter parts that train. Default: per backbone.
+        modality_dropout: probabilities of the input sets (ct+pet, ct, pet).
+        preset, config, resume, overrides, settings: as for :func:`train`.
+
+    Returns:
+        The :class:`Run`; ``run.summary`` holds ``steps``, ``best_dsc`` (and ``weight`` for late fusion).
+
+    Example:
+        >>> ad = pemma.adapt(base=run, data="data/phantom", centres=["MDA"], method="lora", out="runs/ad")
+    """
+    from pemma.adapters.config import AdapterConfig
+    from pemma.methods import adapt as adapt_run
+    from pemma.vocab import PEMMA_METHODS, canonical_method
+
+    if add_modality != "pet":
+        raise PemmaError(f"only pet can be added, got {add_modality!r}")
+    try:
+        # the PEMMA methods set the adapter type; full fine-tuning builds the PEMMA pathway with LoRA
+        adapter_type = PEMMA_METHODS.get(canonical_method(method), "lora")
+        adapter_cfg = AdapterConfig(method=adapter_type, rank=rank, alpha=alpha, dropout=adapter_dropout,
+                                    target_modules=_tuple(target_modules), train_parts=_tuple(train_parts),
+                                    modality_dropout=tuple(modality_dropout))
+    except ValueError as exc:
+        raise PemmaError(f"invalid adapter settings: {exc}") from None
+    cfg = run_config(preset, config, overrides, data=data, centres=centres, **settings)
+    summary = adapt_run(path_of(base), cfg, os.fspath(out), method=method, adapter_cfg=adapter_cfg, resume=resume)
+    return Run.open(out, summary)
+
+
+def update(model: RunLike, data: str | os.PathLike, modalities: Names, out: str | os.PathLike, *,
+           centres: Names = None, preset: str = "tiny", config: str | os.PathLike | None = None,
+           resume: bool = False, overrides: dict[str, dict[str, Any]] | None = None, **settings: Any) -> Run:
+    """Continue training an adapted (or baseline) run on new centres with the modalities they provide, no replay.
+
+    Args:
+        model: run folder to update (adapt, baselines or an earlier update).
+        data: dataset folder or datalist.
+        modalities: ``ct``, ``pet`` or ``ct,pet``: what the new centres provide.
+        out: run folder of the updated model.
+        centres: centres to update on. Default all.
+        preset, config, resume, overrides, settings: as for :func:`train`.
+
+    Example:
+        >>> up = pemma.update(ad, data="data/phantom", centres=["HGJ"], modalities="pet", out="runs/up")
+    """
+    from pemma.methods import update as update_run
+    from pemma.vocab import parse_modalities
+
+    cfg = run_config(preset, config, overrides, data=data, centres=centres, **settings)
+    summary = update_run(path_of(model), cfg, parse_modalities(modalities or []), os.fspath(out), resume=resume)
+    return Run.open(out, summary)
+
+
+def _tuple(value: Names) -> tuple[str, ...] | None:
+    names = name_list(value)
+    return None if names is None else tuple(names)
+
+
+def _loaded(model: RunLike, base: RunLike | None, modalities: Names, device: str | None, source: str):
+    from pemma.methods import load_model
+    from pemma.runtime import resolve_device
+    from pemma.vocab import parse_modalities
+
+    dev = resolve_device(device or "auto")
+    loaded = load_model(path_of(model), dev, base_run=path_of(base))
+    chosen = parse_modalities(name_list(modalities)) if modalities else loaded.input_sets[0]
+    loaded.check_inputs(chosen, source)
+    return loaded, chosen, dev
+
+
+def _window(roi: Sequence[int] | None, overlap: float | None, sw_batch_size: int | None, amp: bool | None):
+    from pemma.inference.predict import WindowSettings
+
+    return WindowSettings(roi_size=None if roi is None else list(roi), overlap=overlap, sw_batch_size=sw_batch_size,
+                          amp=bool(amp))
+
+
+def predict(model: RunLike, inputs: str | os.PathLike, out: str | os.PathLike, *, modalities: Names = None,
+            centres: Names = None, base: RunLike | None = None, roi: Sequence[int] | None = None,
+            overlap: float | None = None, sw_batch_size: int | None = None, device: str | None = None,
+            amp: bool | None = None) -> list[Path]:
+    """Write a label NIfTI per case (``<case>.nii.gz``) in the original CT geometry.
+
+    Args:
+        model: run folder (or :class:`Run`).
+        inputs: CT file, folder of images, dataset folder or datalist (the CLI's ``--input``).
+        out: output folder.
+        modalities: input set, e.g. ``["ct", "pet"]``. Default: what the model was trained with.
+        centres: only these centres.
+        base: the CT base run of an adapted model, if it moved since adaptation.
+        roi, overlap, sw_batch_size: sliding window. Default: as trained.
+        device: ``auto`` (default), ``cpu``, ``cuda``, ``cuda:N``. amp: mixed precision.
+
+    Returns:
+        The label files written.
+
+    Example:
+        >>> pemma.predict(ad, inputs="data/phantom/imagesTr", modalities=["ct", "pet"], out="preds/")
+    """
+    from pemma.data.layout import discover_cases, select_cases
+    from pemma.inference.predict import predict_cases
+
+    source = os.fspath(inputs)
+    loaded, chosen, dev = _loaded(model, base, modalities, device, source)
+    cases = select_cases(discover_cases(source), centres=name_list(centres) or [], modalities=chosen, source=source)
+    written = predict_cases(loaded, cases, chosen, os.fspath(out), dev, _window(roi, overlap, sw_batch_size, amp))
+    return [Path(p) for p in written]
+
+
+def evaluate(model: RunLike, data: str | os.PathLike, *, centres: Names = None, modalities: Names = None,
+             out: str | os.PathLike | None = None, save_predictions: bool = False, base: RunLike | None = None,
+             roi: Sequence[int] | None = None, overlap: float | None = None, sw_batch_size: int | None = None,
+             device: str | None = None, amp: bool | None = None) -> dict[str, Any]:
+    """HECKTOR DSCagg (GTVp, GTVn, mean), per-case Dice and HD95 on the labelled cases of ``data``.
+
+    Writes ``metrics_<inputs>.json`` and ``cases_<inputs>.csv`` into ``out``.
+
+    Args:
+        model: run folder (or :class:`Run`).
+        data: dataset folder or datalist.
+        centres: only these centres. Default all.
+        modalities: input set. Default: what the model was trained with.
+        out: report folder. Default ``<model>/evaluation``.
+        save_predictions: also write the label maps (``out/predictions_<inputs>/``).
+        base, roi, overlap, sw_batch_size, device, amp: as for :func:`predict`.
+
+    Returns:
+        The scores: ``{"inputs", "n_cases", "DSCagg": {"GTVp", "GTVn", "mean"}, "mean_case", "cases",
+        "centres"}`` (as written to the JSON report) plus ``"report"``: the JSON and CSV paths.
+
+    Example:
+        >>> scores = pemma.evaluate(ad, data="data/phantom", centres=["MDA"], modalities=["ct", "pet"])
+        >>> scores["DSCagg"]["mean"]
+    """
+    from pemma.data.layout import discover_cases, select_cases
+    from pemma.evaluation.evaluate import evaluate_model, write_report
+
+    source = os.fspath(data)
+    loaded, chosen, dev = _loaded(model, base, modalities, device, source)
+    cases = select_cases(discover_cases(source), centres=name_list(centres) or [], modalities=chosen,
+                         require_label=True, source=source)
+    folder = Path(os.fspath(out)) if out is not None else Path(path_of(model)) / "evaluation"
+    predictions = folder / f"predictions_{'+'.join(chosen)}" if save_predictions else None
+    result = evaluate_model(loaded, cases, chosen, dev, _window(roi, overlap, sw_batch_size, amp),
+                            predictions_dir=predictions)
+    result["centres"] = sorted({c.centre for c in cases})
+    json_path, csv_path = write_report(result, folder)
+    return {**result, "report": {"json": str(json_path), "csv": str(csv_path)}}
+
+
+def params(model: RunLike) -> dict[str, Any]:
+    """Trainable / total parameters of a run, and their share of early fusion of the same backbone and size.
+
+    Args:
+        model: run folder (or :class:`Run`).
+
+    Example:
+        >>> pemma.params(ad)["percent_of_early_fusion"]
+    """
+    from pemma.methods import parameter_summary
+
+    return parameter_summary(Path(path_of(model)))
+
+
+def export(model: RunLike, out: str | os.PathLike, *, merge: bool = True) -> dict[str, Any]:
+    """Write a standalone TorchScript model with the adapters merged into the weights (CT+PET input).
+
+    Args:
+        model: adapted run folder (or :class:`Run`).
+        out: output file (``.pt``).
+        merge: merge the adapters (the only export there is; ``False`` is an error).
+
+    Returns:
+        ``{"backbone", "max_abs_diff" (merged vs unmerged on a test input), "bytes", ...}``.
+
+    Example:
+        >>> pemma.export(ad, "merged.pt")
+    """
+    from pemma.methods import export_merged
+
+    if not merge:
+        raise PemmaError("export needs --merge (an unmerged adapted model is its run folder)")
+    return export_merged(Path(path_of(model)), Path(os.fspath(out)))
+
+
+def synth(out: str | os.PathLike, *, cases_per_centre: int | None = None, centres: Names = None,
+          shape: Sequence[int] | None = None, ct_spacing: Sequence[float] | None = None,
+          oblique_degrees: float | None = None, seed: int | None = None) -> list[str]:
+    """Write a deterministic HECKTOR-2022-layout PET/CT phantom (images, labels, clinical and endpoint CSVs).
+
+    Args:
+        out: output folder.
+        cases_per_centre: cases per centre. Default 12.
+        centres: centres. Default the 7 HECKTOR training centres.
+        shape: CT voxels (I, J, K). ct_spacing: CT spacing in mm.
+        oblique_degrees: rotate the image direction. seed: random seed (default 0).
+
+    Returns:
+        The case IDs written.
+
+    Example:
+        >>> pemma.synth("data/phantom", cases_per_centre=2, centres=["CHUM", "MDA"])
+    """
+    from pemma.data.phantom import PhantomConfig, synthesize_phantom
+
+    kwargs = {"cases_per_centre": cases_per_centre, "ct_shape": shape, "ct_spacing": ct_spacing,
+              "oblique_degrees": oblique_degrees, "seed": seed, "centres": tuple(name_list(centres) or ()) or None}
+    try:
+        phantom = PhantomConfig(**{k: (tuple(v) if isinstance(v, list | tuple) else v)
+                                   for k, v in kwargs.items() if v is not None})
+    except ValueError as exc:
+        raise PemmaError(f"invalid phantom settings: {exc}") from None
+    return list(synthesize_phantom(os.fspath(out), phantom))
