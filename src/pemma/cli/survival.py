@@ -105,11 +105,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_predict)
 
 
-def _reject_resume(args: argparse.Namespace) -> None:
-    if getattr(args, "resume", False):
-        raise PemmaError("survival stages are short and do not resume; run the stage again without --resume")
-
-
 def _check_geometry(args: argparse.Namespace, model_cfg, preprocess_cfg, source: str) -> None:
     """--roi / --spacing, if given, must be what the encoder was trained with."""
     if args.roi is not None and [int(v) for v in args.roi] != list(model_cfg.roi_size):
@@ -127,14 +122,14 @@ def _print_summary(out: str, summary: dict) -> None:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from pemma.models.loading import load_model
+    from pemma.survival.config import survival_settings
     from pemma.survival.training import train_survival
 
-    _reject_resume(args)
     base = load_model(args.base)
     _check_geometry(args, base.config.model, base.config.preprocess, args.base)
     cfg = run_config_from_args(args)
-    summary = train_survival(args.base, cfg, args.out, head=args.head, endpoints=args.endpoints, n_bins=args.bins,
-                             l2=args.l2)
+    settings = survival_settings(head=args.head, bins=args.bins, l2=args.l2)
+    summary = train_survival(args.base, cfg, args.out, settings, endpoints=args.endpoints, resume=args.resume)
     _print_summary(args.out, summary)
     return 0
 
@@ -142,13 +137,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_adapt(args: argparse.Namespace) -> int:
     from pemma.config import RunConfig
     from pemma.survival.clinical import ClinicalConfig
+    from pemma.survival.config import survival_settings
     from pemma.survival.runs import read_meta
     from pemma.survival.training import adapt_survival
     from pemma.training.checkpoint import CONFIG_FILE
 
-    _reject_resume(args)
-    if not args.encoder_lr_scale > 0:
-        raise PemmaError(f"--encoder-lr-scale must be > 0, got {args.encoder_lr_scale}")
+    settings = survival_settings(add_modality=args.add_modality, add_ehr=args.add_ehr, method=args.method,
+                                 rank=args.rank, alpha=args.alpha, encoder_lr_scale=args.encoder_lr_scale, l2=args.l2,
+                                 train_adapters=not args.freeze_adapters)
     read_meta(args.model)
     prev_cfg = RunConfig.load(f"{args.model}/{CONFIG_FILE}")
     _check_geometry(args, prev_cfg.model, prev_cfg.preprocess, args.model)
@@ -163,11 +159,9 @@ def cmd_adapt(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise PemmaError(f"invalid clinical columns: {exc}") from None
     cfg = run_config_from_args(args)
-    summary = adapt_survival(args.model, cfg, args.out, add_modality=args.add_modality, add_ehr=args.add_ehr,
-                             method=args.method, rank=args.rank, alpha=args.alpha, clinical_config=clinical_config,
+    summary = adapt_survival(args.model, cfg, args.out, settings, clinical_config=clinical_config,
                              endpoints=args.endpoints, clinical=args.clinical, base_run=args.base,
-                             encoder_lr_scale=args.encoder_lr_scale, l2=args.l2,
-                             train_adapters=not args.freeze_adapters, init_adapters=args.init_adapters)
+                             init_adapters=args.init_adapters, resume=args.resume)
     _print_summary(args.out, summary)
     return 0
 
