@@ -116,7 +116,7 @@ class Engine:
                                                   device_ids=[device.index] if device.type == "cuda" else None,
                                                   find_unused_parameters=find_unused_parameters)
         groups = param_groups(self.model, lr, lr_scales)
-        self.params = [p for g in groups for p in g["params"]]
+        self.params = [p for p in self.model.parameters() if p.requires_grad]  # model order (clipping's sum)
         self.optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
         self.scheduler = cosine_schedule(self.optimizer, total_steps)
         self.scaler = torch.amp.GradScaler("cuda", enabled=amp and device.type == "cuda")
