@@ -61,9 +61,6 @@ from pemma.training.distributed import DistInfo, barrier
 from pemma.training.engine import Engine, StepFn, process_group
 from pemma.training.logs import run_logger
 
-__all__ = ["ENCODER_LR_SCALE", "L2_DEFAULT", "METRIC_FIELDS", "Split", "SurvivalConfig", "adapt_survival",
-           "c_index_or_none", "features_of", "fit", "risks_of", "train_survival"]
-
 #: columns of a prognosis stage's ``metrics.csv``
 METRIC_FIELDS = ("step", "epoch", "loss", "events", "lr", "seconds")
 
