@@ -14,10 +14,11 @@ For each preset x backbone, in one process, on the same backbone size, roi and b
      25 %; PET-only steps are cheaper for UNETR, so the average adaptation step is somewhat cheaper than the
      CT+PET step measured here.)
 
-   All variants do exactly the per-step work of :mod:`pemma.training.loop` (the helper ``PemmaTrainer`` of
-   ``bench_backbones.py``): ``zero_grad``, autocast, forward, the loop's batch ``DiceCELoss`` (no background)
-   on ``logits.float()``, GradScaler, ``AdamW`` over the parameters with ``requires_grad`` only, cosine
-   schedule. They train on the same random batch ``(batch_size, 2, *roi)`` with labels in ``{0, 1, 2}``.
+   All variants train with pemma's training engine itself (the helper ``PemmaTrainer`` of
+   ``bench_backbones.py``: :meth:`pemma.training.engine.Engine.step`): ``zero_grad``, autocast, forward, the
+   config's ``DiceCELoss`` on ``logits.float()``, GradScaler, ``AdamW`` over the parameters with
+   ``requires_grad`` only, cosine schedule. They train on the same random batch ``(batch_size, 2, *roi)``
+   with labels in ``{0, 1, 2}``.
 
    Memory, two numbers per variant:
 
@@ -112,46 +113,23 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_backbones import MB, MemProbe, MemSample, PemmaTrainer, _cosine, _load, _sync  # noqa: E402
-from monai.losses import DiceCELoss  # noqa: E402
+from bench_backbones import MB, MemProbe, MemSample, PemmaTrainer, _load, _sync  # noqa: E402
 
 from pemma.adapters.config import AdapterConfig  # noqa: E402
 from pemma.adapters.merging import merge_adapters  # noqa: E402
 from pemma.adapters.state import adapters_disabled  # noqa: E402
-from pemma.config import RunConfig, build_config, preset_dict  # noqa: E402
+from pemma.config import build_config, preset_dict  # noqa: E402
 from pemma.errors import PemmaError  # noqa: E402
 from pemma.inference.sliding import autocast, sliding_window_probs  # noqa: E402
 from pemma.methods.pemma import pemma_task  # noqa: E402
-from pemma.models.accounting import count_parameters
+from pemma.models.accounting import count_parameters  # noqa: E402
 from pemma.models.loaded import LoadedModel  # noqa: E402
 from pemma.models.registry import build_backbone  # noqa: E402
-from pemma.training.loop import TrainingTask  # noqa: E402
 from pemma.vocab import BACKBONES  # noqa: E402
 
 METHODS = ("lora", "dora")
 CTPET = ("ct", "pet")
 DEFAULT_BACKBONES = {"tiny": list(BACKBONES), "paper": ["unetr"]}
-
-# ----------------------------------------------------------------------------------------------------------------
-# trainers
-
-
-class AdaptationTrainer(PemmaTrainer):
-    """``PemmaTrainer``'s step (= pemma.training.loop) on a given task, here the PEMMA adaptation task."""
-
-    def __init__(self, task: TrainingTask, cfg: RunConfig, device: torch.device, total_steps: int) -> None:
-        # the same set-up as PemmaTrainer.__init__, with the task passed in instead of backbone_task(cfg)
-        tc = cfg.train
-        self.task = task
-        self.model = task.model.to(device)
-        self.device, self.amp = device, tc.amp
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _cosine(total_steps))
-        self.scaler = torch.amp.GradScaler("cuda", enabled=tc.amp and device.type == "cuda")
-        self.loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
-        self.step = 0
-
 
 def _tensor_mb(tensors: Sequence[torch.Tensor]) -> float:
     """Memory of distinct storages among ``tensors``, in MiB."""
@@ -292,7 +270,7 @@ def bench_one(preset: str, backbone: str, methods: Sequence[str], repeats: int, 
     trainers: dict[str, PemmaTrainer] = {"early_fusion": PemmaTrainer(cfg_ef, device, repeats + 1)}
     for m in methods:
         task = pemma_task(shell, Path("."), AdapterConfig(method=m), cfg_ct)
-        trainers[m] = AdaptationTrainer(task, cfg_ef, device, repeats + 1)
+        trainers[m] = PemmaTrainer(cfg_ef, device, repeats + 1, task=task)
     res.params["base_ct"] = dict(zip(("trainable", "total"), count_parameters(base_ct), strict=True))
     for name, trainer in trainers.items():
         res.params[name] = dict(zip(("trainable", "total"), count_parameters(trainer.model), strict=True))

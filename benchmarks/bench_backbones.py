@@ -3,12 +3,14 @@
 For each preset (``tiny``, ``paper``) x backbone (``unetr``, ``swin_unetr``), in one process:
 
 1. **Training step** (seconds per step, median over ``--repeats`` after one warm-up step each).
-   *pemma*: the model from :func:`pemma.training.segmentation.backbone_task` and exactly the per-step work of
-   :mod:`pemma.training.loop` (``zero_grad``, pemma's ``autocast``, ``task.forward``,
-   the loop's batch ``DiceCELoss`` without background on ``logits.float()``, ``GradScaler`` scale/step/update,
-   AdamW, cosine ``LambdaLR``, ``float(loss)``).
+   *pemma*: the model from :func:`pemma.training.segmentation.backbone_task` trained by the training engine
+   itself (:func:`pemma.training.loop.segmentation_engine` and :meth:`pemma.training.engine.Engine.step` on
+   :func:`pemma.training.loop.segmentation_step`: ``zero_grad``, pemma's ``autocast``, ``task.forward``, the
+   config's ``DiceCELoss`` (``dice_batch`` / ``dice_background``) on ``logits.float()``, ``GradScaler``
+   scale/step/update, AdamW, cosine ``LambdaLR``, ``float(loss)``).
    *plain*: ``monai.networks.nets.UNETR`` / ``SwinUNETR`` constructed directly with the same keyword arguments
-   (and the same seed, so the same initial weights), ``DiceCELoss``, ``torch.optim.AdamW`` and the same cosine
+   (and the same seed, so the same initial weights), ``DiceCELoss`` with the config's flags, ``torch.optim.AdamW``
+   and the same cosine
    schedule, written with torch/MONAI calls only.
    Both train on the same fixed batch: the preset's ``batch_size`` crops, a random image ``(B, 1, *roi)`` and
    random labels in ``{0, 1, 2}``. Since weights, data and optimiser match, the per-step losses of the two
@@ -71,9 +73,9 @@ from torch import nn
 
 from pemma.config import RunConfig, build_config, preset_dict
 from pemma.errors import PemmaError
-from pemma.inference.sliding import autocast, sliding_window_probs
+from pemma.inference.sliding import sliding_window_probs
 from pemma.models.accounting import count_parameters
-from pemma.training.loop import TrainingTask
+from pemma.training.loop import TrainingTask, dice_ce_loss, segmentation_engine, segmentation_step
 from pemma.training.segmentation import backbone_task
 from pemma.vocab import BACKBONES
 
@@ -197,35 +199,23 @@ def _cosine(total: int) -> Callable[[int], float]:
 
 
 class PemmaTrainer:
-    """pemma's model and the per-step work of :func:`pemma.training.loop._train` (single process)."""
+    """A task (default: :func:`backbone_task` of ``cfg``) on pemma's training engine, single process: the step of
+    ``pemma train`` / ``adapt`` itself, loss flags from ``cfg.train``."""
 
-    def __init__(self, cfg: RunConfig, device: torch.device, total_steps: int) -> None:
-        tc = cfg.train
-        self.task: TrainingTask = backbone_task(cfg)
-        self.model = self.task.model.to(device)
-        self.device, self.amp = device, tc.amp
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _cosine(total_steps))
-        self.scaler = torch.amp.GradScaler("cuda", enabled=tc.amp and device.type == "cuda")
-        self.loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
-        self.step = 0
+    def __init__(self, cfg: RunConfig, device: torch.device, total_steps: int,
+                 task: TrainingTask | None = None) -> None:
+        self.task: TrainingTask = task if task is not None else backbone_task(cfg)
+        self.engine = segmentation_engine(self.task, cfg.train, total_steps, device)
+        self.model, self.optimizer = self.engine.model, self.engine.optimizer
+        self.device, self.amp = device, cfg.train.amp
+        self.loss_fn = dice_ce_loss(cfg.train)
 
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)
 
     def train_step(self, image: torch.Tensor, label: torch.Tensor) -> float:
         self.model.train()
-        self.optimizer.zero_grad(set_to_none=True)
-        with autocast(self.device, self.amp):
-            logits = self.task.forward(self.model, image, self.step)
-            loss = self.loss_fn(logits.float(), label)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.scheduler.step()
-        self.step += 1
-        return float(loss.detach())
+        return self.engine.step(segmentation_step(self.task, self.loss_fn, image, label, self.engine.step_count))
 
     def infer(self, volume: torch.Tensor, roi: list[int], sw_batch_size: int, overlap: float) -> torch.Tensor:
         self.model.eval()
@@ -253,7 +243,8 @@ class PlainTrainer:
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _cosine(total_steps))
         self.scaler = torch.amp.GradScaler("cuda", enabled=tc.amp and device.type == "cuda")
-        self.loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False, batch=True)
+        self.loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=tc.dice_background,
+                                  batch=tc.dice_batch)
 
     def zero_grad(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)

@@ -225,3 +225,64 @@ def test_bad_options(setup: dict[str, Path], tmp_path: Path) -> None:
     assert code == 2 and "nothing to add" in one_error_line(err)
     code, _, err = pemma("survival", "evaluate", "--model", root / "does-not-exist", "--data", data)
     assert code == 2 and "prognosis model folder not found" in one_error_line(err)
+
+
+@pytest.mark.parametrize("stage", ["train", "adapt"])
+def test_stage_stopped_half_way_resumes_to_the_same_weights(setup: dict[str, Path], tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch, stage: str) -> None:
+    """A stage interrupted after step 3 of 6 and continued with ``--resume`` ends with the uninterrupted run's
+    weights (head-only ``train``; ``adapt`` +PET runs the encoder with LoRA and the PET pathway training)."""
+    from pemma.io_utils import load_tensors
+    from pemma.training.engine import Engine
+
+    data, base = setup["data"], setup["base"]
+    flags = [*TINY[:-2], "--max-steps", "6", "--checkpoint-every", "1"]
+    if stage == "train":
+        cmd: list[str | Path] = ["survival", "train", "--base", base, "--data", data, "--out"]
+    else:
+        ok("survival", "train", "--base", base, "--data", data, "--out", tmp_path / "parent", *TINY)
+        cmd = ["survival", "adapt", "--model", tmp_path / "parent", "--add-modality", "pet", "--out"]
+    full, stopped = tmp_path / "full", tmp_path / "stopped"
+    ok(*cmd, full, *flags)
+
+    save = Engine.save
+
+    def save_then_stop(self: Engine, run_dir: Path, **extra: object) -> None:
+        save(self, run_dir, **extra)
+        if self.step_count == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Engine, "save", save_then_stop)
+    code, _, _ = pemma(*cmd, stopped, *flags)
+    assert code == 130 and not (stopped / "survival.json").exists()
+    monkeypatch.setattr(Engine, "save", save)
+    ok(*cmd, stopped, *flags, "--resume")
+    assert "resumed at step 3 of 6" in (stopped / "train.log").read_text()
+    a, b = load_tensors(full / "survival.safetensors"), load_tensors(stopped / "survival.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    losses = [[row["loss"] for row in csv.DictReader(open(run / "metrics.csv"))] for run in (full, stopped)]
+    assert len(losses[0]) == 6 and losses[0] == losses[1]
+    meta = json.loads((stopped / "survival.json").read_text())
+    assert meta["settings"]["head"] == "mtlr" and meta["settings"]["add_modality"] == (None if stage == "train"
+                                                                                      else "pet")
+
+
+def test_adapt_stage_two_process_gloo(setup: dict[str, Path], tmp_path: Path) -> None:
+    """Under torchrun the +PET stage trains with DDP: each process its own batch, so an epoch has
+    ceil(training cases / (batch size x 2)) steps."""
+    import os
+    import subprocess
+    import sys
+
+    data, base = setup["data"], setup["base"]
+    ok("survival", "train", "--base", base, "--data", data, "--out", tmp_path / "ct", *TINY)
+    out = tmp_path / "ddp"
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
+    cmd = [torchrun, "--nproc_per_node", "2", "--master_port", str(32500 + os.getpid() % 1000), "-m",
+           "pemma.cli.main", "survival", "adapt", "--model", str(tmp_path / "ct"), "--add-modality", "pet",
+           "--out", str(out), *TINY[:-2], "--epochs", "1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    meta = json.loads((out / "survival.json").read_text())
+    assert meta["steps"] == math.ceil(len(meta["train_cases"]) / (2 * 2))
+    assert "DistributedDataParallel over 2 processes" in (out / "train.log").read_text()

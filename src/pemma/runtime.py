@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -92,8 +93,8 @@ def run_logger(run_dir: Path | None, enabled: bool = True) -> logging.Logger:
 class MetricsCSV:
     """``metrics.csv`` with one row per logged step; :meth:`truncate` drops rows after a resumed step."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, path: Path, fields: Sequence[str] = METRIC_FIELDS) -> None:
+        self.path, self.fields = path, list(fields)
 
     def truncate(self, last_step: int) -> None:
         if not self.path.is_file():
@@ -101,14 +102,14 @@ class MetricsCSV:
         with open(self.path, newline="") as fh:
             rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= last_step]
         with open(self.path, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=METRIC_FIELDS)
+            writer = csv.DictWriter(fh, fieldnames=self.fields)
             writer.writeheader()
             writer.writerows(rows)
 
     def append(self, row: dict[str, Any]) -> None:
         new = not self.path.is_file()
         with open(self.path, "a", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=METRIC_FIELDS, extrasaction="ignore")
+            writer = csv.DictWriter(fh, fieldnames=self.fields, extrasaction="ignore")
             if new:
                 writer.writeheader()
-            writer.writerow({k: row.get(k, "") for k in METRIC_FIELDS})
+            writer.writerow({k: row.get(k, "") for k in self.fields})

@@ -13,11 +13,6 @@ from pemma.errors import PemmaError
 Names = str | Iterable[str] | None
 
 
-def _reject_resume(resume: bool) -> None:
-    if resume:
-        raise PemmaError("survival stages are short and do not resume; run the stage again without --resume")
-
-
 def _check_geometry(roi: Sequence[int] | None, spacing: Sequence[float] | None, model_cfg: Any,
                     preprocess_cfg: Any, source: str) -> None:
     """``roi`` / ``spacing``, if given, must be what the encoder was trained with."""
@@ -30,7 +25,7 @@ def _check_geometry(roi: Sequence[int] | None, spacing: Sequence[float] | None, 
 
 
 def survival_train(base: RunLike, data: str | os.PathLike, out: str | os.PathLike, *, centres: Names = None,
-                   modalities: Names = "ct", head: str = "mtlr", bins: int | None = None, l2: float = 0.1,
+                   modalities: Names = "ct", head: str | None = None, bins: int | None = None, l2: float | None = None,
                    endpoints: str | os.PathLike | None = None, preset: str = "tiny",
                    config: str | os.PathLike | None = None, resume: bool = False,
                    overrides: dict[str, dict[str, Any]] | None = None, **settings: Any) -> Run:
@@ -46,7 +41,7 @@ def survival_train(base: RunLike, data: str | os.PathLike, out: str | os.PathLik
         l2: L2 penalty on the head's weights.
         endpoints: endpoint CSV. Default: ``hecktor2022_endpoint_training.csv`` under ``data``.
         preset, config, overrides, settings: as for :func:`pemma.train` (``roi`` / ``spacing``, if given, must
-            be the segmentation run's). resume: not supported (an error if True).
+            be the segmentation run's). resume: continue an interrupted stage in ``out``.
 
     Returns:
         The :class:`Run` (kind ``survival``); ``run.summary`` holds the stage, parameters and C-indices.
@@ -55,23 +50,23 @@ def survival_train(base: RunLike, data: str | os.PathLike, out: str | os.PathLik
         >>> surv = pemma.survival_train(run, data="data/phantom", head="mtlr", out="runs/surv_ct")
     """
     from pemma.methods import load_model
+    from pemma.survival.config import survival_settings
     from pemma.survival.training import train_survival
 
-    _reject_resume(resume)
     loaded = load_model(path_of(base))
     _check_geometry(settings.get("roi"), settings.get("spacing"), loaded.config.model, loaded.config.preprocess,
                     path_of(base))
     cfg = run_config(preset, config, overrides, data=data, centres=centres, modalities=modalities, **settings)
-    summary = train_survival(path_of(base), cfg, os.fspath(out), head=head,
-                             endpoints=None if endpoints is None else os.fspath(endpoints), n_bins=bins, l2=l2)
+    stage = survival_settings(**_given(head=head, bins=bins, l2=l2))
+    summary = train_survival(path_of(base), cfg, os.fspath(out), stage, endpoints=_opt(endpoints), resume=resume)
     return Run.open(out, summary)
 
 
 def survival_adapt(model: RunLike, out: str | os.PathLike, *, data: str | os.PathLike | None = None,
                    centres: Names = None, add_modality: str | None = None, add_ehr: bool = False,
-                   method: str | None = None, rank: int = 4, alpha: float = 8.0,
+                   method: str | None = None, rank: int | None = None, alpha: float | None = None,
                    numeric_column: Sequence[str] | None = None, categorical_column: Sequence[str] | None = None,
-                   l2: float = 0.1, encoder_lr_scale: float = 0.1, init_adapters: RunLike | None = None,
+                   l2: float | None = None, encoder_lr_scale: float | None = None, init_adapters: RunLike | None = None,
                    freeze_adapters: bool = False, base: RunLike | None = None,
                    endpoints: str | os.PathLike | None = None, clinical: str | os.PathLike | None = None,
                    preset: str = "tiny", config: str | os.PathLike | None = None, resume: bool = False,
@@ -94,18 +89,19 @@ def survival_adapt(model: RunLike, out: str | os.PathLike, *, data: str | os.Pat
         freeze_adapters: train only the head and clinical projection, on image features computed once.
         base: the segmentation base run, if it moved since training.
         endpoints, clinical: CSV paths. Default: found under ``data``.
-        preset, config, overrides, settings: as for :func:`pemma.train`. resume: not supported.
+        preset, config, overrides, settings: as for :func:`pemma.train`.
+        resume: continue an interrupted stage in ``out``.
 
     Example:
         >>> pemma.survival_adapt(surv, add_modality="pet", method="lora", out="runs/surv_ctpet")
     """
     from pemma.config import RunConfig
     from pemma.survival.clinical import ClinicalConfig
+    from pemma.survival.config import survival_settings
     from pemma.survival.runs import read_meta
     from pemma.survival.training import adapt_survival
 
-    _reject_resume(resume)
-    if not encoder_lr_scale > 0:
+    if encoder_lr_scale is not None and not encoder_lr_scale > 0:
         raise PemmaError(f"--encoder-lr-scale must be > 0, got {encoder_lr_scale}")
     previous = path_of(model)
     read_meta(previous)
@@ -122,12 +118,18 @@ def survival_adapt(model: RunLike, out: str | os.PathLike, *, data: str | os.Pat
         except ValueError as exc:
             raise PemmaError(f"invalid clinical columns: {exc}") from None
     cfg = run_config(preset, config, overrides, data=data, centres=centres, **settings)
-    summary = adapt_survival(previous, cfg, os.fspath(out), add_modality=add_modality, add_ehr=add_ehr,
-                             method=method, rank=rank, alpha=alpha, clinical_config=clinical_config,
+    stage = survival_settings(**_given(add_modality=add_modality, add_ehr=add_ehr, method=method, rank=rank,
+                                       alpha=alpha, encoder_lr_scale=encoder_lr_scale, l2=l2,
+                                       train_adapters=not freeze_adapters))
+    summary = adapt_survival(previous, cfg, os.fspath(out), stage, clinical_config=clinical_config,
                              endpoints=_opt(endpoints), clinical=_opt(clinical), base_run=path_of(base),
-                             encoder_lr_scale=encoder_lr_scale, l2=l2, train_adapters=not freeze_adapters,
-                             init_adapters=path_of(init_adapters))
+                             init_adapters=path_of(init_adapters), resume=resume)
     return Run.open(out, summary)
+
+
+def _given(**values: Any) -> dict[str, Any]:
+    """The settings the caller gave (``None`` = the :class:`~pemma.survival.config.SurvivalConfig` default)."""
+    return {k: v for k, v in values.items() if v is not None}
 
 
 def _opt(path: str | os.PathLike | None) -> str | None:

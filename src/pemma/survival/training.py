@@ -15,14 +15,17 @@ encoder use ``train.batch_size`` cases per step (Cox batches without an event gi
 gradient). The number of steps is ``epochs * ceil(training cases / batch_size)``, capped by ``max_steps``.
 The head's weights carry an L2 penalty (``l2``); adapters and the PET pathway learn at ``lr *
 encoder_lr_scale``. The final weights are kept (validation sets are too small to select on) and the
-validation C-index is logged. Single process; no resume (each stage is short).
+validation C-index is logged.
+
+Every stage runs on :class:`pemma.training.engine.Engine`: ``resume`` continues an interrupted stage in its
+folder (bit-identical final weights), and under torchrun the stages that run the encoder train with
+DistributedDataParallel (see :func:`fit` for the head-only stage). The stage's settings
+(:class:`~pemma.survival.config.SurvivalConfig`) are saved in ``survival.json`` under ``"settings"``.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import math
 import time
 from collections.abc import Sequence
@@ -37,13 +40,14 @@ from pemma.adapters.config import AdapterConfig
 from pemma.config import RunConfig
 from pemma.data.transforms import describe
 from pemma.errors import PemmaError
-from pemma.io_utils import sha256_file, write_text_atomic
+from pemma.io_utils import sha256_file
 from pemma.models.pemma_base import PEMMA_MODELS
 from pemma.runs import MODEL_FILE
-from pemma.runtime import resolve_device, run_logger
+from pemma.runtime import DistInfo, barrier, run_logger
 from pemma.survival.clinical import ClinicalConfig, ClinicalEncoder
+from pemma.survival.config import ENCODER_LR_SCALE, L2_DEFAULT, SurvivalConfig, survival_settings
 from pemma.survival.data import CaseImages, Split, Tables, clinical_rows, prepare_splits, split_for_stage
-from pemma.survival.heads import HEADS, TimeBins
+from pemma.survival.heads import TimeBins
 from pemma.survival.metrics import concordance_counts
 from pemma.survival.model import PrognosisModel, trainable_summary
 from pemma.survival.runs import (
@@ -54,11 +58,10 @@ from pemma.survival.runs import (
     save_run,
     stage_name,
 )
+from pemma.training.engine import Engine, StepFn, process_group
 
-#: learning-rate factor of trainable encoder parts (adapters, PET pathway) relative to the head's
-ENCODER_LR_SCALE = 0.1
-#: L2 penalty ``l2 / 2 * ||W||^2`` on the head's and the clinical projection's weights (MTLR's C1 regulariser)
-L2_DEFAULT = 0.1
+#: columns of a prognosis stage's ``metrics.csv``
+METRIC_FIELDS = ("step", "epoch", "loss", "events", "lr", "seconds")
 
 
 def _fmt(value: float | None) -> str:
@@ -93,86 +96,102 @@ def c_index_or_none(split: Split | None, risk: np.ndarray | None) -> float | Non
     return score / pairs if pairs else None
 
 
+def _batch(order: np.ndarray, pos: int, batch_size: int, dist: DistInfo) -> np.ndarray:
+    """Cases of this process at position ``pos`` of an epoch: the ``pos * world + rank``-th batch of ``order``
+    (single process: the slice, short at the end; several: wrapped around, so every process has a full batch)."""
+    start = (pos * dist.world_size + dist.rank) * batch_size
+    if not dist.enabled:
+        return order[start:start + batch_size]
+    return np.take(order, np.arange(start, start + batch_size), mode="wrap")
+
+
+def _step_fn(model: PrognosisModel, inputs: torch.Tensor, cached: bool, clin: torch.Tensor | None,
+             times: torch.Tensor, events: torch.Tensor, penalised: list[torch.Tensor], l2: float) -> StepFn:
+    """The engine closure: survival loss (+ the L2 penalty as objective), the survival loss reported."""
+    def compute(module: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        out = model.from_features(inputs, clin) if cached else module(inputs, clin)
+        loss = model.head.loss(out, times, events)
+        total_loss = loss + 0.5 * l2 * sum((w ** 2).sum() for w in penalised) if penalised and l2 else loss
+        return total_loss, loss
+    return compute
+
+
 def fit(model: PrognosisModel, train: Split, cfg: RunConfig, device: torch.device, out_dir: Path,
-        log: Any, encoder_lr_scale: float = ENCODER_LR_SCALE, l2: float = L2_DEFAULT) -> dict[str, Any]:
-    """Optimise the trainable parameters of ``model`` on ``train``; write ``metrics.csv``.
+        log: Any, encoder_lr_scale: float = ENCODER_LR_SCALE, l2: float = L2_DEFAULT, *, clip_norm: float = 1.0,
+        dist: DistInfo | None = None, resume: bool = False) -> dict[str, Any]:
+    """Optimise the trainable parameters of ``model`` on ``train`` with the :class:`~pemma.training.engine.Engine`;
+    append to ``metrics.csv``, checkpoint every ``train.checkpoint_every`` steps.
 
     The loss is the head's survival loss plus ``l2 / 2`` times the squared norm of the head's weight matrix
     and of the clinical projection's (when they train); ``metrics.csv`` logs the survival loss alone.
 
     AdamW with cosine decay; the head and clinical projection use ``cfg.train.lr``, trainable encoder parts
-    (adapters, PET pathway) ``lr * encoder_lr_scale``; gradients are clipped to norm 1. The pooled features
-    differ little between patients (their standardisation magnifies them), so encoder updates at the head's
-    learning rate destabilise the head.
+    (adapters, PET pathway) ``lr * encoder_lr_scale``; gradients are clipped to norm ``clip_norm``. The pooled
+    features differ little between patients (their standardisation magnifies them), so encoder updates at the
+    head's learning rate destabilise the head. No mixed precision (the head's loss is computed in float32).
+
+    Under torchrun (``dist`` with several processes): when the encoder trains, DDP wraps the model and each
+    process takes its own batch of ``train.batch_size`` cases per step (``ceil(cases / (batch_size x
+    processes))`` steps per epoch). When only the head trains, the model is not wrapped: every process computes
+    all cached features and runs the same full-batch steps (one process's work repeated); the main process
+    writes. ``resume`` continues from ``out_dir/checkpoint.pt`` (weights, optimiser, schedule, step, RNG), so
+    the final weights equal an uninterrupted run's.
     """
-    tc = cfg.train
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    if not named:
-        raise PemmaError("nothing to train (no trainable parameter)")
-    params = [p for _, p in named]
-    encoder_params = [p for n, p in named if n.startswith("encoder.")]
-    groups = [{"params": [p for n, p in named if not n.startswith("encoder.")], "lr": tc.lr}]
-    if encoder_params:
-        groups.append({"params": encoder_params, "lr": tc.lr * encoder_lr_scale})
-    encoder_trains = bool(encoder_params)
+    tc, dist = cfg.train, dist or DistInfo()
     if l2 < 0:
         raise PemmaError(f"l2 must be >= 0, got {l2}")
+    encoder_trains = any(p.requires_grad for n, p in model.named_parameters() if n.startswith("encoder."))
     penalised = [w for w in (model.head.linear.weight, getattr(model.clinical, "weight", None))
                  if w is not None and w.requires_grad]
     n = len(train.images)
-    per_epoch = max(1, math.ceil(n / tc.batch_size))
+    world = dist if encoder_trains else DistInfo()
+    per_epoch = max(1, math.ceil(n / (tc.batch_size * world.world_size)))
     total = tc.epochs * per_epoch if tc.max_steps is None else min(tc.epochs * per_epoch, tc.max_steps)
+    engine = Engine(model, total, tc.lr, device, weight_decay=tc.weight_decay, dist=dist,
+                    lr_scales={"encoder.": encoder_lr_scale}, clip_norm=clip_norm, ddp=encoder_trains)
     cached = None if encoder_trains else features_of(model, train.images, tc.batch_size, device)
     time_all, event_all = train.time.to(device), train.event.to(device)
     clin_all = None if train.clinical is None else train.clinical.to(device)
-    optimizer = torch.optim.AdamW(groups, lr=tc.lr, weight_decay=tc.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total)
-                                                                                         / total)))
     if encoder_trains and tc.batch_size < 2 and model.head.kind == "cox":
         log.warning("Cox partial likelihood needs >= 2 cases per batch; with --batch-size 1 every loss is 0")
     log.info(f"training {total} steps on {n} cases ("
              + (f"batches of {tc.batch_size} through the encoder" if encoder_trains
                 else "encoder frozen: cached features, every case in each step") + ")")
-    torch.manual_seed(tc.seed)
-    rows, started, order = [], time.time(), np.arange(n)
+    if dist.enabled:
+        log.info(f"DistributedDataParallel over {dist.world_size} processes, a batch each" if encoder_trains else
+                 f"{dist.world_size} processes: each runs the same full-batch steps (no DDP for the head alone)")
+    extra = engine.begin(out_dir, resume, tc.seed, METRIC_FIELDS)
+    value = math.nan
+    if extra is not None:
+        value = float(extra.get("loss", math.nan))
+        log.info(f"resumed at step {engine.step_count} of {total}")
+    started, order, order_epoch = time.time(), np.arange(n), -1
     model.train()
-    for step in range(total):
-        epoch, pos = divmod(step, per_epoch)
-        if pos == 0:
-            order = np.random.default_rng([tc.seed, epoch, 11]).permutation(n)
-        idx = torch.as_tensor(order[pos * tc.batch_size:(pos + 1) * tc.batch_size] if encoder_trains else order)
-        clin = None if clin_all is None else clin_all[idx.to(device)]
-        if cached is None:
-            out = model(train.images.batch(idx.tolist()).to(device), clin)
-        else:
-            out = model.from_features(cached[idx.to(device)], clin)
-        loss = model.head.loss(out, time_all[idx.to(device)], event_all[idx.to(device)])
-        total_loss = loss + 0.5 * l2 * sum((w ** 2).sum() for w in penalised) if penalised and l2 else loss
-        optimizer.zero_grad(set_to_none=True)
-        total_loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        scheduler.step()
-        value = loss.item()
-        rows.append({"step": step + 1, "epoch": epoch, "loss": f"{value:.5f}",
-                     "events": int(event_all[idx.to(device)].sum()), "lr": f"{scheduler.get_last_lr()[0]:.3e}",
-                     "seconds": f"{time.time() - started:.1f}"})
-        if (step + 1) % max(1, total // 5) == 0 or step + 1 == total:
-            log.info(f"step {step + 1}/{total} epoch {epoch}: loss {value:.4f}")
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=["step", "epoch", "loss", "events", "lr", "seconds"],
-                            lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text_atomic(out_dir / "metrics.csv", buf.getvalue())
+    while engine.step_count < total:
+        epoch, pos = divmod(engine.step_count, per_epoch)
+        if epoch != order_epoch:  # a pure function of the epoch: a resumed run draws the same order
+            order, order_epoch = np.random.default_rng([tc.seed, epoch, 11]).permutation(n), epoch
+        idx = torch.as_tensor(_batch(order, pos, tc.batch_size, world) if encoder_trains else order).to(device)
+        clin = None if clin_all is None else clin_all[idx]
+        inputs = train.images.batch(idx.tolist()).to(device) if cached is None else cached[idx]
+        value = engine.step(_step_fn(model, inputs, cached is not None, clin, time_all[idx], event_all[idx],
+                                     penalised, l2))
+        step = engine.step_count
+        engine.log_metrics({"step": step, "epoch": epoch, "loss": f"{value:.5f}", "events": int(event_all[idx].sum()),
+                            "lr": f"{engine.lr:.3e}", "seconds": f"{time.time() - started:.1f}"})
+        if step % max(1, total // 5) == 0 or step == total:
+            log.info(f"step {step}/{total} epoch {epoch}: loss {value:.4f}")
+        if step % tc.checkpoint_every == 0 or step == total:
+            engine.save(out_dir, loss=value)
+    barrier(dist)
     model.eval()
-    return {"steps": total, "loss": float(rows[-1]["loss"]) if rows else math.nan, "seconds": time.time() - started}
+    return {"steps": total, "loss": float(f"{value:.5f}"), "seconds": time.time() - started}
 
 
 def _finish(model: PrognosisModel, cfg: RunConfig, train: Split, val: Split | None, out_dir: Path,
             meta: dict[str, Any], history: list[dict[str, Any]], log: Any, device: torch.device,
-            fitted: dict[str, Any], params: dict[str, int]) -> dict[str, Any]:
-    """Training median risk, validation C-index, history row; save the run."""
+            fitted: dict[str, Any], params: dict[str, int], dist: DistInfo) -> dict[str, Any]:
+    """Training median risk, validation C-index, history row; save the run (main process)."""
     bs = cfg.train.batch_size
     train_risk = risks_of(model, train, bs, device)
     val_risk = None if val is None else risks_of(model, val, bs, device)
@@ -184,38 +203,45 @@ def _finish(model: PrognosisModel, cfg: RunConfig, train: Split, val: Split | No
                  "val_c_index": val_c, "train_cases": train.case_ids,
                  "val_cases": [] if val is None else val.case_ids, "parameters": params,
                  "history": history + [row], "steps": fitted["steps"]})
-    save_run(model, cfg, out_dir, meta)
+    if dist.is_main:
+        save_run(model, cfg, out_dir, meta)
+    barrier(dist)
     log.info(f"done {stage}: {fitted['steps']} steps in {fitted['seconds']:.0f} s; C-index train {_fmt(train_c)}, "
              f"validation {_fmt(val_c)}; training median risk {meta['risk_threshold']:.4g}")
     return {**row, "seconds": fitted["seconds"], "risk_threshold": meta["risk_threshold"]}
 
 
-def _start(out_dir: str | Path, cfg: RunConfig, modalities: tuple[str, ...], source: Path) -> tuple[Path, Any]:
+def _start(out_dir: str | Path, cfg: RunConfig, modalities: tuple[str, ...], source: Path,
+           dist: DistInfo) -> tuple[Path, Any]:
     out = Path(out_dir)
     if out.resolve() == source.resolve():
         raise PemmaError(f"{out}: the new run must not overwrite {source}")
-    out.mkdir(parents=True, exist_ok=True)
-    log = run_logger(out)
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+    barrier(dist)
+    log = run_logger(out, enabled=dist.is_main)
     for line in describe(list(modalities), cfg.preprocess):
         log.info(line)
     log.info(f"input: one centre crop of {cfg.model.roi_size} voxels per case (the label is never read)")
     return out, log
 
 
-def train_survival(base_run: str | Path, cfg: RunConfig, out_dir: str | Path, head: str = "mtlr",
-                   endpoints: str | Path | None = None, n_bins: int | None = None, l2: float = L2_DEFAULT,
-                   progress: bool = False, split: tuple[Sequence[str], Sequence[str]] | None = None) -> dict[str, Any]:
+def train_survival(base_run: str | Path, cfg: RunConfig, out_dir: str | Path, settings: SurvivalConfig | None = None,
+                   *, endpoints: str | Path | None = None, progress: bool = False,
+                   split: tuple[Sequence[str], Sequence[str]] | None = None, resume: bool = False,
+                   **changes: Any) -> dict[str, Any]:
     """Train a prognosis head on the frozen encoder of a segmentation run (stage ``ct``).
 
     Args:
         base_run: run folder of ``pemma train`` (plain backbone); its model and preprocessing are used.
         cfg: data (root, centres, modalities = the base's, val_fraction) and train settings.
         out_dir: the prognosis run folder.
-        head: "mtlr" or "cox".
+        settings: ``head`` ("mtlr" or "cox"), ``bins`` (MTLR bins; default ``ceil(sqrt(training events))``),
+            ``l2`` (weight penalty of the head, see :func:`fit`), ``clip_norm``; default :class:`SurvivalConfig` ().
         endpoints: endpoint CSV; default: found under ``cfg.data.root``.
-        n_bins: MTLR bins; default ``ceil(sqrt(training events))``.
-        l2: weight penalty of the head (see :func:`fit`).
         split: (training, validation) case IDs; default: ``cfg.data.val_fraction`` of the cases, seeded.
+        resume: continue an interrupted run in ``out_dir`` (from its ``checkpoint.pt``; none: start afresh).
+        changes: fields of ``settings`` to change (e.g. ``head="cox", l2=0.5``).
 
     Returns:
         Summary (stage, trainable/total parameters, train/validation C-index, steps, seconds).
@@ -224,9 +250,16 @@ def train_survival(base_run: str | Path, cfg: RunConfig, out_dir: str | Path, he
         >>> cfg = build_config("tiny", overrides={"data": {"root": "data/phantom"}})
         >>> train_survival("runs/ct_unetr", cfg, "runs/surv_ct", head="mtlr")
     """
-    if head not in HEADS:
-        raise PemmaError(f"head must be one of {HEADS}, got {head!r}")
-    base_run = Path(base_run)
+    settings = survival_settings(settings, **changes)
+    with process_group(cfg.train.device) as (device, dist):
+        return _train_survival(Path(base_run), cfg, Path(out_dir), settings, endpoints, progress, split, resume,
+                               device, dist)
+
+
+def _train_survival(base_run: Path, cfg: RunConfig, out_dir: Path, settings: SurvivalConfig,
+                    endpoints: str | Path | None, progress: bool, split: tuple[Sequence[str], Sequence[str]] | None,
+                    resume: bool, device: torch.device, dist: DistInfo) -> dict[str, Any]:
+    head = settings.head
     base = load_base(base_run)
     modalities = tuple(cfg.data.modalities)
     if list(modalities) != list(base.meta.get("modalities", [])):
@@ -234,12 +267,11 @@ def train_survival(base_run: str | Path, cfg: RunConfig, out_dir: str | Path, he
                          f"not {','.join(modalities)}; train on its inputs, then add modalities with "
                          "`pemma survival adapt`")
     cfg = dataclasses.replace(cfg, model=base.config.model, preprocess=base.config.preprocess)
-    out, log = _start(out_dir, cfg, modalities, base_run)
+    out, log = _start(out_dir, cfg, modalities, base_run, dist)
     tables = Tables.find(cfg.data.root, endpoints=endpoints)
     train, val = prepare_splits(cfg, modalities, tables, None, progress,
                                 *split_for_stage(cfg, modalities, tables, fixed=split))
-    bins = TimeBins.from_times(train.time.numpy(), train.event.numpy(), n_bins) if head == "mtlr" else None
-    device = resolve_device(cfg.train.device)
+    bins = TimeBins.from_times(train.time.numpy(), train.event.numpy(), settings.bins) if head == "mtlr" else None
     torch.manual_seed(cfg.train.seed)
     model = build_model(base, head, bins, modalities, None, 0).to(device)
     model.set_feature_scaling(features_of(model, train.images, cfg.train.batch_size, device))
@@ -248,53 +280,63 @@ def train_survival(base_run: str | Path, cfg: RunConfig, out_dir: str | Path, he
     log.info(f"stage {stage_name(modalities, False)}: {head} head on {base.config.model.backbone} features "
              f"(D={model.feature_dim}){f', MTLR bins {list(bins.boundaries)}' if bins else ''}; trainable "
              f"parameters {params['trainable']:,} of {params['total']:,}")
-    fitted = fit(model, train, cfg, device, out, log, l2=l2)
-    meta = {"modalities": list(modalities), "ehr": False, "head": head, "l2": l2,
+    fitted = fit(model, train, cfg, device, out, log, l2=settings.l2, clip_norm=settings.clip_norm, dist=dist,
+                 resume=resume)
+    meta = {"modalities": list(modalities), "ehr": False, "head": head, "l2": settings.l2,
             "time_bins": list(bins.boundaries) if bins else None, "backbone": base.config.model.backbone,
             "feature_dim": model.feature_dim, "base_run": str(base_run.resolve()),
             "base_sha256": sha256_file(base_run / MODEL_FILE), "adapter_config": None, "clinical_encoder": None,
-            "parent": None}
-    return _finish(model, cfg, train, val, out, meta, [], log, device, fitted, params)
+            "parent": None, "settings": settings.to_dict()}
+    return _finish(model, cfg, train, val, out, meta, [], log, device, fitted, params, dist)
 
 
-def adapt_survival(model_run: str | Path, cfg: RunConfig, out_dir: str | Path, add_modality: str | None = None,
-                   add_ehr: bool = False, method: str | None = None, rank: int = 4, alpha: float = 8.0,
-                   clinical_config: ClinicalConfig | None = None, endpoints: str | Path | None = None,
-                   clinical: str | Path | None = None, base_run: str | Path | None = None,
-                   encoder_lr_scale: float = ENCODER_LR_SCALE, l2: float = L2_DEFAULT,
-                   progress: bool = False, split: tuple[Sequence[str], Sequence[str]] | None = None,
-                   train_adapters: bool = True, init_adapters: str | Path | None = None) -> dict[str, Any]:
+def adapt_survival(model_run: str | Path, cfg: RunConfig, out_dir: str | Path, settings: SurvivalConfig | None = None,
+                   *, clinical_config: ClinicalConfig | None = None, endpoints: str | Path | None = None,
+                   clinical: str | Path | None = None, base_run: str | Path | None = None, progress: bool = False,
+                   split: tuple[Sequence[str], Sequence[str]] | None = None,
+                   init_adapters: str | Path | None = None, resume: bool = False, **changes: Any) -> dict[str, Any]:
     """Add PET and/or EHR to a prognosis model, training adapters (and the new input pathway and head) only.
 
     Args:
         model_run: the previous prognosis run (``train`` or an earlier ``adapt``).
         cfg: data and train settings (model and preprocessing come from the previous run).
         out_dir: the new run folder (the previous run is not modified).
-        add_modality: "pet" or None.
-        add_ehr: add the clinical vector.
-        method: "lora" or "dora" for new adapters; must equal the previous stage's when it has adapters.
-            Default: the previous stage's, else "lora".
-        rank, alpha: adapter rank and scaling for new adapters.
+        settings: what to add and how (:class:`SurvivalConfig`): ``add_modality`` ("pet" or None), ``add_ehr``
+            (the clinical vector); ``method`` ("lora" or "dora" for new adapters; must equal the previous
+            stage's when it has adapters; default: the previous stage's, else "lora"); ``rank``, ``alpha``
+            (of new adapters); ``encoder_lr_scale`` (learning-rate factor of the adapters and PET pathway) and
+            ``l2`` (weight penalty of the head and clinical projection), see :func:`fit`; ``train_adapters``:
+            train the adapters (LoRA/DoRA tensors and, when adding PET, the PET pathway) too (default). False
+            keeps them frozen: the stage then trains the head (and clinical projection) on image features
+            computed once per case. New adapters always train unless ``init_adapters`` gives them. The head
+            is the previous stage's.
         clinical_config: clinical columns (default :class:`ClinicalConfig` ()).
         endpoints, clinical: explicit table paths; default: found under ``cfg.data.root``.
         base_run: the segmentation base if it moved.
-        encoder_lr_scale: learning-rate factor of the adapters and PET pathway (see :func:`fit`).
-        l2: weight penalty of the head and clinical projection (see :func:`fit`).
         split: (training, validation) case IDs; default: the previous stage's sides (new cases split by
             ``cfg.data.val_fraction``).
-        train_adapters: train the adapters (LoRA/DoRA tensors and, when adding PET, the PET pathway) too
-            (default). False keeps them frozen: the stage then trains the head (and clinical projection) on
-            image features computed once per case. New adapters always train unless ``init_adapters`` gives
-            them.
         init_adapters: a PEMMA segmentation run (``pemma adapt``) on the same base whose adapters and PET
             pathway start this stage (adding PET); its adapter config replaces ``method``/``rank``/``alpha``.
+        resume: continue an interrupted run in ``out_dir`` (from its ``checkpoint.pt``; none: start afresh).
+        changes: fields of ``settings`` to change (e.g. ``add_modality="pet", method="lora"``).
 
     Example:
         >>> adapt_survival("runs/surv_ct", cfg, "runs/surv_ctpet", add_modality="pet", method="lora")
     """
+    settings = survival_settings(settings, **changes)
+    with process_group(cfg.train.device) as (device, dist):
+        return _adapt_survival(Path(model_run), cfg, Path(out_dir), settings, clinical_config, endpoints, clinical,
+                               base_run, progress, split, init_adapters, resume, device, dist)
+
+
+def _adapt_survival(model_run: Path, cfg: RunConfig, out_dir: Path, settings: SurvivalConfig,
+                    clinical_config: ClinicalConfig | None, endpoints: str | Path | None,
+                    clinical: str | Path | None, base_run: str | Path | None, progress: bool,
+                    split: tuple[Sequence[str], Sequence[str]] | None, init_adapters: str | Path | None,
+                    resume: bool, device: torch.device, dist: DistInfo) -> dict[str, Any]:
+    add_modality, add_ehr, method = settings.add_modality, settings.add_ehr, settings.method
     prev = load_run(model_run, base_run=base_run)
-    if add_modality not in (None, "pet"):
-        raise PemmaError(f"--add-modality must be pet, got {add_modality!r}")
+    settings = dataclasses.replace(settings, head=prev.meta["head"])
     if add_modality is None and not add_ehr:
         raise PemmaError("nothing to add: give --add-modality pet and/or --add-ehr")
     if add_modality and add_modality in prev.modalities:
@@ -305,7 +347,7 @@ def adapt_survival(model_run: str | Path, cfg: RunConfig, out_dir: str | Path, a
     if old_cfg is not None and method is not None and method != old_cfg.method:
         raise PemmaError(f"{model_run}: has {old_cfg.method} adapters; adapt it with --method {old_cfg.method}")
     backbone = prev.base.config.model.backbone
-    adapter_cfg = old_cfg or pemma_adapter_config(backbone, method or "lora", rank, alpha)
+    adapter_cfg = old_cfg or pemma_adapter_config(backbone, method or "lora", settings.rank, settings.alpha)
     if init_adapters is not None:
         if old_cfg is not None or not add_modality:
             raise PemmaError(f"{init_adapters}: segmentation adapters can only start the stage that adds PET")
@@ -316,7 +358,7 @@ def adapt_survival(model_run: str | Path, cfg: RunConfig, out_dir: str | Path, a
     ehr = prev.ehr or add_ehr
     cfg = dataclasses.replace(cfg, model=prev.config.model, preprocess=prev.config.preprocess,
                               data=dataclasses.replace(cfg.data, modalities=list(modalities)))
-    out, log = _start(out_dir, cfg, modalities, Path(model_run))
+    out, log = _start(out_dir, cfg, modalities, model_run, dist)
     tables = Tables.find(cfg.data.root, endpoints=endpoints, clinical=clinical, need_clinical=ehr)
     encoder = prev.clinical_encoder
     report, train_cases, val_cases = split_for_stage(cfg, modalities, tables, prev.meta, fixed=split)
@@ -332,7 +374,6 @@ def adapt_survival(model_run: str | Path, cfg: RunConfig, out_dir: str | Path, a
                  f"({', '.join(encoder.feature_names[:6])}, ...)")
     train, val = prepare_splits(cfg, modalities, tables, encoder if ehr else None, progress, report, train_cases,
                           val_cases)
-    device = resolve_device(cfg.train.device)
     torch.manual_seed(cfg.train.seed)
     model = build_model(prev.base, prev.meta["head"], prev.bins, modalities, adapter_cfg,
                         encoder.n_features if (ehr and encoder) else 0)
@@ -346,7 +387,7 @@ def adapt_survival(model_run: str | Path, cfg: RunConfig, out_dir: str | Path, a
     if add_modality:  # features of the new input set: re-estimate the scaling the head reads
         model.set_feature_scaling(features_of(model, train.images, cfg.train.batch_size, device))
     model.requires_grad_(False)
-    train_encoder = train_adapters or (old_cfg is None and init_adapters is None)
+    train_encoder = settings.train_adapters or (old_cfg is None and init_adapters is None)
     if train_encoder:
         for name, p in model.encoder.named_parameters():
             if ".lora_" in name:
@@ -363,13 +404,15 @@ def adapt_survival(model_run: str | Path, cfg: RunConfig, out_dir: str | Path, a
              f"{params['trainable']:,} of {params['total']:,} ("
              + ", ".join(f"{k.split(':', 1)[1]} {v:,}" for k, v in params.items() if k.startswith("trainable:"))
              + ")")
-    fitted = fit(model, train, cfg, device, out, log, encoder_lr_scale, l2)
+    fitted = fit(model, train, cfg, device, out, log, settings.encoder_lr_scale, settings.l2,
+                 clip_norm=settings.clip_norm, dist=dist, resume=resume)
     meta = {**{k: prev.meta[k] for k in ("head", "time_bins", "backbone", "feature_dim", "base_run", "base_sha256")},
-            "modalities": list(modalities), "ehr": ehr, "l2": l2, "adapter_config": adapter_cfg.to_dict(),
+            "modalities": list(modalities), "ehr": ehr, "l2": settings.l2, "settings": settings.to_dict(),
+            "adapter_config": adapter_cfg.to_dict(),
             "clinical_encoder": encoder.to_dict() if (ehr and encoder) else None,
             "init_adapters": str(Path(init_adapters).resolve()) if init_adapters is not None else None,
-            "parent": str(Path(model_run).resolve())}
+            "parent": str(model_run.resolve())}
     if base_run is not None:
         meta["base_run"] = str(Path(base_run).resolve())
     return _finish(model, cfg, train, val, out, meta, list(prev.meta.get("history", [])), log, device, fitted,
-                   params)
+                   params, dist)

@@ -1,0 +1,94 @@
+"""Settings of a prognosis stage (``pemma survival train | adapt``): one validated dataclass, saved in the run's
+``survival.json`` under ``"settings"`` (runs written before it existed load without it).
+
+Optimisation, sampling and the device are the run's :class:`~pemma.config.TrainConfig` (``epochs``, ``lr``,
+``batch_size``, ``max_steps``, ``seed``, ...) in ``config.yaml``; this class holds what only a prognosis stage has.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from pemma.errors import PemmaError
+from pemma.survival.heads import HEADS
+from pemma.vocab import PEMMA_METHODS
+
+ADAPTER_METHODS: tuple[str, ...] = tuple(PEMMA_METHODS.values())
+#: learning-rate factor of trainable encoder parts (adapters, PET pathway) relative to the head's
+ENCODER_LR_SCALE = 0.1
+#: L2 penalty ``l2 / 2 * ||W||^2`` on the head's and the clinical projection's weights (MTLR's C1 regulariser)
+L2_DEFAULT = 0.1
+
+
+@dataclass
+class SurvivalConfig:
+    """What a prognosis stage trains and how (besides the run's ``train`` section).
+
+    Raises:
+        ValueError: a value out of range (see each field's help).
+
+    Example:
+        >>> SurvivalConfig(head="cox", l2=0.5)
+        >>> SurvivalConfig(add_modality="pet", method="dora", rank=8, alpha=16.0)
+    """
+
+    head: str = field(default="mtlr", metadata={"help": "survival head: mtlr or cox (stage ct; later stages keep it)"})
+    bins: int | None = field(default=None, metadata={
+        "help": "MTLR time bins; None = ceil(sqrt(training relapses))"})
+    l2: float = field(default=L2_DEFAULT, metadata={
+        "help": "L2 penalty l2/2 ||W||^2 on the head's and the clinical projection's weights"})
+    encoder_lr_scale: float = field(default=ENCODER_LR_SCALE, metadata={
+        "help": "learning rate of adapters and PET pathway relative to train.lr"})
+    clip_norm: float = field(default=1.0, metadata={"help": "gradient-norm clipping of the trainable parameters"})
+    add_modality: str | None = field(default=None, metadata={"help": "adapt: image modality to add (pet) or None"})
+    add_ehr: bool = field(default=False, metadata={"help": "adapt: add the clinical vector (zero-initialised)"})
+    method: str | None = field(default=None, metadata={
+        "help": "adapt: lora or dora for new adapters; None = the previous stage's, else lora"})
+    rank: int = field(default=4, metadata={"help": "adapt: rank of new adapters"})
+    alpha: float = field(default=8.0, metadata={"help": "adapt: scaling alpha of new adapters"})
+    train_adapters: bool = field(default=True, metadata={
+        "help": "adapt: train existing / initialised adapters and the PET pathway too; False trains the head "
+                "(and clinical projection) on features computed once"})
+
+    def __post_init__(self) -> None:
+        if self.head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
+        if self.bins is not None and int(self.bins) < 1:
+            raise ValueError(f"bins must be >= 1, got {self.bins}")
+        if not self.l2 >= 0:
+            raise ValueError(f"l2 must be >= 0, got {self.l2}")
+        if not self.encoder_lr_scale > 0:
+            raise ValueError(f"encoder_lr_scale must be > 0, got {self.encoder_lr_scale}")
+        if not self.clip_norm > 0:
+            raise ValueError(f"clip_norm must be > 0, got {self.clip_norm}")
+        if self.add_modality not in (None, "pet"):
+            raise ValueError(f"add_modality must be pet, got {self.add_modality!r}")
+        if self.method is not None and self.method not in ADAPTER_METHODS:
+            raise ValueError(f"method must be one of {ADAPTER_METHODS}, got {self.method!r}")
+        if int(self.rank) < 1:
+            raise ValueError(f"rank must be >= 1, got {self.rank}")
+        if not self.alpha > 0:
+            raise ValueError(f"alpha must be > 0, got {self.alpha}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> SurvivalConfig:
+        """Inverse of :meth:`to_dict`; unknown keys are an error."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ValueError(f"unknown survival settings {unknown}")
+        return cls(**raw)
+
+
+def survival_settings(settings: SurvivalConfig | None = None, **changes: Any) -> SurvivalConfig:
+    """``settings`` (default :class:`SurvivalConfig` ()) with ``changes`` applied; bad values are a
+    :class:`~pemma.errors.PemmaError`."""
+    try:
+        return dataclasses.replace(settings or SurvivalConfig(), **changes)
+    except (TypeError, ValueError) as exc:
+        raise PemmaError(f"invalid survival settings: {exc}") from None

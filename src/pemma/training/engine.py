@@ -1,0 +1,221 @@
+"""The training engine every pemma training uses: the optimiser step, AdamW, the cosine schedule, AMP,
+DistributedDataParallel and resumable checkpoints.
+
+It knows nothing about segmentation or survival: a caller hands it a model and, for every step, a closure
+``module -> loss`` (the module is the DDP wrapper under torchrun); the caller owns its data, validation and
+what "best" means, and keeps any state of its own in the checkpoint's ``extra`` entries.
+
+Example:
+    >>> engine = Engine(model, total_steps=100, lr=1e-3, device=torch.device("cpu"))
+    >>> engine.seed(0)
+    >>> while engine.step_count < engine.total_steps:
+    ...     loss = engine.step(lambda module: loss_fn(module(image), label))
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from pemma.errors import PemmaError
+from pemma.inference.sliding import autocast
+from pemma.runs import STATE_FILE, load_state, save_state
+from pemma.runtime import METRIC_FIELDS, DistInfo, MetricsCSV, cleanup, init_distributed, resolve_device
+
+#: what a step closure returns: the objective to minimise, or (objective, the value to report)
+Loss = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+StepFn = Callable[[nn.Module], Loss]
+#: checkpoint entries the engine writes itself; everything else in a checkpoint is the caller's ``extra``
+ENGINE_KEYS = ("model", "optimizer", "scheduler", "scaler", "step", "rng")
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Parameters that train plus all buffers: what a resumable checkpoint must hold (frozen weights are
+    rebuilt from their source)."""
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    buffers = {n for n, _ in model.named_buffers()}
+    return {k: v for k, v in model.state_dict().items() if k in trainable or k in buffers}
+
+
+def cosine_factor(total: int) -> Callable[[int], float]:
+    """Learning-rate factor of step ``s``: ``0.5 (1 + cos(pi min(s, total) / total))``, from 1 down to 0."""
+    return lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
+
+
+def cosine_schedule(optimizer: torch.optim.Optimizer, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """Cosine decay to 0 over ``total`` steps (closed form, so a resumed schedule gives the same values)."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_factor(total))
+
+
+@contextlib.contextmanager
+def process_group(device_name: str) -> Iterator[tuple[torch.device, DistInfo]]:
+    """This process's device (``cuda:<LOCAL_RANK>`` under torchrun) and the process group it joins when
+    launched by torchrun (single process otherwise); the group is left on exit."""
+    device = resolve_device(device_name, int(os.environ.get("LOCAL_RANK", "0")))
+    dist = init_distributed(device)
+    try:
+        yield device, dist
+    finally:
+        cleanup(dist)
+
+
+def param_groups(model: nn.Module, lr: float, lr_scales: Mapping[str, float] | None = None) -> list[dict[str, Any]]:
+    """AdamW groups over the parameters with ``requires_grad``: first those matching no prefix of
+    ``lr_scales`` (at ``lr``), then one group per prefix that has parameters (at ``lr * scale``)."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if not named:
+        raise PemmaError("nothing to train (no trainable parameter)")
+    scales = dict(lr_scales or {})
+    groups = [{"params": [p for n, p in named if not any(n.startswith(k) for k in scales)], "lr": lr}]
+    for prefix, scale in scales.items():
+        params = [p for n, p in named if n.startswith(prefix)]
+        if params:
+            groups.append({"params": params, "lr": lr * scale})
+    return [g for g in groups if g["params"]]
+
+
+class Engine:
+    """Owns the model on its device, its DDP wrapper, AdamW, the cosine schedule, the GradScaler and the step
+    counter; saves and restores all of them.
+
+    Args:
+        model: the module to train; parameters with ``requires_grad`` are optimised.
+        total_steps: length of the cosine schedule (the caller's loop stops there).
+        lr, weight_decay: AdamW settings.
+        device: where the model runs.
+        dist: the process group (:func:`pemma.runtime.init_distributed`); DDP wraps the model
+            when it has more than one process and ``ddp`` is True.
+        amp: fp16 autocast + GradScaler on CUDA, bf16 autocast on the CPU.
+        lr_scales: ``{parameter-name prefix: factor}`` for groups learning at ``lr * factor``.
+        clip_norm: clip the gradient norm of the trainable parameters to this value (None: no clipping).
+        find_unused_parameters: DDP flag, True when some steps skip part of the model.
+        ddp: False keeps the model unwrapped even under torchrun (each process then trains its own copy).
+    """
+
+    def __init__(self, model: nn.Module, total_steps: int, lr: float, device: torch.device, *,
+                 weight_decay: float = 0.0, dist: DistInfo | None = None, amp: bool = False,
+                 lr_scales: Mapping[str, float] | None = None, clip_norm: float | None = None,
+                 find_unused_parameters: bool = False, ddp: bool = True) -> None:
+        if total_steps < 1:
+            raise PemmaError(f"total_steps must be >= 1, got {total_steps}")
+        self.dist = dist or DistInfo()
+        self.device, self.amp, self.clip_norm, self.total_steps = device, amp, clip_norm, total_steps
+        self.model = model.to(device)
+        self.module: nn.Module = self.model
+        if self.dist.enabled and ddp:
+            self.module = DistributedDataParallel(self.model,
+                                                  device_ids=[device.index] if device.type == "cuda" else None,
+                                                  find_unused_parameters=find_unused_parameters)
+        groups = param_groups(self.model, lr, lr_scales)
+        self.params = [p for p in self.model.parameters() if p.requires_grad]  # model order (clipping's sum)
+        self.optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=weight_decay)
+        self.scheduler = cosine_schedule(self.optimizer, total_steps)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=amp and device.type == "cuda")
+        self.step_count = 0
+        self.metrics: MetricsCSV | None = None
+
+    @property
+    def lr(self) -> float:
+        """The current learning rate of the first parameter group."""
+        return self.scheduler.get_last_lr()[0]
+
+    def seed(self, seed: int) -> None:
+        """Seed torch's generator for a fresh run (each process differently: ``seed + 1000 * rank``)."""
+        torch.manual_seed(seed + 1000 * self.dist.rank)
+
+    def step(self, *micro_batches: StepFn) -> float:
+        """One optimiser step: zero the gradients, run every closure under autocast and backpropagate its
+        objective (divided by their number: gradient accumulation), clip, step the optimiser through the
+        GradScaler, step the schedule.
+
+        Returns:
+            the reported loss (the objective unless the closure returns ``(objective, reported)``), averaged
+            over the micro-batches.
+        """
+        if not micro_batches:
+            raise ValueError("step needs at least one closure")
+        self.optimizer.zero_grad(set_to_none=True)
+        n, reported = len(micro_batches), 0.0
+        for i, compute in enumerate(micro_batches):
+            accumulate = i < n - 1 and isinstance(self.module, DistributedDataParallel)
+            with self.module.no_sync() if accumulate else contextlib.nullcontext():  # type: ignore[operator]
+                with autocast(self.device, self.amp):
+                    out = compute(self.module)
+                    objective, shown = out if isinstance(out, tuple) else (out, out)
+                    if n > 1:
+                        objective = objective / n
+                self.scaler.scale(objective).backward()
+            reported += float(shown.detach())
+        if self.clip_norm is not None:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.params, self.clip_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        self.step_count += 1
+        return reported / n
+
+    # ---- checkpoints
+
+    def state_dict(self, **extra: Any) -> dict[str, Any]:
+        """Trainable tensors and buffers, optimiser, schedule, scaler, step, torch RNG and ``extra``."""
+        clash = sorted(set(extra) & set(ENGINE_KEYS))
+        if clash:
+            raise ValueError(f"extra checkpoint entries {clash} clash with the engine's own")
+        return {"model": trainable_state(self.model), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+                "step": self.step_count, **extra, "rng": torch.get_rng_state()}
+
+    def load_state_dict(self, state: dict[str, Any], source: str = "checkpoint") -> dict[str, Any]:
+        """Restore what :meth:`state_dict` saved; return the ``extra`` entries."""
+        missing = set(trainable_state(self.model)) - set(state["model"])
+        if missing:
+            raise PemmaError(f"{source}: checkpoint lacks {len(missing)} trained tensors "
+                             f"(e.g. {sorted(missing)[0]}); it belongs to another model")
+        self.model.load_state_dict(state["model"], strict=False)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step_count = int(state["step"])
+        torch.set_rng_state(state["rng"])
+        return {k: v for k, v in state.items() if k not in ENGINE_KEYS}
+
+    def save(self, run_dir: Path, **extra: Any) -> None:
+        """Write ``checkpoint.pt`` atomically (main process only)."""
+        if self.dist.is_main:
+            save_state(self.state_dict(**extra), run_dir)
+
+    def begin(self, run_dir: Path, resume: bool, seed: int,
+              metric_fields: Sequence[str] = METRIC_FIELDS) -> dict[str, Any] | None:
+        """Start or continue the run in ``run_dir``: with ``resume`` and a checkpoint there, restore it and
+        drop ``metrics.csv`` rows after its step; else seed (:meth:`seed`) and empty ``metrics.csv``.
+
+        Returns:
+            the checkpoint's ``extra`` entries, or None for a fresh start.
+        """
+        self.metrics = MetricsCSV(Path(run_dir) / "metrics.csv", metric_fields)
+        extra = self.resume(run_dir) if resume else None
+        if extra is None:
+            self.seed(seed)
+        if self.dist.is_main:
+            self.metrics.truncate(-1 if extra is None else self.step_count)
+        return extra
+
+    def log_metrics(self, row: dict[str, Any]) -> None:
+        """Append a row to ``metrics.csv`` (main process only; after :meth:`begin`)."""
+        if self.dist.is_main and self.metrics is not None:
+            self.metrics.append(row)
+
+    def resume(self, run_dir: Path) -> dict[str, Any] | None:
+        """Restore ``run_dir/checkpoint.pt`` if there is one; return its ``extra`` entries (None: no checkpoint)."""
+        if not (Path(run_dir) / STATE_FILE).is_file():
+            return None
+        return self.load_state_dict(load_state(run_dir), str(Path(run_dir) / STATE_FILE))

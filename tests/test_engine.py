@@ -1,0 +1,93 @@
+"""The training engine on toy models: cosine values, parameter groups, gradient accumulation, exact resume."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from pemma.errors import PemmaError
+from pemma.training.engine import Engine
+
+CPU = torch.device("cpu")
+
+
+def _model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+
+
+def _noisy_step(engine: Engine) -> float:
+    """A step whose data come from torch's generator (so a resume must restore it)."""
+    x = torch.randn(6, 4)
+    y = x.sum(dim=1, keepdim=True) + 0.1 * torch.randn(6, 1)
+    return engine.step(lambda module: ((module(x) - y) ** 2).mean())
+
+
+def test_cosine_schedule_is_the_closed_form() -> None:
+    engine = Engine(_model(), total_steps=5, lr=0.1, device=CPU)
+    lrs = []
+    for _ in range(5):
+        _noisy_step(engine)
+        lrs.append(engine.lr)
+    assert lrs == [0.1 * 0.5 * (1 + math.cos(math.pi * s / 5)) for s in range(1, 6)]
+    assert engine.step_count == 5
+
+
+def test_groups_cover_trainable_parameters_only_with_scaled_lr() -> None:
+    model = _model()
+    model[0].requires_grad_(False)
+    engine = Engine(model, total_steps=3, lr=0.2, device=CPU, lr_scales={"2.weight": 0.5})
+    groups = engine.optimizer.param_groups
+    assert [len(g["params"]) for g in groups] == [1, 1] and [g["lr"] for g in groups] == [0.2, 0.1]
+    frozen = model[0].weight.clone()
+    _noisy_step(engine)
+    assert torch.equal(model[0].weight, frozen)
+    model.requires_grad_(False)
+    with pytest.raises(PemmaError, match="nothing to train"):
+        Engine(model, total_steps=3, lr=0.2, device=CPU)
+
+
+def test_accumulated_halves_match_the_whole_batch() -> None:
+    x, y = torch.randn(8, 4), torch.randn(8, 1)
+    whole = Engine(_model(), total_steps=2, lr=0.01, device=CPU, clip_norm=0.5)
+    halves = Engine(_model(), total_steps=2, lr=0.01, device=CPU, clip_norm=0.5)
+    loss_whole = whole.step(lambda m: ((m(x) - y) ** 2).mean())
+    loss_halves = halves.step(lambda m: ((m(x[:4]) - y[:4]) ** 2).mean(), lambda m: ((m(x[4:]) - y[4:]) ** 2).mean())
+    assert loss_halves == pytest.approx(loss_whole, rel=1e-6)
+    for a, b in zip(whole.model.parameters(), halves.model.parameters(), strict=True):
+        assert torch.allclose(a, b, atol=1e-7)
+
+
+def test_reported_loss_is_the_second_value() -> None:
+    engine = Engine(_model(), total_steps=1, lr=0.01, device=CPU)
+    x = torch.randn(3, 4)
+    assert engine.step(lambda m: (m(x).sum() + 100.0, torch.tensor(1.5))) == 1.5
+
+
+def test_checkpoint_resume_continues_bit_identically(tmp_path: Path) -> None:
+    uninterrupted = Engine(_model(), total_steps=6, lr=0.05, device=CPU)
+    uninterrupted.begin(tmp_path / "a", resume=False, seed=3)
+    for _ in range(6):
+        _noisy_step(uninterrupted)
+
+    first = Engine(_model(), total_steps=6, lr=0.05, device=CPU)
+    (tmp_path / "b").mkdir()
+    assert first.begin(tmp_path / "b", resume=True, seed=3) is None  # no checkpoint: a fresh start
+    for _ in range(3):
+        _noisy_step(first)
+    first.save(tmp_path / "b", best=0.25)
+    torch.manual_seed(12345)  # whatever ran in between, the resumed run restores the generator
+
+    second = Engine(_model(seed=99), total_steps=6, lr=0.05, device=CPU)
+    assert second.begin(tmp_path / "b", resume=True, seed=3) == {"best": 0.25}
+    assert second.step_count == 3
+    while second.step_count < 6:
+        _noisy_step(second)
+    for a, b in zip(uninterrupted.model.parameters(), second.model.parameters(), strict=True):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="clash"):
+        second.state_dict(step=1)
