@@ -7,11 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+# Threads per test process, set before torch is imported (CLI subprocesses inherit it): the suite runs in two
+# pytest-xdist workers on a 2-core machine, so one thread each; a single process (-p no:xdist) gets two.
+os.environ.setdefault("OMP_NUM_THREADS", "1" if os.environ.get("PYTEST_XDIST_WORKER") else "2")
 
-from pemma.data.phantom import PhantomConfig, synthesize_phantom
+import pytest  # noqa: E402
 
-os.environ.setdefault("OMP_NUM_THREADS", "2")
+from pemma.data.phantom import PhantomConfig, synthesize_phantom  # noqa: E402
 
 #: flags that make any training verb run a tiny model in seconds
 FAST = ["--preset", "tiny", "--spacing", "4", "4", "4", "--roi", "32", "32", "32", "--batch-size", "1",
