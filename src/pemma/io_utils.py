@@ -95,6 +95,11 @@ def load_nifti(path: str | os.PathLike, *, what: str = "image") -> nib.Nifti1Ima
     if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
         bad = int((~np.isfinite(data)).sum())
         raise PemmaError(f"{path}: {what} has {bad} NaN/inf voxels")
+    linear = np.asarray(img.affine, dtype=float)[:3, :3]
+    if not np.isfinite(linear).all() or abs(np.linalg.det(linear)) < 1e-12:
+        spacing = tuple(round(float(z), 4) for z in np.linalg.norm(np.nan_to_num(linear), axis=0))
+        raise PemmaError(f"{path}: {what} has a singular voxel-to-world affine (voxel spacing {spacing} mm); "
+                         f"its header geometry is broken")
     return img
 
 

@@ -14,6 +14,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from pemma.errors import PemmaError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -34,9 +36,17 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     """``auto`` -> ``cuda:<local rank>`` when CUDA is available, else ``cpu``."""
     if name == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise PemmaError(f"--device {name}: not a device (use auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise PemmaError(f"--device {name}: this torch {torch.__version__} has no usable CUDA "
+                         f"(CPU-only build or no GPU); use --device cpu, or install a CUDA build of torch")
     if device.type == "cuda" and device.index is None:
         device = torch.device(f"cuda:{local_rank}")
+    if device.type == "cuda" and device.index >= torch.cuda.device_count():
+        raise PemmaError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
     return device
 
 

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
+import os
 import sys
+import tempfile
+import time
+import traceback
 from collections.abc import Sequence
+from pathlib import Path
 
 from pemma import __version__
 from pemma.cli import adaptation, demo, protocol, segmentation, survival
@@ -44,13 +50,53 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("pemma: interrupted", file=sys.stderr)
         return 130
-    except Exception as exc:  # user errors become one line; bugs keep their traceback
+    except Exception as exc:  # user errors become one line; a bug becomes one line and a log file
         user = _user_error(exc)
         if user is None:
+            user = _environment_error(exc)
+        if user is not None:
+            print(f"pemma {args.verb}: error: {user}", file=sys.stderr)
+            return 2
+        if os.environ.get("PEMMA_DEBUG"):
             raise
-        print(f"pemma {args.verb}: error: {user}", file=sys.stderr)
-        return 2
+        print(f"pemma {args.verb}: unexpected error: {_first_line(exc)} (traceback in {_write_traceback(args.verb)}; "
+              f"please report it, or set PEMMA_DEBUG=1 to see it here)", file=sys.stderr)
+        return 1
     return int(result or 0)
+
+
+#: file-system failures that are the environment's, not pemma's: reported as one line naming the file
+_ENVIRONMENT_ERRNOS = {errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.ENOTDIR,
+                       errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG}
+
+
+def _environment_error(exc: BaseException) -> str | None:
+    """``cannot write /out/x: No space left on device`` for a full, read-only or unwritable output."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, OSError) and exc.errno in _ENVIRONMENT_ERRNOS:
+            target = exc.filename or "a file"
+            return f"{target}: {exc.strerror or type(exc).__name__} (check the path, its permissions and free space)"
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:300]}" if text else type(exc).__name__
+
+
+def _write_traceback(verb: str) -> str:
+    """Write the current exception's traceback to a log file; return its path (or where it could not go)."""
+    folder = Path(tempfile.gettempdir()) / "pemma-errors"
+    path = folder / f"{verb}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"pemma {verb} ({' '.join(sys.argv)})\n{traceback.format_exc()}")
+    except OSError:
+        return f"{path} (could not be written)"
+    return str(path)
 
 
 if __name__ == "__main__":

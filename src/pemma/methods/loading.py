@@ -10,7 +10,7 @@ from pemma.config import RunConfig
 from pemma.errors import PemmaError
 from pemma.methods.registry import get_kind
 from pemma.models.loaded import LoadedModel
-from pemma.runs import CONFIG_FILE, check_base, read_meta
+from pemma.runs import CONFIG_FILE, MODEL_META, check_base, read_meta
 from pemma.vocab import KIND_BACKBONE
 
 
@@ -33,7 +33,12 @@ def load_model(run_dir: str | Path, device: torch.device | str = "cpu",
     meta = read_meta(run_dir)
     config = RunConfig.load(run_dir / CONFIG_FILE)
     kind = get_kind(str(meta.get("kind", KIND_BACKBONE)), str(run_dir))
-    net = kind.load(run_dir, meta, config, None if base_run is None else Path(base_run))
+    try:
+        net = kind.load(run_dir, meta, config, None if base_run is None else Path(base_run))
+    except (ValueError, KeyError, TypeError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise PemmaError(f"{run_dir}: cannot rebuild the {kind.name} model from {CONFIG_FILE} and {MODEL_META} "
+                         f"({reason}); was {CONFIG_FILE} edited?") from None
     net.to(device).eval()
     return LoadedModel(net=net, config=config, meta=meta, input_sets=kind.input_sets(meta), run_dir=run_dir)
 

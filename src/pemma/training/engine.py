@@ -180,10 +180,15 @@ class Engine:
         if missing:
             raise PemmaError(f"{source}: checkpoint lacks {len(missing)} trained tensors "
                              f"(e.g. {sorted(missing)[0]}); it belongs to another model")
-        self.model.load_state_dict(state["model"], strict=False)
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        self.scaler.load_state_dict(state["scaler"])
+        try:
+            self.model.load_state_dict(state["model"], strict=False)
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.scaler.load_state_dict(state["scaler"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise PemmaError(f"{source}: checkpoint does not fit this model and settings "
+                             f"({str(exc).splitlines()[0][:200]}); resume with the settings it was written with, "
+                             f"or start a new run") from None
         self.step_count = int(state["step"])
         torch.set_rng_state(state["rng"])
         return {k: v for k, v in state.items() if k not in ENGINE_KEYS}

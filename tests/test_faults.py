@@ -1,0 +1,106 @@
+"""Faults become one line: a broken header, a device this torch cannot use, a checkpoint of another model, an
+edited config, an unwritable or full disk, and bugs (one line plus a log file with the traceback)."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import io
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+import yaml
+from test_runs import _backbone_run
+from torch import nn
+
+from pemma.cli import main as cli_main
+from pemma.errors import PemmaError
+from pemma.io_utils import load_nifti
+from pemma.methods import load_model
+from pemma.runs import CONFIG_FILE
+from pemma.runtime import resolve_device
+from pemma.training.engine import Engine
+
+
+def _main(argv: list[str]) -> tuple[int, str]:
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = cli_main.main(argv)
+    return code, err.getvalue()
+
+
+def test_singular_affine_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "ct.nii.gz"
+    img = nib.Nifti1Image(np.zeros((4, 4, 4), np.int16), np.eye(4))
+    img.set_sform(np.diag([1.0, 1.0, 0.0, 1.0]), code=2)  # the sform wins over the qform: zero slice spacing
+    nib.save(img, str(path))
+    with pytest.raises(PemmaError, match=r"ct.nii.gz: CT has a singular voxel-to-world affine \(voxel spacing "
+                                         r"\(1.0, 1.0, 0.0\) mm\)"):
+        load_nifti(path, what="CT")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a torch without CUDA")
+def test_cuda_on_a_cpu_only_torch_is_one_line() -> None:
+    with pytest.raises(PemmaError, match="--device cuda: this torch .* has no usable CUDA .*use --device cpu"):
+        resolve_device("cuda")
+    with pytest.raises(PemmaError, match="--device gpu0: not a device"):
+        resolve_device("gpu0")
+    assert resolve_device("cpu") == torch.device("cpu")
+
+
+def test_checkpoint_of_another_model_is_refused(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    small = Engine(nn.Linear(4, 2), total_steps=2, lr=0.1, device=torch.device("cpu"))
+    small.step(lambda m: m(torch.ones(1, 4)).sum())
+    small.save(tmp_path)
+    wider = Engine(nn.Linear(5, 2), total_steps=2, lr=0.1, device=torch.device("cpu"))
+    with pytest.raises(PemmaError, match="checkpoint.pt: checkpoint does not fit this model and settings"):
+        wider.resume(tmp_path)
+
+
+def test_config_edited_to_another_backbone_is_one_line(tmp_path: Path) -> None:
+    run = _backbone_run(tmp_path / "ct")
+    cfg = yaml.safe_load((run / CONFIG_FILE).read_text())
+    cfg["model"]["backbone"] = "swin_unetr"
+    cfg["model"]["roi_size"] = [48, 48, 48]  # a UNETR window, not a Swin one
+    (run / CONFIG_FILE).write_text(yaml.safe_dump(cfg))
+    with pytest.raises(PemmaError, match=r"ct: cannot rebuild the backbone model from config.yaml and model.json "
+                                         r"\(swin_unetr needs roi_size divisible by 32.*was config.yaml edited"):
+        load_model(run)
+
+
+@pytest.mark.parametrize(("error", "expected"), [
+    (PermissionError(errno.EACCES, "Permission denied", "/shared/out/model.safetensors"),
+     "/shared/out/model.safetensors: Permission denied"),
+    (OSError(errno.ENOSPC, "No space left on device", "/full/preds/a.nii.gz"),
+     "/full/preds/a.nii.gz: No space left on device"),
+    (FileExistsError(errno.EEXIST, "File exists", "runs/x"), "runs/x: File exists"),
+])
+def test_file_system_failures_are_one_line(monkeypatch: pytest.MonkeyPatch, error: OSError, expected: str) -> None:
+    def fail(*args: object, **kwargs: object) -> None:
+        raise error
+
+    monkeypatch.setattr("pemma.api.synth", fail)
+    code, err = _main(["synth", "somewhere"])
+    assert code == 2
+    assert err.strip() == f"pemma synth: error: {expected} (check the path, its permissions and free space)"
+
+
+def test_a_bug_is_one_line_and_a_log_file(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    def bug(*args: object, **kwargs: object) -> None:
+        return {}["missing"]
+
+    monkeypatch.setattr("pemma.api.synth", bug)
+    monkeypatch.setattr("tempfile.gettempdir", lambda: str(tmp_path))
+    monkeypatch.delenv("PEMMA_DEBUG", raising=False)
+    code, err = _main(["synth", "somewhere"])
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert err.startswith("pemma synth: unexpected error: KeyError: 'missing' (traceback in ")
+    log = Path(err.split("traceback in ")[1].split(";")[0])
+    assert log.parent == tmp_path / "pemma-errors" and "Traceback" in log.read_text() and "bug" in log.read_text()
+    monkeypatch.setenv("PEMMA_DEBUG", "1")
+    with pytest.raises(KeyError):
+        _main(["synth", "somewhere"])
