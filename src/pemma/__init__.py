@@ -15,7 +15,7 @@ __version__ = "0.1.0"
 from pemma.vocab import LABELS, MODALITY_ORDER
 
 #: names served by :mod:`pemma.api` (PEP 562 lazy attributes)
-API = ("Run", "adapt", "demo", "evaluate", "export", "params", "predict", "reproduce", "run_config",
+API = ("Run", "adapt", "check", "demo", "evaluate", "export", "params", "predict", "reproduce", "run_config",
        "survival_adapt", "survival_evaluate", "survival_predict", "survival_train", "synth", "train", "update")
 
 __all__ = ["LABELS", "MODALITY_ORDER", "__version__", *API]

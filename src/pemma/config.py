@@ -40,6 +40,9 @@ class DataConfig:
     val_fraction: float = field(default=0.2, metadata={"help": "validation share per centre (seeded split)"})
     cache_dir: str | None = field(default=None,
                                   metadata={"help": "persistent preprocessing cache folder (default: in memory)"})
+    exclude_bad_cases: bool = field(default=False, metadata={
+        "help": "leave out the cases that fail the data check (`pemma check`), listed in the run, instead of "
+                "stopping before training"})
 
     def __post_init__(self) -> None:
         self.modalities = parse_modalities(self.modalities)

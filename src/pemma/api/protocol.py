@@ -16,7 +16,7 @@ def _list(value: str | int | Iterable | None) -> list | None:
 def reproduce(strategy: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike, *,
               backbone: str | Iterable[str] | None = None, preset: str | None = None, max_steps: int | None = None,
               variant: str | Iterable[str] | None = None, method: str | Iterable[str] | None = None,
-              seed: int | None = None, progress: bool = True) -> Path:
+              seed: int | None = None, exclude_bad_cases: bool = False, progress: bool = True) -> Path:
     """Run every phase of a strategy (pretrain -> adapt -> updates) for every method, evaluate, and report.
 
     Finished phases and evaluations in ``out`` are not recomputed.
@@ -30,6 +30,8 @@ def reproduce(strategy: str | os.PathLike, data: str | os.PathLike, out: str | o
         variant: run only these variants. method: run only these methods (``pemma_lora``, ``pemma_dora``,
             ``early_fusion``, ``late_fusion``, ``full_finetune``).
         seed: override the strategy's split seed (also the training seed).
+        exclude_bad_cases: leave out the cases that fail the data check (``out/excluded_cases.json``) instead of
+            stopping before any training.
         progress: show progress bars.
 
     Returns:
@@ -42,12 +44,12 @@ def reproduce(strategy: str | os.PathLike, data: str | os.PathLike, out: str | o
 
     return run_strategy(os.fspath(strategy), os.fspath(data), os.fspath(out), backbones=_list(backbone),
                         preset=preset, max_steps=max_steps, variants=_list(variant), methods=_list(method),
-                        seed=seed, progress=progress)
+                        seed=seed, exclude_bad_cases=exclude_bad_cases, progress=progress)
 
 
 def demo(out: str | os.PathLike = "demo", *, seed: int | Iterable[int] | None = None, strategy: str = "demo",
          preset: str | None = None, backbone: str | None = None, max_steps: int | None = None,
-         progress: bool = True) -> Path:
+         exclude_bad_cases: bool = False, progress: bool = True) -> Path:
     """The default phantom + :func:`reproduce` with the shipped demo strategy (tiny preset, CPU).
 
     Args:
@@ -55,6 +57,7 @@ def demo(out: str | os.PathLike = "demo", *, seed: int | Iterable[int] | None = 
         seed: split and training seed(s). Default 0; several seeds add ``seeds.md``.
         strategy: strategy file or shipped name. Default ``demo``.
         preset, backbone, max_steps: overrides of the strategy's values.
+        exclude_bad_cases: as for :func:`reproduce`.
         progress: show progress bars.
 
     Returns:
@@ -66,4 +69,4 @@ def demo(out: str | os.PathLike = "demo", *, seed: int | Iterable[int] | None = 
     from pemma.protocol.demo import run_demo
 
     return run_demo(os.fspath(out), seeds=_list(seed) or [0], preset=preset, max_steps=max_steps, backbone=backbone,
-                    strategy=strategy, progress=progress)
+                    strategy=strategy, exclude_bad_cases=exclude_bad_cases, progress=progress)

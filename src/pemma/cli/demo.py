@@ -17,6 +17,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--strategy", default="demo", help="strategy file or shipped name (default: demo)")
     p.add_argument("--preset", help="override the strategy's preset (tiny)")
     p.add_argument("--backbone", choices=BACKBONES, help="override the strategy's backbone (unetr)")
+    p.add_argument("--exclude-bad-cases", action="store_true",
+                   help="leave out the cases that fail the data check (listed in excluded_cases.json) instead of "
+                        "stopping before any training")
     p.add_argument("--max-steps", type=int, help="bound the training steps of every phase (quick trials)")
     p.set_defaults(func=cmd_demo)
 
@@ -25,7 +28,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from pemma.api import demo
 
     report = demo(args.out, seed=args.seed, preset=args.preset, max_steps=args.max_steps, backbone=args.backbone,
-                  strategy=args.strategy)
+                  strategy=args.strategy, exclude_bad_cases=args.exclude_bad_cases)
     print(report.read_text())
     print(f"report: {report}")
     return 0

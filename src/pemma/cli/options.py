@@ -73,6 +73,7 @@ def add_training_flags(parser: argparse.ArgumentParser) -> None:
     add_field_flag(g, PreprocessConfig, "target_spacing", "--spacing")
     add_field_flag(g, DataConfig, "val_fraction")
     add_field_flag(g, DataConfig, "cache_dir")
+    add_field_flag(g, DataConfig, "exclude_bad_cases")
     g.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     add_device_flags(parser)
     add_field_flag(parser, ModelConfig, "gradient_checkpointing")
@@ -94,7 +95,8 @@ def add_window_flags(parser: argparse.ArgumentParser) -> None:
 def training_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The keyword arguments of :func:`add_training_flags` for a training function of :mod:`pemma.api`."""
     names = ("preset", "config", "seed", "epochs", "max_steps", "batch_size", "lr", "val_every", "checkpoint_every",
-             "roi", "spacing", "val_fraction", "cache_dir", "resume", "device", "amp", "gradient_checkpointing")
+             "roi", "spacing", "val_fraction", "cache_dir", "exclude_bad_cases", "resume", "device", "amp",
+             "gradient_checkpointing")
     return {name: getattr(args, name) for name in names}
 
 

@@ -20,6 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backbone", action="append", choices=BACKBONES,
                    help="override the strategy's backbones (repeatable)")
     p.add_argument("--preset", help="override the strategy's preset")
+    p.add_argument("--exclude-bad-cases", action="store_true",
+                   help="leave out the cases that fail the data check (listed in excluded_cases.json) instead of "
+                        "stopping before any training")
     p.add_argument("--max-steps", type=int, help="bound every phase's training steps (quick trials)")
     p.add_argument("--variant", action="append", help="run only these variants (repeatable)")
     p.add_argument("--method", action="append", help="run only these methods (repeatable): pemma_lora, pemma_dora, "
@@ -32,7 +35,8 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     from pemma.api import reproduce
 
     report = reproduce(args.strategy, args.data, args.out, backbone=args.backbone, preset=args.preset,
-                       max_steps=args.max_steps, variant=args.variant, method=args.method, seed=args.seed)
+                       max_steps=args.max_steps, variant=args.variant, method=args.method, seed=args.seed,
+                       exclude_bad_cases=args.exclude_bad_cases)
     print(report.read_text())
     print(f"report: {report}")
     return 0

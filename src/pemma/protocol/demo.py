@@ -26,7 +26,7 @@ DEMO_STRATEGY = "demo"
 
 def run_demo(out_dir: str | Path = "demo", seeds: Sequence[int] = (0,), preset: str | None = None,
              max_steps: int | None = None, backbone: str | None = None, strategy: str | Path = DEMO_STRATEGY,
-             phantom: PhantomConfig | None = None, progress: bool = True) -> Path:
+             phantom: PhantomConfig | None = None, exclude_bad_cases: bool = False, progress: bool = True) -> Path:
     """Generate the default phantom (once) and reproduce ``strategy`` on it for every seed.
 
     Args:
@@ -36,6 +36,7 @@ def run_demo(out_dir: str | Path = "demo", seeds: Sequence[int] = (0,), preset: 
         preset, max_steps, backbone: overrides of the strategy's values (None keeps them).
         strategy: a strategy file or shipped name. Default "demo".
         phantom: the phantom to generate. Default :class:`PhantomConfig` () (the default phantom).
+        exclude_bad_cases: leave out cases that fail the data check instead of stopping. Default False.
 
     Returns:
         The report: ``seed_<n>/report.md`` for one seed, ``seeds.md`` for several.
@@ -48,7 +49,8 @@ def run_demo(out_dir: str | Path = "demo", seeds: Sequence[int] = (0,), preset: 
     for seed in seeds:
         results = out / f"seed_{seed}"
         reports[seed] = reproduce(strategy, data, results, backbones=[backbone] if backbone else None, preset=preset,
-                                  max_steps=max_steps, seed=seed, progress=progress)
+                                  max_steps=max_steps, seed=seed, exclude_bad_cases=exclude_bad_cases,
+                                  progress=progress)
     if len(seeds) == 1:
         return reports[seeds[0]]
     return write_seed_summary({s: r.parent for s, r in reports.items()}, out / "seeds.md")

@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pemma.config import build_config
+from pemma.data.check import preflight
 from pemma.data.layout import CaseRecord, discover_cases
 from pemma.errors import PemmaError
 from pemma.evaluation.evaluate import evaluate_model
@@ -27,7 +28,7 @@ from pemma.protocol.results import markdown_report, write_results
 from pemma.protocol.split import split_case_ids
 from pemma.protocol.strategy import PlannedPhase, Strategy, load_strategy
 from pemma.training.segmentation import train
-from pemma.vocab import EVAL_INPUT_SETS, METHODS, canonical_method, method_choices
+from pemma.vocab import EVAL_INPUT_SETS, METHODS, MODALITY_ORDER, canonical_method, method_choices
 
 
 @dataclasses.dataclass
@@ -109,8 +110,12 @@ def _rows(cache: dict[str, Any], backbone: str, method: str, planned: PlannedPha
 def reproduce(strategy_path: str | Path, data_root: str | Path, out_dir: str | Path, *,
               backbones: list[str] | None = None, preset: str | None = None, max_steps: int | None = None,
               variants: list[str] | None = None, methods: list[str] | None = None, seed: int | None = None,
-              progress: bool = True) -> Path:
+              exclude_bad_cases: bool = False, progress: bool = True) -> Path:
     """Run a strategy on a dataset; returns the path of the Markdown report.
+
+    Every case the strategy will read is checked before anything trains (:func:`~pemma.data.check.check_cases`):
+    a bad case stops the run at once, or, with ``exclude_bad_cases``, is left out before the split (listed in
+    ``excluded_cases.json``).
 
     Example:
         >>> reproduce("strategies/hecktor2022.yaml", "data/phantom", "results/", max_steps=20)
@@ -130,6 +135,13 @@ def reproduce(strategy_path: str | Path, data_root: str | Path, out_dir: str | P
             raise PemmaError(f"unknown method(s) {unknown}; known: {', '.join(METHODS)}")
         strategy = dataclasses.replace(strategy, methods=tuple(dict.fromkeys(canonical_method(m) for m in methods)))
     used = sorted({c for p in strategy.plan() for c in p.phase.centres} | set(strategy.prognosis_centres))
+    cases_by_id = {c.case_id: c for c in all_cases}
+    good, checked = preflight([cases_by_id[i] for c in used for i in by_centre[c]], MODALITY_ORDER,
+                              exclude_bad_cases, source=str(data_root))
+    if not checked.ok:
+        kept = {c.case_id for c in good}
+        by_centre = {c: [i for i in ids if i in kept] for c, ids in by_centre.items()}
+        write_text_atomic(out / "excluded_cases.json", json.dumps(checked.to_dict(), indent=2))
     split = split_case_ids({c: by_centre[c] for c in used}, strategy.split)
     data = ProtocolData(str(data_root), {c.case_id: c for c in all_cases}, split)
     write_text_atomic(out / "split.json", json.dumps(split, indent=2))

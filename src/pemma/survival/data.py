@@ -19,6 +19,7 @@ import torch
 from monai.transforms import CenterSpatialCropd, Compose
 
 from pemma.config import RunConfig
+from pemma.data.check import preflight
 from pemma.data.dataset import cached_dataset, case_dicts
 from pemma.data.layout import CaseRecord, discover_cases, select_cases, split_cases
 from pemma.data.transforms import preprocessing
@@ -183,7 +184,19 @@ def split_for_stage(cfg: RunConfig, modalities: tuple[str, ...], tables: Tables,
 def prepare_splits(cfg: RunConfig, modalities: tuple[str, ...], tables: Tables, encoder: ClinicalEncoder | None,
                    progress: bool, report: MatchReport, train_cases: list[CaseRecord],
                    val_cases: list[CaseRecord]) -> tuple[Split, Split | None]:
-    """Preprocessed images, outcomes and encoded clinical vectors of both sides of the split."""
+    """Preprocessed images, outcomes and encoded clinical vectors of both sides of the split.
+
+    Every image is checked first (:func:`~pemma.data.check.preflight`): a bad case stops the stage before any
+    training, or is left out with ``data.exclude_bad_cases`` (and logged).
+    """
+    good, checked = preflight([*train_cases, *val_cases], modalities, cfg.data.exclude_bad_cases, with_label=False,
+                              source=cfg.data.root)
+    if not checked.ok:
+        kept = {c.case_id for c in good}
+        train_cases = [c for c in train_cases if c.case_id in kept]
+        val_cases = [c for c in val_cases if c.case_id in kept]
+        logging.getLogger("pemma.run").warning(f"left out {len(checked.problems)} bad case(s): "
+                                               + "; ".join(p[0] for p in checked.problems.values()))
     sides = []
     for cases in (train_cases, val_cases):
         if not cases:

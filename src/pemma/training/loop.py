@@ -18,9 +18,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from pemma.config import RunConfig, TrainConfig
+from pemma.data.check import preflight
 from pemma.data.dataset import EpochPlan, SeededCrops, cached_dataset, case_dicts
 from pemma.data.layout import CaseRecord
 from pemma.data.transforms import describe, preprocessing, training_augmentation
+from pemma.errors import PemmaError
 from pemma.evaluation.metrics import AggregatedDice
 from pemma.inference.sliding import sliding_window_probs
 from pemma.runs import CONFIG_FILE
@@ -100,8 +102,20 @@ def train_task(task: TrainingTask, cfg: RunConfig, train_cases: list[CaseRecord]
     Returns:
         summary dict (steps, best_dsc, best_step, seconds).
     """
+    meta = dict(meta or {})
+    good, report = preflight([*train_cases, *val_cases], task.modalities, cfg.data.exclude_bad_cases,
+                             source=cfg.data.root)
+    if not report.ok:  # --exclude-bad-cases: leave them out, and say so in the run
+        kept = {c.case_id for c in good}
+        train_cases = [c for c in train_cases if c.case_id in kept]
+        val_cases = [c for c in val_cases if c.case_id in kept]
+        meta["excluded_cases"] = report.problems
+        if "train_cases" in meta:
+            meta.update(train_cases=[c.case_id for c in train_cases], val_cases=[c.case_id for c in val_cases])
+        if not train_cases:
+            raise PemmaError(f"{cfg.data.root}: every training case is bad ({report.summary()})")
     with process_group(cfg.train.device) as (device, dist):
-        return SegmentationTraining(task, cfg, Path(out_dir), progress, meta or {}, device, dist).run(
+        return SegmentationTraining(task, cfg, Path(out_dir), progress, meta, device, dist).run(
             train_cases, val_cases, resume)
 
 

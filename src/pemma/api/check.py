@@ -1,0 +1,57 @@
+"""``pemma check``: validate a whole dataset in one pass before any training."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from pemma.api.run import name_list
+from pemma.api.segmentation import Names
+
+
+def check(data: str | os.PathLike, *, centres: Names = None, modalities: Names = None,
+          endpoints: str | os.PathLike | None = None, clinical: str | os.PathLike | None = None,
+          progress: bool = True) -> dict[str, Any]:
+    """Check every case of a dataset (files readable, finite, 3-D, invertible geometry; label values; PET overlap
+    with the CT; label grid overlapping the CT) and the endpoint / clinical tables, listing every problem.
+
+    Args:
+        data: HECKTOR folder, nnU-Net raw folder or datalist JSON.
+        centres: centres to check. Default all.
+        modalities: images every case must have (e.g. ``"ct,pet"``). Default: the images each case has.
+        endpoints, clinical: the HECKTOR endpoint / clinical CSV. Default: found under ``data`` (if any).
+        progress: show a progress bar.
+
+    Returns:
+        ``{"n_cases", "bad_cases", "problems": {case or table: [one-line problem, ...]}, "lines": [...]}``;
+        ``lines`` ends with the summary. No problem: ``bad_cases`` is empty.
+
+    Example:
+        >>> report = pemma.check("data/phantom", modalities="ct,pet")
+        >>> print("\\n".join(report["lines"]))
+    """
+    from tqdm.auto import tqdm
+
+    from pemma.data.check import CheckReport, check_case
+    from pemma.data.layout import discover_cases, select_cases
+    from pemma.errors import PemmaError
+    from pemma.survival.endpoints import CLINICAL_FILE, ENDPOINT_FILE, find_table, read_clinical, read_endpoints
+    from pemma.vocab import MODALITY_ORDER, parse_modalities
+
+    wanted = parse_modalities(name_list(modalities)) if modalities else None
+    cases = select_cases(discover_cases(os.fspath(data)), centres=name_list(centres), source=os.fspath(data))
+    report = CheckReport(n_cases=len(cases))
+    for case in tqdm(cases, desc="check", unit="case", disable=not progress):
+        problems = check_case(case, wanted or [m for m in MODALITY_ORDER if m in case.images],
+                              with_label=case.label is not None)
+        if problems:
+            report.problems[case.case_id] = problems
+    tables = ((ENDPOINT_FILE, endpoints, read_endpoints), (CLINICAL_FILE, clinical, read_clinical))
+    for name, explicit, reader in tables:
+        try:
+            path = find_table(os.fspath(data), name, None if explicit is None else os.fspath(explicit))
+            if path is not None:
+                reader(path)
+        except PemmaError as exc:
+            report.problems[f"table {name}"] = [str(exc)]
+    return {**report.to_dict(), "lines": report.lines()}

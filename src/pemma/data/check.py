@@ -1,0 +1,157 @@
+"""Check a whole dataset before any training: every file of every case, in one pass, every problem listed.
+
+``pemma check DATA`` prints the report; ``train``, ``adapt``, ``update``, ``reproduce`` and ``demo`` run the same
+check on the cases they will read before they train (:func:`preflight`), and ``--exclude-bad-cases`` leaves the
+bad cases out instead of stopping, recording them in the run.
+
+Per case: each image and the label is readable, 3-D, finite, with an invertible header affine; label values are
+HECKTOR's {0, 1, 2}; the PET covers at least half of the CT field of view in world space (co-registered); the label
+grid overlaps the CT.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import nibabel as nib
+import numpy as np
+from tqdm.auto import tqdm
+
+from pemma.data.layout import CaseRecord
+from pemma.errors import PemmaError
+from pemma.io_utils import load_nifti
+from pemma.vocab import LABEL_VALUES
+
+#: the least share of the CT box a PET must cover (as the loader requires)
+MIN_PET_OVERLAP = 0.5
+_WHAT = {"ct": "CT", "pet": "PET"}
+
+
+@dataclass
+class CheckReport:
+    """Problems found per case (``{case_id: [one-line problem, ...]}``; a case without problems is good).
+
+    Args:
+        n_cases: cases checked.
+        problems: the bad cases and their problems, in case order.
+    """
+
+    n_cases: int
+    problems: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def bad_cases(self) -> list[str]:
+        return list(self.problems)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def lines(self) -> list[str]:
+        """One line per problem, then the summary line."""
+        out = [problem for problems in self.problems.values() for problem in problems]
+        return out + [self.summary()]
+
+    def summary(self) -> str:
+        if self.ok:
+            return f"{self.n_cases} case(s) checked: all good"
+        return (f"{self.n_cases} case(s) checked: {len(self.problems)} bad "
+                f"({', '.join(self.bad_cases[:10])}{', ...' if len(self.problems) > 10 else ''})")
+
+    def to_dict(self) -> dict[str, object]:
+        return {"n_cases": self.n_cases, "bad_cases": self.bad_cases, "problems": self.problems}
+
+
+def _box(img: nib.Nifti1Image) -> np.ndarray:
+    """(2, 3) min / max world coordinates (mm) of the voxel centres."""
+    shape = np.asarray(img.shape[:3])
+    corners = np.array(np.meshgrid(*[[0, s - 1] for s in shape], indexing="ij")).reshape(3, -1)
+    world = img.affine[:3, :3] @ corners + img.affine[:3, 3:4]
+    return np.stack([world.min(axis=1), world.max(axis=1)])
+
+
+def _overlap(ref: nib.Nifti1Image, other: nib.Nifti1Image, pad: bool = False) -> float:
+    """Share of ``ref``'s world box of voxel centres that ``other``'s covers (as the loader computes it);
+    ``pad`` widens both boxes by half a ``ref`` voxel (so that thin grids one voxel apart still touch)."""
+    a, b = _box(ref), _box(other)
+    if pad:
+        half = np.abs(np.asarray(ref.header.get_zooms()[:3], dtype=float)) / 2
+        a, b = np.stack([a[0] - half, a[1] + half]), np.stack([b[0] - half, b[1] + half])
+    inter = np.clip(np.minimum(a[1], b[1]) - np.maximum(a[0], b[0]), 0, None)
+    return float(np.prod(inter) / max(float(np.prod(a[1] - a[0])), 1e-6))
+
+
+def check_case(case: CaseRecord, modalities: Sequence[str], with_label: bool = True) -> list[str]:
+    """The problems of one case, each a line naming the file (empty: the case is good).
+
+    Args:
+        case: the case. modalities: the images to check (``["ct", "pet"]``). with_label: check its label too.
+    """
+    problems: list[str] = []
+    images: dict[str, nib.Nifti1Image] = {}
+    for modality in modalities:
+        path = case.images.get(modality)
+        if path is None:
+            problems.append(f"case {case.case_id}: no {_WHAT.get(modality, modality)} file")
+            continue
+        try:
+            images[modality] = load_nifti(path, what=f"{_WHAT.get(modality, modality)} of case {case.case_id}")
+        except PemmaError as exc:
+            problems.append(str(exc))
+    label = None
+    if with_label:
+        if case.label is None:
+            problems.append(f"case {case.case_id}: no label file")
+        else:
+            try:
+                label = load_nifti(case.label, what=f"label of case {case.case_id}")
+                values = np.unique(np.asanyarray(label.dataobj)).tolist()
+                bad = [v for v in values if v not in LABEL_VALUES]
+                if bad:
+                    problems.append(f"{case.label}: label of case {case.case_id} has values {bad[:5]} "
+                                    f"outside {{0, 1, 2}}")
+            except PemmaError as exc:
+                problems.append(str(exc))
+    ref = images.get("ct")
+    if ref is not None and "pet" in images:
+        fraction = _overlap(ref, images["pet"])
+        if fraction < MIN_PET_OVERLAP:
+            problems.append(f"case {case.case_id}: PET covers only {100 * fraction:.0f}% of the CT field of view in "
+                            f"physical space (not co-registered?) ({case.images['pet']})")
+    if ref is not None and label is not None and _overlap(ref, label, pad=True) <= 0.0:
+        problems.append(f"{case.label}: label of case {case.case_id} does not overlap its CT in physical space")
+    return problems
+
+
+def check_cases(cases: Iterable[CaseRecord], modalities: Sequence[str], with_label: bool = True,
+                progress: bool = False) -> CheckReport:
+    """:func:`check_case` for every case (each case once, however often it is listed)."""
+    unique = list({c.case_id: c for c in cases}.values())
+    report = CheckReport(n_cases=len(unique))
+    for case in tqdm(unique, desc="check", unit="case", disable=not progress):
+        problems = check_case(case, modalities, with_label)
+        if problems:
+            report.problems[case.case_id] = problems
+    return report
+
+
+def preflight(cases: Sequence[CaseRecord], modalities: Sequence[str], exclude_bad_cases: bool,
+              with_label: bool = True, source: str = "") -> tuple[list[CaseRecord], CheckReport]:
+    """Check the cases a command will read before it trains.
+
+    Returns:
+        the good cases (all of them when every case is good) and the report.
+
+    Raises:
+        PemmaError: a case is bad and ``exclude_bad_cases`` is False (names the first problem and the count).
+    """
+    report = check_cases(cases, modalities, with_label)
+    if report.ok:
+        return list(cases), report
+    if not exclude_bad_cases:
+        first = next(iter(report.problems.values()))[0]
+        raise PemmaError(f"{first} ({len(report.problems)} of {report.n_cases} cases of {source or 'the data'} are "
+                         f"bad: `pemma check` lists them; --exclude-bad-cases leaves them out)")
+    bad = set(report.bad_cases)
+    return [c for c in cases if c.case_id not in bad], report

@@ -1,0 +1,120 @@
+"""``pemma check`` lists every problem of a dataset in one pass, and training / reproduce run the same check
+before they train: a bad case stops them at once, or ``--exclude-bad-cases`` leaves it out and records it."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from conftest import FAST
+
+from pemma.cli.main import main
+from pemma.io_utils import save_nifti
+
+STRATEGY = """
+name: check_test
+backbones: [unetr]
+preset: tiny
+max_steps: 1
+split: {val_fraction: 0.0, test_fraction: 0.5, seed: 0}
+methods: [pemma_lora]
+phases:
+  - {name: pretrain, operation: pretrain, centres: [CHUM], modalities: [ct]}
+  - {name: adapt_mda, operation: adapt, centres: [MDA], modalities: [ct, pet]}
+"""
+
+
+def _run(argv: list[str]) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+def _edit(path: Path, change) -> None:
+    img = nib.load(str(path))
+    data = np.asanyarray(img.dataobj).copy()
+    change(data)
+    save_nifti(data, img.affine, path, dtype=data.dtype)
+
+
+@pytest.fixture
+def broken(phantom: Path, tmp_path: Path) -> Path:
+    """The phantom with three bad cases: NaN PET voxels, a label value 4, a PET moved 1 m away."""
+    data = tmp_path / "data"
+    shutil.copytree(phantom, data)
+    _edit(data / "imagesTr" / "CHUM-000__PT.nii.gz", lambda a: a.__setitem__((3, 3, 3), np.nan))
+    _edit(data / "labelsTr" / "CHUP-001.nii.gz", lambda a: a.__setitem__((2, 2, 2), 4))
+    pet = data / "imagesTr" / "MDA-000__PT.nii.gz"
+    img = nib.load(str(pet))
+    moved = img.affine.copy()
+    moved[:3, 3] += 1000.0
+    save_nifti(np.asanyarray(img.dataobj), moved, pet)
+    return data
+
+
+def test_good_dataset_passes(phantom: Path) -> None:
+    code, out, _ = _run(["check", str(phantom), "--modalities", "ct,pet"])
+    assert code == 0 and out.strip().splitlines()[-1] == "6 case(s) checked: all good"
+
+
+def test_every_problem_is_listed_in_one_pass(broken: Path) -> None:
+    code, out, _ = _run(["check", str(broken)])
+    lines = out.strip().splitlines()
+    assert code == 1
+    assert "CHUM-000__PT.nii.gz: PET of case CHUM-000 has 1 NaN/inf voxels" in lines[0]
+    assert "CHUP-001.nii.gz: label of case CHUP-001 has values [4] outside {0, 1, 2}" in lines[1]
+    assert "case MDA-000: PET covers only 0% of the CT field of view" in lines[2]
+    assert lines[-1] == "6 case(s) checked: 3 bad (CHUM-000, CHUP-001, MDA-000)"
+    code, out, _ = _run(["check", str(broken), "--centres", "CHUP", "--json"])
+    report = json.loads(out)
+    assert code == 1 and report["n_cases"] == 2 and report["bad_cases"] == ["CHUP-001"]
+
+
+def test_a_broken_endpoint_table_is_reported(phantom: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(phantom, data)
+    table = next(data.rglob("*endpoint*.csv"))
+    rows = table.read_text().splitlines()
+    table.write_text("\n".join([rows[0], rows[1].rsplit(",", 1)[0] + ",-5", *rows[2:]]) + "\n")
+    code, out, _ = _run(["check", str(data)])
+    lines = out.strip().splitlines()
+    assert code == 1 and str(table) in lines[0] and "RFS" in lines[0]
+    assert lines[-1] == "6 case(s) checked: 1 bad (table hecktor2022_endpoint_training.csv)"
+
+
+def test_training_stops_before_any_training_on_a_bad_case(broken: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    code, _, err = _run(["train", "--data", str(broken), "--centres", "CHUM,CHUP", "--modalities", "ct,pet", *FAST,
+                         "--max-steps", "1", "--out", str(out)])
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "PET of case CHUM-000 has 1 NaN/inf voxels (2 of 4 cases of" in err
+    assert "--exclude-bad-cases leaves them out" in err
+    assert not (out / "model.safetensors").exists() and not (out / "checkpoint.pt").exists()
+
+
+def test_reproduce_checks_every_case_first(broken: Path, tmp_path: Path) -> None:
+    strategy = tmp_path / "check_test.yaml"
+    strategy.write_text(STRATEGY)
+    code, _, err = _run(["reproduce", "--strategy", str(strategy), "--data", str(broken), "--out",
+                         str(tmp_path / "results")])
+    # the strategy reads CHUM and MDA: the MDA PET is bad too, found before any phase trains
+    assert code == 2 and "PET of case CHUM-000 has 1 NaN/inf voxels (2 of 4 cases of" in err
+    assert not (tmp_path / "results" / "runs").exists()
+
+
+@pytest.mark.slow
+def test_exclude_bad_cases_trains_without_them_and_records_them(broken: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    code, _, err = _run(["train", "--data", str(broken), "--centres", "CHUM,CHUP", "--modalities", "ct,pet", *FAST,
+                         "--max-steps", "1", "--exclude-bad-cases", "--out", str(out)])
+    assert code == 0, err
+    meta = json.loads((out / "model.json").read_text())
+    assert sorted(meta["excluded_cases"]) == ["CHUM-000", "CHUP-001"]
+    assert not {"CHUM-000", "CHUP-001"} & set(meta["train_cases"] + meta["val_cases"])
