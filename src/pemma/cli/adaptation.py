@@ -24,7 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rank", type=int, default=4, help="adapter rank r (default 4)")
     p.add_argument("--alpha", type=float, default=8.0, help="adapter scaling alpha (default 8)")
     p.add_argument("--adapter-dropout", type=float, default=0.0, help="dropout on the adapter input")
-    p.add_argument("--target-modules", help="comma-separated module suffixes (default: backbone's attention)")
+    p.add_argument("--target-modules", help="comma-separated module suffixes (default: backbone's attention); "
+                                            "attn.qkv.q,attn.qkv.v: Q and V only (the fused qkv is split)")
     p.add_argument("--train-parts", help="comma-separated non-adapter parts that train (default: per backbone)")
     p.add_argument("--modality-dropout", type=float, nargs=3, metavar=("CTPET", "CT", "PET"),
                    default=(0.6, 0.2, 0.2), help="input-set probabilities (default 0.6 0.2 0.2)")

@@ -29,6 +29,7 @@ from peft.utils.other import ModulesToSaveWrapper
 from torch import nn
 
 from pemma.adapters.config import NEW_PARTS, AdapterConfig, AdapterDefaults, register_adapter_defaults
+from pemma.adapters.split_qkv import needs_split, split_fused_qkv
 from pemma.adapters.state import adapter_active, adapters_disabled
 from pemma.vocab import MODALITY_ORDER, check_modalities
 
@@ -108,6 +109,9 @@ class PemmaAdaptedModel(nn.Module):
 
         net = copy.deepcopy(base)
         self.stripped_forward_overrides = _strip_forward_overrides(net)
+        # adapters on Q and V only (the authors' LoRA): the copy's fused qkv Linears become q, k, v Linears
+        self.split_qkv = split_fused_qkv(net, self.transformer_name) if needs_split(self.config.target_modules) \
+            else []
         net.requires_grad_(False)
         targets = self._resolve_targets(net, self.config.target_modules)
         base_parts = [p for p in self.config.train_parts if p not in NEW_PARTS[self.backbone_name]]
