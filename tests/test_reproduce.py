@@ -67,6 +67,32 @@ def test_every_phase_and_method_evaluated(reproduced: Path) -> None:
     ct = (rows[("pemma_lora", "adapt_mda", "CHUM", "ct")] + rows[("pemma_lora", "adapt_mda", "MDA", "ct")]) / 2
     assert claims[0]["values"]["ct"] == pytest.approx(ct)
     assert "## Findings" in report and "## Prognosis" in report
+    # every DSCagg claim carries its paired-bootstrap CI over the test cases, and its id and the paper's statement
+    assert [c["id"] for c in claims] == ["ctpet_beats_ct", "matches_early_fusion", "parameter_budget",
+                                         "less_forgetting"]
+    for claim in (claims[0], claims[1], claims[3]):
+        assert claim["n_cases"] >= 1 and claim["paper"] and "95% CI" in claim["detail"]
+        for ci in claim["ci"].values():
+            assert ci["ci95"][0] <= ci["estimate"] <= ci["ci95"][1]
+
+
+@pytest.mark.slow
+def test_per_case_results(reproduced: Path) -> None:
+    from pemma.protocol.results import CASE_COLUMNS
+
+    with open(reproduced / "results_cases.csv", newline="") as fh:
+        cases = list(csv.DictReader(fh))
+    with open(reproduced / "results.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert tuple(cases[0]) == CASE_COLUMNS
+    for row in rows:  # n_cases of each results row = its per-case rows
+        mine = [c for c in cases if all(c[k] == row[k] for k in ("method", "phase", "eval_centre", "inputs"))]
+        assert len(mine) == int(row["n_cases"]) >= 1
+        # DSCagg from the per-case voxel counts equals the reported one
+        inter = sum(int(c["inter_vox_GTVp"]) for c in mine)
+        size = sum(int(c["gt_vox_GTVp"]) + int(c["pred_vox_GTVp"]) for c in mine)
+        if size and row["DSCagg_GTVp"]:
+            assert 2 * inter / size == pytest.approx(float(row["DSCagg_GTVp"]), abs=1e-9)
 
 
 @pytest.mark.slow

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from pemma.data.layout import CaseRecord
 from pemma.errors import PemmaError
-from pemma.evaluation.metrics import AggregatedDice, case_metrics, summarize
+from pemma.evaluation.metrics import CLASS_NAMES, AggregatedDice, case_counts, case_metrics, summarize
 from pemma.inference.predict import WindowSettings, predict_case
 from pemma.io_utils import load_nifti, save_nifti, write_text_atomic
 from pemma.models.loaded import LoadedModel
@@ -46,10 +46,12 @@ def evaluate_model(model: LoadedModel, cases: Sequence[CaseRecord], modalities: 
 
     Returns:
         ``{"inputs": "ct+pet", "n_cases", "DSCagg": {"GTVp", "GTVn", "mean"}, "mean_case": {...},
-        "cases": [per-case dicts]}``.
+        "cases": [per-case dicts: Dice, HD95, ground-truth and predicted volumes in mL per class],
+        "counts": {case_id: [[|GT∩P|, |GT|, |P|] for GTVp, GTVn]}}`` (the counts feed the bootstrap CIs).
     """
     agg = AggregatedDice()
     rows = []
+    counts: dict[str, list[list[int]]] = {}  # case -> per tumour class (|GT∩P|, |GT|, |P|), for the bootstrap
     for case in tqdm(cases, desc="evaluate", unit="case", disable=not progress):
         pred, ref = predict_case(model, case, modalities, device, window, inputs_cache)
         label_key = ("label", case.case_id, ref.shape)
@@ -61,12 +63,17 @@ def evaluate_model(model: LoadedModel, cases: Sequence[CaseRecord], modalities: 
                 inputs_cache[label_key] = label
         agg.update(pred, label)
         spacing = tuple(float(z) for z in ref.header.get_zooms()[:3])
-        rows.append({"case_id": case.case_id, "centre": case.centre, **case_metrics(pred, label, spacing)})
+        voxel_ml = float(np.prod(spacing)) / 1000.0
+        per_class = case_counts(pred, label)
+        counts[case.case_id] = [list(per_class[c]) for c in sorted(per_class)]
+        volumes = {f"{kind}_ml_{CLASS_NAMES[c]}": per_class[c][i] * voxel_ml
+                   for c in sorted(per_class) for i, kind in ((1, "gt"), (2, "pred"))}
+        rows.append({"case_id": case.case_id, "centre": case.centre, **case_metrics(pred, label, spacing), **volumes})
         if predictions_dir is not None:
             save_nifti(pred, ref.affine, Path(predictions_dir) / f"{case.case_id}.nii.gz", header=ref.header,
                        dtype=np.uint8)
     return {"inputs": "+".join(modalities), "n_cases": len(rows), "DSCagg": agg.compute(),
-            "mean_case": summarize(rows), "cases": rows}
+            "mean_case": summarize(rows), "cases": rows, "counts": counts}
 
 
 def write_report(result: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:

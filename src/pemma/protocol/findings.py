@@ -25,6 +25,8 @@ import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
+from pemma.protocol.bootstrap import Difference
+from pemma.protocol.claim_ci import ci_text, combine, contrast, index_cases
 from pemma.protocol.phases import Phase
 from pemma.protocol.results import forgetting_table, mean_forgetting, normalise_rows, summarise
 from pemma.vocab import BASELINE_METHODS
@@ -41,12 +43,36 @@ def _value(entries: Sequence[Mapping[str, Any]], method: str, inputs: str, phase
                  and e["phase_index"] == phase_index), None)
 
 
-def _claim(name: str, holds: bool | None, detail: str, values: Mapping[str, float | None]) -> dict[str, Any]:
-    return {"claim": name, "holds": holds, "detail": detail, "values": dict(values)}
+#: the paper's statement of each claim (arXiv 2504.13645), printed beside the measured one
+PAPER = {"ctpet_beats_ct": "CT+PET segments better than CT alone",
+         "matches_early_fusion": "comparable to early fusion (within 0.03 DSCagg here)",
+         "parameter_budget": "8 % of early fusion's trainable parameters",
+         "less_forgetting": "CT performance kept after a PET-only update, where the baselines forget"}
+
+
+def _claim(name: str, holds: bool | None, detail: str, values: Mapping[str, float | None], claim_id: str = "",
+           ci: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    out = {"id": claim_id, "claim": name, "holds": holds, "detail": detail, "values": dict(values),
+           "paper": PAPER.get(claim_id, "")}
+    if ci is not None:
+        out["ci"] = dict(ci)
+        out["n_cases"] = max((c["n_cases"] for c in ci.values()), default=0)
+    return out
+
+
+def _with_ci(holds: bool | None, detail: str, diffs: Mapping[str, Difference | None], margin: float = 0.0,
+             ) -> tuple[bool | None, str, dict[str, Any] | None]:
+    """The verdict from the CIs when every comparison has per-case data (else the point estimate, marked)."""
+    if not diffs or any(d is None for d in diffs.values()):
+        return holds, detail + " (point estimate: no per-case results)", None
+    verdict = combine(d.verdict(margin) for d in diffs.values())
+    text = "; ".join(f"{name} {ci_text(d)}" for name, d in diffs.items())
+    return verdict, f"{detail}; paired bootstrap over test cases: {text}", {k: d.to_dict() for k, d in diffs.items()}
 
 
 def check_findings(rows: Iterable[Mapping[str, Any]], phases: Sequence[Phase], variant: str, backbone: str = "",
-                   tolerance: float = 0.03, max_percent: float = 10.0) -> list[dict[str, Any]]:
+                   tolerance: float = 0.03, max_percent: float = 10.0,
+                   cases: Iterable[Mapping[str, Any]] | None = None, seed: int = 0) -> list[dict[str, Any]]:
     """Check the three claims on one (backbone, variant) of a results table.
 
     Args:
@@ -56,31 +82,41 @@ def check_findings(rows: Iterable[Mapping[str, Any]], phases: Sequence[Phase], v
         backbone: the backbone whose rows are read ("" = the first found).
         tolerance: claim 2's allowed DSCagg gap to early fusion. Default 0.03.
         max_percent: claim 2's parameter budget, % of early fusion (a claim of its own). Default 10.
+        cases: per-case rows (``results_cases.csv`` with their ``counts``). With them every DSCagg comparison gets a
+            paired bootstrap CI over the test cases and ``holds`` is True / False only when the CI excludes the
+            opposite (None: not shown); without them the point estimates decide, and the detail says so.
+        seed: the bootstrap's seed. Default 0.
 
     Returns:
-        One dict per claim (and per PET-only update for claim 3): ``claim``, ``holds`` (True / False /
-        None = not evaluated), ``detail`` (one sentence with the numbers) and ``values`` (the numbers).
+        One dict per claim (and per PET-only update for claim 3): ``id`` (``ctpet_beats_ct``,
+        ``matches_early_fusion``, ``parameter_budget``, ``less_forgetting``), ``claim``, ``holds`` (True / False /
+        None = not evaluated or not shown), ``detail`` (one sentence with the numbers), ``values``, ``paper`` (the
+        paper's statement) and, with per-case results, ``ci`` (per comparison: estimate, 95 % CI, n) and ``n_cases``.
     """
     clean = [r for r in normalise_rows(rows) if r["variant"] == variant]
     backbone = backbone or next((r["backbone"] for r in clean), "")
     clean = [r for r in clean if r["backbone"] == backbone]
     entries = summarise(clean)
+    index = index_cases(cases or [], backbone, variant)
     adapt = next((i for i, p in enumerate(phases) if p.operation == "adapt"), None)
     out = []
     if adapt is None:
-        return [_claim("CT+PET > CT", None, "no adapt phase", {})]
-    ct = next((v for m in PEMMA_METHODS if (v := _value(entries, m, "ct", adapt)) is not None), None)
+        return [_claim("CT+PET > CT", None, "no adapt phase", {}, "ctpet_beats_ct")]
+    ct_method = next((m for m in PEMMA_METHODS if _value(entries, m, "ct", adapt) is not None), None)
+    ct = None if ct_method is None else _value(entries, ct_method, "ct", adapt)
     fused = {m: _value(entries, m, "ct+pet", adapt) for m in (*PEMMA_METHODS, *FUSION_BASELINES)}
     fused = {m: v for m, v in fused.items() if v is not None}
     if ct is None or not fused:
         out.append(_claim("CT+PET > CT", None, "needs a PEMMA method (its CT route is the CT model) and a "
-                                               "CT+PET result after adapt", {}))
+                                               "CT+PET result after adapt", {}, "ctpet_beats_ct"))
     else:
         better = [m for m, v in fused.items() if v > ct]
-        out.append(_claim("CT+PET > CT", len(better) == len(fused),
-                          f"after {phases[adapt].name}: CT model {ct:.3f}; CT+PET "
-                          + ", ".join(f"{m} {v:.3f}" for m, v in fused.items()),
-                          {"ct": ct, **{f"ct+pet:{m}": v for m, v in fused.items()}}))
+        diffs = {f"{m} - CT": contrast(index, [(1.0, (m, "ct+pet", adapt)), (-1.0, (ct_method, "ct", adapt))], seed)
+                 for m in fused}
+        holds, detail, ci = _with_ci(len(better) == len(fused), f"after {phases[adapt].name}: CT model {ct:.3f}; "
+                                     "CT+PET " + ", ".join(f"{m} {v:.3f}" for m, v in fused.items()), diffs)
+        out.append(_claim("CT+PET > CT", holds, detail, {"ct": ct, **{f"ct+pet:{m}": v for m, v in fused.items()}},
+                          "ctpet_beats_ct", ci))
     ef = fused.get("early_fusion")
     ef_params = _value(entries, "early_fusion", "ct+pet", adapt, "trainable_params")
     for method in PEMMA_METHODS:
@@ -89,16 +125,18 @@ def check_findings(rows: Iterable[Mapping[str, Any]], phases: Sequence[Phase], v
         percent = _value(entries, method, "ct+pet", adapt, "percent_of_early_fusion")
         if ef is None or percent is None:
             out.append(_claim(f"{method} ≈ early fusion", None, "early fusion or the parameter count is missing",
-                              {}))
+                              {}, "matches_early_fusion"))
             continue
         gap = fused[method] - ef
-        out.append(_claim(f"{method} ≈ early fusion", gap >= -tolerance,
-                          f"CT+PET DSCagg mean {fused[method]:.3f} vs early fusion {ef:.3f} (gap {gap:+.3f}, "
-                          f"tolerance -{tolerance})",
-                          {"pemma": fused[method], "early_fusion": ef, "gap": gap}))
+        diffs = {f"{method} - early_fusion": contrast(
+            index, [(1.0, (method, "ct+pet", adapt)), (-1.0, ("early_fusion", "ct+pet", adapt))], seed)}
+        holds, detail, ci = _with_ci(gap >= -tolerance, f"CT+PET DSCagg mean {fused[method]:.3f} vs early fusion "
+                                     f"{ef:.3f} (gap {gap:+.3f}, tolerance -{tolerance})", diffs, margin=-tolerance)
+        out.append(_claim(f"{method} ≈ early fusion", holds, detail,
+                          {"pemma": fused[method], "early_fusion": ef, "gap": gap}, "matches_early_fusion", ci))
         out.append(_claim(f"{method} trains ≤ {max_percent:g}% of early fusion's parameters", percent <= max_percent,
-                          f"{percent:.2f}% of early fusion's {ef_params or 0:,} trainable parameters",
-                          {"percent": percent}))
+                          f"{percent:.2f}% of early fusion's {ef_params or 0:,} trainable parameters (a count, "
+                          f"no sampling uncertainty)", {"percent": percent}, "parameter_budget"))
     learnt = {}
     for i, phase in enumerate(phases):
         for centre in phase.centres:
@@ -112,12 +150,21 @@ def check_findings(rows: Iterable[Mapping[str, Any]], phases: Sequence[Phase], v
         theirs = {m: drops.get((m, i)) for m in FORGETTING_BASELINES if drops.get((m, i)) is not None}
         name = f"less CT forgetting after {phase.name} (PET only)"
         if not mine or not theirs:
-            out.append(_claim(name, None, "needs PEMMA and early fusion / full fine-tuning results", {}))
+            out.append(_claim(name, None, "needs PEMMA and early fusion / full fine-tuning results", {},
+                              "less_forgetting"))
             continue
         holds = all(a < b for a in mine.values() for b in theirs.values())
-        out.append(_claim(name, holds, "mean drop of CT-input DSCagg mean on earlier centres: "
-                          + ", ".join(f"{m} {v:+.3f}" for m, v in {**mine, **theirs}.items()),
-                          {f"drop:{m}": v for m, v in {**mine, **theirs}.items()}))
+        earlier = {c: r for c, r in learnt.items() if r < i}
+        before = {m: {c: (m, "ct", r) for c, r in earlier.items()} for m in (*mine, *theirs)}
+        after = {m: {c: (m, "ct", i) for c in earlier} for m in (*mine, *theirs)}
+        # (their drop) - (PEMMA's drop) > 0 on the pooled test cases of the earlier centres
+        diffs = {f"{b} drop - {a} drop": contrast(index, [(1.0, before[b]), (-1.0, after[b]), (-1.0, before[a]),
+                                                          (1.0, after[a])], seed)
+                 for a in mine for b in theirs}
+        holds, detail, ci = _with_ci(holds, "mean drop of CT-input DSCagg mean on earlier centres: "
+                                     + ", ".join(f"{m} {v:+.3f}" for m, v in {**mine, **theirs}.items()), diffs)
+        out.append(_claim(name, holds, detail, {f"drop:{m}": v for m, v in {**mine, **theirs}.items()},
+                          "less_forgetting", ci))
     return out
 
 

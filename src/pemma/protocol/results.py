@@ -32,9 +32,16 @@ from pemma.io_utils import write_text_atomic
 from pemma.vocab import EVAL_INPUTS, METHODS
 
 COLUMNS: tuple[str, ...] = ("backbone", "method", "variant", "phase", "phase_index", "eval_centre", "inputs",
-                            "DSCagg_GTVp", "DSCagg_GTVn", "DSCagg_mean", "trainable_params", "percent_of_early_fusion")
+                            "DSCagg_GTVp", "DSCagg_GTVn", "DSCagg_mean", "HD95_GTVp", "HD95_GTVn", "n_cases",
+                            "trainable_params", "percent_of_early_fusion")
 DSC_KEYS: tuple[str, ...] = ("DSCagg_GTVp", "DSCagg_GTVn", "DSCagg_mean")
-_OPTIONAL = {"backbone": "", "trainable_params": None, "percent_of_early_fusion": None}
+_OPTIONAL = {"backbone": "", "trainable_params": None, "percent_of_early_fusion": None, "HD95_GTVp": None,
+             "HD95_GTVn": None, "n_cases": None}
+#: columns of ``results_cases.csv`` (one row per test case, method, phase and input set)
+CASE_COLUMNS: tuple[str, ...] = ("backbone", "method", "variant", "phase", "phase_index", "eval_centre", "inputs",
+                                 "case_id", "dice_GTVp", "dice_GTVn", "hd95_GTVp", "hd95_GTVn", "gt_ml_GTVp",
+                                 "pred_ml_GTVp", "gt_ml_GTVn", "pred_ml_GTVn", "inter_vox_GTVp", "gt_vox_GTVp",
+                                 "pred_vox_GTVp", "inter_vox_GTVn", "gt_vox_GTVn", "pred_vox_GTVn")
 _GROUP = ("backbone", "method", "variant", "inputs")
 
 
@@ -63,8 +70,10 @@ def normalise_rows(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
             raise ValueError(f"row {n}: inputs must be one of {EVAL_INPUTS}, got {clean['inputs']!r}")
         try:
             clean["phase_index"] = int(clean["phase_index"])
-            for key in (*DSC_KEYS, "percent_of_early_fusion"):
+            for key in (*DSC_KEYS, "HD95_GTVp", "HD95_GTVn", "percent_of_early_fusion"):
                 clean[key] = _number(clean[key], key)
+            cases = _number(clean["n_cases"], "n_cases")
+            clean["n_cases"] = None if cases is None else int(cases)
             params = _number(clean["trainable_params"], "trainable_params")
             clean["trainable_params"] = None if params is None else int(params)
         except (TypeError, ValueError) as exc:
@@ -99,6 +108,23 @@ def write_results(rows: Iterable[Mapping[str, Any]], out_dir: str | os.PathLike)
     write_text_atomic(paths["csv"], buffer.getvalue())
     write_text_atomic(paths["json"], json.dumps(clean, indent=1) + "\n")
     return paths
+
+
+def write_case_results(case_rows: Iterable[Mapping[str, Any]], out_dir: str | os.PathLike) -> Path:
+    """Write ``results_cases.csv``: :data:`CASE_COLUMNS`, one row per case (Dice, HD95 in mm, volumes in mL and the
+    voxel counts DSCagg and its bootstrap are made of), so anyone can redo the statistics."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CASE_COLUMNS, lineterminator="\n", extrasaction="ignore")
+    writer.writeheader()
+    for row in case_rows:
+        flat = dict(row)
+        for c, name in enumerate(("GTVp", "GTVn")):
+            counts = (row.get("counts") or [[None] * 3] * 2)[c]
+            flat.update({f"inter_vox_{name}": counts[0], f"gt_vox_{name}": counts[1], f"pred_vox_{name}": counts[2]})
+        writer.writerow({k: "" if flat.get(k) is None else flat.get(k) for k in CASE_COLUMNS})
+    path = Path(out_dir) / "results_cases.csv"
+    write_text_atomic(path, buffer.getvalue())
+    return path
 
 
 def read_results(path: str | os.PathLike) -> list[dict[str, Any]]:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,7 @@ from pemma.errors import PemmaError
 from pemma.evaluation.evaluate import evaluate_model
 from pemma.io_utils import write_text_atomic
 from pemma.methods import adapt, load_model, parameter_summary, update
-from pemma.protocol.results import markdown_report, write_results
+from pemma.protocol.results import markdown_report, write_case_results, write_results
 from pemma.protocol.split import split_case_ids
 from pemma.protocol.strategy import PlannedPhase, Strategy, load_strategy
 from pemma.training.segmentation import train
@@ -72,7 +74,10 @@ def _evaluate_run(run: Path, data: ProtocolData, centres: tuple[str, ...], devic
     """``{"centre|inputs": DSCagg dict}`` for every centre and accepted input set (cached in the run)."""
     cache_path = run / "evaluation.json"
     cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
-    missing = [(c, m) for c in centres for m in EVAL_INPUT_SETS if f"{c}|{'+'.join(m)}" not in cache]
+    # an evaluation cached before per-case results were kept ("|cases") is redone
+    missing = [(c, m) for c in centres for m in EVAL_INPUT_SETS
+               if f"{c}|{'+'.join(m)}" not in cache
+               or (cache[f"{c}|{'+'.join(m)}"] is not None and f"{c}|{'+'.join(m)}|cases" not in cache)]
     if missing:
         model = load_model(run, device)
         if "params" not in cache:
@@ -85,6 +90,7 @@ def _evaluate_run(run: Path, data: ProtocolData, centres: tuple[str, ...], devic
             result = evaluate_model(model, data.part((centre,), "test"), modalities, device, progress=False,
                                     inputs_cache=inputs_cache)
             cache[key] = result["DSCagg"]
+            cache[f"{key}|cases"] = [{**row, "counts": result["counts"][row["case_id"]]} for row in result["cases"]]
         write_text_atomic(cache_path, json.dumps(cache, indent=2, default=float))
     return cache
 
@@ -98,13 +104,33 @@ def _rows(cache: dict[str, Any], backbone: str, method: str, planned: PlannedPha
             scores = cache.get(f"{centre}|{'+'.join(modalities)}")
             if scores is None:
                 continue
+            cases = cache.get(f"{centre}|{'+'.join(modalities)}|cases") or []
             rows.append({"backbone": backbone, "method": method, "variant": planned.variant,
                          "phase": planned.phase.name, "phase_index": planned.index, "eval_centre": centre,
                          "inputs": "+".join(modalities), "DSCagg_GTVp": scores["GTVp"],
                          "DSCagg_GTVn": scores["GTVn"], "DSCagg_mean": scores["mean"],
+                         "HD95_GTVp": _nanmean(c.get("hd95_GTVp") for c in cases),
+                         "HD95_GTVn": _nanmean(c.get("hd95_GTVn") for c in cases), "n_cases": len(cases),
                          "trainable_params": params.get("trainable"),
                          "percent_of_early_fusion": float(percent.rstrip("%")) if percent else None})
     return rows
+
+
+def _case_rows(cache: dict[str, Any], backbone: str, method: str, planned: PlannedPhase) -> list[dict[str, Any]]:
+    """Per-case results of one evaluated phase (the rows of ``results_cases.csv``)."""
+    out = []
+    for centre in planned.eval_centres:
+        for modalities in EVAL_INPUT_SETS:
+            for case in cache.get(f"{centre}|{'+'.join(modalities)}|cases") or []:
+                out.append({"backbone": backbone, "method": method, "variant": planned.variant,
+                            "phase": planned.phase.name, "phase_index": planned.index, "eval_centre": centre,
+                            "inputs": "+".join(modalities), **case})
+    return out
+
+
+def _nanmean(values: Iterable[Any]) -> float | None:
+    numbers = [float(v) for v in values if v is not None and not math.isnan(float(v))]
+    return sum(numbers) / len(numbers) if numbers else None
 
 
 def reproduce(strategy_path: str | Path, data_root: str | Path, out_dir: str | Path, *,
@@ -150,6 +176,7 @@ def reproduce(strategy_path: str | Path, data_root: str | Path, out_dir: str | P
 
     jobs = [(b, m, p) for b in strategy.backbones for m in strategy.methods for p in strategy.plan()]
     rows: list[dict[str, Any]] = []
+    case_rows: list[dict[str, Any]] = []
     inputs_cache: dict[tuple, Any] = {}  # preprocessed test inputs, shared by every model evaluated
     bar = tqdm(jobs, desc="reproduce", unit="phase", disable=not progress, dynamic_ncols=True)
     for backbone, method, planned in bar:
@@ -161,11 +188,13 @@ def reproduce(strategy_path: str | Path, data_root: str | Path, out_dir: str | P
             _train_phase(strategy, data, backbone, method, planned, run, parent, progress=progress)
         cache = _evaluate_run(run, data, planned.eval_centres, device, inputs_cache)
         rows += _rows(cache, backbone, method, planned)
+        case_rows += _case_rows(cache, backbone, method, planned)
     bar.close()
     write_results(rows, out)
+    write_case_results(case_rows, out)
     prognosis = _prognosis(strategy, data, out)
     figures = _overlays(strategy, data, out, device, inputs_cache)
-    return _report(strategy, rows, out, time.time() - started, figures, prognosis)
+    return _report(strategy, rows, out, time.time() - started, figures, prognosis, case_rows)
 
 
 def _first_variant(strategy: Strategy) -> tuple[list[PlannedPhase], PlannedPhase | None]:
@@ -234,7 +263,8 @@ def _overlays(strategy: Strategy, data: ProtocolData, out: Path, device: torch.d
 
 
 def _report(strategy: Strategy, rows: list[dict[str, Any]], out: Path, seconds: float,
-            overlays: dict[str, str] | None = None, prognosis: list[dict[str, Any]] | None = None) -> Path:
+            overlays: dict[str, str] | None = None, prognosis: list[dict[str, Any]] | None = None,
+            case_rows: list[dict[str, Any]] | None = None) -> Path:
     from pemma.protocol.figures import plot_dsc_across_phases
     from pemma.protocol.findings import check_findings, findings_markdown
     from pemma.protocol.prognosis import prognosis_markdown
@@ -247,7 +277,8 @@ def _report(strategy: Strategy, rows: list[dict[str, Any]], out: Path, seconds: 
                                title=f"DSCagg on the pretraining centres ({variant})")
         figures[f"DSCagg mean on {', '.join(pretrain_centres)} across phases ({variant})"] = name
     figures.update(overlays or {})
-    claims = {f"{b} · {v}": check_findings(rows, strategy.variant_phases(v), v, b)
+    claims = {f"{b} · {v}": check_findings(rows, strategy.variant_phases(v), v, b, cases=case_rows,
+                                           seed=strategy.split.seed)
               for b in strategy.backbones for v in strategy.variant_names}
     write_text_atomic(out / "findings.json", json.dumps(claims, indent=2, default=float))
     findings = ["## Findings", "",

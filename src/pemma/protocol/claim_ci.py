@@ -1,0 +1,64 @@
+"""Confidence intervals of the claims' comparisons from per-case results (``results_cases.csv`` rows).
+
+Each comparison is paired on the test cases both sides were scored on (same centre and case ID) and bootstrapped
+with :func:`pemma.protocol.bootstrap.bootstrap_contrast` (DSCagg mean of the pooled case counts, 95 % percentile CI).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from pemma.protocol.bootstrap import Difference, bootstrap_contrast
+
+#: (method, inputs, phase_index) -> {(centre, case_id): counts (n_classes, 3)}
+CaseIndex = dict[tuple[str, str, int], dict[tuple[str, str], np.ndarray]]
+
+
+def index_cases(cases: Iterable[Mapping[str, Any]], backbone: str, variant: str) -> CaseIndex:
+    """The per-case counts of one backbone and variant, by method, input set and phase."""
+    index: CaseIndex = {}
+    for row in cases:
+        if row.get("backbone", "") != backbone or row.get("variant") != variant or not row.get("counts"):
+            continue
+        key = (str(row["method"]), str(row["inputs"]), int(row["phase_index"]))
+        index.setdefault(key, {})[(str(row["eval_centre"]), str(row["case_id"]))] = np.asarray(row["counts"], float)
+    return index
+
+
+def contrast(index: CaseIndex, terms: Sequence[tuple[float, tuple[str, str, int] | Mapping[str, tuple]]],
+             seed: int = 0, replicates: int = 2000) -> Difference | None:
+    """``Σ weight · DSCagg mean`` of the terms on their common cases, with its CI (None: a term has no cases).
+
+    A term's key is ``(method, inputs, phase_index)``, or ``{centre: (method, inputs, phase_index)}`` to take each
+    centre's cases from its own phase (forgetting: each earlier centre at the phase that learnt it).
+    """
+    tables = []
+    for _, key in terms:
+        if isinstance(key, Mapping):
+            table = {case: counts for centre, k in key.items() for case, counts in index.get(k, {}).items()
+                     if case[0] == centre}
+        else:
+            table = index.get(key, {})
+        tables.append(table)
+    common = sorted(set.intersection(*(set(t) for t in tables))) if tables else []
+    if not common:
+        return None
+    arrays = [np.stack([t[case] for case in common]) for t in tables]
+    return bootstrap_contrast([(w, a) for (w, _), a in zip(terms, arrays, strict=True)], replicates, seed)
+
+
+def combine(verdicts: Iterable[bool | None]) -> bool | None:
+    """All comparisons shown to hold: True; any shown not to hold: False; otherwise not shown (None)."""
+    found = list(verdicts)
+    if found and all(v is True for v in found):
+        return True
+    if any(v is False for v in found):
+        return False
+    return None
+
+
+def ci_text(diff: Difference) -> str:
+    return f"{diff.estimate:+.3f} [95% CI {diff.low:+.3f}, {diff.high:+.3f}; n={diff.n_cases}]"
