@@ -176,45 +176,89 @@ def predict(model: RunLike, inputs: str | os.PathLike, out: str | os.PathLike, *
     return [Path(p) for p in written]
 
 
-def evaluate(model: RunLike, data: str | os.PathLike, *, centres: Names = None, modalities: Names = None,
+def evaluate(model: RunLike | None = None, data: str | os.PathLike | None = None, *,
+             pred: str | os.PathLike | None = None, centres: Names = None, modalities: Names = None, split: str = "all",
              out: str | os.PathLike | None = None, save_predictions: bool = False, base: RunLike | None = None,
              roi: Sequence[int] | None = None, overlap: float | None = None, sw_batch_size: int | None = None,
              device: str | None = None, amp: bool | None = None) -> dict[str, Any]:
-    """HECKTOR DSCagg (GTVp, GTVn, mean), per-case Dice and HD95 on the labelled cases of ``data``.
+    """HECKTOR DSCagg (GTVp, GTVn, mean), per-case Dice, HD95 and volumes on the labelled cases of ``data``: of a
+    model's predictions (``model``), or of an existing predictions folder (``pred``, no model run).
 
-    Writes ``metrics_<inputs>.json`` and ``cases_<inputs>.csv`` into ``out``.
+    Writes ``metrics_<inputs>.json`` (undefined values as ``null``, the HD95 policy stated) and
+    ``cases_<inputs>.csv`` into ``out``.
 
     Args:
-        model: run folder (or :class:`Run`).
-        data: dataset folder or datalist.
+        model: run folder (or :class:`Run`). Give ``model`` or ``pred``.
+        data: dataset folder or datalist (the labels).
+        pred: a folder of label maps named ``<case_id>.nii.gz`` on each case's CT grid (e.g. nnU-Net's output).
         centres: only these centres. Default all.
         modalities: input set. Default: what the model was trained with.
-        out: report folder. Default ``<model>/evaluation``.
+        split: with a model, which cases: ``all`` (default; a warning names the training cases scored),
+            ``unseen`` (neither trained nor validated on), ``val`` (the model's validation cases) or ``train``.
+        out: report folder. Default ``<model>/evaluation`` (with ``pred``: ``<pred>/evaluation``).
         save_predictions: also write the label maps (``out/predictions_<inputs>/``).
         base, roi, overlap, sw_batch_size, device, amp: as for :func:`predict`.
 
     Returns:
-        The scores: ``{"inputs", "n_cases", "DSCagg": {"GTVp", "GTVn", "mean"}, "mean_case", "cases",
-        "centres"}`` (as written to the JSON report) plus ``"report"``: the JSON and CSV paths.
+        The scores: ``{"inputs", "n_cases", "DSCagg": {"GTVp", "GTVn", "mean"}, "mean_case", "cases", "counts",
+        "hd95_policy", "centres"}`` (as written to the JSON report) plus ``"report"``: the JSON and CSV paths.
 
     Example:
         >>> scores = pemma.evaluate(ad, data="data/phantom", centres=["MDA"], modalities=["ct", "pet"])
         >>> scores["DSCagg"]["mean"]
+        >>> pemma.evaluate(pred="nnunet_preds/", data="nnUNet_raw/Dataset501_HN")["DSCagg"]
     """
-    from pemma.data.layout import discover_cases, select_cases
-    from pemma.evaluation.evaluate import evaluate_model, write_report
+    import warnings
 
+    from pemma.data.layout import discover_cases, select_cases
+    from pemma.evaluation.evaluate import evaluate_model, evaluate_predictions, write_report
+
+    if (model is None) == (pred is None):
+        raise PemmaError("evaluate needs either a model (--model) or a predictions folder (--pred), not both")
+    if data is None:
+        raise PemmaError("evaluate needs --data (the labelled cases)")
     source = os.fspath(data)
-    loaded, chosen, dev = _loaded(model, base, modalities, device, source)
-    cases = select_cases(discover_cases(source), centres=name_list(centres) or [], modalities=chosen,
-                         require_label=True, source=source)
-    folder = Path(os.fspath(out)) if out is not None else Path(path_of(model)) / "evaluation"
-    predictions = folder / f"predictions_{'+'.join(chosen)}" if save_predictions else None
-    result = evaluate_model(loaded, cases, chosen, dev, _window(roi, overlap, sw_batch_size, amp),
-                            predictions_dir=predictions)
+    if pred is not None:
+        cases = select_cases(discover_cases(source), centres=name_list(centres) or [], require_label=True,
+                             source=source)
+        result = evaluate_predictions(os.fspath(pred), cases)
+        folder = Path(os.fspath(out)) if out is not None else Path(os.fspath(pred)) / "evaluation"
+    else:
+        loaded, chosen, dev = _loaded(model, base, modalities, device, source)
+        cases = select_cases(discover_cases(source), centres=name_list(centres) or [], modalities=chosen,
+                             require_label=True, source=source)
+        cases = _split_cases(cases, loaded.meta, split, path_of(model))
+        trained = set(loaded.meta.get("train_cases") or [])
+        seen = [c.case_id for c in cases if c.case_id in trained]
+        if seen:
+            listed = ", ".join(seen[:5]) + (", ..." if len(seen) > 5 else "")
+            warnings.warn(f"{len(seen)} of {len(cases)} evaluated cases were training cases of {path_of(model)} "
+                          f"({listed}); --split unseen or val scores only others", UserWarning, stacklevel=2)
+        folder = Path(os.fspath(out)) if out is not None else Path(path_of(model)) / "evaluation"
+        predictions = folder / f"predictions_{'+'.join(chosen)}" if save_predictions else None
+        result = evaluate_model(loaded, cases, chosen, dev, _window(roi, overlap, sw_batch_size, amp),
+                                predictions_dir=predictions)
     result["centres"] = sorted({c.centre for c in cases})
     json_path, csv_path = write_report(result, folder)
     return {**result, "report": {"json": str(json_path), "csv": str(csv_path)}}
+
+
+#: ``--split`` choices of :func:`evaluate`
+SPLITS = ("all", "unseen", "val", "train")
+
+
+def _split_cases(cases: list, meta: dict[str, Any], split: str, source: str | None) -> list:
+    if split not in SPLITS:
+        raise PemmaError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if split == "all":
+        return cases
+    train, val = set(meta.get("train_cases") or []), set(meta.get("val_cases") or [])
+    keep = {"unseen": lambda c: c.case_id not in train | val, "val": lambda c: c.case_id in val,
+            "train": lambda c: c.case_id in train}[split]
+    chosen = [c for c in cases if keep(c)]
+    if not chosen:
+        raise PemmaError(f"{source}: no {split} cases of this model among the selected cases")
+    return chosen
 
 
 def params(model: RunLike) -> dict[str, Any]:

@@ -10,6 +10,7 @@ import sys
 import tempfile
 import time
 import traceback
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -46,7 +47,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     try:
-        result = args.func(args)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", UserWarning)
+            warnings.showwarning = _one_line_warning(args.verb)
+            result = args.func(args)
     except KeyboardInterrupt:
         print("pemma: interrupted", file=sys.stderr)
         return 130
@@ -80,6 +84,14 @@ def _environment_error(exc: BaseException) -> str | None:
         seen.add(id(exc))
         exc = exc.__cause__ or exc.__context__
     return None
+
+
+def _one_line_warning(verb: str):
+    """``warnings.showwarning`` replacement: a user warning is one line ``pemma VERB: warning: ...`` on stderr."""
+    def show(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> None:
+        print(f"pemma {verb}: warning: {str(message).splitlines()[0]}", file=sys.stderr)
+
+    return show
 
 
 def _first_line(exc: BaseException) -> str:

@@ -43,11 +43,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("evaluate", help="HECKTOR DSCagg, per-case Dice and HD95 on labelled cases")
-    p.add_argument("--model", required=True, help="run folder")
-    p.add_argument("--data", required=True, help="dataset folder or datalist")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="run folder whose predictions are scored")
+    source.add_argument("--pred", help="a folder of label maps <case_id>.nii.gz on the CT grid (no model is run)")
+    p.add_argument("--data", required=True, help="dataset folder or datalist (the labels)")
     p.add_argument("--centres", help="comma-separated centres (default: all)")
     p.add_argument("--modalities", help="input set (default: what the model was trained with)")
-    p.add_argument("--out", help="report folder (default: <model>/evaluation)")
+    p.add_argument("--split", default="all", choices=["all", "unseen", "val", "train"],
+                   help="with --model: which cases (default all, with a warning when training cases are scored)")
+    p.add_argument("--out", help="report folder (default: <model>/evaluation or <pred>/evaluation)")
     p.add_argument("--save-predictions", action="store_true", help="also write the label maps")
     p.add_argument("--base", help="CT base run of an adapted model, if it moved since adaptation")
     add_window_flags(p)
@@ -85,8 +89,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from pemma.api import evaluate
     from pemma.evaluation.evaluate import format_summary
 
-    result = evaluate(args.model, args.data, centres=args.centres, modalities=args.modalities, out=args.out,
-                      save_predictions=args.save_predictions, base=args.base, **window_settings(args))
+    result = evaluate(args.model, args.data, pred=args.pred, centres=args.centres, modalities=args.modalities,
+                      split=args.split, out=args.out, save_predictions=args.save_predictions, base=args.base,
+                      **window_settings(args))
     print(format_summary(result))
     print(f"report: {result['report']['json']} and {result['report']['csv']}")
     return 0

@@ -62,18 +62,85 @@ def evaluate_model(model: LoadedModel, cases: Sequence[CaseRecord], modalities: 
             if inputs_cache is not None:
                 inputs_cache[label_key] = label
         agg.update(pred, label)
-        spacing = tuple(float(z) for z in ref.header.get_zooms()[:3])
-        voxel_ml = float(np.prod(spacing)) / 1000.0
-        per_class = case_counts(pred, label)
-        counts[case.case_id] = [list(per_class[c]) for c in sorted(per_class)]
-        volumes = {f"{kind}_ml_{CLASS_NAMES[c]}": per_class[c][i] * voxel_ml
-                   for c in sorted(per_class) for i, kind in ((1, "gt"), (2, "pred"))}
-        rows.append({"case_id": case.case_id, "centre": case.centre, **case_metrics(pred, label, spacing), **volumes})
+        row, counts[case.case_id] = score_case(case, pred, label, ref)
+        rows.append(row)
         if predictions_dir is not None:
             save_nifti(pred, ref.affine, Path(predictions_dir) / f"{case.case_id}.nii.gz", header=ref.header,
                        dtype=np.uint8)
     return {"inputs": "+".join(modalities), "n_cases": len(rows), "DSCagg": agg.compute(),
-            "mean_case": summarize(rows), "cases": rows, "counts": counts}
+            "mean_case": summarize(rows), "cases": rows, "counts": counts, "hd95_policy": HD95_POLICY}
+
+
+#: how per-case HD95 treats empty classes (stated in every report)
+HD95_POLICY = ("HD95 (mm) is the symmetric 95th-percentile surface distance per case and class; it is undefined "
+               "(null) when the class is empty in the ground truth or in the prediction, and the case means skip "
+               "undefined values. Dice is undefined (null) when the class is empty in both, 0 when in one only.")
+
+
+def score_case(case: CaseRecord, pred: np.ndarray, label: np.ndarray,
+               ref: nib.Nifti1Image) -> tuple[dict[str, Any], list[list[int]]]:
+    """Per-case Dice, HD95 and volumes (mL) of a prediction on ``ref``'s grid, and the voxel counts
+    ``[[|GT∩P|, |GT|, |P|] for GTVp, GTVn]`` DSCagg (and its bootstrap) pool."""
+    spacing = tuple(float(z) for z in ref.header.get_zooms()[:3])
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    per_class = case_counts(pred, label)
+    volumes = {f"{kind}_ml_{CLASS_NAMES[c]}": per_class[c][i] * voxel_ml
+               for c in sorted(per_class) for i, kind in ((1, "gt"), (2, "pred"))}
+    row = {"case_id": case.case_id, "centre": case.centre, **case_metrics(pred, label, spacing), **volumes}
+    return row, [list(per_class[c]) for c in sorted(per_class)]
+
+
+def evaluate_predictions(pred_dir: str | Path, cases: Sequence[CaseRecord], progress: bool = True) -> dict[str, Any]:
+    """Score an existing folder of label maps (``<case_id>.nii.gz``, e.g. another tool's predictions) against the
+    cases' labels: no model is run. Each prediction must lie on its case's CT grid (HECKTOR scores there).
+
+    Returns:
+        as :func:`evaluate_model` (``inputs`` is ``"predictions"``).
+
+    Raises:
+        PemmaError: a case has no prediction file, or a prediction has other values than {0, 1, 2} or another grid.
+    """
+    pred_dir = Path(pred_dir)
+    if not pred_dir.is_dir():
+        raise PemmaError(f"{pred_dir}: predictions folder not found")
+    agg = AggregatedDice()
+    rows, counts = [], {}
+    for case in tqdm(cases, desc="evaluate", unit="case", disable=not progress):
+        path = next((pred_dir / f"{case.case_id}{e}" for e in (".nii.gz", ".nii")
+                     if (pred_dir / f"{case.case_id}{e}").is_file()), None)
+        if path is None:
+            raise PemmaError(f"{pred_dir}: no prediction for case {case.case_id} (expected {case.case_id}.nii.gz)")
+        ref = load_nifti(path, what=f"prediction of case {case.case_id}")
+        pred = np.asanyarray(ref.dataobj).reshape(ref.shape[:3])
+        bad = sorted(set(np.unique(pred).tolist()) - set(LABEL_VALUES))
+        if bad:
+            raise PemmaError(f"{path}: prediction of case {case.case_id} has values {bad[:5]} outside {{0, 1, 2}}")
+        ct = case.images.get("ct")
+        if ct is not None:
+            ct_img = nib.load(ct)
+            if ct_img.shape[:3] != ref.shape[:3] or not np.allclose(ct_img.affine, ref.affine, atol=1e-3):
+                raise PemmaError(f"{path}: prediction of case {case.case_id} is not on its CT grid "
+                                 f"({ref.shape[:3]} vs CT {ct_img.shape[:3]}); HECKTOR scores on the CT grid")
+        pred = np.rint(pred).astype(np.uint8)
+        label = label_on_grid(case, ref)
+        agg.update(pred, label)
+        row, counts[case.case_id] = score_case(case, pred, label, ref)
+        rows.append(row)
+    return {"inputs": "predictions", "n_cases": len(rows), "DSCagg": agg.compute(), "mean_case": summarize(rows),
+            "cases": rows, "counts": counts, "hd95_policy": HD95_POLICY}
+
+
+def json_ready(value: Any) -> Any:
+    """``value`` with NaN / inf floats as None (JSON ``null``), recursively."""
+    if isinstance(value, dict):
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_ready(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if np.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
 
 
 def write_report(result: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
@@ -81,7 +148,7 @@ def write_report(result: dict[str, Any], out_dir: str | Path) -> tuple[Path, Pat
     out_dir = Path(out_dir)
     tag = result["inputs"]
     json_path, csv_path = out_dir / f"metrics_{tag}.json", out_dir / f"cases_{tag}.csv"
-    write_text_atomic(json_path, json.dumps(result, indent=2, default=float))
+    write_text_atomic(json_path, json.dumps(json_ready(result), indent=2, allow_nan=False))
     buffer = io.StringIO()
     fields = list(result["cases"][0]) if result["cases"] else ["case_id"]
     writer = csv.DictWriter(buffer, fieldnames=fields)

@@ -1,0 +1,73 @@
+"""Model-free evaluation: score an existing folder of predictions (another tool's) against the labels, equal to
+model-based evaluation of the same predictions; JSON has null for undefined values; training cases are flagged."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from conftest import FAST
+
+from pemma.cli.main import main
+from pemma.io_utils import save_nifti
+
+
+def _run(argv: list[str]) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(argv)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_labels_as_predictions_score_one(phantom: Path, tmp_path: Path) -> None:
+    preds = tmp_path / "preds"
+    preds.mkdir()
+    for label in sorted((phantom / "labelsTr").glob("MDA-*.nii.gz")):
+        shutil.copy(label, preds / label.name)
+    code, out, err = _run(["evaluate", "--pred", str(preds), "--data", str(phantom), "--centres", "MDA"])
+    assert code == 0, err
+    report = json.loads((preds / "evaluation" / "metrics_predictions.json").read_text())
+    assert report["n_cases"] == 2 and report["DSCagg"]["GTVp"] == 1.0
+    assert all(c["hd95_GTVp"] == 0.0 for c in report["cases"]) and "undefined (null)" in report["hd95_policy"]
+    assert "NaN" not in (preds / "evaluation" / "metrics_predictions.json").read_text()
+
+
+def test_a_missing_or_off_grid_prediction_is_one_line(phantom: Path, tmp_path: Path) -> None:
+    preds = tmp_path / "preds"
+    preds.mkdir()
+    code, _, err = _run(["evaluate", "--pred", str(preds), "--data", str(phantom), "--centres", "MDA"])
+    assert code == 2 and "no prediction for case MDA-000 (expected MDA-000.nii.gz)" in err
+    label = nib.load(str(phantom / "labelsTr" / "MDA-000.nii.gz"))
+    save_nifti(np.asanyarray(label.dataobj)[::2], label.affine, preds / "MDA-000.nii.gz", dtype=np.uint8)
+    code, _, err = _run(["evaluate", "--pred", str(preds), "--data", str(phantom), "--centres", "MDA"])
+    assert code == 2 and "prediction of case MDA-000 is not on its CT grid" in err
+    with pytest.raises(SystemExit):  # argparse: --model or --pred is required
+        _run(["evaluate", "--data", str(phantom)])
+
+
+@pytest.mark.slow
+def test_model_free_equals_model_based(phantom: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    code, _, err = _run(["train", "--data", str(phantom), "--centres", "CHUM", "--modalities", "ct", *FAST,
+                         "--max-steps", "1", "--out", str(run)])
+    assert code == 0, err
+    code, _, err = _run(["evaluate", "--model", str(run), "--data", str(phantom), "--centres", "CHUM,MDA",
+                         "--save-predictions", "--out", str(tmp_path / "eval")])
+    assert code == 0 and "pemma evaluate: warning: 2 of 4 evaluated cases were training cases of" in err
+    model_based = json.loads((tmp_path / "eval" / "metrics_ct.json").read_text())
+    code, _, err = _run(["evaluate", "--pred", str(tmp_path / "eval" / "predictions_ct"), "--data", str(phantom),
+                         "--centres", "CHUM,MDA", "--out", str(tmp_path / "free")])
+    assert code == 0, err
+    model_free = json.loads((tmp_path / "free" / "metrics_predictions.json").read_text())
+    assert model_free["DSCagg"] == model_based["DSCagg"] and model_free["counts"] == model_based["counts"]
+    assert [c["dice_GTVp"] for c in model_free["cases"]] == [c["dice_GTVp"] for c in model_based["cases"]]
+    code, _, err = _run(["evaluate", "--model", str(run), "--data", str(phantom), "--centres", "CHUM,MDA",
+                         "--split", "unseen", "--out", str(tmp_path / "unseen")])
+    unseen = json.loads((tmp_path / "unseen" / "metrics_ct.json").read_text())
+    assert code == 0 and "training cases" not in err and unseen["centres"] == ["MDA"]
