@@ -179,7 +179,7 @@ class ModelConfig:
         self.roi_size = [int(v) for v in _triple("roi_size", self.roi_size)]
         multiple = ROI_MULTIPLES[self.backbone]
         if any(v % multiple for v in self.roi_size):
-            fit = [max(multiple, round(v / multiple) * multiple) for v in self.roi_size]
+            fit = [max(multiple, math.ceil(v / multiple) * multiple) for v in self.roi_size]
             raise ValueError(f"roi_size {self.roi_size} does not fit {self.backbone}, which needs every side to be a "
                              f"multiple of {multiple}; use e.g. {' '.join(map(str, fit))} (--roi)")
         if self.out_channels < 2:
@@ -234,6 +234,8 @@ class TrainConfig:
         for name in ("epochs", "batch_size", "samples_per_case", "val_every", "checkpoint_every", "sw_batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
         if self.lr <= 0:

@@ -25,7 +25,7 @@ from pemma.io_utils import write_text_atomic
 from pemma.methods import adapt, load_model, parameter_summary, update
 from pemma.protocol.results import markdown_report, write_results
 from pemma.protocol.split import split_case_ids
-from pemma.protocol.strategy import PlannedPhase, Strategy, load_strategy
+from pemma.protocol.strategy import PlannedPhase, Strategy, StrategyError, load_strategy
 from pemma.training.segmentation import train
 from pemma.vocab import EVAL_INPUT_SETS, METHODS, canonical_method, method_choices
 
@@ -130,7 +130,10 @@ def reproduce(strategy_path: str | Path, data_root: str | Path, out_dir: str | P
             raise PemmaError(f"unknown method(s) {unknown}; known: {', '.join(METHODS)}")
         strategy = dataclasses.replace(strategy, methods=tuple(dict.fromkeys(canonical_method(m) for m in methods)))
     used = sorted({c for p in strategy.plan() for c in p.phase.centres} | set(strategy.prognosis_centres))
-    split = split_case_ids({c: by_centre[c] for c in used}, strategy.split)
+    try:
+        split = split_case_ids({c: by_centre[c] for c in used}, strategy.split)
+    except StrategyError as exc:
+        raise StrategyError(f"{strategy.source}: {exc}") from None
     data = ProtocolData(str(data_root), {c.case_id: c for c in all_cases}, split)
     write_text_atomic(out / "split.json", json.dumps(split, indent=2))
     write_text_atomic(out / "strategy.json", json.dumps(strategy.to_dict(), indent=2))
