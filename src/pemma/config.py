@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -91,6 +92,8 @@ def _typed(obj: Any) -> None:
         elif kind in ("int", "float"):
             value = _number(f.name, value, kind == "int", example)
         elif kind == "str":
+            if isinstance(value, os.PathLike):
+                value = os.fspath(value)
             if not isinstance(value, str):
                 raise ValueError(f"{f.name} must be a string, got {_shown(value)}{example and '; write' + example[6:]}")
         elif kind.startswith("list["):
