@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import io
+import json
 from pathlib import Path
 
 import nibabel as nib
@@ -67,8 +68,22 @@ def test_config_edited_to_another_backbone_is_one_line(tmp_path: Path) -> None:
     cfg["model"]["backbone"] = "swin_unetr"
     cfg["model"]["roi_size"] = [48, 48, 48]  # a UNETR window, not a Swin one
     (run / CONFIG_FILE).write_text(yaml.safe_dump(cfg))
+    with pytest.raises(PemmaError, match=r"ct/config.yaml: invalid config \(model.roi_size \[48, 48, 48\] does not "
+                                         r"fit swin_unetr"):
+        load_model(run)
+    cfg["model"]["roi_size"] = [64, 64, 64]
+    (run / CONFIG_FILE).write_text(yaml.safe_dump(cfg))
+    with pytest.raises(PemmaError, match=r"ct: weights do not fit the configured network"):
+        load_model(run)
+
+
+def test_metadata_that_cannot_rebuild_the_model_is_one_line(tmp_path: Path) -> None:
+    run = _backbone_run(tmp_path / "ct")
+    meta = json.loads((run / "model.json").read_text())
+    del meta["modalities"]
+    (run / "model.json").write_text(json.dumps(meta))
     with pytest.raises(PemmaError, match=r"ct: cannot rebuild the backbone model from config.yaml and model.json "
-                                         r"\(swin_unetr needs roi_size divisible by 32.*was config.yaml edited"):
+                                         r"\('modalities'\); were they edited by hand"):
         load_model(run)
 
 

@@ -7,15 +7,19 @@ Precedence (lowest to highest): dataclass defaults < preset YAML (``pemma/preset
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
+from numbers import Integral, Real
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from pemma.errors import PemmaError
-from pemma.vocab import BACKBONES, parse_modalities
+from pemma.vocab import BACKBONES, ROI_MULTIPLES, parse_modalities
 
 #: keys that older pemma versions wrote into ``config.yaml`` and that are now read and ignored
 RETIRED_KEYS: dict[str, tuple[str, ...]] = {"data": ("num_workers",)}
@@ -24,10 +28,93 @@ RETIRED_KEYS: dict[str, tuple[str, ...]] = {"data": ("num_workers",)}
 def _triple(name: str, value: Any, positive: bool = True) -> list[float]:
     vals = list(value)
     if len(vals) != 3:
-        raise ValueError(f"{name} must have 3 values, got {vals}")
+        example = [vals[0]] * 3 if vals else "[a, b, c]"
+        raise ValueError(f"{name} must have 3 values (x, y, z), got {vals}; write e.g. {name}: {example}")
     if positive and any(float(v) <= 0 for v in vals):
         raise ValueError(f"{name} must be positive, got {vals}")
     return vals
+
+
+_TYPE_NAMES = {bool: "true/false", str: "a string", list: "a list", tuple: "a list", dict: "a mapping",
+               type(None): "null"}
+
+
+def _shown(value: Any) -> str:
+    kind = next((n for t, n in _TYPE_NAMES.items() if isinstance(value, t)), None)
+    kind = kind or ("a number" if isinstance(value, Real) else type(value).__name__)
+    return f"{value!r} ({kind})"
+
+
+def _example(obj: Any, name: str) -> str:
+    f = next(f for f in dataclasses.fields(obj) if f.name == name)
+    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default  # type: ignore[misc]
+    return "" if default in (None, "", [], {}) else f", e.g. {name}: {default}"
+
+
+def _number(name: str, value: Any, integer: bool, example: str) -> int | float:
+    """``value`` as an int / a finite float (a YAML ``1e-3``, read as a string, counts as a number)."""
+    if integer:
+        if isinstance(value, Real) and not isinstance(value, bool) and float(value).is_integer():
+            return int(value)
+        raise ValueError(f"{name} must be a whole number, got {_shown(value)}; write one integer without quotes"
+                         f"{example}")
+    number: float | None = None
+    if isinstance(value, Real) and not isinstance(value, bool):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            number = None
+    if number is None or not math.isfinite(number):
+        raise ValueError(f"{name} must be one finite number, got {_shown(value)}{example and '; write' + example[6:]}")
+    return number
+
+
+def _typed(obj: Any) -> None:
+    """Check (and normalise) every field of a config dataclass against its annotation, before range checks.
+
+    Raises:
+        ValueError: ``"<field> must be ..., got <value> (<kind>); <the fix>"``.
+    """
+    for f in dataclasses.fields(obj):
+        value, kind = getattr(obj, f.name), str(f.type)
+        example = _example(obj, f.name)
+        if kind.endswith(" | None"):
+            if value is None:
+                continue
+            kind = kind[: -len(" | None")]
+        if value is None:
+            raise ValueError(f"{f.name} must be set, got null{example and '; write' + example[6:]}")
+        if kind == "bool":
+            if not isinstance(value, bool):
+                raise ValueError(f"{f.name} must be true or false, got {_shown(value)}")
+        elif kind in ("int", "float"):
+            value = _number(f.name, value, kind == "int", example)
+        elif kind == "str":
+            if isinstance(value, os.PathLike):
+                value = os.fspath(value)
+            if not isinstance(value, str):
+                raise ValueError(f"{f.name} must be a string, got {_shown(value)}{example and '; write' + example[6:]}")
+        elif kind.startswith("list["):
+            item = kind[len("list["):-1]
+            if item == "str" and isinstance(value, str):  # "CHUM" or "CHUM,CHUP": names, never letters
+                value = value.split(",")
+            if not isinstance(value, (list, tuple)):
+                raise ValueError(f"{f.name} must be a list, got {_shown(value)}; write a list"
+                                 f"{example or ' such as [a, b]'}")
+            if item == "str":
+                bad = [v for v in value if not isinstance(v, str)]
+                if bad:
+                    raise ValueError(f"{f.name} must be a list of names, got {list(value)!r}; write names such as "
+                                     f"[CHUM, CHUP]")
+                value = list(value)
+            else:
+                value = [_number(f"{f.name} entries", v, item == "int", example) for v in value]
+        elif kind.startswith("dict[") and not isinstance(value, Mapping):
+            raise ValueError(f"{f.name} must be a mapping of keyword arguments, got {_shown(value)}; write e.g. "
+                             f"{f.name}: {{feature_size: 16}}")
+        setattr(obj, f.name, value)
 
 
 @dataclass
@@ -45,6 +132,9 @@ class DataConfig:
                 "stopping before training"})
 
     def __post_init__(self) -> None:
+        if isinstance(self.modalities, str):
+            self.modalities = parse_modalities(self.modalities)
+        _typed(self)
         self.modalities = parse_modalities(self.modalities)
         self.centres = [c.strip() for c in self.centres if c.strip()]
         if not 0.0 <= self.val_fraction < 1.0:
@@ -66,9 +156,12 @@ class PreprocessConfig:
     body_threshold_hu: float = field(default=-500.0, metadata={"help": "CT HU above which a voxel is body"})
 
     def __post_init__(self) -> None:
+        _typed(self)
         self.target_spacing = _triple("target_spacing", self.target_spacing)
         self.crop_mm = _triple("crop_mm", self.crop_mm)
         for name in ("ct_window", "pet_suv_range"):
+            if len(getattr(self, name)) != 2:
+                raise ValueError(f"{name} must be [low, high], got {getattr(self, name)}")
             lo, hi = getattr(self, name)
             if not lo < hi:
                 raise ValueError(f"{name} must be [low, high] with low < high, got {[lo, hi]}")
@@ -86,11 +179,32 @@ class ModelConfig:
     gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations (less GPU memory)"})
 
     def __post_init__(self) -> None:
+        _typed(self)
         if self.backbone not in BACKBONES:
             raise ValueError(f"backbone must be one of {BACKBONES}, got {self.backbone!r}")
         self.roi_size = [int(v) for v in _triple("roi_size", self.roi_size)]
+        multiple = ROI_MULTIPLES[self.backbone]
+        if any(v % multiple for v in self.roi_size):
+            fit = [max(multiple, math.ceil(v / multiple) * multiple) for v in self.roi_size]
+            raise ValueError(f"roi_size {self.roi_size} does not fit {self.backbone}, which needs every side to be a "
+                             f"multiple of {multiple}; use e.g. {' '.join(map(str, fit))} (--roi)")
         if self.out_channels < 2:
             raise ValueError(f"out_channels must be >= 2, got {self.out_channels}")
+        self._check_backbone_kwargs()
+
+    def _check_backbone_kwargs(self) -> None:
+        """Sizes MONAI would refuse only when the network is built (after data loading)."""
+        unetr = self.unetr
+        hidden, heads = unetr.get("hidden_size", 768), unetr.get("num_heads", 12)
+        for key, value in (("hidden_size", hidden), ("num_heads", heads)):
+            if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
+                raise ValueError(f"unetr.{key} must be a positive integer, got {_shown(value)}")
+        if hidden % heads:
+            raise ValueError(f"unetr.hidden_size {hidden} is not divisible by unetr.num_heads {heads}; choose "
+                             f"num_heads dividing it, e.g. {max(d for d in range(1, heads + 1) if hidden % d == 0)}")
+        feature = self.swin_unetr.get("feature_size", 24)
+        if isinstance(feature, bool) or not isinstance(feature, Integral) or feature < 12 or feature % 12:
+            raise ValueError(f"swin_unetr.feature_size must be a positive multiple of 12, got {_shown(feature)}")
 
     @property
     def backbone_kwargs(self) -> dict[str, Any]:
@@ -122,13 +236,18 @@ class TrainConfig:
     amp: bool = field(default=False, metadata={"help": "mixed precision (fp16 on CUDA, bf16 on CPU)"})
 
     def __post_init__(self) -> None:
+        _typed(self)
         for name in ("epochs", "batch_size", "samples_per_case", "val_every", "checkpoint_every", "sw_batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
         if self.max_steps is not None and self.max_steps < 1:
             raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
         if self.lr <= 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if len(self.label_ratios) != 3 or min(self.label_ratios) < 0 or sum(self.label_ratios) <= 0:
             raise ValueError(f"label_ratios must be 3 non-negative values, got {self.label_ratios}")
         if not 0.0 <= self.overlap < 1.0:
@@ -151,17 +270,25 @@ class RunConfig:
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> RunConfig:
         sections = {"data": DataConfig, "preprocess": PreprocessConfig, "model": ModelConfig, "train": TrainConfig}
+        if not isinstance(raw, Mapping):
+            raise ValueError(f"a config must be a mapping of sections ({', '.join(sections)}), got {_shown(raw)}")
         unknown = sorted(set(raw) - set(sections) - {"preset"})
         if unknown:
             raise ValueError(f"unknown config sections {unknown}")
         kwargs: dict[str, Any] = {"preset": raw.get("preset", "tiny")}
         for name, klass in sections.items():
-            values = {k: v for k, v in (raw.get(name) or {}).items() if k not in RETIRED_KEYS.get(name, ())}
+            section = raw.get(name) or {}
+            if not isinstance(section, Mapping):
+                raise ValueError(f"{name} must be a mapping of settings, got {_shown(section)}")
+            values = {k: v for k, v in section.items() if k not in RETIRED_KEYS.get(name, ())}
             known = {f.name for f in dataclasses.fields(klass)}
             bad = sorted(set(values) - known)
             if bad:
                 raise ValueError(f"unknown keys in {name}: {bad}")
-            kwargs[name] = klass(**values)
+            try:
+                kwargs[name] = klass(**values)
+            except (ValueError, TypeError) as exc:  # every field message starts with the field's name
+                raise ValueError(f"{name}.{str(exc).splitlines()[0]}") from None
         return cls(**kwargs)
 
     def save(self, path: str | Path) -> None:
@@ -213,17 +340,23 @@ def build_config(preset: str = "tiny", config_file: str | Path | None = None,
         >>> cfg = build_config("tiny", overrides={"model": {"backbone": "swin_unetr"}})
     """
     raw: dict[str, Any] = _merge({}, preset_dict(preset))
+    user: dict[str, Any] = {}
     if config_file is not None:
         path = Path(config_file)
         if not path.is_file():
             raise PemmaError(f"{path}: config file not found")
         try:
-            raw = _merge(raw, yaml.safe_load(path.read_text()) or {})
+            user = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:
             raise PemmaError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
+        if not isinstance(user, dict) or not all(isinstance(v, dict) or v is None for v in user.values()):
+            raise PemmaError(f"{path}: invalid configuration: the file must map sections (data, preprocess, model, "
+                             f"train) to their settings, e.g. 'train: {{seed: 1}}'")
+        raw = _merge(raw, user)
+    flags: dict[str, dict[str, Any]] = {}
     for section, values in (overrides or {}).items():
-        clean = {k: v for k, v in values.items() if v is not None}
-        raw = _merge(raw, {section: clean})
+        flags[section] = {k: v for k, v in values.items() if v is not None}
+        raw = _merge(raw, {section: flags[section]})
     raw["preset"] = preset
     model = raw.setdefault("model", {})
     if isinstance(model.get("roi_size"), dict):  # presets may size the window per backbone
@@ -231,4 +364,16 @@ def build_config(preset: str = "tiny", config_file: str | Path | None = None,
     try:
         return RunConfig.from_dict(raw)
     except (ValueError, TypeError) as exc:
-        raise PemmaError(f"invalid configuration: {str(exc).splitlines()[0]}") from None
+        message = str(exc).splitlines()[0]
+        raise PemmaError(f"{_source_of(message, user, flags, config_file)}invalid configuration: "
+                         f"{message}") from None
+
+
+def _source_of(message: str, user: dict[str, Any], flags: dict[str, dict[str, Any]],
+               config_file: str | Path | None) -> str:
+    """``"<file>: "`` when the setting an error names came from the user's YAML file (not from a flag)."""
+    section, _, rest = message.partition(".")
+    name = rest.split(" ", 1)[0].split(".")[0]
+    if config_file is None or name in flags.get(section, {}) or name not in (user.get(section) or {}):
+        return ""
+    return f"{config_file}: "

@@ -138,4 +138,14 @@ def load_state(run_dir: str | Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for truncated zip archives
-        raise PemmaError(f"{path}: truncated or corrupt checkpoint ({str(exc).splitlines()[0]})") from None
+        raise PemmaError(f"{path}: truncated or corrupt checkpoint ({_load_failure(exc)}); delete it to train "
+                         f"again from the start") from None
+
+
+def _load_failure(exc: BaseException) -> str:
+    """What went wrong, without torch's advice to load with ``weights_only=False`` (that would run pickled code)."""
+    text = str(exc)
+    if "weights_only" in text or "weights only" in text.lower() or "unpickl" in text.lower():
+        return "it holds Python objects besides tensors, which pemma never unpickles"
+    first = text.splitlines()[0].strip() if text.strip() else ""
+    return first or type(exc).__name__

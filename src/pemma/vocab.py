@@ -25,6 +25,9 @@ from typing import Any
 # ---------------------------------------------------------------------------------------------- backbones
 #: MONAI backbones pemma builds (``pemma.models.registry`` holds their builders).
 BACKBONES: tuple[str, ...] = ("unetr", "swin_unetr")
+#: Every ROI side of a backbone must be a multiple of this (UNETR: its 16-voxel patches; Swin UNETR: 2 x 2^4
+#: downsampling of its windows). Checked when a config is built, before anything runs.
+ROI_MULTIPLES: dict[str, int] = {"unetr": 16, "swin_unetr": 32}
 
 # ---------------------------------------------------------------------------------------------- modalities
 #: Fixed channel order of every multi-modal tensor in pemma.

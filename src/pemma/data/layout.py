@@ -46,20 +46,71 @@ def _strip_nifti(name: str) -> str | None:
     return None
 
 
+def _is_label_folder(name: str) -> bool:
+    """``labelsTr``, ``labelsTs``, ``labels``, ``labels_gtv``...: the only folders labels are taken from."""
+    return name.lower().startswith("labels")
+
+
+def _in_label_folder(path: Path, root: Path) -> bool:
+    return any(_is_label_folder(part) for part in path.relative_to(root).parts[:-1])
+
+
+def _image_suffix(stem: str) -> str | None:
+    """The image naming a file stem carries (``__CT``, ``__PT``, nnU-Net ``_0000``), or None for a label name."""
+    for suffix in _HECKTOR_SUFFIX.values():
+        if stem.endswith(suffix):
+            return suffix
+    match = re.search(r"_\d{4}$", stem)
+    return match.group(0) if match else None
+
+
+def _label_candidate(path: Path, root: Path, images: dict[str, dict[str, str]]) -> str | None:
+    """The case ID a file in a label folder labels (None when not under a label folder).
+
+    Raises:
+        PemmaError: the file is named like an image (``ID__CT``, ``ID__PT``, ``ID_0000``).
+    """
+    if not _in_label_folder(path, root):
+        return None
+    stem = _strip_nifti(path.name) or ""
+    suffix = _image_suffix(stem)
+    if suffix is None:
+        return stem
+    cid = stem[: -len(suffix)]
+    image = next(iter(images.get(cid, {}).values()), None)
+    beside = f" (the case's image is {image})" if image else ""
+    raise PemmaError(f"{path}: an image file ({suffix}) inside a label folder, where only labels ID.nii.gz are "
+                     f"expected{beside}; move it out of {path.parent.name}/")
+
+
 def _discover_hecktor(root: Path) -> list[CaseRecord]:
+    """HECKTOR 2022 folders, searched recursively: images anywhere (``ID__CT`` / ``ID__PT``), labels only from
+    folders named ``labels*`` (``labelsTr``, ``labelsTs``); other NIfTI files (e.g. a ``predictions/`` folder
+    inside the dataset) are ignored.
+
+    Raises:
+        PemmaError: two label files for one case, or an image file inside a label folder (both files named).
+    """
     images: dict[str, dict[str, str]] = {}
-    labels: dict[str, str] = {}
-    for path in sorted(root.rglob("*.nii*")):
-        stem = _strip_nifti(path.name)
-        if stem is None or path.name.startswith("."):
+    paths = [p for p in sorted(root.rglob("*.nii*")) if _strip_nifti(p.name) is not None
+             and not p.name.startswith(".")]
+    for path in paths:
+        if _in_label_folder(path, root):
             continue
+        stem = _strip_nifti(path.name) or ""
         for modality, suffix in _HECKTOR_SUFFIX.items():
             if stem.endswith(suffix):
                 images.setdefault(stem[: -len(suffix)], {})[modality] = str(path)
                 break
-        else:
-            if "__" not in stem and not re.search(r"_\d{4}$", stem):
-                labels[stem] = str(path)
+    labels: dict[str, str] = {}
+    for path in paths:
+        cid = _label_candidate(path, root, images)
+        if cid is None:
+            continue
+        if cid in labels:
+            raise PemmaError(f"case {cid}: two label files, {labels[cid]} and {path}; keep one of them "
+                             f"(labels are read from folders named labels*)")
+        labels[cid] = str(path)
     return [CaseRecord(cid, centre_of(cid), imgs, labels.get(cid)) for cid, imgs in sorted(images.items())]
 
 
@@ -85,11 +136,11 @@ def _discover_nnunet(root: Path) -> list[CaseRecord]:
     if "ct" not in channel_of and "pet" not in channel_of:
         raise PemmaError(f"{meta_path}: channel_names {channels} name neither CT nor PET")
     cases = []
-    for folder in ("imagesTr", "imagesTs"):
+    for folder, label_folder in (("imagesTr", "labelsTr"), ("imagesTs", "labelsTs")):
         for path in sorted((root / folder).glob(f"*_0000{ending}")) if (root / folder).is_dir() else []:
             cid = path.name[: -len(f"_0000{ending}")]
             imgs = {m: str(root / folder / f"{cid}_{ch:04d}{ending}") for m, ch in channel_of.items()}
-            label = root / "labelsTr" / f"{cid}{ending}"
+            label = root / label_folder / f"{cid}{ending}"
             cases.append(CaseRecord(cid, centre_of(cid), imgs, str(label) if label.is_file() else None))
     return cases
 
@@ -108,6 +159,10 @@ def _discover_datalist(path: Path) -> list[CaseRecord]:
                 if k in entry}
         cid = str(entry.get("case_id") or entry.get("id") or Path(imgs.get("ct", imgs.get("pet", ""))).name)
         label = str((path.parent / entry["label"]).resolve()) if entry.get("label") else None
+        if label is not None and label in imgs.values():
+            key = next(k for k, v in imgs.items() if v == label)
+            raise PemmaError(f"{path}: entry {i} ({cid}): label {entry['label']} is the same file as its {key} "
+                             f"image {imgs[key]}; give the label file")
         centre = str(entry.get("centre") or entry.get("center") or centre_of(cid))
         cases.append(CaseRecord(cid, centre, imgs, label))
     return cases
@@ -120,11 +175,13 @@ def discover_cases(root: str | Path) -> list[CaseRecord]:
       relative to the file;
     * a folder with ``dataset.json``: nnU-Net raw (``imagesTr/{case}_0000``, channel names CT / PET);
     * any other folder: HECKTOR 2022, searched recursively (``ID__CT.nii.gz``, ``ID__PT.nii.gz``,
-      ``labelsTr/ID.nii.gz``; IDs like ``CHUM-001`` or ``CHUM_001``);
+      ``labelsTr/ID.nii.gz``; IDs like ``CHUM-001`` or ``CHUM_001``); labels come only from folders named
+      ``labels*`` (``labelsTr``, ``labelsTs``), so e.g. a ``predictions/`` folder inside the dataset is ignored;
     * a single ``*__CT.nii.gz`` file: that case (its ``__PT`` beside it if present).
 
     Raises:
-        PemmaError: the path does not exist or holds no case.
+        PemmaError: the path does not exist or holds no case; two label files for one case; an image file
+            where a label is expected.
     """
     root = Path(root)
     if not root.exists():

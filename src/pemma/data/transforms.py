@@ -143,6 +143,65 @@ class HeadNeckCropd(MapTransform):
         return d
 
 
+def _voxel_box(affine: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """(2, 3) world min / max of the voxel block ``lo..hi`` (inclusive indices), voxel edges included."""
+    corners = np.array(np.meshgrid(*[[a - 0.5, b + 0.5] for a, b in zip(lo, hi, strict=True)],
+                                   indexing="ij")).reshape(3, -1)
+    world = affine[:3, :3] @ corners + affine[:3, 3:4]
+    return np.stack([world.min(axis=1), world.max(axis=1)])
+
+
+def check_label_overlap(path: str, case: str, label: np.ndarray, label_affine: np.ndarray,
+                        ref_shape: Sequence[int], ref_affine: np.ndarray) -> None:
+    """Refuse a label whose grid (or whose tumour voxels) lie outside the CT field of view in physical space.
+
+    Resampled onto the CT grid such a label would silently become empty (no tumour to learn or score).
+
+    Args:
+        path: the label file (named in the error).
+        case: the case ID.
+        label: the label voxels (3-D).
+        label_affine: its voxel-to-world affine.
+        ref_shape: the CT (reference) grid shape.
+        ref_affine: the CT (reference) affine.
+
+    Raises:
+        PemmaError: one line naming the file.
+    """
+    label_affine = np.asarray(label_affine, dtype=np.float64)
+    ref = _voxel_box(np.asarray(ref_affine, dtype=np.float64), np.zeros(3), np.asarray(ref_shape[:3]) - 1)
+    shape = np.asarray(label.shape[:3])
+    boxes = [("grid lies", _voxel_box(label_affine, np.zeros(3), shape - 1))]
+    foreground = np.argwhere(np.asarray(label) > 0)
+    if len(foreground):
+        boxes.append(("tumour voxels lie", _voxel_box(label_affine, foreground.min(axis=0), foreground.max(axis=0))))
+    for what, box in boxes:
+        inter = np.minimum(ref[1], box[1]) - np.maximum(ref[0], box[0])
+        if np.any(inter <= 0):
+            raise PemmaError(f"{path}: the label of case {case} does not overlap the CT: its {what} outside the CT "
+                             f"field of view in physical space (label {np.round(box, 1).tolist()} mm, CT "
+                             f"{np.round(ref, 1).tolist()} mm); the label must be on the CT grid (check its affine "
+                             f"and that it belongs to this case)")
+
+
+class CheckLabelOverlapd(MapTransform):
+    """Refuse a case whose label does not overlap the reference image (see :func:`check_label_overlap`)."""
+
+    def __init__(self, ref_key: str = "ct", key: str = "label") -> None:
+        super().__init__([key], allow_missing_keys=True)
+        self.ref_key = ref_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            if self.ref_key in d:
+                label, ref = d[key], d[self.ref_key]
+                check_label_overlap(str(label.meta.get("filename_or_obj")), str(d.get("case_id", "?")),
+                                    np.asarray(label[0]), np.asarray(label.affine), ref.shape[1:],
+                                    np.asarray(ref.affine))
+        return d
+
+
 def preprocessing(modalities: Sequence[str], cfg: PreprocessConfig, roi_size: Sequence[int],
                   with_label: bool, label_indices: bool = False) -> Compose:
     """Deterministic part of the pipeline (cacheable): load, check, resample, crop, scale, pad, concat.
@@ -160,7 +219,8 @@ def preprocessing(modalities: Sequence[str], cfg: PreprocessConfig, roi_size: Se
     keys = list(modalities) + (["label"] if with_label else [])
     others = [k for k in keys if k != ref]
     modes = ["nearest" if k == "label" else "bilinear" for k in keys]
-    steps: list[Any] = [LoadCased(keys, allow_missing_keys=False), CheckOverlapd("pet", ref_key=ref)]
+    steps: list[Any] = [LoadCased(keys, allow_missing_keys=False), CheckOverlapd("pet", ref_key=ref),
+                        CheckLabelOverlapd(ref_key=ref)]
     if others:
         steps.append(ResampleToMatchd(others, key_dst=ref, mode=["nearest" if k == "label" else "bilinear"
                                                                   for k in others], padding_mode="zeros",

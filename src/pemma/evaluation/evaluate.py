@@ -17,6 +17,7 @@ from nibabel.processing import resample_from_to
 from tqdm.auto import tqdm
 
 from pemma.data.layout import CaseRecord
+from pemma.data.transforms import check_label_overlap
 from pemma.errors import PemmaError
 from pemma.evaluation.metrics import CLASS_NAMES, AggregatedDice, case_counts, case_metrics, summarize
 from pemma.inference.predict import WindowSettings, predict_case
@@ -34,6 +35,8 @@ def label_on_grid(case: CaseRecord, ref: nib.Nifti1Image) -> np.ndarray:
     if bad:
         raise PemmaError(f"{case.label}: label of case {case.case_id} has values {bad[:5]} outside {{0, 1, 2}}")
     if img.shape[:3] != ref.shape[:3] or not np.allclose(img.affine, ref.affine, atol=1e-3):
+        check_label_overlap(str(case.label), case.case_id, data.reshape(data.shape[:3]), img.affine, ref.shape,
+                            ref.affine)
         img = resample_from_to(img, (ref.shape[:3], ref.affine), order=0, mode="constant", cval=0)
         data = np.asanyarray(img.dataobj)
     return np.rint(data).astype(np.uint8).reshape(ref.shape[:3])

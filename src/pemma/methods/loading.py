@@ -38,7 +38,7 @@ def load_model(run_dir: str | Path, device: torch.device | str = "cpu",
     except (ValueError, KeyError, TypeError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise PemmaError(f"{run_dir}: cannot rebuild the {kind.name} model from {CONFIG_FILE} and {MODEL_META} "
-                         f"({reason}); was {CONFIG_FILE} edited?") from None
+                         f"({reason}); were they edited by hand?") from None
     net.to(device).eval()
     return LoadedModel(net=net, config=config, meta=meta, input_sets=kind.input_sets(meta), run_dir=run_dir)
 

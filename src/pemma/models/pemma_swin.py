@@ -12,7 +12,7 @@ from pemma.adapters.blocks import EmbeddingFusion, PetSkipBlock
 from pemma.adapters.config import AdapterConfig, AdapterDefaults
 from pemma.models.pemma_base import PemmaAdaptedModel, first_conv
 from pemma.models.registry import BackboneSpec, register_backbone
-from pemma.vocab import check_modalities
+from pemma.vocab import ROI_MULTIPLES, check_modalities
 
 __all__ = ["PemmaSwinUNETR"]
 
@@ -116,5 +116,5 @@ class PemmaSwinUNETR(PemmaAdaptedModel):
         return net.out(net.decoder1(dec0, enc0))
 
 
-register_backbone(BackboneSpec(name="swin_unetr", net_class=SwinUNETR, roi_multiple=32,
+register_backbone(BackboneSpec(name="swin_unetr", net_class=SwinUNETR, roi_multiple=ROI_MULTIPLES["swin_unetr"],
                                checkpointing_kwarg="use_checkpoint"))

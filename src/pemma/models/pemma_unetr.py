@@ -14,6 +14,7 @@ from pemma.adapters.config import AdapterConfig, AdapterDefaults
 from pemma.models.checkpointed_unetr import CheckpointedUNETR
 from pemma.models.pemma_base import PemmaAdaptedModel, first_conv
 from pemma.models.registry import BackboneSpec, register_backbone
+from pemma.vocab import ROI_MULTIPLES
 
 __all__ = ["PemmaUNETR"]
 
@@ -120,6 +121,6 @@ class PemmaUNETR(PemmaAdaptedModel):
 
 
 register_backbone(BackboneSpec(
-    name="unetr", net_class=UNETR, roi_multiple=16, roi_kwarg="img_size",
+    name="unetr", net_class=UNETR, roi_multiple=ROI_MULTIPLES["unetr"], roi_kwarg="img_size",
     unused_parameters=True,  # MONAI's TransformerBlock always builds a cross-attention norm UNETR never uses
     checkpointed_class=CheckpointedUNETR))

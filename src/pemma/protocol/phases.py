@@ -63,8 +63,8 @@ class SplitSpec:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
                 raise StrategyError(f"split: {name} must be a number in [0, 1), got {value!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise StrategyError(f"split: seed must be an integer, got {self.seed!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise StrategyError(f"split: seed must be an integer >= 0, got {self.seed!r}")
 
 
 @dataclass(frozen=True)

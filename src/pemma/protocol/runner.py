@@ -28,7 +28,7 @@ from pemma.io_utils import write_text_atomic
 from pemma.methods import adapt, load_model, parameter_summary, update
 from pemma.protocol.results import markdown_report, write_case_results, write_results
 from pemma.protocol.split import split_case_ids
-from pemma.protocol.strategy import PlannedPhase, Strategy, load_strategy
+from pemma.protocol.strategy import PlannedPhase, Strategy, StrategyError, load_strategy
 from pemma.training.segmentation import train
 from pemma.vocab import EVAL_INPUT_SETS, METHODS, MODALITY_ORDER, canonical_method, method_choices
 
@@ -161,6 +161,13 @@ def reproduce(strategy_path: str | Path, data_root: str | Path, out_dir: str | P
             raise PemmaError(f"unknown method(s) {unknown}; known: {', '.join(METHODS)}")
         strategy = dataclasses.replace(strategy, methods=tuple(dict.fromkeys(canonical_method(m) for m in methods)))
     used = sorted({c for p in strategy.plan() for c in p.phase.centres} | set(strategy.prognosis_centres))
+    def split_of(ids_by_centre: dict[str, list[str]]) -> dict[str, dict[str, list[str]]]:
+        try:
+            return split_case_ids({c: ids_by_centre[c] for c in used}, strategy.split)
+        except StrategyError as exc:
+            raise StrategyError(f"{strategy.source}: {exc}") from None
+
+    split_of(by_centre)  # split fractions that leave a centre no training case fail before the data check
     cases_by_id = {c.case_id: c for c in all_cases}
     good, checked = preflight([cases_by_id[i] for c in used for i in by_centre[c]], MODALITY_ORDER,
                               exclude_bad_cases, source=str(data_root))
@@ -168,7 +175,7 @@ def reproduce(strategy_path: str | Path, data_root: str | Path, out_dir: str | P
         kept = {c.case_id for c in good}
         by_centre = {c: [i for i in ids if i in kept] for c, ids in by_centre.items()}
         write_text_atomic(out / "excluded_cases.json", json.dumps(checked.to_dict(), indent=2))
-    split = split_case_ids({c: by_centre[c] for c in used}, strategy.split)
+    split = split_of(by_centre)
     data = ProtocolData(str(data_root), {c.case_id: c for c in all_cases}, split)
     write_text_atomic(out / "split.json", json.dumps(split, indent=2))
     write_text_atomic(out / "strategy.json", json.dumps(strategy.to_dict(), indent=2))

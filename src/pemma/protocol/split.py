@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pemma.protocol.phases import StrategyError
+
 if TYPE_CHECKING:
     from pemma.protocol.phases import SplitSpec
 
@@ -25,6 +27,9 @@ def split_case_ids(case_ids_by_centre: Mapping[str, Iterable[str]],
         case_ids_by_centre: ``{centre: case IDs}``.
         split: fractions and seed (the strategy's ``split``).
 
+    Raises:
+        StrategyError: the fractions would leave a centre (of two cases or more) without a training case.
+
     Returns:
         ``{centre: {"train": [...], "val": [...], "test": [...]}}``, each list sorted.
 
@@ -38,10 +43,17 @@ def split_case_ids(case_ids_by_centre: Mapping[str, Iterable[str]],
         ids = sorted(set(case_ids_by_centre[centre]))
         n = len(ids)
         order = [ids[i] for i in np.random.default_rng([split.seed, zlib.crc32(centre.encode())]).permutation(n)]
-        n_test = min(max(int(round(split.test_fraction * n)), int(split.test_fraction > 0 and n >= 2)), max(n - 1, 0))
+        wanted_test = max(int(round(split.test_fraction * n)), int(split.test_fraction > 0 and n >= 2))
+        n_test = min(wanted_test, max(n - 1, 0))
         rest = n - n_test
-        n_val = min(max(int(round(split.val_fraction * rest)), int(split.val_fraction > 0 and rest >= 2)),
-                    max(rest - 1, 0))
+        wanted_val = max(int(round(split.val_fraction * rest)), int(split.val_fraction > 0 and rest >= 2))
+        n_val = min(wanted_val, max(rest - 1, 0))
+        if n >= 2 and (wanted_test >= n or wanted_val >= rest):
+            what = (f"test_fraction {split.test_fraction} holds out {wanted_test}" if wanted_test >= n else
+                    f"test_fraction {split.test_fraction} and val_fraction {split.val_fraction} (a share of the "
+                    f"rest) hold out {n_test} + {wanted_val}")
+            raise StrategyError(f"split: {what} of the {n} cases of centre {centre}, leaving no training case; "
+                                f"lower the fractions")
         out[centre] = {"train": sorted(order[n_test + n_val:]), "val": sorted(order[n_test:n_test + n_val]),
                        "test": sorted(order[:n_test])}
     return out

@@ -50,6 +50,8 @@ from typing import Any
 
 import yaml
 
+from pemma.config import build_config
+from pemma.errors import PemmaError
 from pemma.protocol.phases import (
     DEFAULT_VARIANT,
     OPERATIONS,
@@ -161,13 +163,26 @@ class Strategy:
             where = f"variant {variant!r}"
             if not isinstance(variant, str) or not variant.strip() or "/" in variant:
                 raise StrategyError(f"{where}: name must be a non-empty string without '/'")
+            if overrides is not None and not isinstance(overrides, Mapping):
+                raise StrategyError(f"{where} must map phase names to changed fields ({{}} for none), "
+                                    f"got {overrides!r}")
             check_keys(overrides or {}, list(by_name), f"{where} (phase names)")
             for phase_name, change in (overrides or {}).items():
                 check_keys(change or {}, OVERRIDE_KEYS, f"{where}, phase {phase_name!r}")
             check_order(check_centres(self._expand(variant), known, dataset, f"{where}, "), f"{where}, ")
+        self._check_configs()
         if self.prognosis is not None and self.prognosis.centres:
             centres = canonical_centres(self.prognosis.centres, known, dataset, "prognosis")
             object.__setattr__(self, "prognosis", dataclasses.replace(self.prognosis, centres=centres))
+
+    def _check_configs(self) -> None:
+        """Every backbone must build a valid run config with the preset (e.g. ROI sizes it accepts)."""
+        for backbone in self.backbones:
+            try:
+                build_config(self.preset, overrides={"model": {"backbone": backbone},
+                                                     "train": {"max_steps": self.max_steps}})
+            except PemmaError as exc:
+                raise StrategyError(f"backbone {backbone!r} with preset {self.preset!r}: {exc}") from None
 
     @property
     def prognosis_centres(self) -> tuple[str, ...]:
@@ -301,6 +316,9 @@ def parse_strategy(raw: Any, source: str = "<strategy>", dataset_centres: Iterab
                 raise StrategyError(f"phase {label!r}: missing key {missing[0]!r}")
             phases.append(Phase(entry["name"], entry["operation"], entry["centres"], entry["modalities"],
                                 entry.get("epochs")))
+        for key in ("split", "variants"):
+            if raw.get(key) is not None and not isinstance(raw[key], Mapping):
+                raise StrategyError(f"{key} must be a mapping, got {raw[key]!r}")
         check_keys(raw.get("split") or {}, SPLIT_KEYS, "split")
         split = SplitSpec(**(raw.get("split") or {}))
         prognosis = PrognosisSpec.parse(raw.get("prognosis"))
