@@ -128,6 +128,10 @@ KIND_LATE_FUSION = "late_fusion"
 KIND_SURVIVAL = "survival"
 RUN_KINDS: tuple[str, ...] = (KIND_BACKBONE, KIND_PEMMA, KIND_PEMMA_FULL, KIND_LATE_FUSION, KIND_SURVIVAL)
 
+# ---------------------------------------------------------------------------------------------- prognosis
+#: Survival heads (``pemma.survival.heads``).
+SURVIVAL_HEADS: tuple[str, ...] = ("mtlr", "cox")
+
 # ---------------------------------------------------------------------------------------------- data
 #: Centres of HECKTOR 2022 (training: CHUM, CHUP, CHUS, CHUV, MDA, HGJ, HMR; test: CHB, USZ).
 HECKTOR_CENTRES: tuple[str, ...] = ("CHUM", "CHUP", "CHUS", "CHUV", "MDA", "HGJ", "HMR", "CHB", "USZ")

@@ -7,31 +7,20 @@ The PEMMA models themselves (and their base class) live in :mod:`pemma.models`; 
 
 from __future__ import annotations
 
-from pemma.adapters.artifacts import (
-    CONFIG_NAME,
-    WEIGHTS_NAME,
-    format_load_report,
-    load_adapter,
-    load_base_state,
-    read_adapter_config,
-    save_adapter,
-)
-from pemma.adapters.config import AdapterConfig
-from pemma.adapters.merging import merge_adapters
-from pemma.adapters.state import AdaptedModel, adapter_active, adapters_disabled, unwrap_model
+import importlib
+from typing import Any
 
-__all__ = [
-    "CONFIG_NAME",
-    "WEIGHTS_NAME",
-    "AdaptedModel",
-    "AdapterConfig",
-    "adapter_active",
-    "adapters_disabled",
-    "format_load_report",
-    "load_adapter",
-    "load_base_state",
-    "merge_adapters",
-    "read_adapter_config",
-    "save_adapter",
-    "unwrap_model",
-]
+#: public name -> submodule; loaded on first use (PEP 562) so that ``pemma.adapters.config`` imports no torch
+_EXPORTS = {
+    "CONFIG_NAME": "artifacts", "WEIGHTS_NAME": "artifacts", "format_load_report": "artifacts",
+    "load_adapter": "artifacts", "load_base_state": "artifacts", "read_adapter_config": "artifacts",
+    "save_adapter": "artifacts", "AdapterConfig": "config", "merge_adapters": "merging", "AdaptedModel": "state",
+    "adapter_active": "state", "adapters_disabled": "state", "unwrap_model": "state",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"pemma.adapters.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'pemma.adapters' has no attribute {name!r}")

@@ -48,9 +48,9 @@ def train(data: str | os.PathLike, out: str | os.PathLike, *, centres: Names = N
 
 
 def adapt(base: RunLike, data: str | os.PathLike, out: str | os.PathLike, *, centres: Names = None,
-          add_modality: str = "pet", method: str = "lora", rank: int = 4, alpha: float = 8.0,
-          adapter_dropout: float = 0.0, target_modules: Names = None, train_parts: Names = None,
-          modality_dropout: Sequence[float] = (0.6, 0.2, 0.2), preset: str = "tiny",
+          add_modality: str = "pet", method: str = "lora", rank: int | None = None, alpha: float | None = None,
+          adapter_dropout: float | None = None, target_modules: Names = None, train_parts: Names = None,
+          modality_dropout: Sequence[float] | None = None, preset: str = "tiny",
           config: str | os.PathLike | None = None, resume: bool = False,
           overrides: dict[str, dict[str, Any]] | None = None, **settings: Any) -> Run:
     """Add PET to a CT-only run (PEMMA: PET pathway + LoRA / DoRA adapters), or train a baseline from it.
@@ -65,10 +65,11 @@ def adapt(base: RunLike, data: str | os.PathLike, out: str | os.PathLike, *, cen
         add_modality: modality to add (only ``pet``).
         method: ``pemma_lora`` (``lora``) or ``pemma_dora`` (``dora``); baselines ``early_fusion``,
             ``full_finetune`` (``full``), ``late_fusion`` (any spelling of :data:`pemma.vocab.METHOD_ALIASES`).
-        rank, alpha, adapter_dropout: adapter rank r, scaling alpha and input dropout.
+        rank, alpha, adapter_dropout: adapter rank r, scaling alpha and input dropout. Default: those of
+            :class:`~pemma.adapters.config.AdapterConfig` (4, 8, 0).
         target_modules: module suffixes that get adapters. Default: the backbone's attention.
         train_parts: non-adapter parts that train. Default: per backbone.
-        modality_dropout: probabilities of the input sets (ct+pet, ct, pet).
+        modality_dropout: probabilities of the input sets (ct+pet, ct, pet). Default (0.6, 0.2, 0.2).
         preset, config, resume, overrides, settings: as for :func:`train`.
 
     Returns:
@@ -86,9 +87,11 @@ def adapt(base: RunLike, data: str | os.PathLike, out: str | os.PathLike, *, cen
     try:
         # the PEMMA methods set the adapter type; full fine-tuning builds the PEMMA pathway with LoRA
         adapter_type = PEMMA_METHODS.get(canonical_method(method), "lora")
-        adapter_cfg = AdapterConfig(method=adapter_type, rank=rank, alpha=alpha, dropout=adapter_dropout,
-                                    target_modules=_tuple(target_modules), train_parts=_tuple(train_parts),
-                                    modality_dropout=tuple(modality_dropout))
+        given = {"rank": rank, "alpha": alpha, "dropout": adapter_dropout, "target_modules": _tuple(target_modules),
+                 "train_parts": _tuple(train_parts),
+                 "modality_dropout": None if modality_dropout is None else tuple(modality_dropout)}
+        # AdapterConfig holds the defaults: only what the caller gave is passed
+        adapter_cfg = AdapterConfig(method=adapter_type, **{k: v for k, v in given.items() if v is not None})
     except ValueError as exc:
         raise PemmaError(f"invalid adapter settings: {exc}") from None
     cfg = run_config(preset, config, overrides, data=data, centres=centres, **settings)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from pemma.cli.options import add_training_flags, training_settings
+from pemma.adapters.config import AdapterConfig
+from pemma.cli.options import add_field_flag, add_training_flags, training_settings
 from pemma.vocab import method_choices
 
 
@@ -21,14 +22,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="pemma_lora (alias lora, the default) | pemma_dora (dora): PEMMA; baselines: early_fusion "
                         "(2 channels from the CT model, all trained), full_finetune (full: PEMMA pathway, all "
                         "parameters trained), late_fusion (a PET model, logits weighted with the CT model's)")
-    p.add_argument("--rank", type=int, default=4, help="adapter rank r (default 4)")
-    p.add_argument("--alpha", type=float, default=8.0, help="adapter scaling alpha (default 8)")
-    p.add_argument("--adapter-dropout", type=float, default=0.0, help="dropout on the adapter input")
-    p.add_argument("--target-modules", help="comma-separated module suffixes (default: backbone's attention); "
-                                            "attn.qkv.q,attn.qkv.v: Q and V only (the fused qkv is split)")
-    p.add_argument("--train-parts", help="comma-separated non-adapter parts that train (default: per backbone)")
-    p.add_argument("--modality-dropout", type=float, nargs=3, metavar=("CTPET", "CT", "PET"),
-                   default=(0.6, 0.2, 0.2), help="input-set probabilities (default 0.6 0.2 0.2)")
+    g = p.add_argument_group("adapters (PEMMA; full_finetune builds the same pathway)")
+    for name in ("rank", "alpha", "target_modules", "train_parts"):
+        add_field_flag(g, AdapterConfig, name)
+    add_field_flag(g, AdapterConfig, "dropout", "--adapter-dropout")
+    add_field_flag(g, AdapterConfig, "modality_dropout", metavar=("CTPET", "CT", "PET"))
     p.add_argument("--out", required=True, help="run folder of the adapted model")
     add_training_flags(p)
     p.set_defaults(func=cmd_adapt)
@@ -59,10 +57,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_adapt(args: argparse.Namespace) -> int:
     from pemma.api import adapt
 
+    adapter = {"rank": args.rank, "alpha": args.alpha, "adapter_dropout": args.adapter_dropout,
+               "target_modules": args.target_modules, "train_parts": args.train_parts,
+               "modality_dropout": args.modality_dropout}
     run = adapt(args.base, args.data, args.out, centres=args.centres, add_modality=args.add_modality,
-                method=args.method, rank=args.rank, alpha=args.alpha, adapter_dropout=args.adapter_dropout,
-                target_modules=args.target_modules, train_parts=args.train_parts,
-                modality_dropout=args.modality_dropout, **training_settings(args))
+                method=args.method, **{k: v for k, v in adapter.items() if v is not None}, **training_settings(args))
     summary = run.summary
     extra = f", CT logit weight {summary['weight']}" if "weight" in summary else ""
     print(f"{args.out}: {summary['steps']} steps, best validation mean DSCagg (CT+PET) {summary['best_dsc']:.4f}"

@@ -55,6 +55,11 @@ def add_field_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup, kl
         spec.update(type=_SCALARS[annotation[5:-1]], nargs=count or "+")
         if count == 3:
             spec["metavar"] = ("X", "Y", "Z")
+    elif annotation.startswith("tuple[") and annotation.endswith(", ...]"):  # names, given as "a,b"
+        spec.update(type=str, metavar="NAME[,NAME...]")
+    elif annotation.startswith("tuple["):  # a fixed number of values
+        types = [t.strip() for t in annotation[6:-1].split(",")]
+        spec.update(type=_SCALARS[types[0]], nargs=len(types))
     else:
         spec["type"] = _SCALARS[annotation]
     spec.update(kwargs)

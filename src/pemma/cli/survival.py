@@ -15,6 +15,8 @@ import argparse
 
 from pemma.cli.options import add_device_flags, add_field_flag, add_training_flags, training_settings
 from pemma.config import DataConfig
+from pemma.survival.config import ADAPTER_METHODS, SurvivalConfig
+from pemma.vocab import SURVIVAL_HEADS
 
 
 def _fmt(value: float | None) -> str:
@@ -39,9 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="dataset folder with images and the endpoint CSV")
     p.add_argument("--centres", help="comma-separated centres (default: all)")
     p.add_argument("--modalities", default="ct", help="inputs; must be the segmentation run's (default ct)")
-    p.add_argument("--head", choices=["mtlr", "cox"], default="mtlr", help="survival head (default mtlr)")
-    p.add_argument("--bins", type=int, help="MTLR time bins (default: sqrt of the training relapses)")
-    p.add_argument("--l2", type=float, default=0.1, help="L2 penalty on the head's weights (default 0.1)")
+    add_field_flag(p, SurvivalConfig, "head", choices=SURVIVAL_HEADS)
+    for name in ("bins", "l2"):
+        add_field_flag(p, SurvivalConfig, name)
     p.add_argument("--out", required=True, help="prognosis run folder")
     _table_flags(p, clinical=False)
     add_training_flags(p)
@@ -51,20 +53,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, help="prognosis run folder to extend (left unchanged)")
     p.add_argument("--data", help="dataset folder (default: the one the model was trained on)")
     p.add_argument("--centres", help="comma-separated centres (default: as the model was trained)")
-    p.add_argument("--add-modality", choices=["pet"], help="image modality to add through the PEMMA PET pathway")
-    p.add_argument("--add-ehr", action="store_true", help="add the clinical vector (projected, zero-initialised)")
-    p.add_argument("--method", choices=["lora", "dora"], help="adapters (default: the model's, else lora)")
-    p.add_argument("--rank", type=int, default=4, help="adapter rank for new adapters (default 4)")
-    p.add_argument("--alpha", type=float, default=8.0, help="adapter alpha for new adapters (default 8)")
+    add_field_flag(p, SurvivalConfig, "add_modality", choices=["pet"])
+    add_field_flag(p, SurvivalConfig, "add_ehr")
+    add_field_flag(p, SurvivalConfig, "method", choices=ADAPTER_METHODS)
+    for name in ("rank", "alpha"):
+        add_field_flag(p, SurvivalConfig, name)
     p.add_argument("--numeric-column", action="append", metavar="NAME",
                    help="numeric clinical column (repeat the flag; default Age, Weight)")
     p.add_argument("--categorical-column", action="append", metavar="NAME",
                    help="categorical clinical column, exact CSV name (repeat; default Gender, Tobacco, Alcohol, "
                         "Performance status, HPV status (0=-, 1=+), Surgery, Chemotherapy)")
-    p.add_argument("--l2", type=float, default=0.1,
-                   help="L2 penalty on the head's and clinical projection's weights (default 0.1)")
-    p.add_argument("--encoder-lr-scale", type=float, default=0.1,
-                   help="learning rate of adapters and PET pathway relative to --lr (default 0.1)")
+    for name in ("l2", "encoder_lr_scale"):
+        add_field_flag(p, SurvivalConfig, name)
     p.add_argument("--init-adapters", metavar="RUN",
                    help="start the adapters and PET pathway from this PEMMA segmentation run (`pemma adapt` on the "
                         "same base) when adding PET")

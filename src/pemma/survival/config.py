@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pemma.errors import PemmaError
-from pemma.survival.heads import HEADS
 from pemma.vocab import PEMMA_METHODS
+from pemma.vocab import SURVIVAL_HEADS as HEADS
 
 ADAPTER_METHODS: tuple[str, ...] = tuple(PEMMA_METHODS.values())
 #: learning-rate factor of trainable encoder parts (adapters, PET pathway) relative to the head's

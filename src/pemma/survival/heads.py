@@ -15,8 +15,9 @@ import torch
 from torch import nn
 
 from pemma.survival.losses import cox_neg_partial_log_likelihood, mtlr_neg_log_likelihood, mtlr_targets
+from pemma.vocab import SURVIVAL_HEADS
 
-HEADS = ("mtlr", "cox")
+HEADS = SURVIVAL_HEADS
 
 
 @dataclass(frozen=True)
