@@ -125,4 +125,8 @@ def run_config(preset: str = "tiny", config: str | os.PathLike | None = None,
         if name == "centres":
             value = name_list(value)
         merged[section][name] = list(value) if isinstance(value, tuple) else value
-    return build_config(preset, None if config is None else os.fspath(config), merged)
+    cfg = build_config(preset, None if config is None else os.fspath(config), merged)
+    if cfg.data.root and not os.path.isabs(cfg.data.root):
+        # stored absolute, so a later stage run from another folder finds the data
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=os.path.abspath(cfg.data.root)))
+    return cfg
