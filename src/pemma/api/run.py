@@ -125,8 +125,12 @@ def run_config(preset: str = "tiny", config: str | os.PathLike | None = None,
         if name == "centres":
             value = name_list(value)
         merged[section][name] = list(value) if isinstance(value, tuple) else value
-    cfg = build_config(preset, None if config is None else os.fspath(config), merged)
-    if cfg.data.root and not os.path.isabs(cfg.data.root):
-        # stored absolute, so a later stage run from another folder finds the data
-        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=os.path.abspath(cfg.data.root)))
-    return cfg
+    return build_config(preset, None if config is None else os.fspath(config), merged)
+
+
+def absolute_data(cfg: RunConfig) -> RunConfig:
+    """``cfg`` with ``data.root`` made absolute (what a run stores, so a later stage run from another folder
+    finds the data)."""
+    if not cfg.data.root or os.path.isabs(cfg.data.root):
+        return cfg
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=os.path.abspath(cfg.data.root)))

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pemma.api.run import Run, RunLike, name_list, path_of, run_config
+from pemma.api.run import Run, RunLike, absolute_data, name_list, path_of, run_config
 from pemma.errors import PemmaError
 
 Names = str | Iterable[str] | None
@@ -45,8 +45,8 @@ def train(data: str | os.PathLike, out: str | os.PathLike, *, centres: Names = N
     from pemma.runs import new_run_folder
     from pemma.training.segmentation import train as train_backbone
 
-    cfg = run_config(preset, config, overrides, data=data, centres=centres, modalities=modalities, backbone=backbone,
-                     **settings)
+    cfg = absolute_data(run_config(preset, config, overrides, data=data, centres=centres, modalities=modalities,
+                                   backbone=backbone, **settings))
     with new_run_folder(out, force=force, resume=resume) as folder:
         summary = train_backbone(cfg, os.fspath(folder), resume=resume)
     return Run.open(out, summary)
@@ -97,7 +97,7 @@ def adapt(base: RunLike, data: str | os.PathLike, out: str | os.PathLike, *, cen
                                     modality_dropout=tuple(modality_dropout))
     except ValueError as exc:
         raise PemmaError(f"invalid adapter settings: {exc}") from None
-    cfg = run_config(preset, config, overrides, data=data, centres=centres, **settings)
+    cfg = absolute_data(run_config(preset, config, overrides, data=data, centres=centres, **settings))
     with new_run_folder(out, force=force, resume=resume, reads=[path_of(base)]) as folder:
         summary = adapt_run(path_of(base), cfg, os.fspath(folder), method=method, adapter_cfg=adapter_cfg,
                             resume=resume)
@@ -126,7 +126,7 @@ def update(model: RunLike, data: str | os.PathLike, modalities: Names, out: str 
     from pemma.runs import new_run_folder, run_family
     from pemma.vocab import parse_modalities
 
-    cfg = run_config(preset, config, overrides, data=data, centres=centres, **settings)
+    cfg = absolute_data(run_config(preset, config, overrides, data=data, centres=centres, **settings))
     reads = [*run_family(path_of(model)), path_of(base)]
     with new_run_folder(out, force=force, resume=resume, reads=reads) as folder:
         summary = update_run(path_of(model), cfg, parse_modalities(modalities or []), os.fspath(folder),

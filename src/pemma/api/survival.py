@@ -7,7 +7,7 @@ import os
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from pemma.api.run import Run, RunLike, name_list, path_of, run_config
+from pemma.api.run import Run, RunLike, absolute_data, name_list, path_of, run_config
 from pemma.errors import PemmaError
 
 Names = str | Iterable[str] | None
@@ -59,7 +59,8 @@ def survival_train(base: RunLike, data: str | os.PathLike, out: str | os.PathLik
     loaded = load_model(path_of(base))
     _check_geometry(settings.get("roi"), settings.get("spacing"), loaded.config.model, loaded.config.preprocess,
                     path_of(base))
-    cfg = run_config(preset, config, overrides, data=data, centres=centres, modalities=modalities, **settings)
+    cfg = absolute_data(run_config(preset, config, overrides, data=data, centres=centres, modalities=modalities,
+                                   **settings))
     stage = survival_settings(**_given(head=head, bins=bins, l2=l2))
     with new_run_folder(out, force=force, resume=resume, reads=[path_of(base)]) as folder:
         summary = train_survival(path_of(base), cfg, os.fspath(folder), stage, endpoints=_opt(endpoints),
@@ -125,7 +126,7 @@ def survival_adapt(model: RunLike, out: str | os.PathLike, *, data: str | os.Pat
                                              categorical=tuple(categorical_column or ()))
         except ValueError as exc:
             raise PemmaError(f"invalid clinical columns: {exc}") from None
-    cfg = run_config(preset, config, overrides, data=data, centres=centres, **settings)
+    cfg = absolute_data(run_config(preset, config, overrides, data=data, centres=centres, **settings))
     stage = survival_settings(**_given(add_modality=add_modality, add_ehr=add_ehr, method=method, rank=rank,
                                        alpha=alpha, encoder_lr_scale=encoder_lr_scale, l2=l2,
                                        train_adapters=not freeze_adapters))
