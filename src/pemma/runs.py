@@ -64,12 +64,14 @@ def stamp(meta: dict[str, Any], kind: str) -> dict[str, Any]:
 
 
 def write_meta(run_dir: str | Path, meta: dict[str, Any], name: str = MODEL_META) -> None:
-    """Write a run's metadata JSON atomically; ``meta`` must name its ``kind``."""
+    """Write a run's metadata JSON atomically; ``meta`` must name its ``kind``. The checksum of the run's
+    ``config.yaml`` (if written) is recorded as ``config_sha256``."""
     if "kind" not in meta:
         raise ValueError("run metadata must name its kind")
     config = Path(run_dir) / CONFIG_FILE
+    meta = {k: v for k, v in meta.items() if k != "config_sha256"}  # never a record carried over from another run
     if config.is_file():
-        meta = {**meta, "config_sha256": sha256_file(config)}
+        meta["config_sha256"] = sha256_file(config)
     write_text_atomic(Path(run_dir) / name, json.dumps(meta, indent=2, default=str) + "\n")
 
 
