@@ -154,3 +154,10 @@ def test_edited_config_is_detected(finished: Path, tmp_path: Path) -> None:
     del meta["config_sha256"]
     (run / MODEL_META).write_text(json.dumps(meta))
     assert pemma.Run.open(run).config.train.seed == 1
+
+
+def test_final_path_of_a_forced_run() -> None:
+    from pemma.runs import final_path
+
+    assert final_path(Path("/r/.surv.pemma-new")) == Path("/r/surv")
+    assert final_path(Path("/r/surv")) == Path("/r/surv")

@@ -231,6 +231,15 @@ def remove_stale_parts(folder: str | Path) -> list[Path]:
     return removed
 
 
+def final_path(folder: str | Path) -> Path:
+    """The run folder a forced run's hidden sibling (``.<name>.pemma-new``) becomes; other folders unchanged."""
+    folder = Path(folder)
+    name = folder.name
+    if name.startswith(".") and name.endswith(NEW_SUFFIX):
+        return folder.parent / name[1:-len(NEW_SUFFIX)]
+    return folder
+
+
 def _is_main_process() -> bool:
     """True unless this is a non-zero rank under torchrun (only rank 0 touches the folders)."""
     return os.environ.get("RANK", "0") in ("", "0")
