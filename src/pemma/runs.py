@@ -217,8 +217,8 @@ def check_out_of_reads(out: str | Path, reads: Iterable[str | os.PathLike | None
         source = Path(os.path.abspath(os.fspath(read))).resolve()
         if target == source or source in target.parents:
             where = "is" if target == source else "is inside"
-            raise PemmaError(f"{out}: {where} the run {os.fspath(read)} that this command reads; "
-                             "choose another --out")
+            raise PemmaError(f"{out}: {where} the run {os.fspath(read)} that this command reads; write the new "
+                             "run to another --out, not over or inside it")
 
 
 def remove_stale_parts(folder: str | Path) -> list[Path]:
