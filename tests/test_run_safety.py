@@ -161,3 +161,26 @@ def test_final_path_of_a_forced_run() -> None:
 
     assert final_path(Path("/r/.surv.pemma-new")) == Path("/r/surv")
     assert final_path(Path("/r/surv")) == Path("/r/surv")
+
+
+def test_forced_run_failing_mid_training_keeps_old_run(finished: Path, phantom: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import pemma.training.segmentation as segmentation
+
+    def half_written(cfg, out, resume=False):  # writes part of a run, then fails like a bad case would
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / CONFIG_FILE).write_text("preset: tiny\n")
+        (Path(out) / "model.safetensors").write_bytes(b"partial")
+        raise PemmaError("CHUM-001: cannot read image")
+
+    monkeypatch.setattr(segmentation, "train", half_written)
+    run = copy_run(finished, tmp_path)
+    before = snapshot(run)
+    with pytest.raises(PemmaError, match="CHUM-001"):
+        pemma.train(phantom, run, centres="CHUM", force=True, **TINY)
+    assert snapshot(run) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    new = tmp_path / "new"
+    with pytest.raises(PemmaError, match="CHUM-001"):
+        pemma.train(phantom, new, centres="CHUM", **TINY)
+    assert not new.exists()
