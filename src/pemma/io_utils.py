@@ -17,11 +17,19 @@ from safetensors.torch import load_file, save_file
 from pemma.errors import PemmaError
 
 
+def current_umask() -> int:
+    """The process's file-creation mask (read by setting it and putting it back)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; on success it is renamed onto ``path``.
 
-    A crash or an exception leaves ``path`` untouched (either the old file or nothing).
+    A crash or an exception leaves ``path`` untouched (either the old file or nothing). The file gets the mode a
+    plain ``open()`` would give it (``0666`` less the umask).
     The temporary name keeps the suffix of ``path`` so writers that look at it (``.nii.gz``) work.
 
     Example:
@@ -36,6 +44,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        if tmp.exists():
+            os.chmod(tmp, 0o666 & ~current_umask())  # mkstemp makes 0600; give what a plain open() would
         os.replace(tmp, path)
     finally:
         if tmp.exists():

@@ -6,15 +6,22 @@ metadata JSON (``model.json``; ``survival.json`` for prognosis runs) with
 * ``kind``: what the folder holds (one of :data:`pemma.vocab.RUN_KINDS`);
 * ``versions``: the versions of pemma, torch, MONAI and peft that wrote it;
 * ``sha256``: the checksum of the weights file (``weights_sha256`` in prognosis runs);
-* ``base_run`` / ``base_sha256``: for runs built on a CT base run, its path and the checksum of its weights.
+* ``base_run`` / ``base_sha256``: for runs built on a CT base run, its path and the checksum of its weights;
+* ``config_sha256``: the checksum of ``config.yaml`` (a run whose config was edited afterwards does not load).
 
 Every file is written atomically (temporary file, then rename), and ``checkpoint.pt`` holds the resumable state.
 Runs written before ``versions`` existed load unchanged; a ``model.json`` without ``kind`` is a backbone run.
+A finished run is never overwritten by accident: every training verb opens its output with
+:func:`new_run_folder`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import shutil
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +39,10 @@ STATE_FILE = "checkpoint.pt"
 SURVIVAL_META = "survival.json"
 #: metadata file of each kind of run folder, looked up in this order
 META_FILES = (MODEL_META, SURVIVAL_META)
+#: names of the temporary files of :func:`pemma.io_utils.atomic_path` (left behind only by a killed process)
+PART_GLOB = ".*.part*"
+#: suffixes of the hidden siblings a forced run is written into / the replaced run is moved to while swapping
+NEW_SUFFIX, OLD_SUFFIX = ".pemma-new", ".pemma-old"
 
 
 def package_versions() -> dict[str, str]:
@@ -53,9 +64,14 @@ def stamp(meta: dict[str, Any], kind: str) -> dict[str, Any]:
 
 
 def write_meta(run_dir: str | Path, meta: dict[str, Any], name: str = MODEL_META) -> None:
-    """Write a run's metadata JSON atomically; ``meta`` must name its ``kind``."""
+    """Write a run's metadata JSON atomically; ``meta`` must name its ``kind``. The checksum of the run's
+    ``config.yaml`` (if written) is recorded as ``config_sha256``."""
     if "kind" not in meta:
         raise ValueError("run metadata must name its kind")
+    config = Path(run_dir) / CONFIG_FILE
+    meta = {k: v for k, v in meta.items() if k != "config_sha256"}  # never a record carried over from another run
+    if config.is_file():
+        meta["config_sha256"] = sha256_file(config)
     write_text_atomic(Path(run_dir) / name, json.dumps(meta, indent=2, default=str) + "\n")
 
 
@@ -115,7 +131,26 @@ def read_meta(run_dir: str | Path, name: str = MODEL_META) -> dict[str, Any]:
         raise PemmaError(f"{path}: corrupt model metadata (not a JSON object)")
     if name == SURVIVAL_META:
         meta.setdefault("kind", KIND_SURVIVAL)
+    check_config(run_dir, meta)
     return meta
+
+
+def check_config(run_dir: str | Path, meta: dict[str, Any]) -> None:
+    """Check ``config.yaml`` of ``run_dir`` against the checksum its metadata records (runs written before the
+    record existed pass).
+
+    Raises:
+        PemmaError: the config is missing or was changed after the run was written.
+    """
+    expected = meta.get("config_sha256")
+    if not expected:
+        return
+    config = Path(run_dir) / CONFIG_FILE
+    if not config.is_file():
+        raise PemmaError(f"{config}: not found (the run's metadata records one)")
+    if sha256_file(config) != expected:
+        raise PemmaError(f"{config}: changed after the run was written (checksum does not match its metadata); "
+                         "restore it, or train a new run with the new settings")
 
 
 def load_weights(run_dir: str | Path, verify: bool = True) -> dict[str, torch.Tensor]:
@@ -149,3 +184,159 @@ def _load_failure(exc: BaseException) -> str:
         return "it holds Python objects besides tensors, which pemma never unpickles"
     first = text.splitlines()[0].strip() if text.strip() else ""
     return first or type(exc).__name__
+
+
+
+# ---- opening an output run folder
+
+
+def finished_meta(folder: str | Path) -> Path | None:
+    """The metadata file that makes ``folder`` a finished run (``model.json`` / ``survival.json``), or None."""
+    for name in META_FILES:
+        if (Path(folder) / name).is_file():
+            return Path(folder) / name
+    return None
+
+
+def run_family(run_dir: str | os.PathLike | None) -> list[Path]:
+    """``run_dir`` and the base run its metadata records (what a command reading ``run_dir`` reads)."""
+    if run_dir is None:
+        return []
+    family = [Path(os.fspath(run_dir))]
+    meta_file = finished_meta(family[0])
+    if meta_file is not None:
+        try:
+            base = json.loads(meta_file.read_text()).get("base_run")
+        except ValueError:
+            base = None
+        if base:
+            family.append(Path(str(base)))
+    return family
+
+
+def check_out_of_reads(out: str | Path, reads: Iterable[str | os.PathLike | None]) -> None:
+    """``out`` must be neither one of the runs in ``reads`` nor inside one.
+
+    Raises:
+        PemmaError: naming ``out`` and the run it would overwrite.
+    """
+    target = Path(os.path.abspath(out)).resolve()
+    for read in reads:
+        if read is None:
+            continue
+        source = Path(os.path.abspath(os.fspath(read))).resolve()
+        if target == source or source in target.parents:
+            where = "is" if target == source else "is inside"
+            raise PemmaError(f"{out}: {where} the run {os.fspath(read)} that this command reads; write the new "
+                             "run to another --out, not over or inside it")
+
+
+def remove_stale_parts(folder: str | Path) -> list[Path]:
+    """Delete the hidden ``.*.part*`` files a killed writer left in ``folder`` (and below); return them."""
+    removed = []
+    for part in Path(folder).rglob(PART_GLOB):
+        if part.is_file():
+            part.unlink(missing_ok=True)
+            removed.append(part)
+    return removed
+
+
+def final_path(folder: str | Path) -> Path:
+    """The run folder a forced run's hidden sibling (``.<name>.pemma-new``) becomes; other folders unchanged."""
+    folder = Path(folder)
+    name = folder.name
+    if name.startswith(".") and name.endswith(NEW_SUFFIX):
+        return folder.parent / name[1:-len(NEW_SUFFIX)]
+    return folder
+
+
+def _is_main_process() -> bool:
+    """True unless this is a non-zero rank under torchrun (only rank 0 touches the folders)."""
+    return os.environ.get("RANK", "0") in ("", "0")
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The top-most folder of ``path`` (itself or an ancestor) that does not exist yet, or None."""
+    missing = None
+    for folder in [path, *path.parents]:
+        if folder.exists():
+            break
+        missing = folder
+    return missing
+
+
+@contextlib.contextmanager
+def new_run_folder(out: str | os.PathLike, *, force: bool = False, resume: bool = False,
+                   reads: Iterable[str | os.PathLike | None] = ()) -> Iterator[Path]:
+    """Open ``out`` for a training command and yield the folder to write the run into.
+
+    * ``out`` equal to or inside a run in ``reads`` (the base / model runs the command reads), or an existing
+      file, is an error.
+    * A finished run in ``out`` (``model.json`` / ``survival.json``) is an error unless ``force`` or ``resume``.
+      With ``force`` the new run is written into a hidden sibling (``.<out>.pemma-new``) that replaces ``out``
+      only when the command succeeds: a failed forced run leaves the old run exactly as it was. With
+      ``resume`` the finished run is continued in place, as before.
+    * An unfinished run (or any other existing folder) is written into, as before (``resume`` continues it).
+    * When the command fails, the folders it created for ``out`` are removed again unless they hold a
+      checkpoint (``--resume`` can continue it); a folder that existed before is never removed.
+    * Hidden ``.*.part*`` files a killed process left in ``out`` are deleted first.
+
+    Under torchrun only rank 0 touches the file system; every rank gets the same path.
+
+    Args:
+        out: the run folder the user named.
+        force: replace a finished run in ``out``.
+        resume: continue the run in ``out``.
+        reads: run folders the command reads (``None`` entries are skipped).
+
+    Raises:
+        PemmaError: one line naming ``out`` (and the run it clashes with).
+
+    Example:
+        >>> with new_run_folder("runs/ad", reads=["runs/ct"]) as folder:
+        ...     adapt("runs/ct", cfg, folder)
+    """
+    target = Path(os.fspath(out))
+    check_out_of_reads(target, reads)
+    if target.exists() and not target.is_dir():
+        raise PemmaError(f"{target}: exists and is not a folder; choose another --out")
+    main = _is_main_process()
+    if target.is_dir() and main:
+        remove_stale_parts(target)
+    meta_file = finished_meta(target)
+    if meta_file is not None and not resume:
+        if not force:
+            raise PemmaError(f"{target}: holds a finished run ({meta_file.name}); pass --force to replace it "
+                             "(force=True in the API), or choose another --out")
+        with _replacing(target, main) as fresh:
+            yield fresh
+        return
+    created = _first_missing(target.absolute())
+    try:
+        yield target
+    except Exception:
+        if main and created is not None and created.is_dir() and not (target / STATE_FILE).is_file():
+            shutil.rmtree(created, ignore_errors=True)
+        raise
+
+
+@contextlib.contextmanager
+def _replacing(target: Path, main: bool) -> Iterator[Path]:
+    """Yield a hidden sibling of the finished run ``target``; on success swap it in (renames), else remove it."""
+    fresh = target.parent / f".{target.name}{NEW_SUFFIX}"
+    old = target.parent / f".{target.name}{OLD_SUFFIX}"
+    if main:
+        for stale in (fresh, old):
+            if stale.is_dir():
+                shutil.rmtree(stale)
+        fresh.mkdir()
+    try:
+        yield fresh
+    except BaseException:
+        if main:
+            shutil.rmtree(fresh, ignore_errors=True)
+        raise
+    if main:
+        os.rename(target, old)
+        os.rename(fresh, target)
+        shutil.rmtree(old, ignore_errors=True)

@@ -126,3 +126,11 @@ def run_config(preset: str = "tiny", config: str | os.PathLike | None = None,
             value = name_list(value)
         merged[section][name] = list(value) if isinstance(value, tuple) else value
     return build_config(preset, None if config is None else os.fspath(config), merged)
+
+
+def absolute_data(cfg: RunConfig) -> RunConfig:
+    """``cfg`` with ``data.root`` made absolute (what a run stores, so a later stage run from another folder
+    finds the data)."""
+    if not cfg.data.root or os.path.isabs(cfg.data.root):
+        return cfg
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=os.path.abspath(cfg.data.root)))

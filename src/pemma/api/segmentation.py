@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pemma.api.run import Run, RunLike, name_list, path_of, run_config
+from pemma.api.run import Run, RunLike, absolute_data, name_list, path_of, run_config
 from pemma.errors import PemmaError
 
 Names = str | Iterable[str] | None
@@ -16,7 +16,8 @@ Names = str | Iterable[str] | None
 
 def train(data: str | os.PathLike, out: str | os.PathLike, *, centres: Names = None, modalities: Names = None,
           backbone: str | None = None, preset: str = "tiny", config: str | os.PathLike | None = None,
-          resume: bool = False, overrides: dict[str, dict[str, Any]] | None = None, **settings: Any) -> Run:
+          resume: bool = False, force: bool = False, overrides: dict[str, dict[str, Any]] | None = None,
+          **settings: Any) -> Run:
     """Train a segmentation backbone (CT-only, or CT+PET early fusion) and write the run folder ``out``.
 
     Args:
@@ -28,6 +29,8 @@ def train(data: str | os.PathLike, out: str | os.PathLike, *, centres: Names = N
         preset: size preset, ``tiny`` (CPU, tests) or ``paper``. Default ``tiny``.
         config: YAML with data / preprocess / model / train sections (over the preset).
         resume: continue an interrupted run in ``out``.
+        force: replace a finished run in ``out`` (written beside it, swapped in only on success); without it a
+            finished run in ``out`` is an error.
         overrides: ``{section: {field: value}}`` over ``config``.
         settings: the training flags (``seed``, ``epochs``, ``max_steps``, ``batch_size``, ``lr``, ``val_every``,
             ``checkpoint_every``, ``roi``, ``spacing``, ``val_fraction``, ``cache_dir``, ``device``, ``amp``,
@@ -39,11 +42,13 @@ def train(data: str | os.PathLike, out: str | os.PathLike, *, centres: Names = N
     Example:
         >>> run = pemma.train("data/phantom", "runs/ct", centres=["CHUM"], modalities=["ct"], max_steps=2)
     """
+    from pemma.runs import new_run_folder
     from pemma.training.segmentation import train as train_backbone
 
-    cfg = run_config(preset, config, overrides, data=data, centres=centres, modalities=modalities, backbone=backbone,
-                     **settings)
-    summary = train_backbone(cfg, os.fspath(out), resume=resume)
+    cfg = absolute_data(run_config(preset, config, overrides, data=data, centres=centres, modalities=modalities,
+                                   backbone=backbone, **settings))
+    with new_run_folder(out, force=force, resume=resume) as folder:
+        summary = train_backbone(cfg, os.fspath(folder), resume=resume)
     return Run.open(out, summary)
 
 
@@ -51,7 +56,7 @@ def adapt(base: RunLike, data: str | os.PathLike, out: str | os.PathLike, *, cen
           add_modality: str = "pet", method: str = "lora", rank: int | None = None, alpha: float | None = None,
           adapter_dropout: float | None = None, target_modules: Names = None, train_parts: Names = None,
           modality_dropout: Sequence[float] | None = None, preset: str = "tiny",
-          config: str | os.PathLike | None = None, resume: bool = False,
+          config: str | os.PathLike | None = None, resume: bool = False, force: bool = False,
           overrides: dict[str, dict[str, Any]] | None = None, **settings: Any) -> Run:
     """Add PET to a CT-only run (PEMMA: PET pathway + LoRA / DoRA adapters), or train a baseline from it.
 
@@ -70,7 +75,7 @@ def adapt(base: RunLike, data: str | os.PathLike, out: str | os.PathLike, *, cen
         target_modules: module suffixes that get adapters. Default: the backbone's attention.
         train_parts: non-adapter parts that train. Default: per backbone.
         modality_dropout: probabilities of the input sets (ct+pet, ct, pet). Default (0.6, 0.2, 0.2).
-        preset, config, resume, overrides, settings: as for :func:`train`.
+        preset, config, resume, force, overrides, settings: as for :func:`train`.
 
     Returns:
         The :class:`Run`; ``run.summary`` holds ``steps``, ``best_dsc`` (and ``weight`` for late fusion).
@@ -80,6 +85,7 @@ def adapt(base: RunLike, data: str | os.PathLike, out: str | os.PathLike, *, cen
     """
     from pemma.adapters.config import AdapterConfig
     from pemma.methods import adapt as adapt_run
+    from pemma.runs import new_run_folder
     from pemma.vocab import PEMMA_METHODS, canonical_method
 
     if add_modality != "pet":
@@ -94,14 +100,17 @@ def adapt(base: RunLike, data: str | os.PathLike, out: str | os.PathLike, *, cen
         adapter_cfg = AdapterConfig(method=adapter_type, **{k: v for k, v in given.items() if v is not None})
     except ValueError as exc:
         raise PemmaError(f"invalid adapter settings: {exc}") from None
-    cfg = run_config(preset, config, overrides, data=data, centres=centres, **settings)
-    summary = adapt_run(path_of(base), cfg, os.fspath(out), method=method, adapter_cfg=adapter_cfg, resume=resume)
+    cfg = absolute_data(run_config(preset, config, overrides, data=data, centres=centres, **settings))
+    with new_run_folder(out, force=force, resume=resume, reads=[path_of(base)]) as folder:
+        summary = adapt_run(path_of(base), cfg, os.fspath(folder), method=method, adapter_cfg=adapter_cfg,
+                            resume=resume)
     return Run.open(out, summary)
 
 
 def update(model: RunLike, data: str | os.PathLike, modalities: Names, out: str | os.PathLike, *,
            centres: Names = None, preset: str = "tiny", config: str | os.PathLike | None = None,
-           resume: bool = False, overrides: dict[str, dict[str, Any]] | None = None, **settings: Any) -> Run:
+           resume: bool = False, force: bool = False, base: RunLike | None = None,
+           overrides: dict[str, dict[str, Any]] | None = None, **settings: Any) -> Run:
     """Continue training an adapted (or baseline) run on new centres with the modalities they provide, no replay.
 
     Args:
@@ -110,16 +119,21 @@ def update(model: RunLike, data: str | os.PathLike, modalities: Names, out: str 
         modalities: ``ct``, ``pet`` or ``ct,pet``: what the new centres provide.
         out: run folder of the updated model.
         centres: centres to update on. Default all.
-        preset, config, resume, overrides, settings: as for :func:`train`.
+        preset, config, resume, force, overrides, settings: as for :func:`train`.
+        base: the CT base run of ``model``, if it moved since adaptation.
 
     Example:
         >>> up = pemma.update(ad, data="data/phantom", centres=["HGJ"], modalities="pet", out="runs/up")
     """
     from pemma.methods import update as update_run
+    from pemma.runs import new_run_folder, run_family
     from pemma.vocab import parse_modalities
 
-    cfg = run_config(preset, config, overrides, data=data, centres=centres, **settings)
-    summary = update_run(path_of(model), cfg, parse_modalities(modalities or []), os.fspath(out), resume=resume)
+    cfg = absolute_data(run_config(preset, config, overrides, data=data, centres=centres, **settings))
+    reads = [*run_family(path_of(model)), path_of(base)]
+    with new_run_folder(out, force=force, resume=resume, reads=reads) as folder:
+        summary = update_run(path_of(model), cfg, parse_modalities(modalities or []), os.fspath(folder),
+                             resume=resume, base_run=path_of(base))
     return Run.open(out, summary)
 
 
@@ -264,27 +278,30 @@ def _split_cases(cases: list, meta: dict[str, Any], split: str, source: str | No
     return chosen
 
 
-def params(model: RunLike) -> dict[str, Any]:
+def params(model: RunLike, *, base: RunLike | None = None) -> dict[str, Any]:
     """Trainable / total parameters of a run, and their share of early fusion of the same backbone and size.
 
     Args:
         model: run folder (or :class:`Run`).
+        base: the CT base run of an adapted model, if it moved since adaptation.
 
     Example:
         >>> pemma.params(ad)["percent_of_early_fusion"]
     """
     from pemma.methods import parameter_summary
 
-    return parameter_summary(Path(path_of(model)))
+    return parameter_summary(Path(path_of(model)), base_run=path_of(base))
 
 
-def export(model: RunLike, out: str | os.PathLike, *, merge: bool = True) -> dict[str, Any]:
+def export(model: RunLike, out: str | os.PathLike, *, merge: bool = True,
+           base: RunLike | None = None) -> dict[str, Any]:
     """Write a standalone TorchScript model with the adapters merged into the weights (CT+PET input).
 
     Args:
         model: adapted run folder (or :class:`Run`).
         out: output file (``.pt``).
         merge: merge the adapters (the only export there is; ``False`` is an error).
+        base: the CT base run, if it moved since adaptation.
 
     Returns:
         ``{"backbone", "max_abs_diff" (merged vs unmerged on a test input), "bytes", ...}``.
@@ -296,7 +313,7 @@ def export(model: RunLike, out: str | os.PathLike, *, merge: bool = True) -> dic
 
     if not merge:
         raise PemmaError("export needs --merge (an unmerged adapted model is its run folder)")
-    return export_merged(Path(path_of(model)), Path(os.fspath(out)))
+    return export_merged(Path(path_of(model)), Path(os.fspath(out)), base_run=path_of(base))
 
 
 def synth(out: str | os.PathLike, *, cases_per_centre: int | None = None, centres: Names = None,

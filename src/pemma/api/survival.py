@@ -7,7 +7,7 @@ import os
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from pemma.api.run import Run, RunLike, name_list, path_of, run_config
+from pemma.api.run import Run, RunLike, absolute_data, name_list, path_of, run_config
 from pemma.errors import PemmaError
 
 Names = str | Iterable[str] | None
@@ -27,7 +27,7 @@ def _check_geometry(roi: Sequence[int] | None, spacing: Sequence[float] | None, 
 def survival_train(base: RunLike, data: str | os.PathLike, out: str | os.PathLike, *, centres: Names = None,
                    modalities: Names = "ct", head: str | None = None, bins: int | None = None, l2: float | None = None,
                    endpoints: str | os.PathLike | None = None, preset: str = "tiny",
-                   config: str | os.PathLike | None = None, resume: bool = False,
+                   config: str | os.PathLike | None = None, resume: bool = False, force: bool = False,
                    overrides: dict[str, dict[str, Any]] | None = None, **settings: Any) -> Run:
     """Train a survival head on the frozen encoder of a segmentation run (stage ``ct``).
 
@@ -42,6 +42,7 @@ def survival_train(base: RunLike, data: str | os.PathLike, out: str | os.PathLik
         endpoints: endpoint CSV. Default: ``hecktor2022_endpoint_training.csv`` under ``data``.
         preset, config, overrides, settings: as for :func:`pemma.train` (``roi`` / ``spacing``, if given, must
             be the segmentation run's). resume: continue an interrupted stage in ``out``.
+        force: replace a finished run in ``out`` (swapped in only on success).
 
     Returns:
         The :class:`Run` (kind ``survival``); ``run.summary`` holds the stage, parameters and C-indices.
@@ -50,15 +51,20 @@ def survival_train(base: RunLike, data: str | os.PathLike, out: str | os.PathLik
         >>> surv = pemma.survival_train(run, data="data/phantom", head="mtlr", out="runs/surv_ct")
     """
     from pemma.methods import load_model
+    from pemma.runs import check_out_of_reads, new_run_folder
     from pemma.survival.config import survival_settings
     from pemma.survival.training import train_survival
 
+    check_out_of_reads(out, [path_of(base)])  # before reading anything
     loaded = load_model(path_of(base))
     _check_geometry(settings.get("roi"), settings.get("spacing"), loaded.config.model, loaded.config.preprocess,
                     path_of(base))
-    cfg = run_config(preset, config, overrides, data=data, centres=centres, modalities=modalities, **settings)
+    cfg = absolute_data(run_config(preset, config, overrides, data=data, centres=centres, modalities=modalities,
+                                   **settings))
     stage = survival_settings(**_given(head=head, bins=bins, l2=l2))
-    summary = train_survival(path_of(base), cfg, os.fspath(out), stage, endpoints=_opt(endpoints), resume=resume)
+    with new_run_folder(out, force=force, resume=resume, reads=[path_of(base)]) as folder:
+        summary = train_survival(path_of(base), cfg, os.fspath(folder), stage, endpoints=_opt(endpoints),
+                                 resume=resume)
     return Run.open(out, summary)
 
 
@@ -70,7 +76,7 @@ def survival_adapt(model: RunLike, out: str | os.PathLike, *, data: str | os.Pat
                    freeze_adapters: bool = False, base: RunLike | None = None,
                    endpoints: str | os.PathLike | None = None, clinical: str | os.PathLike | None = None,
                    preset: str = "tiny", config: str | os.PathLike | None = None, resume: bool = False,
-                   overrides: dict[str, dict[str, Any]] | None = None, **settings: Any) -> Run:
+                   force: bool = False, overrides: dict[str, dict[str, Any]] | None = None, **settings: Any) -> Run:
     """Add PET (PEMMA pathway + LoRA / DoRA) and/or clinical data to a prognosis model; ``model`` is unchanged.
 
     Args:
@@ -90,12 +96,13 @@ def survival_adapt(model: RunLike, out: str | os.PathLike, *, data: str | os.Pat
         base: the segmentation base run, if it moved since training.
         endpoints, clinical: CSV paths. Default: found under ``data``.
         preset, config, overrides, settings: as for :func:`pemma.train`.
-        resume: continue an interrupted stage in ``out``.
+        resume: continue an interrupted stage in ``out``. force: replace a finished run in ``out``.
 
     Example:
         >>> pemma.survival_adapt(surv, add_modality="pet", method="lora", out="runs/surv_ctpet")
     """
     from pemma.config import RunConfig
+    from pemma.runs import check_out_of_reads, new_run_folder, run_family
     from pemma.survival.clinical import ClinicalConfig
     from pemma.survival.config import survival_settings
     from pemma.survival.runs import read_meta
@@ -104,6 +111,8 @@ def survival_adapt(model: RunLike, out: str | os.PathLike, *, data: str | os.Pat
     if encoder_lr_scale is not None and not encoder_lr_scale > 0:
         raise PemmaError(f"--encoder-lr-scale must be > 0, got {encoder_lr_scale}")
     previous = path_of(model)
+    reads = [*run_family(previous), path_of(base), *run_family(path_of(init_adapters))]
+    check_out_of_reads(out, reads)
     read_meta(previous)
     prev_cfg = RunConfig.load(f"{previous}/config.yaml")
     _check_geometry(settings.get("roi"), settings.get("spacing"), prev_cfg.model, prev_cfg.preprocess, previous)
@@ -117,13 +126,14 @@ def survival_adapt(model: RunLike, out: str | os.PathLike, *, data: str | os.Pat
                                              categorical=tuple(categorical_column or ()))
         except ValueError as exc:
             raise PemmaError(f"invalid clinical columns: {exc}") from None
-    cfg = run_config(preset, config, overrides, data=data, centres=centres, **settings)
+    cfg = absolute_data(run_config(preset, config, overrides, data=data, centres=centres, **settings))
     stage = survival_settings(**_given(add_modality=add_modality, add_ehr=add_ehr, method=method, rank=rank,
                                        alpha=alpha, encoder_lr_scale=encoder_lr_scale, l2=l2,
                                        train_adapters=not freeze_adapters))
-    summary = adapt_survival(previous, cfg, os.fspath(out), stage, clinical_config=clinical_config,
-                             endpoints=_opt(endpoints), clinical=_opt(clinical), base_run=path_of(base),
-                             init_adapters=path_of(init_adapters), resume=resume)
+    with new_run_folder(out, force=force, resume=resume, reads=reads) as folder:
+        summary = adapt_survival(previous, cfg, os.fspath(folder), stage, clinical_config=clinical_config,
+                                 endpoints=_opt(endpoints), clinical=_opt(clinical), base_run=path_of(base),
+                                 init_adapters=path_of(init_adapters), resume=resume)
     return Run.open(out, summary)
 
 

@@ -39,18 +39,21 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--centres", help="comma-separated centres (default: all)")
     p.add_argument("--modalities", required=True, help="ct, pet or ct,pet: what the new centre provides")
     p.add_argument("--out", required=True, help="run folder of the updated model")
+    p.add_argument("--base", help="CT base run of the model, if it moved since adaptation")
     add_training_flags(p)
     p.set_defaults(func=cmd_update)
 
     p = sub.add_parser("params", help="trainable / total parameters, and %% of early fusion")
     p.add_argument("model", help="run folder")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--base", help="CT base run of an adapted model, if it moved since adaptation")
     p.set_defaults(func=cmd_params)
 
     p = sub.add_parser("export", help="write a standalone (merged) model")
     p.add_argument("--model", required=True, help="adapted run folder")
     p.add_argument("--merge", action="store_true", help="merge adapters into the weights (required)")
     p.add_argument("--out", required=True, help="output file (.pt, TorchScript)")
+    p.add_argument("--base", help="CT base run of the adapted model, if it moved since adaptation")
     p.set_defaults(func=cmd_export)
 
 
@@ -72,7 +75,8 @@ def cmd_adapt(args: argparse.Namespace) -> int:
 def cmd_update(args: argparse.Namespace) -> int:
     from pemma.api import update
 
-    run = update(args.model, args.data, args.modalities, args.out, centres=args.centres, **training_settings(args))
+    run = update(args.model, args.data, args.modalities, args.out, centres=args.centres, base=args.base,
+                 **training_settings(args))
     print(f"{args.out}: {run.summary['steps']} steps, best validation mean DSCagg ({args.modalities}) "
           f"{run.summary['best_dsc']:.4f}")
     return 0
@@ -81,7 +85,7 @@ def cmd_update(args: argparse.Namespace) -> int:
 def cmd_params(args: argparse.Namespace) -> int:
     from pemma.api import params
 
-    summary = params(args.model)
+    summary = params(args.model, base=args.base)
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
@@ -93,7 +97,7 @@ def cmd_params(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from pemma.api import export
 
-    info = export(args.model, args.out, merge=args.merge)
+    info = export(args.model, args.out, merge=args.merge, base=args.base)
     print(f"wrote {args.out}: merged {info['backbone']} for ct+pet input, max |merged - unmerged| = "
           f"{info['max_abs_diff']:.2e} on a test input ({info['bytes'] / 1e6:.1f} MB)")
     return 0

@@ -80,6 +80,8 @@ def add_training_flags(parser: argparse.ArgumentParser) -> None:
     add_field_flag(g, DataConfig, "cache_dir")
     add_field_flag(g, DataConfig, "exclude_bad_cases")
     g.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
+    g.add_argument("--force", action="store_true",
+                   help="replace a finished run in --out (the new run is swapped in only when it succeeds)")
     add_device_flags(parser)
     add_field_flag(parser, ModelConfig, "gradient_checkpointing")
 
@@ -100,7 +102,7 @@ def add_window_flags(parser: argparse.ArgumentParser) -> None:
 def training_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The keyword arguments of :func:`add_training_flags` for a training function of :mod:`pemma.api`."""
     names = ("preset", "config", "seed", "epochs", "max_steps", "batch_size", "lr", "val_every", "checkpoint_every",
-             "roi", "spacing", "val_fraction", "cache_dir", "exclude_bad_cases", "resume", "device", "amp",
+             "roi", "spacing", "val_fraction", "cache_dir", "exclude_bad_cases", "resume", "force", "device", "amp",
              "gradient_checkpointing")
     return {name: getattr(args, name) for name in names}
 

@@ -16,9 +16,10 @@ from pemma.methods.registry import get_kind
 from pemma.vocab import ALL_INPUT_SETS, KIND_PEMMA
 
 
-def parameter_summary(run_dir: Path) -> dict[str, Any]:
-    """Trainable / total parameters of a run and their share of the early-fusion model of the same size."""
-    loaded = load_model(run_dir)
+def parameter_summary(run_dir: Path, base_run: str | Path | None = None) -> dict[str, Any]:
+    """Trainable / total parameters of a run and their share of the early-fusion model of the same size
+    (``base_run``: its CT base run if it moved)."""
+    loaded = load_model(run_dir, base_run=base_run)
     cfg = loaded.config
     out: dict[str, Any] = {"run": str(run_dir), "kind": loaded.kind, "backbone": cfg.model.backbone,
                            "preset": cfg.preset}
@@ -40,13 +41,14 @@ class _FixedInputs(nn.Module):
 
 
 @torch.no_grad()
-def export_merged(run_dir: Path, out_path: Path, tolerance: float = 1e-4) -> dict[str, Any]:
+def export_merged(run_dir: Path, out_path: Path, tolerance: float = 1e-4,
+                  base_run: str | Path | None = None) -> dict[str, Any]:
     """Merge the adapters of an adapted run and write a standalone TorchScript model for CT+PET input.
 
     The merged model is checked against the unmerged one on a seeded random input of the training window
     size; a difference above ``tolerance`` is an error and nothing is written.
     """
-    loaded = load_model(run_dir)
+    loaded = load_model(run_dir, base_run=base_run)
     if loaded.kind != KIND_PEMMA:
         raise PemmaError(f"{run_dir}: only adapted (pemma adapt) runs have adapters to merge")
     modalities = ALL_INPUT_SETS[0]

@@ -61,8 +61,12 @@ def update_task(loaded: LoadedModel, model_run: Path, modalities: tuple[str, ...
 
 
 def update(model_run: str | Path, cfg: RunConfig, modalities: list[str], out_dir: str | Path,
-           resume: bool = False, progress: bool = True, split: CaseSplit | None = None) -> dict[str, Any]:
+           resume: bool = False, progress: bool = True, split: CaseSplit | None = None,
+           base_run: str | Path | None = None) -> dict[str, Any]:
     """Continue training the run ``model_run`` on ``cfg.data`` with ``modalities`` into ``out_dir``.
+
+    ``base_run`` names the CT base of ``model_run`` if it moved (its weights must still match); the updated run
+    records it.
 
     Example:
         >>> cfg = build_config("tiny", overrides={"data": {"root": "data/phantom", "centres": ["HGJ"]}})
@@ -71,7 +75,9 @@ def update(model_run: str | Path, cfg: RunConfig, modalities: list[str], out_dir
     model_run = Path(model_run)
     if Path(out_dir).resolve() == model_run.resolve():
         raise PemmaError(f"{out_dir}: write the update to a new run folder, not over {model_run}")
-    loaded = load_model(model_run)
+    loaded = load_model(model_run, base_run=base_run)
+    if base_run is not None and "base_run" in loaded.meta:
+        loaded.meta["base_run"] = str(Path(base_run).resolve())
     mods = tuple(modalities)
     loaded.check_inputs(list(mods), str(model_run))
     kind = get_kind(loaded.kind, str(model_run))

@@ -42,7 +42,7 @@ from pemma.data.transforms import describe
 from pemma.errors import PemmaError
 from pemma.io_utils import sha256_file
 from pemma.models.pemma_base import PEMMA_MODELS
-from pemma.runs import MODEL_FILE
+from pemma.runs import MODEL_FILE, final_path
 from pemma.runtime import DistInfo, barrier, run_logger
 from pemma.survival.clinical import ClinicalConfig, ClinicalEncoder
 from pemma.survival.config import ENCODER_LR_SCALE, L2_DEFAULT, SurvivalConfig, survival_settings
@@ -197,7 +197,7 @@ def _finish(model: PrognosisModel, cfg: RunConfig, train: Split, val: Split | No
     val_risk = None if val is None else risks_of(model, val, bs, device)
     train_c, val_c = c_index_or_none(train, train_risk), c_index_or_none(val, val_risk)
     stage = stage_name(meta["modalities"], meta["ehr"])
-    row = {"stage": stage, "run": str(out_dir.resolve()), "trainable": params["trainable"],
+    row = {"stage": stage, "run": str(final_path(out_dir).resolve()), "trainable": params["trainable"],
            "total": params["total"], "train_c_index": train_c, "val_c_index": val_c, "steps": fitted["steps"]}
     meta.update({"stage": stage, "risk_threshold": float(np.median(train_risk)), "train_c_index": train_c,
                  "val_c_index": val_c, "train_cases": train.case_ids,

@@ -1,0 +1,186 @@
+"""A run folder is never overwritten by accident; files follow the umask; data paths are stored absolute."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import stat
+from pathlib import Path
+
+import pytest
+
+import pemma
+from pemma.cli.main import main
+from pemma.errors import PemmaError
+from pemma.io_utils import save_tensors, write_text_atomic
+from pemma.runs import CONFIG_FILE, MODEL_META, new_run_folder, run_family
+
+SMALL = {"spacing": [4, 4, 4], "roi": [32, 32, 32], "batch_size": 1, "val_every": 1, "max_steps": 1}
+TINY = {**SMALL, "modalities": "ct"}
+
+
+@contextlib.contextmanager
+def umask(mask: int):
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+@pytest.fixture(scope="module")
+def finished(phantom: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 1-step CT run trained from another folder with a relative data path, under umask 022."""
+    root = tmp_path_factory.mktemp("safety")
+    cwd = os.getcwd()
+    os.chdir(phantom.parent)
+    try:
+        with umask(0o022):
+            pemma.train(phantom.name, root / "ct", centres="CHUM", **TINY)
+    finally:
+        os.chdir(cwd)
+    return root / "ct"
+
+
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def copy_run(run: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "run"
+    shutil.copytree(run, target)
+    return target
+
+
+def test_finished_run_is_refused(finished: Path, phantom: Path, tmp_path: Path) -> None:
+    run = copy_run(finished, tmp_path)
+    before = snapshot(run)
+    with pytest.raises(PemmaError, match=r"finished run.*--force"):
+        pemma.train(phantom, run, centres="CHUM", **TINY)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = main(["train", "--data", str(phantom), "--centres", "CHUM", "--out", str(run), "--max-steps", "1"])
+    assert code == 2
+    assert str(run) in err.getvalue() and "--force" in err.getvalue()
+    assert len(err.getvalue().strip().splitlines()) == 1
+    assert snapshot(run) == before
+
+
+def test_failed_forced_run_keeps_old_run_byte_identical(finished: Path, phantom: Path, tmp_path: Path) -> None:
+    run = copy_run(finished, tmp_path)
+    before = snapshot(run)
+    stale = run / ".model.abc123.part.json"  # what a kill -9 during an atomic write leaves
+    stale.write_text("{")
+    with pytest.raises(PemmaError):
+        pemma.train(phantom, run, centres="NOPE", force=True, **TINY)  # fails after the folder was opened
+    assert not stale.exists()
+    assert snapshot(run) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no hidden sibling left
+
+
+def test_forced_run_replaces_only_on_success(finished: Path, phantom: Path, tmp_path: Path) -> None:
+    run = copy_run(finished, tmp_path)
+    old_meta = json.loads((run / MODEL_META).read_text())
+    with umask(0o022):
+        new = pemma.train(phantom, run, centres="CHUM", force=True, **{**TINY, "seed": 7})
+    assert new.config.train.seed == 7
+    assert json.loads((run / MODEL_META).read_text())["sha256"] != old_meta["sha256"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    assert stat.S_IMODE(run.stat().st_mode) == 0o755
+
+
+def test_out_inside_a_run_that_is_read_is_refused(finished: Path, phantom: Path, tmp_path: Path) -> None:
+    with pytest.raises(PemmaError, match=r"is inside the run"):
+        pemma.adapt(finished, phantom, finished / "adapted", centres="MDA", **SMALL)
+    assert not (finished / "adapted").exists()
+    # update --out <the base of the model>: the base is read from the model's metadata
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / MODEL_META).write_text(json.dumps({"kind": "pemma", "base_run": str(finished)}))
+    assert run_family(model) == [model, finished]
+    with pytest.raises(PemmaError, match=rf"{finished}.*is the run"):
+        pemma.update(model, phantom, "pet", finished, centres="MDA", force=True, **SMALL)
+
+
+def test_failed_new_run_leaves_nothing(phantom: Path, tmp_path: Path) -> None:
+    with pytest.raises(PemmaError):
+        pemma.train(phantom, tmp_path / "a" / "b", centres="NOPE", **TINY)
+    assert not (tmp_path / "a").exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    with pytest.raises(PemmaError):
+        pemma.train(phantom, kept, centres="NOPE", **TINY)
+    assert kept.is_dir()  # a folder it did not create is never removed
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(PemmaError, match="not a folder"):
+        with new_run_folder(tmp_path / "file"):
+            pass
+
+
+def test_files_follow_the_umask(finished: Path, tmp_path: Path) -> None:
+    import torch
+
+    for name in (MODEL_META, CONFIG_FILE, "model.safetensors"):
+        assert stat.S_IMODE((finished / name).stat().st_mode) == 0o644, name
+    with umask(0o022):
+        write_text_atomic(tmp_path / "a.txt", "x")
+        save_tensors({"w": torch.zeros(2)}, tmp_path / "w.safetensors")
+    with umask(0o077):
+        write_text_atomic(tmp_path / "private.txt", "x")
+    assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "w.safetensors").stat().st_mode) == 0o644
+    assert stat.S_IMODE((tmp_path / "private.txt").stat().st_mode) == 0o600
+
+
+def test_relative_data_path_is_stored_absolute(finished: Path, phantom: Path) -> None:
+    root = pemma.Run.open(finished).config.data.root
+    assert Path(root).is_absolute() and Path(root).resolve() == phantom.resolve()
+
+
+def test_edited_config_is_detected(finished: Path, tmp_path: Path) -> None:
+    run = copy_run(finished, tmp_path)
+    meta = json.loads((run / MODEL_META).read_text())
+    assert len(meta["config_sha256"]) == 64
+    config = run / CONFIG_FILE
+    config.write_text(config.read_text().replace("seed: 0", "seed: 1"))
+    with pytest.raises(PemmaError, match=r"config.yaml: changed after the run was written"):
+        pemma.Run.open(run)
+    with pytest.raises(PemmaError, match=r"changed after"):
+        pemma.predict(run, tmp_path, tmp_path / "pred")
+    # runs written before the record existed still load
+    del meta["config_sha256"]
+    (run / MODEL_META).write_text(json.dumps(meta))
+    assert pemma.Run.open(run).config.train.seed == 1
+
+
+def test_final_path_of_a_forced_run() -> None:
+    from pemma.runs import final_path
+
+    assert final_path(Path("/r/.surv.pemma-new")) == Path("/r/surv")
+    assert final_path(Path("/r/surv")) == Path("/r/surv")
+
+
+def test_forced_run_failing_mid_training_keeps_old_run(finished: Path, phantom: Path, tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import pemma.training.segmentation as segmentation
+
+    def half_written(cfg, out, resume=False):  # writes part of a run, then fails like a bad case would
+        Path(out).mkdir(parents=True, exist_ok=True)
+        (Path(out) / CONFIG_FILE).write_text("preset: tiny\n")
+        (Path(out) / "model.safetensors").write_bytes(b"partial")
+        raise PemmaError("CHUM-001: cannot read image")
+
+    monkeypatch.setattr(segmentation, "train", half_written)
+    run = copy_run(finished, tmp_path)
+    before = snapshot(run)
+    with pytest.raises(PemmaError, match="CHUM-001"):
+        pemma.train(phantom, run, centres="CHUM", force=True, **TINY)
+    assert snapshot(run) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+    new = tmp_path / "new"
+    with pytest.raises(PemmaError, match="CHUM-001"):
+        pemma.train(phantom, new, centres="CHUM", **TINY)
+    assert not new.exists()
