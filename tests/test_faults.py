@@ -19,7 +19,7 @@ from torch import nn
 
 from pemma.cli import main as cli_main
 from pemma.errors import PemmaError
-from pemma.io_utils import load_nifti
+from pemma.io_utils import load_nifti, sha256_file
 from pemma.methods import load_model
 from pemma.runs import CONFIG_FILE
 from pemma.runtime import resolve_device
@@ -68,11 +68,21 @@ def test_config_edited_to_another_backbone_is_one_line(tmp_path: Path) -> None:
     cfg["model"]["backbone"] = "swin_unetr"
     cfg["model"]["roi_size"] = [48, 48, 48]  # a UNETR window, not a Swin one
     (run / CONFIG_FILE).write_text(yaml.safe_dump(cfg))
+    with pytest.raises(PemmaError, match=r"ct/config.yaml: changed after the run was written"):
+        load_model(run)
+
+    def record_checksum() -> None:  # as if the edit were deliberate: the run's record follows it
+        meta = json.loads((run / "model.json").read_text())
+        meta["config_sha256"] = sha256_file(run / CONFIG_FILE)
+        (run / "model.json").write_text(json.dumps(meta))
+
+    record_checksum()
     with pytest.raises(PemmaError, match=r"ct/config.yaml: invalid config \(model.roi_size \[48, 48, 48\] does not "
                                          r"fit swin_unetr"):
         load_model(run)
     cfg["model"]["roi_size"] = [64, 64, 64]
     (run / CONFIG_FILE).write_text(yaml.safe_dump(cfg))
+    record_checksum()
     with pytest.raises(PemmaError, match=r"ct: weights do not fit the configured network"):
         load_model(run)
 
@@ -119,3 +129,39 @@ def test_a_bug_is_one_line_and_a_log_file(monkeypatch: pytest.MonkeyPatch, tmp_p
     monkeypatch.setenv("PEMMA_DEBUG", "1")
     with pytest.raises(KeyError):
         _main(["synth", "somewhere"])
+
+
+def test_resume_with_other_settings_is_refused(tmp_path: Path) -> None:
+    from pemma.config import build_config
+    from pemma.training.loop import check_resume_settings
+
+    run = tmp_path / "run"
+    run.mkdir()
+    build_config("tiny", overrides={"train": {"lr": 0.002, "seed": 0}}).save(run / CONFIG_FILE)
+    same = build_config("tiny", overrides={"train": {"lr": 0.002, "seed": 0, "device": "cpu"}})
+    check_resume_settings(run, same)  # no checkpoint yet: nothing to compare
+    (run / "checkpoint.pt").write_bytes(b"state")
+    check_resume_settings(run, same)  # the device may change between the two halves
+    other = build_config("tiny", overrides={"train": {"lr": 0.001, "seed": 3}})
+    with pytest.raises(PemmaError, match=r"run: --resume with other settings than its checkpoint's "
+                                         r"\(train.seed 0 -> 3; train.lr 0.002 -> 0.001\)"):
+        check_resume_settings(run, other)
+
+
+def test_predict_writes_the_good_cases_and_names_the_bad_ones(phantom: Path, tmp_path: Path) -> None:
+    import shutil
+
+    run = _backbone_run(tmp_path / "ct")
+    data = tmp_path / "data"
+    (data / "imagesTr").mkdir(parents=True)
+    for case in ("MDA-000", "MDA-001"):
+        shutil.copy(phantom / "imagesTr" / f"{case}__CT.nii.gz", data / "imagesTr")
+    (data / "imagesTr" / "MDA-000__CT.nii.gz").write_bytes(b"not a nifti")
+    code, err = _main(["predict", "--model", str(run), "--input", str(data / "imagesTr"), "--out",
+                       str(tmp_path / "preds"), "--device", "cpu"])
+    lines = err.strip().splitlines()
+    assert code == 2 and (tmp_path / "preds" / "MDA-001.nii.gz").is_file()
+    assert not (tmp_path / "preds" / "MDA-000.nii.gz").exists()
+    assert any(line.startswith("pemma predict: warning: ") and "MDA-000__CT.nii.gz" in line for line in lines)
+    assert lines[-1].startswith("pemma predict: error: ") and "wrote 1 of 2 label maps; 1 case(s) failed: MDA-000" \
+        in lines[-1]

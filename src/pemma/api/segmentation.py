@@ -180,6 +180,10 @@ def predict(model: RunLike, inputs: str | os.PathLike, out: str | os.PathLike, *
     Returns:
         The label files written.
 
+    Raises:
+        PemmaError: after trying every case, when some could not be predicted (each is also a warning; the others
+            are written).
+
     Example:
         >>> pemma.predict(ad, inputs="data/phantom/imagesTr", modalities=["ct", "pet"], out="preds/")
     """
@@ -189,7 +193,16 @@ def predict(model: RunLike, inputs: str | os.PathLike, out: str | os.PathLike, *
     source = os.fspath(inputs)
     loaded, chosen, dev = _loaded(model, base, modalities, device, source)
     cases = select_cases(discover_cases(source), centres=name_list(centres) or [], modalities=chosen, source=source)
-    written = predict_cases(loaded, cases, chosen, os.fspath(out), dev, _window(roi, overlap, sw_batch_size, amp))
+    failures: dict[str, str] = {}
+    written = predict_cases(loaded, cases, chosen, os.fspath(out), dev, _window(roi, overlap, sw_batch_size, amp),
+                            failures=failures)
+    if failures:  # every case was tried; each bad one is a warning line, then one error with the summary
+        import warnings
+
+        for message in failures.values():
+            warnings.warn(message, UserWarning, stacklevel=2)
+        raise PemmaError(f"{os.fspath(out)}: wrote {len(written)} of {len(cases)} label maps; {len(failures)} "
+                         f"case(s) failed: {', '.join(failures)} (see the warnings above)")
     return [Path(p) for p in written]
 
 

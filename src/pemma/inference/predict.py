@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 
 from pemma.data.layout import CaseRecord
 from pemma.data.transforms import preprocessing
+from pemma.errors import PemmaError
 from pemma.inference.sliding import sliding_window_probs
 from pemma.io_utils import load_nifti, save_nifti
 from pemma.models.loaded import LoadedModel
@@ -66,12 +67,24 @@ def predict_case(model: LoadedModel, case: CaseRecord, modalities: Sequence[str]
 
 
 def predict_cases(model: LoadedModel, cases: Sequence[CaseRecord], modalities: Sequence[str], out_dir: str | Path,
-                  device: torch.device, window: WindowSettings | None = None, progress: bool = True) -> list[Path]:
-    """Predict every case and write ``out_dir/<case_id>.nii.gz`` (atomically, in the reference geometry)."""
+                  device: torch.device, window: WindowSettings | None = None, progress: bool = True,
+                  failures: dict[str, str] | None = None) -> list[Path]:
+    """Predict every case and write ``out_dir/<case_id>.nii.gz`` (atomically, in the reference geometry).
+
+    Args:
+        failures: when given, a case whose input is bad (a :class:`~pemma.errors.PemmaError`) is recorded here
+            (``{case_id: message}``) and the others are still predicted; by default the first bad case stops.
+    """
     out_dir = Path(out_dir)
     written = []
     for case in tqdm(cases, desc="predict", unit="case", disable=not progress):
-        label, ref_img = predict_case(model, case, modalities, device, window)
+        try:
+            label, ref_img = predict_case(model, case, modalities, device, window)
+        except PemmaError as exc:
+            if failures is None:
+                raise
+            failures[case.case_id] = str(exc)
+            continue
         path = out_dir / f"{case.case_id}.nii.gz"
         save_nifti(label, ref_img.affine, path, header=ref_img.header, dtype=np.uint8)
         written.append(path)

@@ -64,7 +64,8 @@ def dscagg_mean(counts: np.ndarray) -> np.ndarray:
     """
     pooled = np.asarray(counts, dtype=np.float64).sum(axis=-3)
     denominator = pooled[..., 1] + pooled[..., 2]
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # every class empty: NaN, not a warning
         per_class = np.where(denominator > 0, 2.0 * pooled[..., 0] / denominator, np.nan)
         return np.nanmean(per_class, axis=-1) if per_class.size else per_class
 

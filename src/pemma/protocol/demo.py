@@ -64,10 +64,13 @@ def write_seed_summary(results: dict[int, Path], path: Path) -> Path:
         found = json.loads((folder / "findings.json").read_text())
         per_seed[str(seed)] = [c for claims in found.values() for c in claims]
     lines = [f"# Findings over seeds {', '.join(map(str, results))}", "",
-             "| Claim | Seeds where it holds | Numbers: mean [min, max] |", "|---|---|---|"]
+             "A seed counts as holding only when its 95% bootstrap CI shows the claim; *not shown* means the CI "
+             "included both sides.", "",
+             "| Claim | Seeds where it holds | Refuted | Not shown | Numbers: mean [min, max] |",
+             "|---|---|---|---|---|"]
     for row in summarise_seeds(per_seed):
         numbers = "; ".join(f"{k} {m:.3f} [{lo:.3f}, {hi:.3f}]" for k, (m, lo, hi) in row["values"].items())
-        lines.append(f"| {row['claim']} | {row['held']} | {numbers} |")
+        lines.append(f"| {row['claim']} | {row['held']} | {row['refuted']} | {row['not_shown']} | {numbers} |")
     prognosis: dict[tuple[str, str], list[float]] = {}
     for folder in results.values():
         file = folder / "prognosis.json"

@@ -182,19 +182,22 @@ def summarise_seeds(per_seed: Mapping[str, Sequence[Mapping[str, Any]]]) -> list
         per_seed: ``{seed label: claims}``.
 
     Returns:
-        Rows with ``claim``, ``held`` ("2/3"), and ``values`` ``{name: (mean, min, max)}``.
+        Rows with ``claim``, ``held`` ("2/3": seeds where the claim holds / seeds where it was checked, i.e. had
+        numbers), ``refuted`` and ``not_shown`` (seeds whose CI did not decide), and ``values``
+        ``{name: (mean, min, max)}``.
     """
     names = list(dict.fromkeys(c["claim"] for claims in per_seed.values() for c in claims))
     out = []
     for name in names:
         found = [c for claims in per_seed.values() for c in claims if c["claim"] == name]
-        evaluated = [c for c in found if c["holds"] is not None]
+        evaluated = [c for c in found if c["holds"] is not None or c["values"]]
         keys = list(dict.fromkeys(k for c in found for k in c["values"]))
         values = {}
         for key in keys:
             numbers = [c["values"][key] for c in found if c["values"].get(key) is not None]
             if numbers:
                 values[key] = (statistics.fmean(numbers), min(numbers), max(numbers))
-        out.append({"claim": name, "held": f"{sum(bool(c['holds']) for c in evaluated)}/{len(evaluated)}",
-                    "values": values})
+        out.append({"claim": name, "held": f"{sum(c['holds'] is True for c in evaluated)}/{len(evaluated)}",
+                    "refuted": sum(c["holds"] is False for c in evaluated),
+                    "not_shown": sum(c["holds"] is None for c in evaluated), "values": values})
     return out

@@ -25,7 +25,7 @@ from pemma.data.transforms import describe, preprocessing, training_augmentation
 from pemma.errors import PemmaError
 from pemma.evaluation.metrics import AggregatedDice
 from pemma.inference.sliding import sliding_window_probs
-from pemma.runs import CONFIG_FILE
+from pemma.runs import CONFIG_FILE, STATE_FILE
 from pemma.runtime import DistInfo, barrier, run_logger
 from pemma.training.engine import Engine, StepFn, process_group, trainable_state
 
@@ -103,6 +103,8 @@ def train_task(task: TrainingTask, cfg: RunConfig, train_cases: list[CaseRecord]
         summary dict (steps, best_dsc, best_step, seconds).
     """
     meta = dict(meta or {})
+    if resume:
+        check_resume_settings(Path(out_dir), cfg)
     good, report = preflight([*train_cases, *val_cases], task.modalities, cfg.data.exclude_bad_cases,
                              source=cfg.data.root)
     if not report.ok:  # --exclude-bad-cases: leave them out, and say so in the run
@@ -117,6 +119,35 @@ def train_task(task: TrainingTask, cfg: RunConfig, train_cases: list[CaseRecord]
     with process_group(cfg.train.device) as (device, dist):
         return SegmentationTraining(task, cfg, Path(out_dir), progress, meta, device, dist).run(
             train_cases, val_cases, resume)
+
+
+#: settings a resumed run must share with its checkpoint, per config section (None: the whole section)
+RESUME_SETTINGS: dict[str, tuple[str, ...] | None] = {
+    "model": ("backbone", "roi_size", "out_channels", "unetr", "swin_unetr"), "preprocess": None,
+    "data": ("modalities", "val_fraction"),
+    "train": ("seed", "epochs", "max_steps", "batch_size", "samples_per_case", "lr", "weight_decay", "label_ratios",
+              "dice_batch", "dice_background"),
+}
+
+
+def check_resume_settings(out_dir: Path, cfg: RunConfig) -> None:
+    """``--resume`` must use the settings the checkpoint was trained with (else ``config.yaml`` would record
+    settings the weights never saw).
+
+    Raises:
+        PemmaError: naming the run and the first differing settings.
+    """
+    path = out_dir / CONFIG_FILE
+    if not (path.is_file() and (out_dir / STATE_FILE).is_file()):
+        return
+    old, new = RunConfig.load(path).to_dict(), cfg.to_dict()
+    diffs = [f"{section}.{key} {old[section].get(key)!r} -> {new[section].get(key)!r}"
+             for section, keys in RESUME_SETTINGS.items() for key in (keys or new[section])
+             if old[section].get(key) != new[section].get(key)]
+    if diffs:
+        raise PemmaError(f"{out_dir}: --resume with other settings than its checkpoint's ({'; '.join(diffs[:3])}"
+                         f"{'; ...' if len(diffs) > 3 else ''}); resume with the run's settings (its {CONFIG_FILE}) or "
+                         "start a new run")
 
 
 class SegmentationTraining:
