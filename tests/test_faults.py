@@ -140,7 +140,7 @@ def test_resume_with_other_settings_is_refused(tmp_path: Path) -> None:
     build_config("tiny", overrides={"train": {"lr": 0.002, "seed": 0}}).save(run / CONFIG_FILE)
     same = build_config("tiny", overrides={"train": {"lr": 0.002, "seed": 0, "device": "cpu"}})
     check_resume_settings(run, same)  # no checkpoint yet: nothing to compare
-    (run / "checkpoint.pt").write_bytes(b"state")
+    torch.save({"step": 1}, run / "checkpoint.pt")
     check_resume_settings(run, same)  # the device may change between the two halves
     other = build_config("tiny", overrides={"train": {"lr": 0.001, "seed": 3}})
     with pytest.raises(PemmaError, match=r"run: --resume with other settings than its checkpoint's "

@@ -25,7 +25,7 @@ from pemma.data.transforms import describe, preprocessing, training_augmentation
 from pemma.errors import PemmaError
 from pemma.evaluation.metrics import AggregatedDice
 from pemma.inference.sliding import sliding_window_probs
-from pemma.runs import CONFIG_FILE, STATE_FILE
+from pemma.runs import CONFIG_FILE, STATE_FILE, load_state
 from pemma.runtime import DistInfo, barrier, run_logger
 from pemma.training.engine import Engine, StepFn, process_group, trainable_state
 
@@ -140,6 +140,7 @@ def check_resume_settings(out_dir: Path, cfg: RunConfig) -> None:
     path = out_dir / CONFIG_FILE
     if not (path.is_file() and (out_dir / STATE_FILE).is_file()):
         return
+    load_state(out_dir)  # a truncated or corrupt checkpoint is the first thing to report
     old, new = RunConfig.load(path).to_dict(), cfg.to_dict()
     diffs = [f"{section}.{key} {old[section].get(key)!r} -> {new[section].get(key)!r}"
              for section, keys in RESUME_SETTINGS.items() for key in (keys or new[section])
