@@ -118,3 +118,21 @@ def test_exclude_bad_cases_trains_without_them_and_records_them(broken: Path, tm
     meta = json.loads((out / "model.json").read_text())
     assert sorted(meta["excluded_cases"]) == ["CHUM-000", "CHUP-001"]
     assert not {"CHUM-000", "CHUP-001"} & set(meta["train_cases"] + meta["val_cases"])
+
+
+def test_unchanged_cases_are_read_once_per_process(phantom: Path, tmp_path: Path, monkeypatch) -> None:
+    """reproduce checks every case up front and each phase again: unchanged files are not read twice, a changed
+    file is."""
+    from pemma.data import check as check_module
+    from pemma.data.layout import discover_cases
+
+    data = tmp_path / "data"
+    shutil.copytree(phantom, data)
+    calls = []
+    real = check_module.check_case
+    monkeypatch.setattr(check_module, "check_case", lambda *a, **k: calls.append(a[0].case_id) or real(*a, **k))
+    cases = [c for c in discover_cases(data) if c.centre == "MDA"]
+    assert check_module.check_cases(cases, ["ct", "pet"]).ok and len(calls) == 2
+    assert check_module.check_cases(cases, ["ct", "pet"]).ok and len(calls) == 2
+    _edit(data / "imagesTr" / "MDA-000__PT.nii.gz", lambda a: a.__setitem__((3, 3, 3), np.nan))
+    assert check_module.check_cases(cases, ["ct", "pet"]).bad_cases == ["MDA-000"] and calls[2:] == ["MDA-000"]

@@ -11,6 +11,7 @@ grid overlaps the CT.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -124,13 +125,37 @@ def check_case(case: CaseRecord, modalities: Sequence[str], with_label: bool = T
     return problems
 
 
+#: results of :func:`check_case` in this process, keyed by the files' identity (path, size, mtime): ``reproduce``
+#: checks every case up front and each phase's training checks its cases again, without reading them twice
+_CHECKED: dict[tuple, list[str]] = {}
+
+
+def _file_key(path: str | None) -> tuple:
+    if path is None:
+        return (None,)
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return (path, None)
+    return (path, stat.st_size, stat.st_mtime_ns)
+
+
+def _check_once(case: CaseRecord, modalities: Sequence[str], with_label: bool) -> list[str]:
+    key = (case.case_id, tuple(modalities), with_label, *(_file_key(case.images.get(m)) for m in modalities),
+           _file_key(case.label) if with_label else None)
+    if key not in _CHECKED:
+        _CHECKED[key] = check_case(case, modalities, with_label)
+    return list(_CHECKED[key])
+
+
 def check_cases(cases: Iterable[CaseRecord], modalities: Sequence[str], with_label: bool = True,
                 progress: bool = False) -> CheckReport:
-    """:func:`check_case` for every case (each case once, however often it is listed)."""
+    """:func:`check_case` for every case (each case once, however often it is listed; unchanged files are not
+    read again in the same process)."""
     unique = list({c.case_id: c for c in cases}.values())
     report = CheckReport(n_cases=len(unique))
     for case in tqdm(unique, desc="check", unit="case", disable=not progress):
-        problems = check_case(case, modalities, with_label)
+        problems = _check_once(case, modalities, with_label)
         if problems:
             report.problems[case.case_id] = problems
     return report
