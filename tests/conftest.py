@@ -23,6 +23,18 @@ FAST_SWIN = ["--preset", "tiny", "--spacing", "4", "4", "4", "--roi", "64", "64"
 FLAGS = {"unetr": FAST, "swin_unetr": FAST_SWIN}
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny convolutions are fastest on one thread; on a loaded machine more threads are 10-40x slower.
+    Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def phantom(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """3 centres x 2 cases, 48 x 48 x 32 CT voxels (about 96 x 96 x 80 mm)."""

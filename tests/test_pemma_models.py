@@ -48,13 +48,7 @@ MODALITY_SETS = [("ct", "pet"), ("ct",), ("pet",)]
 N_TARGETS = {"unetr": 12, "swin_unetr": 8}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny convolutions are fastest on one thread; on a loaded machine more threads are 10-40x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -20,12 +20,7 @@ NETS = {"unetr": (UNETR, UNETR_KW, PemmaUNETR, (1, 1, 32, 32, 32), "vit"),
 QV = ("attn.qkv.q", "attn.qkv.v")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.mark.parametrize("bias", [True, False])
