@@ -129,7 +129,8 @@ def test_fit_trains_the_head_only_and_l2_shrinks_it(unetr: UNETR, tmp_path) -> N
     import logging
 
     from pemma.config import build_config
-    from pemma.survival.training import Split, fit
+    from pemma.survival.data import Split
+    from pemma.survival.fit import fit
 
     cfg = build_config("tiny", overrides={"train": {"max_steps": 15, "batch_size": 2, "lr": 0.05}})
     n = 8

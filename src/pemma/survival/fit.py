@@ -1,0 +1,147 @@
+"""Fitting one prognosis stage on the training engine: the step over batches of cases (or full-batch steps on
+cached features), pooled image features, risks and the C-index of a split.
+
+Used by the stages of :mod:`pemma.survival.training`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pemma.config import RunConfig
+from pemma.errors import PemmaError
+from pemma.runtime import DistInfo, barrier
+from pemma.survival.config import ENCODER_LR_SCALE, L2_DEFAULT
+from pemma.survival.data import CaseImages, Split
+from pemma.survival.metrics import concordance_counts
+from pemma.survival.model import PrognosisModel
+from pemma.training.engine import Engine, StepFn
+
+#: columns of a prognosis stage's ``metrics.csv``
+METRIC_FIELDS = ("step", "epoch", "loss", "events", "lr", "seconds")
+
+
+@torch.no_grad()
+def features_of(model: PrognosisModel, images: CaseImages, batch_size: int, device: torch.device) -> torch.Tensor:
+    """(N, D) raw pooled image features of every case (eval mode, no gradient)."""
+    was_training = model.training
+    model.eval()
+    out = [model.image_features(images.batch(range(i, min(i + batch_size, len(images)))).to(device))
+           for i in range(0, len(images), batch_size)]
+    model.train(was_training)
+    return torch.cat(out)
+
+
+@torch.no_grad()
+def risks_of(model: PrognosisModel, split: Split, batch_size: int, device: torch.device) -> np.ndarray:
+    """(N,) risk scores of a split."""
+    feats = features_of(model, split.images, batch_size, device)
+    clin = None if split.clinical is None else split.clinical.to(device)
+    model.eval()
+    return model.risk(model.from_features(feats, clin)).float().cpu().numpy()
+
+
+def c_index_or_none(split: Split | None, risk: np.ndarray | None) -> float | None:
+    """Harrell's C of a split, or None when it has no comparable pair."""
+    if split is None or risk is None:
+        return None
+    score, pairs = concordance_counts(split.time.numpy(), split.event.numpy(), risk)
+    return score / pairs if pairs else None
+
+
+def _batch(order: np.ndarray, pos: int, batch_size: int, dist: DistInfo) -> np.ndarray:
+    """Cases of this process at position ``pos`` of an epoch: the ``pos * world + rank``-th batch of ``order``
+    (single process: the slice, short at the end; several: wrapped around, so every process has a full batch)."""
+    start = (pos * dist.world_size + dist.rank) * batch_size
+    if not dist.enabled:
+        return order[start:start + batch_size]
+    return np.take(order, np.arange(start, start + batch_size), mode="wrap")
+
+
+def _step_fn(model: PrognosisModel, inputs: torch.Tensor, cached: bool, clin: torch.Tensor | None,
+             times: torch.Tensor, events: torch.Tensor, penalised: list[torch.Tensor], l2: float) -> StepFn:
+    """The engine closure: survival loss (+ the L2 penalty as objective), the survival loss reported."""
+    def compute(module: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        out = model.from_features(inputs, clin) if cached else module(inputs, clin)
+        loss = model.head.loss(out, times, events)
+        total_loss = loss + 0.5 * l2 * sum((w ** 2).sum() for w in penalised) if penalised and l2 else loss
+        return total_loss, loss
+    return compute
+
+
+def fit(model: PrognosisModel, train: Split, cfg: RunConfig, device: torch.device, out_dir: Path,
+        log: Any, encoder_lr_scale: float = ENCODER_LR_SCALE, l2: float = L2_DEFAULT, *, clip_norm: float = 1.0,
+        dist: DistInfo | None = None, resume: bool = False) -> dict[str, Any]:
+    """Optimise the trainable parameters of ``model`` on ``train`` with the :class:`~pemma.training.engine.Engine`;
+    append to ``metrics.csv``, checkpoint every ``train.checkpoint_every`` steps.
+
+    The loss is the head's survival loss plus ``l2 / 2`` times the squared norm of the head's weight matrix
+    and of the clinical projection's (when they train); ``metrics.csv`` logs the survival loss alone.
+
+    AdamW with cosine decay; the head and clinical projection use ``cfg.train.lr``, trainable encoder parts
+    (adapters, PET pathway) ``lr * encoder_lr_scale``; gradients are clipped to norm ``clip_norm``. The pooled
+    features differ little between patients (their standardisation magnifies them), so encoder updates at the
+    head's learning rate destabilise the head. No mixed precision (the head's loss is computed in float32).
+
+    Under torchrun (``dist`` with several processes): when the encoder trains, DDP wraps the model and each
+    process takes its own batch of ``train.batch_size`` cases per step (``ceil(cases / (batch_size x
+    processes))`` steps per epoch). When only the head trains, the model is not wrapped: every process computes
+    all cached features and runs the same full-batch steps (one process's work repeated); the main process
+    writes. ``resume`` continues from ``out_dir/checkpoint.pt`` (weights, optimiser, schedule, step, RNG), so
+    the final weights equal an uninterrupted run's.
+    """
+    tc, dist = cfg.train, dist or DistInfo()
+    if l2 < 0:
+        raise PemmaError(f"l2 must be >= 0, got {l2}")
+    encoder_trains = any(p.requires_grad for n, p in model.named_parameters() if n.startswith("encoder."))
+    penalised = [w for w in (model.head.linear.weight, getattr(model.clinical, "weight", None))
+                 if w is not None and w.requires_grad]
+    n = len(train.images)
+    world = dist if encoder_trains else DistInfo()
+    per_epoch = max(1, math.ceil(n / (tc.batch_size * world.world_size)))
+    total = tc.epochs * per_epoch if tc.max_steps is None else min(tc.epochs * per_epoch, tc.max_steps)
+    engine = Engine(model, total, tc.lr, device, weight_decay=tc.weight_decay, dist=dist,
+                    lr_scales={"encoder.": encoder_lr_scale}, clip_norm=clip_norm, ddp=encoder_trains)
+    cached = None if encoder_trains else features_of(model, train.images, tc.batch_size, device)
+    time_all, event_all = train.time.to(device), train.event.to(device)
+    clin_all = None if train.clinical is None else train.clinical.to(device)
+    if encoder_trains and tc.batch_size < 2 and model.head.kind == "cox":
+        log.warning("Cox partial likelihood needs >= 2 cases per batch; with --batch-size 1 every loss is 0")
+    log.info(f"training {total} steps on {n} cases ("
+             + (f"batches of {tc.batch_size} through the encoder" if encoder_trains
+                else "encoder frozen: cached features, every case in each step") + ")")
+    if dist.enabled:
+        log.info(f"DistributedDataParallel over {dist.world_size} processes, a batch each" if encoder_trains else
+                 f"{dist.world_size} processes: each runs the same full-batch steps (no DDP for the head alone)")
+    extra = engine.begin(out_dir, resume, tc.seed, METRIC_FIELDS)
+    value = math.nan
+    if extra is not None:
+        value = float(extra.get("loss", math.nan))
+        log.info(f"resumed at step {engine.step_count} of {total}")
+    started, order, order_epoch = time.time(), np.arange(n), -1
+    model.train()
+    while engine.step_count < total:
+        epoch, pos = divmod(engine.step_count, per_epoch)
+        if epoch != order_epoch:  # a pure function of the epoch: a resumed run draws the same order
+            order, order_epoch = np.random.default_rng([tc.seed, epoch, 11]).permutation(n), epoch
+        idx = torch.as_tensor(_batch(order, pos, tc.batch_size, world) if encoder_trains else order).to(device)
+        clin = None if clin_all is None else clin_all[idx]
+        inputs = train.images.batch(idx.tolist()).to(device) if cached is None else cached[idx]
+        value = engine.step(_step_fn(model, inputs, cached is not None, clin, time_all[idx], event_all[idx],
+                                     penalised, l2))
+        step = engine.step_count
+        engine.log_metrics({"step": step, "epoch": epoch, "loss": f"{value:.5f}", "events": int(event_all[idx].sum()),
+                            "lr": f"{engine.lr:.3e}", "seconds": f"{time.time() - started:.1f}"})
+        if step % max(1, total // 5) == 0 or step == total:
+            log.info(f"step {step}/{total} epoch {epoch}: loss {value:.4f}")
+        if step % tc.checkpoint_every == 0 or step == total:
+            engine.save(out_dir, loss=value)
+    barrier(dist)
+    model.eval()
+    return {"steps": total, "loss": float(f"{value:.5f}"), "seconds": time.time() - started}
