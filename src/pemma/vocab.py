@@ -29,6 +29,15 @@ BACKBONES: tuple[str, ...] = ("unetr", "swin_unetr")
 #: downsampling of its windows). Checked when a config is built, before anything runs.
 ROI_MULTIPLES: dict[str, int] = {"unetr": 16, "swin_unetr": 32}
 
+# ---------------------------------------------------------------------------------------------- routes, recipes
+#: How CT-only input runs in an adapted model: ``exact`` (pemma's default: the untouched CT base, so CT output
+#: equals the base's before and after any update) or ``shared`` (the paper's: through the adapted network, CT-only
+#: draws of modality dropout train, single-modality updates keep training the same adapter).
+CT_ROUTES: tuple[str, ...] = ("exact", "shared")
+#: Named sets of adaptation defaults (YAML files shipped with the package): ``pemma`` (pemma's defaults) and
+#: ``authors`` (the configuration of the paper's released code, per backbone).
+RECIPES: tuple[str, ...] = ("pemma", "authors")
+
 # ---------------------------------------------------------------------------------------------- modalities
 #: Fixed channel order of every multi-modal tensor in pemma.
 MODALITY_ORDER: tuple[str, ...] = ("ct", "pet")

@@ -11,7 +11,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from pemma.vocab import BACKBONES, DROPOUT_INPUT_SETS
+from pemma.vocab import BACKBONES, CT_ROUTES, DROPOUT_INPUT_SETS
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,11 @@ class AdapterConfig:
         default=(0.6, 0.2, 0.2),
         metadata=_help("probabilities of the input sets (ct+pet, ct, pet) per training batch; sum to 1."),
     )
+    ct_route: str = field(
+        default="exact",
+        metadata=_help("how CT-only input runs: 'exact' (the untouched CT base; CT output never changes) or "
+                       "'shared' (the paper's: through the adapted network, so CT-only draws train)."),
+    )
 
     def __post_init__(self) -> None:
         if self.method not in ("lora", "dora"):
@@ -103,6 +108,8 @@ class AdapterConfig:
         if not math.isclose(sum(probs), 1.0, abs_tol=1e-6):
             raise ValueError(f"modality_dropout must sum to 1, got {probs!r} (sum {sum(probs):g})")
         self.modality_dropout = tuple(float(p) for p in probs)  # type: ignore[assignment]
+        if self.ct_route not in CT_ROUTES:
+            raise ValueError(f"ct_route must be one of {list(CT_ROUTES)}, got {self.ct_route!r}")
 
     @staticmethod
     def _names(what: str, value: Any, allow_empty: bool) -> tuple[str, ...] | None:
