@@ -164,18 +164,22 @@ def _window(roi: Sequence[int] | None, overlap: float | None, sw_batch_size: int
 def predict(model: RunLike, inputs: str | os.PathLike, out: str | os.PathLike, *, modalities: Names = None,
             centres: Names = None, base: RunLike | None = None, roi: Sequence[int] | None = None,
             overlap: float | None = None, sw_batch_size: int | None = None, device: str | None = None,
-            amp: bool | None = None) -> list[Path]:
+            amp: bool | None = None, rtstruct: bool = False) -> list[Path]:
     """Write a label NIfTI per case (``<case>.nii.gz``) in the original CT geometry.
 
     Args:
         model: run folder (or :class:`Run`).
-        inputs: CT file, folder of images, dataset folder or datalist (the CLI's ``--input``).
+        inputs: CT file, folder of images, dataset folder or datalist (the CLI's ``--input``), or a folder (tree)
+            of DICOM series: one case per patient and study, CT and PET (``PT``) series found by their tags,
+            PET converted to SUVbw from its tags.
         out: output folder.
         modalities: input set, e.g. ``["ct", "pet"]``. Default: what the model was trained with.
         centres: only these centres.
         base: the CT base run of an adapted model, if it moved since adaptation.
         roi, overlap, sw_batch_size: sliding window. Default: as trained.
         device: ``auto`` (default), ``cpu``, ``cuda``, ``cuda:N``. amp: mixed precision.
+        rtstruct: DICOM input only: also write ``<case>_RTSTRUCT.dcm`` beside each label, referencing the case's CT
+            series, one ROI per predicted class (GTVp, GTVn).
 
     Returns:
         The label files written.
@@ -186,16 +190,26 @@ def predict(model: RunLike, inputs: str | os.PathLike, out: str | os.PathLike, *
 
     Example:
         >>> pemma.predict(ad, inputs="data/phantom/imagesTr", modalities=["ct", "pet"], out="preds/")
+        >>> pemma.predict(ad, inputs="/dicom/patient42/", out="preds/", rtstruct=True)
     """
+    from pemma.data.dicom import is_dicom_input
     from pemma.data.layout import discover_cases, select_cases
     from pemma.inference.predict import predict_cases
 
     source = os.fspath(inputs)
+    dicom = is_dicom_input(source)
+    if rtstruct and not dicom:
+        raise PemmaError(f"{source}: --rtstruct needs DICOM input (a folder of DICOM CT series), not NIfTI")
     loaded, chosen, dev = _loaded(model, base, modalities, device, source)
-    cases = select_cases(discover_cases(source), centres=name_list(centres) or [], modalities=chosen, source=source)
     failures: dict[str, str] = {}
-    written = predict_cases(loaded, cases, chosen, os.fspath(out), dev, _window(roi, overlap, sw_batch_size, amp),
-                            failures=failures)
+    if dicom:
+        written, cases = _predict_dicom(loaded, source, chosen, out, dev, centres, rtstruct, failures,
+                                        _window(roi, overlap, sw_batch_size, amp))
+    else:
+        cases = select_cases(discover_cases(source), centres=name_list(centres) or [], modalities=chosen,
+                             source=source)
+        written = predict_cases(loaded, cases, chosen, os.fspath(out), dev,
+                                _window(roi, overlap, sw_batch_size, amp), failures=failures)
     if failures:  # every case was tried; each bad one is a warning line, then one error with the summary
         import warnings
 
@@ -204,6 +218,25 @@ def predict(model: RunLike, inputs: str | os.PathLike, out: str | os.PathLike, *
         raise PemmaError(f"{os.fspath(out)}: wrote {len(written)} of {len(cases)} label maps; {len(failures)} "
                          f"case(s) failed: {', '.join(failures)} (see the warnings above)")
     return [Path(p) for p in written]
+
+
+def _predict_dicom(loaded: Any, source: str, chosen: list[str], out: str | os.PathLike, dev: Any, centres: Names,
+                   rtstruct: bool, failures: dict[str, str], window: Any) -> tuple[list[Path], list]:
+    """:func:`predict` on a DICOM folder: cases staged one at a time in a temporary folder."""
+    import tempfile
+
+    from pemma.data.dicom import dicom_cases
+    from pemma.data.layout import select_cases
+    from pemma.inference.dicom import predict_dicom_cases
+
+    with tempfile.TemporaryDirectory(prefix="pemma-dicom-") as staging:
+        cases = dicom_cases(source, staging)
+        records = select_cases([c.record for c in cases], centres=name_list(centres) or [], modalities=chosen,
+                               source=source)
+        kept = [c for c in cases if c.record in records]
+        written = predict_dicom_cases(loaded, kept, chosen, os.fspath(out), dev, window, rtstruct=rtstruct,
+                                      failures=failures)
+    return written, records
 
 
 def evaluate(model: RunLike | None = None, data: str | os.PathLike | None = None, *,

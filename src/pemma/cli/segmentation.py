@@ -34,8 +34,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("predict", help="label NIfTI per case in the original CT geometry")
     p.add_argument("--model", required=True, help="run folder")
-    p.add_argument("--input", required=True, help="CT file, folder of images, dataset folder or datalist")
+    p.add_argument("--input", required=True, help="CT file, folder of images, dataset folder or datalist, or a "
+                                                  "folder (tree) of DICOM CT / PET series")
     p.add_argument("--out", required=True, help="output folder for <case>.nii.gz")
+    p.add_argument("--rtstruct", action="store_true",
+                   help="DICOM input: also write <case>_RTSTRUCT.dcm referencing the CT series (ROIs GTVp, GTVn)")
     p.add_argument("--modalities", help="input set (default: what the model was trained with)")
     p.add_argument("--centres", help="only these centres")
     p.add_argument("--base", help="CT base run of an adapted model, if it moved since adaptation")
@@ -77,10 +80,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    import logging
+
     from pemma.api import predict
 
+    logging.getLogger("pemma.dicom").setLevel(logging.INFO)  # DICOM decisions: series used, SUV factor, ROIs
     written = predict(args.model, args.input, args.out, modalities=args.modalities, centres=args.centres,
-                      base=args.base, **window_settings(args))
+                      base=args.base, rtstruct=args.rtstruct, **window_settings(args))
     print(f"wrote {len(written)} label maps to {args.out}")
     return 0
 

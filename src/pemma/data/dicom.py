@@ -1,0 +1,238 @@
+"""DICOM in: a folder (or tree) of DICOM series -> cases (one per patient and study) with a CT and / or PET series.
+
+Series are found and ordered by SimpleITK (GDCM), their tags read with pydicom, the voxels read with SimpleITK's
+``ImageSeriesReader`` (rescale slope / intercept applied per slice: CT in HU, PET in Bq/ml, then SUVbw from the
+tags, see :mod:`pemma.data.suv`). A case is *staged* as NIfTI files (``<case>__CT.nii``, ``<case>__PT.nii``) whose
+affine is the series geometry (DICOM LPS turned into NIfTI RAS), so the rest of pemma reads it like any other case
+and the predicted label lies on the CT grid of the DICOM series.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import SimpleITK as sitk
+from pydicom.dataset import Dataset
+
+from pemma.data.layout import CaseRecord, centre_of
+from pemma.data.suv import suv_factor
+from pemma.errors import PemmaError
+from pemma.io_utils import save_nifti
+
+log = logging.getLogger("pemma.dicom")
+
+#: DICOM Modality -> pemma modality
+MODALITY_OF = {"CT": "ct", "PT": "pet"}
+#: relative spread of the slice gaps above which a series counts as unevenly spaced (missing slices)
+MAX_GAP_SPREAD = 0.01
+_SUFFIX = {"ct": "__CT.nii", "pet": "__PT.nii"}
+
+
+@dataclass(frozen=True)
+class DicomSeries:
+    """One image series: its files in slice order (as GDCM sorts them) and the tags that group it."""
+
+    uid: str
+    modality: str
+    patient_id: str
+    study_uid: str
+    study_date: str
+    folder: str
+    files: tuple[str, ...] = field(hash=False)
+    description: str = ""
+
+    @property
+    def where(self) -> str:
+        """How errors name the series: ``PT series 1.2.3 (WB AC) in /dicom/p42/pet``."""
+        what = f" ({self.description})" if self.description else ""
+        return f"{self.modality} series {self.uid}{what} in {self.folder}"
+
+
+@dataclass
+class DicomCase:
+    """A case from DICOM: the :class:`CaseRecord` pemma predicts from (paths of the staged NIfTI files) and its
+    series by pemma modality (``ct``, ``pet``)."""
+
+    record: CaseRecord
+    series: dict[str, DicomSeries]
+
+    def stage(self, modalities: Sequence[str]) -> None:
+        """Read the requested series and write them to the record's NIfTI paths (PET in SUVbw)."""
+        for modality in modalities:
+            image = read_series(self.series[modality])
+            write_nifti(image, self.record.images[modality])
+
+    def unstage(self) -> None:
+        """Remove the staged NIfTI files."""
+        for path in self.record.images.values():
+            Path(path).unlink(missing_ok=True)
+
+
+def is_dicom_input(path: str | os.PathLike) -> bool:
+    """True for a DICOM file, or a folder with no NIfTI / ``dataset.json`` that holds a DICOM file."""
+    path = Path(path)
+    if path.is_file():
+        return pydicom.misc.is_dicom(str(path))
+    if not path.is_dir() or (path / "dataset.json").is_file():
+        return False
+    found = False
+    for folder, _, files in os.walk(path):
+        for name in files:
+            if name.endswith((".nii", ".nii.gz")):
+                return False
+            if not found and pydicom.misc.is_dicom(os.path.join(folder, name)):
+                found = True
+    return found
+
+
+def _header(path: str) -> Dataset:
+    try:
+        return pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception as exc:  # pydicom raises many types for damaged files
+        raise PemmaError(f"{path}: cannot read DICOM header ({str(exc).splitlines()[0] if str(exc) else exc})") \
+            from None
+
+
+def find_series(root: str | os.PathLike) -> list[DicomSeries]:
+    """Every CT and PET (``PT``) image series under ``root`` (searched recursively; other modalities skipped).
+
+    Raises:
+        PemmaError: a series split over two folders (both named).
+    """
+    root = Path(root)
+    folders = [root.parent] if root.is_file() else [Path(d) for d, _, files in sorted(os.walk(root)) if files]
+    found: dict[str, DicomSeries] = {}
+    for folder in folders:
+        for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)) or ():
+            files = tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid))
+            head = _header(files[0])
+            modality = str(head.get("Modality", ""))
+            if modality not in MODALITY_OF:
+                log.info(f"skipped {modality or 'unknown-modality'} series {uid} in {folder} (only CT and PT are read)")
+                continue
+            if "LOCALIZER" in [str(v).upper() for v in head.get("ImageType", [])] or len(files) < 2:
+                log.info(f"skipped {modality} series {uid} in {folder}: a localizer or a single slice, not a volume")
+                continue
+            if uid in found:
+                raise PemmaError(f"{modality} series {uid} is split over {found[uid].folder} and {folder}; put its "
+                                 f"files in one folder")
+            found[uid] = DicomSeries(uid, modality, str(head.get("PatientID", "") or "patient"),
+                                     str(head.get("StudyInstanceUID", "")), str(head.get("StudyDate", "") or ""),
+                                     str(folder), files, str(head.get("SeriesDescription", "") or ""))
+    return list(found.values())
+
+
+def _case_id(patient: str, study_date: str, index: int, studies: int) -> str:
+    cid = re.sub(r"[^A-Za-z0-9._-]+", "_", patient).strip("._") or "patient"
+    if studies > 1:
+        cid += f"_{study_date or 'study'}_{index}"
+    return cid
+
+
+def _pick(series: list[DicomSeries], case_id: str) -> DicomSeries:
+    """The series with the most slices (the others are logged as ignored)."""
+    chosen = max(series, key=lambda s: (len(s.files), s.uid))
+    for other in series:
+        if other is not chosen:
+            log.info(f"case {case_id}: ignored {other.where} ({len(other.files)} slices); using {chosen.uid} "
+                     f"({len(chosen.files)} slices)")
+    return chosen
+
+
+def dicom_cases(root: str | os.PathLike, staging: str | os.PathLike) -> list[DicomCase]:
+    """Cases from the DICOM series under ``root``, grouped by patient and study (nothing is read yet).
+
+    The case ID is the PatientID (made file-name safe), with the study date and a number when a patient has
+    several studies. Each record's image paths point into ``staging``, where :meth:`DicomCase.stage` writes them.
+
+    Args:
+        root: a folder (or tree) of DICOM files, or one DICOM file (its series).
+        staging: a folder for the NIfTI files of the staged cases.
+
+    Raises:
+        PemmaError: no CT or PET series under ``root``.
+    """
+    series = find_series(root)
+    if Path(root).is_file():
+        uid = str(_header(str(root)).get("SeriesInstanceUID", ""))
+        series = [s for s in series if s.uid == uid]
+    if not series:
+        raise PemmaError(f"{root}: no DICOM CT or PET (PT) image series found")
+    by_patient: dict[str, dict[str, list[DicomSeries]]] = {}
+    for s in series:
+        by_patient.setdefault(s.patient_id, {}).setdefault(s.study_uid, []).append(s)
+    cases = []
+    for patient, studies in sorted(by_patient.items()):
+        ordered = sorted(studies.items(), key=lambda item: (item[1][0].study_date, item[0]))
+        for index, (_, members) in enumerate(ordered, start=1):
+            cid = _case_id(patient, members[0].study_date, index, len(studies))
+            chosen = {}
+            for dicom_modality, modality in MODALITY_OF.items():
+                of_kind = [s for s in members if s.modality == dicom_modality]
+                if of_kind:
+                    chosen[modality] = _pick(of_kind, cid)
+            images = {m: str(Path(staging) / f"{cid}{_SUFFIX[m]}") for m in chosen}
+            cases.append(DicomCase(CaseRecord(cid, centre_of(cid), images), chosen))
+            log.info(f"case {cid}: " + ", ".join(f"{s.where} ({len(s.files)} slices)" for s in chosen.values()))
+    return cases
+
+
+def _check_spacing(series: DicomSeries, headers: Sequence[Dataset]) -> None:
+    """Refuse a series whose slices are not evenly spaced along the slice normal (missing or duplicate slices)."""
+    try:
+        orientation = np.asarray(headers[0].ImageOrientationPatient, dtype=float)
+        normal = np.cross(orientation[:3], orientation[3:])
+        positions = np.array([float(np.dot(normal, np.asarray(h.ImagePositionPatient, dtype=float)))
+                              for h in headers])
+    except AttributeError as exc:
+        raise PemmaError(f"{series.where}: missing {exc.args[0].split()[-1]} (image geometry)") from None
+    gaps = np.diff(positions)
+    mean = float(np.mean(np.abs(gaps))) if len(gaps) else 0.0
+    if mean == 0.0 or float(np.ptp(gaps)) > MAX_GAP_SPREAD * mean:
+        raise PemmaError(f"{series.where}: slices are not evenly spaced (gaps {np.round(gaps.min(), 3)} to "
+                         f"{np.round(gaps.max(), 3)} mm; missing or duplicate slices?)")
+
+
+def read_series(series: DicomSeries) -> sitk.Image:
+    """The series as a float32 SimpleITK image (CT in HU; PET in SUVbw from its tags, see :func:`suv_factor`).
+
+    Raises:
+        PemmaError: unreadable files, uneven slices, or (PET) a missing SUV tag; one line naming the series.
+    """
+    headers = [_header(f) for f in series.files]
+    _check_spacing(series, headers)
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(list(series.files))
+    reader.SetOutputPixelType(sitk.sitkFloat32)
+    try:
+        image = reader.Execute()
+    except RuntimeError as exc:
+        reason = next((line for line in str(exc).splitlines() if line.strip()), "unreadable")
+        raise PemmaError(f"{series.where}: cannot read the pixel data ({reason.strip()[:200]})") from None
+    if series.modality == "PT":
+        factor = suv_factor(headers, series.where)
+        log.info(f"{series.where}: {factor.describe()}")
+        image = sitk.Cast(image * factor.factor, sitk.sitkFloat32)
+    return image
+
+
+def nifti_affine(image: sitk.Image) -> np.ndarray:
+    """The NIfTI (RAS) voxel-to-world affine of a SimpleITK (LPS) image; voxel (i, j, k) = SimpleITK (x, y, z)."""
+    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
+    affine = np.eye(4)
+    affine[:3, :3] = direction @ np.diag(image.GetSpacing())
+    affine[:3, 3] = image.GetOrigin()
+    return np.diag([-1.0, -1.0, 1.0, 1.0]) @ affine
+
+
+def write_nifti(image: sitk.Image, path: str | os.PathLike) -> None:
+    """Write a SimpleITK image as NIfTI (float32, voxel order x, y, z, RAS affine) atomically."""
+    array = sitk.GetArrayFromImage(image).transpose(2, 1, 0)
+    save_nifti(np.ascontiguousarray(array, dtype=np.float32), nifti_affine(image), path, dtype=np.float32)

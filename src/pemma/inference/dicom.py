@@ -1,0 +1,78 @@
+"""``pemma predict`` on DICOM: each case is staged (its CT / PET series read into NIfTI), predicted on the CT grid,
+written as ``<case>.nii.gz`` and, when asked, as ``<case>_RTSTRUCT.dcm`` referencing the CT series; the staged
+files are removed after each case."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from pemma.data.dicom import DicomCase
+from pemma.errors import PemmaError
+from pemma.inference.predict import WindowSettings, predict_case
+from pemma.inference.rtstruct import write_rtstruct
+from pemma.io_utils import save_nifti
+from pemma.models.loaded import LoadedModel
+
+log = logging.getLogger("pemma.dicom")
+
+#: file name of a case's RTSTRUCT, beside its ``<case>.nii.gz``
+RTSTRUCT_NAME = "{case_id}_RTSTRUCT.dcm"
+
+
+def predict_dicom_cases(model: LoadedModel, cases: Sequence[DicomCase], modalities: Sequence[str],
+                        out_dir: str | Path, device: torch.device, window: WindowSettings | None = None,
+                        rtstruct: bool = False, progress: bool = True,
+                        failures: dict[str, str] | None = None) -> list[Path]:
+    """Predict every DICOM case; write ``out_dir/<case_id>.nii.gz`` (on the CT grid, or the PET grid for a
+    PET-only model) and with ``rtstruct`` ``out_dir/<case_id>_RTSTRUCT.dcm``.
+
+    Args:
+        model: the loaded model.
+        cases: from :func:`pemma.data.dicom.dicom_cases` (their staging folder must exist).
+        modalities: the input set, e.g. ``["ct", "pet"]``.
+        out_dir: output folder.
+        device: torch device.
+        window: sliding-window settings. Default: as trained.
+        rtstruct: also write an RTSTRUCT per case referencing its CT series (needs a CT series).
+        progress: show a progress bar.
+        failures: when given, a bad case (a :class:`PemmaError`) is recorded here (``{case_id: message}``) and
+            the others are still predicted; by default the first bad case stops.
+
+    Returns:
+        The label NIfTI files written.
+
+    Raises:
+        PemmaError: ``rtstruct`` without the CT among ``modalities``; a bad case (unless ``failures`` is given).
+    """
+    if rtstruct and "ct" not in modalities:
+        raise PemmaError(f"--rtstruct needs the CT among the inputs (the RTSTRUCT is drawn on the CT series), got "
+                         f"{'+'.join(modalities)}")
+    out_dir = Path(out_dir)
+    written = []
+    for case in tqdm(cases, desc="predict", unit="case", disable=not progress):
+        cid = case.record.case_id
+        try:
+            if rtstruct and "ct" not in case.series:
+                raise PemmaError(f"case {cid}: no CT series, so no RTSTRUCT (it references the CT series)")
+            case.stage(modalities)
+            label, ref_img = predict_case(model, case.record, modalities, device, window)
+            path = out_dir / f"{cid}.nii.gz"
+            save_nifti(label, ref_img.affine, path, header=ref_img.header, dtype=np.uint8)
+            written.append(path)
+            if rtstruct:
+                rt_path = out_dir / RTSTRUCT_NAME.format(case_id=cid)
+                rois = write_rtstruct(label, case.series["ct"], rt_path)
+                log.info(f"case {cid}: RTSTRUCT {rt_path} with ROIs {', '.join(rois) or 'none'}")
+        except PemmaError as exc:
+            if failures is None:
+                raise
+            failures[cid] = str(exc)
+        finally:
+            case.unstage()
+    return written

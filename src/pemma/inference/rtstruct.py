@@ -1,0 +1,88 @@
+"""RTSTRUCT out: a predicted label map as a DICOM RT Structure Set referencing the CT series it was predicted on.
+
+Written with rt-utils (contours traced per CT slice from the mask); one ROI per tumour class (GTVp, GTVn), an empty
+class is left out with a log line.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from collections.abc import Mapping
+
+import numpy as np
+import pydicom
+from rt_utils import RTStruct, ds_helper, image_helper
+
+from pemma.data.dicom import DicomSeries
+from pemma.errors import PemmaError
+from pemma.io_utils import atomic_path
+from pemma.vocab import LABELS, TUMOUR_CLASSES
+
+log = logging.getLogger("pemma.dicom")
+
+#: display colours (RGB) of the ROIs
+ROI_COLOURS: dict[str, list[int]] = {"GTVp": [255, 0, 0], "GTVn": [0, 0, 255]}
+#: Type 2 attributes rt-utils copies from the CT; a CT without them gets them empty, as the standard allows
+_TYPE2 = ("StudyDate", "StudyTime", "StudyID")
+
+
+def _series_data(series: DicomSeries) -> tuple[list[pydicom.Dataset], list[int]]:
+    """The CT headers in rt-utils' slice order (ascending along the slice normal), checked for what its contour
+    geometry assumes, and for each the index of its file in ``series.files``."""
+    headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in series.files]
+    for ds in headers:
+        for name in _TYPE2:
+            if name not in ds:
+                setattr(ds, name, "")
+    row_gap, column_gap = (float(v) for v in headers[0].PixelSpacing)
+    if abs(row_gap - column_gap) > 1e-6 * max(row_gap, column_gap):
+        raise PemmaError(f"{series.where}: pixel spacing {row_gap:g} x {column_gap:g} mm is not square; "
+                         f"rt-utils writes RTSTRUCT contours only for square pixels")
+    order = sorted(range(len(headers)), key=lambda k: image_helper.get_slice_position(headers[k]))
+    return [headers[k] for k in order], order
+
+
+def write_rtstruct(label: np.ndarray, series: DicomSeries, path: str | os.PathLike,
+                   classes: Mapping[str, int] | None = None, description: str = "pemma prediction") -> list[str]:
+    """Write ``label`` as an RTSTRUCT referencing the CT ``series`` (atomically).
+
+    Args:
+        label: the label map on the series' grid, indexed (column, row, slice) with slices in the order of
+            ``series.files`` (what :func:`pemma.data.dicom.read_series` reads and the NIfTI of ``predict`` holds).
+        series: the CT series the label was predicted on.
+        path: the ``.dcm`` file to write.
+        classes: ROI name -> label value. Default GTVp = 1, GTVn = 2.
+        description: the RTSTRUCT series description.
+
+    Returns:
+        The ROI names written (empty classes are skipped with a log line).
+
+    Raises:
+        PemmaError: the label does not match the series' grid, or the series has non-square pixels.
+    """
+    classes = dict(classes or {name: LABELS[name] for name in TUMOUR_CLASSES})
+    headers, order = _series_data(series)
+    rows, columns = int(headers[0].Rows), int(headers[0].Columns)
+    if tuple(label.shape) != (columns, rows, len(series.files)):
+        raise PemmaError(f"{path}: label shape {tuple(label.shape)} does not match {series.where} "
+                         f"({columns} x {rows} x {len(series.files)})")
+    with warnings.catch_warnings():
+        # rt-utils sets the transfer syntax through attributes pydicom 3 deprecates; the file is the same
+        warnings.filterwarnings("ignore", message=".*FileDataset.is_", category=DeprecationWarning)
+        rtstruct = RTStruct(headers, ds_helper.create_rtstruct_dataset(headers))
+    rtstruct.set_series_description(description)
+    written = []
+    for name, value in classes.items():
+        # rt-utils slice i is our slice order[i]; its mask is (row, column, slice)
+        mask = np.transpose(label[:, :, order] == value, (1, 0, 2))
+        if not mask.any():
+            log.info(f"{path}: no {name} voxels predicted; ROI {name} left out")
+            continue
+        rtstruct.add_roi(mask=np.ascontiguousarray(mask), name=name, color=ROI_COLOURS.get(name),
+                         description=description, roi_generation_algorithm="AUTOMATIC")
+        written.append(name)
+    with atomic_path(path) as tmp:
+        rtstruct.ds.save_as(str(tmp))
+    return written
