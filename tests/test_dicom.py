@@ -12,7 +12,7 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import FAST, run_cli, run_main
+from conftest import FAST, run_main
 from dicom_series import BQML_PER_SUV, PET_DRUG, PET_TAGS, write_series
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
@@ -227,10 +227,24 @@ def test_empty_class_is_left_out_with_a_log_line(tmp_path: Path, caplog: pytest.
 # ------------------------------------------------------------------------------------------- the CLI, end to end
 
 
+def _main(*args: str) -> tuple[int, str]:
+    """``pemma ARGS`` in this process: (exit code, stderr)."""
+    import contextlib
+    import io
+
+    from pemma.cli.main import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        code = main(list(args))
+    return code, err.getvalue()
+
+
 @pytest.mark.slow
-def test_predict_dicom_cli_matches_nifti(phantom: Path, tmp_path: Path) -> None:
+def test_predict_dicom_cli_matches_nifti(phantom: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """``pemma predict --input DICOM --rtstruct`` on a tiny CT+PET model gives the label of the same case read from
-    NIfTI, on the CT grid; a PET series without PatientWeight is one error line naming the tag and series."""
+    NIfTI, on the CT grid, and an RTSTRUCT with an ROI per predicted class; a PET series without PatientWeight is a
+    warning naming the tag and series, then an error line (exit 2)."""
     run = tmp_path / "run"
     run_main("train", "--data", str(phantom), "--centres", "CHUM", "--modalities", "ct,pet", *FAST, "--max-steps",
              "1", "--out", str(run))
@@ -241,9 +255,10 @@ def test_predict_dicom_cli_matches_nifti(phantom: Path, tmp_path: Path) -> None:
     write_series(pet, dcm / "pet", "PT", patient="CHUM-000", study_uid="1.7",
                  values=sitk.GetArrayFromImage(pet) * BQML_PER_SUV, per_slice_slope=True)
     run_main("predict", "--model", str(run), "--input", str(ct_path), "--out", str(tmp_path / "nifti"))
-    proc = run_cli("predict", "--model", str(run), "--input", str(tmp_path / "dicom"), "--out",
-                   str(tmp_path / "preds"), "--rtstruct")
-    assert "SUVbw = value x 0.0005" in proc.stderr  # the SUV decision is logged
+    with caplog.at_level(logging.INFO, logger="pemma.dicom"):
+        run_main("predict", "--model", str(run), "--input", str(tmp_path / "dicom"), "--out", str(tmp_path / "preds"),
+                 "--rtstruct")
+    assert "SUVbw = value x 0.0005" in caplog.text  # the SUV decision is logged
     from_dicom, from_nifti = (nib.load(str(tmp_path / d / "CHUM-000.nii.gz")) for d in ("preds", "nifti"))
     np.testing.assert_allclose(from_dicom.affine, nib.load(str(ct_path)).affine, atol=1e-4)
     a, b = np.asarray(from_dicom.dataobj), np.asarray(from_nifti.dataobj)
@@ -255,10 +270,10 @@ def test_predict_dicom_cli_matches_nifti(phantom: Path, tmp_path: Path) -> None:
         ds = pydicom.dcmread(f)
         del ds.PatientWeight
         ds.save_as(f)
-    bad = run_cli("predict", "--model", str(run), "--input", str(tmp_path / "dicom"), "--out",
-                  str(tmp_path / "bad"), check=False)
-    assert bad.returncode == 2 and "Traceback" not in bad.stderr
-    assert "missing DICOM tag PatientWeight (0010,1030)" in bad.stderr and "PT series" in bad.stderr
-    nifti = run_cli("predict", "--model", str(run), "--input", str(ct_path), "--out", str(tmp_path / "x"),
-                    "--rtstruct", check=False)
-    assert nifti.returncode == 2 and "--rtstruct needs DICOM input" in nifti.stderr
+    code, err = _main("predict", "--model", str(run), "--input", str(tmp_path / "dicom"), "--out",
+                      str(tmp_path / "bad"))
+    assert code == 2 and "Traceback" not in err
+    assert "missing DICOM tag PatientWeight (0010,1030)" in err and "PT series" in err
+    code, err = _main("predict", "--model", str(run), "--input", str(ct_path), "--out", str(tmp_path / "x"),
+                      "--rtstruct")
+    assert code == 2 and "--rtstruct needs DICOM input" in err.strip() and len(err.strip().splitlines()) == 1
