@@ -109,24 +109,34 @@ def find_series(root: str | os.PathLike) -> list[DicomSeries]:
     root = Path(root)
     folders = [root.parent] if root.is_file() else [Path(d) for d, _, files in sorted(os.walk(root)) if files]
     found: dict[str, DicomSeries] = {}
-    for folder in folders:
-        for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)) or ():
-            files = tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid))
-            head = _header(files[0])
-            modality = str(head.get("Modality", ""))
-            if modality not in MODALITY_OF:
-                log.info(f"skipped {modality or 'unknown-modality'} series {uid} in {folder} (only CT and PT are read)")
-                continue
-            if "LOCALIZER" in [str(v).upper() for v in head.get("ImageType", [])] or len(files) < 2:
-                log.info(f"skipped {modality} series {uid} in {folder}: a localizer or a single slice, not a volume")
-                continue
-            if uid in found:
-                raise PemmaError(f"{modality} series {uid} is split over {found[uid].folder} and {folder}; put its "
-                                 f"files in one folder")
-            found[uid] = DicomSeries(uid, modality, str(head.get("PatientID", "") or "patient"),
-                                     str(head.get("StudyInstanceUID", "")), str(head.get("StudyDate", "") or ""),
-                                     str(folder), files, str(head.get("SeriesDescription", "") or ""))
+    warn = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)  # GDCM warns on every folder without a series
+    try:
+        for folder in folders:
+            _add_series(folder, found)
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(warn)
     return list(found.values())
+
+
+def _add_series(folder: Path, found: dict[str, DicomSeries]) -> None:
+    """Add the CT and PT image series of one folder to ``found`` (by SeriesInstanceUID)."""
+    for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)) or ():
+        files = tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid))
+        head = _header(files[0])
+        modality = str(head.get("Modality", ""))
+        if modality not in MODALITY_OF:
+            log.info(f"skipped {modality or 'unknown-modality'} series {uid} in {folder} (only CT and PT are read)")
+            continue
+        if "LOCALIZER" in [str(v).upper() for v in head.get("ImageType", [])] or len(files) < 2:
+            log.info(f"skipped {modality} series {uid} in {folder}: a localizer or a single slice, not a volume")
+            continue
+        if uid in found:
+            raise PemmaError(f"{modality} series {uid} is split over {found[uid].folder} and {folder}; put its "
+                             f"files in one folder")
+        found[uid] = DicomSeries(uid, modality, str(head.get("PatientID", "") or "patient"),
+                                 str(head.get("StudyInstanceUID", "")), str(head.get("StudyDate", "") or ""),
+                                 str(folder), files, str(head.get("SeriesDescription", "") or ""))
 
 
 def _case_id(patient: str, study_date: str, index: int, studies: int) -> str:
