@@ -143,12 +143,21 @@ def test_dicom_case_equals_the_nifti_it_was_written_from(phantom: Path, tmp_path
     assert not Path(case.record.images["ct"]).exists()
 
 
-def test_missing_slice_is_refused(tmp_path: Path) -> None:
+def test_missing_slice_and_gantry_tilt_are_refused(tmp_path: Path) -> None:
     write_series(_oblique_ct((8, 8, 5)), tmp_path / "ct", "CT")
     (tmp_path / "ct" / "CT0002.dcm").unlink()
     (case,) = dicom_cases(tmp_path, tmp_path / "stage")
     with pytest.raises(PemmaError, match=r"^CT series .* in .*ct: slices are not evenly spaced"):
         read_series(case.series["ct"])
+    write_series(_oblique_ct((8, 8, 5)), tmp_path / "tilt", "CT")
+    for k, f in enumerate(sorted((tmp_path / "tilt").iterdir())):
+        ds = pydicom.dcmread(f)
+        ds.ImagePositionPatient = [ds.ImagePositionPatient[0], ds.ImagePositionPatient[1] + 0.5 * k,
+                                   ds.ImagePositionPatient[2]]
+        ds.save_as(f)
+    tilted = next(c for c in dicom_cases(tmp_path / "tilt", tmp_path / "stage"))
+    with pytest.raises(PemmaError, match=r"in .*tilt: slices are shifted .* sideways .*gantry tilt"):
+        read_series(tilted.series["ct"])
 
 
 # ------------------------------------------------------------------------------------------------ RTSTRUCT out

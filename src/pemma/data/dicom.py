@@ -129,7 +129,8 @@ def _add_series(folder: Path, found: dict[str, DicomSeries]) -> None:
             log.info(f"skipped {modality or 'unknown-modality'} series {uid} in {folder} (only CT and PT are read)")
             continue
         if "LOCALIZER" in [str(v).upper() for v in head.get("ImageType", [])] or len(files) < 2:
-            log.info(f"skipped {modality} series {uid} in {folder}: a localizer or a single slice, not a volume")
+            log.info(f"skipped {modality} series {uid} in {folder}: a localizer, a single slice or a multi-frame "
+                     f"file (one file per slice is read)")
             continue
         if uid in found:
             raise PemmaError(f"{modality} series {uid} is split over {found[uid].folder} and {folder}; put its "
@@ -195,19 +196,24 @@ def dicom_cases(root: str | os.PathLike, staging: str | os.PathLike) -> list[Dic
 
 
 def _check_spacing(series: DicomSeries, headers: Sequence[Dataset]) -> None:
-    """Refuse a series whose slices are not evenly spaced along the slice normal (missing or duplicate slices)."""
+    """Refuse a series whose slices are not evenly spaced along the slice normal (missing or duplicate slices) or
+    not stacked along it (gantry tilt): the volume would not have one affine."""
     try:
         orientation = np.asarray(headers[0].ImageOrientationPatient, dtype=float)
         normal = np.cross(orientation[:3], orientation[3:])
-        positions = np.array([float(np.dot(normal, np.asarray(h.ImagePositionPatient, dtype=float)))
-                              for h in headers])
+        corners = np.array([np.asarray(h.ImagePositionPatient, dtype=float) for h in headers])
     except AttributeError as exc:
         raise PemmaError(f"{series.where}: missing {exc.args[0].split()[-1]} (image geometry)") from None
-    gaps = np.diff(positions)
+    steps = np.diff(corners, axis=0)
+    gaps = steps @ normal
     mean = float(np.mean(np.abs(gaps))) if len(gaps) else 0.0
     if mean == 0.0 or float(np.ptp(gaps)) > MAX_GAP_SPREAD * mean:
         raise PemmaError(f"{series.where}: slices are not evenly spaced (gaps {np.round(gaps.min(), 3)} to "
                          f"{np.round(gaps.max(), 3)} mm; missing or duplicate slices?)")
+    sideways = float(np.linalg.norm(steps - np.outer(gaps, normal), axis=1).max())
+    if sideways > MAX_GAP_SPREAD * mean:
+        raise PemmaError(f"{series.where}: slices are shifted {sideways:.3g} mm sideways from one to the next "
+                         f"(gantry tilt); resample the series to an orthogonal grid first")
 
 
 def read_series(series: DicomSeries) -> sitk.Image:
@@ -218,6 +224,7 @@ def read_series(series: DicomSeries) -> sitk.Image:
     """
     headers = [_header(f) for f in series.files]
     _check_spacing(series, headers)
+    factor = suv_factor(headers, series.where) if series.modality == "PT" else None  # a missing tag fails early
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(list(series.files))
     reader.SetOutputPixelType(sitk.sitkFloat32)
@@ -226,8 +233,7 @@ def read_series(series: DicomSeries) -> sitk.Image:
     except RuntimeError as exc:
         reason = next((line for line in str(exc).splitlines() if line.strip()), "unreadable")
         raise PemmaError(f"{series.where}: cannot read the pixel data ({reason.strip()[:200]})") from None
-    if series.modality == "PT":
-        factor = suv_factor(headers, series.where)
+    if factor is not None:
         log.info(f"{series.where}: {factor.describe()}")
         image = sitk.Cast(image * factor.factor, sitk.sitkFloat32)
     return image
