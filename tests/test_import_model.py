@@ -112,11 +112,15 @@ class _NotATensor:
 
 def test_bad_sources_are_one_line_errors(tmp_path: Path) -> None:
     torch.save(monai_unetr(hidden_size=48, mlp_dim=96).state_dict(), tmp_path / "other.pt")
+    torch.save(monai_unetr().state_dict(), tmp_path / "good.pt")
     proc = run_cli("import-model", str(tmp_path / "other.pt"), "--backbone", "unetr", *FLAGS, "--out",
                    str(tmp_path / "r1"), check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "tensors match" in proc.stderr and "--config" in proc.stderr
     assert not (tmp_path / "r1").exists(), "a failed import leaves no run folder"
+    # one tensor off (the position embedding of another ROI) is an error too, not a silently broken model
+    with pytest.raises(PemmaError, match="191 of 192 unetr tensors match"):
+        pemma.import_model(tmp_path / "good.pt", tmp_path / "r6", backbone="unetr", preset="tiny", roi=[48, 48, 48])
 
     with (tmp_path / "pickled.pt").open("wb") as f:
         pickle.dump({"net": _NotATensor()}, f, protocol=2)
@@ -127,7 +131,6 @@ def test_bad_sources_are_one_line_errors(tmp_path: Path) -> None:
     torch.save({"epoch": 1}, tmp_path / "empty.pt")
     with pytest.raises(PemmaError, match="holds no state dict"):
         pemma.import_model(tmp_path / "empty.pt", tmp_path / "r3", backbone="unetr", preset="tiny")
-    torch.save(monai_unetr().state_dict(), tmp_path / "good.pt")
     with pytest.raises(PemmaError, match="pass --backbone"):
         pemma.import_model(tmp_path / "good.pt", tmp_path / "r4", preset="tiny")
     for bad, message in (("GTVp=3", "no index for GTVn"), ("tumour=3,GTVn=4", "unknown class"),

@@ -14,7 +14,7 @@ from pemma.errors import PemmaError
 
 def import_model(weights: str | os.PathLike, out: str | os.PathLike, *, backbone: str | None = None,
                  config: str | os.PathLike | None = None, preset: str = "paper",
-                 label_map: str | Mapping[str, int] | None = None, min_matched: float = 0.9, force: bool = False,
+                 label_map: str | Mapping[str, int] | None = None, min_matched: float = 1.0, force: bool = False,
                  overrides: dict[str, dict[str, Any]] | None = None, **settings: Any) -> Run:
     """Write the CT base run ``out`` (the format ``pemma train`` writes) from plain MONAI weights.
 
@@ -29,7 +29,8 @@ def import_model(weights: str | os.PathLike, out: str | os.PathLike, *, backbone
         label_map: ``"GTVp=3,GTVn=5"`` (or a mapping): the head's classes to keep as GTVp / GTVn (background 0
             unless given). Default: keep a 3-class head, or put a new head (trained during adaptation) in place
             of a head with another number of classes.
-        min_matched: share of the network's tensors besides the head that must load. Default 0.9.
+        min_matched: share of the network's tensors besides the head that must load. Default 1.0: every tensor (a
+            position embedding sized for another ROI, say, is an error, not a silently broken model).
         force: replace a finished run in ``out``.
         overrides, settings: as for :func:`pemma.train` (``roi``, ``spacing``, ``seed``, any config field).
 

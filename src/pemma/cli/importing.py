@@ -26,8 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                                      "sizes at 96^3; tiny for tests)")
     p.add_argument("--label-map", help="head classes to keep, e.g. GTVp=3,GTVn=5 (background=0 unless given); "
                                        "default: a 3-class head is kept, another head is replaced by a new one")
-    p.add_argument("--min-matched", type=float, default=0.9,
-                   help="share of the network's tensors (besides the head) that must load (default 0.9)")
+    p.add_argument("--min-matched", type=float, default=1.0,
+                   help="share of the network's tensors (besides the head) that must load (default 1.0: all)")
     add_field_flag(p, ModelConfig, "roi_size", "--roi")
     add_field_flag(p, PreprocessConfig, "target_spacing", "--spacing")
     add_field_flag(p, TrainConfig, "seed")

@@ -199,7 +199,7 @@ def _select_head(state: dict[str, torch.Tensor], label_map: dict[str, int], sour
 
 
 def import_weights(source: str | Path, cfg: RunConfig, out_dir: Path, label_map: dict[str, int] | None = None,
-                   min_matched: float = 0.9) -> dict[str, Any]:
+                   min_matched: float = 1.0) -> dict[str, Any]:
     """Write the CT base run ``out_dir`` (config, weights, ``model.json``) from the weights in ``source``.
 
     Args:
@@ -208,7 +208,8 @@ def import_weights(source: str | Path, cfg: RunConfig, out_dir: Path, label_map:
         out_dir: the (opened) run folder.
         label_map: head rows to keep as background / GTVp / GTVn; None keeps a head of ``cfg.model.out_channels``
             classes or puts a new head in place of another.
-        min_matched: share of the network's tensors besides the head that must load; fewer is an error.
+        min_matched: share of the network's tensors besides the head that must load (default all); fewer is an
+            error.
 
     Returns:
         ``{"matched", "missing", "unexpected", "shape_mismatch" (counts), "head" ("loaded", "selected", "new"),
