@@ -51,6 +51,7 @@ def ort_logits(path: Path, x: torch.Tensor) -> np.ndarray:
 def test_format_from_suffix_and_mismatch() -> None:
     assert export_format(None, "m.onnx") == "onnx" and export_format(None, "m.pt") == "torchscript"
     assert export_format(None, "bundle_dir") == "bundle" and export_format("onnx", "m.onnx") == "onnx"
+    assert export_format("onnx", "model") == "onnx" and export_format("bundle", "out/my.bundle") == "bundle"
     with pytest.raises(PemmaError, match="means onnx, but --format is torchscript"):
         export_format("torchscript", "m.onnx")
     with pytest.raises(PemmaError, match="means torchscript, but --format is onnx"):
