@@ -1,7 +1,7 @@
 """pemma: parameter-efficient multi-modal adaptation for medical image segmentation and prognosis.
 
 The Python API (``pemma.train``, ``pemma.adapt``, ``pemma.update``, ``pemma.predict``, ``pemma.evaluate``,
-``pemma.reproduce``, ``pemma.demo``, ``pemma.params``, ``pemma.export``, ``pemma.synth``,
+``pemma.reproduce``, ``pemma.demo``, ``pemma.params``, ``pemma.export``, ``pemma.import_model``, ``pemma.synth``,
 ``pemma.survival_train|adapt|evaluate|predict`` and ``pemma.Run``) lives in :mod:`pemma.api` and is loaded
 on first use, so ``import pemma`` stays light (no torch).
 """
@@ -15,8 +15,9 @@ __version__ = "0.1.0"
 from pemma.vocab import LABELS, MODALITY_ORDER
 
 #: names served by :mod:`pemma.api` (PEP 562 lazy attributes)
-API = ("Run", "adapt", "check", "demo", "evaluate", "export", "params", "predict", "reproduce", "run_config",
-       "survival_adapt", "survival_evaluate", "survival_predict", "survival_train", "synth", "train", "update")
+API = ("Run", "adapt", "check", "demo", "evaluate", "export", "import_model", "params", "predict", "reproduce",
+       "run_config", "survival_adapt", "survival_evaluate", "survival_predict", "survival_train", "synth", "train",
+       "update")
 
 __all__ = ["LABELS", "MODALITY_ORDER", "__version__", *API]
 

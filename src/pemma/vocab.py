@@ -38,6 +38,12 @@ CT_ROUTES: tuple[str, ...] = ("exact", "shared")
 #: ``authors`` (the configuration of the paper's released code, per backbone).
 RECIPES: tuple[str, ...] = ("pemma", "authors")
 
+# ---------------------------------------------------------------------------------------------- export formats
+#: ``pemma export --format``: a TorchScript file, an ONNX file, or a MONAI bundle folder.
+EXPORT_FORMATS: tuple[str, ...] = ("torchscript", "onnx", "bundle")
+#: ``pemma import-model --backbone``: the MONAI networks whose plain weights pemma imports.
+IMPORT_BACKBONES: tuple[str, ...] = BACKBONES
+
 # ---------------------------------------------------------------------------------------------- modalities
 #: Fixed channel order of every multi-modal tensor in pemma.
 MODALITY_ORDER: tuple[str, ...] = ("ct", "pet")

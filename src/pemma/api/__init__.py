@@ -15,10 +15,12 @@ Heavy modules (torch, MONAI) are imported when a function runs, not when this pa
 from __future__ import annotations
 
 from pemma.api.check import check
+from pemma.api.importing import import_model
 from pemma.api.protocol import demo, reproduce
 from pemma.api.run import Run, run_config
 from pemma.api.segmentation import adapt, evaluate, export, params, predict, synth, train, update
 from pemma.api.survival import survival_adapt, survival_evaluate, survival_predict, survival_train
 
-__all__ = ["Run", "adapt", "check", "demo", "evaluate", "export", "params", "predict", "reproduce", "run_config",
-           "survival_adapt", "survival_evaluate", "survival_predict", "survival_train", "synth", "train", "update"]
+__all__ = ["Run", "adapt", "check", "demo", "evaluate", "export", "import_model", "params", "predict", "reproduce",
+           "run_config", "survival_adapt", "survival_evaluate", "survival_predict", "survival_train", "synth", "train",
+           "update"]

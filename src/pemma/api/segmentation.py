@@ -339,27 +339,42 @@ def params(model: RunLike, *, base: RunLike | None = None) -> dict[str, Any]:
     return parameter_summary(Path(path_of(model)), base_run=path_of(base))
 
 
-def export(model: RunLike, out: str | os.PathLike, *, merge: bool = True,
-           base: RunLike | None = None) -> dict[str, Any]:
-    """Write a standalone TorchScript model with the adapters merged into the weights (CT+PET input).
+def export(model: RunLike, out: str | os.PathLike, *, format: str | None = None, modalities: Names = None,
+           merge: bool = True, base: RunLike | None = None) -> dict[str, Any]:
+    """Write a run as a deployable model: TorchScript, ONNX, or a MONAI bundle folder, with its preprocessing.
+
+    Any run exports (CT base, adapted, baseline, updated); adapters are merged into the weights where the input
+    set allows. The export is checked against pemma's logits (1e-4) before it is written, and the preprocessing
+    it expects is written beside it as JSON. Spatial axes are fixed at the run's ROI (run it with a sliding
+    window of that size); the batch axis is dynamic.
 
     Args:
-        model: adapted run folder (or :class:`Run`).
-        out: output file (``.pt``).
-        merge: merge the adapters (the only export there is; ``False`` is an error).
+        model: run folder (or :class:`Run`).
+        out: output file (``.pt`` TorchScript, ``.onnx``) or bundle folder.
+        format: ``torchscript``, ``onnx`` or ``bundle``. Default: from the suffix of ``out`` (a mismatch is an
+            error).
+        modalities: the input set, e.g. ``"ct,pet"``, one the run accepts. Default: the set it was trained on.
+        merge: merge adapters into the weights (``False`` is an error: an unmerged adapted model is its run folder).
         base: the CT base run, if it moved since adaptation.
 
     Returns:
-        ``{"backbone", "max_abs_diff" (merged vs unmerged on a test input), "bytes", ...}``.
+        ``{"format", "backbone", "modalities", "max_abs_diff" (exported vs pemma on a test input), "merged",
+        "bytes", "out", "preprocessing"}``.
 
     Example:
-        >>> pemma.export(ad, "merged.pt")
+        >>> pemma.export(ad, "model.onnx", modalities="ct,pet")
     """
-    from pemma.methods import export_merged
+    from pemma.methods import export_model
+    from pemma.vocab import parse_modalities
 
     if not merge:
         raise PemmaError("export needs --merge (an unmerged adapted model is its run folder)")
-    return export_merged(Path(path_of(model)), Path(os.fspath(out)), base_run=path_of(base))
+    try:
+        mods = None if modalities is None else parse_modalities(modalities)
+    except ValueError as exc:
+        raise PemmaError(f"--modalities: {exc}") from None
+    return export_model(Path(path_of(model)), Path(os.fspath(out)), fmt=format, modalities=mods,
+                        base_run=path_of(base))
 
 
 def synth(out: str | os.PathLike, *, cases_per_centre: int | None = None, centres: Names = None,

@@ -7,7 +7,7 @@ import json
 
 from pemma.adapters.config import AdapterConfig
 from pemma.cli.options import add_field_flag, add_training_flags, training_settings
-from pemma.vocab import method_choices
+from pemma.vocab import EXPORT_FORMATS, method_choices
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -49,10 +49,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--base", help="CT base run of an adapted model, if it moved since adaptation")
     p.set_defaults(func=cmd_params)
 
-    p = sub.add_parser("export", help="write a standalone (merged) model")
-    p.add_argument("--model", required=True, help="adapted run folder")
-    p.add_argument("--merge", action="store_true", help="merge adapters into the weights (required)")
-    p.add_argument("--out", required=True, help="output file (.pt, TorchScript)")
+    p = sub.add_parser("export", help="write a deployable model (TorchScript, ONNX or MONAI bundle)",
+                       description="Any run (CT base, adapted, baseline) for one input set, adapters merged, checked "
+                                   "against pemma's logits, with its preprocessing written beside it (JSON). Spatial "
+                                   "axes are fixed at the run's ROI (use a sliding window of that size).")
+    p.add_argument("--model", required=True, help="run folder")
+    p.add_argument("--format", choices=EXPORT_FORMATS, help="torchscript | onnx | bundle (a folder); default: from "
+                                                            "the suffix of --out (.pt/.ts, .onnx, none)")
+    p.add_argument("--modalities", help="input set, e.g. ct,pet (default: what the run was trained on)")
+    p.add_argument("--merge", action="store_true", help="merge adapters into the weights (always done; accepted "
+                                                        "for older scripts)")
+    p.add_argument("--out", required=True, help="output file (.pt TorchScript, .onnx) or bundle folder")
     p.add_argument("--base", help="CT base run of the adapted model, if it moved since adaptation")
     p.set_defaults(func=cmd_export)
 
@@ -97,7 +104,9 @@ def cmd_params(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from pemma.api import export
 
-    info = export(args.model, args.out, merge=args.merge, base=args.base)
-    print(f"wrote {args.out}: merged {info['backbone']} for ct+pet input, max |merged - unmerged| = "
-          f"{info['max_abs_diff']:.2e} on a test input ({info['bytes'] / 1e6:.1f} MB)")
+    info = export(args.model, args.out, format=args.format, modalities=args.modalities, base=args.base)
+    what = "merged - unmerged" if info["merged"] else "exported - pemma"
+    print(f"wrote {args.out} ({info['format']}): {'merged ' if info['merged'] else ''}{info['backbone']} for "
+          f"{'+'.join(info['modalities'])} input, max |{what}| = {info['max_abs_diff']:.2e} on a test input "
+          f"({info['bytes'] / 1e6:.1f} MB); preprocessing in {info['preprocessing']}")
     return 0

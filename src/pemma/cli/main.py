@@ -15,10 +15,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pemma import __version__
-from pemma.cli import adaptation, check, demo, protocol, segmentation, survival
+from pemma.cli import adaptation, check, demo, importing, protocol, segmentation, survival
 from pemma.errors import PemmaError
 
-VERBS = (check, segmentation, adaptation, survival, protocol, demo)
+VERBS = (check, segmentation, importing, adaptation, survival, protocol, demo)
 
 
 def build_parser() -> argparse.ArgumentParser:

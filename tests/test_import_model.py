@@ -1,0 +1,156 @@
+"""``pemma import-model``: plain MONAI UNETR / Swin UNETR weights (state dict, safetensors, checkpoint dict, bundle)
+become a CT base run whose logits are the source network's; a 14-class base is adapted and predicts end to end."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import run_cli, run_main
+from monai.networks.nets import UNETR, SwinUNETR
+from safetensors.torch import save_file
+
+import pemma
+from pemma.errors import PemmaError
+from pemma.methods import load_model
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+#: the tiny preset's UNETR sizes at a 32^3 ROI (what ``--preset tiny --roi 32 32 32`` builds)
+TINY_UNETR = {"img_size": [32, 32, 32], "feature_size": 8, "hidden_size": 96, "mlp_dim": 192, "num_heads": 4}
+TINY_SWIN = {"feature_size": 12, "depths": [1, 1, 1, 1], "num_heads": [1, 2, 2, 4]}
+FLAGS = ["--preset", "tiny", "--roi", "32", "32", "32", "--spacing", "4", "4", "4"]
+
+
+def monai_unetr(out_channels: int = 3, seed: int = 3, **sizes: object) -> UNETR:
+    torch.manual_seed(seed)
+    return UNETR(in_channels=1, out_channels=out_channels, **{**TINY_UNETR, **sizes}).eval()
+
+
+def logits(net: torch.nn.Module, seed: int = 0, size: int = 32) -> torch.Tensor:
+    x = torch.rand((1, 1, size, size, size), generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        return net(x)
+
+
+def write_config(path: Path) -> Path:
+    path.write_text("preprocess:\n  ct_window: [-200, 300]\n  target_spacing: [4, 4, 4]\n")
+    return path
+
+
+@pytest.mark.parametrize("form", ["pt", "safetensors", "checkpoint"])
+def test_weights_forms_import_exactly(tmp_path: Path, form: str) -> None:
+    source = monai_unetr()
+    state = source.state_dict()
+    if form == "pt":
+        path = tmp_path / "unetr.pt"
+        torch.save(state, path)
+    elif form == "safetensors":
+        path = tmp_path / "unetr.safetensors"
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    else:  # a training checkpoint of a DDP model: the state dict under "state_dict", keys prefixed "module."
+        path = tmp_path / "ckpt.pth"
+        torch.save({"epoch": 7, "best_metric": 0.5, "state_dict": {f"module.{k}": v for k, v in state.items()}}, path)
+    out = tmp_path / "run"
+    config = write_config(tmp_path / "c.yaml")
+    stdout = run_main("import-model", str(path), "--backbone", "unetr", "--config", str(config), *FLAGS,
+                      "--out", str(out))
+    assert f"{len(state)} tensors matched, 0 missing, 0 unexpected, 0 shape mismatches; head loaded" in stdout
+    loaded = load_model(out)
+    assert loaded.kind == "backbone" and loaded.input_sets == [["ct"]]
+    assert torch.equal(logits(loaded.net), logits(source))
+    assert loaded.config.preprocess.ct_window == [-200, 300], "the declared preprocessing is stored in the run"
+    meta = json.loads((out / "model.json").read_text())
+    assert meta["method"] == "import" and meta["import"]["head"] == "loaded"
+    assert meta["import"]["counts"]["matched"] == len(state)
+
+
+def test_label_map_selects_classes_of_a_14_class_head(tmp_path: Path) -> None:
+    source = monai_unetr(out_channels=14)
+    torch.save(source.state_dict(), tmp_path / "btcv.pt")
+    run = pemma.import_model(tmp_path / "btcv.pt", tmp_path / "run", backbone="unetr", preset="tiny",
+                             roi=[32, 32, 32], label_map="GTVp=3,gtvn=5")
+    assert run.summary["head"] == "selected" and run.summary["source_classes"] == 14
+    assert run.summary["shape_mismatch"] == 0
+    expected = logits(source)[:, [0, 3, 5]]
+    torch.testing.assert_close(logits(load_model(run).net), expected, rtol=0, atol=1e-5)
+
+
+def test_bundle_folder_gives_the_network_sizes(tmp_path: Path) -> None:
+    sizes = {"feature_size": 8, "hidden_size": 64, "mlp_dim": 128, "num_heads": 4}  # not the tiny preset's
+    source = monai_unetr(**sizes)
+    bundle = tmp_path / "bundle"
+    (bundle / "configs").mkdir(parents=True)
+    (bundle / "models").mkdir()
+    torch.save(source.state_dict(), bundle / "models" / "model.pt")
+    network_def = {"_target_": "UNETR", "in_channels": 1, "out_channels": 3, "img_size": "@roi", **sizes}
+    (bundle / "configs" / "inference.json").write_text(json.dumps({"roi": [32, 32, 32], "network_def": network_def}))
+    run = pemma.import_model(bundle, tmp_path / "run", preset="tiny", config=write_config(tmp_path / "c.yaml"))
+    assert run.config.model.backbone == "unetr" and run.config.model.roi_size == [32, 32, 32]
+    assert run.config.model.unetr == sizes
+    assert torch.equal(logits(load_model(run).net), logits(source))
+    with pytest.raises(PemmaError, match="not --backbone swin_unetr"):
+        pemma.import_model(bundle, tmp_path / "run2", backbone="swin_unetr", preset="tiny")
+
+
+def test_swin_unetr_state_dict(tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    source = SwinUNETR(in_channels=1, out_channels=3, **TINY_SWIN).eval()
+    torch.save(source.state_dict(), tmp_path / "swin.pt")
+    run = pemma.import_model(tmp_path / "swin.pt", tmp_path / "run", backbone="swin_unetr", preset="tiny",
+                             roi=[64, 64, 64])
+    assert run.summary["missing"] == run.summary["unexpected"] == 0
+    assert torch.equal(logits(load_model(run).net, size=64), logits(source, size=64))
+
+
+class _NotATensor:
+    pass
+
+
+def test_bad_sources_are_one_line_errors(tmp_path: Path) -> None:
+    torch.save(monai_unetr(hidden_size=48, mlp_dim=96).state_dict(), tmp_path / "other.pt")
+    torch.save(monai_unetr().state_dict(), tmp_path / "good.pt")
+    proc = run_cli("import-model", str(tmp_path / "other.pt"), "--backbone", "unetr", *FLAGS, "--out",
+                   str(tmp_path / "r1"), check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "tensors match" in proc.stderr and "--config" in proc.stderr
+    assert not (tmp_path / "r1").exists(), "a failed import leaves no run folder"
+    # one tensor off (the position embedding of another ROI) is an error too, not a silently broken model
+    with pytest.raises(PemmaError, match="191 of 192 unetr tensors match"):
+        pemma.import_model(tmp_path / "good.pt", tmp_path / "r6", backbone="unetr", preset="tiny", roi=[48, 48, 48])
+
+    with (tmp_path / "pickled.pt").open("wb") as f:
+        pickle.dump({"net": _NotATensor()}, f, protocol=2)
+    with pytest.raises(PemmaError, match="never unpickles") as err:
+        pemma.import_model(tmp_path / "pickled.pt", tmp_path / "r2", backbone="unetr", preset="tiny")
+    assert "weights_only=False" not in str(err.value)
+
+    torch.save({"epoch": 1}, tmp_path / "empty.pt")
+    with pytest.raises(PemmaError, match="holds no state dict"):
+        pemma.import_model(tmp_path / "empty.pt", tmp_path / "r3", backbone="unetr", preset="tiny")
+    with pytest.raises(PemmaError, match="pass --backbone"):
+        pemma.import_model(tmp_path / "good.pt", tmp_path / "r4", preset="tiny")
+    for bad, message in (("GTVp=3", "no index for GTVn"), ("tumour=3,GTVn=4", "unknown class"),
+                         ("GTVp=3,GTVn=3", "share an index"), ("GTVp=3,GTVn=99", "outside the head")):
+        with pytest.raises(PemmaError, match=message):
+            pemma.import_model(tmp_path / "good.pt", tmp_path / "r5", backbone="unetr", preset="tiny",
+                               roi=[32, 32, 32], label_map=bad)
+
+
+@pytest.mark.slow  # adapts and predicts (a few tiny steps)
+def test_14_class_base_gets_a_new_head_and_adapts(tmp_path: Path, phantom: Path) -> None:
+    torch.save(monai_unetr(out_channels=14).state_dict(), tmp_path / "btcv.pt")
+    base = tmp_path / "base"
+    stdout = run_main("import-model", str(tmp_path / "btcv.pt"), "--backbone", "unetr", *FLAGS, "--out", str(base))
+    assert "new head in place of the 14-class head" in stdout and "2 shape mismatches" in stdout
+    assert load_model(base).config.model.out_channels == 3
+    ad = tmp_path / "ad"
+    run_main("adapt", "--base", str(base), "--data", str(phantom), "--centres", "MDA", "--preset", "tiny",
+             "--batch-size", "1", "--max-steps", "2", "--val-every", "1", "--out", str(ad))
+    preds = tmp_path / "preds"
+    run_main("predict", "--model", str(ad), "--modalities", "ct,pet", "--input", str(phantom / "imagesTr"),
+             "--centres", "MDA", "--out", str(preds))
+    assert len(list(preds.glob("*.nii.gz"))) == 2
