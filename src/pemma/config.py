@@ -228,6 +228,9 @@ class TrainConfig:
         "help": "Dice over the whole batch (nnU-Net's batch Dice) instead of per crop: a crop without a class "
                 "then does not reward predicting none of it everywhere"})
     dice_background: bool = field(default=False, metadata={"help": "include the background class in the Dice term"})
+    class_weights: list[float] | None = field(default=None, metadata={
+        "help": "loss weights of background, GTVp, GTVn (cross-entropy; the Dice term takes the tumour ones); "
+                "None weighs every class 1"})
     val_every: int = field(default=5, metadata={"help": "validate every N epochs (and at the end)"})
     overlap: float = field(default=0.25, metadata={"help": "sliding-window overlap"})
     sw_batch_size: int = field(default=2, metadata={"help": "windows per forward pass (sliding window)"})
@@ -250,6 +253,9 @@ class TrainConfig:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
         if len(self.label_ratios) != 3 or min(self.label_ratios) < 0 or sum(self.label_ratios) <= 0:
             raise ValueError(f"label_ratios must be 3 non-negative values, got {self.label_ratios}")
+        if self.class_weights is not None and (len(self.class_weights) != 3 or min(self.class_weights) <= 0):
+            raise ValueError(f"class_weights must be 3 positive values (background, GTVp, GTVn), got "
+                             f"{self.class_weights}")
         if not 0.0 <= self.overlap < 1.0:
             raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
 

@@ -156,3 +156,5 @@ LABELS: dict[str, int] = {"background": 0, "GTVp": 1, "GTVn": 2}
 TUMOUR_CLASSES: tuple[str, ...] = ("GTVp", "GTVn")
 #: Every valid label value.
 LABEL_VALUES: tuple[int, ...] = tuple(LABELS.values())
+#: Phantom difficulties of ``pemma synth --difficulty`` (``pemma.data.phantom_hard``).
+PHANTOM_DIFFICULTIES: tuple[str, ...] = ("normal", "hard")

@@ -49,7 +49,7 @@ def reproduce(strategy: str | os.PathLike, data: str | os.PathLike, out: str | o
 
 def demo(out: str | os.PathLike = "demo", *, seed: int | Iterable[int] | None = None, strategy: str = "demo",
          preset: str | None = None, backbone: str | None = None, max_steps: int | None = None,
-         exclude_bad_cases: bool = False, progress: bool = True) -> Path:
+         exclude_bad_cases: bool = False, progress: bool = True, difficulty: str = "normal") -> Path:
     """The default phantom + :func:`reproduce` with the shipped demo strategy (tiny preset, CPU).
 
     Args:
@@ -59,6 +59,7 @@ def demo(out: str | os.PathLike = "demo", *, seed: int | Iterable[int] | None = 
         preset, backbone, max_steps: overrides of the strategy's values.
         exclude_bad_cases: as for :func:`reproduce`.
         progress: show progress bars.
+        difficulty: the phantom: ``normal`` (default) or ``hard`` (see ``pemma synth --difficulty``).
 
     Returns:
         The report (``seed_<n>/report.md`` for one seed, ``seeds.md`` for several).
@@ -66,7 +67,13 @@ def demo(out: str | os.PathLike = "demo", *, seed: int | Iterable[int] | None = 
     Example:
         >>> print(pemma.demo("demo", seed=[0, 1]).read_text())
     """
+    from pemma.data.phantom import PhantomConfig
+    from pemma.errors import PemmaError
     from pemma.protocol.demo import run_demo
 
+    try:
+        phantom = PhantomConfig(difficulty=difficulty)
+    except ValueError as exc:
+        raise PemmaError(f"invalid phantom settings: {exc}") from None
     return run_demo(os.fspath(out), seeds=_list(seed) or [0], preset=preset, max_steps=max_steps, backbone=backbone,
-                    strategy=strategy, exclude_bad_cases=exclude_bad_cases, progress=progress)
+                    strategy=strategy, exclude_bad_cases=exclude_bad_cases, progress=progress, phantom=phantom)

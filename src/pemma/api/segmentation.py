@@ -379,7 +379,8 @@ def export(model: RunLike, out: str | os.PathLike, *, format: str | None = None,
 
 def synth(out: str | os.PathLike, *, cases_per_centre: int | None = None, centres: Names = None,
           shape: Sequence[int] | None = None, ct_spacing: Sequence[float] | None = None,
-          oblique_degrees: float | None = None, seed: int | None = None) -> list[str]:
+          oblique_degrees: float | None = None, seed: int | None = None,
+          difficulty: str | None = None) -> list[str]:
     """Write a deterministic HECKTOR-2022-layout PET/CT phantom (images, labels, clinical and endpoint CSVs).
 
     Args:
@@ -388,6 +389,8 @@ def synth(out: str | os.PathLike, *, cases_per_centre: int | None = None, centre
         centres: centres. Default the 7 HECKTOR training centres.
         shape: CT voxels (I, J, K). ct_spacing: CT spacing in mm.
         oblique_degrees: rotate the image direction. seed: random seed (default 0).
+        difficulty: ``normal`` (default) or ``hard``: weaker CT contrast, unlabelled PET hot spots and
+            physiological uptake on the same labels and grids (recorded in ``OUT/phantom.json``).
 
     Returns:
         The case IDs written.
@@ -398,7 +401,8 @@ def synth(out: str | os.PathLike, *, cases_per_centre: int | None = None, centre
     from pemma.data.phantom import PhantomConfig, synthesize_phantom
 
     kwargs = {"cases_per_centre": cases_per_centre, "ct_shape": shape, "ct_spacing": ct_spacing,
-              "oblique_degrees": oblique_degrees, "seed": seed, "centres": tuple(name_list(centres) or ()) or None}
+              "oblique_degrees": oblique_degrees, "seed": seed, "centres": tuple(name_list(centres) or ()) or None,
+              "difficulty": difficulty}
     try:
         phantom = PhantomConfig(**{k: (tuple(v) if isinstance(v, list | tuple) else v)
                                    for k, v in kwargs.items() if v is not None})

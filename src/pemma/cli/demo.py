@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pemma.vocab import BACKBONES
+from pemma.vocab import BACKBONES, PHANTOM_DIFFICULTIES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,6 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="leave out the cases that fail the data check (listed in excluded_cases.json) instead of "
                         "stopping before any training")
     p.add_argument("--max-steps", type=int, help="bound the training steps of every phase (quick trials)")
+    p.add_argument("--difficulty", choices=PHANTOM_DIFFICULTIES, default="normal",
+                   help="phantom difficulty (default normal; hard: see `pemma synth --help`)")
     p.set_defaults(func=cmd_demo)
 
 
@@ -28,7 +30,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from pemma.api import demo
 
     report = demo(args.out, seed=args.seed, preset=args.preset, max_steps=args.max_steps, backbone=args.backbone,
-                  strategy=args.strategy, exclude_bad_cases=args.exclude_bad_cases)
+                  strategy=args.strategy, exclude_bad_cases=args.exclude_bad_cases, difficulty=args.difficulty)
     print(report.read_text())
     print(f"report: {report}")
     return 0

@@ -6,7 +6,7 @@ import argparse
 
 from pemma.cli.options import add_field_flag, add_training_flags, add_window_flags, training_settings, window_settings
 from pemma.config import ModelConfig
-from pemma.vocab import BACKBONES
+from pemma.vocab import BACKBONES, PHANTOM_DIFFICULTIES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,6 +20,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ct-spacing", type=float, nargs=3, metavar=("X", "Y", "Z"), help="CT spacing mm")
     p.add_argument("--oblique-degrees", type=float, default=None, help="rotate the image direction")
     p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
+    p.add_argument("--difficulty", choices=PHANTOM_DIFFICULTIES, default=None,
+                   help="normal (default) or hard: GTVp 0-25 HU over soft tissue, unlabelled PET hot spots and "
+                        "reactive nodes, brown fat / muscle / stronger gland uptake; same labels and grids")
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("train", help="train a segmentation backbone (CT-only, or CT+PET early fusion)",
@@ -65,8 +68,9 @@ def cmd_synth(args: argparse.Namespace) -> int:
     from pemma.api import synth
 
     ids = synth(args.out, cases_per_centre=args.cases_per_centre, centres=args.centres, shape=args.shape,
-                ct_spacing=args.ct_spacing, oblique_degrees=args.oblique_degrees, seed=args.seed)
-    print(f"wrote {len(ids)} cases to {args.out}")
+                ct_spacing=args.ct_spacing, oblique_degrees=args.oblique_degrees, seed=args.seed,
+                difficulty=args.difficulty)
+    print(f"wrote {len(ids)} cases to {args.out}" + (f" ({args.difficulty} phantom)" if args.difficulty else ""))
     return 0
 
 

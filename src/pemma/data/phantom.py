@@ -8,6 +8,8 @@ character (CT noise, PET resolution / noise / SUV calibration, field of view). P
 on the CT grid, blurred, resampled through the affines onto its own coarser, offset grid and given
 Poisson-like noise. Clinical variables have HECKTOR-like missingness and relapse-free survival follows a
 Weibull hazard driven by tumour volume, PET uptake, HPV, age and performance status.
+``PhantomConfig(difficulty="hard")`` weakens the CT contrast and adds unlabelled PET look-alikes and
+physiological uptake on the same labels and grids (:mod:`pemma.data.phantom_hard`).
 
 Output (patient IDs ``CENTRE-NNN`` from 000)::
 
@@ -16,6 +18,7 @@ Output (patient IDs ``CENTRE-NNN`` from 000)::
     OUT/labelsTr/CHUM-000.nii.gz       uint8 0/1 GTVp/2 GTVn on the CT grid
     OUT/hecktor2022_clinical_info_training.csv
     OUT/hecktor2022_endpoint_training.csv
+    OUT/phantom.json                   the settings (difficulty, seed, ...), only for a non-default difficulty
 
 Example:
     >>> from pemma.data.phantom import PhantomConfig, synthesize_phantom
@@ -28,8 +31,9 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -46,6 +50,7 @@ from pemma.data.phantom_anatomy import (
     paint_lesions,
     smooth_noise,
 )
+from pemma.data.phantom_hard import DIFFICULTIES, HARD_HU_DELTA, paint_hard_confounders
 from pemma.errors import PemmaError
 from pemma.io_utils import save_nifti, write_text_atomic
 
@@ -56,6 +61,9 @@ CLINICAL_HEADER: tuple[str, ...] = ("PatientID", "Task 1", "Task 2", "CenterID",
 ENDPOINT_HEADER: tuple[str, ...] = ("PatientID", "Relapse", "RFS")
 CLINICAL_FILE = "hecktor2022_clinical_info_training.csv"
 ENDPOINT_FILE = "hecktor2022_endpoint_training.csv"
+#: What was synthesised (the :class:`PhantomConfig` fields), written next to the CSVs for a phantom other than
+#: the default one (a default phantom keeps exactly the HECKTOR layout).
+PHANTOM_FILE = "phantom.json"
 CT_RANGE: tuple[int, int] = (-1024, 3071)  # HU clip range; -1024 is also the padding value
 #: Base missing rates of clinical columns; the centre's ``missing_boost`` is added to the boosted ones.
 MISSING: dict[str, float] = {"Weight": 0.08, "Tobacco": 0.45, "Alcohol": 0.50, "Performance status": 0.45,
@@ -89,6 +97,8 @@ class PhantomConfig:
             [-45, 45]; 0 gives an identity direction. Default 0.0.
         seed: non-negative base seed; case c of centre C uses its own streams derived from
             (seed, CenterID, c). Default 0.
+        difficulty: ``normal`` (the default phantom) or ``hard`` (weaker CT contrast, more unlabelled PET
+            hot spots and physiological uptake; same labels and grids, see :mod:`pemma.data.phantom_hard`).
 
     Example:
         >>> PhantomConfig(cases_per_centre=1, centres=("CHUM",), ct_shape=(32, 32, 24))
@@ -101,6 +111,7 @@ class PhantomConfig:
     pet_spacing: tuple[float, float, float] = (4.0, 4.0, 2.5)  # PET voxel size, mm, each in (0, 20]
     oblique_degrees: float = 0.0  # rotation of the direction cosines, degrees in [-45, 45]
     seed: int = 0  # base seed, >= 0
+    difficulty: str = "normal"  # normal or hard (see pemma.data.phantom_hard)
 
     def __post_init__(self) -> None:
         self.cases_per_centre = _int("cases_per_centre", self.cases_per_centre, 1, 1000)
@@ -120,6 +131,8 @@ class PhantomConfig:
             raise ValueError(f"oblique_degrees must be a number in [-45, 45], got {self.oblique_degrees!r}")
         self.oblique_degrees = float(self.oblique_degrees)
         self.seed = _int("seed", self.seed, 0, 2**63 - 1)
+        if self.difficulty not in DIFFICULTIES:
+            raise ValueError(f"difficulty must be one of {DIFFICULTIES}, got {self.difficulty!r}")
 
 
 def _int(name: str, value: object, lo: int, hi: int) -> int:
@@ -238,16 +251,19 @@ def synthesize_case(centre: str, index: int, config: PhantomConfig | None = None
         raise ValueError(f"unknown centre {centre!r}; known centres are {sorted(SCANNERS)}")
     sc = SCANNERS[centre]
     case_id = f"{centre}-{index:03d}"
-    r_clin, r_img, r_surv = (np.random.default_rng(s) for s in
-                             np.random.SeedSequence([cfg.seed, sc.centre_id, index]).spawn(3))
+    streams = np.random.SeedSequence([cfg.seed, sc.centre_id, index]).spawn(4)  # the 4th: hard-phantom draws
+    r_clin, r_img, r_surv = (np.random.default_rng(s) for s in streams[:3])
+    hard = cfg.difficulty == "hard"
     true, row = _clinical(r_clin, case_id, centre)
 
     shape, sp = np.array(cfg.ct_shape), np.array(cfg.ct_spacing)
     g = RefGrid.make(cfg.ct_shape, cfg.ct_spacing, size=r_img.uniform(0.92, 1.06),
                      shift=tuple(r_img.uniform(-4, 4, 2)), z_shift=sc.z_shift + r_img.uniform(-0.02, 0.02))
     hu, act, masks = paint_anatomy(g, r_img)
-    les = paint_lesions(g, r_img, hu, act, masks, true[HPV_COLUMN])
+    les = paint_lesions(g, r_img, hu, act, masks, true[HPV_COLUMN], hu_delta=HARD_HU_DELTA if hard else None)
     paint_confounders(g, r_img, hu, act, masks, les.label)
+    if hard:
+        paint_hard_confounders(g, np.random.default_rng(streams[3]), hu, act, masks, les.label)
     soft = masks["body"] & ~masks["airway"]
     hu += (6.0 * smooth_noise(r_img, hu.shape, 1.5)) * soft
     act *= 1.0 + 0.08 * smooth_noise(r_img, act.shape, 1.5) * masks["body"]
@@ -325,4 +341,24 @@ def synthesize_phantom(out_dir: str | Path, config: PhantomConfig | None = None,
         ids.append(case.case_id)
     write_text_atomic(out / CLINICAL_FILE, _csv_text(CLINICAL_HEADER, clinical))
     write_text_atomic(out / ENDPOINT_FILE, _csv_text(ENDPOINT_HEADER, endpoint))
+    if cfg.difficulty != "normal":  # the default phantom's layout stays the HECKTOR one, as before
+        write_text_atomic(out / PHANTOM_FILE, json.dumps({**asdict(cfg), "cases": ids}, indent=1) + "\n")
     return ids
+
+
+def read_phantom_config(folder: str | Path) -> PhantomConfig | None:
+    """The :class:`PhantomConfig` recorded in ``folder/phantom.json``; None when the file is absent (the default
+    phantom, one written before settings were recorded, or not a phantom).
+
+    Raises:
+        PemmaError: the file is unreadable or holds invalid settings (one line naming it).
+    """
+    path = Path(folder) / PHANTOM_FILE
+    if not path.is_file():
+        return None
+    try:
+        raw = json.loads(path.read_text())
+        fields = {k: (tuple(v) if isinstance(v, list) else v) for k, v in raw.items() if k != "cases"}
+        return PhantomConfig(**fields)
+    except (OSError, ValueError, TypeError) as exc:
+        raise PemmaError(f"{path}: cannot read the phantom settings ({exc})") from None

@@ -294,8 +294,15 @@ def _uptake(rng: np.random.Generator, g: RefGrid, mask: np.ndarray, peak: float,
 
 
 def paint_lesions(g: RefGrid, rng: np.random.Generator, hu: np.ndarray, suv: np.ndarray, masks: dict,
-                  hpv: int) -> LesionSummary:
-    """Paint GTVp (irregular, modest CT contrast, strong PET uptake) and 0-3 GTVn; return the label."""
+                  hpv: int, hu_delta: dict[str, tuple[float, float]] | None = None) -> LesionSummary:
+    """Paint GTVp (irregular, modest CT contrast, strong PET uptake) and 0-3 GTVn; return the label.
+
+    Args:
+        hu_delta: ranges of the lesions' CT contrast over soft tissue (HU), keys ``gtvp_hu_delta`` and
+            ``gtvn_hu_delta``; default those of :data:`LESION`. Only the mapping of the same random draws
+            changes, so the label and every later draw are those of the default.
+    """
+    deltas = {k: LESION[k] for k in ("gtvp_hu_delta", "gtvn_hu_delta")} | dict(hu_delta or {})
     label = np.zeros(g.shape, np.uint8)
     # Lesions keep a voxel's distance from bone (a mandible-invading tumour would be obvious on CT).
     allowed = masks["inner"] & ~ndimage.binary_dilation(masks["bone"]) & ~masks["brain"]
@@ -317,7 +324,7 @@ def paint_lesions(g: RefGrid, rng: np.random.Generator, hu: np.ndarray, suv: np.
         if m is not None and (m := m & allowed[sl]).any():
             necrotic = volume > 12 and rng.uniform() < LESION["p_necrosis"]
             act, core = _uptake(rng, g, m, peak, necrotic)
-            delta = rng.uniform(*LESION["gtvp_hu_delta"]) - 15.0 * core
+            delta = rng.uniform(*deltas["gtvp_hu_delta"]) - 15.0 * core
             hu[sl][m] = (soft + delta + 5.0 * smooth_noise(rng, m.shape, 1.0))[m]
             suv[sl][m] = act[m]
             masks["airway"][sl] &= ~m
@@ -337,7 +344,7 @@ def paint_lesions(g: RefGrid, rng: np.random.Generator, hu: np.ndarray, suv: np.
         cystic = rng.uniform() < (0.35 if hpv else 0.10)
         peak = rng.uniform(*LESION["gtvn_suv"])
         act, core = _uptake(rng, g, m, peak, cystic)
-        delta = rng.uniform(*LESION["gtvn_hu_delta"]) - 30.0 * core
+        delta = rng.uniform(*deltas["gtvn_hu_delta"]) - 30.0 * core
         hu[sl][m] = (soft + delta + 5.0 * smooth_noise(rng, m.shape, 1.0))[m]
         suv[sl][m] = act[m]
         label[sl][m] = 2

@@ -16,7 +16,8 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from pemma.data.phantom import ENDPOINT_FILE, PhantomConfig, synthesize_phantom
+from pemma.data.phantom import ENDPOINT_FILE, PhantomConfig, read_phantom_config, synthesize_phantom
+from pemma.errors import PemmaError
 from pemma.io_utils import write_text_atomic
 from pemma.protocol.findings import summarise_seeds
 from pemma.protocol.runner import reproduce
@@ -35,7 +36,8 @@ def run_demo(out_dir: str | Path = "demo", seeds: Sequence[int] = (0,), preset: 
         seeds: split and training seeds; more than one adds ``seeds.md``. Default (0,).
         preset, max_steps, backbone: overrides of the strategy's values (None keeps them).
         strategy: a strategy file or shipped name. Default "demo".
-        phantom: the phantom to generate. Default :class:`PhantomConfig` () (the default phantom).
+        phantom: the phantom to generate. Default :class:`PhantomConfig` () (the default phantom). An existing
+            ``OUT/phantom`` of another difficulty is refused (one line), not silently reused.
         exclude_bad_cases: leave out cases that fail the data check instead of stopping. Default False.
 
     Returns:
@@ -43,8 +45,15 @@ def run_demo(out_dir: str | Path = "demo", seeds: Sequence[int] = (0,), preset: 
     """
     out = Path(out_dir)
     data = out / "phantom"
+    wanted = phantom or PhantomConfig()
     if not (data / ENDPOINT_FILE).is_file():
-        synthesize_phantom(data, phantom or PhantomConfig())
+        synthesize_phantom(data, wanted)
+    else:
+        found = read_phantom_config(data)
+        have = found.difficulty if found else "normal"
+        if have != wanted.difficulty:
+            raise PemmaError(f"{data}: holds a {have} phantom, not the {wanted.difficulty} one asked for; use another "
+                             f"--out")
     reports = {}
     for seed in seeds:
         results = out / f"seed_{seed}"

@@ -74,7 +74,9 @@ def validate(task: TrainingTask, module: nn.Module, val_ds: Any, cfg: RunConfig,
 
 def dice_ce_loss(tc: TrainConfig) -> DiceCELoss:
     """The segmentation loss: Dice + cross-entropy on softmax logits, Dice flags from the config."""
-    return DiceCELoss(to_onehot_y=True, softmax=True, include_background=tc.dice_background, batch=tc.dice_batch)
+    weight = None if tc.class_weights is None else torch.tensor([float(w) for w in tc.class_weights])
+    return DiceCELoss(to_onehot_y=True, softmax=True, include_background=tc.dice_background, batch=tc.dice_batch,
+                      weight=weight)
 
 
 def segmentation_engine(task: TrainingTask, tc: TrainConfig, total: int, device: torch.device,
@@ -126,7 +128,7 @@ RESUME_SETTINGS: dict[str, tuple[str, ...] | None] = {
     "model": ("backbone", "roi_size", "out_channels", "unetr", "swin_unetr"), "preprocess": None,
     "data": ("modalities", "val_fraction"),
     "train": ("seed", "epochs", "max_steps", "batch_size", "samples_per_case", "lr", "weight_decay", "label_ratios",
-              "dice_batch", "dice_background"),
+              "dice_batch", "dice_background", "class_weights"),
 }
 
 
