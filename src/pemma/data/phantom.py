@@ -32,6 +32,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
@@ -54,6 +55,9 @@ CLINICAL_HEADER: tuple[str, ...] = ("PatientID", "Task 1", "Task 2", "CenterID",
                                     "Tobacco", "Alcohol", "Performance status", HPV_COLUMN, "Surgery",
                                     "Chemotherapy")
 ENDPOINT_HEADER: tuple[str, ...] = ("PatientID", "Relapse", "RFS")
+#: the NIfTI header ``descrip`` of every phantom CT: how pemma tells its phantom from real data (it survives a copy
+#: of the files into another layout)
+PHANTOM_DESCRIP = "pemma phantom"
 CLINICAL_FILE = "hecktor2022_clinical_info_training.csv"
 ENDPOINT_FILE = "hecktor2022_endpoint_training.csv"
 CT_RANGE: tuple[int, int] = (-1024, 3071)  # HU clip range; -1024 is also the padding value
@@ -313,10 +317,13 @@ def synthesize_phantom(out_dir: str | Path, config: PhantomConfig | None = None,
     if out.exists() and not out.is_dir():
         raise PemmaError(f"{out}: exists and is not a folder")
     jobs = [(c, i) for c in cfg.centres for i in range(cfg.cases_per_centre)]
+    marker = nib.Nifti1Header()
+    marker["descrip"] = PHANTOM_DESCRIP.encode()
     clinical, endpoint, ids = [], [], []
     for centre, index in tqdm(jobs, desc="synth", unit="case", disable=not progress):
         case = synthesize_case(centre, index, cfg)
-        save_nifti(case.ct, case.ct_affine, out / "imagesTr" / f"{case.case_id}__CT.nii.gz", dtype=np.int16)
+        save_nifti(case.ct, case.ct_affine, out / "imagesTr" / f"{case.case_id}__CT.nii.gz", dtype=np.int16,
+                   header=marker)
         save_nifti(case.pet, case.pet_affine, out / "imagesTr" / f"{case.case_id}__PT.nii.gz",
                    dtype=np.float32)
         save_nifti(case.label, case.ct_affine, out / "labelsTr" / f"{case.case_id}.nii.gz", dtype=np.uint8)
@@ -326,3 +333,14 @@ def synthesize_phantom(out_dir: str | Path, config: PhantomConfig | None = None,
     write_text_atomic(out / CLINICAL_FILE, _csv_text(CLINICAL_HEADER, clinical))
     write_text_atomic(out / ENDPOINT_FILE, _csv_text(ENDPOINT_HEADER, endpoint))
     return ids
+
+
+def is_phantom_image(path: str | Path) -> bool:
+    """True when the image file is a CT of pemma's phantom (its header carries :data:`PHANTOM_DESCRIP`); False for
+    any other file, also one that cannot be read."""
+    try:
+        descrip = nib.load(str(path)).header.get("descrip")
+        text = bytes(np.asarray(descrip).item()).decode("ascii", "ignore") if descrip is not None else ""
+    except Exception:  # not NIfTI, unreadable: not the phantom
+        return False
+    return text.strip("\x00 ").startswith(PHANTOM_DESCRIP)

@@ -256,6 +256,9 @@ class SegmentationTraining:
         if self.dist.is_main and self.best_step < 0:
             self.task.save(self.engine.model, self.out_dir, {**self.meta, "step": step, "val_dsc": None})
             self.best_step = step
+        figure = self.engine.finish()
+        if figure is not None:
+            self.log.info(f"training curves: {figure}; TensorBoard: tensorboard --logdir {self.out_dir}")
         barrier(self.dist)
         seconds = time.time() - self.started
         best_text = f"{self.best:.4f}" if self.best >= 0 else "n/a (no validation cases)"
