@@ -182,9 +182,12 @@ def channel_file_case(path: Path) -> list[CaseRecord]:
 def discover_image_files(folder: Path) -> list[CaseRecord]:
     """A folder of CT files of any names (``.nii.gz``, ``.mha``, ``.nrrd``...): each file is a CT-only case whose ID
     is its name without the ending."""
-    cases = []
+    found: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
         parts = split_ending(path.name)
         if parts and path.is_file() and not path.name.startswith("."):
-            cases.append(CaseRecord(parts[0], centre_of(parts[0]), {"ct": str(path)}))
-    return cases
+            if parts[0] in found:
+                raise PemmaError(f"{folder}: two files for case {parts[0]}, {found[parts[0]].name} and {path.name}; "
+                                 f"keep one (each file of a folder of CTs is one case, named by the file)")
+            found[parts[0]] = path
+    return [CaseRecord(cid, centre_of(cid), {"ct": str(path)}) for cid, path in found.items()]
