@@ -79,8 +79,9 @@ def test_train_predict_evaluate_on_nnunet_raw(nnunet: Path, phantom: Path, tmp_p
     # a perfect score only if dataset.json's label names are honoured
     truth = tmp_path / "truth"
     truth.mkdir()
-    for cid in (*TRAIN, "MDA-000"):
+    for cid in TRAIN:
         shutil.copy(phantom / "labelsTr" / f"{cid}.nii.gz", truth / f"{cid}.nii.gz")
+    _to_mha(phantom / "labelsTr" / "MDA-000.nii.gz", truth / "MDA-000.mha")  # as nnU-Net writes its file_ending
     run_main("evaluate", "--pred", str(truth), "--data", str(nnunet), "--out", str(tmp_path / "eval_truth"))
     scores = json.loads((tmp_path / "eval_truth" / "metrics_predictions.json").read_text())
     assert scores["n_cases"] == 5 and scores["DSCagg"]["GTVp"] == 1.0 and scores["DSCagg"]["GTVn"] == 1.0

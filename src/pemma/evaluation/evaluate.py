@@ -22,7 +22,7 @@ from pemma.data.transforms import check_label_overlap
 from pemma.errors import PemmaError
 from pemma.evaluation.metrics import CLASS_NAMES, AggregatedDice, case_counts, case_metrics, summarize
 from pemma.inference.predict import WindowSettings, predict_case
-from pemma.io_utils import NIFTI_ENDINGS, load_nifti, save_nifti, write_text_atomic
+from pemma.io_utils import IMAGE_ENDINGS, NIFTI_ENDINGS, load_nifti, save_nifti, write_text_atomic
 from pemma.models.loaded import LoadedModel
 from pemma.vocab import LABEL_VALUES
 
@@ -108,7 +108,7 @@ def evaluate_predictions(pred_dir: str | Path, cases: Sequence[CaseRecord], prog
     agg = AggregatedDice()
     rows, counts = [], {}
     for case in tqdm(cases, desc="evaluate", unit="case", disable=not progress):
-        path = next((pred_dir / f"{case.case_id}{e}" for e in (".nii.gz", ".nii")
+        path = next((pred_dir / f"{case.case_id}{e}" for e in IMAGE_ENDINGS  # nnU-Net writes its file_ending
                      if (pred_dir / f"{case.case_id}{e}").is_file()), None)
         if path is None:
             raise PemmaError(f"{pred_dir}: no prediction for case {case.case_id} (expected {case.case_id}.nii.gz)")
