@@ -83,8 +83,49 @@ def save_nifti(array: np.ndarray, affine: np.ndarray, path: str | os.PathLike,
         nib.save(img, str(tmp))
 
 
+#: file endings nibabel reads; any other image file (``.mha``, ``.nrrd``, ``.mhd``...) is read by SimpleITK
+NIFTI_ENDINGS = (".nii.gz", ".nii")
+#: image file endings pemma looks for in folders of images (nnU-Net ``file_ending`` may name any SimpleITK reads)
+IMAGE_ENDINGS = (".nii.gz", ".nii", ".mha", ".mhd", ".nrrd", ".nhdr")
+
+
+def read_sitk_image(path: str | os.PathLike) -> nib.Nifti1Image:
+    """Read any image SimpleITK reads (MetaImage, NRRD, ...) as a NIfTI image in the same physical space.
+
+    SimpleITK's geometry is LPS (origin, spacing, direction); NIfTI affines map voxels to RAS, so the
+    first two world axes change sign. The voxel array is transposed from SimpleITK's (z, y, x) to (x, y, z).
+
+    Args:
+        path: the image file.
+    """
+    import SimpleITK as sitk
+
+    image = sitk.ReadImage(str(path))
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise ValueError(f"{image.GetNumberOfComponentsPerPixel()} components per voxel, expected 1")
+    array = sitk.GetArrayFromImage(image)
+    array = np.ascontiguousarray(array.transpose(tuple(range(array.ndim))[::-1]))
+    dim = image.GetDimension()
+    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(dim, dim)
+    linear = np.eye(3)
+    linear[:dim, :dim] = direction * np.asarray(image.GetSpacing(), dtype=np.float64)[None, :]
+    origin = np.zeros(3)
+    origin[:dim] = image.GetOrigin()
+    lps_to_ras = np.diag([-1.0, -1.0, 1.0])
+    affine = np.eye(4)
+    affine[:3, :3] = lps_to_ras @ linear
+    affine[:3, 3] = lps_to_ras @ origin
+    img = nib.Nifti1Image(array, affine)
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    return img
+
+
 def load_nifti(path: str | os.PathLike, *, what: str = "image") -> nib.Nifti1Image:
-    """Open a NIfTI file and check that it can be read, is 3-D and holds only finite values.
+    """Open an image file and check that it can be read, is 3-D and holds only finite values.
+
+    NIfTI (``.nii``, ``.nii.gz``) is read by nibabel, any other format SimpleITK reads (``.mha``, ``.nrrd``...) by
+    :func:`read_sitk_image`, as a NIfTI image in the same physical space.
 
     Raises:
         PemmaError: one line naming the file and the problem (missing, corrupt, not 3-D, NaN/inf).
@@ -92,12 +133,14 @@ def load_nifti(path: str | os.PathLike, *, what: str = "image") -> nib.Nifti1Ima
     path = Path(path)
     if not path.is_file():
         raise PemmaError(f"{path}: {what} file not found")
+    nifti = path.name.lower().endswith(NIFTI_ENDINGS)
     try:
-        img = nib.load(str(path))
+        img = nib.load(str(path)) if nifti else read_sitk_image(path)
         data = np.asanyarray(img.dataobj)
-    except Exception as exc:  # nibabel raises many types for truncated / corrupt files
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise PemmaError(f"{path}: cannot read {what} as NIfTI ({reason})") from None
+    except Exception as exc:  # nibabel and SimpleITK raise many types for truncated / corrupt files
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        kind = "NIfTI" if nifti else "an image (SimpleITK)"
+        raise PemmaError(f"{path}: cannot read {what} as {kind} ({reason[:200]})") from None
     if data.ndim == 4 and data.shape[-1] == 1:
         data = data[..., 0]
     if data.ndim != 3:

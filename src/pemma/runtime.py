@@ -6,15 +6,17 @@ from __future__ import annotations
 import csv
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
 
 from pemma.errors import PemmaError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,8 @@ def init_distributed(device: torch.device) -> DistInfo:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistInfo()
+    if device.type == "cuda":  # NCCL object collectives (agree_on_failure) use the current device
+        torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
     return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
@@ -63,6 +67,54 @@ def init_distributed(device: torch.device) -> DistInfo:
 def barrier(info: DistInfo) -> None:
     if info.enabled:
         dist.barrier()
+
+
+def _user_message(exc: BaseException | None) -> str | None:
+    """The message of a :class:`PemmaError` raised directly or wrapped (MONAI wraps transform errors)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, PemmaError):
+            return str(exc)
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def agree_on_failure(info: DistInfo, work: Callable[[], T], what: str = "data preparation") -> T:
+    """Run ``work`` in every process; when it fails in any, every process fails with the same one-line error.
+
+    Without this, a process whose own part fails (e.g. rank 0 reading a corrupt validation case that only it reads)
+    exits while the others wait in the next collective and then crash with a traceback of their own.
+
+    Args:
+        info: the process group. work: what each process does (its own share). what: named in the error.
+
+    Raises:
+        PemmaError: the first failing process's user error (in every process); a process whose own failure is not
+            a user error re-raises it, the others report it as one line.
+    """
+    error: BaseException | None = None
+    result: Any = None
+    try:
+        result = work()
+    except Exception as exc:  # every failure is shared, so that no process is left waiting
+        error = exc
+    if not info.enabled:
+        if error is not None:
+            raise error
+        return result
+    own = None if error is None else (_user_message(error) or f"!{type(error).__name__}: {str(error)[:200]}")
+    messages: list[str | None] = [None] * info.world_size
+    dist.all_gather_object(messages, own)
+    failed = [(rank, m) for rank, m in enumerate(messages) if m is not None]
+    if not failed:
+        return result
+    rank, message = failed[0]
+    if error is not None and own is not None and own.startswith("!"):
+        raise error
+    if message.startswith("!"):
+        raise PemmaError(f"{what} failed in process {rank} ({message[1:]}); see its error")
+    raise PemmaError(message)
 
 
 def cleanup(info: DistInfo) -> None:

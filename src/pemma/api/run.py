@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Union
 
 from pemma.config import DataConfig, ModelConfig, PreprocessConfig, RunConfig, TrainConfig, build_config
+from pemma.errors import PemmaError
 
 #: a run folder given as a path or as the :class:`Run` a training function returned
 RunLike = Union[str, os.PathLike, "Run"]
@@ -134,3 +135,22 @@ def absolute_data(cfg: RunConfig) -> RunConfig:
     if not cfg.data.root or os.path.isabs(cfg.data.root):
         return cfg
     return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=os.path.abspath(cfg.data.root)))
+
+
+def warn_tiny_preset(preset: str, cfg: RunConfig) -> None:
+    """Warn (one line) when the ``tiny`` preset, the CPU test model and every training verb's default, trains on
+    data that is not pemma's phantom (its CT headers carry :data:`pemma.data.phantom.PHANTOM_DESCRIP`)."""
+    import warnings
+
+    from pemma.data.layout import discover_cases
+    from pemma.data.phantom import is_phantom_image
+
+    if preset != "tiny" or not cfg.data.root:
+        return
+    try:
+        first = next((c.images["ct"] for c in discover_cases(cfg.data.root) if "ct" in c.images), None)
+    except PemmaError:
+        return  # the command itself reports what is wrong with the data
+    if first is not None and not is_phantom_image(first):
+        warnings.warn(f"--preset tiny (the default: a CPU test model) on {cfg.data.root}, which is not pemma's "
+                      f"phantom; real data needs --preset paper (or your --config)", UserWarning, stacklevel=3)

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pemma.api.run import Run, RunLike, absolute_data, name_list, path_of, run_config
+from pemma.api.run import Run, RunLike, absolute_data, name_list, path_of, run_config, warn_tiny_preset
 from pemma.errors import PemmaError
 
 Names = str | Iterable[str] | None
@@ -47,6 +47,7 @@ def train(data: str | os.PathLike, out: str | os.PathLike, *, centres: Names = N
 
     cfg = absolute_data(run_config(preset, config, overrides, data=data, centres=centres, modalities=modalities,
                                    backbone=backbone, **settings))
+    warn_tiny_preset(preset, cfg)
     with new_run_folder(out, force=force, resume=resume) as folder:
         summary = train_backbone(cfg, os.fspath(folder), resume=resume)
     return Run.open(out, summary)
@@ -101,6 +102,7 @@ def adapt(base: RunLike, data: str | os.PathLike, out: str | os.PathLike, *, cen
     except ValueError as exc:
         raise PemmaError(f"invalid adapter settings: {exc}") from None
     cfg = absolute_data(run_config(preset, config, overrides, data=data, centres=centres, **settings))
+    warn_tiny_preset(preset, cfg)
     with new_run_folder(out, force=force, resume=resume, reads=[path_of(base)]) as folder:
         summary = adapt_run(path_of(base), cfg, os.fspath(folder), method=method, adapter_cfg=adapter_cfg,
                             resume=resume)
@@ -130,6 +132,7 @@ def update(model: RunLike, data: str | os.PathLike, modalities: Names, out: str 
     from pemma.vocab import parse_modalities
 
     cfg = absolute_data(run_config(preset, config, overrides, data=data, centres=centres, **settings))
+    warn_tiny_preset(preset, cfg)
     reads = [*run_family(path_of(model)), path_of(base)]
     with new_run_folder(out, force=force, resume=resume, reads=reads) as folder:
         summary = update_run(path_of(model), cfg, parse_modalities(modalities or []), os.fspath(folder),
@@ -164,14 +167,16 @@ def _window(roi: Sequence[int] | None, overlap: float | None, sw_batch_size: int
 def predict(model: RunLike, inputs: str | os.PathLike, out: str | os.PathLike, *, modalities: Names = None,
             centres: Names = None, base: RunLike | None = None, roi: Sequence[int] | None = None,
             overlap: float | None = None, sw_batch_size: int | None = None, device: str | None = None,
-            amp: bool | None = None, rtstruct: bool = False) -> list[Path]:
+            amp: bool | None = None, rtstruct: bool = False, reference: str = "ct") -> list[Path]:
     """Write a label NIfTI per case (``<case>.nii.gz``) in the original CT geometry.
 
     Args:
         model: run folder (or :class:`Run`).
-        inputs: CT file, folder of images, dataset folder or datalist (the CLI's ``--input``), or a folder (tree)
-            of DICOM series: one case per patient and study, CT and PET (``PT``) series found by their tags,
-            PET converted to SUVbw from its tags.
+        inputs: the CLI's ``--input``: a dataset folder (HECKTOR or nnU-Net raw), an nnU-Net ``-i`` folder of
+            ``<case>_0000`` / ``_0001`` files (``imagesTs``), a datalist, a single image file, or a folder of CT
+            files of any names (see :func:`pemma.data.layout.discover_cases`).
+            A folder (tree) of DICOM series is also accepted: one case per patient and study, CT and PET
+            (``PT``) series found by their tags, PET converted to SUVbw from its tags.
         out: output folder.
         modalities: input set, e.g. ``["ct", "pet"]``. Default: what the model was trained with.
         centres: only these centres.
@@ -180,6 +185,7 @@ def predict(model: RunLike, inputs: str | os.PathLike, out: str | os.PathLike, *
         device: ``auto`` (default), ``cpu``, ``cuda``, ``cuda:N``. amp: mixed precision.
         rtstruct: DICOM input only: also write ``<case>_RTSTRUCT.dcm`` beside each label, referencing the case's CT
             series, one ROI per predicted class (GTVp, GTVn).
+        reference: grid of PET-only predictions: ``ct`` (default; the case's CT grid when it has a CT) or ``pet``.
 
     Returns:
         The label files written.
@@ -209,7 +215,8 @@ def predict(model: RunLike, inputs: str | os.PathLike, out: str | os.PathLike, *
         cases = select_cases(discover_cases(source), centres=name_list(centres) or [], modalities=chosen,
                              source=source)
         written = predict_cases(loaded, cases, chosen, os.fspath(out), dev,
-                                _window(roi, overlap, sw_batch_size, amp), failures=failures)
+                                _window(roi, overlap, sw_batch_size, amp), failures=failures,
+                                reference=reference)
     if failures:  # every case was tried; each bad one is a warning line, then one error with the summary
         import warnings
 

@@ -37,14 +37,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("predict", help="label NIfTI per case in the original CT geometry")
     p.add_argument("--model", required=True, help="run folder")
-    p.add_argument("--input", required=True, help="CT file, folder of images, dataset folder or datalist, or a "
-                                                  "folder (tree) of DICOM CT / PET series")
+    p.add_argument("--input", required=True, help=(
+        "a dataset folder (HECKTOR or nnU-Net raw), an nnU-Net -i folder of <case>_0000 / _0001 files (imagesTs), "
+        "a datalist JSON, a single image file, a folder of CT files of any names (.nii.gz, .mha, .nrrd), or a "
+        "folder (tree) of DICOM CT / PET series"))
     p.add_argument("--out", required=True, help="output folder for <case>.nii.gz")
     p.add_argument("--rtstruct", action="store_true",
                    help="DICOM input: also write <case>_RTSTRUCT.dcm referencing the CT series (ROIs GTVp, GTVn)")
     p.add_argument("--modalities", help="input set (default: what the model was trained with)")
     p.add_argument("--centres", help="only these centres")
     p.add_argument("--base", help="CT base run of an adapted model, if it moved since adaptation")
+    p.add_argument("--reference", default="ct", choices=["ct", "pet"], help=(
+        "grid of PET-only predictions: ct (default; the case's CT grid when it has a CT, as HECKTOR scores) or pet"))
     add_window_flags(p)
     p.set_defaults(func=cmd_predict)
 
@@ -90,7 +94,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     logging.getLogger("pemma.dicom").setLevel(logging.INFO)  # DICOM decisions: series used, SUV factor, ROIs
     written = predict(args.model, args.input, args.out, modalities=args.modalities, centres=args.centres,
-                      base=args.base, rtstruct=args.rtstruct, **window_settings(args))
+                      base=args.base, rtstruct=args.rtstruct, reference=args.reference, **window_settings(args))
     print(f"wrote {len(written)} label maps to {args.out}")
     return 0
 

@@ -19,10 +19,10 @@ import nibabel as nib
 import numpy as np
 from tqdm.auto import tqdm
 
+from pemma.data.labels import to_pemma_labels
 from pemma.data.layout import CaseRecord
 from pemma.errors import PemmaError
 from pemma.io_utils import load_nifti
-from pemma.vocab import LABEL_VALUES
 
 #: the least share of the CT box a PET must cover (as the loader requires)
 MIN_PET_OVERLAP = 0.5
@@ -107,11 +107,7 @@ def check_case(case: CaseRecord, modalities: Sequence[str], with_label: bool = T
         else:
             try:
                 label = load_nifti(case.label, what=f"label of case {case.case_id}")
-                values = np.unique(np.asanyarray(label.dataobj)).tolist()
-                bad = [v for v in values if v not in LABEL_VALUES]
-                if bad:
-                    problems.append(f"{case.label}: label of case {case.case_id} has values {bad[:5]} "
-                                    f"outside {{0, 1, 2}}")
+                to_pemma_labels(np.asanyarray(label.dataobj), case.label_map, case.label, case.case_id)
             except PemmaError as exc:
                 problems.append(str(exc))
     ref = images.get("ct")

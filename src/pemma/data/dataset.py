@@ -10,6 +10,7 @@ import torch
 from monai.data import CacheDataset, Dataset, PersistentDataset
 from monai.transforms import Compose
 
+from pemma.data.labels import LABEL_MAP_KEY
 from pemma.data.layout import CaseRecord
 
 
@@ -21,6 +22,8 @@ def case_dicts(cases: Sequence[CaseRecord], modalities: Sequence[str], with_labe
         item.update({m: case.images[m] for m in modalities})
         if with_label:
             item["label"] = case.label
+            if case.label_map is not None:
+                item[LABEL_MAP_KEY] = case.label_map
         items.append(item)
     return items
 

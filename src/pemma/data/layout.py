@@ -18,12 +18,19 @@ _NIFTI = (".nii.gz", ".nii")
 
 @dataclass(frozen=True)
 class CaseRecord:
-    """One patient: image paths by modality (``ct``, ``pet``) and an optional label path."""
+    """One patient: image paths by modality (``ct``, ``pet``) and an optional label path.
+
+    ``label_map`` holds the (file value, pemma value) pairs of a dataset whose ``dataset.json`` numbers GTVp and
+    GTVn otherwise than 1 and 2 (None: the files hold pemma's values); ``test`` marks an nnU-Net ``imagesTs`` case,
+    which training never uses.
+    """
 
     case_id: str
     centre: str
     images: dict[str, str] = field(hash=False)
     label: str | None = None
+    label_map: tuple[tuple[int, int], ...] | None = None
+    test: bool = False
 
 
 #: (training cases, validation cases)
@@ -114,37 +121,6 @@ def _discover_hecktor(root: Path) -> list[CaseRecord]:
     return [CaseRecord(cid, centre_of(cid), imgs, labels.get(cid)) for cid, imgs in sorted(images.items())]
 
 
-def _modality_of_channel(name: str) -> str | None:
-    key = name.strip().lower()
-    if key in ("ct", "computed tomography"):
-        return "ct"
-    if key in ("pet", "pt", "fdg-pet", "fdg pet", "suv"):
-        return "pet"
-    return None
-
-
-def _discover_nnunet(root: Path) -> list[CaseRecord]:
-    meta_path = root / "dataset.json"
-    try:
-        meta = json.loads(meta_path.read_text())
-        channels = meta.get("channel_names") or meta.get("modality")
-        ending = meta.get("file_ending", ".nii.gz")
-        channel_of = {_modality_of_channel(v): int(k) for k, v in channels.items()}
-    except (OSError, ValueError, AttributeError) as exc:
-        raise PemmaError(f"{meta_path}: cannot read nnU-Net dataset.json ({exc})") from None
-    channel_of.pop(None, None)
-    if "ct" not in channel_of and "pet" not in channel_of:
-        raise PemmaError(f"{meta_path}: channel_names {channels} name neither CT nor PET")
-    cases = []
-    for folder, label_folder in (("imagesTr", "labelsTr"), ("imagesTs", "labelsTs")):
-        for path in sorted((root / folder).glob(f"*_0000{ending}")) if (root / folder).is_dir() else []:
-            cid = path.name[: -len(f"_0000{ending}")]
-            imgs = {m: str(root / folder / f"{cid}_{ch:04d}{ending}") for m, ch in channel_of.items()}
-            label = root / label_folder / f"{cid}{ending}"
-            cases.append(CaseRecord(cid, centre_of(cid), imgs, str(label) if label.is_file() else None))
-    return cases
-
-
 def _discover_datalist(path: Path) -> list[CaseRecord]:
     try:
         raw = json.loads(path.read_text())
@@ -173,30 +149,38 @@ def discover_cases(root: str | Path) -> list[CaseRecord]:
 
     * a ``.json`` file: datalist (``{"training": [{"ct", "pet", "label", "id", "centre"}]}``), paths
       relative to the file;
-    * a folder with ``dataset.json``: nnU-Net raw (``imagesTr/{case}_0000``, channel names CT / PET);
+    * a folder with ``dataset.json``: nnU-Net raw (``imagesTr/{case}_0000``, ``imagesTs``; channels found by name
+      in ``channel_names``, labels remapped by name from ``labels``, any ``file_ending`` SimpleITK reads);
     * any other folder: HECKTOR 2022, searched recursively (``ID__CT.nii.gz``, ``ID__PT.nii.gz``,
       ``labelsTr/ID.nii.gz``; IDs like ``CHUM-001`` or ``CHUM_001``); labels come only from folders named
       ``labels*`` (``labelsTr``, ``labelsTs``), so e.g. a ``predictions/`` folder inside the dataset is ignored;
-    * a single ``*__CT.nii.gz`` file: that case (its ``__PT`` beside it if present).
+    * a folder of nnU-Net channel files (``imagesTs``: ``{case}_0000``, ``{case}_0001``; channels from the
+      dataset's ``dataset.json`` when there is one, else 0 = CT, 1 = PET);
+    * a folder of image files of any names: each a CT-only case;
+    * a single ``*__CT.nii.gz`` file: that case (its ``__PT`` beside it if present); a ``{case}_0000`` file: that
+      case with its other channel files; any other image file: a CT-only case.
 
     Raises:
         PemmaError: the path does not exist or holds no case; two label files for one case; an image file
             where a label is expected.
     """
+    from pemma.data import nnunet  # its discovery builds on CaseRecord
+
     root = Path(root)
     if not root.exists():
         raise PemmaError(f"{root}: dataset path not found")
     if root.is_file() and root.suffix == ".json":
         cases = _discover_datalist(root)
     elif root.is_file():
-        stem = _strip_nifti(root.name) or ""
-        cid = re.sub(r"(__CT|__PT|_0000|_0001)$", "", stem)
-        cases = [c for c in _discover_hecktor(root.parent) if c.case_id == cid] or [
-            CaseRecord(cid, centre_of(cid), {"ct": str(root)})]
-    elif (root / "dataset.json").is_file():
-        cases = _discover_nnunet(root)
+        stem = nnunet.split_ending(root.name)
+        stem_text = stem[0] if stem else root.name
+        cid = re.sub(r"__CT$|__PT$", "", stem_text)
+        cases = ([c for c in _discover_hecktor(root.parent) if c.case_id == cid] if cid != stem_text else []) or \
+            nnunet.channel_file_case(root) or [CaseRecord(stem_text, centre_of(stem_text), {"ct": str(root)})]
+    elif (root / "dataset.json").is_file() and ((root / "imagesTr").is_dir() or (root / "imagesTs").is_dir()):
+        cases = nnunet.discover_nnunet(root)
     else:
-        cases = _discover_hecktor(root)
+        cases = _discover_hecktor(root) or nnunet.discover_channel_folder(root) or nnunet.discover_image_files(root)
     if not cases:
         raise PemmaError(f"{root}: no cases found (expected HECKTOR ID__CT.nii.gz, nnU-Net dataset.json or datalist)")
     return cases
@@ -211,6 +195,8 @@ def select_cases(cases: list[CaseRecord], *, centres: list[str] | None = None, m
     """
     wanted = {c.upper() for c in centres or []}
     chosen = [c for c in cases if not wanted or c.centre.upper() in wanted]
+    if require_label:  # nnU-Net imagesTs cases without labelsTs cannot be scored or trained on: not an error
+        chosen = [c for c in chosen if c.label is not None or not c.test] or chosen
     if not chosen:
         found = sorted({c.centre for c in cases})
         raise PemmaError(f"{source}: no cases for centres {sorted(wanted)} (centres found: {', '.join(found)})")
@@ -225,8 +211,29 @@ def select_cases(cases: list[CaseRecord], *, centres: list[str] | None = None, m
     return chosen
 
 
+def has_centre_prefix(cases: list[CaseRecord]) -> bool:
+    """False when the case IDs carry no centre: no ID names a HECKTOR centre and no two cases share a prefix
+    (``case001``, ``001``...), so per-centre splitting would find one case per "centre"."""
+    centres = [c.centre for c in cases]
+    if len(cases) < 2 or any(c.upper() in HECKTOR_CENTRES for c in centres):
+        return True
+    return len(set(centres)) < len(centres)
+
+
 def split_cases(cases: list[CaseRecord], val_fraction: float, seed: int) -> CaseSplit:
-    """Seeded train / validation split within each centre (at least one training case per centre)."""
+    """Seeded train / validation split within each centre (at least one training case per centre).
+
+    Case IDs without a centre prefix (see :func:`has_centre_prefix`) are split as one group, at random with
+    ``seed``, and a warning says so (per centre they would give no validation case).
+    """
+    if not has_centre_prefix(cases):
+        import warnings
+
+        order = np.random.default_rng([seed, 1]).permutation(len(cases))
+        n_val = min(int(round(val_fraction * len(cases))), len(cases) - 1)
+        warnings.warn(f"case IDs carry no centre prefix (e.g. {cases[0].case_id}): {n_val} of {len(cases)} cases drawn "
+                      f"at random (seed {seed}) for validation instead of per centre", UserWarning, stacklevel=2)
+        return [cases[i] for i in sorted(order[n_val:])], [cases[i] for i in sorted(order[:n_val])]
     train, val = [], []
     for centre in sorted({c.centre for c in cases}):
         members = [c for c in cases if c.centre == centre]

@@ -36,6 +36,7 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
@@ -59,6 +60,9 @@ CLINICAL_HEADER: tuple[str, ...] = ("PatientID", "Task 1", "Task 2", "CenterID",
                                     "Tobacco", "Alcohol", "Performance status", HPV_COLUMN, "Surgery",
                                     "Chemotherapy")
 ENDPOINT_HEADER: tuple[str, ...] = ("PatientID", "Relapse", "RFS")
+#: the NIfTI header ``descrip`` of every phantom CT: how pemma tells its phantom from real data (it survives a copy
+#: of the files into another layout)
+PHANTOM_DESCRIP = "pemma phantom"
 CLINICAL_FILE = "hecktor2022_clinical_info_training.csv"
 ENDPOINT_FILE = "hecktor2022_endpoint_training.csv"
 #: What was synthesised (the :class:`PhantomConfig` fields), written next to the CSVs for a phantom other than
@@ -329,10 +333,13 @@ def synthesize_phantom(out_dir: str | Path, config: PhantomConfig | None = None,
     if out.exists() and not out.is_dir():
         raise PemmaError(f"{out}: exists and is not a folder")
     jobs = [(c, i) for c in cfg.centres for i in range(cfg.cases_per_centre)]
+    marker = nib.Nifti1Header()
+    marker["descrip"] = PHANTOM_DESCRIP.encode()
     clinical, endpoint, ids = [], [], []
     for centre, index in tqdm(jobs, desc="synth", unit="case", disable=not progress):
         case = synthesize_case(centre, index, cfg)
-        save_nifti(case.ct, case.ct_affine, out / "imagesTr" / f"{case.case_id}__CT.nii.gz", dtype=np.int16)
+        save_nifti(case.ct, case.ct_affine, out / "imagesTr" / f"{case.case_id}__CT.nii.gz", dtype=np.int16,
+                   header=marker)
         save_nifti(case.pet, case.pet_affine, out / "imagesTr" / f"{case.case_id}__PT.nii.gz",
                    dtype=np.float32)
         save_nifti(case.label, case.ct_affine, out / "labelsTr" / f"{case.case_id}.nii.gz", dtype=np.uint8)
@@ -362,3 +369,14 @@ def read_phantom_config(folder: str | Path) -> PhantomConfig | None:
         return PhantomConfig(**fields)
     except (OSError, ValueError, TypeError) as exc:
         raise PemmaError(f"{path}: cannot read the phantom settings ({exc})") from None
+
+
+def is_phantom_image(path: str | Path) -> bool:
+    """True when the image file is a CT of pemma's phantom (its header carries :data:`PHANTOM_DESCRIP`); False for
+    any other file, also one that cannot be read."""
+    try:
+        descrip = nib.load(str(path)).header.get("descrip")
+        text = bytes(np.asarray(descrip).item()).decode("ascii", "ignore") if descrip is not None else ""
+    except Exception:  # not NIfTI, unreadable: not the phantom
+        return False
+    return text.strip("\x00 ").startswith(PHANTOM_DESCRIP)

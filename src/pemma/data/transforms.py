@@ -30,9 +30,9 @@ from monai.transforms import (
 )
 
 from pemma.config import PreprocessConfig
+from pemma.data.labels import LABEL_MAP_KEY, to_pemma_labels
 from pemma.errors import PemmaError
 from pemma.io_utils import load_nifti
-from pemma.vocab import LABEL_VALUES
 
 _WHAT = {"ct": "CT", "pet": "PET", "label": "label"}
 
@@ -41,7 +41,8 @@ class LoadCased(MapTransform):
     """Load the NIfTI paths under ``keys`` as channel-first float32 :class:`MetaTensor` (affine kept).
 
     Checks each file (missing, corrupt, not 3-D, NaN/inf; label values in {0, 1, 2}) and raises a
-    one-line :class:`PemmaError` naming the case and file.
+    one-line :class:`PemmaError` naming the case and file. A ``label_map`` entry of the item (a dataset numbering
+    its labels otherwise, see :mod:`pemma.data.labels`) remaps the label to pemma's values and is dropped.
     """
 
     def __init__(self, keys: Sequence[str], allow_missing_keys: bool = True) -> None:
@@ -50,16 +51,14 @@ class LoadCased(MapTransform):
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         case = d.get("case_id", "?")
+        label_map = d.pop(LABEL_MAP_KEY, None)
         for key in self.key_iterator(d):
             path = d[key]
             img = load_nifti(path, what=f"{_WHAT.get(str(key), key)} of case {case}")
             array = np.asanyarray(img.dataobj)
             array = array.reshape(array.shape[:3])
             if key == "label":
-                values = np.unique(array)
-                bad = [v for v in values.tolist() if v not in LABEL_VALUES]
-                if bad:
-                    raise PemmaError(f"{path}: label of case {case} has values {bad[:5]} outside {{0, 1, 2}}")
+                array = to_pemma_labels(array, label_map, str(path), str(case))
             meta = {"filename_or_obj": str(path), "original_affine": img.affine.copy(),
                     "spatial_shape": np.asarray(array.shape)}
             d[key] = MetaTensor(torch.as_tensor(np.asarray(array, dtype=np.float32))[None],

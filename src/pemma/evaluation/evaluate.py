@@ -16,12 +16,13 @@ import torch
 from nibabel.processing import resample_from_to
 from tqdm.auto import tqdm
 
+from pemma.data.labels import to_pemma_labels
 from pemma.data.layout import CaseRecord
 from pemma.data.transforms import check_label_overlap
 from pemma.errors import PemmaError
 from pemma.evaluation.metrics import CLASS_NAMES, AggregatedDice, case_counts, case_metrics, summarize
 from pemma.inference.predict import WindowSettings, predict_case
-from pemma.io_utils import load_nifti, save_nifti, write_text_atomic
+from pemma.io_utils import IMAGE_ENDINGS, NIFTI_ENDINGS, load_nifti, save_nifti, write_text_atomic
 from pemma.models.loaded import LoadedModel
 from pemma.vocab import LABEL_VALUES
 
@@ -29,11 +30,9 @@ from pemma.vocab import LABEL_VALUES
 def label_on_grid(case: CaseRecord, ref: nib.Nifti1Image) -> np.ndarray:
     """The case's label on the reference grid (nearest neighbour when it is e.g. one voxel off)."""
     img = load_nifti(case.label, what=f"label of case {case.case_id}")
-    data = np.asanyarray(img.dataobj)
-    values = np.unique(data)
-    bad = [v for v in values.tolist() if v not in LABEL_VALUES]
-    if bad:
-        raise PemmaError(f"{case.label}: label of case {case.case_id} has values {bad[:5]} outside {{0, 1, 2}}")
+    data = to_pemma_labels(np.asanyarray(img.dataobj), case.label_map, str(case.label), case.case_id)
+    if case.label_map is not None:
+        img = nib.Nifti1Image(data, img.affine, header=img.header)
     if img.shape[:3] != ref.shape[:3] or not np.allclose(img.affine, ref.affine, atol=1e-3):
         check_label_overlap(str(case.label), case.case_id, data.reshape(data.shape[:3]), img.affine, ref.shape,
                             ref.affine)
@@ -109,7 +108,7 @@ def evaluate_predictions(pred_dir: str | Path, cases: Sequence[CaseRecord], prog
     agg = AggregatedDice()
     rows, counts = [], {}
     for case in tqdm(cases, desc="evaluate", unit="case", disable=not progress):
-        path = next((pred_dir / f"{case.case_id}{e}" for e in (".nii.gz", ".nii")
+        path = next((pred_dir / f"{case.case_id}{e}" for e in IMAGE_ENDINGS  # nnU-Net writes its file_ending
                      if (pred_dir / f"{case.case_id}{e}").is_file()), None)
         if path is None:
             raise PemmaError(f"{pred_dir}: no prediction for case {case.case_id} (expected {case.case_id}.nii.gz)")
@@ -120,7 +119,7 @@ def evaluate_predictions(pred_dir: str | Path, cases: Sequence[CaseRecord], prog
             raise PemmaError(f"{path}: prediction of case {case.case_id} has values {bad[:5]} outside {{0, 1, 2}}")
         ct = case.images.get("ct")
         if ct is not None:
-            ct_img = nib.load(ct)
+            ct_img = nib.load(ct) if ct.lower().endswith(NIFTI_ENDINGS) else load_nifti(ct, what="CT")
             if ct_img.shape[:3] != ref.shape[:3] or not np.allclose(ct_img.affine, ref.affine, atol=1e-3):
                 raise PemmaError(f"{path}: prediction of case {case.case_id} is not on its CT grid "
                                  f"({ref.shape[:3]} vs CT {ct_img.shape[:3]}); HECKTOR scores on the CT grid")

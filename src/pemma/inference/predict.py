@@ -32,21 +32,36 @@ class WindowSettings:
     amp: bool = False
 
 
+#: ``--reference`` choices: the grid a prediction is written on when the input is PET alone
+REFERENCES = ("ct", "pet")
+
+
+def output_reference(case: CaseRecord, modalities: Sequence[str], reference: str = "ct") -> str:
+    """The image whose grid a prediction is written on: the CT whenever the case has one (HECKTOR labels and scores
+    on the CT grid, also for PET-only input), the PET for PET-only input with ``reference="pet"`` or no CT."""
+    if reference not in REFERENCES:
+        raise PemmaError(f"--reference must be one of {', '.join(REFERENCES)}, got {reference!r}")
+    if "ct" in modalities or (reference == "ct" and "ct" in case.images):
+        return "ct"
+    return "pet"
+
+
 def predict_case(model: LoadedModel, case: CaseRecord, modalities: Sequence[str], device: torch.device,
-                 window: WindowSettings | None = None,
-                 inputs_cache: dict[tuple, Any] | None = None) -> tuple[np.ndarray, nib.Nifti1Image]:
+                 window: WindowSettings | None = None, inputs_cache: dict[tuple, Any] | None = None,
+                 reference: str = "ct") -> tuple[np.ndarray, nib.Nifti1Image]:
     """Predict one case; returns the uint8 label array on the reference image grid, and that image.
 
-    The reference is the CT (the PET for PET-only input). Probabilities are resampled from the
-    preprocessed grid onto the reference grid (zero outside the crop, so background) and then argmaxed.
-    ``inputs_cache`` (a dict) keeps preprocessed inputs between calls, e.g. when many models are evaluated
-    on the same cases with the same preprocessing.
+    The model runs on its input's grid (the CT, or the PET for PET-only input); the output reference is chosen by
+    :func:`output_reference` (the CT when the case has one, unless ``reference="pet"``). Probabilities are
+    resampled from the preprocessed grid onto the reference grid (zero outside the crop, so background) and then
+    argmaxed. ``inputs_cache`` (a dict) keeps preprocessed inputs between calls, e.g. when many models are
+    evaluated on the same cases with the same preprocessing.
     """
     window = window or WindowSettings()
     cfg = model.config
     roi = window.roi_size or cfg.model.roi_size
-    ref_key = "ct" if "ct" in modalities else "pet"
-    key = (case.case_id, tuple(modalities), repr(cfg.preprocess), tuple(roi))
+    ref_key = output_reference(case, modalities, reference)
+    key = (case.case_id, tuple(modalities), repr(cfg.preprocess), tuple(roi), ref_key)
     if inputs_cache is not None and key in inputs_cache:
         image, ref_img = inputs_cache[key]
     else:
@@ -68,18 +83,20 @@ def predict_case(model: LoadedModel, case: CaseRecord, modalities: Sequence[str]
 
 def predict_cases(model: LoadedModel, cases: Sequence[CaseRecord], modalities: Sequence[str], out_dir: str | Path,
                   device: torch.device, window: WindowSettings | None = None, progress: bool = True,
-                  failures: dict[str, str] | None = None) -> list[Path]:
+                  failures: dict[str, str] | None = None, reference: str = "ct") -> list[Path]:
     """Predict every case and write ``out_dir/<case_id>.nii.gz`` (atomically, in the reference geometry).
 
     Args:
         failures: when given, a case whose input is bad (a :class:`~pemma.errors.PemmaError`) is recorded here
             (``{case_id: message}``) and the others are still predicted; by default the first bad case stops.
+        reference: ``ct`` (default): PET-only predictions on the CT grid when the case has a CT; ``pet``: on the
+            PET grid.
     """
     out_dir = Path(out_dir)
     written = []
     for case in tqdm(cases, desc="predict", unit="case", disable=not progress):
         try:
-            label, ref_img = predict_case(model, case, modalities, device, window)
+            label, ref_img = predict_case(model, case, modalities, device, window, reference=reference)
         except PemmaError as exc:
             if failures is None:
                 raise

@@ -142,6 +142,7 @@ def fit(model: PrognosisModel, train: Split, cfg: RunConfig, device: torch.devic
             log.info(f"step {step}/{total} epoch {epoch}: loss {value:.4f}")
         if step % tc.checkpoint_every == 0 or step == total:
             engine.save(out_dir, loss=value)
+    engine.finish()
     barrier(dist)
     model.eval()
     return {"steps": total, "loss": float(f"{value:.5f}"), "seconds": time.time() - started}

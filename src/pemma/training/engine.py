@@ -29,6 +29,7 @@ from pemma.errors import PemmaError
 from pemma.inference.sliding import autocast
 from pemma.runs import STATE_FILE, load_state, save_state
 from pemma.runtime import METRIC_FIELDS, DistInfo, MetricsCSV, cleanup, init_distributed, resolve_device
+from pemma.training.curves import CURVES_FILE, TensorBoardLog, plot_training_curves
 
 #: what a step closure returns: the objective to minimise, or (objective, the value to report)
 Loss = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
@@ -121,6 +122,7 @@ class Engine:
         self.scaler = torch.amp.GradScaler("cuda", enabled=amp and device.type == "cuda")
         self.step_count = 0
         self.metrics: MetricsCSV | None = None
+        self.events: TensorBoardLog | None = None
 
     @property
     def lr(self) -> float:
@@ -159,8 +161,11 @@ class Engine:
             torch.nn.utils.clip_grad_norm_(self.params, self.clip_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        lr = self.lr
         self.scheduler.step()
         self.step_count += 1
+        if self.events is not None:
+            self.events.step(self.step_count, reported / n, lr)
         return reported / n
 
     # ---- checkpoints
@@ -201,7 +206,9 @@ class Engine:
     def begin(self, run_dir: Path, resume: bool, seed: int,
               metric_fields: Sequence[str] = METRIC_FIELDS) -> dict[str, Any] | None:
         """Start or continue the run in ``run_dir``: with ``resume`` and a checkpoint there, restore it and
-        drop ``metrics.csv`` rows after its step; else seed (:meth:`seed`) and empty ``metrics.csv``.
+        drop ``metrics.csv`` rows (and TensorBoard events) after its step; else seed (:meth:`seed`) and empty
+        ``metrics.csv``. The main process writes TensorBoard event files beside ``metrics.csv`` (the loss and learning
+        rate of every step, each :meth:`log_metrics` row) until :meth:`finish`.
 
         Returns:
             the checkpoint's ``extra`` entries, or None for a fresh start.
@@ -212,12 +219,29 @@ class Engine:
             self.seed(seed)
         if self.dist.is_main:
             self.metrics.truncate(-1 if extra is None else self.step_count)
+            self.events = TensorBoardLog(Path(run_dir), purge_step=None if extra is None else self.step_count + 1)
         return extra
 
     def log_metrics(self, row: dict[str, Any]) -> None:
         """Append a row to ``metrics.csv`` (main process only; after :meth:`begin`)."""
         if self.dist.is_main and self.metrics is not None:
             self.metrics.append(row)
+        if self.events is not None:
+            self.events.metrics(row)
+
+    def finish(self, title: str | None = None) -> Path | None:
+        """Close the TensorBoard events and plot ``metrics.csv`` into ``training_curves.png`` beside it (main
+        process; after :meth:`begin`).
+
+        Returns:
+            the figure written, or None (another process, or nothing logged).
+        """
+        if self.events is not None:
+            self.events.close()
+            self.events = None
+        if not self.dist.is_main or self.metrics is None:
+            return None
+        return plot_training_curves(self.metrics.path, self.metrics.path.parent / CURVES_FILE, title)
 
     def resume(self, run_dir: Path) -> dict[str, Any] | None:
         """Restore ``run_dir/checkpoint.pt`` if there is one; return its ``extra`` entries (None: no checkpoint)."""

@@ -26,7 +26,7 @@ from pemma.errors import PemmaError
 from pemma.evaluation.metrics import AggregatedDice
 from pemma.inference.sliding import sliding_window_probs
 from pemma.runs import CONFIG_FILE, STATE_FILE, load_state
-from pemma.runtime import DistInfo, barrier, run_logger
+from pemma.runtime import DistInfo, agree_on_failure, barrier, run_logger
 from pemma.training.engine import Engine, StepFn, process_group, trainable_state
 
 __all__ = ["SegmentationTraining", "TrainingTask", "dice_ce_loss", "segmentation_engine", "segmentation_step",
@@ -182,7 +182,8 @@ class SegmentationTraining:
             log.info(line)
         log.info(f"cases: {len(train_cases)} training, {len(val_cases)} validation; device {self.device}; "
                  f"processes {dist.world_size}; amp {tc.amp}")
-        crops, plan = self._data(train_cases, val_cases)
+        # a case only one process reads (validation: rank 0) must fail every process with the same one line
+        crops, plan = agree_on_failure(dist, lambda: self._data(train_cases, val_cases))
         total = tc.epochs * plan.steps_per_epoch
         if tc.max_steps is not None:
             total = min(total, tc.max_steps)
@@ -258,6 +259,9 @@ class SegmentationTraining:
         if self.dist.is_main and self.best_step < 0:
             self.task.save(self.engine.model, self.out_dir, {**self.meta, "step": step, "val_dsc": None})
             self.best_step = step
+        figure = self.engine.finish()
+        if figure is not None:
+            self.log.info(f"training curves: {figure}; TensorBoard: tensorboard --logdir {self.out_dir}")
         barrier(self.dist)
         seconds = time.time() - self.started
         best_text = f"{self.best:.4f}" if self.best >= 0 else "n/a (no validation cases)"

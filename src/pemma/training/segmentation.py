@@ -47,8 +47,11 @@ def backbone_task(cfg: RunConfig, net: nn.Module | None = None, name: str | None
 
 
 def select_split(cfg: RunConfig, modalities: list[str]) -> CaseSplit:
-    """The labelled cases of ``cfg.data`` with ``modalities``, split per centre into training / validation."""
-    cases = select_cases(discover_cases(cfg.data.root), centres=cfg.data.centres, modalities=modalities,
+    """The labelled cases of ``cfg.data`` with ``modalities`` (not nnU-Net ``imagesTs`` cases, unless there are only
+    those), split per centre into training / validation."""
+    every = discover_cases(cfg.data.root)
+    found = [c for c in every if not c.test] or every
+    cases = select_cases(found, centres=cfg.data.centres, modalities=modalities,
                          require_label=True, source=str(cfg.data.root))
     return split_cases(cases, cfg.data.val_fraction, cfg.train.seed)
 
