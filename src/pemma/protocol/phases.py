@@ -43,6 +43,15 @@ def name_list(value: Any, what: str) -> list[str]:
     return [v.strip() for v in items]
 
 
+def names_in(value: Any, known: Sequence[str], what: str) -> tuple[str, ...]:
+    """A non-empty list of names, duplicates dropped, each one of ``known`` (e.g. routes, recipes)."""
+    names = tuple(dict.fromkeys(name_list(value, what)))
+    for name in names:
+        if name not in known:
+            raise StrategyError(f"{what}: unknown name {name!r} (known: {', '.join(known)})")
+    return names
+
+
 def check_keys(raw: Any, allowed: Sequence[str], where: str) -> None:
     if not isinstance(raw, Mapping):
         raise StrategyError(f"{where} must be a mapping, got {type(raw).__name__}")

@@ -36,12 +36,12 @@ def pairs(strategy: Any, method: str) -> list[tuple[str, str]]:
     the baselines.
 
     Args:
-        strategy: a :class:`~pemma.protocol.strategy.Strategy` (its ``routes`` and ``recipes``).
+        strategy: a :class:`~pemma.protocol.strategy.Strategy` (its ``routes_of(method)`` and ``recipes``).
         method: a canonical method name.
     """
     if method not in PEMMA_METHODS:
         return [("", "")]
-    return [(route, recipe) for route in strategy.routes for recipe in strategy.recipes]
+    return [(route, recipe) for route in strategy.routes_of(method) for recipe in strategy.recipes]
 
 
 def method_folder(method: str, route: str, recipe: str) -> str:

@@ -173,6 +173,9 @@ def reproduce(strategy_path: str | Path, data_root: str | Path, out_dir: str | P
         if unknown:
             raise PemmaError(f"unknown method(s) {unknown}; known: {', '.join(METHODS)}")
         strategy = dataclasses.replace(strategy, methods=tuple(dict.fromkeys(canonical_method(m) for m in methods)))
+    for method in strategy.methods:  # a route or recipe this build cannot apply stops here, before any training
+        for pair in pairs(strategy, method):
+            adapt_kwargs(adapt, method, *pair, strategy.source)
     used = sorted({c for p in strategy.plan() for c in p.phase.centres} | set(strategy.prognosis_centres))
     def split_of(ids_by_centre: dict[str, list[str]]) -> dict[str, dict[str, list[str]]]:
         try:
@@ -256,6 +259,22 @@ def _prognosis(strategy: Strategy, data: ProtocolData, out: Path) -> list[dict[s
     return rows
 
 
+def _with_risks(strategy: Strategy, out: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The prognosis rows with their held-out cases' risks (``cases``) where the stage's evaluation report has them
+    (``<stage>/evaluation/survival_<stage>.json``), for the C-index claims' paired bootstrap."""
+    if strategy.prognosis is None:
+        return rows
+    out_rows = []
+    for row in rows:
+        folder = "ct" if row["stage"] == "ct" else f"{row['method']}_{row['stage']}"
+        report = (out / "runs" / row["backbone"] / f"prognosis_{strategy.prognosis.digest()}" / folder / "evaluation"
+                  / f"survival_{row['stage']}.json")
+        if "cases" not in row and report.is_file():
+            row = {**row, "cases": json.loads(report.read_text()).get("cases")}
+        out_rows.append(row)
+    return out_rows
+
+
 def _overlays(strategy: Strategy, data: ProtocolData, out: Path, device: torch.device,
               inputs_cache: dict[tuple, Any]) -> dict[str, str]:
     """Overlay PNGs for the first backbone and variant: CT+PET predictions after the adapt phase, and CT-input
@@ -289,7 +308,7 @@ def _report(strategy: Strategy, rows: list[dict[str, Any]], out: Path, seconds: 
             overlays: dict[str, str] | None = None, prognosis: list[dict[str, Any]] | None = None,
             case_rows: list[dict[str, Any]] | None = None) -> Path:
     from pemma.protocol.figures import plot_dsc_across_phases
-    from pemma.protocol.findings import check_findings, findings_markdown
+    from pemma.protocol.findings import collect_findings, findings_markdown
     from pemma.protocol.prognosis import prognosis_markdown
 
     figures = {}
@@ -300,12 +319,12 @@ def _report(strategy: Strategy, rows: list[dict[str, Any]], out: Path, seconds: 
                                title=f"DSCagg on the pretraining centres ({variant})")
         figures[f"DSCagg mean on {', '.join(pretrain_centres)} across phases ({variant})"] = name
     figures.update(overlays or {})
-    claims = {f"{b} · {v}": check_findings(rows, strategy.variant_phases(v), v, b, cases=case_rows,
-                                           seed=strategy.split.seed)
-              for b in strategy.backbones for v in strategy.variant_names}
+    claims = collect_findings(rows, strategy, case_rows, _with_risks(strategy, out, prognosis or []))
     write_text_atomic(out / "findings.json", json.dumps(claims, indent=2, default=float))
     findings = ["## Findings", "",
-                "The paper's claims checked on this run (definitions: `pemma.protocol.findings`).", ""]
+                "The paper's claims checked on this run (definitions: `pemma.protocol.claims`), each beside the "
+                "paper's statement; a verdict needs the 95% paired-bootstrap CI over the test cases (n) to exclude "
+                "the opposite.", ""]
     for label, found in claims.items():
         findings += [f"**{label}**", "", *findings_markdown(found), ""]
     if prognosis:

@@ -8,7 +8,8 @@ A strategy is a small YAML file (``strategies/hecktor2022.yaml`` is the authors'
     max_steps: null
     split: {val_fraction: 0.2, test_fraction: 0.2, seed: 0}
     methods: [pemma_lora, pemma_dora, early_fusion, late_fusion, full_finetune]
-    routes: [exact]             # CT-only route of the PEMMA methods (pemma.vocab.CT_ROUTES); --ct-route overrides
+    routes: [exact]             # CT routes of the PEMMA methods (pemma.vocab.CT_ROUTES), or per method:
+                                # {pemma_lora: [exact, shared]}; --ct-route overrides
     recipes: [pemma]            # adaptation recipes of the PEMMA methods (pemma.vocab.RECIPES); --recipe overrides
     phases:                     # {name, operation, centres, modalities}, in training order
       - {name: pretrain, operation: pretrain, centres: [CHUM, CHUP, CHUS, CHUV], modalities: [ct]}
@@ -73,6 +74,7 @@ from pemma.protocol.phases import (
     check_keys,
     check_order,
     name_list,
+    names_in,
 )
 from pemma.protocol.split import split_case_ids
 from pemma.vocab import (
@@ -81,6 +83,7 @@ from pemma.vocab import (
     EVAL_INPUTS,
     HECKTOR_CENTRES,
     METHODS,
+    PEMMA_METHODS,
     RECIPES,
     canonical_method,
     method_choices,
@@ -141,7 +144,7 @@ class Strategy:
     dataset_centres: tuple[str, ...] | None = None
     source: str = "<strategy>"
     prognosis: PrognosisSpec | None = None
-    routes: tuple[str, ...] = ("exact",)
+    routes: tuple[str, ...] | Mapping[str, tuple[str, ...]] = ("exact",)
     recipes: tuple[str, ...] = ("pemma",)
 
     def __post_init__(self) -> None:
@@ -159,12 +162,17 @@ class Strategy:
         for m in name_list(self.methods, "methods"):
             if m not in method_choices():
                 raise StrategyError(f"unknown method {m!r} (known: {', '.join(METHODS)})")
-        for key, known in (("routes", CT_ROUTES), ("recipes", RECIPES)):
-            names = tuple(dict.fromkeys(name_list(getattr(self, key), key)))
-            for name in names:
-                if name not in known:
-                    raise StrategyError(f"unknown {key[:-1]} {name!r} in {key} (known: {', '.join(known)})")
-            object.__setattr__(self, key, names)
+        object.__setattr__(self, "recipes", names_in(self.recipes, RECIPES, "recipes"))
+        if isinstance(self.routes, Mapping):
+            routes = {}
+            for method, names in self.routes.items():
+                if not isinstance(method, str) or method.strip() not in PEMMA_METHODS:
+                    raise StrategyError(f"routes: {method!r} is not a PEMMA method (routes per method name "
+                                        f"{', '.join(PEMMA_METHODS)}; the baselines have no route)")
+                routes[method.strip()] = names_in(names, CT_ROUTES, f"routes of {method.strip()}")
+            object.__setattr__(self, "routes", routes)
+        else:
+            object.__setattr__(self, "routes", names_in(self.routes, CT_ROUTES, "routes"))
         if self.preset not in _available_presets():
             raise StrategyError(f"unknown preset {self.preset!r} (known: {', '.join(_available_presets())})")
         if self.max_steps is not None and (isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int)
@@ -205,6 +213,19 @@ class Strategy:
                                                      "train": {"max_steps": self.max_steps}})
             except PemmaError as exc:
                 raise StrategyError(f"backbone {backbone!r} with preset {self.preset!r}: {exc}") from None
+
+    def routes_of(self, method: str) -> tuple[str, ...]:
+        """The CT routes ``method`` runs with (``routes`` as a list: every PEMMA method; as a mapping: per method,
+        ``exact`` for a PEMMA method it does not list)."""
+        if isinstance(self.routes, Mapping):
+            return tuple(self.routes.get(method, ("exact",)))
+        return tuple(self.routes)
+
+    @property
+    def all_routes(self) -> tuple[str, ...]:
+        """Every route some PEMMA method of the strategy runs with, in :data:`pemma.vocab.CT_ROUTES` order."""
+        used = {r for m in self.methods if m in PEMMA_METHODS for r in self.routes_of(m)}
+        return tuple(r for r in CT_ROUTES if r in used) or ("exact",)
 
     @property
     def prognosis_centres(self) -> tuple[str, ...]:
@@ -317,7 +338,9 @@ class Strategy:
         """Plain data (YAML/JSON-ready) equal to what :func:`parse_strategy` reads back."""
         return {"name": self.name, "backbones": list(self.backbones), "preset": self.preset,
                 "max_steps": self.max_steps, "split": dataclasses.asdict(self.split), "methods": list(self.methods),
-                "routes": list(self.routes), "recipes": list(self.recipes),
+                "routes": ({m: list(r) for m, r in self.routes.items()} if isinstance(self.routes, Mapping)
+                           else list(self.routes)),
+                "recipes": list(self.recipes),
                 "phases": [{"name": p.name, "operation": p.operation, "centres": list(p.centres),
                             "modalities": list(p.modalities), **({"epochs": p.epochs} if p.epochs else {})}
                            for p in self.phases],
