@@ -95,3 +95,26 @@ def test_results_carry_route_and_recipe(tmp_path: Path) -> None:
     with open(tmp_path / "results_cases.csv", newline="") as fh:
         case = next(csv.DictReader(fh))
     assert (case["route"], case["recipe"], case["inter_vox_GTVp"]) == ("shared", "authors", "1")
+
+
+def test_reproduce_ct_route_flag_reaches_the_runner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    from pemma.cli.main import main
+    from pemma.protocol import runner
+
+    seen: dict[str, Any] = {}
+    report = tmp_path / "report.md"
+    report.write_text("# report\n")
+
+    def fake(*args: Any, **kwargs: Any) -> Path:
+        seen.update(kwargs)
+        return report
+
+    monkeypatch.setattr(runner, "reproduce", fake)
+    base = ["reproduce", "--strategy", "demo", "--data", str(tmp_path), "--out", str(tmp_path / "o")]
+    assert main([*base, "--ct-route", "shared", "--recipe", "authors"]) == 0
+    assert seen["ct_routes"] == ["shared"] and seen["recipes"] == ["authors"]
+    assert main(base) == 0 and seen["ct_routes"] is None and seen["recipes"] is None
+    with pytest.raises(SystemExit) as info:
+        main([*base, "--ct-route", "sideways"])
+    assert info.value.code == 2 and "invalid choice: 'sideways'" in capsys.readouterr().err

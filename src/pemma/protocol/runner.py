@@ -223,6 +223,11 @@ def reproduce(strategy_path: str | Path, data_root: str | Path, out_dir: str | P
     return _report(strategy, rows, out, time.time() - started, figures, prognosis, case_rows)
 
 
+def _first_folder(strategy: Strategy, method: str) -> str:
+    """The run folder of ``method``'s first (route, recipe): what the overlays and the prognosis read."""
+    return method_folder(method, *pairs(strategy, method)[0])
+
+
 def _first_variant(strategy: Strategy) -> tuple[list[PlannedPhase], PlannedPhase | None]:
     """The first variant's planned phases and its ``adapt`` phase (None without one)."""
     plan = [p for p in strategy.plan() if p.variant == strategy.variant_names[0]]
@@ -242,7 +247,8 @@ def _prognosis(strategy: Strategy, data: ProtocolData, out: Path) -> list[dict[s
     for backbone in strategy.backbones:
         seg = {}
         if adapt is not None and strategy.prognosis.adapters_from_segmentation:
-            seg = {m: _run_dir(out, backbone, f"pemma_{m}", adapt, adapt.run_key) for m in strategy.prognosis.methods
+            seg = {m: _run_dir(out, backbone, _first_folder(strategy, f"pemma_{m}"), adapt, adapt.run_key)
+                   for m in strategy.prognosis.methods
                    if f"pemma_{m}" in strategy.methods}
         start = {m: "segmentation adapters" if m in seg else "new adapters" for m in strategy.prognosis.methods}
         print(f"prognosis ({backbone}): CT -> CT+PET -> CT+PET+EHR on {', '.join(centres)}; +PET starts from "
@@ -296,7 +302,8 @@ def _overlays(strategy: Strategy, data: ProtocolData, out: Path, device: torch.d
                       f"after {last.phase.name} ({variant}), CT input on the pretraining centres (forgetting)"))
     for planned, mods, centres, name, caption in views:
         runs: dict[str, tuple[Path, list[str]]] = {"CT model (CT)": (base, ["ct"])}
-        runs.update({f"{m} ({'+'.join(mods).upper()})": (_run_dir(out, backbone, m, planned, planned.run_key), mods)
+        runs.update({f"{m} ({'+'.join(mods).upper()})": (_run_dir(out, backbone, _first_folder(strategy, m), planned,
+                                                                   planned.run_key), mods)
                      for m in strategy.methods})
         overlay_figure(data.part(tuple(centres), "test"), runs, out / name, device, title=caption,
                        inputs_cache=inputs_cache)
