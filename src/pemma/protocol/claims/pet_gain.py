@@ -30,7 +30,7 @@ def pet_gain_claims(entries: Sequence[Mapping[str, Any]], index: CaseIndex, phas
     updates = [(i, p) for i, p in enumerate(phases) if p.operation == "update" and len(p.modalities) == 1]
     if not updates:
         return [claim("PET-input gain over early fusion after a single-modality update", None,
-                      "not evaluated: this variant has no single-modality update", {}, "pet_gain_single_modality",
+                      "this variant has no single-modality update", {}, "pet_gain_single_modality",
                       pair=pair)]
     for i, phase in updates:
         ef = value(entries, "early_fusion", "pet", i)

@@ -36,7 +36,7 @@ def ranking_claim(rows: Sequence[Mapping[str, Any]], cases: Iterable[Mapping[str
     name = "Swin UNETR + DoRA ≥ Swin UNETR + LoRA ≥ UNETR + LoRA"
     adapt = next((i for i, p in enumerate(phases) if p.operation == "adapt"), None)
     if adapt is None:
-        return claim(name, None, "not evaluated: no adapt phase", {}, "backbone_ranking", pair=pair)
+        return claim(name, None, "no adapt phase", {}, "backbone_ranking", pair=pair)
     cases = list(cases)
     means: dict[tuple[str, str], float | None] = {}
     index: dict[tuple[str, str, str, int], Any] = {}
@@ -49,7 +49,7 @@ def ranking_claim(rows: Sequence[Mapping[str, Any]], cases: Iterable[Mapping[str
             index[(backbone, method, inputs, phase)] = table
     missing = [f"{b} + {m}" for (b, m), v in means.items() if v is None]
     if missing:
-        return claim(name, None, f"not evaluated: {', '.join(missing)} not in this run (needs both backbones and "
+        return claim(name, None, f"{', '.join(missing)} not in this run (needs both backbones and "
                                  "both PEMMA methods)", {}, "backbone_ranking", pair=pair)
     steps = list(zip(RANKING, RANKING[1:], strict=False))
     diffs = {f"{a[0]}+{a[1]} - {b[0]}+{b[1]}": contrast(index, [(1.0, (*a, "ct+pet", adapt)),
