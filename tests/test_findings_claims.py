@@ -3,6 +3,7 @@ not shown), the relative-gain and C-index bootstraps against plain loops, routes
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -254,3 +255,26 @@ def test_collect_findings_has_every_claim_id() -> None:
     assert len(lines) == len(claims)
     assert all("paper:" in line for line in lines)
     assert any("95% CI" in line and "n=" in line for line in lines)
+
+
+def test_prognosis_rows_get_the_per_case_risks_of_their_evaluation(tmp_path: Path) -> None:
+    """reproduce hands the C-index claims each stage's held-out risks from ``<stage>/evaluation/survival_*.json``."""
+    import json
+
+    from pemma.protocol.runner import _with_risks
+    from pemma.protocol.strategy import parse_strategy
+
+    strategy = parse_strategy({"name": "t", "phases": [{"name": p.name, "operation": p.operation,
+                                                        "centres": list(p.centres), "modalities": list(p.modalities)}
+                                                       for p in PHASES], "prognosis": {"methods": ["lora"]}})
+    assert strategy.prognosis is not None
+    folder = tmp_path / "runs" / "unetr" / f"prognosis_{strategy.prognosis.digest()}"
+    cases = [{"PatientID": "MDA-001", "risk": 0.3, "RFS": 400.0, "Relapse": 1}]
+    for name, stage in (("ct", "ct"), ("lora_ct+pet", "ct+pet")):
+        (folder / name / "evaluation").mkdir(parents=True)
+        (folder / name / "evaluation" / f"survival_{stage}.json").write_text(json.dumps({"cases": cases}))
+    rows = [{"backbone": "unetr", "method": "CT model", "stage": "ct"},
+            {"backbone": "unetr", "method": "lora", "stage": "ct+pet"},
+            {"backbone": "unetr", "method": "lora", "stage": "ct+pet+ehr"}]
+    found = _with_risks(strategy, tmp_path, rows)
+    assert [r.get("cases") for r in found] == [cases, cases, None]
