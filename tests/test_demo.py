@@ -47,7 +47,13 @@ def test_demo_with_two_seeds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ca
         claims = [c for found in json.loads((folder / "findings.json").read_text()).values() for c in found]
         assert [c["claim"] for c in claims] == ["CT+PET > CT", "pemma_lora ≈ early fusion",
                                                 "pemma_lora trains ≤ 10% of early fusion's parameters",
-                                                "less CT forgetting after update_hgj (PET only)"]
+                                                "less CT forgetting after update_hgj (PET only)",
+                                                "less PET forgetting after update_hgj (PET only)",
+                                                "less CT+PET forgetting after update_hgj (PET only)",
+                                                "pemma_lora PET-input gain over early fusion after update_hgj "
+                                                "(PET only)", "Swin UNETR + DoRA ≥ Swin UNETR + LoRA ≥ UNETR + LoRA",
+                                                "unetr lora: C-index gain with PET",
+                                                "unetr lora: C-index gain with PET and EHR"]
         assert f"[{seed}](seed_{seed}/report.md)" in summary
     # PEMMA's CT route is the CT model, so a PET-only update cannot change its CT-input DSCagg: drop 0 on every seed
     line = next(row for row in summary.splitlines() if row.startswith("| less CT forgetting"))

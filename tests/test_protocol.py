@@ -33,8 +33,10 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 def test_shipped_strategy_is_the_authors_protocol() -> None:
     strategy = load_strategy(SHIPPED)
     assert strategy.name == "hecktor2022"
-    assert strategy.backbones == ("unetr",) and strategy.preset == "tiny" and strategy.max_steps is None
+    # issue 10 part 9: both backbones (the backbone ranking), both CT routes and both recipes
+    assert strategy.backbones == ("unetr", "swin_unetr") and strategy.preset == "tiny" and strategy.max_steps is None
     assert strategy.methods == ("pemma_lora", "pemma_dora", "early_fusion", "late_fusion", "full_finetune")
+    assert strategy.routes == ("exact", "shared") and strategy.recipes == ("pemma", "authors")
     assert (strategy.split.val_fraction, strategy.split.test_fraction, strategy.split.seed) == (0.2, 0.2, 0)
     assert [(p.name, p.operation, p.centres, p.modalities) for p in strategy.phases] == [
         ("pretrain", "pretrain", ("CHUM", "CHUP", "CHUS", "CHUV"), ("ct",)),
@@ -181,7 +183,7 @@ def test_unknown_keys(tmp_path: Path) -> None:
     raw = _raw()
     raw["phase"] = []
     assert _error(tmp_path, raw) == ("top level: unknown key 'phase' (allowed: name, backbones, preset, max_steps, "
-                                     "split, methods, phases, variants, prognosis)")
+                                     "split, methods, routes, recipes, phases, variants, prognosis)")
     raw = _raw()
     raw["phases"][1]["centers"] = ["MDA"]
     assert _error(tmp_path, raw) == \

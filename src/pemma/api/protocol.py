@@ -16,7 +16,8 @@ def _list(value: str | int | Iterable | None) -> list | None:
 def reproduce(strategy: str | os.PathLike, data: str | os.PathLike, out: str | os.PathLike, *,
               backbone: str | Iterable[str] | None = None, preset: str | None = None, max_steps: int | None = None,
               variant: str | Iterable[str] | None = None, method: str | Iterable[str] | None = None,
-              seed: int | None = None, exclude_bad_cases: bool = False, progress: bool = True) -> Path:
+              seed: int | None = None, exclude_bad_cases: bool = False, progress: bool = True,
+              ct_route: str | Iterable[str] | None = None, recipe: str | Iterable[str] | None = None) -> Path:
     """Run every phase of a strategy (pretrain -> adapt -> updates) for every method, evaluate, and report.
 
     Finished phases and evaluations in ``out`` are not recomputed.
@@ -33,6 +34,10 @@ def reproduce(strategy: str | os.PathLike, data: str | os.PathLike, out: str | o
         exclude_bad_cases: leave out the cases that fail the data check (``out/excluded_cases.json``) instead of
             stopping before any training.
         progress: show progress bars.
+        ct_route: the PEMMA methods' CT routes (``exact``, ``shared``; one or a list), replacing the strategy's
+            ``routes``.
+        recipe: the PEMMA methods' recipes (``pemma``, ``authors``; one or a list), replacing the strategy's
+            ``recipes``.
 
     Returns:
         The Markdown report (``out/report.md``).
@@ -44,7 +49,8 @@ def reproduce(strategy: str | os.PathLike, data: str | os.PathLike, out: str | o
 
     return run_strategy(os.fspath(strategy), os.fspath(data), os.fspath(out), backbones=_list(backbone),
                         preset=preset, max_steps=max_steps, variants=_list(variant), methods=_list(method),
-                        seed=seed, exclude_bad_cases=exclude_bad_cases, progress=progress)
+                        seed=seed, exclude_bad_cases=exclude_bad_cases, progress=progress,
+                        ct_routes=_list(ct_route), recipes=_list(recipe))
 
 
 def demo(out: str | os.PathLike = "demo", *, seed: int | Iterable[int] | None = None, strategy: str = "demo",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pemma.vocab import BACKBONES
+from pemma.vocab import BACKBONES, CT_ROUTES, RECIPES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,6 +28,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--method", action="append", help="run only these methods (repeatable): pemma_lora, pemma_dora, "
                                                      "early_fusion, late_fusion, full_finetune")
     p.add_argument("--seed", type=int, help="override the strategy's split seed (also the training seed)")
+    p.add_argument("--ct-route", action="append", choices=CT_ROUTES,
+                   help="run the PEMMA methods with only these CT routes (repeatable), replacing the strategy's "
+                        "routes: exact (CT-only input runs the untouched CT base) or shared (the paper's: through "
+                        "the adapted network)")
+    p.add_argument("--recipe", action="append", choices=RECIPES,
+                   help="run the PEMMA methods with only these recipes (repeatable), replacing the strategy's "
+                        "recipes: pemma (pemma's defaults) or authors (the paper's released configuration)")
     p.set_defaults(func=cmd_reproduce)
 
 
@@ -36,7 +43,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
 
     report = reproduce(args.strategy, args.data, args.out, backbone=args.backbone, preset=args.preset,
                        max_steps=args.max_steps, variant=args.variant, method=args.method, seed=args.seed,
-                       exclude_bad_cases=args.exclude_bad_cases)
+                       exclude_bad_cases=args.exclude_bad_cases, ct_route=args.ct_route, recipe=args.recipe)
     print(report.read_text())
     print(f"report: {report}")
     return 0

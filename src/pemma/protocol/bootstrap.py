@@ -109,3 +109,32 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, replicates: int = 2000, seed:
         ValueError: shapes differ or there is no case.
     """
     return bootstrap_contrast([(1.0, a), (-1.0, b)], replicates, seed, level)
+
+
+def bootstrap_relative(a: np.ndarray, b: np.ndarray, replicates: int = 2000, seed: int = 0,
+                       level: float = 0.95) -> Difference:
+    """The relative gain ``DSCagg mean(A) / DSCagg mean(B) - 1`` on the same cases, with a paired bootstrap CI.
+
+    Same draws as :func:`paired_bootstrap` (the same ``seed`` resamples the same cases); replicates where B's
+    DSCagg is 0 or undefined are left out.
+
+    Args:
+        a, b: counts ``(n_cases, n_classes, 3)`` of the two methods on the same cases, in the same order.
+        replicates, seed, level: as for :func:`paired_bootstrap`.
+
+    Raises:
+        ValueError: shapes differ or there is no case.
+    """
+    a, b = (np.asarray(x, dtype=np.float64) for x in (a, b))
+    if a.shape != b.shape or a.ndim != 3 or a.shape[-1] != 3 or a.shape[0] == 0:
+        raise ValueError(f"paired counts must both be (n_cases > 0, n_classes, 3), got {a.shape} and {b.shape}")
+    n = a.shape[0]
+    draws = np.random.default_rng(seed).integers(0, n, size=(replicates, n))
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        values = dscagg_mean(a[draws]) / dscagg_mean(b[draws]) - 1.0
+        estimate = float(dscagg_mean(a) / dscagg_mean(b) - 1.0)
+    values = values[np.isfinite(values)]
+    tail = (1.0 - level) / 2 * 100
+    low, high = np.percentile(values, [tail, 100 - tail]) if values.size else (np.nan, np.nan)
+    return Difference(estimate, float(low), float(high), n, level, replicates)

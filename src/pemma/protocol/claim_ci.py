@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from pemma.protocol.bootstrap import Difference, bootstrap_contrast
+from pemma.protocol.bootstrap import Difference, bootstrap_contrast, bootstrap_relative
 
 #: (method, inputs, phase_index) -> {(centre, case_id): counts (n_classes, 3)}
 CaseIndex = dict[tuple[str, str, int], dict[tuple[str, str], np.ndarray]]
@@ -48,6 +48,18 @@ def contrast(index: CaseIndex, terms: Sequence[tuple[float, tuple[str, str, int]
         return None
     arrays = [np.stack([t[case] for case in common]) for t in tables]
     return bootstrap_contrast([(w, a) for (w, _), a in zip(terms, arrays, strict=True)], replicates, seed)
+
+
+def relative(index: CaseIndex, a: tuple[str, str, int], b: tuple[str, str, int], seed: int = 0,
+             replicates: int = 2000) -> Difference | None:
+    """``DSCagg mean(a) / DSCagg mean(b) - 1`` on the cases both were scored on, with its paired bootstrap CI
+    (:func:`pemma.protocol.bootstrap.bootstrap_relative`; None: a side has no case)."""
+    left, right = index.get(a, {}), index.get(b, {})
+    common = sorted(set(left) & set(right))
+    if not common:
+        return None
+    return bootstrap_relative(np.stack([left[c] for c in common]), np.stack([right[c] for c in common]),
+                              replicates, seed)
 
 
 def combine(verdicts: Iterable[bool | None]) -> bool | None:

@@ -19,7 +19,8 @@ from pemma.vocab import MODALITY_ORDER, PEMMA_METHODS, canonical_method
 OPERATIONS: tuple[str, ...] = ("pretrain", "adapt", "update")
 DEFAULT_VARIANT = "default"
 
-TOP_KEYS = ("name", "backbones", "preset", "max_steps", "split", "methods", "phases", "variants", "prognosis")
+TOP_KEYS = ("name", "backbones", "preset", "max_steps", "split", "methods", "routes", "recipes", "phases", "variants",
+            "prognosis")
 PHASE_KEYS = ("name", "operation", "centres", "modalities")
 #: optional per-phase keys: ``epochs`` overrides the preset's number of epochs for that phase
 OPTIONAL_PHASE_KEYS = ("epochs",)
@@ -40,6 +41,15 @@ def name_list(value: Any, what: str) -> list[str]:
     if not isinstance(items, (list, tuple)) or not items or not all(isinstance(v, str) and v.strip() for v in items):
         raise StrategyError(f"{what} must be a non-empty list of names, got {value!r}")
     return [v.strip() for v in items]
+
+
+def names_in(value: Any, known: Sequence[str], what: str) -> tuple[str, ...]:
+    """A non-empty list of names, duplicates dropped, each one of ``known`` (e.g. routes, recipes)."""
+    names = tuple(dict.fromkeys(name_list(value, what)))
+    for name in names:
+        if name not in known:
+            raise StrategyError(f"{what}: unknown name {name!r} (known: {', '.join(known)})")
+    return names
 
 
 def check_keys(raw: Any, allowed: Sequence[str], where: str) -> None:

@@ -2,11 +2,13 @@
 
 One row is the evaluation of one model on the held-out test cases of one centre with one input set::
 
-    {"backbone": "unetr", "method": "pemma_lora", "variant": "pet_only", "phase": "update_hgj",
-     "phase_index": 2, "eval_centre": "CHUM", "inputs": "ct", "DSCagg_GTVp": 0.71, "DSCagg_GTVn": 0.55,
-     "DSCagg_mean": 0.63, "trainable_params": 123456, "percent_of_early_fusion": 7.9}
+    {"backbone": "unetr", "method": "pemma_lora", "route": "exact", "recipe": "pemma", "variant": "pet_only",
+     "phase": "update_hgj", "phase_index": 2, "eval_centre": "CHUM", "inputs": "ct", "DSCagg_GTVp": 0.71,
+     "DSCagg_GTVn": 0.55, "DSCagg_mean": 0.63, "trainable_params": 123456, "percent_of_early_fusion": 7.9}
 
-``backbone`` may be omitted (""), ``trainable_params`` / ``percent_of_early_fusion`` may be None, and a
+``route`` / ``recipe`` are the PEMMA methods' CT route and recipe (empty for the baselines, which have neither;
+rows written before these columns existed get ``exact`` / ``pemma`` for PEMMA methods). ``backbone`` may be omitted
+(""), ``trainable_params`` / ``percent_of_early_fusion`` may be None, and a
 DSCagg is None (NaN is turned into None) when it is undefined (no foreground anywhere). Phases shared by
 several variants are repeated under each variant. The figures live in :mod:`pemma.protocol.figures`
 (``plot_dsc_across_phases`` and ``plot_overlays`` can also be imported from here).
@@ -31,18 +33,36 @@ from pemma.errors import PemmaError
 from pemma.io_utils import write_text_atomic
 from pemma.vocab import EVAL_INPUTS, METHODS
 
-COLUMNS: tuple[str, ...] = ("backbone", "method", "variant", "phase", "phase_index", "eval_centre", "inputs",
-                            "DSCagg_GTVp", "DSCagg_GTVn", "DSCagg_mean", "HD95_GTVp", "HD95_GTVn", "n_cases",
+COLUMNS: tuple[str, ...] = ("backbone", "method", "route", "recipe", "variant", "phase", "phase_index", "eval_centre",
+                            "inputs", "DSCagg_GTVp", "DSCagg_GTVn", "DSCagg_mean", "HD95_GTVp", "HD95_GTVn", "n_cases",
                             "trainable_params", "percent_of_early_fusion")
 DSC_KEYS: tuple[str, ...] = ("DSCagg_GTVp", "DSCagg_GTVn", "DSCagg_mean")
-_OPTIONAL = {"backbone": "", "trainable_params": None, "percent_of_early_fusion": None, "HD95_GTVp": None,
-             "HD95_GTVn": None, "n_cases": None}
+_OPTIONAL = {"backbone": "", "route": "", "recipe": "", "trainable_params": None, "percent_of_early_fusion": None,
+             "HD95_GTVp": None, "HD95_GTVn": None, "n_cases": None}
 #: columns of ``results_cases.csv`` (one row per test case, method, phase and input set)
-CASE_COLUMNS: tuple[str, ...] = ("backbone", "method", "variant", "phase", "phase_index", "eval_centre", "inputs",
+CASE_COLUMNS: tuple[str, ...] = ("backbone", "method", "route", "recipe", "variant", "phase", "phase_index",
+                                 "eval_centre", "inputs",
                                  "case_id", "dice_GTVp", "dice_GTVn", "hd95_GTVp", "hd95_GTVn", "gt_ml_GTVp",
                                  "pred_ml_GTVp", "gt_ml_GTVn", "pred_ml_GTVn", "inter_vox_GTVp", "gt_vox_GTVp",
                                  "pred_vox_GTVp", "inter_vox_GTVn", "gt_vox_GTVn", "pred_vox_GTVn")
-_GROUP = ("backbone", "method", "variant", "inputs")
+_GROUP = ("backbone", "method", "route", "recipe", "variant", "inputs")
+#: route and recipe of a PEMMA method's row written before the columns existed (today's defaults)
+DEFAULT_ROUTE, DEFAULT_RECIPE = "exact", "pemma"
+
+
+def route_recipe(method: str, row: Mapping[str, Any]) -> tuple[str, str]:
+    """A row's ``(route, recipe)``: as written, else the defaults for PEMMA methods and ``("", "")`` for baselines."""
+    pemma = method.startswith("pemma_")
+    route, recipe = row.get("route"), row.get("recipe")
+    return (str(route) if route else (DEFAULT_ROUTE if pemma else ""),
+            str(recipe) if recipe else (DEFAULT_RECIPE if pemma else ""))
+
+
+def method_label(entry: Mapping[str, Any]) -> str:
+    """``pemma_lora`` for the default route and recipe, ``pemma_lora (shared, authors)`` otherwise."""
+    extra = [v for v, default in ((entry.get("route"), DEFAULT_ROUTE), (entry.get("recipe"), DEFAULT_RECIPE))
+             if v and v != default]
+    return f"{entry['method']} ({', '.join(extra)})" if extra else str(entry["method"])
 
 
 def _number(value: Any, what: str) -> float | None:
@@ -80,6 +100,7 @@ def normalise_rows(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
             raise ValueError(f"row {n}: {exc}") from None
         for key in ("backbone", "method", "variant", "phase", "eval_centre"):
             clean[key] = "" if clean[key] is None else str(clean[key])
+        clean["route"], clean["recipe"] = route_recipe(clean["method"], row)
         out.append(clean)
     return out
 
@@ -182,7 +203,8 @@ def summarise(rows: Iterable[Mapping[str, Any]], centres: Sequence[str] | None =
         for k in ("trainable_params", "percent_of_early_fusion"):
             entry[k] = next((m[k] for m in members if m[k] is not None), None)
         out.append(entry)
-    out.sort(key=lambda e: (e["backbone"], e["variant"], _method_order(e["method"]), _input_order(e["inputs"]),
+    out.sort(key=lambda e: (e["backbone"], e["variant"], _method_order(e["method"]), e["route"], e["recipe"],
+                            _input_order(e["inputs"]),
                             e["phase_index"]))
     return out
 
@@ -234,7 +256,8 @@ def forgetting_table(rows: Iterable[Mapping[str, Any]],
                         "reference_phase": names[group][reference], "reference_phase_index": reference,
                         "reference_DSCagg_mean": ref_value, "phase": names[group][index], "phase_index": index,
                         "DSCagg_mean": values[index], "drop": ref_value - values[index]})
-    out.sort(key=lambda e: (e["backbone"], e["variant"], _method_order(e["method"]), _input_order(e["inputs"]),
+    out.sort(key=lambda e: (e["backbone"], e["variant"], _method_order(e["method"]), e["route"], e["recipe"],
+                            _input_order(e["inputs"]),
                             e["reference_phase_index"], e["centre"], e["phase_index"]))
     return out
 
@@ -251,7 +274,8 @@ def mean_forgetting(forgetting: Iterable[Mapping[str, Any]]) -> list[dict[str, A
     out = [{**dict(zip(_GROUP, key[:-1], strict=True)), "phase": members[0]["phase"], "phase_index": key[-1],
             "mean_drop": _mean(m["drop"] for m in members), "max_drop": max(m["drop"] for m in members),
             "n_centres": len(members)} for key, members in groups.items()]
-    out.sort(key=lambda e: (e["backbone"], e["variant"], _method_order(e["method"]), _input_order(e["inputs"]),
+    out.sort(key=lambda e: (e["backbone"], e["variant"], _method_order(e["method"]), e["route"], e["recipe"],
+                            _input_order(e["inputs"]),
                             e["phase_index"]))
     return out
 
@@ -300,7 +324,7 @@ def markdown_report(rows: Iterable[Mapping[str, Any]], *, title: str = "PEMMA pr
               "centre seen so far). Trainable parameters are those the phase trains; % is relative to the "
               "early-fusion model.", ""]
     for label, entries in _blocks(summarise(clean)):
-        body = [(e["method"], e["inputs"], f"{e['phase_index']}: {e['phase']}", _fmt(e["DSCagg_GTVp"]),
+        body = [(method_label(e), e["inputs"], f"{e['phase_index']}: {e['phase']}", _fmt(e["DSCagg_GTVp"]),
                  _fmt(e["DSCagg_GTVn"]), _fmt(e["DSCagg_mean"]),
                  "–" if e["trainable_params"] is None else f"{e['trainable_params']:,}",
                  "–" if e["percent_of_early_fusion"] is None else f"{e['percent_of_early_fusion']:.2f}%")
@@ -310,9 +334,9 @@ def markdown_report(rows: Iterable[Mapping[str, Any]], *, title: str = "PEMMA pr
                          "Trainable params", "% of early fusion"), body) + [""]
         mine = [r for r in clean if (r["backbone"], r["variant"]) == (entries[0]["backbone"], entries[0]["variant"])]
         centres = list(dict.fromkeys(r["eval_centre"] for r in sorted(mine, key=lambda r: r["phase_index"])))
-        cell = {(r["method"], r["inputs"], r["phase_index"], r["eval_centre"]): r["DSCagg_mean"] for r in mine}
-        body = [(e["method"], e["inputs"], f"{e['phase_index']}: {e['phase']}",
-                 *(_fmt(cell.get((e["method"], e["inputs"], e["phase_index"], c))) for c in centres))
+        cell = {(method_label(r), r["inputs"], r["phase_index"], r["eval_centre"]): r["DSCagg_mean"] for r in mine}
+        body = [(method_label(e), e["inputs"], f"{e['phase_index']}: {e['phase']}",
+                 *(_fmt(cell.get((method_label(e), e["inputs"], e["phase_index"], c))) for c in centres))
                 for e in entries]
         lines += ["DSCagg mean per evaluated centre:", ""]
         lines += _table(("Method", "Inputs", "Phase", *centres), body) + [""]
@@ -326,14 +350,14 @@ def markdown_report(rows: Iterable[Mapping[str, Any]], *, title: str = "PEMMA pr
         phases = sorted({(e["phase_index"], e["phase"]) for e in entries})
         cells: dict[tuple, dict[int, float]] = {}
         for e in entries:
-            key = (e["method"], e["inputs"], e["centre"], e["reference_phase"])
+            key = (method_label(e), e["inputs"], e["centre"], e["reference_phase"])
             cells.setdefault(key, {})[e["phase_index"]] = e["drop"]
         body = [(*key, *(_fmt(drops.get(i), signed=True) for i, _ in phases)) for key, drops in cells.items()]
         lines += [f"### {label}", ""]
         lines += _table(("Method", "Inputs", "Centre", "Reference", *(f"after {n}" for _, n in phases)), body)
         means: dict[tuple, dict[int, float | None]] = {}
         for m in mean_forgetting(entries):
-            means.setdefault((m["method"], m["inputs"]), {})[m["phase_index"]] = m["mean_drop"]
+            means.setdefault((method_label(m), m["inputs"]), {})[m["phase_index"]] = m["mean_drop"]
         body = [(*key, *(_fmt(drops.get(i), signed=True) for i, _ in phases)) for key, drops in means.items()]
         lines += ["", "Mean drop over the earlier centres:", ""]
         lines += _table(("Method", "Inputs", *(f"after {n}" for _, n in phases)), body) + [""]

@@ -1,9 +1,10 @@
 """``pemma reproduce``: every phase of a strategy for every method, evaluation of every centre seen so far
 with CT, PET and CT+PET inputs after each phase, then results, report and figures.
 
-Runs live in ``OUT/runs/<backbone>/<method or "shared">/<run key>``; a phase whose ``phase.json`` exists is
-finished and not recomputed (an interrupted run resumes from its checkpoint), and evaluations are cached
-in ``evaluation.json`` beside it.
+Runs live in ``OUT/runs/<backbone>/<method or "shared">/<run key>`` (PEMMA methods with a route / recipe other
+than ``exact`` / ``pemma``: ``<method>_<route>_<recipe>``, see :mod:`pemma.protocol.routes`); a phase whose
+``phase.json`` exists is finished and not recomputed (an interrupted run resumes from its checkpoint), and
+evaluations are cached in ``evaluation.json`` beside it.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pemma.evaluation.evaluate import evaluate_model
 from pemma.io_utils import write_text_atomic
 from pemma.methods import adapt, load_model, parameter_summary, update
 from pemma.protocol.results import markdown_report, write_case_results, write_results
+from pemma.protocol.routes import adapt_kwargs, method_folder, pairs, update_kwargs
 from pemma.protocol.split import split_case_ids
 from pemma.protocol.strategy import PlannedPhase, Strategy, StrategyError, load_strategy
 from pemma.training.segmentation import train
@@ -51,7 +53,7 @@ def _run_dir(out: Path, backbone: str, method: str, planned: PlannedPhase | None
 
 
 def _train_phase(strategy: Strategy, data: ProtocolData, backbone: str, method: str, planned: PlannedPhase,
-                 run: Path, parent: Path | None, progress: bool) -> None:
+                 run: Path, parent: Path | None, progress: bool, route: str = "", recipe: str = "") -> None:
     phase = planned.phase
     cfg = build_config(strategy.preset, overrides={
         "data": {"root": data.root, "centres": list(phase.centres), "modalities": list(phase.modalities)},
@@ -62,10 +64,13 @@ def _train_phase(strategy: Strategy, data: ProtocolData, backbone: str, method: 
     if phase.operation == "pretrain":
         train(cfg, run, resume=resume, progress=progress, split=split)
     elif phase.operation == "adapt":
-        adapt(parent, cfg, run, method=method, resume=resume, progress=progress, split=split)
+        adapt(parent, cfg, run, method=method, resume=resume, progress=progress, split=split,
+              **adapt_kwargs(adapt, method, route, recipe, strategy.source))
     else:
-        update(parent, cfg, list(phase.modalities), run, resume=resume, progress=progress, split=split)
-    write_text_atomic(run / "phase.json", json.dumps({"phase": phase.name, "method": method,
+        update(parent, cfg, list(phase.modalities), run, resume=resume, progress=progress, split=split,
+               **update_kwargs(update, method, route, recipe))
+    pair = {"route": route, "recipe": recipe} if route or recipe else {}
+    write_text_atomic(run / "phase.json", json.dumps({"phase": phase.name, "method": method, **pair,
                                                       "parent": str(parent) if parent else None}, indent=2))
 
 
@@ -95,7 +100,8 @@ def _evaluate_run(run: Path, data: ProtocolData, centres: tuple[str, ...], devic
     return cache
 
 
-def _rows(cache: dict[str, Any], backbone: str, method: str, planned: PlannedPhase) -> list[dict[str, Any]]:
+def _rows(cache: dict[str, Any], backbone: str, method: str, planned: PlannedPhase,
+          pair: tuple[str, str] = ("", "")) -> list[dict[str, Any]]:
     params = cache.get("params", {})
     percent = params.get("percent_of_early_fusion")
     rows = []
@@ -105,7 +111,8 @@ def _rows(cache: dict[str, Any], backbone: str, method: str, planned: PlannedPha
             if scores is None:
                 continue
             cases = cache.get(f"{centre}|{'+'.join(modalities)}|cases") or []
-            rows.append({"backbone": backbone, "method": method, "variant": planned.variant,
+            rows.append({"backbone": backbone, "method": method, "route": pair[0], "recipe": pair[1],
+                         "variant": planned.variant,
                          "phase": planned.phase.name, "phase_index": planned.index, "eval_centre": centre,
                          "inputs": "+".join(modalities), "DSCagg_GTVp": scores["GTVp"],
                          "DSCagg_GTVn": scores["GTVn"], "DSCagg_mean": scores["mean"],
@@ -116,13 +123,15 @@ def _rows(cache: dict[str, Any], backbone: str, method: str, planned: PlannedPha
     return rows
 
 
-def _case_rows(cache: dict[str, Any], backbone: str, method: str, planned: PlannedPhase) -> list[dict[str, Any]]:
+def _case_rows(cache: dict[str, Any], backbone: str, method: str, planned: PlannedPhase,
+               pair: tuple[str, str] = ("", "")) -> list[dict[str, Any]]:
     """Per-case results of one evaluated phase (the rows of ``results_cases.csv``)."""
     out = []
     for centre in planned.eval_centres:
         for modalities in EVAL_INPUT_SETS:
             for case in cache.get(f"{centre}|{'+'.join(modalities)}|cases") or []:
-                out.append({"backbone": backbone, "method": method, "variant": planned.variant,
+                out.append({"backbone": backbone, "method": method, "route": pair[0], "recipe": pair[1],
+                            "variant": planned.variant,
                             "phase": planned.phase.name, "phase_index": planned.index, "eval_centre": centre,
                             "inputs": "+".join(modalities), **case})
     return out
@@ -136,8 +145,11 @@ def _nanmean(values: Iterable[Any]) -> float | None:
 def reproduce(strategy_path: str | Path, data_root: str | Path, out_dir: str | Path, *,
               backbones: list[str] | None = None, preset: str | None = None, max_steps: int | None = None,
               variants: list[str] | None = None, methods: list[str] | None = None, seed: int | None = None,
-              exclude_bad_cases: bool = False, progress: bool = True) -> Path:
+              exclude_bad_cases: bool = False, progress: bool = True, ct_routes: list[str] | None = None,
+              recipes: list[str] | None = None) -> Path:
     """Run a strategy on a dataset; returns the path of the Markdown report.
+
+    ``ct_routes`` / ``recipes`` replace the strategy's ``routes`` / ``recipes`` (the PEMMA methods run once per pair).
 
     Every case the strategy will read is checked before anything trains (:func:`~pemma.data.check.check_cases`):
     a bad case stops the run at once, or, with ``exclude_bad_cases``, is left out before the split (listed in
@@ -154,12 +166,16 @@ def reproduce(strategy_path: str | Path, data_root: str | Path, out_dir: str | P
         if case.label is not None and {"ct", "pet"} <= set(case.images):
             by_centre.setdefault(case.centre, []).append(case.case_id)
     strategy = load_strategy(strategy_path, dataset_centres=by_centre).with_overrides(
-        backbones=backbones, preset=preset, max_steps=max_steps, variants=variants, seed=seed)
+        backbones=backbones, preset=preset, max_steps=max_steps, variants=variants, seed=seed, routes=ct_routes,
+        recipes=recipes)
     if methods:
         unknown = sorted(m for m in methods if m not in method_choices())
         if unknown:
             raise PemmaError(f"unknown method(s) {unknown}; known: {', '.join(METHODS)}")
         strategy = dataclasses.replace(strategy, methods=tuple(dict.fromkeys(canonical_method(m) for m in methods)))
+    for method in strategy.methods:  # a route or recipe this build cannot apply stops here, before any training
+        for pair in pairs(strategy, method):
+            adapt_kwargs(adapt, method, *pair, strategy.source)
     used = sorted({c for p in strategy.plan() for c in p.phase.centres} | set(strategy.prognosis_centres))
     def split_of(ids_by_centre: dict[str, list[str]]) -> dict[str, dict[str, list[str]]]:
         try:
@@ -181,27 +197,35 @@ def reproduce(strategy_path: str | Path, data_root: str | Path, out_dir: str | P
     write_text_atomic(out / "strategy.json", json.dumps(strategy.to_dict(), indent=2))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
-    jobs = [(b, m, p) for b in strategy.backbones for m in strategy.methods for p in strategy.plan()]
+    jobs = [(b, m, pair, p) for b in strategy.backbones for m in strategy.methods for pair in pairs(strategy, m)
+            for p in strategy.plan()]
     rows: list[dict[str, Any]] = []
     case_rows: list[dict[str, Any]] = []
     inputs_cache: dict[tuple, Any] = {}  # preprocessed test inputs, shared by every model evaluated
     bar = tqdm(jobs, desc="reproduce", unit="phase", disable=not progress, dynamic_ncols=True)
-    for backbone, method, planned in bar:
-        bar.set_postfix_str(f"{backbone} {method} {planned.variant} {planned.phase.name}")
-        run = _run_dir(out, backbone, method, planned, planned.run_key)
+    for backbone, method, pair, planned in bar:
+        folder = method_folder(method, *pair)
+        bar.set_postfix_str(f"{backbone} {folder} {planned.variant} {planned.phase.name}")
+        run = _run_dir(out, backbone, folder, planned, planned.run_key)
         if not (run / "phase.json").is_file():
             parent_planned = next((p for p in strategy.plan() if p.run_key == planned.parent_key), None)
-            parent = _run_dir(out, backbone, method, parent_planned, planned.parent_key) if parent_planned else None
-            _train_phase(strategy, data, backbone, method, planned, run, parent, progress=progress)
+            parent = _run_dir(out, backbone, folder, parent_planned, planned.parent_key) if parent_planned else None
+            _train_phase(strategy, data, backbone, method, planned, run, parent, progress=progress, route=pair[0],
+                         recipe=pair[1])
         cache = _evaluate_run(run, data, planned.eval_centres, device, inputs_cache)
-        rows += _rows(cache, backbone, method, planned)
-        case_rows += _case_rows(cache, backbone, method, planned)
+        rows += _rows(cache, backbone, method, planned, pair)
+        case_rows += _case_rows(cache, backbone, method, planned, pair)
     bar.close()
     write_results(rows, out)
     write_case_results(case_rows, out)
     prognosis = _prognosis(strategy, data, out)
     figures = _overlays(strategy, data, out, device, inputs_cache)
     return _report(strategy, rows, out, time.time() - started, figures, prognosis, case_rows)
+
+
+def _first_folder(strategy: Strategy, method: str) -> str:
+    """The run folder of ``method``'s first (route, recipe): what the overlays and the prognosis read."""
+    return method_folder(method, *pairs(strategy, method)[0])
 
 
 def _first_variant(strategy: Strategy) -> tuple[list[PlannedPhase], PlannedPhase | None]:
@@ -223,7 +247,8 @@ def _prognosis(strategy: Strategy, data: ProtocolData, out: Path) -> list[dict[s
     for backbone in strategy.backbones:
         seg = {}
         if adapt is not None and strategy.prognosis.adapters_from_segmentation:
-            seg = {m: _run_dir(out, backbone, f"pemma_{m}", adapt, adapt.run_key) for m in strategy.prognosis.methods
+            seg = {m: _run_dir(out, backbone, _first_folder(strategy, f"pemma_{m}"), adapt, adapt.run_key)
+                   for m in strategy.prognosis.methods
                    if f"pemma_{m}" in strategy.methods}
         start = {m: "segmentation adapters" if m in seg else "new adapters" for m in strategy.prognosis.methods}
         print(f"prognosis ({backbone}): CT -> CT+PET -> CT+PET+EHR on {', '.join(centres)}; +PET starts from "
@@ -238,6 +263,22 @@ def _prognosis(strategy: Strategy, data: ProtocolData, out: Path) -> list[dict[s
             segmentation_adapters=seg)
     write_prognosis(rows, out)
     return rows
+
+
+def _with_risks(strategy: Strategy, out: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The prognosis rows with their held-out cases' risks (``cases``) where the stage's evaluation report has them
+    (``<stage>/evaluation/survival_<stage>.json``), for the C-index claims' paired bootstrap."""
+    if strategy.prognosis is None:
+        return rows
+    out_rows = []
+    for row in rows:
+        folder = "ct" if row["stage"] == "ct" else f"{row['method']}_{row['stage']}"
+        report = (out / "runs" / row["backbone"] / f"prognosis_{strategy.prognosis.digest()}" / folder / "evaluation"
+                  / f"survival_{row['stage']}.json")
+        if "cases" not in row and report.is_file():
+            row = {**row, "cases": json.loads(report.read_text()).get("cases")}
+        out_rows.append(row)
+    return out_rows
 
 
 def _overlays(strategy: Strategy, data: ProtocolData, out: Path, device: torch.device,
@@ -261,7 +302,8 @@ def _overlays(strategy: Strategy, data: ProtocolData, out: Path, device: torch.d
                       f"after {last.phase.name} ({variant}), CT input on the pretraining centres (forgetting)"))
     for planned, mods, centres, name, caption in views:
         runs: dict[str, tuple[Path, list[str]]] = {"CT model (CT)": (base, ["ct"])}
-        runs.update({f"{m} ({'+'.join(mods).upper()})": (_run_dir(out, backbone, m, planned, planned.run_key), mods)
+        runs.update({f"{m} ({'+'.join(mods).upper()})": (_run_dir(out, backbone, _first_folder(strategy, m), planned,
+                                                                   planned.run_key), mods)
                      for m in strategy.methods})
         overlay_figure(data.part(tuple(centres), "test"), runs, out / name, device, title=caption,
                        inputs_cache=inputs_cache)
@@ -273,7 +315,7 @@ def _report(strategy: Strategy, rows: list[dict[str, Any]], out: Path, seconds: 
             overlays: dict[str, str] | None = None, prognosis: list[dict[str, Any]] | None = None,
             case_rows: list[dict[str, Any]] | None = None) -> Path:
     from pemma.protocol.figures import plot_dsc_across_phases
-    from pemma.protocol.findings import check_findings, findings_markdown
+    from pemma.protocol.findings import collect_findings, findings_markdown
     from pemma.protocol.prognosis import prognosis_markdown
 
     figures = {}
@@ -284,12 +326,12 @@ def _report(strategy: Strategy, rows: list[dict[str, Any]], out: Path, seconds: 
                                title=f"DSCagg on the pretraining centres ({variant})")
         figures[f"DSCagg mean on {', '.join(pretrain_centres)} across phases ({variant})"] = name
     figures.update(overlays or {})
-    claims = {f"{b} · {v}": check_findings(rows, strategy.variant_phases(v), v, b, cases=case_rows,
-                                           seed=strategy.split.seed)
-              for b in strategy.backbones for v in strategy.variant_names}
+    claims = collect_findings(rows, strategy, case_rows, _with_risks(strategy, out, prognosis or []))
     write_text_atomic(out / "findings.json", json.dumps(claims, indent=2, default=float))
     findings = ["## Findings", "",
-                "The paper's claims checked on this run (definitions: `pemma.protocol.findings`).", ""]
+                "The paper's claims checked on this run (definitions: `pemma.protocol.claims`), each beside the "
+                "paper's statement; a verdict needs the 95% paired-bootstrap CI over the test cases (n) to exclude "
+                "the opposite.", ""]
     for label, found in claims.items():
         findings += [f"**{label}**", "", *findings_markdown(found), ""]
     if prognosis:

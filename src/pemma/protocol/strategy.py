@@ -8,12 +8,17 @@ A strategy is a small YAML file (``strategies/hecktor2022.yaml`` is the authors'
     max_steps: null
     split: {val_fraction: 0.2, test_fraction: 0.2, seed: 0}
     methods: [pemma_lora, pemma_dora, early_fusion, late_fusion, full_finetune]
+    routes: [exact]             # CT routes of the PEMMA methods (pemma.vocab.CT_ROUTES), or per method:
+                                # {pemma_lora: [exact, shared]}; --ct-route overrides
+    recipes: [pemma]            # adaptation recipes of the PEMMA methods (pemma.vocab.RECIPES); --recipe overrides
     phases:                     # {name, operation, centres, modalities}, in training order
       - {name: pretrain, operation: pretrain, centres: [CHUM, CHUP, CHUS, CHUV], modalities: [ct]}
       - ...
     variants:                   # variant name -> {phase name -> replaced fields}
       pet_only: {}
       ct_only: {update_hgj: {modalities: [ct]}, update_hmr: {modalities: [ct]}}
+
+Routes and recipes: the PEMMA methods run once per (route, recipe) pair; the baselines once (they have neither).
 
 Operations: ``pretrain`` trains the CT base model (shared by every method); ``adapt`` adds a modality to
 it (PEMMA adapters, or a baseline built from the base); ``update`` continues training an adapted model on
@@ -69,9 +74,20 @@ from pemma.protocol.phases import (
     check_keys,
     check_order,
     name_list,
+    names_in,
 )
 from pemma.protocol.split import split_case_ids
-from pemma.vocab import BACKBONES, EVAL_INPUTS, HECKTOR_CENTRES, METHODS, canonical_method, method_choices
+from pemma.vocab import (
+    BACKBONES,
+    CT_ROUTES,
+    EVAL_INPUTS,
+    HECKTOR_CENTRES,
+    METHODS,
+    PEMMA_METHODS,
+    RECIPES,
+    canonical_method,
+    method_choices,
+)
 
 __all__ = ["DEFAULT_VARIANT", "EVAL_INPUTS", "HECKTOR_CENTRES", "METHODS", "OPERATIONS", "Phase",
            "PlannedPhase", "SplitSpec", "Strategy", "StrategyError", "load_strategy", "parse_strategy",
@@ -113,7 +129,8 @@ class Strategy:
 
     ``variants`` maps a variant name to ``{phase name: {"modalities": [...], "centres": [...]}}``.
     ``dataset_centres`` (optional) widens the known centres and requires every centre to be present.
-    ``source`` (the file) prefixes every error.
+    ``source`` (the file) prefixes every error. ``routes`` / ``recipes``: the CT routes and recipes each PEMMA
+    method runs with (:data:`pemma.vocab.CT_ROUTES`, :data:`pemma.vocab.RECIPES`; defaults ``exact`` / ``pemma``).
     """
 
     name: str
@@ -127,6 +144,8 @@ class Strategy:
     dataset_centres: tuple[str, ...] | None = None
     source: str = "<strategy>"
     prognosis: PrognosisSpec | None = None
+    routes: tuple[str, ...] | Mapping[str, tuple[str, ...]] = ("exact",)
+    recipes: tuple[str, ...] = ("pemma",)
 
     def __post_init__(self) -> None:
         try:
@@ -143,6 +162,17 @@ class Strategy:
         for m in name_list(self.methods, "methods"):
             if m not in method_choices():
                 raise StrategyError(f"unknown method {m!r} (known: {', '.join(METHODS)})")
+        object.__setattr__(self, "recipes", names_in(self.recipes, RECIPES, "recipes"))
+        if isinstance(self.routes, Mapping):
+            routes = {}
+            for method, names in self.routes.items():
+                if not isinstance(method, str) or method.strip() not in PEMMA_METHODS:
+                    raise StrategyError(f"routes: {method!r} is not a PEMMA method (routes per method name "
+                                        f"{', '.join(PEMMA_METHODS)}; the baselines have no route)")
+                routes[method.strip()] = names_in(names, CT_ROUTES, f"routes of {method.strip()}")
+            object.__setattr__(self, "routes", routes)
+        else:
+            object.__setattr__(self, "routes", names_in(self.routes, CT_ROUTES, "routes"))
         if self.preset not in _available_presets():
             raise StrategyError(f"unknown preset {self.preset!r} (known: {', '.join(_available_presets())})")
         if self.max_steps is not None and (isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int)
@@ -183,6 +213,19 @@ class Strategy:
                                                      "train": {"max_steps": self.max_steps}})
             except PemmaError as exc:
                 raise StrategyError(f"backbone {backbone!r} with preset {self.preset!r}: {exc}") from None
+
+    def routes_of(self, method: str) -> tuple[str, ...]:
+        """The CT routes ``method`` runs with (``routes`` as a list: every PEMMA method; as a mapping: per method,
+        ``exact`` for a PEMMA method it does not list)."""
+        if isinstance(self.routes, Mapping):
+            return tuple(self.routes.get(method, ("exact",)))
+        return tuple(self.routes)
+
+    @property
+    def all_routes(self) -> tuple[str, ...]:
+        """Every route some PEMMA method of the strategy runs with, in :data:`pemma.vocab.CT_ROUTES` order."""
+        used = {r for m in self.methods if m in PEMMA_METHODS for r in self.routes_of(m)}
+        return tuple(r for r in CT_ROUTES if r in used) or ("exact",)
 
     @property
     def prognosis_centres(self) -> tuple[str, ...]:
@@ -252,7 +295,8 @@ class Strategy:
 
     def with_overrides(self, *, backbones: Sequence[str] | None = None, preset: str | None = None,
                        max_steps: int | None = None, variants: Sequence[str] | None = None,
-                       dataset_centres: Iterable[str] | None = None, seed: int | None = None) -> Strategy:
+                       dataset_centres: Iterable[str] | None = None, seed: int | None = None,
+                       routes: Sequence[str] | None = None, recipes: Sequence[str] | None = None) -> Strategy:
         """A re-validated copy with command-line overrides applied (``None`` keeps the file's value).
 
         Args:
@@ -262,6 +306,8 @@ class Strategy:
             variants: keep only these variants, in this order.
             dataset_centres: centres found in the dataset (then every strategy centre must be among them).
             seed: the split seed (also the training seed), e.g. from ``--seed``.
+            routes: the PEMMA methods' CT routes, e.g. ``["shared"]`` from ``--ct-route``.
+            recipes: the PEMMA methods' recipes, e.g. ``["authors"]`` from ``--recipe``.
 
         Example:
             >>> strategy.with_overrides(backbones=["swin_unetr"], max_steps=5).max_steps
@@ -280,6 +326,10 @@ class Strategy:
             changes["variants"] = {v: self.variants.get(v, {}) for v in variants} if self.variants else {}
         if dataset_centres is not None:
             changes["dataset_centres"] = tuple(sorted(set(dataset_centres)))
+        if routes is not None:
+            changes["routes"] = tuple(routes)
+        if recipes is not None:
+            changes["recipes"] = tuple(recipes)
         if seed is not None:
             changes["split"] = dataclasses.replace(self.split, seed=seed)
         return dataclasses.replace(self, **changes)
@@ -288,6 +338,9 @@ class Strategy:
         """Plain data (YAML/JSON-ready) equal to what :func:`parse_strategy` reads back."""
         return {"name": self.name, "backbones": list(self.backbones), "preset": self.preset,
                 "max_steps": self.max_steps, "split": dataclasses.asdict(self.split), "methods": list(self.methods),
+                "routes": ({m: list(r) for m, r in self.routes.items()} if isinstance(self.routes, Mapping)
+                           else list(self.routes)),
+                "recipes": list(self.recipes),
                 "phases": [{"name": p.name, "operation": p.operation, "centres": list(p.centres),
                             "modalities": list(p.modalities), **({"epochs": p.epochs} if p.epochs else {})}
                            for p in self.phases],
@@ -324,7 +377,7 @@ def parse_strategy(raw: Any, source: str = "<strategy>", dataset_centres: Iterab
         prognosis = PrognosisSpec.parse(raw.get("prognosis"))
     except StrategyError as exc:
         raise StrategyError(f"{source}: {exc}") from None
-    kwargs = {k: raw[k] for k in ("backbones", "preset", "methods") if raw.get(k) is not None}
+    kwargs = {k: raw[k] for k in ("backbones", "preset", "methods", "routes", "recipes") if raw.get(k) is not None}
     return Strategy(name=raw.get("name", ""), phases=tuple(phases), max_steps=raw.get("max_steps"), split=split,
                     variants=raw.get("variants") or {}, source=source, prognosis=prognosis,
                     dataset_centres=tuple(sorted(set(dataset_centres))) if dataset_centres is not None else None,

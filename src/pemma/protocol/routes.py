@@ -1,0 +1,100 @@
+"""Routes and recipes in the protocol: which (CT route, recipe) pairs each method runs with, where their runs live,
+and how they reach :func:`pemma.methods.adapt` / :func:`pemma.methods.update`.
+
+The PEMMA methods run once per pair of the strategy's ``routes`` x ``recipes`` (:data:`pemma.vocab.CT_ROUTES`,
+:data:`pemma.vocab.RECIPES`); the baselines (early fusion, late fusion, full fine-tuning) have neither and run once,
+with ``route`` and ``recipe`` left empty in the results. The default pair (``exact``, ``pemma``) keeps the run folder
+of a method as it always was (``runs/<backbone>/<method>/<key>``), so old result folders resume; any other pair gets
+``runs/<backbone>/<method>_<route>_<recipe>/<key>``.
+
+Only what differs from the defaults is passed on: the route through :class:`~pemma.adapters.config.AdapterConfig`'s
+``ct_route`` (or a ``ct_route=`` keyword where the function takes one), the recipe as ``recipe=`` where the function
+(or ``AdapterConfig``) takes one. A non-default recipe that this build cannot apply stops the run with one line.
+
+Example:
+    >>> pairs(strategy, "pemma_lora")
+    [('exact', 'pemma'), ('shared', 'pemma')]
+    >>> method_folder("pemma_lora", "shared", "pemma")
+    'pemma_lora_shared_pemma'
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from pemma.adapters.config import AdapterConfig
+from pemma.errors import PemmaError
+from pemma.protocol.results import DEFAULT_RECIPE, DEFAULT_ROUTE
+from pemma.vocab import PEMMA_METHODS
+
+
+def pairs(strategy: Any, method: str) -> list[tuple[str, str]]:
+    """The (route, recipe) pairs ``method`` runs with: the strategy's product for PEMMA methods, ``[("", "")]`` for
+    the baselines.
+
+    Args:
+        strategy: a :class:`~pemma.protocol.strategy.Strategy` (its ``routes_of(method)`` and ``recipes``).
+        method: a canonical method name.
+    """
+    if method not in PEMMA_METHODS:
+        return [("", "")]
+    return [(route, recipe) for route in strategy.routes_of(method) for recipe in strategy.recipes]
+
+
+def method_folder(method: str, route: str, recipe: str) -> str:
+    """The run-folder name of a method with a route and a recipe (the method alone for the defaults / baselines)."""
+    if (route or DEFAULT_ROUTE, recipe or DEFAULT_RECIPE) == (DEFAULT_ROUTE, DEFAULT_RECIPE):
+        return method
+    return f"{method}_{route}_{recipe}"
+
+
+def _takes(function: Callable[..., Any], name: str) -> bool:
+    return name in inspect.signature(function).parameters
+
+
+def adapt_kwargs(adapt: Callable[..., Any], method: str, route: str, recipe: str, where: str) -> dict[str, Any]:
+    """Keyword arguments for ``adapt`` (:func:`pemma.methods.adapt`) that carry a non-default route / recipe.
+
+    Args:
+        adapt: the adapt function (inspected for ``ct_route`` / ``recipe`` keywords).
+        method: the method (baselines get nothing).
+        route, recipe: the pair of this run.
+        where: prefix of the error (the strategy file).
+
+    Raises:
+        PemmaError: a recipe other than ``pemma`` that neither ``adapt`` nor ``AdapterConfig`` accepts.
+    """
+    if method not in PEMMA_METHODS:
+        return {}
+    out: dict[str, Any] = {}
+    fields = {f.name for f in dataclasses.fields(AdapterConfig)}
+    config: dict[str, Any] = {}
+    if route and route != DEFAULT_ROUTE:
+        if _takes(adapt, "ct_route"):
+            out["ct_route"] = route
+        else:
+            config["ct_route"] = route
+    if recipe and recipe != DEFAULT_RECIPE:
+        if _takes(adapt, "recipe"):
+            out["recipe"] = recipe
+        elif "recipe" in fields:
+            config["recipe"] = recipe
+        else:
+            raise PemmaError(f"{where}: recipe {recipe!r} cannot be applied by this pemma build (pemma.methods.adapt "
+                             f"takes no recipe); use recipes: [{DEFAULT_RECIPE}]")
+    if config:
+        out["adapter_cfg"] = AdapterConfig(**config)
+    return out
+
+
+def update_kwargs(update: Callable[..., Any], method: str, route: str, recipe: str) -> dict[str, Any]:
+    """Keyword arguments for ``update`` (:func:`pemma.methods.update`): a non-default route / recipe where it takes
+    them (otherwise the updated run inherits both from the run it continues)."""
+    if method not in PEMMA_METHODS:
+        return {}
+    given = {"ct_route": route if route and route != DEFAULT_ROUTE else None,
+             "recipe": recipe if recipe and recipe != DEFAULT_RECIPE else None}
+    return {k: v for k, v in given.items() if v is not None and _takes(update, k)}

@@ -1,0 +1,120 @@
+"""Routes and recipes in the protocol: strategy keys, run folders, what reaches adapt / update, and the results
+table's route / recipe columns (old tables keep loading)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pemma.errors import PemmaError
+from pemma.protocol.strategy import StrategyError, parse_strategy
+
+RAW: dict[str, Any] = {"name": "t", "methods": ["pemma_lora", "pemma_dora", "early_fusion"],
+                       "phases": [{"name": "pretrain", "operation": "pretrain", "centres": ["CHUM"],
+                                   "modalities": ["ct"]},
+                                  {"name": "adapt", "operation": "adapt", "centres": ["MDA"],
+                                   "modalities": ["ct", "pet"]}]}
+
+
+def test_routes_and_recipes_of_a_strategy() -> None:
+    from pemma.protocol.routes import method_folder, pairs
+
+    plain = parse_strategy(RAW)
+    assert plain.routes == ("exact",) and plain.recipes == ("pemma",)
+    both = parse_strategy({**RAW, "routes": ["exact", "shared", "exact"], "recipes": ["authors", "pemma"]})
+    assert both.routes == ("exact", "shared") and both.recipes == ("authors", "pemma")
+    assert pairs(both, "pemma_dora") == [("exact", "authors"), ("exact", "pemma"), ("shared", "authors"),
+                                         ("shared", "pemma")]
+    assert pairs(both, "early_fusion") == [("", "")]  # baselines have no route and no recipe: trained once
+    per_method = parse_strategy({**RAW, "routes": {"pemma_lora": ["exact", "shared"]}})
+    assert pairs(per_method, "pemma_lora") == [("exact", "pemma"), ("shared", "pemma")]
+    assert pairs(per_method, "pemma_dora") == [("exact", "pemma")] and per_method.all_routes == ("exact", "shared")
+    assert parse_strategy(per_method.to_dict()) == per_method and parse_strategy(both.to_dict()) == both
+    # --ct-route replaces the strategy's routes for every PEMMA method
+    assert pairs(per_method.with_overrides(routes=["shared"]), "pemma_dora") == [("shared", "pemma")]
+    # the default pair keeps the method's old run folder, so earlier result folders resume
+    assert method_folder("pemma_lora", "exact", "pemma") == "pemma_lora"
+    assert method_folder("early_fusion", "", "") == "early_fusion"
+    assert method_folder("pemma_lora", "shared", "authors") == "pemma_lora_shared_authors"
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    ({"routes": ["exact", "sharde"]}, "routes: unknown name 'sharde' (known: exact, shared)"),
+    ({"recipes": "paper"}, "recipes: unknown name 'paper' (known: pemma, authors)"),
+    ({"routes": []}, "routes must be a non-empty list of names"),
+    ({"routes": {"early_fusion": ["shared"]}}, "routes: 'early_fusion' is not a PEMMA method"),
+])
+def test_bad_routes_and_recipes_are_one_line(change: dict[str, Any], message: str) -> None:
+    with pytest.raises(StrategyError) as info:
+        parse_strategy({**RAW, **change}, source="s.yaml")
+    assert str(info.value).startswith("s.yaml: ") and message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_only_non_default_routes_and_recipes_reach_adapt_and_update() -> None:
+    from pemma.protocol.routes import adapt_kwargs, update_kwargs
+
+    def old_adapt(base: str, cfg: Any, out: str, method: str = "", adapter_cfg: Any = None) -> None: ...
+
+    def new_adapt(base: str, cfg: Any, out: str, method: str = "", adapter_cfg: Any = None, ct_route: str = "exact",
+                  recipe: str = "pemma") -> None: ...
+
+    assert adapt_kwargs(old_adapt, "pemma_lora", "exact", "pemma", "s.yaml") == {}
+    assert adapt_kwargs(old_adapt, "early_fusion", "", "", "s.yaml") == {}
+    # today's adapt: the route travels in the adapter config
+    assert adapt_kwargs(old_adapt, "pemma_lora", "shared", "pemma", "s.yaml")["adapter_cfg"].ct_route == "shared"
+    assert adapt_kwargs(new_adapt, "pemma_dora", "shared", "authors", "s.yaml") == {"ct_route": "shared",
+                                                                                     "recipe": "authors"}
+    assert update_kwargs(new_adapt, "pemma_lora", "shared", "pemma") == {"ct_route": "shared"}
+    assert update_kwargs(old_adapt, "pemma_lora", "shared", "authors") == {}
+    from pemma.adapters.config import AdapterConfig
+
+    if "recipe" not in AdapterConfig.__dataclass_fields__:
+        with pytest.raises(PemmaError, match="s.yaml: recipe 'authors' cannot be applied"):
+            adapt_kwargs(old_adapt, "pemma_lora", "exact", "authors", "s.yaml")
+
+
+def test_results_carry_route_and_recipe(tmp_path: Path) -> None:
+    from pemma.protocol.results import COLUMNS, normalise_rows, summarise, write_case_results, write_results
+
+    old = {"backbone": "unetr", "variant": "v", "phase": "adapt", "phase_index": 1, "eval_centre": "MDA",
+           "inputs": "ct+pet", "DSCagg_GTVp": 0.5, "DSCagg_GTVn": 0.3, "DSCagg_mean": 0.4}
+    rows = [{**old, "method": "pemma_lora"}, {**old, "method": "early_fusion"},
+            {**old, "method": "pemma_lora", "route": "shared", "recipe": "authors", "DSCagg_mean": 0.6}]
+    clean = normalise_rows(rows)  # rows written before the columns existed get today's defaults
+    assert [(r["route"], r["recipe"]) for r in clean] == [("exact", "pemma"), ("", ""), ("shared", "authors")]
+    # the two PEMMA LoRA runs are separate entries, not averaged together
+    assert sorted(e["DSCagg_mean"] for e in summarise(clean) if e["method"] == "pemma_lora") == [0.4, 0.6]
+    write_results(rows, tmp_path)
+    with open(tmp_path / "results.csv", newline="") as fh:
+        table = list(csv.DictReader(fh))
+    assert tuple(table[0]) == COLUMNS and [r["route"] for r in table] == ["exact", "", "shared"]
+    write_case_results([{**rows[2], "case_id": "MDA-001", "counts": [[1, 2, 2], [0, 0, 0]]}], tmp_path)
+    with open(tmp_path / "results_cases.csv", newline="") as fh:
+        case = next(csv.DictReader(fh))
+    assert (case["route"], case["recipe"], case["inter_vox_GTVp"]) == ("shared", "authors", "1")
+
+
+def test_reproduce_ct_route_flag_reaches_the_runner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture) -> None:
+    from pemma.cli.main import main
+    from pemma.protocol import runner
+
+    seen: dict[str, Any] = {}
+    report = tmp_path / "report.md"
+    report.write_text("# report\n")
+
+    def fake(*args: Any, **kwargs: Any) -> Path:
+        seen.update(kwargs)
+        return report
+
+    monkeypatch.setattr(runner, "reproduce", fake)
+    base = ["reproduce", "--strategy", "demo", "--data", str(tmp_path), "--out", str(tmp_path / "o")]
+    assert main([*base, "--ct-route", "shared", "--recipe", "authors"]) == 0
+    assert seen["ct_routes"] == ["shared"] and seen["recipes"] == ["authors"]
+    assert main(base) == 0 and seen["ct_routes"] is None and seen["recipes"] is None
+    with pytest.raises(SystemExit) as info:
+        main([*base, "--ct-route", "sideways"])
+    assert info.value.code == 2 and "invalid choice: 'sideways'" in capsys.readouterr().err
