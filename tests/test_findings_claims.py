@@ -278,3 +278,15 @@ def test_prognosis_rows_get_the_per_case_risks_of_their_evaluation(tmp_path: Pat
             {"backbone": "unetr", "method": "lora", "stage": "ct+pet+ehr"}]
     found = _with_risks(strategy, tmp_path, rows)
     assert [r.get("cases") for r in found] == [cases, cases, None]
+
+
+def test_matching_an_early_fusion_that_segments_nothing_is_not_shown() -> None:
+    quality = {("pemma_lora", "exact", "ct"): [0.0, 0.0, None], ("pemma_lora", "exact", "ct+pet"): [None, 0.0, None],
+               ("early_fusion", "", "ct+pet"): [None, 0.0, None]}
+    rows, cases = _build(quality)
+    found = [c for c in _check(rows, cases).values() if c["id"] == "matches_early_fusion"]
+    assert len(found) == 1 and found[0]["holds"] is None and "segments (almost) nothing" in found[0]["detail"]
+    quality[("pemma_lora", "exact", "ct+pet")] = [None, 0.6, None]
+    quality[("early_fusion", "", "ct+pet")] = [None, 0.6, None]
+    rows, cases = _build(quality)
+    assert [c for c in _check(rows, cases).values() if c["id"] == "matches_early_fusion"][0]["holds"] is True

@@ -20,7 +20,7 @@ from pemma.protocol.phases import Phase
 
 def adapt_claims(entries: Sequence[Mapping[str, Any]], index: CaseIndex, phases: Sequence[Phase],
                  pair: tuple[str, str], tolerance: float = 0.03, max_percent: float = 10.0,
-                 seed: int = 0) -> list[dict[str, Any]]:
+                 seed: int = 0, min_reference: float = 0.05) -> list[dict[str, Any]]:
     """The three claims of the ``adapt`` phase on one view.
 
     Args:
@@ -31,6 +31,8 @@ def adapt_claims(entries: Sequence[Mapping[str, Any]], index: CaseIndex, phases:
         tolerance: the allowed DSCagg gap to early fusion. Default 0.03.
         max_percent: the parameter budget, % of early fusion. Default 10.
         seed: the bootstrap's seed.
+        min_reference: early fusion's CT+PET DSCagg mean below which ``matches_early_fusion`` is not shown (null):
+            matching a reference that segments nothing says nothing. Default 0.05.
     """
     adapt = next((i for i, p in enumerate(phases) if p.operation == "adapt"), None)
     if adapt is None:
@@ -62,13 +64,25 @@ def adapt_claims(entries: Sequence[Mapping[str, Any]], index: CaseIndex, phases:
                              {}, "matches_early_fusion", pair=pair))
             continue
         gap = fused[method] - ef
-        diffs = {f"{method} - early_fusion": contrast(
-            index, [(1.0, (method, "ct+pet", adapt)), (-1.0, ("early_fusion", "ct+pet", adapt))], seed)}
-        holds, detail, ci = with_ci(gap >= -tolerance, f"CT+PET DSCagg mean {fused[method]:.3f} vs early fusion "
-                                    f"{ef:.3f} (gap {gap:+.3f}, tolerance -{tolerance})", diffs, margin=-tolerance)
-        out.append(claim(f"{method} ≈ early fusion", holds, detail,
-                         {"pemma": fused[method], "early_fusion": ef, "gap": gap}, "matches_early_fusion", ci, pair))
+        if ef < min_reference:
+            out.append(claim(f"{method} ≈ early fusion", None, f"early fusion segments (almost) nothing (CT+PET "
+                             f"DSCagg mean {ef:.3f} < {min_reference}); matching it would show nothing",
+                             {"pemma": fused[method], "early_fusion": ef, "gap": gap}, "matches_early_fusion",
+                             pair=pair))
+        else:
+            _append_match(out, index, method, fused[method], ef, gap, adapt, phases, tolerance, seed, pair)
         out.append(claim(f"{method} trains ≤ {max_percent:g}% of early fusion's parameters", percent <= max_percent,
                          f"{percent:.2f}% of early fusion's {ef_params or 0:,} trainable parameters (a count, "
                          f"no sampling uncertainty)", {"percent": percent}, "parameter_budget", pair=pair))
     return out
+
+
+def _append_match(out: list[dict[str, Any]], index: CaseIndex, method: str, pemma: float, ef: float, gap: float,
+                  adapt: int, phases: Sequence[Phase], tolerance: float, seed: int, pair: tuple[str, str]) -> None:
+    """``matches_early_fusion`` of one PEMMA method, decided on the paired bootstrap CI of the gap."""
+    diffs = {f"{method} - early_fusion": contrast(
+        index, [(1.0, (method, "ct+pet", adapt)), (-1.0, ("early_fusion", "ct+pet", adapt))], seed)}
+    holds, detail, ci = with_ci(gap >= -tolerance, f"CT+PET DSCagg mean {pemma:.3f} vs early fusion "
+                                f"{ef:.3f} (gap {gap:+.3f}, tolerance -{tolerance})", diffs, margin=-tolerance)
+    out.append(claim(f"{method} ≈ early fusion", holds, detail,
+                     {"pemma": pemma, "early_fusion": ef, "gap": gap}, "matches_early_fusion", ci, pair))
