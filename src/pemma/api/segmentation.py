@@ -334,10 +334,10 @@ def params(model: RunLike | None = None, *, base: RunLike | None = None, backbon
         >>> pemma.params(ad)["percent_of_early_fusion"]
         >>> pemma.params(backbone="unetr", preset="paper", recipe="authors")["authors_percent"]  # 8.16...
     """
-    from pemma.methods import configuration_budget, parameter_summary
-
     if (model is None) == (backbone is None):
         raise PemmaError("params needs either a run folder or --backbone (with --preset / --recipe), not both")
+    from pemma.methods import configuration_budget, parameter_summary
+
     if model is None:
         from pemma.vocab import PEMMA_METHODS, canonical_method
 
