@@ -113,8 +113,9 @@ class AdapterConfig:
     )
     recipe: str = field(
         default="pemma",
-        metadata=_help("the named set of defaults these values started from (pemma.vocab.RECIPES); recorded, "
-                       "explicit values override it."),
+        metadata=_help("named set of defaults (YAML shipped with pemma, pemma/recipes): 'pemma' (pemma's own) or "
+                       "'authors' (the paper's released configuration per backbone); explicit values override it; "
+                       "recorded in the run."),
     )
 
     def __post_init__(self) -> None:

@@ -28,9 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_field_flag(g, AdapterConfig, "dropout", "--adapter-dropout")
     add_field_flag(g, AdapterConfig, "modality_dropout", metavar=("CTPET", "CT", "PET"))
     add_field_flag(g, AdapterConfig, "ct_route", choices=CT_ROUTES)
-    add_field_flag(g, AdapterConfig, "recipe", choices=RECIPES,
-                   help="named defaults, YAML shipped with pemma: pemma (default) or authors (the paper's released "
-                        "configuration per backbone); explicit flags override the recipe's values")
+    add_field_flag(g, AdapterConfig, "recipe", choices=RECIPES)
     p.add_argument("--out", required=True, help="run folder of the adapted model")
     add_training_flags(p)
     p.set_defaults(func=cmd_adapt)
@@ -44,10 +42,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--modalities", required=True, help="ct, pet or ct,pet: what the new centre provides")
     p.add_argument("--out", required=True, help="run folder of the updated model")
     p.add_argument("--base", help="CT base run of the model, if it moved since adaptation")
-    add_field_flag(p, AdapterConfig, "ct_route", choices=CT_ROUTES,
+    p.add_argument("--ct-route", choices=CT_ROUTES,
                    help="the CT route the model was adapted with, checked (an update keeps the run's route; on "
                         "'shared' a CT-only update trains the same adapter). Default: the run's")
-    add_field_flag(p, AdapterConfig, "recipe", choices=RECIPES,
+    p.add_argument("--recipe", choices=RECIPES,
                    help="the recipe the model was adapted with, checked (an update keeps it). Default: the run's")
     add_training_flags(p)
     p.set_defaults(func=cmd_update)
@@ -61,7 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--base", help="CT base run of an adapted model, if it moved since adaptation")
     p.add_argument("--backbone", choices=BACKBONES, help="without a run: the backbone to count")
     p.add_argument("--preset", default="tiny", help="without a run: size preset, tiny or paper (default: tiny)")
-    add_field_flag(p, AdapterConfig, "recipe", choices=RECIPES,
+    p.add_argument("--recipe", choices=RECIPES,
                    help="without a run: pemma (default) or authors (the paper's configuration)")
     p.add_argument("--method", default="lora", help="without a run: lora (default) or dora")
     p.set_defaults(func=cmd_params)
