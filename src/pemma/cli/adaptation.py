@@ -34,8 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=cmd_adapt)
 
     p = sub.add_parser("update", help="continue training an adapted model on new centres with one modality",
-                       description="Continual update without replay: PEMMA trains its adapters (a CT-only update "
-                                   "gets an adapter of its own on the CT route); the CT base is never modified.")
+                       description="Continual update without replay: PEMMA trains its adapters (exact CT route: a "
+                                   "CT-only update gets an adapter of its own; shared route: every update trains the "
+                                   "same adapter); the CT base is never modified.")
     p.add_argument("--model", required=True, help="run folder to update (adapt, baselines or earlier update)")
     p.add_argument("--data", required=True, help="dataset folder or datalist")
     p.add_argument("--centres", help="comma-separated centres (default: all)")

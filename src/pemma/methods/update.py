@@ -1,9 +1,10 @@
 """``pemma update``: continue training a run on new centres with one or both modalities, no replay.
 
 The CT base run is never modified, so the original CT model stays recoverable. What trains is decided by the
-run's kind (:mod:`pemma.methods.registry`): PEMMA trains its adapters (a CT-only update gets an adapter of its
-own), full fine-tuning and early fusion train every parameter (early fusion zero-fills the missing modality),
-late fusion trains the member of the given modality.
+run's kind (:mod:`pemma.methods.registry`): PEMMA trains its adapters (on the exact CT route a CT-only update gets
+an adapter of its own; on the shared route every update trains the same adapter), full fine-tuning and early
+fusion train every parameter (early fusion zero-fills the missing modality), late fusion trains the member of the
+given modality.
 """
 
 from __future__ import annotations
