@@ -71,29 +71,67 @@ class ModalityAdapter(nn.Module):
         return x + self.body(x)
 
 
+class ProjectedModalityAdapter(nn.Module):
+    """The authors' single-modality adapter of Swin UNETR: conv C->C, BatchNorm, ReLU, conv C->n·C, whose output
+    then goes through the CT+PET projection n·C->C (of :class:`EmbeddingFusion`). PyTorch's default
+    initialisation, as theirs (it does not start as an identity).
+
+    Args:
+        channels: embedding channels C.
+        out_channels: the projection's input channels (n·C).
+    """
+
+    def __init__(self, channels: int, out_channels: int) -> None:
+        super().__init__()
+        if channels < 1 or out_channels < 1:
+            raise ValueError(f"channels must be positive, got channels={channels} out_channels={out_channels}")
+        self.body = nn.Sequential(
+            nn.Conv3d(channels, channels, kernel_size=1),
+            nn.BatchNorm3d(channels),
+            nn.ReLU(inplace=True),
+            nn.Conv3d(channels, out_channels, kernel_size=1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
 class EmbeddingFusion(nn.Module):
     """Maps per-modality patch embeddings (B, C, d, h, w) into the backbone's embedding space.
 
     * several modalities: concatenated on channels in MODALITY_ORDER and projected back to C channels by a
       1×1×1 convolution initialised to ``[I, 0, ...]`` (it starts by passing the first modality through);
-    * one modality: its :class:`ModalityAdapter`. There is none for CT: CT alone runs the untouched base.
+    * one modality: its :class:`ModalityAdapter`. By default there is none for CT (on pemma's exact route CT
+      alone runs the untouched base); the shared route adds one for CT too.
 
     Args:
         channels: embedding channels C.
         modalities: all modalities of the model, in channel order. Default ("ct", "pet").
+        single: the modalities that get a single-modality adapter. Default: all but the first.
+        style: ``"residual"`` (:class:`ModalityAdapter`, default) or ``"projected"`` (the authors':
+            :class:`ProjectedModalityAdapter` followed by the shared projection).
     """
 
-    def __init__(self, channels: int, modalities: tuple[str, ...] = ("ct", "pet")) -> None:
+    def __init__(self, channels: int, modalities: tuple[str, ...] = ("ct", "pet"),
+                 single: tuple[str, ...] | None = None, style: str = "residual") -> None:
         super().__init__()
         if len(modalities) < 2:
             raise ValueError(f"fusion needs at least two modalities, got {modalities}")
+        single = tuple(modalities[1:] if single is None else single)
+        if any(m not in modalities for m in single):
+            raise ValueError(f"single-modality adapters {single} must be among the modalities {modalities}")
         self.modalities = tuple(modalities)
         self.project = nn.Conv3d(channels * len(modalities), channels, kernel_size=1)
         with torch.no_grad():
             self.project.weight.zero_()
             self.project.weight[:, :channels, 0, 0, 0].copy_(torch.eye(channels))
             self.project.bias.zero_()
-        self.single = nn.ModuleDict({m: ModalityAdapter(channels) for m in modalities[1:]})
+        if style not in ("residual", "projected"):
+            raise ValueError(f"style must be 'residual' or 'projected', got {style!r}")
+        self.style = style
+        width = channels * len(modalities)
+        self.single = nn.ModuleDict({m: ModalityAdapter(channels) if style == "residual"
+                                     else ProjectedModalityAdapter(channels, width) for m in single})
 
     def forward(self, embeddings: dict[str, torch.Tensor]) -> torch.Tensor:
         present = [m for m in self.modalities if m in embeddings]
@@ -101,8 +139,10 @@ class EmbeddingFusion(nn.Module):
             raise ValueError(f"embeddings must be keyed by {self.modalities}, got {sorted(embeddings)}")
         if len(present) == 1:
             if present[0] not in self.single:
-                raise ValueError(f"no single-modality adapter for {present[0]!r} (it runs the base model)")
-            return self.single[present[0]](embeddings[present[0]])
+                raise ValueError(f"no single-modality adapter for {present[0]!r} (on the exact route it runs the "
+                                 "base model)")
+            adapted = self.single[present[0]](embeddings[present[0]])
+            return adapted if self.style == "residual" else self.project(adapted)
         if len(present) != len(self.modalities):
             raise ValueError(f"fusion of a partial set {present} is not supported")
         return self.project(torch.cat([embeddings[m] for m in present], dim=1))

@@ -11,7 +11,14 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from pemma.vocab import BACKBONES, CT_ROUTES, DROPOUT_INPUT_SETS
+from pemma.vocab import BACKBONES, CT_ROUTES, DROPOUT_INPUT_SETS, RECIPES
+
+#: ``AdapterConfig.pet_patch_embedding`` choices: a trainable copy of the CT patch embedding, or the CT one (frozen)
+PET_PATCH_EMBEDDINGS: tuple[str, ...] = ("copy", "shared")
+#: ``AdapterConfig.pet_skip_block`` choices: pemma's zero-initialised conv block, or a copy of the base's encoder1
+PET_SKIP_BLOCKS: tuple[str, ...] = ("conv", "encoder1_copy")
+#: ``AdapterConfig.single_adapter`` choices (Swin): residual 48->48 adapter, or the authors' 48->96 + projection
+SINGLE_ADAPTERS: tuple[str, ...] = ("residual", "projected")
 
 
 @dataclass(frozen=True)
@@ -87,6 +94,29 @@ class AdapterConfig:
         metadata=_help("how CT-only input runs: 'exact' (the untouched CT base; CT output never changes) or "
                        "'shared' (the paper's: through the adapted network, so CT-only draws train)."),
     )
+    pet_patch_embedding: str = field(
+        default="copy",
+        metadata=_help("UNETR: PET patch tokens from 'copy' (a trainable copy of the CT patch embedding, part "
+                       "pet_embedding) or 'shared' (the CT model's own frozen embedding, as the authors did)."),
+    )
+    pet_skip_block: str = field(
+        default="conv",
+        metadata=_help("the PET block of the first skip (part pet_skip): 'conv' (a conv block with a zero-"
+                       "initialised output) or 'encoder1_copy' (a copy of the base's encoder1, the authors'; on "
+                       "Swin it replaces encoder1 for PET alone instead of being added)."),
+    )
+    single_adapter: str = field(
+        default="residual",
+        metadata=_help("Swin: single-modality embedding adapter: 'residual' (1x1 conv, norm, ReLU, 1x1 conv, "
+                       "zero-initialised, added) or 'projected' (the authors': conv C->C, BatchNorm, ReLU, conv "
+                       "C->2C, then the CT+PET projection 2C->C)."),
+    )
+    recipe: str = field(
+        default="pemma",
+        metadata=_help("named set of defaults (YAML shipped with pemma, pemma/recipes): 'pemma' (pemma's own) or "
+                       "'authors' (the paper's released configuration per backbone); explicit values override it; "
+                       "recorded in the run."),
+    )
 
     def __post_init__(self) -> None:
         if self.method not in ("lora", "dora"):
@@ -110,6 +140,14 @@ class AdapterConfig:
         self.modality_dropout = tuple(float(p) for p in probs)  # type: ignore[assignment]
         if self.ct_route not in CT_ROUTES:
             raise ValueError(f"ct_route must be one of {list(CT_ROUTES)}, got {self.ct_route!r}")
+        for name, choices in (("pet_patch_embedding", PET_PATCH_EMBEDDINGS), ("pet_skip_block", PET_SKIP_BLOCKS),
+                              ("single_adapter", SINGLE_ADAPTERS), ("recipe", RECIPES)):
+            if getattr(self, name) not in choices:
+                raise ValueError(f"{name} must be one of {list(choices)}, got {getattr(self, name)!r}")
+        if self.pet_patch_embedding == "shared" and self.train_parts is not None \
+                and "pet_embedding" in self.train_parts:
+            raise ValueError("train_parts names pet_embedding, but pet_patch_embedding='shared' has none "
+                             "(PET goes through the frozen CT patch embedding)")
 
     @staticmethod
     def _names(what: str, value: Any, allow_empty: bool) -> tuple[str, ...] | None:
@@ -137,6 +175,12 @@ class AdapterConfig:
             raise ValueError(f"backbone must be one of {list(NEW_PARTS)}, got {backbone!r}")
         targets = self.target_modules or DEFAULT_TARGET_MODULES[backbone]
         parts = DEFAULT_TRAIN_PARTS[backbone] if self.train_parts is None else self.train_parts
+        if self.pet_patch_embedding == "shared":
+            if backbone != "unetr":
+                raise ValueError(f"pet_patch_embedding='shared' exists for unetr only, not {backbone!r}")
+            parts = tuple(p for p in parts if p != "pet_embedding")
+        if self.single_adapter != "residual" and backbone != "swin_unetr":
+            raise ValueError(f"single_adapter={self.single_adapter!r} exists for swin_unetr only, not {backbone!r}")
         foreign = {p for b, new in NEW_PARTS.items() if b != backbone for p in new} - set(NEW_PARTS[backbone])
         bad = sorted(foreign & set(parts))
         if bad:

@@ -56,9 +56,9 @@ def train(data: str | os.PathLike, out: str | os.PathLike, *, centres: Names = N
 def adapt(base: RunLike, data: str | os.PathLike, out: str | os.PathLike, *, centres: Names = None,
           add_modality: str = "pet", method: str = "lora", rank: int | None = None, alpha: float | None = None,
           adapter_dropout: float | None = None, target_modules: Names = None, train_parts: Names = None,
-          modality_dropout: Sequence[float] | None = None, preset: str = "tiny",
-          config: str | os.PathLike | None = None, resume: bool = False, force: bool = False,
-          overrides: dict[str, dict[str, Any]] | None = None, **settings: Any) -> Run:
+          modality_dropout: Sequence[float] | None = None, ct_route: str | None = None, recipe: str | None = None,
+          preset: str = "tiny", config: str | os.PathLike | None = None, resume: bool = False,
+          force: bool = False, overrides: dict[str, dict[str, Any]] | None = None, **settings: Any) -> Run:
     """Add PET to a CT-only run (PEMMA: PET pathway + LoRA / DoRA adapters), or train a baseline from it.
 
     The base run is never modified; the adapted run stores only what adaptation trained.
@@ -71,11 +71,16 @@ def adapt(base: RunLike, data: str | os.PathLike, out: str | os.PathLike, *, cen
         add_modality: modality to add (only ``pet``).
         method: ``pemma_lora`` (``lora``) or ``pemma_dora`` (``dora``); baselines ``early_fusion``,
             ``full_finetune`` (``full``), ``late_fusion`` (any spelling of :data:`pemma.vocab.METHOD_ALIASES`).
-        rank, alpha, adapter_dropout: adapter rank r, scaling alpha and input dropout. Default: those of
-            :class:`~pemma.adapters.config.AdapterConfig` (4, 8, 0).
-        target_modules: module suffixes that get adapters. Default: the backbone's attention.
-        train_parts: non-adapter parts that train. Default: per backbone.
+        rank, alpha, adapter_dropout: adapter rank r, scaling alpha and input dropout. Default: the recipe's
+            (``pemma``: 4, 8, 0).
+        target_modules: module suffixes that get adapters. Default: the recipe's (``pemma``: the attention).
+        train_parts: non-adapter parts that train. Default: the recipe's, per backbone.
         modality_dropout: probabilities of the input sets (ct+pet, ct, pet). Default (0.6, 0.2, 0.2).
+        ct_route: ``exact`` (CT alone runs the untouched base) or ``shared`` (the paper's: CT alone through the
+            adapted network). Default: the recipe's (``pemma``: exact; ``authors``: shared).
+        recipe: named defaults (:data:`pemma.vocab.RECIPES`, YAML files in ``pemma/recipes``): ``pemma`` (None,
+            the default) or ``authors`` (the authors' configuration per backbone). Explicit arguments override it;
+            the run records the recipe and the resolved values (``adapter_config.json``).
         preset, config, resume, force, overrides, settings: as for :func:`train`.
 
     Returns:
@@ -85,6 +90,7 @@ def adapt(base: RunLike, data: str | os.PathLike, out: str | os.PathLike, *, cen
         >>> ad = pemma.adapt(base=run, data="data/phantom", centres=["MDA"], method="lora", out="runs/ad")
     """
     from pemma.adapters.config import AdapterConfig
+    from pemma.adapters.recipes import recipe_config
     from pemma.methods import adapt as adapt_run
     from pemma.runs import new_run_folder
     from pemma.vocab import PEMMA_METHODS, canonical_method
@@ -96,9 +102,13 @@ def adapt(base: RunLike, data: str | os.PathLike, out: str | os.PathLike, *, cen
         adapter_type = PEMMA_METHODS.get(canonical_method(method), "lora")
         given = {"rank": rank, "alpha": alpha, "dropout": adapter_dropout, "target_modules": _tuple(target_modules),
                  "train_parts": _tuple(train_parts),
-                 "modality_dropout": None if modality_dropout is None else tuple(modality_dropout)}
-        # AdapterConfig holds the defaults: only what the caller gave is passed
-        adapter_cfg = AdapterConfig(method=adapter_type, **{k: v for k, v in given.items() if v is not None})
+                 "modality_dropout": None if modality_dropout is None else tuple(modality_dropout),
+                 "ct_route": ct_route}
+        backbone = _base_backbone(base)
+        if backbone is None:  # an unreadable base: the adaptation itself reports it (one line)
+            adapter_cfg = AdapterConfig(method=adapter_type, **{k: v for k, v in given.items() if v is not None})
+        else:  # recipe < what the caller gave
+            adapter_cfg = recipe_config(recipe, backbone, adapter_type, given)
     except ValueError as exc:
         raise PemmaError(f"invalid adapter settings: {exc}") from None
     cfg = absolute_data(run_config(preset, config, overrides, data=data, centres=centres, **settings))
@@ -109,10 +119,22 @@ def adapt(base: RunLike, data: str | os.PathLike, out: str | os.PathLike, *, cen
     return Run.open(out, summary)
 
 
+def _base_backbone(base: RunLike) -> str | None:
+    """The backbone of the CT base run ``base`` (None when its config cannot be read)."""
+    from pemma.config import RunConfig
+    from pemma.runs import CONFIG_FILE
+
+    try:
+        return RunConfig.load(Path(path_of(base)) / CONFIG_FILE).model.backbone
+    except PemmaError:
+        return None
+
+
 def update(model: RunLike, data: str | os.PathLike, modalities: Names, out: str | os.PathLike, *,
-           centres: Names = None, preset: str = "tiny", config: str | os.PathLike | None = None,
-           resume: bool = False, force: bool = False, base: RunLike | None = None,
-           overrides: dict[str, dict[str, Any]] | None = None, **settings: Any) -> Run:
+           centres: Names = None, ct_route: str | None = None, recipe: str | None = None, preset: str = "tiny",
+           config: str | os.PathLike | None = None, resume: bool = False, force: bool = False,
+           base: RunLike | None = None, overrides: dict[str, dict[str, Any]] | None = None,
+           **settings: Any) -> Run:
     """Continue training an adapted (or baseline) run on new centres with the modalities they provide, no replay.
 
     Args:
@@ -121,6 +143,9 @@ def update(model: RunLike, data: str | os.PathLike, modalities: Names, out: str 
         modalities: ``ct``, ``pet`` or ``ct,pet``: what the new centres provide.
         out: run folder of the updated model.
         centres: centres to update on. Default all.
+        ct_route, recipe: the CT route / recipe the run was adapted with, if the caller wants it checked (an update
+            keeps both: on the shared route a CT-only update trains the same adapter; on the exact route it gets
+            a ``ct_update`` adapter). None: the run's. A mismatch is an error.
         preset, config, resume, force, overrides, settings: as for :func:`train`.
         base: the CT base run of ``model``, if it moved since adaptation.
 
@@ -136,7 +161,7 @@ def update(model: RunLike, data: str | os.PathLike, modalities: Names, out: str 
     reads = [*run_family(path_of(model)), path_of(base)]
     with new_run_folder(out, force=force, resume=resume, reads=reads) as folder:
         summary = update_run(path_of(model), cfg, parse_modalities(modalities or []), os.fspath(folder),
-                             resume=resume, base_run=path_of(base))
+                             resume=resume, base_run=path_of(base), ct_route=ct_route, recipe=recipe)
     return Run.open(out, summary)
 
 
@@ -331,18 +356,36 @@ def _split_cases(cases: list, meta: dict[str, Any], split: str, source: str | No
     return chosen
 
 
-def params(model: RunLike, *, base: RunLike | None = None) -> dict[str, Any]:
-    """Trainable / total parameters of a run, and their share of early fusion of the same backbone and size.
+def params(model: RunLike | None = None, *, base: RunLike | None = None, backbone: str | None = None,
+           preset: str = "tiny", recipe: str | None = None, method: str = "lora") -> dict[str, Any]:
+    """Trainable / total parameters of a run, or of a configuration without a run, and their share of early fusion
+    counted two ways: against early fusion of the same backbone and size, and as the PEMMA authors counted
+    (UNETR: a feature-size-48 PEMMA UNETR against a feature-size-16 early fusion; Swin: trainable / total).
 
     Args:
-        model: run folder (or :class:`Run`).
+        model: run folder (or :class:`Run`). Give ``model`` or ``backbone``.
         base: the CT base run of an adapted model, if it moved since adaptation.
+        backbone: without a run: ``unetr`` or ``swin_unetr``.
+        preset: without a run: size preset (``tiny`` default, ``paper``).
+        recipe: without a run: ``pemma`` (None, default) or ``authors``.
+        method: without a run: ``lora`` (default) or ``dora``.
 
     Example:
         >>> pemma.params(ad)["percent_of_early_fusion"]
+        >>> pemma.params(backbone="unetr", preset="paper", recipe="authors")["authors_percent"]  # 8.16...
     """
-    from pemma.methods import parameter_summary
+    if (model is None) == (backbone is None):
+        raise PemmaError("params needs either a run folder or --backbone (with --preset / --recipe), not both")
+    from pemma.methods import configuration_budget, parameter_summary
 
+    if model is None:
+        from pemma.vocab import PEMMA_METHODS, canonical_method
+
+        try:
+            adapter_type = PEMMA_METHODS[canonical_method(method)]
+        except (KeyError, ValueError):
+            raise PemmaError(f"--method must be a PEMMA method (lora, dora), got {method!r}") from None
+        return configuration_budget(backbone, preset=preset, recipe=recipe, method=adapter_type)
     return parameter_summary(Path(path_of(model)), base_run=path_of(base))
 
 

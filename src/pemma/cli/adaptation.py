@@ -7,7 +7,7 @@ import json
 
 from pemma.adapters.config import AdapterConfig
 from pemma.cli.options import add_field_flag, add_training_flags, training_settings
-from pemma.vocab import EXPORT_FORMATS, method_choices
+from pemma.vocab import BACKBONES, CT_ROUTES, EXPORT_FORMATS, RECIPES, method_choices
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -27,26 +27,42 @@ def register(sub: argparse._SubParsersAction) -> None:
         add_field_flag(g, AdapterConfig, name)
     add_field_flag(g, AdapterConfig, "dropout", "--adapter-dropout")
     add_field_flag(g, AdapterConfig, "modality_dropout", metavar=("CTPET", "CT", "PET"))
+    add_field_flag(g, AdapterConfig, "ct_route", choices=CT_ROUTES)
+    add_field_flag(g, AdapterConfig, "recipe", choices=RECIPES)
     p.add_argument("--out", required=True, help="run folder of the adapted model")
     add_training_flags(p)
     p.set_defaults(func=cmd_adapt)
 
     p = sub.add_parser("update", help="continue training an adapted model on new centres with one modality",
-                       description="Continual update without replay: PEMMA trains its adapters (a CT-only update "
-                                   "gets an adapter of its own on the CT route); the CT base is never modified.")
+                       description="Continual update without replay: PEMMA trains its adapters (exact CT route: a "
+                                   "CT-only update gets an adapter of its own; shared route: every update trains the "
+                                   "same adapter); the CT base is never modified.")
     p.add_argument("--model", required=True, help="run folder to update (adapt, baselines or earlier update)")
     p.add_argument("--data", required=True, help="dataset folder or datalist")
     p.add_argument("--centres", help="comma-separated centres (default: all)")
     p.add_argument("--modalities", required=True, help="ct, pet or ct,pet: what the new centre provides")
     p.add_argument("--out", required=True, help="run folder of the updated model")
     p.add_argument("--base", help="CT base run of the model, if it moved since adaptation")
+    p.add_argument("--ct-route", choices=CT_ROUTES,
+                   help="the CT route the model was adapted with, checked (an update keeps the run's route; on "
+                        "'shared' a CT-only update trains the same adapter). Default: the run's")
+    p.add_argument("--recipe", choices=RECIPES,
+                   help="the recipe the model was adapted with, checked (an update keeps it). Default: the run's")
     add_training_flags(p)
     p.set_defaults(func=cmd_update)
 
-    p = sub.add_parser("params", help="trainable / total parameters, and %% of early fusion")
-    p.add_argument("model", help="run folder")
+    p = sub.add_parser("params", help="trainable / total parameters, and %% of early fusion (two ways)",
+                       description="Parameters of a run, or of a configuration without a run (--backbone, --preset, "
+                                   "--recipe): trainable / total and the share of early fusion, against early fusion "
+                                   "of the same size and as the PEMMA authors counted (sizes stated).")
+    p.add_argument("model", nargs="?", help="run folder (or give --backbone)")
     p.add_argument("--json", action="store_true", help="print JSON")
     p.add_argument("--base", help="CT base run of an adapted model, if it moved since adaptation")
+    p.add_argument("--backbone", choices=BACKBONES, help="without a run: the backbone to count")
+    p.add_argument("--preset", default="tiny", help="without a run: size preset, tiny or paper (default: tiny)")
+    p.add_argument("--recipe", choices=RECIPES,
+                   help="without a run: pemma (default) or authors (the paper's configuration)")
+    p.add_argument("--method", default="lora", help="without a run: lora (default) or dora")
     p.set_defaults(func=cmd_params)
 
     p = sub.add_parser("export", help="write a deployable model (TorchScript, ONNX or MONAI bundle)",
@@ -69,7 +85,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
 
     adapter = {"rank": args.rank, "alpha": args.alpha, "adapter_dropout": args.adapter_dropout,
                "target_modules": args.target_modules, "train_parts": args.train_parts,
-               "modality_dropout": args.modality_dropout}
+               "modality_dropout": args.modality_dropout, "ct_route": args.ct_route, "recipe": args.recipe}
     run = adapt(args.base, args.data, args.out, centres=args.centres, add_modality=args.add_modality,
                 method=args.method, **{k: v for k, v in adapter.items() if v is not None}, **training_settings(args))
     summary = run.summary
@@ -83,7 +99,7 @@ def cmd_update(args: argparse.Namespace) -> int:
     from pemma.api import update
 
     run = update(args.model, args.data, args.modalities, args.out, centres=args.centres, base=args.base,
-                 **training_settings(args))
+                 ct_route=args.ct_route, recipe=args.recipe, **training_settings(args))
     print(f"{args.out}: {run.summary['steps']} steps, best validation mean DSCagg ({args.modalities}) "
           f"{run.summary['best_dsc']:.4f}")
     return 0
@@ -92,12 +108,19 @@ def cmd_update(args: argparse.Namespace) -> int:
 def cmd_params(args: argparse.Namespace) -> int:
     from pemma.api import params
 
-    summary = params(args.model, base=args.base)
+    summary = params(args.model, base=args.base, backbone=args.backbone, preset=args.preset, recipe=args.recipe,
+                     method=args.method)
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0
     for key, value in summary.items():
-        print(f"{key:>24}: {value:,}" if isinstance(value, int) else f"{key:>24}: {value}")
+        if isinstance(value, bool) or isinstance(value, dict):
+            value = json.dumps(value) if isinstance(value, dict) else value
+        elif isinstance(value, int):
+            value = f"{value:,}"
+        elif isinstance(value, float):
+            value = f"{value:.3f}%" if key.endswith("percent") or key.startswith("percent") else f"{value:g}"
+        print(f"{key:>24}: {value}")
     return 0
 
 

@@ -4,10 +4,13 @@ Only the adapters, the PET modules and the configured heads train; the run folde
 (peft's two files: ``adapter_model.safetensors`` + ``adapter_config.json``), the SHA-256 of the base weights and
 ``model.json`` (which adapter serves which input set, parameter accounting). Updates:
 
-* PET or CT+PET updates train the main adapter, the PET modules and the configured heads; CT-only input never
-  touches those, so CT predictions on earlier centres stay exactly as they were;
-* a CT-only update adds an adapter of its own on the CT route (``ct_update``), so it does not disturb the
-  CT+PET / PET adapter; ``pemma params`` shows which adapter serves which input set.
+* exact CT route (default): PET or CT+PET updates train the main adapter, the PET modules and the configured
+  heads; CT-only input never touches those, so CT predictions on earlier centres stay exactly as they were.
+  A CT-only update adds an adapter of its own on the CT route (``ct_update``), so it does not disturb the
+  CT+PET / PET adapter;
+* shared CT route (the paper's): every input set runs the main adapter, CT-only draws of modality dropout
+  train, and every update (CT, PET or CT+PET) keeps training that adapter, so forgetting is measured;
+* ``pemma params`` shows which route / adapter serves which input set.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from pemma.methods.loading import load_model
 from pemma.methods.registry import Method, RunKind, register_kind, register_method
 from pemma.methods.update import update_task
 from pemma.models.accounting import parameter_report
+from pemma.models.budget import authors_count
 from pemma.models.loaded import LoadedModel, base_constructor_kwargs, build_pemma
 from pemma.runs import MODEL_FILE, stamp, write_meta
 from pemma.training.loop import TrainingTask
@@ -49,6 +53,13 @@ def dropout_seed(seed: int, step: int) -> random.Random:
     return random.Random(seed * 1_000_003 + step)
 
 
+def serving_adapters(model: nn.Module) -> dict[str, str]:
+    """``{input set: adapter}`` of a PEMMA model, as recorded in ``model.json`` (``"none (exact CT base)"`` when
+    CT alone runs the untouched base)."""
+    return {input_set_name(s): model.adapter_for(s) or "none (exact CT base)"
+            for s in (("ct", "pet"), ("pet",), ("ct",))}
+
+
 def save_pemma_run(model: nn.Module, run_dir: Path, base_run: Path, base_sha256: str, base_cfg: RunConfig,
                    meta: dict[str, Any]) -> None:
     """Write an adapted run's artifacts: adapter tensors + config (safetensors / JSON) and ``model.json``
@@ -56,11 +67,11 @@ def save_pemma_run(model: nn.Module, run_dir: Path, base_run: Path, base_sha256:
     model = unwrap_model(model)
     backbone = base_cfg.model.backbone
     saved = save_adapter(model, run_dir, base_sha256, extra_config={"run": str(base_run), "backbone": backbone})
-    serves = {input_set_name(s): model.adapter_for(s) or "none (exact CT base)"
-              for s in (("ct", "pet"), ("pet",), ("ct",))}
+    serves = serving_adapters(model)
     info = {"backbone": backbone, "method": model.config.method, "base_run": str(base_run),
             "base_sha256": base_sha256, "modalities": ALL_INPUTS, "input_sets": [list(s) for s in ALL_INPUT_SETS],
-            "adapters": serves, "adapter_bytes": saved["adapter_bytes"],
+            "adapters": serves, "ct_route": model.config.ct_route, "recipe": model.config.recipe,
+            "adapter_bytes": saved["adapter_bytes"],
             "parameters": parameter_report(model, base_constructor_kwargs(base_cfg)), **meta}
     write_meta(run_dir, stamp(info, KIND_PEMMA))
 
@@ -70,11 +81,12 @@ def pemma_task(base: LoadedModel, base_run: Path, adapter_cfg: AdapterConfig, cf
     torch.manual_seed(cfg.train.seed)
     model = build_pemma(base, adapter_cfg)
     report = parameter_report(model, base_constructor_kwargs(base.config))
-    choices = model.config.modality_choices(trainable_only=True)
+    skip_ct = model.config.ct_route == "exact"  # exact route: CT-only batches run the frozen base
+    choices = model.config.modality_choices(trainable_only=skip_ct)
     seed = cfg.train.seed
 
     def forward(module: nn.Module, image: torch.Tensor, step: int) -> torch.Tensor:
-        modalities = model.config.sample_modalities(dropout_seed(seed, step), trainable_only=True)
+        modalities = model.config.sample_modalities(dropout_seed(seed, step), trainable_only=skip_ct)
         return module(select_channels(image, modalities), modalities)
 
     def save(module: nn.Module, run_dir: Path, meta: dict[str, Any]) -> None:
@@ -86,12 +98,13 @@ def pemma_task(base: LoadedModel, base_run: Path, adapter_cfg: AdapterConfig, cf
         find_unused_parameters=True,  # PET-only steps leave parts of the model unused
         describe=[f"PEMMA {model.config.method.upper()} on {base.config.model.backbone}: rank "
                   f"{model.config.rank}, alpha {model.config.alpha}, targets {list(model.config.target_modules)}, "
-                  f"training {list(model.config.train_parts)}",
+                  f"training {list(model.config.train_parts)}, CT route {model.config.ct_route}",
                   f"trainable parameters: {report['trainable']:,} of {report['total']:,} "
                   f"({report['percent_of_early_fusion']:.2f}% of the early-fusion model's "
                   f"{report['early_fusion']:,})",
                   "modality dropout per step: " + ", ".join(f"{'+'.join(m)} {p:.2f}" for m, p in choices)
-                  + " (CT-only batches run the frozen CT base and train nothing, so they are skipped)"])
+                  + (" (exact CT route: CT-only batches run the frozen CT base and train nothing, so they are "
+                     "skipped)" if skip_ct else " (shared CT route: CT-only batches train the adapters too)")])
 
 
 def _build(adapter_type: str):
@@ -130,7 +143,8 @@ def train_only(model: nn.Module, names: list[str], modules: list[nn.Module] = ()
 
 def _update(loaded: LoadedModel, model_run: Path, modalities: tuple[str, ...], cfg: RunConfig) -> TrainingTask:
     model, seed = loaded.net, cfg.train.seed
-    if modalities == ("ct",):
+    skip_ct = model.config.ct_route == "exact"
+    if modalities == ("ct",) and skip_ct:
         if model.ct_adapter is None:
             model.add_ct_adapter()
         train_only(model, [model.ct_adapter])
@@ -142,9 +156,9 @@ def _update(loaded: LoadedModel, model_run: Path, modalities: tuple[str, ...], c
         train_only(model, [model.adapter_name], parts)
 
         def draw(step: int) -> tuple[str, ...]:
-            if modalities == ("pet",):
+            if len(modalities) == 1:  # pet; or ct on the shared route (the same adapter keeps training)
                 return modalities
-            return model.config.sample_modalities(dropout_seed(seed, step), True)
+            return model.config.sample_modalities(dropout_seed(seed, step), skip_ct)
 
     meta_in = dict(loaded.meta)
 
@@ -155,11 +169,20 @@ def _update(loaded: LoadedModel, model_run: Path, modalities: tuple[str, ...], c
 
 
 def _report(loaded: LoadedModel) -> dict[str, Any]:
-    report = parameter_report(loaded.net, base_constructor_kwargs(loaded.config))
+    kwargs = base_constructor_kwargs(loaded.config)
+    report = parameter_report(loaded.net, kwargs)
+    model = unwrap_model(loaded.net)
+    authors = authors_count(loaded.config.model.backbone, kwargs, model.config, model=model)
     out: dict[str, Any] = {"method": loaded.meta.get("method"), "trainable": int(report["trainable"]),
                            "total": int(report["total"]), "early_fusion": int(report["early_fusion"]),
                            "percent_of_early_fusion": f"{report['percent_of_early_fusion']:.3f}%",
+                           "authors_trainable": authors["authors_trainable"],
+                           "authors_reference": authors["authors_reference"],
+                           "authors_percent": f"{authors['authors_percent']:.3f}%",
+                           "authors_counted": authors["authors_counted"],
                            "adapter_bytes": int(loaded.meta.get("adapter_bytes", 0))}
+    out["ct_route"] = model.config.ct_route
+    out["recipe"] = model.config.recipe
     for inputs, adapter in loaded.meta.get("adapters", {}).items():
         out[f"adapter for {inputs}"] = adapter
     return out

@@ -16,6 +16,39 @@ from pemma.methods.registry import get_kind
 from pemma.vocab import ALL_INPUT_SETS, KIND_PEMMA
 
 
+def configuration_budget(backbone: str, preset: str = "tiny", recipe: str | None = None,
+                         method: str = "lora") -> dict[str, Any]:
+    """The parameter budget of a configuration without a run (``pemma params --backbone --preset --recipe``):
+    trainable / total and the share of early fusion counted two ways (:mod:`pemma.models.budget`).
+
+    Args:
+        backbone: ``unetr`` or ``swin_unetr``. preset: size preset (``tiny``, ``paper``).
+        recipe: adaptation recipe (None: ``pemma``). method: ``lora`` or ``dora``.
+    """
+    import dataclasses
+
+    from pemma.adapters.recipes import recipe_config
+    from pemma.config import build_config
+    from pemma.models.budget import parameter_budget
+    from pemma.models.registry import constructor_kwargs
+
+    try:
+        model_cfg = dataclasses.replace(build_config(preset).model, backbone=backbone)
+        adapter_cfg = recipe_config(recipe, backbone, method)
+    except ValueError as exc:
+        raise PemmaError(f"invalid params settings: {exc}") from None
+    budget = parameter_budget(backbone, constructor_kwargs(model_cfg, 1), adapter_cfg)
+    return {"backbone": backbone, "preset": preset, "recipe": adapter_cfg.recipe, "method": method,
+            "ct_route": adapter_cfg.ct_route, **serving_routes(adapter_cfg.ct_route), **budget}
+
+
+def serving_routes(ct_route: str) -> dict[str, str]:
+    """``{"serves <input set>": what runs it}`` for a PEMMA configuration on ``ct_route`` (before any update)."""
+    ct = "the adapted network (LoRA + trained parts, no PET pathway)" if ct_route == "shared" \
+        else "the untouched CT base (exact)"
+    return {"serves ct+pet": "the adapted network", "serves pet": "the adapted network", "serves ct": ct}
+
+
 def parameter_summary(run_dir: Path, base_run: str | Path | None = None) -> dict[str, Any]:
     """Trainable / total parameters of a run and their share of the early-fusion model of the same size
     (``base_run``: its CT base run if it moved)."""

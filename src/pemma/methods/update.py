@@ -1,9 +1,10 @@
 """``pemma update``: continue training a run on new centres with one or both modalities, no replay.
 
 The CT base run is never modified, so the original CT model stays recoverable. What trains is decided by the
-run's kind (:mod:`pemma.methods.registry`): PEMMA trains its adapters (a CT-only update gets an adapter of its
-own), full fine-tuning and early fusion train every parameter (early fusion zero-fills the missing modality),
-late fusion trains the member of the given modality.
+run's kind (:mod:`pemma.methods.registry`): PEMMA trains its adapters (on the exact CT route a CT-only update gets
+an adapter of its own; on the shared route every update trains the same adapter), full fine-tuning and early
+fusion train every parameter (early fusion zero-fills the missing modality), late fusion trains the member of the
+given modality.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pemma.models.accounting import count_parameters
 from pemma.models.loaded import LoadedModel, run_network
 from pemma.training.loop import TrainingTask, train_task
 from pemma.training.segmentation import select_split
+from pemma.vocab import CT_ROUTES, RECIPES
 
 #: ``(module, run_dir, meta)``: writes the updated run's artifacts
 SaveFn = Callable[[nn.Module, Path, dict[str, Any]], None]
@@ -60,13 +62,37 @@ def update_task(loaded: LoadedModel, model_run: Path, modalities: tuple[str, ...
                   f"no replay; trainable parameters: {trainable:,} of {total:,}"])
 
 
+def check_adaptation_settings(loaded: LoadedModel, model_run: Path, ct_route: str | None,
+                              recipe: str | None) -> None:
+    """Raise PemmaError when the CT route or recipe a caller expects differs from the run's (an update keeps the
+    run's; old runs without the keys are ``exact`` / ``pemma``). Runs without adapters (early / late fusion)
+    have neither and accept any expectation."""
+    if ct_route is not None and ct_route not in CT_ROUTES:
+        raise PemmaError(f"--ct-route must be one of {', '.join(CT_ROUTES)}, got {ct_route!r}")
+    if recipe is not None and recipe not in RECIPES:
+        raise PemmaError(f"--recipe must be one of {', '.join(RECIPES)}, got {recipe!r}")
+    config = getattr(loaded.net, "config", None)
+    has = getattr(config, "ct_route", None)
+    if has is None:
+        return
+    if ct_route is not None and ct_route != has:
+        raise PemmaError(f"{model_run}: the run was adapted with --ct-route {has}; an update keeps the route "
+                         f"(asked for {ct_route}; adapt again to change it)")
+    stored = getattr(config, "recipe", "pemma")
+    if recipe is not None and recipe != stored:
+        raise PemmaError(f"{model_run}: the run was adapted with --recipe {stored}; an update keeps the recipe "
+                         f"(asked for {recipe})")
+
+
 def update(model_run: str | Path, cfg: RunConfig, modalities: list[str], out_dir: str | Path,
            resume: bool = False, progress: bool = True, split: CaseSplit | None = None,
-           base_run: str | Path | None = None) -> dict[str, Any]:
+           base_run: str | Path | None = None, ct_route: str | None = None,
+           recipe: str | None = None) -> dict[str, Any]:
     """Continue training the run ``model_run`` on ``cfg.data`` with ``modalities`` into ``out_dir``.
 
     ``base_run`` names the CT base of ``model_run`` if it moved (its weights must still match); the updated run
-    records it.
+    records it. ``ct_route`` / ``recipe``: what the caller expects the run to have been adapted with (an update
+    keeps both; a mismatch is an error). None: whatever the run has.
 
     Example:
         >>> cfg = build_config("tiny", overrides={"data": {"root": "data/phantom", "centres": ["HGJ"]}})
@@ -78,6 +104,7 @@ def update(model_run: str | Path, cfg: RunConfig, modalities: list[str], out_dir
     loaded = load_model(model_run, base_run=base_run)
     if base_run is not None and "base_run" in loaded.meta:
         loaded.meta["base_run"] = str(Path(base_run).resolve())
+    check_adaptation_settings(loaded, model_run, ct_route, recipe)
     mods = tuple(modalities)
     loaded.check_inputs(list(mods), str(model_run))
     kind = get_kind(loaded.kind, str(model_run))

@@ -8,8 +8,11 @@ PEMMA: Saeed et al., arXiv 2504.13645. A PEMMA model holds
   for CT-only input);
 * the new PET modules (built by the subclass).
 
-With ``modalities == ("ct",)`` the copy runs its own MONAI ``forward`` with every adapter and wrapper
-disabled, which is exactly the CT model (tested to 1e-6, also after training). The disabling flips peft's
+CT-only input takes one of two routes (``config.ct_route``). On the *exact* route (the default) the copy runs
+its own MONAI ``forward`` with every adapter and wrapper disabled, which is exactly the CT model (tested to
+1e-6, also after training). On the *shared* route (the paper's) CT alone runs through the adapted network
+(adapters, trained copies of base modules, no PET tokens / skip), so CT-only batches train and CT output can
+change (forgetting is then measured, not excluded by construction). The disabling flips peft's
 per-layer ``_disable_adapters`` flag for the duration of the call and restores it; unlike
 ``disable_adapter_layers()`` it does not touch ``requires_grad`` (peft's toggle would re-enable gradients
 of adapters the caller froze). peft is pinned to 0.21.2 in pyproject.
@@ -151,7 +154,9 @@ class PemmaAdaptedModel(nn.Module):
     def _set_new_parts_trainable(self) -> None:
         """``requires_grad`` of the new PET modules according to ``config.train_parts``."""
         for part in NEW_PARTS[self.backbone_name]:
-            getattr(self, part).requires_grad_(part in self.config.train_parts)
+            module = getattr(self, part)
+            if module is not None:  # None: a part this configuration does not build (a shared PET embedding)
+                module.requires_grad_(part in self.config.train_parts)
 
     # ------------------------------------------------------------------ adapters (thin peft layer)
     @property
@@ -171,7 +176,7 @@ class PemmaAdaptedModel(nn.Module):
 
     @property
     def active_adapters(self) -> list[str]:
-        """Adapters used for ct+pet and pet input (CT alone always runs the base)."""
+        """Adapters used for ct+pet and pet input (and CT alone on the shared route)."""
         return [] if self._merged else list(self.base_model.active_adapters)
 
     def set_adapter(self, name: str | list[str]) -> None:
@@ -182,8 +187,14 @@ class PemmaAdaptedModel(nn.Module):
             raise ValueError(f"unknown adapter(s) {missing}; this model has {self.adapter_names}")
         self.base_model.set_adapter(names)
 
+    @property
+    def shared_route(self) -> bool:
+        """True when CT-only input runs through the adapted network (``config.ct_route == "shared"``)."""
+        return self.config.ct_route == "shared"
+
     def add_ct_adapter(self, name: str = "ct_update") -> None:
-        """Give CT-only input an adapter of its own (for a CT-only update) and make only it trainable.
+        """Give CT-only input an adapter of its own (for a CT-only update on the exact route) and make only it
+        trainable. On the shared route CT already runs the main adapter, so this is an error.
 
         Until this is called CT alone runs the exact CT base. Afterwards CT alone runs the base with the
         ``name`` adapter (same rank / alpha / targets as the main one, initialised to a zero update, so the
@@ -192,6 +203,8 @@ class PemmaAdaptedModel(nn.Module):
         """
         if self._merged:
             raise ValueError("cannot add an adapter to a merged model")
+        if self.shared_route:
+            raise ValueError("on the shared CT route CT-only input runs the main adapter; no CT adapter is added")
         if name in self.adapter_names:
             raise ValueError(f"adapter {name!r} already exists")
         main = self.base_model.peft_config[self.adapter_name]
@@ -205,7 +218,9 @@ class PemmaAdaptedModel(nn.Module):
 
     def adapter_for(self, modalities: Sequence[str]) -> str | None:
         """Which adapter serves an input set (None: the exact CT base)."""
-        return self.ct_adapter if tuple(modalities) == ("ct",) else self.adapter_name
+        if tuple(modalities) == ("ct",) and not self.shared_route:
+            return self.ct_adapter
+        return self.adapter_name
 
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
         """State of everything adaptation adds: LoRA/DoRA tensors, trainable base-module copies and the new
@@ -235,6 +250,8 @@ class PemmaAdaptedModel(nn.Module):
             modalities: the modalities present, e.g. ("ct", "pet"), ("ct",) or ("pet",).
         """
         inputs = self.split_modalities(x, modalities)
+        if tuple(inputs) == ("ct",) and self.shared_route:  # the paper's route: CT through the adapted network
+            return self._forward_adapted(inputs["ct"], None)
         if tuple(inputs) == ("ct",):
             if self._merged:
                 raise ValueError("a merged PEMMA model has no unadapted CT path; use the unmerged model "
@@ -249,5 +266,6 @@ class PemmaAdaptedModel(nn.Module):
         with adapter_active(self.base_model, self.adapter_name):
             return self._forward_adapted(inputs.get("ct"), inputs.get("pet"))
 
-    def _forward_adapted(self, ct: torch.Tensor | None, pet: torch.Tensor) -> torch.Tensor:
+    def _forward_adapted(self, ct: torch.Tensor | None, pet: torch.Tensor | None) -> torch.Tensor:
+        """Logits through the adapted network; ``pet`` is None only for CT alone on the shared route."""
         raise NotImplementedError

@@ -29,10 +29,14 @@ class PemmaSwinUNETR(PemmaAdaptedModel):
       Linears carry LoRA/DoRA adapters (``config.target_modules``; the MLP linears can be added).
     * ``pet_skip`` (conv block on the raw PET volume, zero-initialised output) is added to the first,
       full-resolution skip ``encoder1(ct)``; without CT, ``encoder1`` reads the PET volume.
-    * CT alone bypasses all of this and runs the untouched CT model (adapters disabled): its output equals
-      the base model's exactly, before and after adaptation.
+    * CT alone, on the exact route (``config.ct_route``, default), bypasses all of this and runs the untouched
+      CT model (adapters disabled): its output equals the base model's exactly, before and after adaptation.
+      On the shared route (the paper's) CT alone runs ``fusion``'s CT adapter and the adapted Swin stages.
 
-    Everything else stays frozen (default ``train_parts``: pet_embedding, pet_skip, fusion).
+    Everything else stays frozen (default ``train_parts``: pet_embedding, pet_skip, fusion). The authors'
+    structure (``--recipe authors``): ``config.single_adapter="projected"`` (their ct_adapter / pet_adapter, conv
+    C->C, BatchNorm, ReLU, conv C->2C, then the shared 2C->C projection) and ``config.pet_skip_block=
+    "encoder1_copy"`` (a PET copy of ``encoder1`` gives the first skip of PET alone).
 
     Args:
         base: the CT model, ``monai.networks.nets.SwinUNETR`` (3-D, in_channels=1). Deep-copied, never edited.
@@ -63,8 +67,12 @@ class PemmaSwinUNETR(PemmaAdaptedModel):
         super().__init__(base, config, adapter_name)
         feature_size = embed_conv.out_channels
         self.pet_embedding = copy.deepcopy(base.swinViT.patch_embed)
-        self.fusion = EmbeddingFusion(feature_size, self.modalities)
-        self.pet_skip = PetSkipBlock(out_channels=first_conv(base.encoder1).out_channels)
+        # the shared route gives CT alone a single-modality adapter too (the paper's ct_adapter)
+        single = self.modalities if self.shared_route else self.modalities[1:]
+        self.fusion = EmbeddingFusion(feature_size, self.modalities, single=single, style=self.config.single_adapter)
+        # 'encoder1_copy' (the authors'): a PET copy of encoder1 that replaces it for PET alone
+        self.pet_skip = PetSkipBlock(out_channels=first_conv(base.encoder1).out_channels) \
+            if self.config.pet_skip_block == "conv" else copy.deepcopy(base.encoder1)
         self._set_new_parts_trainable()
 
     def forward(self, x: torch.Tensor, modalities: Sequence[str]) -> torch.Tensor:
@@ -72,8 +80,8 @@ class PemmaSwinUNETR(PemmaAdaptedModel):
         which a recomputation in backward (MONAI's ``use_checkpoint``) would run outside of: there the
         blocks' checkpointing is off for the call (as for UNETR, whose PEMMA copy never checkpoints CT alone).
         """
-        blocks = [m for m in self.net.modules() if getattr(m, "use_checkpoint", False) is True] \
-            if tuple(check_modalities(modalities)) == ("ct",) else []
+        exact_ct = tuple(check_modalities(modalities)) == ("ct",) and not self.shared_route
+        blocks = [m for m in self.net.modules() if getattr(m, "use_checkpoint", False) is True] if exact_ct else []
         for block in blocks:
             block.use_checkpoint = False
         try:
@@ -94,17 +102,22 @@ class PemmaSwinUNETR(PemmaAdaptedModel):
             outs.append(vit.proj_out(x, normalize))
         return outs
 
-    def _forward_adapted(self, ct: torch.Tensor | None, pet: torch.Tensor) -> torch.Tensor:
+    def _forward_adapted(self, ct: torch.Tensor | None, pet: torch.Tensor | None) -> torch.Tensor:
         net = self.net
+        primary = pet if ct is None else ct
         if not torch.jit.is_scripting() and not torch.jit.is_tracing():
-            net._check_input_size(pet.shape[2:])
-        embeddings = {"pet": self.pet_embedding(pet)}
-        if ct is not None:
+            net._check_input_size(primary.shape[2:])
+        embeddings = {} if pet is None else {"pet": self.pet_embedding(pet)}
+        if ct is not None:  # pet None: CT alone on the shared route (CT adapter, no PET skip)
             embeddings = {"ct": net.swinViT.patch_embed(ct), **embeddings}
         hidden = self._stages(self.fusion(embeddings))
 
-        primary = pet if ct is None else ct
-        enc0 = net.encoder1(primary) + self.pet_skip(pet)
+        if self.config.pet_skip_block == "encoder1_copy":  # the authors': the PET copy serves PET alone
+            enc0 = self.pet_skip(pet) if ct is None else net.encoder1(ct)
+        else:
+            enc0 = net.encoder1(primary)
+            if pet is not None:
+                enc0 = enc0 + self.pet_skip(pet)
         enc1 = net.encoder2(hidden[0])
         enc2 = net.encoder3(hidden[1])
         enc3 = net.encoder4(hidden[2])

@@ -32,8 +32,13 @@ class PemmaUNETR(PemmaAdaptedModel):
       applying it to the CT slice equals slicing its output.
     * ``pet_skip`` (a conv block on the raw PET volume, zero-initialised output) is added to the first,
       full-resolution skip ``encoder1(ct)``. Without CT, ``encoder1`` reads the PET volume instead.
-    * CT alone runs the untouched CT model (adapters and trainable copies disabled): its output equals the
-      base model's exactly, before and after adaptation.
+    * The authors' structure (``--recipe authors``): ``config.pet_patch_embedding="shared"`` sends PET through the
+      CT model's frozen patch projection (no ``pet_embedding``), ``config.pet_skip_block="encoder1_copy"`` makes
+      ``pet_skip`` a trainable copy of the base's ``encoder1`` (their ``encoder1_pt``).
+    * CT alone, on the exact route (``config.ct_route``, default), runs the untouched CT model (adapters and
+      trainable copies disabled): its output equals the base model's exactly, before and after adaptation.
+      On the shared route (the paper's) CT alone runs the adapted network: LoRA ViT on the CT tokens only and
+      the trained encoder copies, without PET tokens or the PET skip.
 
     What trains is ``config.train_parts`` (default: PET embedding, PET skip block, ``encoder1``,
     ``encoder2``, ``out``; base modules train as peft ``modules_to_save`` copies) plus the adapters.
@@ -78,14 +83,19 @@ class PemmaUNETR(PemmaAdaptedModel):
             self.net.gradient_checkpointing = False
         self.gradient_checkpointing = bool(gradient_checkpointing)
         self.img_size = tuple(f * p for f, p in zip(base.feat_size, base.patch_size, strict=True))
-        self.pet_embedding = copy.deepcopy(base.vit.patch_embedding.patch_embeddings)
-        self.pet_skip = PetSkipBlock(out_channels=conv1.out_channels)
+        # 'shared': PET through the CT model's frozen patch projection (the authors'), no module of its own
+        self.pet_embedding = copy.deepcopy(base.vit.patch_embedding.patch_embeddings) \
+            if self.config.pet_patch_embedding == "copy" else None
+        self.pet_skip = PetSkipBlock(out_channels=conv1.out_channels) if self.config.pet_skip_block == "conv" \
+            else copy.deepcopy(base.encoder1)  # the authors' encoder1_pt: a trainable PET copy of encoder1
         self._set_new_parts_trainable()
 
     def _pet_tokens(self, pet: torch.Tensor) -> torch.Tensor:
-        """PET patch tokens: own projection, the CT model's positional embedding and dropout."""
+        """PET patch tokens: own projection (or the CT one when shared), the CT model's positional embedding and
+        dropout."""
         embed = self.net.vit.patch_embedding
-        tokens = self.pet_embedding(pet)
+        projection = embed.patch_embeddings if self.pet_embedding is None else self.pet_embedding
+        tokens = projection(pet)
         if embed.proj_type == "conv":
             tokens = tokens.flatten(2).transpose(-1, -2)
         return embed.dropout(tokens + embed.position_embeddings)
@@ -95,12 +105,14 @@ class PemmaUNETR(PemmaAdaptedModel):
             return checkpoint(block, x, use_reentrant=False)
         return block(x)
 
-    def _forward_adapted(self, ct: torch.Tensor | None, pet: torch.Tensor) -> torch.Tensor:
+    def _forward_adapted(self, ct: torch.Tensor | None, pet: torch.Tensor | None) -> torch.Tensor:
         net = self.net
-        if tuple(pet.shape[2:]) != self.img_size:
-            raise ValueError(f"UNETR input must be {self.img_size}, got spatial shape {tuple(pet.shape[2:])}")
+        primary = pet if ct is None else ct
+        if tuple(primary.shape[2:]) != self.img_size:
+            raise ValueError(f"UNETR input must be {self.img_size}, got spatial shape {tuple(primary.shape[2:])}")
         sequences = [] if ct is None else [net.vit.patch_embedding(ct)]
-        sequences.append(self._pet_tokens(pet))
+        if pet is not None:  # None: CT alone on the shared route (no PET tokens, no PET skip)
+            sequences.append(self._pet_tokens(pet))
         n_tokens = sequences[0].shape[1]  # the decoder reads the first sequence: CT, or PET alone
         x = torch.cat(sequences, dim=1)
         hidden = []
@@ -109,8 +121,9 @@ class PemmaUNETR(PemmaAdaptedModel):
             hidden.append(x[:, :n_tokens])
         last = net.vit.norm(x[:, :n_tokens])
 
-        primary = pet if ct is None else ct
-        enc1 = net.encoder1(primary) + self.pet_skip(pet)
+        enc1 = net.encoder1(primary)
+        if pet is not None:
+            enc1 = enc1 + self.pet_skip(pet)
         enc2 = net.encoder2(net.proj_feat(hidden[3]))
         enc3 = net.encoder3(net.proj_feat(hidden[6]))
         enc4 = net.encoder4(net.proj_feat(hidden[9]))

@@ -1,0 +1,53 @@
+"""The shared CT route end to end: ``pemma adapt --recipe authors`` (shared route), then single-modality updates
+that keep training the same adapter, recorded in the run and shown by ``pemma params``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import FAST, run_cli, run_main
+
+from pemma.methods.loading import load_model
+
+pytestmark = pytest.mark.slow  # trains a tiny adapted model and updates it (CLI adapt / update)
+
+TINY = [*FAST[:2], "--spacing", "4", "4", "4", "--batch-size", "1", "--max-steps", "2"]
+
+
+def _logits(run: Path, modalities: tuple[str, ...]) -> torch.Tensor:
+    model = load_model(run)
+    x = torch.rand((1, len(modalities), 32, 32, 32), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        return model(x, modalities)
+
+
+def test_shared_route_adapt_and_updates(bases: dict[str, Path], phantom: Path, tmp_path: Path) -> None:
+    adapted = tmp_path / "authors"
+    run_main("adapt", "--base", str(bases["unetr"]), "--data", str(phantom), "--centres", "MDA", "--recipe", "authors",
+             *TINY, "--out", str(adapted))
+    meta = json.loads((adapted / "model.json").read_text())
+    assert meta["ct_route"] == "shared" and meta["recipe"] == "authors"
+    stored = json.loads((adapted / "adapter_config.json").read_text())["adapter_config"]
+    assert stored["ct_route"] == "shared" and stored["target_modules"] == ["attn.qkv.q", "attn.qkv.v"]
+    # CT alone runs the adapted network: it is no longer the base's output
+    assert not torch.equal(_logits(adapted, ("ct",)), _logits(bases["unetr"], ("ct",)))
+    summary = json.loads(run_main("params", str(adapted), "--json"))
+    assert summary["ct_route"] == "shared" and summary["recipe"] == "authors"
+    assert summary["adapter for ct"] == summary["adapter for ct+pet"] == "ctpet"
+
+    # a CT-only update trains the same adapter: CT+PET output moves too, and no ct_update adapter appears
+    ct = tmp_path / "ct"
+    run_main("update", "--model", str(adapted), "--data", str(phantom), "--centres", "CHUP", "--modalities", "ct",
+             "--ct-route", "shared", "--recipe", "authors", *TINY, "--out", str(ct))
+    assert json.loads((ct / "adapter_config.json").read_text())["ct_adapter"] is None
+    assert not torch.equal(_logits(ct, ("ct",)), _logits(adapted, ("ct",)))
+    assert not torch.equal(_logits(ct, ("ct", "pet")), _logits(adapted, ("ct", "pet")))
+    assert json.loads(run_main("params", str(ct), "--json"))["adapter for ct"] == "ctpet"
+
+    # an update keeps the route: asking for the other one is a one-line error
+    bad = run_cli("update", "--model", str(adapted), "--data", str(phantom), "--centres", "CHUP", "--modalities",
+                  "pet", "--ct-route", "exact", *TINY, "--out", str(tmp_path / "bad"), check=False)
+    assert bad.returncode == 2 and "keeps the route" in bad.stderr and "Traceback" not in bad.stderr
