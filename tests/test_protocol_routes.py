@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 
-from pemma.errors import PemmaError
 from pemma.protocol.strategy import StrategyError, parse_strategy
 
 RAW: dict[str, Any] = {"name": "t", "methods": ["pemma_lora", "pemma_dora", "early_fusion"],
@@ -54,26 +53,26 @@ def test_bad_routes_and_recipes_are_one_line(change: dict[str, Any], message: st
 
 
 def test_only_non_default_routes_and_recipes_reach_adapt_and_update() -> None:
+    from pemma.adapters.recipes import recipe_values
     from pemma.protocol.routes import adapt_kwargs, update_kwargs
 
-    def old_adapt(base: str, cfg: Any, out: str, method: str = "", adapter_cfg: Any = None) -> None: ...
+    def old_update(run: str, cfg: Any, mods: list, out: str) -> None: ...
 
-    def new_adapt(base: str, cfg: Any, out: str, method: str = "", adapter_cfg: Any = None, ct_route: str = "exact",
-                  recipe: str = "pemma") -> None: ...
+    def new_update(run: str, cfg: Any, mods: list, out: str, ct_route: str | None = None,
+                   recipe: str | None = None) -> None: ...
 
-    assert adapt_kwargs(old_adapt, "pemma_lora", "exact", "pemma", "s.yaml") == {}
-    assert adapt_kwargs(old_adapt, "early_fusion", "", "", "s.yaml") == {}
-    # today's adapt: the route travels in the adapter config
-    assert adapt_kwargs(old_adapt, "pemma_lora", "shared", "pemma", "s.yaml")["adapter_cfg"].ct_route == "shared"
-    assert adapt_kwargs(new_adapt, "pemma_dora", "shared", "authors", "s.yaml") == {"ct_route": "shared",
-                                                                                     "recipe": "authors"}
-    assert update_kwargs(new_adapt, "pemma_lora", "shared", "pemma") == {"ct_route": "shared"}
-    assert update_kwargs(old_adapt, "pemma_lora", "shared", "authors") == {}
-    from pemma.adapters.config import AdapterConfig
-
-    if "recipe" not in AdapterConfig.__dataclass_fields__:
-        with pytest.raises(PemmaError, match="s.yaml: recipe 'authors' cannot be applied"):
-            adapt_kwargs(old_adapt, "pemma_lora", "exact", "authors", "s.yaml")
+    assert adapt_kwargs("pemma_lora", "exact", "pemma", "unetr", "s.yaml") == {}
+    assert adapt_kwargs("early_fusion", "", "", "unetr", "s.yaml") == {}
+    shared = adapt_kwargs("pemma_lora", "shared", "pemma", "unetr", "s.yaml")["adapter_cfg"]
+    assert shared.ct_route == "shared" and shared.recipe == "pemma" and shared.method == "lora"
+    # the authors' recipe is resolved (its values, not just its name), and the pair's route wins over the recipe's
+    authors = recipe_values("authors", "unetr")
+    for route in ("exact", "shared"):
+        cfg = adapt_kwargs("pemma_dora", route, "authors", "unetr", "s.yaml")["adapter_cfg"]
+        assert (cfg.recipe, cfg.method, cfg.ct_route) == ("authors", "dora", route)
+        assert cfg.target_modules == authors["target_modules"] and cfg.rank == authors["rank"]
+    assert update_kwargs(new_update, "pemma_lora", "shared", "pemma") == {"ct_route": "shared"}
+    assert update_kwargs(old_update, "pemma_lora", "shared", "authors") == {}
 
 
 def test_results_carry_route_and_recipe(tmp_path: Path) -> None:

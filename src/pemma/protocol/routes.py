@@ -7,9 +7,9 @@ with ``route`` and ``recipe`` left empty in the results. The default pair (``exa
 of a method as it always was (``runs/<backbone>/<method>/<key>``), so old result folders resume; any other pair gets
 ``runs/<backbone>/<method>_<route>_<recipe>/<key>``.
 
-Only what differs from the defaults is passed on: the route through :class:`~pemma.adapters.config.AdapterConfig`'s
-``ct_route`` (or a ``ct_route=`` keyword where the function takes one), the recipe as ``recipe=`` where the function
-(or ``AdapterConfig``) takes one. A non-default recipe that this build cannot apply stops the run with one line.
+Only what differs from the defaults is passed on: a non-default pair becomes the ``adapter_cfg`` of
+:func:`pemma.methods.adapt`, resolved from the recipe (:func:`pemma.adapters.recipes.recipe_config`) with the pair's
+route on top; updates inherit both from the run they continue.
 
 Example:
     >>> pairs(strategy, "pemma_lora")
@@ -20,12 +20,11 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 from collections.abc import Callable
 from typing import Any
 
-from pemma.adapters.config import AdapterConfig
+from pemma.adapters.recipes import recipe_config
 from pemma.errors import PemmaError
 from pemma.protocol.results import DEFAULT_RECIPE, DEFAULT_ROUTE
 from pemma.vocab import PEMMA_METHODS
@@ -55,39 +54,34 @@ def _takes(function: Callable[..., Any], name: str) -> bool:
     return name in inspect.signature(function).parameters
 
 
-def adapt_kwargs(adapt: Callable[..., Any], method: str, route: str, recipe: str, where: str) -> dict[str, Any]:
-    """Keyword arguments for ``adapt`` (:func:`pemma.methods.adapt`) that carry a non-default route / recipe.
+def adapt_kwargs(method: str, route: str, recipe: str, backbone: str, where: str) -> dict[str, Any]:
+    """Keyword arguments for :func:`pemma.methods.adapt` that carry a non-default route / recipe.
+
+    The recipe is resolved here (:func:`pemma.adapters.recipes.recipe_config`) into the ``adapter_cfg`` the run
+    trains with, and the pair's route is always given explicitly on top of it, so ``(exact, authors)`` runs the
+    authors' recipe on the exact route (the recipe alone would choose ``shared``).
 
     Args:
-        adapt: the adapt function (inspected for ``ct_route`` / ``recipe`` keywords).
         method: the method (baselines get nothing).
         route, recipe: the pair of this run.
+        backbone: the backbone the recipe is resolved for.
         where: prefix of the error (the strategy file).
 
     Raises:
-        PemmaError: a recipe other than ``pemma`` that neither ``adapt`` nor ``AdapterConfig`` accepts.
+        PemmaError: the recipe cannot be resolved for this backbone / method (one line).
     """
     if method not in PEMMA_METHODS:
         return {}
-    out: dict[str, Any] = {}
-    fields = {f.name for f in dataclasses.fields(AdapterConfig)}
-    config: dict[str, Any] = {}
-    if route and route != DEFAULT_ROUTE:
-        if _takes(adapt, "ct_route"):
-            out["ct_route"] = route
-        else:
-            config["ct_route"] = route
-    if recipe and recipe != DEFAULT_RECIPE:
-        if _takes(adapt, "recipe"):
-            out["recipe"] = recipe
-        elif "recipe" in fields:
-            config["recipe"] = recipe
-        else:
-            raise PemmaError(f"{where}: recipe {recipe!r} cannot be applied by this pemma build (pemma.methods.adapt "
-                             f"takes no recipe); use recipes: [{DEFAULT_RECIPE}]")
-    if config:
-        out["adapter_cfg"] = AdapterConfig(**config)
-    return out
+    route = route or DEFAULT_ROUTE
+    recipe = recipe or DEFAULT_RECIPE
+    if (route, recipe) == (DEFAULT_ROUTE, DEFAULT_RECIPE):
+        return {}
+    try:
+        config = recipe_config(recipe, backbone, PEMMA_METHODS[method], {"ct_route": route})
+    except ValueError as exc:
+        raise PemmaError(f"{where}: recipe {recipe!r} with route {route!r} for {method} on {backbone}: {exc}") \
+            from None
+    return {"adapter_cfg": config}
 
 
 def update_kwargs(update: Callable[..., Any], method: str, route: str, recipe: str) -> dict[str, Any]:

@@ -65,7 +65,7 @@ def _train_phase(strategy: Strategy, data: ProtocolData, backbone: str, method: 
         train(cfg, run, resume=resume, progress=progress, split=split)
     elif phase.operation == "adapt":
         adapt(parent, cfg, run, method=method, resume=resume, progress=progress, split=split,
-              **adapt_kwargs(adapt, method, route, recipe, strategy.source))
+              **adapt_kwargs(method, route, recipe, backbone, strategy.source))
     else:
         update(parent, cfg, list(phase.modalities), run, resume=resume, progress=progress, split=split,
                **update_kwargs(update, method, route, recipe))
@@ -175,7 +175,8 @@ def reproduce(strategy_path: str | Path, data_root: str | Path, out_dir: str | P
         strategy = dataclasses.replace(strategy, methods=tuple(dict.fromkeys(canonical_method(m) for m in methods)))
     for method in strategy.methods:  # a route or recipe this build cannot apply stops here, before any training
         for pair in pairs(strategy, method):
-            adapt_kwargs(adapt, method, *pair, strategy.source)
+            for backbone in strategy.backbones:
+                adapt_kwargs(method, *pair, backbone, strategy.source)
     used = sorted({c for p in strategy.plan() for c in p.phase.centres} | set(strategy.prognosis_centres))
     def split_of(ids_by_centre: dict[str, list[str]]) -> dict[str, dict[str, list[str]]]:
         try:
