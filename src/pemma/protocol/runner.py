@@ -287,6 +287,9 @@ def _report(strategy: Strategy, rows: list[dict[str, Any]], out: Path, seconds: 
     claims = {f"{b} · {v}": check_findings(rows, strategy.variant_phases(v), v, b, cases=case_rows,
                                            seed=strategy.split.seed)
               for b in strategy.backbones for v in strategy.variant_names}
+    from pemma.protocol.prognosis_claims import prognosis_findings  # cindex_gain_pet, cindex_gain_pet_ehr
+    claims.update(prognosis_findings(out, strategy.split.seed, f"runs/*/prognosis_{strategy.prognosis.digest()}")
+                  if strategy.prognosis else {})
     write_text_atomic(out / "findings.json", json.dumps(claims, indent=2, default=float))
     findings = ["## Findings", "",
                 "The paper's claims checked on this run (definitions: `pemma.protocol.findings`).", ""]
