@@ -91,7 +91,9 @@ def run_prognosis(spec: PrognosisSpec, *, data_root: str, base_run: Path, out: P
                      "c_index": result["c_index"], "ci_low": result["ci_low"], "ci_high": result["ci_high"],
                      "n_cases": result["n_cases"], "events": result["events"],
                      "val_c_index": summary.get("val_c_index"), "trainable_params": summary.get("trainable"),
-                     "steps": summary.get("steps"), "note": result.get("note")})
+                     "steps": summary.get("steps"),
+                     "note": result.get("note") or ("overfitting: training C-index exceeds the validation one"
+                                                    if summary.get("overfitting") else None)})
     return rows + run_lesion_chains(data_root=data_root, base_run=base_run, out=out, backbone=backbone, seed=seed,
                                     train_ids=train_ids, held_out_ids=held_out_ids, centres=centres,
                                     methods=spec.methods, segmentation_adapters=segmentation_adapters)
@@ -149,7 +151,8 @@ def prognosis_markdown(rows: Sequence[dict[str, Any]]) -> list[str]:
                      f"{fmt(r['ci_low'])}–{fmt(r['ci_high'])} | {r['n_cases']} ({events}) | "
                      f"{fmt(r['val_c_index'])} | {r['trainable_params'] or 0:,} |")
     lines.append("")
-    lines += [f"- {r['method']} {r['stage']}: C-index not computed ({r['note']})" for r in rows if r.get("note")]
+    lines += [f"- {r['method']} {r['stage']}: " + (f"C-index not computed ({r['note']})" if r["c_index"] is None
+                                                   else f"**{r['note']}**") for r in rows if r.get("note")]
     for backbone in dict.fromkeys(r["backbone"] for r in rows):
         ct = next((r["c_index"] for r in rows if r["backbone"] == backbone and r["stage"] == "ct"), None)
         for method in dict.fromkeys(r["method"] for r in rows if r["backbone"] == backbone and r["stage"] != "ct"):

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from pemma.survival.config import OVERFIT_GAP
 from pemma.survival.coxnet import PENALTY_GRID, PenalisedCox, c_index
 from pemma.survival.lesion import CT_FEATURES, MIN_NODE_ML, PET_FEATURES, SUV_RELATIVE, SUV_THRESHOLD
 from pemma.survival.metrics import bootstrap_c_index
@@ -41,8 +42,6 @@ log = logging.getLogger("pemma.run")
 
 #: the chain's stages in order
 STAGES: tuple[str, ...] = ("ct", "ct+pet", "ct+pet+ehr")
-#: training C-index minus cross-validated C-index above which a stage is reported as overfitting
-OVERFIT_GAP = 0.1
 
 
 @dataclass
