@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import run_cli, run_main
 from lifelines import CoxPHFitter
 
 from pemma.data.phantom import PhantomConfig, synthesize_phantom
@@ -176,3 +177,25 @@ def test_chain_on_phantom_with_reference_segmentation(tmp_path: Path) -> None:
     assert result["stages"][0]["events_test"] + result["stages"][0]["events_train"] >= 20
     assert stages["ct+pet"]["test_ci"][0] > 0.5
     assert (tmp_path / "chain" / "features.csv").read_text().count("\n") == 81
+
+
+def test_cli_chain_segments_with_the_model(phantom: Path, bases: dict[str, Path], tmp_path: Path) -> None:
+    """``pemma survival chain`` with a trained CT run: every case is segmented by the run (sliding window over
+    the whole case), measured, split, and the three stages and both claims are reported."""
+    out = tmp_path / "chain"
+    stdout = run_main("survival", "chain", "--seg-ct", str(bases["unetr"]), "--data", str(phantom), "--out", str(out),
+                      "--folds", "2", "--bootstrap", "20", "--test-fraction", "0.5", "--device", "cpu")
+    result = json.loads((out / "chain.json").read_text())
+    assert result["segmentation"] == {"ct": str(bases["unetr"].resolve()), "ct+pet": str(bases["unetr"].resolve())}
+    assert [s["stage"] for s in result["stages"]] == ["ct", "ct+pet", "ct+pet+ehr"]
+    assert sorted(result["train_cases"] + result["test_cases"]) == sorted(
+        line.split(",")[0] for line in (phantom / "hecktor2022_endpoint_training.csv").read_text().splitlines()[1:])
+    rows = (out / "features.csv").read_text().splitlines()
+    assert len(rows) == 7 and rows[0].startswith("case_id,split,rfs,relapse,ct:log_gtvp_ml")
+    assert "ct+pet+ehr" in stdout and "cindex_gain_pet:" in stdout and "cindex_gain_pet_ehr:" in stdout
+
+
+def test_cli_chain_bad_run_is_one_line(phantom: Path, tmp_path: Path) -> None:
+    proc = run_cli("survival", "chain", "--seg-ct", str(tmp_path / "nope"), "--data", str(phantom), "--out",
+                   str(tmp_path / "c"), check=False)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr and str(tmp_path / "nope") in proc.stderr

@@ -9,6 +9,11 @@ and a bootstrap 95% interval.
 
 Runs live in ``OUT/runs/<backbone>/prognosis_<settings digest>/<stage>``; a stage whose ``stage.json`` exists
 is finished and not recomputed, and its evaluation is cached in ``evaluation.json``.
+
+Beside these neural stages, the lesion-feature chain (:func:`run_lesion_chains`: lesion volumes and PET uptake
+in the models' own segmentations, ridge Cox per stage with the penalty chosen by inner CV) runs on the same split
+into ``.../prognosis_<digest>/lesion_<segmentation>/chain.json``; its ``cindex_gain_pet`` /
+``cindex_gain_pet_ehr`` claims go into ``findings.json`` (:mod:`pemma.protocol.prognosis_claims`).
 """
 
 from __future__ import annotations
@@ -94,9 +99,13 @@ def run_prognosis(spec: PrognosisSpec, *, data_root: str, base_run: Path, out: P
                      "steps": summary.get("steps"),
                      "note": result.get("note") or ("overfitting: training C-index exceeds the validation one"
                                                     if summary.get("overfitting") else None)})
-    return rows + run_lesion_chains(data_root=data_root, base_run=base_run, out=out, backbone=backbone, seed=seed,
-                                    train_ids=train_ids, held_out_ids=held_out_ids, centres=centres,
-                                    methods=spec.methods, segmentation_adapters=segmentation_adapters)
+    try:  # its claims reach findings.json through protocol.prognosis_claims.prognosis_findings
+        run_lesion_chains(data_root=data_root, base_run=base_run, out=out, backbone=backbone, seed=seed,
+                          train_ids=train_ids, held_out_ids=held_out_ids, centres=centres, methods=spec.methods,
+                          segmentation_adapters=segmentation_adapters)
+    except PemmaError as exc:
+        print(f"prognosis ({backbone}): lesion-feature chain not run: {exc}", flush=True)
+    return rows
 
 
 def run_lesion_chains(*, data_root: str, base_run: Path, out: Path, backbone: str, seed: int,

@@ -50,8 +50,11 @@ def _split(cases: list[CaseRecord], event: np.ndarray, cfg: ChainConfig, train_i
     index = {c.case_id: i for i, c in enumerate(cases)}
     missing = [c for c in list(train_ids) + list(test_ids) if c not in index]
     if missing:
-        raise PemmaError(f"cases without images or endpoints: {', '.join(missing[:5])}"
-                         f"{', ...' if len(missing) > 5 else ''}")
+        log.warning(f"{len(missing)} cases of the split have no CT, PET or endpoint and are left out: "
+                    f"{', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}")
+    train_ids, test_ids = [c for c in train_ids if c in index], [c for c in test_ids if c in index]
+    if not train_ids:
+        raise PemmaError("no training case of the split has CT, PET and an endpoint")
     overlap = sorted(set(train_ids) & set(test_ids))
     if overlap:
         raise PemmaError(f"cases both in training and held out: {', '.join(overlap[:5])}")

@@ -165,11 +165,14 @@ class PenalisedCox:
         return self.cv.get(self.l2)
 
     def risk(self, x: np.ndarray) -> np.ndarray:
-        """(N,) linear predictor ``beta . z`` (higher = earlier relapse)."""
+        """(N,) linear predictor ``coef . x`` on the raw features (higher = earlier relapse).
+
+        Not centred: it ranks cases exactly as ``beta . z`` does, and out-of-fold predictors of models fitted on
+        different folds are pooled without a fold-specific centring offset."""
         x = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
         if x.shape[1] != len(self.names):
             raise ValueError(f"expected {len(self.names)} features ({', '.join(self.names)}), got {x.shape[1]}")
-        return ((x - self.mean) / self.std) @ self.beta
+        return x @ self.coef
 
     @classmethod
     def fit(cls, x: np.ndarray, time: np.ndarray, event: np.ndarray, l2: float,
