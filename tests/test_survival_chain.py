@@ -199,3 +199,19 @@ def test_cli_chain_bad_run_is_one_line(phantom: Path, tmp_path: Path) -> None:
     proc = run_cli("survival", "chain", "--seg-ct", str(tmp_path / "nope"), "--data", str(phantom), "--out",
                    str(tmp_path / "c"), check=False)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and str(tmp_path / "nope") in proc.stderr
+
+
+def test_prognosis_findings_reads_the_current_chains_only(tmp_path: Path) -> None:
+    """The findings hook: claims of ``runs/<backbone>/prognosis_<digest>/lesion_*/chain.json`` of this digest."""
+    from pemma.protocol.prognosis_claims import prognosis_findings
+
+    data = _chain_data(120, seed=1, clinical_signal=1.0)
+    result = run_chain(data, ChainConfig(folds=3, bootstrap=20))
+    for digest in ("abcd1234", "old00000"):
+        path = tmp_path / "runs" / "unetr" / f"prognosis_{digest}" / "lesion_lora" / "chain.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps(result))
+    found = prognosis_findings(tmp_path, seed=0, folders="runs/*/prognosis_abcd1234")
+    assert list(found) == ["unetr · prognosis (lesion_lora)"]
+    assert [c["id"] for c in found["unetr · prognosis (lesion_lora)"]] == ["cindex_gain_pet", "cindex_gain_pet_ehr"]
+    assert prognosis_findings(tmp_path / "nothing") == {}

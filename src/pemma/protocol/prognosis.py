@@ -117,6 +117,7 @@ def run_lesion_chains(*, data_root: str, base_run: Path, out: Path, backbone: st
     (``lesion_<method>``), else the CT run's (``lesion_ct``). Cached in ``<chain>/chain.json``; rows as
     :data:`PROGNOSIS_COLUMNS` (method ``lesion-cox:<segmentation>``, ``val_c_index`` = inner-CV C-index,
     ``trainable_params`` = fitted coefficients)."""
+    from pemma.runtime import resolve_device
     from pemma.survival.chain import ChainConfig
     from pemma.survival.chain_run import survival_chain
 
@@ -128,7 +129,8 @@ def run_lesion_chains(*, data_root: str, base_run: Path, out: Path, backbone: st
         if not path.is_file():
             print(f"prognosis ({backbone}): lesion-feature chain {name}", flush=True)
             survival_chain(data_root, out / name, base_run, seg_run, centres=list(centres),
-                           cfg=ChainConfig(seed=seed), train_ids=list(train_ids), test_ids=list(held_out_ids))
+                           cfg=ChainConfig(seed=seed), train_ids=list(train_ids), test_ids=list(held_out_ids),
+                           device=str(resolve_device("auto")))
         result = json.loads(path.read_text())
         for s in result["stages"]:
             low, high = s["test_ci"] or (None, None)
