@@ -42,7 +42,7 @@ def survival_chain(seg_ct: RunLike | str, data: str | os.PathLike, out: str | os
     """
     from pemma.protocol.prognosis_claims import chain_claims
     from pemma.runtime import resolve_device, run_logger
-    from pemma.survival.chain import ChainConfig
+    from pemma.survival.chain_config import ChainConfig
     from pemma.survival.chain_run import LABELS
     from pemma.survival.chain_run import survival_chain as run
     from pemma.survival.clinical import ClinicalConfig

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 
 from pemma.cli.options import add_device_flags, add_field_flag
-from pemma.survival.chain import ChainConfig
+from pemma.survival.chain_config import ChainConfig
 
 #: ChainConfig fields given as plain flags (``grid`` takes several values)
 FIELDS = ("folds", "seed", "overfit_gap", "test_fraction", "bootstrap", "suv_threshold", "suv_relative", "min_node_ml")

@@ -25,7 +25,6 @@ A stage whose training C-index exceeds its cross-validated C-index by more than 
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,70 +32,15 @@ from typing import Any
 
 import numpy as np
 
-from pemma.survival.config import OVERFIT_GAP
-from pemma.survival.coxnet import PENALTY_GRID, PenalisedCox, c_index
-from pemma.survival.lesion import CT_FEATURES, MIN_NODE_ML, PET_FEATURES, SUV_RELATIVE, SUV_THRESHOLD
+from pemma.survival.chain_config import ChainConfig
+from pemma.survival.coxnet import PenalisedCox, c_index
+from pemma.survival.lesion import CT_FEATURES, PET_FEATURES
 from pemma.survival.metrics import bootstrap_c_index
 
 log = logging.getLogger("pemma.run")
 
 #: the chain's stages in order
 STAGES: tuple[str, ...] = ("ct", "ct+pet", "ct+pet+ehr")
-
-
-@dataclass
-class ChainConfig:
-    """Settings of the lesion-feature chain (``pemma survival chain``).
-
-    Raises:
-        ValueError: a value out of range (see each field's help).
-
-    Example:
-        >>> ChainConfig(folds=4, grid=(0.01, 0.1, 1.0))
-    """
-
-    grid: tuple[float, ...] = field(default=PENALTY_GRID, metadata={
-        "help": "ridge penalties (per case, standardised covariates) tried by inner cross-validation"})
-    folds: int = field(default=5, metadata={"help": "inner cross-validation folds on the training cases (>= 2)"})
-    seed: int = field(default=0, metadata={"help": "seed of the inner folds, the held-out split and the bootstrap"})
-    overfit_gap: float = field(default=OVERFIT_GAP, metadata={
-        "help": "training minus cross-validated C-index above which a stage is reported as overfitting"})
-    suv_threshold: float = field(default=SUV_THRESHOLD, metadata={"help": "SUV threshold of the MTV"})
-    suv_relative: float = field(default=SUV_RELATIVE, metadata={
-        "help": "fraction of the lesions' SUVmax of the relative MTV (0.41 = 41 %)"})
-    min_node_ml: float = field(default=MIN_NODE_ML, metadata={"help": "smallest GTVn component counted (ml)"})
-    test_fraction: float = field(default=0.4, metadata={
-        "help": "held-out fraction of the cases when no split is given (stratified by relapse, seeded)"})
-    bootstrap: int = field(default=1000, metadata={"help": "bootstrap replicates of each held-out C-index CI"})
-
-    def __post_init__(self) -> None:
-        self.grid = tuple(float(g) for g in self.grid)
-        if not self.grid or min(self.grid) <= 0:
-            raise ValueError(f"grid must hold penalties > 0, got {self.grid}")
-        if int(self.folds) < 2:
-            raise ValueError(f"folds must be >= 2, got {self.folds}")
-        if int(self.seed) < 0:
-            raise ValueError(f"seed must be >= 0, got {self.seed}")
-        if not self.overfit_gap > 0:
-            raise ValueError(f"overfit_gap must be > 0, got {self.overfit_gap}")
-        if not self.suv_threshold > 0:
-            raise ValueError(f"suv_threshold must be > 0, got {self.suv_threshold}")
-        if not 0 < self.suv_relative < 1:
-            raise ValueError(f"suv_relative must be in (0, 1), got {self.suv_relative}")
-        if not self.min_node_ml >= 0:
-            raise ValueError(f"min_node_ml must be >= 0, got {self.min_node_ml}")
-        if not 0 < self.test_fraction < 1:
-            raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
-        if int(self.bootstrap) < 1:
-            raise ValueError(f"bootstrap must be >= 1, got {self.bootstrap}")
-
-    @property
-    def lesion_settings(self) -> dict[str, float]:
-        return {"suv_threshold": self.suv_threshold, "suv_relative": self.suv_relative,
-                "min_node_ml": self.min_node_ml}
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 @dataclass

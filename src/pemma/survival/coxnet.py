@@ -24,10 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from pemma.survival.chain_config import PENALTY_GRID
 from pemma.survival.metrics import concordance_counts
-
-#: default grid of ridge penalties (lifelines' ``penalizer`` scale: per case, on standardised covariates)
-PENALTY_GRID: tuple[float, ...] = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 
 
 def _check(x: np.ndarray, time: np.ndarray, event: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

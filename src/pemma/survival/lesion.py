@@ -37,15 +37,12 @@ from pemma.errors import PemmaError
 from pemma.inference.predict import predict_case
 from pemma.io_utils import load_nifti
 from pemma.methods.loading import load_model
+from pemma.survival.chain_config import MIN_NODE_ML, SUV_RELATIVE, SUV_THRESHOLD
 
 #: features of the CT stage (what the segmentation shows)
 CT_FEATURES: tuple[str, ...] = ("log_gtvp_ml", "log_gtvn_ml", "nodes")
 #: features PET adds (uptake inside the segmentation)
 PET_FEATURES: tuple[str, ...] = ("log_suvmax", "suvmean", "log_mtv_ml", "log_mtv41_ml")
-#: absolute SUV threshold of the metabolic tumour volume, and the relative one (fraction of SUVmax)
-SUV_THRESHOLD, SUV_RELATIVE = 2.5, 0.41
-#: smallest GTVn component counted as a node (ml)
-MIN_NODE_ML = 0.1
 
 #: a case -> (uint8 label map on the CT grid, CT affine)
 Segmenter = Callable[[CaseRecord], tuple[np.ndarray, np.ndarray]]
