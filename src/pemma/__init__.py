@@ -2,7 +2,7 @@
 
 The Python API (``pemma.train``, ``pemma.adapt``, ``pemma.update``, ``pemma.predict``, ``pemma.evaluate``,
 ``pemma.reproduce``, ``pemma.demo``, ``pemma.params``, ``pemma.export``, ``pemma.import_model``, ``pemma.synth``,
-``pemma.survival_train|adapt|evaluate|predict`` and ``pemma.Run``) lives in :mod:`pemma.api` and is loaded
+``pemma.survival_train|adapt|evaluate|predict|chain`` and ``pemma.Run``) lives in :mod:`pemma.api` and is loaded
 on first use, so ``import pemma`` stays light (no torch).
 """
 
@@ -16,8 +16,8 @@ from pemma.vocab import LABELS, MODALITY_ORDER
 
 #: names served by :mod:`pemma.api` (PEP 562 lazy attributes)
 API = ("Run", "adapt", "check", "demo", "evaluate", "export", "import_model", "params", "predict", "reproduce",
-       "run_config", "survival_adapt", "survival_evaluate", "survival_predict", "survival_train", "synth", "train",
-       "update")
+       "run_config", "survival_adapt", "survival_chain", "survival_evaluate", "survival_predict", "survival_train",
+       "synth", "train", "update")
 
 __all__ = ["LABELS", "MODALITY_ORDER", "__version__", *API]
 

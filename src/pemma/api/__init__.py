@@ -20,7 +20,8 @@ from pemma.api.protocol import demo, reproduce
 from pemma.api.run import Run, run_config
 from pemma.api.segmentation import adapt, evaluate, export, params, predict, synth, train, update
 from pemma.api.survival import survival_adapt, survival_evaluate, survival_predict, survival_train
+from pemma.api.survival_chain import survival_chain
 
 __all__ = ["Run", "adapt", "check", "demo", "evaluate", "export", "import_model", "params", "predict", "reproduce",
-           "run_config", "survival_adapt", "survival_evaluate", "survival_predict", "survival_train", "synth", "train",
-           "update"]
+           "run_config", "survival_adapt", "survival_chain", "survival_evaluate", "survival_predict", "survival_train",
+           "synth", "train", "update"]

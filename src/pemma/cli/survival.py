@@ -103,6 +103,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_device_flags(p)
     p.set_defaults(func=cmd_predict)
 
+    from pemma.cli.survival_chain import register as register_chain
+    register_chain(verbs)
+
 
 def _print_summary(out: str, summary: dict) -> None:
     print(f"{out}: stage {summary['stage']}, {summary['steps']} steps, trainable parameters "

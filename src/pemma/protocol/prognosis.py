@@ -9,6 +9,11 @@ and a bootstrap 95% interval.
 
 Runs live in ``OUT/runs/<backbone>/prognosis_<settings digest>/<stage>``; a stage whose ``stage.json`` exists
 is finished and not recomputed, and its evaluation is cached in ``evaluation.json``.
+
+Beside these neural stages, the lesion-feature chain (:func:`run_lesion_chains`: lesion volumes and PET uptake
+in the models' own segmentations, ridge Cox per stage with the penalty chosen by inner CV) runs on the same split
+into ``.../prognosis_<digest>/lesion_<segmentation>/chain.json``; its ``cindex_gain_pet`` /
+``cindex_gain_pet_ehr`` claims go into ``findings.json`` (:mod:`pemma.protocol.prognosis_claims`).
 """
 
 from __future__ import annotations
@@ -91,7 +96,50 @@ def run_prognosis(spec: PrognosisSpec, *, data_root: str, base_run: Path, out: P
                      "c_index": result["c_index"], "ci_low": result["ci_low"], "ci_high": result["ci_high"],
                      "n_cases": result["n_cases"], "events": result["events"],
                      "val_c_index": summary.get("val_c_index"), "trainable_params": summary.get("trainable"),
-                     "steps": summary.get("steps"), "note": result.get("note")})
+                     "steps": summary.get("steps"),
+                     "note": result.get("note") or ("overfitting: training C-index exceeds the validation one"
+                                                    if summary.get("overfitting") else None)})
+    try:  # its claims reach findings.json through protocol.prognosis_claims.prognosis_findings
+        run_lesion_chains(data_root=data_root, base_run=base_run, out=out, backbone=backbone, seed=seed,
+                          train_ids=train_ids, held_out_ids=held_out_ids, centres=centres, methods=spec.methods,
+                          segmentation_adapters=segmentation_adapters)
+    except PemmaError as exc:
+        print(f"prognosis ({backbone}): lesion-feature chain not run: {exc}", flush=True)
+    return rows
+
+
+def run_lesion_chains(*, data_root: str, base_run: Path, out: Path, backbone: str, seed: int,
+                      train_ids: Sequence[str], held_out_ids: Sequence[str], centres: Sequence[str],
+                      methods: Sequence[str], segmentation_adapters: Mapping[str, Path] | None = None,
+                      ) -> list[dict[str, Any]]:
+    """The lesion-feature chain (:mod:`pemma.survival.chain`) beside the neural stages: the CT stage measures the
+    CT run's segmentation; the CT+PET stages measure each method's PEMMA segmentation run when there is one
+    (``lesion_<method>``), else the CT run's (``lesion_ct``). Cached in ``<chain>/chain.json``; rows as
+    :data:`PROGNOSIS_COLUMNS` (method ``lesion-cox:<segmentation>``, ``val_c_index`` = inner-CV C-index,
+    ``trainable_params`` = fitted coefficients)."""
+    from pemma.runtime import resolve_device
+    from pemma.survival.chain import ChainConfig
+    from pemma.survival.chain_run import survival_chain
+
+    seg = {m: Path(p) for m, p in (segmentation_adapters or {}).items() if m in methods}
+    chains = {f"lesion_{m}": p for m, p in seg.items()} or {"lesion_ct": None}
+    rows = []
+    for name, seg_run in chains.items():
+        path = out / name / "chain.json"
+        if not path.is_file():
+            print(f"prognosis ({backbone}): lesion-feature chain {name}", flush=True)
+            survival_chain(data_root, out / name, base_run, seg_run, centres=list(centres),
+                           cfg=ChainConfig(seed=seed), train_ids=list(train_ids), test_ids=list(held_out_ids),
+                           device=str(resolve_device("auto")))
+        result = json.loads(path.read_text())
+        for s in result["stages"]:
+            low, high = s["test_ci"] or (None, None)
+            rows.append({"backbone": backbone, "method": f"lesion-cox:{name.removeprefix('lesion_')}",
+                         "stage": s["stage"], "c_index": s["test_c_index"], "ci_low": low, "ci_high": high,
+                         "n_cases": s["n_test"], "events": s["events_test"], "val_c_index": s["cv_c_index"],
+                         "trainable_params": s["n_features"], "steps": None,
+                         "note": "overfitting: training C-index exceeds the cross-validated one" if s["overfitting"]
+                         else None})
     return rows
 
 
@@ -114,12 +162,16 @@ def prognosis_markdown(rows: Sequence[dict[str, Any]]) -> list[str]:
                      f"{fmt(r['ci_low'])}–{fmt(r['ci_high'])} | {r['n_cases']} ({events}) | "
                      f"{fmt(r['val_c_index'])} | {r['trainable_params'] or 0:,} |")
     lines.append("")
-    lines += [f"- {r['method']} {r['stage']}: C-index not computed ({r['note']})" for r in rows if r.get("note")]
+    lines += [f"- {r['method']} {r['stage']}: " + (f"C-index not computed ({r['note']})" if r["c_index"] is None
+                                                   else f"**{r['note']}**") for r in rows if r.get("note")]
     for backbone in dict.fromkeys(r["backbone"] for r in rows):
         ct = next((r["c_index"] for r in rows if r["backbone"] == backbone and r["stage"] == "ct"), None)
         for method in dict.fromkeys(r["method"] for r in rows if r["backbone"] == backbone and r["stage"] != "ct"):
-            chain = [ct] + [next((r["c_index"] for r in rows if r["backbone"] == backbone and r["method"] == method
-                                  and r["stage"] == stage), None) for stage in ("ct+pet", "ct+pet+ehr")]
+            own = [r["c_index"] for r in rows if r["backbone"] == backbone and r["method"] == method
+                   and r["stage"] == "ct"]  # a lesion chain has its own CT stage
+            chain = [own[0] if own else ct] + [
+                next((r["c_index"] for r in rows if r["backbone"] == backbone and r["method"] == method
+                      and r["stage"] == stage), None) for stage in ("ct+pet", "ct+pet+ehr")]
             if None in chain:
                 continue
             holds = chain[0] < chain[1] < chain[2]

@@ -27,6 +27,7 @@ from pemma.errors import PemmaError
 from pemma.evaluation.evaluate import evaluate_model
 from pemma.io_utils import write_text_atomic
 from pemma.methods import adapt, load_model, parameter_summary, update
+from pemma.protocol.prognosis_claims import prognosis_findings  # the lesion chain's cindex_gain_* claims
 from pemma.protocol.results import markdown_report, write_case_results, write_results
 from pemma.protocol.routes import adapt_kwargs, method_folder, pairs, update_kwargs
 from pemma.protocol.split import split_case_ids
@@ -328,6 +329,8 @@ def _report(strategy: Strategy, rows: list[dict[str, Any]], out: Path, seconds: 
         figures[f"DSCagg mean on {', '.join(pretrain_centres)} across phases ({variant})"] = name
     figures.update(overlays or {})
     claims = collect_findings(rows, strategy, case_rows, _with_risks(strategy, out, prognosis or []))
+    claims.update(prognosis_findings(out, strategy.split.seed, f"runs/*/prognosis_{strategy.prognosis.digest()}")
+                  if strategy.prognosis else {})
     write_text_atomic(out / "findings.json", json.dumps(claims, indent=2, default=float))
     findings = ["## Findings", "",
                 "The paper's claims checked on this run (definitions: `pemma.protocol.claims`), each beside the "

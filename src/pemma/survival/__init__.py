@@ -7,5 +7,8 @@ Modules: :mod:`~pemma.survival.endpoints` (endpoint and clinical CSVs, matching 
 log-rank), :mod:`~pemma.survival.model` (pooled features, prognosis model), :mod:`~pemma.survival.data`
 (preprocessed centre crops), :mod:`~pemma.survival.runs` (run folders), :mod:`~pemma.survival.training`
 (``train_survival``, ``adapt_survival``) and :mod:`~pemma.survival.evaluate` (``evaluate_survival``,
-``predict_survival``). The CLI is ``pemma survival`` (:mod:`pemma.cli.survival`).
+``predict_survival``). The lesion-feature chain: :mod:`~pemma.survival.lesion` (volumes and PET uptake in the
+model's own segmentation), :mod:`~pemma.survival.coxnet` (ridge Cox, penalty by inner CV),
+:mod:`~pemma.survival.chain` and :mod:`~pemma.survival.chain_run` (``survival_chain``). The CLI is
+``pemma survival`` (:mod:`pemma.cli.survival`).
 """

@@ -20,6 +20,8 @@ ADAPTER_METHODS: tuple[str, ...] = tuple(PEMMA_METHODS.values())
 ENCODER_LR_SCALE = 0.1
 #: L2 penalty ``l2 / 2 * ||W||^2`` on the head's and the clinical projection's weights (MTLR's C1 regulariser)
 L2_DEFAULT = 0.1
+#: training minus validation C-index above which a prognosis stage is reported as overfitting
+OVERFIT_GAP = 0.1
 
 
 @dataclass

@@ -43,7 +43,7 @@ from pemma.models.pemma_base import PEMMA_MODELS
 from pemma.runs import MODEL_FILE, final_path
 from pemma.runtime import DistInfo, barrier, run_logger
 from pemma.survival.clinical import ClinicalConfig, ClinicalEncoder
-from pemma.survival.config import SurvivalConfig, survival_settings
+from pemma.survival.config import OVERFIT_GAP, SurvivalConfig, survival_settings
 from pemma.survival.data import Split, Tables, clinical_rows, prepare_splits, split_for_stage
 from pemma.survival.fit import c_index_or_none, features_of, fit, risks_of
 from pemma.survival.heads import TimeBins
@@ -74,10 +74,16 @@ def _finish(model: PrognosisModel, cfg: RunConfig, train: Split, val: Split | No
     val_risk = None if val is None else risks_of(model, val, bs, device)
     train_c, val_c = c_index_or_none(train, train_risk), c_index_or_none(val, val_risk)
     stage = stage_name(meta["modalities"], meta["ehr"])
+    overfit = train_c is not None and val_c is not None and train_c - val_c > OVERFIT_GAP
+    if overfit:
+        log.warning(f"stage {stage}: overfitting: training C-index {train_c:.3f} exceeds the validation C-index "
+                    f"{val_c:.3f} by more than {OVERFIT_GAP} ({model.feature_dim} pooled features, "
+                    f"{len(train.case_ids)} training cases)")
     row = {"stage": stage, "run": str(final_path(out_dir).resolve()), "trainable": params["trainable"],
-           "total": params["total"], "train_c_index": train_c, "val_c_index": val_c, "steps": fitted["steps"]}
+           "total": params["total"], "train_c_index": train_c, "val_c_index": val_c, "steps": fitted["steps"],
+           "overfitting": overfit}
     meta.update({"stage": stage, "risk_threshold": float(np.median(train_risk)), "train_c_index": train_c,
-                 "val_c_index": val_c, "train_cases": train.case_ids,
+                 "val_c_index": val_c, "overfitting": overfit, "train_cases": train.case_ids,
                  "val_cases": [] if val is None else val.case_ids, "parameters": params,
                  "history": history + [row], "steps": fitted["steps"]})
     if dist.is_main:
