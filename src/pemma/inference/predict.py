@@ -11,12 +11,12 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 import torch
-from monai.transforms import SpatialResample
 from tqdm.auto import tqdm
 
 from pemma.data.layout import CaseRecord
 from pemma.data.transforms import preprocessing
 from pemma.errors import PemmaError
+from pemma.inference.resample_back import labels_on_reference
 from pemma.inference.sliding import sliding_window_probs
 from pemma.io_utils import load_nifti, save_nifti
 from pemma.models.loaded import LoadedModel
@@ -54,7 +54,8 @@ def predict_case(model: LoadedModel, case: CaseRecord, modalities: Sequence[str]
     The model runs on its input's grid (the CT, or the PET for PET-only input); the output reference is chosen by
     :func:`output_reference` (the CT when the case has one, unless ``reference="pet"``). Probabilities are
     resampled from the preprocessed grid onto the reference grid (zero outside the crop, so background) and then
-    argmaxed. ``inputs_cache`` (a dict) keeps preprocessed inputs between calls, e.g. when many models are
+    argmaxed, only inside the box the crop reaches (:func:`~pemma.inference.resample_back.labels_on_reference`).
+    ``inputs_cache`` (a dict) keeps preprocessed inputs between calls, e.g. when many models are
     evaluated on the same cases with the same preprocessing.
     """
     window = window or WindowSettings()
@@ -75,9 +76,7 @@ def predict_case(model: LoadedModel, case: CaseRecord, modalities: Sequence[str]
                                  cfg.train.overlap if window.overlap is None else window.overlap,
                                  device=device, amp=window.amp)
     probs = type(image)(probs, affine=image.affine)
-    resample = SpatialResample(mode="bilinear", padding_mode="zeros", dtype=torch.float32)
-    on_ref = resample(probs, dst_affine=torch.as_tensor(ref_img.affine), spatial_size=ref_img.shape[:3])
-    label = on_ref.as_tensor().argmax(0).numpy().astype(np.uint8)
+    label = labels_on_reference(probs, ref_img.affine, ref_img.shape[:3])
     return label, ref_img
 
 
