@@ -13,7 +13,7 @@ from monai.data import MetaTensor
 from pemma.config import build_config
 from pemma.data.layout import discover_cases
 from pemma.data.transforms import preprocessing
-from pemma.inference.resample_back import labels_on_reference, reference_box
+from pemma.inference.resample_back import labels_on_reference, probs_on_box, reference_box
 from pemma.inference.sliding import sliding_window_probs
 
 REAL_CT = Path(__file__).resolve().parent / "data" / "lung1_ct.nii.gz"
@@ -95,3 +95,21 @@ def test_crop_box_equals_full_volume_on_real_ct_pipeline() -> None:
     crop = labels_on_reference(probs, ref.affine, ref.shape[:3])
     assert full.any() and len(np.unique(full)) >= 2
     np.testing.assert_array_equal(crop, full)
+
+
+@pytest.mark.parametrize("degrees", [0.0, 25.0])
+def test_box_values_bit_identical_to_monai_whole_grid(degrees) -> None:
+    """Not just the labels: the resampled probabilities in the box are MONAI's whole-grid values bit for bit (a box
+    resampled as a grid of its own rounds differently and flipped near-tie voxels on clinical-size CTs)."""
+    from monai.transforms import SpatialResample
+
+    ref_affine, ref_shape = _oblique((0.98, 0.98, 1.0), 0.0, (-120.0, -110.0, -20.0)), (240, 230, 40)
+    src_affine = _oblique((3.0, 3.0, 3.0), degrees, (-60.0, -50.0, -15.0))
+    probs = MetaTensor(_smooth_probs((30, 28, 16), seed=7), affine=torch.as_tensor(src_affine))
+    full = SpatialResample(mode="bilinear", padding_mode="zeros", dtype=torch.float32)(
+        probs, dst_affine=torch.as_tensor(ref_affine), spatial_size=ref_shape).as_tensor()
+    start, end = reference_box(src_affine, probs.shape[1:], ref_affine, ref_shape)
+    box = probs_on_box(probs, ref_affine, ref_shape, start, end)
+    assert torch.equal(box, full[:, start[0]:end[0], start[1]:end[1], start[2]:end[2]])
+    full[:, start[0]:end[0], start[1]:end[1], start[2]:end[2]] = 0
+    assert not full.any()  # nothing outside the box
