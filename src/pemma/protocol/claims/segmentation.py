@@ -64,13 +64,7 @@ def adapt_claims(entries: Sequence[Mapping[str, Any]], index: CaseIndex, phases:
                              {}, "matches_early_fusion", pair=pair))
             continue
         gap = fused[method] - ef
-        if ef < min_reference:
-            out.append(claim(f"{method} ≈ early fusion", None, f"early fusion segments (almost) nothing (CT+PET "
-                             f"DSCagg mean {ef:.3f} < {min_reference}); matching it would show nothing",
-                             {"pemma": fused[method], "early_fusion": ef, "gap": gap}, "matches_early_fusion",
-                             pair=pair))
-        else:
-            _append_match(out, index, method, fused[method], ef, gap, adapt, phases, tolerance, seed, pair)
+        _append_match(out, index, method, fused[method], ef, gap, adapt, tolerance, seed, pair, min_reference)
         out.append(claim(f"{method} trains ≤ {max_percent:g}% of early fusion's parameters", percent <= max_percent,
                          f"{percent:.2f}% of early fusion's {ef_params or 0:,} trainable parameters (a count, "
                          f"no sampling uncertainty)", {"percent": percent}, "parameter_budget", pair=pair))
@@ -78,11 +72,15 @@ def adapt_claims(entries: Sequence[Mapping[str, Any]], index: CaseIndex, phases:
 
 
 def _append_match(out: list[dict[str, Any]], index: CaseIndex, method: str, pemma: float, ef: float, gap: float,
-                  adapt: int, phases: Sequence[Phase], tolerance: float, seed: int, pair: tuple[str, str]) -> None:
-    """``matches_early_fusion`` of one PEMMA method, decided on the paired bootstrap CI of the gap."""
+                  adapt: int, tolerance: float, seed: int, pair: tuple[str, str], min_reference: float) -> None:
+    """``matches_early_fusion`` of one PEMMA method, decided on the paired bootstrap CI of the gap; not shown (null)
+    when early fusion itself segments (almost) nothing (then matching it says nothing)."""
     diffs = {f"{method} - early_fusion": contrast(
         index, [(1.0, (method, "ct+pet", adapt)), (-1.0, ("early_fusion", "ct+pet", adapt))], seed)}
     holds, detail, ci = with_ci(gap >= -tolerance, f"CT+PET DSCagg mean {pemma:.3f} vs early fusion "
                                 f"{ef:.3f} (gap {gap:+.3f}, tolerance -{tolerance})", diffs, margin=-tolerance)
+    if ef < min_reference:
+        holds, detail = None, (f"not shown: early fusion segments (almost) nothing (CT+PET DSCagg mean {ef:.3f} < "
+                               f"{min_reference}), so matching it would show nothing; {detail}")
     out.append(claim(f"{method} ≈ early fusion", holds, detail,
                      {"pemma": pemma, "early_fusion": ef, "gap": gap}, "matches_early_fusion", ci, pair))
