@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import statistics
 import sys
 import time
@@ -158,6 +159,36 @@ def profile_step(name: str, trainer: PemmaTrainer, image: torch.Tensor, label: t
     return lines
 
 
+def attention_pairs(preset: str, rounds: int) -> str:
+    """Lever (a) alone: one frozen MONAI ``SABlock`` of the preset's size, forward + backward (input requires grad,
+    as inside PEMMA's ViT) on the CT+PET token count, einsum vs fused, timed in ABBA rounds."""
+    from monai.networks.blocks.selfattention import SABlock
+
+    cfg = build_config(preset, overrides={"model": {"backbone": "unetr"}})
+    kw, roi = cfg.model.backbone_kwargs, cfg.model.roi_size
+    tokens = 2 * math.prod(r // 16 for r in roi)  # CT and PET patch tokens (16^3 patches)
+    torch.manual_seed(0)
+    plain = SABlock(kw["hidden_size"], kw["num_heads"]).requires_grad_(False)
+    fused = SABlock(kw["hidden_size"], kw["num_heads"], use_flash_attention=True).requires_grad_(False)
+    fused.load_state_dict(plain.state_dict())
+    x = torch.rand(cfg.train.batch_size, tokens, kw["hidden_size"], requires_grad=True)
+    with torch.no_grad():
+        diff = float((plain(x) - fused(x)).abs().max())
+    ratios = []
+    for r in range(rounds):
+        t = {}
+        for name, block in (("p", plain), ("f", fused), ("f2", fused), ("p2", plain)) if r % 2 else \
+                (("f", fused), ("p", plain), ("p2", plain), ("f2", fused)):
+            t0 = time.perf_counter()
+            block(x).sum().backward()
+            t[name] = time.perf_counter() - t0
+        ratios.append((t["f"] + t["f2"]) / (t["p"] + t["p2"]))
+    return (f"{preset}: one SABlock (hidden {kw['hidden_size']}, {kw['num_heads']} heads, {tokens} tokens, batch "
+            f"{cfg.train.batch_size}) forward + backward, fused / einsum over {rounds} ABBA rounds: median "
+            f"{statistics.median(ratios):.2f} (range {min(ratios):.2f}-{max(ratios):.2f}); max abs output diff "
+            f"{diff:.1e}")
+
+
 def frozen_ct_embedding_records_graph(trainer: PemmaTrainer, image: torch.Tensor) -> bool:
     """Lever (b): does the frozen CT patch embedding's output carry autograd history in a training forward?"""
     with torch.enable_grad():
@@ -177,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profile", action="store_true", help="profile one step of early fusion and PEMMA")
     p.add_argument("--profile-only", action="store_true", help="only the profiles (no timed repeats)")
     p.add_argument("--skip", nargs="+", default=[], help="variants left out, e.g. early_fusion+fused lora+ckpt")
+    p.add_argument("--attention-rounds", type=int, default=4, help="ABBA rounds of the attention block alone")
+    p.add_argument("--attention-only", action="store_true", help="only the attention block (lever a alone)")
     p.add_argument("--top", type=int, default=8, help="operators listed in a profile")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -185,6 +218,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{time.strftime('%H:%M:%S')} {msg}", flush=True)
 
     log(f"torch {torch.__version__}, {args.threads} thread(s), load {_load()}")
+    if args.attention_rounds:
+        log(attention_pairs(args.preset, args.attention_rounds))
+        if args.attention_only:
+            return 0
     trainers, image, label = build_trainers(args.preset, args.methods, args.repeats, log, tuple(args.skip))
     if args.profile_only:
         for name in ("early_fusion", args.methods[0]):
