@@ -127,6 +127,10 @@ class DataConfig:
     val_fraction: float = field(default=0.2, metadata={"help": "validation share per centre (seeded split)"})
     cache_dir: str | None = field(default=None,
                                   metadata={"help": "persistent preprocessing cache folder (default: in memory)"})
+    memory_cache_share: float = field(default=0.5, metadata={
+        "help": "without cache_dir: the largest share of the available memory the in-memory cache of preprocessed "
+                "cases may take (estimated from the first case); beyond it cases are cached on disk in "
+                "$PEMMA_CACHE_DIR or ~/.cache/pemma/preprocessed (0: always on disk)"})
     exclude_bad_cases: bool = field(default=False, metadata={
         "help": "leave out the cases that fail the data check (`pemma check`), listed in the run, instead of "
                 "stopping before training"})
@@ -139,6 +143,8 @@ class DataConfig:
         self.centres = [c.strip() for c in self.centres if c.strip()]
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if not 0.0 <= self.memory_cache_share <= 1.0:
+            raise ValueError(f"memory_cache_share must be in [0, 1], got {self.memory_cache_share}")
 
 
 @dataclass

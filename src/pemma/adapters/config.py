@@ -111,6 +111,13 @@ class AdapterConfig:
                        "zero-initialised, added) or 'projected' (the authors': conv C->C, BatchNorm, ReLU, conv "
                        "C->2C, then the CT+PET projection 2C->C)."),
     )
+    fused_attention: bool = field(
+        default=True,
+        metadata=_help("UNETR: the adapted copy's attention blocks use torch's fused scaled_dot_product_attention "
+                       "(MONAI SABlock use_flash_attention; UNETR does not pass it on) where the base did not: same "
+                       "output to float rounding, faster and smaller in training; CT alone on the exact route "
+                       "still runs the base's own attention."),
+    )
     recipe: str = field(
         default="pemma",
         metadata=_help("named set of defaults (YAML shipped with pemma, pemma/recipes): 'pemma' (pemma's own) or "
@@ -138,6 +145,8 @@ class AdapterConfig:
         if not math.isclose(sum(probs), 1.0, abs_tol=1e-6):
             raise ValueError(f"modality_dropout must sum to 1, got {probs!r} (sum {sum(probs):g})")
         self.modality_dropout = tuple(float(p) for p in probs)  # type: ignore[assignment]
+        if not isinstance(self.fused_attention, bool):
+            raise ValueError(f"fused_attention must be true or false, got {self.fused_attention!r}")
         if self.ct_route not in CT_ROUTES:
             raise ValueError(f"ct_route must be one of {list(CT_ROUTES)}, got {self.ct_route!r}")
         for name, choices in (("pet_patch_embedding", PET_PATCH_EMBEDDINGS), ("pet_skip_block", PET_SKIP_BLOCKS),

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+import os
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,6 +17,10 @@ from monai.transforms import Compose
 
 from pemma.data.labels import LABEL_MAP_KEY
 from pemma.data.layout import CaseRecord
+
+log = logging.getLogger(__name__)
+#: environment variable naming the root folder of automatic disk caches (see :func:`default_cache_dir`)
+CACHE_ENV = "PEMMA_CACHE_DIR"
 
 
 def case_dicts(cases: Sequence[CaseRecord], modalities: Sequence[str], with_label: bool) -> list[dict[str, Any]]:
@@ -29,11 +38,65 @@ def case_dicts(cases: Sequence[CaseRecord], modalities: Sequence[str], with_labe
 
 
 def cached_dataset(items: list[dict[str, Any]], transform: Compose, cache_dir: str | None = None,
-                   progress: bool = True) -> Dataset:
-    """Preprocess each case once: in memory (:class:`CacheDataset`) or on disk (:class:`PersistentDataset`)."""
+                   progress: bool = True, memory_share: float | None = None, cache_key: str | None = None) -> Dataset:
+    """Preprocess each case once: in memory (:class:`CacheDataset`) or on disk (:class:`PersistentDataset`).
+
+    Args:
+        items: MONAI data dicts (:func:`case_dicts`).
+        transform: the deterministic preprocessing.
+        cache_dir: cache on disk in this folder. Default None: in memory, unless ``memory_share`` says otherwise.
+        progress: show a progress bar while caching in memory.
+        memory_share: without ``cache_dir``, the largest share of the available memory (``MemAvailable``) the
+            in-memory cache may take, estimated as the first case's preprocessed size times the number of cases;
+            when it would take more, the cases are cached on disk in :func:`default_cache_dir` ``(cache_key)``
+            (the decision is logged). None: always in memory.
+        cache_key: names the preprocessing (see :func:`preprocessing_key`), so that an automatic disk cache is
+            reused by the runs and methods that preprocess alike and never by one that does not.
+    """
+    if not cache_dir and memory_share is not None and items:
+        need = item_nbytes(transform(items[0])) * len(items)
+        available = available_memory_bytes()
+        if available is not None and need > memory_share * available:
+            cache_dir = str(default_cache_dir(cache_key))
+            log.info(f"an in-memory cache of the {len(items)} preprocessed cases would take ~{need / 2**30:.2f} GiB, "
+                     f"more than {memory_share:.0%} of the {available / 2**30:.1f} GiB available "
+                     f"(data.memory_cache_share): caching them on disk in {cache_dir} (MONAI PersistentDataset; "
+                     "--cache-dir chooses the folder)")
     if cache_dir:
         return PersistentDataset(items, transform=transform, cache_dir=cache_dir)
     return CacheDataset(items, transform=transform, num_workers=1, progress=progress)
+
+
+def item_nbytes(item: Any) -> int:
+    """Bytes of the arrays / tensors in a preprocessed item (dicts and lists searched)."""
+    if isinstance(item, dict):
+        return sum(item_nbytes(v) for v in item.values())
+    if isinstance(item, (list, tuple)):
+        return sum(item_nbytes(v) for v in item)
+    return int(getattr(item, "nbytes", 0)) if isinstance(item, (np.ndarray, torch.Tensor)) else 0
+
+
+def available_memory_bytes() -> int | None:
+    """``MemAvailable`` of ``/proc/meminfo`` in bytes (None where there is none: not Linux)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def preprocessing_key(**parts: Any) -> str:
+    """A short hash of what defines a preprocessing (config values, roi, modalities), for :func:`default_cache_dir`."""
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def default_cache_dir(cache_key: str | None) -> Path:
+    """Folder of automatic disk caches: ``$PEMMA_CACHE_DIR`` (or ``~/.cache/pemma/preprocessed``) / ``cache_key``."""
+    root = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "pemma" / "preprocessed")
+    return root / (cache_key or "default")
 
 
 def step_seed(seed: int, epoch: int, position: int) -> int:

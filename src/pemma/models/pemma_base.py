@@ -34,6 +34,7 @@ from torch import nn
 from pemma.adapters.config import NEW_PARTS, AdapterConfig, AdapterDefaults, register_adapter_defaults
 from pemma.adapters.split_qkv import needs_split, split_fused_qkv
 from pemma.adapters.state import adapter_active, adapters_disabled
+from pemma.models.fused_attention import enable_fused_attention, fused_attention_off
 from pemma.vocab import MODALITY_ORDER, check_modalities
 
 _ADAPTABLE = (nn.Linear, nn.Conv3d)
@@ -116,6 +117,10 @@ class PemmaAdaptedModel(nn.Module):
         self.split_qkv = split_fused_qkv(net, self.transformer_name) if needs_split(self.config.target_modules) \
             else []
         net.requires_grad_(False)
+        # fused attention on the copy's blocks where the base had it off (names kept so the exact CT route can
+        # switch them back and give the base's output bit for bit); see pemma.models.fused_attention
+        self.fused_attention_blocks = enable_fused_attention(net, self.transformer_name) \
+            if self.config.fused_attention else []
         targets = self._resolve_targets(net, self.config.target_modules)
         base_parts = [p for p in self.config.train_parts if p not in NEW_PARTS[self.backbone_name]]
         children = [n for n, _ in net.named_children() if n != self.transformer_name]
@@ -259,7 +264,7 @@ class PemmaAdaptedModel(nn.Module):
             if self.ct_adapter is not None:
                 with adapter_active(self.base_model, self.ct_adapter):
                     return self.net(inputs["ct"])
-            with adapters_disabled(self.base_model):
+            with adapters_disabled(self.base_model), fused_attention_off(self.net, self.fused_attention_blocks):
                 return self.net(inputs["ct"])
         if self.ct_adapter is None or self._merged:
             return self._forward_adapted(inputs.get("ct"), inputs.get("pet"))

@@ -4,6 +4,7 @@ exact resume, DistributedDataParallel under torchrun)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -19,7 +20,7 @@ from tqdm.auto import tqdm
 
 from pemma.config import RunConfig, TrainConfig
 from pemma.data.check import preflight
-from pemma.data.dataset import EpochPlan, SeededCrops, cached_dataset, case_dicts
+from pemma.data.dataset import EpochPlan, SeededCrops, cached_dataset, case_dicts, preprocessing_key
 from pemma.data.layout import CaseRecord
 from pemma.data.transforms import describe, preprocessing, training_augmentation
 from pemma.errors import PemmaError
@@ -204,11 +205,16 @@ class SegmentationTraining:
         """Cached training crops and this process's epoch plan; the validation set (main process)."""
         task, cfg, tc = self.task, self.cfg, self.cfg.train
         pre = preprocessing(task.modalities, cfg.preprocess, cfg.model.roi_size, with_label=True, label_indices=True)
-        train_ds = cached_dataset(case_dicts(train_cases, task.modalities, True), pre, cfg.data.cache_dir, self.show)
+        key = {"modalities": list(task.modalities), "preprocess": dataclasses.asdict(cfg.preprocess),
+               "roi_size": list(cfg.model.roi_size)}
+        share = cfg.data.memory_cache_share
+        train_ds = cached_dataset(case_dicts(train_cases, task.modalities, True), pre, cfg.data.cache_dir, self.show,
+                                  memory_share=share, cache_key=preprocessing_key(**key, label_indices=True))
         if val_cases and self.dist.is_main:
             val_pre = preprocessing(task.modalities, cfg.preprocess, cfg.model.roi_size, with_label=True)
             self.val_ds = cached_dataset(case_dicts(val_cases, task.modalities, True), val_pre, cfg.data.cache_dir,
-                                         self.show)
+                                         self.show, memory_share=share,
+                                         cache_key=preprocessing_key(**key, label_indices=False))
         crops = SeededCrops(train_ds, training_augmentation(cfg.model.roi_size, tc.label_ratios, tc.samples_per_case))
         return crops, EpochPlan(len(train_ds), tc.batch_size, tc.seed, self.dist.rank, self.dist.world_size)
 

@@ -1,0 +1,288 @@
+"""The levers on PEMMA's training step, each on and off, against early fusion, in one process (issue 13, parts 1-2).
+
+For one preset x UNETR (the same backbone size, roi and batch for every variant), training steps of:
+
+* ``early_fusion``: the 2-channel UNETR, all parameters trained (``backbone_task``, what ``pemma train`` runs);
+* ``early_fusion+fused``: the same with fused attention switched on (to see what the lever is worth there too);
+* ``<method>-plain``: the PEMMA model with ``AdapterConfig(fused_attention=False)`` (the einsum attention of
+  MONAI's UNETR, pemma's behaviour before the switch);
+* ``<method>``: the PEMMA model with the defaults a user gets (fused attention on);
+* ``<method>+ckpt``: the defaults plus activation checkpointing of the transformer blocks
+  (``PemmaUNETR.gradient_checkpointing``; ``pemma adapt`` turns it on when the base run was trained with
+  ``--gradient-checkpointing``).
+
+Every PEMMA variant is called with CT+PET input on each step (as in ``bench_adaptation.py``), on the same random
+batch, through pemma's training engine (``PemmaTrainer`` of ``bench_backbones.py``). Variants alternate (rotated,
+every other repeat reversed) so that load on a shared machine hits all alike; ratios are against
+``early_fusion`` of the same run. Memory: *step peak* (growth during a step, CPU ``VmHWM`` after a reset) and
+*footprint* = step peak + the variant's parameters, buffers and AdamW state (see ``bench_adaptation.py``).
+
+``--profile`` adds, for early fusion and the default PEMMA variant, a profile of one step: per top-level module
+the forward time (forward hooks) and the bytes autograd saves for backward inside it (``saved_tensors_hooks``,
+distinct storages), and the top operators by self CPU time (``torch.profiler``, forward and backward).
+
+It also checks lever (b), "no autograd through what nothing trainable needs": whether the frozen CT patch
+embedding's output carries an autograd graph (it should not: its input and weights do not require grad, so
+torch records nothing and ``torch.no_grad`` there would change nothing).
+
+Run (from the repository root)::
+
+    .venv/bin/python benchmarks/bench_levers.py --preset tiny --repeats 5 --profile
+    .venv/bin/python benchmarks/bench_levers.py --preset paper --repeats 1 --methods lora
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import statistics
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_adaptation import interleaved, resident_mb  # noqa: E402
+from bench_backbones import MB, MemProbe, MemSample, PemmaTrainer, _load  # noqa: E402
+
+from pemma.adapters.config import AdapterConfig  # noqa: E402
+from pemma.config import build_config  # noqa: E402
+from pemma.methods.pemma import pemma_task  # noqa: E402
+from pemma.models.fused_attention import enable_fused_attention  # noqa: E402
+from pemma.models.loaded import LoadedModel  # noqa: E402
+from pemma.models.registry import build_backbone  # noqa: E402
+
+CTPET = ("ct", "pet")
+
+
+def build_trainers(preset: str, methods: list[str], repeats: int, log: Callable[[str], None],
+                   skip: tuple[str, ...] = ()) -> tuple[dict[str, PemmaTrainer], torch.Tensor, torch.Tensor]:
+    """All variants on the CT base's weights, and one random batch (image, label)."""
+    device = torch.device("cpu")
+    overrides = {"model": {"backbone": "unetr"}, "train": {"device": "cpu", "amp": False}}
+    cfg_ct = build_config(preset, overrides={**overrides, "data": {"modalities": ["ct"]}})
+    cfg_ef = build_config(preset, overrides={**overrides, "data": {"modalities": ["ct", "pet"]}})
+    torch.manual_seed(cfg_ef.train.seed)
+    base_ct = build_backbone(cfg_ct.model, in_channels=1).eval()
+    shell = LoadedModel(net=base_ct, config=cfg_ct, meta={"sha256": "benchmark"}, input_sets=[["ct"]])
+    steps = repeats + 2
+    trainers = {"early_fusion": PemmaTrainer(cfg_ef, device, steps)}
+    if "early_fusion+fused" not in skip:
+        trainers["early_fusion+fused"] = PemmaTrainer(cfg_ef, device, steps)
+        enable_fused_attention(trainers["early_fusion+fused"].model, "vit")
+    for m in methods:
+        for name, fused, ckpt in ((f"{m}-plain", False, False), (m, True, False), (f"{m}+ckpt", True, True)):
+            if name in skip:
+                continue
+            task = pemma_task(shell, Path("."), AdapterConfig(method=m, fused_attention=fused), cfg_ct)
+            task.model.gradient_checkpointing = ckpt
+            task = dataclasses.replace(task, forward=lambda module, x, step: module(x, CTPET))
+            trainers[name] = PemmaTrainer(cfg_ef, device, steps, task=task)
+    tc, roi = cfg_ef.train, list(cfg_ef.model.roi_size)
+    gen = torch.Generator().manual_seed(1234)
+    image = torch.rand((tc.batch_size, 2, *roi), generator=gen)
+    label = torch.randint(0, cfg_ef.model.out_channels, (tc.batch_size, 1, *roi), generator=gen).float()
+    log(f"[{preset}/unetr] roi {roi}, batch {tc.batch_size}, {cfg_ef.model.backbone_kwargs}; variants {list(trainers)}")
+    return trainers, image, label
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# profile of one step
+
+
+@contextmanager
+def module_profile(model: nn.Module, fwd_s: dict[str, float], saved: dict[str, float]) -> Iterator[None]:
+    """Forward seconds and MiB saved for backward per top-level module of ``model`` (the PEMMA model's own new
+    parts and its network's children) during the block."""
+    net = getattr(model, "net", model)
+    tops = [(n, m) for n, m in net.named_children() if n != "base_model"]
+    tops += [(n, m) for n, m in model.named_children() if n != "base_model" and m is not net]
+    # PEMMA runs the ViT's blocks one by one (not vit.forward): time them as one entry in both models
+    tops += [("vit.blocks", block) for block in net.vit.blocks]
+    stack: list[str] = []
+    started: dict[str, float] = {}
+    seen: dict[str, set[int]] = defaultdict(set)
+    handles = []
+    for name, module in tops:
+        def pre(_m: nn.Module, _a: object, name: str = name) -> None:
+            if name not in stack:
+                started[name] = time.perf_counter()
+            stack.append(name)
+
+        def post(_m: nn.Module, _a: object, _o: object, name: str = name) -> None:
+            stack.pop()
+            if name not in stack:  # the outermost call of this entry (EF's vit holds vit.blocks)
+                fwd_s[name] = fwd_s.get(name, 0.0) + time.perf_counter() - started[name]
+        handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        where = stack[-1] if stack else "(outside modules)"
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in seen[where]:
+            seen[where].add(storage.data_ptr())
+            saved[where] = saved.get(where, 0.0) + storage.nbytes() / MB
+        return t
+
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def profile_step(name: str, trainer: PemmaTrainer, image: torch.Tensor, label: torch.Tensor, top: int
+                 ) -> list[str]:
+    fwd_s: dict[str, float] = {}
+    saved: dict[str, float] = {}
+    trainer.zero_grad()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof, \
+            module_profile(trainer.model, fwd_s, saved):
+        t0 = time.perf_counter()
+        trainer.train_step(image, label)
+        total = time.perf_counter() - t0
+    lines = [f"#### {name}: one step {total:.2f} s (under the profiler), saved for backward "
+             f"{sum(saved.values()):.0f} MiB", "", "| module | forward s | saved for backward MiB |", "|---|---|---|"]
+    for mod in sorted(set(fwd_s) | set(saved), key=lambda k: -saved.get(k, 0.0)):
+        lines.append(f"| {mod} | {fwd_s.get(mod, 0.0):.3f} | {saved.get(mod, 0.0):.0f} |")
+    ops = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)[:top]
+    all_self = sum(e.self_cpu_time_total for e in prof.key_averages()) or 1.0
+    lines += ["", "| operator (forward + backward) | self CPU s | share |", "|---|---|---|"]
+    lines += [f"| {e.key} | {e.self_cpu_time_total / 1e6:.2f} | {e.self_cpu_time_total / all_self:.0%} |"
+              for e in ops]
+    return lines
+
+
+def attention_pairs(preset: str, rounds: int) -> str:
+    """Lever (a) alone: one frozen MONAI ``SABlock`` of the preset's size, forward + backward (input requires grad,
+    as inside PEMMA's ViT) on the CT+PET token count, einsum vs fused, timed in ABBA rounds."""
+    from monai.networks.blocks.selfattention import SABlock
+
+    cfg = build_config(preset, overrides={"model": {"backbone": "unetr"}})
+    kw, roi = cfg.model.backbone_kwargs, cfg.model.roi_size
+    tokens = 2 * math.prod(r // 16 for r in roi)  # CT and PET patch tokens (16^3 patches)
+    torch.manual_seed(0)
+    plain = SABlock(kw["hidden_size"], kw["num_heads"]).requires_grad_(False)
+    fused = SABlock(kw["hidden_size"], kw["num_heads"], use_flash_attention=True).requires_grad_(False)
+    fused.load_state_dict(plain.state_dict())
+    x = torch.rand(cfg.train.batch_size, tokens, kw["hidden_size"], requires_grad=True)
+    with torch.no_grad():
+        diff = float((plain(x) - fused(x)).abs().max())
+    ratios = []
+    for r in range(rounds):
+        t = {}
+        for name, block in (("p", plain), ("f", fused), ("f2", fused), ("p2", plain)) if r % 2 else \
+                (("f", fused), ("p", plain), ("p2", plain), ("f2", fused)):
+            t0 = time.perf_counter()
+            block(x).sum().backward()
+            t[name] = time.perf_counter() - t0
+        ratios.append((t["f"] + t["f2"]) / (t["p"] + t["p2"]))
+    return (f"{preset}: one SABlock (hidden {kw['hidden_size']}, {kw['num_heads']} heads, {tokens} tokens, batch "
+            f"{cfg.train.batch_size}) forward + backward, fused / einsum over {rounds} ABBA rounds: median "
+            f"{statistics.median(ratios):.2f} (range {min(ratios):.2f}-{max(ratios):.2f}); max abs output diff "
+            f"{diff:.1e}")
+
+
+def frozen_ct_embedding_records_graph(trainer: PemmaTrainer, image: torch.Tensor) -> bool:
+    """Lever (b): does the frozen CT patch embedding's output carry autograd history in a training forward?"""
+    with torch.enable_grad():
+        tokens = trainer.model.net.vit.patch_embedding(image[:, :1])
+    return tokens.requires_grad
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--preset", default="tiny", choices=["tiny", "paper"])
+    p.add_argument("--methods", nargs="+", default=["lora", "dora"], choices=["lora", "dora"])
+    p.add_argument("--repeats", type=int, default=3, help="timed steps per variant after one warm-up")
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the CPU is shared)")
+    p.add_argument("--profile", action="store_true", help="profile one step of early fusion and PEMMA")
+    p.add_argument("--profile-only", action="store_true", help="only the profiles (no timed repeats)")
+    p.add_argument("--skip", nargs="+", default=[], help="variants left out, e.g. early_fusion+fused lora+ckpt")
+    p.add_argument("--attention-rounds", type=int, default=4, help="ABBA rounds of the attention block alone")
+    p.add_argument("--attention-only", action="store_true", help="only the attention block (lever a alone)")
+    p.add_argument("--top", type=int, default=8, help="operators listed in a profile")
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+
+    def log(msg: str) -> None:
+        print(f"{time.strftime('%H:%M:%S')} {msg}", flush=True)
+
+    log(f"torch {torch.__version__}, {args.threads} thread(s), load {_load()}")
+    if args.attention_rounds:
+        log(attention_pairs(args.preset, args.attention_rounds))
+        if args.attention_only:
+            return 0
+    trainers, image, label = build_trainers(args.preset, args.methods, args.repeats, log, tuple(args.skip))
+    if args.profile_only:
+        for name in ("early_fusion", args.methods[0]):
+            trainers[name].train_step(image, label)  # warm-up (AdamW state)
+            print("\n".join(["", *profile_step(name, trainers[name], image, label, args.top)]))
+        return 0
+    names = list(trainers)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    mem: dict[str, list[MemSample]] = {n: [] for n in names}
+    losses: dict[str, list[float]] = {n: [] for n in names}
+    probe = MemProbe(torch.device("cpu"))
+    for name in names:  # warm-up: creates the AdamW state
+        t0 = time.perf_counter()
+        losses[name].append(trainers[name].train_step(image, label))
+        log(f"warm-up {name}: {time.perf_counter() - t0:.2f} s")
+    for rep in range(args.repeats):
+        for name in interleaved(names, rep):
+            trainers[name].zero_grad()
+            with probe.measure(mem[name]):
+                t0 = time.perf_counter()
+                losses[name].append(trainers[name].train_step(image, label))
+                times[name].append(time.perf_counter() - t0)
+        log(f"repeat {rep + 1}/{args.repeats}: " + ", ".join(f"{n} {times[n][-1]:.2f} s" for n in names))
+    resident = {}
+    for name, trainer in trainers.items():
+        trainer.zero_grad()
+        r = resident_mb(trainer.model, trainer.optimizer)
+        resident[name] = r["model_mb"] + r["optimizer_mb"]
+
+    ef_t, ef_best = statistics.median(times["early_fusion"]), min(times["early_fusion"])
+    ef_foot = max(s.growth_mb for s in mem["early_fusion"]) + resident["early_fusion"]
+    print()
+    print(f"{args.preset} / unetr, {args.repeats} repeat(s), 1 warm-up, {args.threads} thread(s), load at end "
+          f"{_load()}; memory: {probe.method}")
+    print()
+    print("| variant | s/step median | / EF (median, best) | step peak MiB | footprint MiB | footprint / EF |")
+    print("|---|---|---|---|---|---|")
+    for name in names:
+        med, best = statistics.median(times[name]), min(times[name])
+        peak = max(s.growth_mb for s in mem[name])
+        foot = peak + resident[name]
+        print(f"| {name} | {med:.2f} | {med / ef_t:.2f}, {best / ef_best:.2f} | {peak:.0f} | {foot:.0f} | "
+              f"{foot / ef_foot:.2f} |")
+    print()
+    for m in args.methods:
+        if f"{m}-plain" not in trainers or m not in trainers:
+            continue
+
+        def rel(a: list[float], b: list[float]) -> float:
+            return max(abs(x - y) / max(abs(y), 1e-12) for x, y in zip(a, b, strict=True))
+        plain = losses[f"{m}-plain"]
+        print(f"{m}: loss vs {m}-plain, largest relative difference over the steps: fused "
+              f"{rel(losses[m], plain):.1e}, fused+ckpt {rel(losses.get(f'{m}+ckpt', plain), plain):.1e}")
+        print(f"{m}: frozen CT patch embedding records an autograd graph in training: "
+              f"{frozen_ct_embedding_records_graph(trainers[m], image)}")
+    if args.profile:
+        for name in ("early_fusion", args.methods[0]):
+            print()
+            print("\n".join(profile_step(name, trainers[name], image, label, args.top)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
