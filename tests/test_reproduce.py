@@ -87,7 +87,11 @@ def test_every_claim_in_findings_json(reproduced: Path) -> None:
     from pemma.protocol.claims import CLAIM_IDS
 
     found = json.loads((reproduced / "findings.json").read_text())
-    assert list(found) == ["unetr · default", "all backbones", "prognosis"]
+    assert list(found) == ["unetr · default", "all backbones", "prognosis", "unetr · prognosis (lesion_lora)"]
+    # the lesion-feature chain (features of the run's own segmentation) carries the two C-index claims as well
+    lesion = found.pop("unetr · prognosis (lesion_lora)")
+    assert [c["id"] for c in lesion] == ["cindex_gain_pet", "cindex_gain_pet_ehr"]
+    assert all(c["paper"] and c["holds"] in (True, False, None) for c in lesion)
     claims = [c for group in found.values() for c in group]
     assert {c["id"] for c in claims} == set(CLAIM_IDS)
     assert all(c["paper"] and c["holds"] in (True, False, None) for c in claims)
