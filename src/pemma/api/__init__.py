@@ -16,9 +16,10 @@ from __future__ import annotations
 
 from pemma.api.check import check
 from pemma.api.importing import import_model
+from pemma.api.inference import evaluate, predict
 from pemma.api.protocol import demo, reproduce
 from pemma.api.run import Run, run_config
-from pemma.api.segmentation import adapt, evaluate, export, params, predict, synth, train, update
+from pemma.api.segmentation import adapt, export, params, synth, train, update
 from pemma.api.survival import survival_adapt, survival_evaluate, survival_predict, survival_train
 from pemma.api.survival_chain import survival_chain
 

@@ -1,0 +1,200 @@
+"""Inference stages as Python functions: ``predict`` (NIfTI, nnU-Net, datalist or DICOM input; RTSTRUCT out) and
+``evaluate`` (with a model, or model-free on a predictions folder). Each is what the ``pemma`` verb of the same name
+runs."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pemma.api.run import RunLike, name_list, path_of
+from pemma.api.segmentation import Names
+from pemma.errors import PemmaError
+
+
+def _loaded(model: RunLike, base: RunLike | None, modalities: Names, device: str | None, source: str):
+    from pemma.methods import load_model
+    from pemma.runtime import resolve_device
+    from pemma.vocab import parse_modalities
+
+    dev = resolve_device(device or "auto")
+    loaded = load_model(path_of(model), dev, base_run=path_of(base))
+    chosen = parse_modalities(name_list(modalities)) if modalities else loaded.input_sets[0]
+    loaded.check_inputs(chosen, source)
+    return loaded, chosen, dev
+
+
+def _window(roi: Sequence[int] | None, overlap: float | None, sw_batch_size: int | None, amp: bool | None):
+    from pemma.inference.predict import WindowSettings
+
+    return WindowSettings(roi_size=None if roi is None else list(roi), overlap=overlap, sw_batch_size=sw_batch_size,
+                          amp=bool(amp))
+
+
+def predict(model: RunLike, inputs: str | os.PathLike, out: str | os.PathLike, *, modalities: Names = None,
+            centres: Names = None, base: RunLike | None = None, roi: Sequence[int] | None = None,
+            overlap: float | None = None, sw_batch_size: int | None = None, device: str | None = None,
+            amp: bool | None = None, rtstruct: bool = False, reference: str = "ct") -> list[Path]:
+    """Write a label NIfTI per case (``<case>.nii.gz``) in the original CT geometry.
+
+    Args:
+        model: run folder (or :class:`Run`).
+        inputs: the CLI's ``--input``: a dataset folder (HECKTOR or nnU-Net raw), an nnU-Net ``-i`` folder of
+            ``<case>_0000`` / ``_0001`` files (``imagesTs``), a datalist, a single image file, or a folder of CT
+            files of any names (see :func:`pemma.data.layout.discover_cases`).
+            A folder (tree) of DICOM series is also accepted: one case per patient and study, CT and PET
+            (``PT``) series found by their tags, PET converted to SUVbw from its tags.
+        out: output folder.
+        modalities: input set, e.g. ``["ct", "pet"]``. Default: what the model was trained with.
+        centres: only these centres.
+        base: the CT base run of an adapted model, if it moved since adaptation.
+        roi, overlap, sw_batch_size: sliding window. Default: as trained.
+        device: ``auto`` (default), ``cpu``, ``cuda``, ``cuda:N``. amp: mixed precision.
+        rtstruct: DICOM input only: also write ``<case>_RTSTRUCT.dcm`` beside each label, referencing the case's CT
+            series, one ROI per predicted class (GTVp, GTVn).
+        reference: grid of PET-only predictions: ``ct`` (default; the case's CT grid when it has a CT) or ``pet``.
+
+    Returns:
+        The label files written.
+
+    Raises:
+        PemmaError: after trying every case, when some could not be predicted (each is also a warning; the others
+            are written).
+
+    Example:
+        >>> pemma.predict(ad, inputs="data/phantom/imagesTr", modalities=["ct", "pet"], out="preds/")
+        >>> pemma.predict(ad, inputs="/dicom/patient42/", out="preds/", rtstruct=True)
+    """
+    from pemma.data.dicom import is_dicom_input
+    from pemma.data.layout import discover_cases, select_cases
+    from pemma.inference.predict import predict_cases
+
+    source = os.fspath(inputs)
+    dicom = is_dicom_input(source)
+    if rtstruct and not dicom:
+        raise PemmaError(f"{source}: --rtstruct needs DICOM input (a folder of DICOM CT series), not NIfTI")
+    loaded, chosen, dev = _loaded(model, base, modalities, device, source)
+    failures: dict[str, str] = {}
+    if dicom:
+        written, cases = _predict_dicom(loaded, source, chosen, out, dev, centres, rtstruct, failures,
+                                        _window(roi, overlap, sw_batch_size, amp))
+    else:
+        cases = select_cases(discover_cases(source), centres=name_list(centres) or [], modalities=chosen,
+                             source=source)
+        written = predict_cases(loaded, cases, chosen, os.fspath(out), dev,
+                                _window(roi, overlap, sw_batch_size, amp), failures=failures,
+                                reference=reference)
+    if failures:  # every case was tried; each bad one is a warning line, then one error with the summary
+        import warnings
+
+        for message in failures.values():
+            warnings.warn(message, UserWarning, stacklevel=2)
+        raise PemmaError(f"{os.fspath(out)}: wrote {len(written)} of {len(cases)} label maps; {len(failures)} "
+                         f"case(s) failed: {', '.join(failures)} (see the warnings above)")
+    return [Path(p) for p in written]
+
+
+def _predict_dicom(loaded: Any, source: str, chosen: list[str], out: str | os.PathLike, dev: Any, centres: Names,
+                   rtstruct: bool, failures: dict[str, str], window: Any) -> tuple[list[Path], list]:
+    """:func:`predict` on a DICOM folder: cases staged one at a time in a temporary folder."""
+    import tempfile
+
+    from pemma.data.dicom import dicom_cases
+    from pemma.data.layout import select_cases
+    from pemma.inference.dicom import predict_dicom_cases
+
+    with tempfile.TemporaryDirectory(prefix="pemma-dicom-") as staging:
+        cases = dicom_cases(source, staging)
+        records = select_cases([c.record for c in cases], centres=name_list(centres) or [], modalities=chosen,
+                               source=source)
+        kept = [c for c in cases if c.record in records]
+        written = predict_dicom_cases(loaded, kept, chosen, os.fspath(out), dev, window, rtstruct=rtstruct,
+                                      failures=failures)
+    return written, records
+
+
+def evaluate(model: RunLike | None = None, data: str | os.PathLike | None = None, *,
+             pred: str | os.PathLike | None = None, centres: Names = None, modalities: Names = None, split: str = "all",
+             out: str | os.PathLike | None = None, save_predictions: bool = False, base: RunLike | None = None,
+             roi: Sequence[int] | None = None, overlap: float | None = None, sw_batch_size: int | None = None,
+             device: str | None = None, amp: bool | None = None) -> dict[str, Any]:
+    """HECKTOR DSCagg (GTVp, GTVn, mean), per-case Dice, HD95 and volumes on the labelled cases of ``data``: of a
+    model's predictions (``model``), or of an existing predictions folder (``pred``, no model run).
+
+    Writes ``metrics_<inputs>.json`` (undefined values as ``null``, the HD95 policy stated) and
+    ``cases_<inputs>.csv`` into ``out``.
+
+    Args:
+        model: run folder (or :class:`Run`). Give ``model`` or ``pred``.
+        data: dataset folder or datalist (the labels).
+        pred: a folder of label maps named ``<case_id>.nii.gz`` on each case's CT grid (e.g. nnU-Net's output).
+        centres: only these centres. Default all.
+        modalities: input set. Default: what the model was trained with.
+        split: with a model, which cases: ``all`` (default; a warning names the training cases scored),
+            ``unseen`` (neither trained nor validated on), ``val`` (the model's validation cases) or ``train``.
+        out: report folder. Default ``<model>/evaluation`` (with ``pred``: ``<pred>/evaluation``).
+        save_predictions: also write the label maps (``out/predictions_<inputs>/``).
+        base, roi, overlap, sw_batch_size, device, amp: as for :func:`predict`.
+
+    Returns:
+        The scores: ``{"inputs", "n_cases", "DSCagg": {"GTVp", "GTVn", "mean"}, "mean_case", "cases", "counts",
+        "hd95_policy", "centres"}`` (as written to the JSON report) plus ``"report"``: the JSON and CSV paths.
+
+    Example:
+        >>> scores = pemma.evaluate(ad, data="data/phantom", centres=["MDA"], modalities=["ct", "pet"])
+        >>> scores["DSCagg"]["mean"]
+        >>> pemma.evaluate(pred="nnunet_preds/", data="nnUNet_raw/Dataset501_HN")["DSCagg"]
+    """
+    import warnings
+
+    from pemma.data.layout import discover_cases, select_cases
+    from pemma.evaluation.evaluate import evaluate_model, evaluate_predictions, write_report
+
+    if (model is None) == (pred is None):
+        raise PemmaError("evaluate needs either a model (--model) or a predictions folder (--pred), not both")
+    if data is None:
+        raise PemmaError("evaluate needs --data (the labelled cases)")
+    source = os.fspath(data)
+    if pred is not None:
+        cases = select_cases(discover_cases(source), centres=name_list(centres) or [], require_label=True,
+                             source=source)
+        result = evaluate_predictions(os.fspath(pred), cases)
+        folder = Path(os.fspath(out)) if out is not None else Path(os.fspath(pred)) / "evaluation"
+    else:
+        loaded, chosen, dev = _loaded(model, base, modalities, device, source)
+        cases = select_cases(discover_cases(source), centres=name_list(centres) or [], modalities=chosen,
+                             require_label=True, source=source)
+        cases = _split_cases(cases, loaded.meta, split, path_of(model))
+        trained = set(loaded.meta.get("train_cases") or [])
+        seen = [c.case_id for c in cases if c.case_id in trained]
+        if seen:
+            listed = ", ".join(seen[:5]) + (", ..." if len(seen) > 5 else "")
+            warnings.warn(f"{len(seen)} of {len(cases)} evaluated cases were training cases of {path_of(model)} "
+                          f"({listed}); --split unseen or val scores only others", UserWarning, stacklevel=2)
+        folder = Path(os.fspath(out)) if out is not None else Path(path_of(model)) / "evaluation"
+        predictions = folder / f"predictions_{'+'.join(chosen)}" if save_predictions else None
+        result = evaluate_model(loaded, cases, chosen, dev, _window(roi, overlap, sw_batch_size, amp),
+                                predictions_dir=predictions)
+    result["centres"] = sorted({c.centre for c in cases})
+    json_path, csv_path = write_report(result, folder)
+    return {**result, "report": {"json": str(json_path), "csv": str(csv_path)}}
+
+
+#: ``--split`` choices of :func:`evaluate`
+SPLITS = ("all", "unseen", "val", "train")
+
+
+def _split_cases(cases: list, meta: dict[str, Any], split: str, source: str | None) -> list:
+    if split not in SPLITS:
+        raise PemmaError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if split == "all":
+        return cases
+    train, val = set(meta.get("train_cases") or []), set(meta.get("val_cases") or [])
+    keep = {"unseen": lambda c: c.case_id not in train | val, "val": lambda c: c.case_id in val,
+            "train": lambda c: c.case_id in train}[split]
+    chosen = [c for c in cases if keep(c)]
+    if not chosen:
+        raise PemmaError(f"{source}: no {split} cases of this model among the selected cases")
+    return chosen
