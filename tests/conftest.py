@@ -78,3 +78,15 @@ def run_main(*args: str) -> str:
     if code != 0:
         raise AssertionError(f"pemma {' '.join(args)} exited {code}:\n{err.getvalue()[-3000:]}")
     return out.getvalue()
+
+
+#: Test files that take minutes (measured: the two-seed demo ~16 min, the CLI end-to-end runs several min each).
+#: They are collected first so that ``--dist loadfile`` starts them first: scheduled last, the demo ran alone on one
+#: worker for 13 min while the other sat idle.
+LONGEST_FIRST = ("test_demo.py", "test_cli_e2e.py", "test_training.py", "test_reproduce.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Move the longest test files to the front (a stable sort: the order inside each file is kept)."""
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST_FIRST)))
