@@ -7,7 +7,6 @@ with :func:`pemma.protocol.bootstrap.bootstrap_contrast` (DSCagg mean of the poo
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
 
 import numpy as np
 
@@ -15,17 +14,6 @@ from pemma.protocol.bootstrap import Difference, bootstrap_contrast, bootstrap_r
 
 #: (method, inputs, phase_index) -> {(centre, case_id): counts (n_classes, 3)}
 CaseIndex = dict[tuple[str, str, int], dict[tuple[str, str], np.ndarray]]
-
-
-def index_cases(cases: Iterable[Mapping[str, Any]], backbone: str, variant: str) -> CaseIndex:
-    """The per-case counts of one backbone and variant, by method, input set and phase."""
-    index: CaseIndex = {}
-    for row in cases:
-        if row.get("backbone", "") != backbone or row.get("variant") != variant or not row.get("counts"):
-            continue
-        key = (str(row["method"]), str(row["inputs"]), int(row["phase_index"]))
-        index.setdefault(key, {})[(str(row["eval_centre"]), str(row["case_id"]))] = np.asarray(row["counts"], float)
-    return index
 
 
 def contrast(index: CaseIndex, terms: Sequence[tuple[float, tuple[str, str, int] | Mapping[str, tuple]]],

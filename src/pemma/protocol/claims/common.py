@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from pemma.protocol.bootstrap import Difference
-from pemma.protocol.claim_ci import ci_text, combine
+from pemma.protocol.claim_ci import CaseIndex, ci_text, combine
 from pemma.protocol.results import DEFAULT_RECIPE, DEFAULT_ROUTE, normalise_rows, route_recipe
 from pemma.vocab import BASELINE_METHODS, PEMMA_METHODS
 
@@ -114,7 +114,6 @@ def view_rows(rows: Iterable[Mapping[str, Any]], backbone: str, variant: str,
 
 
 #: (method, inputs, phase_index) -> {(centre, case_id): counts (n_classes, 3)}; CT_MODEL included
-CaseIndex = dict[tuple[str, str, int], dict[tuple[str, str], np.ndarray]]
 
 
 def view_cases(cases: Iterable[Mapping[str, Any]], backbone: str, variant: str, pair: tuple[str, str]) -> CaseIndex:
