@@ -63,8 +63,8 @@ def evaluate_model(model: LoadedModel, cases: Sequence[CaseRecord], modalities: 
             label = label_on_grid(case, ref)
             if inputs_cache is not None:
                 inputs_cache[label_key] = label
-        agg.update(pred, label)
         row, counts[case.case_id] = score_case(case, pred, label, ref)
+        agg.update_counts(dict(zip(sorted(CLASS_NAMES), counts[case.case_id], strict=True)))  # counted once
         rows.append(row)
         if predictions_dir is not None:
             save_nifti(pred, ref.affine, Path(predictions_dir) / f"{case.case_id}.nii.gz", header=ref.header,
@@ -125,8 +125,8 @@ def evaluate_predictions(pred_dir: str | Path, cases: Sequence[CaseRecord], prog
                                  f"({ref.shape[:3]} vs CT {ct_img.shape[:3]}); HECKTOR scores on the CT grid")
         pred = np.rint(pred).astype(np.uint8)
         label = label_on_grid(case, ref)
-        agg.update(pred, label)
         row, counts[case.case_id] = score_case(case, pred, label, ref)
+        agg.update_counts(dict(zip(sorted(CLASS_NAMES), counts[case.case_id], strict=True)))  # counted once
         rows.append(row)
     return {"inputs": "predictions", "n_cases": len(rows), "DSCagg": agg.compute(), "mean_case": summarize(rows),
             "cases": rows, "counts": counts, "hd95_policy": HD95_POLICY}

@@ -61,7 +61,7 @@ def export_format(fmt: str | None, out: str | os.PathLike) -> str:
         raise PemmaError(f"unknown export format {fmt!r}; choose {', '.join(EXPORT_FORMATS)}")
     if not suffix:  # a name without a suffix takes any format
         return fmt
-    if implied is not None and implied != fmt and not (fmt == "bundle" and suffix not in FORMAT_SUFFIXES):
+    if implied is not None and implied != fmt:
         raise PemmaError(f"{out}: the suffix {suffix} means {implied}, but --format is {fmt}; name the output "
                          f"{Path(out).stem}{'' if fmt == 'bundle' else '.onnx' if fmt == 'onnx' else '.pt'} or "
                          f"pass --format {implied}")

@@ -81,7 +81,7 @@ def pemma_task(base: LoadedModel, base_run: Path, adapter_cfg: AdapterConfig, cf
     torch.manual_seed(cfg.train.seed)
     model = build_pemma(base, adapter_cfg)
     report = parameter_report(model, base_constructor_kwargs(base.config))
-    skip_ct = model.config.ct_route == "exact"  # exact route: CT-only batches run the frozen base
+    skip_ct = not model.shared_route  # exact route: CT-only batches run the frozen base
     choices = model.config.modality_choices(trainable_only=skip_ct)
     seed = cfg.train.seed
 
@@ -143,7 +143,7 @@ def train_only(model: nn.Module, names: list[str], modules: list[nn.Module] = ()
 
 def _update(loaded: LoadedModel, model_run: Path, modalities: tuple[str, ...], cfg: RunConfig) -> TrainingTask:
     model, seed = loaded.net, cfg.train.seed
-    skip_ct = model.config.ct_route == "exact"
+    skip_ct = not model.shared_route
     if modalities == ("ct",) and skip_ct:
         if model.ct_adapter is None:
             model.add_ct_adapter()

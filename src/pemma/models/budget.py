@@ -100,7 +100,7 @@ def parameter_budget(backbone: str, base_kwargs: Mapping[str, Any], adapter_cfg:
             "same_size_counted": f"trainable parameters / an early-fusion {backbone} of the same size "
                                  f"({_sizes(backbone, base_kwargs)})",
             **authors_count(backbone, base_kwargs, cfg, model=model),
-            "adapter_config": {k: v for k, v in dataclasses.asdict(cfg).items()}}
+            "adapter_config": dataclasses.asdict(cfg)}
 
 
 def _sizes(backbone: str, base_kwargs: Mapping[str, Any]) -> str:
