@@ -136,3 +136,19 @@ def test_unchanged_cases_are_read_once_per_process(phantom: Path, tmp_path: Path
     assert check_module.check_cases(cases, ["ct", "pet"]).ok and len(calls) == 2
     _edit(data / "imagesTr" / "MDA-000__PT.nii.gz", lambda a: a.__setitem__((3, 3, 3), np.nan))
     assert check_module.check_cases(cases, ["ct", "pet"]).bad_cases == ["MDA-000"] and calls[2:] == ["MDA-000"]
+
+
+def test_tumour_outside_the_ct_is_found_by_the_check(phantom: Path, tmp_path: Path) -> None:
+    """A label grid that overlaps the CT but whose tumour lies beyond it: the loader refuses it, so must the check."""
+    from pemma.data.check import check_case
+    from pemma.data.layout import discover_cases
+
+    data = tmp_path / "data"
+    shutil.copytree(phantom, data)
+    case = next(c for c in discover_cases(str(data)) if c.label is not None)
+    ct = nib.load(case.images["ct"])
+    label = np.zeros((*ct.shape[:2], ct.shape[2] * 2), np.uint8)  # twice as many slices as the CT
+    label[10:20, 10:20, ct.shape[2] + 4:ct.shape[2] + 8] = 1  # tumour only in the slices past the CT
+    save_nifti(label, ct.affine, case.label, dtype=np.uint8)
+    problems = check_case(case, ["ct", "pet"])
+    assert len(problems) == 1 and case.case_id in problems[0] and "outside" in problems[0]

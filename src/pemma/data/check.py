@@ -100,14 +100,15 @@ def check_case(case: CaseRecord, modalities: Sequence[str], with_label: bool = T
             images[modality] = load_nifti(path, what=f"{_WHAT.get(modality, modality)} of case {case.case_id}")
         except PemmaError as exc:
             problems.append(str(exc))
-    label = None
+    label = label_voxels = None
     if with_label:
         if case.label is None:
             problems.append(f"case {case.case_id}: no label file")
         else:
             try:
                 label = load_nifti(case.label, what=f"label of case {case.case_id}")
-                to_pemma_labels(np.asanyarray(label.dataobj), case.label_map, case.label, case.case_id)
+                label_voxels = to_pemma_labels(np.asanyarray(label.dataobj), case.label_map, case.label,
+                                               case.case_id)
             except PemmaError as exc:
                 problems.append(str(exc))
     ref = images.get("ct")
@@ -118,6 +119,13 @@ def check_case(case: CaseRecord, modalities: Sequence[str], with_label: bool = T
                             f"physical space (not co-registered?) ({case.images['pet']})")
     if ref is not None and label is not None and _overlap(ref, label, pad=True) <= 0.0:
         problems.append(f"{case.label}: label of case {case.case_id} does not overlap its CT in physical space")
+    elif ref is not None and label_voxels is not None:
+        from pemma.data.transforms import check_label_overlap  # torch / MONAI only when a label is checked
+
+        try:  # the loader's own rule: also tumour voxels lying outside the CT field of view
+            check_label_overlap(case.label, case.case_id, label_voxels, label.affine, ref.shape[:3], ref.affine)
+        except PemmaError as exc:
+            problems.append(str(exc))
     return problems
 
 
