@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -70,6 +71,30 @@ def dscagg_mean(counts: np.ndarray) -> np.ndarray:
         return np.nanmean(per_class, axis=-1) if per_class.size else per_class
 
 
+def bootstrap_statistic(n: int, replicate: Callable[[np.ndarray], np.ndarray], estimate: Callable[[], float],
+                        replicates: int = 2000, seed: int = 0, level: float = 0.95) -> Difference:
+    """A seeded case bootstrap: draw ``(replicates, n)`` case indices, compute the statistic of every replicate,
+    and take the percentile CI (the shared core of every paired bootstrap here).
+
+    Args:
+        n: cases resampled.
+        replicate: ``(replicates, n)`` drawn case indices -> ``(replicates,)`` statistic (NaN / inf: the
+            replicate is left out).
+        estimate: the statistic on all cases.
+        replicates, seed, level: bootstrap replicates, the draws' seed (``numpy.random.default_rng(seed)``) and
+            CI level.
+    """
+    draws = np.random.default_rng(seed).integers(0, n, size=(replicates, n))
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # replicates whose statistic is undefined
+        values = np.asarray(replicate(draws), dtype=np.float64)
+        point = float(estimate())
+    values = values[np.isfinite(values)]
+    tail = (1.0 - level) / 2 * 100
+    low, high = np.percentile(values, [tail, 100 - tail]) if values.size else (np.nan, np.nan)
+    return Difference(point, float(low), float(high), n, level, replicates)
+
+
 def bootstrap_contrast(terms: list[tuple[float, np.ndarray]], replicates: int = 2000, seed: int = 0,
                        level: float = 0.95) -> Difference:
     """``Σ weight · DSCagg mean(counts)`` over terms that share their cases (same order), with a paired bootstrap CI.
@@ -84,16 +109,13 @@ def bootstrap_contrast(terms: list[tuple[float, np.ndarray]], replicates: int = 
     if not arrays or any(x.shape != arrays[0].shape for x in arrays) or arrays[0].ndim != 3 \
             or arrays[0].shape[-1] != 3 or arrays[0].shape[0] == 0:
         raise ValueError(f"paired counts must all be (n_cases > 0, n_classes, 3), got {[x.shape for x in arrays]}")
-    n = arrays[0].shape[0]
-    draws = np.random.default_rng(seed).integers(0, n, size=(replicates, n))
-    with np.errstate(invalid="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # replicates whose classes are all empty
-        values = sum(w * dscagg_mean(x[draws]) for (w, _), x in zip(terms, arrays, strict=True))
-        estimate = float(sum(w * dscagg_mean(x) for (w, _), x in zip(terms, arrays, strict=True)))
-    values = np.asarray(values)[np.isfinite(values)]
-    tail = (1.0 - level) / 2 * 100
-    low, high = np.percentile(values, [tail, 100 - tail]) if values.size else (np.nan, np.nan)
-    return Difference(estimate, float(low), float(high), n, level, replicates)
+    weights = [w for w, _ in terms]
+
+    def contrast(draws: np.ndarray | slice) -> np.ndarray:
+        return sum(w * dscagg_mean(x[draws]) for w, x in zip(weights, arrays, strict=True))
+
+    return bootstrap_statistic(arrays[0].shape[0], contrast, lambda: float(contrast(slice(None))), replicates, seed,
+                               level)
 
 
 def paired_bootstrap(a: np.ndarray, b: np.ndarray, replicates: int = 2000, seed: int = 0,
@@ -128,13 +150,5 @@ def bootstrap_relative(a: np.ndarray, b: np.ndarray, replicates: int = 2000, see
     a, b = (np.asarray(x, dtype=np.float64) for x in (a, b))
     if a.shape != b.shape or a.ndim != 3 or a.shape[-1] != 3 or a.shape[0] == 0:
         raise ValueError(f"paired counts must both be (n_cases > 0, n_classes, 3), got {a.shape} and {b.shape}")
-    n = a.shape[0]
-    draws = np.random.default_rng(seed).integers(0, n, size=(replicates, n))
-    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        values = dscagg_mean(a[draws]) / dscagg_mean(b[draws]) - 1.0
-        estimate = float(dscagg_mean(a) / dscagg_mean(b) - 1.0)
-    values = values[np.isfinite(values)]
-    tail = (1.0 - level) / 2 * 100
-    low, high = np.percentile(values, [tail, 100 - tail]) if values.size else (np.nan, np.nan)
-    return Difference(estimate, float(low), float(high), n, level, replicates)
+    return bootstrap_statistic(a.shape[0], lambda draws: dscagg_mean(a[draws]) / dscagg_mean(b[draws]) - 1.0,
+                               lambda: float(dscagg_mean(a) / dscagg_mean(b) - 1.0), replicates, seed, level)
