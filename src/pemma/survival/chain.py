@@ -33,9 +33,9 @@ from typing import Any
 import numpy as np
 
 from pemma.survival.chain_config import ChainConfig
-from pemma.survival.coxnet import PenalisedCox, c_index
+from pemma.survival.coxnet import PenalisedCox
 from pemma.survival.lesion import CT_FEATURES, PET_FEATURES
-from pemma.survival.metrics import bootstrap_c_index
+from pemma.survival.metrics import bootstrap_c_index, c_index_or_none
 
 log = logging.getLogger("pemma.run")
 
@@ -89,9 +89,9 @@ def split_held_out(event: np.ndarray, fraction: float, seed: int) -> tuple[np.nd
 def _score(model: PenalisedCox, x: np.ndarray, t: np.ndarray, e: np.ndarray, train: np.ndarray,
            test: np.ndarray, stage: str, cfg: ChainConfig) -> dict[str, Any]:
     """Training / held-out C-index, the held-out bootstrap CI and the overfitting flag of a fitted stage."""
-    train_c = c_index(t[train], e[train], model.risk(x[train]))
+    train_c = c_index_or_none(t[train], e[train], model.risk(x[train]))
     risk = model.risk(x[test]) if len(test) else np.zeros(0)
-    test_c = c_index(t[test], e[test], risk) if len(test) else None
+    test_c = c_index_or_none(t[test], e[test], risk) if len(test) else None
     ci = bootstrap_c_index(t[test], e[test], risk, cfg.bootstrap, seed=cfg.seed) if test_c is not None else None
     cv_c = model.cv_c_index
     overfit = train_c is not None and cv_c is not None and train_c - cv_c > cfg.overfit_gap

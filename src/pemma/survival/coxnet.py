@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from pemma.survival.chain_config import PENALTY_GRID
-from pemma.survival.metrics import concordance_counts
+from pemma.survival.metrics import c_index_or_none
 
 
 def _check(x: np.ndarray, time: np.ndarray, event: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -111,12 +111,6 @@ def fit_cox(z: np.ndarray, time: np.ndarray, event: np.ndarray, l2: float, max_i
         if abs(change) < tol * max(1.0, abs(value)):
             break
     return beta
-
-
-def c_index(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> float | None:
-    """Harrell's C (None without a comparable pair)."""
-    score, pairs = concordance_counts(time, event, risk)
-    return score / pairs if pairs else None
 
 
 def stratified_folds(event: np.ndarray, folds: int, seed: int) -> np.ndarray:
@@ -211,7 +205,7 @@ class PenalisedCox:
                 if not (fold == f).any() or not e[train].any():
                     continue
                 out_of_fold[fold == f] = cls.fit(x[train], t[train], e[train], l2, weights=weights).risk(x[fold == f])
-            cv[l2], oof[l2] = c_index(t, e, out_of_fold), out_of_fold
+            cv[l2], oof[l2] = c_index_or_none(t, e, out_of_fold), out_of_fold
         scored = [(c, l2) for l2, c in cv.items() if c is not None]
         best = max(scored)[1] if scored else grid[-1]  # ties: the larger penalty (max on (c, l2))
         model = cls.fit(x, t, e, best, names, weights)

@@ -19,7 +19,6 @@ from pemma.errors import PemmaError
 from pemma.runtime import DistInfo, barrier
 from pemma.survival.config import ENCODER_LR_SCALE, L2_DEFAULT
 from pemma.survival.data import CaseImages, Split
-from pemma.survival.metrics import concordance_counts
 from pemma.survival.model import PrognosisModel
 from pemma.training.engine import Engine, StepFn
 
@@ -45,14 +44,6 @@ def risks_of(model: PrognosisModel, split: Split, batch_size: int, device: torch
     clin = None if split.clinical is None else split.clinical.to(device)
     model.eval()
     return model.risk(model.from_features(feats, clin)).float().cpu().numpy()
-
-
-def c_index_or_none(split: Split | None, risk: np.ndarray | None) -> float | None:
-    """Harrell's C of a split, or None when it has no comparable pair."""
-    if split is None or risk is None:
-        return None
-    score, pairs = concordance_counts(split.time.numpy(), split.event.numpy(), risk)
-    return score / pairs if pairs else None
 
 
 def _batch(order: np.ndarray, pos: int, batch_size: int, dist: DistInfo) -> np.ndarray:

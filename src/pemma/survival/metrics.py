@@ -80,14 +80,25 @@ def concordance_index(time: object, event: object, risk: object) -> float:
         >>> concordance_index([5, 10, 15], [1, 1, 0], [3.0, 2.0, 1.0])
         1.0
     """
-    score, pairs = concordance_counts(time, event, risk)
-    if pairs == 0:
+    c = c_index_or_none(time, event, risk)
+    if c is None:
         raise ValueError("no comparable pairs (needs at least one event before another time)")
-    return score / pairs
+    return c
 
 
-def _pair_matrices(t: np.ndarray, e: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(N, N) comparable-pair indicator and its score (1, 0.5, 0) for vectorised bootstrapping."""
+def c_index_or_none(time: object, event: object, risk: object) -> float | None:
+    """Harrell's C-index as :func:`concordance_index`, or None without a comparable pair (e.g. no event).
+
+    Args:
+        time, event, risk: (N,) as for :func:`concordance_index`.
+    """
+    score, pairs = concordance_counts(time, event, risk)
+    return score / pairs if pairs else None
+
+
+def pair_matrices(t: np.ndarray, e: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(N, N) comparable-pair indicator of Harrell's C (i relapsed first) and its score (1, 0.5 for tied risks, 0),
+    for vectorised bootstrapping; ``e`` boolean."""
     comparable = e[:, None] & ((t[None, :] > t[:, None]) | ((t[None, :] == t[:, None]) & ~e[None, :]))
     score = (r[:, None] > r[None, :]).astype(np.float64) + 0.5 * (r[:, None] == r[None, :])
     return comparable.astype(np.float64), score * comparable
@@ -130,7 +141,7 @@ def bootstrap_c_index(time: object, event: object, risk: object, n_bootstrap: in
         raise ValueError(f"need n_bootstrap >= 1 and 0 < level < 1, got {n_bootstrap}, {level}")
     t, e, r = _arrays(time, event, risk)
     c = concordance_index(t, e, r)
-    comparable, score = _pair_matrices(t, e, r)
+    comparable, score = pair_matrices(t, e, r)
     rng = np.random.default_rng(seed)
     values = []
     n = t.size

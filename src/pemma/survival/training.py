@@ -45,8 +45,9 @@ from pemma.runtime import DistInfo, barrier, run_logger
 from pemma.survival.clinical import ClinicalConfig, ClinicalEncoder
 from pemma.survival.config import OVERFIT_GAP, SurvivalConfig, survival_settings
 from pemma.survival.data import Split, Tables, clinical_rows, prepare_splits, split_for_stage
-from pemma.survival.fit import c_index_or_none, features_of, fit, risks_of
+from pemma.survival.fit import features_of, fit, risks_of
 from pemma.survival.heads import TimeBins
+from pemma.survival.metrics import c_index_or_none
 from pemma.survival.model import PrognosisModel, trainable_summary
 from pemma.survival.runs import (
     build_model,
@@ -72,7 +73,8 @@ def _finish(model: PrognosisModel, cfg: RunConfig, train: Split, val: Split | No
     bs = cfg.train.batch_size
     train_risk = risks_of(model, train, bs, device)
     val_risk = None if val is None else risks_of(model, val, bs, device)
-    train_c, val_c = c_index_or_none(train, train_risk), c_index_or_none(val, val_risk)
+    train_c = c_index_or_none(train.time.numpy(), train.event.numpy(), train_risk)
+    val_c = None if val is None else c_index_or_none(val.time.numpy(), val.event.numpy(), val_risk)
     stage = stage_name(meta["modalities"], meta["ehr"])
     overfit = train_c is not None and val_c is not None and train_c - val_c > OVERFIT_GAP
     if overfit:
