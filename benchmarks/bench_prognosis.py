@@ -2,7 +2,7 @@
 
 For each seed (it sets the held-out split, the inner CV folds and the bootstrap), runs
 :func:`pemma.survival.chain_run.survival_chain` and the paper's two C-index claims
-(:func:`pemma.protocol.prognosis_claims.chain_claims`), and prints one line per seed and stage (held-out C-index
+(:func:`pemma.protocol.claims.cindex.chain_claims`), and prints one line per seed and stage (held-out C-index
 with its bootstrap CI, the inner-CV C-index, the chosen penalty, the overfitting flag) and per claim (relative
 gain with its paired-bootstrap CI and the verdict). Lesion features are measured once per segmentation and reused
 across seeds (they do not depend on the split).
@@ -23,7 +23,7 @@ import logging
 from pathlib import Path
 
 from pemma.data.phantom import PhantomConfig, synthesize_phantom
-from pemma.protocol.prognosis_claims import chain_claims
+from pemma.protocol.claims.cindex import chain_claims
 from pemma.survival.chain import ChainConfig
 from pemma.survival.chain_run import LABELS, survival_chain
 from pemma.survival.lesion import label_segmenter, model_segmenter

@@ -132,11 +132,14 @@ def test_per_case_results(reproduced: Path) -> None:
 
 @pytest.mark.slow
 def test_prognosis_chain_in_the_report(reproduced: Path) -> None:
-    """CT -> +PET -> +EHR trained on the split's training cases; the held-out cases of this phantom have no
-    relapse, so the C-index is reported as not computed instead of failing the run."""
+    """CT -> +PET -> +EHR trained on the split's training cases, then the lesion-feature chain's stages; the
+    held-out cases of this phantom have no relapse, so the C-index is reported as not computed instead of failing
+    the run."""
     rows = json.loads((reproduced / "prognosis.json").read_text())
     assert [(r["method"], r["stage"]) for r in rows] == [("CT model", "ct"), ("lora", "ct+pet"),
-                                                          ("lora", "ct+pet+ehr")]
+                                                          ("lora", "ct+pet+ehr"), ("lesion-cox:lora", "ct"),
+                                                          ("lesion-cox:lora", "ct+pet"),
+                                                          ("lesion-cox:lora", "ct+pet+ehr")]
     assert all(r["c_index"] is None and "no relapse" in r["note"] for r in rows)
     stage = json.loads((next(reproduced.glob("runs/unetr/prognosis_*/lora_ct+pet+ehr/stage.json"))).read_text())
     split = json.loads((reproduced / "split.json").read_text())

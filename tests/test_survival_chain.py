@@ -13,7 +13,7 @@ from conftest import run_cli, run_main
 from lifelines import CoxPHFitter
 
 from pemma.data.phantom import PhantomConfig, synthesize_phantom
-from pemma.protocol.prognosis_claims import cindex_gain_claims, paired_cindex_bootstrap
+from pemma.protocol.claims.cindex import chain_claims, cindex_gain
 from pemma.survival.chain import ChainConfig, ChainData, run_chain
 from pemma.survival.chain_run import survival_chain
 from pemma.survival.coxnet import PenalisedCox, partial_likelihood
@@ -128,8 +128,7 @@ def test_chain_learns_each_added_signal_and_the_gain_claims_hold() -> None:
     assert not any(s["overfitting"] for s in result["stages"])
     ehr = result["stages"][2]
     assert ehr["features"][0] == "ct+pet_risk" and ehr["model"]["weights"][0] == 0.0
-    claims = cindex_gain_claims(result["test_time"], result["test_event"],
-                                {s["stage"]: s["test_risk"] for s in result["stages"]}, replicates=300)
+    claims = chain_claims(result, replicates=300)
     assert [cl["id"] for cl in claims] == ["cindex_gain_pet", "cindex_gain_pet_ehr"]
     assert all(cl["holds"] is True and cl["ci"] and cl["n_cases"] == 120 for cl in claims)
 
@@ -148,21 +147,33 @@ def test_overfitting_is_flagged() -> None:
     assert by_stage["ct+pet+ehr"]["train_c_index"] - by_stage["ct+pet+ehr"]["cv_c_index"] > 0.1
 
 
+def _chain_result(t: np.ndarray, e: np.ndarray, risks: dict[str, np.ndarray]) -> dict:
+    """A chain result (what ``chain.json`` holds of the held-out cases) from risks per stage."""
+    return {"test_cases": [f"C-{i:03d}" for i in range(len(t))], "test_time": t.tolist(),
+            "test_event": e.astype(int).tolist(),
+            "stages": [{"stage": stage, "test_risk": np.asarray(r).tolist(), "test_c_index": concordance_index(t, e, r),
+                        "test_ci": None, "n_test": len(t), "events_test": int(e.sum()), "cv_c_index": None,
+                        "n_features": 1, "overfitting": False} for stage, r in risks.items()]}
+
+
 def test_paired_bootstrap_known_answers() -> None:
-    """Perfect vs random vs reversed risks: point C-indices equal Harrell's, and the gains' CIs decide."""
+    """Perfect vs random vs reversed risks: the point gain is Harrell's, and the gains' CIs decide."""
     rng = np.random.default_rng(0)
     t = rng.permutation(np.arange(1.0, 41.0))
     e = (rng.uniform(size=40) < 0.6).astype(float)
     perfect, rand = -t, rng.normal(size=40)
-    point, draws = paired_cindex_bootstrap(t, e, {"ct": rand, "ct+pet": perfect}, replicates=100, seed=1)
-    assert point["ct+pet"] == 1.0 and point["ct"] == pytest.approx(concordance_index(t, e, rand))
-    assert draws["ct+pet"].shape == (100,) and np.nanmin(draws["ct+pet"]) == 1.0
+    gain = cindex_gain(t, e, rand, perfect, replicates=100, seed=1)
+    assert gain.estimate == pytest.approx(1.0 / concordance_index(t, e, rand) - 1.0) and gain.low > 0
+    same = cindex_gain(t, e, perfect, perfect, replicates=100, seed=1)
+    assert (same.estimate, same.low, same.high) == (0.0, 0.0, 0.0) and same.replicates == 100
     half = {"ct": perfect, "ct+pet": perfect, "ct+pet+ehr": t}  # the same, then reversed
-    claims = {c["id"]: c for c in cindex_gain_claims(t, e, half, replicates=200)}
+    claims = {c["id"]: c for c in chain_claims(_chain_result(t, e, half), replicates=200)}
     assert claims["cindex_gain_pet"]["holds"] is None  # no change: CI [0, 0] excludes neither side
     assert claims["cindex_gain_pet_ehr"]["holds"] is False  # C 1.0 -> 0.0
-    missing = cindex_gain_claims(t, e, {"ct": perfect})
-    assert [c["holds"] for c in missing] == [None, None] and "not evaluated" in missing[0]["detail"]
+    assert claims["cindex_gain_pet_ehr"]["ci"]["relative_gain"]["ci95"] == [-1.0, -1.0]
+    assert claims["cindex_gain_pet_ehr"]["values"]["relative_gain"] == -1.0
+    missing = chain_claims(_chain_result(t, e, {"ct": perfect}))
+    assert [c["holds"] for c in missing] == [None, None] and "not computed" in missing[0]["detail"]
 
 
 @pytest.mark.slow
@@ -203,7 +214,7 @@ def test_cli_chain_bad_run_is_one_line(phantom: Path, tmp_path: Path) -> None:
 
 def test_prognosis_findings_reads_the_current_chains_only(tmp_path: Path) -> None:
     """The findings hook: claims of ``runs/<backbone>/prognosis_<digest>/lesion_*/chain.json`` of this digest."""
-    from pemma.protocol.prognosis_claims import prognosis_findings
+    from pemma.protocol.claims.cindex import prognosis_findings
 
     data = _chain_data(120, seed=1, clinical_signal=1.0)
     result = run_chain(data, ChainConfig(folds=3, bootstrap=20))

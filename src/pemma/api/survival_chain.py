@@ -40,7 +40,7 @@ def survival_chain(seg_ct: RunLike | str, data: str | os.PathLike, out: str | os
         >>> res = pemma.survival_chain("runs/ct_unetr", "data/phantom", "results/chain", seg_ctpet="runs/pemma_lora")
         >>> [(s["stage"], s["test_c_index"]) for s in res["stages"]]
     """
-    from pemma.protocol.prognosis_claims import chain_claims
+    from pemma.protocol.claims.cindex import chain_claims
     from pemma.runtime import resolve_device, run_logger
     from pemma.survival.chain_config import ChainConfig
     from pemma.survival.chain_run import LABELS

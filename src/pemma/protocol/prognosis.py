@@ -12,8 +12,9 @@ is finished and not recomputed, and its evaluation is cached in ``evaluation.jso
 
 Beside these neural stages, the lesion-feature chain (:func:`run_lesion_chains`: lesion volumes and PET uptake
 in the models' own segmentations, ridge Cox per stage with the penalty chosen by inner CV) runs on the same split
-into ``.../prognosis_<digest>/lesion_<segmentation>/chain.json``; its ``cindex_gain_pet`` /
-``cindex_gain_pet_ehr`` claims go into ``findings.json`` (:mod:`pemma.protocol.prognosis_claims`).
+into ``.../prognosis_<digest>/lesion_<segmentation>/chain.json``; its rows (method ``lesion-cox:<segmentation>``,
+with a CT stage of its own) follow the neural ones, and its ``cindex_gain_pet`` / ``cindex_gain_pet_ehr`` claims go
+into ``findings.json`` under a label of their own (:func:`pemma.protocol.claims.cindex.prognosis_findings`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from pemma.protocol.phases import PrognosisSpec
 #: one row per (backbone, method, stage)
 PROGNOSIS_COLUMNS: tuple[str, ...] = ("backbone", "method", "stage", "c_index", "ci_low", "ci_high", "n_cases",
                                       "events", "val_c_index", "trainable_params", "steps", "note")
+#: the method of the lesion-feature chain's rows: ``lesion-cox:<segmentation>`` (``lesion_<segmentation>`` folder)
+LESION_METHOD = "lesion-cox"
 
 
 def _stages(spec: PrognosisSpec) -> list[tuple[str, str, str | None, str | None, bool]]:
@@ -99,10 +102,10 @@ def run_prognosis(spec: PrognosisSpec, *, data_root: str, base_run: Path, out: P
                      "steps": summary.get("steps"),
                      "note": result.get("note") or ("overfitting: training C-index exceeds the validation one"
                                                     if summary.get("overfitting") else None)})
-    try:  # its claims reach findings.json through protocol.prognosis_claims.prognosis_findings
-        run_lesion_chains(data_root=data_root, base_run=base_run, out=out, backbone=backbone, seed=seed,
-                          train_ids=train_ids, held_out_ids=held_out_ids, centres=centres, methods=spec.methods,
-                          segmentation_adapters=segmentation_adapters)
+    try:  # its claims reach findings.json through protocol.claims.cindex.prognosis_findings
+        rows += run_lesion_chains(data_root=data_root, base_run=base_run, out=out, backbone=backbone, seed=seed,
+                                  train_ids=train_ids, held_out_ids=held_out_ids, centres=centres,
+                                  methods=spec.methods, segmentation_adapters=segmentation_adapters)
     except PemmaError as exc:
         print(f"prognosis ({backbone}): lesion-feature chain not run: {exc}", flush=True)
     return rows
@@ -115,8 +118,7 @@ def run_lesion_chains(*, data_root: str, base_run: Path, out: Path, backbone: st
     """The lesion-feature chain (:mod:`pemma.survival.chain`) beside the neural stages: the CT stage measures the
     CT run's segmentation; the CT+PET stages measure each method's PEMMA segmentation run when there is one
     (``lesion_<method>``), else the CT run's (``lesion_ct``). Cached in ``<chain>/chain.json``; rows as
-    :data:`PROGNOSIS_COLUMNS` (method ``lesion-cox:<segmentation>``, ``val_c_index`` = inner-CV C-index,
-    ``trainable_params`` = fitted coefficients)."""
+    :data:`PROGNOSIS_COLUMNS` (:func:`chain_rows`, method ``lesion-cox:<segmentation>``)."""
     from pemma.runtime import resolve_device
     from pemma.survival.chain import ChainConfig
     from pemma.survival.chain_run import survival_chain
@@ -131,16 +133,49 @@ def run_lesion_chains(*, data_root: str, base_run: Path, out: Path, backbone: st
             survival_chain(data_root, out / name, base_run, seg_run, centres=list(centres),
                            cfg=ChainConfig(seed=seed), train_ids=list(train_ids), test_ids=list(held_out_ids),
                            device=str(resolve_device("auto")))
-        result = json.loads(path.read_text())
-        for s in result["stages"]:
-            low, high = s["test_ci"] or (None, None)
-            rows.append({"backbone": backbone, "method": f"lesion-cox:{name.removeprefix('lesion_')}",
-                         "stage": s["stage"], "c_index": s["test_c_index"], "ci_low": low, "ci_high": high,
-                         "n_cases": s["n_test"], "events": s["events_test"], "val_c_index": s["cv_c_index"],
-                         "trainable_params": s["n_features"], "steps": None,
-                         "note": "overfitting: training C-index exceeds the cross-validated one" if s["overfitting"]
-                         else None})
+        rows += [{k: r[k] for k in PROGNOSIS_COLUMNS}
+                 for r in chain_rows(json.loads(path.read_text()), backbone, lesion_method(name))]
     return rows
+
+
+def lesion_method(folder: str) -> str:
+    """``lesion_lora`` (a chain's folder) -> ``lesion-cox:lora`` (its rows' method)."""
+    return f"{LESION_METHOD}:{folder.removeprefix('lesion_')}"
+
+
+def is_lesion(method: str) -> bool:
+    """Whether a prognosis row's method is a lesion-feature chain's (:func:`lesion_method`)."""
+    return method.startswith(f"{LESION_METHOD}:")
+
+
+def chain_rows(result: Mapping[str, Any], backbone: str = "", method: str = LESION_METHOD) -> list[dict[str, Any]]:
+    """A chain result's stages (``chain.json`` of :mod:`pemma.survival.chain_run`) as prognosis rows
+    (:data:`PROGNOSIS_COLUMNS`: ``val_c_index`` = inner-CV C-index, ``trainable_params`` = fitted coefficients),
+    each with its held-out ``cases`` (``[{"PatientID", "risk", "RFS", "Relapse"}]``) for the claims' bootstrap.
+
+    Args:
+        result: the chain result. backbone, method: the rows' labels.
+    """
+    time, event = result.get("test_time") or [], result.get("test_event") or []
+    ids = result.get("test_cases") or [str(i) for i in range(len(time))]
+    rows = []
+    for s in result["stages"]:
+        low, high = s.get("test_ci") or (None, None)
+        cases = [{"PatientID": str(i), "risk": float(r), "RFS": float(t), "Relapse": int(e)}
+                 for i, r, t, e in zip(ids, s.get("test_risk") or [], time, event, strict=False)]
+        rows.append({"backbone": backbone, "method": method, "stage": s["stage"], "c_index": s["test_c_index"],
+                     "ci_low": low, "ci_high": high, "n_cases": s["n_test"], "events": s["events_test"],
+                     "val_c_index": s["cv_c_index"], "trainable_params": s["n_features"], "steps": None,
+                     "note": _chain_note(s), "cases": cases})
+    return rows
+
+
+def _chain_note(stage: Mapping[str, Any]) -> str | None:
+    """Why a chain stage's held-out C-index is missing, or its overfitting flag (None: nothing to say)."""
+    if stage["test_c_index"] is None:
+        return ("no relapse among the held-out cases" if not stage.get("events_test")
+                else "no comparable pair among the held-out cases")
+    return "overfitting: training C-index exceeds the cross-validated one" if stage["overfitting"] else None
 
 
 def prognosis_markdown(rows: Sequence[dict[str, Any]]) -> list[str]:

@@ -27,7 +27,7 @@ from pemma.errors import PemmaError
 from pemma.evaluation.evaluate import evaluate_model
 from pemma.io_utils import write_text_atomic
 from pemma.methods import adapt, load_model, parameter_summary, update
-from pemma.protocol.prognosis_claims import prognosis_findings  # the lesion chain's cindex_gain_* claims
+from pemma.protocol.claims.cindex import prognosis_findings  # the lesion chain's cindex_gain_* claims
 from pemma.protocol.results import markdown_report, write_case_results, write_results
 from pemma.protocol.routes import adapt_kwargs, method_folder, pairs, update_kwargs
 from pemma.protocol.split import split_case_ids
@@ -269,11 +269,17 @@ def _prognosis(strategy: Strategy, data: ProtocolData, out: Path) -> list[dict[s
 
 def _with_risks(strategy: Strategy, out: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The prognosis rows with their held-out cases' risks (``cases``) where the stage's evaluation report has them
-    (``<stage>/evaluation/survival_<stage>.json``), for the C-index claims' paired bootstrap."""
+    (``<stage>/evaluation/survival_<stage>.json``), for the C-index claims' paired bootstrap; the lesion chain's
+    rows as they are (their claims read ``chain.json``)."""
+    from pemma.protocol.prognosis import is_lesion
+
     if strategy.prognosis is None:
         return rows
     out_rows = []
     for row in rows:
+        if is_lesion(row["method"]):
+            out_rows.append(row)
+            continue
         folder = "ct" if row["stage"] == "ct" else f"{row['method']}_{row['stage']}"
         report = (out / "runs" / row["backbone"] / f"prognosis_{strategy.prognosis.digest()}" / folder / "evaluation"
                   / f"survival_{row['stage']}.json")

@@ -1,43 +1,49 @@
-"""``cindex_gain_pet`` and ``cindex_gain_pet_ehr``: the prognosis chain's C-index gain relative to the CT stage (the
-paper: +10 % with PET, +23 % with PET and EHR), per backbone and adapter method.
+"""``cindex_gain_pet`` and ``cindex_gain_pet_ehr``: a prognosis chain's C-index gain relative to its CT stage (the
+paper: +10 % with PET, +23 % with PET and EHR), for every chain of a run: the neural stages per backbone and adapter
+method, and the lesion-feature chain (``chain.json`` of :mod:`pemma.survival.chain_run`, also what
+``pemma survival chain`` reports).
 
-With per-case risks of both stages on the held-out cases (a prognosis row's ``cases``: ``[{"PatientID", "risk",
-"RFS", "Relapse"}]``, as :func:`pemma.survival.evaluate.evaluate_survival` reports them), the gain gets a paired
-bootstrap CI over the common cases (the same draws for both stages) and holds when the CI lies above 0. Without them
-the point estimate is reported and ``holds`` stays None (not shown). A strategy without prognosis gives both claims
-as "not run".
+One builder, :func:`stage_claims`, makes both claims of a chain from its prognosis rows (a ``ct`` row and one per
+compared stage; :data:`pemma.protocol.prognosis.PROGNOSIS_COLUMNS`). With per-case risks of both stages on the
+held-out cases (a row's ``cases``: ``[{"PatientID", "risk", "RFS", "Relapse"}]``, as
+:func:`pemma.survival.evaluate.evaluate_survival` reports them and :func:`pemma.protocol.prognosis.chain_rows` reads
+them from a chain), the gain ``C(stage) / C(ct) - 1`` gets a seeded paired bootstrap CI over the common cases
+(:func:`cindex_gain`: the same draws for both stages, so case difficulty cancels) and holds when the CI lies above
+0, is refuted when it lies below, and is not shown (None) otherwise. Without them the point estimate is reported and
+``holds`` stays None. A strategy without prognosis gives both claims as "not run". The records have the common
+shape (:func:`pemma.protocol.claims.common.claim`).
+
+Example:
+    >>> claims = chain_claims(json.loads(Path("results/chain/chain.json").read_text()), seed=0)
+    >>> [(c["id"], c["holds"]) for c in claims]
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pemma.protocol.bootstrap import Difference
+from pemma.protocol.bootstrap import Difference, bootstrap_statistic
 from pemma.protocol.claim_ci import ci_text
 from pemma.protocol.claims.common import claim
-from pemma.survival.metrics import concordance_index
+from pemma.protocol.prognosis import chain_rows, is_lesion, lesion_method
+from pemma.survival.metrics import concordance_index, pair_matrices
 
 #: claim id -> (the stage compared with the CT stage, its name in the report)
 GAINS: dict[str, tuple[str, str]] = {"cindex_gain_pet": ("ct+pet", "C-index gain with PET"),
                                      "cindex_gain_pet_ehr": ("ct+pet+ehr", "C-index gain with PET and EHR")}
+#: the chain result file of ``pemma survival chain`` (and of the protocol's lesion-feature chain)
+CHAIN_FILE = "chain.json"
 
 
 def _weighted_c(comparable: np.ndarray, score: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Harrell's C of each row of case weights (bootstrap multiplicities): ``w S wᵀ / w M wᵀ``."""
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.einsum("ri,ij,rj->r", weights, score, weights) / np.einsum("ri,ij,rj->r", weights, comparable,
-                                                                             weights)
-
-
-def _pairs(time: np.ndarray, event: np.ndarray, risk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(N, N) comparable pairs (i had the event first) and their concordance score (1, 0.5 for tied risks, 0)."""
-    e = event.astype(bool)
-    comparable = e[:, None] & ((time[None, :] > time[:, None]) | ((time[None, :] == time[:, None]) & ~e[None, :]))
-    score = (risk[:, None] > risk[None, :]) + 0.5 * (risk[:, None] == risk[None, :])
-    return comparable.astype(np.float64), score * comparable
+    """Harrell's C of each row of case weights (bootstrap multiplicities): ``w S wᵀ / w M wᵀ`` (a case drawn k
+    times enters k copies of each of its pairs)."""
+    return np.einsum("ri,ij,rj->r", weights, score, weights) / np.einsum("ri,ij,rj->r", weights, comparable, weights)
 
 
 def cindex_gain(time: Any, event: Any, base_risk: Any, risk: Any, replicates: int = 2000, seed: int = 0,
@@ -47,8 +53,9 @@ def cindex_gain(time: Any, event: Any, base_risk: Any, risk: Any, replicates: in
     Args:
         time, event: (N,) follow-up and relapse flags of the cases.
         base_risk, risk: (N,) risk scores of the CT stage and of the stage compared (higher = earlier relapse).
-        replicates, seed, level: bootstrap replicates, seed and CI level. Replicates without a comparable pair
-            (or a base C of 0) are left out.
+        replicates, seed, level: bootstrap replicates, seed and CI level
+            (:func:`pemma.protocol.bootstrap.bootstrap_statistic`). Replicates without a comparable pair (or a base
+            C of 0) are left out.
 
     Raises:
         ValueError: lengths differ or no comparable pair.
@@ -58,21 +65,20 @@ def cindex_gain(time: Any, event: Any, base_risk: Any, risk: Any, replicates: in
         raise ValueError(f"time, event and both risks must be (N,) arrays of one length, got {t.shape}, {e.shape}, "
                          f"{a.shape}, {b.shape}")
     estimate = concordance_index(t, e, b) / concordance_index(t, e, a) - 1.0
-    comparable, score_a = _pairs(t, e, a)
-    _, score_b = _pairs(t, e, b)
+    comparable, score_a = pair_matrices(t, e.astype(bool), a)
+    _, score_b = pair_matrices(t, e.astype(bool), b)
     n = len(t)
-    draws = np.random.default_rng(seed).integers(0, n, size=(replicates, n))
-    weights = np.stack([np.bincount(d, minlength=n) for d in draws]).astype(np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        values = _weighted_c(comparable, score_b, weights) / _weighted_c(comparable, score_a, weights) - 1.0
-    values = values[np.isfinite(values)]
-    tail = (1.0 - level) / 2 * 100
-    low, high = np.percentile(values, [tail, 100 - tail]) if values.size else (np.nan, np.nan)
-    return Difference(float(estimate), float(low), float(high), n, level, replicates)
+
+    def gain(draws: np.ndarray) -> np.ndarray:
+        weights = np.stack([np.bincount(d, minlength=n) for d in draws]).astype(np.float64)
+        return _weighted_c(comparable, score_b, weights) / _weighted_c(comparable, score_a, weights) - 1.0
+
+    return bootstrap_statistic(n, gain, lambda: estimate, replicates, seed, level)
 
 
-def _paired(base: Mapping[str, Any], other: Mapping[str, Any], seed: int) -> Difference | None:
-    """The bootstrap of the gain from two rows' per-case risks (None without them or without a comparable pair)."""
+def _paired(base: Mapping[str, Any], other: Mapping[str, Any], seed: int, replicates: int) -> Difference | None:
+    """The bootstrap of the gain from two rows' per-case risks on their common cases (None without them or without
+    a comparable pair)."""
     left = {str(c["PatientID"]): c for c in base.get("cases") or []}
     right = {str(c["PatientID"]): c for c in other.get("cases") or []}
     common = sorted(set(left) & set(right))
@@ -82,47 +88,102 @@ def _paired(base: Mapping[str, Any], other: Mapping[str, Any], seed: int) -> Dif
     event = [int(left[i]["Relapse"]) for i in common]
     try:
         return cindex_gain(time, event, [float(left[i]["risk"]) for i in common],
-                           [float(right[i]["risk"]) for i in common], seed=seed)
+                           [float(right[i]["risk"]) for i in common], replicates, seed)
     except ValueError:
         return None
 
 
+def _not_run() -> list[dict[str, Any]]:
+    return [claim(name, None, "not run: the strategy has no prognosis section", {}, claim_id, pair=("", ""))
+            for claim_id, (_, name) in GAINS.items()]
+
+
+def stage_claims(rows: Sequence[Mapping[str, Any] | None], label: str = "", seed: int = 0,
+                 replicates: int = 2000) -> list[dict[str, Any]]:
+    """Both C-index claims of one chain, from its prognosis rows.
+
+    Args:
+        rows: the chain's rows: its ``ct`` stage and the stages compared (``stage``, ``c_index``, ``n_cases``,
+            optionally ``note`` and ``cases``); None entries and missing stages give "not computed".
+        label: prefix of the claims' names (``"<backbone> <method>"``; "" for none).
+        seed, replicates: the paired bootstrap's seed and replicates.
+
+    Returns:
+        One claim per id of :data:`GAINS`.
+    """
+    rows = [r for r in rows if r is not None]
+    ct = next((r for r in rows if r["stage"] == "ct"), None)
+    out = []
+    for claim_id, (stage, name) in GAINS.items():
+        row = next((r for r in rows if r["stage"] == stage), None)
+        title = f"{label}: {name}" if label else name
+        if ct is None or row is None or ct.get("c_index") is None or row.get("c_index") is None:
+            note = next((r.get("note") for r in (ct, row) if r and r.get("note")), None)
+            out.append(claim(title, None, f"not computed ({note or 'a stage of the chain is missing'})", {}, claim_id,
+                             pair=("", "")))
+            continue
+        c0, c1 = float(ct["c_index"]), float(row["c_index"])
+        gain = c1 / c0 - 1.0 if c0 > 0 else None
+        values = {"c_index_ct": c0, f"c_index_{stage}": c1, "relative_gain": gain}
+        detail = (f"C-index CT {c0:.3f} → {stage.upper()} {c1:.3f}: relative gain "
+                  + ("undefined" if gain is None else f"{gain:+.1%}") + f" on {row.get('n_cases')} held-out cases")
+        diff = _paired(ct, row, seed, replicates)
+        if diff is None:
+            out.append(claim(title, None, detail + " (point estimate only: per-case risks not available, not shown)",
+                             values, claim_id, pair=("", "")))
+            continue
+        out.append(claim(title, diff.verdict(0.0), f"{detail}; paired bootstrap over held-out cases: gain "
+                         f"{ci_text(diff)}", values, claim_id, {"relative_gain": diff.to_dict()}, ("", "")))
+    return out
+
+
 def cindex_claims(prognosis: Sequence[Mapping[str, Any]] | None, seed: int = 0) -> list[dict[str, Any]]:
-    """Both C-index claims per backbone and method of the prognosis rows
-    (:func:`pemma.protocol.prognosis.run_prognosis`), or both as "not run" (``prognosis`` None or empty).
+    """Both C-index claims per backbone and adapter method of the neural prognosis rows
+    (:func:`pemma.protocol.prognosis.run_prognosis`; the backbone's ``ct`` row is every method's CT stage), or both
+    as "not run" (``prognosis`` None or empty). The lesion chain's rows are left out: their claims come from its
+    ``chain.json`` (:func:`prognosis_findings`), under a label of their own.
 
     Args:
         prognosis: prognosis rows (``backbone``, ``method``, ``stage``, ``c_index`` and optionally ``cases``).
         seed: the bootstrap's seed.
     """
     if not prognosis:
-        return [claim(name, None, "not run: the strategy has no prognosis section", {}, claim_id, pair=("", ""))
-                for claim_id, (_, name) in GAINS.items()]
+        return _not_run()
+    neural = [r for r in prognosis if not is_lesion(r["method"])]
     out = []
-    for backbone in dict.fromkeys(r["backbone"] for r in prognosis):
-        mine = [r for r in prognosis if r["backbone"] == backbone]
+    for backbone in dict.fromkeys(r["backbone"] for r in neural):
+        mine = [r for r in neural if r["backbone"] == backbone]
         ct = next((r for r in mine if r["stage"] == "ct"), None)
         for method in dict.fromkeys(r["method"] for r in mine if r["stage"] != "ct"):
-            for claim_id, (stage, name) in GAINS.items():
-                row = next((r for r in mine if r["method"] == method and r["stage"] == stage), None)
-                label = f"{backbone} {method}: {name}"
-                if ct is None or row is None or ct.get("c_index") is None or row.get("c_index") is None:
-                    note = next((r.get("note") for r in (ct, row) if r and r.get("note")), None)
-                    out.append(claim(label, None, f"not computed ({note or 'a stage of the chain is missing'})", {},
-                                     claim_id, pair=("", "")))
-                    continue
-                c0, c1 = float(ct["c_index"]), float(row["c_index"])
-                gain = c1 / c0 - 1.0 if c0 > 0 else None
-                values = {"c_index_ct": c0, f"c_index_{stage}": c1, "relative_gain": gain}
-                detail = (f"C-index CT {c0:.3f} → {stage.upper()} {c1:.3f}: relative gain "
-                          + ("undefined" if gain is None else f"{gain:+.1%}") + f" on {row.get('n_cases')} "
-                          f"held-out cases")
-                diff = _paired(ct, row, seed)
-                if diff is None:
-                    out.append(claim(label, None, detail + " (point estimate only: per-case risks not available, "
-                                                           "not shown)", values, claim_id, pair=("", "")))
-                    continue
-                out.append(claim(label, diff.verdict(0.0), f"{detail}; paired bootstrap over held-out cases: "
-                                 f"gain {ci_text(diff)}", values, claim_id, {"relative_gain": diff.to_dict()},
-                                 ("", "")))
+            out += stage_claims([ct, *(r for r in mine if r["method"] == method and r["stage"] != "ct")],
+                                f"{backbone} {method}", seed)
     return out
+
+
+def chain_claims(result: Mapping[str, Any], seed: int = 0, replicates: int = 2000,
+                 label: str = "") -> list[dict[str, Any]]:
+    """:func:`stage_claims` of a chain result (``chain.json`` of :mod:`pemma.survival.chain_run`).
+
+    Args:
+        result: the chain result (``stages`` with ``test_risk``, ``test_cases``, ``test_time``, ``test_event``).
+        seed, replicates: the paired bootstrap. label: prefix of the claims' names.
+    """
+    return stage_claims(chain_rows(result), label, seed, replicates)
+
+
+def prognosis_findings(out: str | Path, seed: int = 0, folders: str = "runs/*/prognosis_*",
+                       ) -> dict[str, list[dict[str, Any]]]:
+    """``{"<backbone> · prognosis (<chain>)": claims}`` for every chain result ``<folders>/lesion_*/chain.json``
+    under a protocol output folder; empty when there is none (the hook of the findings report).
+
+    Args:
+        out: the protocol output folder. seed: the bootstrap's seed.
+        folders: the prognosis folders read, relative to ``out`` (a glob; the current settings' digest).
+    """
+    found: dict[str, list[dict[str, Any]]] = {}
+    for path in sorted(Path(out).glob(f"{folders}/lesion_*/{CHAIN_FILE}")):
+        backbone = path.relative_to(Path(out) / "runs").parts[0]
+        method = lesion_method(path.parent.name)
+        found[f"{backbone} · prognosis ({path.parent.name})"] = chain_claims(
+            json.loads(path.read_text()), seed, label=f"{backbone} {method}")
+    return found
