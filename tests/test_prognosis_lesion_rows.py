@@ -90,3 +90,20 @@ def test_a_chain_stage_without_held_out_relapse_says_why() -> None:
     claims = chain_claims(result)
     assert all(c["holds"] is None and c["detail"] == "not computed (no relapse among the held-out cases)"
                for c in claims)
+
+
+def test_a_ct_stage_of_c_index_zero_leaves_the_gain_undefined() -> None:
+    """Reversed CT risks (C = 0): the relative gain is undefined, the claim says so instead of failing."""
+    from pemma.protocol.claims.cindex import stage_claims
+
+    time, event = np.arange(1.0, 9.0), np.array([1, 1, 0, 1, 1, 0, 1, 1])
+    cases = {s: [{"PatientID": str(i), "risk": float(r), "RFS": float(t), "Relapse": int(e)}
+                 for i, (r, t, e) in enumerate(zip(risk, time, event, strict=True))]
+             for s, risk in (("ct", time), ("ct+pet", -time))}
+    rows = [{"stage": s, "c_index": concordance_index(time, event, [c["risk"] for c in cases[s]]), "n_cases": 8,
+             "cases": cases[s]} for s in cases]
+    assert rows[0]["c_index"] == 0.0
+    with pytest.raises(ValueError, match="C-index is 0"):
+        cindex_gain(time, event, time, -time)
+    pet = stage_claims(rows)[0]
+    assert pet["holds"] is None and pet["values"]["relative_gain"] is None and "undefined" in pet["detail"]

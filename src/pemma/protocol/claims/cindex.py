@@ -58,13 +58,16 @@ def cindex_gain(time: Any, event: Any, base_risk: Any, risk: Any, replicates: in
             C of 0) are left out.
 
     Raises:
-        ValueError: lengths differ or no comparable pair.
+        ValueError: lengths differ, no comparable pair, or the base C-index is 0.
     """
     t, e, a, b = (np.asarray(x, dtype=np.float64) for x in (time, event, base_risk, risk))
     if not (t.shape == e.shape == a.shape == b.shape) or t.ndim != 1:
         raise ValueError(f"time, event and both risks must be (N,) arrays of one length, got {t.shape}, {e.shape}, "
                          f"{a.shape}, {b.shape}")
-    estimate = concordance_index(t, e, b) / concordance_index(t, e, a) - 1.0
+    base = concordance_index(t, e, a)
+    if base == 0:
+        raise ValueError("the base risk's C-index is 0: the relative gain is undefined")
+    estimate = concordance_index(t, e, b) / base - 1.0
     comparable, score_a = pair_matrices(t, e.astype(bool), a)
     _, score_b = pair_matrices(t, e.astype(bool), b)
     n = len(t)
