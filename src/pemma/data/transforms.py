@@ -31,6 +31,7 @@ from monai.transforms import (
 
 from pemma.config import PreprocessConfig
 from pemma.data.labels import LABEL_MAP_KEY, to_pemma_labels
+from pemma.data.overlap import MIN_PET_OVERLAP, affine_world_box, pet_overlap_problem
 from pemma.errors import PemmaError
 from pemma.io_utils import load_nifti
 
@@ -68,17 +69,14 @@ class LoadCased(MapTransform):
 
 def world_box(image: MetaTensor) -> np.ndarray:
     """(2, 3) min / max world coordinates (mm) of the voxel centres of a channel-first image."""
-    shape = np.asarray(image.shape[1:])
-    corners = np.array(np.meshgrid(*[[0, s - 1] for s in shape], indexing="ij")).reshape(3, -1)
-    affine = np.asarray(image.affine, dtype=np.float64)
-    world = affine[:3, :3] @ corners + affine[:3, 3:4]
-    return np.stack([world.min(axis=1), world.max(axis=1)])
+    return affine_world_box(np.asarray(image.affine, dtype=np.float64), image.shape[1:])
 
 
 class CheckOverlapd(MapTransform):
-    """Refuse a case whose ``key`` (PET) covers less than ``min_fraction`` of the CT box in world space."""
+    """Refuse a case whose ``key`` (PET) covers less than ``min_fraction`` of the CT box in world space
+    (the rule of :func:`pemma.data.overlap.pet_overlap_problem`, which ``pemma check`` applies too)."""
 
-    def __init__(self, key: str = "pet", ref_key: str = "ct", min_fraction: float = 0.5) -> None:
+    def __init__(self, key: str = "pet", ref_key: str = "ct", min_fraction: float = MIN_PET_OVERLAP) -> None:
         super().__init__([key], allow_missing_keys=True)
         self.ref_key, self.min_fraction = ref_key, min_fraction
 
@@ -87,13 +85,12 @@ class CheckOverlapd(MapTransform):
         for key in self.key_iterator(d):
             if self.ref_key not in d:
                 continue
-            ref, other = world_box(d[self.ref_key]), world_box(d[key])
-            inter = np.clip(np.minimum(ref[1], other[1]) - np.maximum(ref[0], other[0]), 0, None)
-            fraction = float(np.prod(inter) / max(np.prod(ref[1] - ref[0]), 1e-6))
-            if fraction < self.min_fraction:
-                raise PemmaError(f"case {d.get('case_id', '?')}: {_WHAT.get(str(key), key)} covers only "
-                                 f"{100 * fraction:.0f}% of the CT field of view in physical space "
-                                 f"(not co-registered?) ({d[key].meta.get('filename_or_obj')})")
+            ref, other = d[self.ref_key], d[key]
+            problem = pet_overlap_problem(str(d.get("case_id", "?")), np.asarray(ref.affine), ref.shape[1:],
+                                          np.asarray(other.affine), other.shape[1:], other.meta.get("filename_or_obj"),
+                                          what=_WHAT.get(str(key), str(key)), min_fraction=self.min_fraction)
+            if problem is not None:
+                raise PemmaError(problem)
         return d
 
 
