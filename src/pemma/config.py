@@ -147,6 +147,11 @@ class DataConfig:
             raise ValueError(f"memory_cache_share must be in [0, 1], got {self.memory_cache_share}")
 
 
+#: the PreprocessConfig fields of the PET-to-CT registration (an adaptation takes them from its own settings, the
+#: rest of the preprocessing from its CT-only base)
+REGISTRATION_FIELDS: tuple[str, ...] = ("register", "register_spacing", "register_iterations", "register_max_shift_mm")
+
+
 @dataclass
 class PreprocessConfig:
     """Preprocessing declared per modality; echoed in the run log."""

@@ -379,3 +379,35 @@ def describe(settings: RegistrationSettings) -> str:
             f"PET to {list(settings.pet_range)} SUV, {OPTIMIZER} optimiser, {settings.iterations} iterations, "
             f"starting from the header geometry; diverged beyond {settings.max_shift_mm:g} mm); transforms cached "
             f"in {cache_folder()}")
+
+
+#: the run's record of its registrations (mode, settings, per case: QC before / after, transform)
+REGISTRATION_FILE = "registration.json"
+
+
+def record_registration(run_dir: str | os.PathLike, cases: Sequence[Any], modalities: Sequence[str],
+                        cfg: PreprocessConfig) -> dict[str, Any] | None:
+    """Write ``registration.json`` into a run folder: the mode, the settings, and per case the QC before and after
+    and the transform (from the cache the preprocessing filled). Nothing for ``register: none`` or without CT+PET.
+
+    Args:
+        run_dir: the run folder. cases: the run's cases (:class:`~pemma.data.layout.CaseRecord`).
+        modalities: the run's inputs. cfg: the run's preprocessing.
+
+    Returns:
+        the record written, or None.
+    """
+    if cfg.register == "none" or not {"ct", "pet"} <= set(modalities):
+        return None
+    settings = RegistrationSettings.from_preprocess(cfg)
+    per_case = {}
+    for case in {c.case_id: c for c in cases}.values():
+        per_case[case.case_id] = register_files(case.case_id, case.images["ct"], case.images["pet"], settings).to_dict()
+    afters = [r["after"]["body_dice"] for r in per_case.values()]
+    befores = [r["before"]["body_dice"] for r in per_case.values()]
+    record = {"mode": settings.mode, "settings": asdict(settings), "optimizer": OPTIMIZER,
+              "mean_body_dice": {"before": round(float(np.mean(befores)), 5),
+                                 "after": round(float(np.mean(afters)), 5)},
+              "cases": per_case}
+    write_text_atomic(Path(run_dir) / REGISTRATION_FILE, json.dumps(record, indent=1) + "\n")
+    return record
