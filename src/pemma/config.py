@@ -19,7 +19,7 @@ from typing import Any
 import yaml
 
 from pemma.errors import PemmaError
-from pemma.vocab import BACKBONES, ROI_MULTIPLES, parse_modalities
+from pemma.vocab import BACKBONES, REGISTER_MODES, ROI_MULTIPLES, parse_modalities
 
 #: keys that older pemma versions wrote into ``config.yaml`` and that are now read and ignored
 RETIRED_KEYS: dict[str, tuple[str, ...]] = {"data": ("num_workers",)}
@@ -147,6 +147,11 @@ class DataConfig:
             raise ValueError(f"memory_cache_share must be in [0, 1], got {self.memory_cache_share}")
 
 
+#: the PreprocessConfig fields of the PET-to-CT registration (an adaptation takes them from its own settings, the
+#: rest of the preprocessing from its CT-only base)
+REGISTRATION_FIELDS: tuple[str, ...] = ("register", "register_spacing", "register_iterations", "register_max_shift_mm")
+
+
 @dataclass
 class PreprocessConfig:
     """Preprocessing declared per modality; echoed in the run log."""
@@ -160,11 +165,29 @@ class PreprocessConfig:
     crop_mm: list[float] = field(default_factory=lambda: [200.0, 200.0, 200.0],
                                  metadata={"help": "head-and-neck box (mm) below the top of the body"})
     body_threshold_hu: float = field(default=-500.0, metadata={"help": "CT HU above which a voxel is body"})
+    register: str = field(default="none", metadata={
+        "help": f"register the PET to the CT before it is resampled onto the CT grid: {', '.join(REGISTER_MODES)} "
+                "(none: trust the header geometry; rigid: rotation + shift; affine: also scale / shear); mutual "
+                "information, the transform cached per case; prediction applies the run's setting"})
+    register_spacing: float = field(default=4.0, metadata={
+        "help": "isotropic voxel size (mm) on which the registration runs (coarser is faster)"})
+    register_iterations: int = field(default=100, metadata={
+        "help": "optimizer iterations per resolution level of the registration"})
+    register_max_shift_mm: float = field(default=50.0, metadata={
+        "help": "a registration that moves any corner of the CT field of view by more than this (mm) has diverged "
+                "(an error naming the case)"})
 
     def __post_init__(self) -> None:
         _typed(self)
         self.target_spacing = _triple("target_spacing", self.target_spacing)
         self.crop_mm = _triple("crop_mm", self.crop_mm)
+        if self.register not in REGISTER_MODES:
+            raise ValueError(f"register must be one of {', '.join(REGISTER_MODES)}, got {self.register!r}")
+        for name in ("register_spacing", "register_max_shift_mm"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        if self.register_iterations < 1:
+            raise ValueError(f"register_iterations must be >= 1, got {self.register_iterations}")
         for name in ("ct_window", "pet_suv_range"):
             if len(getattr(self, name)) != 2:
                 raise ValueError(f"{name} must be [low, high], got {getattr(self, name)}")

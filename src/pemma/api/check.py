@@ -11,7 +11,7 @@ from pemma.api.segmentation import Names
 
 def check(data: str | os.PathLike, *, centres: Names = None, modalities: Names = None,
           endpoints: str | os.PathLike | None = None, clinical: str | os.PathLike | None = None,
-          progress: bool = True) -> dict[str, Any]:
+          progress: bool = True, registration: bool = False, register: str | None = None) -> dict[str, Any]:
     """Check every case of a dataset (files readable, finite, 3-D, invertible geometry; label values; PET overlap
     with the CT; label grid overlapping the CT) and the endpoint / clinical tables, listing every problem.
 
@@ -21,10 +21,15 @@ def check(data: str | os.PathLike, *, centres: Names = None, modalities: Names =
         modalities: images every case must have (e.g. ``"ct,pet"``). Default: the images each case has.
         endpoints, clinical: the HECKTOR endpoint / clinical CSV. Default: found under ``data`` (if any).
         progress: show a progress bar.
+        registration: also measure per CT+PET case how well PET and CT agree (mutual information, body-mask Dice;
+            :mod:`pemma.data.registration`) on the header geometry, and after ``register`` when given.
+        register: ``rigid`` or ``affine``: register each case (as training with ``--register`` would) and report
+            the agreement after it too (implies ``registration``). Default None: the header geometry only.
 
     Returns:
-        ``{"n_cases", "bad_cases", "problems": {case or table: [one-line problem, ...]}, "lines": [...]}``;
-        ``lines`` ends with the summary. No problem: ``bad_cases`` is empty.
+        ``{"n_cases", "bad_cases", "problems": {case or table: [one-line problem, ...]}, "lines": [...]}``
+        (with ``registration``: ``"registration": {case: {"before", "after", ...}}`` too); ``lines`` ends with the
+        summary. No problem: ``bad_cases`` is empty. A registration that fails or diverges is a problem of its case.
 
     Example:
         >>> report = pemma.check("data/phantom", modalities="ct,pet")
@@ -32,18 +37,33 @@ def check(data: str | os.PathLike, *, centres: Names = None, modalities: Names =
     """
     from tqdm.auto import tqdm
 
+    from pemma.config import PreprocessConfig
     from pemma.data.check import CheckReport, check_case
     from pemma.data.layout import discover_cases, select_cases
+    from pemma.data.registration import RegistrationSettings, register_files
     from pemma.errors import PemmaError
     from pemma.survival.endpoints import CLINICAL_FILE, ENDPOINT_FILE, find_table, read_clinical, read_endpoints
     from pemma.vocab import MODALITY_ORDER, parse_modalities
 
+    try:
+        settings = RegistrationSettings.from_preprocess(PreprocessConfig(register=register or "none"))
+    except ValueError as exc:
+        raise PemmaError(f"--register: {exc}") from None
+    agreement: dict[str, Any] = {}
+    agreement_lines: list[str] = []
     wanted = parse_modalities(name_list(modalities)) if modalities else None
     cases = select_cases(discover_cases(os.fspath(data)), centres=name_list(centres), source=os.fspath(data))
     report = CheckReport(n_cases=len(cases))
     for case in tqdm(cases, desc="check", unit="case", disable=not progress):
         problems = check_case(case, wanted or [m for m in MODALITY_ORDER if m in case.images],
                               with_label=case.label is not None)
+        if not problems and (registration or register) and {"ct", "pet"} <= set(case.images):
+            try:
+                result = register_files(case.case_id, case.images["ct"], case.images["pet"], settings)
+                agreement[case.case_id] = result.to_dict()
+                agreement_lines.append(result.line())
+            except PemmaError as exc:
+                problems.append(str(exc))
         if problems:
             report.problems[case.case_id] = problems
     tables = ((ENDPOINT_FILE, endpoints, read_endpoints), (CLINICAL_FILE, clinical, read_clinical))
@@ -54,4 +74,7 @@ def check(data: str | os.PathLike, *, centres: Names = None, modalities: Names =
                 reader(path)
         except PemmaError as exc:
             report.problems[f"table {name}"] = [str(exc)]
-    return {**report.to_dict(), "lines": report.lines()}
+    out = {**report.to_dict(), "lines": agreement_lines + report.lines()}
+    if registration or register:
+        out["registration"] = agreement
+    return out

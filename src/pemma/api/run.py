@@ -129,6 +129,14 @@ def run_config(preset: str = "tiny", config: str | os.PathLike | None = None,
     return build_config(preset, None if config is None else os.fspath(config), merged)
 
 
+def check_register(given: str | None, preprocess: PreprocessConfig, source: str) -> None:
+    """``--register``, if given, must be the mode the run ``source`` was trained with (a trained model saw its PET
+    registered that way; ``update``, prognosis and ``predict`` keep it)."""
+    if given is not None and given != preprocess.register:
+        raise PemmaError(f"{source}: --register {given} differs from the run's ({preprocess.register}); the run's "
+                         f"registration is kept (leave the flag out)")
+
+
 def absolute_data(cfg: RunConfig) -> RunConfig:
     """``cfg`` with ``data.root`` made absolute (what a run stores, so a later stage run from another folder
     finds the data)."""

@@ -9,7 +9,16 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pemma.api.run import Run, RunLike, absolute_data, name_list, path_of, run_config, warn_tiny_preset
+from pemma.api.run import (
+    Run,
+    RunLike,
+    absolute_data,
+    check_register,
+    name_list,
+    path_of,
+    run_config,
+    warn_tiny_preset,
+)
 from pemma.errors import PemmaError
 
 Names = str | Iterable[str] | None
@@ -157,6 +166,8 @@ def update(model: RunLike, data: str | os.PathLike, modalities: Names, out: str 
     from pemma.runs import new_run_folder, run_family
     from pemma.vocab import parse_modalities
 
+    if settings.get("register") is not None:
+        check_register(settings["register"], Run.open(model).config.preprocess, str(path_of(model)))
     cfg = absolute_data(run_config(preset, config, overrides, data=data, centres=centres, **settings))
     warn_tiny_preset(preset, cfg)
     reads = [*run_family(path_of(model)), path_of(base)]

@@ -7,7 +7,7 @@ import os
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from pemma.api.run import Run, RunLike, absolute_data, name_list, path_of, run_config
+from pemma.api.run import Run, RunLike, absolute_data, check_register, name_list, path_of, run_config
 from pemma.errors import PemmaError
 
 Names = str | Iterable[str] | None
@@ -59,6 +59,7 @@ def survival_train(base: RunLike, data: str | os.PathLike, out: str | os.PathLik
     loaded = load_model(path_of(base))
     _check_geometry(settings.get("roi"), settings.get("spacing"), loaded.config.model, loaded.config.preprocess,
                     path_of(base))
+    check_register(settings.get("register"), loaded.config.preprocess, str(path_of(base)))
     cfg = absolute_data(run_config(preset, config, overrides, data=data, centres=centres, modalities=modalities,
                                    **settings))
     stage = survival_settings(**_given(head=head, bins=bins, l2=l2))
@@ -116,6 +117,7 @@ def survival_adapt(model: RunLike, out: str | os.PathLike, *, data: str | os.Pat
     read_meta(previous)
     prev_cfg = RunConfig.load(f"{previous}/config.yaml")
     _check_geometry(settings.get("roi"), settings.get("spacing"), prev_cfg.model, prev_cfg.preprocess, previous)
+    check_register(settings.get("register"), prev_cfg.preprocess, str(previous))
     data = data or prev_cfg.data.root
     if centres is None and prev_cfg.data.centres:
         centres = list(prev_cfg.data.centres)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from pemma.vocab import REGISTER_MODES
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("check", help="validate every case of a dataset before training",
@@ -17,6 +19,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--modalities", help="images every case must have, e.g. ct,pet (default: what each case has)")
     p.add_argument("--endpoints", help="endpoint CSV (default: found under DATA)")
     p.add_argument("--clinical", help="clinical CSV (default: found under DATA)")
+    p.add_argument("--registration", action="store_true",
+                   help="per CT+PET case, how well PET and CT agree (mutual information, body-mask Dice) on the header "
+                        "geometry, and after --register when given")
+    p.add_argument("--register", choices=[m for m in REGISTER_MODES if m != "none"],
+                   help="register each PET to its CT as training with --register would, and report the agreement "
+                        "after it too (implies --registration)")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_check)
 
@@ -25,7 +33,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     from pemma.api import check
 
     report = check(args.data, centres=args.centres, modalities=args.modalities, endpoints=args.endpoints,
-                   clinical=args.clinical, progress=not args.json)
+                   clinical=args.clinical, progress=not args.json, registration=args.registration,
+                   register=args.register)
     if args.json:
         print(json.dumps({k: v for k, v in report.items() if k != "lines"}, indent=2))
     else:

@@ -13,6 +13,7 @@ import dataclasses
 from typing import Any
 
 from pemma.config import DataConfig, ModelConfig, PreprocessConfig, TrainConfig
+from pemma.vocab import REGISTER_MODES
 
 _SCALARS = {"int": int, "float": float, "str": str}
 
@@ -76,6 +77,7 @@ def add_training_flags(parser: argparse.ArgumentParser) -> None:
         add_field_flag(g, TrainConfig, name)
     add_field_flag(g, ModelConfig, "roi_size", "--roi")
     add_field_flag(g, PreprocessConfig, "target_spacing", "--spacing")
+    add_field_flag(g, PreprocessConfig, "register", choices=REGISTER_MODES)
     add_field_flag(g, DataConfig, "val_fraction")
     add_field_flag(g, DataConfig, "cache_dir")
     add_field_flag(g, DataConfig, "exclude_bad_cases")
@@ -102,8 +104,8 @@ def add_window_flags(parser: argparse.ArgumentParser) -> None:
 def training_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The keyword arguments of :func:`add_training_flags` for a training function of :mod:`pemma.api`."""
     names = ("preset", "config", "seed", "epochs", "max_steps", "batch_size", "lr", "val_every", "checkpoint_every",
-             "roi", "spacing", "val_fraction", "cache_dir", "exclude_bad_cases", "resume", "force", "device", "amp",
-             "gradient_checkpointing")
+             "roi", "spacing", "register", "val_fraction", "cache_dir", "exclude_bad_cases", "resume", "force",
+             "device", "amp", "gradient_checkpointing")
     return {name: getattr(args, name) for name in names}
 
 

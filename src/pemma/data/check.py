@@ -21,11 +21,10 @@ from tqdm.auto import tqdm
 
 from pemma.data.labels import to_pemma_labels
 from pemma.data.layout import CaseRecord
+from pemma.data.overlap import affine_world_box, covered_fraction, pet_overlap_problem
 from pemma.errors import PemmaError
 from pemma.io_utils import load_nifti
 
-#: the least share of the CT box a PET must cover (as the loader requires)
-MIN_PET_OVERLAP = 0.5
 _WHAT = {"ct": "CT", "pet": "PET"}
 
 
@@ -64,23 +63,15 @@ class CheckReport:
         return {"n_cases": self.n_cases, "bad_cases": self.bad_cases, "problems": self.problems}
 
 
-def _box(img: nib.Nifti1Image) -> np.ndarray:
-    """(2, 3) min / max world coordinates (mm) of the voxel centres."""
-    shape = np.asarray(img.shape[:3])
-    corners = np.array(np.meshgrid(*[[0, s - 1] for s in shape], indexing="ij")).reshape(3, -1)
-    world = img.affine[:3, :3] @ corners + img.affine[:3, 3:4]
-    return np.stack([world.min(axis=1), world.max(axis=1)])
-
-
 def _overlap(ref: nib.Nifti1Image, other: nib.Nifti1Image, pad: bool = False) -> float:
-    """Share of ``ref``'s world box of voxel centres that ``other``'s covers (as the loader computes it);
-    ``pad`` widens both boxes by half a ``ref`` voxel (so that thin grids one voxel apart still touch)."""
-    a, b = _box(ref), _box(other)
+    """Share of ``ref``'s world box of voxel centres that ``other``'s covers (the loader's boxes,
+    :mod:`pemma.data.overlap`); ``pad`` widens both boxes by half a ``ref`` voxel (so that thin grids one voxel apart
+    still touch)."""
+    a, b = affine_world_box(ref.affine, ref.shape), affine_world_box(other.affine, other.shape)
     if pad:
         half = np.abs(np.asarray(ref.header.get_zooms()[:3], dtype=float)) / 2
         a, b = np.stack([a[0] - half, a[1] + half]), np.stack([b[0] - half, b[1] + half])
-    inter = np.clip(np.minimum(a[1], b[1]) - np.maximum(a[0], b[0]), 0, None)
-    return float(np.prod(inter) / max(float(np.prod(a[1] - a[0])), 1e-6))
+    return covered_fraction(a, b)
 
 
 def check_case(case: CaseRecord, modalities: Sequence[str], with_label: bool = True) -> list[str]:
@@ -112,11 +103,11 @@ def check_case(case: CaseRecord, modalities: Sequence[str], with_label: bool = T
             except PemmaError as exc:
                 problems.append(str(exc))
     ref = images.get("ct")
-    if ref is not None and "pet" in images:
-        fraction = _overlap(ref, images["pet"])
-        if fraction < MIN_PET_OVERLAP:
-            problems.append(f"case {case.case_id}: PET covers only {100 * fraction:.0f}% of the CT field of view in "
-                            f"physical space (not co-registered?) ({case.images['pet']})")
+    if ref is not None and "pet" in images:  # the loader's rule (CheckOverlapd), one place
+        problem = pet_overlap_problem(case.case_id, ref.affine, ref.shape, images["pet"].affine, images["pet"].shape,
+                                      case.images["pet"])
+        if problem is not None:
+            problems.append(problem)
     if ref is not None and label is not None and _overlap(ref, label, pad=True) <= 0.0:
         problems.append(f"{case.label}: label of case {case.case_id} does not overlap its CT in physical space")
     elif ref is not None and label_voxels is not None:

@@ -31,6 +31,9 @@ from monai.transforms import (
 
 from pemma.config import PreprocessConfig
 from pemma.data.labels import LABEL_MAP_KEY, to_pemma_labels
+from pemma.data.overlap import MIN_PET_OVERLAP, affine_world_box, pet_overlap_problem
+from pemma.data.registration import RegistrationSettings, register_case
+from pemma.data.registration import describe as describe_registration
 from pemma.errors import PemmaError
 from pemma.io_utils import load_nifti
 
@@ -68,17 +71,14 @@ class LoadCased(MapTransform):
 
 def world_box(image: MetaTensor) -> np.ndarray:
     """(2, 3) min / max world coordinates (mm) of the voxel centres of a channel-first image."""
-    shape = np.asarray(image.shape[1:])
-    corners = np.array(np.meshgrid(*[[0, s - 1] for s in shape], indexing="ij")).reshape(3, -1)
-    affine = np.asarray(image.affine, dtype=np.float64)
-    world = affine[:3, :3] @ corners + affine[:3, 3:4]
-    return np.stack([world.min(axis=1), world.max(axis=1)])
+    return affine_world_box(np.asarray(image.affine, dtype=np.float64), image.shape[1:])
 
 
 class CheckOverlapd(MapTransform):
-    """Refuse a case whose ``key`` (PET) covers less than ``min_fraction`` of the CT box in world space."""
+    """Refuse a case whose ``key`` (PET) covers less than ``min_fraction`` of the CT box in world space
+    (the rule of :func:`pemma.data.overlap.pet_overlap_problem`, which ``pemma check`` applies too)."""
 
-    def __init__(self, key: str = "pet", ref_key: str = "ct", min_fraction: float = 0.5) -> None:
+    def __init__(self, key: str = "pet", ref_key: str = "ct", min_fraction: float = MIN_PET_OVERLAP) -> None:
         super().__init__([key], allow_missing_keys=True)
         self.ref_key, self.min_fraction = ref_key, min_fraction
 
@@ -87,13 +87,41 @@ class CheckOverlapd(MapTransform):
         for key in self.key_iterator(d):
             if self.ref_key not in d:
                 continue
-            ref, other = world_box(d[self.ref_key]), world_box(d[key])
-            inter = np.clip(np.minimum(ref[1], other[1]) - np.maximum(ref[0], other[0]), 0, None)
-            fraction = float(np.prod(inter) / max(np.prod(ref[1] - ref[0]), 1e-6))
-            if fraction < self.min_fraction:
-                raise PemmaError(f"case {d.get('case_id', '?')}: {_WHAT.get(str(key), key)} covers only "
-                                 f"{100 * fraction:.0f}% of the CT field of view in physical space "
-                                 f"(not co-registered?) ({d[key].meta.get('filename_or_obj')})")
+            ref, other = d[self.ref_key], d[key]
+            problem = pet_overlap_problem(str(d.get("case_id", "?")), np.asarray(ref.affine), ref.shape[1:],
+                                          np.asarray(other.affine), other.shape[1:], other.meta.get("filename_or_obj"),
+                                          what=_WHAT.get(str(key), str(key)), min_fraction=self.min_fraction)
+            if problem is not None:
+                raise PemmaError(problem)
+        return d
+
+
+class RegisterPetd(MapTransform):
+    """Register ``key`` (PET, moving) to ``ref_key`` (CT, fixed) and give the PET the registered header, so the
+    pipeline's resampling of the PET onto the CT grid goes through the transform
+    (:mod:`pemma.data.registration`; cached per case by the files' identity and the settings).
+
+    Args:
+        settings: the registration settings (``mode`` rigid or affine).
+        key, ref_key: the moving and the fixed image. Default ``pet``, ``ct``.
+    """
+
+    def __init__(self, settings: RegistrationSettings, key: str = "pet", ref_key: str = "ct") -> None:
+        super().__init__([key], allow_missing_keys=True)
+        self.settings, self.ref_key = settings, ref_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        for key in self.key_iterator(d):
+            if self.ref_key not in d:
+                continue
+            ref, moving = d[self.ref_key], d[key]
+            result = register_case(str(d.get("case_id", "?")), np.asarray(ref[0]), np.asarray(ref.affine),
+                                   ref.meta.get("filename_or_obj"), np.asarray(moving[0]), np.asarray(moving.affine),
+                                   moving.meta.get("filename_or_obj"), self.settings)
+            moved = moving.clone()
+            moved.affine = torch.as_tensor(result.moved_affine(np.asarray(moving.affine)), dtype=torch.float64)
+            d[key] = moved
         return d
 
 
@@ -218,8 +246,10 @@ def preprocessing(modalities: Sequence[str], cfg: PreprocessConfig, roi_size: Se
     keys = list(modalities) + (["label"] if with_label else [])
     others = [k for k in keys if k != ref]
     modes = ["nearest" if k == "label" else "bilinear" for k in keys]
-    steps: list[Any] = [LoadCased(keys, allow_missing_keys=False), CheckOverlapd("pet", ref_key=ref),
-                        CheckLabelOverlapd(ref_key=ref)]
+    steps: list[Any] = [LoadCased(keys, allow_missing_keys=False)]
+    if cfg.register != "none" and ref == "ct" and "pet" in modalities:  # before the PET meets the CT grid
+        steps.append(RegisterPetd(RegistrationSettings.from_preprocess(cfg)))
+    steps += [CheckOverlapd("pet", ref_key=ref), CheckLabelOverlapd(ref_key=ref)]
     if others:
         steps.append(ResampleToMatchd(others, key_dst=ref, mode=["nearest" if k == "label" else "bilinear"
                                                                   for k in others], padding_mode="zeros",
@@ -264,4 +294,6 @@ def describe(modalities: Sequence[str], cfg: PreprocessConfig) -> list[str]:
         lines.append(f"CT: clip HU to {cfg.ct_window}, scale to [0, 1]")
     if "pet" in modalities:
         lines.append(f"PET: clip SUV to {cfg.pet_suv_range}, scale to [0, 1]")
+    if "ct" in modalities and "pet" in modalities:
+        lines.append(describe_registration(RegistrationSettings.from_preprocess(cfg)))
     return lines

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from pemma.adapters.config import AdapterConfig
-from pemma.config import RunConfig
+from pemma.config import REGISTRATION_FIELDS, RunConfig
 from pemma.data.layout import CaseRecord, CaseSplit
 from pemma.errors import PemmaError
 from pemma.methods.loading import load_model
@@ -60,7 +60,8 @@ def prepare_adaptation(base_run: str | Path, cfg: RunConfig, out_dir: str | Path
     """Load and check the CT-only base run, and select the CT+PET cases of ``cfg.data``.
 
     ``cfg.model`` and ``cfg.preprocess`` are taken from the base run (the adapted model must see what the
-    base saw); ``cfg.data`` and ``cfg.train`` come from the caller.
+    base saw), except the PET registration (``register*``: the CT-only base never read a PET); ``cfg.data`` and
+    ``cfg.train`` come from the caller.
     """
     base_run = Path(base_run)
     if Path(out_dir).resolve() == base_run.resolve():
@@ -69,7 +70,9 @@ def prepare_adaptation(base_run: str | Path, cfg: RunConfig, out_dir: str | Path
     if base.kind != KIND_BACKBONE or base.meta.get("modalities") != ["ct"]:
         raise PemmaError(f"{base_run}: the base must be a CT-only run of `pemma train` "
                          f"(got {base.kind} on {base.meta.get('modalities')})")
-    cfg = dataclasses.replace(cfg, model=base.config.model, preprocess=base.config.preprocess,
+    registration = {f: getattr(cfg.preprocess, f) for f in REGISTRATION_FIELDS}  # the PET's: the adaptation's own
+    cfg = dataclasses.replace(cfg, model=base.config.model,
+                              preprocess=dataclasses.replace(base.config.preprocess, **registration),
                               data=dataclasses.replace(cfg.data, modalities=ALL_INPUTS))
     train_cases, val_cases = split or select_split(cfg, ALL_INPUTS)
     return AdaptationSetup(base, base_run, cfg, train_cases, val_cases)

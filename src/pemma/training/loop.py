@@ -22,6 +22,7 @@ from pemma.config import RunConfig, TrainConfig
 from pemma.data.check import preflight
 from pemma.data.dataset import EpochPlan, SeededCrops, cached_dataset, case_dicts, preprocessing_key
 from pemma.data.layout import CaseRecord
+from pemma.data.registration import REGISTRATION_FILE, record_registration
 from pemma.data.transforms import describe, preprocessing, training_augmentation
 from pemma.errors import PemmaError
 from pemma.evaluation.metrics import AggregatedDice
@@ -185,6 +186,12 @@ class SegmentationTraining:
                  f"processes {dist.world_size}; amp {tc.amp}")
         # a case only one process reads (validation: rank 0) must fail every process with the same one line
         crops, plan = agree_on_failure(dist, lambda: self._data(train_cases, val_cases))
+        if dist.is_main:  # registration.json (the preprocessing cached the transforms): QC per case
+            record = record_registration(self.out_dir, train_cases + val_cases, self.task.modalities,
+                                         self.cfg.preprocess)
+            if record is not None:
+                log.info(f"registration QC, mean body Dice PET-CT: {record['mean_body_dice']['before']:.3f} on the "
+                         f"header geometry, {record['mean_body_dice']['after']:.3f} registered ({REGISTRATION_FILE})")
         total = tc.epochs * plan.steps_per_epoch
         if tc.max_steps is not None:
             total = min(total, tc.max_steps)
