@@ -103,6 +103,33 @@ def test_ct_run_to_torchscript_and_bundle(ct_run: Path, tmp_path: Path) -> None:
                                                                              "2": "GTVn"}
 
 
+def test_bundle_is_written_plainly_and_swapped_in_once(ct_run: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inside the hidden folder that is moved onto the bundle path whole, files are written plainly: the only
+    renames are that move and the preprocessing record written into the bundle after it (a regression of atomic
+    writes inside the already-atomic swap would add one rename per file)."""
+    import os
+
+    renames: list[tuple[str, str]] = []
+    replace = os.replace
+
+    def spy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+        renames.append((Path(src).name, str(Path(dst).relative_to(tmp_path))))
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", spy)
+    bundle = tmp_path / "bundle"
+    for _ in range(2):  # a new bundle, then one replacing it
+        renames.clear()
+        pemma.export(ct_run, bundle, format="bundle")
+        assert [dst for _, dst in renames] == ["bundle", "bundle/configs/preprocessing.json"]
+        assert renames[0][0] == ".bundle.pemma-new"
+        assert sorted(str(p.relative_to(bundle)) for p in bundle.rglob("*") if p.is_file()) == [
+            "configs/inference.json", "configs/metadata.json", "configs/preprocessing.json", "models/model.pt",
+            "models/model.ts"]
+    assert not list(tmp_path.glob(".bundle*"))
+
+
 def test_bad_exports_are_one_line_errors(ct_run: Path, tmp_path: Path) -> None:
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
