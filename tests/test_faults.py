@@ -97,6 +97,29 @@ def test_metadata_that_cannot_rebuild_the_model_is_one_line(tmp_path: Path) -> N
         load_model(run)
 
 
+def test_loader_errors_keep_their_cause_and_bugs_surface(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pemma.methods.backbone as backbone
+    from pemma.methods.loading import damaged_weights
+
+    run = _backbone_run(tmp_path / "ct")
+    meta = json.loads((run / "model.json").read_text())
+    (run / "model.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "modalities"}))
+    with pytest.raises(PemmaError, match="edited by hand") as caught:
+        load_model(run)
+    assert isinstance(caught.value.__cause__, KeyError)  # the original error is chained, not dropped
+    (run / "model.json").write_text(json.dumps(meta))
+
+    def bug(*args: object, **kwargs: object) -> None:
+        raise TypeError("build() got an unexpected keyword argument 'x'")
+
+    monkeypatch.setattr(backbone, "build_backbone", bug)
+    with pytest.raises(TypeError, match="unexpected keyword"):  # a bug is not blamed on the run's files
+        load_model(run)
+    with pytest.raises(RuntimeError) as mismatch:
+        nn.Linear(2, 2).load_state_dict(nn.Linear(3, 2).state_dict())
+    assert damaged_weights(mismatch.value) and not damaged_weights(RuntimeError("CUDA error: out of memory"))
+
+
 @pytest.mark.parametrize(("error", "expected"), [
     (PermissionError(errno.EACCES, "Permission denied", "/shared/out/model.safetensors"),
      "/shared/out/model.safetensors: Permission denied"),
