@@ -44,6 +44,19 @@ def test_memory_cache_while_it_fits(tmp_path, monkeypatch):
     assert not (tmp_path / "k").exists()
 
 
+def test_memory_estimate_preprocesses_no_case_twice(tmp_path, monkeypatch):
+    """The case preprocessed to estimate the cache's size is the one cached, not preprocessed again."""
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
+    calls: list[str] = []
+    pre = _pre()
+    counting = Compose([Lambda(lambda d: calls.append(d["case_id"]) or d), *pre.transforms])
+    ds = cached_dataset(_items(3), counting, progress=False, memory_share=1.0, cache_key="k")
+    assert isinstance(ds, CacheDataset) and sorted(calls) == ["c0", "c1", "c2"]
+    assert [float(ds[i]["image"][1, 2, 3, 4]) for i in range(3)] == [0.0, 1.0, 2.0]
+    assert item_nbytes(ds[0]) == item_nbytes(pre(_items(1)[0]))
+    assert len(calls) == 3  # reading the cache preprocesses nothing
+
+
 def test_disk_cache_when_it_would_not_fit_and_reused(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv(CACHE_ENV, str(tmp_path))
     key = preprocessing_key(modalities=["ct", "pet"], roi_size=[SIDE] * 3)

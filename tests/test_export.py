@@ -19,7 +19,7 @@ from monai.networks.nets import UNETR, SwinUNETR
 import pemma
 from pemma.cli.main import main
 from pemma.errors import PemmaError
-from pemma.methods import load_model
+from pemma.methods import export_merged, load_model
 from pemma.methods.exporting import export_format
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -103,6 +103,33 @@ def test_ct_run_to_torchscript_and_bundle(ct_run: Path, tmp_path: Path) -> None:
                                                                              "2": "GTVn"}
 
 
+def test_bundle_is_written_plainly_and_swapped_in_once(ct_run: Path, tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inside the hidden folder that is moved onto the bundle path whole, files are written plainly: the only
+    renames are that move and the preprocessing record written into the bundle after it (a regression of atomic
+    writes inside the already-atomic swap would add one rename per file)."""
+    import os
+
+    renames: list[tuple[str, str]] = []
+    replace = os.replace
+
+    def spy(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+        renames.append((Path(src).name, str(Path(dst).relative_to(tmp_path))))
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", spy)
+    bundle = tmp_path / "bundle"
+    for _ in range(2):  # a new bundle, then one replacing it
+        renames.clear()
+        pemma.export(ct_run, bundle, format="bundle")
+        assert [dst for _, dst in renames] == ["bundle", "bundle/configs/preprocessing.json"]
+        assert renames[0][0] == ".bundle.pemma-new"
+        assert sorted(str(p.relative_to(bundle)) for p in bundle.rglob("*") if p.is_file()) == [
+            "configs/inference.json", "configs/metadata.json", "configs/preprocessing.json", "models/model.pt",
+            "models/model.ts"]
+    assert not list(tmp_path.glob(".bundle*"))
+
+
 def test_bad_exports_are_one_line_errors(ct_run: Path, tmp_path: Path) -> None:
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
@@ -112,6 +139,9 @@ def test_bad_exports_are_one_line_errors(ct_run: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "m.onnx").exists()
     with pytest.raises(PemmaError, match="model expects input ct"):
         pemma.export(ct_run, tmp_path / "m.pt", modalities="ct,pet")
+    with pytest.raises(PemmaError, match="only adapted .* runs have adapters to merge"):
+        export_merged(ct_run, tmp_path / "merged.pt")
+    assert not (tmp_path / "merged.pt").exists()
 
 
 @pytest.mark.slow  # ONNX export of Swin UNETR takes 10-80 s on a loaded 2-core machine
@@ -144,6 +174,12 @@ def test_adapted_run_every_input_set(bases: dict[str, Path], phantom: Path, tmp_
     x = torch.rand((1, 1, 32, 32, 32), generator=torch.Generator().manual_seed(15))
     np.testing.assert_allclose(torch.jit.load(str(tmp_path / "ct.pt"))(x).detach().numpy(),
                                pemma_logits(bases["unetr"], x, ["ct"]), rtol=0, atol=TOLERANCE)
+    # the older entry point is the same CT+PET TorchScript export (its preprocessing record beside it)
+    merged = export_merged(run, tmp_path / "merged.pt")
+    assert merged["max_abs_diff"] <= TOLERANCE and (tmp_path / "merged.preprocessing.json").is_file()
+    x = torch.rand((1, 2, 32, 32, 32), generator=torch.Generator().manual_seed(17))
+    np.testing.assert_allclose(torch.jit.load(str(tmp_path / "merged.pt"))(x).detach().numpy(),
+                               pemma_logits(run, x, ["ct", "pet"]), rtol=0, atol=TOLERANCE)
     bundle = tmp_path / "bundle"
     pemma.export(run, bundle, format="bundle")
     parser = ConfigParser()

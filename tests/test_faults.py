@@ -97,6 +97,29 @@ def test_metadata_that_cannot_rebuild_the_model_is_one_line(tmp_path: Path) -> N
         load_model(run)
 
 
+def test_loader_errors_keep_their_cause_and_bugs_surface(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pemma.methods.backbone as backbone
+    from pemma.methods.loading import damaged_weights
+
+    run = _backbone_run(tmp_path / "ct")
+    meta = json.loads((run / "model.json").read_text())
+    (run / "model.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "modalities"}))
+    with pytest.raises(PemmaError, match="edited by hand") as caught:
+        load_model(run)
+    assert isinstance(caught.value.__cause__, KeyError)  # the original error is chained, not dropped
+    (run / "model.json").write_text(json.dumps(meta))
+
+    def bug(*args: object, **kwargs: object) -> None:
+        raise TypeError("build() got an unexpected keyword argument 'x'")
+
+    monkeypatch.setattr(backbone, "build_backbone", bug)
+    with pytest.raises(TypeError, match="unexpected keyword"):  # a bug is not blamed on the run's files
+        load_model(run)
+    with pytest.raises(RuntimeError) as mismatch:
+        nn.Linear(2, 2).load_state_dict(nn.Linear(3, 2).state_dict())
+    assert damaged_weights(mismatch.value) and not damaged_weights(RuntimeError("CUDA error: out of memory"))
+
+
 @pytest.mark.parametrize(("error", "expected"), [
     (PermissionError(errno.EACCES, "Permission denied", "/shared/out/model.safetensors"),
      "/shared/out/model.safetensors: Permission denied"),
@@ -146,6 +169,42 @@ def test_resume_with_other_settings_is_refused(tmp_path: Path) -> None:
     with pytest.raises(PemmaError, match=r"run: --resume with other settings than its checkpoint's "
                                          r"\(train.seed 0 -> 3; train.lr 0.002 -> 0.001\)"):
         check_resume_settings(run, other)
+
+
+def test_resume_reads_the_checkpoint_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The settings check reads the checkpoint (a truncated one is reported first); the engine restores that
+    same content instead of reading the file a second time."""
+    import pemma.training.engine as engine_module
+    import pemma.training.loop as loop
+    from pemma.config import build_config
+    from pemma.data.dataset import EpochPlan
+
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = build_config("tiny", overrides={"train": {"device": "cpu", "amp": False}})
+    cfg.save(run / CONFIG_FILE)
+    torch.manual_seed(0)
+    first = Engine(nn.Linear(3, 2), total_steps=4, lr=0.1, device=torch.device("cpu"))
+    first.step(lambda module: module(torch.ones(1, 3)).square().sum())
+    first.save(run, best=0.5, best_step=1)
+    reads: list[Path] = []
+    read = loop.load_state
+
+    def counted(run_dir: Path) -> dict:
+        reads.append(Path(run_dir))
+        return read(run_dir)
+
+    monkeypatch.setattr(loop, "load_state", counted)
+    monkeypatch.setattr(engine_module, "load_state", counted)
+    monkeypatch.setattr(loop.SegmentationTraining, "_data", lambda self, train, val: (None, EpochPlan(1, 1, 0)))
+    monkeypatch.setattr(loop.SegmentationTraining, "_train_steps", lambda self, crops, plan, total: None)
+    model = nn.Linear(3, 2)
+    task = loop.TrainingTask(model=model, modalities=["ct"], forward=lambda m, x, s: m(x),
+                             predictor=lambda m: m, save=lambda m, d, meta: None, describe=[])
+    summary = loop.train_task(task, cfg, [], [], run, resume=True, progress=False)
+    assert reads == [run]
+    assert (summary["steps"], summary["best_step"]) == (1, 1)
+    torch.testing.assert_close(model.weight, first.model.weight)  # restored from that single read
 
 
 def test_predict_writes_the_good_cases_and_names_the_bad_ones(phantom: Path, tmp_path: Path) -> None:

@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 import torch
 from monai.data import CacheDataset, Dataset, PersistentDataset
-from monai.transforms import Compose
+from monai.transforms import Compose, RandomizableTrait, Transform
+from monai.transforms.utils import convert_to_contiguous
 
 from pemma.data.labels import LABEL_MAP_KEY
 from pemma.data.layout import CaseRecord
@@ -47,16 +48,20 @@ def cached_dataset(items: list[dict[str, Any]], transform: Compose, cache_dir: s
         cache_dir: cache on disk in this folder. Default None: in memory, unless ``memory_share`` says otherwise.
         progress: show a progress bar while caching in memory.
         memory_share: without ``cache_dir``, the largest share of the available memory (``MemAvailable``) the
-            in-memory cache may take, estimated as the first case's preprocessed size times the number of cases;
+            in-memory cache may take, estimated as the first case's preprocessed size times the number of cases
+            (that case is then cached as preprocessed for the estimate, not preprocessed twice);
             when it would take more, the cases are cached on disk in :func:`default_cache_dir` ``(cache_key)``
             (the decision is logged). None: always in memory.
         cache_key: names the preprocessing (see :func:`preprocessing_key`), so that an automatic disk cache is
             reused by the runs and methods that preprocess alike and never by one that does not.
     """
+    first = None
     if not cache_dir and memory_share is not None and items:
-        need = item_nbytes(transform(items[0])) * len(items)
+        first = transform(items[0])
+        need = item_nbytes(first) * len(items)
         available = available_memory_bytes()
         if available is not None and need > memory_share * available:
+            first = None  # the disk cache preprocesses its cases when first read
             cache_dir = str(default_cache_dir(cache_key))
             log.info(f"an in-memory cache of the {len(items)} preprocessed cases would take ~{need / 2**30:.2f} GiB, "
                      f"more than {memory_share:.0%} of the {available / 2**30:.1f} GiB available "
@@ -64,7 +69,34 @@ def cached_dataset(items: list[dict[str, Any]], transform: Compose, cache_dir: s
                      "--cache-dir chooses the folder)")
     if cache_dir:
         return PersistentDataset(items, transform=transform, cache_dir=cache_dir)
+    if first is not None and _cached_part(transform) is None:  # the whole transform is what is cached
+        return _PrimedCacheDataset(items, transform, first, progress)
     return CacheDataset(items, transform=transform, num_workers=1, progress=progress)
+
+
+def _cached_part(transform: Compose) -> int | None:
+    """Index of the first transform a :class:`CacheDataset` does not cache (None: it caches all of them)."""
+    return transform.get_index_of_first(lambda t: isinstance(t, RandomizableTrait) or not isinstance(t, Transform))
+
+
+class _PrimedCacheDataset(CacheDataset):
+    """An in-memory cache whose first case was preprocessed already (to estimate the cache's size): that result is
+    cached as it is instead of preprocessing the case again.
+
+    Args:
+        items: MONAI data dicts. transform: the deterministic preprocessing (cached whole).
+        first: ``transform(items[0])``. progress: show a progress bar while caching.
+    """
+
+    def __init__(self, items: list[dict[str, Any]], transform: Compose, first: Any, progress: bool) -> None:
+        self._first = first
+        super().__init__(items, transform=transform, num_workers=1, progress=progress)
+
+    def _load_cache_item(self, idx: int) -> Any:
+        if idx == 0 and self._first is not None:
+            item, self._first = self._first, None
+            return convert_to_contiguous(item, memory_format=torch.contiguous_format) if self.as_contiguous else item
+        return super()._load_cache_item(idx)
 
 
 def item_nbytes(item: Any) -> int:

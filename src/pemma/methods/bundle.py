@@ -22,7 +22,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from pemma.io_utils import atomic_path, write_text_atomic
 from pemma.models.loaded import LoadedModel
 from pemma.models.registry import backbone_nets, constructor_kwargs
 
@@ -111,7 +110,8 @@ def metadata(loaded: LoadedModel, record: dict[str, Any]) -> dict[str, Any]:
 
 def write_bundle(folder: Path, loaded: LoadedModel, traced: torch.jit.ScriptModule, plain: nn.Module | None,
                  record: dict[str, Any]) -> None:
-    """Write the bundle of ``loaded`` into ``folder``.
+    """Write the bundle of ``loaded`` into ``folder``: plain writes, for a folder that is not yet in place
+    (``pemma export`` writes a hidden sibling and moves it onto the bundle path whole: that move is the atomic step).
 
     Args:
         folder: the bundle folder (created).
@@ -121,12 +121,11 @@ def write_bundle(folder: Path, loaded: LoadedModel, traced: torch.jit.ScriptModu
             dict goes to ``models/model.pt`` and ``network_def`` builds the MONAI class), else None.
         record: the preprocessing record (:func:`pemma.methods.exporting.preprocessing_record`).
     """
-    folder.mkdir(parents=True, exist_ok=True)
-    with atomic_path(folder / TORCHSCRIPT) as tmp:
-        torch.jit.save(traced, str(tmp))
+    for sub in (TORCHSCRIPT, INFERENCE_CONFIG):
+        (folder / sub).parent.mkdir(parents=True, exist_ok=True)
+    torch.jit.save(traced, str(folder / TORCHSCRIPT))
     if plain is not None:
-        with atomic_path(folder / STATE_DICT) as tmp:
-            torch.save({k: v.detach().cpu() for k, v in plain.state_dict().items()}, tmp)
+        torch.save({k: v.detach().cpu() for k, v in plain.state_dict().items()}, folder / STATE_DICT)
     config = inference_config(loaded, list(record["modalities"]), plain is not None)
-    write_text_atomic(folder / INFERENCE_CONFIG, json.dumps(config, indent=2) + "\n")
-    write_text_atomic(folder / METADATA, json.dumps(metadata(loaded, record), indent=2) + "\n")
+    (folder / INFERENCE_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    (folder / METADATA).write_text(json.dumps(metadata(loaded, record), indent=2) + "\n")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+import yaml
 
 from pemma.config import RunConfig
 from pemma.errors import PemmaError
@@ -24,6 +25,11 @@ def load_model(run_dir: str | Path, device: torch.device | str = "cpu",
         base_run: for a run built on a CT base run, that base if it has moved since (its SHA-256 must still
             match). Default: the path recorded in the run.
 
+    Raises:
+        PemmaError: the run's records do not describe a model pemma can build (a missing key, an invalid value,
+            unparsable JSON / YAML, weights of another shape): one line naming the run, the original error chained.
+            Any other error is a bug and is raised as it is.
+
     Example:
         >>> model = load_model("runs/pemma_unetr")
         >>> model.input_sets
@@ -35,12 +41,24 @@ def load_model(run_dir: str | Path, device: torch.device | str = "cpu",
     kind = get_kind(str(meta.get("kind", KIND_BACKBONE)), str(run_dir))
     try:
         net = kind.load(run_dir, meta, config, None if base_run is None else Path(base_run))
-    except (ValueError, KeyError, TypeError) as exc:
+        input_sets = kind.input_sets(meta)
+    except (KeyError, ValueError, yaml.YAMLError, RuntimeError) as exc:
+        if isinstance(exc, RuntimeError) and not damaged_weights(exc):
+            raise  # not a sign of an edited run: a bug, shown as one
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise PemmaError(f"{run_dir}: cannot rebuild the {kind.name} model from {CONFIG_FILE} and {MODEL_META} "
-                         f"({reason}); were they edited by hand?") from None
+                         f"({reason}); were they edited by hand?") from exc
     net.to(device).eval()
-    return LoadedModel(net=net, config=config, meta=meta, input_sets=kind.input_sets(meta), run_dir=run_dir)
+    return LoadedModel(net=net, config=config, meta=meta, input_sets=input_sets, run_dir=run_dir)
+
+
+#: what torch's ``load_state_dict`` says when stored weights do not fit the network built from the run's records
+_STATE_DICT_MISMATCH = ("Error(s) in loading state_dict", "size mismatch", "Missing key(s)", "Unexpected key(s)")
+
+
+def damaged_weights(exc: BaseException) -> bool:
+    """True when ``exc`` is torch's report of weights that do not fit the network (a shape or key mismatch)."""
+    return isinstance(exc, RuntimeError) and any(text in str(exc) for text in _STATE_DICT_MISMATCH)
 
 
 def load_base(run_dir: Path, meta: dict, base_run: Path | None) -> LoadedModel:

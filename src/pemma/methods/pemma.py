@@ -172,7 +172,8 @@ def _report(loaded: LoadedModel) -> dict[str, Any]:
     kwargs = base_constructor_kwargs(loaded.config)
     report = parameter_report(loaded.net, kwargs)
     model = unwrap_model(loaded.net)
-    authors = authors_count(loaded.config.model.backbone, kwargs, model.config, model=model)
+    authors = authors_count(loaded.config.model.backbone, kwargs, model.config, model=model,
+                            early_fusion=int(report["early_fusion"]))
     out: dict[str, Any] = {"method": loaded.meta.get("method"), "trainable": int(report["trainable"]),
                            "total": int(report["total"]), "early_fusion": int(report["early_fusion"]),
                            "percent_of_early_fusion": f"{report['percent_of_early_fusion']:.3f}%",

@@ -57,24 +57,36 @@ def build_for_count(backbone: str, base_kwargs: Mapping[str, Any], adapter_cfg: 
 
 
 def authors_count(backbone: str, base_kwargs: Mapping[str, Any], adapter_cfg: AdapterConfig,
-                  model: nn.Module | None = None) -> dict[str, Any]:
+                  model: nn.Module | None = None, early_fusion: int | None = None) -> dict[str, Any]:
     """The budget as the PEMMA authors counted it (see the module docstring).
 
     Args:
         backbone: ``unetr`` or ``swin_unetr``.
         base_kwargs: MONAI constructor arguments of the CT base (as configured).
         adapter_cfg: the adaptation's configuration.
-        model: the adapted model itself, if built (Swin's count is of this model); default: built here.
+        model: the adapted model itself, if built (Swin's count is of this model; a UNETR one is counted instead
+            of a rebuilt one when its base already has the authors' feature size 48 and no CT update adapter);
+            default: built here.
+        early_fusion: the parameters of the early-fusion model of ``base_kwargs``' own size, if counted already
+            (the authors' reference when that size is their feature size 16); default: counted here.
 
     Returns:
         ``{"authors_trainable", "authors_reference", "authors_percent", "authors_counted"}`` (the last states
         the sizes).
     """
     if backbone == "unetr":
-        sized = {**dict(base_kwargs), "feature_size": AUTHORS_UNETR_FEATURE_SIZE}
-        trainable, _ = count_parameters(build_for_count(backbone, sized, adapter_cfg))
-        reference = early_fusion_parameter_count(
-            backbone, {**dict(base_kwargs), "feature_size": AUTHORS_EARLY_FUSION_FEATURE_SIZE})
+        size = base_kwargs.get("feature_size")
+        if model is not None and size == AUTHORS_UNETR_FEATURE_SIZE and getattr(model, "ct_adapter", None) is None:
+            counted_model = model  # already the authors' base size: no second build
+        else:
+            sized = {**dict(base_kwargs), "feature_size": AUTHORS_UNETR_FEATURE_SIZE}
+            counted_model = build_for_count(backbone, sized, adapter_cfg)
+        trainable, _ = count_parameters(counted_model)
+        if early_fusion is not None and size == AUTHORS_EARLY_FUSION_FEATURE_SIZE:
+            reference = early_fusion  # the same-size early fusion is already the authors' reference
+        else:
+            reference = early_fusion_parameter_count(
+                backbone, {**dict(base_kwargs), "feature_size": AUTHORS_EARLY_FUSION_FEATURE_SIZE})
         counted = (f"trainable parameters of a PEMMA UNETR with base feature size {AUTHORS_UNETR_FEATURE_SIZE} / "
                    f"an early-fusion UNETR of feature size {AUTHORS_EARLY_FUSION_FEATURE_SIZE} (other sizes as "
                    f"configured). The paper: 7,834,179 / 95,948,467 = 8.16 %; for their recipe pemma counts 2,352 "
@@ -99,7 +111,7 @@ def parameter_budget(backbone: str, base_kwargs: Mapping[str, Any], adapter_cfg:
             "percent_of_early_fusion": 100.0 * trainable / early,
             "same_size_counted": f"trainable parameters / an early-fusion {backbone} of the same size "
                                  f"({_sizes(backbone, base_kwargs)})",
-            **authors_count(backbone, base_kwargs, cfg, model=model),
+            **authors_count(backbone, base_kwargs, cfg, model=model, early_fusion=early),
             "adapter_config": dataclasses.asdict(cfg)}
 
 

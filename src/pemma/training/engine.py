@@ -203,18 +203,19 @@ class Engine:
         if self.dist.is_main:
             save_state(self.state_dict(**extra), run_dir)
 
-    def begin(self, run_dir: Path, resume: bool, seed: int,
-              metric_fields: Sequence[str] = METRIC_FIELDS) -> dict[str, Any] | None:
+    def begin(self, run_dir: Path, resume: bool, seed: int, metric_fields: Sequence[str] = METRIC_FIELDS,
+              checkpoint: dict[str, Any] | None = None) -> dict[str, Any] | None:
         """Start or continue the run in ``run_dir``: with ``resume`` and a checkpoint there, restore it and
         drop ``metrics.csv`` rows (and TensorBoard events) after its step; else seed (:meth:`seed`) and empty
         ``metrics.csv``. The main process writes TensorBoard event files beside ``metrics.csv`` (the loss and learning
-        rate of every step, each :meth:`log_metrics` row) until :meth:`finish`.
+        rate of every step, each :meth:`log_metrics` row) until :meth:`finish`. ``checkpoint``: the content of
+        ``run_dir``'s checkpoint when the caller has read it already (restored instead of reading the file again).
 
         Returns:
             the checkpoint's ``extra`` entries, or None for a fresh start.
         """
         self.metrics = MetricsCSV(Path(run_dir) / "metrics.csv", metric_fields)
-        extra = self.resume(run_dir) if resume else None
+        extra = self.resume(run_dir, checkpoint) if resume else None
         if extra is None:
             self.seed(seed)
         if self.dist.is_main:
@@ -243,8 +244,12 @@ class Engine:
             return None
         return plot_training_curves(self.metrics.path, self.metrics.path.parent / CURVES_FILE, title)
 
-    def resume(self, run_dir: Path) -> dict[str, Any] | None:
-        """Restore ``run_dir/checkpoint.pt`` if there is one; return its ``extra`` entries (None: no checkpoint)."""
-        if not (Path(run_dir) / STATE_FILE).is_file():
-            return None
-        return self.load_state_dict(load_state(run_dir), str(Path(run_dir) / STATE_FILE))
+    def resume(self, run_dir: Path, checkpoint: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """Restore ``run_dir/checkpoint.pt`` if there is one (``checkpoint``: its content, already read); return its
+        ``extra`` entries (None: no checkpoint)."""
+        path = Path(run_dir) / STATE_FILE
+        if checkpoint is None:
+            if not path.is_file():
+                return None
+            checkpoint = load_state(run_dir)
+        return self.load_state_dict(checkpoint, str(path))

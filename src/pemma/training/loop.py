@@ -107,8 +107,7 @@ def train_task(task: TrainingTask, cfg: RunConfig, train_cases: list[CaseRecord]
         summary dict (steps, best_dsc, best_step, seconds).
     """
     meta = dict(meta or {})
-    if resume:
-        check_resume_settings(Path(out_dir), cfg)
+    checkpoint = check_resume_settings(Path(out_dir), cfg) if resume else None
     good, report = preflight([*train_cases, *val_cases], task.modalities, cfg.data.exclude_bad_cases,
                              source=cfg.data.root)
     if not report.ok:  # --exclude-bad-cases: leave them out, and say so in the run
@@ -121,8 +120,9 @@ def train_task(task: TrainingTask, cfg: RunConfig, train_cases: list[CaseRecord]
         if not train_cases:
             raise PemmaError(f"{cfg.data.root}: every training case is bad ({report.summary()})")
     with process_group(cfg.train.device) as (device, dist):
-        return SegmentationTraining(task, cfg, Path(out_dir), progress, meta, device, dist).run(
-            train_cases, val_cases, resume)
+        training = SegmentationTraining(task, cfg, Path(out_dir), progress, meta, device, dist, checkpoint)
+        del checkpoint  # restored once by the engine, not held for the whole run
+        return training.run(train_cases, val_cases, resume)
 
 
 #: settings a resumed run must share with its checkpoint, per config section (None: the whole section)
@@ -134,17 +134,21 @@ RESUME_SETTINGS: dict[str, tuple[str, ...] | None] = {
 }
 
 
-def check_resume_settings(out_dir: Path, cfg: RunConfig) -> None:
+def check_resume_settings(out_dir: Path, cfg: RunConfig) -> dict[str, Any] | None:
     """``--resume`` must use the settings the checkpoint was trained with (else ``config.yaml`` would record
     settings the weights never saw).
 
+    Returns:
+        the checkpoint, read here to report a truncated or corrupt one first, for the engine to restore without
+        reading it again (None: no config or no checkpoint in ``out_dir``, nothing compared).
+
     Raises:
-        PemmaError: naming the run and the first differing settings.
+        PemmaError: a truncated or corrupt checkpoint; else naming the run and the first differing settings.
     """
     path = out_dir / CONFIG_FILE
     if not (path.is_file() and (out_dir / STATE_FILE).is_file()):
-        return
-    load_state(out_dir)  # a truncated or corrupt checkpoint is the first thing to report
+        return None
+    checkpoint = load_state(out_dir)  # a truncated or corrupt checkpoint is the first thing to report
     old, new = RunConfig.load(path).to_dict(), cfg.to_dict()
     diffs = [f"{section}.{key} {old[section].get(key)!r} -> {new[section].get(key)!r}"
              for section, keys in RESUME_SETTINGS.items() for key in (keys or new[section])
@@ -153,6 +157,7 @@ def check_resume_settings(out_dir: Path, cfg: RunConfig) -> None:
         raise PemmaError(f"{out_dir}: --resume with other settings than its checkpoint's ({'; '.join(diffs[:3])}"
                          f"{'; ...' if len(diffs) > 3 else ''}); resume with the run's settings (its {CONFIG_FILE}) or "
                          "start a new run")
+    return checkpoint
 
 
 class SegmentationTraining:
@@ -164,11 +169,14 @@ class SegmentationTraining:
         cfg: the run configuration (``train`` section: optimisation, sampling, validation, checkpoints).
         out_dir: the run folder. progress: show progress bars (main process). meta: extra ``model.json`` entries.
         device, dist: where this process runs and the process group.
+        checkpoint: ``out_dir``'s checkpoint when already read (:func:`check_resume_settings`), restored on
+            ``resume`` instead of reading it again.
     """
 
     def __init__(self, task: TrainingTask, cfg: RunConfig, out_dir: Path, progress: bool, meta: dict[str, Any],
-                 device: torch.device, dist: DistInfo) -> None:
+                 device: torch.device, dist: DistInfo, checkpoint: dict[str, Any] | None = None) -> None:
         self.task, self.cfg, self.out_dir, self.meta, self.device, self.dist = task, cfg, out_dir, meta, device, dist
+        self.checkpoint = checkpoint
         self.show = progress and dist.is_main
         self.best, self.best_step = -1.0, -1
         self.val_ds: Any = None
@@ -197,7 +205,9 @@ class SegmentationTraining:
             total = min(total, tc.max_steps)
         self.engine = engine = segmentation_engine(self.task, tc, total, self.device, dist)
         self.loss_fn = dice_ce_loss(tc)
-        extra = engine.begin(self.out_dir, resume, tc.seed)
+        checkpoint, self.checkpoint = self.checkpoint, None
+        extra = engine.begin(self.out_dir, resume, tc.seed, checkpoint=checkpoint)
+        del checkpoint
         if extra is not None:
             self.best, self.best_step = float(extra["best"]), int(extra["best_step"])
             log.info(f"resumed at step {engine.step_count} (best mean DSCagg {self.best:.4f} at step "
