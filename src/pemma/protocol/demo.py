@@ -87,8 +87,11 @@ def write_seed_summary(results: dict[int, Path], path: Path) -> Path:
             prognosis.setdefault((r["method"], r["stage"]), []).append(r["c_index"])
     if prognosis:
         lines += ["", "| Prognosis method | Stage | C-index mean [min, max] |", "|---|---|---|"]
-        lines += [f"| {m} | {s} | {sum(v) / len(v):.3f} [{min(v):.3f}, {max(v):.3f}] |"
-                  for (m, s), v in prognosis.items()]
+        for (m, s), values in prognosis.items():
+            v = [c for c in values if c is not None]  # None: undefined on a seed (no relapse held out)
+            numbers = f"{sum(v) / len(v):.3f} [{min(v):.3f}, {max(v):.3f}]" if v else "–"
+            lines.append(f"| {m} | {s} | {numbers}" + (f" (defined on {len(v)}/{len(values)} seeds)"
+                                                       if len(v) < len(values) else "") + " |")
     lines += ["", "Per-seed reports: " + ", ".join(f"[{s}]({f.name}/report.md)" for s, f in results.items())]
     write_text_atomic(path, "\n".join(lines) + "\n")
     return path
