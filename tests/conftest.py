@@ -83,10 +83,24 @@ def run_main(*args: str) -> str:
 #: Test files that take minutes (measured: the two-seed demo ~16 min, the CLI end-to-end runs several min each).
 #: They are collected first so that ``--dist loadfile`` starts them first: scheduled last, the demo ran alone on one
 #: worker for 13 min while the other sat idle.
-LONGEST_FIRST = ("test_demo.py", "test_cli_e2e.py", "test_training.py", "test_reproduce.py")
+#: files whose tests take longest, started first so ``--dist loadfile`` does not leave one worker alone at the end
+LONGEST_FIRST = ("test_survival_cli.py", "test_api.py", "test_recipes.py", "test_update_shared.py", "test_demo.py",
+                 "test_cli_e2e.py", "test_training.py", "test_reproduce.py")
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Move the longest test files to the front (a stable sort: the order inside each file is kept)."""
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--long", action="store_true", default=False,
+                     help="also run the long end-to-end tests (@pytest.mark.long: the whole demo, reproduce, DDP, "
+                          "resume after a kill, every CLI verb end to end; about 25 min on 2 CPU cores)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Leave out the long tests unless ``--long`` is given; move the longest test files to the front (a stable
+    sort: the order inside each file is kept)."""
+    if not config.getoption("--long"):
+        long = [item for item in items if item.get_closest_marker("long")]
+        if long:
+            config.hook.pytest_deselected(items=long)
+            items[:] = [item for item in items if not item.get_closest_marker("long")]
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST_FIRST)))

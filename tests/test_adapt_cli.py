@@ -15,7 +15,7 @@ import pytest
 import torch
 from conftest import FAST, FAST_SWIN, FLAGS, run_cli, run_main
 
-pytestmark = pytest.mark.slow  # trains tiny base and adapted models (CLI train / adapt)
+pytestmark = [pytest.mark.slow, pytest.mark.long]  # trains tiny base and adapted models (CLI train / adapt)
 
 
 def _labels(folder: Path) -> dict[str, np.ndarray]:

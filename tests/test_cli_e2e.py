@@ -22,6 +22,7 @@ def cli_phantom(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize(("backbone", "modalities", "fast"), [
     ("unetr", "ct", FAST), ("unetr", "ct,pet", FAST), ("swin_unetr", "ct", FAST_SWIN)])
 @pytest.mark.slow
+@pytest.mark.long
 def test_synth_train_predict_evaluate(cli_phantom: Path, tmp_path: Path, backbone: str, modalities: str,
                                       fast: list[str]) -> None:
     run = tmp_path / "run"

@@ -18,7 +18,7 @@ from pemma.data.layout import discover_cases, select_cases, split_cases
 from pemma.data.phantom import PhantomConfig, synthesize_phantom
 from pemma.io_utils import save_nifti
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.long]  # torchrun, 2 processes
 
 
 def test_bad_validation_case_read_by_rank_0_only_fails_every_rank_with_one_line(tmp_path: Path) -> None:

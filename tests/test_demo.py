@@ -10,7 +10,7 @@ import pytest
 
 from pemma.data.phantom import PhantomConfig
 
-pytestmark = pytest.mark.slow  # runs the whole demo (trains every phase)
+pytestmark = [pytest.mark.slow, pytest.mark.long]  # runs the whole demo (trains every phase)
 
 STRATEGY = """
 name: demo_test

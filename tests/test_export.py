@@ -144,7 +144,8 @@ def test_bad_exports_are_one_line_errors(ct_run: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "merged.pt").exists()
 
 
-@pytest.mark.slow  # ONNX export of Swin UNETR takes 10-80 s on a loaded 2-core machine
+@pytest.mark.slow
+@pytest.mark.long  # ONNX export of Swin UNETR takes 10-80 s on a loaded 2-core machine
 def test_swin_unetr_to_onnx(tmp_path: Path) -> None:
     torch.manual_seed(2)
     net = SwinUNETR(in_channels=1, out_channels=3, feature_size=12, depths=(1, 1, 1, 1), num_heads=(1, 2, 2, 4))
@@ -157,7 +158,8 @@ def test_swin_unetr_to_onnx(tmp_path: Path) -> None:
                                atol=TOLERANCE)
 
 
-@pytest.mark.slow  # adapts a tiny base (2 steps)
+@pytest.mark.slow
+@pytest.mark.long  # adapts a tiny base (2 steps)
 def test_adapted_run_every_input_set(bases: dict[str, Path], phantom: Path, tmp_path: Path) -> None:
     run = tmp_path / "ad"
     run_main("adapt", "--base", str(bases["unetr"]), "--data", str(phantom), "--centres", "MDA", *FAST[:2],

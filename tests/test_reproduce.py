@@ -35,6 +35,7 @@ def reproduced(phantom: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_every_phase_and_method_evaluated(reproduced: Path) -> None:
     with open(reproduced / "results.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
@@ -81,6 +82,7 @@ def test_every_phase_and_method_evaluated(reproduced: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_every_claim_in_findings_json(reproduced: Path) -> None:
     """Every claim id of the paper is in findings.json, each beside the paper's statement; the ones this run cannot
     show say why (one backbone: no ranking; the held-out cases have no relapse: no C-index)."""
@@ -112,6 +114,7 @@ def test_every_claim_in_findings_json(reproduced: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_per_case_results(reproduced: Path) -> None:
     from pemma.protocol.results import CASE_COLUMNS
 
@@ -131,6 +134,7 @@ def test_per_case_results(reproduced: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_prognosis_chain_in_the_report(reproduced: Path) -> None:
     """CT -> +PET -> +EHR trained on the split's training cases, then the lesion-feature chain's stages; the
     held-out cases of this phantom have no relapse, so the C-index is reported as not computed instead of failing
@@ -151,6 +155,7 @@ def test_prognosis_chain_in_the_report(reproduced: Path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_rerun_skips_finished_phases(reproduced: Path, phantom: Path) -> None:
     phases = sorted(reproduced.glob("runs/*/*/*/phase.json"))
     assert len(phases) == 1 + 2 * 2  # shared pretrain + (adapt, update) per method

@@ -228,6 +228,7 @@ def test_bad_options(setup: dict[str, Path], tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("stage", ["train", "adapt"])
+@pytest.mark.long
 def test_stage_stopped_half_way_resumes_to_the_same_weights(setup: dict[str, Path], tmp_path: Path,
                                                             monkeypatch: pytest.MonkeyPatch, stage: str) -> None:
     """A stage interrupted after step 3 of 6 and continued with ``--resume`` ends with the uninterrupted run's
@@ -267,6 +268,7 @@ def test_stage_stopped_half_way_resumes_to_the_same_weights(setup: dict[str, Pat
                                                                                       else "pet")
 
 
+@pytest.mark.long
 def test_adapt_stage_two_process_gloo(setup: dict[str, Path], tmp_path: Path) -> None:
     """Under torchrun the +PET stage trains with DDP: each process its own batch, so an epoch has
     ceil(training cases / (batch size x 2)) steps."""

@@ -15,7 +15,7 @@ import torch
 from conftest import FAST, run_cli
 from safetensors.torch import load_file
 
-pytestmark = pytest.mark.slow  # CLI training runs (resume, DDP)
+pytestmark = [pytest.mark.slow, pytest.mark.long]  # CLI training runs (resume, DDP)
 
 STEPS = "8"
 

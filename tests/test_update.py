@@ -11,7 +11,7 @@ from conftest import FAST, run_main
 
 from pemma.methods.loading import load_model
 
-pytestmark = pytest.mark.slow  # trains tiny base and adapted models (CLI train / adapt / update)
+pytestmark = [pytest.mark.slow, pytest.mark.long]  # trains tiny base and adapted models (CLI train / adapt / update)
 
 TINY = [*FAST[:2], "--spacing", "4", "4", "4", "--batch-size", "1", "--max-steps", "2"]
 
