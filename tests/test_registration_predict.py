@@ -73,3 +73,23 @@ def test_pet_only_prediction_follows_the_registration(phantom: Path, tmp_path: P
     on_pet_rigid, _ = predict(moved, "rigid", ["pet"], reference="pet")
     np.testing.assert_allclose(pet_affine, nib.load(moved.images["pet"]).affine)
     assert np.array_equal(on_pet_none, on_pet_rigid)
+
+
+def test_export_records_name_the_registration(tmp_path: Path) -> None:
+    from pemma.methods.bundle import metadata
+    from pemma.methods.exporting import preprocessing_record
+
+    for register in ("none", "rigid"):
+        model = _model(register)
+        model.run_dir = tmp_path
+        both, pet_only = (preprocessing_record(model, m, "bundle") for m in (["ct", "pet"], ["pet"]))
+        assert both["registration"]["mode"] == pet_only["registration"]["mode"] == register
+        described = metadata(model, both)["description"]
+        if register == "none":
+            assert both["registration"]["step"] is None and "registration" not in " ".join(both["steps"])
+            assert "PET registration" not in described
+        else:
+            assert both["registration"]["spacing_mm"] == model.config.preprocess.register_spacing
+            assert "register the PET to the CT (rigid" in both["steps"][1] and "PET registration" in described
+            assert "not the header geometry" in pet_only["steps"][-1]
+    assert preprocessing_record(_model("rigid"), ["ct"], "onnx")["registration"]["step"] is None
