@@ -5,13 +5,16 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from pemma.api.run import name_list
+from pemma.api.run import RunLike, name_list, path_of, run_config
 from pemma.api.segmentation import Names
+from pemma.config import PreprocessConfig
 
 
 def check(data: str | os.PathLike, *, centres: Names = None, modalities: Names = None,
           endpoints: str | os.PathLike | None = None, clinical: str | os.PathLike | None = None,
-          progress: bool = True, registration: bool = False, register: str | None = None) -> dict[str, Any]:
+          progress: bool = True, registration: bool = False, register: str | None = None,
+          model: RunLike | None = None, preset: str | None = None,
+          config: str | os.PathLike | None = None) -> dict[str, Any]:
     """Check every case of a dataset (files readable, finite, 3-D, invertible geometry; label values; PET overlap
     with the CT; label grid overlapping the CT) and the endpoint / clinical tables, listing every problem.
 
@@ -24,7 +27,13 @@ def check(data: str | os.PathLike, *, centres: Names = None, modalities: Names =
         registration: also measure per CT+PET case how well PET and CT agree (mutual information, body-mask Dice;
             :mod:`pemma.data.registration`) on the header geometry, and after ``register`` when given.
         register: ``rigid`` or ``affine``: register each case (as training with ``--register`` would) and report
-            the agreement after it too (implies ``registration``). Default None: the header geometry only.
+            the agreement after it too (implies ``registration``). Default None: the header geometry only (or the
+            mode of ``model`` / ``preset`` / ``config`` when that registers).
+        model: a run folder: register with its preprocessing (registration settings, CT window, PET range), as
+            predicting with it or adapting from it would.
+        preset, config: a size preset and / or a YAML config: their preprocessing; with ``model``, its registration
+            settings (``register*``) over the run's, as ``pemma adapt --base MODEL --preset/--config`` would
+            combine them. Default: the default preprocessing (:class:`~pemma.config.PreprocessConfig`).
 
     Returns:
         ``{"n_cases", "bad_cases", "problems": {case or table: [one-line problem, ...]}, "lines": [...]}``
@@ -35,9 +44,10 @@ def check(data: str | os.PathLike, *, centres: Names = None, modalities: Names =
         >>> report = pemma.check("data/phantom", modalities="ct,pet")
         >>> print("\\n".join(report["lines"]))
     """
+    import dataclasses
+
     from tqdm.auto import tqdm
 
-    from pemma.config import PreprocessConfig
     from pemma.data.check import CheckReport, check_case
     from pemma.data.layout import discover_cases, select_cases
     from pemma.data.registration import RegistrationSettings, register_files
@@ -46,9 +56,13 @@ def check(data: str | os.PathLike, *, centres: Names = None, modalities: Names =
     from pemma.vocab import MODALITY_ORDER, parse_modalities
 
     try:
-        settings = RegistrationSettings.from_preprocess(PreprocessConfig(register=register or "none"))
+        preprocess = registration_preprocess(model, preset, config)
+        if register is not None:
+            preprocess = dataclasses.replace(preprocess, register=register)
     except ValueError as exc:
-        raise PemmaError(f"--register: {exc}") from None
+        raise PemmaError(f"--register: {exc}" if register is not None else str(exc)) from None
+    settings = RegistrationSettings.from_preprocess(preprocess)
+    registration = registration or settings.mode != "none"
     agreement: dict[str, Any] = {}
     agreement_lines: list[str] = []
     wanted = parse_modalities(name_list(modalities)) if modalities else None
@@ -57,7 +71,7 @@ def check(data: str | os.PathLike, *, centres: Names = None, modalities: Names =
     for case in tqdm(cases, desc="check", unit="case", disable=not progress):
         problems = check_case(case, wanted or [m for m in MODALITY_ORDER if m in case.images],
                               with_label=case.label is not None)
-        if not problems and (registration or register) and {"ct", "pet"} <= set(case.images):
+        if not problems and registration and {"ct", "pet"} <= set(case.images):
             try:
                 result = register_files(case.case_id, case.images["ct"], case.images["pet"], settings)
                 agreement[case.case_id] = result.to_dict()
@@ -75,6 +89,32 @@ def check(data: str | os.PathLike, *, centres: Names = None, modalities: Names =
         except PemmaError as exc:
             report.problems[f"table {name}"] = [str(exc)]
     out = {**report.to_dict(), "lines": agreement_lines + report.lines()}
-    if registration or register:
+    if registration:
         out["registration"] = agreement
+        out["registration_settings"] = {"mode": settings.mode, "spacing_mm": settings.spacing_mm,
+                                        "iterations": settings.iterations, "max_shift_mm": settings.max_shift_mm,
+                                        "from": path_of(model) or preset or (config and os.fspath(config)) or
+                                        "defaults"}
     return out
+
+
+def registration_preprocess(model: RunLike | None, preset: str | None,
+                            config: str | os.PathLike | None) -> PreprocessConfig:
+    """The preprocessing ``pemma check`` registers with: the run's (``model``), the preset's / config's, or, with
+    both, the run's with the preset's / config's registration settings (what ``pemma adapt`` combines).
+
+    Args:
+        model: a run folder or None. preset, config: a size preset name and a YAML config, or None.
+    """
+    import dataclasses
+
+    from pemma.api.run import Run
+    from pemma.config import REGISTRATION_FIELDS
+
+    given = run_config(preset or "tiny", config).preprocess if (preset or config) else None
+    if model is None:
+        return given or PreprocessConfig()
+    run = Run.open(model).config.preprocess
+    if given is None:
+        return run
+    return dataclasses.replace(run, **{f: getattr(given, f) for f in REGISTRATION_FIELDS})

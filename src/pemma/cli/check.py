@@ -24,7 +24,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "geometry, and after --register when given")
     p.add_argument("--register", choices=[m for m in REGISTER_MODES if m != "none"],
                    help="register each PET to its CT as training with --register would, and report the agreement "
-                        "after it too (implies --registration)")
+                        "after it too (implies --registration; overrides the mode of --model / --preset / --config)")
+    p.add_argument("--model", metavar="RUN",
+                   help="register with this run's preprocessing (its registration mode and settings, CT window, PET "
+                        "range), as predicting with it or adapting from it would; a run trained with --register "
+                        "implies --registration")
+    p.add_argument("--preset", help="register with this size preset's preprocessing (tiny or paper; default: the "
+                                    "default preprocessing); with --model, its registration settings over the run's")
+    p.add_argument("--config", help="YAML config whose preprocess section registers (over --preset); with --model, "
+                                    "its registration settings over the run's")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_check)
 
@@ -34,7 +42,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     report = check(args.data, centres=args.centres, modalities=args.modalities, endpoints=args.endpoints,
                    clinical=args.clinical, progress=not args.json, registration=args.registration,
-                   register=args.register)
+                   register=args.register, model=args.model, preset=args.preset, config=args.config)
     if args.json:
         print(json.dumps({k: v for k, v in report.items() if k != "lines"}, indent=2))
     else:

@@ -48,7 +48,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--centres", help="only these centres")
     p.add_argument("--base", help="CT base run of an adapted model, if it moved since adaptation")
     p.add_argument("--reference", default="ct", choices=["ct", "pet"], help=(
-        "grid of PET-only predictions: ct (default; the case's CT grid when it has a CT, as HECKTOR scores) or pet"))
+        "grid of PET-only predictions: ct (default; the case's CT grid when it has a CT, as HECKTOR scores; a run "
+        "trained with --register maps them there through the case's registration) or pet"))
     add_window_flags(p)
     p.set_defaults(func=cmd_predict)
 

@@ -13,7 +13,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from pemma.config import PreprocessConfig
 from pemma.data.layout import CaseRecord
+from pemma.data.registration import RegistrationSettings, register_files
 from pemma.data.transforms import preprocessing
 from pemma.errors import PemmaError
 from pemma.inference.resample_back import labels_on_reference
@@ -46,13 +48,33 @@ def output_reference(case: CaseRecord, modalities: Sequence[str], reference: str
     return "pet"
 
 
+def registered_to_ct(case: CaseRecord, modalities: Sequence[str], ref_key: str, cfg: PreprocessConfig,
+                     affine: np.ndarray) -> np.ndarray:
+    """The affine of a prediction made on ``modalities`` mapped into the world of ``ref_key``'s image.
+
+    A PET-only prediction of a registered run (``register`` rigid / affine) is made on the PET grid, in the PET's
+    header world; written on the CT grid it must follow the PET -> CT registration (the case's cached transform, as
+    training applied it), not the header geometry. Every other prediction is already in the output's world.
+
+    Args:
+        case: the case (its CT and PET files). modalities: the input set. ref_key: the output grid's image.
+        cfg: the run's preprocessing. affine: the prediction's affine (PET header world).
+    """
+    if cfg.register == "none" or ref_key != "ct" or "ct" in modalities or not {"ct", "pet"} <= set(case.images):
+        return affine
+    result = register_files(case.case_id, case.images["ct"], case.images["pet"],
+                            RegistrationSettings.from_preprocess(cfg))
+    return result.moved_affine(affine)
+
+
 def predict_case(model: LoadedModel, case: CaseRecord, modalities: Sequence[str], device: torch.device,
                  window: WindowSettings | None = None, inputs_cache: dict[tuple, Any] | None = None,
                  reference: str = "ct") -> tuple[np.ndarray, nib.Nifti1Image]:
     """Predict one case; returns the uint8 label array on the reference image grid, and that image.
 
     The model runs on its input's grid (the CT, or the PET for PET-only input); the output reference is chosen by
-    :func:`output_reference` (the CT when the case has one, unless ``reference="pet"``). Probabilities are
+    :func:`output_reference` (the CT when the case has one, unless ``reference="pet"``; a PET-only prediction of a
+    registered run lands on the CT through the case's registration, :func:`registered_to_ct`). Probabilities are
     resampled from the preprocessed grid onto the reference grid (zero outside the crop, so background) and then
     argmaxed, only inside the box the crop reaches (:func:`~pemma.inference.resample_back.labels_on_reference`).
     ``inputs_cache`` (a dict) keeps preprocessed inputs between calls, e.g. when many models are
@@ -75,7 +97,8 @@ def predict_case(model: LoadedModel, case: CaseRecord, modalities: Sequence[str]
                                  window.sw_batch_size or cfg.train.sw_batch_size,
                                  cfg.train.overlap if window.overlap is None else window.overlap,
                                  device=device, amp=window.amp)
-    probs = type(image)(probs, affine=image.affine)
+    affine = registered_to_ct(case, modalities, ref_key, cfg.preprocess, np.asarray(image.affine, dtype=np.float64))
+    probs = type(image)(probs, affine=torch.as_tensor(affine, dtype=torch.float64))
     label = labels_on_reference(probs, ref_img.affine, ref_img.shape[:3])
     return label, ref_img
 

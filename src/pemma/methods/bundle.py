@@ -94,7 +94,9 @@ def metadata(loaded: LoadedModel, record: dict[str, Any]) -> dict[str, Any]:
         "name": f"pemma {record['kind']} {cfg.model.backbone} ({'+'.join(record['modalities'])})",
         "description": ("Exported pemma run. Inputs are resampled to RAS at the target spacing and intensity-windowed "
                         "to [0, 1]; pemma's head-and-neck crop is not a MONAI transform and is not applied here, so "
-                        "the bundle runs on the whole resampled volume. See configs/preprocessing.json."),
+                        "the bundle runs on the whole resampled volume. See configs/preprocessing.json."
+                        + (f" PET registration: {record['registration']['step']}."
+                           if (record.get("registration") or {}).get("step") else "")),
         "authors": "pemma", "copyright": "see the run's data and model licences",
         "network_data_format": {
             "inputs": {"image": {"type": "image", "format": "magnitude", "modality": "+".join(record["channels"]),

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from pemma.adapters.merging import merge_adapters
+from pemma.config import PreprocessConfig
 from pemma.errors import PemmaError
 from pemma.io_utils import atomic_path, write_text_atomic
 from pemma.methods.bundle import write_bundle
@@ -109,6 +110,9 @@ def preprocessing_record(loaded: LoadedModel, modalities: Sequence[str], fmt: st
     if "pet" in modalities:
         steps.append(f"PET: clip SUV to {pre.pet_suv_range}, scale to [0, 1]")
     steps.append(f"pad to at least {cfg.model.roi_size}; stack channels {channels}")
+    registration = registration_record(pre, modalities)
+    if registration["step"]:  # CT+PET: right after loading; PET-only: how its output maps back
+        steps.insert(1 if "ct" in modalities else len(steps), registration["step"])
     return {
         "format": fmt, "run": str(loaded.run_dir), "kind": loaded.kind, "backbone": cfg.model.backbone,
         "modalities": list(modalities), "channels": channels, "input": INPUT_NAME, "output": OUTPUT_NAME,
@@ -117,12 +121,35 @@ def preprocessing_record(loaded: LoadedModel, modalities: Sequence[str], fmt: st
         "spatial_axes": "fixed at roi_size (run with a sliding window of that size); the batch axis is dynamic",
         "orientation": "RAS", "target_spacing": list(pre.target_spacing), "ct_window": list(pre.ct_window),
         "pet_suv_range": list(pre.pet_suv_range), "crop_mm": list(pre.crop_mm),
-        "body_threshold_hu": pre.body_threshold_hu, "intensity_range": [0.0, 1.0],
+        "body_threshold_hu": pre.body_threshold_hu, "intensity_range": [0.0, 1.0], "registration": registration,
         "sliding_window": {"roi_size": list(cfg.model.roi_size), "overlap": cfg.train.overlap, "mode": "constant"},
         "labels": {name: value for name, value in LABELS.items() if value < cfg.model.out_channels},
         "postprocessing": "argmax over the channel axis, then resample the label back onto the input grid",
         "steps": steps, "versions": package_versions(),
     }
+
+
+def registration_record(pre: PreprocessConfig, modalities: Sequence[str]) -> dict[str, Any]:
+    """The run's PET -> CT registration as the exported model's preprocessing needs it: the mode, its settings, and
+    the step a deployment must take (None when the run reads the PET on its header geometry).
+
+    Args:
+        pre: the run's preprocessing. modalities: the exported input set.
+    """
+    out: dict[str, Any] = {"mode": pre.register, "step": None}
+    if pre.register == "none" or "pet" not in modalities:
+        return out
+    out.update(spacing_mm=pre.register_spacing, iterations=pre.register_iterations,
+               max_shift_mm=pre.register_max_shift_mm, metric="Mattes mutual information",
+               implementation="pemma.data.registration (SimpleITK)")
+    if "ct" in modalities:
+        out["step"] = (f"register the PET to the CT ({pre.register}, Mattes mutual information; "
+                       "pemma.data.registration) and resample it onto the CT grid through that transform: the "
+                       "exported model does not register; give it a registered PET")
+    else:
+        out["step"] = (f"the run registers PET to CT ({pre.register}): a PET-only prediction maps onto the CT "
+                       "through that registration, not the header geometry (pemma predict does this)")
+    return out
 
 
 def _check(name: str, got: torch.Tensor, reference: torch.Tensor, tolerance: float, source: Path) -> float:
