@@ -4,7 +4,8 @@ This module is the bottom of the package (it imports nothing from pemma), so any
 
 * **Backbones**: ``unetr``, ``swin_unetr`` (MONAI ``UNETR`` / ``SwinUNETR``).
 * **Modalities** and their fixed channel order ``[CT, PET]``; input sets such as ``("ct", "pet")`` and their
-  text form ``"ct+pet"``.
+  text form ``"ct+pet"``. Other modalities (MR, dose...) are names declared by specs (``pemma.modalities``),
+  ordered after CT and PET.
 * **Methods** of adding PET to a CT model, with one canonical spelling each (the spelling of strategy files and
   ``results.csv``); the CLI's older spellings (``lora``, ``early-fusion``, ``full`` ...) are accepted aliases.
 * **Run kinds**: what a run folder holds (``backbone``, ``pemma``, ``pemma_full``, ``late_fusion``, ``survival``).

@@ -29,7 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Train MONAI UNETR / Swin UNETR on the given centres and modalities.")
     p.add_argument("--data", required=True, help="HECKTOR folder, nnU-Net raw folder or datalist JSON")
     p.add_argument("--centres", help="comma-separated centres (default: all)")
-    p.add_argument("--modalities", default="ct", help="ct, pet or ct,pet (early fusion); default ct")
+    p.add_argument("--modalities", default="ct", help="ct, pet or ct,pet (early fusion), or with another modality "
+                   "(mr, dose, or one declared in the config's preprocess.modality_specs), e.g. ct,mr; default ct")
     add_field_flag(p, ModelConfig, "backbone", choices=BACKBONES)
     p.add_argument("--out", required=True, help="run folder")
     add_training_flags(p)
