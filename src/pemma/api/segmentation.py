@@ -256,7 +256,7 @@ def export(model: RunLike, out: str | os.PathLike, *, format: str | None = None,
 def synth(out: str | os.PathLike, *, cases_per_centre: int | None = None, centres: Names = None,
           shape: Sequence[int] | None = None, ct_spacing: Sequence[float] | None = None,
           oblique_degrees: float | None = None, seed: int | None = None,
-          difficulty: str | None = None) -> list[str]:
+          difficulty: str | None = None, modalities: Names = None) -> list[str]:
     """Write a deterministic HECKTOR-2022-layout PET/CT phantom (images, labels, clinical and endpoint CSVs).
 
     Args:
@@ -267,6 +267,9 @@ def synth(out: str | os.PathLike, *, cases_per_centre: int | None = None, centre
         oblique_degrees: rotate the image direction. seed: random seed (default 0).
         difficulty: ``normal`` (default) or ``hard``: weaker CT contrast, unlabelled PET hot spots and
             physiological uptake on the same labels and grids (recorded in ``OUT/phantom.json``).
+        modalities: ``ct,pet`` (default) or ``ct,pet,mr``: also an MR-like T2 channel (``ID__MR.nii.gz``: soft-tissue
+            contrast, visible tumour, a smooth bias field; CT, PET and labels unchanged; recorded in
+            ``OUT/phantom.json``).
 
     Returns:
         The case IDs written.
@@ -278,7 +281,7 @@ def synth(out: str | os.PathLike, *, cases_per_centre: int | None = None, centre
 
     kwargs = {"cases_per_centre": cases_per_centre, "ct_shape": shape, "ct_spacing": ct_spacing,
               "oblique_degrees": oblique_degrees, "seed": seed, "centres": tuple(name_list(centres) or ()) or None,
-              "difficulty": difficulty}
+              "difficulty": difficulty, "modalities": tuple(name_list(modalities) or ()) or None}
     try:
         phantom = PhantomConfig(**{k: (tuple(v) if isinstance(v, list | tuple) else v)
                                    for k, v in kwargs.items() if v is not None})
