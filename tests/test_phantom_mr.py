@@ -81,3 +81,19 @@ def test_a_ct_pet_phantom_writes_no_phantom_json(tmp_path: Path) -> None:
     synthesize_phantom(tmp_path, PhantomConfig(**{**SMALL, "cases_per_centre": 1}), progress=False)
     assert not (tmp_path / "phantom.json").exists()
     assert not list((tmp_path / "imagesTr").glob("*__MR*"))
+
+
+@pytest.mark.slow  # CLI start-ups and two training steps
+def test_cli_synth_train_evaluate_ct_mr(tmp_path: Path) -> None:
+    from conftest import FAST, run_cli
+
+    data, run = tmp_path / "phantom", tmp_path / "ctmr"
+    run_cli("synth", str(data), "--cases-per-centre", "2", "--centres", "CHUM,MDA", "--shape", "48", "48", "32",
+            "--modalities", "ct,pet,mr")
+    run_cli("train", "--data", str(data), "--centres", "CHUM", "--modalities", "mr,ct", *FAST, "--max-steps", "2",
+            "--out", str(run))
+    assert json.loads((run / "model.json").read_text())["modalities"] == ["ct", "mr"]
+    log = (run / "train.log").read_text()
+    assert "inputs: CT, MR" in log and "MR: clip to percentiles [0.5, 99.5] inside the body, z-score" in log
+    out = run_cli("evaluate", "--model", str(run), "--data", str(data), "--centres", "MDA", "--modalities", "ct,mr")
+    assert "inputs ct+mr" in out.stdout and "cases   2" in out.stdout

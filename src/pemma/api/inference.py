@@ -21,7 +21,8 @@ def _loaded(model: RunLike, base: RunLike | None, modalities: Names, device: str
 
     dev = resolve_device(device or "auto")
     loaded = load_model(path_of(model), dev, base_run=path_of(base))
-    chosen = parse_modalities(name_list(modalities)) if modalities else loaded.input_sets[0]
+    known = list(loaded.config.preprocess.modality_registry())  # CT, PET and the run's other modalities
+    chosen = parse_modalities(name_list(modalities), known) if modalities else loaded.input_sets[0]
     loaded.check_inputs(chosen, source)
     return loaded, chosen, dev
 
