@@ -78,7 +78,8 @@ def adapt(base: RunLike, data: str | os.PathLike, out: str | os.PathLike, *, cen
         data: dataset folder or datalist.
         out: run folder of the adapted model.
         centres: centres to adapt on. Default all.
-        add_modality: modality to add (only ``pet``).
+        add_modality: modality to add: ``pet`` (default), or with the PEMMA methods any other modality with a
+            spec (``mr``, ``dose``, or one declared in the config's ``preprocess.modality_specs``).
         method: ``pemma_lora`` (``lora``) or ``pemma_dora`` (``dora``); baselines ``early_fusion``,
             ``full_finetune`` (``full``), ``late_fusion`` (any spelling of :data:`pemma.vocab.METHOD_ALIASES`).
         rank, alpha, adapter_dropout: adapter rank r, scaling alpha and input dropout. Default: the recipe's
@@ -105,8 +106,8 @@ def adapt(base: RunLike, data: str | os.PathLike, out: str | os.PathLike, *, cen
     from pemma.runs import new_run_folder
     from pemma.vocab import PEMMA_METHODS, canonical_method
 
-    if add_modality != "pet":
-        raise PemmaError(f"only pet can be added, got {add_modality!r}")
+    added = str(add_modality).strip().lower()
+    added = "pet" if added == "pt" else added
     try:
         # the PEMMA methods set the adapter type; full fine-tuning builds the PEMMA pathway with LoRA
         adapter_type = PEMMA_METHODS.get(canonical_method(method), "lora")
@@ -122,10 +123,14 @@ def adapt(base: RunLike, data: str | os.PathLike, out: str | os.PathLike, *, cen
     except ValueError as exc:
         raise PemmaError(f"invalid adapter settings: {exc}") from None
     cfg = absolute_data(run_config(preset, config, overrides, data=data, centres=centres, **settings))
+    known = [m for m in cfg.preprocess.modality_registry() if m != "ct"]
+    if added not in known:
+        raise PemmaError(f"--add-modality {add_modality}: unknown modality (known: {', '.join(known)}; declare others "
+                         f"in the config's preprocess.modality_specs)")
     warn_tiny_preset(preset, cfg)
     with new_run_folder(out, force=force, resume=resume, reads=[path_of(base)]) as folder:
         summary = adapt_run(path_of(base), cfg, os.fspath(folder), method=method, adapter_cfg=adapter_cfg,
-                            resume=resume)
+                            resume=resume, **({} if added == "pet" else {"added_modality": added}))
     return Run.open(out, summary)
 
 
