@@ -177,7 +177,8 @@ def update(model: RunLike, data: str | os.PathLike, modalities: Names, out: str 
     warn_tiny_preset(preset, cfg)
     reads = [*run_family(path_of(model)), path_of(base)]
     with new_run_folder(out, force=force, resume=resume, reads=reads) as folder:
-        summary = update_run(path_of(model), cfg, parse_modalities(modalities or []), os.fspath(folder),
+        known = list(cfg.preprocess.modality_registry())  # CT, PET and the other modalities (an added mr...)
+        summary = update_run(path_of(model), cfg, parse_modalities(modalities or [], known), os.fspath(folder),
                              resume=resume, base_run=path_of(base), ct_route=ct_route, recipe=recipe)
     return Run.open(out, summary)
 
