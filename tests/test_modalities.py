@@ -134,6 +134,9 @@ def test_hecktor_layout_finds_mr_and_declared_suffixes(tmp_path: Path) -> None:
         "t2": {"suffixes": ["__T2W"], "normalisation": "zscore"}}}}).preprocess.modality_registry()
     (case,) = discover_cases(tmp_path, specs)
     assert case.images["t2"].endswith("CHUM-001__T2W.nii.gz") and case.label is not None
+    claimed = build_config("tiny", overrides={"preprocess": {"modality_specs": {
+        "t2": {"suffixes": ["__MR"], "normalisation": "zscore"}}}}).preprocess.modality_registry()
+    assert set(discover_cases(tmp_path, claimed)[0].images) == {"ct", "pet", "t2"}  # the declared spec wins
     (single,) = discover_cases(tmp_path / "imagesTr" / "CHUM-001__MR.nii.gz")
     assert set(single.images) == {"ct", "pet", "mr"}
 
@@ -149,6 +152,11 @@ def test_nnunet_channel_names_of_other_modalities(tmp_path: Path) -> None:
     assert {m: Path(p).name for m, p in discover_cases(tmp_path / "mr")[0].images.items()} == {
         "ct": "CHUM-001_0000.nii.gz", "mr": "CHUM-001_0001.nii.gz"}
     assert set(discover_cases(tmp_path / "both")[0].images) == {"ct", "pet"}  # T1 and T2 both MR: neither taken
+    specs = build_config("tiny", overrides={"preprocess": {"modality_specs": {
+        "t2": {"channel_names": ["T2"], "normalisation": "zscore"}}}}).preprocess.modality_registry()
+    images = discover_cases(tmp_path / "both", specs)[0].images  # T2 declared: its own; T1 then the only MR
+    assert {m: Path(p).name[-11:] for m, p in images.items()} == {
+        "ct": "0000.nii.gz", "pet": "0001.nii.gz", "mr": "0002.nii.gz", "t2": "0003.nii.gz"}
 
 
 def test_check_reports_an_mr_that_misses_the_ct(tmp_path: Path) -> None:

@@ -21,9 +21,13 @@ _NIFTI = (".nii.gz", ".nii")
 
 def hecktor_suffixes(specs: Specs | None = None) -> dict[str, str]:
     """File suffix -> modality of the HECKTOR layout (``__CT`` -> ``ct``, ``__PT`` -> ``pet``, ``__MR`` -> ``mr``...),
-    longest suffix first. Default: pemma's registry (:func:`pemma.modalities.default_registry`)."""
-    pairs = [(suffix, name) for name, spec in (specs or default_registry()).items() for suffix in spec.suffixes]
-    return dict(sorted(pairs, key=lambda pair: -len(pair[0])))
+    longest suffix first; a suffix two specs claim is the first's in registry order (a declared modality before the
+    catalogue's). Default: pemma's registry (:func:`pemma.modalities.default_registry`)."""
+    found: dict[str, str] = {}
+    for name, spec in (specs or default_registry()).items():
+        for suffix in spec.suffixes:
+            found.setdefault(suffix, name)
+    return dict(sorted(found.items(), key=lambda pair: -len(pair[0])))
 
 
 @dataclass(frozen=True)

@@ -28,14 +28,15 @@ def channel_modality(name: str, specs: Specs | None = None) -> str | None:
     """``"CT"`` -> ``ct``; ``"PET"``, ``"PT"``, ``"FDG-PET"``, ``"SUV"`` -> ``pet``; ``"MR"``, ``"T1"`` -> ``mr``;
     anything else (or several) None.
 
-    The whole name meaning one modality (its name or one of its channel names) wins; else the modality one of its
-    words means. ``specs``: the modalities to tell apart. Default pemma's registry.
+    The whole name meaning a modality (its name or one of its channel names) wins, the first in registry order (a
+    declared modality before the catalogue's); else the modality one of its words means. ``specs``: the
+    modalities to tell apart. Default pemma's registry.
     """
     tokens_of = CHANNEL_TOKENS if specs is None else {
         m: tuple(n.lower() for n in (m, *spec.channel_names)) for m, spec in specs.items()}
     key = name.strip().lower()
     whole = [m for m, names in tokens_of.items() if key == m or key in names]
-    if len(whole) == 1:
+    if whole:
         return whole[0]
     tokens = set(re.split(r"[^a-z0-9]+", key)) | {key}
     found = [m for m, names in tokens_of.items() if tokens & set(names)]
