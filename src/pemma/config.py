@@ -19,7 +19,8 @@ from typing import Any
 import yaml
 
 from pemma.errors import PemmaError
-from pemma.vocab import BACKBONES, REGISTER_MODES, ROI_MULTIPLES, parse_modalities
+from pemma.modalities import NAME_PATTERN, ModalitySpec, declared_specs, order_modalities, registry
+from pemma.vocab import BACKBONES, MODALITY_ALIASES, MODALITY_ORDER, REGISTER_MODES, ROI_MULTIPLES, parse_modalities
 
 #: keys that older pemma versions wrote into ``config.yaml`` and that are now read and ignored
 RETIRED_KEYS: dict[str, tuple[str, ...]] = {"data": ("num_workers",)}
@@ -117,13 +118,28 @@ def _typed(obj: Any) -> None:
         setattr(obj, f.name, value)
 
 
+def _modality_names(value: Any) -> list[str]:
+    """Modality names: CT and PET first, in their order, then other names in the given order. Whether each other
+    name has a spec is checked by :class:`RunConfig` (the specs are ``preprocess`` settings)."""
+    items = value.replace("+", ",").split(",") if isinstance(value, str) else list(value)
+    names = [MODALITY_ALIASES.get(n, n) for n in (str(m).strip().lower() for m in items) if n]
+    if all(m in MODALITY_ORDER for m in names):
+        return parse_modalities(items)
+    bad = [m for m in names if not NAME_PATTERN.match(m)]
+    if bad:
+        raise ValueError(f"modalities must be names such as ct, pet, mr (lower-case letters, digits, _), got {items}")
+    return order_modalities(names, MODALITY_ORDER)
+
+
 @dataclass
 class DataConfig:
     """Which cases to read."""
 
     root: str = field(default="", metadata={"help": "dataset folder (HECKTOR or nnU-Net raw) or datalist JSON"})
     centres: list[str] = field(default_factory=list, metadata={"help": "centres to use; empty = all"})
-    modalities: list[str] = field(default_factory=lambda: ["ct"], metadata={"help": "input channels, [ct, pet] order"})
+    modalities: list[str] = field(default_factory=lambda: ["ct"], metadata={
+        "help": "input channels, [ct, pet] order, then other modalities (mr, dose, or declared in "
+                "preprocess.modality_specs) in their registry order"})
     val_fraction: float = field(default=0.2, metadata={"help": "validation share per centre (seeded split)"})
     cache_dir: str | None = field(default=None,
                                   metadata={"help": "persistent preprocessing cache folder (default: in memory)"})
@@ -137,9 +153,9 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.modalities, str):
-            self.modalities = parse_modalities(self.modalities)
+            self.modalities = _modality_names(self.modalities)
         _typed(self)
-        self.modalities = parse_modalities(self.modalities)
+        self.modalities = _modality_names(self.modalities)
         self.centres = [c.strip() for c in self.centres if c.strip()]
         if not 0.0 <= self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
@@ -176,6 +192,10 @@ class PreprocessConfig:
     register_max_shift_mm: float = field(default=50.0, metadata={
         "help": "a registration that moves any corner of the CT field of view by more than this (mm) has diverged "
                 "(an error naming the case)"})
+    modality_specs: dict[str, Any] = field(default_factory=dict, metadata={
+        "help": "modalities beyond CT and PET: name -> spec (suffixes, channel_names, normalisation range / zscore "
+                "/ minmax, range, percentiles, body_only, unit; see pemma.modalities); mr and dose have built-in "
+                "defaults, an entry here replaces them"})
 
     def __post_init__(self) -> None:
         _typed(self)
@@ -188,12 +208,20 @@ class PreprocessConfig:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
         if self.register_iterations < 1:
             raise ValueError(f"register_iterations must be >= 1, got {self.register_iterations}")
+        self.modality_specs = {name: {k: v for k, v in dataclasses.asdict(spec).items() if k != "name"}
+                               for name, spec in declared_specs(self.modality_specs).items()}
         for name in ("ct_window", "pet_suv_range"):
             if len(getattr(self, name)) != 2:
                 raise ValueError(f"{name} must be [low, high], got {getattr(self, name)}")
             lo, hi = getattr(self, name)
             if not lo < hi:
                 raise ValueError(f"{name} must be [low, high] with low < high, got {[lo, hi]}")
+
+
+    def modality_registry(self) -> dict[str, ModalitySpec]:
+        """Every modality this preprocessing knows, in channel order (CT and PET with this config's windows, the
+        declared ones, then the catalogue's others; see :func:`pemma.modalities.registry`)."""
+        return registry(self.ct_window, self.pet_suv_range, declared_specs(self.modality_specs))
 
 
 @dataclass
@@ -299,8 +327,20 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
+    def __post_init__(self) -> None:
+        specs = self.preprocess.modality_registry()
+        unknown = [m for m in self.data.modalities if m not in specs]
+        if unknown:
+            raise ValueError(f"data.modalities: no spec for {', '.join(unknown)} (known: {', '.join(specs)}); "
+                             f"declare it in preprocess.modality_specs, e.g. modality_specs: "
+                             f"{{{unknown[0]}: {{normalisation: zscore}}}}")
+        self.data.modalities = order_modalities(self.data.modalities, list(specs))
+
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        if not out["preprocess"]["modality_specs"]:  # CT / PET runs: config.yaml as before specs could be declared
+            del out["preprocess"]["modality_specs"]
+        return out
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> RunConfig:

@@ -4,7 +4,8 @@ This module is the bottom of the package (it imports nothing from pemma), so any
 
 * **Backbones**: ``unetr``, ``swin_unetr`` (MONAI ``UNETR`` / ``SwinUNETR``).
 * **Modalities** and their fixed channel order ``[CT, PET]``; input sets such as ``("ct", "pet")`` and their
-  text form ``"ct+pet"``.
+  text form ``"ct+pet"``. Other modalities (MR, dose...) are names declared by specs (``pemma.modalities``),
+  ordered after CT and PET.
 * **Methods** of adding PET to a CT model, with one canonical spelling each (the spelling of strategy files and
   ``results.csv``); the CLI's older spellings (``lora``, ``early-fusion``, ``full`` ...) are accepted aliases.
 * **Run kinds**: what a run folder holds (``backbone``, ``pemma``, ``pemma_full``, ``late_fusion``, ``survival``).
@@ -19,7 +20,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 # ---------------------------------------------------------------------------------------------- backbones
@@ -59,30 +60,37 @@ DROPOUT_INPUT_SETS: tuple[tuple[str, ...], ...] = (("ct", "pet"), ("ct",), ("pet
 ALL_INPUT_SETS: tuple[tuple[str, ...], ...] = DROPOUT_INPUT_SETS
 
 
-def parse_modalities(value: str | Iterable[str]) -> list[str]:
+def parse_modalities(value: str | Iterable[str], known: Sequence[str] = MODALITY_ORDER) -> list[str]:
     """``"ct,pet"``, ``"ct+pet"`` or ``["PET", "ct"]`` (any order, case, ``pt`` for PET) as ``["ct", "pet"]``.
 
+    Args:
+        value: the names, as text or a sequence.
+        known: the modalities allowed, in channel order. Default :data:`MODALITY_ORDER` (CT and PET); a run with
+            other modalities passes its registry's names (``pemma.modalities``).
+
     Raises:
-        ValueError: empty, or a name outside :data:`MODALITY_ORDER`.
+        ValueError: empty, or a name outside ``known``.
     """
     items = value.replace("+", ",").split(",") if isinstance(value, str) else list(value)
     names = [str(m).strip().lower() for m in items if str(m).strip()]
     names = [MODALITY_ALIASES.get(m, m) for m in names]
-    unknown = sorted(set(names) - set(MODALITY_ORDER))
+    unknown = sorted(set(names) - set(known))
     if unknown or not names:
-        raise ValueError(f"modalities must be a non-empty subset of {list(MODALITY_ORDER)}, got {items}")
-    return [m for m in MODALITY_ORDER if m in names]
+        raise ValueError(f"modalities must be a non-empty subset of {list(known)}, got {items}")
+    return [m for m in known if m in names]
 
 
-def check_modalities(modalities: Any) -> tuple[str, ...]:
-    """``modalities`` as a tuple, checked to be a non-empty subset of MODALITY_ORDER in that order (no parsing)."""
+def check_modalities(modalities: Any, known: Sequence[str] = MODALITY_ORDER) -> tuple[str, ...]:
+    """``modalities`` as a tuple, checked to be a non-empty subset of ``known`` (default :data:`MODALITY_ORDER`) in
+    that order (no parsing)."""
     if isinstance(modalities, str) or not hasattr(modalities, "__iter__"):
         raise ValueError(f"modalities must be a sequence of names such as ('ct', 'pet'), got {modalities!r}")
     mods = tuple(modalities)
-    if not mods or any(m not in MODALITY_ORDER for m in mods) or len(set(mods)) != len(mods):
-        raise ValueError(f"modalities must be a non-empty subset of {MODALITY_ORDER}, got {mods!r}")
-    if list(mods) != sorted(mods, key=MODALITY_ORDER.index):
-        raise ValueError(f"modalities must follow the channel order {MODALITY_ORDER}, got {mods!r}")
+    known = tuple(known)
+    if not mods or any(m not in known for m in mods) or len(set(mods)) != len(mods):
+        raise ValueError(f"modalities must be a non-empty subset of {known}, got {mods!r}")
+    if list(mods) != sorted(mods, key=known.index):
+        raise ValueError(f"modalities must follow the channel order {known}, got {mods!r}")
     return mods
 
 

@@ -198,23 +198,28 @@ class AdapterConfig:
         return dataclasses.replace(self, target_modules=tuple(targets), train_parts=tuple(parts))
 
     # ------------------------------------------------------------------ modality dropout
-    def modality_choices(self, trainable_only: bool = False) -> list[tuple[tuple[str, ...], float]]:
+    def modality_choices(self, trainable_only: bool = False,
+                         added: str = "pet") -> list[tuple[tuple[str, ...], float]]:
         """``[(modalities, probability), ...]`` of modality dropout.
 
         Args:
             trainable_only: drop the CT-only set and renormalise. CT-only input runs the frozen base model
                 (CT is not forgotten), so a CT-only batch has nothing to train. Default False.
+            added: the modality added to CT (``modality_dropout`` weighs ct+added, ct, added). Default ``pet``.
         """
-        choices = [(m, p) for m, p in zip(DROPOUT_INPUT_SETS, self.modality_dropout, strict=True)
+        sets = [tuple(added if m == "pet" else m for m in s) for s in DROPOUT_INPUT_SETS]
+        choices = [(m, p) for m, p in zip(sets, self.modality_dropout, strict=True)
                    if p > 0 and not (trainable_only and m == ("ct",))]
         total = sum(p for _, p in choices)
         if total <= 0:
             raise ValueError(f"modality_dropout {self.modality_dropout} leaves no trainable input set")
         return [(m, p / total) for m, p in choices]
 
-    def sample_modalities(self, rng: random.Random, trainable_only: bool = False) -> tuple[str, ...]:
-        """Draw one input set. Use the same seed on every DDP rank so all ranks take the same path."""
-        choices = self.modality_choices(trainable_only)
+    def sample_modalities(self, rng: random.Random, trainable_only: bool = False,
+                          added: str = "pet") -> tuple[str, ...]:
+        """Draw one input set (``added``: see :meth:`modality_choices`). Use the same seed on every DDP rank so all
+        ranks take the same path."""
+        choices = self.modality_choices(trainable_only, added)
         return rng.choices([m for m, _ in choices], weights=[p for _, p in choices], k=1)[0]
 
     # ------------------------------------------------------------------ (de)serialisation

@@ -53,7 +53,7 @@ def check(data: str | os.PathLike, *, centres: Names = None, modalities: Names =
     from pemma.data.registration import RegistrationSettings, register_files
     from pemma.errors import PemmaError
     from pemma.survival.endpoints import CLINICAL_FILE, ENDPOINT_FILE, find_table, read_clinical, read_endpoints
-    from pemma.vocab import MODALITY_ORDER, parse_modalities
+    from pemma.vocab import parse_modalities
 
     try:
         preprocess = registration_preprocess(model, preset, config)
@@ -65,11 +65,12 @@ def check(data: str | os.PathLike, *, centres: Names = None, modalities: Names =
     registration = registration or settings.mode != "none"
     agreement: dict[str, Any] = {}
     agreement_lines: list[str] = []
-    wanted = parse_modalities(name_list(modalities)) if modalities else None
+    known = list(PreprocessConfig().modality_registry())  # CT, PET, then the other modalities pemma knows
+    wanted = parse_modalities(name_list(modalities), known) if modalities else None
     cases = select_cases(discover_cases(os.fspath(data)), centres=name_list(centres), source=os.fspath(data))
     report = CheckReport(n_cases=len(cases))
     for case in tqdm(cases, desc="check", unit="case", disable=not progress):
-        problems = check_case(case, wanted or [m for m in MODALITY_ORDER if m in case.images],
+        problems = check_case(case, wanted or [m for m in known if m in case.images],
                               with_label=case.label is not None)
         if not problems and registration and {"ct", "pet"} <= set(case.images):
             try:

@@ -21,7 +21,8 @@ def _loaded(model: RunLike, base: RunLike | None, modalities: Names, device: str
 
     dev = resolve_device(device or "auto")
     loaded = load_model(path_of(model), dev, base_run=path_of(base))
-    chosen = parse_modalities(name_list(modalities)) if modalities else loaded.input_sets[0]
+    known = list(loaded.config.preprocess.modality_registry())  # CT, PET and the run's other modalities
+    chosen = parse_modalities(name_list(modalities), known) if modalities else loaded.input_sets[0]
     loaded.check_inputs(chosen, source)
     return loaded, chosen, dev
 
@@ -82,7 +83,8 @@ def predict(model: RunLike, inputs: str | os.PathLike, out: str | os.PathLike, *
         written, cases = _predict_dicom(loaded, source, chosen, out, dev, centres, rtstruct, failures,
                                         _window(roi, overlap, sw_batch_size, amp))
     else:
-        cases = select_cases(discover_cases(source), centres=name_list(centres) or [], modalities=chosen,
+        specs = loaded.config.preprocess.modality_registry()  # the run's modalities (a declared one's suffix)
+        cases = select_cases(discover_cases(source, specs), centres=name_list(centres) or [], modalities=chosen,
                              source=source)
         written = predict_cases(loaded, cases, chosen, os.fspath(out), dev,
                                 _window(roi, overlap, sw_batch_size, amp), failures=failures,
@@ -165,7 +167,8 @@ def evaluate(model: RunLike | None = None, data: str | os.PathLike | None = None
         folder = Path(os.fspath(out)) if out is not None else Path(os.fspath(pred)) / "evaluation"
     else:
         loaded, chosen, dev = _loaded(model, base, modalities, device, source)
-        cases = select_cases(discover_cases(source), centres=name_list(centres) or [], modalities=chosen,
+        specs = loaded.config.preprocess.modality_registry()  # the run's modalities (a declared one's suffix)
+        cases = select_cases(discover_cases(source, specs), centres=name_list(centres) or [], modalities=chosen,
                              require_label=True, source=source)
         cases = _split_cases(cases, loaded.meta, split, path_of(model))
         trained = set(loaded.meta.get("train_cases") or [])

@@ -78,7 +78,8 @@ def adapt(base: RunLike, data: str | os.PathLike, out: str | os.PathLike, *, cen
         data: dataset folder or datalist.
         out: run folder of the adapted model.
         centres: centres to adapt on. Default all.
-        add_modality: modality to add (only ``pet``).
+        add_modality: modality to add: ``pet`` (default), or with the PEMMA methods any other modality with a
+            spec (``mr``, ``dose``, or one declared in the config's ``preprocess.modality_specs``).
         method: ``pemma_lora`` (``lora``) or ``pemma_dora`` (``dora``); baselines ``early_fusion``,
             ``full_finetune`` (``full``), ``late_fusion`` (any spelling of :data:`pemma.vocab.METHOD_ALIASES`).
         rank, alpha, adapter_dropout: adapter rank r, scaling alpha and input dropout. Default: the recipe's
@@ -105,8 +106,8 @@ def adapt(base: RunLike, data: str | os.PathLike, out: str | os.PathLike, *, cen
     from pemma.runs import new_run_folder
     from pemma.vocab import PEMMA_METHODS, canonical_method
 
-    if add_modality != "pet":
-        raise PemmaError(f"only pet can be added, got {add_modality!r}")
+    added = str(add_modality).strip().lower()
+    added = "pet" if added == "pt" else added
     try:
         # the PEMMA methods set the adapter type; full fine-tuning builds the PEMMA pathway with LoRA
         adapter_type = PEMMA_METHODS.get(canonical_method(method), "lora")
@@ -122,10 +123,14 @@ def adapt(base: RunLike, data: str | os.PathLike, out: str | os.PathLike, *, cen
     except ValueError as exc:
         raise PemmaError(f"invalid adapter settings: {exc}") from None
     cfg = absolute_data(run_config(preset, config, overrides, data=data, centres=centres, **settings))
+    known = [m for m in cfg.preprocess.modality_registry() if m != "ct"]
+    if added not in known:
+        raise PemmaError(f"--add-modality {add_modality}: unknown modality (known: {', '.join(known)}; declare others "
+                         f"in the config's preprocess.modality_specs)")
     warn_tiny_preset(preset, cfg)
     with new_run_folder(out, force=force, resume=resume, reads=[path_of(base)]) as folder:
         summary = adapt_run(path_of(base), cfg, os.fspath(folder), method=method, adapter_cfg=adapter_cfg,
-                            resume=resume)
+                            resume=resume, **({} if added == "pet" else {"added_modality": added}))
     return Run.open(out, summary)
 
 
@@ -172,7 +177,8 @@ def update(model: RunLike, data: str | os.PathLike, modalities: Names, out: str 
     warn_tiny_preset(preset, cfg)
     reads = [*run_family(path_of(model)), path_of(base)]
     with new_run_folder(out, force=force, resume=resume, reads=reads) as folder:
-        summary = update_run(path_of(model), cfg, parse_modalities(modalities or []), os.fspath(folder),
+        known = list(cfg.preprocess.modality_registry())  # CT, PET and the other modalities (an added mr...)
+        summary = update_run(path_of(model), cfg, parse_modalities(modalities or [], known), os.fspath(folder),
                              resume=resume, base_run=path_of(base), ct_route=ct_route, recipe=recipe)
     return Run.open(out, summary)
 
@@ -256,7 +262,7 @@ def export(model: RunLike, out: str | os.PathLike, *, format: str | None = None,
 def synth(out: str | os.PathLike, *, cases_per_centre: int | None = None, centres: Names = None,
           shape: Sequence[int] | None = None, ct_spacing: Sequence[float] | None = None,
           oblique_degrees: float | None = None, seed: int | None = None,
-          difficulty: str | None = None) -> list[str]:
+          difficulty: str | None = None, modalities: Names = None) -> list[str]:
     """Write a deterministic HECKTOR-2022-layout PET/CT phantom (images, labels, clinical and endpoint CSVs).
 
     Args:
@@ -267,6 +273,9 @@ def synth(out: str | os.PathLike, *, cases_per_centre: int | None = None, centre
         oblique_degrees: rotate the image direction. seed: random seed (default 0).
         difficulty: ``normal`` (default) or ``hard``: weaker CT contrast, unlabelled PET hot spots and
             physiological uptake on the same labels and grids (recorded in ``OUT/phantom.json``).
+        modalities: ``ct,pet`` (default) or ``ct,pet,mr``: also an MR-like T2 channel (``ID__MR.nii.gz``: soft-tissue
+            contrast, visible tumour, a smooth bias field; CT, PET and labels unchanged; recorded in
+            ``OUT/phantom.json``).
 
     Returns:
         The case IDs written.
@@ -278,7 +287,7 @@ def synth(out: str | os.PathLike, *, cases_per_centre: int | None = None, centre
 
     kwargs = {"cases_per_centre": cases_per_centre, "ct_shape": shape, "ct_spacing": ct_spacing,
               "oblique_degrees": oblique_degrees, "seed": seed, "centres": tuple(name_list(centres) or ()) or None,
-              "difficulty": difficulty}
+              "difficulty": difficulty, "modalities": tuple(name_list(modalities) or ()) or None}
     try:
         phantom = PhantomConfig(**{k: (tuple(v) if isinstance(v, list | tuple) else v)
                                    for k, v in kwargs.items() if v is not None})

@@ -17,7 +17,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--base", required=True, help="CT-only run folder of `pemma train`")
     p.add_argument("--data", required=True, help="dataset folder or datalist")
     p.add_argument("--centres", help="comma-separated centres (default: all)")
-    p.add_argument("--add-modality", default="pet", choices=["pet"], help="modality to add (default pet)")
+    p.add_argument("--add-modality", default="pet",
+                   help="modality to add (default pet); with the PEMMA methods also mr, dose or a modality declared "
+                        "in the --config's preprocess.modality_specs")
     p.add_argument("--method", default="lora", choices=method_choices(), metavar="METHOD",
                    help="pemma_lora (alias lora, the default) | pemma_dora (dora): PEMMA; baselines: early_fusion "
                         "(2 channels from the CT model, all trained), full_finetune (full: PEMMA pathway, all "
@@ -90,7 +92,8 @@ def cmd_adapt(args: argparse.Namespace) -> int:
                 method=args.method, **{k: v for k, v in adapter.items() if v is not None}, **training_settings(args))
     summary = run.summary
     extra = f", CT logit weight {summary['weight']}" if "weight" in summary else ""
-    print(f"{args.out}: {summary['steps']} steps, best validation mean DSCagg (CT+PET) {summary['best_dsc']:.4f}"
+    print(f"{args.out}: {summary['steps']} steps, best validation mean DSCagg (CT+{args.add_modality.upper()}) "
+          f"{summary['best_dsc']:.4f}"
           f"{extra}")
     return 0
 

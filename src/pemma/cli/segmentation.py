@@ -23,13 +23,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--difficulty", choices=PHANTOM_DIFFICULTIES, default=None,
                    help="normal (default) or hard: GTVp 0-25 HU over soft tissue, unlabelled PET hot spots and "
                         "reactive nodes, brown fat / muscle / stronger gland uptake; same labels and grids")
+    p.add_argument("--modalities", default=None,
+                   help="images to write: ct,pet (default) or ct,pet,mr (adds an MR-like T2 channel ID__MR.nii.gz "
+                        "on its own grid: soft-tissue contrast, visible tumour, smooth bias field)")
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("train", help="train a segmentation backbone (CT-only, or CT+PET early fusion)",
                        description="Train MONAI UNETR / Swin UNETR on the given centres and modalities.")
     p.add_argument("--data", required=True, help="HECKTOR folder, nnU-Net raw folder or datalist JSON")
     p.add_argument("--centres", help="comma-separated centres (default: all)")
-    p.add_argument("--modalities", default="ct", help="ct, pet or ct,pet (early fusion); default ct")
+    p.add_argument("--modalities", default="ct", help="ct, pet or ct,pet (early fusion), or with another modality "
+                   "(mr, dose, or one declared in the config's preprocess.modality_specs), e.g. ct,mr; default ct")
     add_field_flag(p, ModelConfig, "backbone", choices=BACKBONES)
     p.add_argument("--out", required=True, help="run folder")
     add_training_flags(p)
@@ -74,7 +78,7 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
     ids = synth(args.out, cases_per_centre=args.cases_per_centre, centres=args.centres, shape=args.shape,
                 ct_spacing=args.ct_spacing, oblique_degrees=args.oblique_degrees, seed=args.seed,
-                difficulty=args.difficulty)
+                difficulty=args.difficulty, modalities=args.modalities)
     print(f"wrote {len(ids)} cases to {args.out}" + (f" ({args.difficulty} phantom)" if args.difficulty else ""))
     return 0
 

@@ -85,10 +85,11 @@ def check_case(case: CaseRecord, modalities: Sequence[str], with_label: bool = T
     for modality in modalities:
         path = case.images.get(modality)
         if path is None:
-            problems.append(f"case {case.case_id}: no {_WHAT.get(modality, modality)} file")
+            problems.append(f"case {case.case_id}: no {_WHAT.get(modality, modality.upper())} file")
             continue
         try:
-            images[modality] = load_nifti(path, what=f"{_WHAT.get(modality, modality)} of case {case.case_id}")
+            images[modality] = load_nifti(path, what=f"{_WHAT.get(modality, modality.upper())} of case "
+                                                    f"{case.case_id}")
         except PemmaError as exc:
             problems.append(str(exc))
     label = label_voxels = None
@@ -103,9 +104,9 @@ def check_case(case: CaseRecord, modalities: Sequence[str], with_label: bool = T
             except PemmaError as exc:
                 problems.append(str(exc))
     ref = images.get("ct")
-    if ref is not None and "pet" in images:  # the loader's rule (CheckOverlapd), one place
-        problem = pet_overlap_problem(case.case_id, ref.affine, ref.shape, images["pet"].affine, images["pet"].shape,
-                                      case.images["pet"])
+    for other in [m for m in images if m != "ct"] if ref is not None else []:  # the loader's rule (CheckOverlapd)
+        problem = pet_overlap_problem(case.case_id, ref.affine, ref.shape, images[other].affine, images[other].shape,
+                                      case.images[other], what=_WHAT.get(other, other.upper()))
         if problem is not None:
             problems.append(problem)
     if ref is not None and label is not None and _overlap(ref, label, pad=True) <= 0.0:

@@ -4,21 +4,35 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from pemma.errors import PemmaError
-from pemma.vocab import HECKTOR_CENTRES, MODALITY_ORDER
+from pemma.modalities import NAME_PATTERN, ModalitySpec, default_registry
+from pemma.vocab import HECKTOR_CENTRES
 
-_HECKTOR_SUFFIX = {"ct": "__CT", "pet": "__PT"}
+#: modality name -> spec (what discovery reads of it: the HECKTOR file suffixes, the nnU-Net channel names)
+Specs = Mapping[str, ModalitySpec]
 _NIFTI = (".nii.gz", ".nii")
+
+
+def hecktor_suffixes(specs: Specs | None = None) -> dict[str, str]:
+    """File suffix -> modality of the HECKTOR layout (``__CT`` -> ``ct``, ``__PT`` -> ``pet``, ``__MR`` -> ``mr``...),
+    longest suffix first; a suffix two specs claim is the first's in registry order (a declared modality before the
+    catalogue's). Default: pemma's registry (:func:`pemma.modalities.default_registry`)."""
+    found: dict[str, str] = {}
+    for name, spec in (specs or default_registry()).items():
+        for suffix in spec.suffixes:
+            found.setdefault(suffix, name)
+    return dict(sorted(found.items(), key=lambda pair: -len(pair[0])))
 
 
 @dataclass(frozen=True)
 class CaseRecord:
-    """One patient: image paths by modality (``ct``, ``pet``) and an optional label path.
+    """One patient: image paths by modality (``ct``, ``pet``, ``mr``...) and an optional label path.
 
     ``label_map`` holds the (file value, pemma value) pairs of a dataset whose ``dataset.json`` numbers GTVp and
     GTVn otherwise than 1 and 2 (None: the files hold pemma's values); ``test`` marks an nnU-Net ``imagesTs`` case,
@@ -62,16 +76,18 @@ def _in_label_folder(path: Path, root: Path) -> bool:
     return any(_is_label_folder(part) for part in path.relative_to(root).parts[:-1])
 
 
-def _image_suffix(stem: str) -> str | None:
-    """The image naming a file stem carries (``__CT``, ``__PT``, nnU-Net ``_0000``), or None for a label name."""
-    for suffix in _HECKTOR_SUFFIX.values():
+def _image_suffix(stem: str, specs: Specs | None = None) -> str | None:
+    """The image naming a file stem carries (``__CT``, ``__PT``, any modality's suffix, nnU-Net ``_0000``), or None
+    for a label name."""
+    for suffix in hecktor_suffixes(specs):
         if stem.endswith(suffix):
             return suffix
     match = re.search(r"_\d{4}$", stem)
     return match.group(0) if match else None
 
 
-def _label_candidate(path: Path, root: Path, images: dict[str, dict[str, str]]) -> str | None:
+def _label_candidate(path: Path, root: Path, images: dict[str, dict[str, str]],
+                     specs: Specs | None = None) -> str | None:
     """The case ID a file in a label folder labels (None when not under a label folder).
 
     Raises:
@@ -80,7 +96,7 @@ def _label_candidate(path: Path, root: Path, images: dict[str, dict[str, str]]) 
     if not _in_label_folder(path, root):
         return None
     stem = _strip_nifti(path.name) or ""
-    suffix = _image_suffix(stem)
+    suffix = _image_suffix(stem, specs)
     if suffix is None:
         return stem
     cid = stem[: -len(suffix)]
@@ -90,8 +106,9 @@ def _label_candidate(path: Path, root: Path, images: dict[str, dict[str, str]]) 
                      f"expected{beside}; move it out of {path.parent.name}/")
 
 
-def _discover_hecktor(root: Path) -> list[CaseRecord]:
-    """HECKTOR 2022 folders, searched recursively: images anywhere (``ID__CT`` / ``ID__PT``), labels only from
+def _discover_hecktor(root: Path, specs: Specs | None = None) -> list[CaseRecord]:
+    """HECKTOR 2022 folders, searched recursively: images anywhere (``ID__CT`` / ``ID__PT``, or any modality's suffix
+    in ``specs``, e.g. ``ID__MR``), labels only from
     folders named ``labels*`` (``labelsTr``, ``labelsTs``); other NIfTI files (e.g. a ``predictions/`` folder
     inside the dataset) are ignored.
 
@@ -99,19 +116,20 @@ def _discover_hecktor(root: Path) -> list[CaseRecord]:
         PemmaError: two label files for one case, or an image file inside a label folder (both files named).
     """
     images: dict[str, dict[str, str]] = {}
+    suffixes = hecktor_suffixes(specs)
     paths = [p for p in sorted(root.rglob("*.nii*")) if _strip_nifti(p.name) is not None
              and not p.name.startswith(".")]
     for path in paths:
         if _in_label_folder(path, root):
             continue
         stem = _strip_nifti(path.name) or ""
-        for modality, suffix in _HECKTOR_SUFFIX.items():
-            if stem.endswith(suffix):
+        for suffix, modality in suffixes.items():
+            if stem.endswith(suffix) and len(stem) > len(suffix):
                 images.setdefault(stem[: -len(suffix)], {})[modality] = str(path)
                 break
     labels: dict[str, str] = {}
     for path in paths:
-        cid = _label_candidate(path, root, images)
+        cid = _label_candidate(path, root, images, specs)
         if cid is None:
             continue
         if cid in labels:
@@ -121,18 +139,20 @@ def _discover_hecktor(root: Path) -> list[CaseRecord]:
     return [CaseRecord(cid, centre_of(cid), imgs, labels.get(cid)) for cid, imgs in sorted(images.items())]
 
 
-def _discover_datalist(path: Path) -> list[CaseRecord]:
+def _discover_datalist(path: Path, specs: Specs | None = None) -> list[CaseRecord]:
     try:
         raw = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise PemmaError(f"{path}: cannot read datalist JSON ({exc})") from None
     entries = raw.get("training", []) + raw.get("test", []) if isinstance(raw, dict) else raw
     cases = []
+    keys = [("ct", "ct"), ("pet", "pet"), ("pet", "pt")]
+    keys += [(m, m) for m in (specs or default_registry()) if m not in ("ct", "pet")]
     for i, entry in enumerate(entries):
-        if not isinstance(entry, dict) or ("ct" not in entry and "pet" not in entry and "pt" not in entry):
-            raise PemmaError(f"{path}: entry {i} needs a 'ct' and/or 'pet' path")
-        imgs = {m: str((path.parent / entry[k]).resolve()) for m, k in (("ct", "ct"), ("pet", "pet"), ("pet", "pt"))
-                if k in entry}
+        if not isinstance(entry, dict) or not any(k in entry for _, k in keys):
+            raise PemmaError(f"{path}: entry {i} needs a 'ct' and/or 'pet' path (or another modality's: "
+                             f"{', '.join(k for _, k in keys[3:])})")
+        imgs = {m: str((path.parent / entry[k]).resolve()) for m, k in keys if k in entry}
         cid = str(entry.get("case_id") or entry.get("id") or Path(imgs.get("ct", imgs.get("pet", ""))).name)
         label = str((path.parent / entry["label"]).resolve()) if entry.get("label") else None
         if label is not None and label in imgs.values():
@@ -144,8 +164,12 @@ def _discover_datalist(path: Path) -> list[CaseRecord]:
     return cases
 
 
-def discover_cases(root: str | Path) -> list[CaseRecord]:
+def discover_cases(root: str | Path, specs: Specs | None = None) -> list[CaseRecord]:
     """All cases under ``root``, whichever layout it has.
+
+    ``specs`` names the modalities to look for (their HECKTOR suffixes, nnU-Net channel names, datalist keys);
+    default pemma's registry (CT, PET, MR, dose: :func:`pemma.modalities.default_registry`), a run passes its own
+    (:meth:`pemma.config.PreprocessConfig.modality_registry`).
 
     * a ``.json`` file: datalist (``{"training": [{"ct", "pet", "label", "id", "centre"}]}``), paths
       relative to the file;
@@ -170,17 +194,19 @@ def discover_cases(root: str | Path) -> list[CaseRecord]:
     if not root.exists():
         raise PemmaError(f"{root}: dataset path not found")
     if root.is_file() and root.suffix == ".json":
-        cases = _discover_datalist(root)
+        cases = _discover_datalist(root, specs)
     elif root.is_file():
         stem = nnunet.split_ending(root.name)
         stem_text = stem[0] if stem else root.name
-        cid = re.sub(r"__CT$|__PT$", "", stem_text)
-        cases = ([c for c in _discover_hecktor(root.parent) if c.case_id == cid] if cid != stem_text else []) or \
-            nnunet.channel_file_case(root) or [CaseRecord(stem_text, centre_of(stem_text), {"ct": str(root)})]
+        suffix = next((s for s in hecktor_suffixes(specs) if stem_text.endswith(s) and stem_text != s), "")
+        cid = stem_text[: len(stem_text) - len(suffix)]
+        cases = ([c for c in _discover_hecktor(root.parent, specs) if c.case_id == cid] if suffix else []) or \
+            nnunet.channel_file_case(root, specs) or [CaseRecord(stem_text, centre_of(stem_text), {"ct": str(root)})]
     elif (root / "dataset.json").is_file() and ((root / "imagesTr").is_dir() or (root / "imagesTs").is_dir()):
-        cases = nnunet.discover_nnunet(root)
+        cases = nnunet.discover_nnunet(root, specs)
     else:
-        cases = _discover_hecktor(root) or nnunet.discover_channel_folder(root) or nnunet.discover_image_files(root)
+        cases = _discover_hecktor(root, specs) or nnunet.discover_channel_folder(root, specs) or \
+            nnunet.discover_image_files(root)
     if not cases:
         raise PemmaError(f"{root}: no cases found (expected HECKTOR ID__CT.nii.gz, nnU-Net dataset.json or datalist)")
     return cases
@@ -202,7 +228,7 @@ def select_cases(cases: list[CaseRecord], *, centres: list[str] | None = None, m
         raise PemmaError(f"{source}: no cases for centres {sorted(wanted)} (centres found: {', '.join(found)})")
     for case in chosen:
         for modality in modalities or []:
-            if modality not in MODALITY_ORDER:
+            if not NAME_PATTERN.match(str(modality)):
                 raise PemmaError(f"unknown modality {modality!r}")
             if modality not in case.images:
                 raise PemmaError(f"case {case.case_id}: no {modality.upper()} image in {source}")

@@ -10,23 +10,36 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pemma.data.labels import LabelMap, label_map_from_names
-from pemma.data.layout import CaseRecord, centre_of
+from pemma.data.layout import CaseRecord, Specs, centre_of
 from pemma.errors import PemmaError
 from pemma.io_utils import IMAGE_ENDINGS
+from pemma.modalities import default_registry
 
-#: channel-name tokens (lower case) that mean each modality
-CHANNEL_TOKENS = {"ct": ("ct", "ctres", "hu", "computed tomography"),
-                  "pet": ("pet", "pt", "fdg", "fdgpet", "suv", "petres")}
+#: channel-name tokens (lower case) that mean each modality of pemma's registry (CT, PET, MR, dose)
+CHANNEL_TOKENS = {name: tuple(n.lower() for n in spec.channel_names) for name, spec in default_registry().items()}
+#: the modalities whose channels a ``dataset.json`` must name recognisably when it has channels pemma cannot tell
+REQUIRED_CHANNELS = ("ct", "pet")
 #: channels of a folder of ``_0000`` / ``_0001`` files that has no ``dataset.json`` (HECKTOR's nnU-Net convention)
 DEFAULT_CHANNELS = {"ct": 0, "pet": 1}
 _CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
 
 
-def channel_modality(name: str) -> str | None:
-    """``"CT"`` -> ``ct``; ``"PET"``, ``"PT"``, ``"FDG-PET"``, ``"SUV"`` -> ``pet``; anything else (or both) None."""
+def channel_modality(name: str, specs: Specs | None = None) -> str | None:
+    """``"CT"`` -> ``ct``; ``"PET"``, ``"PT"``, ``"FDG-PET"``, ``"SUV"`` -> ``pet``; ``"MR"``, ``"T1"`` -> ``mr``;
+    anything else (or several) None.
+
+    The whole name meaning a modality (its name or one of its channel names) wins, the first in registry order (a
+    declared modality before the catalogue's); else the modality one of its words means. ``specs``: the
+    modalities to tell apart. Default pemma's registry.
+    """
+    tokens_of = CHANNEL_TOKENS if specs is None else {
+        m: tuple(n.lower() for n in (m, *spec.channel_names)) for m, spec in specs.items()}
     key = name.strip().lower()
+    whole = [m for m, names in tokens_of.items() if key == m or key in names]
+    if whole:
+        return whole[0]
     tokens = set(re.split(r"[^a-z0-9]+", key)) | {key}
-    found = [m for m, names in CHANNEL_TOKENS.items() if tokens & set(names)]
+    found = [m for m, names in tokens_of.items() if tokens & set(names)]
     return found[0] if len(found) == 1 else None
 
 
@@ -56,23 +69,26 @@ class NnunetMeta:
     source: str | None = None
 
 
-def _channels(raw: object, path: Path) -> dict[str, int]:
+def _channels(raw: object, path: Path, specs: Specs | None = None) -> dict[str, int]:
     if not isinstance(raw, dict) or not raw:
         raise PemmaError(f"{path}: dataset.json needs channel_names ({{\"0\": \"CT\", \"1\": \"PET\"}})")
     channels: dict[str, int] = {}
-    unknown = []
+    unknown, twice = [], set()
     for index, name in raw.items():
-        modality = channel_modality(str(name))
+        modality = channel_modality(str(name), specs)
         if modality is None:
             unknown.append(f"{index}: {name!r}")
-        elif modality in channels:
+        elif modality in channels and modality in REQUIRED_CHANNELS:
             raise PemmaError(f"{path}: channel_names {raw} name {modality.upper()} twice")
+        elif modality in channels or modality in twice:  # e.g. T1 and T2 both MR: neither is taken for MR
+            twice.add(modality)
+            channels.pop(modality, None)
         else:
             try:
                 channels[modality] = int(index)
             except ValueError:
                 raise PemmaError(f"{path}: channel_names key {index!r} is not a channel number") from None
-    missing = [m.upper() for m in CHANNEL_TOKENS if m not in channels]
+    missing = [m.upper() for m in REQUIRED_CHANNELS if m not in channels]
     if missing and unknown:
         raise PemmaError(f"{path}: cannot tell which channel is {' or '.join(missing)}: channel_names {raw} "
                          f"({', '.join(unknown)} not recognised; CT is named CT, PET one of PET, PT, FDG, SUV); "
@@ -90,8 +106,9 @@ def _labels(raw: object, path: Path) -> LabelMap | None:
     return label_map_from_names(raw, str(path))
 
 
-def read_dataset_json(path: str | Path) -> NnunetMeta:
-    """Channels (CT and PET found by name), labels (remapped by name to GTVp 1, GTVn 2) and file ending.
+def read_dataset_json(path: str | Path, specs: Specs | None = None) -> NnunetMeta:
+    """Channels (CT, PET and the other modalities of ``specs`` found by name), labels (remapped by name to GTVp 1,
+    GTVn 2) and file ending.
 
     Raises:
         PemmaError: the file cannot be read, a needed channel cannot be told by its name (the names are listed),
@@ -104,7 +121,7 @@ def read_dataset_json(path: str | Path) -> NnunetMeta:
         raise PemmaError(f"{path}: cannot read nnU-Net dataset.json ({exc})") from None
     if not isinstance(meta, dict):
         raise PemmaError(f"{path}: dataset.json must hold an object")
-    channels = _channels(meta.get("channel_names") or meta.get("modality"), path)
+    channels = _channels(meta.get("channel_names") or meta.get("modality"), path, specs)
     ending = meta.get("file_ending", ".nii.gz")
     if not isinstance(ending, str) or not ending.startswith("."):
         raise PemmaError(f"{path}: file_ending {ending!r} is not a file ending such as .nii.gz or .mha")
@@ -139,30 +156,30 @@ def _cases(folder: Path, meta: NnunetMeta, label_folder: Path | None, declared: 
     return cases
 
 
-def discover_nnunet(root: Path) -> list[CaseRecord]:
+def discover_nnunet(root: Path, specs: Specs | None = None) -> list[CaseRecord]:
     """The cases of an nnU-Net raw dataset folder: ``imagesTr`` (labels from ``labelsTr``) and ``imagesTs``
     (labels from ``labelsTs`` when there are; these cases are marked ``test`` and never trained on)."""
-    meta = read_dataset_json(root / "dataset.json")
+    meta = read_dataset_json(root / "dataset.json", specs)
     return [case for images, labels in (("imagesTr", "labelsTr"), ("imagesTs", "labelsTs"))
             for case in _cases(root / images, meta, root / labels, True, images == "imagesTs")]
 
 
-def folder_meta(folder: Path) -> NnunetMeta:
+def folder_meta(folder: Path, specs: Specs | None = None) -> NnunetMeta:
     """The ``dataset.json`` of an ``imagesTr`` / ``imagesTs`` folder's dataset (beside it, or one level up); the
     defaults (channel 0 CT, channel 1 PET, any ending) when there is none."""
     for candidate in (folder / "dataset.json", folder.parent / "dataset.json"):
         if candidate.is_file():
-            return read_dataset_json(candidate)
+            return read_dataset_json(candidate, specs)
     return NnunetMeta()
 
 
-def discover_channel_folder(folder: Path) -> list[CaseRecord]:
+def discover_channel_folder(folder: Path, specs: Specs | None = None) -> list[CaseRecord]:
     """Cases of a folder of ``<case>_0000`` / ``<case>_0001`` files (an nnU-Net ``-i`` folder such as ``imagesTs``).
 
     Channels come from the dataset's ``dataset.json`` (see :func:`folder_meta`); labels from the matching
     ``labels*`` folder beside an ``imagesTr`` / ``imagesTs`` folder.
     """
-    meta = folder_meta(folder)
+    meta = folder_meta(folder, specs)
     labels = None
     if meta.source is not None and folder.name.lower().startswith("images"):
         labels = folder.parent / ("labels" + folder.name[len("images"):])
@@ -170,13 +187,13 @@ def discover_channel_folder(folder: Path) -> list[CaseRecord]:
                   folder.name == "imagesTs")
 
 
-def channel_file_case(path: Path) -> list[CaseRecord]:
+def channel_file_case(path: Path, specs: Specs | None = None) -> list[CaseRecord]:
     """The case of one ``<case>_0000`` file, with its other channel files beside it (empty: not such a name)."""
     parts = split_ending(path.name)
     match = _CHANNEL_FILE.match(parts[0]) if parts else None
     if match is None:
         return []
-    return [c for c in discover_channel_folder(path.parent) if c.case_id == match["case"]]
+    return [c for c in discover_channel_folder(path.parent, specs) if c.case_id == match["case"]]
 
 
 def discover_image_files(folder: Path) -> list[CaseRecord]:

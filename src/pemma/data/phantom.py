@@ -15,10 +15,13 @@ Output (patient IDs ``CENTRE-NNN`` from 000)::
 
     OUT/imagesTr/CHUM-000__CT.nii.gz   int16 HU on the CT grid
     OUT/imagesTr/CHUM-000__PT.nii.gz   float32 SUV on the PET grid
+    OUT/imagesTr/CHUM-000__MR.nii.gz   float32 MR-like T2 (arbitrary units) on its own grid, only with
+                                       ``modalities=("ct", "pet", "mr")`` (:mod:`pemma.data.phantom_mr`)
     OUT/labelsTr/CHUM-000.nii.gz       uint8 0/1 GTVp/2 GTVn on the CT grid
     OUT/hecktor2022_clinical_info_training.csv
     OUT/hecktor2022_endpoint_training.csv
     OUT/phantom.json                   the settings (difficulty, seed, ...), only for a non-default difficulty
+                                       or modalities
 
 Example:
     >>> from pemma.data.phantom import PhantomConfig, synthesize_phantom
@@ -52,6 +55,7 @@ from pemma.data.phantom_anatomy import (
     smooth_noise,
 )
 from pemma.data.phantom_hard import DIFFICULTIES, HARD_HU_DELTA, paint_hard_confounders
+from pemma.data.phantom_mr import MR_MAX_OFFSET_MM, MR_SPACING_MM, paint_mr
 from pemma.errors import PemmaError
 from pemma.io_utils import save_nifti, write_text_atomic
 
@@ -86,6 +90,10 @@ SURVIVAL: dict[str, float] = {
 }
 
 
+#: the images the phantom can write, in channel order
+PHANTOM_MODALITIES: tuple[str, ...] = ("ct", "pet", "mr")
+
+
 @dataclass
 class PhantomConfig:
     """What to synthesise. Every field is validated on construction (``ValueError`` naming the field).
@@ -103,6 +111,8 @@ class PhantomConfig:
             (seed, CenterID, c). Default 0.
         difficulty: ``normal`` (the default phantom) or ``hard`` (weaker CT contrast, more unlabelled PET
             hot spots and physiological uptake; same labels and grids, see :mod:`pemma.data.phantom_hard`).
+        modalities: the images written: ``("ct", "pet")`` or ``("ct", "pet", "mr")`` (an MR-like T2 channel
+            from the case's own random stream: CT, PET and labels stay those of the phantom without it).
 
     Example:
         >>> PhantomConfig(cases_per_centre=1, centres=("CHUM",), ct_shape=(32, 32, 24))
@@ -116,6 +126,7 @@ class PhantomConfig:
     oblique_degrees: float = 0.0  # rotation of the direction cosines, degrees in [-45, 45]
     seed: int = 0  # base seed, >= 0
     difficulty: str = "normal"  # normal or hard (see pemma.data.phantom_hard)
+    modalities: tuple[str, ...] = ("ct", "pet")  # images written; add "mr" for the MR-like channel
 
     def __post_init__(self) -> None:
         self.cases_per_centre = _int("cases_per_centre", self.cases_per_centre, 1, 1000)
@@ -137,6 +148,12 @@ class PhantomConfig:
         self.seed = _int("seed", self.seed, 0, 2**63 - 1)
         if self.difficulty not in DIFFICULTIES:
             raise ValueError(f"difficulty must be one of {DIFFICULTIES}, got {self.difficulty!r}")
+        mods = self.modalities.split(",") if isinstance(self.modalities, str) else list(self.modalities)
+        mods = [str(m).strip().lower() for m in mods if str(m).strip()]
+        if set(mods) - set(PHANTOM_MODALITIES) or not {"ct", "pet"} <= set(mods):
+            raise ValueError(f"modalities must be ct,pet or ct,pet,mr (the phantom always has CT and PET), got "
+                             f"{self.modalities!r}")
+        self.modalities = tuple(m for m in PHANTOM_MODALITIES if m in mods)
 
 
 def _int(name: str, value: object, lo: int, hi: int) -> int:
@@ -171,6 +188,8 @@ class PhantomCase:
     relapse: int
     rfs: int  # days
     lesions: LesionSummary
+    mr: np.ndarray | None = None  # float32 MR-like T2 (arbitrary units), MR grid; None unless asked for
+    mr_affine: np.ndarray | None = None
 
 
 def direction_matrix(oblique_degrees: float) -> np.ndarray:
@@ -268,6 +287,7 @@ def synthesize_case(centre: str, index: int, config: PhantomConfig | None = None
     paint_confounders(g, r_img, hu, act, masks, les.label)
     if hard:
         paint_hard_confounders(g, np.random.default_rng(streams[3]), hu, act, masks, les.label)
+    tissue_hu = hu.copy() if "mr" in cfg.modalities else None  # the MR reads the painted tissues
     soft = masks["body"] & ~masks["airway"]
     hu += (6.0 * smooth_noise(r_img, hu.shape, 1.5)) * soft
     act *= 1.0 + 0.08 * smooth_noise(r_img, act.shape, 1.5) * masks["body"]
@@ -298,7 +318,18 @@ def synthesize_case(centre: str, index: int, config: PhantomConfig | None = None
     pet = np.maximum(pet + sd * smooth_noise(r_img, pet.shape, 0.6), 0.0).astype(np.float32)
 
     relapse, rfs = _survival(r_surv, true, les)
-    return PhantomCase(case_id, ct, pet, les.label, ct_aff, pet_aff, row, relapse, rfs, les)
+    mr = mr_aff = None
+    if tissue_hu is not None:  # its own stream: CT, PET and label are those of the phantom without MR
+        r_mr = np.random.default_rng(np.random.SeedSequence([cfg.seed, sc.centre_id, index]).spawn(5)[4])
+        mr_sp = np.array(MR_SPACING_MM)
+        mr_shape = np.maximum(np.rint(shape * sp / mr_sp), 2).astype(int)
+        centre = ct_aff[:3, 3] + ct_aff[:3, :3] @ ((shape - 1) / 2)
+        mr_aff = grid_affine(direction, mr_sp, mr_shape, centre + direction @ r_mr.uniform(-1, 1, 3)
+                             * MR_MAX_OFFSET_MM)
+        mr_ct_grid = paint_mr(tissue_hu, les.label, sp, r_mr)
+        mr = np.maximum(resample_to_grid(mr_ct_grid, ct_aff, mr_aff, mr_shape, order=1, mode="nearest"),
+                        0.0).astype(np.float32)
+    return PhantomCase(case_id, ct, pet, les.label, ct_aff, pet_aff, row, relapse, rfs, les, mr, mr_aff)
 
 
 def _csv_text(header: tuple[str, ...], rows: list[dict]) -> str:
@@ -342,14 +373,19 @@ def synthesize_phantom(out_dir: str | Path, config: PhantomConfig | None = None,
                    header=marker)
         save_nifti(case.pet, case.pet_affine, out / "imagesTr" / f"{case.case_id}__PT.nii.gz",
                    dtype=np.float32)
+        if case.mr is not None:
+            save_nifti(case.mr, case.mr_affine, out / "imagesTr" / f"{case.case_id}__MR.nii.gz", dtype=np.float32)
         save_nifti(case.label, case.ct_affine, out / "labelsTr" / f"{case.case_id}.nii.gz", dtype=np.uint8)
         clinical.append(case.clinical)
         endpoint.append({"PatientID": case.case_id, "Relapse": case.relapse, "RFS": case.rfs})
         ids.append(case.case_id)
     write_text_atomic(out / CLINICAL_FILE, _csv_text(CLINICAL_HEADER, clinical))
     write_text_atomic(out / ENDPOINT_FILE, _csv_text(ENDPOINT_HEADER, endpoint))
-    if cfg.difficulty != "normal":  # the default phantom's layout stays the HECKTOR one, as before
-        write_text_atomic(out / PHANTOM_FILE, json.dumps({**asdict(cfg), "cases": ids}, indent=1) + "\n")
+    settings = asdict(cfg)
+    if cfg.modalities == PhantomConfig.modalities:  # phantom.json of a CT / PET phantom as before
+        settings.pop("modalities")
+    if cfg.difficulty != "normal" or "modalities" in settings:  # the default phantom: the HECKTOR layout only
+        write_text_atomic(out / PHANTOM_FILE, json.dumps({**settings, "cases": ids}, indent=1) + "\n")
     return ids
 
 

@@ -1,8 +1,9 @@
 """MONAI transform pipelines: PET and label onto the CT grid, RAS + target spacing, head-and-neck crop,
 per-modality intensity scaling, and label-balanced random crops.
 
-Keys: ``ct``, ``pet``, ``label`` (each channel-first), and after :func:`preprocessing` ``image`` =
-the requested modalities concatenated in the fixed [CT, PET] order.
+Keys: ``ct``, ``pet`` (and any other modality's name), ``label`` (each channel-first), and after
+:func:`preprocessing` ``image`` = the requested modalities concatenated in the fixed channel order ([CT, PET], then
+other modalities in their registry order, :mod:`pemma.modalities`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from monai.transforms import (
 
 from pemma.config import PreprocessConfig
 from pemma.data.labels import LABEL_MAP_KEY, to_pemma_labels
+from pemma.data.normalise import NormaliseModalityd
 from pemma.data.overlap import MIN_PET_OVERLAP, affine_world_box, pet_overlap_problem
 from pemma.data.registration import RegistrationSettings, register_case
 from pemma.data.registration import describe as describe_registration
@@ -57,7 +59,7 @@ class LoadCased(MapTransform):
         label_map = d.pop(LABEL_MAP_KEY, None)
         for key in self.key_iterator(d):
             path = d[key]
-            img = load_nifti(path, what=f"{_WHAT.get(str(key), key)} of case {case}")
+            img = load_nifti(path, what=f"{_WHAT.get(str(key), str(key).upper())} of case {case}")
             array = np.asanyarray(img.dataobj)
             array = array.reshape(array.shape[:3])
             if key == "label":
@@ -90,7 +92,7 @@ class CheckOverlapd(MapTransform):
             ref, other = d[self.ref_key], d[key]
             problem = pet_overlap_problem(str(d.get("case_id", "?")), np.asarray(ref.affine), ref.shape[1:],
                                           np.asarray(other.affine), other.shape[1:], other.meta.get("filename_or_obj"),
-                                          what=_WHAT.get(str(key), str(key)), min_fraction=self.min_fraction)
+                                          what=_WHAT.get(str(key), str(key).upper()), min_fraction=self.min_fraction)
             if problem is not None:
                 raise PemmaError(problem)
         return d
@@ -234,22 +236,31 @@ def preprocessing(modalities: Sequence[str], cfg: PreprocessConfig, roi_size: Se
     """Deterministic part of the pipeline (cacheable): load, check, resample, crop, scale, pad, concat.
 
     Args:
-        modalities: input channels in [CT, PET] order, e.g. ``["ct", "pet"]``.
-        cfg: spacing, intensity windows and crop size.
+        modalities: input channels in channel order ([CT, PET], then other modalities), e.g. ``["ct", "pet"]``.
+        cfg: spacing, intensity windows and crop size; the normalisation of a modality other than CT and PET comes
+            from its spec (:meth:`pemma.config.PreprocessConfig.modality_registry`).
         roi_size: windows are padded up to at least this size.
         with_label: also load and transform ``label`` (nearest neighbour onto the CT grid).
         label_indices: precompute per-class voxel indices for label-balanced cropping. Default False.
 
-    The CT is the geometric reference; PET-only cases use the PET grid instead.
+    The CT is the geometric reference (every other modality and the label are resampled onto its grid); without a
+    CT the first modality's grid is the reference.
     """
-    ref = "ct" if "ct" in modalities else "pet"
+    ref = "ct" if "ct" in modalities else modalities[0]
+    extra = [m for m in modalities if m not in ("ct", "pet")]
+    specs = cfg.modality_registry() if extra else {}
+    unknown = [m for m in extra if m not in specs]
+    if unknown:
+        raise PemmaError(f"no spec for modality {unknown[0]!r} (known: {', '.join(specs)}); declare it in the "
+                         f"config's preprocess.modality_specs")
     keys = list(modalities) + (["label"] if with_label else [])
     others = [k for k in keys if k != ref]
     modes = ["nearest" if k == "label" else "bilinear" for k in keys]
     steps: list[Any] = [LoadCased(keys, allow_missing_keys=False)]
     if cfg.register != "none" and ref == "ct" and "pet" in modalities:  # before the PET meets the CT grid
         steps.append(RegisterPetd(RegistrationSettings.from_preprocess(cfg)))
-    steps += [CheckOverlapd("pet", ref_key=ref), CheckLabelOverlapd(ref_key=ref)]
+    steps += [CheckOverlapd(m, ref_key=ref) for m in ["pet", *extra] if m != ref or m == "pet"]
+    steps.append(CheckLabelOverlapd(ref_key=ref))
     if others:
         steps.append(ResampleToMatchd(others, key_dst=ref, mode=["nearest" if k == "label" else "bilinear"
                                                                   for k in others], padding_mode="zeros",
@@ -260,7 +271,8 @@ def preprocessing(modalities: Sequence[str], cfg: PreprocessConfig, roi_size: Se
     ]
     if ref == "ct":
         steps.append(HeadNeckCropd(keys, cfg.crop_mm, cfg.body_threshold_hu))
-    if "ct" in modalities:
+    steps += [NormaliseModalityd(m, specs[m], body_key="ct", threshold_hu=cfg.body_threshold_hu) for m in extra]
+    if "ct" in modalities:  # after the other modalities: their body masks are the CT in HU
         steps.append(ScaleIntensityRanged("ct", *cfg.ct_window, 0.0, 1.0, clip=True))
     if "pet" in modalities:
         steps.append(ScaleIntensityRanged("pet", *cfg.pet_suv_range, 0.0, 1.0, clip=True))
@@ -286,14 +298,19 @@ def training_augmentation(roi_size: Sequence[int], ratios: Sequence[float], samp
 
 def describe(modalities: Sequence[str], cfg: PreprocessConfig) -> list[str]:
     """Human-readable lines of what preprocessing does (for the run log)."""
-    lines = [f"inputs: {', '.join(m.upper() for m in modalities)} (channel order fixed [CT, PET])",
-             f"resampling: PET and label onto the CT grid, RAS, spacing {cfg.target_spacing} mm",
+    extra = [m for m in modalities if m not in ("ct", "pet")]
+    order = ", ".join(["CT", "PET", *(m.upper() for m in extra)])
+    moved = ", ".join(["PET", *(m.upper() for m in extra)])
+    lines = [f"inputs: {', '.join(m.upper() for m in modalities)} (channel order fixed [{order}])",
+             f"resampling: {moved} and label onto the CT grid, RAS, spacing {cfg.target_spacing} mm",
              f"crop: head and neck box {cfg.crop_mm} mm below the top of the body (CT > "
              f"{cfg.body_threshold_hu} HU), label never used"]
     if "ct" in modalities:
         lines.append(f"CT: clip HU to {cfg.ct_window}, scale to [0, 1]")
     if "pet" in modalities:
         lines.append(f"PET: clip SUV to {cfg.pet_suv_range}, scale to [0, 1]")
+    specs = cfg.modality_registry() if extra else {}
+    lines += [specs[m].describe() for m in extra if m in specs]
     if "ct" in modalities and "pet" in modalities:
         lines.append(describe_registration(RegistrationSettings.from_preprocess(cfg)))
     return lines

@@ -29,9 +29,14 @@ from pemma.vocab import KIND_BACKBONE, MODALITY_ORDER
 ALL_INPUTS: list[str] = list(MODALITY_ORDER)
 
 
-def select_channels(image: torch.Tensor, modalities: tuple[str, ...]) -> torch.Tensor:
-    """The channels of ``modalities`` from an image holding every modality in :data:`MODALITY_ORDER`."""
-    return image[:, [MODALITY_ORDER.index(m) for m in modalities]]
+def select_channels(image: torch.Tensor, modalities: tuple[str, ...],
+                    order: list[str] | tuple[str, ...] = MODALITY_ORDER) -> torch.Tensor:
+    """The channels of ``modalities`` from an image holding every modality of ``order`` (default
+    :data:`MODALITY_ORDER`), in that order."""
+    return image[:, [list(order).index(m) for m in modalities]]
+
+#: the methods that can add a modality other than PET (their model names the added modality)
+OTHER_MODALITY_METHODS: tuple[str, ...] = ("pemma_lora", "pemma_dora")
 
 
 @dataclasses.dataclass
@@ -43,6 +48,7 @@ class AdaptationSetup:
     cfg: RunConfig
     train_cases: list[CaseRecord]
     val_cases: list[CaseRecord]
+    added_modality: str = "pet"
 
     @property
     def meta(self) -> dict[str, Any]:
@@ -56,11 +62,12 @@ class AdaptationSetup:
 
 
 def prepare_adaptation(base_run: str | Path, cfg: RunConfig, out_dir: str | Path,
-                       split: CaseSplit | None = None) -> AdaptationSetup:
-    """Load and check the CT-only base run, and select the CT+PET cases of ``cfg.data``.
+                       split: CaseSplit | None = None, added_modality: str = "pet") -> AdaptationSetup:
+    """Load and check the CT-only base run, and select the CT+PET (CT + ``added_modality``) cases of ``cfg.data``.
 
     ``cfg.model`` and ``cfg.preprocess`` are taken from the base run (the adapted model must see what the
-    base saw), except the PET registration (``register*``: the CT-only base never read a PET); ``cfg.data`` and
+    base saw), except the PET registration (``register*``: the CT-only base never read a PET) and the declared
+    modality specs (``modality_specs``: the caller's, which the CT base never used); ``cfg.data`` and
     ``cfg.train`` come from the caller.
     """
     base_run = Path(base_run)
@@ -70,17 +77,20 @@ def prepare_adaptation(base_run: str | Path, cfg: RunConfig, out_dir: str | Path
     if base.kind != KIND_BACKBONE or base.meta.get("modalities") != ["ct"]:
         raise PemmaError(f"{base_run}: the base must be a CT-only run of `pemma train` "
                          f"(got {base.kind} on {base.meta.get('modalities')})")
-    registration = {f: getattr(cfg.preprocess, f) for f in REGISTRATION_FIELDS}  # the PET's: the adaptation's own
+    own = {f: getattr(cfg.preprocess, f) for f in REGISTRATION_FIELDS}  # the PET's: the adaptation's own
+    if cfg.preprocess.modality_specs:  # a declared modality: the adaptation's (the base read CT only)
+        own["modality_specs"] = cfg.preprocess.modality_specs
+    inputs = ALL_INPUTS if added_modality == "pet" else ["ct", added_modality]
     cfg = dataclasses.replace(cfg, model=base.config.model,
-                              preprocess=dataclasses.replace(base.config.preprocess, **registration),
-                              data=dataclasses.replace(cfg.data, modalities=ALL_INPUTS))
-    train_cases, val_cases = split or select_split(cfg, ALL_INPUTS)
-    return AdaptationSetup(base, base_run, cfg, train_cases, val_cases)
+                              preprocess=dataclasses.replace(base.config.preprocess, **own),
+                              data=dataclasses.replace(cfg.data, modalities=inputs))
+    train_cases, val_cases = split or select_split(cfg, inputs)
+    return AdaptationSetup(base, base_run, cfg, train_cases, val_cases, added_modality)
 
 
 def adapt(base_run: str | Path, cfg: RunConfig, out_dir: str | Path, method: str = "pemma_lora",
           adapter_cfg: AdapterConfig | None = None, resume: bool = False, progress: bool = True,
-          split: CaseSplit | None = None) -> dict[str, Any]:
+          split: CaseSplit | None = None, added_modality: str = "pet") -> dict[str, Any]:
     """Adapt the CT-only run ``base_run`` to CT+PET on ``cfg.data`` with ``method`` and write ``out_dir``.
 
     Args:
@@ -93,6 +103,8 @@ def adapt(base_run: str | Path, cfg: RunConfig, out_dir: str | Path, method: str
             its ``method`` field is set from ``method``. Default: the defaults of :class:`AdapterConfig`.
         resume: continue an interrupted run in ``out_dir``. progress: progress bars.
         split: explicit (training, validation) cases; default: ``cfg.data`` split per centre.
+        added_modality: the modality added to CT (default ``pet``); another one (``mr``, ``dose``, a declared
+            one) with the PEMMA methods only.
 
     Returns:
         the training summary (steps, best_dsc, best_step, seconds; late fusion adds ``weight``).
@@ -102,7 +114,10 @@ def adapt(base_run: str | Path, cfg: RunConfig, out_dir: str | Path, method: str
         >>> adapt("runs/ct_unetr", cfg, "runs/pemma_unetr", method="lora")
     """
     spec = get_method(method)
-    setup = prepare_adaptation(base_run, cfg, out_dir, split)
+    if added_modality != "pet" and spec.name not in OTHER_MODALITY_METHODS:
+        raise PemmaError(f"--add-modality {added_modality}: only {', '.join(OTHER_MODALITY_METHODS)} add a modality "
+                         f"other than pet (method {spec.name} adds pet only)")
+    setup = prepare_adaptation(base_run, cfg, out_dir, split, added_modality)
     task = spec.build(setup, adapter_cfg)
     summary = train_task(task, setup.cfg, setup.train_cases, setup.val_cases, out_dir, resume=resume,
                          progress=progress, meta=setup.meta)

@@ -29,7 +29,7 @@ from pemma.adapters.state import unwrap_model
 from pemma.config import RunConfig
 from pemma.errors import PemmaError
 from pemma.io_utils import sha256_file
-from pemma.methods.adaptation import ALL_INPUTS, AdaptationSetup, select_channels
+from pemma.methods.adaptation import AdaptationSetup, select_channels
 from pemma.methods.loading import load_model
 from pemma.methods.registry import Method, RunKind, register_kind, register_method
 from pemma.methods.update import update_task
@@ -56,8 +56,16 @@ def dropout_seed(seed: int, step: int) -> random.Random:
 def serving_adapters(model: nn.Module) -> dict[str, str]:
     """``{input set: adapter}`` of a PEMMA model, as recorded in ``model.json`` (``"none (exact CT base)"`` when
     CT alone runs the untouched base)."""
+    ct, added = model.modalities
     return {input_set_name(s): model.adapter_for(s) or "none (exact CT base)"
-            for s in (("ct", "pet"), ("pet",), ("ct",))}
+            for s in ((ct, added), (added,), (ct,))}
+
+
+def input_sets(model: nn.Module) -> list[list[str]]:
+    """The input sets a PEMMA model accepts, in run-metadata order (:data:`pemma.vocab.ALL_INPUT_SETS` with the
+    added modality in the place of PET)."""
+    added = unwrap_model(model).added_modality
+    return [[added if m == "pet" else m for m in s] for s in ALL_INPUT_SETS]
 
 
 def save_pemma_run(model: nn.Module, run_dir: Path, base_run: Path, base_sha256: str, base_cfg: RunConfig,
@@ -69,32 +77,36 @@ def save_pemma_run(model: nn.Module, run_dir: Path, base_run: Path, base_sha256:
     saved = save_adapter(model, run_dir, base_sha256, extra_config={"run": str(base_run), "backbone": backbone})
     serves = serving_adapters(model)
     info = {"backbone": backbone, "method": model.config.method, "base_run": str(base_run),
-            "base_sha256": base_sha256, "modalities": ALL_INPUTS, "input_sets": [list(s) for s in ALL_INPUT_SETS],
+            "base_sha256": base_sha256, "modalities": list(model.modalities), "input_sets": input_sets(model),
             "adapters": serves, "ct_route": model.config.ct_route, "recipe": model.config.recipe,
             "adapter_bytes": saved["adapter_bytes"],
             "parameters": parameter_report(model, base_constructor_kwargs(base_cfg)), **meta}
     write_meta(run_dir, stamp(info, KIND_PEMMA))
 
 
-def pemma_task(base: LoadedModel, base_run: Path, adapter_cfg: AdapterConfig, cfg: RunConfig) -> TrainingTask:
-    """The PEMMA model built on ``base`` and how it trains (seeded modality dropout per step)."""
+def pemma_task(base: LoadedModel, base_run: Path, adapter_cfg: AdapterConfig, cfg: RunConfig,
+               added_modality: str = "pet") -> TrainingTask:
+    """The PEMMA model built on ``base`` and how it trains (seeded modality dropout per step over every subset of
+    CT and ``added_modality``)."""
     torch.manual_seed(cfg.train.seed)
-    model = build_pemma(base, adapter_cfg)
+    model = build_pemma(base, adapter_cfg, added_modality)
     report = parameter_report(model, base_constructor_kwargs(base.config))
     skip_ct = not model.shared_route  # exact route: CT-only batches run the frozen base
-    choices = model.config.modality_choices(trainable_only=skip_ct)
+    choices = model.config.modality_choices(trainable_only=skip_ct, added=added_modality)
     seed = cfg.train.seed
+    inputs = list(model.modalities)
 
     def forward(module: nn.Module, image: torch.Tensor, step: int) -> torch.Tensor:
-        modalities = model.config.sample_modalities(dropout_seed(seed, step), trainable_only=skip_ct)
-        return module(select_channels(image, modalities), modalities)
+        modalities = model.config.sample_modalities(dropout_seed(seed, step), trainable_only=skip_ct,
+                                                    added=added_modality)
+        return module(select_channels(image, modalities, inputs), modalities)
 
     def save(module: nn.Module, run_dir: Path, meta: dict[str, Any]) -> None:
         save_pemma_run(module, run_dir, base_run, base.meta["sha256"], base.config, meta)
 
     return TrainingTask(
-        model=model, modalities=ALL_INPUTS, forward=forward,
-        predictor=lambda module: (lambda x: module(x, tuple(ALL_INPUTS))), save=save,
+        model=model, modalities=inputs, forward=forward,
+        predictor=lambda module: (lambda x: module(x, tuple(inputs))), save=save,
         find_unused_parameters=True,  # PET-only steps leave parts of the model unused
         describe=[f"PEMMA {model.config.method.upper()} on {base.config.model.backbone}: rank "
                   f"{model.config.rank}, alpha {model.config.alpha}, targets {list(model.config.target_modules)}, "
@@ -110,7 +122,7 @@ def pemma_task(base: LoadedModel, base_run: Path, adapter_cfg: AdapterConfig, cf
 def _build(adapter_type: str):
     def build(setup: AdaptationSetup, adapter_cfg: AdapterConfig | None) -> TrainingTask:
         cfg = dataclasses.replace(adapter_cfg or AdapterConfig(), method=adapter_type)
-        task = pemma_task(setup.base, setup.base_run.resolve(), cfg, setup.cfg)
+        task = pemma_task(setup.base, setup.base_run.resolve(), cfg, setup.cfg, setup.added_modality)
         task.describe.insert(0, f"base: {setup.base_run} (sha256 {setup.base.meta['sha256'][:12]}); "
                                 + format_load_report(task.model.load_report))
         return task
@@ -124,7 +136,8 @@ def _load(run_dir: Path, meta: dict[str, Any], config: RunConfig, base_run: Path
     if base.kind != KIND_BACKBONE:
         raise PemmaError(f"{base_dir}: the base of {run_dir} must be a plain CT run")
     stored = read_adapter_config(run_dir)
-    model = build_pemma(base, AdapterConfig.from_dict(stored["adapter_config"]))
+    added = (meta.get("modalities") or ["ct", "pet"])[-1]  # runs before other modalities: ct, pet
+    model = build_pemma(base, AdapterConfig.from_dict(stored["adapter_config"]), added)
     if stored.get("ct_adapter"):
         model.add_ct_adapter(stored["ct_adapter"])
     load_adapter(model, run_dir, sha256_file(base_dir / MODEL_FILE))
@@ -158,7 +171,7 @@ def _update(loaded: LoadedModel, model_run: Path, modalities: tuple[str, ...], c
         def draw(step: int) -> tuple[str, ...]:
             if len(modalities) == 1:  # pet; or ct on the shared route (the same adapter keeps training)
                 return modalities
-            return model.config.sample_modalities(dropout_seed(seed, step), skip_ct)
+            return model.config.sample_modalities(dropout_seed(seed, step), skip_ct, model.added_modality)
 
     meta_in = dict(loaded.meta)
 

@@ -81,7 +81,7 @@ def base_constructor_kwargs(cfg: RunConfig, in_channels: int = 1) -> dict[str, A
     return constructor_kwargs(cfg.model, in_channels)
 
 
-def build_pemma(base: LoadedModel, adapter_cfg: AdapterConfig) -> nn.Module:
+def build_pemma(base: LoadedModel, adapter_cfg: AdapterConfig, added_modality: str = "pet") -> nn.Module:
     """A PEMMA model around the CT network of ``base`` (``base.net`` itself is left as it is).
 
     The base weights go into a fresh network through :func:`~pemma.adapters.artifacts.load_base_state`;
@@ -96,6 +96,8 @@ def build_pemma(base: LoadedModel, adapter_cfg: AdapterConfig) -> nn.Module:
     model_class = PEMMA_MODELS[base.config.model.backbone]
     extra = {"gradient_checkpointing": True} if base.config.model.gradient_checkpointing and \
         model_class.supports_gradient_checkpointing else {}
+    if added_modality != "pet":  # the keyword only where it differs: CT+PET builds as it always did
+        extra["added_modality"] = added_modality
     model = model_class(net, adapter_cfg, **extra)
     report["new"] = sorted(model.adapter_state_dict())
     model.load_report = report

@@ -76,6 +76,8 @@ class PemmaAdaptedModel(nn.Module):
         base: the CT network (MONAI, in_channels=1). Deep-copied; the caller's object is left unchanged.
         config: adapter configuration; stored resolved for this backbone as ``self.config``.
         adapter_name: peft adapter name. Default "ctpet".
+        added_modality: the name of the modality the PEMMA pathway adds to CT (its channel follows the CT's; the
+            pathway's modules keep their ``pet_*`` names). Default ``"pet"``.
     """
 
     backbone_name: ClassVar[str]
@@ -98,7 +100,8 @@ class PemmaAdaptedModel(nn.Module):
             register_adapter_defaults(cls.backbone_name, cls.adapter_defaults)
             PEMMA_MODELS[cls.backbone_name] = cls
 
-    def __init__(self, base: nn.Module, config: AdapterConfig | None = None, adapter_name: str = "ctpet") -> None:
+    def __init__(self, base: nn.Module, config: AdapterConfig | None = None, adapter_name: str = "ctpet",
+                 added_modality: str = "pet") -> None:
         super().__init__()
         config = AdapterConfig() if config is None else config
         if not isinstance(config, AdapterConfig):
@@ -107,7 +110,10 @@ class PemmaAdaptedModel(nn.Module):
             raise ValueError(f"adapter_name must be an identifier such as 'ctpet', got {adapter_name!r}")
         self.config = config.resolve(self.backbone_name)
         self.adapter_name = adapter_name
-        self.modalities = MODALITY_ORDER
+        if not isinstance(added_modality, str) or not added_modality.isidentifier() or added_modality == "ct":
+            raise ValueError(f"added_modality must be a modality name other than ct, got {added_modality!r}")
+        self.added_modality = added_modality
+        self.modalities = MODALITY_ORDER if added_modality == "pet" else ("ct", added_modality)
         self._merged = False
         self.ct_adapter: str | None = None  # adapter serving CT-only input; None = the exact CT base
 
@@ -240,7 +246,7 @@ class PemmaAdaptedModel(nn.Module):
     # ------------------------------------------------------------------ forward
     def split_modalities(self, x: torch.Tensor, modalities: Sequence[str]) -> dict[str, torch.Tensor]:
         """Check ``x`` (B, len(modalities), D, H, W) against ``modalities``; ``{name: (B, 1, D, H, W)}``."""
-        mods = check_modalities(modalities)
+        mods = check_modalities(modalities, self.modalities)
         if not isinstance(x, torch.Tensor) or x.ndim != 5:
             raise ValueError(f"x must be a (B, C, D, H, W) tensor, got shape {tuple(getattr(x, 'shape', ()))}")
         if x.shape[1] != len(mods):
@@ -251,7 +257,8 @@ class PemmaAdaptedModel(nn.Module):
         """Segmentation logits (B, out_channels, D, H, W).
 
         Args:
-            x: (B, len(modalities), D, H, W), channels in MODALITY_ORDER order ([CT, PET]).
+            x: (B, len(modalities), D, H, W), channels in ``self.modalities`` order ([CT, PET], or [CT, the
+                added modality]).
             modalities: the modalities present, e.g. ("ct", "pet"), ("ct",) or ("pet",).
         """
         inputs = self.split_modalities(x, modalities)
@@ -266,10 +273,11 @@ class PemmaAdaptedModel(nn.Module):
                     return self.net(inputs["ct"])
             with adapters_disabled(self.base_model), fused_attention_off(self.net, self.fused_attention_blocks):
                 return self.net(inputs["ct"])
+        added = inputs.get(self.added_modality)
         if self.ct_adapter is None or self._merged:
-            return self._forward_adapted(inputs.get("ct"), inputs.get("pet"))
+            return self._forward_adapted(inputs.get("ct"), added)
         with adapter_active(self.base_model, self.adapter_name):
-            return self._forward_adapted(inputs.get("ct"), inputs.get("pet"))
+            return self._forward_adapted(inputs.get("ct"), added)
 
     def _forward_adapted(self, ct: torch.Tensor | None, pet: torch.Tensor | None) -> torch.Tensor:
         """Logits through the adapted network; ``pet`` is None only for CT alone on the shared route."""

@@ -56,7 +56,8 @@ class PemmaSwinUNETR(PemmaAdaptedModel):
                                        train_parts=("pet_embedding", "pet_skip", "fusion"))
     feature_pet_parts = ("pet_embedding", "fusion")
 
-    def __init__(self, base: SwinUNETR, config: AdapterConfig | None = None, adapter_name: str = "ctpet") -> None:
+    def __init__(self, base: SwinUNETR, config: AdapterConfig | None = None, adapter_name: str = "ctpet",
+                 added_modality: str = "pet") -> None:
         if not isinstance(base, SwinUNETR):
             raise ValueError(f"base must be a monai SwinUNETR, got {type(base).__name__}")
         embed_conv = base.swinViT.patch_embed.proj
@@ -64,7 +65,7 @@ class PemmaSwinUNETR(PemmaAdaptedModel):
             raise ValueError("PemmaSwinUNETR supports 3-D SwinUNETR only")
         if embed_conv.in_channels != 1 or first_conv(base.encoder1).in_channels != 1:
             raise ValueError(f"base must be a CT model with in_channels=1, got {embed_conv.in_channels}")
-        super().__init__(base, config, adapter_name)
+        super().__init__(base, config, adapter_name, added_modality)
         feature_size = embed_conv.out_channels
         self.pet_embedding = copy.deepcopy(base.swinViT.patch_embed)
         # the shared route gives CT alone a single-modality adapter too (the paper's ct_adapter)
@@ -80,7 +81,7 @@ class PemmaSwinUNETR(PemmaAdaptedModel):
         which a recomputation in backward (MONAI's ``use_checkpoint``) would run outside of: there the
         blocks' checkpointing is off for the call (as for UNETR, whose PEMMA copy never checkpoints CT alone).
         """
-        exact_ct = tuple(check_modalities(modalities)) == ("ct",) and not self.shared_route
+        exact_ct = tuple(check_modalities(modalities, self.modalities)) == ("ct",) and not self.shared_route
         blocks = [m for m in self.net.modules() if getattr(m, "use_checkpoint", False) is True] if exact_ct else []
         for block in blocks:
             block.use_checkpoint = False
@@ -107,7 +108,7 @@ class PemmaSwinUNETR(PemmaAdaptedModel):
         primary = pet if ct is None else ct
         if not torch.jit.is_scripting() and not torch.jit.is_tracing():
             net._check_input_size(primary.shape[2:])
-        embeddings = {} if pet is None else {"pet": self.pet_embedding(pet)}
+        embeddings = {} if pet is None else {self.added_modality: self.pet_embedding(pet)}
         if ct is not None:  # pet None: CT alone on the shared route (CT adapter, no PET skip)
             embeddings = {"ct": net.swinViT.patch_embed(ct), **embeddings}
         hidden = self._stages(self.fusion(embeddings))

@@ -68,7 +68,7 @@ class PemmaUNETR(PemmaAdaptedModel):
     supports_gradient_checkpointing = True
 
     def __init__(self, base: UNETR, config: AdapterConfig | None = None, adapter_name: str = "ctpet",
-                 gradient_checkpointing: bool = False) -> None:
+                 gradient_checkpointing: bool = False, added_modality: str = "pet") -> None:
         if not isinstance(base, UNETR):
             raise ValueError(f"base must be a monai UNETR, got {type(base).__name__}")
         if len(base.feat_size) != 3:
@@ -78,7 +78,7 @@ class PemmaUNETR(PemmaAdaptedModel):
         conv1 = first_conv(base.encoder1)
         if conv1.in_channels != 1:
             raise ValueError(f"base must be a CT model with in_channels=1, got {conv1.in_channels}")
-        super().__init__(base, config, adapter_name)
+        super().__init__(base, config, adapter_name, added_modality)
         if isinstance(self.net, CheckpointedUNETR):
             self.net.gradient_checkpointing = False
         self.gradient_checkpointing = bool(gradient_checkpointing)

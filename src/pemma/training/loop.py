@@ -222,7 +222,8 @@ class SegmentationTraining:
         """Cached training crops and this process's epoch plan; the validation set (main process)."""
         task, cfg, tc = self.task, self.cfg, self.cfg.train
         pre = preprocessing(task.modalities, cfg.preprocess, cfg.model.roi_size, with_label=True, label_indices=True)
-        key = {"modalities": list(task.modalities), "preprocess": dataclasses.asdict(cfg.preprocess),
+        preprocess = {k: v for k, v in dataclasses.asdict(cfg.preprocess).items() if k != "modality_specs" or v}
+        key = {"modalities": list(task.modalities), "preprocess": preprocess,  # CT / PET: the key as before specs
                "roi_size": list(cfg.model.roi_size)}
         share = cfg.data.memory_cache_share
         train_ds = cached_dataset(case_dicts(train_cases, task.modalities, True), pre, cfg.data.cache_dir, self.show,
