@@ -69,7 +69,8 @@ def test_modality_dropout_draws_subsets_of_the_added_modality() -> None:
         PemmaUNETR(UNETR(1, 3, **SPEC["unetr"][1]), AdapterConfig(), added_modality="ct")
 
 
-@pytest.mark.slow  # CLI: synth, a CT base and its adaptation, a few steps each
+@pytest.mark.slow
+@pytest.mark.long  # CLI: synth, a CT base and its adaptation, a few steps each
 def test_cli_adapt_a_ct_run_to_ct_mr(tmp_path: Path) -> None:
     from conftest import FAST, run_cli
 

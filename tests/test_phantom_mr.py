@@ -83,7 +83,8 @@ def test_a_ct_pet_phantom_writes_no_phantom_json(tmp_path: Path) -> None:
     assert not list((tmp_path / "imagesTr").glob("*__MR*"))
 
 
-@pytest.mark.slow  # CLI start-ups and two training steps
+@pytest.mark.slow
+@pytest.mark.long  # CLI start-ups and two training steps
 def test_cli_synth_train_evaluate_ct_mr(tmp_path: Path) -> None:
     from conftest import FAST, run_cli
 
