@@ -91,17 +91,27 @@ def test_demo_cli_with_two_seeds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                                  capsys: pytest.CaptureFixture) -> None:
     """``pemma demo --seed 0 --seed 1``: one results folder per seed (its own split seed) and ``seeds.md``; a cheap
     strategy (the full one runs in :func:`demo_run`)."""
+    import dataclasses
+
     from pemma.cli.main import main
-    from pemma.protocol import demo as demo_module
+    from pemma.data import phantom as phantom_module
 
     strategy = tmp_path / "demo_test.yaml"
     strategy.write_text(CHEAP)
-    monkeypatch.setattr(demo_module, "PhantomConfig", lambda: SMALL)  # the CLI always asks for the default
+    # the CLI always asks for the default phantom (pemma.api.demo builds it): the small one here
+    @dataclasses.dataclass
+    class SmallPhantom(PhantomConfig):
+        cases_per_centre: int = SMALL.cases_per_centre
+        centres: tuple[str, ...] = SMALL.centres
+        ct_shape: tuple[int, int, int] = SMALL.ct_shape
+
+    monkeypatch.setattr(phantom_module, "PhantomConfig", SmallPhantom)
     out = tmp_path / "demo"
     assert main(["demo", "--out", str(out), "--strategy", str(strategy), "--seed", "0", "--seed", "1"]) == 0
     printed = capsys.readouterr().out
     assert f"report: {out / 'seeds.md'}" in printed and "# Findings over seeds 0, 1" in printed
-    assert sorted(p.name for p in (out / "phantom" / "imagesTr").iterdir())[0] == "CHUM-000__CT.nii.gz"
+    cts = sorted(p.name for p in (out / "phantom" / "imagesTr").glob("*__CT.nii.gz"))
+    assert cts[0] == "CHUM-000__CT.nii.gz" and len(cts) == 6  # the small phantom, not the default one
     summary = (out / "seeds.md").read_text()
     for seed in (0, 1):
         assert json.loads((out / f"seed_{seed}" / "strategy.json").read_text())["split"]["seed"] == seed
