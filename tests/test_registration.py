@@ -62,7 +62,6 @@ def test_identity_stays_identity(phantom: Path) -> None:
                              _settings("rigid"))
     pet_voxel = np.asarray(pet.header.get_zooms()[:3])
     assert np.all(_errors(ct, result.matrix, np.eye(4)).max(axis=0) <= pet_voxel)
-    assert result.after.mi >= result.before.mi
 
 
 def test_failed_and_diverged_registrations_name_the_case(phantom: Path) -> None:
@@ -93,6 +92,10 @@ def test_transform_cached_per_case(phantom: Path, tmp_path: Path, monkeypatch: p
     again = register_case(*args, _settings("rigid"))
     np.testing.assert_allclose(again.matrix, first.matrix, atol=1e-6)
     assert again.after == first.after
+    # a cached case's files are not read again (training start-up and predict call register_files per case)
+    monkeypatch.setattr(registration, "load_nifti", lambda *a, **k: pytest.fail("images read for a cached case"))
+    from_files = registration.register_files(CASE, str(ct_path), str(pet_path), _settings("rigid"))
+    np.testing.assert_allclose(from_files.matrix, first.matrix, atol=1e-6)
 
 
 def test_pipeline_applies_the_registration(phantom: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

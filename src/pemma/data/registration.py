@@ -30,10 +30,12 @@ import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import SimpleITK as sitk
+
+if TYPE_CHECKING:  # SimpleITK is imported where it is used: runs without registration never load it
+    import SimpleITK as sitk
 
 from pemma.config import PreprocessConfig
 from pemma.errors import PemmaError
@@ -140,6 +142,7 @@ class RegistrationResult:
 
 def to_sitk(array: np.ndarray, affine: np.ndarray) -> sitk.Image:
     """A float32 SimpleITK image of a 3-D array on a RAS voxel-to-world affine (nibabel's), in ITK's LPS world."""
+    import SimpleITK as sitk
     lps = _FLIP @ np.asarray(affine, dtype=np.float64)
     spacing = np.sqrt((lps[:3, :3] ** 2).sum(axis=0))
     image = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(array, dtype=np.float32).transpose(2, 1, 0)))
@@ -151,6 +154,7 @@ def to_sitk(array: np.ndarray, affine: np.ndarray) -> sitk.Image:
 
 def _working(image: sitk.Image, spacing_mm: float, window: Sequence[float]) -> sitk.Image:
     """``image`` clipped to ``window``, smoothed where it is finer than ``spacing_mm`` and resampled to it."""
+    import SimpleITK as sitk
     image = sitk.Clamp(image, sitk.sitkFloat32, float(window[0]), float(window[1]))
     old = np.asarray(image.GetSpacing())
     if float(old.min()) < spacing_mm:
@@ -174,6 +178,7 @@ def _matrix(transform: sitk.Transform) -> np.ndarray:
 
 
 def _as_sitk(matrix_lps: np.ndarray) -> sitk.AffineTransform:
+    import SimpleITK as sitk
     transform = sitk.AffineTransform(3)
     transform.SetMatrix([float(v) for v in matrix_lps[:3, :3].flatten()])
     transform.SetTranslation([float(v) for v in matrix_lps[:3, 3]])
@@ -181,6 +186,7 @@ def _as_sitk(matrix_lps: np.ndarray) -> sitk.AffineTransform:
 
 
 def _method(iterations: int, fixed: sitk.Image, full: bool = False) -> sitk.ImageRegistrationMethod:
+    import SimpleITK as sitk
     method = sitk.ImageRegistrationMethod()
     method.SetMetricAsMattesMutualInformation(numberOfHistogramBins=HISTOGRAM_BINS)
     method.SetInterpolator(sitk.sitkLinear)
@@ -206,6 +212,7 @@ def _method(iterations: int, fixed: sitk.Image, full: bool = False) -> sitk.Imag
 
 def _qc(fixed: sitk.Image, moving: sitk.Image, matrix_lps: np.ndarray, body_hu: float) -> RegistrationQC:
     """MI (every working voxel) and body Dice of ``moving`` seen through ``matrix_lps`` on ``fixed``'s grid."""
+    import SimpleITK as sitk
     transform = _as_sitk(matrix_lps)
     method = _method(1, fixed, full=True)
     method.SetInitialTransform(transform)
@@ -246,6 +253,7 @@ def register_images(case_id: str, ct: np.ndarray, ct_affine: np.ndarray, pet: np
         PemmaError: one line naming the case, when SimpleITK fails or the result moves the CT field of view by
             more than ``max_shift_mm`` (diverged).
     """
+    import SimpleITK as sitk
     fixed = _working(to_sitk(ct, ct_affine), settings.spacing_mm, (AIR_HU, settings.ct_window[1]))
     moving = _working(to_sitk(pet, pet_affine), settings.spacing_mm, settings.pet_range)
     # the PET continued beyond its field of view by its edge values: samples that a move carries past the edge are
@@ -317,6 +325,7 @@ def cache_folder() -> Path:
 
 
 def _read_cached(stem: Path, case_id: str) -> RegistrationResult | None:
+    import SimpleITK as sitk
     try:
         record = json.loads(stem.with_suffix(".json").read_text())
         matrix = _FLIP @ _matrix(sitk.ReadTransform(str(stem.with_suffix(".tfm")))) @ _FLIP
@@ -328,6 +337,7 @@ def _read_cached(stem: Path, case_id: str) -> RegistrationResult | None:
 
 
 def _write_cached(stem: Path, result: RegistrationResult) -> None:
+    import SimpleITK as sitk
     try:
         with atomic_path(stem.with_suffix(".tfm")) as tmp:
             sitk.WriteTransform(_as_sitk(_FLIP @ result.matrix @ _FLIP), str(tmp))
@@ -347,25 +357,40 @@ def register_case(case_id: str, ct: np.ndarray, ct_affine: np.ndarray, ct_path: 
         case_id, ct, ct_affine, pet, pet_affine, settings: as for :func:`register_images`.
         ct_path, pet_path: the files the images were read from (None: not cached).
     """
-    ids = [_identity(ct_path), _identity(pet_path)]
-    if None in ids:
-        return register_images(case_id, ct, ct_affine, pet, pet_affine, settings, pet_path)
-    key = hashlib.sha256(json.dumps([ids, settings.key()]).encode("utf-8")).hexdigest()[:20]
-    if key in _MEMO:
-        return _MEMO[key]
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in case_id)
-    stem = cache_folder() / f"{safe}-{settings.mode}-{key}"
-    result = _read_cached(stem, case_id)
-    if result is None:
-        result = register_images(case_id, ct, ct_affine, pet, pet_affine, settings, pet_path)
+    key, stem, result = _lookup(case_id, ct_path, pet_path, settings)
+    if result is not None:
+        return result
+    result = register_images(case_id, ct, ct_affine, pet, pet_affine, settings, pet_path)
+    if key is not None and stem is not None:
         log.info(result.line())
         _write_cached(stem, result)
-    _MEMO[key] = result
+        _MEMO[key] = result
     return result
 
 
+def _lookup(case_id: str, ct_path: object, pet_path: object, settings: RegistrationSettings,
+            ) -> tuple[str | None, Path | None, RegistrationResult | None]:
+    """(cache key, cache file stem, the cached result or None); key and stem None when the files are unknown."""
+    ids = [_identity(ct_path), _identity(pet_path)]
+    if None in ids:
+        return None, None, None
+    key = hashlib.sha256(json.dumps([ids, settings.key()]).encode("utf-8")).hexdigest()[:20]
+    if key in _MEMO:
+        return key, None, _MEMO[key]
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in case_id)
+    stem = cache_folder() / f"{safe}-{settings.mode}-{key}"
+    result = _read_cached(stem, case_id)
+    if result is not None:
+        _MEMO[key] = result
+    return key, stem, result
+
+
 def register_files(case_id: str, ct_path: str, pet_path: str, settings: RegistrationSettings) -> RegistrationResult:
-    """:func:`register_case` of the CT and PET files of a case (read with the loader's checks)."""
+    """:func:`register_case` of the CT and PET files of a case (read with the loader's checks only when the
+    transform is not cached)."""
+    cached = _lookup(case_id, ct_path, pet_path, settings)[2]
+    if cached is not None:
+        return cached
     ct = load_nifti(ct_path, what=f"CT of case {case_id}")
     pet = load_nifti(pet_path, what=f"PET of case {case_id}")
     return register_case(case_id, np.asanyarray(ct.dataobj).reshape(ct.shape[:3]), ct.affine, ct_path,
