@@ -33,7 +33,7 @@ from monai.transforms import (
 from pemma.config import PreprocessConfig
 from pemma.data.labels import LABEL_MAP_KEY, to_pemma_labels
 from pemma.data.normalise import NormaliseModalityd
-from pemma.data.overlap import MIN_PET_OVERLAP, affine_world_box, pet_overlap_problem
+from pemma.data.overlap import MIN_PET_OVERLAP, pet_overlap_problem
 from pemma.data.registration import RegistrationSettings, register_case
 from pemma.data.registration import describe as describe_registration
 from pemma.errors import PemmaError
@@ -69,11 +69,6 @@ class LoadCased(MapTransform):
             d[key] = MetaTensor(torch.as_tensor(np.asarray(array, dtype=np.float32))[None],
                                 affine=torch.as_tensor(img.affine, dtype=torch.float64), meta=meta)
         return d
-
-
-def world_box(image: MetaTensor) -> np.ndarray:
-    """(2, 3) min / max world coordinates (mm) of the voxel centres of a channel-first image."""
-    return affine_world_box(np.asarray(image.affine, dtype=np.float64), image.shape[1:])
 
 
 class CheckOverlapd(MapTransform):
@@ -259,7 +254,7 @@ def preprocessing(modalities: Sequence[str], cfg: PreprocessConfig, roi_size: Se
     steps: list[Any] = [LoadCased(keys, allow_missing_keys=False)]
     if cfg.register != "none" and ref == "ct" and "pet" in modalities:  # before the PET meets the CT grid
         steps.append(RegisterPetd(RegistrationSettings.from_preprocess(cfg)))
-    steps += [CheckOverlapd(m, ref_key=ref) for m in ["pet", *extra] if m != ref or m == "pet"]
+    steps += [CheckOverlapd(m, ref_key=ref) for m in ["pet", *extra] if m != ref]
     steps.append(CheckLabelOverlapd(ref_key=ref))
     if others:
         steps.append(ResampleToMatchd(others, key_dst=ref, mode=["nearest" if k == "label" else "bilinear"

@@ -4,7 +4,6 @@ exact resume, DistributedDataParallel under torchrun)."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -222,8 +221,7 @@ class SegmentationTraining:
         """Cached training crops and this process's epoch plan; the validation set (main process)."""
         task, cfg, tc = self.task, self.cfg, self.cfg.train
         pre = preprocessing(task.modalities, cfg.preprocess, cfg.model.roi_size, with_label=True, label_indices=True)
-        preprocess = {k: v for k, v in dataclasses.asdict(cfg.preprocess).items() if k != "modality_specs" or v}
-        key = {"modalities": list(task.modalities), "preprocess": preprocess,  # CT / PET: the key as before specs
+        key = {"modalities": list(task.modalities), "preprocess": cfg.to_dict()["preprocess"],  # as config.yaml
                "roi_size": list(cfg.model.roi_size)}
         share = cfg.data.memory_cache_share
         train_ds = cached_dataset(case_dicts(train_cases, task.modalities, True), pre, cfg.data.cache_dir, self.show,
