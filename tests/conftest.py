@@ -80,9 +80,6 @@ def run_main(*args: str) -> str:
     return out.getvalue()
 
 
-#: Test files that take minutes (measured: the two-seed demo ~16 min, the CLI end-to-end runs several min each).
-#: They are collected first so that ``--dist loadfile`` starts them first: scheduled last, the demo ran alone on one
-#: worker for 13 min while the other sat idle.
 #: files whose tests take longest, started first so ``--dist loadfile`` does not leave one worker alone at the end
 LONGEST_FIRST = ("test_survival_cli.py", "test_api.py", "test_recipes.py", "test_update_shared.py", "test_demo.py",
                  "test_cli_e2e.py", "test_training.py", "test_reproduce.py")

@@ -9,8 +9,7 @@ from pemma.protocol.demo import write_seed_summary
 
 
 def test_seed_summary_leaves_out_undefined_c_indices(tmp_path: Path) -> None:
-    values = {0: [0.6, None], 1: [0.8, None]}  # (ct, lesion ct) per seed; the lesion CT stage undefined on both
-    values[1][1] = 0.7
+    values = {0: [0.6, None], 1: [0.8, 0.7]}  # (ct, lesion ct) per seed; the lesion CT stage undefined on seed 0
     for seed, (ct, lesion) in values.items():
         folder = tmp_path / f"seed_{seed}"
         folder.mkdir()

@@ -96,9 +96,7 @@ def build_pemma(base: LoadedModel, adapter_cfg: AdapterConfig, added_modality: s
     model_class = PEMMA_MODELS[base.config.model.backbone]
     extra = {"gradient_checkpointing": True} if base.config.model.gradient_checkpointing and \
         model_class.supports_gradient_checkpointing else {}
-    if added_modality != "pet":  # the keyword only where it differs: CT+PET builds as it always did
-        extra["added_modality"] = added_modality
-    model = model_class(net, adapter_cfg, **extra)
+    model = model_class(net, adapter_cfg, added_modality=added_modality, **extra)
     report["new"] = sorted(model.adapter_state_dict())
     model.load_report = report
     return model

@@ -35,7 +35,7 @@ from pemma.adapters.config import NEW_PARTS, AdapterConfig, AdapterDefaults, reg
 from pemma.adapters.split_qkv import needs_split, split_fused_qkv
 from pemma.adapters.state import adapter_active, adapters_disabled
 from pemma.models.fused_attention import enable_fused_attention, fused_attention_off
-from pemma.vocab import MODALITY_ORDER, check_modalities
+from pemma.vocab import check_modalities
 
 _ADAPTABLE = (nn.Linear, nn.Conv3d)
 
@@ -113,7 +113,7 @@ class PemmaAdaptedModel(nn.Module):
         if not isinstance(added_modality, str) or not added_modality.isidentifier() or added_modality == "ct":
             raise ValueError(f"added_modality must be a modality name other than ct, got {added_modality!r}")
         self.added_modality = added_modality
-        self.modalities = MODALITY_ORDER if added_modality == "pet" else ("ct", added_modality)
+        self.modalities = ("ct", added_modality)
         self._merged = False
         self.ct_adapter: str | None = None  # adapter serving CT-only input; None = the exact CT base
 

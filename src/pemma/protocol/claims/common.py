@@ -113,9 +113,6 @@ def view_rows(rows: Iterable[Mapping[str, Any]], backbone: str, variant: str,
     return out + [{**r, "method": CT_MODEL} for r in exact if (r["method"], r["recipe"]) == source]
 
 
-#: (method, inputs, phase_index) -> {(centre, case_id): counts (n_classes, 3)}; CT_MODEL included
-
-
 def view_cases(cases: Iterable[Mapping[str, Any]], backbone: str, variant: str, pair: tuple[str, str]) -> CaseIndex:
     """Per-case counts of the view (as :func:`view_rows`), by method, input set and phase.
 
