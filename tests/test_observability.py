@@ -3,6 +3,7 @@ events after a resumed checkpoint replaced rather than duplicated, and the loss 
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -60,6 +61,9 @@ def test_resumed_run_replaces_the_events_after_its_checkpoint(tmp_path: Path) ->
     first.step_count = 2  # a checkpoint written at step 2; the run died after logging step 3
     first.save(tmp_path)
     first.finish()
+    # a resumed run is a later process: its event file's name (time in whole seconds, then host, pid and a per-process
+    # writer counter that sorts "10" before "9") must sort after the first one's, as TensorBoard reads them in order
+    time.sleep(1.1)
     second = _run(tmp_path, range(2), resume=True, seed=5)
     second.finish()
     steps = [s for s, _ in _scalars(tmp_path)["train/loss"]]
