@@ -6,9 +6,11 @@ tolerance is an error), and writes the preprocessing the model expects beside it
 in a bundle ``configs/preprocessing.json``).
 
 Spatial axes are fixed at the run's ROI (``model.roi_size``), the batch axis is dynamic. UNETR needs its ROI
-(its position embedding is sized by ``img_size``); Swin UNETR traced with dynamic spatial axes gives wrong logits
-at other sizes (measured 1.8e-2 on a tiny model: window padding and attention masks are traced as constants), so
-both are exported at the ROI and run with a sliding window of that size, as ``pemma predict`` does.
+(its position embedding is sized by ``img_size``); MONAI's Swin UNETR chooses window and shift sizes in Python from
+the feature-map size (``get_window_size``), so an export with dynamic spatial axes gives wrong logits at other sizes
+(measured on a tiny model: 1.8e-2 with the TorchScript-based exporter, 2.1e-2 with the ``torch.export``-based one
+and ``dynamic_shapes``). Both are exported at the ROI and run with a sliding window of that size, as
+``pemma predict`` does.
 """
 
 from __future__ import annotations
