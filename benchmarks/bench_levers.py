@@ -10,6 +10,8 @@ For one preset x UNETR (the same backbone size, roi and batch for every variant)
 * ``<method>+ckpt``: the defaults plus activation checkpointing of the transformer blocks
   (``PemmaUNETR.gradient_checkpointing``; ``pemma adapt`` turns it on when the base run was trained with
   ``--gradient-checkpointing``).
+* ``<method>+ckpt-fullres``: the defaults plus activation checkpointing of the full-resolution modules only
+  (``encoder1``, the PET skip block, ``decoder2``; wrapped in this benchmark, not a pemma option).
 
 Every PEMMA variant is called with CT+PET input on each step (as in ``bench_adaptation.py``), on the same random
 batch, through pemma's training engine (``PemmaTrainer`` of ``bench_backbones.py``). Variants alternate (rotated,
@@ -59,6 +61,24 @@ from pemma.models.loaded import LoadedModel  # noqa: E402
 from pemma.models.registry import build_backbone  # noqa: E402
 
 CTPET = ("ct", "pet")
+#: the PEMMA UNETR modules that run at full resolution (58 % of what autograd saves in the paper-preset profile)
+FULL_RESOLUTION = ("net.encoder1", "pet_skip", "net.decoder2")
+
+
+def checkpoint_modules(model: nn.Module, names: tuple[str, ...]) -> None:
+    """Make the named submodules recompute their activations in backward (``torch.utils.checkpoint``): their
+    ``forward`` is wrapped in place on this benchmark's copy (a candidate lever, not yet a pemma option)."""
+    from torch.utils.checkpoint import checkpoint
+
+    for name in names:
+        module = model.get_submodule(name)
+        forward = module.forward
+
+        def wrapped(*args: torch.Tensor, _forward: Callable = forward) -> torch.Tensor:
+            if torch.is_grad_enabled():
+                return checkpoint(_forward, *args, use_reentrant=False)
+            return _forward(*args)
+        module.forward = wrapped
 
 
 def build_trainers(preset: str, methods: list[str], repeats: int, log: Callable[[str], None],
@@ -77,11 +97,15 @@ def build_trainers(preset: str, methods: list[str], repeats: int, log: Callable[
         trainers["early_fusion+fused"] = PemmaTrainer(cfg_ef, device, steps)
         enable_fused_attention(trainers["early_fusion+fused"].model, "vit")
     for m in methods:
-        for name, fused, ckpt in ((f"{m}-plain", False, False), (m, True, False), (f"{m}+ckpt", True, True)):
+        variants = ((f"{m}-plain", False, False, False), (m, True, False, False), (f"{m}+ckpt", True, True, False),
+                    (f"{m}+ckpt-fullres", True, False, True))
+        for name, fused, ckpt, fullres in variants:
             if name in skip:
                 continue
             task = pemma_task(shell, Path("."), AdapterConfig(method=m, fused_attention=fused), cfg_ct)
             task.model.gradient_checkpointing = ckpt
+            if fullres:
+                checkpoint_modules(task.model, FULL_RESOLUTION)
             task = dataclasses.replace(task, forward=lambda module, x, step: module(x, CTPET))
             trainers[name] = PemmaTrainer(cfg_ef, device, steps, task=task)
     tc, roi = cfg_ef.train, list(cfg_ef.model.roi_size)
@@ -274,7 +298,8 @@ def main(argv: list[str] | None = None) -> int:
             return max(abs(x - y) / max(abs(y), 1e-12) for x, y in zip(a, b, strict=True))
         plain = losses[f"{m}-plain"]
         print(f"{m}: loss vs {m}-plain, largest relative difference over the steps: fused "
-              f"{rel(losses[m], plain):.1e}, fused+ckpt {rel(losses.get(f'{m}+ckpt', plain), plain):.1e}")
+              f"{rel(losses[m], plain):.1e}, fused+ckpt {rel(losses.get(f'{m}+ckpt', plain), plain):.1e}, "
+              f"fused+ckpt-fullres {rel(losses.get(f'{m}+ckpt-fullres', plain), plain):.1e}")
         print(f"{m}: frozen CT patch embedding records an autograd graph in training: "
               f"{frozen_ct_embedding_records_graph(trainers[m], image)}")
     if args.profile:
