@@ -125,6 +125,8 @@ def _add_series(folder: Path, found: dict[str, DicomSeries]) -> None:
         files = tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid))
         head = _header(files[0])
         modality = str(head.get("Modality", ""))
+        if modality in ("RTSTRUCT", "SEG"):
+            continue  # labels: found by pemma.data.dicom_labels.find_label_objects
         if modality not in MODALITY_OF:
             log.info(f"skipped {modality or 'unknown-modality'} series {uid} in {folder} (only CT and PT are read)")
             continue

@@ -1,0 +1,162 @@
+"""A DICOM tree as a dataset for every verb (``train``, ``adapt``, ``evaluate``, ``check``): each case is staged once
+as NIfTI (CT in HU, PET in SUVbw, the label of its RTSTRUCT / DICOM-SEG on the CT grid) in a cache folder, and
+:func:`pemma.data.layout.discover_cases` returns records pointing there, as for any NIfTI dataset.
+
+The cache is ``$PEMMA_CACHE_DIR/dicom`` (default ``~/.cache/pemma/preprocessed/dicom``), one folder per case named
+``<case>-<key>``; the key hashes the series UIDs, every file's path, size and modification time, the label file and
+the ROI names, so a later run reuses the staged files (no pixel data read) and a changed file restages its case.
+Staged folders are never removed by pemma; delete the folder to reclaim the space.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from pemma.data.dicom import DicomCase, dicom_cases, nifti_affine, read_series, write_nifti
+from pemma.data.dicom_labels import LabelObject, find_label_objects, parse_roi_names, read_label
+from pemma.data.layout import CaseRecord
+from pemma.errors import PemmaError
+from pemma.io_utils import atomic_path, save_nifti
+
+log = logging.getLogger("pemma.dicom")
+
+#: bump when what a staged case holds changes (older cache folders are then not reused)
+STAGING_VERSION = 1
+#: written last into a case's cache folder: its presence means the case is staged completely
+MANIFEST = "staged.json"
+_FILES = {"ct": "{case}__CT.nii.gz", "pet": "{case}__PT.nii.gz"}
+
+
+def cache_folder() -> Path:
+    """``<cache root>/dicom`` (``$PEMMA_CACHE_DIR`` or ``~/.cache/pemma/preprocessed``)."""
+    from pemma.data.dataset import default_cache_dir
+
+    return default_cache_dir("dicom")
+
+
+def _identity(path: str) -> list[object]:
+    stat = os.stat(path)
+    return [os.path.abspath(path), stat.st_size, stat.st_mtime_ns]
+
+
+def _key(case: DicomCase, label: LabelObject | None, roi_names: Mapping[str, tuple[str, ...]]) -> str:
+    parts = {"version": STAGING_VERSION, "case": case.record.case_id, "rois": sorted(roi_names.items()),
+             "series": {m: [s.uid, [_identity(f) for f in s.files]] for m, s in sorted(case.series.items())},
+             "label": _identity(label.path) if label else None}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _labels_by_case(root: str | Path, cases: list[DicomCase]) -> dict[str, LabelObject]:
+    """Case ID -> the RTSTRUCT / SEG drawn on its CT series.
+
+    Raises:
+        PemmaError: two label files on one case's CT (both named).
+    """
+    files = {f for c in cases for s in c.series.values() for f in s.files}
+    by_ct = {c.series["ct"].uid: c.record.case_id for c in cases if "ct" in c.series}
+    found: dict[str, LabelObject] = {}
+    for obj in find_label_objects(root, files):
+        cid = by_ct.get(obj.referenced_series)
+        if cid is None:
+            log.warning(f"{obj.path}: {obj.modality} ignored: it references series {obj.referenced_series or '?'}, "
+                        f"which is not the CT series of any case (labels are read on the CT grid)")
+            continue
+        if cid in found:
+            raise PemmaError(f"case {cid}: two label files on its CT series, {found[cid].path} and {obj.path}; keep "
+                             f"one of them")
+        found[cid] = obj
+    return found
+
+
+def discover_dicom(root: str | os.PathLike, roi_names: str | Mapping[str, object] | None = None,
+                   progress: bool = True) -> list[CaseRecord]:
+    """The cases of a DICOM tree, staged as NIfTI in :func:`cache_folder` (only those not staged before).
+
+    Args:
+        root: a folder (tree) of DICOM CT / PET series with RTSTRUCT or DICOM-SEG files, or one DICOM file.
+        roi_names: which ROI names are GTVp / GTVn (``"GTVp=GTV_primary,GTVn=GTV_LN+GTV_LN2"``); default the names
+            of :mod:`pemma.data.dicom_labels`.
+        progress: show a progress bar while staging.
+
+    Returns:
+        One record per patient and study; ``label`` is None for a case without an RTSTRUCT / SEG on its CT.
+
+    Raises:
+        PemmaError: no series, unreadable series, a missing SUV tag, a label with no GTVp / GTVn ROI (the ROI
+            names found are listed), two labels on one CT; one line naming the case or file.
+    """
+    try:
+        overrides = parse_roi_names(roi_names)
+    except ValueError as exc:
+        raise PemmaError(f"--roi-names: {exc}") from None
+    base = cache_folder()
+    cases = dicom_cases(root, base)
+    labels = _labels_by_case(root, cases)
+    records, todo = [], []
+    for case in cases:
+        cid = case.record.case_id
+        label = labels.get(cid)
+        folder = base / f"{cid}-{_key(case, label, overrides)}"
+        record = CaseRecord(cid, case.record.centre,
+                            {m: str(folder / _FILES[m].format(case=cid)) for m in case.series},
+                            str(folder / "labelsTr" / f"{cid}.nii.gz") if label else None)
+        records.append(record)
+        if not (folder / MANIFEST).is_file():
+            todo.append((case, label, folder, record))
+    log.info(f"{root}: {len(cases)} DICOM case(s), {len(labels)} with an RTSTRUCT / SEG label; "
+             f"{len(cases) - len(todo)} already staged in {base}")
+    for case, label, folder, record in tqdm(todo, desc="staging DICOM", unit="case",
+                                            disable=not progress or not todo):
+        _stage(case, label, folder, record, overrides)
+    return records
+
+
+def _stage(case: DicomCase, label: LabelObject | None, folder: Path, record: CaseRecord,
+           roi_names: Mapping[str, tuple[str, ...]]) -> None:
+    """Write a case's images (and label) into ``folder``, then its manifest."""
+    ct_affine = None
+    for modality, series in case.series.items():
+        image = read_series(series)
+        write_nifti(image, record.images[modality])
+        if modality == "ct":
+            ct_affine = nifti_affine(image)
+    if label is not None and record.label is not None and ct_affine is not None:
+        values = read_label(label, case.series["ct"], record.case_id, dict(roi_names))
+        save_nifti(values, ct_affine, record.label, dtype=np.uint8)
+    manifest = {"case_id": record.case_id, "series": {m: s.uid for m, s in case.series.items()},
+                "label": label.path if label else None, "version": STAGING_VERSION}
+    with atomic_path(folder / MANIFEST) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=1))
+
+
+def convert_dicom(root: str | os.PathLike, out: str | os.PathLike,
+                  roi_names: str | Mapping[str, object] | None = None, progress: bool = True) -> list[CaseRecord]:
+    """Write the cases of a DICOM tree in the HECKTOR layout: ``out/imagesTr/<case>__CT.nii.gz``, ``__PT.nii.gz``
+    and ``out/labelsTr/<case>.nii.gz`` (copied from the staging cache, each file atomically).
+
+    Returns:
+        The records of the written cases (paths in ``out``).
+    """
+    written = []
+    for record in discover_dicom(root, roi_names, progress):
+        images = {}
+        for modality, path in record.images.items():
+            images[modality] = str(Path(out) / "imagesTr" / Path(path).name)
+            with atomic_path(images[modality]) as tmp:
+                shutil.copyfile(path, tmp)
+        label = None
+        if record.label is not None:
+            label = str(Path(out) / "labelsTr" / Path(record.label).name)
+            with atomic_path(label) as tmp:
+                shutil.copyfile(record.label, tmp)
+        written.append(CaseRecord(record.case_id, record.centre, images, label))
+    return written
