@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -92,12 +93,14 @@ def write_rtstruct_file(ct_folder: Path, masks: dict[str, np.ndarray], path: Pat
 
     files = sorted(ct_folder.glob("CT*.dcm"))  # write_series' slice k is CT{k:04d}.dcm
     ours = [pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in files]
-    rt = RTStructBuilder.create_new(dicom_series_path=str(ct_folder))
-    theirs = [ds.SOPInstanceUID for ds in rt.series_data]  # rt-utils' order: ascending along the slice normal
-    for name, mask in masks.items():
-        rows_cols = np.transpose(mask, (1, 0, 2))[:, :, [ours.index(uid) for uid in theirs]]
-        rt.add_roi(mask=np.ascontiguousarray(rows_cols.astype(bool)), name=name)
-    rt.save(str(path))
+    with warnings.catch_warnings():  # rt-utils sets transfer-syntax attributes pydicom 3 deprecates
+        warnings.simplefilter("ignore", DeprecationWarning)
+        rt = RTStructBuilder.create_new(dicom_series_path=str(ct_folder))
+        theirs = [ds.SOPInstanceUID for ds in rt.series_data]  # rt-utils' order: ascending along the slice normal
+        for name, mask in masks.items():
+            rows_cols = np.transpose(mask, (1, 0, 2))[:, :, [ours.index(uid) for uid in theirs]]
+            rt.add_roi(mask=np.ascontiguousarray(rows_cols.astype(bool)), name=name)
+        rt.save(str(path))
 
 
 def write_seg_file(ct_folder: Path, label: np.ndarray, segments: dict[str, int], path: Path) -> None:
@@ -125,3 +128,13 @@ def write_seg_file(ct_folder: Path, label: np.ndarray, segments: dict[str, int],
         instance_number=1, manufacturer="pemma tests", manufacturer_model_name="test", software_versions="0",
         device_serial_number="0")
     seg.save_as(str(path))
+
+
+def within_one_voxel(a: np.ndarray, b: np.ndarray) -> None:
+    """Assert two non-empty masks differ only at their borders (each inside the other dilated by one voxel)."""
+    from scipy.ndimage import binary_dilation
+
+    ball = np.ones((3, 3, 3), bool)
+    assert a.any() and b.any()
+    assert not (a & ~binary_dilation(b, ball)).any() and not (b & ~binary_dilation(a, ball)).any()
+    assert 2 * (a & b).sum() / (a.sum() + b.sum()) > 0.8
