@@ -121,12 +121,14 @@ def write_seg_file(ct_folder: Path, label: np.ndarray, segments: dict[str, int],
         segment_number=n, segment_label=name, segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
         segmented_property_type=codes.SCT.Neoplasm, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL)
         for n, name in enumerate(segments, start=1)]
-    seg = hd.seg.Segmentation(
-        source_images=sources, pixel_array=frames.astype(np.uint8),
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=2, sop_instance_uid=hd.UID(),
-        instance_number=1, manufacturer="pemma tests", manufacturer_model_name="test", software_versions="0",
-        device_serial_number="0")
+    with warnings.catch_warnings():  # the test's PatientName is a single component, as DICOM allows
+        warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name")
+        seg = hd.seg.Segmentation(
+            source_images=sources, pixel_array=frames.astype(np.uint8),
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=2, sop_instance_uid=hd.UID(),
+            instance_number=1, manufacturer="pemma tests", manufacturer_model_name="test", software_versions="0",
+            device_serial_number="0")
     seg.save_as(str(path))
 
 
