@@ -16,10 +16,11 @@ from dicom_series import BQML_PER_SUV, within_one_voxel, write_rtstruct_file, wr
 
 import pemma
 from pemma.data import dicom_stage
-from pemma.data.dicom_labels import parse_roi_names, roi_value
+from pemma.data.dicom_labels import roi_value
 from pemma.data.layout import discover_cases
 from pemma.errors import PemmaError
 from pemma.io_utils import save_nifti
+from pemma.vocab import parse_roi_names
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 #: the phantom cases written as DICOM, and how each one's label is stored

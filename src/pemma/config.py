@@ -20,7 +20,15 @@ import yaml
 
 from pemma.errors import PemmaError
 from pemma.modalities import NAME_PATTERN, ModalitySpec, declared_specs, order_modalities, registry
-from pemma.vocab import BACKBONES, MODALITY_ALIASES, MODALITY_ORDER, REGISTER_MODES, ROI_MULTIPLES, parse_modalities
+from pemma.vocab import (
+    BACKBONES,
+    MODALITY_ALIASES,
+    MODALITY_ORDER,
+    REGISTER_MODES,
+    ROI_MULTIPLES,
+    parse_modalities,
+    parse_roi_names,
+)
 
 #: keys that older pemma versions wrote into ``config.yaml`` and that are now read and ignored
 RETIRED_KEYS: dict[str, tuple[str, ...]] = {"data": ("num_workers",)}
@@ -165,10 +173,7 @@ class DataConfig:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if not 0.0 <= self.memory_cache_share <= 1.0:
             raise ValueError(f"memory_cache_share must be in [0, 1], got {self.memory_cache_share}")
-        if self.roi_names:
-            from pemma.data.dicom_labels import parse_roi_names
-
-            parse_roi_names(self.roi_names)  # ValueError naming the bad item
+        parse_roi_names(self.roi_names)  # ValueError naming the bad item
 
 
 #: the PreprocessConfig fields of the PET-to-CT registration (an adaptation takes them from its own settings, the

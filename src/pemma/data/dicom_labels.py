@@ -14,56 +14,21 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pydicom
 
-from pemma.data.dicom import DicomSeries
+from pemma.data.dicom import DicomSeries, series_headers
 from pemma.data.labels import LABEL_NAME_VALUES
 from pemma.errors import PemmaError
-from pemma.vocab import LABELS, TUMOUR_CLASSES
+from pemma.vocab import LABELS, TUMOUR_CLASSES, RoiNames
 
 log = logging.getLogger("pemma.dicom")
 
 #: DICOM modalities that carry a label (structure set, segmentation)
 LABEL_MODALITIES = ("RTSTRUCT", "SEG")
-#: class name -> the ROI names a user gave for it (lower case)
-RoiNames = dict[str, tuple[str, ...]]
-
-
-def parse_roi_names(value: str | Mapping[str, object] | None) -> RoiNames:
-    """``"GTVp=GTV_primary,GTVn=GTV_LN+GTV_LN2"`` (or ``{"GTVp": ["GTV_primary"], ...}``) as
-    ``{"GTVp": ("gtv_primary",), "GTVn": ("gtv_ln", "gtv_ln2")}``; empty / None: ``{}`` (the default names).
-
-    Raises:
-        ValueError: an item without ``=``, a class other than GTVp / GTVn, or an empty ROI name.
-    """
-    if not value:
-        return {}
-    if isinstance(value, str):
-        pairs: list[tuple[str, str]] = []
-        for item in (i.strip() for i in value.split(",")):
-            if item:
-                if "=" not in item:
-                    raise ValueError(f"roi_names item {item!r} must be CLASS=ROI[+ROI...], e.g. GTVp=GTV_primary")
-                cls, names = item.split("=", 1)
-                pairs += [(cls, n) for n in names.split("+")]
-    else:
-        pairs = [(str(cls), str(n)) for cls, names in value.items()
-                 for n in ([names] if isinstance(names, str) else list(names))]  # type: ignore[call-overload]
-    chosen: dict[str, list[str]] = {}
-    canonical = {c.lower(): c for c in TUMOUR_CLASSES}
-    for cls, name in pairs:
-        key = canonical.get(cls.strip().lower())
-        if key is None:
-            raise ValueError(f"roi_names class {cls.strip()!r} must be one of {', '.join(TUMOUR_CLASSES)}")
-        if not name.strip():
-            raise ValueError(f"roi_names gives an empty ROI name for {key}")
-        chosen.setdefault(key, []).append(name.strip().lower())
-    return {k: tuple(v) for k, v in chosen.items()}
 
 
 def roi_value(name: str, overrides: RoiNames) -> int | None:
@@ -155,8 +120,6 @@ def _rtstruct_masks(obj: LabelObject, series: DicomSeries) -> dict[str, object]:
     import warnings
 
     from rt_utils import RTStruct
-
-    from pemma.inference.rtstruct import series_headers
 
     headers, order = series_headers(series, square=False)
     if int(headers[0].Rows) != int(headers[0].Columns):

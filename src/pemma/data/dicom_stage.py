@@ -22,10 +22,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from pemma.data.dicom import DicomCase, dicom_cases, nifti_affine, read_series, write_nifti
-from pemma.data.dicom_labels import LabelObject, find_label_objects, parse_roi_names, read_label
+from pemma.data.dicom_labels import LabelObject, find_label_objects, read_label
 from pemma.data.layout import CaseRecord
 from pemma.errors import PemmaError
 from pemma.io_utils import atomic_path, save_nifti
+from pemma.vocab import parse_roi_names
 
 log = logging.getLogger("pemma.dicom")
 
