@@ -69,6 +69,19 @@ def _block_ct(folder: Path, rois: dict[str, tuple[slice, slice, slice]] | None, 
         write_rtstruct_file(folder / "ct", masks, folder / "rs.dcm")
 
 
+def _main(*args: str) -> tuple[int, str]:
+    """``pemma ARGS`` in this process: (exit code, stderr)."""
+    import contextlib
+    import io
+
+    from pemma.cli.main import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        code = main(list(args))
+    return code, err.getvalue()
+
+
 # ------------------------------------------------------------------------------------------------ labels, staging
 
 
@@ -144,6 +157,10 @@ def test_unnamed_rois_are_an_error_naming_them_until_roi_names_maps_them(tmp_pat
                                          r"Primary_A1, LN_level2, BODY\); name them with --roi-names") as info:
         discover_cases(tmp_path / "p")
     assert "\n" not in str(info.value)
+    code, err = _main("check", str(tmp_path / "p"))  # the CLI: one error line, exit 2
+    assert code == 2 and err.strip().splitlines()[-1] == f"pemma check: error: {info.value}" and "Traceback" not in err
+    code, err = _main("check", str(tmp_path / "p"), "--roi-names", "GTVx=LN_level2")
+    assert code == 2 and "class 'GTVx' must be one of GTVp, GTVn" in err and "Traceback" not in err
     (case,) = discover_cases(tmp_path / "p", roi_names="GTVp=primary_a1,GTVn=LN_level2")
     label = np.asarray(nib.load(case.label).dataobj)
     assert {v: int((label == v).sum()) for v in (1, 2)} == {1: 4 * 5 * 3, 2: 3 * 3 * 3}  # box ROIs: exact
