@@ -157,8 +157,11 @@ def test_unnamed_rois_are_an_error_naming_them_until_roi_names_maps_them(tmp_pat
                                          r"Primary_A1, LN_level2, BODY\); name them with --roi-names") as info:
         discover_cases(tmp_path / "p")
     assert "\n" not in str(info.value)
-    code, err = _main("check", str(tmp_path / "p"))  # the CLI: one error line, exit 2
-    assert code == 2 and err.strip().splitlines()[-1] == f"pemma check: error: {info.value}" and "Traceback" not in err
+    code, err = _main("convert-dicom", str(tmp_path / "p"), "--out", str(tmp_path / "n"))  # one error line, exit 2
+    assert code == 2 and err.strip().splitlines()[-1] == f"pemma convert-dicom: error: {info.value}"
+    assert "Traceback" not in err
+    report = pemma.check(tmp_path / "p", progress=False)  # check lists it as the case's problem
+    assert report["n_cases"] == 1 and report["problems"] == {"BLK-1": [str(info.value)]}
     code, err = _main("check", str(tmp_path / "p"), "--roi-names", "GTVx=LN_level2")
     assert code == 2 and "class 'GTVx' must be one of GTVp, GTVn" in err and "Traceback" not in err
     (case,) = discover_cases(tmp_path / "p", roi_names="GTVp=primary_a1,GTVn=LN_level2")

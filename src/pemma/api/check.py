@@ -69,9 +69,10 @@ def check(data: str | os.PathLike, *, centres: Names = None, modalities: Names =
     agreement_lines: list[str] = []
     known = list(PreprocessConfig().modality_registry())  # CT, PET, then the other modalities pemma knows
     wanted = parse_modalities(name_list(modalities), known) if modalities else None
-    cases = select_cases(discover_cases(os.fspath(data), roi_names=roi_names), centres=name_list(centres),
-                         source=os.fspath(data))
-    report = CheckReport(n_cases=len(cases))
+    unstaged: dict[str, str] = {}  # DICOM cases that could not be staged: each a problem, the others checked
+    found = discover_cases(os.fspath(data), roi_names=roi_names, failures=unstaged)
+    cases = select_cases(found, centres=name_list(centres), source=os.fspath(data)) if found else []
+    report = CheckReport(n_cases=len(cases) + len(unstaged), problems={c: [m] for c, m in unstaged.items()})
     for case in tqdm(cases, desc="check", unit="case", disable=not progress):
         problems = check_case(case, wanted or [m for m in known if m in case.images],
                               with_label=case.label is not None)

@@ -79,7 +79,7 @@ def _labels_by_case(root: str | Path, cases: list[DicomCase]) -> dict[str, Label
 
 
 def discover_dicom(root: str | os.PathLike, roi_names: str | Mapping[str, object] | None = None,
-                   progress: bool = True) -> list[CaseRecord]:
+                   progress: bool = True, failures: dict[str, str] | None = None) -> list[CaseRecord]:
     """The cases of a DICOM tree, staged as NIfTI in :func:`cache_folder` (only those not staged before).
 
     Args:
@@ -87,6 +87,8 @@ def discover_dicom(root: str | os.PathLike, roi_names: str | Mapping[str, object
         roi_names: which ROI names are GTVp / GTVn (``"GTVp=GTV_primary,GTVn=GTV_LN+GTV_LN2"``); default the names
             of :mod:`pemma.data.dicom_labels`.
         progress: show a progress bar while staging.
+        failures: when given, a case that cannot be staged (a :class:`PemmaError`) is recorded here
+            (``{case_id: message}``) and left out; by default the first such case stops.
 
     Returns:
         One record per patient and study; ``label`` is None for a case without an RTSTRUCT / SEG on its CT.
@@ -117,8 +119,13 @@ def discover_dicom(root: str | os.PathLike, roi_names: str | Mapping[str, object
              f"{len(cases) - len(todo)} already staged in {base}")
     for case, label, folder, record in tqdm(todo, desc="staging DICOM", unit="case",
                                             disable=not progress or not todo):
-        _stage(case, label, folder, record, overrides)
-    return records
+        try:
+            _stage(case, label, folder, record, overrides)
+        except PemmaError as exc:
+            if failures is None:
+                raise
+            failures[record.case_id] = str(exc)
+    return [r for r in records if failures is None or r.case_id not in failures]
 
 
 def _stage(case: DicomCase, label: LabelObject | None, folder: Path, record: CaseRecord,

@@ -164,8 +164,8 @@ def _discover_datalist(path: Path, specs: Specs | None = None) -> list[CaseRecor
     return cases
 
 
-def discover_cases(root: str | Path, specs: Specs | None = None,
-                   roi_names: str | Mapping[str, object] | None = None) -> list[CaseRecord]:
+def discover_cases(root: str | Path, specs: Specs | None = None, roi_names: str | Mapping[str, object] | None = None,
+                   failures: dict[str, str] | None = None) -> list[CaseRecord]:
     """All cases under ``root``, whichever layout it has.
 
     ``specs`` names the modalities to look for (their HECKTOR suffixes, nnU-Net channel names, datalist keys);
@@ -186,7 +186,8 @@ def discover_cases(root: str | Path, specs: Specs | None = None,
       case with its other channel files; any other image file: a CT-only case;
     * a folder (tree) of DICOM series with no NIfTI in it: one case per patient and study, CT and PET (SUVbw)
       series and the label of an RTSTRUCT / DICOM-SEG on the CT (ROIs mapped to GTVp / GTVn by name, ``roi_names``
-      to override), staged once as NIfTI in the cache (:func:`pemma.data.dicom_stage.discover_dicom`).
+      to override), staged once as NIfTI in the cache (:func:`pemma.data.dicom_stage.discover_dicom`); with
+      ``failures``, a case that cannot be staged is recorded there (``{case_id: message}``) and left out.
 
     Raises:
         PemmaError: the path does not exist or holds no case; two label files for one case; an image file
@@ -200,7 +201,7 @@ def discover_cases(root: str | Path, specs: Specs | None = None,
     if root.is_file() and root.suffix == ".json":
         cases = _discover_datalist(root, specs)
     elif root.is_file() and nnunet.split_ending(root.name) is None and _is_dicom(root):
-        cases = _discover_dicom(root, roi_names)
+        cases = _discover_dicom(root, roi_names, failures)
     elif root.is_file():
         stem = nnunet.split_ending(root.name)
         stem_text = stem[0] if stem else root.name
@@ -214,8 +215,8 @@ def discover_cases(root: str | Path, specs: Specs | None = None,
         cases = _discover_hecktor(root, specs) or nnunet.discover_channel_folder(root, specs) or \
             nnunet.discover_image_files(root)
         if not cases and _is_dicom(root):
-            cases = _discover_dicom(root, roi_names)
-    if not cases:
+            cases = _discover_dicom(root, roi_names, failures)
+    if not cases and not failures:
         raise PemmaError(f"{root}: no cases found (expected HECKTOR ID__CT.nii.gz, nnU-Net dataset.json, datalist or "
                          f"DICOM series)")
     return cases
@@ -227,10 +228,11 @@ def _is_dicom(root: Path) -> bool:
     return is_dicom_input(root)
 
 
-def _discover_dicom(root: Path, roi_names: str | Mapping[str, object] | None) -> list[CaseRecord]:
+def _discover_dicom(root: Path, roi_names: str | Mapping[str, object] | None,
+                    failures: dict[str, str] | None) -> list[CaseRecord]:
     from pemma.data.dicom_stage import discover_dicom
 
-    return discover_dicom(root, roi_names)
+    return discover_dicom(root, roi_names, failures=failures)
 
 
 def select_cases(cases: list[CaseRecord], *, centres: list[str] | None = None, modalities: list[str] | None = None,
