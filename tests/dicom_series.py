@@ -86,12 +86,13 @@ def write_series(image: sitk.Image, folder: Path, modality: str, *, patient: str
     return series_uid
 
 
-def write_rtstruct_file(ct_folder: Path, masks: dict[str, np.ndarray], path: Path) -> None:
-    """An RTSTRUCT drawn with rt-utils on the CT series in ``ct_folder`` (written by :func:`write_series`), one ROI
-    per ``masks`` item; each mask is indexed (x, y, z) like the SimpleITK image the series was written from."""
+def write_rtstruct_file(ct_folder: Path, masks: dict[str, np.ndarray], path: Path, modality: str = "CT") -> None:
+    """An RTSTRUCT drawn with rt-utils on the CT (or ``modality``) series in ``ct_folder`` (written by
+    :func:`write_series`), one ROI per ``masks`` item; each mask is indexed (x, y, z) like the SimpleITK image the
+    series was written from."""
     from rt_utils import RTStructBuilder
 
-    files = sorted(ct_folder.glob("CT*.dcm"))  # write_series' slice k is CT{k:04d}.dcm
+    files = sorted(ct_folder.glob(f"{modality}*.dcm"))  # write_series' slice k is CT{k:04d}.dcm
     ours = [pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in files]
     with warnings.catch_warnings():  # rt-utils sets transfer-syntax attributes pydicom 3 deprecates
         warnings.simplefilter("ignore", DeprecationWarning)

@@ -60,7 +60,7 @@ def _block_ct(folder: Path, rois: dict[str, tuple[slice, slice, slice]] | None, 
     """A 16 x 16 x 6 CT series (and an RTSTRUCT with box ROIs, if given) in ``folder``."""
     image = sitk.GetImageFromArray(np.zeros((6, 16, 16), np.float32))
     image.SetSpacing((2.0, 2.0, 3.0))
-    write_series(image, folder / "ct", "CT", patient=patient)
+    write_series(image, folder / "ct", "CT", patient=patient, study_uid="1.7.1")
     if rois is not None:
         masks = {}
         for name, box in rois.items():
@@ -168,6 +168,25 @@ def test_unnamed_rois_are_an_error_naming_them_until_roi_names_maps_them(tmp_pat
     label = np.asarray(nib.load(case.label).dataobj)
     assert {v: int((label == v).sum()) for v in (1, 2)} == {1: 4 * 5 * 3, 2: 3 * 3 * 3}  # box ROIs: exact
     assert label[3:7, 4:9, 1:4].min() == 1 and label[10:13, 10:13, 2:5].min() == 2
+
+
+def test_a_label_drawn_on_the_pet_is_resampled_onto_the_ct(tmp_path: Path, cache: Path) -> None:
+    """PET voxels of 4 x 4 x 6 mm centred 1, 1, 1.5 mm past the CT's 2 x 2 x 3 mm ones: CT voxel j lies in PET voxel
+    j // 2 on every axis, so the PET box [1:3, 2:4, 0:2] is the CT box [2:6, 4:8, 0:4] exactly."""
+    _block_ct(tmp_path / "p", None)
+    pet = sitk.GetImageFromArray(np.full((3, 8, 8), 2000.0, np.float32))
+    pet.SetSpacing((4.0, 4.0, 6.0))
+    pet.SetOrigin((1.0, 1.0, 1.5))
+    write_series(pet, tmp_path / "p" / "pet", "PT", patient="BLK-1", study_uid="1.7.1")
+    box = np.zeros((8, 8, 3), bool)
+    box[1:3, 2:4, 0:2] = True
+    write_rtstruct_file(tmp_path / "p" / "pet", {"GTVp": box}, tmp_path / "p" / "rs_pet.dcm", modality="PT")
+    (case,) = discover_cases(tmp_path / "p")
+    label_img, ct_img = nib.load(case.label), nib.load(case.images["ct"])
+    np.testing.assert_allclose(label_img.affine, ct_img.affine, atol=1e-6)
+    expected = np.zeros((16, 16, 6), np.uint8)
+    expected[2:6, 4:8, 0:4] = 1
+    np.testing.assert_array_equal(np.asarray(label_img.dataobj), expected)
 
 
 def test_unlabelled_dicom_is_fine_to_discover_and_an_error_to_score(tmp_path: Path, cache: Path) -> None:

@@ -1,5 +1,6 @@
 """Ground truth from DICOM: an RTSTRUCT (rasterised with rt-utils) or a DICOM-SEG (read with highdicom) drawn on a
-case's CT series, as a label map on the CT grid with pemma's values (GTVp 1, GTVn 2).
+case's CT (or PET) series, as a label map on that series' grid with pemma's values (GTVp 1, GTVn 2); staging
+(:mod:`pemma.data.dicom_stage`) brings a PET-drawn one onto the CT grid.
 
 ROIs (RTSTRUCT) and segments (SEG) are mapped to pemma's classes by name. Default names, compared case-insensitively
 with spaces, ``_`` and ``-`` removed and trailing digits dropped (``GTVn_2`` is ``gtvn``): the names a
@@ -166,7 +167,8 @@ def _seg_masks(obj: LabelObject, series: DicomSeries) -> dict[str, object]:
                                                            assert_missing_frames_are_empty=True)
             except Exception as exc:  # noqa: BLE001
                 raise PemmaError(f"{obj.path}: cannot read segment {number} on {series.where} ({exc})") from None
-            return np.transpose(pixels > 0, (2, 1, 0))  # (slice, row, column) -> (column, row, slice)
+            # (slice, row, column) -> (column, row, slice); a FRACTIONAL segment is read as 0..1: half or more is in
+            return np.transpose(pixels >= 0.5, (2, 1, 0))
         return mask
 
     return {str(seg.get_segment_description(n).segment_label): mask_of(n) for n in seg.segment_numbers}

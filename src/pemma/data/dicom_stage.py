@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
 from tqdm.auto import tqdm
 
 from pemma.data.dicom import DicomCase, dicom_cases, nifti_affine, read_series, write_nifti
@@ -56,25 +57,33 @@ def _key(case: DicomCase, label: LabelObject | None, roi_names: Mapping[str, tup
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _labels_by_case(root: str | Path, cases: list[DicomCase]) -> dict[str, LabelObject]:
-    """Case ID -> the RTSTRUCT / SEG drawn on its CT series.
+def _labels_by_case(root: str | Path, cases: list[DicomCase]) -> dict[str, tuple[LabelObject, str]]:
+    """Case ID -> the RTSTRUCT / SEG drawn on one of its series, and that series' modality (``ct``, ``pet``).
+
+    A label drawn on the CT is preferred to one drawn on the PET (the other is logged as ignored).
 
     Raises:
-        PemmaError: two label files on one case's CT (both named).
+        PemmaError: two label files on one series of a case (both named).
     """
     files = {f for c in cases for s in c.series.values() for f in s.files}
-    by_ct = {c.series["ct"].uid: c.record.case_id for c in cases if "ct" in c.series}
-    found: dict[str, LabelObject] = {}
+    by_series = {s.uid: (c.record.case_id, m) for c in cases for m, s in c.series.items()}
+    found: dict[str, tuple[LabelObject, str]] = {}
     for obj in find_label_objects(root, files):
-        cid = by_ct.get(obj.referenced_series)
+        cid, modality = by_series.get(obj.referenced_series, (None, ""))
         if cid is None:
             log.warning(f"{obj.path}: {obj.modality} ignored: it references series {obj.referenced_series or '?'}, "
-                        f"which is not the CT series of any case (labels are read on the CT grid)")
+                        f"which is not the CT or PET series of any case")
             continue
         if cid in found:
-            raise PemmaError(f"case {cid}: two label files on its CT series, {found[cid].path} and {obj.path}; keep "
-                             f"one of them")
-        found[cid] = obj
+            other, other_modality = found[cid]
+            if other_modality == modality:
+                raise PemmaError(f"case {cid}: two label files on its {modality.upper()} series, {other.path} and "
+                                 f"{obj.path}; keep one of them")
+            ignored = obj if other_modality == "ct" else other
+            log.info(f"case {cid}: {ignored.path} ignored (drawn on the PET series; the label drawn on the CT is used)")
+            if other_modality == "ct":
+                continue
+        found[cid] = (obj, modality)
     return found
 
 
@@ -108,7 +117,7 @@ def discover_dicom(root: str | os.PathLike, roi_names: str | Mapping[str, object
     for case in cases:
         cid = case.record.case_id
         label = labels.get(cid)
-        folder = base / f"{cid}-{_key(case, label, overrides)}"
+        folder = base / f"{cid}-{_key(case, label[0] if label else None, overrides)}"
         record = CaseRecord(cid, case.record.centre,
                             {m: str(folder / _FILES[m].format(case=cid)) for m in case.series},
                             str(folder / "labelsTr" / f"{cid}.nii.gz") if label else None)
@@ -128,22 +137,36 @@ def discover_dicom(root: str | os.PathLike, roi_names: str | Mapping[str, object
     return [r for r in records if failures is None or r.case_id not in failures]
 
 
-def _stage(case: DicomCase, label: LabelObject | None, folder: Path, record: CaseRecord,
+def _stage(case: DicomCase, label: tuple[LabelObject, str] | None, folder: Path, record: CaseRecord,
            roi_names: Mapping[str, tuple[str, ...]]) -> None:
-    """Write a case's images (and label) into ``folder``, then its manifest."""
-    ct_affine = None
+    """Write a case's images (and label, on the CT grid; on the PET grid for a case without CT) into ``folder``,
+    then its manifest."""
+    images = {}
     for modality, series in case.series.items():
-        image = read_series(series)
-        write_nifti(image, record.images[modality])
-        if modality == "ct":
-            ct_affine = nifti_affine(image)
-    if label is not None and record.label is not None and ct_affine is not None:
-        values = read_label(label, case.series["ct"], record.case_id, dict(roi_names))
-        save_nifti(values, ct_affine, record.label, dtype=np.uint8)
+        images[modality] = read_series(series)
+        write_nifti(images[modality], record.images[modality])
+    if label is not None and record.label is not None:
+        obj, drawn_on = label
+        values = read_label(obj, case.series[drawn_on], record.case_id, dict(roi_names))
+        reference = "ct" if "ct" in images else drawn_on
+        if drawn_on != reference:
+            values = _resample_label(values, images[drawn_on], images[reference])
+            log.info(f"case {record.case_id}: {obj.path} is drawn on the {drawn_on.upper()} series; resampled "
+                     f"(nearest neighbour) onto the CT grid")
+        save_nifti(values, nifti_affine(images[reference]), record.label, dtype=np.uint8)
     manifest = {"case_id": record.case_id, "series": {m: s.uid for m, s in case.series.items()},
-                "label": label.path if label else None, "version": STAGING_VERSION}
+                "label": label[0].path if label else None, "version": STAGING_VERSION}
     with atomic_path(folder / MANIFEST) as tmp:
         tmp.write_text(json.dumps(manifest, indent=1))
+
+
+def _resample_label(values: np.ndarray, grid: sitk.Image, target: sitk.Image) -> np.ndarray:
+    """A label map (x, y, z) on ``grid``'s voxels, resampled by nearest neighbour onto ``target``'s (world
+    coordinates; outside ``grid`` is background)."""
+    image = sitk.GetImageFromArray(np.ascontiguousarray(values.transpose(2, 1, 0)))
+    image.CopyInformation(grid)
+    moved = sitk.Resample(image, target, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    return sitk.GetArrayFromImage(moved).transpose(2, 1, 0)
 
 
 def convert_dicom(root: str | os.PathLike, out: str | os.PathLike,
