@@ -26,7 +26,7 @@ from pemma.data.dicom import DicomCase, dicom_cases, nifti_affine, read_series, 
 from pemma.data.dicom_labels import LabelObject, find_label_objects, read_label
 from pemma.data.layout import CaseRecord
 from pemma.errors import PemmaError
-from pemma.io_utils import atomic_path, save_nifti
+from pemma.io_utils import atomic_path, default_cache_dir, save_nifti
 from pemma.vocab import parse_roi_names
 
 log = logging.getLogger("pemma.dicom")
@@ -40,8 +40,6 @@ _FILES = {"ct": "{case}__CT.nii.gz", "pet": "{case}__PT.nii.gz"}
 
 def cache_folder() -> Path:
     """``<cache root>/dicom`` (``$PEMMA_CACHE_DIR`` or ``~/.cache/pemma/preprocessed``)."""
-    from pemma.data.dataset import default_cache_dir
-
     return default_cache_dir("dicom")
 
 
