@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,7 +117,7 @@ def _grid(series: DicomSeries) -> tuple[int, int, int]:
     return int(head.Columns), int(head.Rows), len(series.files)
 
 
-def _rtstruct_masks(obj: LabelObject, series: DicomSeries) -> dict[str, object]:
+def _rtstruct_masks(obj: LabelObject, series: DicomSeries) -> dict[str, Callable[[], np.ndarray]]:
     """ROI name -> a function giving its mask on the series grid (rasterised by rt-utils when called)."""
     import warnings
 
@@ -136,7 +137,7 @@ def _rtstruct_masks(obj: LabelObject, series: DicomSeries) -> dict[str, object]:
             from None
     inverse = np.argsort(order)  # rt-utils slice i is our slice order[i]
 
-    def mask_of(name: str):
+    def mask_of(name: str) -> Callable[[], np.ndarray]:
         def mask() -> np.ndarray:
             try:
                 rows_cols = rt.get_roi_mask_by_name(name)  # (row, column, slice ascending along the normal)
@@ -148,7 +149,7 @@ def _rtstruct_masks(obj: LabelObject, series: DicomSeries) -> dict[str, object]:
     return {str(n): mask_of(str(n)) for n in names}
 
 
-def _seg_masks(obj: LabelObject, series: DicomSeries) -> dict[str, object]:
+def _seg_masks(obj: LabelObject, series: DicomSeries) -> dict[str, Callable[[], np.ndarray]]:
     """Segment label -> a function giving its mask on the series grid (read with highdicom)."""
     import highdicom as hd
 
@@ -160,7 +161,7 @@ def _seg_masks(obj: LabelObject, series: DicomSeries) -> dict[str, object]:
     uids = [str(pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["SOPInstanceUID"]).SOPInstanceUID)
             for f in series.files]
 
-    def mask_of(number: int):
+    def mask_of(number: int) -> Callable[[], np.ndarray]:
         def mask() -> np.ndarray:
             try:
                 pixels = seg.get_pixels_by_source_instance(uids, segment_numbers=[number], combine_segments=True,
