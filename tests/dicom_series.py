@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import SimpleITK as sitk
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
@@ -82,3 +84,60 @@ def write_series(image: sitk.Image, folder: Path, modality: str, *, patient: str
                 setattr(ds, name, value)
         ds.save_as(folder / f"{modality}{k:04d}.dcm", enforce_file_format=True)
     return series_uid
+
+
+def write_rtstruct_file(ct_folder: Path, masks: dict[str, np.ndarray], path: Path, modality: str = "CT") -> None:
+    """An RTSTRUCT drawn with rt-utils on the CT (or ``modality``) series in ``ct_folder`` (written by
+    :func:`write_series`), one ROI per ``masks`` item; each mask is indexed (x, y, z) like the SimpleITK image the
+    series was written from."""
+    from rt_utils import RTStructBuilder
+
+    files = sorted(ct_folder.glob(f"{modality}*.dcm"))  # write_series' slice k is CT{k:04d}.dcm
+    ours = [pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in files]
+    with warnings.catch_warnings():  # rt-utils sets transfer-syntax attributes pydicom 3 deprecates
+        warnings.simplefilter("ignore", DeprecationWarning)
+        rt = RTStructBuilder.create_new(dicom_series_path=str(ct_folder))
+        theirs = [ds.SOPInstanceUID for ds in rt.series_data]  # rt-utils' order: ascending along the slice normal
+        for name, mask in masks.items():
+            rows_cols = np.transpose(mask, (1, 0, 2))[:, :, [ours.index(uid) for uid in theirs]]
+            rt.add_roi(mask=np.ascontiguousarray(rows_cols.astype(bool)), name=name)
+        rt.save(str(path))
+
+
+def write_seg_file(ct_folder: Path, label: np.ndarray, segments: dict[str, int], path: Path) -> None:
+    """A DICOM-SEG written with highdicom on the CT series in ``ct_folder``: one segment per ``segments`` item
+    (segment label -> value in ``label``, which is indexed (x, y, z) like :func:`write_rtstruct_file`'s masks)."""
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    files = sorted(ct_folder.glob("CT*.dcm"))
+    sources = [pydicom.dcmread(f) for f in files]
+    for ds in sources:  # Type 2 patient / study attributes highdicom copies (empty, as the standard allows)
+        for name in ("PatientBirthDate", "PatientSex", "AccessionNumber", "ReferringPhysicianName"):
+            if name not in ds:
+                setattr(ds, name, "")
+    frames = np.stack([np.stack([label[:, :, k] == v for v in segments.values()], axis=-1).transpose(1, 0, 2)
+                       for k in range(label.shape[2])])  # (slice, row, column, segment)
+    descriptions = [hd.seg.SegmentDescription(
+        segment_number=n, segment_label=name, segmented_property_category=codes.SCT.MorphologicallyAbnormalStructure,
+        segmented_property_type=codes.SCT.Neoplasm, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL)
+        for n, name in enumerate(segments, start=1)]
+    with warnings.catch_warnings():  # the test's PatientName is a single component, as DICOM allows
+        warnings.filterwarnings("ignore", message=".*unlikely to represent the intended person name")
+        seg = hd.seg.Segmentation(
+            source_images=sources, pixel_array=frames.astype(np.uint8),
+            segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=2, sop_instance_uid=hd.UID(),
+            instance_number=1, manufacturer="pemma tests", manufacturer_model_name="test", software_versions="0",
+            device_serial_number="0")
+    seg.save_as(str(path))
+
+
+def within_one_voxel(a: np.ndarray, b: np.ndarray) -> None:
+    """Assert two non-empty masks differ only at their borders (each inside the other dilated by one voxel)."""
+    from scipy.ndimage import binary_dilation
+
+    ball = np.ones((3, 3, 3), bool)
+    assert a.any() and b.any()
+    assert not (a & ~binary_dilation(b, ball)).any() and not (b & ~binary_dilation(a, ball)).any()
+    assert 2 * (a & b).sum() / (a.sum() + b.sum()) > 0.8

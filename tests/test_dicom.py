@@ -13,11 +13,10 @@ import pytest
 import SimpleITK as sitk
 import torch
 from conftest import FAST, run_main
-from dicom_series import BQML_PER_SUV, PET_DRUG, PET_TAGS, write_series
+from dicom_series import BQML_PER_SUV, PET_DRUG, PET_TAGS, within_one_voxel, write_series
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 from rt_utils import RTStructBuilder
-from scipy.ndimage import binary_dilation
 from torch import nn
 
 from pemma.config import build_config
@@ -188,14 +187,7 @@ def _read_back(ct_folder: Path, rt_path: Path, name: str, files: tuple[str, ...]
     return np.transpose(mask[:, :, [theirs.index(uid) for uid in ours]], (1, 0, 2))
 
 
-def _within_one_voxel(a: np.ndarray, b: np.ndarray) -> None:
-    ball = np.ones((3, 3, 3), bool)
-    assert a.any() and b.any()
-    assert not (a & ~binary_dilation(b, ball)).any() and not (b & ~binary_dilation(a, ball)).any()
-    assert 2 * (a & b).sum() / (a.sum() + b.sum()) > 0.8
-
-
-def test_rtstruct_round_trip_within_one_voxel(tmp_path: Path) -> None:
+def test_rtstruct_round_tripwithin_one_voxel(tmp_path: Path) -> None:
     ct = _oblique_ct()
     write_series(ct, tmp_path / "dcm" / "ct", "CT", patient="RT1")
     cases = dicom_cases(tmp_path / "dcm", tmp_path / "stage")
@@ -207,15 +199,15 @@ def test_rtstruct_round_trip_within_one_voxel(tmp_path: Path) -> None:
     label = np.asarray(label_img.dataobj)
     assert label.shape == ct.GetSize()
     hu = sitk.GetArrayFromImage(ct).transpose(2, 1, 0)
-    _within_one_voxel(label == 1, hu == 300)  # the known answer: the model finds the balls
-    _within_one_voxel(label == 2, hu == 100)
+    within_one_voxel(label == 1, hu == 300)  # the known answer: the model finds the balls
+    within_one_voxel(label == 2, hu == 100)
     rt_path = tmp_path / "out" / "RT1_RTSTRUCT.dcm"
     rt = pydicom.dcmread(rt_path)
     assert rt.Modality == "RTSTRUCT" and [r.ROIName for r in rt.StructureSetROISequence] == ["GTVp", "GTVn"]
     referenced = rt.ReferencedFrameOfReferenceSequence[0].RTReferencedStudySequence[0].RTReferencedSeriesSequence[0]
     assert referenced.SeriesInstanceUID == cases[0].series["ct"].uid
     for name, value in (("GTVp", 1), ("GTVn", 2)):
-        _within_one_voxel(_read_back(tmp_path / "dcm" / "ct", rt_path, name, cases[0].series["ct"].files),
+        within_one_voxel(_read_back(tmp_path / "dcm" / "ct", rt_path, name, cases[0].series["ct"].files),
                           label == value)
 
 

@@ -189,3 +189,20 @@ def test_tiny_preset_warns_off_the_phantom(phantom: Path, tmp_path: Path) -> Non
     with pytest.warns(UserWarning, match=r"--preset tiny \(the default: a CPU test model\) on .* which is not pemma's "
                                          r"phantom; real data needs --preset paper"):
         warn_tiny_preset("tiny", run_config("tiny", data=str(tmp_path)))
+
+
+def test_survival_train_warns_of_the_tiny_preset_off_the_phantom(tmp_path: Path) -> None:
+    """The survival verbs warn as the segmentation verbs do (the same helper), before the base run is read."""
+    import contextlib
+    import io
+
+    from pemma.cli.main import main
+
+    save_nifti(np.zeros((4, 4, 4), np.int16), np.eye(4), tmp_path / "data" / "imagesTr" / "CHUM-001__CT.nii.gz")
+    err = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+        code = main(["survival", "train", "--base", str(tmp_path / "no-run"), "--data", str(tmp_path / "data"),
+                     "--out", str(tmp_path / "surv")])
+    lines = err.getvalue().splitlines()
+    assert code == 2 and lines[0].startswith("pemma survival: warning: --preset tiny (the default: a CPU test model)")
+    assert lines[-1].startswith("pemma survival: error:") and "no-run" in lines[-1]

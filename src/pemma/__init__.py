@@ -15,9 +15,9 @@ __version__ = "0.1.0"
 from pemma.vocab import LABELS, MODALITY_ORDER
 
 #: names served by :mod:`pemma.api` (PEP 562 lazy attributes)
-API = ("Run", "adapt", "check", "demo", "evaluate", "export", "import_model", "params", "predict", "reproduce",
-       "run_config", "survival_adapt", "survival_chain", "survival_evaluate", "survival_predict", "survival_train",
-       "synth", "train", "update")
+API = ("Run", "adapt", "check", "convert_dicom", "demo", "evaluate", "export", "import_model", "params", "predict",
+       "reproduce", "run_config", "survival_adapt", "survival_chain", "survival_evaluate", "survival_predict",
+       "survival_train", "synth", "train", "update")
 
 __all__ = ["LABELS", "MODALITY_ORDER", "__version__", *API]
 

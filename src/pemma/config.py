@@ -20,7 +20,15 @@ import yaml
 
 from pemma.errors import PemmaError
 from pemma.modalities import NAME_PATTERN, ModalitySpec, declared_specs, order_modalities, registry
-from pemma.vocab import BACKBONES, MODALITY_ALIASES, MODALITY_ORDER, REGISTER_MODES, ROI_MULTIPLES, parse_modalities
+from pemma.vocab import (
+    BACKBONES,
+    MODALITY_ALIASES,
+    MODALITY_ORDER,
+    REGISTER_MODES,
+    ROI_MULTIPLES,
+    parse_modalities,
+    parse_roi_names,
+)
 
 #: keys that older pemma versions wrote into ``config.yaml`` and that are now read and ignored
 RETIRED_KEYS: dict[str, tuple[str, ...]] = {"data": ("num_workers",)}
@@ -147,6 +155,10 @@ class DataConfig:
         "help": "without cache_dir: the largest share of the available memory the in-memory cache of preprocessed "
                 "cases may take (estimated from the first case); beyond it cases are cached on disk in "
                 "$PEMMA_CACHE_DIR or ~/.cache/pemma/preprocessed (0: always on disk)"})
+    roi_names: str = field(default="", metadata={
+        "help": "DICOM data: the RTSTRUCT ROI / SEG segment names of each class, e.g. "
+                "GTVp=GTV_primary,GTVn=GTV_LN+GTV_LN2 (case-insensitive; replaces the default names of the classes "
+                "named: GTVp, GTV_T, GTV_primary...; GTVn, GTVn1, GTV_LN, GTV_node...)"})
     exclude_bad_cases: bool = field(default=False, metadata={
         "help": "leave out the cases that fail the data check (`pemma check`), listed in the run, instead of "
                 "stopping before training"})
@@ -161,6 +173,7 @@ class DataConfig:
             raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if not 0.0 <= self.memory_cache_share <= 1.0:
             raise ValueError(f"memory_cache_share must be in [0, 1], got {self.memory_cache_share}")
+        parse_roi_names(self.roi_names)  # ValueError naming the bad item
 
 
 #: the PreprocessConfig fields of the PET-to-CT registration (an adaptation takes them from its own settings, the

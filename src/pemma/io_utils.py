@@ -17,6 +17,9 @@ from safetensors.torch import load_file, save_file
 
 from pemma.errors import PemmaError
 
+#: environment variable naming the root folder of automatic disk caches (see :func:`default_cache_dir`)
+CACHE_ENV = "PEMMA_CACHE_DIR"
+
 
 def current_umask() -> int:
     """The process's file-creation mask (read by setting it and putting it back)."""
@@ -239,3 +242,9 @@ def copy_tensors_into(own: Mapping[str, torch.Tensor], state: Mapping[str, torch
         for key, value in state.items():
             own[key].copy_(value)
     return sorted(set(own) - set(state))
+
+
+def default_cache_dir(cache_key: str | None) -> Path:
+    """Folder of automatic disk caches: ``$PEMMA_CACHE_DIR`` (or ``~/.cache/pemma/preprocessed``) / ``cache_key``."""
+    root = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "pemma" / "preprocessed")
+    return root / (cache_key or "default")

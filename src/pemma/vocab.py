@@ -20,7 +20,7 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 # ---------------------------------------------------------------------------------------------- backbones
@@ -166,5 +166,41 @@ LABELS: dict[str, int] = {"background": 0, "GTVp": 1, "GTVn": 2}
 TUMOUR_CLASSES: tuple[str, ...] = ("GTVp", "GTVn")
 #: Every valid label value.
 LABEL_VALUES: tuple[int, ...] = tuple(LABELS.values())
+#: class name -> the RTSTRUCT ROI / SEG segment names a user gave for it (lower case), ``--roi-names``
+RoiNames = dict[str, tuple[str, ...]]
+
+
+def parse_roi_names(value: str | Mapping[str, object] | None) -> RoiNames:
+    """``"GTVp=GTV_primary,GTVn=GTV_LN+GTV_LN2"`` (or ``{"GTVp": ["GTV_primary"], ...}``) as
+    ``{"GTVp": ("gtv_primary",), "GTVn": ("gtv_ln", "gtv_ln2")}``; empty / None: ``{}`` (the default names).
+
+    Raises:
+        ValueError: an item without ``=``, a class other than GTVp / GTVn, or an empty ROI name.
+    """
+    if not value:
+        return {}
+    if isinstance(value, str):
+        pairs: list[tuple[str, str]] = []
+        for item in (i.strip() for i in value.split(",")):
+            if item:
+                if "=" not in item:
+                    raise ValueError(f"roi_names item {item!r} must be CLASS=ROI[+ROI...], e.g. GTVp=GTV_primary")
+                cls, names = item.split("=", 1)
+                pairs += [(cls, n) for n in names.split("+")]
+    else:
+        pairs = [(str(cls), str(n)) for cls, names in value.items()
+                 for n in ([names] if isinstance(names, str) else list(names))]  # type: ignore[call-overload]
+    chosen: dict[str, list[str]] = {}
+    canonical = {c.lower(): c for c in TUMOUR_CLASSES}
+    for cls, name in pairs:
+        key = canonical.get(cls.strip().lower())
+        if key is None:
+            raise ValueError(f"roi_names class {cls.strip()!r} must be one of {', '.join(TUMOUR_CLASSES)}")
+        if not name.strip():
+            raise ValueError(f"roi_names gives an empty ROI name for {key}")
+        chosen.setdefault(key, []).append(name.strip().lower())
+    return {k: tuple(v) for k, v in chosen.items()}
+
+
 #: Phantom difficulties of ``pemma synth --difficulty`` (``pemma.data.phantom_hard``).
 PHANTOM_DIFFICULTIES: tuple[str, ...] = ("normal", "hard")

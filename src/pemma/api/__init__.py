@@ -14,7 +14,7 @@ Heavy modules (torch, MONAI) are imported when a function runs, not when this pa
 
 from __future__ import annotations
 
-from pemma.api.check import check
+from pemma.api.check import check, convert_dicom
 from pemma.api.importing import import_model
 from pemma.api.inference import evaluate, predict
 from pemma.api.protocol import demo, reproduce
@@ -23,6 +23,6 @@ from pemma.api.segmentation import adapt, export, params, synth, train, update
 from pemma.api.survival import survival_adapt, survival_evaluate, survival_predict, survival_train
 from pemma.api.survival_chain import survival_chain
 
-__all__ = ["Run", "adapt", "check", "demo", "evaluate", "export", "import_model", "params", "predict", "reproduce",
-           "run_config", "survival_adapt", "survival_chain", "survival_evaluate", "survival_predict", "survival_train",
-           "synth", "train", "update"]
+__all__ = ["Run", "adapt", "check", "convert_dicom", "demo", "evaluate", "export", "import_model", "params", "predict",
+           "reproduce", "run_config", "survival_adapt", "survival_chain", "survival_evaluate", "survival_predict",
+           "survival_train", "synth", "train", "update"]

@@ -14,7 +14,7 @@ def check(data: str | os.PathLike, *, centres: Names = None, modalities: Names =
           endpoints: str | os.PathLike | None = None, clinical: str | os.PathLike | None = None,
           progress: bool = True, registration: bool = False, register: str | None = None,
           model: RunLike | None = None, preset: str | None = None,
-          config: str | os.PathLike | None = None) -> dict[str, Any]:
+          config: str | os.PathLike | None = None, roi_names: str | None = None) -> dict[str, Any]:
     """Check every case of a dataset (files readable, finite, 3-D, invertible geometry; label values; PET overlap
     with the CT; label grid overlapping the CT) and the endpoint / clinical tables, listing every problem.
 
@@ -34,6 +34,8 @@ def check(data: str | os.PathLike, *, centres: Names = None, modalities: Names =
         preset, config: a size preset and / or a YAML config: their preprocessing; with ``model``, its registration
             settings (``register*``) over the run's, as ``pemma adapt --base MODEL --preset/--config`` would
             combine them. Default: the default preprocessing (:class:`~pemma.config.PreprocessConfig`).
+        roi_names: DICOM data: the RTSTRUCT / SEG names of GTVp and GTVn (``GTVp=GTV_primary,GTVn=GTV_LN``), see
+            :mod:`pemma.data.dicom_labels`. Default the usual names.
 
     Returns:
         ``{"n_cases", "bad_cases", "problems": {case or table: [one-line problem, ...]}, "lines": [...]}``
@@ -67,8 +69,10 @@ def check(data: str | os.PathLike, *, centres: Names = None, modalities: Names =
     agreement_lines: list[str] = []
     known = list(PreprocessConfig().modality_registry())  # CT, PET, then the other modalities pemma knows
     wanted = parse_modalities(name_list(modalities), known) if modalities else None
-    cases = select_cases(discover_cases(os.fspath(data)), centres=name_list(centres), source=os.fspath(data))
-    report = CheckReport(n_cases=len(cases))
+    unstaged: dict[str, str] = {}  # DICOM cases that could not be staged: each a problem, the others checked
+    found = discover_cases(os.fspath(data), roi_names=roi_names, failures=unstaged)
+    cases = select_cases(found, centres=name_list(centres), source=os.fspath(data)) if found else []
+    report = CheckReport(n_cases=len(cases) + len(unstaged), problems={c: [m] for c, m in unstaged.items()})
     for case in tqdm(cases, desc="check", unit="case", disable=not progress):
         problems = check_case(case, wanted or [m for m in known if m in case.images],
                               with_label=case.label is not None)
@@ -119,3 +123,32 @@ def registration_preprocess(model: RunLike | None, preset: str | None,
     if given is None:
         return run
     return dataclasses.replace(run, **{f: getattr(given, f) for f in REGISTRATION_FIELDS})
+
+
+def convert_dicom(data: str | os.PathLike, out: str | os.PathLike, *, roi_names: str | None = None,
+                  progress: bool = True) -> list[str]:
+    """Write a DICOM tree as a HECKTOR-layout dataset: ``out/imagesTr/<case>__CT.nii.gz``, ``__PT.nii.gz`` (SUVbw)
+    and ``out/labelsTr/<case>.nii.gz`` (from the case's RTSTRUCT / DICOM-SEG, on the CT grid).
+
+    The cases are staged as every verb stages DICOM (:func:`pemma.data.dicom_stage.discover_dicom`), then copied.
+
+    Args:
+        data: a folder (tree) of DICOM CT / PET series, with RTSTRUCT or SEG files for labels.
+        out: the dataset folder to write.
+        roi_names: the RTSTRUCT / SEG names of GTVp and GTVn (``GTVp=GTV_primary,GTVn=GTV_LN``). Default the usual
+            names (:mod:`pemma.data.dicom_labels`).
+        progress: show a progress bar.
+
+    Returns:
+        The case IDs written.
+
+    Example:
+        >>> pemma.convert_dicom("/dicom/hn_cohort", "data/hn_nifti", roi_names="GTVp=GTV_T,GTVn=GTV_N")
+    """
+    from pemma.data.dicom import is_dicom_input
+    from pemma.data.dicom_stage import convert_dicom as convert
+    from pemma.errors import PemmaError
+
+    if not is_dicom_input(os.fspath(data)):
+        raise PemmaError(f"{os.fspath(data)}: not a DICOM file or a folder of DICOM series (without NIfTI files)")
+    return [r.case_id for r in convert(os.fspath(data), os.fspath(out), roi_names, progress)]

@@ -122,7 +122,7 @@ def evaluate(model: RunLike | None = None, data: str | os.PathLike | None = None
              pred: str | os.PathLike | None = None, centres: Names = None, modalities: Names = None, split: str = "all",
              out: str | os.PathLike | None = None, save_predictions: bool = False, base: RunLike | None = None,
              roi: Sequence[int] | None = None, overlap: float | None = None, sw_batch_size: int | None = None,
-             device: str | None = None, amp: bool | None = None) -> dict[str, Any]:
+             device: str | None = None, amp: bool | None = None, roi_names: str | None = None) -> dict[str, Any]:
     """HECKTOR DSCagg (GTVp, GTVn, mean), per-case Dice, HD95 and volumes on the labelled cases of ``data``: of a
     model's predictions (``model``), or of an existing predictions folder (``pred``, no model run).
 
@@ -140,6 +140,8 @@ def evaluate(model: RunLike | None = None, data: str | os.PathLike | None = None
         out: report folder. Default ``<model>/evaluation`` (with ``pred``: ``<pred>/evaluation``).
         save_predictions: also write the label maps (``out/predictions_<inputs>/``).
         base, roi, overlap, sw_batch_size, device, amp: as for :func:`predict`.
+        roi_names: ``data`` a DICOM tree: the RTSTRUCT / SEG names of GTVp and GTVn
+            (``GTVp=GTV_primary,GTVn=GTV_LN``), see :mod:`pemma.data.dicom_labels`. Default the usual names.
 
     Returns:
         The scores: ``{"inputs", "n_cases", "DSCagg": {"GTVp", "GTVn", "mean"}, "mean_case", "cases", "counts",
@@ -161,15 +163,15 @@ def evaluate(model: RunLike | None = None, data: str | os.PathLike | None = None
         raise PemmaError("evaluate needs --data (the labelled cases)")
     source = os.fspath(data)
     if pred is not None:
-        cases = select_cases(discover_cases(source), centres=name_list(centres) or [], require_label=True,
-                             source=source)
+        cases = select_cases(discover_cases(source, roi_names=roi_names), centres=name_list(centres) or [],
+                             require_label=True, source=source)
         result = evaluate_predictions(os.fspath(pred), cases)
         folder = Path(os.fspath(out)) if out is not None else Path(os.fspath(pred)) / "evaluation"
     else:
         loaded, chosen, dev = _loaded(model, base, modalities, device, source)
         specs = loaded.config.preprocess.modality_registry()  # the run's modalities (a declared one's suffix)
-        cases = select_cases(discover_cases(source, specs), centres=name_list(centres) or [], modalities=chosen,
-                             require_label=True, source=source)
+        cases = select_cases(discover_cases(source, specs, roi_names), centres=name_list(centres) or [],
+                             modalities=chosen, require_label=True, source=source)
         cases = _split_cases(cases, loaded.meta, split, path_of(model))
         trained = set(loaded.meta.get("train_cases") or [])
         seen = [c.case_id for c in cases if c.case_id in trained]

@@ -156,7 +156,8 @@ def warn_tiny_preset(preset: str, cfg: RunConfig) -> None:
     if preset != "tiny" or not cfg.data.root:
         return
     try:
-        first = next((c.images["ct"] for c in discover_cases(cfg.data.root) if "ct" in c.images), None)
+        cases = discover_cases(cfg.data.root, roi_names=cfg.data.roi_names)  # DICOM: staged once, for the run too
+        first = next((c.images["ct"] for c in cases if "ct" in c.images), None)
     except PemmaError:
         return  # the command itself reports what is wrong with the data
     if first is not None and not is_phantom_image(first):

@@ -7,7 +7,7 @@ import os
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from pemma.api.run import Run, RunLike, absolute_data, check_register, name_list, path_of, run_config
+from pemma.api.run import Run, RunLike, absolute_data, check_register, name_list, path_of, run_config, warn_tiny_preset
 from pemma.errors import PemmaError
 
 Names = str | Iterable[str] | None
@@ -56,12 +56,13 @@ def survival_train(base: RunLike, data: str | os.PathLike, out: str | os.PathLik
     from pemma.survival.training import train_survival
 
     check_out_of_reads(out, [path_of(base)])  # before reading anything
+    cfg = absolute_data(run_config(preset, config, overrides, data=data, centres=centres, modalities=modalities,
+                                   **settings))
+    warn_tiny_preset(preset, cfg)
     loaded = load_model(path_of(base))
     _check_geometry(settings.get("roi"), settings.get("spacing"), loaded.config.model, loaded.config.preprocess,
                     path_of(base))
     check_register(settings.get("register"), loaded.config.preprocess, str(path_of(base)))
-    cfg = absolute_data(run_config(preset, config, overrides, data=data, centres=centres, modalities=modalities,
-                                   **settings))
     stage = survival_settings(**_given(head=head, bins=bins, l2=l2))
     with new_run_folder(out, force=force, resume=resume, reads=[path_of(base)]) as folder:
         summary = train_survival(path_of(base), cfg, os.fspath(folder), stage, endpoints=_opt(endpoints),
@@ -129,6 +130,7 @@ def survival_adapt(model: RunLike, out: str | os.PathLike, *, data: str | os.Pat
         except ValueError as exc:
             raise PemmaError(f"invalid clinical columns: {exc}") from None
     cfg = absolute_data(run_config(preset, config, overrides, data=data, centres=centres, **settings))
+    warn_tiny_preset(preset, cfg)
     stage = survival_settings(**_given(add_modality=add_modality, add_ehr=add_ehr, method=method, rank=rank,
                                        alpha=alpha, encoder_lr_scale=encoder_lr_scale, l2=l2,
                                        train_adapters=not freeze_adapters))

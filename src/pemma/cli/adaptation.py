@@ -15,7 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="PEMMA (arXiv 2504.13645): train adapters, the PET embedding and skip block on "
                                    "CT+PET cases with modality dropout; the CT base run is never modified.")
     p.add_argument("--base", required=True, help="CT-only run folder of `pemma train`")
-    p.add_argument("--data", required=True, help="dataset folder or datalist")
+    p.add_argument("--data", required=True, help="dataset folder, datalist or DICOM tree")
     p.add_argument("--centres", help="comma-separated centres (default: all)")
     p.add_argument("--add-modality", default="pet",
                    help="modality to add (default pet); with the PEMMA methods also mr, dose or a modality declared "
@@ -40,7 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "CT-only update gets an adapter of its own; shared route: every update trains the "
                                    "same adapter); the CT base is never modified.")
     p.add_argument("--model", required=True, help="run folder to update (adapt, baselines or earlier update)")
-    p.add_argument("--data", required=True, help="dataset folder or datalist")
+    p.add_argument("--data", required=True, help="dataset folder, datalist or DICOM tree")
     p.add_argument("--centres", help="comma-separated centres (default: all)")
     p.add_argument("--modalities", required=True, help="ct, pet or ct,pet: what the new centre provides")
     p.add_argument("--out", required=True, help="run folder of the updated model")

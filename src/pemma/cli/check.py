@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from pemma.cli.options import add_field_flag
+from pemma.config import DataConfig
 from pemma.vocab import REGISTER_MODES
 
 
@@ -14,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "values {0, 1, 2}; PET covering the CT; label grid overlapping the CT; endpoint "
                                    "and clinical tables. Prints one line per problem and a summary; exit 1 when any "
                                    "case is bad.")
-    p.add_argument("data", help="HECKTOR folder, nnU-Net raw folder or datalist JSON")
+    p.add_argument("data", help="HECKTOR folder, nnU-Net raw folder, datalist JSON or a folder (tree) of DICOM series")
     p.add_argument("--centres", help="comma-separated centres (default: all)")
     p.add_argument("--modalities", help="images every case must have, e.g. ct,pet (default: what each case has)")
     p.add_argument("--endpoints", help="endpoint CSV (default: found under DATA)")
@@ -33,8 +35,18 @@ def register(sub: argparse._SubParsersAction) -> None:
                                     "default preprocessing); with --model, its registration settings over the run's")
     p.add_argument("--config", help="YAML config whose preprocess section registers (over --preset); with --model, "
                                     "its registration settings over the run's")
+    add_field_flag(p, DataConfig, "roi_names")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("convert-dicom", help="write a DICOM tree as a HECKTOR-layout NIfTI dataset",
+                       description="One case per patient and study: CT in HU, PET in SUVbw, the label of the case's "
+                                   "RTSTRUCT / DICOM-SEG on the CT grid (out/imagesTr/<case>__CT.nii.gz, __PT.nii.gz, "
+                                   "out/labelsTr/<case>.nii.gz).")
+    p.add_argument("data", help="a folder (tree) of DICOM CT / PET series with RTSTRUCT or SEG files")
+    p.add_argument("--out", required=True, help="dataset folder to write")
+    add_field_flag(p, DataConfig, "roi_names")
+    p.set_defaults(func=cmd_convert_dicom)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -42,9 +54,18 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     report = check(args.data, centres=args.centres, modalities=args.modalities, endpoints=args.endpoints,
                    clinical=args.clinical, progress=not args.json, registration=args.registration,
-                   register=args.register, model=args.model, preset=args.preset, config=args.config)
+                   register=args.register, model=args.model, preset=args.preset, config=args.config,
+                   roi_names=args.roi_names)
     if args.json:
         print(json.dumps({k: v for k, v in report.items() if k != "lines"}, indent=2))
     else:
         print("\n".join(report["lines"]))
     return 1 if report["bad_cases"] else 0
+
+
+def cmd_convert_dicom(args: argparse.Namespace) -> int:
+    from pemma.api import convert_dicom
+
+    written = convert_dicom(args.data, args.out, roi_names=args.roi_names)
+    print(f"wrote {len(written)} cases to {args.out}")
+    return 0

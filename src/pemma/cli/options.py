@@ -81,6 +81,7 @@ def add_training_flags(parser: argparse.ArgumentParser) -> None:
     add_field_flag(g, DataConfig, "val_fraction")
     add_field_flag(g, DataConfig, "cache_dir")
     add_field_flag(g, DataConfig, "exclude_bad_cases")
+    add_field_flag(g, DataConfig, "roi_names")
     g.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     g.add_argument("--force", action="store_true",
                    help="replace a finished run in --out (the new run is swapped in only when it succeeds)")
@@ -104,8 +105,8 @@ def add_window_flags(parser: argparse.ArgumentParser) -> None:
 def training_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The keyword arguments of :func:`add_training_flags` for a training function of :mod:`pemma.api`."""
     names = ("preset", "config", "seed", "epochs", "max_steps", "batch_size", "lr", "val_every", "checkpoint_every",
-             "roi", "spacing", "register", "val_fraction", "cache_dir", "exclude_bad_cases", "resume", "force",
-             "device", "amp", "gradient_checkpointing")
+             "roi", "spacing", "register", "val_fraction", "cache_dir", "exclude_bad_cases", "roi_names", "resume",
+             "force", "device", "amp", "gradient_checkpointing")
     return {name: getattr(args, name) for name in names}
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from pemma.cli.options import add_field_flag, add_training_flags, add_window_flags, training_settings, window_settings
-from pemma.config import ModelConfig
+from pemma.config import DataConfig, ModelConfig
 from pemma.vocab import BACKBONES, PHANTOM_DIFFICULTIES
 
 
@@ -30,7 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("train", help="train a segmentation backbone (CT-only, or CT+PET early fusion)",
                        description="Train MONAI UNETR / Swin UNETR on the given centres and modalities.")
-    p.add_argument("--data", required=True, help="HECKTOR folder, nnU-Net raw folder or datalist JSON")
+    p.add_argument("--data", required=True, help="HECKTOR folder, nnU-Net raw folder, datalist JSON or DICOM tree "
+                   "(CT / PET series, labels from RTSTRUCT or DICOM-SEG)")
     p.add_argument("--centres", help="comma-separated centres (default: all)")
     p.add_argument("--modalities", default="ct", help="ct, pet or ct,pet (early fusion), or with another modality "
                    "(mr, dose, or one declared in the config's preprocess.modality_specs), e.g. ct,mr; default ct")
@@ -61,7 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", help="run folder whose predictions are scored")
     source.add_argument("--pred", help="a folder of label maps <case_id>.nii.gz on the CT grid (no model is run)")
-    p.add_argument("--data", required=True, help="dataset folder or datalist (the labels)")
+    p.add_argument("--data", required=True, help="dataset folder, datalist or DICOM tree (the labels)")
     p.add_argument("--centres", help="comma-separated centres (default: all)")
     p.add_argument("--modalities", help="input set (default: what the model was trained with)")
     p.add_argument("--split", default="all", choices=["all", "unseen", "val", "train"],
@@ -69,6 +70,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="report folder (default: <model>/evaluation or <pred>/evaluation)")
     p.add_argument("--save-predictions", action="store_true", help="also write the label maps")
     p.add_argument("--base", help="CT base run of an adapted model, if it moved since adaptation")
+    add_field_flag(p, DataConfig, "roi_names")
     add_window_flags(p)
     p.set_defaults(func=cmd_evaluate)
 
@@ -93,11 +95,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    import logging
-
     from pemma.api import predict
 
-    logging.getLogger("pemma.dicom").setLevel(logging.INFO)  # DICOM decisions: series used, SUV factor, ROIs
     written = predict(args.model, args.input, args.out, modalities=args.modalities, centres=args.centres,
                       base=args.base, rtstruct=args.rtstruct, reference=args.reference, **window_settings(args))
     print(f"wrote {len(written)} label maps to {args.out}")
@@ -110,7 +109,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     result = evaluate(args.model, args.data, pred=args.pred, centres=args.centres, modalities=args.modalities,
                       split=args.split, out=args.out, save_predictions=args.save_predictions, base=args.base,
-                      **window_settings(args))
+                      roi_names=args.roi_names, **window_settings(args))
     print(format_summary(result))
     print(f"report: {result['report']['json']} and {result['report']['csv']}")
     return 0

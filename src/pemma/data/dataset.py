@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,10 +17,9 @@ from monai.transforms.utils import convert_to_contiguous
 
 from pemma.data.labels import LABEL_MAP_KEY
 from pemma.data.layout import CaseRecord
+from pemma.io_utils import CACHE_ENV, default_cache_dir  # noqa: F401 - CACHE_ENV: re-exported (tests, callers)
 
 log = logging.getLogger(__name__)
-#: environment variable naming the root folder of automatic disk caches (see :func:`default_cache_dir`)
-CACHE_ENV = "PEMMA_CACHE_DIR"
 
 
 def case_dicts(cases: Sequence[CaseRecord], modalities: Sequence[str], with_label: bool) -> list[dict[str, Any]]:
@@ -123,12 +121,6 @@ def preprocessing_key(**parts: Any) -> str:
     """A short hash of what defines a preprocessing (config values, roi, modalities), for :func:`default_cache_dir`."""
     text = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-
-
-def default_cache_dir(cache_key: str | None) -> Path:
-    """Folder of automatic disk caches: ``$PEMMA_CACHE_DIR`` (or ``~/.cache/pemma/preprocessed``) / ``cache_key``."""
-    root = Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "pemma" / "preprocessed")
-    return root / (cache_key or "default")
 
 
 def step_seed(seed: int, epoch: int, position: int) -> int:

@@ -33,6 +33,8 @@ MODALITY_OF = {"CT": "ct", "PT": "pet"}
 #: relative spread of the slice gaps above which a series counts as unevenly spaced (missing slices)
 MAX_GAP_SPREAD = 0.01
 _SUFFIX = {"ct": "__CT.nii", "pet": "__PT.nii"}
+#: Type 2 attributes rt-utils copies from the CT; a CT without them gets them empty, as the standard allows
+_TYPE2 = ("StudyDate", "StudyTime", "StudyID")
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,8 @@ def _add_series(folder: Path, found: dict[str, DicomSeries]) -> None:
         files = tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid))
         head = _header(files[0])
         modality = str(head.get("Modality", ""))
+        if modality in ("RTSTRUCT", "SEG"):
+            continue  # labels: found by pemma.data.dicom_labels.find_label_objects
         if modality not in MODALITY_OF:
             log.info(f"skipped {modality or 'unknown-modality'} series {uid} in {folder} (only CT and PT are read)")
             continue
@@ -252,3 +256,26 @@ def write_nifti(image: sitk.Image, path: str | os.PathLike) -> None:
     """Write a SimpleITK image as NIfTI (float32, voxel order x, y, z, RAS affine) atomically."""
     array = sitk.GetArrayFromImage(image).transpose(2, 1, 0)
     save_nifti(np.ascontiguousarray(array, dtype=np.float32), nifti_affine(image), path, dtype=np.float32)
+
+
+def series_headers(series: DicomSeries, square: bool = True) -> tuple[list[Dataset], list[int]]:
+    """The CT headers in rt-utils' slice order (ascending along the slice normal), checked for what its contour
+    geometry assumes, and for each the index of its file in ``series.files``.
+
+    Args:
+        series: the image series.
+        square: refuse non-square pixel spacing (rt-utils writes contours only for square pixels).
+    """
+    from rt_utils import image_helper
+
+    headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in series.files]
+    for ds in headers:
+        for name in _TYPE2:
+            if name not in ds:
+                setattr(ds, name, "")
+    row_gap, column_gap = (float(v) for v in headers[0].PixelSpacing)
+    if square and abs(row_gap - column_gap) > 1e-6 * max(row_gap, column_gap):
+        raise PemmaError(f"{series.where}: pixel spacing {row_gap:g} x {column_gap:g} mm is not square; "
+                         f"rt-utils writes RTSTRUCT contours only for square pixels")
+    order = sorted(range(len(headers)), key=lambda k: image_helper.get_slice_position(headers[k]))
+    return [headers[k] for k in order], order

@@ -164,7 +164,8 @@ def _discover_datalist(path: Path, specs: Specs | None = None) -> list[CaseRecor
     return cases
 
 
-def discover_cases(root: str | Path, specs: Specs | None = None) -> list[CaseRecord]:
+def discover_cases(root: str | Path, specs: Specs | None = None, roi_names: str | Mapping[str, object] | None = None,
+                   failures: dict[str, str] | None = None) -> list[CaseRecord]:
     """All cases under ``root``, whichever layout it has.
 
     ``specs`` names the modalities to look for (their HECKTOR suffixes, nnU-Net channel names, datalist keys);
@@ -182,7 +183,11 @@ def discover_cases(root: str | Path, specs: Specs | None = None) -> list[CaseRec
       dataset's ``dataset.json`` when there is one, else 0 = CT, 1 = PET);
     * a folder of image files of any names: each a CT-only case;
     * a single ``*__CT.nii.gz`` file: that case (its ``__PT`` beside it if present); a ``{case}_0000`` file: that
-      case with its other channel files; any other image file: a CT-only case.
+      case with its other channel files; any other image file: a CT-only case;
+    * a folder (tree) of DICOM series with no NIfTI in it: one case per patient and study, CT and PET (SUVbw)
+      series and the label of an RTSTRUCT / DICOM-SEG on the CT (ROIs mapped to GTVp / GTVn by name, ``roi_names``
+      to override), staged once as NIfTI in the cache (:func:`pemma.data.dicom_stage.discover_dicom`); with
+      ``failures``, a case that cannot be staged is recorded there (``{case_id: message}``) and left out.
 
     Raises:
         PemmaError: the path does not exist or holds no case; two label files for one case; an image file
@@ -195,6 +200,8 @@ def discover_cases(root: str | Path, specs: Specs | None = None) -> list[CaseRec
         raise PemmaError(f"{root}: dataset path not found")
     if root.is_file() and root.suffix == ".json":
         cases = _discover_datalist(root, specs)
+    elif root.is_file() and nnunet.split_ending(root.name) is None and _is_dicom(root):
+        cases = _discover_dicom(root, roi_names, failures)
     elif root.is_file():
         stem = nnunet.split_ending(root.name)
         stem_text = stem[0] if stem else root.name
@@ -207,9 +214,25 @@ def discover_cases(root: str | Path, specs: Specs | None = None) -> list[CaseRec
     else:
         cases = _discover_hecktor(root, specs) or nnunet.discover_channel_folder(root, specs) or \
             nnunet.discover_image_files(root)
-    if not cases:
-        raise PemmaError(f"{root}: no cases found (expected HECKTOR ID__CT.nii.gz, nnU-Net dataset.json or datalist)")
+        if not cases and _is_dicom(root):
+            cases = _discover_dicom(root, roi_names, failures)
+    if not cases and not failures:
+        raise PemmaError(f"{root}: no cases found (expected HECKTOR ID__CT.nii.gz, nnU-Net dataset.json, datalist or "
+                         f"DICOM series)")
     return cases
+
+
+def _is_dicom(root: Path) -> bool:
+    from pemma.data.dicom import is_dicom_input  # pydicom and SimpleITK are loaded only for a DICOM look-up
+
+    return is_dicom_input(root)
+
+
+def _discover_dicom(root: Path, roi_names: str | Mapping[str, object] | None,
+                    failures: dict[str, str] | None) -> list[CaseRecord]:
+    from pemma.data.dicom_stage import discover_dicom
+
+    return discover_dicom(root, roi_names, failures=failures)
 
 
 def select_cases(cases: list[CaseRecord], *, centres: list[str] | None = None, modalities: list[str] | None = None,
@@ -233,7 +256,8 @@ def select_cases(cases: list[CaseRecord], *, centres: list[str] | None = None, m
             if modality not in case.images:
                 raise PemmaError(f"case {case.case_id}: no {modality.upper()} image in {source}")
         if require_label and case.label is None:
-            raise PemmaError(f"case {case.case_id}: no label file in {source}")
+            raise PemmaError(f"case {case.case_id}: no label file in {source} (labelsTr/ID.nii.gz; for DICOM an "
+                             f"RTSTRUCT or DICOM-SEG drawn on the case's CT series)")
     return chosen
 
 

@@ -12,10 +12,9 @@ import warnings
 from collections.abc import Mapping
 
 import numpy as np
-import pydicom
-from rt_utils import RTStruct, ds_helper, image_helper
+from rt_utils import RTStruct, ds_helper
 
-from pemma.data.dicom import DicomSeries
+from pemma.data.dicom import DicomSeries, series_headers
 from pemma.errors import PemmaError
 from pemma.io_utils import atomic_path
 from pemma.vocab import LABELS, TUMOUR_CLASSES
@@ -24,24 +23,6 @@ log = logging.getLogger("pemma.dicom")
 
 #: display colours (RGB) of the ROIs
 ROI_COLOURS: dict[str, list[int]] = {"GTVp": [255, 0, 0], "GTVn": [0, 0, 255]}
-#: Type 2 attributes rt-utils copies from the CT; a CT without them gets them empty, as the standard allows
-_TYPE2 = ("StudyDate", "StudyTime", "StudyID")
-
-
-def _series_data(series: DicomSeries) -> tuple[list[pydicom.Dataset], list[int]]:
-    """The CT headers in rt-utils' slice order (ascending along the slice normal), checked for what its contour
-    geometry assumes, and for each the index of its file in ``series.files``."""
-    headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in series.files]
-    for ds in headers:
-        for name in _TYPE2:
-            if name not in ds:
-                setattr(ds, name, "")
-    row_gap, column_gap = (float(v) for v in headers[0].PixelSpacing)
-    if abs(row_gap - column_gap) > 1e-6 * max(row_gap, column_gap):
-        raise PemmaError(f"{series.where}: pixel spacing {row_gap:g} x {column_gap:g} mm is not square; "
-                         f"rt-utils writes RTSTRUCT contours only for square pixels")
-    order = sorted(range(len(headers)), key=lambda k: image_helper.get_slice_position(headers[k]))
-    return [headers[k] for k in order], order
 
 
 def write_rtstruct(label: np.ndarray, series: DicomSeries, path: str | os.PathLike,
@@ -63,7 +44,7 @@ def write_rtstruct(label: np.ndarray, series: DicomSeries, path: str | os.PathLi
         PemmaError: the label does not match the series' grid, or the series has non-square pixels.
     """
     classes = dict(classes or {name: LABELS[name] for name in TUMOUR_CLASSES})
-    headers, order = _series_data(series)
+    headers, order = series_headers(series)
     rows, columns = int(headers[0].Rows), int(headers[0].Columns)
     if tuple(label.shape) != (columns, rows, len(series.files)):
         raise PemmaError(f"{path}: label shape {tuple(label.shape)} does not match {series.where} "

@@ -49,7 +49,7 @@ def backbone_task(cfg: RunConfig, net: nn.Module | None = None, name: str | None
 def select_split(cfg: RunConfig, modalities: list[str]) -> CaseSplit:
     """The labelled cases of ``cfg.data`` with ``modalities`` (not nnU-Net ``imagesTs`` cases, unless there are only
     those), split per centre into training / validation."""
-    every = discover_cases(cfg.data.root, cfg.preprocess.modality_registry())
+    every = discover_cases(cfg.data.root, cfg.preprocess.modality_registry(), cfg.data.roi_names)
     found = [c for c in every if not c.test] or every
     cases = select_cases(found, centres=cfg.data.centres, modalities=modalities,
                          require_label=True, source=str(cfg.data.root))

@@ -1,0 +1,191 @@
+"""A DICOM tree as a dataset for every verb (``train``, ``adapt``, ``evaluate``, ``check``): each case is staged once
+as NIfTI (CT in HU, PET in SUVbw, the label of its RTSTRUCT / DICOM-SEG on the CT grid) in a cache folder, and
+:func:`pemma.data.layout.discover_cases` returns records pointing there, as for any NIfTI dataset.
+
+The cache is ``$PEMMA_CACHE_DIR/dicom`` (default ``~/.cache/pemma/preprocessed/dicom``), one folder per case named
+``<case>-<key>``; the key hashes the series UIDs, every file's path, size and modification time, the label file and
+the ROI names, so a later run reuses the staged files (no pixel data read) and a changed file restages its case.
+Staged folders are never removed by pemma; delete the folder to reclaim the space.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from tqdm.auto import tqdm
+
+from pemma.data.dicom import DicomCase, dicom_cases, nifti_affine, read_series, write_nifti
+from pemma.data.dicom_labels import LabelObject, find_label_objects, read_label
+from pemma.data.layout import CaseRecord
+from pemma.errors import PemmaError
+from pemma.io_utils import atomic_path, default_cache_dir, save_nifti
+from pemma.vocab import parse_roi_names
+
+log = logging.getLogger("pemma.dicom")
+
+#: bump when what a staged case holds changes (older cache folders are then not reused)
+STAGING_VERSION = 1
+#: written last into a case's cache folder: its presence means the case is staged completely
+MANIFEST = "staged.json"
+_FILES = {"ct": "{case}__CT.nii.gz", "pet": "{case}__PT.nii.gz"}
+
+
+def cache_folder() -> Path:
+    """``<cache root>/dicom`` (``$PEMMA_CACHE_DIR`` or ``~/.cache/pemma/preprocessed``)."""
+    return default_cache_dir("dicom")
+
+
+def _identity(path: str) -> list[object]:
+    stat = os.stat(path)
+    return [os.path.abspath(path), stat.st_size, stat.st_mtime_ns]
+
+
+def _key(case: DicomCase, label: LabelObject | None, roi_names: Mapping[str, tuple[str, ...]]) -> str:
+    parts = {"version": STAGING_VERSION, "case": case.record.case_id, "rois": sorted(roi_names.items()),
+             "series": {m: [s.uid, [_identity(f) for f in s.files]] for m, s in sorted(case.series.items())},
+             "label": _identity(label.path) if label else None}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _labels_by_case(root: str | Path, cases: list[DicomCase]) -> dict[str, tuple[LabelObject, str]]:
+    """Case ID -> the RTSTRUCT / SEG drawn on one of its series, and that series' modality (``ct``, ``pet``).
+
+    A label drawn on the CT is preferred to one drawn on the PET (the other is logged as ignored).
+
+    Raises:
+        PemmaError: two label files on one series of a case (both named).
+    """
+    files = {f for c in cases for s in c.series.values() for f in s.files}
+    by_series = {s.uid: (c.record.case_id, m) for c in cases for m, s in c.series.items()}
+    found: dict[str, tuple[LabelObject, str]] = {}
+    for obj in find_label_objects(root, files):
+        cid, modality = by_series.get(obj.referenced_series, (None, ""))
+        if cid is None:
+            log.warning(f"{obj.path}: {obj.modality} ignored: it references series {obj.referenced_series or '?'}, "
+                        f"which is not the CT or PET series of any case")
+            continue
+        if cid in found:
+            other, other_modality = found[cid]
+            if other_modality == modality:
+                raise PemmaError(f"case {cid}: two label files on its {modality.upper()} series, {other.path} and "
+                                 f"{obj.path}; keep one of them")
+            ignored = obj if other_modality == "ct" else other
+            log.info(f"case {cid}: {ignored.path} ignored (drawn on the PET series; the label drawn on the CT is used)")
+            if other_modality == "ct":
+                continue
+        found[cid] = (obj, modality)
+    return found
+
+
+def discover_dicom(root: str | os.PathLike, roi_names: str | Mapping[str, object] | None = None,
+                   progress: bool = True, failures: dict[str, str] | None = None) -> list[CaseRecord]:
+    """The cases of a DICOM tree, staged as NIfTI in :func:`cache_folder` (only those not staged before).
+
+    Args:
+        root: a folder (tree) of DICOM CT / PET series with RTSTRUCT or DICOM-SEG files, or one DICOM file.
+        roi_names: which ROI names are GTVp / GTVn (``"GTVp=GTV_primary,GTVn=GTV_LN+GTV_LN2"``); default the names
+            of :mod:`pemma.data.dicom_labels`.
+        progress: show a progress bar while staging.
+        failures: when given, a case that cannot be staged (a :class:`PemmaError`) is recorded here
+            (``{case_id: message}``) and left out; by default the first such case stops.
+
+    Returns:
+        One record per patient and study; ``label`` is None for a case without an RTSTRUCT / SEG on its CT.
+
+    Raises:
+        PemmaError: no series, unreadable series, a missing SUV tag, a label with no GTVp / GTVn ROI (the ROI
+            names found are listed), two labels on one CT; one line naming the case or file.
+    """
+    try:
+        overrides = parse_roi_names(roi_names)
+    except ValueError as exc:
+        raise PemmaError(f"--roi-names: {exc}") from None
+    base = cache_folder()
+    cases = dicom_cases(root, base)
+    labels = _labels_by_case(root, cases)
+    records, todo = [], []
+    for case in cases:
+        cid = case.record.case_id
+        label = labels.get(cid)
+        folder = base / f"{cid}-{_key(case, label[0] if label else None, overrides)}"
+        record = CaseRecord(cid, case.record.centre,
+                            {m: str(folder / _FILES[m].format(case=cid)) for m in case.series},
+                            str(folder / "labelsTr" / f"{cid}.nii.gz") if label else None)
+        records.append(record)
+        if not (folder / MANIFEST).is_file():
+            todo.append((case, label, folder, record))
+    log.info(f"{root}: {len(cases)} DICOM case(s), {len(labels)} with an RTSTRUCT / SEG label; "
+             f"{len(cases) - len(todo)} already staged in {base}")
+    for case, label, folder, record in tqdm(todo, desc="staging DICOM", unit="case",
+                                            disable=not progress or not todo):
+        try:
+            _stage(case, label, folder, record, overrides)
+        except PemmaError as exc:
+            if failures is None:
+                raise
+            failures[record.case_id] = str(exc)
+    return [r for r in records if failures is None or r.case_id not in failures]
+
+
+def _stage(case: DicomCase, label: tuple[LabelObject, str] | None, folder: Path, record: CaseRecord,
+           roi_names: Mapping[str, tuple[str, ...]]) -> None:
+    """Write a case's images (and label, on the CT grid; on the PET grid for a case without CT) into ``folder``,
+    then its manifest."""
+    images = {}
+    for modality, series in case.series.items():
+        images[modality] = read_series(series)
+        write_nifti(images[modality], record.images[modality])
+    if label is not None and record.label is not None:
+        obj, drawn_on = label
+        values = read_label(obj, case.series[drawn_on], record.case_id, dict(roi_names))
+        reference = "ct" if "ct" in images else drawn_on
+        if drawn_on != reference:
+            values = _resample_label(values, images[drawn_on], images[reference])
+            log.info(f"case {record.case_id}: {obj.path} is drawn on the {drawn_on.upper()} series; resampled "
+                     f"(nearest neighbour) onto the CT grid")
+        save_nifti(values, nifti_affine(images[reference]), record.label, dtype=np.uint8)
+    manifest = {"case_id": record.case_id, "series": {m: s.uid for m, s in case.series.items()},
+                "label": label[0].path if label else None, "version": STAGING_VERSION}
+    with atomic_path(folder / MANIFEST) as tmp:
+        tmp.write_text(json.dumps(manifest, indent=1))
+
+
+def _resample_label(values: np.ndarray, grid: sitk.Image, target: sitk.Image) -> np.ndarray:
+    """A label map (x, y, z) on ``grid``'s voxels, resampled by nearest neighbour onto ``target``'s (world
+    coordinates; outside ``grid`` is background)."""
+    image = sitk.GetImageFromArray(np.ascontiguousarray(values.transpose(2, 1, 0)))
+    image.CopyInformation(grid)
+    moved = sitk.Resample(image, target, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+    return sitk.GetArrayFromImage(moved).transpose(2, 1, 0)
+
+
+def convert_dicom(root: str | os.PathLike, out: str | os.PathLike,
+                  roi_names: str | Mapping[str, object] | None = None, progress: bool = True) -> list[CaseRecord]:
+    """Write the cases of a DICOM tree in the HECKTOR layout: ``out/imagesTr/<case>__CT.nii.gz``, ``__PT.nii.gz``
+    and ``out/labelsTr/<case>.nii.gz`` (copied from the staging cache, each file atomically).
+
+    Returns:
+        The records of the written cases (paths in ``out``).
+    """
+    written = []
+    for record in discover_dicom(root, roi_names, progress):
+        images = {}
+        for modality, path in record.images.items():
+            images[modality] = str(Path(out) / "imagesTr" / Path(path).name)
+            with atomic_path(images[modality]) as tmp:
+                shutil.copyfile(path, tmp)
+        label = None
+        if record.label is not None:
+            label = str(Path(out) / "labelsTr" / Path(record.label).name)
+            with atomic_path(label) as tmp:
+                shutil.copyfile(record.label, tmp)
+        written.append(CaseRecord(record.case_id, record.centre, images, label))
+    return written
