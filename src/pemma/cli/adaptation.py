@@ -92,7 +92,8 @@ def cmd_adapt(args: argparse.Namespace) -> int:
                 method=args.method, **{k: v for k, v in adapter.items() if v is not None}, **training_settings(args))
     summary = run.summary
     extra = f", CT logit weight {summary['weight']}" if "weight" in summary else ""
-    print(f"{args.out}: {summary['steps']} steps, best validation mean DSCagg (CT+{args.add_modality.upper()}) "
+    inputs = "+".join(m.upper() for m in run.meta.get("modalities") or ["ct", args.add_modality])
+    print(f"{args.out}: {summary['steps']} steps, best validation mean DSCagg ({inputs}) "
           f"{summary['best_dsc']:.4f}"
           f"{extra}")
     return 0
