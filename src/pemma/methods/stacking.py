@@ -135,6 +135,10 @@ def adapt_stacked(base_run: str | Path, cfg: RunConfig, out_dir: str | Path, met
     if name not in PEMMA_METHODS:
         raise PemmaError(f"--method {name}: {base_run} is an adapted run; stacking a modality on it needs a PEMMA "
                          f"method ({', '.join(PEMMA_METHODS)}); the baselines start from a CT-only run")
+    recorded = read_meta(Path(base_run)).get("method")
+    if recorded and recorded != PEMMA_METHODS[name]:  # before the data are read
+        raise PemmaError(f"{base_run} was adapted with {recorded}; a stacked modality uses the same adapter type "
+                         f"(--method pemma_{recorded}), not {PEMMA_METHODS[name]}")
     setup = prepare_stacking(base_run, cfg, out_dir, added_modality, split)
     task = stack_task(setup, PEMMA_METHODS[name], adapter_cfg)
     return train_task(task, setup.cfg, setup.train_cases, setup.val_cases, out_dir, resume=resume,

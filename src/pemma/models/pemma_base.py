@@ -272,8 +272,9 @@ class PemmaAdaptedModel(StackingMixin, nn.Module):
         inputs = self.split_modalities(x, modalities)
         level = self.level_of(tuple(inputs))
         if self._merged and level != self.merged_level:
-            raise ValueError(f"this merged model holds the adapter of the {'+'.join(self.level_modalities(self.merged_level))}"
-                             f" level only; use the unmerged model for {'+'.join(inputs)} input")
+            held = "+".join(self.level_modalities(self.merged_level))
+            raise ValueError(f"this merged model holds the adapter of the {held} level only; use the unmerged model "
+                             f"for {'+'.join(inputs)} input")
         if level:
             context = contextlib.nullcontext() if self._merged else adapter_active(self.base_model,
                                                                                     self.level_adapter(level))

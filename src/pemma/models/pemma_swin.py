@@ -12,8 +12,8 @@ from torch import nn
 from pemma.adapters.blocks import EmbeddingFusion, PetSkipBlock
 from pemma.adapters.config import AdapterConfig, AdapterDefaults
 from pemma.models.pemma_base import PemmaAdaptedModel, first_conv
-from pemma.models.stacking import base_module
 from pemma.models.registry import BackboneSpec, register_backbone
+from pemma.models.stacking import base_module
 from pemma.vocab import ROI_MULTIPLES, check_modalities
 
 __all__ = ["PemmaSwinUNETR"]

@@ -13,8 +13,8 @@ from pemma.adapters.blocks import PetSkipBlock
 from pemma.adapters.config import AdapterConfig, AdapterDefaults
 from pemma.models.checkpointed_unetr import CheckpointedUNETR
 from pemma.models.pemma_base import PemmaAdaptedModel, first_conv
-from pemma.models.stacking import base_module
 from pemma.models.registry import BackboneSpec, register_backbone
+from pemma.models.stacking import base_module
 from pemma.vocab import ROI_MULTIPLES
 
 __all__ = ["PemmaUNETR"]
