@@ -35,8 +35,8 @@ def select_channels(image: torch.Tensor, modalities: tuple[str, ...],
     :data:`MODALITY_ORDER`), in that order."""
     return image[:, [list(order).index(m) for m in modalities]]
 
-#: the methods that can add a modality other than PET (their model names the added modality)
-OTHER_MODALITY_METHODS: tuple[str, ...] = ("pemma_lora", "pemma_dora")
+#: the methods that can add a modality other than PET (their model names the added modality, or its channel)
+OTHER_MODALITY_METHODS: tuple[str, ...] = ("pemma_lora", "pemma_dora", "early_fusion", "full_finetune")
 
 
 @dataclasses.dataclass
@@ -105,7 +105,7 @@ def adapt(base_run: str | Path, cfg: RunConfig, out_dir: str | Path, method: str
         resume: continue an interrupted run in ``out_dir``. progress: progress bars.
         split: explicit (training, validation) cases; default: ``cfg.data`` split per centre.
         added_modality: the modality added to CT (default ``pet``); another one (``mr``, ``dose``, a declared
-            one) with the PEMMA methods only.
+            one) with the PEMMA methods, early fusion and full fine-tuning (not late fusion).
 
     Returns:
         the training summary (steps, best_dsc, best_step, seconds; late fusion adds ``weight``).
