@@ -265,3 +265,84 @@ def test_cli_stack_mr_on_a_ct_pet_run(tmp_path: Path) -> None:
         run_cli("predict", "--model", str(tmp_path / "ctpetmr"), "--input", str(data), "--centres", "MDA",
                 "--modalities", inputs, "--out", str(out))
         assert len(list(out.glob("*.nii.gz"))) == 2
+
+
+# ---------------------------------------------------------------------------------------------- strategies
+def _strategy(phases: list[dict], methods: list[str]) -> dict:
+    return {"name": "tiny_mr", "backbones": ["unetr"], "preset": "tiny", "max_steps": 1,
+            "split": {"val_fraction": 0.2, "test_fraction": 0.5, "seed": 0}, "methods": methods, "phases": phases}
+
+
+PRETRAIN = {"name": "pretrain", "operation": "pretrain", "centres": ["CHUM"], "modalities": ["ct"]}
+ADAPT_PET = {"name": "adapt_pet", "operation": "adapt", "centres": ["MDA"], "modalities": ["ct", "pet"]}
+STACK_MR = {"name": "stack_mr", "operation": "adapt", "centres": ["CHUM"], "modalities": ["ct", "pet", "mr"]}
+ADAPT_MR = {"name": "adapt_mr", "operation": "adapt", "centres": ["MDA"], "modalities": ["MR", "ct"]}
+
+
+def test_strategies_name_any_modality() -> None:
+    from pemma.protocol.strategy import parse_strategy
+    from pemma.vocab import EVAL_INPUT_SETS
+
+    stacked = parse_strategy(_strategy([PRETRAIN, ADAPT_PET, STACK_MR], ["pemma_lora", "pemma_dora"]))
+    assert stacked.modalities == ("ct", "pet", "mr") and stacked.phases[2].inputs == "ct+pet+mr"
+    assert stacked.eval_input_sets == (("ct",), ("pet",), ("mr",), ("ct", "pet"), ("ct", "mr"), ("pet", "mr"),
+                                       ("ct", "pet", "mr"))
+    mr = parse_strategy(_strategy([PRETRAIN, ADAPT_MR], ["pemma_lora", "early_fusion", "full_finetune"]))
+    assert mr.phases[1].modalities == ("ct", "mr") and mr.eval_input_sets == (("ct",), ("mr",), ("ct", "mr"))
+    for name in ("demo", "hecktor2022"):  # the shipped CT+PET strategies evaluate what they always did
+        from pemma.protocol.strategy import load_strategy
+
+        assert load_strategy(name).eval_input_sets == EVAL_INPUT_SETS
+
+
+@pytest.mark.parametrize(("phases", "methods", "message"), [
+    ([PRETRAIN, {**ADAPT_PET, "modalities": ["ct", "pet", "mr"]}], ["pemma_lora"],
+     "'adapt' adds one modality at a time, got pet, mr"),
+    ([PRETRAIN, ADAPT_PET, {**STACK_MR, "modalities": ["ct", "mr"]}], ["pemma_lora"],
+     "a second 'adapt' stacks mr on the adapted model, so its modalities must be every modality seen so far"),
+    ([PRETRAIN, ADAPT_PET, STACK_MR], ["pemma_lora", "early_fusion"],
+     "phase 'stack_mr': a second 'adapt' stacks a modality on the adapted model, which only the PEMMA methods"),
+    ([PRETRAIN, ADAPT_MR], ["late_fusion"], "phase 'adapt_mr': late_fusion adds pet only, not mr"),
+    ([PRETRAIN, {**ADAPT_MR, "modalities": ["ct", "t2"]}], ["pemma_lora"],
+     "unknown modality 't2' (known: ct, pet, mr, dose)"),
+])
+def test_strategy_modality_errors(phases: list[dict], methods: list[str], message: str) -> None:
+    from pemma.protocol.strategy import StrategyError, parse_strategy
+
+    with pytest.raises(StrategyError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        parse_strategy(_strategy(phases, methods))
+
+
+@pytest.mark.slow
+@pytest.mark.long  # two tiny reproduce runs: MR stacked on CT+PET (PEMMA), and CT+MR with the baselines
+def test_reproduce_a_strategy_with_mr_phases(tmp_path: Path) -> None:
+    import csv
+
+    import yaml
+    from conftest import run_main
+
+    from pemma.data.phantom import PhantomConfig, synthesize_phantom
+
+    data = tmp_path / "phantom"
+    synthesize_phantom(data, PhantomConfig(cases_per_centre=2, centres=("CHUM", "MDA"), ct_shape=(48, 48, 32),
+                                           seed=1, modalities=("ct", "pet", "mr")), progress=False)
+    rows = {}
+    for name, phases, methods in (("stacked", [PRETRAIN, ADAPT_PET, STACK_MR], ["pemma_lora"]),
+                                  ("mr", [PRETRAIN, ADAPT_MR], ["pemma_lora", "early_fusion", "full_finetune"])):
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(_strategy(phases, methods)))
+        run_main("reproduce", "--strategy", str(tmp_path / f"{name}.yaml"), "--data", str(data), "--out",
+                 str(tmp_path / name))
+        with open(tmp_path / name / "results.csv", newline="") as fh:
+            rows[name] = {(r["method"], r["phase"], r["eval_centre"], r["inputs"]): r for r in csv.DictReader(fh)}
+    stacked = rows["stacked"]
+    for centre in ("CHUM", "MDA"):
+        for inputs in ("ct", "pet", "mr", "ct+pet", "ct+mr", "pet+mr", "ct+pet+mr"):
+            assert ("pemma_lora", "stack_mr", centre, inputs) in stacked
+        for inputs in ("ct", "pet", "ct+pet"):  # the stacked model keeps the CT+PET model's results exactly
+            assert stacked[("pemma_lora", "stack_mr", centre, inputs)]["DSCagg_mean"] == \
+                stacked[("pemma_lora", "adapt_pet", centre, inputs)]["DSCagg_mean"]
+    assert ("pemma_lora", "adapt_pet", "MDA", "mr") not in stacked  # the CT+PET model takes no MR
+    for method in ("pemma_lora", "early_fusion", "full_finetune"):
+        for inputs in ("ct", "mr", "ct+mr"):
+            assert (method, "adapt_mr", "MDA", inputs) in rows["mr"]
+    assert "pemma_lora" in (tmp_path / "stacked" / "report.md").read_text()
