@@ -311,6 +311,9 @@ def test_strategies_name_any_modality() -> None:
     ([PRETRAIN, ADAPT_PET, STACK_MR], ["pemma_lora", "early_fusion"],
      "phase 'stack_mr': a second 'adapt' stacks a modality on the adapted model, which only the PEMMA methods"),
     ([PRETRAIN, ADAPT_MR], ["late_fusion"], "phase 'adapt_mr': late_fusion adds pet only, not mr"),
+    ([PRETRAIN, ADAPT_PET, STACK_MR, {"name": "upd", "operation": "update", "centres": ["MDA"],
+                                      "modalities": ["mr"]}], ["pemma_lora"],
+     "phase 'upd': 'update' after a stacked modality (phase 'stack_mr') is not supported"),
     ([PRETRAIN, {**ADAPT_MR, "modalities": ["ct", "t2"]}], ["pemma_lora"],
      "unknown modality 't2' (known: ct, pet, mr, dose)"),
 ])

@@ -155,9 +155,14 @@ def check_order(phases: Sequence[Phase], where: str) -> None:
 
 
 def check_methods(phases: Sequence[Phase], methods: Sequence[str], where: str) -> None:
-    """The methods can run the phases: a second ``adapt`` (a stacked modality) needs a PEMMA method; late fusion
-    adds PET only."""
+    """The methods can run the phases: a second ``adapt`` (a stacked modality) needs a PEMMA method and is not
+    followed by an ``update`` (a stacked run is not updated); late fusion adds PET only."""
     adapts = [p for p in phases if p.operation == "adapt"]
+    if len(adapts) > 1:
+        late = [p for p in phases[phases.index(adapts[1]):] if p.operation == "update"]
+        if late:
+            raise StrategyError(f"{where}phase {late[0].name!r}: 'update' after a stacked modality (phase "
+                                f"{adapts[1].name!r}) is not supported; stack the modality after the updates")
     for i, phase in enumerate(adapts):
         at = f"{where}phase {phase.name!r}"
         if i > 0:
