@@ -14,13 +14,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("adapt", help="add PET to a CT-only run with a PET pathway and LoRA / DoRA adapters",
                        description="PEMMA (arXiv 2504.13645): train adapters, the PET embedding and skip block on "
                                    "CT+PET cases with modality dropout; the CT base run is never modified.")
-    p.add_argument("--base", required=True, help="CT-only run folder of `pemma train`; or an adapted (PEMMA) run, "
-                                                 "to stack --add-modality on it (e.g. MR on a CT+PET run)")
+    p.add_argument("--base", required=True, help="CT-only run folder of `pemma train`")
     p.add_argument("--data", required=True, help="dataset folder or datalist")
     p.add_argument("--centres", help="comma-separated centres (default: all)")
     p.add_argument("--add-modality", default="pet",
                    help="modality to add (default pet); with the PEMMA methods, early fusion and full fine-tuning "
-                        "also mr, dose or a modality declared in the --config's preprocess.modality_specs")
+                        "also mr, dose or a modality declared in the --config's preprocess.modality_specs; with "
+                        "--base an adapted (PEMMA) run, it is stacked on that run (e.g. MR on a CT+PET run)")
     p.add_argument("--method", default="lora", choices=method_choices(), metavar="METHOD",
                    help="pemma_lora (alias lora, the default) | pemma_dora (dora): PEMMA; baselines: early_fusion "
                         "(2 channels from the CT model, all trained), full_finetune (full: PEMMA pathway, all "
