@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -169,15 +170,22 @@ def test_stacked_modality_dropout() -> None:
 
 
 # ---------------------------------------------------------------------------------------------- run folders
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A CT run (an imported seeded UNETR), a CT+PET run and a CT+PET+MR run written without training (seeded
+#: the tiny preset's networks and the ROI of the run-folder tests
+TINY = {"unetr": (UNETR, {"img_size": 32, "feature_size": 8, "hidden_size": 96, "mlp_dim": 192, "num_heads": 4}, 32),
+        "swin_unetr": (SwinUNETR, {"feature_size": 12, "depths": (1, 1, 1, 1), "num_heads": (1, 2, 2, 4)}, 64)}
+
+
+@pytest.fixture(scope="module", params=["unetr", pytest.param("swin_unetr", marks=pytest.mark.slow)])  # Swin: ~40 s
+def runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A CT run (an imported seeded network), a CT+PET run and a CT+PET+MR run written without training (seeded
     'trained' tensors), as adapt would write them."""
-    root = tmp_path_factory.mktemp("stacked")
+    backbone = request.param
+    net_class, kwargs, roi = TINY[backbone]
+    root = tmp_path_factory.mktemp(f"stacked_{backbone}")
     torch.manual_seed(5)
-    net = UNETR(1, 3, img_size=32, feature_size=8, hidden_size=96, mlp_dim=192, num_heads=4)  # the tiny preset
-    torch.save(net.state_dict(), root / "unetr.pt")
-    ct = pemma.import_model(root / "unetr.pt", root / "ct", backbone="unetr", preset="tiny", roi=[32, 32, 32],
+    net = net_class(in_channels=1, out_channels=3, **kwargs)
+    torch.save(net.state_dict(), root / "net.pt")
+    ct = pemma.import_model(root / "net.pt", root / "ct", backbone=backbone, preset="tiny", roi=[roi] * 3,
                             spacing=[4, 4, 4]).path
     base = load_model(ct)
     model = build_pemma(base, AdapterConfig())
@@ -191,10 +199,11 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     shutil.copy(Path(ct) / CONFIG_FILE, root / "ctpetmr" / CONFIG_FILE)
     save_stacked_run(model, root / "ctpetmr", root / "ctpet", base.config, {})
     torch.save(model, root / "model_in_memory.pt")
-    return {"ct": Path(ct), "ctpet": root / "ctpet", "ctpetmr": root / "ctpetmr", "model": root / "model_in_memory.pt"}
+    return {"ct": Path(ct), "ctpet": root / "ctpet", "ctpetmr": root / "ctpetmr", "model": root / "model_in_memory.pt",
+            "roi": roi}
 
 
-def test_a_stacked_run_loads_back_exactly(runs: dict[str, Path]) -> None:
+def test_a_stacked_run_loads_back_exactly(runs: dict[str, Any]) -> None:
     meta = json.loads((runs["ctpetmr"] / "model.json").read_text())
     assert meta["kind"] == "pemma_stacked" and meta["modalities"] == ["ct", "pet", "mr"]
     assert meta["level"] == {"modality": "mr", "adapter": "ctpetmr", "route": "exact"}
@@ -202,7 +211,7 @@ def test_a_stacked_run_loads_back_exactly(runs: dict[str, Path]) -> None:
     original = torch.load(runs["model"], weights_only=False)
     loaded, ctpet = load_model(runs["ctpetmr"]), load_model(runs["ctpet"])
     assert loaded.input_sets[0] == ["ct", "pet", "mr"] and len(loaded.input_sets) == 7
-    x = torch.rand(1, 4, 32, 32, 32, generator=torch.Generator().manual_seed(4))
+    x = torch.rand(1, 4, *[runs["roi"]] * 3, generator=torch.Generator().manual_seed(4))
     for s in input_subsets(("ct", "pet", "mr")):
         with torch.no_grad():
             got = loaded(_channels(x, s), s)
@@ -215,14 +224,14 @@ def test_a_stacked_run_loads_back_exactly(runs: dict[str, Path]) -> None:
     assert report["trainable"] == sum(p.numel() for p in original.parameters() if p.requires_grad) > 0
 
 
-def test_a_stacked_run_exports_merged(runs: dict[str, Path], tmp_path: Path) -> None:
+def test_a_stacked_run_exports_merged(runs: dict[str, Any], tmp_path: Path) -> None:
     info = export_model(runs["ctpetmr"], tmp_path / "m.pt")
     assert info["modalities"] == ["ct", "pet", "mr"] and info["merged"] and info["max_abs_diff"] < 1e-4
     info = export_model(runs["ctpetmr"], tmp_path / "ct.pt", modalities=["ct"])
     assert not info["merged"] and info["max_abs_diff"] == 0.0
 
 
-def test_a_changed_base_is_refused(runs: dict[str, Path], tmp_path: Path) -> None:
+def test_a_changed_base_is_refused(runs: dict[str, Any], tmp_path: Path) -> None:
     moved = tmp_path / "ctpet"
     shutil.copytree(runs["ctpet"], moved)
     weights = moved / "adapter_model.safetensors"
@@ -231,7 +240,7 @@ def test_a_changed_base_is_refused(runs: dict[str, Path], tmp_path: Path) -> Non
         load_model(runs["ctpetmr"], base_run=moved)
 
 
-def test_stacking_errors_are_one_line(runs: dict[str, Path], phantom: Path, tmp_path: Path) -> None:
+def test_stacking_errors_are_one_line(runs: dict[str, Any], phantom: Path, tmp_path: Path) -> None:
     with pytest.raises(PemmaError, match=r"--add-modality pet: .*ctpet already has pet \(modalities ct, pet\)"):
         pemma.adapt(runs["ctpet"], phantom, tmp_path / "a", add_modality="pet", max_steps=1)
     with pytest.raises(PemmaError, match="no MR image"):  # the session phantom has CT and PET only
