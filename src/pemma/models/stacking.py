@@ -28,6 +28,7 @@ import torch
 from peft.utils.other import ModulesToSaveWrapper
 from torch import nn
 
+from pemma.adapters.blocks import EmbeddingFusion
 from pemma.vocab import CT_ROUTES
 
 #: the trainable part of ``AdapterConfig.train_parts`` each stacked pathway module follows
@@ -172,8 +173,6 @@ class StackingMixin:
     def _widened_fusion(self, below: nn.Module, route: str) -> nn.Module:
         """The level below's ``EmbeddingFusion`` widened by the newest modality (its projection columns zero, the
         single-modality adapters of the older modalities copied), so it starts equal to ``below``."""
-        from pemma.adapters.blocks import EmbeddingFusion
-
         mods = self.modalities
         channels = below.project.out_channels
         single = (mods[-1],) if route == "exact" else mods  # exact: the older modalities alone run levels below
