@@ -175,7 +175,11 @@ TINY = {"unetr": (UNETR, {"img_size": 32, "feature_size": 8, "hidden_size": 96, 
         "swin_unetr": (SwinUNETR, {"feature_size": 12, "depths": (1, 1, 1, 1), "num_heads": (1, 2, 2, 4)}, 64)}
 
 
-@pytest.fixture(scope="module", params=["unetr", pytest.param("swin_unetr", marks=pytest.mark.slow)])  # Swin: ~40 s
+#: Swin's run-folder tests take about 15 s each; the model-level tests above cover its stacking in CI
+SWIN_LONG = pytest.param("swin_unetr", marks=[pytest.mark.slow, pytest.mark.long])
+
+
+@pytest.fixture(scope="module", params=["unetr", SWIN_LONG])
 def runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A CT run (an imported seeded network), a CT+PET run and a CT+PET+MR run written without training (seeded
     'trained' tensors), as adapt would write them."""
