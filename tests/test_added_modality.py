@@ -91,5 +91,6 @@ def test_cli_adapt_a_ct_run_to_ct_mr(tmp_path: Path) -> None:
                       "--modalities", inputs).stdout
         assert f"inputs {inputs.replace(',', '+')} " in out
     refused = run_cli("adapt", "--base", str(tmp_path / "ct"), "--data", str(data), "--add-modality", "mr",
-                      "--method", "early_fusion", *FAST, "--max-steps", "1", "--out", str(tmp_path / "ef"), check=False)
-    assert refused.returncode == 2 and "only pemma_lora, pemma_dora add a modality other than pet" in refused.stderr
+                      "--method", "late_fusion", *FAST, "--max-steps", "1", "--out", str(tmp_path / "lf"), check=False)
+    assert refused.returncode == 2 and "only pemma_lora, pemma_dora, early_fusion, full_finetune add a modality " \
+        "other than pet" in refused.stderr

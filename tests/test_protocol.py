@@ -154,7 +154,7 @@ def test_unknown_operation_and_modality(tmp_path: Path) -> None:
     assert _error(tmp_path, _edit(2, operation="finetune")) == \
         "phase 'update_hgj': unknown operation 'finetune' (known: pretrain, adapt, update)"
     assert _error(tmp_path, _edit(2, modalities=["mri"])) == \
-        "phase 'update_hgj': unknown modality 'mri' (known: ct, pet)"
+        "phase 'update_hgj': unknown modality 'mri' (known: ct, pet, mr, dose)"
 
 
 def test_phase_before_its_base(tmp_path: Path) -> None:
@@ -203,7 +203,8 @@ def test_unknown_keys(tmp_path: Path) -> None:
 def test_variants_are_validated_like_the_base(tmp_path: Path) -> None:
     raw = _raw()
     raw["variants"]["ct_only"]["update_hgj"]["modalities"] = ["mri"]
-    assert _error(tmp_path, raw) == "variant 'ct_only', phase 'update_hgj': unknown modality 'mri' (known: ct, pet)"
+    assert _error(tmp_path, raw) == \
+        "variant 'ct_only', phase 'update_hgj': unknown modality 'mri' (known: ct, pet, mr, dose)"
     raw = _raw()
     raw["variants"]["ct_only"]["adapt_mda"] = {"modalities": ["ct"]}
     assert _error(tmp_path, raw) == ("variant 'ct_only', phase 'adapt_mda' (#2): 'adapt' must add a modality not "

@@ -8,7 +8,8 @@ This module is the bottom of the package (it imports nothing from pemma), so any
   ordered after CT and PET.
 * **Methods** of adding PET to a CT model, with one canonical spelling each (the spelling of strategy files and
   ``results.csv``); the CLI's older spellings (``lora``, ``early-fusion``, ``full`` ...) are accepted aliases.
-* **Run kinds**: what a run folder holds (``backbone``, ``pemma``, ``pemma_full``, ``late_fusion``, ``survival``).
+* **Run kinds**: what a run folder holds (``backbone``, ``pemma``, ``pemma_stacked``, ``pemma_full``, ``late_fusion``,
+  ``survival``).
 * **Centres** of HECKTOR 2022 and its **label values**.
 
 Example:
@@ -145,13 +146,16 @@ def method_choices() -> list[str]:
 KIND_BACKBONE = "backbone"
 #: A PEMMA-adapted run: adapters and PET pathway on a referenced CT base run.
 KIND_PEMMA = "pemma"
+#: A modality stacked on an adapted run (CT+PET -> CT+PET+MR): one more adapter level on a referenced PEMMA run.
+KIND_PEMMA_STACKED = "pemma_stacked"
 #: Full fine-tuning: the PEMMA model with every parameter trained (all weights stored).
 KIND_PEMMA_FULL = "pemma_full"
 #: Late fusion: a PET network whose logits are summed with the referenced CT base's.
 KIND_LATE_FUSION = "late_fusion"
 #: A prognosis (survival) run.
 KIND_SURVIVAL = "survival"
-RUN_KINDS: tuple[str, ...] = (KIND_BACKBONE, KIND_PEMMA, KIND_PEMMA_FULL, KIND_LATE_FUSION, KIND_SURVIVAL)
+RUN_KINDS: tuple[str, ...] = (KIND_BACKBONE, KIND_PEMMA, KIND_PEMMA_STACKED, KIND_PEMMA_FULL, KIND_LATE_FUSION,
+                              KIND_SURVIVAL)
 
 # ---------------------------------------------------------------------------------------------- prognosis
 #: Survival heads (``pemma.survival.heads``).

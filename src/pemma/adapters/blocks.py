@@ -143,6 +143,9 @@ class EmbeddingFusion(nn.Module):
                                  "base model)")
             adapted = self.single[present[0]](embeddings[present[0]])
             return adapted if self.style == "residual" else self.project(adapted)
-        if len(present) != len(self.modalities):
-            raise ValueError(f"fusion of a partial set {present} is not supported")
-        return self.project(torch.cat([embeddings[m] for m in present], dim=1))
+        if len(present) == len(self.modalities):
+            return self.project(torch.cat([embeddings[m] for m in present], dim=1))
+        # a partial set of several modalities (three or more stacked): the absent ones' channels are zero
+        like = embeddings[present[0]]
+        return self.project(torch.cat([embeddings[m] if m in embeddings else torch.zeros_like(like)
+                                       for m in self.modalities], dim=1))

@@ -74,12 +74,15 @@ def adapt(base: RunLike, data: str | os.PathLike, out: str | os.PathLike, *, cen
     The base run is never modified; the adapted run stores only what adaptation trained.
 
     Args:
-        base: CT-only run folder of :func:`train` (a path or its :class:`Run`).
+        base: CT-only run folder of :func:`train` (a path or its :class:`Run`); or an adapted (PEMMA) run, on which
+            ``add_modality`` is then stacked (:mod:`pemma.methods.stacking`: the adapter settings are the base's;
+            ``ct_route`` and ``modality_dropout[0]`` apply to the new level).
         data: dataset folder or datalist.
         out: run folder of the adapted model.
         centres: centres to adapt on. Default all.
-        add_modality: modality to add: ``pet`` (default), or with the PEMMA methods any other modality with a
-            spec (``mr``, ``dose``, or one declared in the config's ``preprocess.modality_specs``).
+        add_modality: modality to add: ``pet`` (default), or with the PEMMA methods, early fusion and full
+            fine-tuning any other modality with a spec (``mr``, ``dose``, or one declared in the config's
+            ``preprocess.modality_specs``).
         method: ``pemma_lora`` (``lora``) or ``pemma_dora`` (``dora``); baselines ``early_fusion``,
             ``full_finetune`` (``full``), ``late_fusion`` (any spelling of :data:`pemma.vocab.METHOD_ALIASES`).
         rank, alpha, adapter_dropout: adapter rank r, scaling alpha and input dropout. Default: the recipe's

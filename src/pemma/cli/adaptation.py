@@ -18,8 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", required=True, help="dataset folder, datalist or DICOM tree")
     p.add_argument("--centres", help="comma-separated centres (default: all)")
     p.add_argument("--add-modality", default="pet",
-                   help="modality to add (default pet); with the PEMMA methods also mr, dose or a modality declared "
-                        "in the --config's preprocess.modality_specs")
+                   help="modality to add (default pet); with the PEMMA methods, early fusion and full fine-tuning "
+                        "also mr, dose or a modality declared in the --config's preprocess.modality_specs; with "
+                        "--base an adapted (PEMMA) run, it is stacked on that run (e.g. MR on a CT+PET run)")
     p.add_argument("--method", default="lora", choices=method_choices(), metavar="METHOD",
                    help="pemma_lora (alias lora, the default) | pemma_dora (dora): PEMMA; baselines: early_fusion "
                         "(2 channels from the CT model, all trained), full_finetune (full: PEMMA pathway, all "
@@ -92,7 +93,8 @@ def cmd_adapt(args: argparse.Namespace) -> int:
                 method=args.method, **{k: v for k, v in adapter.items() if v is not None}, **training_settings(args))
     summary = run.summary
     extra = f", CT logit weight {summary['weight']}" if "weight" in summary else ""
-    print(f"{args.out}: {summary['steps']} steps, best validation mean DSCagg (CT+{args.add_modality.upper()}) "
+    inputs = "+".join(m.upper() for m in run.meta.get("modalities") or ["ct", args.add_modality])
+    print(f"{args.out}: {summary['steps']} steps, best validation mean DSCagg ({inputs}) "
           f"{summary['best_dsc']:.4f}"
           f"{extra}")
     return 0

@@ -35,8 +35,8 @@ def select_channels(image: torch.Tensor, modalities: tuple[str, ...],
     :data:`MODALITY_ORDER`), in that order."""
     return image[:, [list(order).index(m) for m in modalities]]
 
-#: the methods that can add a modality other than PET (their model names the added modality)
-OTHER_MODALITY_METHODS: tuple[str, ...] = ("pemma_lora", "pemma_dora")
+#: the methods that can add a modality other than PET (their model names the added modality, or its channel)
+OTHER_MODALITY_METHODS: tuple[str, ...] = ("pemma_lora", "pemma_dora", "early_fusion", "full_finetune")
 
 
 @dataclasses.dataclass
@@ -94,7 +94,8 @@ def adapt(base_run: str | Path, cfg: RunConfig, out_dir: str | Path, method: str
     """Adapt the CT-only run ``base_run`` to CT+PET on ``cfg.data`` with ``method`` and write ``out_dir``.
 
     Args:
-        base_run: the CT base run folder (``pemma train --modalities ct``).
+        base_run: the CT base run folder (``pemma train --modalities ct``), or an adapted run (PEMMA methods): then
+            ``added_modality`` is stacked on it (:mod:`pemma.methods.stacking`).
         cfg: data and training settings (model and preprocessing come from the base).
         out_dir: the new run folder.
         method: a registered method or alias (``pemma_lora``/``lora``, ``pemma_dora``/``dora``, ``early_fusion``,
@@ -104,7 +105,7 @@ def adapt(base_run: str | Path, cfg: RunConfig, out_dir: str | Path, method: str
         resume: continue an interrupted run in ``out_dir``. progress: progress bars.
         split: explicit (training, validation) cases; default: ``cfg.data`` split per centre.
         added_modality: the modality added to CT (default ``pet``); another one (``mr``, ``dose``, a declared
-            one) with the PEMMA methods only.
+            one) with the PEMMA methods, early fusion and full fine-tuning (not late fusion).
 
     Returns:
         the training summary (steps, best_dsc, best_step, seconds; late fusion adds ``weight``).
@@ -113,6 +114,10 @@ def adapt(base_run: str | Path, cfg: RunConfig, out_dir: str | Path, method: str
         >>> cfg = build_config("tiny", overrides={"data": {"root": "data/phantom", "centres": ["MDA"]}})
         >>> adapt("runs/ct_unetr", cfg, "runs/pemma_unetr", method="lora")
     """
+    from pemma.methods.stacking import adapt_stacked, is_adapted_run  # (it builds on this module)
+
+    if is_adapted_run(base_run):  # a CT+PET (...) run: the modality is stacked on it
+        return adapt_stacked(base_run, cfg, out_dir, method, adapter_cfg, added_modality, resume, progress, split)
     spec = get_method(method)
     if added_modality != "pet" and spec.name not in OTHER_MODALITY_METHODS:
         raise PemmaError(f"--add-modality {added_modality}: only {', '.join(OTHER_MODALITY_METHODS)} add a modality "

@@ -1,6 +1,7 @@
-"""Early fusion from the CT model (a baseline of the PEMMA paper): CT and PET as two input channels, every
-parameter trains, started from the CT model (its first convolution gets a zero PET channel, so training starts
-from the CT model's function). The run is a plain two-channel backbone run (kind ``backbone``)."""
+"""Early fusion from the CT model (a baseline of the PEMMA paper): CT and PET (or another added modality) as two
+input channels, every parameter trains, started from the CT model (its first convolution gets a zero channel for the
+added modality, so training starts from the CT model's function). The run is a plain two-channel backbone run (kind
+``backbone``)."""
 
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ def early_fusion_task(setup: AdaptationSetup, adapter_cfg: AdapterConfig | None 
     net = build_backbone(setup.cfg.model, in_channels=2)
     inflated = inflate_first_conv(net, setup.base.net.state_dict())
     task = backbone_task(setup.cfg, net=net, name="early fusion from the CT model", extra_meta=setup.base_reference)
-    task.describe.append(f"initialised from {setup.base_run}; PET channel added (zeros) to {inflated}")
+    task.describe.append(f"initialised from {setup.base_run}; {setup.added_modality.upper()} channel added (zeros) to "
+                         f"{inflated}")
     return task
 
 

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from pemma.adapters.merging import merge_adapters
+from pemma.adapters.state import unwrap_model
 from pemma.config import PreprocessConfig
 from pemma.errors import PemmaError
 from pemma.io_utils import atomic_path, write_text_atomic
@@ -35,7 +36,7 @@ from pemma.methods.bundle import write_bundle
 from pemma.methods.loading import load_model
 from pemma.models.loaded import LoadedModel, run_network
 from pemma.runs import package_versions
-from pemma.vocab import EXPORT_FORMATS, KIND_BACKBONE, KIND_PEMMA, LABELS, input_set_name
+from pemma.vocab import EXPORT_FORMATS, KIND_BACKBONE, KIND_PEMMA, KIND_PEMMA_STACKED, LABELS, input_set_name
 
 log = logging.getLogger(__name__)
 
@@ -93,9 +94,20 @@ def deployable(loaded: LoadedModel, modalities: Sequence[str]) -> nn.Module:
     """The network of ``loaded`` for ``modalities`` as a single-input module (adapters merged where they can be:
     a merged PEMMA model has no untouched CT path, so CT-only input keeps the unmerged adapters)."""
     net = loaded.net
-    if loaded.kind == KIND_PEMMA and "pet" in modalities:
-        net = merge_adapters(net)
+    if merges(loaded, modalities):
+        net = merge_adapters(net, modalities)
     return FixedInputs(net, loaded.meta.get("modalities", []), modalities).eval()
+
+
+def merges(loaded: LoadedModel, modalities: Sequence[str]) -> bool:
+    """True when the export of ``modalities`` merges adapters (an adapted run's input sets with PET; a stacked run's
+    input sets served by an adapter level, i.e. all but CT alone on the exact route)."""
+    if loaded.kind == KIND_PEMMA:
+        return "pet" in modalities
+    if loaded.kind == KIND_PEMMA_STACKED:
+        model = unwrap_model(loaded.net)
+        return model.level_of(modalities) > 0 or any(m != "ct" for m in modalities) or model.shared_route
+    return False
 
 
 def preprocessing_record(loaded: LoadedModel, modalities: Sequence[str], fmt: str) -> dict[str, Any]:
@@ -244,7 +256,7 @@ def export_model(run_dir: str | Path, out: str | Path, fmt: str | None = None,
     log.info("exported %s (%s, inputs %s) to %s, max |exported - pemma| = %.2e", run_dir, fmt,
              input_set_name(mods), out, diff)
     return {"format": fmt, "backbone": loaded.config.model.backbone, "modalities": mods, "max_abs_diff": diff,
-            "merged": loaded.kind == KIND_PEMMA and "pet" in mods, "bytes": size, "out": str(out),
+            "merged": merges(loaded, mods), "bytes": size, "out": str(out),
             "preprocessing": str(side)}
 
 

@@ -1,5 +1,5 @@
-"""Full fine-tuning (a baseline of the PEMMA paper): the PEMMA model (PET pathway + adapters) with every
-parameter trainable, the CT base included. The run stores all weights (kind ``pemma_full``)."""
+"""Full fine-tuning (a baseline of the PEMMA paper): the PEMMA model (PET, or another added modality's, pathway +
+adapters) with every parameter trainable, the CT base included. The run stores all weights (kind ``pemma_full``)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from pemma.adapters.config import AdapterConfig
 from pemma.adapters.state import unwrap_model
 from pemma.config import RunConfig
 from pemma.errors import PemmaError
-from pemma.methods.adaptation import ALL_INPUTS, AdaptationSetup, select_channels
+from pemma.methods.adaptation import AdaptationSetup, select_channels
 from pemma.methods.backbone import report_trained
-from pemma.methods.pemma import dropout_seed
+from pemma.methods.pemma import dropout_seed, input_sets
 from pemma.methods.registry import Method, RunKind, register_kind, register_method
 from pemma.methods.update import update_task
 from pemma.models.accounting import count_parameters
@@ -23,41 +23,45 @@ from pemma.models.loaded import LoadedModel, build_pemma
 from pemma.models.registry import build_backbone
 from pemma.runs import load_weights, save_weights
 from pemma.training.loop import TrainingTask
-from pemma.vocab import ALL_INPUT_SETS, KIND_PEMMA_FULL
+from pemma.vocab import KIND_PEMMA_FULL
 
 
 def save_full_run(model: nn.Module, run_dir: Path, meta: dict[str, Any]) -> None:
     """All weights of a fully fine-tuned PEMMA model, with what is needed to rebuild it."""
     model = unwrap_model(model)
     save_weights(model, run_dir, {**meta, "kind": KIND_PEMMA_FULL, "method": "full fine-tuning",
-                                  "adapter_config": model.config.to_dict(), "modalities": ALL_INPUTS,
-                                  "input_sets": [list(s) for s in ALL_INPUT_SETS]})
+                                  "adapter_config": model.config.to_dict(), "modalities": list(model.modalities),
+                                  "input_sets": input_sets(model)})
 
 
 def full_finetune_task(setup: AdaptationSetup, adapter_cfg: AdapterConfig | None) -> TrainingTask:
-    model = build_pemma(setup.base, adapter_cfg or AdapterConfig())
+    added = setup.added_modality
+    model = build_pemma(setup.base, adapter_cfg or AdapterConfig(), added)
     model.requires_grad_(True)
     trainable, total = count_parameters(model)
     seed = setup.cfg.train.seed
+    inputs = list(model.modalities)
 
     def forward(module: nn.Module, image: torch.Tensor, step: int) -> torch.Tensor:
-        modalities = model.config.sample_modalities(dropout_seed(seed, step))
-        return module(select_channels(image, modalities), modalities)
+        modalities = model.config.sample_modalities(dropout_seed(seed, step), added=added)
+        return module(select_channels(image, modalities, inputs), modalities)
 
     def save(module: nn.Module, run_dir: Path, meta: dict[str, Any]) -> None:
         save_full_run(module, run_dir, {"backbone": setup.cfg.model.backbone, **setup.base_reference, **meta})
 
-    return TrainingTask(model=model, modalities=ALL_INPUTS, forward=forward,
-                        predictor=lambda module: (lambda x: module(x, tuple(ALL_INPUTS))), save=save,
+    return TrainingTask(model=model, modalities=inputs, forward=forward,
+                        predictor=lambda module: (lambda x: module(x, tuple(inputs))), save=save,
                         find_unused_parameters=True,
-                        describe=[f"full fine-tuning of the CT model with the PET pathway: trainable {trainable:,}"
+                        describe=[f"full fine-tuning of the CT model with the {added.upper()} pathway: trainable "
+                                  f"{trainable:,}"
                                   f" of {total:,}; modality dropout {model.config.modality_dropout}"])
 
 
 def _load(run_dir: Path, meta: dict[str, Any], config: RunConfig, base_run: Path | None) -> nn.Module:
     shell = LoadedModel(net=build_backbone(config.model, in_channels=1), config=config, meta={},
                         input_sets=[["ct"]], run_dir=run_dir)
-    model = build_pemma(shell, AdapterConfig.from_dict(meta["adapter_config"]))
+    added = (meta.get("modalities") or ["ct", "pet"])[-1]  # runs before other modalities: ct, pet
+    model = build_pemma(shell, AdapterConfig.from_dict(meta["adapter_config"]), added)
     model.requires_grad_(True)  # full fine-tuning trained everything
     try:
         model.load_state_dict(load_weights(run_dir))
@@ -73,7 +77,7 @@ def _update(loaded: LoadedModel, model_run: Path, modalities: tuple[str, ...], c
     def draw(step: int) -> tuple[str, ...]:
         if len(modalities) == 1:
             return modalities
-        return model.config.sample_modalities(dropout_seed(seed, step))
+        return model.config.sample_modalities(dropout_seed(seed, step), added=model.added_modality)
 
     def save(module: nn.Module, run_dir: Path, meta: dict[str, Any]) -> None:
         save_full_run(module, run_dir, {**carry, **meta})

@@ -10,7 +10,7 @@ from pemma.methods.exporting import export_model
 from pemma.methods.loading import load_model
 from pemma.methods.registry import get_kind
 from pemma.runs import read_meta
-from pemma.vocab import ALL_INPUT_SETS, KIND_PEMMA
+from pemma.vocab import ALL_INPUT_SETS, KIND_PEMMA, KIND_PEMMA_STACKED
 
 
 def configuration_budget(backbone: str, preset: str = "tiny", recipe: str | None = None,
@@ -70,8 +70,10 @@ def export_merged(run_dir: Path, out_path: Path, tolerance: float = 1e-4,
         ``{"backbone", "max_abs_diff", "bytes"}``.
     """
     loaded_kind = read_meta(Path(run_dir)).get("kind")
-    if loaded_kind != KIND_PEMMA:
+    if loaded_kind not in (KIND_PEMMA, KIND_PEMMA_STACKED):
         raise PemmaError(f"{run_dir}: only adapted (pemma adapt) runs have adapters to merge")
-    info = export_model(run_dir, out_path, fmt="torchscript", modalities=ALL_INPUT_SETS[0], base_run=base_run,
+    # a stacked run: every modality (its newest level's adapter)
+    inputs = read_meta(Path(run_dir))["modalities"] if loaded_kind == KIND_PEMMA_STACKED else ALL_INPUT_SETS[0]
+    info = export_model(run_dir, out_path, fmt="torchscript", modalities=inputs, base_run=base_run,
                         tolerance=tolerance)
     return {key: info[key] for key in ("backbone", "max_abs_diff", "bytes")}

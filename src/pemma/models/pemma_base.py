@@ -20,6 +20,7 @@ of adapters the caller froze). peft is pinned to 0.21.2 in pyproject.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 from collections.abc import Sequence
@@ -35,6 +36,7 @@ from pemma.adapters.config import NEW_PARTS, AdapterConfig, AdapterDefaults, reg
 from pemma.adapters.split_qkv import needs_split, split_fused_qkv
 from pemma.adapters.state import adapter_active, adapters_disabled
 from pemma.models.fused_attention import enable_fused_attention, fused_attention_off
+from pemma.models.stacking import StackingMixin, StackLevel
 from pemma.vocab import check_modalities
 
 _ADAPTABLE = (nn.Linear, nn.Conv3d)
@@ -66,11 +68,13 @@ def _strip_forward_overrides(net: nn.Module) -> list[str]:
 PEMMA_MODELS: dict[str, type[PemmaAdaptedModel]] = {}
 
 
-class PemmaAdaptedModel(nn.Module):
+class PemmaAdaptedModel(StackingMixin, nn.Module):
     """Base class of :class:`~pemma.models.pemma_unetr.PemmaUNETR` and ``PemmaSwinUNETR``.
 
     Subclasses set the class attributes, build their PET modules after ``super().__init__`` and call
-    :meth:`_set_new_parts_trainable`, and implement :meth:`_forward_adapted`.
+    :meth:`_set_new_parts_trainable`, and implement :meth:`_forward_adapted` and
+    :meth:`~pemma.models.stacking.StackingMixin._build_stacked_pathway` (further modalities stacked on the model:
+    :mod:`pemma.models.stacking`).
 
     Args:
         base: the CT network (MONAI, in_channels=1). Deep-copied; the caller's object is left unchanged.
@@ -113,8 +117,9 @@ class PemmaAdaptedModel(nn.Module):
         if not isinstance(added_modality, str) or not added_modality.isidentifier() or added_modality == "ct":
             raise ValueError(f"added_modality must be a modality name other than ct, got {added_modality!r}")
         self.added_modality = added_modality
-        self.modalities = ("ct", added_modality)
+        self.stack: list[StackLevel] = []  # modalities stacked on this one (pemma.models.stacking)
         self._merged = False
+        self.merged_level = 0  # the level whose adapter a merged model holds
         self.ct_adapter: str | None = None  # adapter serving CT-only input; None = the exact CT base
 
         net = copy.deepcopy(base)
@@ -229,6 +234,9 @@ class PemmaAdaptedModel(nn.Module):
 
     def adapter_for(self, modalities: Sequence[str]) -> str | None:
         """Which adapter serves an input set (None: the exact CT base)."""
+        level = self.level_of(modalities)
+        if level:
+            return self.stack[level - 1].adapter
         if tuple(modalities) == ("ct",) and not self.shared_route:
             return self.ct_adapter
         return self.adapter_name
@@ -258,12 +266,25 @@ class PemmaAdaptedModel(nn.Module):
 
         Args:
             x: (B, len(modalities), D, H, W), channels in ``self.modalities`` order ([CT, PET], or [CT, the
-                added modality]).
+                added modality, the stacked ones]).
             modalities: the modalities present, e.g. ("ct", "pet"), ("ct",) or ("pet",).
         """
         inputs = self.split_modalities(x, modalities)
+        level = self.level_of(tuple(inputs))
+        if self._merged and level != self.merged_level:
+            held = "+".join(self.level_modalities(self.merged_level))
+            raise ValueError(f"this merged model holds the adapter of the {held} level only; use the unmerged model "
+                             f"for {'+'.join(inputs)} input")
+        if level:
+            context = contextlib.nullcontext() if self._merged else adapter_active(self.base_model,
+                                                                                    self.level_adapter(level))
+            with context:
+                return self._forward_adapted(inputs, level)
         if tuple(inputs) == ("ct",) and self.shared_route:  # the paper's route: CT through the adapted network
-            return self._forward_adapted(inputs["ct"], None)
+            context = adapter_active(self.base_model, self.adapter_name) if self.stack and not self._merged \
+                else contextlib.nullcontext()
+            with context:
+                return self._forward_adapted(inputs, 0)
         if tuple(inputs) == ("ct",):
             if self._merged:
                 raise ValueError("a merged PEMMA model has no unadapted CT path; use the unmerged model "
@@ -273,12 +294,12 @@ class PemmaAdaptedModel(nn.Module):
                     return self.net(inputs["ct"])
             with adapters_disabled(self.base_model), fused_attention_off(self.net, self.fused_attention_blocks):
                 return self.net(inputs["ct"])
-        added = inputs.get(self.added_modality)
-        if self.ct_adapter is None or self._merged:
-            return self._forward_adapted(inputs.get("ct"), added)
+        if (self.ct_adapter is None and not self.stack) or self._merged:
+            return self._forward_adapted(inputs, 0)
         with adapter_active(self.base_model, self.adapter_name):
-            return self._forward_adapted(inputs.get("ct"), added)
+            return self._forward_adapted(inputs, 0)
 
-    def _forward_adapted(self, ct: torch.Tensor | None, pet: torch.Tensor | None) -> torch.Tensor:
-        """Logits through the adapted network; ``pet`` is None only for CT alone on the shared route."""
+    def _forward_adapted(self, inputs: dict[str, torch.Tensor], level: int = 0) -> torch.Tensor:
+        """Logits through the adapted network of ``level`` for ``inputs`` ({modality: (B, 1, D, H, W)}, channel
+        order; CT alone only on a shared route)."""
         raise NotImplementedError

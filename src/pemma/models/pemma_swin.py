@@ -7,11 +7,13 @@ from collections.abc import Sequence
 
 import torch
 from monai.networks.nets import SwinUNETR
+from torch import nn
 
 from pemma.adapters.blocks import EmbeddingFusion, PetSkipBlock
 from pemma.adapters.config import AdapterConfig, AdapterDefaults
 from pemma.models.pemma_base import PemmaAdaptedModel, first_conv
 from pemma.models.registry import BackboneSpec, register_backbone
+from pemma.models.stacking import base_module
 from pemma.vocab import ROI_MULTIPLES, check_modalities
 
 __all__ = ["PemmaSwinUNETR"]
@@ -81,7 +83,8 @@ class PemmaSwinUNETR(PemmaAdaptedModel):
         which a recomputation in backward (MONAI's ``use_checkpoint``) would run outside of: there the
         blocks' checkpointing is off for the call (as for UNETR, whose PEMMA copy never checkpoints CT alone).
         """
-        exact_ct = tuple(check_modalities(modalities, self.modalities)) == ("ct",) and not self.shared_route
+        mods = tuple(check_modalities(modalities, self.modalities))
+        exact_ct = mods == ("ct",) and not self.shared_route and self.level_of(mods) == 0
         blocks = [m for m in self.net.modules() if getattr(m, "use_checkpoint", False) is True] if exact_ct else []
         for block in blocks:
             block.use_checkpoint = False
@@ -103,22 +106,36 @@ class PemmaSwinUNETR(PemmaAdaptedModel):
             outs.append(vit.proj_out(x, normalize))
         return outs
 
-    def _forward_adapted(self, ct: torch.Tensor | None, pet: torch.Tensor | None) -> torch.Tensor:
+    def _build_stacked_pathway(self, modality: str, route: str) -> dict[str, nn.Module | None]:
+        """A stacked modality's patch embedding (a copy of the CT one), first-skip block, and the fusion of its
+        level (the level below's, widened; see :mod:`pemma.models.stacking`)."""
+        encoder1 = base_module(self.net.encoder1)
+        skip = PetSkipBlock(out_channels=first_conv(encoder1).out_channels) if self.config.pet_skip_block == "conv" \
+            else copy.deepcopy(encoder1)
+        return {"embedding": copy.deepcopy(self.net.swinViT.patch_embed), "skip": skip,
+                "fusion": self._widened_fusion(self.fusion_of(len(self.stack) - 1), route)}
+
+    def fusion_of(self, level: int) -> nn.Module:
+        """The embedding fusion of level ``level`` (0: ``self.fusion``)."""
+        return self.fusion if level == 0 else self.stacked[self.stack[level - 1].modality]["fusion"]
+
+    def _forward_adapted(self, inputs: dict[str, torch.Tensor], level: int = 0) -> torch.Tensor:
         net = self.net
-        primary = pet if ct is None else ct
+        mods = [m for m in self.modalities if m in inputs]
+        primary = inputs[mods[0]]
         if not torch.jit.is_scripting() and not torch.jit.is_tracing():
             net._check_input_size(primary.shape[2:])
-        embeddings = {} if pet is None else {self.added_modality: self.pet_embedding(pet)}
-        if ct is not None:  # pet None: CT alone on the shared route (CT adapter, no PET skip)
-            embeddings = {"ct": net.swinViT.patch_embed(ct), **embeddings}
-        hidden = self._stages(self.fusion(embeddings))
+        # CT alone (a shared route): the CT single-modality adapter, no added skip
+        embeddings = {m: (net.swinViT.patch_embed if m == "ct" else self.embedding_of(m))(inputs[m]) for m in mods}
+        hidden = self._stages(self.fusion_of(level)(embeddings))
 
-        if self.config.pet_skip_block == "encoder1_copy":  # the authors': the PET copy serves PET alone
-            enc0 = self.pet_skip(pet) if ct is None else net.encoder1(ct)
+        if self.config.pet_skip_block == "encoder1_copy":  # the authors': the copy serves its modality alone
+            enc0 = net.encoder1(inputs["ct"]) if "ct" in inputs else self.skip_of(mods[0])(primary)
         else:
             enc0 = net.encoder1(primary)
-            if pet is not None:
-                enc0 = enc0 + self.pet_skip(pet)
+            for m in mods:
+                if m != "ct":
+                    enc0 = enc0 + self.skip_of(m)(inputs[m])
         enc1 = net.encoder2(hidden[0])
         enc2 = net.encoder3(hidden[1])
         enc3 = net.encoder4(hidden[2])

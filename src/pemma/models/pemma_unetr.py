@@ -14,6 +14,7 @@ from pemma.adapters.config import AdapterConfig, AdapterDefaults
 from pemma.models.checkpointed_unetr import CheckpointedUNETR
 from pemma.models.pemma_base import PemmaAdaptedModel, first_conv
 from pemma.models.registry import BackboneSpec, register_backbone
+from pemma.models.stacking import base_module
 from pemma.vocab import ROI_MULTIPLES
 
 __all__ = ["PemmaUNETR"]
@@ -90,30 +91,40 @@ class PemmaUNETR(PemmaAdaptedModel):
             else copy.deepcopy(base.encoder1)  # the authors' encoder1_pt: a trainable PET copy of encoder1
         self._set_new_parts_trainable()
 
-    def _pet_tokens(self, pet: torch.Tensor) -> torch.Tensor:
-        """PET patch tokens: own projection (or the CT one when shared), the CT model's positional embedding and
-        dropout."""
+    def _pet_tokens(self, pet: torch.Tensor, modality: str | None = None) -> torch.Tensor:
+        """Patch tokens of an added modality (default: the first one, PET): its own projection (or the CT one when
+        shared), the CT model's positional embedding and dropout."""
         embed = self.net.vit.patch_embedding
-        projection = embed.patch_embeddings if self.pet_embedding is None else self.pet_embedding
+        own = self.embedding_of(modality or self.added_modality)
+        projection = embed.patch_embeddings if own is None else own
         tokens = projection(pet)
         if embed.proj_type == "conv":
             tokens = tokens.flatten(2).transpose(-1, -2)
         return embed.dropout(tokens + embed.position_embeddings)
+
+    def _build_stacked_pathway(self, modality: str, route: str) -> dict[str, nn.Module | None]:
+        """A stacked modality's patch projection (a copy of the CT one, unless shared) and first-skip block."""
+        encoder1 = base_module(self.net.encoder1)
+        embedding = copy.deepcopy(self.net.vit.patch_embedding.patch_embeddings) \
+            if self.config.pet_patch_embedding == "copy" else None
+        skip = PetSkipBlock(out_channels=first_conv(encoder1).out_channels) if self.config.pet_skip_block == "conv" \
+            else copy.deepcopy(encoder1)
+        return {"embedding": embedding, "skip": skip}
 
     def _block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if self.gradient_checkpointing and torch.is_grad_enabled():
             return checkpoint(block, x, use_reentrant=False)
         return block(x)
 
-    def _forward_adapted(self, ct: torch.Tensor | None, pet: torch.Tensor | None) -> torch.Tensor:
+    def _forward_adapted(self, inputs: dict[str, torch.Tensor], level: int = 0) -> torch.Tensor:
         net = self.net
-        primary = pet if ct is None else ct
+        mods = [m for m in self.modalities if m in inputs]
+        primary = inputs[mods[0]]  # the decoder reads the first sequence: CT, or the first other modality
         if tuple(primary.shape[2:]) != self.img_size:
             raise ValueError(f"UNETR input must be {self.img_size}, got spatial shape {tuple(primary.shape[2:])}")
-        sequences = [] if ct is None else [net.vit.patch_embedding(ct)]
-        if pet is not None:  # None: CT alone on the shared route (no PET tokens, no PET skip)
-            sequences.append(self._pet_tokens(pet))
-        n_tokens = sequences[0].shape[1]  # the decoder reads the first sequence: CT, or PET alone
+        sequences = [net.vit.patch_embedding(inputs[m]) if m == "ct" else self._pet_tokens(inputs[m], m)
+                     for m in mods]  # CT alone (a shared route): no added tokens, no added skip
+        n_tokens = sequences[0].shape[1]
         x = torch.cat(sequences, dim=1)
         hidden = []
         for block in net.vit.blocks:
@@ -122,8 +133,9 @@ class PemmaUNETR(PemmaAdaptedModel):
         last = net.vit.norm(x[:, :n_tokens])
 
         enc1 = net.encoder1(primary)
-        if pet is not None:
-            enc1 = enc1 + self.pet_skip(pet)
+        for m in mods:
+            if m != "ct":
+                enc1 = enc1 + self.skip_of(m)(inputs[m])
         enc2 = net.encoder2(net.proj_feat(hidden[3]))
         enc3 = net.encoder3(net.proj_feat(hidden[6]))
         enc4 = net.encoder4(net.proj_feat(hidden[9]))

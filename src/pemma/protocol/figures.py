@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from pemma.io_utils import atomic_path
-from pemma.protocol.results import DSC_KEYS, summarise
+from pemma.protocol.results import DSC_KEYS, input_order, summarise
 from pemma.vocab import EVAL_INPUTS
 
 #: label value -> (name, RGBA) drawn over CT
@@ -72,7 +72,7 @@ def plot_dsc_across_phases(rows: Iterable[Mapping[str, Any]], path: str | os.Pat
         raise ValueError(f"metric must be one of {DSC_KEYS}, got {metric!r}")
     entries = [e for e in summarise(rows, centres) if (variant is None or e["variant"] == variant)
                and (backbone is None or e["backbone"] == backbone)]
-    inputs = [i for i in EVAL_INPUTS if any(e["inputs"] == i for e in entries)] or list(EVAL_INPUTS)
+    inputs = sorted({e["inputs"] for e in entries}, key=input_order) or list(EVAL_INPUTS)
     phases = dict(sorted({e["phase_index"]: e["phase"] for e in entries}.items()))
     runs = list(dict.fromkeys((e["backbone"], e["variant"]) for e in entries))
     methods = list(dict.fromkeys(e["method"] for e in entries))

@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from pemma.errors import PemmaError
-from pemma.vocab import MODALITY_ORDER, PEMMA_METHODS, canonical_method
+from pemma.modalities import default_registry
+from pemma.vocab import MODALITY_ALIASES, PEMMA_METHODS, canonical_method
+
+#: the modalities a strategy can name, in channel order: CT, PET and the catalogue's (MR, dose; pemma.modalities)
+STRATEGY_MODALITIES: tuple[str, ...] = tuple(default_registry())
 
 OPERATIONS: tuple[str, ...] = ("pretrain", "adapt", "update")
 DEFAULT_VARIANT = "default"
@@ -79,7 +84,8 @@ class SplitSpec:
 
 @dataclass(frozen=True)
 class Phase:
-    """One training phase: ``operation`` on ``centres`` with ``modalities`` (kept in ``MODALITY_ORDER``)."""
+    """One training phase: ``operation`` on ``centres`` with ``modalities`` (kept in :data:`STRATEGY_MODALITIES`
+    order)."""
 
     name: str
     operation: str
@@ -96,19 +102,19 @@ class Phase:
         centres = name_list(self.centres, f"{where}: centres")
         if len(set(centres)) != len(centres):
             raise StrategyError(f"{where}: centres listed twice in {centres}")
-        mods = ["pet" if m.lower() == "pt" else m.lower() for m in name_list(self.modalities, f"{where}: modalities")]
+        mods = [MODALITY_ALIASES.get(m.lower(), m.lower()) for m in name_list(self.modalities, f"{where}: modalities")]
         for mod in mods:
-            if mod not in MODALITY_ORDER:
-                raise StrategyError(f"{where}: unknown modality {mod!r} (known: {', '.join(MODALITY_ORDER)})")
+            if mod not in STRATEGY_MODALITIES:
+                raise StrategyError(f"{where}: unknown modality {mod!r} (known: {', '.join(STRATEGY_MODALITIES)})")
         if self.epochs is not None and (isinstance(self.epochs, bool) or not isinstance(self.epochs, int)
                                         or self.epochs < 1):
             raise StrategyError(f"{where}: epochs must be a positive integer, got {self.epochs!r}")
         object.__setattr__(self, "centres", tuple(centres))
-        object.__setattr__(self, "modalities", tuple(m for m in MODALITY_ORDER if m in mods))
+        object.__setattr__(self, "modalities", tuple(m for m in STRATEGY_MODALITIES if m in mods))
 
     @property
     def inputs(self) -> str:
-        """The modalities as one input-set name: ``"ct"``, ``"pet"`` or ``"ct+pet"``."""
+        """The modalities as one input-set name: ``"ct"``, ``"pet"``, ``"ct+pet"``, ``"ct+pet+mr"`` ..."""
         return "+".join(self.modalities)
 
 
@@ -129,9 +135,15 @@ def check_order(phases: Sequence[Phase], where: str) -> None:
             if phase.modalities != ("ct",):
                 raise StrategyError(f"{at}: 'pretrain' trains the CT base model, so modalities must be [ct]")
         elif phase.operation == "adapt":
-            if not set(phase.modalities) - seen_mods:
+            new = [m for m in phase.modalities if m not in seen_mods]
+            if not new:
                 raise StrategyError(f"{at}: 'adapt' must add a modality not seen before "
                                     f"(seen: {', '.join(sorted(seen_mods))})")
+            if len(new) > 1:
+                raise StrategyError(f"{at}: 'adapt' adds one modality at a time, got {', '.join(new)}")
+            if adapted and set(phase.modalities) != seen_mods | set(new):
+                raise StrategyError(f"{at}: a second 'adapt' stacks {new[0]} on the adapted model, so its modalities "
+                                    f"must be every modality seen so far ({', '.join(sorted(seen_mods))}) and {new[0]}")
             adapted = True
         elif not adapted:
             raise StrategyError(f"{at}: 'update' needs an 'adapt' phase before it")
@@ -140,6 +152,34 @@ def check_order(phases: Sequence[Phase], where: str) -> None:
             if new:
                 raise StrategyError(f"{at}: 'update' uses {new[0]!r}, which no earlier phase added; use 'adapt'")
         seen_mods.update(phase.modalities)
+
+
+def check_methods(phases: Sequence[Phase], methods: Sequence[str], where: str) -> None:
+    """The methods can run the phases: a second ``adapt`` (a stacked modality) needs a PEMMA method and is not
+    followed by an ``update`` (a stacked run is not updated); late fusion adds PET only."""
+    adapts = [p for p in phases if p.operation == "adapt"]
+    if len(adapts) > 1:
+        late = [p for p in phases[phases.index(adapts[1]):] if p.operation == "update"]
+        if late:
+            raise StrategyError(f"{where}phase {late[0].name!r}: 'update' after a stacked modality (phase "
+                                f"{adapts[1].name!r}) is not supported; stack the modality after the updates")
+    for i, phase in enumerate(adapts):
+        at = f"{where}phase {phase.name!r}"
+        if i > 0:
+            others = [m for m in methods if m not in PEMMA_METHODS]
+            if others:
+                raise StrategyError(f"{at}: a second 'adapt' stacks a modality on the adapted model, which only the "
+                                    f"PEMMA methods ({', '.join(PEMMA_METHODS)}) do; remove {', '.join(others)}")
+        added = [m for m in phase.modalities if m != "ct"][-1:]
+        if "late_fusion" in methods and added and added != ["pet"]:
+            raise StrategyError(f"{at}: late_fusion adds pet only, not {added[0]}; remove it from methods")
+
+
+def eval_input_sets(modalities: Sequence[str]) -> tuple[tuple[str, ...], ...]:
+    """The input sets a strategy evaluates: every non-empty subset of its modalities, smaller sets first, in channel
+    order (for CT and PET: :data:`pemma.vocab.EVAL_INPUT_SETS`, ct, pet, ct+pet)."""
+    mods = tuple(m for m in STRATEGY_MODALITIES if m in modalities)
+    return tuple(s for n in range(1, len(mods) + 1) for s in itertools.combinations(mods, n))
 
 
 def canonical_centres(centres: Sequence[str], known: Mapping[str, str], dataset: set[str] | None,

@@ -31,6 +31,7 @@ from typing import Any
 
 from pemma.errors import PemmaError
 from pemma.io_utils import write_text_atomic
+from pemma.protocol.phases import STRATEGY_MODALITIES
 from pemma.vocab import EVAL_INPUTS, METHODS
 
 COLUMNS: tuple[str, ...] = ("backbone", "method", "route", "recipe", "variant", "phase", "phase_index", "eval_centre",
@@ -86,8 +87,9 @@ def normalise_rows(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
         if missing:
             raise ValueError(f"row {n}: missing key {missing[0]!r}")
         clean = {k: row.get(k, _OPTIONAL.get(k)) for k in COLUMNS}
-        if clean["inputs"] not in EVAL_INPUTS:
-            raise ValueError(f"row {n}: inputs must be one of {EVAL_INPUTS}, got {clean['inputs']!r}")
+        if not _known_inputs(clean["inputs"]):
+            raise ValueError(f"row {n}: inputs must be an input set such as {' or '.join(EVAL_INPUTS)} (modalities "
+                             f"{', '.join(STRATEGY_MODALITIES)} joined by '+'), got {clean['inputs']!r}")
         try:
             clean["phase_index"] = int(clean["phase_index"])
             for key in (*DSC_KEYS, "HD95_GTVp", "HD95_GTVn", "percent_of_early_fusion"):
@@ -173,8 +175,17 @@ def _method_order(method: str) -> tuple[int, str]:
     return (METHODS.index(method) if method in METHODS else len(METHODS), method)
 
 
-def _input_order(inputs: str) -> int:
-    return EVAL_INPUTS.index(inputs)
+def _known_inputs(inputs: Any) -> bool:
+    """True for an input-set name of the strategy modalities in channel order (``"ct+pet"``, ``"pet+mr"``)."""
+    parts = str(inputs).split("+")
+    return all(p in STRATEGY_MODALITIES for p in parts) and len(set(parts)) == len(parts) \
+        and parts == sorted(parts, key=STRATEGY_MODALITIES.index)
+
+
+def input_order(inputs: str) -> tuple[int, tuple[int, ...]]:
+    """Smaller input sets first, then channel order: ct, pet, ct+pet (:data:`EVAL_INPUTS`), then e.g. mr, ct+mr."""
+    parts = inputs.split("+")
+    return len(parts), tuple(STRATEGY_MODALITIES.index(p) for p in parts)
 
 
 def summarise(rows: Iterable[Mapping[str, Any]], centres: Sequence[str] | None = None) -> list[dict[str, Any]]:
@@ -204,7 +215,7 @@ def summarise(rows: Iterable[Mapping[str, Any]], centres: Sequence[str] | None =
             entry[k] = next((m[k] for m in members if m[k] is not None), None)
         out.append(entry)
     out.sort(key=lambda e: (e["backbone"], e["variant"], _method_order(e["method"]), e["route"], e["recipe"],
-                            _input_order(e["inputs"]),
+                            input_order(e["inputs"]),
                             e["phase_index"]))
     return out
 
@@ -257,7 +268,7 @@ def forgetting_table(rows: Iterable[Mapping[str, Any]],
                         "reference_DSCagg_mean": ref_value, "phase": names[group][index], "phase_index": index,
                         "DSCagg_mean": values[index], "drop": ref_value - values[index]})
     out.sort(key=lambda e: (e["backbone"], e["variant"], _method_order(e["method"]), e["route"], e["recipe"],
-                            _input_order(e["inputs"]),
+                            input_order(e["inputs"]),
                             e["reference_phase_index"], e["centre"], e["phase_index"]))
     return out
 
@@ -275,7 +286,7 @@ def mean_forgetting(forgetting: Iterable[Mapping[str, Any]]) -> list[dict[str, A
             "mean_drop": _mean(m["drop"] for m in members), "max_drop": max(m["drop"] for m in members),
             "n_centres": len(members)} for key, members in groups.items()]
     out.sort(key=lambda e: (e["backbone"], e["variant"], _method_order(e["method"]), e["route"], e["recipe"],
-                            _input_order(e["inputs"]),
+                            input_order(e["inputs"]),
                             e["phase_index"]))
     return out
 

@@ -33,7 +33,7 @@ from pemma.protocol.routes import adapt_kwargs, method_folder, pairs, update_kwa
 from pemma.protocol.split import split_case_ids
 from pemma.protocol.strategy import PlannedPhase, Strategy, StrategyError, load_strategy
 from pemma.training.segmentation import train
-from pemma.vocab import EVAL_INPUT_SETS, METHODS, MODALITY_ORDER, canonical_method, method_choices
+from pemma.vocab import EVAL_INPUT_SETS, METHODS, canonical_method, method_choices
 
 
 @dataclasses.dataclass
@@ -64,8 +64,10 @@ def _train_phase(strategy: Strategy, data: ProtocolData, backbone: str, method: 
     resume = (run / "checkpoint.pt").is_file()
     if phase.operation == "pretrain":
         train(cfg, run, resume=resume, progress=progress, split=split)
-    elif phase.operation == "adapt":
-        adapt(parent, cfg, run, method=method, resume=resume, progress=progress, split=split,
+    elif phase.operation == "adapt":  # the phase's one new modality (a second adapt stacks it: methods.stacking)
+        seen = {m for p in strategy.variant_phases(planned.variant)[: planned.index] for m in p.modalities}
+        added = next(m for m in phase.modalities if m not in seen)
+        adapt(parent, cfg, run, method=method, resume=resume, progress=progress, split=split, added_modality=added,
               **adapt_kwargs(method, route, recipe, backbone, strategy.source))
     else:
         update(parent, cfg, list(phase.modalities), run, resume=resume, progress=progress, split=split,
@@ -76,12 +78,14 @@ def _train_phase(strategy: Strategy, data: ProtocolData, backbone: str, method: 
 
 
 def _evaluate_run(run: Path, data: ProtocolData, centres: tuple[str, ...], device: torch.device,
-                  inputs_cache: dict[tuple, Any]) -> dict[str, Any]:
-    """``{"centre|inputs": DSCagg dict}`` for every centre and accepted input set (cached in the run)."""
+                  inputs_cache: dict[tuple, Any],
+                  input_sets: tuple[tuple[str, ...], ...] = EVAL_INPUT_SETS) -> dict[str, Any]:
+    """``{"centre|inputs": DSCagg dict}`` for every centre and accepted input set of ``input_sets`` (the strategy's;
+    cached in the run)."""
     cache_path = run / "evaluation.json"
     cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
     # an evaluation cached before per-case results were kept ("|cases") is redone
-    missing = [(c, m) for c in centres for m in EVAL_INPUT_SETS
+    missing = [(c, m) for c in centres for m in input_sets
                if f"{c}|{'+'.join(m)}" not in cache
                or (cache[f"{c}|{'+'.join(m)}"] is not None and f"{c}|{'+'.join(m)}|cases" not in cache)]
     if missing:
@@ -102,12 +106,13 @@ def _evaluate_run(run: Path, data: ProtocolData, centres: tuple[str, ...], devic
 
 
 def _rows(cache: dict[str, Any], backbone: str, method: str, planned: PlannedPhase,
-          pair: tuple[str, str] = ("", "")) -> list[dict[str, Any]]:
+          pair: tuple[str, str] = ("", ""),
+          input_sets: tuple[tuple[str, ...], ...] = EVAL_INPUT_SETS) -> list[dict[str, Any]]:
     params = cache.get("params", {})
     percent = params.get("percent_of_early_fusion")
     rows = []
     for centre in planned.eval_centres:
-        for modalities in EVAL_INPUT_SETS:
+        for modalities in input_sets:
             scores = cache.get(f"{centre}|{'+'.join(modalities)}")
             if scores is None:
                 continue
@@ -125,11 +130,12 @@ def _rows(cache: dict[str, Any], backbone: str, method: str, planned: PlannedPha
 
 
 def _case_rows(cache: dict[str, Any], backbone: str, method: str, planned: PlannedPhase,
-               pair: tuple[str, str] = ("", "")) -> list[dict[str, Any]]:
+               pair: tuple[str, str] = ("", ""),
+               input_sets: tuple[tuple[str, ...], ...] = EVAL_INPUT_SETS) -> list[dict[str, Any]]:
     """Per-case results of one evaluated phase (the rows of ``results_cases.csv``)."""
     out = []
     for centre in planned.eval_centres:
-        for modalities in EVAL_INPUT_SETS:
+        for modalities in input_sets:
             for case in cache.get(f"{centre}|{'+'.join(modalities)}|cases") or []:
                 out.append({"backbone": backbone, "method": method, "route": pair[0], "recipe": pair[1],
                             "variant": planned.variant,
@@ -162,9 +168,12 @@ def reproduce(strategy_path: str | Path, data_root: str | Path, out_dir: str | P
     started = time.time()
     out = Path(out_dir)
     all_cases = discover_cases(data_root)
+    # the strategy's modalities (read once with every labelled centre) decide which cases count
+    labelled = {case.centre for case in all_cases if case.label is not None}
+    needed = set(load_strategy(strategy_path, dataset_centres=labelled).modalities)
     by_centre: dict[str, list[str]] = {}
     for case in all_cases:
-        if case.label is not None and {"ct", "pet"} <= set(case.images):
+        if case.label is not None and needed <= set(case.images):
             by_centre.setdefault(case.centre, []).append(case.case_id)
     strategy = load_strategy(strategy_path, dataset_centres=by_centre).with_overrides(
         backbones=backbones, preset=preset, max_steps=max_steps, variants=variants, seed=seed, routes=ct_routes,
@@ -187,7 +196,7 @@ def reproduce(strategy_path: str | Path, data_root: str | Path, out_dir: str | P
 
     split_of(by_centre)  # split fractions that leave a centre no training case fail before the data check
     cases_by_id = {c.case_id: c for c in all_cases}
-    good, checked = preflight([cases_by_id[i] for c in used for i in by_centre[c]], MODALITY_ORDER,
+    good, checked = preflight([cases_by_id[i] for c in used for i in by_centre[c]], list(strategy.modalities),
                               exclude_bad_cases, source=str(data_root))
     if not checked.ok:
         kept = {c.case_id for c in good}
@@ -214,9 +223,10 @@ def reproduce(strategy_path: str | Path, data_root: str | Path, out_dir: str | P
             parent = _run_dir(out, backbone, folder, parent_planned, planned.parent_key) if parent_planned else None
             _train_phase(strategy, data, backbone, method, planned, run, parent, progress=progress, route=pair[0],
                          recipe=pair[1])
-        cache = _evaluate_run(run, data, planned.eval_centres, device, inputs_cache)
-        rows += _rows(cache, backbone, method, planned, pair)
-        case_rows += _case_rows(cache, backbone, method, planned, pair)
+        sets = strategy.eval_input_sets
+        cache = _evaluate_run(run, data, planned.eval_centres, device, inputs_cache, sets)
+        rows += _rows(cache, backbone, method, planned, pair, sets)
+        case_rows += _case_rows(cache, backbone, method, planned, pair, sets)
     bar.close()
     write_results(rows, out)
     write_case_results(case_rows, out)
@@ -300,7 +310,7 @@ def _overlays(strategy: Strategy, data: ProtocolData, out: Path, device: torch.d
     pretrain = plan[0]
     base = _run_dir(out, backbone, "", pretrain, pretrain.run_key)
     figures: dict[str, str] = {}
-    if adapt is None:
+    if adapt is None or adapt.phase.modalities != ("ct", "pet"):  # the overlays show CT and PET images
         return figures
     last = plan[-1]
     views = [(adapt, ["ct", "pet"], adapt.eval_centres, "overlays_adapt.png",

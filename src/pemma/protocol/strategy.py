@@ -32,9 +32,12 @@ so a runner trains them once and reuses them (the key covers the phases only: a 
 method, preset and split to its run-folder name).
 
 Rules (a violation raises :class:`StrategyError`, one line naming the file and the phase): the first
-phase is ``pretrain`` on CT only and no later phase is; ``adapt`` follows a pretrain and adds a modality
-not seen before; ``update`` follows an adapt and uses only modalities the model already has; phase
-names are unique; centres are HECKTOR centres or centres of the dataset; no unknown keys.
+phase is ``pretrain`` on CT only and no later phase is; ``adapt`` follows a pretrain and adds one modality
+not seen before (CT, PET, or a catalogued one: MR, dose); a second ``adapt`` stacks its new modality on the adapted
+model (its modalities: every one seen so far and the new one; PEMMA methods only; late fusion adds PET only);
+``update`` follows an adapt and uses only modalities the model already has; phase names are unique; centres are
+HECKTOR centres or centres of the dataset; no unknown keys. Every centre is evaluated with every subset of the
+strategy's modalities (:attr:`Strategy.eval_input_sets`: ct, pet, ct+pet for the shipped CT+PET strategies).
 
 Example:
     >>> strategy = load_strategy("strategies/hecktor2022.yaml").with_overrides(preset="tiny", max_steps=20)
@@ -64,6 +67,7 @@ from pemma.protocol.phases import (
     OVERRIDE_KEYS,
     PHASE_KEYS,
     SPLIT_KEYS,
+    STRATEGY_MODALITIES,
     TOP_KEYS,
     Phase,
     PrognosisSpec,
@@ -72,7 +76,9 @@ from pemma.protocol.phases import (
     canonical_centres,
     check_centres,
     check_keys,
+    check_methods,
     check_order,
+    eval_input_sets,
     name_list,
     names_in,
 )
@@ -186,6 +192,7 @@ class Strategy:
         object.__setattr__(self, "methods", tuple(dict.fromkeys(methods)))
         object.__setattr__(self, "phases", check_centres(tuple(self.phases), known, dataset, ""))
         check_order(self.phases, "")
+        check_methods(self.phases, self.methods, "")
         if not isinstance(self.variants, Mapping):
             raise StrategyError("variants must map a variant name to phase overrides")
         by_name = {p.name: p for p in self.phases}
@@ -199,7 +206,9 @@ class Strategy:
             check_keys(overrides or {}, list(by_name), f"{where} (phase names)")
             for phase_name, change in (overrides or {}).items():
                 check_keys(change or {}, OVERRIDE_KEYS, f"{where}, phase {phase_name!r}")
-            check_order(check_centres(self._expand(variant), known, dataset, f"{where}, "), f"{where}, ")
+            expanded = check_centres(self._expand(variant), known, dataset, f"{where}, ")
+            check_order(expanded, f"{where}, ")
+            check_methods(expanded, self.methods, f"{where}, ")
         self._check_configs()
         if self.prognosis is not None and self.prognosis.centres:
             centres = canonical_centres(self.prognosis.centres, known, dataset, "prognosis")
@@ -226,6 +235,19 @@ class Strategy:
         """Every route some PEMMA method of the strategy runs with, in :data:`pemma.vocab.CT_ROUTES` order."""
         used = {r for m in self.methods if m in PEMMA_METHODS for r in self.routes_of(m)}
         return tuple(r for r in CT_ROUTES if r in used) or ("exact",)
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """Every modality some phase of some variant names, in channel order (``("ct", "pet")`` for the shipped
+        strategies)."""
+        used = {m for v in self.variant_names for p in self.variant_phases(v) for m in p.modalities}
+        return tuple(m for m in STRATEGY_MODALITIES if m in used)
+
+    @property
+    def eval_input_sets(self) -> tuple[tuple[str, ...], ...]:
+        """The input sets every centre is evaluated with: every subset of :attr:`modalities`, smaller first (ct, pet,
+        ct+pet for a CT+PET strategy, as :data:`pemma.vocab.EVAL_INPUT_SETS`)."""
+        return eval_input_sets(self.modalities)
 
     @property
     def prognosis_centres(self) -> tuple[str, ...]:
