@@ -11,7 +11,8 @@ For one preset x UNETR (the same backbone size, roi and batch for every variant)
   (``PemmaUNETR.gradient_checkpointing``; ``pemma adapt`` turns it on when the base run was trained with
   ``--gradient-checkpointing``).
 * ``<method>+ckpt-fullres``: the defaults plus activation checkpointing of the full-resolution modules only
-  (``encoder1``, the PET skip block, ``decoder2``; wrapped in this benchmark, not a pemma option).
+  (``encoder1``, the PET skip block, ``decoder2``: ``AdapterConfig.checkpoint_full_resolution``,
+  ``pemma adapt --checkpoint-full-resolution``).
 
 Every PEMMA variant is called with CT+PET input on each step (as in ``bench_adaptation.py``), on the same random
 batch, through pemma's training engine (``PemmaTrainer`` of ``bench_backbones.py``). Variants alternate (rotated,
@@ -61,26 +62,6 @@ from pemma.models.loaded import LoadedModel  # noqa: E402
 from pemma.models.registry import build_backbone  # noqa: E402
 
 CTPET = ("ct", "pet")
-#: the PEMMA UNETR modules that run at full resolution (58 % of what autograd saves in the paper-preset profile)
-FULL_RESOLUTION = ("net.encoder1", "pet_skip", "net.decoder2")
-
-
-def checkpoint_modules(model: nn.Module, names: tuple[str, ...]) -> None:
-    """Make the named submodules recompute their activations in backward (``torch.utils.checkpoint``): their
-    ``forward`` is wrapped in place on this benchmark's copy (a candidate lever, not yet a pemma option)."""
-    from torch.utils.checkpoint import checkpoint
-
-    for name in names:
-        module = model.get_submodule(name)
-        forward = module.forward
-
-        def wrapped(*args: torch.Tensor, _forward: Callable = forward) -> torch.Tensor:
-            if torch.is_grad_enabled():
-                return checkpoint(_forward, *args, use_reentrant=False)
-            return _forward(*args)
-        module.forward = wrapped
-
-
 def build_trainers(preset: str, methods: list[str], repeats: int, log: Callable[[str], None],
                    skip: tuple[str, ...] = ()) -> tuple[dict[str, PemmaTrainer], torch.Tensor, torch.Tensor]:
     """All variants on the CT base's weights, and one random batch (image, label)."""
@@ -102,10 +83,9 @@ def build_trainers(preset: str, methods: list[str], repeats: int, log: Callable[
         for name, fused, ckpt, fullres in variants:
             if name in skip:
                 continue
-            task = pemma_task(shell, Path("."), AdapterConfig(method=m, fused_attention=fused), cfg_ct)
+            adapter = AdapterConfig(method=m, fused_attention=fused, checkpoint_full_resolution=fullres)
+            task = pemma_task(shell, Path("."), adapter, cfg_ct)
             task.model.gradient_checkpointing = ckpt
-            if fullres:
-                checkpoint_modules(task.model, FULL_RESOLUTION)
             task = dataclasses.replace(task, forward=lambda module, x, step: module(x, CTPET))
             trainers[name] = PemmaTrainer(cfg_ef, device, steps, task=task)
     tc, roi = cfg_ef.train, list(cfg_ef.model.roi_size)

@@ -31,6 +31,7 @@ from peft import LoraConfig
 from peft.tuners.lora import LoraModel
 from peft.utils.other import ModulesToSaveWrapper
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from pemma.adapters.config import NEW_PARTS, AdapterConfig, AdapterDefaults, register_adapter_defaults
 from pemma.adapters.split_qkv import needs_split, split_fused_qkv
@@ -166,6 +167,13 @@ class PemmaAdaptedModel(StackingMixin, nn.Module):
                                  f"{self.transformer_name!r} of {type(net).__name__}")
             names.extend(h for h in hits if h not in names)
         return names
+
+    def _full_resolution(self, module: nn.Module, *inputs: torch.Tensor) -> torch.Tensor:
+        """``module(*inputs)`` for a module that runs at the input's resolution; in training with
+        ``config.checkpoint_full_resolution`` its activations are recomputed in backward instead of kept."""
+        if self.config.checkpoint_full_resolution and torch.is_grad_enabled():
+            return checkpoint(module, *inputs, use_reentrant=False)
+        return module(*inputs)
 
     def _set_new_parts_trainable(self) -> None:
         """``requires_grad`` of the new PET modules according to ``config.train_parts``."""

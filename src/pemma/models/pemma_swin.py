@@ -129,13 +129,14 @@ class PemmaSwinUNETR(PemmaAdaptedModel):
         embeddings = {m: (net.swinViT.patch_embed if m == "ct" else self.embedding_of(m))(inputs[m]) for m in mods}
         hidden = self._stages(self.fusion_of(level)(embeddings))
 
+        full = self._full_resolution
         if self.config.pet_skip_block == "encoder1_copy":  # the authors': the copy serves its modality alone
-            enc0 = net.encoder1(inputs["ct"]) if "ct" in inputs else self.skip_of(mods[0])(primary)
+            enc0 = full(net.encoder1, inputs["ct"]) if "ct" in inputs else full(self.skip_of(mods[0]), primary)
         else:
-            enc0 = net.encoder1(primary)
+            enc0 = full(net.encoder1, primary)
             for m in mods:
                 if m != "ct":
-                    enc0 = enc0 + self.skip_of(m)(inputs[m])
+                    enc0 = enc0 + full(self.skip_of(m), inputs[m])
         enc1 = net.encoder2(hidden[0])
         enc2 = net.encoder3(hidden[1])
         enc3 = net.encoder4(hidden[2])
@@ -144,7 +145,7 @@ class PemmaSwinUNETR(PemmaAdaptedModel):
         dec2 = net.decoder4(dec3, enc3)
         dec1 = net.decoder3(dec2, enc2)
         dec0 = net.decoder2(dec1, enc1)
-        return net.out(net.decoder1(dec0, enc0))
+        return net.out(full(net.decoder1, dec0, enc0))
 
 
 register_backbone(BackboneSpec(name="swin_unetr", net_class=SwinUNETR, roi_multiple=ROI_MULTIPLES["swin_unetr"],

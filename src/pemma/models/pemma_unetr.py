@@ -132,17 +132,17 @@ class PemmaUNETR(PemmaAdaptedModel):
             hidden.append(x[:, :n_tokens])
         last = net.vit.norm(x[:, :n_tokens])
 
-        enc1 = net.encoder1(primary)
+        enc1 = self._full_resolution(net.encoder1, primary)
         for m in mods:
             if m != "ct":
-                enc1 = enc1 + self.skip_of(m)(inputs[m])
+                enc1 = enc1 + self._full_resolution(self.skip_of(m), inputs[m])
         enc2 = net.encoder2(net.proj_feat(hidden[3]))
         enc3 = net.encoder3(net.proj_feat(hidden[6]))
         enc4 = net.encoder4(net.proj_feat(hidden[9]))
         dec3 = net.decoder5(net.proj_feat(last), enc4)
         dec2 = net.decoder4(dec3, enc3)
         dec1 = net.decoder3(dec2, enc2)
-        return net.out(net.decoder2(dec1, enc1))
+        return net.out(self._full_resolution(net.decoder2, dec1, enc1))
 
 
 register_backbone(BackboneSpec(
