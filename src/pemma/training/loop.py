@@ -21,7 +21,7 @@ from pemma.config import RunConfig, TrainConfig
 from pemma.data.check import preflight
 from pemma.data.dataset import EpochPlan, SeededCrops, cached_dataset, case_dicts, preprocessing_key
 from pemma.data.layout import CaseRecord
-from pemma.data.registration import REGISTRATION_FILE, record_registration
+from pemma.data.registration_record import REGISTRATION_FILE, record_registration, registration_by_modality
 from pemma.data.transforms import describe, preprocessing, training_augmentation
 from pemma.errors import PemmaError
 from pemma.evaluation.metrics import AggregatedDice
@@ -196,9 +196,10 @@ class SegmentationTraining:
         if dist.is_main:  # registration.json (the preprocessing cached the transforms): QC per case
             record = record_registration(self.out_dir, train_cases + val_cases, self.task.modalities,
                                          self.cfg.preprocess)
-            if record is not None:
-                log.info(f"registration QC, mean body Dice PET-CT: {record['mean_body_dice']['before']:.3f} on the "
-                         f"header geometry, {record['mean_body_dice']['after']:.3f} registered ({REGISTRATION_FILE})")
+            for modality, block in registration_by_modality(record or {}).items():
+                log.info(f"registration QC, mean body Dice {modality.upper()}-CT: "
+                         f"{block['mean_body_dice']['before']:.3f} on the header geometry, "
+                         f"{block['mean_body_dice']['after']:.3f} registered ({REGISTRATION_FILE})")
         total = tc.epochs * plan.steps_per_epoch
         if tc.max_steps is not None:
             total = min(total, tc.max_steps)
