@@ -158,8 +158,8 @@ class PhantomConfig:
         mods = self.modalities.split(",") if isinstance(self.modalities, str) else list(self.modalities)
         mods = [str(m).strip().lower() for m in mods if str(m).strip()]
         if set(mods) - set(PHANTOM_MODALITIES) or not {"ct", "pet"} <= set(mods):
-            raise ValueError(f"modalities must be ct,pet, optionally with mr and / or dose (the phantom always has CT "
-                             f"and PET), got {self.modalities!r}")
+            raise ValueError(f"modalities must be ct,pet or ct,pet,mr, either with dose or without (the phantom always "
+                             f"has CT and PET), got {self.modalities!r}")
         self.modalities = tuple(m for m in PHANTOM_MODALITIES if m in mods)
 
 
