@@ -207,3 +207,28 @@ def test_mr_only_prediction_follows_the_mr_registration(mr_phantom: Path, tmp_pa
     assert not np.allclose(expected, affine)
     np.testing.assert_array_equal(registered_to_ct(case, ["mr"], "ct", PreprocessConfig(), affine), affine)
     np.testing.assert_array_equal(registered_to_ct(case, ["ct", "mr"], "ct", cfg, affine), affine)
+
+
+@pytest.mark.slow  # an adaptation step (registers both cases' MR first)
+def test_adapt_ct_to_mr_registers_the_mr_and_records_it(mr_phantom: Path, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+    from monai.networks.nets import UNETR
+
+    import pemma
+
+    monkeypatch.setenv("PEMMA_CACHE_DIR", str(tmp_path / "cache"))
+    data = _misaligned_mr(mr_phantom, tmp_path)
+    torch.manual_seed(5)
+    net = UNETR(in_channels=1, out_channels=3, img_size=32, feature_size=8, hidden_size=96, mlp_dim=192, num_heads=4)
+    torch.save(net.state_dict(), tmp_path / "net.pt")
+    base = pemma.import_model(tmp_path / "net.pt", tmp_path / "ct", backbone="unetr", preset="tiny", roi=[32] * 3,
+                              spacing=[4, 4, 4]).path
+    run = pemma.adapt(base, data, tmp_path / "ctmr", add_modality="mr", register="rigid", max_steps=1,
+                      val_fraction=0.0)
+    record = json.loads((Path(run.path) / "registration.json").read_text())
+    assert record["mode"] == "rigid" and "cases" not in record and set(record["modalities"]) == {"mr"}
+    moved = record["modalities"]["mr"]["cases"]["CHUM-001"]
+    assert moved["rotation_deg"] > 3.0 and moved["after"]["body_dice"] > moved["before"]["body_dice"]
+    log = (Path(run.path) / "train.log").read_text()
+    assert "registration: MR -> CT rigid" in log and "registration QC, mean body Dice MR-CT" in log
