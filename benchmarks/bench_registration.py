@@ -12,11 +12,13 @@
 
 The registration accuracy of every case (max / mean error over the CT box, mm, against the known misalignment) and
 the time per case are printed too. ``--aligned`` adds a third arm trained and evaluated on the PETs as generated
-(co-registered): the ceiling registration can reach.
+(co-registered): the ceiling registration can reach. ``--modality mr`` does the same with the phantom's MR-like
+channel instead of the PET (CT+MR runs); ``--accuracy-only`` stops after the registration accuracy.
 
 Run (from the repository root)::
 
     nice .venv/bin/python benchmarks/bench_registration.py --steps 150 --json reg.json     # ~15-20 min, 2 busy cores
+    nice .venv/bin/python benchmarks/bench_registration.py --modality mr --accuracy-only    # ~2 min
 """
 
 from __future__ import annotations
@@ -38,9 +40,12 @@ import numpy as np
 import pemma
 from pemma.config import PreprocessConfig
 from pemma.data.phantom import PhantomConfig, synthesize_phantom
-from pemma.data.phantom_misalign import misalign_pet
+from pemma.data.phantom_misalign import misalign_image
 from pemma.data.registration import RegistrationSettings, register_files
 from pemma.protocol.bootstrap import bootstrap_relative, dscagg_mean, paired_bootstrap
+
+#: the phantom's file suffix of each modality the benchmark can misalign
+SUFFIXES = {"pet": "PT", "mr": "MR"}
 
 
 def random_misalignment(rng: np.random.Generator, centre: np.ndarray, shift_mm: float, degrees: float) -> np.ndarray:
@@ -62,31 +67,34 @@ def random_misalignment(rng: np.random.Generator, centre: np.ndarray, shift_mm: 
 
 
 def misaligned_phantom(root: Path, args: argparse.Namespace) -> dict[str, np.ndarray]:
-    """Generate the phantom in ``root/aligned``, copy it to ``root/misaligned`` with every PET moved; the truths."""
+    """Generate the phantom in ``root/aligned``, copy it to ``root/misaligned`` with every PET (``--modality``)
+    moved; the truths."""
     aligned, moved = root / "aligned", root / "misaligned"
     synthesize_phantom(aligned, PhantomConfig(cases_per_centre=args.cases_per_centre, centres=tuple(args.centres),
-                                              seed=args.seed), progress=False)
+                                              seed=args.seed, modalities=("ct", "pet", args.modality)),
+                       progress=False)
     shutil.copytree(aligned, moved)
     rng = np.random.default_rng(args.seed)
     truths = {}
-    for pet in sorted((moved / "imagesTr").glob("*__PT.nii.gz")):
-        case = pet.name.split("__")[0]
+    for image in sorted((moved / "imagesTr").glob(f"*__{SUFFIXES[args.modality]}.nii.gz")):
+        case = image.name.split("__")[0]
         ct = nib.load(moved / "imagesTr" / f"{case}__CT.nii.gz")
         centre = ct.affine[:3, :3] @ ((np.asarray(ct.shape[:3]) - 1) / 2) + ct.affine[:3, 3]
         truths[case] = random_misalignment(rng, centre, args.shift_mm, args.degrees)
-        misalign_pet(pet, pet, truths[case])
+        misalign_image(image, image, truths[case], what=args.modality.upper())
     return truths
 
 
-def registration_errors(data: Path, truths: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+def registration_errors(data: Path, truths: dict[str, np.ndarray], modality: str = "pet") -> list[dict[str, Any]]:
     """Register every case (filling the cache the rigid run then reads) and measure it against the truth."""
-    settings = RegistrationSettings.from_preprocess(PreprocessConfig(register="rigid"))
+    settings = RegistrationSettings.from_preprocess(PreprocessConfig(register="rigid"), modality=modality)
     rows = []
     for case, truth in truths.items():
         ct_path = data / "imagesTr" / f"{case}__CT.nii.gz"
         ct = nib.load(ct_path)
         start = time.perf_counter()
-        result = register_files(case, str(ct_path), str(data / "imagesTr" / f"{case}__PT.nii.gz"), settings)
+        result = register_files(case, str(ct_path), str(data / "imagesTr" / f"{case}__{SUFFIXES[modality]}.nii.gz"),
+                                settings)
         seconds = time.perf_counter() - start
         idx = np.random.default_rng(0).uniform(0, np.asarray(ct.shape[:3]) - 1, (500, 3))
         points = idx @ ct.affine[:3, :3].T + ct.affine[:3, 3]
@@ -102,13 +110,14 @@ def registration_errors(data: Path, truths: dict[str, np.ndarray]) -> list[dict[
 
 
 def arm(name: str, data: Path, work: Path, register: str, args: argparse.Namespace) -> dict[str, Any]:
-    """Train one CT+PET run and evaluate it on the held-out centres."""
+    """Train one CT+PET (CT+MR) run and evaluate it on the held-out centres."""
     start = time.perf_counter()
-    run = pemma.train(data, work / name, centres=args.train_centres, modalities="ct,pet", preset="tiny",
+    inputs = f"ct,{args.modality}"
+    run = pemma.train(data, work / name, centres=args.train_centres, modalities=inputs, preset="tiny",
                       seed=args.seed, max_steps=args.steps, epochs=10_000, val_every=10_000, register=register,
                       cache_dir=str(work / f"cache-{name}"))
     trained = time.perf_counter() - start
-    scores = pemma.evaluate(run, data, centres=args.test_centres, modalities="ct,pet", out=work / f"{name}-eval")
+    scores = pemma.evaluate(run, data, centres=args.test_centres, modalities=inputs, out=work / f"{name}-eval")
     print(f"{name}: {args.steps} steps in {trained:.0f} s, held-out DSCagg mean {scores['DSCagg']['mean']:.4f} "
           f"(GTVp {scores['DSCagg']['GTVp']:.4f}, GTVn {scores['DSCagg']['GTVn']:.4f}) on {scores['n_cases']} cases",
           flush=True)
@@ -125,6 +134,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--shift-mm", type=float, default=10.0, help="length of each PET's shift")
     parser.add_argument("--degrees", type=float, default=5.0, help="each PET's rotation")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--modality", choices=sorted(SUFFIXES), default="pet", help="the misaligned modality")
+    parser.add_argument("--accuracy-only", action="store_true", help="registration accuracy only (no training)")
     parser.add_argument("--aligned", action="store_true", help="also train on the co-registered PETs (the ceiling)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is steadiest on a busy machine)")
     parser.add_argument("--work", default=None, help="work folder (default: a temporary one, removed)")
@@ -139,12 +150,17 @@ def main(argv: list[str] | None = None) -> None:
     try:
         truths = misaligned_phantom(work, args)
         data = work / "misaligned"
-        errors = registration_errors(data, truths)
+        errors = registration_errors(data, truths, args.modality)
         maxima = [r["max_mm"] for r in errors]
-        print(f"registration of {len(errors)} PETs ({args.shift_mm:g} mm, {args.degrees:g} degrees each): max error "
+        print(f"registration of {len(errors)} {args.modality.upper()}s ({args.shift_mm:g} mm, {args.degrees:g} "
+              f"degrees each): max error "
               f"median {np.median(maxima):.2f} mm (range {min(maxima):.2f}-{max(maxima):.2f}), before "
               f"{np.median([r['before_max_mm'] for r in errors]):.2f} mm; "
               f"{np.median([r['seconds'] for r in errors]):.1f} s per case (median)", flush=True)
+        if args.accuracy_only:
+            if args.json:
+                Path(args.json).write_text(json.dumps({"args": vars(args), "registration": errors}, indent=1))
+            return
         scores = {"none": arm("none", data, work, "none", args), "rigid": arm("rigid", data, work, "rigid", args)}
         if args.aligned:
             scores["aligned"] = arm("aligned", work / "aligned", work, "none", args)

@@ -195,9 +195,10 @@ class PreprocessConfig:
                                  metadata={"help": "head-and-neck box (mm) below the top of the body"})
     body_threshold_hu: float = field(default=-500.0, metadata={"help": "CT HU above which a voxel is body"})
     register: str = field(default="none", metadata={
-        "help": f"register the PET to the CT before it is resampled onto the CT grid: {', '.join(REGISTER_MODES)} "
+        "help": f"register the PET (and every other modality whose spec says register: true, e.g. MR; not dose) "
+                f"to the CT before it is resampled onto the CT grid: {', '.join(REGISTER_MODES)} "
                 "(none: trust the header geometry; rigid: rotation + shift; affine: also scale / shear); mutual "
-                "information, the transform cached per case; prediction applies the run's setting"})
+                "information, the transform cached per case and modality; prediction applies the run's setting"})
     register_spacing: float = field(default=4.0, metadata={
         "help": "isotropic voxel size (mm) on which the registration runs (coarser is faster)"})
     register_iterations: int = field(default=100, metadata={

@@ -74,6 +74,8 @@ class ModalitySpec:
         body_only: ``zscore`` / ``minmax`` statistics from the body only (the CT's body when there is a CT, else the
             voxels above the image's minimum); voxels outside become 0.
         unit: the intensity unit, for the run log (``HU``, ``SUV``, ``Gy``; empty for MR).
+        register: registered to the CT when a run registers (``--register rigid|affine``,
+            :mod:`pemma.data.registration`); false for a modality already on the CT grid (``dose``).
     """
 
     name: str = field(metadata={"help": "modality name (lower case), e.g. mr"})
@@ -92,6 +94,10 @@ class ModalitySpec:
         "help": "zscore / minmax statistics from the body only (the CT body, else voxels above the image minimum); "
                 "outside it the channel is 0"})
     unit: str = field(default="", metadata={"help": "intensity unit for the run log (HU, SUV, Gy)"})
+    register: bool = field(default=True, metadata={
+        "help": "registered to the CT when a run registers (--register rigid / affine), like the PET; false for a "
+                "modality already on the CT grid (dose from the planning system, a derived map), which keeps its "
+                "header geometry"})
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not NAME_PATTERN.match(self.name):
@@ -115,6 +121,8 @@ class ModalitySpec:
             raise ValueError(f"{owner}.body_only must be true or false, got {self.body_only!r}")
         if not isinstance(self.unit, str):
             raise ValueError(f"{owner}.unit must be a string, got {self.unit!r}")
+        if not isinstance(self.register, bool):
+            raise ValueError(f"{owner}.register must be true or false, got {self.register!r}")
 
     @property
     def label(self) -> str:
@@ -145,7 +153,8 @@ def pet_spec(suv_range: list[float]) -> ModalitySpec:
 #: modalities pemma knows without a declaration (a ``preprocess.modality_specs`` entry of the same name wins)
 CATALOGUE: dict[str, ModalitySpec] = {
     "mr": ModalitySpec("mr", ["__MR"], ["mr", "mri", "t1", "t2", "t1w", "t2w", "flair"], "zscore"),
-    "dose": ModalitySpec("dose", ["__RTDOSE", "__DOSE"], ["dose", "rtdose"], "range", [0.0, 80.0], unit="Gy"),
+    "dose": ModalitySpec("dose", ["__RTDOSE", "__DOSE"], ["dose", "rtdose"], "range", [0.0, 80.0], unit="Gy",
+                         register=False),  # computed on the planning CT: already on its grid
 }
 
 

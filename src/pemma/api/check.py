@@ -24,7 +24,8 @@ def check(data: str | os.PathLike, *, centres: Names = None, modalities: Names =
         modalities: images every case must have (e.g. ``"ct,pet"``). Default: the images each case has.
         endpoints, clinical: the HECKTOR endpoint / clinical CSV. Default: found under ``data`` (if any).
         progress: show a progress bar.
-        registration: also measure per CT+PET case how well PET and CT agree (mutual information, body-mask Dice;
+        registration: also measure per case how well each registered modality (PET, MR...; not ``dose``, see
+            :func:`pemma.data.registration.registrable`) and the CT agree (mutual information, body-mask Dice;
             :mod:`pemma.data.registration`) on the header geometry, and after ``register`` when given.
         register: ``rigid`` or ``affine``: register each case (as training with ``--register`` would) and report
             the agreement after it too (implies ``registration``). Default None: the header geometry only (or the
@@ -39,8 +40,10 @@ def check(data: str | os.PathLike, *, centres: Names = None, modalities: Names =
 
     Returns:
         ``{"n_cases", "bad_cases", "problems": {case or table: [one-line problem, ...]}, "lines": [...]}``
-        (with ``registration``: ``"registration": {case: {"before", "after", ...}}`` too); ``lines`` ends with the
-        summary. No problem: ``bad_cases`` is empty. A registration that fails or diverges is a problem of its case.
+        (with ``registration``: ``"registration": {case: {"before", "after", ...}}`` of the PET, and
+        ``"registration_modalities": {modality: {case: {...}}}`` of every registered modality, too); ``lines`` ends
+        with the summary. No problem: ``bad_cases`` is empty. A registration that fails or diverges is a problem of
+        its case.
 
     Example:
         >>> report = pemma.check("data/phantom", modalities="ct,pet")
@@ -52,7 +55,7 @@ def check(data: str | os.PathLike, *, centres: Names = None, modalities: Names =
 
     from pemma.data.check import CheckReport, check_case
     from pemma.data.layout import discover_cases, select_cases
-    from pemma.data.registration import RegistrationSettings, register_files
+    from pemma.data.registration import RegistrationSettings, register_files, registrable
     from pemma.errors import PemmaError
     from pemma.survival.endpoints import CLINICAL_FILE, ENDPOINT_FILE, find_table, read_clinical, read_endpoints
     from pemma.vocab import parse_modalities
@@ -65,7 +68,7 @@ def check(data: str | os.PathLike, *, centres: Names = None, modalities: Names =
         raise PemmaError(f"--register: {exc}" if register is not None else str(exc)) from None
     settings = RegistrationSettings.from_preprocess(preprocess)
     registration = registration or settings.mode != "none"
-    agreement: dict[str, Any] = {}
+    agreement: dict[str, dict[str, Any]] = {}  # modality -> case -> QC record
     agreement_lines: list[str] = []
     known = list(PreprocessConfig().modality_registry())  # CT, PET, then the other modalities pemma knows
     wanted = parse_modalities(name_list(modalities), known) if modalities else None
@@ -76,10 +79,12 @@ def check(data: str | os.PathLike, *, centres: Names = None, modalities: Names =
     for case in tqdm(cases, desc="check", unit="case", disable=not progress):
         problems = check_case(case, wanted or [m for m in known if m in case.images],
                               with_label=case.label is not None)
-        if not problems and registration and {"ct", "pet"} <= set(case.images):
+        moving = [m for m in registrable(list(case.images), preprocess) if wanted is None or m in wanted]
+        for modality in moving if not problems and registration else []:
             try:
-                result = register_files(case.case_id, case.images["ct"], case.images["pet"], settings)
-                agreement[case.case_id] = result.to_dict()
+                result = register_files(case.case_id, case.images["ct"], case.images[modality],
+                                        RegistrationSettings.from_preprocess(preprocess, modality=modality))
+                agreement.setdefault(modality, {})[case.case_id] = result.to_dict()
                 agreement_lines.append(result.line())
             except PemmaError as exc:
                 problems.append(str(exc))
@@ -95,7 +100,8 @@ def check(data: str | os.PathLike, *, centres: Names = None, modalities: Names =
             report.problems[f"table {name}"] = [str(exc)]
     out = {**report.to_dict(), "lines": agreement_lines + report.lines()}
     if registration:
-        out["registration"] = agreement
+        out["registration"] = agreement.get("pet", {})
+        out["registration_modalities"] = agreement
         out["registration_settings"] = {"mode": settings.mode, "spacing_mm": settings.spacing_mm,
                                         "iterations": settings.iterations, "max_shift_mm": settings.max_shift_mm,
                                         "from": path_of(model) or preset or (config and os.fspath(config)) or

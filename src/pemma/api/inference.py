@@ -55,8 +55,9 @@ def predict(model: RunLike, inputs: str | os.PathLike, out: str | os.PathLike, *
         device: ``auto`` (default), ``cpu``, ``cuda``, ``cuda:N``. amp: mixed precision.
         rtstruct: DICOM input only: also write ``<case>_RTSTRUCT.dcm`` beside each label, referencing the case's CT
             series, one ROI per predicted class (GTVp, GTVn).
-        reference: grid of PET-only predictions: ``ct`` (default; the case's CT grid when it has a CT; a run
-            trained with ``--register`` maps them there through the case's PET -> CT registration) or ``pet``.
+        reference: grid of PET-only (MR-only...) predictions: ``ct`` (default; the case's CT grid when it has a
+            CT; a run trained with ``--register`` maps them there through the case's PET (MR...) -> CT
+            registration) or ``pet`` (that modality's own grid).
 
     Returns:
         The label files written.

@@ -279,9 +279,10 @@ def synth(out: str | os.PathLike, *, cases_per_centre: int | None = None, centre
         oblique_degrees: rotate the image direction. seed: random seed (default 0).
         difficulty: ``normal`` (default) or ``hard``: weaker CT contrast, unlabelled PET hot spots and
             physiological uptake on the same labels and grids (recorded in ``OUT/phantom.json``).
-        modalities: ``ct,pet`` (default) or ``ct,pet,mr``: also an MR-like T2 channel (``ID__MR.nii.gz``: soft-tissue
-            contrast, visible tumour, a smooth bias field; CT, PET and labels unchanged; recorded in
-            ``OUT/phantom.json``).
+        modalities: ``ct,pet`` (default), plus ``mr``: an MR-like T2 channel (``ID__MR.nii.gz``: soft-tissue
+            contrast, visible tumour, a smooth bias field) and / or ``dose``: a planned RT dose in Gy on the CT grid
+            (``ID__RTDOSE.nii.gz``, :mod:`pemma.data.phantom_dose`); CT, PET and labels unchanged; recorded in
+            ``OUT/phantom.json``.
 
     Returns:
         The case IDs written.

@@ -22,11 +22,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--endpoints", help="endpoint CSV (default: found under DATA)")
     p.add_argument("--clinical", help="clinical CSV (default: found under DATA)")
     p.add_argument("--registration", action="store_true",
-                   help="per CT+PET case, how well PET and CT agree (mutual information, body-mask Dice) on the header "
-                        "geometry, and after --register when given")
+                   help="per case and registered modality (PET, MR...; not dose, which is on the CT grid), how well "
+                        "it and the CT agree (mutual information, body-mask Dice) on the header geometry, and after "
+                        "--register when given")
     p.add_argument("--register", choices=[m for m in REGISTER_MODES if m != "none"],
-                   help="register each PET to its CT as training with --register would, and report the agreement "
-                        "after it too (implies --registration; overrides the mode of --model / --preset / --config)")
+                   help="register each PET (MR...) to its CT as training with --register would, and report the "
+                        "agreement after it too (implies --registration; overrides the mode of --model / --preset / "
+                        "--config)")
     p.add_argument("--model", metavar="RUN",
                    help="register with this run's preprocessing (its registration mode and settings, CT window, PET "
                         "range), as predicting with it or adapting from it would; a run trained with --register "

@@ -24,8 +24,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="normal (default) or hard: GTVp 0-25 HU over soft tissue, unlabelled PET hot spots and "
                         "reactive nodes, brown fat / muscle / stronger gland uptake; same labels and grids")
     p.add_argument("--modalities", default=None,
-                   help="images to write: ct,pet (default) or ct,pet,mr (adds an MR-like T2 channel ID__MR.nii.gz "
-                        "on its own grid: soft-tissue contrast, visible tumour, smooth bias field)")
+                   help="images to write: ct,pet (default), plus mr (an MR-like T2 channel ID__MR.nii.gz on its own "
+                        "grid: soft-tissue contrast, visible tumour, smooth bias field) and / or dose (a planned RT "
+                        "dose in Gy on the CT grid, ID__RTDOSE.nii.gz: about 70 Gy around the tumours, 54 Gy "
+                        "elective region)")
     p.set_defaults(func=cmd_synth)
 
     p = sub.add_parser("train", help="train a segmentation backbone (CT-only, or CT+PET early fusion)",

@@ -17,6 +17,8 @@ Output (patient IDs ``CENTRE-NNN`` from 000)::
     OUT/imagesTr/CHUM-000__PT.nii.gz   float32 SUV on the PET grid
     OUT/imagesTr/CHUM-000__MR.nii.gz   float32 MR-like T2 (arbitrary units) on its own grid, only with
                                        ``modalities=("ct", "pet", "mr")`` (:mod:`pemma.data.phantom_mr`)
+    OUT/imagesTr/CHUM-000__RTDOSE.nii.gz  float32 planned dose (Gy) on the CT grid, only with "dose" among the
+                                       modalities (:mod:`pemma.data.phantom_dose`)
     OUT/labelsTr/CHUM-000.nii.gz       uint8 0/1 GTVp/2 GTVn on the CT grid
     OUT/hecktor2022_clinical_info_training.csv
     OUT/hecktor2022_endpoint_training.csv
@@ -54,10 +56,12 @@ from pemma.data.phantom_anatomy import (
     paint_lesions,
     smooth_noise,
 )
+from pemma.data.phantom_dose import paint_dose
 from pemma.data.phantom_hard import DIFFICULTIES, HARD_HU_DELTA, paint_hard_confounders
 from pemma.data.phantom_mr import MR_MAX_OFFSET_MM, MR_SPACING_MM, paint_mr
 from pemma.errors import PemmaError
 from pemma.io_utils import save_nifti, write_text_atomic
+from pemma.modalities import CATALOGUE
 
 HPV_COLUMN = "HPV status (0=-, 1=+)"
 CLINICAL_HEADER: tuple[str, ...] = ("PatientID", "Task 1", "Task 2", "CenterID", "Gender", "Age", "Weight",
@@ -90,8 +94,10 @@ SURVIVAL: dict[str, float] = {
 }
 
 
+#: the file suffix of the phantom's dose (the first the ``dose`` modality spec declares: ``__RTDOSE``)
+DOSE_SUFFIX = CATALOGUE["dose"].suffixes[0]
 #: the images the phantom can write, in channel order
-PHANTOM_MODALITIES: tuple[str, ...] = ("ct", "pet", "mr")
+PHANTOM_MODALITIES: tuple[str, ...] = ("ct", "pet", "mr", "dose")
 
 
 @dataclass
@@ -111,8 +117,9 @@ class PhantomConfig:
             (seed, CenterID, c). Default 0.
         difficulty: ``normal`` (the default phantom) or ``hard`` (weaker CT contrast, more unlabelled PET
             hot spots and physiological uptake; same labels and grids, see :mod:`pemma.data.phantom_hard`).
-        modalities: the images written: ``("ct", "pet")`` or ``("ct", "pet", "mr")`` (an MR-like T2 channel
-            from the case's own random stream: CT, PET and labels stay those of the phantom without it).
+        modalities: the images written: ``("ct", "pet")``, plus ``"mr"`` (an MR-like T2 channel from the case's
+            own random stream) and / or ``"dose"`` (a planned RT dose in Gy on the CT grid,
+            :mod:`pemma.data.phantom_dose`); CT, PET and labels stay those of the phantom without them.
 
     Example:
         >>> PhantomConfig(cases_per_centre=1, centres=("CHUM",), ct_shape=(32, 32, 24))
@@ -126,7 +133,7 @@ class PhantomConfig:
     oblique_degrees: float = 0.0  # rotation of the direction cosines, degrees in [-45, 45]
     seed: int = 0  # base seed, >= 0
     difficulty: str = "normal"  # normal or hard (see pemma.data.phantom_hard)
-    modalities: tuple[str, ...] = ("ct", "pet")  # images written; add "mr" for the MR-like channel
+    modalities: tuple[str, ...] = ("ct", "pet")  # images written; add "mr" (MR-like channel) / "dose" (RT dose)
 
     def __post_init__(self) -> None:
         self.cases_per_centre = _int("cases_per_centre", self.cases_per_centre, 1, 1000)
@@ -151,8 +158,8 @@ class PhantomConfig:
         mods = self.modalities.split(",") if isinstance(self.modalities, str) else list(self.modalities)
         mods = [str(m).strip().lower() for m in mods if str(m).strip()]
         if set(mods) - set(PHANTOM_MODALITIES) or not {"ct", "pet"} <= set(mods):
-            raise ValueError(f"modalities must be ct,pet or ct,pet,mr (the phantom always has CT and PET), got "
-                             f"{self.modalities!r}")
+            raise ValueError(f"modalities must be ct,pet or ct,pet,mr, either with dose or without (the phantom always "
+                             f"has CT and PET), got {self.modalities!r}")
         self.modalities = tuple(m for m in PHANTOM_MODALITIES if m in mods)
 
 
@@ -190,6 +197,7 @@ class PhantomCase:
     lesions: LesionSummary
     mr: np.ndarray | None = None  # float32 MR-like T2 (arbitrary units), MR grid; None unless asked for
     mr_affine: np.ndarray | None = None
+    dose: np.ndarray | None = None  # float32 planned dose (Gy), CT grid; None unless asked for
 
 
 def direction_matrix(oblique_degrees: float) -> np.ndarray:
@@ -329,7 +337,8 @@ def synthesize_case(centre: str, index: int, config: PhantomConfig | None = None
         mr_ct_grid = paint_mr(tissue_hu, les.label, sp, r_mr)
         mr = np.maximum(resample_to_grid(mr_ct_grid, ct_aff, mr_aff, mr_shape, order=1, mode="nearest"),
                         0.0).astype(np.float32)
-    return PhantomCase(case_id, ct, pet, les.label, ct_aff, pet_aff, row, relapse, rfs, les, mr, mr_aff)
+    dose = paint_dose(les.label, masks["body"], sp) if "dose" in cfg.modalities else None  # no random draw
+    return PhantomCase(case_id, ct, pet, les.label, ct_aff, pet_aff, row, relapse, rfs, les, mr, mr_aff, dose)
 
 
 def _csv_text(header: tuple[str, ...], rows: list[dict]) -> str:
@@ -375,6 +384,9 @@ def synthesize_phantom(out_dir: str | Path, config: PhantomConfig | None = None,
                    dtype=np.float32)
         if case.mr is not None:
             save_nifti(case.mr, case.mr_affine, out / "imagesTr" / f"{case.case_id}__MR.nii.gz", dtype=np.float32)
+        if case.dose is not None:  # on the CT grid, under the dose spec's first suffix (__RTDOSE)
+            save_nifti(case.dose, case.ct_affine, out / "imagesTr" / f"{case.case_id}{DOSE_SUFFIX}.nii.gz",
+                       dtype=np.float32)
         save_nifti(case.label, case.ct_affine, out / "labelsTr" / f"{case.case_id}.nii.gz", dtype=np.uint8)
         clinical.append(case.clinical)
         endpoint.append({"PatientID": case.case_id, "Relapse": case.relapse, "RFS": case.rfs})

@@ -1,5 +1,5 @@
-"""A misaligned PET for registration tests and benchmarks: the same voxels under a header moved by a known rigid
-transform (what a PET that is not co-registered with its CT looks like to pemma)."""
+"""A misaligned PET (or MR, or any modality) for registration tests and benchmarks: the same voxels under a header
+moved by a known rigid transform (what an image that is not co-registered with its CT looks like to pemma)."""
 
 from __future__ import annotations
 
@@ -32,16 +32,22 @@ def rigid_matrix(shift_mm: Sequence[float], degrees: Sequence[float], centre: Se
     return out
 
 
-def misalign_pet(pet_path: str | os.PathLike, out_path: str | os.PathLike, matrix: np.ndarray) -> None:
-    """Write ``pet_path``'s voxels to ``out_path`` under the header ``matrix @ affine``.
+def misalign_image(path: str | os.PathLike, out_path: str | os.PathLike, matrix: np.ndarray,
+                   what: str = "PET") -> None:
+    """Write ``path``'s voxels (a PET, an MR...) to ``out_path`` under the header ``matrix @ affine``.
 
-    The anatomy a CT point ``x`` shows is then found in the header world of the new PET at ``matrix @ x``: the
-    transform a registration (CT fixed, PET moving) must recover is ``matrix``.
+    The anatomy a CT point ``x`` shows is then found in the header world of the new image at ``matrix @ x``: the
+    transform a registration (CT fixed, this image moving) must recover is ``matrix``.
 
     Args:
-        pet_path: the co-registered PET. out_path: the misaligned copy (may be ``pet_path``).
-        matrix: 4 x 4 world transform (e.g. :func:`rigid_matrix`).
+        path: the co-registered image. out_path: the misaligned copy (may be ``path``).
+        matrix: 4 x 4 world transform (e.g. :func:`rigid_matrix`). what: the modality, named in errors.
     """
-    img: nib.Nifti1Image = load_nifti(pet_path, what="PET")
+    img: nib.Nifti1Image = load_nifti(path, what=what)
     data = np.asanyarray(img.dataobj)
     save_nifti(np.asarray(data), np.asarray(matrix, dtype=np.float64) @ img.affine, out_path, dtype=data.dtype)
+
+
+def misalign_pet(pet_path: str | os.PathLike, out_path: str | os.PathLike, matrix: np.ndarray) -> None:
+    """:func:`misalign_image` of a PET (the name before any modality could be misaligned)."""
+    misalign_image(pet_path, out_path, matrix, what="PET")

@@ -1,23 +1,26 @@
-"""PET-to-CT registration (``--register rigid|affine``) with SimpleITK's framework, and a QC number per case.
+"""Registration of PET, or any added modality, to the CT (``--register rigid|affine``) with SimpleITK's framework, and a
+QC number per case and modality.
 
-The CT is fixed, the PET moves. Both are brought to an isotropic working grid (``register_spacing`` mm, smoothed
-first), the CT clipped to the CT window and the PET to the SUV range of the run's preprocessing, and Mattes mutual
-information is maximised over an Euler 3-D (rigid) or affine transform, on two resolution levels. The optimiser
-starts from the header geometry (identity, rotation centre at the CT centre): a geometric centring initialiser
-would shift the PET by the difference of the field-of-view centres, which differ by design between PET and CT.
+The CT is fixed, the other modality moves (every non-CT modality whose :class:`~pemma.modalities.ModalitySpec`
+says ``register: true``; ``dose`` from the planning system is on the CT grid already and says false). Both are
+brought to an isotropic working grid (``register_spacing`` mm, smoothed first), the CT clipped to the CT window and
+the moving image to the intensity clip of its spec (PET: the SUV range of the run's preprocessing; a ``range``
+modality: its range; MR and other ``zscore`` / ``minmax`` modalities: the spec's percentiles of the image's voxels),
+and Mattes mutual information is maximised over an Euler 3-D (rigid) or affine transform, on two resolution
+levels. The optimiser starts from the header geometry (identity, rotation centre at the CT centre): a geometric
+centring initialiser would shift the PET by the difference of the field-of-view centres, which differ by design
+between PET and CT.
 An affine registration starts from the rigid result.
 
-The result is a world-space transform ``T`` (fixed point -> moving point, RAS mm). It is applied by giving the PET
-the header ``T^-1 @ affine``: the pipeline's single resampling of the PET onto the CT grid then goes through the
-transform. Each transform is cached as an ITK ``.tfm`` (LPS, as ITK tools read it) with its QC beside it, keyed
-by the identity of both files (path, size, mtime) and the settings, in ``<cache root>/registration`` (see
-:func:`pemma.data.dataset.default_cache_dir`), so training, validation and prediction apply the same transform;
-where the cache cannot be written the registration is recomputed, deterministically (fixed sampling seed, one
-thread).
+The result is a world-space transform ``T`` (fixed point -> moving point, RAS mm). It is applied by giving the
+moving image the header ``T^-1 @ affine``: the pipeline's single resampling of it onto the CT grid then goes
+through the transform. Each transform is cached per (case, modality) as an ITK ``.tfm`` with its QC beside it
+(:mod:`pemma.data.registration_cache`), so training, validation and prediction apply the same transform; where the
+cache cannot be written the registration is recomputed, deterministically (fixed sampling seed, one thread).
 
 QC (:class:`RegistrationQC`): Mattes mutual information (nats, every voxel of the working grid) and the Dice
-overlap of the CT body (CT above ``body_threshold_hu``) with the PET body (uptake above a share of the median
-uptake inside the CT body), inside the PET field of view.
+overlap of the CT body (CT above ``body_threshold_hu``) with the moving image's body (intensity above a share of
+its median inside the CT body: PET uptake, MR signal), inside the moving image's field of view.
 """
 
 from __future__ import annotations
@@ -26,9 +29,8 @@ import hashlib
 import json
 import logging
 import math
-import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,8 +40,12 @@ if TYPE_CHECKING:  # SimpleITK is imported where it is used: runs without regist
     import SimpleITK as sitk
 
 from pemma.config import PreprocessConfig
+from pemma.data.registration_cache import FLIP as _FLIP
+from pemma.data.registration_cache import as_sitk as _as_sitk
+from pemma.data.registration_cache import cache_entry, cache_folder, read_entry, write_record, write_transform
+from pemma.data.registration_cache import matrix_of as _matrix
 from pemma.errors import PemmaError
-from pemma.io_utils import atomic_path, load_nifti, write_text_atomic
+from pemma.io_utils import load_nifti
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +66,12 @@ SAMPLING_SEED = 1234
 #: step tolerance, mm of physical shift (rotations scaled by the physical shift they cause)
 OPTIMIZER = "powell"
 FIRST_STEP_MM, MIN_STEP_MM = 4.0, 0.1
-#: the PET body: uptake above this share of the median PET uptake inside the CT body (QC only)
-PET_BODY_SHARE = 0.25
+#: the moving body: intensity above this share of the moving image's median inside the CT body (QC only; PET
+#: uptake, MR signal: air and the dark cortical bone fall below it)
+MOVING_BODY_SHARE = 0.25
+PET_BODY_SHARE = MOVING_BODY_SHARE  # the name before other modalities could be registered
 #: the CT is clipped to [air, top of the CT window]: the body outline (air / tissue) is the feature PET shares most
 AIR_HU = -1000.0
-_FLIP = np.diag([-1.0, -1.0, 1.0, 1.0])  # RAS <-> LPS (its own inverse)
 
 
 @dataclass(frozen=True)
@@ -74,7 +81,10 @@ class RegistrationSettings:
     Args:
         mode: ``rigid`` or ``affine`` (``none`` computes QC only).
         spacing_mm: working-grid voxel size. iterations: per level. max_shift_mm: divergence limit.
-        ct_window, pet_range: intensity clipping of CT (HU) and PET (SUV). body_threshold_hu: the CT body.
+        ct_window: intensity clipping of the CT (HU). body_threshold_hu: the CT body.
+        pet_range: intensity clipping of the moving image: PET SUV, a ``range`` modality's range, or (with
+            ``percentile_clip``) the percentiles of the moving image's voxels that bound it.
+        modality: the moving modality (``pet``, ``mr``...). percentile_clip: ``pet_range`` holds percentiles.
     """
 
     mode: str
@@ -84,24 +94,67 @@ class RegistrationSettings:
     ct_window: tuple[float, float]
     pet_range: tuple[float, float]
     body_threshold_hu: float
+    modality: str = field(default="pet")
+    percentile_clip: bool = field(default=False)
 
     @classmethod
-    def from_preprocess(cls, cfg: PreprocessConfig, mode: str | None = None) -> RegistrationSettings:
-        """The settings of a run's preprocessing (``mode`` overrides ``cfg.register``)."""
+    def from_preprocess(cls, cfg: PreprocessConfig, mode: str | None = None,
+                        modality: str = "pet") -> RegistrationSettings:
+        """The settings of a run's preprocessing for ``modality`` (``mode`` overrides ``cfg.register``).
+
+        Raises:
+            PemmaError: ``modality`` has no spec in ``cfg`` or is the CT.
+        """
+        if modality == "pet":
+            clip, percentile = tuple(map(float, cfg.pet_suv_range)), False
+        else:
+            specs = cfg.modality_registry()
+            if modality not in specs or modality == "ct":
+                raise PemmaError(f"cannot register {modality!r} to the CT (known: "
+                                 f"{', '.join(m for m in specs if m != 'ct')})")
+            spec = specs[modality]
+            percentile = not (spec.normalisation == "range" and spec.range is not None)
+            clip = tuple(map(float, spec.percentiles if percentile else spec.range))  # type: ignore[arg-type]
         return cls(mode or cfg.register, float(cfg.register_spacing), int(cfg.register_iterations),
                    float(cfg.register_max_shift_mm), tuple(map(float, cfg.ct_window)),  # type: ignore[arg-type]
-                   tuple(map(float, cfg.pet_suv_range)), float(cfg.body_threshold_hu))  # type: ignore[arg-type]
+                   clip, float(cfg.body_threshold_hu), modality, percentile)  # type: ignore[arg-type]
+
+    @property
+    def label(self) -> str:
+        """The moving modality as messages name it (``PET``, ``MR``)."""
+        return self.modality.upper()
+
+    def record(self) -> dict[str, Any]:
+        """The settings as ``registration.json`` records them (PET: the fields it had before other modalities)."""
+        out = asdict(self)
+        if self.modality == "pet" and not self.percentile_clip:
+            del out["modality"], out["percentile_clip"]
+        return out
 
     def key(self) -> str:
-        text = json.dumps({**asdict(self), "bins": HISTOGRAM_BINS, "levels": [SHRINK_FACTORS, SMOOTHING_VOXELS],
+        text = json.dumps({**self.record(), "bins": HISTOGRAM_BINS, "levels": [SHRINK_FACTORS, SMOOTHING_VOXELS],
                            "samples": METRIC_SAMPLES, "seed": SAMPLING_SEED, "steps": [FIRST_STEP_MM, MIN_STEP_MM]},
                           sort_keys=True)
         return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
+def registrable(modalities: Sequence[str], cfg: PreprocessConfig) -> list[str]:
+    """The modalities of ``modalities`` that registration moves onto the CT: every one but the CT whose spec says
+    ``register: true`` (PET always), in the given order. Nothing without a CT among ``modalities``.
+
+    Args:
+        modalities: the images of a case or the inputs of a run. cfg: the preprocessing (its modality specs).
+    """
+    if "ct" not in modalities:
+        return []
+    others = [m for m in modalities if m not in ("ct", "pet")]
+    specs = cfg.modality_registry() if others else {}
+    return [m for m in modalities if m == "pet" or (m in others and m in specs and specs[m].register)]
+
+
 @dataclass
 class RegistrationQC:
-    """How well PET and CT agree: mutual information (nats) and body-mask Dice in [0, 1]."""
+    """How well a modality (PET, MR...) and the CT agree: mutual information (nats) and body-mask Dice in [0, 1]."""
 
     mi: float
     body_dice: float
@@ -112,7 +165,7 @@ class RegistrationQC:
 
 @dataclass
 class RegistrationResult:
-    """A case's registration: ``matrix`` (4 x 4, RAS mm, CT point -> PET point) and its QC before / after."""
+    """A case's registration: ``matrix`` (4 x 4, RAS mm, CT point -> moving point) and its QC before / after."""
 
     case_id: str
     mode: str
@@ -122,9 +175,10 @@ class RegistrationResult:
     shift_mm: float
     rotation_deg: float
     transform_file: str | None = None
+    modality: str = "pet"
 
     def moved_affine(self, pet_affine: np.ndarray) -> np.ndarray:
-        """The PET header that puts its voxels where the registration found them: ``T^-1 @ affine``."""
+        """The moving image's header that puts its voxels where the registration found them: ``T^-1 @ affine``."""
         return np.linalg.inv(self.matrix) @ np.asarray(pet_affine, dtype=np.float64)
 
     def to_dict(self) -> dict[str, Any]:
@@ -133,7 +187,7 @@ class RegistrationResult:
                 "matrix_ras": np.round(self.matrix, 6).tolist(), "transform_file": self.transform_file}
 
     def line(self) -> str:
-        head = f"case {self.case_id}: PET-CT agreement on the header geometry: {self.before.text()}"
+        head = f"case {self.case_id}: {self.modality.upper()}-CT agreement on the header geometry: {self.before.text()}"
         if self.mode == "none":
             return head
         return (f"{head}; after {self.mode} registration: {self.after.text()} (moves up to {self.shift_mm:.1f} mm, "
@@ -163,26 +217,6 @@ def _working(image: sitk.Image, spacing_mm: float, window: Sequence[float]) -> s
     size = [max(2, int(math.ceil(n * s / spacing_mm))) for n, s in zip(image.GetSize(), old, strict=True)]
     return sitk.Resample(image, size, sitk.Transform(), sitk.sitkLinear, image.GetOrigin(), [spacing_mm] * 3,
                          image.GetDirection(), float(window[0]), sitk.sitkFloat32)
-
-
-def _matrix(transform: sitk.Transform) -> np.ndarray:
-    """4 x 4 matrix (LPS) of an affine-class transform, read off the images of the origin and unit points."""
-    origin = np.asarray(transform.TransformPoint((0.0, 0.0, 0.0)))
-    out = np.eye(4)
-    for axis in range(3):
-        unit = [0.0, 0.0, 0.0]
-        unit[axis] = 1.0
-        out[:3, axis] = np.asarray(transform.TransformPoint(unit)) - origin
-    out[:3, 3] = origin
-    return out
-
-
-def _as_sitk(matrix_lps: np.ndarray) -> sitk.AffineTransform:
-    import SimpleITK as sitk
-    transform = sitk.AffineTransform(3)
-    transform.SetMatrix([float(v) for v in matrix_lps[:3, :3].flatten()])
-    transform.SetTranslation([float(v) for v in matrix_lps[:3, 3]])
-    return transform
 
 
 def _method(iterations: int, fixed: sitk.Image, full: bool = False) -> sitk.ImageRegistrationMethod:
@@ -222,7 +256,7 @@ def _qc(fixed: sitk.Image, moving: sitk.Image, matrix_lps: np.ndarray, body_hu: 
     ct_body = sitk.GetArrayFromImage(fixed) > body_hu
     valid = inside > 0
     uptake = pet[ct_body & valid]
-    pet_body = pet > PET_BODY_SHARE * (float(np.median(uptake)) if uptake.size else 0.0)
+    pet_body = pet > MOVING_BODY_SHARE * (float(np.median(uptake)) if uptake.size else 0.0)
     a, b = ct_body & valid, pet_body & valid
     denominator = int(a.sum() + b.sum())
     return RegistrationQC(round(mi, 5), round(2.0 * float((a & b).sum()) / denominator, 5) if denominator else 0.0)
@@ -243,11 +277,12 @@ def _shift_and_rotation(matrix: np.ndarray, fixed: sitk.Image) -> tuple[float, f
 
 def register_images(case_id: str, ct: np.ndarray, ct_affine: np.ndarray, pet: np.ndarray, pet_affine: np.ndarray,
                     settings: RegistrationSettings, pet_path: object = None) -> RegistrationResult:
-    """Register one case's PET (moving) to its CT (fixed); ``mode == "none"`` measures the QC only.
+    """Register one case's PET or other modality (``settings.modality``, moving) to its CT (fixed);
+    ``mode == "none"`` measures the QC only.
 
     Args:
-        case_id: named in errors. ct, ct_affine, pet, pet_affine: the 3-D images and their RAS affines.
-        settings: the registration settings. pet_path: the PET file (named in errors).
+        case_id: named in errors. ct, ct_affine: the CT and its RAS affine. pet, pet_affine: the moving image (PET,
+            MR...) and its RAS affine. settings: the registration settings. pet_path: the moving file (in errors).
 
     Raises:
         PemmaError: one line naming the case, when SimpleITK fails or the result moves the CT field of view by
@@ -255,7 +290,12 @@ def register_images(case_id: str, ct: np.ndarray, ct_affine: np.ndarray, pet: np
     """
     import SimpleITK as sitk
     fixed = _working(to_sitk(ct, ct_affine), settings.spacing_mm, (AIR_HU, settings.ct_window[1]))
-    moving = _working(to_sitk(pet, pet_affine), settings.spacing_mm, settings.pet_range)
+    window = settings.pet_range
+    if settings.percentile_clip:  # MR and other unitless modalities: the spec's percentiles of this image
+        window = tuple(float(v) for v in np.percentile(np.asarray(pet, dtype=np.float32), settings.pet_range))
+        if not window[0] < window[1]:
+            window = (window[0], window[0] + 1.0)
+    moving = _working(to_sitk(pet, pet_affine), settings.spacing_mm, window)
     # the PET continued beyond its field of view by its edge values: samples that a move carries past the edge are
     # otherwise dropped by the metric, whose gradient does not see it (the optimiser then drifts out of the PET)
     pad = [int(math.ceil(settings.max_shift_mm / settings.spacing_mm))] * 3
@@ -287,21 +327,22 @@ def register_images(case_id: str, ct: np.ndarray, ct_affine: np.ndarray, pet: np
     except RuntimeError as exc:
         reason = " ".join(str(exc).split())
         reason = reason.split("what():")[-1].strip() or reason
-        raise PemmaError(f"case {case_id}: {settings.mode} registration of the PET to the CT failed: "
+        raise PemmaError(f"case {case_id}: {settings.mode} registration of the {settings.label} to the CT failed: "
                          f"{reason[:200]}{where}") from None
     if not np.all(np.isfinite(matrix)):
-        raise PemmaError(f"case {case_id}: {settings.mode} registration of the PET to the CT diverged (a non-finite "
-                         f"transform){where}")
+        raise PemmaError(f"case {case_id}: {settings.mode} registration of the {settings.label} to the CT diverged "
+                         f"(a non-finite transform){where}")
     shift, angle = _shift_and_rotation(matrix, fixed)
     if shift > settings.max_shift_mm:
-        raise PemmaError(f"case {case_id}: {settings.mode} registration of the PET to the CT diverged: it moves the CT "
-                         f"field of view by up to {shift:.1f} mm, more than register_max_shift_mm "
+        raise PemmaError(f"case {case_id}: {settings.mode} registration of the {settings.label} to the CT diverged: "
+                         f"it moves the CT field of view by up to {shift:.1f} mm, more than register_max_shift_mm "
                          f"{settings.max_shift_mm:g}; check the images or raise the limit{where}")
     if settings.mode != "none" and after.mi < before.mi:
         log.warning(f"case {case_id}: {settings.mode} registration lowered the mutual information "
-                    f"({before.mi:.3f} -> {after.mi:.3f}): the PET keeps its header geometry")
+                    f"({before.mi:.3f} -> {after.mi:.3f}): the {settings.label} keeps its header geometry")
         matrix, after, shift, angle = np.eye(4), before, 0.0, 0.0
-    return RegistrationResult(case_id, settings.mode, _FLIP @ matrix @ _FLIP, before, after, shift, angle)
+    return RegistrationResult(case_id, settings.mode, _FLIP @ matrix @ _FLIP, before, after, shift, angle,
+                              modality=settings.modality)
 
 
 # ------------------------------------------------------------------------------------------------------ caching
@@ -309,40 +350,23 @@ def register_images(case_id: str, ct: np.ndarray, ct_affine: np.ndarray, pet: np
 _MEMO: dict[str, RegistrationResult] = {}
 
 
-def _identity(path: object) -> list[Any] | None:
-    try:
-        stat = os.stat(str(path))
-    except (OSError, TypeError):
+def _read_cached(stem: Path, case_id: str, modality: str = "pet") -> RegistrationResult | None:
+    entry = read_entry(stem)
+    if entry is None:
         return None
-    return [os.path.abspath(str(path)), stat.st_size, stat.st_mtime_ns]
-
-
-def cache_folder() -> Path:
-    """``<cache root>/registration`` (``$PEMMA_CACHE_DIR`` or ``~/.cache/pemma/preprocessed``)."""
-    from pemma.data.dataset import default_cache_dir
-
-    return default_cache_dir("registration")
-
-
-def _read_cached(stem: Path, case_id: str) -> RegistrationResult | None:
-    import SimpleITK as sitk
+    record, matrix = entry
     try:
-        record = json.loads(stem.with_suffix(".json").read_text())
-        matrix = _FLIP @ _matrix(sitk.ReadTransform(str(stem.with_suffix(".tfm")))) @ _FLIP
         return RegistrationResult(case_id, record["mode"], matrix, RegistrationQC(**record["before"]),
                                   RegistrationQC(**record["after"]), float(record["shift_mm"]),
-                                  float(record["rotation_deg"]), str(stem.with_suffix(".tfm")))
-    except (OSError, RuntimeError, ValueError, KeyError, TypeError):
+                                  float(record["rotation_deg"]), str(stem.with_suffix(".tfm")), modality)
+    except (ValueError, KeyError, TypeError):
         return None
 
 
 def _write_cached(stem: Path, result: RegistrationResult) -> None:
-    import SimpleITK as sitk
     try:
-        with atomic_path(stem.with_suffix(".tfm")) as tmp:
-            sitk.WriteTransform(_as_sitk(_FLIP @ result.matrix @ _FLIP), str(tmp))
-        result.transform_file = str(stem.with_suffix(".tfm"))
-        write_text_atomic(stem.with_suffix(".json"), json.dumps(result.to_dict(), indent=1))
+        result.transform_file = write_transform(stem, result.matrix)
+        write_record(stem, result.to_dict())
     except (OSError, RuntimeError) as exc:
         result.transform_file = None
         log.warning(f"could not cache the registration of case {result.case_id} in {stem.parent} ({exc}); it is "
@@ -351,11 +375,12 @@ def _write_cached(stem: Path, result: RegistrationResult) -> None:
 
 def register_case(case_id: str, ct: np.ndarray, ct_affine: np.ndarray, ct_path: object, pet: np.ndarray,
                   pet_affine: np.ndarray, pet_path: object, settings: RegistrationSettings) -> RegistrationResult:
-    """:func:`register_images`, cached per case by the files' identity and the settings (memory, then disk).
+    """:func:`register_images`, cached per (case, modality) by the files' identity and the settings (memory, then
+    disk).
 
     Args:
         case_id, ct, ct_affine, pet, pet_affine, settings: as for :func:`register_images`.
-        ct_path, pet_path: the files the images were read from (None: not cached).
+        ct_path, pet_path: the files the CT and the moving image were read from (None: not cached).
     """
     key, stem, result = _lookup(case_id, ct_path, pet_path, settings)
     if result is not None:
@@ -371,70 +396,41 @@ def register_case(case_id: str, ct: np.ndarray, ct_affine: np.ndarray, ct_path: 
 def _lookup(case_id: str, ct_path: object, pet_path: object, settings: RegistrationSettings,
             ) -> tuple[str | None, Path | None, RegistrationResult | None]:
     """(cache key, cache file stem, the cached result or None); key and stem None when the files are unknown."""
-    ids = [_identity(ct_path), _identity(pet_path)]
-    if None in ids:
+    entry = cache_entry(case_id, ct_path, pet_path, settings.key(), settings.mode, settings.modality)
+    if entry is None:
         return None, None, None
-    key = hashlib.sha256(json.dumps([ids, settings.key()]).encode("utf-8")).hexdigest()[:20]
+    key, stem = entry
     if key in _MEMO:
         return key, None, _MEMO[key]
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in case_id)
-    stem = cache_folder() / f"{safe}-{settings.mode}-{key}"
-    result = _read_cached(stem, case_id)
+    result = _read_cached(stem, case_id, settings.modality)
     if result is not None:
         _MEMO[key] = result
     return key, stem, result
 
 
 def register_files(case_id: str, ct_path: str, pet_path: str, settings: RegistrationSettings) -> RegistrationResult:
-    """:func:`register_case` of the CT and PET files of a case (read with the loader's checks only when the
-    transform is not cached)."""
+    """:func:`register_case` of the CT and the moving (``settings.modality``) files of a case (read with the
+    loader's checks only when the transform is not cached)."""
     cached = _lookup(case_id, ct_path, pet_path, settings)[2]
     if cached is not None:
         return cached
     ct = load_nifti(ct_path, what=f"CT of case {case_id}")
-    pet = load_nifti(pet_path, what=f"PET of case {case_id}")
+    pet = load_nifti(pet_path, what=f"{settings.label} of case {case_id}")
     return register_case(case_id, np.asanyarray(ct.dataobj).reshape(ct.shape[:3]), ct.affine, ct_path,
                          np.asanyarray(pet.dataobj).reshape(pet.shape[:3]), pet.affine, pet_path, settings)
 
 
 def describe(settings: RegistrationSettings) -> str:
-    """The run-log line of the registration decision."""
+    """The run-log line of the registration decision (for ``settings.modality``)."""
+    what = settings.label
     if settings.mode == "none":
-        return "registration: none (PET resampled onto the CT by its header geometry)"
-    return (f"registration: PET -> CT {settings.mode} (Mattes mutual information, {HISTOGRAM_BINS} bins, "
+        return f"registration: none ({what} resampled onto the CT by its header geometry)"
+    if settings.percentile_clip:
+        clip = f"{what} to its percentiles {list(settings.pet_range)}"
+    else:
+        clip = f"{what} to {list(settings.pet_range)}{' SUV' if settings.modality == 'pet' else ''}"
+    return (f"registration: {what} -> CT {settings.mode} (Mattes mutual information, {HISTOGRAM_BINS} bins, "
             f"{settings.spacing_mm:g} mm working grid, CT clipped to [{AIR_HU:g}, {settings.ct_window[1]:g}] HU, "
-            f"PET to {list(settings.pet_range)} SUV, {OPTIMIZER} optimiser, {settings.iterations} iterations, "
+            f"{clip}, {OPTIMIZER} optimiser, {settings.iterations} iterations, "
             f"starting from the header geometry; diverged beyond {settings.max_shift_mm:g} mm); transforms cached "
             f"in {cache_folder()}")
-
-
-#: the run's record of its registrations (mode, settings, per case: QC before / after, transform)
-REGISTRATION_FILE = "registration.json"
-
-
-def record_registration(run_dir: str | os.PathLike, cases: Sequence[Any], modalities: Sequence[str],
-                        cfg: PreprocessConfig) -> dict[str, Any] | None:
-    """Write ``registration.json`` into a run folder: the mode, the settings, and per case the QC before and after
-    and the transform (from the cache the preprocessing filled). Nothing for ``register: none`` or without CT+PET.
-
-    Args:
-        run_dir: the run folder. cases: the run's cases (:class:`~pemma.data.layout.CaseRecord`).
-        modalities: the run's inputs. cfg: the run's preprocessing.
-
-    Returns:
-        the record written, or None.
-    """
-    if cfg.register == "none" or not {"ct", "pet"} <= set(modalities):
-        return None
-    settings = RegistrationSettings.from_preprocess(cfg)
-    per_case = {}
-    for case in {c.case_id: c for c in cases}.values():
-        per_case[case.case_id] = register_files(case.case_id, case.images["ct"], case.images["pet"], settings).to_dict()
-    afters = [r["after"]["body_dice"] for r in per_case.values()]
-    befores = [r["before"]["body_dice"] for r in per_case.values()]
-    record = {"mode": settings.mode, "settings": asdict(settings), "optimizer": OPTIMIZER,
-              "mean_body_dice": {"before": round(float(np.mean(befores)), 5),
-                                 "after": round(float(np.mean(afters)), 5)},
-              "cases": per_case}
-    write_text_atomic(Path(run_dir) / REGISTRATION_FILE, json.dumps(record, indent=1) + "\n")
-    return record

@@ -34,7 +34,7 @@ from pemma.config import PreprocessConfig
 from pemma.data.labels import LABEL_MAP_KEY, to_pemma_labels
 from pemma.data.normalise import NormaliseModalityd
 from pemma.data.overlap import MIN_PET_OVERLAP, pet_overlap_problem
-from pemma.data.registration import RegistrationSettings, register_case
+from pemma.data.registration import RegistrationSettings, register_case, registrable
 from pemma.data.registration import describe as describe_registration
 from pemma.errors import PemmaError
 from pemma.io_utils import load_nifti
@@ -93,18 +93,18 @@ class CheckOverlapd(MapTransform):
         return d
 
 
-class RegisterPetd(MapTransform):
-    """Register ``key`` (PET, moving) to ``ref_key`` (CT, fixed) and give the PET the registered header, so the
-    pipeline's resampling of the PET onto the CT grid goes through the transform
-    (:mod:`pemma.data.registration`; cached per case by the files' identity and the settings).
+class RegisterModalityd(MapTransform):
+    """Register ``key`` (PET, MR..., moving) to ``ref_key`` (CT, fixed) and give it the registered header, so the
+    pipeline's resampling of it onto the CT grid goes through the transform (:mod:`pemma.data.registration`;
+    cached per case and modality by the files' identity and the settings).
 
     Args:
-        settings: the registration settings (``mode`` rigid or affine).
-        key, ref_key: the moving and the fixed image. Default ``pet``, ``ct``.
+        settings: the registration settings (``mode`` rigid or affine; ``modality`` the moving one).
+        key: the moving image. Default ``settings.modality``. ref_key: the fixed image. Default ``ct``.
     """
 
-    def __init__(self, settings: RegistrationSettings, key: str = "pet", ref_key: str = "ct") -> None:
-        super().__init__([key], allow_missing_keys=True)
+    def __init__(self, settings: RegistrationSettings, key: str | None = None, ref_key: str = "ct") -> None:
+        super().__init__([key or settings.modality], allow_missing_keys=True)
         self.settings, self.ref_key = settings, ref_key
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
@@ -120,6 +120,10 @@ class RegisterPetd(MapTransform):
             moved.affine = torch.as_tensor(result.moved_affine(np.asarray(moving.affine)), dtype=torch.float64)
             d[key] = moved
         return d
+
+
+#: the PET's registration transform, by its name before any modality could be registered
+RegisterPetd = RegisterModalityd
 
 
 class HeadNeckCropd(MapTransform):
@@ -252,8 +256,9 @@ def preprocessing(modalities: Sequence[str], cfg: PreprocessConfig, roi_size: Se
     others = [k for k in keys if k != ref]
     modes = ["nearest" if k == "label" else "bilinear" for k in keys]
     steps: list[Any] = [LoadCased(keys, allow_missing_keys=False)]
-    if cfg.register != "none" and ref == "ct" and "pet" in modalities:  # before the PET meets the CT grid
-        steps.append(RegisterPetd(RegistrationSettings.from_preprocess(cfg)))
+    if cfg.register != "none" and ref == "ct":  # before PET, MR... meet the CT grid (not dose: it is on it)
+        steps += [RegisterModalityd(RegistrationSettings.from_preprocess(cfg, modality=m))
+                  for m in registrable(modalities, cfg)]
     steps += [CheckOverlapd(m, ref_key=ref) for m in ["pet", *extra] if m != ref]
     steps.append(CheckLabelOverlapd(ref_key=ref))
     if others:
@@ -306,6 +311,6 @@ def describe(modalities: Sequence[str], cfg: PreprocessConfig) -> list[str]:
         lines.append(f"PET: clip SUV to {cfg.pet_suv_range}, scale to [0, 1]")
     specs = cfg.modality_registry() if extra else {}
     lines += [specs[m].describe() for m in extra if m in specs]
-    if "ct" in modalities and "pet" in modalities:
-        lines.append(describe_registration(RegistrationSettings.from_preprocess(cfg)))
+    lines += [describe_registration(RegistrationSettings.from_preprocess(cfg, modality=m))
+              for m in registrable(modalities, cfg)]
     return lines

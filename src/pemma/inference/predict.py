@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 
 from pemma.config import PreprocessConfig
 from pemma.data.layout import CaseRecord
-from pemma.data.registration import RegistrationSettings, register_files
+from pemma.data.registration import RegistrationSettings, register_files, registrable
 from pemma.data.transforms import preprocessing
 from pemma.errors import PemmaError
 from pemma.inference.resample_back import labels_on_reference
@@ -40,30 +40,35 @@ REFERENCES = ("ct", "pet")
 
 def output_reference(case: CaseRecord, modalities: Sequence[str], reference: str = "ct") -> str:
     """The image whose grid a prediction is written on: the CT whenever the case has one (HECKTOR labels and scores
-    on the CT grid, also for PET-only input), the PET for PET-only input with ``reference="pet"`` or no CT."""
+    on the CT grid, also for PET-only input), the PET (or the one modality, e.g. MR-only) for input without CT with
+    ``reference="pet"`` or no CT."""
     if reference not in REFERENCES:
         raise PemmaError(f"--reference must be one of {', '.join(REFERENCES)}, got {reference!r}")
     if "ct" in modalities or (reference == "ct" and "ct" in case.images):
         return "ct"
-    return "pet"
+    return "pet" if "pet" in modalities else modalities[0]  # the grid the input without CT was predicted on
 
 
 def registered_to_ct(case: CaseRecord, modalities: Sequence[str], ref_key: str, cfg: PreprocessConfig,
                      affine: np.ndarray) -> np.ndarray:
     """The affine of a prediction made on ``modalities`` mapped into the world of ``ref_key``'s image.
 
-    A PET-only prediction of a registered run (``register`` rigid / affine) is made on the PET grid, in the PET's
-    header world; written on the CT grid it must follow the PET -> CT registration (the case's cached transform, as
-    training applied it), not the header geometry. Every other prediction is already in the output's world.
+    A prediction of a registered run (``register`` rigid / affine) on one registered modality alone (PET-only,
+    MR-only...) is made on that modality's grid, in its header world; written on the CT grid it must follow the
+    modality -> CT registration (the case's cached transform, as training applied it), not the header geometry.
+    Every other prediction is already in the output's world.
 
     Args:
-        case: the case (its CT and PET files). modalities: the input set. ref_key: the output grid's image.
-        cfg: the run's preprocessing. affine: the prediction's affine (PET header world).
+        case: the case (its CT and the modality's files). modalities: the input set. ref_key: the output grid's
+            image. cfg: the run's preprocessing. affine: the prediction's affine (the modality's header world).
     """
-    if cfg.register == "none" or ref_key != "ct" or "ct" in modalities or not {"ct", "pet"} <= set(case.images):
+    if cfg.register == "none" or ref_key != "ct" or "ct" in modalities or "ct" not in case.images:
         return affine
-    result = register_files(case.case_id, case.images["ct"], case.images["pet"],
-                            RegistrationSettings.from_preprocess(cfg))
+    moved = registrable(["ct", modalities[0]], cfg) if len(modalities) == 1 else []
+    if not moved or moved[0] not in case.images:
+        return affine
+    result = register_files(case.case_id, case.images["ct"], case.images[moved[0]],
+                            RegistrationSettings.from_preprocess(cfg, modality=moved[0]))
     return result.moved_affine(affine)
 
 

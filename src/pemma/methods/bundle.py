@@ -95,7 +95,7 @@ def metadata(loaded: LoadedModel, record: dict[str, Any]) -> dict[str, Any]:
         "description": ("Exported pemma run. Inputs are resampled to RAS at the target spacing and intensity-windowed "
                         "to [0, 1]; pemma's head-and-neck crop is not a MONAI transform and is not applied here, so "
                         "the bundle runs on the whole resampled volume. See configs/preprocessing.json."
-                        + (f" PET registration: {record['registration']['step']}."
+                        + (f" {_registered(record)} registration: {record['registration']['step']}."
                            if (record.get("registration") or {}).get("step") else "")),
         "authors": "pemma", "copyright": "see the run's data and model licences",
         "network_data_format": {
@@ -131,3 +131,8 @@ def write_bundle(folder: Path, loaded: LoadedModel, traced: torch.jit.ScriptModu
     config = inference_config(loaded, list(record["modalities"]), plain is not None)
     (folder / INFERENCE_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     (folder / METADATA).write_text(json.dumps(metadata(loaded, record), indent=2) + "\n")
+
+
+def _registered(record: dict[str, Any]) -> str:
+    """The modalities an exported run registers to the CT, as the description names them (``PET``, ``PET/MR``)."""
+    return "/".join(m.upper() for m in record["registration"].get("modalities", ["pet"]))

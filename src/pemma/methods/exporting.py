@@ -144,25 +144,32 @@ def preprocessing_record(loaded: LoadedModel, modalities: Sequence[str], fmt: st
 
 
 def registration_record(pre: PreprocessConfig, modalities: Sequence[str]) -> dict[str, Any]:
-    """The run's PET -> CT registration as the exported model's preprocessing needs it: the mode, its settings, and
-    the step a deployment must take (None when the run reads the PET on its header geometry).
+    """The run's registration to the CT (of the PET, MR...: every input it registers) as the exported model's
+    preprocessing needs it: the mode, its settings, and the step a deployment must take (None when the run reads
+    its inputs on their header geometry).
 
     Args:
         pre: the run's preprocessing. modalities: the exported input set.
     """
+    from pemma.data.registration import registrable
+
     out: dict[str, Any] = {"mode": pre.register, "step": None}
-    if pre.register == "none" or "pet" not in modalities:
+    moved = registrable(["ct", *[m for m in modalities if m != "ct"]], pre)  # what the run registers
+    if pre.register == "none" or not moved:
         return out
     out.update(spacing_mm=pre.register_spacing, iterations=pre.register_iterations,
                max_shift_mm=pre.register_max_shift_mm, metric="Mattes mutual information",
                implementation="pemma.data.registration (SimpleITK)")
+    if moved != ["pet"]:
+        out["modalities"] = moved
+    names = " and the ".join(m.upper() for m in moved)
     if "ct" in modalities:
-        out["step"] = (f"register the PET to the CT ({pre.register}, Mattes mutual information; "
+        out["step"] = (f"register the {names} to the CT ({pre.register}, Mattes mutual information; "
                        "pemma.data.registration) and resample it onto the CT grid through that transform: the "
-                       "exported model does not register; give it a registered PET")
+                       f"exported model does not register; give it a registered {names}")
     else:
-        out["step"] = (f"the run registers PET to CT ({pre.register}): a PET-only prediction maps onto the CT "
-                       "through that registration, not the header geometry (pemma predict does this)")
+        out["step"] = (f"the run registers {names} to CT ({pre.register}): a {names}-only prediction maps onto the "
+                       "CT through that registration, not the header geometry (pemma predict does this)")
     return out
 
 

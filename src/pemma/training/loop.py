@@ -21,7 +21,8 @@ from pemma.config import RunConfig, TrainConfig
 from pemma.data.check import preflight
 from pemma.data.dataset import EpochPlan, SeededCrops, cached_dataset, case_dicts, preprocessing_key
 from pemma.data.layout import CaseRecord
-from pemma.data.registration import REGISTRATION_FILE, record_registration
+from pemma.data.registration import registrable
+from pemma.data.registration_record import REGISTRATION_FILE, record_registration, registration_by_modality
 from pemma.data.transforms import describe, preprocessing, training_augmentation
 from pemma.errors import PemmaError
 from pemma.evaluation.metrics import AggregatedDice
@@ -196,9 +197,10 @@ class SegmentationTraining:
         if dist.is_main:  # registration.json (the preprocessing cached the transforms): QC per case
             record = record_registration(self.out_dir, train_cases + val_cases, self.task.modalities,
                                          self.cfg.preprocess)
-            if record is not None:
-                log.info(f"registration QC, mean body Dice PET-CT: {record['mean_body_dice']['before']:.3f} on the "
-                         f"header geometry, {record['mean_body_dice']['after']:.3f} registered ({REGISTRATION_FILE})")
+            for modality, block in registration_by_modality(record or {}).items():
+                log.info(f"registration QC, mean body Dice {modality.upper()}-CT: "
+                         f"{block['mean_body_dice']['before']:.3f} on the header geometry, "
+                         f"{block['mean_body_dice']['after']:.3f} registered ({REGISTRATION_FILE})")
         total = tc.epochs * plan.steps_per_epoch
         if tc.max_steps is not None:
             total = min(total, tc.max_steps)
@@ -223,6 +225,9 @@ class SegmentationTraining:
         pre = preprocessing(task.modalities, cfg.preprocess, cfg.model.roi_size, with_label=True, label_indices=True)
         key = {"modalities": list(task.modalities), "preprocess": cfg.to_dict()["preprocess"],  # as config.yaml
                "roi_size": list(cfg.model.roi_size)}
+        moved = registrable(task.modalities, cfg.preprocess) if cfg.preprocess.register != "none" else []
+        if set(moved) - {"pet"}:  # MR... registered: not a cache written when only the PET was (PET keys as before)
+            key["registered"] = moved
         share = cfg.data.memory_cache_share
         train_ds = cached_dataset(case_dicts(train_cases, task.modalities, True), pre, cfg.data.cache_dir, self.show,
                                   memory_share=share, cache_key=preprocessing_key(**key, label_indices=True))
