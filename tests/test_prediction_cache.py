@@ -26,7 +26,8 @@ FAST = {"preset": "tiny", "target_spacing": [4.0, 4.0, 4.0], "roi": [32, 32, 32]
 
 @pytest.fixture(scope="module")
 def runs(phantom: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A CT base (1 step) and PEMMA LoRA adaptations of it on MDA, exact and shared CT route (1 step each)."""
+    """A CT base (1 step), PEMMA LoRA adaptations of it on MDA on the exact and the shared CT route, and full
+    fine-tuning (1 step each)."""
     root = tmp_path_factory.mktemp("prediction_cache")
     base = pemma.train(data=phantom, centres=["CHUM", "CHUP"], modalities=["ct"], out=root / "base", **FAST)
     out = {"base": Path(base.path)}
@@ -34,6 +35,9 @@ def runs(phantom: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, P
         run = pemma.adapt(base=base, data=phantom, centres=["MDA"], add_modality="pet", method="lora",
                           ct_route=route, out=root / route, seed=3, **FAST)
         out[route] = Path(run.path)
+    full = pemma.adapt(base=base, data=phantom, centres=["MDA"], add_modality="pet", method="full_finetune",
+                       out=root / "full", seed=3, **FAST)
+    out["full"] = Path(full.path)
     return out
 
 
@@ -79,6 +83,12 @@ def test_exact_route_ct_input_is_served_by_the_base(runs, cases, monkeypatch):
     assert serving_network(exact, ["ct"]) == serving_network(base, ["ct"]) == f"weights:{base.meta['sha256']}"
     assert serving_network(exact, ["ct", "pet"]) != serving_network(base, ["ct"])
     assert serving_network(shared, ["ct"]) != serving_network(base, ["ct"])  # the paper's route adapts CT too
+    full = load_model(runs["full"])  # full fine-tuning trains the base copy that its exact CT route runs
+    assert serving_network(full, ["ct"]) not in (serving_network(base, ["ct"]), serving_network(exact, ["ct"]))
+    x = torch.rand(1, 1, 32, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():  # ... so its CT output is not the base's (the exact PEMMA run's is, bit for bit)
+        assert not torch.equal(full(x, ["ct"]), base(x, ["ct"]))
+        assert torch.equal(exact(x, ["ct"]), base(x, ["ct"]))
     cache = PredictionCache()
     from_base = {c.case_id: cache.predict(base, c, ["ct"], CPU)[0] for c in cases}
     calls = _counting(monkeypatch)

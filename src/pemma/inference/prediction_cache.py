@@ -38,19 +38,23 @@ from pemma.data.layout import CaseRecord
 from pemma.inference.predict import WindowSettings, output_reference, predict_case
 from pemma.models.loaded import LoadedModel
 from pemma.runs import MODEL_META
+from pemma.vocab import KIND_PEMMA
 
 
 def serving_network(model: LoadedModel, modalities: Sequence[str]) -> str:
     """Identity of the weights that compute ``model``'s output for ``modalities``: ``weights:<SHA-256>`` of the run
-    (for an exact-route CT-only input of a PEMMA run: of its CT base), else ``run:<folder>@<model.json mtime>``.
+    (for an exact-route CT-only input of a PEMMA adapter run: of its CT base; not for full fine-tuning, which
+    trains the base copy), else ``run:<folder>@<model.json mtime>``.
 
     Args:
         model: a loaded run. modalities: the input set.
     """
     net = unwrap_model(model.net)
     adapter_for = getattr(net, "adapter_for", None)
-    if (callable(adapter_for) and tuple(modalities) == ("ct",) and adapter_for(("ct",)) is None
-            and not getattr(net, "_merged", False) and model.meta.get("base_sha256")):
+    # only an adapter run (kind "pemma") holds the base's own weights: its frozen base copy is loaded from the
+    # base run (checked by SHA-256) and never saved; full fine-tuning ("pemma_full") trains that copy too
+    if (model.kind == KIND_PEMMA and callable(adapter_for) and tuple(modalities) == ("ct",)
+            and adapter_for(("ct",)) is None and not getattr(net, "_merged", False) and model.meta.get("base_sha256")):
         return f"weights:{model.meta['base_sha256']}"  # the exact CT route runs the untouched base
     if model.meta.get("sha256"):
         return f"weights:{model.meta['sha256']}"
