@@ -148,3 +148,47 @@ def test_fit_trains_the_head_only_and_l2_shrinks_it(unetr: UNETR, tmp_path) -> N
     assert norms[5.0] < 0.5 * norms[0.0]
     rows = (tmp_path / "metrics.csv").read_text().splitlines()
     assert rows[0] == "step,epoch,loss,events,lr,seconds" and len(rows) == 16
+
+
+class KeyedImages(FakeImages):
+    """FakeImages with case keys (as :class:`~pemma.survival.data.CaseImages` has), so features are memoised;
+    counts the volumes it hands out."""
+
+    def __init__(self, n: int, tag: str = "a") -> None:
+        super().__init__(n)
+        self.tag, self.served = tag, 0
+
+    def case_key(self, i: int) -> tuple:
+        return ("test preprocessing", self.tag, i)
+
+    def batch(self, indices) -> torch.Tensor:
+        self.served += len(list(indices))
+        return super().batch(indices)
+
+
+def test_features_of_memoises_per_encoder_weights_and_case(unetr: UNETR) -> None:
+    from pemma.survival import fit as fit_module
+
+    fit_module._FEATURES.clear()
+    encoder = PemmaUNETR(unetr, AdapterConfig(rank=2)).eval()
+    model = PrognosisModel(encoder, CoxHead(145), ("ct", "pet"))
+    images = KeyedImages(5)
+    images.volumes = torch.rand(5, 2, 32, 32, 32, generator=torch.Generator().manual_seed(5))
+    first = fit_module.features_of(model, images, 2, torch.device("cpu"))
+    assert images.served == 5 and first.shape == (5, 145)
+    again = fit_module.features_of(model, images, 2, torch.device("cpu"))
+    assert images.served == 5  # no case went through the encoder again
+    torch.testing.assert_close(again, first, rtol=0, atol=0)
+    plain = FakeImages(5)  # no case keys: computed every time, and equal to the memoised features
+    plain.volumes = images.volumes
+    torch.testing.assert_close(fit_module.features_of(model, plain, 2, torch.device("cpu")), first,
+                               rtol=1e-5, atol=1e-6)
+    # another model with the same encoder weights (the +EHR stage after +PET) reuses them; a changed weight does not
+    other = PrognosisModel(encoder, CoxHead(145), ("ct", "pet"), n_clinical=3)
+    fit_module.features_of(other, images, 2, torch.device("cpu"))
+    assert images.served == 5
+    with torch.no_grad():
+        next(p for n, p in encoder.named_parameters() if ".lora_B." in n).add_(0.5)
+    changed = fit_module.features_of(model, images, 2, torch.device("cpu"))
+    assert images.served == 10 and not torch.equal(changed, first)
+    fit_module._FEATURES.clear()

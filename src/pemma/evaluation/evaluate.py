@@ -22,6 +22,7 @@ from pemma.data.transforms import check_label_overlap
 from pemma.errors import PemmaError
 from pemma.evaluation.metrics import CLASS_NAMES, AggregatedDice, case_counts, case_metrics, summarize
 from pemma.inference.predict import WindowSettings, predict_case
+from pemma.inference.prediction_cache import PredictionCache
 from pemma.io_utils import IMAGE_ENDINGS, NIFTI_ENDINGS, load_nifti, save_nifti, write_text_atomic
 from pemma.models.loaded import LoadedModel
 from pemma.vocab import LABEL_VALUES
@@ -43,8 +44,14 @@ def label_on_grid(case: CaseRecord, ref: nib.Nifti1Image) -> np.ndarray:
 
 def evaluate_model(model: LoadedModel, cases: Sequence[CaseRecord], modalities: Sequence[str], device: torch.device,
                    window: WindowSettings | None = None, predictions_dir: str | Path | None = None,
-                   progress: bool = True, inputs_cache: dict[tuple, Any] | None = None) -> dict[str, Any]:
+                   progress: bool = True, inputs_cache: dict[tuple, Any] | None = None,
+                   predictions: PredictionCache | None = None) -> dict[str, Any]:
     """Predict and score every case.
+
+    Args:
+        inputs_cache: preprocessed inputs shared between calls (see :func:`predict_case`).
+        predictions: predictions shared between calls (:class:`~pemma.inference.prediction_cache.PredictionCache`):
+            a case this network already predicted with these inputs and settings is not predicted again.
 
     Returns:
         ``{"inputs": "ct+pet", "n_cases", "DSCagg": {"GTVp", "GTVn", "mean"}, "mean_case": {...},
@@ -55,7 +62,10 @@ def evaluate_model(model: LoadedModel, cases: Sequence[CaseRecord], modalities: 
     rows = []
     counts: dict[str, list[list[int]]] = {}  # case -> per tumour class (|GT∩P|, |GT|, |P|), for the bootstrap
     for case in tqdm(cases, desc="evaluate", unit="case", disable=not progress):
-        pred, ref = predict_case(model, case, modalities, device, window, inputs_cache)
+        if predictions is not None:
+            pred, ref = predictions.predict(model, case, modalities, device, window, inputs_cache)
+        else:
+            pred, ref = predict_case(model, case, modalities, device, window, inputs_cache)
         label_key = ("label", case.case_id, ref.shape)
         if inputs_cache is not None and label_key in inputs_cache:
             label = inputs_cache[label_key]

@@ -26,6 +26,7 @@ from typing import Any
 
 from pemma.config import build_config
 from pemma.errors import PemmaError
+from pemma.inference.prediction_cache import PredictionCache
 from pemma.io_utils import write_text_atomic
 from pemma.protocol.phases import PrognosisSpec
 
@@ -48,7 +49,8 @@ def _stages(spec: PrognosisSpec) -> list[tuple[str, str, str | None, str | None,
 def run_prognosis(spec: PrognosisSpec, *, data_root: str, base_run: Path, out: Path, backbone: str, preset: str,
                   seed: int, max_steps: int | None, train_ids: Sequence[str], val_ids: Sequence[str],
                   held_out_ids: Sequence[str], centres: Sequence[str],
-                  segmentation_adapters: Mapping[str, Path] | None = None) -> list[dict[str, Any]]:
+                  segmentation_adapters: Mapping[str, Path] | None = None,
+                  predictions: PredictionCache | None = None) -> list[dict[str, Any]]:
     """Train (or reuse) and evaluate every prognosis stage; returns the rows (:data:`PROGNOSIS_COLUMNS`).
 
     Args:
@@ -61,6 +63,8 @@ def run_prognosis(spec: PrognosisSpec, *, data_root: str, base_run: Path, out: P
         held_out_ids: the cases the C-index is computed on.
         centres: the prognosis centres.
         segmentation_adapters: ``{method: PEMMA segmentation run}`` whose adapters start the +PET stage.
+        predictions: segmentations already made in this process, reused by the lesion chain (see
+            :func:`run_lesion_chains`).
     """
     from pemma.survival.evaluate import evaluate_survival
     from pemma.survival.training import adapt_survival, train_survival
@@ -105,7 +109,8 @@ def run_prognosis(spec: PrognosisSpec, *, data_root: str, base_run: Path, out: P
     try:  # its claims reach findings.json through protocol.claims.cindex.prognosis_findings
         rows += run_lesion_chains(data_root=data_root, base_run=base_run, out=out, backbone=backbone, seed=seed,
                                   train_ids=train_ids, held_out_ids=held_out_ids, centres=centres,
-                                  methods=spec.methods, segmentation_adapters=segmentation_adapters)
+                                  methods=spec.methods, segmentation_adapters=segmentation_adapters,
+                                  predictions=predictions)
     except PemmaError as exc:
         print(f"prognosis ({backbone}): lesion-feature chain not run: {exc}", flush=True)
     return rows
@@ -114,15 +119,20 @@ def run_prognosis(spec: PrognosisSpec, *, data_root: str, base_run: Path, out: P
 def run_lesion_chains(*, data_root: str, base_run: Path, out: Path, backbone: str, seed: int,
                       train_ids: Sequence[str], held_out_ids: Sequence[str], centres: Sequence[str],
                       methods: Sequence[str], segmentation_adapters: Mapping[str, Path] | None = None,
-                      ) -> list[dict[str, Any]]:
+                      predictions: PredictionCache | None = None) -> list[dict[str, Any]]:
     """The lesion-feature chain (:mod:`pemma.survival.chain`) beside the neural stages: the CT stage measures the
     CT run's segmentation; the CT+PET stages measure each method's PEMMA segmentation run when there is one
     (``lesion_<method>``), else the CT run's (``lesion_ct``). Cached in ``<chain>/chain.json``; rows as
-    :data:`PROGNOSIS_COLUMNS` (:func:`chain_rows`, method ``lesion-cox:<segmentation>``)."""
+    :data:`PROGNOSIS_COLUMNS` (:func:`chain_rows`, method ``lesion-cox:<segmentation>``).
+
+    Every chain segments every case with the CT run: one :class:`PredictionCache` (``predictions``, or a new one)
+    serves them all, so each case is segmented by the CT run once, and not at all where evaluation already did.
+    """
     from pemma.runtime import resolve_device
     from pemma.survival.chain import ChainConfig
     from pemma.survival.chain_run import survival_chain
 
+    predictions = predictions if predictions is not None else PredictionCache()
     seg = {m: Path(p) for m, p in (segmentation_adapters or {}).items() if m in methods}
     chains = {f"lesion_{m}": p for m, p in seg.items()} or {"lesion_ct": None}
     rows = []
@@ -132,7 +142,7 @@ def run_lesion_chains(*, data_root: str, base_run: Path, out: Path, backbone: st
             print(f"prognosis ({backbone}): lesion-feature chain {name}", flush=True)
             survival_chain(data_root, out / name, base_run, seg_run, centres=list(centres),
                            cfg=ChainConfig(seed=seed), train_ids=list(train_ids), test_ids=list(held_out_ids),
-                           device=str(resolve_device("auto")))
+                           device=str(resolve_device("auto")), predictions=predictions)
         rows += [{k: r[k] for k in PROGNOSIS_COLUMNS}
                  for r in chain_rows(json.loads(path.read_text()), backbone, lesion_method(name))]
     return rows

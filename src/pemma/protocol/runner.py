@@ -25,6 +25,7 @@ from pemma.data.check import preflight
 from pemma.data.layout import CaseRecord, discover_cases
 from pemma.errors import PemmaError
 from pemma.evaluation.evaluate import evaluate_model
+from pemma.inference.prediction_cache import PredictionCache
 from pemma.io_utils import write_text_atomic
 from pemma.methods import adapt, load_model, parameter_summary, update
 from pemma.protocol.claims.cindex import prognosis_findings  # the lesion chain's cindex_gain_* claims
@@ -78,10 +79,11 @@ def _train_phase(strategy: Strategy, data: ProtocolData, backbone: str, method: 
 
 
 def _evaluate_run(run: Path, data: ProtocolData, centres: tuple[str, ...], device: torch.device,
-                  inputs_cache: dict[tuple, Any],
-                  input_sets: tuple[tuple[str, ...], ...] = EVAL_INPUT_SETS) -> dict[str, Any]:
+                  inputs_cache: dict[tuple, Any], input_sets: tuple[tuple[str, ...], ...] = EVAL_INPUT_SETS,
+                  predictions: PredictionCache | None = None) -> dict[str, Any]:
     """``{"centre|inputs": DSCagg dict}`` for every centre and accepted input set of ``input_sets`` (the strategy's;
-    cached in the run)."""
+    cached in the run); the predictions go into ``predictions`` (reused by later runs served by the same network,
+    the overlays and the lesion chain)."""
     cache_path = run / "evaluation.json"
     cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
     # an evaluation cached before per-case results were kept ("|cases") is redone
@@ -98,7 +100,7 @@ def _evaluate_run(run: Path, data: ProtocolData, centres: tuple[str, ...], devic
                 cache[key] = None
                 continue
             result = evaluate_model(model, data.part((centre,), "test"), modalities, device, progress=False,
-                                    inputs_cache=inputs_cache)
+                                    inputs_cache=inputs_cache, predictions=predictions)
             cache[key] = result["DSCagg"]
             cache[f"{key}|cases"] = [{**row, "counts": result["counts"][row["case_id"]]} for row in result["cases"]]
         write_text_atomic(cache_path, json.dumps(cache, indent=2, default=float))
@@ -213,6 +215,7 @@ def reproduce(strategy_path: str | Path, data_root: str | Path, out_dir: str | P
     rows: list[dict[str, Any]] = []
     case_rows: list[dict[str, Any]] = []
     inputs_cache: dict[tuple, Any] = {}  # preprocessed test inputs, shared by every model evaluated
+    predictions = PredictionCache()  # every prediction made, so none is made twice (evaluation, overlays, lesions)
     bar = tqdm(jobs, desc="reproduce", unit="phase", disable=not progress, dynamic_ncols=True)
     for backbone, method, pair, planned in bar:
         folder = method_folder(method, *pair)
@@ -224,14 +227,14 @@ def reproduce(strategy_path: str | Path, data_root: str | Path, out_dir: str | P
             _train_phase(strategy, data, backbone, method, planned, run, parent, progress=progress, route=pair[0],
                          recipe=pair[1])
         sets = strategy.eval_input_sets
-        cache = _evaluate_run(run, data, planned.eval_centres, device, inputs_cache, sets)
+        cache = _evaluate_run(run, data, planned.eval_centres, device, inputs_cache, sets, predictions)
         rows += _rows(cache, backbone, method, planned, pair, sets)
         case_rows += _case_rows(cache, backbone, method, planned, pair, sets)
     bar.close()
     write_results(rows, out)
     write_case_results(case_rows, out)
-    prognosis = _prognosis(strategy, data, out)
-    figures = _overlays(strategy, data, out, device, inputs_cache)
+    prognosis = _prognosis(strategy, data, out, predictions)
+    figures = _overlays(strategy, data, out, device, inputs_cache, predictions)
     return _report(strategy, rows, out, time.time() - started, figures, prognosis, case_rows)
 
 
@@ -246,8 +249,10 @@ def _first_variant(strategy: Strategy) -> tuple[list[PlannedPhase], PlannedPhase
     return plan, next((p for p in plan if p.phase.operation == "adapt"), None)
 
 
-def _prognosis(strategy: Strategy, data: ProtocolData, out: Path) -> list[dict[str, Any]]:
-    """The strategy's prognosis experiment for every backbone (none without a ``prognosis`` section)."""
+def _prognosis(strategy: Strategy, data: ProtocolData, out: Path,
+               predictions: PredictionCache | None = None) -> list[dict[str, Any]]:
+    """The strategy's prognosis experiment for every backbone (none without a ``prognosis`` section); the lesion
+    chain's segmentations come from ``predictions`` where evaluation made them."""
     from pemma.protocol.prognosis import run_prognosis, write_prognosis
 
     if strategy.prognosis is None:
@@ -272,7 +277,7 @@ def _prognosis(strategy: Strategy, data: ProtocolData, out: Path) -> list[dict[s
             seed=strategy.split.seed, max_steps=strategy.max_steps, centres=centres,
             train_ids=[c.case_id for c in data.part(centres, "train")],
             val_ids=[c.case_id for c in val], held_out_ids=[c.case_id for c in val + test],
-            segmentation_adapters=seg)
+            segmentation_adapters=seg, predictions=predictions)
     write_prognosis(rows, out)
     return rows
 
@@ -300,9 +305,10 @@ def _with_risks(strategy: Strategy, out: Path, rows: list[dict[str, Any]]) -> li
 
 
 def _overlays(strategy: Strategy, data: ProtocolData, out: Path, device: torch.device,
-              inputs_cache: dict[tuple, Any]) -> dict[str, str]:
+              inputs_cache: dict[tuple, Any], predictions: PredictionCache | None = None) -> dict[str, str]:
     """Overlay PNGs for the first backbone and variant: CT+PET predictions after the adapt phase, and CT-input
-    predictions after the last phase (forgetting) on the pretraining centres."""
+    predictions after the last phase (forgetting) on the pretraining centres (the evaluation's predictions from
+    ``predictions``: the test cases shown were all evaluated)."""
     from pemma.protocol.overlays import overlay_figure
 
     backbone, variant = strategy.backbones[0], strategy.variant_names[0]
@@ -324,7 +330,7 @@ def _overlays(strategy: Strategy, data: ProtocolData, out: Path, device: torch.d
                                                                    planned.run_key), mods)
                      for m in strategy.methods})
         overlay_figure(data.part(tuple(centres), "test"), runs, out / name, device, title=caption,
-                       inputs_cache=inputs_cache)
+                       inputs_cache=inputs_cache, predictions=predictions)
         figures[f"Overlays {caption}"] = name
     return figures
 

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from pemma.data.layout import CaseRecord, discover_cases, select_cases
 from pemma.errors import PemmaError
+from pemma.inference.prediction_cache import PredictionCache
 from pemma.io_utils import write_text_atomic
 from pemma.survival.chain import ChainConfig, ChainData, run_chain, split_held_out
 from pemma.survival.clinical import ClinicalConfig, ClinicalEncoder
@@ -33,12 +34,13 @@ log = logging.getLogger("pemma.run")
 LABELS = "labels"
 
 
-def _segmenter(spec: str | Path | Segmenter, modalities: Sequence[str], device: str) -> tuple[Segmenter, str]:
+def _segmenter(spec: str | Path | Segmenter, modalities: Sequence[str], device: str,
+               predictions: PredictionCache | None = None) -> tuple[Segmenter, str]:
     if callable(spec):
         return spec, getattr(spec, "__name__", "callable")
     if str(spec) == LABELS:
         return label_segmenter, LABELS
-    return model_segmenter(spec, modalities, device), str(Path(spec).resolve())
+    return model_segmenter(spec, modalities, device, predictions), str(Path(spec).resolve())
 
 
 def _split(cases: list[CaseRecord], event: np.ndarray, cfg: ChainConfig, train_ids: Sequence[str] | None,
@@ -77,7 +79,8 @@ def survival_chain(data_root: str | Path, out_dir: str | Path, seg_ct: str | Pat
                    cfg: ChainConfig | None = None, clinical_config: ClinicalConfig | None = None,
                    train_ids: Sequence[str] | None = None, test_ids: Sequence[str] | None = None,
                    endpoints: str | Path | None = None, clinical: str | Path | None = None, ehr: bool = True,
-                   device: str = "cpu", progress: bool = False) -> dict[str, Any]:
+                   device: str = "cpu", progress: bool = False,
+                   predictions: PredictionCache | None = None) -> dict[str, Any]:
     """Measure lesions, fit the chain on the training cases, score it on the held-out ones.
 
     Args:
@@ -92,6 +95,8 @@ def survival_chain(data_root: str | Path, out_dir: str | Path, seg_ct: str | Pat
         train_ids, test_ids: the split; default a stratified ``cfg.test_fraction`` held out, seeded.
         endpoints, clinical: explicit table paths. ehr: fit the ``ct+pet+ehr`` stage. Default True.
         device: where segmentation runs. progress: a bar over cases.
+        predictions: segmentations made earlier in this process (:class:`PredictionCache`, e.g. evaluation's, or
+            another chain's with the same CT run), reused instead of segmenting a case again. Default None.
 
     Returns:
         The ``chain.json`` content.
@@ -111,11 +116,11 @@ def survival_chain(data_root: str | Path, out_dir: str | Path, seg_ct: str | Pat
     time = np.array([ends[c.case_id].rfs for c in cases], float)
     event = np.array([ends[c.case_id].relapse for c in cases], float)
     train, test = _split(cases, event, cfg, train_ids, test_ids)
-    ct_seg, ct_name = _segmenter(seg_ct, ["ct"], device)
+    ct_seg, ct_name = _segmenter(seg_ct, ["ct"], device, predictions)
     if seg_ctpet is None:
         pet_seg, pet_name = ct_seg, ct_name
     else:
-        pet_seg, pet_name = _segmenter(seg_ctpet, ["ct", "pet"], device)
+        pet_seg, pet_name = _segmenter(seg_ctpet, ["ct", "pet"], device, predictions)
     log.info(f"lesion features of {len(cases)} cases ({int(event.sum())} relapses): CT stage segmented by {ct_name}, "
              f"CT+PET stage by {pet_name} (sliding window over the whole case)")
     ct_rows, pet_rows = [], []

@@ -112,6 +112,17 @@ class CaseImages:
     cases: list[CaseRecord]
     modalities: tuple[str, ...]
     dataset: object = field(repr=False)
+    #: what the crops depend on besides the case (preprocessing and roi); None: features are never memoised
+    preprocessing: str | None = None
+
+    def case_key(self, i: int) -> tuple | None:
+        """What case ``i``'s crop depends on (preprocessing, case, image files and their modification times), for
+        :func:`pemma.survival.fit.features_of`'s memo; None when unknown."""
+        if self.preprocessing is None:
+            return None
+        case = self.cases[i]
+        files = tuple((m, str(case.images[m]), _mtime(case.images[m])) for m in self.modalities)
+        return (self.preprocessing, case.case_id, files)
 
     @classmethod
     def build(cls, cases: Sequence[CaseRecord], modalities: Sequence[str], cfg: RunConfig,
@@ -123,7 +134,7 @@ class CaseImages:
                              CenterSpatialCropd("image", roi)]).flatten()
         data = cached_dataset(case_dicts(list(cases), list(modalities), with_label=False), transform,
                               cfg.data.cache_dir, progress)
-        return cls(list(cases), tuple(modalities), data)
+        return cls(list(cases), tuple(modalities), data, preprocessing=f"{cfg.preprocess!r}|{roi}")
 
     def __len__(self) -> int:
         return len(self.cases)
@@ -131,6 +142,13 @@ class CaseImages:
     def batch(self, indices: Sequence[int]) -> torch.Tensor:
         items = [self.dataset[int(i)]["image"] for i in indices]
         return torch.stack([x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x) for x in items]).float()
+
+
+def _mtime(path: str | Path) -> int:
+    try:
+        return Path(path).stat().st_mtime_ns
+    except OSError:
+        return -1
 
 
 def outcome_tensors(report: MatchReport, cases: Sequence[CaseRecord]) -> tuple[torch.Tensor, torch.Tensor]:

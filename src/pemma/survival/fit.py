@@ -6,8 +6,10 @@ Used by the stages of :mod:`pemma.survival.training`.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -26,15 +28,54 @@ from pemma.training.engine import Engine, StepFn
 METRIC_FIELDS = ("step", "epoch", "loss", "events", "lr", "seconds")
 
 
+#: pooled features already computed in this process: (encoder weights, input set, case crop) -> (D,) tensor. A stage
+#: with a frozen encoder reads the same features for scaling, fitting, its training risks and its evaluation, and
+#: the +EHR stage's frozen encoder is the +PET stage's: each case goes through that encoder once.
+_FEATURES: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+#: most features kept (a few MB; the oldest are dropped first)
+FEATURE_MEMO_SIZE = 20000
+
+
+def encoder_fingerprint(model: PrognosisModel) -> str:
+    """SHA-1 of everything the pooled features depend on: the encoder's weights and buffers, its class, the input
+    modalities (the tensors' bytes are hashed, so any change of any weight gives another fingerprint)."""
+    digest = hashlib.sha1(f"{type(model.encoder).__name__}|{model.is_pemma}|{model.modalities}".encode())
+    for name, tensor in model.encoder.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 @torch.no_grad()
 def features_of(model: PrognosisModel, images: CaseImages, batch_size: int, device: torch.device) -> torch.Tensor:
-    """(N, D) raw pooled image features of every case (eval mode, no gradient)."""
+    """(N, D) raw pooled image features of every case (eval mode, no gradient).
+
+    Cases whose features this process already computed with the same encoder weights and crop are not run through
+    the encoder again (:data:`_FEATURES`); the others are computed in batches of ``batch_size``.
+    """
     was_training = model.training
     model.eval()
-    out = [model.image_features(images.batch(range(i, min(i + batch_size, len(images)))).to(device))
-           for i in range(0, len(images), batch_size)]
+    key_of = getattr(images, "case_key", None)  # an images object without case keys is never memoised
+    keys = [key_of(i) if key_of is not None else None for i in range(len(images))]
+    if any(k is None for k in keys):
+        out = [model.image_features(images.batch(range(i, min(i + batch_size, len(images)))).to(device))
+               for i in range(0, len(images), batch_size)]
+        model.train(was_training)
+        return torch.cat(out)
+    fingerprint = encoder_fingerprint(model)
+    keys = [(fingerprint, *k) for k in keys]
+    missing = [i for i, k in enumerate(keys) if k not in _FEATURES]
+    for start in range(0, len(missing), batch_size):
+        batch = missing[start:start + batch_size]
+        for i, feats in zip(batch, model.image_features(images.batch(batch).to(device)).cpu(), strict=True):
+            _FEATURES[keys[i]] = feats
     model.train(was_training)
-    return torch.cat(out)
+    out = torch.stack([_FEATURES[k] for k in keys]).to(device)
+    for k in keys:
+        _FEATURES.move_to_end(k)
+    while len(_FEATURES) > FEATURE_MEMO_SIZE:
+        _FEATURES.popitem(last=False)
+    return out
 
 
 @torch.no_grad()

@@ -35,6 +35,7 @@ from scipy import ndimage
 from pemma.data.layout import CaseRecord
 from pemma.errors import PemmaError
 from pemma.inference.predict import predict_case
+from pemma.inference.prediction_cache import PredictionCache
 from pemma.io_utils import load_nifti
 from pemma.methods.loading import load_model
 from pemma.survival.chain_config import MIN_NODE_ML, SUV_RELATIVE, SUV_THRESHOLD
@@ -96,8 +97,16 @@ def lesion_features(label: np.ndarray, ct_affine: np.ndarray, pet: np.ndarray | 
     return out
 
 
-def model_segmenter(run_dir: str | Path, modalities: Sequence[str], device: torch.device | str = "cpu") -> Segmenter:
-    """Segment with a trained run on ``modalities`` (sliding window over the whole preprocessed case)."""
+def model_segmenter(run_dir: str | Path, modalities: Sequence[str], device: torch.device | str = "cpu",
+                    predictions: PredictionCache | None = None) -> Segmenter:
+    """Segment with a trained run on ``modalities`` (sliding window over the whole preprocessed case).
+
+    Args:
+        run_dir: the segmentation run. modalities: its input set. device: where it runs.
+        predictions: predictions made earlier in this process (e.g. by ``pemma reproduce``'s evaluation, or by
+            another chain with the same CT model): a case the same network already segmented with these inputs
+            is not segmented again. Default None (every case is predicted).
+    """
     model = load_model(run_dir, device)
     model.check_inputs(modalities, str(run_dir))
     model.net.to(device).eval()
@@ -105,7 +114,10 @@ def model_segmenter(run_dir: str | Path, modalities: Sequence[str], device: torc
 
     def segment(case: CaseRecord) -> tuple[np.ndarray, np.ndarray]:
         with torch.no_grad():
-            label, ref = predict_case(model, case, mods, dev)
+            if predictions is not None:
+                label, ref = predictions.predict(model, case, mods, dev)
+            else:
+                label, ref = predict_case(model, case, mods, dev)
         return label, np.asarray(ref.affine)
     return segment
 
