@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shutil
 import sys
@@ -40,30 +39,12 @@ import numpy as np
 import pemma
 from pemma.config import PreprocessConfig
 from pemma.data.phantom import PhantomConfig, synthesize_phantom
-from pemma.data.phantom_misalign import misalign_image
+from pemma.data.phantom_misalign import misalign_image, random_misalignment
 from pemma.data.registration import RegistrationSettings, register_files
 from pemma.protocol.bootstrap import bootstrap_relative, dscagg_mean, paired_bootstrap
 
 #: the phantom's file suffix of each modality the benchmark can misalign
 SUFFIXES = {"pet": "PT", "mr": "MR"}
-
-
-def random_misalignment(rng: np.random.Generator, centre: np.ndarray, shift_mm: float, degrees: float) -> np.ndarray:
-    """A rigid transform: ``shift_mm`` in a random direction and ``degrees`` about a random axis through ``centre``.
-
-    Args:
-        rng: the draws. centre: rotation centre (mm). shift_mm: length of the shift. degrees: rotation angle.
-    """
-    direction = rng.normal(size=3)
-    axis = rng.normal(size=3)
-    axis /= np.linalg.norm(axis)
-    angle = math.radians(degrees)
-    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
-    rotation = np.eye(3) + math.sin(angle) * k + (1 - math.cos(angle)) * k @ k  # Rodrigues
-    out = np.eye(4)
-    out[:3, :3] = rotation
-    out[:3, 3] = centre - rotation @ centre + shift_mm * direction / np.linalg.norm(direction)
-    return out
 
 
 def misaligned_phantom(root: Path, args: argparse.Namespace) -> dict[str, np.ndarray]:

@@ -32,6 +32,25 @@ def rigid_matrix(shift_mm: Sequence[float], degrees: Sequence[float], centre: Se
     return out
 
 
+def random_misalignment(rng: np.random.Generator, centre: np.ndarray, shift_mm: float, degrees: float) -> np.ndarray:
+    """A rigid world transform: ``shift_mm`` in a random direction and ``degrees`` about a random axis through
+    ``centre`` (for :func:`misalign_image`).
+
+    Args:
+        rng: the draws. centre: rotation centre (mm). shift_mm: length of the shift. degrees: rotation angle.
+    """
+    direction = rng.normal(size=3)
+    axis = rng.normal(size=3)
+    axis /= np.linalg.norm(axis)
+    angle = math.radians(degrees)
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    rotation = np.eye(3) + math.sin(angle) * k + (1 - math.cos(angle)) * k @ k  # Rodrigues
+    out = np.eye(4)
+    out[:3, :3] = rotation
+    out[:3, 3] = centre - rotation @ centre + shift_mm * direction / np.linalg.norm(direction)
+    return out
+
+
 def misalign_image(path: str | os.PathLike, out_path: str | os.PathLike, matrix: np.ndarray,
                    what: str = "PET") -> None:
     """Write ``path``'s voxels (a PET, an MR...) to ``out_path`` under the header ``matrix @ affine``.
