@@ -16,7 +16,7 @@ from pemma.data.phantom import PhantomConfig, synthesize_phantom
 from pemma.protocol.claims.cindex import chain_claims, cindex_gain
 from pemma.survival.chain import ChainConfig, ChainData, run_chain
 from pemma.survival.chain_run import survival_chain
-from pemma.survival.coxnet import PenalisedCox, partial_likelihood
+from pemma.survival.coxnet import PenalisedCox, fit_cox, partial_likelihood
 from pemma.survival.lesion import CT_FEATURES, PET_FEATURES, lesion_features
 from pemma.survival.metrics import concordance_index
 
@@ -228,3 +228,24 @@ def test_prognosis_findings_reads_the_current_chains_only(tmp_path: Path) -> Non
     assert list(found) == ["unetr · prognosis (lesion_lora)"]
     assert [c["id"] for c in found["unetr · prognosis (lesion_lora)"]] == ["cindex_gain_pet", "cindex_gain_pet_ehr"]
     assert prognosis_findings(tmp_path / "nothing") == {}
+
+
+def test_unpenalised_coefficient_on_separable_cases_stays_finite() -> None:
+    """Three standardised training cases, one relapse, an unpenalised column (the +EHR stage's image risk): Newton
+    steps along it only approach the likelihood's supremum, and a step that made the objective NaN was accepted
+    (``reproduce`` then stopped on non-finite risks). Captured from the tiny reproduce of tests/test_reproduce.py."""
+    a, b = 0.5773502691896257, 1.1547005383792515
+    z = np.zeros((3, 19))
+    z[:, 0] = [-a, -a, b]
+    z[:, 1] = [-0.060522753266880246, -0.9683640522700839, 1.0288868055369642]
+    z[:, 3] = [-1.0, 1.0, 0.0]
+    z[:, 4] = z[:, 8] = [-0.5773502691896256, -0.5773502691896256, b]
+    z[:, 9] = z[:, 11] = z[:, 13] = [-0.5773502691896256, b, -0.5773502691896256]
+    z[:, 10] = [b, -0.5773502691896256, -0.5773502691896256]
+    z[:, 12] = z[:, 14] = [a, -1.1547005383792512, a]
+    time, event = np.array([599.0, 1415.0, 398.0]), np.array([1, 0, 0])
+    weights = np.r_[0.0, np.ones(18)]
+    beta = fit_cox(z, time, event, 10.0, weights=weights)
+    assert np.isfinite(beta).all()
+    loglik = partial_likelihood(z, time, event, beta)[0]
+    assert np.isfinite(loglik) and loglik >= partial_likelihood(z, time, event, np.zeros(19))[0]

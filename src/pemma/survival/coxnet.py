@@ -103,8 +103,10 @@ def fit_cox(z: np.ndarray, time: np.ndarray, event: np.ndarray, l2: float, max_i
         while True:
             candidate = beta + size * step
             new = objective(candidate)
-            if new[0] >= value - 1e-12 or size < 1e-6:
+            if np.isfinite(new[0]) and np.isfinite(new[1]).all() and new[0] >= value - 1e-12:
                 break
+            if size < 1e-6:  # no finite improvement along the step (e.g. an unpenalised coefficient on separable
+                return beta  # data, whose likelihood only approaches its supremum): the current fit is the answer
             size /= 2
         change = new[0] - value
         beta, (value, grad, hess) = candidate, new
