@@ -10,9 +10,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from registration_helpers import errors, misalignment
 
 from pemma.config import PreprocessConfig
-from pemma.data.phantom_misalign import misalign_pet, rigid_matrix
+from pemma.data.phantom_misalign import misalign_pet
 from pemma.data.registration import RegistrationSettings, register_case, register_images
 from pemma.errors import PemmaError
 
@@ -24,31 +25,18 @@ def _images(phantom: Path, case: str = CASE) -> tuple[nib.Nifti1Image, nib.Nifti
     return nib.load(folder / f"{case}__CT.nii.gz"), nib.load(folder / f"{case}__PT.nii.gz")
 
 
-def _misalignment(ct: nib.Nifti1Image) -> np.ndarray:
-    """10 mm shift and a 5 degree rotation about the CT centre."""
-    centre = ct.affine[:3, :3] @ ((np.asarray(ct.shape) - 1) / 2) + ct.affine[:3, 3]
-    return rigid_matrix([6.0, 0.0, 8.0], [0.0, 0.0, 5.0], centre)
-
-
-def _errors(ct: nib.Nifti1Image, found: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """|found(x) - truth(x)| per axis (mm) at 500 points spread over the CT box."""
-    idx = np.random.default_rng(0).uniform(0, np.asarray(ct.shape) - 1, (500, 3))
-    points = idx @ ct.affine[:3, :3].T + ct.affine[:3, 3]
-    return np.abs(points @ found[:3, :3].T + found[:3, 3] - (points @ truth[:3, :3].T + truth[:3, 3]))
-
-
 def _settings(mode: str, **kwargs: float) -> RegistrationSettings:
     return RegistrationSettings.from_preprocess(PreprocessConfig(register=mode, **kwargs))
 
 
 def test_shift_and_rotation_recovered_within_a_pet_voxel(phantom: Path) -> None:
     ct, pet = _images(phantom)
-    truth = _misalignment(ct)
+    truth = misalignment(ct)
     result = register_images(CASE, np.asarray(ct.dataobj), ct.affine, np.asarray(pet.dataobj), truth @ pet.affine,
                              _settings("rigid"))
     pet_voxel = np.asarray(pet.header.get_zooms()[:3])
-    unregistered = _errors(ct, np.eye(4), truth)
-    err = _errors(ct, result.matrix, truth)
+    unregistered = errors(ct, np.eye(4), truth)
+    err = errors(ct, result.matrix, truth)
     assert unregistered.max() > 8.0  # the misalignment is real
     assert np.all(err.max(axis=0) <= pet_voxel), (err.max(axis=0), pet_voxel)
     assert np.linalg.norm(err, axis=1).mean() < 0.5 * np.linalg.norm(unregistered, axis=1).mean()
@@ -61,7 +49,7 @@ def test_identity_stays_identity(phantom: Path) -> None:
     result = register_images(CASE, np.asarray(ct.dataobj), ct.affine, np.asarray(pet.dataobj), pet.affine,
                              _settings("rigid"))
     pet_voxel = np.asarray(pet.header.get_zooms()[:3])
-    assert np.all(_errors(ct, result.matrix, np.eye(4)).max(axis=0) <= pet_voxel)
+    assert np.all(errors(ct, result.matrix, np.eye(4)).max(axis=0) <= pet_voxel)
 
 
 def test_failed_and_diverged_registrations_name_the_case(phantom: Path) -> None:
@@ -74,7 +62,7 @@ def test_failed_and_diverged_registrations_name_the_case(phantom: Path) -> None:
     assert CASE in str(failed.value) and "failed" in str(failed.value) and "\n" not in str(failed.value)
     with pytest.raises(PemmaError, match=rf"case {CASE}: rigid registration .* diverged: .* register_max_shift_mm 2"):
         register_images(CASE, np.asarray(ct.dataobj), ct.affine, np.asarray(pet.dataobj),
-                        _misalignment(ct) @ pet.affine, _settings("rigid", register_max_shift_mm=2.0))
+                        misalignment(ct) @ pet.affine, _settings("rigid", register_max_shift_mm=2.0))
 
 
 def test_transform_cached_per_case(phantom: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -105,7 +93,7 @@ def test_pipeline_applies_the_registration(phantom: Path, tmp_path: Path, monkey
     monkeypatch.setenv("PEMMA_CACHE_DIR", str(tmp_path / "cache"))
     ct, _ = _images(phantom)
     moved = tmp_path / "moved__PT.nii.gz"
-    misalign_pet(phantom / "imagesTr" / f"{CASE}__PT.nii.gz", moved, _misalignment(ct))
+    misalign_pet(phantom / "imagesTr" / f"{CASE}__PT.nii.gz", moved, misalignment(ct))
     item = {"case_id": CASE, "ct": str(phantom / "imagesTr" / f"{CASE}__CT.nii.gz")}
 
     def pet_channel(pet: Path, mode: str) -> np.ndarray:
@@ -131,7 +119,7 @@ def test_check_prints_registration_qc(phantom: Path, tmp_path: Path, monkeypatch
         shutil.copy(phantom / "labelsTr" / f"{case}.nii.gz", data / "labelsTr")
     ct, _ = _images(data, "CHUM-001")
     misalign_pet(data / "imagesTr" / "CHUM-001__PT.nii.gz", data / "imagesTr" / "CHUM-001__PT.nii.gz",
-                 _misalignment(ct))
+                 misalignment(ct))
     before = run_main("check", str(data), "--registration")
     assert "case CHUM-000: PET-CT agreement on the header geometry: MI" in before and "after" not in before
     out = run_main("check", str(data), "--register", "rigid", "--json")
@@ -157,7 +145,7 @@ def test_affine_recovers_an_anisotropic_scale_and_shift(phantom: Path) -> None:
     result = register_images(CASE, np.asarray(ct.dataobj), ct.affine, np.asarray(pet.dataobj), truth @ pet.affine,
                              _settings("affine"))
     pet_voxel = np.asarray(pet.header.get_zooms()[:3])
-    unregistered, err = _errors(ct, np.eye(4), truth), _errors(ct, result.matrix, truth)
+    unregistered, err = errors(ct, np.eye(4), truth), errors(ct, result.matrix, truth)
     scales = np.linalg.svd(result.matrix[:3, :3], compute_uv=False)
     assert scales.max() - scales.min() > 0.02  # an affine, not a rigid, transform
     assert result.matrix[0, 0] > 1.0 > result.matrix[1, 1]  # scaled the right way on x and y

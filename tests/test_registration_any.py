@@ -12,10 +12,11 @@ from types import SimpleNamespace
 import nibabel as nib
 import numpy as np
 import pytest
+from registration_helpers import errors, misalignment
 
 from pemma.config import PreprocessConfig
 from pemma.data.phantom import PhantomConfig, synthesize_phantom
-from pemma.data.phantom_misalign import misalign_image, rigid_matrix
+from pemma.data.phantom_misalign import misalign_image
 from pemma.data.registration import RegistrationSettings, register_images, registrable
 from pemma.errors import PemmaError
 
@@ -31,18 +32,6 @@ def mr_phantom(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _misalignment(ct: nib.Nifti1Image) -> np.ndarray:
-    """10 mm shift and a 5 degree rotation about the CT centre (as the PET tests)."""
-    centre = ct.affine[:3, :3] @ ((np.asarray(ct.shape) - 1) / 2) + ct.affine[:3, 3]
-    return rigid_matrix([6.0, 0.0, 8.0], [0.0, 0.0, 5.0], centre)
-
-
-def _errors(ct: nib.Nifti1Image, found: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    idx = np.random.default_rng(0).uniform(0, np.asarray(ct.shape) - 1, (500, 3))
-    points = idx @ ct.affine[:3, :3].T + ct.affine[:3, 3]
-    return np.abs(points @ found[:3, :3].T + found[:3, 3] - (points @ truth[:3, :3].T + truth[:3, 3]))
-
-
 def _mr_settings(mode: str = "rigid", **kwargs: object) -> RegistrationSettings:
     return RegistrationSettings.from_preprocess(PreprocessConfig(register=mode, **kwargs), modality="mr")
 
@@ -53,11 +42,11 @@ def test_mr_shift_and_rotation_recovered_within_an_mr_voxel(mr_phantom: Path, ca
     rotation found 4.3-6.1 of the 5 degrees, body Dice 0.83-0.89 -> 0.86-0.92."""
     ct = nib.load(mr_phantom / "imagesTr" / f"{case}__CT.nii.gz")
     mr = nib.load(mr_phantom / "imagesTr" / f"{case}__MR.nii.gz")
-    truth = _misalignment(ct)
+    truth = misalignment(ct)
     result = register_images(case, np.asarray(ct.dataobj), ct.affine, np.asarray(mr.dataobj), truth @ mr.affine,
                              _mr_settings())
     mr_voxel = np.asarray(mr.header.get_zooms()[:3])
-    unregistered, err = _errors(ct, np.eye(4), truth), _errors(ct, result.matrix, truth)
+    unregistered, err = errors(ct, np.eye(4), truth), errors(ct, result.matrix, truth)
     assert unregistered.max() > 8.0
     assert np.all(err.max(axis=0) <= mr_voxel), (err.max(axis=0), mr_voxel)
     assert 3.0 < result.rotation_deg < 7.0
@@ -73,7 +62,7 @@ def test_mr_body_mask_qc_tells_aligned_from_misaligned(mr_phantom: Path) -> None
     mr = nib.load(mr_phantom / "imagesTr" / f"{case}__MR.nii.gz")
     args = (case, np.asarray(ct.dataobj), ct.affine, np.asarray(mr.dataobj))
     aligned = register_images(*args, mr.affine, _mr_settings("none"))
-    moved = register_images(*args, _misalignment(ct) @ mr.affine, _mr_settings("none"))
+    moved = register_images(*args, misalignment(ct) @ mr.affine, _mr_settings("none"))
     assert aligned.before.body_dice > 0.85 and aligned.before.body_dice > moved.before.body_dice + 0.02
     assert aligned.before.mi > moved.before.mi + 0.2
 
@@ -118,7 +107,7 @@ def _misaligned_mr(mr_phantom: Path, root: Path) -> Path:
     shutil.copytree(mr_phantom, data)
     ct = nib.load(data / "imagesTr" / "CHUM-001__CT.nii.gz")
     mr = data / "imagesTr" / "CHUM-001__MR.nii.gz"
-    misalign_image(mr, mr, _misalignment(ct), what="MR")
+    misalign_image(mr, mr, misalignment(ct), what="MR")
     return data
 
 
