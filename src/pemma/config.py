@@ -8,16 +8,16 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
-from numbers import Integral, Real
+from numbers import Integral
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from pemma.config_fields import check_field_types, shown, triple
 from pemma.errors import PemmaError
 from pemma.modalities import NAME_PATTERN, ModalitySpec, declared_specs, order_modalities, registry
 from pemma.vocab import (
@@ -32,98 +32,6 @@ from pemma.vocab import (
 
 #: keys that older pemma versions wrote into ``config.yaml`` and that are now read and ignored
 RETIRED_KEYS: dict[str, tuple[str, ...]] = {"data": ("num_workers",)}
-
-
-def _triple(name: str, value: Any, positive: bool = True) -> list[float]:
-    vals = list(value)
-    if len(vals) != 3:
-        example = [vals[0]] * 3 if vals else "[a, b, c]"
-        raise ValueError(f"{name} must have 3 values (x, y, z), got {vals}; write e.g. {name}: {example}")
-    if positive and any(float(v) <= 0 for v in vals):
-        raise ValueError(f"{name} must be positive, got {vals}")
-    return vals
-
-
-_TYPE_NAMES = {bool: "true/false", str: "a string", list: "a list", tuple: "a list", dict: "a mapping",
-               type(None): "null"}
-
-
-def _shown(value: Any) -> str:
-    kind = next((n for t, n in _TYPE_NAMES.items() if isinstance(value, t)), None)
-    kind = kind or ("a number" if isinstance(value, Real) else type(value).__name__)
-    return f"{value!r} ({kind})"
-
-
-def _example(obj: Any, name: str) -> str:
-    f = next(f for f in dataclasses.fields(obj) if f.name == name)
-    default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default  # type: ignore[misc]
-    return "" if default in (None, "", [], {}) else f", e.g. {name}: {default}"
-
-
-def _number(name: str, value: Any, integer: bool, example: str) -> int | float:
-    """``value`` as an int / a finite float (a YAML ``1e-3``, read as a string, counts as a number)."""
-    if integer:
-        if isinstance(value, Real) and not isinstance(value, bool) and float(value).is_integer():
-            return int(value)
-        raise ValueError(f"{name} must be a whole number, got {_shown(value)}; write one integer without quotes"
-                         f"{example}")
-    number: float | None = None
-    if isinstance(value, Real) and not isinstance(value, bool):
-        number = float(value)
-    elif isinstance(value, str):
-        try:
-            number = float(value)
-        except ValueError:
-            number = None
-    if number is None or not math.isfinite(number):
-        raise ValueError(f"{name} must be one finite number, got {_shown(value)}{example and '; write' + example[6:]}")
-    return number
-
-
-def _typed(obj: Any) -> None:
-    """Check (and normalise) every field of a config dataclass against its annotation, before range checks.
-
-    Raises:
-        ValueError: ``"<field> must be ..., got <value> (<kind>); <the fix>"``.
-    """
-    for f in dataclasses.fields(obj):
-        value, kind = getattr(obj, f.name), str(f.type)
-        example = _example(obj, f.name)
-        if kind.endswith(" | None"):
-            if value is None:
-                continue
-            kind = kind[: -len(" | None")]
-        if value is None:
-            raise ValueError(f"{f.name} must be set, got null{example and '; write' + example[6:]}")
-        if kind == "bool":
-            if not isinstance(value, bool):
-                raise ValueError(f"{f.name} must be true or false, got {_shown(value)}")
-        elif kind in ("int", "float"):
-            value = _number(f.name, value, kind == "int", example)
-        elif kind == "str":
-            if isinstance(value, os.PathLike):
-                value = os.fspath(value)
-            if not isinstance(value, str):
-                raise ValueError(f"{f.name} must be a string, got {_shown(value)}{example and '; write' + example[6:]}")
-        elif kind.startswith("list["):
-            item = kind[len("list["):-1]
-            if item == "str" and isinstance(value, str):  # "CHUM" or "CHUM,CHUP": names, never letters
-                value = value.split(",")
-            if not isinstance(value, (list, tuple)):
-                raise ValueError(f"{f.name} must be a list, got {_shown(value)}; write a list"
-                                 f"{example or ' such as [a, b]'}")
-            if item == "str":
-                bad = [v for v in value if not isinstance(v, str)]
-                if bad:
-                    raise ValueError(f"{f.name} must be a list of names, got {list(value)!r}; write names such as "
-                                     f"[CHUM, CHUP]")
-                value = list(value)
-            else:
-                value = [_number(f"{f.name} entries", v, item == "int", example) for v in value]
-        elif kind.startswith("dict[") and not isinstance(value, Mapping):
-            raise ValueError(f"{f.name} must be a mapping of keyword arguments, got {_shown(value)}; write e.g. "
-                             f"{f.name}: {{feature_size: 16}}")
-        setattr(obj, f.name, value)
 
 
 def _modality_names(value: Any) -> list[str]:
@@ -166,7 +74,7 @@ class DataConfig:
     def __post_init__(self) -> None:
         if isinstance(self.modalities, str):
             self.modalities = _modality_names(self.modalities)
-        _typed(self)
+        check_field_types(self)
         self.modalities = _modality_names(self.modalities)
         self.centres = [c.strip() for c in self.centres if c.strip()]
         if not 0.0 <= self.val_fraction < 1.0:
@@ -212,9 +120,9 @@ class PreprocessConfig:
                 "defaults, an entry here replaces them"})
 
     def __post_init__(self) -> None:
-        _typed(self)
-        self.target_spacing = _triple("target_spacing", self.target_spacing)
-        self.crop_mm = _triple("crop_mm", self.crop_mm)
+        check_field_types(self)
+        self.target_spacing = triple("target_spacing", self.target_spacing)
+        self.crop_mm = triple("crop_mm", self.crop_mm)
         if self.register not in REGISTER_MODES:
             raise ValueError(f"register must be one of {', '.join(REGISTER_MODES)}, got {self.register!r}")
         for name in ("register_spacing", "register_max_shift_mm"):
@@ -250,10 +158,10 @@ class ModelConfig:
     gradient_checkpointing: bool = field(default=False, metadata={"help": "recompute activations (less GPU memory)"})
 
     def __post_init__(self) -> None:
-        _typed(self)
+        check_field_types(self)
         if self.backbone not in BACKBONES:
             raise ValueError(f"backbone must be one of {BACKBONES}, got {self.backbone!r}")
-        self.roi_size = [int(v) for v in _triple("roi_size", self.roi_size)]
+        self.roi_size = [int(v) for v in triple("roi_size", self.roi_size)]
         multiple = ROI_MULTIPLES[self.backbone]
         if any(v % multiple for v in self.roi_size):
             fit = [max(multiple, math.ceil(v / multiple) * multiple) for v in self.roi_size]
@@ -269,13 +177,13 @@ class ModelConfig:
         hidden, heads = unetr.get("hidden_size", 768), unetr.get("num_heads", 12)
         for key, value in (("hidden_size", hidden), ("num_heads", heads)):
             if isinstance(value, bool) or not isinstance(value, Integral) or value < 1:
-                raise ValueError(f"unetr.{key} must be a positive integer, got {_shown(value)}")
+                raise ValueError(f"unetr.{key} must be a positive integer, got {shown(value)}")
         if hidden % heads:
             raise ValueError(f"unetr.hidden_size {hidden} is not divisible by unetr.num_heads {heads}; choose "
                              f"num_heads dividing it, e.g. {max(d for d in range(1, heads + 1) if hidden % d == 0)}")
         feature = self.swin_unetr.get("feature_size", 24)
         if isinstance(feature, bool) or not isinstance(feature, Integral) or feature < 12 or feature % 12:
-            raise ValueError(f"swin_unetr.feature_size must be a positive multiple of 12, got {_shown(feature)}")
+            raise ValueError(f"swin_unetr.feature_size must be a positive multiple of 12, got {shown(feature)}")
 
     @property
     def backbone_kwargs(self) -> dict[str, Any]:
@@ -310,7 +218,7 @@ class TrainConfig:
     amp: bool = field(default=False, metadata={"help": "mixed precision (fp16 on CUDA, bf16 on CPU)"})
 
     def __post_init__(self) -> None:
-        _typed(self)
+        check_field_types(self)
         for name in ("epochs", "batch_size", "samples_per_case", "val_every", "checkpoint_every", "sw_batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -360,7 +268,7 @@ class RunConfig:
     def from_dict(cls, raw: dict[str, Any]) -> RunConfig:
         sections = {"data": DataConfig, "preprocess": PreprocessConfig, "model": ModelConfig, "train": TrainConfig}
         if not isinstance(raw, Mapping):
-            raise ValueError(f"a config must be a mapping of sections ({', '.join(sections)}), got {_shown(raw)}")
+            raise ValueError(f"a config must be a mapping of sections ({', '.join(sections)}), got {shown(raw)}")
         unknown = sorted(set(raw) - set(sections) - {"preset"})
         if unknown:
             raise ValueError(f"unknown config sections {unknown}")
@@ -368,7 +276,7 @@ class RunConfig:
         for name, klass in sections.items():
             section = raw.get(name) or {}
             if not isinstance(section, Mapping):
-                raise ValueError(f"{name} must be a mapping of settings, got {_shown(section)}")
+                raise ValueError(f"{name} must be a mapping of settings, got {shown(section)}")
             values = {k: v for k, v in section.items() if k not in RETIRED_KEYS.get(name, ())}
             known = {f.name for f in dataclasses.fields(klass)}
             bad = sorted(set(values) - known)
