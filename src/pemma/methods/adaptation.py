@@ -7,7 +7,9 @@ preprocessing settings, selects the CT+PET cases and runs the training engine.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +87,47 @@ def prepare_adaptation(base_run: str | Path, cfg: RunConfig, out_dir: str | Path
                               preprocess=dataclasses.replace(base.config.preprocess, **own),
                               data=dataclasses.replace(cfg.data, modalities=inputs))
     train_cases, val_cases = split or select_split(cfg, inputs)
+    warn_unlearnt_classes(base_run)
     return AdaptationSetup(base, base_run, cfg, train_cases, val_cases, added_modality)
+
+
+def unlearnt_classes(run_dir: str | Path) -> list[str]:
+    """The classes a run's validation never segmented: every validated ``val_<class>`` of its ``metrics.csv`` is 0.
+
+    Args:
+        run_dir: a training run folder; without ``metrics.csv`` (an imported model) or without any validation
+            row, nothing is reported.
+
+    Returns:
+        Class names (``GTVp``, ``GTVn``), in column order; empty when every class was segmented at some validation.
+    """
+    path = Path(run_dir) / "metrics.csv"
+    if not path.is_file():
+        return []
+    with open(path, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    columns = [c for c in (rows[0] if rows else {}) if c.startswith("val_") and c != "val_mean"]
+    unlearnt = []
+    for column in columns:
+        values = [float(r[column]) for r in rows if (r.get(column) or "").strip()]
+        if values and max(values) == 0.0:
+            unlearnt.append(column[len("val_"):])
+    return unlearnt
+
+
+def warn_unlearnt_classes(base_run: str | Path) -> None:
+    """Warn (one line) when the base run never segmented a class on its validation cases.
+
+    Adaptation keeps most of the base frozen: a class the base never produces is learnt only through the parts
+    that train (the PEMMA recipes train the last decoder block and the head for this reason), and an early-fusion
+    or fine-tuned model starts from a base that ignores it. Measured on the hard phantom: docs/phantom-difficulty.md.
+    """
+    missing = unlearnt_classes(base_run)
+    if missing:
+        warnings.warn(f"base run {base_run}: DSCagg of {', '.join(missing)} was 0.000 at every validation: the CT "
+                      f"model never learnt {'it' if len(missing) == 1 else 'them'}; train it longer (more epochs) "
+                      f"before adapting, or expect the adapted model to learn {'it' if len(missing) == 1 else 'them'} "
+                      f"from the added modality alone", UserWarning, stacklevel=3)
 
 
 def adapt(base_run: str | Path, cfg: RunConfig, out_dir: str | Path, method: str = "pemma_lora",

@@ -42,7 +42,8 @@ class PemmaUNETR(PemmaAdaptedModel):
       the trained encoder copies, without PET tokens or the PET skip.
 
     What trains is ``config.train_parts`` (default: PET embedding, PET skip block, ``encoder1``,
-    ``encoder2``, ``out``; base modules train as peft ``modules_to_save`` copies) plus the adapters.
+    ``encoder2``, the last decoder block ``decoder2``, ``out``; base modules train as peft ``modules_to_save``
+    copies) plus the adapters.
 
     Args:
         base: the CT model, ``monai.networks.nets.UNETR`` with in_channels=1. Deep-copied, never edited.
@@ -62,9 +63,12 @@ class PemmaUNETR(PemmaAdaptedModel):
 
     backbone_name = "unetr"
     transformer_name = "vit"
-    # method.md: UNETR trains the PET embedding, the PET skip block, the shallow skip encoders and the head
+    # method.md: UNETR trains the PET embedding, the PET skip block, the shallow skip encoders and the head; pemma
+    # also trains the last (full-resolution) decoder block, so a class the CT base never learnt can be added
+    # (docs/phantom-difficulty.md: GTVn 0.000 -> 0.356 with a node-blind base)
     adapter_defaults = AdapterDefaults(target_modules=("attn.qkv",), new_parts=("pet_embedding", "pet_skip"),
-                                       train_parts=("pet_embedding", "pet_skip", "encoder1", "encoder2", "out"))
+                                       train_parts=("pet_embedding", "pet_skip", "encoder1", "encoder2", "decoder2",
+                                                    "out"))
     feature_pet_parts = ("pet_embedding",)
     supports_gradient_checkpointing = True
 
