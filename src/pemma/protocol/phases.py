@@ -16,7 +16,7 @@ from typing import Any
 
 from pemma.errors import PemmaError
 from pemma.modalities import default_registry
-from pemma.vocab import MODALITY_ALIASES, PEMMA_METHODS, canonical_method
+from pemma.vocab import CT_ROUTES, MODALITY_ALIASES, PEMMA_METHODS, canonical_method
 
 #: the modalities a strategy can name, in channel order: CT, PET and the catalogue's (MR, dose; pemma.modalities)
 STRATEGY_MODALITIES: tuple[str, ...] = tuple(default_registry())
@@ -63,6 +63,37 @@ def check_keys(raw: Any, allowed: Sequence[str], where: str) -> None:
     unknown = sorted(str(k) for k in raw if k not in allowed)
     if unknown:
         raise StrategyError(f"{where}: unknown key {unknown[0]!r} (allowed: {', '.join(allowed)})")
+
+
+def check_routes(routes: Any) -> tuple[str, ...] | dict[str, tuple[str, ...]]:
+    """A strategy's ``routes``: a list of CT routes for every PEMMA method, or ``{PEMMA method: routes}``."""
+    if not isinstance(routes, Mapping):
+        return names_in(routes, CT_ROUTES, "routes")
+    checked = {}
+    for method, names in routes.items():
+        if not isinstance(method, str) or method.strip() not in PEMMA_METHODS:
+            raise StrategyError(f"routes: {method!r} is not a PEMMA method (routes per method name "
+                                f"{', '.join(PEMMA_METHODS)}; the baselines have no route)")
+        checked[method.strip()] = names_in(names, CT_ROUTES, f"routes of {method.strip()}")
+    return checked
+
+
+def check_variants(variants: Any, phases: Sequence[Phase]) -> list[str]:
+    """The variant names of ``variants`` (``{variant: {phase name: {centres / modalities}}}``), each entry checked
+    for its shape and keys; expanding and checking each variant's phases is the strategy's."""
+    if not isinstance(variants, Mapping):
+        raise StrategyError("variants must map a variant name to phase overrides")
+    names = [p.name for p in phases]
+    for variant, overrides in variants.items():
+        where = f"variant {variant!r}"
+        if not isinstance(variant, str) or not variant.strip() or "/" in variant:
+            raise StrategyError(f"{where}: name must be a non-empty string without '/'")
+        if overrides is not None and not isinstance(overrides, Mapping):
+            raise StrategyError(f"{where} must map phase names to changed fields ({{}} for none), got {overrides!r}")
+        check_keys(overrides or {}, names, f"{where} (phase names)")
+        for phase_name, change in (overrides or {}).items():
+            check_keys(change or {}, OVERRIDE_KEYS, f"{where}, phase {phase_name!r}")
+    return list(variants)
 
 
 @dataclass(frozen=True)

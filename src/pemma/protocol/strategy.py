@@ -64,7 +64,6 @@ from pemma.protocol.phases import (
     DEFAULT_VARIANT,
     OPERATIONS,
     OPTIONAL_PHASE_KEYS,
-    OVERRIDE_KEYS,
     PHASE_KEYS,
     SPLIT_KEYS,
     STRATEGY_MODALITIES,
@@ -78,6 +77,8 @@ from pemma.protocol.phases import (
     check_keys,
     check_methods,
     check_order,
+    check_routes,
+    check_variants,
     eval_input_sets,
     name_list,
     names_in,
@@ -169,16 +170,7 @@ class Strategy:
             if m not in method_choices():
                 raise StrategyError(f"unknown method {m!r} (known: {', '.join(METHODS)})")
         object.__setattr__(self, "recipes", names_in(self.recipes, RECIPES, "recipes"))
-        if isinstance(self.routes, Mapping):
-            routes = {}
-            for method, names in self.routes.items():
-                if not isinstance(method, str) or method.strip() not in PEMMA_METHODS:
-                    raise StrategyError(f"routes: {method!r} is not a PEMMA method (routes per method name "
-                                        f"{', '.join(PEMMA_METHODS)}; the baselines have no route)")
-                routes[method.strip()] = names_in(names, CT_ROUTES, f"routes of {method.strip()}")
-            object.__setattr__(self, "routes", routes)
-        else:
-            object.__setattr__(self, "routes", names_in(self.routes, CT_ROUTES, "routes"))
+        object.__setattr__(self, "routes", check_routes(self.routes))
         if self.preset not in _available_presets():
             raise StrategyError(f"unknown preset {self.preset!r} (known: {', '.join(_available_presets())})")
         if self.max_steps is not None and (isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int)
@@ -193,19 +185,8 @@ class Strategy:
         object.__setattr__(self, "phases", check_centres(tuple(self.phases), known, dataset, ""))
         check_order(self.phases, "")
         check_methods(self.phases, self.methods, "")
-        if not isinstance(self.variants, Mapping):
-            raise StrategyError("variants must map a variant name to phase overrides")
-        by_name = {p.name: p for p in self.phases}
-        for variant, overrides in self.variants.items():
+        for variant in check_variants(self.variants, self.phases):
             where = f"variant {variant!r}"
-            if not isinstance(variant, str) or not variant.strip() or "/" in variant:
-                raise StrategyError(f"{where}: name must be a non-empty string without '/'")
-            if overrides is not None and not isinstance(overrides, Mapping):
-                raise StrategyError(f"{where} must map phase names to changed fields ({{}} for none), "
-                                    f"got {overrides!r}")
-            check_keys(overrides or {}, list(by_name), f"{where} (phase names)")
-            for phase_name, change in (overrides or {}).items():
-                check_keys(change or {}, OVERRIDE_KEYS, f"{where}, phase {phase_name!r}")
             expanded = check_centres(self._expand(variant), known, dataset, f"{where}, ")
             check_order(expanded, f"{where}, ")
             check_methods(expanded, self.methods, f"{where}, ")
