@@ -36,6 +36,8 @@ def test_unlearnt_classes_known_answers(tmp_path):
     assert unlearnt_classes(nothing) == ["GTVp", "GTVn"]
     assert unlearnt_classes(_metrics(tmp_path / "d", "10,1,4.6,1e-3,,,,1.0\n")) == []  # never validated
     assert unlearnt_classes(tmp_path / "e") == []  # no metrics.csv (an imported model)
+    damaged = _metrics(tmp_path / "f", "100,4,4.6,1e-3,0.5,oops,0.25,44\n200,9,4.1,1e-3,0.5,0.0,0.25,95\n")
+    assert unlearnt_classes(damaged) == ["GTVn"]  # a damaged cell is skipped, not a crash
 
 
 def test_warning_names_the_run_and_the_class(tmp_path):

@@ -109,7 +109,13 @@ def unlearnt_classes(run_dir: str | Path) -> list[str]:
     columns = [c for c in (rows[0] if rows else {}) if c.startswith("val_") and c != "val_mean"]
     unlearnt = []
     for column in columns:
-        values = [float(r[column]) for r in rows if (r.get(column) or "").strip()]
+        values = []
+        for row in rows:
+            try:
+                values.append(float(row.get(column) or "nan"))
+            except ValueError:  # an edited or damaged cell: no verdict from it
+                continue
+        values = [v for v in values if v == v]  # NaN: a step without validation
         if values and max(values) == 0.0:
             unlearnt.append(column[len("val_"):])
     return unlearnt
@@ -119,11 +125,11 @@ def warn_unlearnt_classes(base_run: str | Path) -> None:
     """Warn (one line) when the base run never segmented a class on its validation cases.
 
     Adaptation keeps most of the base frozen: a class the base never produces is learnt only through the parts
-    that train (the PEMMA recipes train the last decoder block and the head for this reason), and an early-fusion
+    that train (the ``pemma`` recipe trains the last decoder block and the head for this reason), and an early-fusion
     or fine-tuned model starts from a base that ignores it. Measured on the hard phantom: docs/phantom-difficulty.md.
     """
     missing = unlearnt_classes(base_run)
-    if missing:
+    if missing and is_main_process():
         warnings.warn(f"base run {base_run}: DSCagg of {', '.join(missing)} was 0.000 at every validation: the CT "
                       f"model never learnt {'it' if len(missing) == 1 else 'them'}; train it longer (more epochs) "
                       f"before adapting, or expect the adapted model to learn {'it' if len(missing) == 1 else 'them'} "
