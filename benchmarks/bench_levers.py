@@ -63,8 +63,10 @@ from pemma.models.registry import build_backbone  # noqa: E402
 
 CTPET = ("ct", "pet")
 def build_trainers(preset: str, methods: list[str], repeats: int, log: Callable[[str], None],
-                   skip: tuple[str, ...] = ()) -> tuple[dict[str, PemmaTrainer], torch.Tensor, torch.Tensor]:
-    """All variants on the CT base's weights, and one random batch (image, label)."""
+                   skip: tuple[str, ...] = (), amp: bool = False
+                   ) -> tuple[dict[str, PemmaTrainer], torch.Tensor, torch.Tensor]:
+    """All variants on the CT base's weights, and one random batch (image, label); ``amp`` adds bf16-autocast
+    variants of early fusion and of each method (``+bf16``, the default adapter settings otherwise)."""
     device = torch.device("cpu")
     overrides = {"model": {"backbone": "unetr"}, "train": {"device": "cpu", "amp": False}}
     cfg_ct = build_config(preset, overrides={**overrides, "data": {"modalities": ["ct"]}})
@@ -77,6 +79,10 @@ def build_trainers(preset: str, methods: list[str], repeats: int, log: Callable[
     if "early_fusion+fused" not in skip:
         trainers["early_fusion+fused"] = PemmaTrainer(cfg_ef, device, steps)
         enable_fused_attention(trainers["early_fusion+fused"].model, "vit")
+    cfg_bf16 = build_config(preset, overrides={"model": {"backbone": "unetr"}, "data": {"modalities": ["ct", "pet"]},
+                                               "train": {"device": "cpu", "amp": True}})
+    if amp:
+        trainers["early_fusion+bf16"] = PemmaTrainer(cfg_bf16, device, steps)
     for m in methods:
         variants = ((f"{m}-plain", False, False, False), (m, True, False, False), (f"{m}+ckpt", True, True, False),
                     (f"{m}+ckpt-fullres", True, False, True))
@@ -88,6 +94,10 @@ def build_trainers(preset: str, methods: list[str], repeats: int, log: Callable[
             task.model.gradient_checkpointing = ckpt
             task = dataclasses.replace(task, forward=lambda module, x, step: module(x, CTPET))
             trainers[name] = PemmaTrainer(cfg_ef, device, steps, task=task)
+        if amp:
+            task = pemma_task(shell, Path("."), AdapterConfig(method=m), cfg_ct)
+            task = dataclasses.replace(task, forward=lambda module, x, step: module(x, CTPET))
+            trainers[f"{m}+bf16"] = PemmaTrainer(cfg_bf16, device, steps, task=task)
     tc, roi = cfg_ef.train, list(cfg_ef.model.roi_size)
     gen = torch.Generator().manual_seed(1234)
     image = torch.rand((tc.batch_size, 2, *roi), generator=gen)
@@ -214,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip", nargs="+", default=[], help="variants left out, e.g. early_fusion+fused lora+ckpt")
     p.add_argument("--attention-rounds", type=int, default=4, help="ABBA rounds of the attention block alone")
     p.add_argument("--attention-only", action="store_true", help="only the attention block (lever a alone)")
+    p.add_argument("--amp", action="store_true", help="add bf16-autocast variants (early_fusion+bf16, <method>+bf16)")
     p.add_argument("--top", type=int, default=8, help="operators listed in a profile")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -226,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         log(attention_pairs(args.preset, args.attention_rounds))
         if args.attention_only:
             return 0
-    trainers, image, label = build_trainers(args.preset, args.methods, args.repeats, log, tuple(args.skip))
+    trainers, image, label = build_trainers(args.preset, args.methods, args.repeats, log, tuple(args.skip), args.amp)
     if args.profile_only:
         for name in ("early_fusion", args.methods[0]):
             trainers[name].train_step(image, label)  # warm-up (AdamW state)

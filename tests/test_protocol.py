@@ -183,7 +183,7 @@ def test_unknown_keys(tmp_path: Path) -> None:
     raw = _raw()
     raw["phase"] = []
     assert _error(tmp_path, raw) == ("top level: unknown key 'phase' (allowed: name, backbones, preset, max_steps, "
-                                     "split, methods, routes, recipes, phases, variants, prognosis)")
+                                     "amp, split, methods, routes, recipes, phases, variants, prognosis)")
     raw = _raw()
     raw["phases"][1]["centers"] = ["MDA"]
     assert _error(tmp_path, raw) == \

@@ -17,7 +17,8 @@ def reproduce(strategy: str | os.PathLike, data: str | os.PathLike, out: str | o
               backbone: str | Iterable[str] | None = None, preset: str | None = None, max_steps: int | None = None,
               variant: str | Iterable[str] | None = None, method: str | Iterable[str] | None = None,
               seed: int | None = None, exclude_bad_cases: bool = False, progress: bool = True,
-              ct_route: str | Iterable[str] | None = None, recipe: str | Iterable[str] | None = None) -> Path:
+              ct_route: str | Iterable[str] | None = None, recipe: str | Iterable[str] | None = None,
+              amp: bool | str | None = None) -> Path:
     """Run every phase of a strategy (pretrain -> adapt -> updates) for every method, evaluate, and report.
 
     Finished phases and evaluations in ``out`` are not recomputed.
@@ -38,6 +39,8 @@ def reproduce(strategy: str | os.PathLike, data: str | os.PathLike, out: str | o
             ``routes``.
         recipe: the PEMMA methods' recipes (``pemma``, ``authors``; one or a list), replacing the strategy's
             ``recipes``.
+        amp: mixed precision for every training and prediction of the run, replacing the strategy's ``amp``:
+            ``True``, ``False`` or ``"auto"`` (on for CUDA or a CPU with native bf16: :func:`pemma.runtime.resolve_amp`)
 
     Returns:
         The Markdown report (``out/report.md``).
@@ -50,12 +53,13 @@ def reproduce(strategy: str | os.PathLike, data: str | os.PathLike, out: str | o
     return run_strategy(os.fspath(strategy), os.fspath(data), os.fspath(out), backbones=_list(backbone),
                         preset=preset, max_steps=max_steps, variants=_list(variant), methods=_list(method),
                         seed=seed, exclude_bad_cases=exclude_bad_cases, progress=progress,
-                        ct_routes=_list(ct_route), recipes=_list(recipe))
+                        ct_routes=_list(ct_route), recipes=_list(recipe), amp=amp)
 
 
 def demo(out: str | os.PathLike = "demo", *, seed: int | Iterable[int] | None = None, strategy: str = "demo",
          preset: str | None = None, backbone: str | None = None, max_steps: int | None = None,
-         exclude_bad_cases: bool = False, progress: bool = True, difficulty: str = "normal") -> Path:
+         exclude_bad_cases: bool = False, progress: bool = True, difficulty: str = "normal",
+         amp: bool | str | None = None) -> Path:
     """The default phantom + :func:`reproduce` with the shipped demo strategy (tiny preset, CPU).
 
     Args:
@@ -66,6 +70,7 @@ def demo(out: str | os.PathLike = "demo", *, seed: int | Iterable[int] | None = 
         exclude_bad_cases: as for :func:`reproduce`.
         progress: show progress bars.
         difficulty: the phantom: ``normal`` (default) or ``hard`` (see ``pemma synth --difficulty``).
+        amp: as for :func:`reproduce` (the demo strategy's default is ``auto``).
 
     Returns:
         The report (``seed_<n>/report.md`` for one seed, ``seeds.md`` for several).
@@ -82,4 +87,5 @@ def demo(out: str | os.PathLike = "demo", *, seed: int | Iterable[int] | None = 
     except ValueError as exc:
         raise PemmaError(f"invalid phantom settings: {exc}") from None
     return run_demo(os.fspath(out), seeds=_list(seed) or [0], preset=preset, max_steps=max_steps, backbone=backbone,
-                    strategy=strategy, exclude_bad_cases=exclude_bad_cases, progress=progress, phantom=phantom)
+                    strategy=strategy, exclude_bad_cases=exclude_bad_cases, progress=progress, phantom=phantom,
+                    amp=amp)

@@ -94,6 +94,21 @@ def add_device_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup) 
     add_field_flag(parser, TrainConfig, "amp")
 
 
+#: ``--amp`` of ``reproduce`` / ``demo``: the strategy's mixed-precision setting (pemma.runtime.resolve_amp)
+AMP_FLAG_VALUES = {"auto": "auto", "on": True, "off": False}
+
+
+def add_amp_choice(parser: argparse.ArgumentParser) -> None:
+    """``--amp auto|on|off`` replacing a strategy's ``amp`` (parsed to ``"auto"`` / ``True`` / ``False``)."""
+    parser.add_argument("--amp", choices=list(AMP_FLAG_VALUES), default=None, type=str.lower,
+                        help="mixed precision, replacing the strategy's amp: auto (on for CUDA or a CPU with native "
+                             "bf16, AMX / AVX512-BF16; off on other CPUs, where bf16 is emulated and slow), on, off")
+
+
+def amp_choice(args: argparse.Namespace) -> bool | str | None:
+    return None if args.amp is None else AMP_FLAG_VALUES[args.amp]
+
+
 def add_window_flags(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("sliding window (default: as the run was trained)")
     add_field_flag(g, ModelConfig, "roi_size", "--roi")

@@ -77,9 +77,12 @@ class PredictionCache:
     """Predictions of this process by network, case, input set and settings (see the module docstring).
 
     Attributes:
+        window: the sliding-window settings of a call that passes none (e.g. ``WindowSettings(amp=True)`` for a
+            run that predicts in mixed precision throughout). Default: as each model was trained, fp32.
         hits, misses: how many :meth:`predict` / :meth:`cached` calls were served from memory / ran the network.
     """
 
+    window: WindowSettings = field(default_factory=WindowSettings)
     hits: int = 0
     misses: int = 0
     _store: dict[tuple, _Entry] = field(default_factory=dict, repr=False)
@@ -95,9 +98,9 @@ class PredictionCache:
     def key(self, model: LoadedModel, case: CaseRecord, modalities: Sequence[str], device: torch.device,
             window: WindowSettings | None = None, reference: str = "ct") -> tuple:
         """The cache key of a prediction (also remembered under the run folder for :meth:`cached`)."""
-        window = window or WindowSettings()
+        window = window or self.window
         network, settings = serving_network(model, modalities), self._settings(model, window, device)
-        if model.run_dir is not None and window == WindowSettings():
+        if model.run_dir is not None and window == self.window:
             self._aliases[(str(Path(model.run_dir).resolve()), tuple(modalities), reference)] = (network, settings)
         return self._key(network, settings, case, modalities, reference)
 
@@ -122,14 +125,14 @@ class PredictionCache:
             self.hits += 1
             return self._unpack(entry), entry.ref
         self.misses += 1
-        label, ref = predict_case(model, case, modalities, device, window, inputs_cache, reference)
+        label, ref = predict_case(model, case, modalities, device, window or self.window, inputs_cache, reference)
         label = np.ascontiguousarray(label, dtype=np.uint8)
         self._store[key] = _Entry(zlib.compress(label.tobytes(), 1), label.shape, ref)
         return label, ref
 
     def cached(self, run_dir: str | Path, case: CaseRecord, modalities: Sequence[str],
                reference: str = "ct") -> tuple[np.ndarray, nib.Nifti1Image] | None:
-        """The prediction of the run in ``run_dir`` (default window settings) if this cache holds it, without
+        """The prediction of the run in ``run_dir`` (this cache's window settings) if this cache holds it, without
         loading the model (the run must have been used through :meth:`predict` before); else None."""
         alias = self._aliases.get((str(Path(run_dir).resolve()), tuple(modalities), reference))
         entry = self._store.get(self._key(*alias, case, modalities, reference)) if alias is not None else None

@@ -25,6 +25,7 @@ from pemma.data.check import preflight
 from pemma.data.layout import CaseRecord, discover_cases
 from pemma.errors import PemmaError
 from pemma.evaluation.evaluate import evaluate_model
+from pemma.inference.predict import WindowSettings
 from pemma.inference.prediction_cache import PredictionCache
 from pemma.io_utils import write_text_atomic
 from pemma.methods import adapt, load_model, parameter_summary, update
@@ -33,6 +34,7 @@ from pemma.protocol.results import markdown_report, write_case_results, write_re
 from pemma.protocol.routes import adapt_kwargs, method_folder, pairs, update_kwargs
 from pemma.protocol.split import split_case_ids
 from pemma.protocol.strategy import PlannedPhase, Strategy, StrategyError, load_strategy
+from pemma.runtime import resolve_amp
 from pemma.training.segmentation import train
 from pemma.vocab import EVAL_INPUT_SETS, METHODS, canonical_method, method_choices
 
@@ -55,12 +57,13 @@ def _run_dir(out: Path, backbone: str, method: str, planned: PlannedPhase | None
 
 
 def _train_phase(strategy: Strategy, data: ProtocolData, backbone: str, method: str, planned: PlannedPhase,
-                 run: Path, parent: Path | None, progress: bool, route: str = "", recipe: str = "") -> None:
+                 run: Path, parent: Path | None, progress: bool, route: str = "", recipe: str = "",
+                 amp: bool = False) -> None:
     phase = planned.phase
     cfg = build_config(strategy.preset, overrides={
         "data": {"root": data.root, "centres": list(phase.centres), "modalities": list(phase.modalities)},
         "model": {"backbone": backbone}, "train": {"max_steps": strategy.max_steps, "seed": strategy.split.seed,
-                                                   "epochs": phase.epochs}})
+                                                   "epochs": phase.epochs, "amp": amp}})
     split = (data.part(phase.centres, "train"), data.part(phase.centres, "val"))
     resume = (run / "checkpoint.pt").is_file()
     if phase.operation == "pretrain":
@@ -155,10 +158,12 @@ def reproduce(strategy_path: str | Path, data_root: str | Path, out_dir: str | P
               backbones: list[str] | None = None, preset: str | None = None, max_steps: int | None = None,
               variants: list[str] | None = None, methods: list[str] | None = None, seed: int | None = None,
               exclude_bad_cases: bool = False, progress: bool = True, ct_routes: list[str] | None = None,
-              recipes: list[str] | None = None) -> Path:
+              recipes: list[str] | None = None, amp: bool | str | None = None) -> Path:
     """Run a strategy on a dataset; returns the path of the Markdown report.
 
-    ``ct_routes`` / ``recipes`` replace the strategy's ``routes`` / ``recipes`` (the PEMMA methods run once per pair).
+    ``ct_routes`` / ``recipes`` replace the strategy's ``routes`` / ``recipes`` (the PEMMA methods run once per pair);
+    ``amp`` its ``amp`` (``True``, ``False`` or ``"auto"``: :func:`~pemma.runtime.resolve_amp`, once for the run:
+    every training and every segmentation prediction of the run uses it).
 
     Every case the strategy will read is checked before anything trains (:func:`~pemma.data.check.check_cases`):
     a bad case stops the run at once, or, with ``exclude_bad_cases``, is left out before the split (listed in
@@ -179,7 +184,7 @@ def reproduce(strategy_path: str | Path, data_root: str | Path, out_dir: str | P
             by_centre.setdefault(case.centre, []).append(case.case_id)
     strategy = load_strategy(strategy_path, dataset_centres=by_centre).with_overrides(
         backbones=backbones, preset=preset, max_steps=max_steps, variants=variants, seed=seed, routes=ct_routes,
-        recipes=recipes)
+        recipes=recipes, amp=amp)
     if methods:
         unknown = sorted(m for m in methods if m not in method_choices())
         if unknown:
@@ -209,13 +214,15 @@ def reproduce(strategy_path: str | Path, data_root: str | Path, out_dir: str | P
     write_text_atomic(out / "split.json", json.dumps(split, indent=2))
     write_text_atomic(out / "strategy.json", json.dumps(strategy.to_dict(), indent=2))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    mixed, precision = resolve_amp(strategy.amp, device)
 
     jobs = [(b, m, pair, p) for b in strategy.backbones for m in strategy.methods for pair in pairs(strategy, m)
             for p in strategy.plan()]
     rows: list[dict[str, Any]] = []
     case_rows: list[dict[str, Any]] = []
     inputs_cache: dict[tuple, Any] = {}  # preprocessed test inputs, shared by every model evaluated
-    predictions = PredictionCache()  # every prediction made, so none is made twice (evaluation, overlays, lesions)
+    # every prediction made, so none is made twice (evaluation, overlays, lesions), in the run's precision
+    predictions = PredictionCache(window=WindowSettings(amp=mixed))
     bar = tqdm(jobs, desc="reproduce", unit="phase", disable=not progress, dynamic_ncols=True)
     for backbone, method, pair, planned in bar:
         folder = method_folder(method, *pair)
@@ -225,7 +232,7 @@ def reproduce(strategy_path: str | Path, data_root: str | Path, out_dir: str | P
             parent_planned = next((p for p in strategy.plan() if p.run_key == planned.parent_key), None)
             parent = _run_dir(out, backbone, folder, parent_planned, planned.parent_key) if parent_planned else None
             _train_phase(strategy, data, backbone, method, planned, run, parent, progress=progress, route=pair[0],
-                         recipe=pair[1])
+                         recipe=pair[1], amp=mixed)
         sets = strategy.eval_input_sets
         cache = _evaluate_run(run, data, planned.eval_centres, device, inputs_cache, sets, predictions)
         rows += _rows(cache, backbone, method, planned, pair, sets)
@@ -235,7 +242,7 @@ def reproduce(strategy_path: str | Path, data_root: str | Path, out_dir: str | P
     write_case_results(case_rows, out)
     prognosis = _prognosis(strategy, data, out, predictions)
     figures = _overlays(strategy, data, out, device, inputs_cache, predictions)
-    return _report(strategy, rows, out, time.time() - started, figures, prognosis, case_rows)
+    return _report(strategy, rows, out, time.time() - started, figures, prognosis, case_rows, precision)
 
 
 def _first_folder(strategy: Strategy, method: str) -> str:
@@ -337,7 +344,7 @@ def _overlays(strategy: Strategy, data: ProtocolData, out: Path, device: torch.d
 
 def _report(strategy: Strategy, rows: list[dict[str, Any]], out: Path, seconds: float,
             overlays: dict[str, str] | None = None, prognosis: list[dict[str, Any]] | None = None,
-            case_rows: list[dict[str, Any]] | None = None) -> Path:
+            case_rows: list[dict[str, Any]] | None = None, precision: str = "") -> Path:
     from pemma.protocol.figures import plot_dsc_across_phases
     from pemma.protocol.findings import collect_findings, findings_markdown
     from pemma.protocol.prognosis import prognosis_markdown
@@ -364,7 +371,7 @@ def _report(strategy: Strategy, rows: list[dict[str, Any]], out: Path, seconds: 
         findings += prognosis_markdown(prognosis)
     notes = [f"Strategy `{strategy.name}` ({strategy.source}), preset `{strategy.preset}`, max steps "
              f"{strategy.max_steps}, split seed {strategy.split.seed}; test cases per centre held out "
-             f"(`split.json`). Wall time {seconds / 60:.1f} min."]
+             f"(`split.json`). Wall time {seconds / 60:.1f} min." + (f" Precision: {precision}." if precision else "")]
     text = markdown_report(rows, title=f"PEMMA protocol: {strategy.name}", figures=figures,
                            learnt_at=strategy.centre_learnt_at(strategy.variant_names[0]), notes=notes,
                            extra_sections=findings)

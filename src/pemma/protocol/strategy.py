@@ -6,6 +6,7 @@ A strategy is a small YAML file (``strategies/hecktor2022.yaml`` is the authors'
     backbones: [unetr]          # --backbone, --preset and --max-steps override these three
     preset: tiny
     max_steps: null
+    amp: false                  # mixed precision: true, false or auto (on for CUDA or a CPU with native bf16); --amp
     split: {val_fraction: 0.2, test_fraction: 0.2, seed: 0}
     methods: [pemma_lora, pemma_dora, early_fusion, late_fusion, full_finetune]
     routes: [exact]             # CT routes of the PEMMA methods (pemma.vocab.CT_ROUTES), or per method:
@@ -145,6 +146,7 @@ class Strategy:
     backbones: tuple[str, ...] = ("unetr",)
     preset: str = "tiny"
     max_steps: int | None = None
+    amp: bool | str = False
     split: SplitSpec = field(default_factory=SplitSpec)
     methods: tuple[str, ...] = METHODS
     variants: Mapping[str, Mapping[str, Mapping[str, Any]]] = field(default_factory=dict)
@@ -176,6 +178,8 @@ class Strategy:
         if self.max_steps is not None and (isinstance(self.max_steps, bool) or not isinstance(self.max_steps, int)
                                            or self.max_steps < 1):
             raise StrategyError(f"max_steps must be null or an integer >= 1, got {self.max_steps!r}")
+        if not (isinstance(self.amp, bool) or self.amp == "auto"):
+            raise StrategyError(f"amp must be true, false or auto, got {self.amp!r}")
         if not self.phases:
             raise StrategyError("phases must list at least one phase")
         dataset, known = self._known()
@@ -299,7 +303,8 @@ class Strategy:
     def with_overrides(self, *, backbones: Sequence[str] | None = None, preset: str | None = None,
                        max_steps: int | None = None, variants: Sequence[str] | None = None,
                        dataset_centres: Iterable[str] | None = None, seed: int | None = None,
-                       routes: Sequence[str] | None = None, recipes: Sequence[str] | None = None) -> Strategy:
+                       routes: Sequence[str] | None = None, recipes: Sequence[str] | None = None,
+                       amp: bool | str | None = None) -> Strategy:
         """A re-validated copy with command-line overrides applied (``None`` keeps the file's value).
 
         Args:
@@ -311,6 +316,7 @@ class Strategy:
             seed: the split seed (also the training seed), e.g. from ``--seed``.
             routes: the PEMMA methods' CT routes, e.g. ``["shared"]`` from ``--ct-route``.
             recipes: the PEMMA methods' recipes, e.g. ``["authors"]`` from ``--recipe``.
+            amp: mixed precision, ``True``, ``False`` or ``"auto"`` (from ``--amp``).
 
         Example:
             >>> strategy.with_overrides(backbones=["swin_unetr"], max_steps=5).max_steps
@@ -323,6 +329,8 @@ class Strategy:
             changes["preset"] = preset
         if max_steps is not None:
             changes["max_steps"] = max_steps
+        if amp is not None:
+            changes["amp"] = amp
         if variants is not None:
             for variant in variants:
                 self._require_variant(variant)
@@ -340,7 +348,8 @@ class Strategy:
     def to_dict(self) -> dict[str, Any]:
         """Plain data (YAML/JSON-ready) equal to what :func:`parse_strategy` reads back."""
         return {"name": self.name, "backbones": list(self.backbones), "preset": self.preset,
-                "max_steps": self.max_steps, "split": dataclasses.asdict(self.split), "methods": list(self.methods),
+                "max_steps": self.max_steps, "amp": self.amp, "split": dataclasses.asdict(self.split),
+                "methods": list(self.methods),
                 "routes": ({m: list(r) for m, r in self.routes.items()} if isinstance(self.routes, Mapping)
                            else list(self.routes)),
                 "recipes": list(self.recipes),
@@ -380,7 +389,8 @@ def parse_strategy(raw: Any, source: str = "<strategy>", dataset_centres: Iterab
         prognosis = PrognosisSpec.parse(raw.get("prognosis"))
     except StrategyError as exc:
         raise StrategyError(f"{source}: {exc}") from None
-    kwargs = {k: raw[k] for k in ("backbones", "preset", "methods", "routes", "recipes") if raw.get(k) is not None}
+    kwargs = {k: raw[k] for k in ("backbones", "preset", "amp", "methods", "routes", "recipes")
+              if raw.get(k) is not None}
     return Strategy(name=raw.get("name", ""), phases=tuple(phases), max_steps=raw.get("max_steps"), split=split,
                     variants=raw.get("variants") or {}, source=source, prognosis=prognosis,
                     dataset_centres=tuple(sorted(set(dataset_centres))) if dataset_centres is not None else None,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,15 @@ from torch.nn.parallel import DistributedDataParallel
 from pemma.errors import PemmaError
 from pemma.inference.sliding import autocast
 from pemma.runs import STATE_FILE, load_state, save_state
-from pemma.runtime import METRIC_FIELDS, DistInfo, MetricsCSV, cleanup, init_distributed, resolve_device
+from pemma.runtime import (
+    METRIC_FIELDS,
+    DistInfo,
+    MetricsCSV,
+    cleanup,
+    init_distributed,
+    native_bf16_cpu,
+    resolve_device,
+)
 from pemma.training.curves import CURVES_FILE, TensorBoardLog, plot_training_curves
 
 #: what a step closure returns: the objective to minimise, or (objective, the value to report)
@@ -109,6 +118,9 @@ class Engine:
             raise PemmaError(f"total_steps must be >= 1, got {total_steps}")
         self.dist = dist or DistInfo()
         self.device, self.amp, self.clip_norm, self.total_steps = device, amp, clip_norm, total_steps
+        if amp and device.type == "cpu" and not native_bf16_cpu():
+            warnings.warn("amp on a CPU without native bf16 (AMX / AVX512-BF16): bf16 autocast is emulated and far "
+                          "slower than fp32 here; leave amp off on this machine", stacklevel=2)
         self.model = model.to(device)
         self.module: nn.Module = self.model
         if self.dist.enabled and ddp:
