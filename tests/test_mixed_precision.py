@@ -1,7 +1,7 @@
 """Mixed precision where it pays (issue 13): ``amp: auto`` turns bf16 autocast on only on a CPU that computes bf16
-natively (AMX / AVX512-BF16; elsewhere oneDNN emulates it, measured 24x slower than fp32) and on CUDA; a strategy's
-``amp`` reaches every training and every prediction of ``reproduce``; asking for amp on a CPU without native bf16
-warns."""
+natively (AMX / AVX512-BF16; elsewhere oneDNN emulates it: 24 s a step measured, against 0.92 s in fp32) and on
+CUDA; a strategy's ``amp`` reaches every training and every prediction of ``reproduce``; asking for amp on a CPU
+without native bf16 warns."""
 
 from __future__ import annotations
 

@@ -54,16 +54,12 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
 
 def native_bf16_cpu() -> bool:
     """Whether this CPU computes bf16 natively (Intel AMX or AVX512-BF16). Without either, oneDNN emulates bf16 and
-    autocast is far slower than fp32: a tiny-UNETR training step took 24 s in bf16 against 1.0 s in fp32 with
-    oneDNN held to AVX2 (benchmarks/README.md), 0.41 s against 0.63 s with AMX."""
+    autocast is far slower than fp32: a tiny-UNETR training step took 24 s in bf16 with oneDNN
+    held to AVX2, 0.92 s in fp32 without the cap (benchmarks/README.md); with AMX, 0.41 s in bf16 against 0.63 s."""
     try:
         return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
     except (AttributeError, RuntimeError):  # a torch without the probes: assume no native bf16
         return False
-
-
-#: ``amp`` settings a strategy (or ``pemma demo``) accepts: on, off, or on where it is fast
-AMP_CHOICES = ("auto", True, False)
 
 
 def resolve_amp(setting: bool | str, device: torch.device) -> tuple[bool, str]:

@@ -119,13 +119,14 @@ class PredictionCache:
         Returns:
             (uint8 label map on the reference grid, the reference image); the array is a fresh copy.
         """
+        window = window or self.window
         key = self.key(model, case, modalities, device, window, reference)
         entry = self._store.get(key)
         if entry is not None:
             self.hits += 1
             return self._unpack(entry), entry.ref
         self.misses += 1
-        label, ref = predict_case(model, case, modalities, device, window or self.window, inputs_cache, reference)
+        label, ref = predict_case(model, case, modalities, device, window, inputs_cache, reference)
         label = np.ascontiguousarray(label, dtype=np.uint8)
         self._store[key] = _Entry(zlib.compress(label.tobytes(), 1), label.shape, ref)
         return label, ref
