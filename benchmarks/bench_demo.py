@@ -63,6 +63,7 @@ def _caller_of_predict() -> str:
 def install() -> None:
     """Timers on the stages (each patched where it is looked up)."""
     import pemma.evaluation.evaluate as evaluate
+    import pemma.protocol.chains as chains
     import pemma.protocol.overlays as overlays
     import pemma.protocol.prognosis as prognosis
     import pemma.protocol.runner as runner
@@ -72,8 +73,8 @@ def install() -> None:
     def phase_label(strategy: Any, data: Any, backbone: str, method: str, planned: Any, *a: Any, **k: Any) -> str:
         return f"train {planned.phase.name} {method}{'_' + k.get('route', '') if k.get('route') else ''}"
 
-    timed(runner, "_train_phase", phase_label)
-    timed(runner, "_evaluate_run", lambda run, *a, **k: f"evaluate {run.parent.name}/{run.name}")
+    timed(chains, "train_phase", phase_label)
+    timed(chains, "evaluate_run", lambda run, *a, **k: f"evaluate {run.parent.name}/{run.name}")
     timed(runner, "preflight", "data check")
     timed(runner, "_prognosis", "prognosis (all)")
     timed(runner, "_overlays", "overlays")
@@ -112,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep --out (reuse finished phases)")
     parser.add_argument("--json", help="write the timings here")
     parser.add_argument("--strategy", default="demo")
+    parser.add_argument("--workers", default="1",
+                        help="the strategy's workers (default 1: the stages of worker processes are not timed here)")
     args = parser.parse_args(argv)
     from pemma.data.phantom import PhantomConfig
     from pemma.protocol.demo import run_demo
@@ -127,7 +130,9 @@ def main(argv: list[str] | None = None) -> int:
         TIMES["phantom"] = time.perf_counter() - start
     install()
     start, cpu = time.perf_counter(), time.process_time()
-    run_demo(out, seeds=[0], max_steps=args.max_steps, phantom=phantom, progress=False, strategy=args.strategy)
+    workers = args.workers if args.workers == "auto" else int(args.workers)
+    run_demo(out, seeds=[0], max_steps=args.max_steps, phantom=phantom, progress=False, strategy=args.strategy,
+             workers=workers)
     total, total_cpu = time.perf_counter() - start, time.process_time() - cpu
     print(f"\nreproduce wall {total:.1f} s, CPU {total_cpu:.1f} s (max_steps {args.max_steps}); phantom "
           f"{TIMES.get('phantom', 0):.1f} s")

@@ -13,6 +13,10 @@ For one preset x UNETR (the same backbone size, roi and batch for every variant)
 * ``<method>+ckpt-fullres``: the defaults plus activation checkpointing of the full-resolution modules only
   (``encoder1``, the PET skip block, ``decoder2``: ``AdapterConfig.checkpoint_full_resolution``,
   ``pemma adapt --checkpoint-full-resolution``).
+* ``--amp``: ``early_fusion+bf16`` and ``<method>+bf16`` (bf16 autocast, the defaults otherwise).
+* ``--compile`` / ``--channels-last``: ``+compile`` (``torch.compile`` of the trained module, the compile time
+  printed with the warm-up) and ``+cl3d`` (module and batch in ``torch.channels_last_3d``) variants of early fusion
+  and of each method, on top of bf16 when ``--amp`` is given.
 
 Every PEMMA variant is called with CT+PET input on each step (as in ``bench_adaptation.py``), on the same random
 batch, through pemma's training engine (``PemmaTrainer`` of ``bench_backbones.py``). Variants alternate (rotated,
@@ -63,10 +67,12 @@ from pemma.models.registry import build_backbone  # noqa: E402
 
 CTPET = ("ct", "pet")
 def build_trainers(preset: str, methods: list[str], repeats: int, log: Callable[[str], None],
-                   skip: tuple[str, ...] = (), amp: bool = False
-                   ) -> tuple[dict[str, PemmaTrainer], torch.Tensor, torch.Tensor]:
+                   skip: tuple[str, ...] = (), amp: bool = False, compiled: bool = False,
+                   channels_last: bool = False) -> tuple[dict[str, PemmaTrainer], torch.Tensor, torch.Tensor]:
     """All variants on the CT base's weights, and one random batch (image, label); ``amp`` adds bf16-autocast
-    variants of early fusion and of each method (``+bf16``, the default adapter settings otherwise)."""
+    variants of early fusion and of each method (``+bf16``, the default adapter settings otherwise);
+    ``compiled`` / ``channels_last`` add ``+compile`` / ``+cl3d`` variants of those (on top of bf16 with ``amp``).
+    A ``+cl3d`` trainer has ``channels_last = True``: :func:`variant_input` gives it its batch in that layout."""
     device = torch.device("cpu")
     overrides = {"model": {"backbone": "unetr"}, "train": {"device": "cpu", "amp": False}}
     cfg_ct = build_config(preset, overrides={**overrides, "data": {"modalities": ["ct"]}})
@@ -98,12 +104,36 @@ def build_trainers(preset: str, methods: list[str], repeats: int, log: Callable[
             task = pemma_task(shell, Path("."), AdapterConfig(method=m), cfg_ct)
             task = dataclasses.replace(task, forward=lambda module, x, step: module(x, CTPET))
             trainers[f"{m}+bf16"] = PemmaTrainer(cfg_bf16, device, steps, task=task)
+    cfg_fast = cfg_bf16 if amp else cfg_ef
+    suffix = "+bf16" if amp else ""
+    for lever, wanted in (("compile", compiled), ("cl3d", channels_last)):
+        if not wanted:
+            continue
+        added = {f"early_fusion{suffix}+{lever}": PemmaTrainer(cfg_fast, device, steps)}
+        for m in methods:
+            task = pemma_task(shell, Path("."), AdapterConfig(method=m), cfg_ct)
+            task = dataclasses.replace(task, forward=lambda module, x, step: module(x, CTPET))
+            added[f"{m}{suffix}+{lever}"] = PemmaTrainer(cfg_fast, device, steps, task=task)
+        for trainer in added.values():
+            if lever == "compile":  # compiled lazily: the first (warm-up) step pays the compile time
+                trainer.engine.module = torch.compile(trainer.engine.module)
+            else:
+                trainer.engine.module.to(memory_format=torch.channels_last_3d)
+                trainer.channels_last = True
+        trainers.update(added)
     tc, roi = cfg_ef.train, list(cfg_ef.model.roi_size)
     gen = torch.Generator().manual_seed(1234)
     image = torch.rand((tc.batch_size, 2, *roi), generator=gen)
     label = torch.randint(0, cfg_ef.model.out_channels, (tc.batch_size, 1, *roi), generator=gen).float()
     log(f"[{preset}/unetr] roi {roi}, batch {tc.batch_size}, {cfg_ef.model.backbone_kwargs}; variants {list(trainers)}")
     return trainers, image, label
+
+
+def variant_input(trainer: PemmaTrainer, image: torch.Tensor) -> torch.Tensor:
+    """The batch in the memory layout the variant runs in (``channels_last_3d`` for ``+cl3d``)."""
+    if getattr(trainer, "channels_last", False):
+        return image.contiguous(memory_format=torch.channels_last_3d)
+    return image
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -225,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--attention-rounds", type=int, default=4, help="ABBA rounds of the attention block alone")
     p.add_argument("--attention-only", action="store_true", help="only the attention block (lever a alone)")
     p.add_argument("--amp", action="store_true", help="add bf16-autocast variants (early_fusion+bf16, <method>+bf16)")
+    p.add_argument("--compile", action="store_true", help="add torch.compile variants (+compile)")
+    p.add_argument("--channels-last", action="store_true", help="add channels_last_3d variants (+cl3d)")
     p.add_argument("--top", type=int, default=8, help="operators listed in a profile")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -237,7 +269,8 @@ def main(argv: list[str] | None = None) -> int:
         log(attention_pairs(args.preset, args.attention_rounds))
         if args.attention_only:
             return 0
-    trainers, image, label = build_trainers(args.preset, args.methods, args.repeats, log, tuple(args.skip), args.amp)
+    trainers, image, label = build_trainers(args.preset, args.methods, args.repeats, log, tuple(args.skip), args.amp,
+                                           args.compile, args.channels_last)
     if args.profile_only:
         for name in ("early_fusion", args.methods[0]):
             trainers[name].train_step(image, label)  # warm-up (AdamW state)
@@ -250,14 +283,14 @@ def main(argv: list[str] | None = None) -> int:
     probe = MemProbe(torch.device("cpu"))
     for name in names:  # warm-up: creates the AdamW state
         t0 = time.perf_counter()
-        losses[name].append(trainers[name].train_step(image, label))
+        losses[name].append(trainers[name].train_step(variant_input(trainers[name], image), label))
         log(f"warm-up {name}: {time.perf_counter() - t0:.2f} s")
     for rep in range(args.repeats):
         for name in interleaved(names, rep):
             trainers[name].zero_grad()
             with probe.measure(mem[name]):
                 t0 = time.perf_counter()
-                losses[name].append(trainers[name].train_step(image, label))
+                losses[name].append(trainers[name].train_step(variant_input(trainers[name], image), label))
                 times[name].append(time.perf_counter() - t0)
         log(f"repeat {rep + 1}/{args.repeats}: " + ", ".join(f"{n} {times[n][-1]:.2f} s" for n in names))
     resident = {}

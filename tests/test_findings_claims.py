@@ -239,7 +239,7 @@ def test_cindex_claims_with_and_without_per_case_risks() -> None:
 def test_collect_findings_has_every_claim_id() -> None:
     from pemma.protocol.claims import CLAIM_IDS
     from pemma.protocol.findings import collect_findings, findings_markdown
-    from pemma.protocol.strategy import parse_strategy
+    from pemma.protocol.strategy_file import parse_strategy
 
     strategy = parse_strategy({"name": "t", "methods": ["pemma_lora", "early_fusion", "full_finetune"],
                                "phases": [{"name": p.name, "operation": p.operation, "centres": list(p.centres),
@@ -262,7 +262,7 @@ def test_prognosis_rows_get_the_per_case_risks_of_their_evaluation(tmp_path: Pat
     import json
 
     from pemma.protocol.runner import _with_risks
-    from pemma.protocol.strategy import parse_strategy
+    from pemma.protocol.strategy_file import parse_strategy
 
     strategy = parse_strategy({"name": "t", "phases": [{"name": p.name, "operation": p.operation,
                                                         "centres": list(p.centres), "modalities": list(p.modalities)}

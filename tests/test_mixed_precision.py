@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 import pemma.inference.prediction_cache as pc_module
+import pemma.protocol.chains as chains_module
 import pemma.protocol.runner as runner_module
 import pemma.runtime as runtime
 from pemma.cli.main import build_parser
@@ -23,7 +24,8 @@ from pemma.data.layout import CaseRecord
 from pemma.errors import PemmaError
 from pemma.inference.predict import WindowSettings
 from pemma.inference.prediction_cache import PredictionCache
-from pemma.protocol.strategy import StrategyError, load_strategy, parse_strategy
+from pemma.protocol.strategy import StrategyError
+from pemma.protocol.strategy_file import load_strategy, parse_strategy
 from pemma.training.engine import Engine
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
@@ -116,7 +118,7 @@ def test_reproduce_trains_with_the_resolved_setting(phantom: Path, tmp_path: Pat
         trained.append(cfg.train.amp)
         raise Stop
     monkeypatch.setattr(runtime, "native_bf16_cpu", lambda: native)
-    monkeypatch.setattr(runner_module, "train", fake_train)
+    monkeypatch.setattr(chains_module, "train", fake_train)
     strategy = tmp_path / "s.yaml"
     strategy.write_text("name: s\nmethods: [pemma_lora]\nsplit: {val_fraction: 0.0, test_fraction: 0.5, seed: 0}\n"
                         "phases:\n  - {name: pre, operation: pretrain, centres: [CHUM, CHUP], modalities: [ct]}\n"

@@ -23,7 +23,8 @@ from pemma.protocol.results import (
     read_results,
     write_results,
 )
-from pemma.protocol.strategy import SplitSpec, StrategyError, load_strategy, parse_strategy, split_case_ids
+from pemma.protocol.strategy import SplitSpec, StrategyError, split_case_ids
+from pemma.protocol.strategy_file import load_strategy, parse_strategy
 
 SHIPPED = Path(__file__).resolve().parents[1] / "strategies" / "hecktor2022.yaml"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -58,7 +59,7 @@ def test_shipped_strategy_is_the_authors_protocol() -> None:
 
 
 def test_shipped_demo_strategy_checks_the_findings() -> None:
-    from pemma.protocol.strategy import shipped_strategies
+    from pemma.protocol.strategy_file import shipped_strategies
 
     assert {"demo", "hecktor2022"} <= set(shipped_strategies())
     demo = load_strategy("demo")
@@ -183,7 +184,7 @@ def test_unknown_keys(tmp_path: Path) -> None:
     raw = _raw()
     raw["phase"] = []
     assert _error(tmp_path, raw) == ("top level: unknown key 'phase' (allowed: name, backbones, preset, max_steps, "
-                                     "amp, split, methods, routes, recipes, phases, variants, prognosis)")
+                                     "amp, workers, split, methods, routes, recipes, phases, variants, prognosis)")
     raw = _raw()
     raw["phases"][1]["centers"] = ["MDA"]
     assert _error(tmp_path, raw) == \

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from pemma.protocol.strategy import StrategyError, parse_strategy
+from pemma.protocol.strategy import StrategyError
+from pemma.protocol.strategy_file import parse_strategy
 
 RAW: dict[str, Any] = {"name": "t", "methods": ["pemma_lora", "pemma_dora", "early_fusion"],
                        "phases": [{"name": "pretrain", "operation": "pretrain", "centres": ["CHUM"],

@@ -301,7 +301,7 @@ ADAPT_MR = {"name": "adapt_mr", "operation": "adapt", "centres": ["MDA"], "modal
 
 
 def test_strategies_name_any_modality() -> None:
-    from pemma.protocol.strategy import parse_strategy
+    from pemma.protocol.strategy_file import parse_strategy
     from pemma.vocab import EVAL_INPUT_SETS
 
     stacked = parse_strategy(_strategy([PRETRAIN, ADAPT_PET, STACK_MR], ["pemma_lora", "pemma_dora"]))
@@ -311,7 +311,7 @@ def test_strategies_name_any_modality() -> None:
     mr = parse_strategy(_strategy([PRETRAIN, ADAPT_MR], ["pemma_lora", "early_fusion", "full_finetune"]))
     assert mr.phases[1].modalities == ("ct", "mr") and mr.eval_input_sets == (("ct",), ("mr",), ("ct", "mr"))
     for name in ("demo", "hecktor2022"):  # the shipped CT+PET strategies evaluate what they always did
-        from pemma.protocol.strategy import load_strategy
+        from pemma.protocol.strategy_file import load_strategy
 
         assert load_strategy(name).eval_input_sets == EVAL_INPUT_SETS
 
@@ -331,7 +331,8 @@ def test_strategies_name_any_modality() -> None:
      "unknown modality 't2' (known: ct, pet, mr, dose)"),
 ])
 def test_strategy_modality_errors(phases: list[dict], methods: list[str], message: str) -> None:
-    from pemma.protocol.strategy import StrategyError, parse_strategy
+    from pemma.protocol.strategy import StrategyError
+    from pemma.protocol.strategy_file import parse_strategy
 
     with pytest.raises(StrategyError, match=message.replace("(", r"\(").replace(")", r"\)")):
         parse_strategy(_strategy(phases, methods))

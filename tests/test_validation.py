@@ -14,7 +14,8 @@ import yaml
 
 from pemma.config import RunConfig, build_config
 from pemma.errors import PemmaError
-from pemma.protocol.strategy import StrategyError, parse_strategy, split_case_ids
+from pemma.protocol.strategy import StrategyError, split_case_ids
+from pemma.protocol.strategy_file import parse_strategy
 from pemma.vocab import ROI_MULTIPLES
 
 E = "invalid configuration: "

@@ -18,7 +18,7 @@ def reproduce(strategy: str | os.PathLike, data: str | os.PathLike, out: str | o
               variant: str | Iterable[str] | None = None, method: str | Iterable[str] | None = None,
               seed: int | None = None, exclude_bad_cases: bool = False, progress: bool = True,
               ct_route: str | Iterable[str] | None = None, recipe: str | Iterable[str] | None = None,
-              amp: bool | str | None = None) -> Path:
+              amp: bool | str | None = None, workers: int | str | None = None) -> Path:
     """Run every phase of a strategy (pretrain -> adapt -> updates) for every method, evaluate, and report.
 
     Finished phases and evaluations in ``out`` are not recomputed.
@@ -41,6 +41,9 @@ def reproduce(strategy: str | os.PathLike, data: str | os.PathLike, out: str | o
             ``recipes``.
         amp: mixed precision for every training and prediction of the run, replacing the strategy's ``amp``:
             ``True``, ``False`` or ``"auto"`` (on for CUDA or a CPU with native bf16: :func:`pemma.runtime.resolve_amp`)
+        workers: processes that train and evaluate the method chains side by side once the CT base is trained,
+            replacing the strategy's ``workers``: an integer or ``"auto"`` (two on a CPU with two or more cores,
+            one on CUDA: :func:`pemma.protocol.chains.resolve_workers`).
 
     Returns:
         The Markdown report (``out/report.md``).
@@ -53,13 +56,13 @@ def reproduce(strategy: str | os.PathLike, data: str | os.PathLike, out: str | o
     return run_strategy(os.fspath(strategy), os.fspath(data), os.fspath(out), backbones=_list(backbone),
                         preset=preset, max_steps=max_steps, variants=_list(variant), methods=_list(method),
                         seed=seed, exclude_bad_cases=exclude_bad_cases, progress=progress,
-                        ct_routes=_list(ct_route), recipes=_list(recipe), amp=amp)
+                        ct_routes=_list(ct_route), recipes=_list(recipe), amp=amp, workers=workers)
 
 
 def demo(out: str | os.PathLike = "demo", *, seed: int | Iterable[int] | None = None, strategy: str = "demo",
          preset: str | None = None, backbone: str | None = None, max_steps: int | None = None,
          exclude_bad_cases: bool = False, progress: bool = True, difficulty: str = "normal",
-         amp: bool | str | None = None) -> Path:
+         amp: bool | str | None = None, workers: int | str | None = None) -> Path:
     """The default phantom + :func:`reproduce` with the shipped demo strategy (tiny preset, CPU).
 
     Args:
@@ -71,6 +74,7 @@ def demo(out: str | os.PathLike = "demo", *, seed: int | Iterable[int] | None = 
         progress: show progress bars.
         difficulty: the phantom: ``normal`` (default) or ``hard`` (see ``pemma synth --difficulty``).
         amp: as for :func:`reproduce` (the demo strategy's default is ``auto``).
+        workers: as for :func:`reproduce` (the demo strategy's default is ``auto``).
 
     Returns:
         The report (``seed_<n>/report.md`` for one seed, ``seeds.md`` for several).
@@ -88,4 +92,4 @@ def demo(out: str | os.PathLike = "demo", *, seed: int | Iterable[int] | None = 
         raise PemmaError(f"invalid phantom settings: {exc}") from None
     return run_demo(os.fspath(out), seeds=_list(seed) or [0], preset=preset, max_steps=max_steps, backbone=backbone,
                     strategy=strategy, exclude_bad_cases=exclude_bad_cases, progress=progress, phantom=phantom,
-                    amp=amp)
+                    amp=amp, workers=workers)

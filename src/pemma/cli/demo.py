@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pemma.cli.options import add_amp_choice, amp_choice
+from pemma.cli.options import add_amp_choice, add_workers_choice, amp_choice
 from pemma.vocab import BACKBONES, PHANTOM_DIFFICULTIES
 
 
@@ -26,6 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--difficulty", choices=PHANTOM_DIFFICULTIES, default="normal",
                    help="phantom difficulty (default normal; hard: see `pemma synth --help`)")
     add_amp_choice(p)
+    add_workers_choice(p)
     p.set_defaults(func=cmd_demo)
 
 
@@ -34,7 +35,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     report = demo(args.out, seed=args.seed, preset=args.preset, max_steps=args.max_steps, backbone=args.backbone,
                   strategy=args.strategy, exclude_bad_cases=args.exclude_bad_cases, difficulty=args.difficulty,
-                  amp=amp_choice(args))
+                  amp=amp_choice(args), workers=args.workers)
     print(report.read_text())
     print(f"report: {report}")
     return 0

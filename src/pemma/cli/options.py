@@ -109,6 +109,27 @@ def amp_choice(args: argparse.Namespace) -> bool | str | None:
     return None if args.amp is None else AMP_FLAG_VALUES[args.amp]
 
 
+def workers_value(text: str) -> int | str:
+    """``--workers``: ``auto`` or an integer >= 1."""
+    if text.lower() == "auto":
+        return "auto"
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1 or auto, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1 or auto, got {text!r}")
+    return value
+
+
+def add_workers_choice(parser: argparse.ArgumentParser) -> None:
+    """``--workers N|auto`` of ``reproduce`` / ``demo``, replacing a strategy's ``workers``."""
+    parser.add_argument("--workers", type=workers_value, default=None,
+                        help="processes that train and evaluate the method chains side by side once the CT base is "
+                             "trained, replacing the strategy's workers: an integer or auto (2 on a CPU with 2 or "
+                             "more cores, 1 on CUDA); results are those of one process")
+
+
 def add_window_flags(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("sliding window (default: as the run was trained)")
     add_field_flag(g, ModelConfig, "roi_size", "--roi")

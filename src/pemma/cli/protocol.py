@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pemma.cli.options import add_amp_choice, amp_choice
+from pemma.cli.options import add_amp_choice, add_workers_choice, amp_choice
 from pemma.vocab import BACKBONES, CT_ROUTES, RECIPES
 
 
@@ -37,6 +37,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="run the PEMMA methods with only these recipes (repeatable), replacing the strategy's "
                         "recipes: pemma (pemma's defaults) or authors (the paper's released configuration)")
     add_amp_choice(p)
+    add_workers_choice(p)
     p.set_defaults(func=cmd_reproduce)
 
 
@@ -46,7 +47,7 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
     report = reproduce(args.strategy, args.data, args.out, backbone=args.backbone, preset=args.preset,
                        max_steps=args.max_steps, variant=args.variant, method=args.method, seed=args.seed,
                        exclude_bad_cases=args.exclude_bad_cases, ct_route=args.ct_route, recipe=args.recipe,
-                       amp=amp_choice(args))
+                       amp=amp_choice(args), workers=args.workers)
     print(report.read_text())
     print(f"report: {report}")
     return 0

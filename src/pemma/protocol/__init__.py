@@ -1,7 +1,7 @@
 """The pure parts of ``pemma reproduce``: strategy files and splits, the results table, report and figures.
 
-* :mod:`pemma.protocol.strategy`: :func:`load_strategy`, :class:`Strategy` (phases, variants, run plan),
-  :func:`split_case_ids`.
+* :mod:`pemma.protocol.strategy`: :class:`Strategy` (phases, variants, run plan), :func:`split_case_ids`;
+  :mod:`pemma.protocol.strategy_file`: :func:`load_strategy`, :func:`parse_strategy`.
 * :mod:`pemma.protocol.results`: :func:`write_results`, :func:`read_results`, :func:`forgetting_table`,
   :func:`markdown_report`.
 * :mod:`pemma.protocol.figures`: :func:`plot_dsc_across_phases`, :func:`plot_overlays` (Matplotlib is
@@ -29,10 +29,9 @@ from pemma.protocol.strategy import (
     SplitSpec,
     Strategy,
     StrategyError,
-    load_strategy,
-    parse_strategy,
     split_case_ids,
 )
+from pemma.protocol.strategy_file import load_strategy, parse_strategy
 
 __all__ = ["COLUMNS", "EVAL_INPUTS", "METHODS", "Phase", "PlannedPhase", "SplitSpec", "Strategy", "StrategyError",
            "forgetting_table", "load_strategy", "markdown_report", "mean_forgetting", "normalise_rows",

@@ -28,7 +28,7 @@ DEMO_STRATEGY = "demo"
 def run_demo(out_dir: str | Path = "demo", seeds: Sequence[int] = (0,), preset: str | None = None,
              max_steps: int | None = None, backbone: str | None = None, strategy: str | Path = DEMO_STRATEGY,
              phantom: PhantomConfig | None = None, exclude_bad_cases: bool = False, progress: bool = True,
-             amp: bool | str | None = None) -> Path:
+             amp: bool | str | None = None, workers: int | str | None = None) -> Path:
     """Generate the default phantom (once) and reproduce ``strategy`` on it for every seed.
 
     Args:
@@ -41,6 +41,7 @@ def run_demo(out_dir: str | Path = "demo", seeds: Sequence[int] = (0,), preset: 
             ``OUT/phantom`` of another difficulty is refused (one line), not silently reused.
         exclude_bad_cases: leave out cases that fail the data check instead of stopping. Default False.
         amp: replaces the strategy's ``amp`` (``True``, ``False``, ``"auto"``); None keeps it.
+        workers: replaces the strategy's ``workers`` (an integer or ``"auto"``); None keeps it.
 
     Returns:
         The report: ``seed_<n>/report.md`` for one seed, ``seeds.md`` for several.
@@ -61,7 +62,7 @@ def run_demo(out_dir: str | Path = "demo", seeds: Sequence[int] = (0,), preset: 
         results = out / f"seed_{seed}"
         reports[seed] = reproduce(strategy, data, results, backbones=[backbone] if backbone else None, preset=preset,
                                   max_steps=max_steps, seed=seed, exclude_bad_cases=exclude_bad_cases,
-                                  progress=progress, amp=amp)
+                                  progress=progress, amp=amp, workers=workers)
     if len(seeds) == 1:
         return reports[seeds[0]]
     return write_seed_summary({s: r.parent for s, r in reports.items()}, out / "seeds.md")

@@ -24,8 +24,8 @@ STRATEGY_MODALITIES: tuple[str, ...] = tuple(default_registry())
 OPERATIONS: tuple[str, ...] = ("pretrain", "adapt", "update")
 DEFAULT_VARIANT = "default"
 
-TOP_KEYS = ("name", "backbones", "preset", "max_steps", "amp", "split", "methods", "routes", "recipes", "phases",
-            "variants", "prognosis")
+TOP_KEYS = ("name", "backbones", "preset", "max_steps", "amp", "workers", "split", "methods", "routes", "recipes",
+            "phases", "variants", "prognosis")
 PHASE_KEYS = ("name", "operation", "centres", "modalities")
 #: optional per-phase keys: ``epochs`` overrides the preset's number of epochs for that phase
 OPTIONAL_PHASE_KEYS = ("epochs",)

@@ -20,94 +20,22 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from pemma.config import build_config
 from pemma.data.check import preflight
-from pemma.data.layout import CaseRecord, discover_cases
+from pemma.data.layout import discover_cases
 from pemma.errors import PemmaError
-from pemma.evaluation.evaluate import evaluate_model
 from pemma.inference.predict import WindowSettings
 from pemma.inference.prediction_cache import PredictionCache
 from pemma.io_utils import write_text_atomic
-from pemma.methods import adapt, load_model, parameter_summary, update
+from pemma.protocol import chains
+from pemma.protocol.chains import ProtocolData, run_dir
 from pemma.protocol.claims.cindex import prognosis_findings  # the lesion chain's cindex_gain_* claims
 from pemma.protocol.results import markdown_report, write_case_results, write_results
-from pemma.protocol.routes import adapt_kwargs, method_folder, pairs, update_kwargs
+from pemma.protocol.routes import adapt_kwargs, method_folder, pairs
 from pemma.protocol.split import split_case_ids
-from pemma.protocol.strategy import PlannedPhase, Strategy, StrategyError, load_strategy
+from pemma.protocol.strategy import PlannedPhase, Strategy, StrategyError
+from pemma.protocol.strategy_file import load_strategy
 from pemma.runtime import resolve_amp
-from pemma.training.segmentation import train
 from pemma.vocab import EVAL_INPUT_SETS, METHODS, canonical_method, method_choices
-
-
-@dataclasses.dataclass
-class ProtocolData:
-    """The dataset's cases and the strategy's train / val / test split of them."""
-
-    root: str
-    cases: dict[str, CaseRecord]
-    split: dict[str, dict[str, list[str]]]
-
-    def part(self, centres: tuple[str, ...], which: str) -> list[CaseRecord]:
-        return [self.cases[i] for c in centres for i in self.split[c][which]]
-
-
-def _run_dir(out: Path, backbone: str, method: str, planned: PlannedPhase | None, key: str | None) -> Path:
-    shared = planned is not None and planned.phase.operation == "pretrain"
-    return out / "runs" / backbone / ("shared" if shared else method) / str(key)
-
-
-def _train_phase(strategy: Strategy, data: ProtocolData, backbone: str, method: str, planned: PlannedPhase,
-                 run: Path, parent: Path | None, progress: bool, route: str = "", recipe: str = "",
-                 amp: bool = False) -> None:
-    phase = planned.phase
-    cfg = build_config(strategy.preset, overrides={
-        "data": {"root": data.root, "centres": list(phase.centres), "modalities": list(phase.modalities)},
-        "model": {"backbone": backbone}, "train": {"max_steps": strategy.max_steps, "seed": strategy.split.seed,
-                                                   "epochs": phase.epochs, "amp": amp}})
-    split = (data.part(phase.centres, "train"), data.part(phase.centres, "val"))
-    resume = (run / "checkpoint.pt").is_file()
-    if phase.operation == "pretrain":
-        train(cfg, run, resume=resume, progress=progress, split=split)
-    elif phase.operation == "adapt":  # the phase's one new modality (a second adapt stacks it: methods.stacking)
-        seen = {m for p in strategy.variant_phases(planned.variant)[: planned.index] for m in p.modalities}
-        added = next(m for m in phase.modalities if m not in seen)
-        adapt(parent, cfg, run, method=method, resume=resume, progress=progress, split=split, added_modality=added,
-              **adapt_kwargs(method, route, recipe, backbone, strategy.source))
-    else:
-        update(parent, cfg, list(phase.modalities), run, resume=resume, progress=progress, split=split,
-               **update_kwargs(update, method, route, recipe))
-    pair = {"route": route, "recipe": recipe} if route or recipe else {}
-    write_text_atomic(run / "phase.json", json.dumps({"phase": phase.name, "method": method, **pair,
-                                                      "parent": str(parent) if parent else None}, indent=2))
-
-
-def _evaluate_run(run: Path, data: ProtocolData, centres: tuple[str, ...], device: torch.device,
-                  inputs_cache: dict[tuple, Any], input_sets: tuple[tuple[str, ...], ...] = EVAL_INPUT_SETS,
-                  predictions: PredictionCache | None = None) -> dict[str, Any]:
-    """``{"centre|inputs": DSCagg dict}`` for every centre and accepted input set of ``input_sets`` (the strategy's;
-    cached in the run); the predictions go into ``predictions`` (reused by later runs served by the same network,
-    the overlays and the lesion chain)."""
-    cache_path = run / "evaluation.json"
-    cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
-    # an evaluation cached before per-case results were kept ("|cases") is redone
-    missing = [(c, m) for c in centres for m in input_sets
-               if f"{c}|{'+'.join(m)}" not in cache
-               or (cache[f"{c}|{'+'.join(m)}"] is not None and f"{c}|{'+'.join(m)}|cases" not in cache)]
-    if missing:
-        model = load_model(run, device)
-        if "params" not in cache:
-            cache["params"] = parameter_summary(run)
-        for centre, modalities in missing:
-            key = f"{centre}|{'+'.join(modalities)}"
-            if list(modalities) not in model.input_sets:
-                cache[key] = None
-                continue
-            result = evaluate_model(model, data.part((centre,), "test"), modalities, device, progress=False,
-                                    inputs_cache=inputs_cache, predictions=predictions)
-            cache[key] = result["DSCagg"]
-            cache[f"{key}|cases"] = [{**row, "counts": result["counts"][row["case_id"]]} for row in result["cases"]]
-        write_text_atomic(cache_path, json.dumps(cache, indent=2, default=float))
-    return cache
 
 
 def _rows(cache: dict[str, Any], backbone: str, method: str, planned: PlannedPhase,
@@ -158,7 +86,8 @@ def reproduce(strategy_path: str | Path, data_root: str | Path, out_dir: str | P
               backbones: list[str] | None = None, preset: str | None = None, max_steps: int | None = None,
               variants: list[str] | None = None, methods: list[str] | None = None, seed: int | None = None,
               exclude_bad_cases: bool = False, progress: bool = True, ct_routes: list[str] | None = None,
-              recipes: list[str] | None = None, amp: bool | str | None = None) -> Path:
+              recipes: list[str] | None = None, amp: bool | str | None = None,
+              workers: int | str | None = None) -> Path:
     """Run a strategy on a dataset; returns the path of the Markdown report.
 
     ``ct_routes`` / ``recipes`` replace the strategy's ``routes`` / ``recipes`` (the PEMMA methods run once per pair);
@@ -184,7 +113,7 @@ def reproduce(strategy_path: str | Path, data_root: str | Path, out_dir: str | P
             by_centre.setdefault(case.centre, []).append(case.case_id)
     strategy = load_strategy(strategy_path, dataset_centres=by_centre).with_overrides(
         backbones=backbones, preset=preset, max_steps=max_steps, variants=variants, seed=seed, routes=ct_routes,
-        recipes=recipes, amp=amp)
+        recipes=recipes, amp=amp, workers=workers)
     if methods:
         unknown = sorted(m for m in methods if m not in method_choices())
         if unknown:
@@ -223,18 +152,23 @@ def reproduce(strategy_path: str | Path, data_root: str | Path, out_dir: str | P
     inputs_cache: dict[tuple, Any] = {}  # preprocessed test inputs, shared by every model evaluated
     # every prediction made, so none is made twice (evaluation, overlays, lesions), in the run's precision
     predictions = PredictionCache(window=WindowSettings(amp=mixed))
+    count, how = chains.resolve_workers(strategy.workers, device, len(chains.chains_of(jobs)))
+    print(f"reproduce: {precision}; {how}", flush=True)
+    pending = [c for c in chains.chains_of(jobs) if not all(_finished(out, job) for job in c)]
+    if count > 1 and pending:  # the CT bases here, then the method chains side by side in worker processes
+        _pretrain(strategy, data, out, jobs, mixed, progress)
+        chains.run_chains(strategy, data, out, pending, count, device, mixed, progress)
     bar = tqdm(jobs, desc="reproduce", unit="phase", disable=not progress, dynamic_ncols=True)
     for backbone, method, pair, planned in bar:
         folder = method_folder(method, *pair)
         bar.set_postfix_str(f"{backbone} {folder} {planned.variant} {planned.phase.name}")
-        run = _run_dir(out, backbone, folder, planned, planned.run_key)
+        run = run_dir(out, backbone, folder, planned, planned.run_key)
         if not (run / "phase.json").is_file():
-            parent_planned = next((p for p in strategy.plan() if p.run_key == planned.parent_key), None)
-            parent = _run_dir(out, backbone, folder, parent_planned, planned.parent_key) if parent_planned else None
-            _train_phase(strategy, data, backbone, method, planned, run, parent, progress=progress, route=pair[0],
-                         recipe=pair[1], amp=mixed)
+            chains.train_phase(strategy, data, backbone, method, planned, run,
+                               chains.parent_dir(strategy, out, backbone, folder, planned), progress=progress,
+                               route=pair[0], recipe=pair[1], amp=mixed)
         sets = strategy.eval_input_sets
-        cache = _evaluate_run(run, data, planned.eval_centres, device, inputs_cache, sets, predictions)
+        cache = chains.evaluate_run(run, data, planned.eval_centres, device, inputs_cache, sets, predictions)
         rows += _rows(cache, backbone, method, planned, pair, sets)
         case_rows += _case_rows(cache, backbone, method, planned, pair, sets)
     bar.close()
@@ -243,6 +177,23 @@ def reproduce(strategy_path: str | Path, data_root: str | Path, out_dir: str | P
     prognosis = _prognosis(strategy, data, out, predictions)
     figures = _overlays(strategy, data, out, device, inputs_cache, predictions)
     return _report(strategy, rows, out, time.time() - started, figures, prognosis, case_rows, precision)
+
+
+def _pretrain(strategy: Strategy, data: ProtocolData, out: Path, jobs: list[chains.Job], amp: bool,
+              progress: bool) -> None:
+    """Train the CT base of every backbone that has none yet (what the chains start from)."""
+    for backbone, method, pair, planned in jobs:
+        run = run_dir(out, backbone, "", planned, planned.run_key)
+        if planned.phase.operation == "pretrain" and not (run / "phase.json").is_file():
+            chains.train_phase(strategy, data, backbone, method, planned, run, None, progress=progress,
+                               route=pair[0], recipe=pair[1], amp=amp)
+
+
+def _finished(out: Path, job: chains.Job) -> bool:
+    """Whether a job's run is trained and evaluated (what a chain worker leaves)."""
+    backbone, method, pair, planned = job
+    run = run_dir(out, backbone, method_folder(method, *pair), planned, planned.run_key)
+    return (run / "phase.json").is_file() and (run / "evaluation.json").is_file()
 
 
 def _first_folder(strategy: Strategy, method: str) -> str:
@@ -271,14 +222,14 @@ def _prognosis(strategy: Strategy, data: ProtocolData, out: Path,
     for backbone in strategy.backbones:
         seg = {}
         if adapt is not None and strategy.prognosis.adapters_from_segmentation:
-            seg = {m: _run_dir(out, backbone, _first_folder(strategy, f"pemma_{m}"), adapt, adapt.run_key)
+            seg = {m: run_dir(out, backbone, _first_folder(strategy, f"pemma_{m}"), adapt, adapt.run_key)
                    for m in strategy.prognosis.methods
                    if f"pemma_{m}" in strategy.methods}
         start = {m: "segmentation adapters" if m in seg else "new adapters" for m in strategy.prognosis.methods}
         print(f"prognosis ({backbone}): CT -> CT+PET -> CT+PET+EHR on {', '.join(centres)}; +PET starts from "
               + ", ".join(f"{m}: {how}" for m, how in start.items()), flush=True)
         rows += run_prognosis(
-            strategy.prognosis, data_root=data.root, base_run=_run_dir(out, backbone, "", plan[0], plan[0].run_key),
+            strategy.prognosis, data_root=data.root, base_run=run_dir(out, backbone, "", plan[0], plan[0].run_key),
             out=out / "runs" / backbone / f"prognosis_{strategy.prognosis.digest()}", backbone=backbone,
             preset=strategy.preset,
             seed=strategy.split.seed, max_steps=strategy.max_steps, centres=centres,
@@ -321,7 +272,7 @@ def _overlays(strategy: Strategy, data: ProtocolData, out: Path, device: torch.d
     backbone, variant = strategy.backbones[0], strategy.variant_names[0]
     plan, adapt = _first_variant(strategy)
     pretrain = plan[0]
-    base = _run_dir(out, backbone, "", pretrain, pretrain.run_key)
+    base = run_dir(out, backbone, "", pretrain, pretrain.run_key)
     figures: dict[str, str] = {}
     if adapt is None or adapt.phase.modalities != ("ct", "pet"):  # the overlays show CT and PET images
         return figures
@@ -333,7 +284,7 @@ def _overlays(strategy: Strategy, data: ProtocolData, out: Path, device: torch.d
                       f"after {last.phase.name} ({variant}), CT input on the pretraining centres (forgetting)"))
     for planned, mods, centres, name, caption in views:
         runs: dict[str, tuple[Path, list[str]]] = {"CT model (CT)": (base, ["ct"])}
-        runs.update({f"{m} ({'+'.join(mods).upper()})": (_run_dir(out, backbone, _first_folder(strategy, m), planned,
+        runs.update({f"{m} ({'+'.join(mods).upper()})": (run_dir(out, backbone, _first_folder(strategy, m), planned,
                                                                    planned.run_key), mods)
                      for m in strategy.methods})
         overlay_figure(data.part(tuple(centres), "test"), runs, out / name, device, title=caption,

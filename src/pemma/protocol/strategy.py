@@ -7,6 +7,8 @@ A strategy is a small YAML file (``strategies/hecktor2022.yaml`` is the authors'
     preset: tiny
     max_steps: null
     amp: false                  # mixed precision: true, false or auto (on for CUDA or a CPU with native bf16); --amp
+    workers: 1                  # processes running the method chains side by side after pretraining, or auto
+                                # (pemma.protocol.chains.resolve_workers); --workers
     split: {val_fraction: 0.2, test_fraction: 0.2, seed: 0}
     methods: [pemma_lora, pemma_dora, early_fusion, late_fusion, full_finetune]
     routes: [exact]             # CT routes of the PEMMA methods (pemma.vocab.CT_ROUTES), or per method:
@@ -40,7 +42,10 @@ model (its modalities: every one seen so far and the new one; PEMMA methods only
 HECKTOR centres or centres of the dataset; no unknown keys. Every centre is evaluated with every subset of the
 strategy's modalities (:attr:`Strategy.eval_input_sets`: ct, pet, ct+pet for the shipped CT+PET strategies).
 
+Reading a file: :mod:`pemma.protocol.strategy_file` (:func:`~pemma.protocol.strategy_file.load_strategy`).
+
 Example:
+    >>> from pemma.protocol.strategy_file import load_strategy
     >>> strategy = load_strategy("strategies/hecktor2022.yaml").with_overrides(preset="tiny", max_steps=20)
     >>> [p.run_key for p in strategy.plan() if p.variant == "pet_only"][-1]
     '03_update_hmr_pet_0999d89b'
@@ -54,28 +59,20 @@ import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
-from pathlib import Path
 from typing import Any
-
-import yaml
 
 from pemma.config import build_config
 from pemma.errors import PemmaError
 from pemma.protocol.phases import (
     DEFAULT_VARIANT,
     OPERATIONS,
-    OPTIONAL_PHASE_KEYS,
-    PHASE_KEYS,
-    SPLIT_KEYS,
     STRATEGY_MODALITIES,
-    TOP_KEYS,
     Phase,
     PrognosisSpec,
     SplitSpec,
     StrategyError,
     canonical_centres,
     check_centres,
-    check_keys,
     check_methods,
     check_order,
     check_routes,
@@ -98,8 +95,7 @@ from pemma.vocab import (
 )
 
 __all__ = ["DEFAULT_VARIANT", "EVAL_INPUTS", "HECKTOR_CENTRES", "METHODS", "OPERATIONS", "Phase",
-           "PlannedPhase", "SplitSpec", "Strategy", "StrategyError", "load_strategy", "parse_strategy",
-           "shipped_strategies", "split_case_ids"]
+           "PlannedPhase", "SplitSpec", "Strategy", "StrategyError", "split_case_ids"]
 
 @dataclass(frozen=True)
 class PlannedPhase:
@@ -147,6 +143,7 @@ class Strategy:
     preset: str = "tiny"
     max_steps: int | None = None
     amp: bool | str = False
+    workers: int | str = 1
     split: SplitSpec = field(default_factory=SplitSpec)
     methods: tuple[str, ...] = METHODS
     variants: Mapping[str, Mapping[str, Mapping[str, Any]]] = field(default_factory=dict)
@@ -180,6 +177,9 @@ class Strategy:
             raise StrategyError(f"max_steps must be null or an integer >= 1, got {self.max_steps!r}")
         if not (isinstance(self.amp, bool) or self.amp == "auto"):
             raise StrategyError(f"amp must be true, false or auto, got {self.amp!r}")
+        if not (self.workers == "auto" or (isinstance(self.workers, int) and not isinstance(self.workers, bool)
+                                           and self.workers >= 1)):
+            raise StrategyError(f"workers must be an integer >= 1 or auto, got {self.workers!r}")
         if not self.phases:
             raise StrategyError("phases must list at least one phase")
         dataset, known = self._known()
@@ -304,7 +304,7 @@ class Strategy:
                        max_steps: int | None = None, variants: Sequence[str] | None = None,
                        dataset_centres: Iterable[str] | None = None, seed: int | None = None,
                        routes: Sequence[str] | None = None, recipes: Sequence[str] | None = None,
-                       amp: bool | str | None = None) -> Strategy:
+                       amp: bool | str | None = None, workers: int | str | None = None) -> Strategy:
         """A re-validated copy with command-line overrides applied (``None`` keeps the file's value).
 
         Args:
@@ -317,6 +317,7 @@ class Strategy:
             routes: the PEMMA methods' CT routes, e.g. ``["shared"]`` from ``--ct-route``.
             recipes: the PEMMA methods' recipes, e.g. ``["authors"]`` from ``--recipe``.
             amp: mixed precision, ``True``, ``False`` or ``"auto"`` (from ``--amp``).
+            workers: processes for the method chains, an integer or ``"auto"`` (from ``--workers``).
 
         Example:
             >>> strategy.with_overrides(backbones=["swin_unetr"], max_steps=5).max_steps
@@ -331,6 +332,8 @@ class Strategy:
             changes["max_steps"] = max_steps
         if amp is not None:
             changes["amp"] = amp
+        if workers is not None:
+            changes["workers"] = workers
         if variants is not None:
             for variant in variants:
                 self._require_variant(variant)
@@ -348,8 +351,8 @@ class Strategy:
     def to_dict(self) -> dict[str, Any]:
         """Plain data (YAML/JSON-ready) equal to what :func:`parse_strategy` reads back."""
         return {"name": self.name, "backbones": list(self.backbones), "preset": self.preset,
-                "max_steps": self.max_steps, "amp": self.amp, "split": dataclasses.asdict(self.split),
-                "methods": list(self.methods),
+                "max_steps": self.max_steps, "amp": self.amp, "workers": self.workers,
+                "split": dataclasses.asdict(self.split), "methods": list(self.methods),
                 "routes": ({m: list(r) for m, r in self.routes.items()} if isinstance(self.routes, Mapping)
                            else list(self.routes)),
                 "recipes": list(self.recipes),
@@ -358,72 +361,3 @@ class Strategy:
                            for p in self.phases],
                 "variants": {k: {n: dict(c) for n, c in (v or {}).items()} for k, v in self.variants.items()},
                 **({"prognosis": self.prognosis.to_dict()} if self.prognosis else {})}
-
-
-def parse_strategy(raw: Any, source: str = "<strategy>", dataset_centres: Iterable[str] | None = None) -> Strategy:
-    """Validate already-loaded YAML data; errors are prefixed with ``source``.
-
-    Example:
-        >>> parse_strategy({"name": "x", "phases": [{"name": "p", "operation": "pretrain",
-        ...                 "centres": ["CHUM"], "modalities": ["ct"]}]}).variant_names
-        ('default',)
-    """
-    try:
-        check_keys(raw, TOP_KEYS, "top level")
-        if not isinstance(raw.get("phases") or [], list):
-            raise StrategyError("phases must be a list of phases")
-        phases = []
-        for i, entry in enumerate(raw.get("phases") or []):
-            label = entry.get("name", f"#{i + 1}") if isinstance(entry, Mapping) else f"#{i + 1}"
-            check_keys(entry, PHASE_KEYS + OPTIONAL_PHASE_KEYS, f"phase {label!r}")
-            missing = [k for k in PHASE_KEYS if k not in entry]
-            if missing:
-                raise StrategyError(f"phase {label!r}: missing key {missing[0]!r}")
-            phases.append(Phase(entry["name"], entry["operation"], entry["centres"], entry["modalities"],
-                                entry.get("epochs")))
-        for key in ("split", "variants"):
-            if raw.get(key) is not None and not isinstance(raw[key], Mapping):
-                raise StrategyError(f"{key} must be a mapping, got {raw[key]!r}")
-        check_keys(raw.get("split") or {}, SPLIT_KEYS, "split")
-        split = SplitSpec(**(raw.get("split") or {}))
-        prognosis = PrognosisSpec.parse(raw.get("prognosis"))
-    except StrategyError as exc:
-        raise StrategyError(f"{source}: {exc}") from None
-    kwargs = {k: raw[k] for k in ("backbones", "preset", "amp", "methods", "routes", "recipes")
-              if raw.get(k) is not None}
-    return Strategy(name=raw.get("name", ""), phases=tuple(phases), max_steps=raw.get("max_steps"), split=split,
-                    variants=raw.get("variants") or {}, source=source, prognosis=prognosis,
-                    dataset_centres=tuple(sorted(set(dataset_centres))) if dataset_centres is not None else None,
-                    **kwargs)
-
-
-def shipped_strategies() -> list[str]:
-    """Names of the strategies shipped with pemma (``hecktor2022``, ``demo``)."""
-    files = resources.files("pemma") / "strategies"
-    return sorted(p.name[:-5] for p in files.iterdir() if p.name.endswith(".yaml"))
-
-
-def load_strategy(path: str | Path, dataset_centres: Iterable[str] | None = None) -> Strategy:
-    """Read and validate a strategy YAML file, or a shipped strategy by name (see :func:`shipped_strategies`).
-
-    Args:
-        path: the YAML file, or a shipped strategy's name such as ``"hecktor2022"``.
-        dataset_centres: centres present in the dataset, if known (see :class:`Strategy`).
-
-    Raises:
-        StrategyError: one line, ``"<path>: phase 'adapt_mda' (#2): unknown centre 'MDX' (known: ...)"``.
-
-    Example:
-        >>> load_strategy("strategies/hecktor2022.yaml").variant_names
-        ('pet_only', 'ct_only', 'ct_pet')
-    """
-    path = Path(path)
-    if not path.is_file() and str(path) in shipped_strategies():
-        path = Path(str(resources.files("pemma") / "strategies" / f"{path}.yaml"))
-    if not path.is_file():
-        raise StrategyError(f"{path}: strategy file not found (shipped strategies: {', '.join(shipped_strategies())})")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise StrategyError(f"{path}: invalid YAML ({str(exc).splitlines()[0]})") from None
-    return parse_strategy(raw if raw is not None else {}, str(path), dataset_centres)

@@ -1,0 +1,197 @@
+"""The runs of ``pemma reproduce``: train one phase, evaluate one run, and the chains of phases of the methods
+side by side in worker processes.
+
+A *chain* is every phase one method (with one CT route and recipe) trains on one backbone after the shared CT
+pretraining: ``adapt`` then its ``update`` phases, each continuing the one before. Chains share nothing but the
+pretrained base, which they only read, so once it is trained they can run at the same time. ``workers`` > 1 runs
+them in that many spawned processes, each with ``threads // workers`` torch threads; every run is trained and
+evaluated exactly as in one process (the same seeds, the same run folders, ``phase.json`` / ``evaluation.json``),
+and :func:`pemma.protocol.runner.reproduce` then finds them finished and builds the results from them.
+
+Why: on a small CPU a tiny network's training step does not use two cores well (data loading and the optimiser are
+serial; two torch threads measured no faster than one for the demo's CT pretraining), while two one-thread processes
+run side by side at nearly full speed each (benchmarks/README.md, ``bench_demo.py``). The setting (``workers``,
+strategy key, ``--workers``) is ``1`` by default and ``auto`` in the demo: :func:`resolve_workers`.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import json
+import multiprocessing
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from pemma.config import build_config
+from pemma.data.layout import CaseRecord
+from pemma.errors import PemmaError
+from pemma.evaluation.evaluate import evaluate_model
+from pemma.inference.predict import WindowSettings
+from pemma.inference.prediction_cache import PredictionCache
+from pemma.io_utils import write_text_atomic
+from pemma.methods import adapt, load_model, parameter_summary, update
+from pemma.protocol.routes import adapt_kwargs, method_folder, update_kwargs
+from pemma.protocol.strategy import PlannedPhase, Strategy
+from pemma.training.segmentation import train
+from pemma.vocab import EVAL_INPUT_SETS
+
+#: a job of ``reproduce``: (backbone, method, (route, recipe), planned phase)
+Job = tuple[str, str, tuple[str, str], PlannedPhase]
+
+
+@dataclasses.dataclass
+class ProtocolData:
+    """The dataset's cases and the strategy's train / val / test split of them."""
+
+    root: str
+    cases: dict[str, CaseRecord]
+    split: dict[str, dict[str, list[str]]]
+
+    def part(self, centres: tuple[str, ...], which: str) -> list[CaseRecord]:
+        return [self.cases[i] for c in centres for i in self.split[c][which]]
+
+
+def run_dir(out: Path, backbone: str, method: str, planned: PlannedPhase | None, key: str | None) -> Path:
+    """``OUT/runs/<backbone>/<method folder, or "shared" for the pretraining>/<run key>``."""
+    shared = planned is not None and planned.phase.operation == "pretrain"
+    return out / "runs" / backbone / ("shared" if shared else method) / str(key)
+
+
+def parent_dir(strategy: Strategy, out: Path, backbone: str, folder: str, planned: PlannedPhase) -> Path | None:
+    """The run ``planned`` continues (None for the pretraining)."""
+    parent = next((p for p in strategy.plan() if p.run_key == planned.parent_key), None)
+    return run_dir(out, backbone, folder, parent, planned.parent_key) if parent else None
+
+
+def train_phase(strategy: Strategy, data: ProtocolData, backbone: str, method: str, planned: PlannedPhase,
+                run: Path, parent: Path | None, progress: bool, route: str = "", recipe: str = "",
+                amp: bool = False) -> None:
+    """Train one phase into ``run`` (resuming from its checkpoint), then mark it finished (``phase.json``)."""
+    phase = planned.phase
+    cfg = build_config(strategy.preset, overrides={
+        "data": {"root": data.root, "centres": list(phase.centres), "modalities": list(phase.modalities)},
+        "model": {"backbone": backbone}, "train": {"max_steps": strategy.max_steps, "seed": strategy.split.seed,
+                                                   "epochs": phase.epochs, "amp": amp}})
+    split = (data.part(phase.centres, "train"), data.part(phase.centres, "val"))
+    resume = (run / "checkpoint.pt").is_file()
+    if phase.operation == "pretrain":
+        train(cfg, run, resume=resume, progress=progress, split=split)
+    elif phase.operation == "adapt":  # the phase's one new modality (a second adapt stacks it: methods.stacking)
+        seen = {m for p in strategy.variant_phases(planned.variant)[: planned.index] for m in p.modalities}
+        added = next(m for m in phase.modalities if m not in seen)
+        adapt(parent, cfg, run, method=method, resume=resume, progress=progress, split=split, added_modality=added,
+              **adapt_kwargs(method, route, recipe, backbone, strategy.source))
+    else:
+        update(parent, cfg, list(phase.modalities), run, resume=resume, progress=progress, split=split,
+               **update_kwargs(update, method, route, recipe))
+    pair = {"route": route, "recipe": recipe} if route or recipe else {}
+    write_text_atomic(run / "phase.json", json.dumps({"phase": phase.name, "method": method, **pair,
+                                                      "parent": str(parent) if parent else None}, indent=2))
+
+
+def evaluate_run(run: Path, data: ProtocolData, centres: tuple[str, ...], device: torch.device,
+                 inputs_cache: dict[tuple, Any], input_sets: tuple[tuple[str, ...], ...] = EVAL_INPUT_SETS,
+                 predictions: PredictionCache | None = None) -> dict[str, Any]:
+    """``{"centre|inputs": DSCagg dict}`` for every centre and accepted input set of ``input_sets`` (the strategy's;
+    cached in the run); the predictions go into ``predictions`` (reused by later runs served by the same network,
+    the overlays and the lesion chain)."""
+    cache_path = run / "evaluation.json"
+    cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+    # an evaluation cached before per-case results were kept ("|cases") is redone
+    missing = [(c, m) for c in centres for m in input_sets
+               if f"{c}|{'+'.join(m)}" not in cache
+               or (cache[f"{c}|{'+'.join(m)}"] is not None and f"{c}|{'+'.join(m)}|cases" not in cache)]
+    if missing:
+        model = load_model(run, device)
+        if "params" not in cache:
+            cache["params"] = parameter_summary(run)
+        for centre, modalities in missing:
+            key = f"{centre}|{'+'.join(modalities)}"
+            if list(modalities) not in model.input_sets:
+                cache[key] = None
+                continue
+            result = evaluate_model(model, data.part((centre,), "test"), modalities, device, progress=False,
+                                    inputs_cache=inputs_cache, predictions=predictions)
+            cache[key] = result["DSCagg"]
+            cache[f"{key}|cases"] = [{**row, "counts": result["counts"][row["case_id"]]} for row in result["cases"]]
+        write_text_atomic(cache_path, json.dumps(cache, indent=2, default=float))
+    return cache
+
+
+def resolve_workers(setting: int | str, device: torch.device, chains: int) -> tuple[int, str]:
+    """How many worker processes run the chains, and why (for the log).
+
+    ``auto``: one on CUDA (the processes would share one device), else two where the process may use two or more
+    cores (never more than there are chains); an integer is taken as it is (at most the number of chains).
+
+    Example:
+        >>> resolve_workers("auto", torch.device("cpu"), chains=5)  # on a 2-core machine
+        (2, '2 worker processes x 1 torch thread: the method chains side by side (cpu, 2 cores)')
+    """
+    if not (setting == "auto" or (isinstance(setting, int) and not isinstance(setting, bool) and setting >= 1)):
+        raise PemmaError(f"workers must be an integer >= 1 or auto, got {setting!r}")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if setting == "auto":
+        setting = 1 if device.type == "cuda" or cores < 2 else 2
+    workers = max(1, min(int(setting), chains))
+    if workers == 1:
+        return 1, "1 process: the method chains one after another"
+    threads = max(1, torch.get_num_threads() // workers)
+    return workers, (f"{workers} worker processes x {threads} torch thread{'s' * (threads > 1)}: the method chains "
+                     f"side by side ({device.type}, {cores} cores)")
+
+
+def _run_chain(strategy: Strategy, data: ProtocolData, out: Path, chain: list[Job], device: str, amp: bool,
+               threads: int) -> str:
+    """One worker's job: train and evaluate every phase of ``chain`` in order (finished ones are skipped)."""
+    torch.set_num_threads(threads)
+    inputs_cache: dict[tuple, Any] = {}
+    predictions = PredictionCache(window=WindowSettings(amp=amp))
+    for backbone, method, pair, planned in chain:
+        folder = method_folder(method, *pair)
+        run = run_dir(out, backbone, folder, planned, planned.run_key)
+        if not (run / "phase.json").is_file():
+            train_phase(strategy, data, backbone, method, planned, run,
+                        parent_dir(strategy, out, backbone, folder, planned), progress=False, route=pair[0],
+                        recipe=pair[1], amp=amp)
+        evaluate_run(run, data, planned.eval_centres, torch.device(device), inputs_cache,
+                     strategy.eval_input_sets, predictions)
+    backbone, method, pair, _ = chain[0]
+    return f"{backbone} {method_folder(method, *pair)}"
+
+
+def chains_of(jobs: list[Job]) -> list[list[Job]]:
+    """The jobs after the pretraining, grouped per (backbone, method, route, recipe) in their order."""
+    chains: dict[tuple[str, str, tuple[str, str]], list[Job]] = {}
+    for job in jobs:
+        if job[3].phase.operation != "pretrain":
+            chains.setdefault(job[:3], []).append(job)
+    return list(chains.values())
+
+
+def run_chains(strategy: Strategy, data: ProtocolData, out: Path, chains: list[list[Job]], workers: int,
+               device: torch.device, amp: bool, progress: bool = True) -> None:
+    """Train and evaluate ``chains`` in ``workers`` spawned processes (the pretrained bases must exist).
+
+    The first failure stops the chains not yet started and is raised here; finished runs stay and resume.
+    """
+    threads = max(1, torch.get_num_threads() // workers)
+    context = multiprocessing.get_context("spawn")  # no fork of a process that holds OpenMP threads
+    with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        futures = [pool.submit(_run_chain, strategy, data, out, chain, device.type, amp, threads) for chain in chains]
+        bar = tqdm(total=len(futures), desc="chains", unit="chain", disable=not progress, dynamic_ncols=True)
+        try:
+            for future in concurrent.futures.as_completed(futures):
+                bar.set_postfix_str(future.result())
+                bar.update()
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+        finally:
+            bar.close()
