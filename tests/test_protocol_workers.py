@@ -29,6 +29,7 @@ phases:
   - {name: pre, operation: pretrain, centres: [CHUM], modalities: [ct]}
   - {name: add, operation: adapt, centres: [MDA], modalities: [ct, pet]}
   - {name: upd, operation: update, centres: [CHUP], modalities: [pet]}
+prognosis: {methods: [lora], head: cox, epochs: 1, train_adapters: false}
 """
 
 
@@ -94,11 +95,30 @@ def test_two_workers_give_the_results_of_one_process(phantom: Path, tmp_path: Pa
     assert "1 process: the method chains one after another" in capsys.readouterr().out
     two = reproduce(strategy, phantom, tmp_path / "two", progress=False, workers=2).parent
     assert "2 worker processes x 1 torch thread" in capsys.readouterr().out
-    for run in (two / "runs" / "unetr").glob("*/*"):
-        assert (run / "phase.json").is_file() and (run / "evaluation.json").is_file(), run
-    assert len(list((two / "runs" / "unetr").glob("*/*"))) == 5  # the shared base + 2 chains x 2 phases
+    runs = [r for r in (two / "runs" / "unetr").glob("*/*") if not r.parent.name.startswith("prognosis")]
+    assert len(runs) == 5  # the shared base + 2 chains x 2 phases, each trained and evaluated
+    assert all((run / "phase.json").is_file() and (run / "evaluation.json").is_file() for run in runs)
     assert _rows(two / "results_cases.csv") == _rows(one / "results_cases.csv")  # every case, every number
+    # the prognosis: neural stages here, lesion-feature chain in a worker, the same rows
+    prognosis = json.loads((two / "prognosis.json").read_text())
+    assert any(r["method"].startswith("lesion") for r in prognosis)
+    assert any(r["stage"] == "ct+pet+ehr" for r in prognosis)
+    assert prognosis == json.loads((one / "prognosis.json").read_text())
     assert json.loads((two / "strategy.json").read_text())["workers"] == 2
     # finished chains are not run again: a second call finds every run and spawns no worker
     reproduce(strategy, phantom, tmp_path / "two", progress=False, workers=2)
     assert "chains" not in capsys.readouterr().err
+
+
+def test_side_by_side_runs_in_a_worker_and_leaves_failures_to_the_caller(tmp_path: Path) -> None:
+    from pemma.io_utils import write_text_atomic
+
+    threads, seen = torch.get_num_threads(), []
+    calls = [{"path": tmp_path / "a.txt", "text": "done"},
+             {"path": tmp_path / "folder", "text": "x"}]  # a folder in the way: fails in the worker
+    (tmp_path / "folder" / "inside").mkdir(parents=True)
+    with chains.side_by_side(write_text_atomic, calls):
+        seen.append(torch.get_num_threads())
+    assert (tmp_path / "a.txt").read_text() == "done"  # the worker's result is on disk when the block ends
+    assert (tmp_path / "folder" / "inside").is_dir()  # its failure was not raised here
+    assert seen == [max(1, threads // 2)] and torch.get_num_threads() == threads  # shared, then restored

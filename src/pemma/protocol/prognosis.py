@@ -50,7 +50,7 @@ def run_prognosis(spec: PrognosisSpec, *, data_root: str, base_run: Path, out: P
                   seed: int, max_steps: int | None, train_ids: Sequence[str], val_ids: Sequence[str],
                   held_out_ids: Sequence[str], centres: Sequence[str],
                   segmentation_adapters: Mapping[str, Path] | None = None,
-                  predictions: PredictionCache | None = None) -> list[dict[str, Any]]:
+                  predictions: PredictionCache | None = None, lesion: bool = True) -> list[dict[str, Any]]:
     """Train (or reuse) and evaluate every prognosis stage; returns the rows (:data:`PROGNOSIS_COLUMNS`).
 
     Args:
@@ -65,6 +65,8 @@ def run_prognosis(spec: PrognosisSpec, *, data_root: str, base_run: Path, out: P
         segmentation_adapters: ``{method: PEMMA segmentation run}`` whose adapters start the +PET stage.
         predictions: segmentations already made in this process, reused by the lesion chain (see
             :func:`run_lesion_chains`).
+        lesion: also run the lesion-feature chains (default); ``False``: the neural stages only (a caller that runs
+            :func:`run_lesion_chains` elsewhere, e.g. in a worker process at the same time).
     """
     from pemma.survival.evaluate import evaluate_survival
     from pemma.survival.training import adapt_survival, train_survival
@@ -106,6 +108,8 @@ def run_prognosis(spec: PrognosisSpec, *, data_root: str, base_run: Path, out: P
                      "steps": summary.get("steps"),
                      "note": result.get("note") or ("overfitting: training C-index exceeds the validation one"
                                                     if summary.get("overfitting") else None)})
+    if not lesion:
+        return rows
     try:  # its claims reach findings.json through protocol.claims.cindex.prognosis_findings
         rows += run_lesion_chains(data_root=data_root, base_run=base_run, out=out, backbone=backbone, seed=seed,
                                   train_ids=train_ids, held_out_ids=held_out_ids, centres=centres,

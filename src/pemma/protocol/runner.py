@@ -174,7 +174,7 @@ def reproduce(strategy_path: str | Path, data_root: str | Path, out_dir: str | P
     bar.close()
     write_results(rows, out)
     write_case_results(case_rows, out)
-    prognosis = _prognosis(strategy, data, out, predictions)
+    prognosis = _prognosis(strategy, data, out, predictions, count)
     figures = _overlays(strategy, data, out, device, inputs_cache, predictions)
     return _report(strategy, rows, out, time.time() - started, figures, prognosis, case_rows, precision)
 
@@ -208,17 +208,18 @@ def _first_variant(strategy: Strategy) -> tuple[list[PlannedPhase], PlannedPhase
 
 
 def _prognosis(strategy: Strategy, data: ProtocolData, out: Path,
-               predictions: PredictionCache | None = None) -> list[dict[str, Any]]:
+               predictions: PredictionCache | None = None, workers: int = 1) -> list[dict[str, Any]]:
     """The strategy's prognosis experiment for every backbone (none without a ``prognosis`` section); the lesion
-    chain's segmentations come from ``predictions`` where evaluation made them."""
-    from pemma.protocol.prognosis import run_prognosis, write_prognosis
+    chain's segmentations come from ``predictions`` where evaluation made them. With ``workers`` > 1 the lesion-feature
+    chains run in a worker process while this one trains the neural stages (both cache their results on disk)."""
+    from pemma.protocol.prognosis import run_lesion_chains, run_prognosis, write_prognosis
 
     if strategy.prognosis is None:
         return []
     centres = strategy.prognosis_centres
-    rows: list[dict[str, Any]] = []
     plan, adapt = _first_variant(strategy)
     val, test = data.part(centres, "val"), data.part(centres, "test")
+    jobs = []
     for backbone in strategy.backbones:
         seg = {}
         if adapt is not None and strategy.prognosis.adapters_from_segmentation:
@@ -228,14 +229,22 @@ def _prognosis(strategy: Strategy, data: ProtocolData, out: Path,
         start = {m: "segmentation adapters" if m in seg else "new adapters" for m in strategy.prognosis.methods}
         print(f"prognosis ({backbone}): CT -> CT+PET -> CT+PET+EHR on {', '.join(centres)}; +PET starts from "
               + ", ".join(f"{m}: {how}" for m, how in start.items()), flush=True)
-        rows += run_prognosis(
-            strategy.prognosis, data_root=data.root, base_run=run_dir(out, backbone, "", plan[0], plan[0].run_key),
-            out=out / "runs" / backbone / f"prognosis_{strategy.prognosis.digest()}", backbone=backbone,
-            preset=strategy.preset,
-            seed=strategy.split.seed, max_steps=strategy.max_steps, centres=centres,
-            train_ids=[c.case_id for c in data.part(centres, "train")],
-            val_ids=[c.case_id for c in val], held_out_ids=[c.case_id for c in val + test],
-            segmentation_adapters=seg, predictions=predictions)
+        shared = {"data_root": data.root, "base_run": run_dir(out, backbone, "", plan[0], plan[0].run_key),
+                  "out": out / "runs" / backbone / f"prognosis_{strategy.prognosis.digest()}", "backbone": backbone,
+                  "seed": strategy.split.seed, "centres": centres,
+                  "train_ids": [c.case_id for c in data.part(centres, "train")],
+                  "held_out_ids": [c.case_id for c in val + test], "segmentation_adapters": seg}
+        lesion = {**shared, "methods": strategy.prognosis.methods}
+        neural = {**shared, "spec": strategy.prognosis, "preset": strategy.preset, "max_steps": strategy.max_steps,
+                  "val_ids": [c.case_id for c in val]}
+        jobs.append((lesion, neural))
+    rows: list[dict[str, Any]] = []
+    if workers > 1:  # the lesion chains (chain.json) beside the neural stages, then read back below
+        with chains.side_by_side(run_lesion_chains, [lesion for lesion, _ in jobs]):
+            for _, neural in jobs:
+                run_prognosis(**neural, predictions=predictions, lesion=False)
+    for _, neural in jobs:
+        rows += run_prognosis(**neural, predictions=predictions)
     write_prognosis(rows, out)
     return rows
 
