@@ -4,14 +4,15 @@ side by side in worker processes.
 A *chain* is every phase one method (with one CT route and recipe) trains on one backbone after the shared CT
 pretraining: ``adapt`` then its ``update`` phases, each continuing the one before. Chains share nothing but the
 pretrained base, which they only read, so once it is trained they can run at the same time. ``workers`` > 1 runs
-them in that many spawned processes, each with ``threads // workers`` torch threads; every run is trained and
-evaluated exactly as in one process (the same seeds, the same run folders, ``phase.json`` / ``evaluation.json``),
-and :func:`pemma.protocol.runner.reproduce` then finds them finished and builds the results from them.
+them in that many spawned processes (phase by phase: each phase is a job once the one before it is finished), each
+with ``threads // workers`` torch threads; every run is trained and evaluated exactly as in one process (the same
+seeds, the same run folders, ``phase.json`` / ``evaluation.json``; the same numbers at the same thread count), and
+:func:`pemma.protocol.runner.reproduce` then finds them finished and builds the results from them.
 
-Why: on a small CPU a tiny network's training step does not use two cores well (data loading and the optimiser are
-serial; two torch threads measured no faster than one for the demo's CT pretraining), while two one-thread processes
-run side by side at nearly full speed each (benchmarks/README.md, ``bench_demo.py``). The setting (``workers``,
-strategy key, ``--workers``) is ``1`` by default and ``auto`` in the demo: :func:`resolve_workers`.
+Why: on a small CPU a tiny network's training step does not use two cores well (data loading, the loss and the
+optimiser run on one), while two one-thread processes run side by side at nearly full speed each (README: the demo's
+wall time with and without). The setting (``workers``, strategy key, ``--workers``) is ``1`` by default and ``auto``
+in the demo: :func:`resolve_workers`.
 """
 
 from __future__ import annotations
@@ -148,23 +149,25 @@ def resolve_workers(setting: int | str, device: torch.device, chains: int) -> tu
                      f"side by side ({device.type}, {cores} cores)")
 
 
-def _run_chain(strategy: Strategy, data: ProtocolData, out: Path, chain: list[Job], device: str, amp: bool,
-               threads: int) -> str:
-    """One worker's job: train and evaluate every phase of ``chain`` in order (finished ones are skipped)."""
+#: a worker process's preprocessed test inputs and predictions, kept across the jobs it runs (per amp setting)
+_WORKER_CACHES: dict[bool, tuple[dict[tuple, Any], PredictionCache]] = {}
+
+
+def _run_job(strategy: Strategy, data: ProtocolData, out: Path, job: Job, device: str, amp: bool,
+             threads: int) -> str:
+    """One worker's job: train one phase (unless finished) and evaluate it."""
     torch.set_num_threads(threads)
-    inputs_cache: dict[tuple, Any] = {}
-    predictions = PredictionCache(window=WindowSettings(amp=amp))
-    for backbone, method, pair, planned in chain:
-        folder = method_folder(method, *pair)
-        run = run_dir(out, backbone, folder, planned, planned.run_key)
-        if not (run / "phase.json").is_file():
-            train_phase(strategy, data, backbone, method, planned, run,
-                        parent_dir(strategy, out, backbone, folder, planned), progress=False, route=pair[0],
-                        recipe=pair[1], amp=amp)
-        evaluate_run(run, data, planned.eval_centres, torch.device(device), inputs_cache,
-                     strategy.eval_input_sets, predictions)
-    backbone, method, pair, _ = chain[0]
-    return f"{backbone} {method_folder(method, *pair)}"
+    inputs_cache, predictions = _WORKER_CACHES.setdefault(amp, ({}, PredictionCache(window=WindowSettings(amp=amp))))
+    backbone, method, pair, planned = job
+    folder = method_folder(method, *pair)
+    run = run_dir(out, backbone, folder, planned, planned.run_key)
+    if not (run / "phase.json").is_file():
+        parent = parent_dir(strategy, out, backbone, folder, planned)
+        train_phase(strategy, data, backbone, method, planned, run, parent, progress=False, route=pair[0],
+                    recipe=pair[1], amp=amp)
+    evaluate_run(run, data, planned.eval_centres, torch.device(device), inputs_cache, strategy.eval_input_sets,
+                 predictions)
+    return f"{backbone} {folder} {planned.phase.name}"
 
 
 def chains_of(jobs: list[Job]) -> list[list[Job]]:
@@ -180,19 +183,29 @@ def run_chains(strategy: Strategy, data: ProtocolData, out: Path, chains: list[l
                device: torch.device, amp: bool, progress: bool = True) -> None:
     """Train and evaluate ``chains`` in ``workers`` spawned processes (the pretrained bases must exist).
 
-    The first failure stops the chains not yet started and is raised here; finished runs stay and resume.
+    Each phase is one job, submitted when the phase before it in its chain is finished, so the first phase of every
+    chain comes before any second one and the processes stay busy to the end. The first failure stops the jobs not
+    yet started and is raised here; finished runs stay and resume.
     """
     threads = max(1, torch.get_num_threads() // workers)
     context = multiprocessing.get_context("spawn")  # no fork of a process that holds OpenMP threads
     with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        futures = [pool.submit(_run_chain, strategy, data, out, chain, device.type, amp, threads) for chain in chains]
-        bar = tqdm(total=len(futures), desc="chains", unit="chain", disable=not progress, dynamic_ncols=True)
+        def submit(chain: list[Job], index: int) -> tuple[concurrent.futures.Future, tuple[list[Job], int]]:
+            return pool.submit(_run_job, strategy, data, out, chain[index], device.type, amp, threads), (chain, index)
+
+        queue = dict(submit(chain, 0) for chain in chains)
+        bar = tqdm(total=sum(map(len, chains)), desc="chains", unit="phase", disable=not progress, dynamic_ncols=True)
         try:
-            for future in concurrent.futures.as_completed(futures):
-                bar.set_postfix_str(future.result())
-                bar.update()
+            while queue:
+                done, _ = concurrent.futures.wait(queue, return_when=concurrent.futures.FIRST_COMPLETED)
+                for future in done:
+                    chain, index = queue.pop(future)
+                    bar.set_postfix_str(future.result())
+                    bar.update()
+                    if index + 1 < len(chain):
+                        queue.update([submit(chain, index + 1)])
         except BaseException:
-            for future in futures:
+            for future in queue:
                 future.cancel()
             raise
         finally:
