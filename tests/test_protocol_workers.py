@@ -84,6 +84,7 @@ def _rows(path: Path) -> list[dict[str, str]]:
 
 
 @pytest.mark.slow
+@pytest.mark.long  # two whole reproduce runs with prognosis: ~160 s in CI, which has no room for it (8-min budget)
 @pytest.mark.usefixtures("one_thread")  # the workers get threads // 2 = 1 torch thread: the same arithmetic
 def test_two_workers_give_the_results_of_one_process(phantom: Path, tmp_path: Path,
                                                      capsys: pytest.CaptureFixture[str]) -> None:

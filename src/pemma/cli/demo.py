@@ -11,7 +11,7 @@ from pemma.vocab import BACKBONES, PHANTOM_DIFFICULTIES
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="default phantom + the demo protocol (pretrain, adapt, PET update, prognosis)",
                        description="Generates the default phantom and runs `pemma reproduce --strategy demo` on it "
-                                   "(tiny preset, 18-28 minutes on the 2-core machines measured), then prints the "
+                                   "(tiny preset, 18-19 minutes on the 2-core machine measured), then prints the "
                                    "report.")
     p.add_argument("--out", default="demo", help="output folder (default: demo)")
     p.add_argument("--seed", type=int, action="append",
