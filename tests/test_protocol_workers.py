@@ -113,12 +113,13 @@ def test_two_workers_give_the_results_of_one_process(phantom: Path, tmp_path: Pa
 
 def test_side_by_side_runs_in_a_worker_and_leaves_failures_to_the_caller(tmp_path: Path) -> None:
     from pemma.io_utils import write_text_atomic
+    from pemma.runtime import side_by_side
 
     threads, seen = torch.get_num_threads(), []
     calls = [{"path": tmp_path / "a.txt", "text": "done"},
              {"path": tmp_path / "folder", "text": "x"}]  # a folder in the way: fails in the worker
     (tmp_path / "folder" / "inside").mkdir(parents=True)
-    with chains.side_by_side(write_text_atomic, calls):
+    with side_by_side(write_text_atomic, calls):
         seen.append(torch.get_num_threads())
     assert (tmp_path / "a.txt").read_text() == "done"  # the worker's result is on disk when the block ends
     assert (tmp_path / "folder" / "inside").is_dir()  # its failure was not raised here

@@ -1,12 +1,16 @@
 """Where and how pemma runs: the device, torchrun / DistributedDataParallel (gloo on CPU, NCCL on CUDA), the run
-logger and the metrics CSV. Every layer above uses these; none is specific to segmentation or survival."""
+logger, the metrics CSV and work run beside this process (:func:`side_by_side`). Every layer above uses these; none
+is specific to segmentation or survival."""
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextlib
 import csv
 import logging
+import multiprocessing
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -207,3 +211,34 @@ class MetricsCSV:
             if new:
                 writer.writeheader()
             writer.writerow({k: row.get(k, "") for k in self.fields})
+
+
+def _call_with_threads(function: Callable[..., Any], threads: int, kwargs: dict[str, Any]) -> None:
+    torch.set_num_threads(threads)
+    function(**kwargs)
+
+
+@contextlib.contextmanager
+def side_by_side(function: Callable[..., Any], calls: list[dict[str, Any]]) -> Iterator[None]:
+    """Run ``function(**kwargs)`` for every ``kwargs`` of ``calls`` in one spawned worker process while the body of
+    the ``with`` runs here; each side gets half of this process's torch threads (at least one) meanwhile.
+
+    For work that leaves its result on disk (the lesion-feature chains' ``chain.json``): nothing is returned, and a
+    failure in the worker is not raised here; the caller then does the work again itself, where its error is reported.
+    Leaving the block waits for the worker.
+    """
+    threads = torch.get_num_threads()
+    share = max(1, threads // 2)
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        futures = [pool.submit(_call_with_threads, function, share, kwargs) for kwargs in calls]
+        torch.set_num_threads(share)
+        try:
+            yield
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+        finally:
+            torch.set_num_threads(threads)
+            concurrent.futures.wait(futures)

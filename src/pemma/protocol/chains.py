@@ -18,12 +18,10 @@ in the demo: :func:`resolve_workers`.
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import dataclasses
 import json
 import multiprocessing
 import os
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -210,34 +208,3 @@ def run_chains(strategy: Strategy, data: ProtocolData, out: Path, chains: list[l
             raise
         finally:
             bar.close()
-
-
-def _call_with_threads(function: Callable[..., Any], threads: int, kwargs: dict[str, Any]) -> None:
-    torch.set_num_threads(threads)
-    function(**kwargs)
-
-
-@contextlib.contextmanager
-def side_by_side(function: Callable[..., Any], calls: list[dict[str, Any]]) -> Iterator[None]:
-    """Run ``function(**kwargs)`` for every ``kwargs`` of ``calls`` in one spawned worker process while the body of
-    the ``with`` runs here; each side gets half of this process's torch threads (at least one) meanwhile.
-
-    For work that leaves its result on disk (the lesion-feature chains' ``chain.json``): nothing is returned, and a
-    failure in the worker is not raised here; the caller then does the work again itself, where its error is reported.
-    Leaving the block waits for the worker.
-    """
-    threads = torch.get_num_threads()
-    share = max(1, threads // 2)
-    context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-        futures = [pool.submit(_call_with_threads, function, share, kwargs) for kwargs in calls]
-        torch.set_num_threads(share)
-        try:
-            yield
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            raise
-        finally:
-            torch.set_num_threads(threads)
-            concurrent.futures.wait(futures)

@@ -34,7 +34,7 @@ from pemma.protocol.routes import adapt_kwargs, method_folder, pairs
 from pemma.protocol.split import split_case_ids
 from pemma.protocol.strategy import PlannedPhase, Strategy, StrategyError
 from pemma.protocol.strategy_file import load_strategy
-from pemma.runtime import resolve_amp
+from pemma.runtime import resolve_amp, side_by_side
 from pemma.vocab import EVAL_INPUT_SETS, METHODS, canonical_method, method_choices
 
 
@@ -240,7 +240,7 @@ def _prognosis(strategy: Strategy, data: ProtocolData, out: Path,
         jobs.append((lesion, neural))
     rows: list[dict[str, Any]] = []
     if workers > 1:  # the lesion chains (chain.json) beside the neural stages, then read back below
-        with chains.side_by_side(run_lesion_chains, [lesion for lesion, _ in jobs]):
+        with side_by_side(run_lesion_chains, [lesion for lesion, _ in jobs]):
             for _, neural in jobs:
                 run_prognosis(**neural, predictions=predictions, lesion=False)
     for _, neural in jobs:
