@@ -98,6 +98,7 @@ def test_keywords_set_config_fields() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.long  # ~50 s (two CLI subprocesses): moved out of CI to keep .ci/run under 8 min on 2 cores
 def test_readme_example_matches_the_cli(phantom: Path, tmp_path: Path) -> None:
     data = str(phantom)
     run = pemma.train(data=data, centres=["CHUM"], modalities=["ct"], out=tmp_path / "ct", **TINY)
