@@ -213,6 +213,11 @@ class MetricsCSV:
             writer.writerow({k: row.get(k, "") for k in self.fields})
 
 
+def valid_workers(value: object) -> bool:
+    """Whether ``value`` is a worker-process setting: an integer >= 1 or ``"auto"``."""
+    return value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1)
+
+
 def _call_with_threads(function: Callable[..., Any], threads: int, kwargs: dict[str, Any]) -> None:
     torch.set_num_threads(threads)
     function(**kwargs)

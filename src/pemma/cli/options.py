@@ -111,13 +111,11 @@ def amp_choice(args: argparse.Namespace) -> bool | str | None:
 
 def workers_value(text: str) -> int | str:
     """``--workers``: ``auto`` or an integer >= 1."""
-    if text.lower() == "auto":
-        return "auto"
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1 or auto, got {text!r}") from None
-    if value < 1:
+    from pemma.runtime import valid_workers  # here: the parser is built without importing torch
+    value: int | str = text.lower()
+    if value != "auto":
+        value = int(text) if text.strip().lstrip("-").isdigit() else text
+    if not valid_workers(value):
         raise argparse.ArgumentTypeError(f"must be an integer >= 1 or auto, got {text!r}")
     return value
 

@@ -38,6 +38,7 @@ from pemma.io_utils import write_text_atomic
 from pemma.methods import adapt, load_model, parameter_summary, update
 from pemma.protocol.routes import adapt_kwargs, method_folder, update_kwargs
 from pemma.protocol.strategy import PlannedPhase, Strategy
+from pemma.runtime import valid_workers
 from pemma.training.segmentation import train
 from pemma.vocab import EVAL_INPUT_SETS
 
@@ -134,7 +135,7 @@ def resolve_workers(setting: int | str, device: torch.device, chains: int) -> tu
         >>> resolve_workers("auto", torch.device("cpu"), chains=5)  # on a 2-core machine
         (2, '2 worker processes x 1 torch thread: the method chains side by side (cpu, 2 cores)')
     """
-    if not (setting == "auto" or (isinstance(setting, int) and not isinstance(setting, bool) and setting >= 1)):
+    if not valid_workers(setting):
         raise PemmaError(f"workers must be an integer >= 1 or auto, got {setting!r}")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if setting == "auto":
@@ -147,25 +148,35 @@ def resolve_workers(setting: int | str, device: torch.device, chains: int) -> tu
                      f"side by side ({device.type}, {cores} cores)")
 
 
+def job_run(out: Path, job: Job) -> Path:
+    """The run folder of a job."""
+    backbone, method, pair, planned = job
+    return run_dir(out, backbone, method_folder(method, *pair), planned, planned.run_key)
+
+
+def run_phase(strategy: Strategy, data: ProtocolData, out: Path, job: Job, device: torch.device, amp: bool,
+              inputs_cache: dict[tuple, Any], predictions: PredictionCache, progress: bool = True) -> dict[str, Any]:
+    """Train one job's phase (unless finished) and evaluate it (unless cached); returns its evaluation."""
+    backbone, method, pair, planned = job
+    run = job_run(out, job)
+    if not (run / "phase.json").is_file():
+        parent = parent_dir(strategy, out, backbone, method_folder(method, *pair), planned)
+        train_phase(strategy, data, backbone, method, planned, run, parent, progress=progress, route=pair[0],
+                    recipe=pair[1], amp=amp)
+    return evaluate_run(run, data, planned.eval_centres, device, inputs_cache, strategy.eval_input_sets, predictions)
+
+
 #: a worker process's preprocessed test inputs and predictions, kept across the jobs it runs (per amp setting)
 _WORKER_CACHES: dict[bool, tuple[dict[tuple, Any], PredictionCache]] = {}
 
 
 def _run_job(strategy: Strategy, data: ProtocolData, out: Path, job: Job, device: str, amp: bool,
              threads: int) -> str:
-    """One worker's job: train one phase (unless finished) and evaluate it."""
+    """One worker's job: :func:`run_phase` with this process's caches and ``threads`` torch threads."""
     torch.set_num_threads(threads)
     inputs_cache, predictions = _WORKER_CACHES.setdefault(amp, ({}, PredictionCache(window=WindowSettings(amp=amp))))
-    backbone, method, pair, planned = job
-    folder = method_folder(method, *pair)
-    run = run_dir(out, backbone, folder, planned, planned.run_key)
-    if not (run / "phase.json").is_file():
-        parent = parent_dir(strategy, out, backbone, folder, planned)
-        train_phase(strategy, data, backbone, method, planned, run, parent, progress=False, route=pair[0],
-                    recipe=pair[1], amp=amp)
-    evaluate_run(run, data, planned.eval_centres, torch.device(device), inputs_cache, strategy.eval_input_sets,
-                 predictions)
-    return f"{backbone} {folder} {planned.phase.name}"
+    run_phase(strategy, data, out, job, torch.device(device), amp, inputs_cache, predictions, progress=False)
+    return f"{job[0]} {method_folder(job[1], *job[2])} {job[3].phase.name}"
 
 
 def chains_of(jobs: list[Job]) -> list[list[Job]]:

@@ -154,21 +154,18 @@ def reproduce(strategy_path: str | Path, data_root: str | Path, out_dir: str | P
     predictions = PredictionCache(window=WindowSettings(amp=mixed))
     count, how = chains.resolve_workers(strategy.workers, device, len(chains.chains_of(jobs)))
     print(f"reproduce: {precision}; {how}", flush=True)
-    pending = [c for c in chains.chains_of(jobs) if not all(_finished(out, job) for job in c)]
-    if count > 1 and pending:  # the CT bases here, then the method chains side by side in worker processes
-        _pretrain(strategy, data, out, jobs, mixed, progress)
+    pending = [c for c in chains.chains_of(jobs) if not all(_finished(out, job) for job in c)] if count > 1 else []
+    if pending:  # the CT bases here (trained and evaluated), then the method chains side by side in worker processes
+        for job in jobs:
+            if job[3].phase.operation == "pretrain":
+                chains.run_phase(strategy, data, out, job, device, mixed, inputs_cache, predictions, progress)
         chains.run_chains(strategy, data, out, pending, count, device, mixed, progress)
     bar = tqdm(jobs, desc="reproduce", unit="phase", disable=not progress, dynamic_ncols=True)
-    for backbone, method, pair, planned in bar:
-        folder = method_folder(method, *pair)
-        bar.set_postfix_str(f"{backbone} {folder} {planned.variant} {planned.phase.name}")
-        run = run_dir(out, backbone, folder, planned, planned.run_key)
-        if not (run / "phase.json").is_file():
-            chains.train_phase(strategy, data, backbone, method, planned, run,
-                               chains.parent_dir(strategy, out, backbone, folder, planned), progress=progress,
-                               route=pair[0], recipe=pair[1], amp=mixed)
+    for job in bar:
+        backbone, method, pair, planned = job
+        bar.set_postfix_str(f"{backbone} {method_folder(method, *pair)} {planned.variant} {planned.phase.name}")
+        cache = chains.run_phase(strategy, data, out, job, device, mixed, inputs_cache, predictions, progress)
         sets = strategy.eval_input_sets
-        cache = chains.evaluate_run(run, data, planned.eval_centres, device, inputs_cache, sets, predictions)
         rows += _rows(cache, backbone, method, planned, pair, sets)
         case_rows += _case_rows(cache, backbone, method, planned, pair, sets)
     bar.close()
@@ -179,20 +176,9 @@ def reproduce(strategy_path: str | Path, data_root: str | Path, out_dir: str | P
     return _report(strategy, rows, out, time.time() - started, figures, prognosis, case_rows, precision)
 
 
-def _pretrain(strategy: Strategy, data: ProtocolData, out: Path, jobs: list[chains.Job], amp: bool,
-              progress: bool) -> None:
-    """Train the CT base of every backbone that has none yet (what the chains start from)."""
-    for backbone, method, pair, planned in jobs:
-        run = run_dir(out, backbone, "", planned, planned.run_key)
-        if planned.phase.operation == "pretrain" and not (run / "phase.json").is_file():
-            chains.train_phase(strategy, data, backbone, method, planned, run, None, progress=progress,
-                               route=pair[0], recipe=pair[1], amp=amp)
-
-
 def _finished(out: Path, job: chains.Job) -> bool:
     """Whether a job's run is trained and evaluated (what a chain worker leaves)."""
-    backbone, method, pair, planned = job
-    run = run_dir(out, backbone, method_folder(method, *pair), planned, planned.run_key)
+    run = chains.job_run(out, job)
     return (run / "phase.json").is_file() and (run / "evaluation.json").is_file()
 
 

@@ -82,6 +82,7 @@ from pemma.protocol.phases import (
     names_in,
 )
 from pemma.protocol.split import split_case_ids
+from pemma.runtime import valid_workers
 from pemma.vocab import (
     BACKBONES,
     CT_ROUTES,
@@ -177,8 +178,7 @@ class Strategy:
             raise StrategyError(f"max_steps must be null or an integer >= 1, got {self.max_steps!r}")
         if not (isinstance(self.amp, bool) or self.amp == "auto"):
             raise StrategyError(f"amp must be true, false or auto, got {self.amp!r}")
-        if not (self.workers == "auto" or (isinstance(self.workers, int) and not isinstance(self.workers, bool)
-                                           and self.workers >= 1)):
+        if not valid_workers(self.workers):
             raise StrategyError(f"workers must be an integer >= 1 or auto, got {self.workers!r}")
         if not self.phases:
             raise StrategyError("phases must list at least one phase")
