@@ -92,23 +92,45 @@ def test_two_workers_give_the_results_of_one_process(phantom: Path, tmp_path: Pa
 
     strategy = tmp_path / "s.yaml"
     strategy.write_text(STRATEGY)
-    one = reproduce(strategy, phantom, tmp_path / "one", progress=False).parent
+    # bf16 autocast: every prediction of the run in its precision, the workers' lesion chains too
+    one = reproduce(strategy, phantom, tmp_path / "one", progress=False, amp=True).parent
     assert "1 process: the method chains one after another" in capsys.readouterr().out
-    two = reproduce(strategy, phantom, tmp_path / "two", progress=False, workers=2).parent
-    assert "2 worker processes x 1 torch thread" in capsys.readouterr().out
+    two = reproduce(strategy, phantom, tmp_path / "two", progress=False, workers=2, amp=True).parent
+    log = capsys.readouterr().out
+    assert "2 worker processes x 1 torch thread" in log
+    # the prognosis ran in the workers beside the chains, once the runs it reads were trained
+    assert "unetr prognosis: lesion-feature chains: done in a worker" in log
+    assert "unetr prognosis: neural stages: done in a worker" in log
     runs = [r for r in (two / "runs" / "unetr").glob("*/*") if not r.parent.name.startswith("prognosis")]
     assert len(runs) == 5  # the shared base + 2 chains x 2 phases, each trained and evaluated
     assert all((run / "phase.json").is_file() and (run / "evaluation.json").is_file() for run in runs)
     assert _rows(two / "results_cases.csv") == _rows(one / "results_cases.csv")  # every case, every number
-    # the prognosis: neural stages here, lesion-feature chain in a worker, the same rows
+    # the prognosis: the same rows
     prognosis = json.loads((two / "prognosis.json").read_text())
     assert any(r["method"].startswith("lesion") for r in prognosis)
     assert any(r["stage"] == "ct+pet+ehr" for r in prognosis)
     assert prognosis == json.loads((one / "prognosis.json").read_text())
     assert json.loads((two / "strategy.json").read_text())["workers"] == 2
     # finished chains are not run again: a second call finds every run and spawns no worker
-    reproduce(strategy, phantom, tmp_path / "two", progress=False, workers=2)
+    reproduce(strategy, phantom, tmp_path / "two", progress=False, workers=2, amp=True)
     assert "chains" not in capsys.readouterr().err
+
+
+def test_chain_tasks_wait_for_their_runs_and_leave_failures_to_the_caller(tmp_path: Path) -> None:
+    from pemma.io_utils import write_text_atomic
+
+    strategy = parse_strategy(RAW)
+    data = chains.ProtocolData(str(tmp_path), {}, {})
+    trained, untrained = tmp_path / "trained", tmp_path / "untrained"
+    trained.mkdir()
+    (trained / "phase.json").write_text("{}")
+    done = chains.Task("writes", write_text_atomic, {"path": tmp_path / "a.txt", "text": "done"}, (trained,))
+    waits = chains.Task("waits", write_text_atomic, {"path": tmp_path / "b.txt", "text": "x"}, (trained, untrained))
+    fails = chains.Task("fails", json.loads, {"s": "not json"})
+    left = chains.run_chains(strategy, data, tmp_path, [], 2, CPU, False, progress=False, tasks=[done, waits, fails])
+    assert (tmp_path / "a.txt").read_text() == "done"
+    assert not (tmp_path / "b.txt").exists()  # one of its runs never finished: not run
+    assert left == [fails, waits]  # for the caller to run itself
 
 
 def test_side_by_side_runs_in_a_worker_and_leaves_failures_to_the_caller(tmp_path: Path) -> None:

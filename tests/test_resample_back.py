@@ -113,3 +113,16 @@ def test_box_values_bit_identical_to_monai_whole_grid(degrees) -> None:
     assert torch.equal(box, full[:, start[0]:end[0], start[1]:end[1], start[2]:end[2]])
     full[:, start[0]:end[0], start[1]:end[1], start[2]:end[2]] = 0
     assert not full.any()  # nothing outside the box
+
+
+@pytest.mark.parametrize("classes", [1, 2, 3, 5])
+def test_labels_of_equals_argmax_with_ties(classes: int) -> None:
+    from pemma.inference.sliding import labels_of
+
+    generator = torch.Generator().manual_seed(classes)
+    scores = torch.randint(0, 4, (classes, 9, 8, 7), generator=generator).float() / 4  # many ties
+    labels = labels_of(scores)
+    assert labels.dtype == torch.uint8 and labels.shape == scores.shape[1:]
+    assert torch.equal(labels, scores.argmax(0).to(torch.uint8))  # a tie goes to the first class, as argmax
+    probs = torch.softmax(torch.randn(classes, 20, 20, 20, generator=generator), 0)
+    assert torch.equal(labels_of(probs), probs.argmax(0).to(torch.uint8))

@@ -25,6 +25,8 @@ from monai.transforms import SpatialResample
 from monai.transforms.spatial import functional as monai_spatial
 from torch.nn import functional as F  # noqa: N812
 
+from pemma.inference.sliding import labels_of
+
 #: voxels of margin kept around the box (bilinear support reaches one source voxel beyond the grid; one more
 #: reference voxel absorbs rounding of the corner mapping)
 BOX_MARGIN = 2
@@ -87,14 +89,14 @@ def labels_on_reference(probs: MetaTensor, ref_affine: np.ndarray, ref_shape: Se
     if not crop_box:
         resample = SpatialResample(mode="bilinear", padding_mode="zeros", dtype=torch.float32)
         on_ref = resample(probs, dst_affine=torch.as_tensor(ref_affine), spatial_size=ref_shape)
-        return on_ref.as_tensor().argmax(0).numpy().astype(np.uint8)
+        return labels_of(on_ref.as_tensor()).numpy()
     label = np.zeros(ref_shape, dtype=np.uint8)
     box = reference_box(np.asarray(probs.affine), probs.shape[1:], ref_affine, ref_shape)
     if box is None:
         return label
     start, end = box
     on_box = probs_on_box(probs, ref_affine, ref_shape, start, end)
-    label[start[0]:end[0], start[1]:end[1], start[2]:end[2]] = on_box.argmax(0).to(torch.uint8).numpy()
+    label[start[0]:end[0], start[1]:end[1], start[2]:end[2]] = labels_of(on_box).numpy()
     return label
 
 

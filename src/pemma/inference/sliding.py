@@ -37,3 +37,26 @@ def sliding_window_probs(predictor: Callable[[torch.Tensor], torch.Tensor], imag
         logits = sliding_window_inference(batch, list(roi_size), sw_batch_size, predictor, overlap=overlap,
                                           mode="gaussian", sw_device=device, device=torch.device("cpu"))
     return torch.softmax(logits.float(), dim=1)[0]
+
+
+def labels_of(probs: torch.Tensor) -> torch.Tensor:
+    """Class labels of ``(K, *spatial)`` scores: ``probs.argmax(0)`` as ``uint8`` (``*spatial``), the same labels
+    (a tie goes to the first class) for a fraction of the time.
+
+    torch reduces over the leading, strided axis of a volume slowly on the CPU (0.27 s for 3 x 128 x 128 x 90 on one
+    thread, against 0.04 s for this running comparison, benchmarks/README.md); every validation, evaluation and
+    prediction ends here. Scores are probabilities or logits, never NaN (unlike ``argmax``, a NaN never wins here).
+
+    Example:
+        >>> labels_of(torch.tensor([[0.2, 0.5], [0.7, 0.5], [0.1, 0.0]])).tolist()
+        [1, 0]
+    """
+    if probs.shape[0] > 255:
+        raise ValueError(f"labels_of: at most 255 classes fit uint8 labels, got {probs.shape[0]}")
+    best = probs[0].clone()
+    labels = torch.zeros(probs.shape[1:], dtype=torch.uint8, device=probs.device)
+    for k in range(1, probs.shape[0]):
+        better = probs[k] > best
+        labels[better] = k
+        torch.maximum(best, probs[k], out=best)
+    return labels

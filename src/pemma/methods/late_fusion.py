@@ -21,6 +21,7 @@ from pemma.data.dataset import cached_dataset, case_dicts
 from pemma.data.transforms import preprocessing
 from pemma.errors import PemmaError
 from pemma.evaluation.metrics import AggregatedDice
+from pemma.inference.sliding import labels_of
 from pemma.io_utils import load_tensors, save_tensors, write_text_atomic
 from pemma.methods.adaptation import ALL_INPUTS, AdaptationSetup
 from pemma.methods.backbone import load_backbone, report_trained
@@ -80,7 +81,7 @@ def choose_late_fusion_weight(model: LateFusion, cfg: RunConfig, setup: Adaptati
                                         overlap=cfg.train.overlap, mode="gaussian")[0].cpu()
         label = item["label"][0].numpy().astype("uint8")
         for w, agg in scores.items():
-            agg.update((w * both[:n_classes] + (1 - w) * both[n_classes:]).argmax(0).numpy(), label)
+            agg.update(labels_of(w * both[:n_classes] + (1 - w) * both[n_classes:]).numpy(), label)
     means = {w: float(np.nan_to_num(agg.compute()["mean"], nan=-1.0)) for w, agg in scores.items()}
     return max(means, key=means.get), means
 

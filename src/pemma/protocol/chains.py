@@ -22,6 +22,7 @@ import dataclasses
 import json
 import multiprocessing
 import os
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -188,34 +189,94 @@ def chains_of(jobs: list[Job]) -> list[list[Job]]:
     return list(chains.values())
 
 
-def run_chains(strategy: Strategy, data: ProtocolData, out: Path, chains: list[list[Job]], workers: int,
-               device: torch.device, amp: bool, progress: bool = True) -> None:
-    """Train and evaluate ``chains`` in ``workers`` spawned processes (the pretrained bases must exist).
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """Work beside the method chains that only reads finished runs (the prognosis experiment of a backbone): it runs
+    in the worker pool as soon as every run of ``needs`` is trained (``phase.json``) and leaves its results on disk.
 
-    Each phase is one job, submitted when the phase before it in its chain is finished, so the first phase of every
-    chain comes before any second one and the processes stay busy to the end. The first failure stops the jobs not
-    yet started and is raised here; finished runs stay and resume.
+    Attributes:
+        label: for the progress bar and the log.
+        function: a module-level function (it is pickled into the worker), called as ``function(**kwargs)``.
+        kwargs: its arguments.
+        needs: run folders that must be finished first.
+    """
+
+    label: str
+    function: Callable[..., Any]
+    kwargs: dict[str, Any]
+    needs: tuple[Path, ...] = ()
+
+    def ready(self) -> bool:
+        return all((run / "phase.json").is_file() for run in self.needs)
+
+
+def _run_task(task: Task, threads: int) -> str:
+    torch.set_num_threads(threads)
+    task.function(**task.kwargs)
+    return task.label
+
+
+def run_chains(strategy: Strategy, data: ProtocolData, out: Path, chains: list[list[Job]], workers: int,
+               device: torch.device, amp: bool, progress: bool = True, tasks: Sequence[Task] = ()) -> list[Task]:
+    """Train and evaluate ``chains`` in ``workers`` spawned processes (the pretrained bases must exist), and run
+    ``tasks`` in the same processes once the runs they need are finished.
+
+    Each phase is one job, ready when the phase before it in its chain is finished; a task is ready when its runs
+    are. Whenever a process is free it takes the ready task first (tasks are the longest items: starting them early
+    keeps the processes busy to the end), else the earliest ready phase, so the first phase of every chain comes
+    before any second one. The first failure of a phase stops the jobs not yet started and is raised here; finished
+    runs stay and resume. A failed task is not raised: it is returned (with the tasks whose runs never finished) for
+    the caller to run itself, where its error is reported as it would be without workers.
+
+    Returns:
+        The tasks not done in the workers.
     """
     threads = max(1, torch.get_num_threads() // workers)
     context = multiprocessing.get_context("spawn")  # no fork of a process that holds OpenMP threads
+    ready: list[tuple[list[Job], int]] = [(chain, 0) for chain in chains]
+    waiting, not_done = list(tasks), []
     with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-        def submit(chain: list[Job], index: int) -> tuple[concurrent.futures.Future, tuple[list[Job], int]]:
-            return pool.submit(_run_job, strategy, data, out, chain[index], device.type, amp, threads), (chain, index)
+        running: dict[concurrent.futures.Future, tuple[list[Job], int] | Task] = {}
 
-        queue = dict(submit(chain, 0) for chain in chains)
-        bar = tqdm(total=sum(map(len, chains)), desc="chains", unit="phase", disable=not progress, dynamic_ncols=True)
+        def dispatch() -> None:
+            while len(running) < workers:
+                task = next((t for t in waiting if t.ready()), None)
+                if task is not None:
+                    waiting.remove(task)
+                    running[pool.submit(_run_task, task, threads)] = task
+                elif ready:
+                    chain, index = ready.pop(0)
+                    running[pool.submit(_run_job, strategy, data, out, chain[index], device.type, amp, threads)] = (
+                        chain, index)
+                else:
+                    return
+
+        bar = tqdm(total=sum(map(len, chains)) + len(waiting), desc="chains", unit="job", disable=not progress,
+                   dynamic_ncols=True)
         try:
-            while queue:
-                done, _ = concurrent.futures.wait(queue, return_when=concurrent.futures.FIRST_COMPLETED)
+            dispatch()
+            while running:
+                done, _ = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
                 for future in done:
-                    chain, index = queue.pop(future)
-                    bar.set_postfix_str(future.result())
+                    item = running.pop(future)
+                    if isinstance(item, Task):
+                        try:
+                            print(f"{future.result()}: done in a worker", flush=True)
+                        except Exception as exc:  # noqa: BLE001 - the caller runs it again and reports the error
+                            print(f"{item.label}: failed in a worker ({exc}); it runs again after the chains",
+                                  flush=True)
+                            not_done.append(item)
+                    else:
+                        chain, index = item
+                        bar.set_postfix_str(future.result())
+                        if index + 1 < len(chain):
+                            ready.append((chain, index + 1))
                     bar.update()
-                    if index + 1 < len(chain):
-                        queue.update([submit(chain, index + 1)])
+                dispatch()
         except BaseException:
-            for future in queue:
+            for future in running:
                 future.cancel()
             raise
         finally:
             bar.close()
+    return not_done + waiting

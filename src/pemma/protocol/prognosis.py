@@ -26,6 +26,7 @@ from typing import Any
 
 from pemma.config import build_config
 from pemma.errors import PemmaError
+from pemma.inference.predict import WindowSettings
 from pemma.inference.prediction_cache import PredictionCache
 from pemma.io_utils import write_text_atomic
 from pemma.protocol.phases import PrognosisSpec
@@ -123,22 +124,22 @@ def run_prognosis(spec: PrognosisSpec, *, data_root: str, base_run: Path, out: P
 def run_lesion_chains(*, data_root: str, base_run: Path, out: Path, backbone: str, seed: int,
                       train_ids: Sequence[str], held_out_ids: Sequence[str], centres: Sequence[str],
                       methods: Sequence[str], segmentation_adapters: Mapping[str, Path] | None = None,
-                      predictions: PredictionCache | None = None) -> list[dict[str, Any]]:
+                      predictions: PredictionCache | None = None, amp: bool = False) -> list[dict[str, Any]]:
     """The lesion-feature chain (:mod:`pemma.survival.chain`) beside the neural stages: the CT stage measures the
     CT run's segmentation; the CT+PET stages measure each method's PEMMA segmentation run when there is one
     (``lesion_<method>``), else the CT run's (``lesion_ct``). Cached in ``<chain>/chain.json``; rows as
     :data:`PROGNOSIS_COLUMNS` (:func:`chain_rows`, method ``lesion-cox:<segmentation>``).
 
-    Every chain segments every case with the CT run: one :class:`PredictionCache` (``predictions``, or a new one)
-    serves them all, so each case is segmented by the CT run once, and not at all where evaluation already did.
+    Every chain segments every case with the CT run: one :class:`PredictionCache` (``predictions``, or a new one
+    predicting with bf16 autocast when ``amp``: the run's precision) serves them all, so each case is segmented by the
+    CT run once, and not at all where evaluation already did.
     """
     from pemma.runtime import resolve_device
     from pemma.survival.chain import ChainConfig
     from pemma.survival.chain_run import survival_chain
 
-    predictions = predictions if predictions is not None else PredictionCache()
-    seg = {m: Path(p) for m, p in (segmentation_adapters or {}).items() if m in methods}
-    chains = {f"lesion_{m}": p for m, p in seg.items()} or {"lesion_ct": None}
+    predictions = predictions if predictions is not None else PredictionCache(window=WindowSettings(amp=amp))
+    chains = _lesion_chains(methods, segmentation_adapters)
     rows = []
     for name, seg_run in chains.items():
         path = out / name / "chain.json"
@@ -150,6 +151,18 @@ def run_lesion_chains(*, data_root: str, base_run: Path, out: Path, backbone: st
         rows += [{k: r[k] for k in PROGNOSIS_COLUMNS}
                  for r in chain_rows(json.loads(path.read_text()), backbone, lesion_method(name))]
     return rows
+
+
+def _lesion_chains(methods: Sequence[str], segmentation_adapters: Mapping[str, Path] | None) -> dict[str, Path | None]:
+    """``{chain folder: segmentation run of its CT+PET stage (None: the CT run's)}``."""
+    seg = {m: Path(p) for m, p in (segmentation_adapters or {}).items() if m in methods}
+    return {f"lesion_{m}": p for m, p in seg.items()} or {"lesion_ct": None}
+
+
+def lesion_chains_finished(out: Path, methods: Sequence[str],
+                           segmentation_adapters: Mapping[str, Path] | None = None) -> bool:
+    """Whether every lesion-feature chain of :func:`run_lesion_chains` (same arguments) has its ``chain.json``."""
+    return all((Path(out) / name / "chain.json").is_file() for name in _lesion_chains(methods, segmentation_adapters))
 
 
 def lesion_method(folder: str) -> str:

@@ -159,7 +159,9 @@ def reproduce(strategy_path: str | Path, data_root: str | Path, out_dir: str | P
         for job in jobs:
             if job[3].phase.operation == "pretrain":
                 chains.run_phase(strategy, data, out, job, device, mixed, inputs_cache, predictions, progress)
-        chains.run_chains(strategy, data, out, pending, count, device, mixed, progress)
+        # the prognosis experiment joins them once the runs it reads are trained
+        chains.run_chains(strategy, data, out, pending, count, device, mixed, progress,
+                          tasks=_prognosis_tasks(strategy, data, out, mixed))
     bar = tqdm(jobs, desc="reproduce", unit="phase", disable=not progress, dynamic_ncols=True)
     for job in bar:
         backbone, method, pair, planned = job
@@ -193,13 +195,11 @@ def _first_variant(strategy: Strategy) -> tuple[list[PlannedPhase], PlannedPhase
     return plan, next((p for p in plan if p.phase.operation == "adapt"), None)
 
 
-def _prognosis(strategy: Strategy, data: ProtocolData, out: Path,
-               predictions: PredictionCache | None = None, workers: int = 1) -> list[dict[str, Any]]:
-    """The strategy's prognosis experiment for every backbone (none without a ``prognosis`` section); the lesion
-    chain's segmentations come from ``predictions`` where evaluation made them. With ``workers`` > 1 the lesion-feature
-    chains run in a worker process while this one trains the neural stages (both cache their results on disk)."""
-    from pemma.protocol.prognosis import run_lesion_chains, run_prognosis, write_prognosis
-
+def _prognosis_jobs(strategy: Strategy, data: ProtocolData, out: Path,
+                    amp: bool = False) -> list[tuple[dict[str, Any], dict[str, Any], tuple[Path, ...]]]:
+    """Per backbone: the arguments of its lesion-feature chains (:func:`~pemma.protocol.prognosis.run_lesion_chains`)
+    and of its neural stages (:func:`~pemma.protocol.prognosis.run_prognosis`), and the runs both read (the CT base
+    and the segmentation runs whose adapters start +PET); none without a ``prognosis`` section."""
     if strategy.prognosis is None:
         return []
     centres = strategy.prognosis_centres
@@ -212,26 +212,58 @@ def _prognosis(strategy: Strategy, data: ProtocolData, out: Path,
             seg = {m: run_dir(out, backbone, _first_folder(strategy, f"pemma_{m}"), adapt, adapt.run_key)
                    for m in strategy.prognosis.methods
                    if f"pemma_{m}" in strategy.methods}
-        start = {m: "segmentation adapters" if m in seg else "new adapters" for m in strategy.prognosis.methods}
-        print(f"prognosis ({backbone}): CT -> CT+PET -> CT+PET+EHR on {', '.join(centres)}; +PET starts from "
-              + ", ".join(f"{m}: {how}" for m, how in start.items()), flush=True)
-        shared = {"data_root": data.root, "base_run": run_dir(out, backbone, "", plan[0], plan[0].run_key),
+        base = run_dir(out, backbone, "", plan[0], plan[0].run_key)
+        shared = {"data_root": data.root, "base_run": base,
                   "out": out / "runs" / backbone / f"prognosis_{strategy.prognosis.digest()}", "backbone": backbone,
                   "seed": strategy.split.seed, "centres": centres,
                   "train_ids": [c.case_id for c in data.part(centres, "train")],
                   "held_out_ids": [c.case_id for c in val + test], "segmentation_adapters": seg}
-        lesion = {**shared, "methods": strategy.prognosis.methods}
+        lesion = {**shared, "methods": strategy.prognosis.methods, "amp": amp}
         neural = {**shared, "spec": strategy.prognosis, "preset": strategy.preset, "max_steps": strategy.max_steps,
                   "val_ids": [c.case_id for c in val]}
-        jobs.append((lesion, neural))
+        jobs.append((lesion, neural, (base, *seg.values())))
+    return jobs
+
+
+def _prognosis_tasks(strategy: Strategy, data: ProtocolData, out: Path, amp: bool) -> list[chains.Task]:
+    """The prognosis experiment as worker tasks beside the method chains (each backbone's neural stages and its
+    lesion-feature chains, each once the runs it reads are trained); :func:`_prognosis` then reads their results."""
+    from pemma.protocol.prognosis import run_lesion_chains, run_prognosis
+
+    tasks = []
+    for lesion, neural, needs in _prognosis_jobs(strategy, data, out, amp):
+        tasks.append(chains.Task(f"{neural['backbone']} prognosis: lesion-feature chains", run_lesion_chains, lesion,
+                                 needs))
+        tasks.append(chains.Task(f"{neural['backbone']} prognosis: neural stages", run_prognosis,
+                                 {**neural, "lesion": False}, needs))
+    return tasks
+
+
+def _prognosis(strategy: Strategy, data: ProtocolData, out: Path,
+               predictions: PredictionCache | None = None, workers: int = 1) -> list[dict[str, Any]]:
+    """The strategy's prognosis experiment for every backbone (none without a ``prognosis`` section): trained and
+    evaluated here unless the chains' workers did it (:func:`_prognosis_tasks`); the lesion chain's segmentations
+    come from ``predictions`` where evaluation made them. With ``workers`` > 1 lesion-feature chains not yet run go
+    to a worker process while this one trains the neural stages (both cache their results on disk)."""
+    from pemma.protocol.prognosis import lesion_chains_finished, run_lesion_chains, run_prognosis, write_prognosis
+
+    jobs = _prognosis_jobs(strategy, data, out, predictions.window.amp if predictions is not None else False)
+    for _, neural, _ in jobs:
+        seg = neural["segmentation_adapters"]
+        start = {m: "segmentation adapters" if m in seg else "new adapters" for m in strategy.prognosis.methods}
+        print(f"prognosis ({neural['backbone']}): CT -> CT+PET -> CT+PET+EHR on {', '.join(neural['centres'])}; "
+              "+PET starts from " + ", ".join(f"{m}: {how}" for m, how in start.items()), flush=True)
     rows: list[dict[str, Any]] = []
-    if workers > 1:  # the lesion chains (chain.json) beside the neural stages, then read back below
-        with side_by_side(run_lesion_chains, [lesion for lesion, _ in jobs]):
-            for _, neural in jobs:
+    pending = [lesion for lesion, _, _ in jobs if not lesion_chains_finished(lesion["out"], lesion["methods"],
+                                                                            lesion["segmentation_adapters"])]
+    if workers > 1 and pending:  # the lesion chains (chain.json) beside the neural stages, then read back below
+        with side_by_side(run_lesion_chains, pending):
+            for _, neural, _ in jobs:
                 run_prognosis(**neural, predictions=predictions, lesion=False)
-    for _, neural in jobs:
+    for _, neural, _ in jobs:
         rows += run_prognosis(**neural, predictions=predictions)
-    write_prognosis(rows, out)
+    if jobs:
+        write_prognosis(rows, out)
     return rows
 
 

@@ -26,7 +26,7 @@ from pemma.data.registration_record import REGISTRATION_FILE, record_registratio
 from pemma.data.transforms import describe, preprocessing, training_augmentation
 from pemma.errors import PemmaError
 from pemma.evaluation.metrics import AggregatedDice
-from pemma.inference.sliding import sliding_window_probs
+from pemma.inference.sliding import labels_of, sliding_window_probs
 from pemma.runs import CONFIG_FILE, STATE_FILE, load_state
 from pemma.runtime import DistInfo, agree_on_failure, barrier, run_logger
 from pemma.training.engine import Engine, StepFn, process_group, trainable_state
@@ -69,7 +69,7 @@ def validate(task: TrainingTask, module: nn.Module, val_ds: Any, cfg: RunConfig,
         item = val_ds[i]
         probs = sliding_window_probs(predictor, item["image"].as_tensor(), cfg.model.roi_size,
                                      cfg.train.sw_batch_size, cfg.train.overlap, device=device, amp=cfg.train.amp)
-        agg.update(probs.argmax(0).numpy(), item["label"][0].numpy().astype("uint8"))
+        agg.update(labels_of(probs).numpy(), item["label"][0].numpy().astype("uint8"))
     module.train()
     return agg.compute()
 
