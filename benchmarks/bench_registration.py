@@ -40,7 +40,8 @@ import pemma
 from pemma.config import PreprocessConfig
 from pemma.data.phantom import PhantomConfig, synthesize_phantom
 from pemma.data.phantom_misalign import misalign_image, random_misalignment
-from pemma.data.registration import RegistrationSettings, register_files
+from pemma.data.register import register_files
+from pemma.data.registration import RegistrationSettings
 from pemma.protocol.bootstrap import bootstrap_relative, dscagg_mean, paired_bootstrap
 
 #: the phantom's file suffix of each modality the benchmark can misalign

@@ -14,7 +14,8 @@ from registration_helpers import errors, misalignment
 
 from pemma.config import PreprocessConfig
 from pemma.data.phantom_misalign import misalign_pet
-from pemma.data.registration import RegistrationSettings, register_case, register_images
+from pemma.data.register import register_case
+from pemma.data.registration import RegistrationSettings, register_images
 from pemma.errors import PemmaError
 
 CASE = "CHUM-000"
@@ -66,7 +67,7 @@ def test_failed_and_diverged_registrations_name_the_case(phantom: Path) -> None:
 
 
 def test_transform_cached_per_case(phantom: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import pemma.data.registration as registration
+    import pemma.data.register as registration
 
     monkeypatch.setenv("PEMMA_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setattr(registration, "_MEMO", {})

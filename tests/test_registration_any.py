@@ -180,7 +180,7 @@ def test_check_lists_mr_agreement(mr_phantom: Path, tmp_path: Path, monkeypatch:
 
 def test_mr_only_prediction_follows_the_mr_registration(mr_phantom: Path, tmp_path: Path,
                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    from pemma.data.registration import register_files
+    from pemma.data.register import register_files
     from pemma.inference.predict import output_reference, registered_to_ct
 
     monkeypatch.setenv("PEMMA_CACHE_DIR", str(tmp_path / "cache"))

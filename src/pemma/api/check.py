@@ -55,7 +55,8 @@ def check(data: str | os.PathLike, *, centres: Names = None, modalities: Names =
 
     from pemma.data.check import CheckReport, check_case
     from pemma.data.layout import discover_cases, select_cases
-    from pemma.data.registration import RegistrationSettings, register_files, registrable
+    from pemma.data.register import register_files
+    from pemma.data.registration import RegistrationSettings, registrable
     from pemma.errors import PemmaError
     from pemma.survival.endpoints import CLINICAL_FILE, ENDPOINT_FILE, find_table, read_clinical, read_endpoints
     from pemma.vocab import parse_modalities

@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 
 from pemma.config import PreprocessConfig
-from pemma.data.registration import OPTIMIZER, RegistrationSettings, register_files, registrable
+from pemma.data.register import register_files
+from pemma.data.registration import OPTIMIZER, RegistrationSettings, registrable
 from pemma.io_utils import write_text_atomic
 
 #: the run's record of its registrations (mode, settings, per modality and case: QC before / after, transform)

@@ -34,7 +34,8 @@ from pemma.config import PreprocessConfig
 from pemma.data.labels import LABEL_MAP_KEY, to_pemma_labels
 from pemma.data.normalise import NormaliseModalityd
 from pemma.data.overlap import MIN_PET_OVERLAP, pet_overlap_problem
-from pemma.data.registration import RegistrationSettings, register_case, registrable
+from pemma.data.register import register_case
+from pemma.data.registration import RegistrationSettings, registrable
 from pemma.data.registration import describe as describe_registration
 from pemma.errors import PemmaError
 from pemma.io_utils import load_nifti

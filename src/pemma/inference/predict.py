@@ -15,7 +15,8 @@ from tqdm.auto import tqdm
 
 from pemma.config import PreprocessConfig
 from pemma.data.layout import CaseRecord
-from pemma.data.registration import RegistrationSettings, register_files, registrable
+from pemma.data.register import register_files
+from pemma.data.registration import RegistrationSettings, registrable
 from pemma.data.transforms import preprocessing
 from pemma.errors import PemmaError
 from pemma.inference.resample_back import labels_on_reference
