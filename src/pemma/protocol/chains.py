@@ -7,7 +7,8 @@ pretrained base, which they only read, so once it is trained they can run at the
 them in that many spawned processes (phase by phase: each phase is a job once the one before it is finished), each
 with ``threads // workers`` torch threads; every run is trained and evaluated exactly as in one process (the same
 seeds, the same run folders, ``phase.json`` / ``evaluation.json``; the same numbers at the same thread count), and
-:func:`pemma.protocol.runner.reproduce` then finds them finished and builds the results from them.
+:func:`pemma.protocol.runner.reproduce` then finds them finished and builds the results from them. Work that only
+reads finished runs (the prognosis experiment: :class:`Task`) joins the same processes as soon as its runs exist.
 
 Why: on a small CPU a tiny network's training step does not use two cores well (data loading, the loss and the
 optimiser run on one), while two one-thread processes run side by side at nearly full speed each (README: the demo's
