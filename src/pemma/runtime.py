@@ -218,9 +218,11 @@ def valid_workers(value: object) -> bool:
     return value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 1)
 
 
-def _call_with_threads(function: Callable[..., Any], threads: int, kwargs: dict[str, Any]) -> None:
+def call_with_threads(function: Callable[..., Any], threads: int, kwargs: dict[str, Any]) -> Any:
+    """``function(**kwargs)`` with ``threads`` torch threads: what a spawned worker runs (this module imports only
+    torch and :mod:`pemma.errors`, so a worker that runs a light function starts quickly)."""
     torch.set_num_threads(threads)
-    function(**kwargs)
+    return function(**kwargs)
 
 
 @contextlib.contextmanager
@@ -236,7 +238,7 @@ def side_by_side(function: Callable[..., Any], calls: list[dict[str, Any]]) -> I
     share = max(1, threads // 2)
     context = multiprocessing.get_context("spawn")
     with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-        futures = [pool.submit(_call_with_threads, function, share, kwargs) for kwargs in calls]
+        futures = [pool.submit(call_with_threads, function, share, kwargs) for kwargs in calls]
         torch.set_num_threads(share)
         try:
             yield

@@ -40,7 +40,7 @@ from pemma.io_utils import write_text_atomic
 from pemma.methods import adapt, load_model, parameter_summary, update
 from pemma.protocol.routes import adapt_kwargs, method_folder, update_kwargs
 from pemma.protocol.strategy import PlannedPhase, Strategy
-from pemma.runtime import valid_workers
+from pemma.runtime import call_with_threads, valid_workers
 from pemma.training.segmentation import train
 from pemma.vocab import EVAL_INPUT_SETS
 
@@ -211,12 +211,6 @@ class Task:
         return all((run / "phase.json").is_file() for run in self.needs)
 
 
-def _run_task(task: Task, threads: int) -> str:
-    torch.set_num_threads(threads)
-    task.function(**task.kwargs)
-    return task.label
-
-
 def run_chains(strategy: Strategy, data: ProtocolData, out: Path, chains: list[list[Job]], workers: int,
                device: torch.device, amp: bool, progress: bool = True, tasks: Sequence[Task] = ()) -> list[Task]:
     """Train and evaluate ``chains`` in ``workers`` spawned processes (the pretrained bases must exist), and run
@@ -244,7 +238,7 @@ def run_chains(strategy: Strategy, data: ProtocolData, out: Path, chains: list[l
                 task = next((t for t in waiting if t.ready()), None)
                 if task is not None:
                     waiting.remove(task)
-                    running[pool.submit(_run_task, task, threads)] = task
+                    running[pool.submit(call_with_threads, task.function, threads, task.kwargs)] = task
                 elif ready:
                     chain, index = ready.pop(0)
                     running[pool.submit(_run_job, strategy, data, out, chain[index], device.type, amp, threads)] = (
@@ -262,7 +256,8 @@ def run_chains(strategy: Strategy, data: ProtocolData, out: Path, chains: list[l
                     item = running.pop(future)
                     if isinstance(item, Task):
                         try:
-                            print(f"{future.result()}: done in a worker", flush=True)
+                            future.result()
+                            print(f"{item.label}: done in a worker", flush=True)
                         except Exception as exc:  # noqa: BLE001 - the caller runs it again and reports the error
                             print(f"{item.label}: failed in a worker ({exc}); it runs again after the chains",
                                   flush=True)
