@@ -196,7 +196,7 @@ class Task:
     in the worker pool as soon as every run of ``needs`` is trained (``phase.json``) and leaves its results on disk.
 
     Attributes:
-        label: for the progress bar and the log.
+        label: names the task in the log.
         function: a module-level function (it is pickled into the worker), called as ``function(**kwargs)``.
         kwargs: its arguments.
         needs: run folders that must be finished first.
