@@ -126,3 +126,21 @@ def test_baselines_train_and_evaluate(bases: dict[str, Path], phantom: Path, tmp
         out = run_main("evaluate", "--model", str(run), "--data", str(phantom), "--centres", "MDA",
                        "--modalities", modalities, "--out", str(tmp_path / "eval"))
         assert f"inputs {modalities.replace(',', '+')}" in out
+
+
+def test_full_finetune_starts_from_the_run_seed_whatever_ran_before(bases: dict[str, Path], phantom: Path,
+                                                                    tmp_path: Path) -> None:
+    """In a ``reproduce`` worker another run has drawn from torch's RNG before: the result must not depend on it."""
+    from safetensors.torch import load_file
+
+    def adapt(out: Path) -> dict[str, torch.Tensor]:
+        run_main("adapt", "--base", str(bases["unetr"]), "--data", str(phantom), "--centres", "MDA",
+                 "--add-modality", "pet", "--method", "full_finetune", *FLAGS["unetr"][:2], "--spacing", "4", "4", "4",
+                 "--batch-size", "1", "--max-steps", "1", "--out", str(out))
+        return load_file(str(out / "model.safetensors"))
+
+    first = adapt(tmp_path / "first")
+    torch.rand(12345)  # another run's draws
+    second = adapt(tmp_path / "second")
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)

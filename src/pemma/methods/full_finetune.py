@@ -36,6 +36,9 @@ def save_full_run(model: nn.Module, run_dir: Path, meta: dict[str, Any]) -> None
 
 def full_finetune_task(setup: AdaptationSetup, adapter_cfg: AdapterConfig | None) -> TrainingTask:
     added = setup.added_modality
+    # the new PET parts are initialised from the run's seed, not from whatever drew from torch's RNG before (another
+    # run in the same worker process of ``reproduce``), as in :func:`pemma.methods.pemma.pemma_task`
+    torch.manual_seed(setup.cfg.train.seed)
     model = build_pemma(setup.base, adapter_cfg or AdapterConfig(), added)
     model.requires_grad_(True)
     trainable, total = count_parameters(model)
