@@ -43,7 +43,7 @@ def labels_of(probs: torch.Tensor) -> torch.Tensor:
     """Class labels of ``(K, *spatial)`` scores: ``probs.argmax(0)`` as ``uint8`` (``*spatial``), the same labels
     (a tie goes to the first class) for a fraction of the time.
 
-    torch reduces over the leading, strided axis of a volume slowly on the CPU (0.27 s for 3 x 128 x 128 x 90 on one
+    torch reduces over the leading, strided axis of a volume slowly on the CPU (0.32 s for 3 x 128 x 128 x 90 on one
     thread, against 0.04 s for this running comparison, benchmarks/README.md); every validation, evaluation and
     prediction ends here. Scores are probabilities or logits, never NaN (unlike ``argmax``, a NaN never wins here).
 
