@@ -5,14 +5,18 @@ CTs are about 512 x 512 x 200: ``--slices 200``), in one process:
 
 1. **Stages** of :func:`pemma.inference.predict.predict_case`, each timed alone and in the same order:
    *read* (``LoadCased``: the CT and PET files), *preprocess* (every other transform of
-   :func:`pemma.data.transforms.preprocessing`, listed one by one in the JSON: PET onto the CT grid, RAS, spacing,
-   head-and-neck crop, scaling, padding), *network* (:func:`pemma.inference.sliding.sliding_window_probs`),
+   :func:`pemma.data.transforms.preprocessing`, listed one by one in the JSON: the CT to RAS, spacing and the
+   head-and-neck crop, the PET once onto that crop, scaling, padding) next to *preprocess_former* (the pipeline
+   before 2026-12-03, :func:`former_preprocessing`: the PET onto the whole native CT grid, then both to the
+   spacing and the crop; not part of the total; the PET channels of both are compared), *network*
+   (:func:`pemma.inference.sliding.sliding_window_probs`),
    *resample* (:func:`pemma.inference.resample_back.labels_on_reference`: probabilities back onto the CT grid and
    argmax, only in the box the crop reaches) next to *resample_full* (the former way: every class over the whole
    CT in float32, then argmax; not part of the total) and *write* (``save_nifti``, gzip). Both resample ways are
    checked to give the same labels (differing voxels are printed; should be 0).
-2. **End to end**: :func:`pemma.inference.predict.predict_cases` on the case, with the crop-box resampling (new)
-   and with the full-volume one patched in (old), alternating; the stage sum should be close to the new total.
+2. **End to end**: :func:`pemma.inference.predict.predict_cases` on the case as it is (new) and with the former
+   preprocessing and full-volume resampling patched in (old), alternating; the stage sum should be close to the
+   new total.
 3. **Peak memory** of every stage and of the end-to-end call: growth of the process's peak RSS above what was
    resident at the start (``VmHWM`` after a reset, see ``bench_backbones.py``); on CUDA also the network's
    ``torch.cuda.max_memory_allocated``. "peak / network" is the end-to-end growth over the network stage's.
@@ -47,10 +51,20 @@ from typing import Any
 import monai
 import numpy as np
 import torch
+from monai.transforms import (
+    Compose,
+    ConcatItemsd,
+    DeleteItemsd,
+    Orientationd,
+    ResampleToMatchd,
+    ScaleIntensityRanged,
+    Spacingd,
+    SpatialPadd,
+)
 
-from pemma.config import RunConfig, build_config
+from pemma.config import PreprocessConfig, RunConfig, build_config
 from pemma.data.layout import CaseRecord
-from pemma.data.transforms import preprocessing
+from pemma.data.transforms import CheckLabelOverlapd, CheckOverlapd, HeadNeckCropd, LoadCased, preprocessing
 from pemma.inference import predict as predict_mod
 from pemma.inference.predict import WindowSettings, predict_cases
 from pemma.inference.resample_back import labels_on_reference, reference_box
@@ -93,6 +107,27 @@ def make_case(folder: Path, slices: int, inplane: int, ct_mm: tuple[float, float
     return CaseRecord(case_id=case_id, centre="BENCH", images={k: str(v) for k, v in images.items()})
 
 
+def former_preprocessing(modalities: list[str], cfg: PreprocessConfig, roi_size: list[int],
+                         with_label: bool = False) -> Compose:
+    """pemma's CT + PET preprocessing before 2026-12-03 (the baseline): the PET onto the whole native CT grid first,
+    then CT and PET together to RAS, the target spacing (a second interpolation of the PET) and the crop."""
+    if list(modalities) != MODALITIES or with_label:
+        raise ValueError("the former pipeline is rebuilt here for CT + PET without label only")
+    return Compose([
+        LoadCased(MODALITIES, allow_missing_keys=False),
+        CheckOverlapd("pet"), CheckLabelOverlapd(),
+        ResampleToMatchd(["pet"], key_dst="ct", mode="bilinear", padding_mode="zeros", dtype=np.float32),
+        Orientationd(MODALITIES, axcodes="RAS", labels=None),
+        Spacingd(MODALITIES, pixdim=cfg.target_spacing, mode="bilinear", padding_mode="border", dtype=np.float32),
+        HeadNeckCropd(MODALITIES, cfg.crop_mm, cfg.body_threshold_hu),
+        ScaleIntensityRanged("ct", *cfg.ct_window, 0.0, 1.0, clip=True),
+        ScaleIntensityRanged("pet", *cfg.pet_suv_range, 0.0, 1.0, clip=True),
+        SpatialPadd(MODALITIES, spatial_size=roi_size, mode="constant"),
+        ConcatItemsd(MODALITIES, name="image", dim=0),
+        DeleteItemsd(MODALITIES),
+    ])
+
+
 def tiny_model(preset: str, device: torch.device, seed: int) -> LoadedModel:
     """A randomly initialised early-fusion UNETR (CT+PET channels) of ``preset``."""
     cfg: RunConfig = build_config(preset, overrides={"model": {"backbone": "unetr"}})
@@ -112,7 +147,8 @@ def bench_stages(model: LoadedModel, case: CaseRecord, device: torch.device, amp
     cfg = model.config
     roi = cfg.model.roi_size
     times: dict[str, float] = {}
-    peaks: dict[str, list[MemSample]] = {k: [] for k in (*STAGES, "resample_full")}
+    peaks: dict[str, list[MemSample]] = {k: [] for k in (*STAGES, "resample_full", "preprocess_former")}
+    # and "preprocess_former": the former pipeline (former_preprocessing) on the same loaded case
     transforms = preprocessing(MODALITIES, cfg.preprocess, roi, with_label=False).transforms
     item: dict[str, Any] = {"case_id": case.case_id, **{m: case.images[m] for m in MODALITIES}}
     per_transform: dict[str, float] = {}
@@ -130,6 +166,22 @@ def bench_stages(model: LoadedModel, case: CaseRecord, device: torch.device, amp
             per_transform[name] = per_transform.get(name, 0.0) + time.perf_counter() - t1
         image = item["image"]
         times["preprocess"] = time.perf_counter() - t0
+    former = Compose(former_preprocessing(MODALITIES, cfg.preprocess, roi).transforms[1:])
+    loaded = transforms[0]({"case_id": case.case_id, **{m: case.images[m] for m in MODALITIES}})
+    with probe.measure(peaks["preprocess_former"]):
+        t0 = time.perf_counter()
+        former_image = former(loaded)["image"]
+        times["preprocess_former"] = time.perf_counter() - t0
+    del loaded
+    same_grid = former_image.shape == image.shape and np.allclose(np.asarray(former_image.affine),
+                                                                  np.asarray(image.affine))
+    differences = {"same_grid": bool(same_grid)}
+    if same_grid:
+        for channel, name in enumerate(MODALITIES):  # scaled [0, 1] values
+            diff = (former_image[channel] - image[channel]).abs()
+            differences[f"{name}_max_abs"] = float(diff.max())
+            differences[f"{name}_mean_abs"] = float(diff.mean())
+    del former_image
     cuda_peak = None
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -157,6 +209,7 @@ def bench_stages(model: LoadedModel, case: CaseRecord, device: torch.device, amp
     start, end = reference_box(np.asarray(probs.affine), probs.shape[1:], ref_img.affine, ref_img.shape[:3])
     return {"times_s": times, "peak_growth_mb": {k: v[0].growth_mb for k, v in peaks.items()},
             "preprocess_by_transform_s": per_transform, "network_grid": list(image.shape[1:]),
+            "former_preprocessing_difference": differences,
             "box_fraction": float(np.prod(np.subtract(end, start)) / np.prod(ref_img.shape[:3])),
             "labels_differ_voxels": int((labels["resample"] != labels["resample_full"]).sum()),
             "foreground_voxels": int((labels["resample"] > 0).sum()), "network_cuda_peak_mb": cuda_peak}
@@ -164,26 +217,29 @@ def bench_stages(model: LoadedModel, case: CaseRecord, device: torch.device, amp
 
 def bench_end_to_end(model: LoadedModel, case: CaseRecord, device: torch.device, amp: bool, probe: MemProbe,
                      out_dir: Path, repeats: int) -> dict[str, Any]:
-    """predict_cases with the crop-box (new) and the full-volume (old) resampling, alternating (ABBA)."""
+    """predict_cases as it is (new) and as it was before issue 13 (old: the former preprocessing and the
+    full-volume resampling back), alternating (ABBA)."""
     times: dict[str, list[float]] = {"new": [], "old": []}
     peaks: dict[str, list[MemSample]] = {"new": [], "old": []}
     full = partial(labels_on_reference, crop_box=False)
     for rep in range(repeats):
         for way in (("old", "new") if rep % 2 == 0 else ("new", "old")):
             predict_mod.labels_on_reference = full if way == "old" else labels_on_reference
+            predict_mod.preprocessing = former_preprocessing if way == "old" else preprocessing
             try:
                 with probe.measure(peaks[way]):
                     t0 = time.perf_counter()
                     predict_cases(model, [case], MODALITIES, out_dir, device, WindowSettings(amp=amp), progress=False)
                     times[way].append(time.perf_counter() - t0)
             finally:
-                predict_mod.labels_on_reference = labels_on_reference
+                predict_mod.labels_on_reference, predict_mod.preprocessing = labels_on_reference, preprocessing
     return {"times_s": times, "peak_growth_mb": {k: max(s.growth_mb for s in v) for k, v in peaks.items()}}
 
 
 def summary_table(rows: list[dict[str, Any]]) -> str:
     head = ("| CT voxels | network grid | read | preprocess | network | resample | write | not network | box / CT "
-            "| resample full / box | e2e new s | e2e old / new | peak MB new (old) | peak / network | label diff |")
+            "| resample full / box | preprocess former / now | PET diff max (mean) "
+            "| e2e new s | e2e old / new | peak MB new (old) | peak / network | label diff |")
     lines = [head, "|" + "---|" * head.count(" | ") + "---|"]
     for r in rows:
         t, e = r["stages"]["times_s"], r["end_to_end"]
@@ -194,12 +250,17 @@ def summary_table(rows: list[dict[str, Any]]) -> str:
                  "x".join(map(str, r["stages"]["network_grid"]))]
         cells += [f"{t[s]:.2f} s ({100 * t[s] / total:.0f} %)" for s in STAGES]
         cells += [f"{100 * (total - t['network']) / total:.0f} %", f"{100 * r['stages']['box_fraction']:.0f} %",
-                  f"{t['resample_full'] / t['resample']:.1f}x",
+                  f"{t['resample_full'] / t['resample']:.1f}x", f"{t['preprocess_former'] / t['preprocess']:.2f}x",
+                  _pet_difference(r["stages"]["former_preprocessing_difference"]),
                   f"{new:.2f}", f"{old / new:.2f}",
                   f"{e['peak_growth_mb']['new']:.0f} ({e['peak_growth_mb']['old']:.0f})",
                   f"{e['peak_growth_mb']['new'] / net_peak:.1f}", str(r["stages"]["labels_differ_voxels"])]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def _pet_difference(diff: dict[str, Any]) -> str:
+    return f"{diff['pet_max_abs']:.3f} ({diff['pet_mean_abs']:.4f})" if diff["same_grid"] else "other grid"
 
 
 def linearity(rows: list[dict[str, Any]]) -> str:

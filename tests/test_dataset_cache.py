@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from monai.data import CacheDataset, PersistentDataset
-from monai.transforms import Compose, Lambda
+from monai.transforms import Compose, DeleteItemsd, Lambda
 
 from pemma.config import DataConfig
 from pemma.data.dataset import (
@@ -83,3 +83,25 @@ def test_explicit_cache_dir_wins(tmp_path):
 def test_memory_cache_share_is_checked(bad):
     with pytest.raises(ValueError, match="memory_cache_share"):
         DataConfig(memory_cache_share=bad)
+
+
+def test_disk_cache_is_not_read_by_another_pipeline_or_config(tmp_path):
+    """A cache folder given explicitly (``--cache-dir``) keeps one file per case and preprocessing: files written
+    by another order of transforms (pemma's pipeline before it resampled the PET straight onto the crop) or under
+    another preprocessing key are not read back; the same pipeline and key reuse them."""
+    folder = tmp_path / "mine"
+
+    def files() -> set[str]:
+        return {f.name for f in folder.iterdir()}
+
+    first = cached_dataset(_items(2), _pre(), cache_dir=str(folder), cache_key="a")
+    assert [float(first[i]["image"][0, 0, 0, 0]) for i in range(2)] == [0.0, 1.0]  # a file per case read
+    written = files()
+    assert len(written) == 2
+    cached_dataset(_items(2), _pre(), cache_dir=str(folder), cache_key="a")[1]
+    assert files() == written  # same pipeline, same key: read back
+    cached_dataset(_items(2), _pre(), cache_dir=str(folder), cache_key="b")[1]
+    assert len(files() - written) == 1  # another key: the case preprocessed again
+    reordered = Compose([*_pre().transforms, DeleteItemsd("idx")])
+    assert "idx" not in cached_dataset(_items(2), reordered, cache_dir=str(folder), cache_key="a")[0]
+    assert len(files()) == 4  # another pipeline: not the files of the first one

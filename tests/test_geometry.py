@@ -6,12 +6,14 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pytest
 import SimpleITK as sitk
 import torch
 from torch import nn
 
 from pemma.config import build_config
 from pemma.data.layout import discover_cases
+from pemma.data.transforms import preprocessing
 from pemma.inference.predict import WindowSettings, predict_cases
 from pemma.io_utils import save_nifti
 from pemma.models.loaded import LoadedModel
@@ -118,3 +120,25 @@ def test_label_one_voxel_off_the_ct_grid(tmp_path: Path) -> None:
     assert item["image"].shape[1:] == item["label"].shape[1:]
     assert int((item["label"] == 1).sum()) == int((label == 1).sum())
     assert int((item["label"] == 2).sum()) == 0
+
+
+def test_pet_is_interpolated_once_onto_the_crop(tmp_path: Path) -> None:
+    """The PET is resampled once, straight onto the CT's target-spacing crop: where a target voxel centre is a PET
+    voxel centre it gets that voxel's value exactly (a narrow hot spot keeps its SUVmax). Through the native CT grid
+    first (0.7 mm, not a divisor of the PET's 4 mm), the spot was interpolated twice and its SUVmax lost."""
+    ct_affine = np.diag([0.7, 0.7, 0.7, 1.0])
+    save_nifti(np.zeros((100, 100, 60), np.int16), ct_affine, tmp_path / "c__CT.nii.gz", dtype=np.int16)
+    pet = np.ones((18, 18, 11), np.float32)
+    pet[5, 6, 4] = 10.0  # world (20, 24, 16) mm: a target voxel centre of the 2 mm grid from the CT origin
+    save_nifti(pet, np.diag([4.0, 4.0, 4.0, 1.0]), tmp_path / "c__PT.nii.gz", dtype=np.float32)
+    cfg = build_config("tiny", overrides={"preprocess": {"target_spacing": [2, 2, 2], "crop_mm": [400, 400, 400],
+                                                         "body_threshold_hu": -500.0, "pet_suv_range": [0, 20]}})
+    item = {"case_id": "c", "ct": str(tmp_path / "c__CT.nii.gz"), "pet": str(tmp_path / "c__PT.nii.gz")}
+    image = preprocessing(["ct", "pet"], cfg.preprocess, [8, 8, 8], with_label=False)(item)["image"]
+    affine = np.asarray(image.affine)
+    np.testing.assert_allclose(np.diag(affine)[:3], [2, 2, 2])
+    spot = np.round(np.linalg.solve(affine, [20.0, 24.0, 16.0, 1.0])[:3]).astype(int)
+    suv = 20.0 * image[1].numpy()
+    assert suv[tuple(spot)] == pytest.approx(10.0, abs=1e-4)
+    assert suv.max() == pytest.approx(10.0, abs=1e-4)
+    assert suv[tuple(spot + [2, 0, 0])] == pytest.approx(1.0, abs=1e-4)  # the next PET voxel centre, 4 mm on

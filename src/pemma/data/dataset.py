@@ -6,12 +6,14 @@ import hashlib
 import json
 import logging
 from collections.abc import Iterator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from monai.data import CacheDataset, Dataset, PersistentDataset
+from monai.data.utils import json_hashing
 from monai.transforms import Compose, RandomizableTrait, Transform
 from monai.transforms.utils import convert_to_contiguous
 
@@ -66,10 +68,17 @@ def cached_dataset(items: list[dict[str, Any]], transform: Compose, cache_dir: s
                      f"(data.memory_cache_share): caching them on disk in {cache_dir} (MONAI PersistentDataset; "
                      "--cache-dir chooses the folder)")
     if cache_dir:
-        return PersistentDataset(items, transform=transform, cache_dir=cache_dir)
+        return PersistentDataset(items, transform=transform, cache_dir=cache_dir,
+                                 hash_transform=partial(_transform_hash, cache_key=cache_key))
     if first is not None and _cached_part(transform) is None:  # the whole transform is what is cached
         return _PrimedCacheDataset(items, transform, first, progress)
     return CacheDataset(items, transform=transform, num_workers=1, progress=progress)
+
+
+def _transform_hash(transforms: Sequence[Transform], cache_key: str | None) -> bytes:
+    """The part of a disk-cache file's name that names the preprocessing (MONAI's ``hash_transform``): the cached
+    transforms in order and ``cache_key``, so a folder written by another pipeline or config is not read back."""
+    return json_hashing({"transforms": [type(t).__name__ for t in transforms], "key": cache_key})
 
 
 def _cached_part(transform: Compose) -> int | None:

@@ -48,12 +48,12 @@ def inference_config(loaded: LoadedModel, modalities: list[str], plain: bool) ->
     transforms: list[dict[str, Any]] = [
         {"_target_": "LoadImaged", "keys": modalities, "image_only": True},
         {"_target_": "EnsureChannelFirstd", "keys": modalities}]
-    if others:
+    transforms += [{"_target_": "Orientationd", "keys": ref, "axcodes": "RAS", "labels": None},
+                   {"_target_": "Spacingd", "keys": ref, "pixdim": list(pre.target_spacing), "mode": "bilinear",
+                    "padding_mode": "border"}]
+    if others:  # once, straight onto the reference's target grid, as pemma's preprocessing does
         transforms.append({"_target_": "ResampleToMatchd", "keys": others, "key_dst": ref, "mode": "bilinear",
                            "padding_mode": "zeros"})
-    transforms += [{"_target_": "Orientationd", "keys": modalities, "axcodes": "RAS", "labels": None},
-                   {"_target_": "Spacingd", "keys": modalities, "pixdim": list(pre.target_spacing),
-                    "mode": "bilinear", "padding_mode": "border"}]
     windows = {"ct": pre.ct_window, "pet": pre.pet_suv_range}
     for modality in modalities:
         low, high = windows[modality]

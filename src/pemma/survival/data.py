@@ -1,9 +1,9 @@
 """Prognosis inputs: image cases with endpoints (and clinical rows), preprocessed once to one centre crop each.
 
-Images go through :func:`pemma.data.transforms.preprocessing` (no label: resampling onto the CT grid, RAS,
-target spacing, head-and-neck box found from the CT, intensity scaling, padding to the ROI) and then a
-single **centre crop** of the ROI size, cached with :func:`pemma.data.dataset.cached_dataset`. The label is
-never read.
+Images go through :func:`pemma.data.transforms.preprocessing` (no label: the CT to RAS, the target
+spacing and the head-and-neck box found from it, the PET resampled onto that box, intensity scaling, padding to
+the ROI) and then a single **centre crop** of the ROI size, cached with
+:func:`pemma.data.dataset.cached_dataset`. The label is never read.
 """
 
 from __future__ import annotations
