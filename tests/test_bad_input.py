@@ -136,3 +136,17 @@ def test_failed_case_leaves_earlier_outputs_whole(ct_model: Path, phantom: Path,
     assert nib.load(str(out / "CHUM-000.nii.gz")).shape == ct_shape
     assert (out / "CHUM-001.nii.gz").read_bytes() == b"previous result"
     assert sorted(p.name for p in out.iterdir()) == ["CHUM-000.nii.gz", "CHUM-001.nii.gz"]
+
+
+def test_predict_ct_truncated_after_its_header(ct_model: Path, phantom: Path, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture) -> None:
+    """``predict`` takes the output geometry from the CT's header alone: a CT whose header reads but whose voxels
+    are cut off is still refused in one line naming the file (by preprocessing, which reads the voxels)."""
+    data = _copy_case(phantom, tmp_path / "d")
+    path = data / "imagesTr" / "CHUM-000__CT.nii.gz"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    assert nib.load(str(path)).shape  # the header still reads
+    line = _error_line(capsys, ["predict", "--model", str(ct_model), "--input", str(data / "imagesTr"),
+                                "--out", str(tmp_path / "pred")])
+    assert "CHUM-000__CT.nii.gz: cannot read CT of case CHUM-000" in line
+    assert not (tmp_path / "pred" / "CHUM-000.nii.gz").exists()

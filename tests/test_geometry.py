@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
+from nibabel.arrayproxy import ArrayProxy
 from torch import nn
 
 from pemma.config import build_config
@@ -63,6 +64,22 @@ def test_real_ct_round_trip(tmp_path: Path) -> None:
     expected = np.asanyarray(nib.load(str(REAL_CT)).dataobj) > 100
     assert pred.dtype == np.uint8 and set(np.unique(pred)) <= {0, 1}
     assert _dice(pred == 1, expected) > 0.85
+
+
+def test_predict_reads_the_ct_voxels_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``predict`` decompresses the CT once (in preprocessing); the output geometry comes from its header."""
+    reads: list[str] = []
+    plain = ArrayProxy._get_scaled
+
+    def counting(self, *args, **kwargs):
+        reads.append(Path(self.file_like).name)
+        return plain(self, *args, **kwargs)
+
+    monkeypatch.setattr(ArrayProxy, "_get_scaled", counting)
+    (out,) = predict_cases(_threshold_model((-300.0, 500.0)), discover_cases(REAL_CT), ["ct"], tmp_path,
+                           torch.device("cpu"), WindowSettings(), progress=False)
+    assert reads == [REAL_CT.name]
+    _same_geometry(REAL_CT, out)
 
 
 def _oblique_affine(spacing, degrees: float, origin) -> np.ndarray:

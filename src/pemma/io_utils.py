@@ -139,11 +139,16 @@ def read_sitk_image(path: str | os.PathLike) -> nib.Nifti1Image:
     return img
 
 
-def load_nifti(path: str | os.PathLike, *, what: str = "image") -> nib.Nifti1Image:
+def load_nifti(path: str | os.PathLike, *, what: str = "image", voxels: bool = True) -> nib.Nifti1Image:
     """Open an image file and check that it can be read, is 3-D and holds only finite values.
 
     NIfTI (``.nii``, ``.nii.gz``) is read by nibabel, any other format SimpleITK reads (``.mha``, ``.nrrd``...) by
     :func:`read_sitk_image`, as a NIfTI image in the same physical space.
+
+    Args:
+        voxels: read and check the voxels (default). False: a NIfTI file's header only (shape, affine), for a
+            caller that needs the geometry of an image whose voxels are read elsewhere (``predict`` reads the
+            CT's voxels once, in preprocessing, not twice); its voxels are then neither read nor checked here.
 
     Raises:
         PemmaError: one line naming the file and the problem (missing, corrupt, not 3-D, NaN/inf).
@@ -154,16 +159,17 @@ def load_nifti(path: str | os.PathLike, *, what: str = "image") -> nib.Nifti1Ima
     nifti = path.name.lower().endswith(NIFTI_ENDINGS)
     try:
         img = nib.load(str(path)) if nifti else read_sitk_image(path)
-        data = np.asanyarray(img.dataobj)
+        data = np.asanyarray(img.dataobj) if voxels or not nifti else None
     except Exception as exc:  # nibabel and SimpleITK raise many types for truncated / corrupt files
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         kind = "NIfTI" if nifti else "an image (SimpleITK)"
         raise PemmaError(f"{path}: cannot read {what} as {kind} ({reason[:200]})") from None
-    if data.ndim == 4 and data.shape[-1] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise PemmaError(f"{path}: {what} must be a 3-D volume, got shape {tuple(data.shape)}")
-    if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
+    shape = tuple(img.shape)
+    if len(shape) == 4 and shape[-1] == 1:
+        shape = shape[:3]
+    if len(shape) != 3:
+        raise PemmaError(f"{path}: {what} must be a 3-D volume, got shape {shape}")
+    if data is not None and np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
         bad = int((~np.isfinite(data)).sum())
         raise PemmaError(f"{path}: {what} has {bad} NaN/inf voxels")
     linear = np.asarray(img.affine, dtype=float)[:3, :3]
@@ -171,6 +177,8 @@ def load_nifti(path: str | os.PathLike, *, what: str = "image") -> nib.Nifti1Ima
         spacing = tuple(round(float(z), 4) for z in np.linalg.norm(np.nan_to_num(linear), axis=0))
         raise PemmaError(f"{path}: {what} has a singular voxel-to-world affine (voxel spacing {spacing} mm); "
                          f"its header geometry is broken")
+    if data is not None and nifti:  # keep the voxels read for the checks: the caller does not read them again
+        img = type(img)(data, img.affine, img.header)
     return img
 
 

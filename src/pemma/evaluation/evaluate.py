@@ -23,7 +23,7 @@ from pemma.errors import PemmaError
 from pemma.evaluation.metrics import CLASS_NAMES, AggregatedDice, case_counts, case_metrics, summarize
 from pemma.inference.predict import WindowSettings, predict_case
 from pemma.inference.prediction_cache import PredictionCache
-from pemma.io_utils import IMAGE_ENDINGS, NIFTI_ENDINGS, load_nifti, save_nifti, write_text_atomic
+from pemma.io_utils import IMAGE_ENDINGS, load_nifti, save_nifti, write_text_atomic
 from pemma.models.loaded import LoadedModel
 from pemma.vocab import LABEL_VALUES
 
@@ -129,7 +129,7 @@ def evaluate_predictions(pred_dir: str | Path, cases: Sequence[CaseRecord], prog
             raise PemmaError(f"{path}: prediction of case {case.case_id} has values {bad[:5]} outside {{0, 1, 2}}")
         ct = case.images.get("ct")
         if ct is not None:
-            ct_img = nib.load(ct) if ct.lower().endswith(NIFTI_ENDINGS) else load_nifti(ct, what="CT")
+            ct_img = load_nifti(ct, what=f"CT of case {case.case_id}", voxels=False)  # its geometry only
             if ct_img.shape[:3] != ref.shape[:3] or not np.allclose(ct_img.affine, ref.affine, atol=1e-3):
                 raise PemmaError(f"{path}: prediction of case {case.case_id} is not on its CT grid "
                                  f"({ref.shape[:3]} vs CT {ct_img.shape[:3]}); HECKTOR scores on the CT grid")

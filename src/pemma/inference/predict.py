@@ -94,7 +94,12 @@ def predict_case(model: LoadedModel, case: CaseRecord, modalities: Sequence[str]
     if inputs_cache is not None and key in inputs_cache:
         image, ref_img = inputs_cache[key]
     else:
-        ref_img = load_nifti(case.images[ref_key], what=f"{ref_key.upper()} of case {case.case_id}")
+        what = f"{ref_key.upper()} of case {case.case_id}"
+        if ref_key not in modalities:  # not an input (PET-only onto the CT grid): its voxels are checked here
+            load_nifti(case.images[ref_key], what=what)
+        # the geometry only (header): an input's voxels are read once, by preprocessing, and the reference image
+        # kept with a prediction (evaluation, the prediction cache) holds no voxels
+        ref_img = load_nifti(case.images[ref_key], what=what, voxels=False)
         item = {"case_id": case.case_id, **{m: case.images[m] for m in modalities}}
         image = preprocessing(modalities, cfg.preprocess, roi, with_label=False)(item)["image"]
         if inputs_cache is not None:
