@@ -154,7 +154,7 @@ def bench_stages(model: LoadedModel, case: CaseRecord, device: torch.device, amp
     per_transform: dict[str, float] = {}
     with probe.measure(peaks["read"]):
         t0 = time.perf_counter()
-        ref_img = load_nifti(case.images["ct"], what="CT")
+        ref_img = load_nifti(case.images["ct"], what="CT", voxels=False)  # as predict_case: the header only
         item = transforms[0](item)
         times["read"] = time.perf_counter() - t0
     with probe.measure(peaks["preprocess"]):
