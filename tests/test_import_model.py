@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_cli, run_main
+from conftest import main_result, run_main
 from monai.networks.nets import UNETR, SwinUNETR
 from safetensors.torch import save_file
 
@@ -113,8 +113,8 @@ class _NotATensor:
 def test_bad_sources_are_one_line_errors(tmp_path: Path) -> None:
     torch.save(monai_unetr(hidden_size=48, mlp_dim=96).state_dict(), tmp_path / "other.pt")
     torch.save(monai_unetr().state_dict(), tmp_path / "good.pt")
-    proc = run_cli("import-model", str(tmp_path / "other.pt"), "--backbone", "unetr", *FLAGS, "--out",
-                   str(tmp_path / "r1"), check=False)
+    proc = main_result("import-model", str(tmp_path / "other.pt"), "--backbone", "unetr", *FLAGS, "--out",
+                       str(tmp_path / "r1"))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "tensors match" in proc.stderr and "--config" in proc.stderr
     assert not (tmp_path / "r1").exists(), "a failed import leaves no run folder"

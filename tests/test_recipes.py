@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import run_cli, run_main
+from conftest import main_result, run_main
 from monai.networks.nets import UNETR, SwinUNETR
 
 from pemma.adapters import AdapterConfig
@@ -110,11 +110,11 @@ def test_authors_unetr_count_at_paper_size():
     assert authors_count("unetr", kwargs, conv_skip)["authors_trainable"] == 7_834_179
 
 
-@pytest.mark.slow  # two CLI processes (imports dominate)
 def test_params_without_a_run_cli_matches_api():
     import pemma
 
-    proc = run_cli("params", "--backbone", "unetr", "--preset", "tiny", "--recipe", "authors", "--json")
+    proc = main_result("params", "--backbone", "unetr", "--preset", "tiny", "--recipe", "authors", "--json")
+    assert proc.returncode == 0, proc.stderr
     shown = json.loads(proc.stdout)
     api = pemma.params(backbone="unetr", preset="tiny", recipe="authors")
     for key in ("trainable", "total", "early_fusion", "authors_trainable", "authors_reference", "ct_route"):
@@ -133,7 +133,7 @@ def test_params_without_a_run_cli_matches_api():
     assert count_parameters(model) == (shown["trainable"], shown["total"])
     text = run_main("params", "--backbone", "unetr", "--recipe", "pemma")  # text output, in this process
     assert "percent_of_early_fusion" in text and "feature size 48" in text and "serves ct" in text
-    bad = run_cli("params", check=False)
+    bad = main_result("params")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     with pytest.raises(PemmaError, match="either a run folder"):
         pemma.params()

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import run_cli, run_main
+from conftest import main_result, run_main
 from lifelines import CoxPHFitter
 
 from pemma.data.phantom import PhantomConfig, synthesize_phantom
@@ -209,8 +209,8 @@ def test_cli_chain_segments_with_the_model(phantom: Path, bases: dict[str, Path]
 
 
 def test_cli_chain_bad_run_is_one_line(phantom: Path, tmp_path: Path) -> None:
-    proc = run_cli("survival", "chain", "--seg-ct", str(tmp_path / "nope"), "--data", str(phantom), "--out",
-                   str(tmp_path / "c"), check=False)
+    proc = main_result("survival", "chain", "--seg-ct", str(tmp_path / "nope"), "--data", str(phantom), "--out",
+                       str(tmp_path / "c"))
     assert proc.returncode == 2 and "Traceback" not in proc.stderr and str(tmp_path / "nope") in proc.stderr
 
 

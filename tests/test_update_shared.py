@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import FAST, run_cli, run_main
+from conftest import FAST, main_result, run_main
 
 from pemma.methods.loading import load_model
 
@@ -48,6 +48,6 @@ def test_shared_route_adapt_and_updates(bases: dict[str, Path], phantom: Path, t
     assert json.loads(run_main("params", str(ct), "--json"))["adapter for ct"] == "ctpet"
 
     # an update keeps the route: asking for the other one is a one-line error
-    bad = run_cli("update", "--model", str(adapted), "--data", str(phantom), "--centres", "CHUP", "--modalities",
-                  "pet", "--ct-route", "exact", *TINY, "--out", str(tmp_path / "bad"), check=False)
+    bad = main_result("update", "--model", str(adapted), "--data", str(phantom), "--centres", "CHUP", "--modalities",
+                      "pet", "--ct-route", "exact", *TINY, "--out", str(tmp_path / "bad"))
     assert bad.returncode == 2 and "keeps the route" in bad.stderr and "Traceback" not in bad.stderr
