@@ -13,6 +13,9 @@ Usage::
     python benchmarks/bench_prognosis.py --data DATA --seg-ct runs/ct_unetr --seg-ctpet runs/pemma_lora
 
 ``--seg-ct labels`` (the default) uses the reference labels as segmentation: the chain's upper bound.
+``--oracle`` (synthesised phantom only) also scores the phantom's own hazard on the same held-out cases: its
+image terms without and with SUVmax (:data:`pemma.data.phantom.SURVIVAL`, from each case's true lesion summary,
+re-synthesised), so the chain's C-index and gain can be read against what the data allow at this size.
 """
 
 from __future__ import annotations
@@ -20,10 +23,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 from pathlib import Path
 
-from pemma.data.phantom import PhantomConfig, synthesize_phantom
-from pemma.protocol.claims.cindex import chain_claims
+import numpy as np
+
+from pemma.data.phantom import SURVIVAL, PhantomConfig, synthesize_case, synthesize_phantom
+from pemma.protocol.claims.cindex import chain_claims, cindex_gain
 from pemma.survival.chain import ChainConfig
 from pemma.survival.chain_run import LABELS, survival_chain
 from pemma.survival.lesion import label_segmenter, model_segmenter
@@ -38,6 +44,34 @@ def _cached(segment, store: dict):
     return segment_once
 
 
+def oracle_risks(case_ids: list[str], config: PhantomConfig, cache: Path) -> dict[str, dict[str, float]]:
+    """The phantom hazard's image terms per case: ``ct`` (tumour volume, two or more nodes) and ``ct+pet`` (plus
+    SUVmax), from each case's true lesion summary (cases re-synthesised once, then read from ``cache``)."""
+    known = json.loads(cache.read_text()) if cache.is_file() else {}
+    s = SURVIVAL
+    for case_id in case_ids:
+        if case_id not in known:
+            centre, index = case_id.rsplit("-", 1)
+            les = synthesize_case(centre, int(index), config).lesions
+            ct = (s["log_volume"] * math.log(max(les.gtvp_ml + les.gtvn_ml, 1.0) / 15.0)
+                  + s["two_nodes"] * (les.n_nodes >= 2))
+            known[case_id] = {"ct": ct, "ct+pet": ct + s["log_suvmax"] * math.log(max(les.suvmax, 1.0) / 10.0)}
+    cache.write_text(json.dumps(known))
+    return known
+
+
+def _oracle_lines(result: dict, oracle: dict[str, dict[str, float]], seed: int) -> list[str]:
+    """The oracle's held-out C-index per image stage and its relative PET gain, on the chain's held-out cases."""
+    t, e = np.asarray(result["test_time"], float), np.asarray(result["test_event"], float)
+    ct, pet = (np.array([oracle[c][k] for c in result["test_cases"]]) for k in ("ct", "ct+pet"))
+    gain = cindex_gain(t, e, ct, pet, seed=seed)
+    from pemma.survival.metrics import concordance_index
+
+    return [f"seed {seed} oracle      held-out C ct {concordance_index(t, e, ct):.3f}, ct+pet "
+            f"{concordance_index(t, e, pet):.3f}: relative gain {100 * gain.estimate:+.1f}% [95% CI "
+            f"{100 * gain.low:+.1f}, {100 * gain.high:+.1f}; n={gain.n_cases}]"]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", default="/tmp/bench_prognosis", help="working folder (phantom, chain outputs)")
@@ -48,14 +82,18 @@ def main() -> None:
     p.add_argument("--seg-ctpet", default=None, help="CT+PET segmentation run (default: --seg-ct)")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--oracle", action="store_true",
+                   help="also score the phantom's true hazard terms on the held-out cases (synthesised phantom only)")
     args = p.parse_args()
+    if args.oracle and args.data:
+        p.error("--oracle needs the phantom this benchmark synthesises (no --data)")
     logging.basicConfig(level=logging.WARNING)
     work = Path(args.work)
     centres = args.centres.split(",")
     data = Path(args.data) if args.data else work / "phantom"
+    phantom = PhantomConfig(cases_per_centre=args.cases_per_centre, centres=tuple(centres), ct_shape=(64, 64, 48))
     if not args.data and not (data / "hecktor2022_endpoint_training.csv").is_file():
-        synthesize_phantom(data, PhantomConfig(cases_per_centre=args.cases_per_centre, centres=tuple(centres),
-                                               ct_shape=(64, 64, 48)), progress=True)
+        synthesize_phantom(data, phantom, progress=True)
 
     def segmenter(spec: str | None, modalities: list[str]):
         if spec is None:
@@ -77,6 +115,9 @@ def main() -> None:
                   f"{', OVERFITTING' if s['overfitting'] else ''}")
         for c in claims:
             print(f"seed {seed} {c['id']}: holds={c['holds']}: {c['detail']}")
+        if args.oracle:
+            oracle = oracle_risks(result["train_cases"] + result["test_cases"], phantom, work / "oracle.json")
+            print("\n".join(_oracle_lines(result, oracle, seed)))
         summary.append({"seed": seed, "stages": [{k: s[k] for k in ("stage", "test_c_index", "test_ci",
                                                                       "cv_c_index", "train_c_index", "l2",
                                                                       "overfitting")} for s in result["stages"]],
