@@ -78,6 +78,11 @@ def main() -> None:
     p.add_argument("--data", help="dataset folder (default: synthesise a phantom under --work)")
     p.add_argument("--cases-per-centre", type=int, default=50, help="phantom cases per centre")
     p.add_argument("--centres", default="CHUM,MDA,HGJ,CHUP", help="comma-separated centres")
+    p.add_argument("--phantom-seed", type=int, default=0,
+                   help="seed of the synthesised phantom (another than the demo's 0 when --seg-* runs were trained "
+                        "on the demo's phantom: its cases 0-11 of each centre are the demo's own)")
+    p.add_argument("--ct-shape", type=int, nargs=3, default=(64, 64, 48),
+                   help="CT voxels of the synthesised phantom (the demo's is 80 80 56)")
     p.add_argument("--seg-ct", default=LABELS, help="CT segmentation run, or 'labels'")
     p.add_argument("--seg-ctpet", default=None, help="CT+PET segmentation run (default: --seg-ct)")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
@@ -91,7 +96,8 @@ def main() -> None:
     work = Path(args.work)
     centres = args.centres.split(",")
     data = Path(args.data) if args.data else work / "phantom"
-    phantom = PhantomConfig(cases_per_centre=args.cases_per_centre, centres=tuple(centres), ct_shape=(64, 64, 48))
+    phantom = PhantomConfig(cases_per_centre=args.cases_per_centre, centres=tuple(centres),
+                            ct_shape=tuple(args.ct_shape), seed=args.phantom_seed)
     if not args.data and not (data / "hecktor2022_endpoint_training.csv").is_file():
         synthesize_phantom(data, phantom, progress=True)
 

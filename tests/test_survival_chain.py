@@ -191,7 +191,7 @@ def test_chain_on_phantom_with_reference_segmentation(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.long  # trains both tiny bases (CLI) and segments every case
+@pytest.mark.long  # trains the tiny UNETR base and segments every case
 def test_cli_chain_segments_with_the_model(phantom: Path, bases: dict[str, Path], tmp_path: Path) -> None:
     """``pemma survival chain`` with a trained CT run: every case is segmented by the run (sliding window over
     the whole case), measured, split, and the three stages and both claims are reported."""
