@@ -93,7 +93,7 @@ def test_claims_are_decided_by_the_confidence_interval() -> None:
     assert clear["holds"] is True and clear["n_cases"] == 12
     (low, high), = [c["ci95"] for c in clear["ci"].values()]
     assert 0.0 < low < clear["values"]["ct+pet:pemma_lora"] - clear["values"]["ct"] < high
-    assert "paired bootstrap over test cases" in clear["detail"]
+    assert "paired bootstrap over test cases (DSCagg pooled over them" in clear["detail"]
     rows, cases = _tables(0.40, 0.41)  # a difference inside the noise of 12 cases
     close = next(c for c in check_findings(rows, phases, "v", cases=cases) if c["id"] == "ctpet_beats_ct")
     assert close["holds"] is None

@@ -70,12 +70,17 @@ def claim(name: str, holds: bool | None, detail: str, values: Mapping[str, float
 
 def with_ci(holds: bool | None, detail: str, diffs: Mapping[str, Difference | None], margin: float = 0.0,
             ) -> tuple[bool | None, str, dict[str, Any] | None]:
-    """The verdict from the CIs when every comparison has per-case data (else the point estimate, marked)."""
+    """The verdict from the CIs when every comparison has per-case data (else the point estimate, marked).
+
+    The numbers in ``detail`` are the results table's (each centre's DSCagg, averaged over centres); the CIs, and
+    so the verdict, are for the DSCagg pooled over all the test cases compared (HECKTOR's aggregation), whose
+    estimate is printed with each CI. With 3 test cases a centre the two can differ by a few points."""
     if not diffs or any(d is None for d in diffs.values()):
         return holds, detail + " (point estimate: no per-case results)", None
     verdict = combine(d.verdict(margin) for d in diffs.values())
     text = "; ".join(f"{name} {ci_text(d)}" for name, d in diffs.items())
-    return verdict, f"{detail}; paired bootstrap over test cases: {text}", {k: d.to_dict() for k, d in diffs.items()}
+    detail = f"{detail}; paired bootstrap over test cases (DSCagg pooled over them, the verdict's statistic): {text}"
+    return verdict, detail, {k: d.to_dict() for k, d in diffs.items()}
 
 
 def value(entries: Sequence[Mapping[str, Any]], method: str, inputs: str, phase_index: int,
