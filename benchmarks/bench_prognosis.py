@@ -14,8 +14,8 @@ Usage::
 
 ``--seg-ct labels`` (the default) uses the reference labels as segmentation: the chain's upper bound.
 ``--oracle`` (synthesised phantom only) also scores the phantom's own hazard on the same held-out cases: its
-image terms without and with SUVmax (:data:`pemma.data.phantom.SURVIVAL`, from each case's true lesion summary,
-re-synthesised), so the chain's C-index and gain can be read against what the data allow at this size.
+image terms without and with SUVmax (:func:`pemma.data.phantom_survival.lesion_hazard_terms`, from each case's
+true lesion summary, re-synthesised), so the chain's C-index and gain can be read against what the data allow.
 """
 
 from __future__ import annotations
@@ -23,16 +23,17 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 from pathlib import Path
 
 import numpy as np
 
-from pemma.data.phantom import SURVIVAL, PhantomConfig, synthesize_case, synthesize_phantom
+from pemma.data.phantom import PhantomConfig, synthesize_case, synthesize_phantom
+from pemma.data.phantom_survival import lesion_hazard_terms
 from pemma.protocol.claims.cindex import chain_claims, cindex_gain
 from pemma.survival.chain import ChainConfig
 from pemma.survival.chain_run import LABELS, survival_chain
 from pemma.survival.lesion import label_segmenter, model_segmenter
+from pemma.survival.metrics import concordance_index
 
 
 def _cached(segment, store: dict):
@@ -48,14 +49,12 @@ def oracle_risks(case_ids: list[str], config: PhantomConfig, cache: Path) -> dic
     """The phantom hazard's image terms per case: ``ct`` (tumour volume, two or more nodes) and ``ct+pet`` (plus
     SUVmax), from each case's true lesion summary (cases re-synthesised once, then read from ``cache``)."""
     known = json.loads(cache.read_text()) if cache.is_file() else {}
-    s = SURVIVAL
     for case_id in case_ids:
         if case_id not in known:
             centre, index = case_id.rsplit("-", 1)
-            les = synthesize_case(centre, int(index), config).lesions
-            ct = (s["log_volume"] * math.log(max(les.gtvp_ml + les.gtvn_ml, 1.0) / 15.0)
-                  + s["two_nodes"] * (les.n_nodes >= 2))
-            known[case_id] = {"ct": ct, "ct+pet": ct + s["log_suvmax"] * math.log(max(les.suvmax, 1.0) / 10.0)}
+            terms = lesion_hazard_terms(synthesize_case(centre, int(index), config).lesions)
+            ct = terms["volume"] + terms["nodes"]
+            known[case_id] = {"ct": ct, "ct+pet": ct + terms["suvmax"]}
     cache.write_text(json.dumps(known))
     return known
 
@@ -65,8 +64,6 @@ def _oracle_lines(result: dict, oracle: dict[str, dict[str, float]], seed: int) 
     t, e = np.asarray(result["test_time"], float), np.asarray(result["test_event"], float)
     ct, pet = (np.array([oracle[c][k] for c in result["test_cases"]]) for k in ("ct", "ct+pet"))
     gain = cindex_gain(t, e, ct, pet, seed=seed)
-    from pemma.survival.metrics import concordance_index
-
     return [f"seed {seed} oracle      held-out C ct {concordance_index(t, e, ct):.3f}, ct+pet "
             f"{concordance_index(t, e, pet):.3f}: relative gain {100 * gain.estimate:+.1f}% [95% CI "
             f"{100 * gain.low:+.1f}, {100 * gain.high:+.1f}; n={gain.n_cases}]"]

@@ -94,7 +94,7 @@ def main_result(*args: str) -> subprocess.CompletedProcess:
 
     What the user sees is the same as from a subprocess: ``pemma.cli.main.main`` turns user errors into one line
     and an exit status itself, and an exception it lets through fails the test here. It spares the ~13 s a
-    subprocess spends importing torch, MONAI and peft on 2 cores)."""
+    subprocess spends importing torch, MONAI and peft on 2 cores."""
     import contextlib
     import io
 

@@ -194,3 +194,26 @@ def test_config_normalises_lists():
     cfg = PhantomConfig(centres=["CHUM"], ct_shape=[32, 32, 24], ct_spacing=[2, 2, 2.5], oblique_degrees=5)
     assert cfg.centres == ("CHUM",) and cfg.ct_shape == (32, 32, 24)
     assert cfg.ct_spacing == (2.0, 2.0, 2.5) and isinstance(cfg.oblique_degrees, float)
+
+
+def test_lesion_hazard_terms_known_answer() -> None:
+    """The image terms of the phantom's hazard: zero at the reference lesion (15 ml, SUVmax 10, one node), the
+    weights of :data:`SURVIVAL` per doubling / tenfold otherwise; tiny or uptake-free lesions are floored at 1."""
+    import math
+
+    import numpy as np
+
+    from pemma.data.phantom_anatomy import LesionSummary
+    from pemma.data.phantom_survival import SURVIVAL, lesion_hazard_terms
+
+    def terms(ml: float, suvmax: float, nodes: int) -> dict[str, float]:
+        return lesion_hazard_terms(LesionSummary(np.zeros((1, 1, 1), np.uint8), ml, 0.0, nodes, suvmax, 0.0, "x"))
+
+    assert terms(15.0, 10.0, 1) == {"volume": 0.0, "suvmax": 0.0, "nodes": 0.0}
+    big = terms(30.0, 100.0, 2)
+    assert math.isclose(big["volume"], SURVIVAL["log_volume"] * math.log(2))
+    assert math.isclose(big["suvmax"], SURVIVAL["log_suvmax"] * math.log(10))
+    assert big["nodes"] == SURVIVAL["two_nodes"]
+    none = terms(0.0, 0.0, 0)
+    assert math.isclose(none["volume"], SURVIVAL["log_volume"] * math.log(1 / 15))
+    assert math.isclose(none["suvmax"], SURVIVAL["log_suvmax"] * math.log(0.1))

@@ -7,7 +7,8 @@ against 15-40 HU noise) and strong heterogeneous FDG uptake; 0-3 GTVn. Every cen
 character (CT noise, PET resolution / noise / SUV calibration, field of view). PET is drawn as activity
 on the CT grid, blurred, resampled through the affines onto its own coarser, offset grid and given
 Poisson-like noise. Clinical variables have HECKTOR-like missingness and relapse-free survival follows a
-Weibull hazard driven by tumour volume, PET uptake, HPV, age and performance status.
+Weibull hazard driven by tumour volume, PET uptake, HPV, age and performance status
+(:mod:`pemma.data.phantom_survival`).
 ``PhantomConfig(difficulty="hard")`` weakens the CT contrast and adds unlabelled PET look-alikes and
 physiological uptake on the same labels and grids (:mod:`pemma.data.phantom_hard`).
 
@@ -59,11 +60,11 @@ from pemma.data.phantom_anatomy import (
 from pemma.data.phantom_dose import paint_dose
 from pemma.data.phantom_hard import DIFFICULTIES, HARD_HU_DELTA, paint_hard_confounders
 from pemma.data.phantom_mr import MR_MAX_OFFSET_MM, MR_SPACING_MM, paint_mr
+from pemma.data.phantom_survival import HPV_COLUMN, relapse_and_rfs
 from pemma.errors import PemmaError
 from pemma.io_utils import save_nifti, write_text_atomic
 from pemma.modalities import CATALOGUE
 
-HPV_COLUMN = "HPV status (0=-, 1=+)"
 CLINICAL_HEADER: tuple[str, ...] = ("PatientID", "Task 1", "Task 2", "CenterID", "Gender", "Age", "Weight",
                                     "Tobacco", "Alcohol", "Performance status", HPV_COLUMN, "Surgery",
                                     "Chemotherapy")
@@ -81,18 +82,6 @@ CT_RANGE: tuple[int, int] = (-1024, 3071)  # HU clip range; -1024 is also the pa
 MISSING: dict[str, float] = {"Weight": 0.08, "Tobacco": 0.45, "Alcohol": 0.50, "Performance status": 0.45,
                              HPV_COLUMN: 0.30, "Surgery": 0.10}
 BOOSTED = ("Tobacco", "Alcohol", "Performance status", HPV_COLUMN)
-#: Weibull proportional-hazards model of relapse and censoring (days).
-#: PET uptake is the strongest image factor and HPV the strongest clinical one, so that each added input
-#: carries information of its own. Harrell's C-index of the true linear predictor, measured on the default
-#: phantom (84 cases, 39 relapses): 0.66 from the lesion terms alone (volume, nodes: what CT shows), 0.77
-#: adding SUVmax (PET); in a 20,000-case simulation of this hazard with the phantom's covariate ranges 0.61,
-#: 0.74 and 0.80 adding the clinical factors (EHR).
-SURVIVAL: dict[str, float] = {
-    "shape": 2.0, "scale_days": 1500.0, "log_volume": 1.0, "log_suvmax": 2.0, "hpv": -1.5,
-    "age_per_year": 0.025, "performance": 0.25, "two_nodes": 0.3, "tobacco": 0.2,
-    "admin_min_days": 600.0, "admin_max_days": 2200.0, "loss_mean_days": 3000.0,
-}
-
 
 #: the file suffix of the phantom's dose (the first the ``dose`` modality spec declares: ``__RTDOSE``)
 DOSE_SUFFIX = CATALOGUE["dose"].suffixes[0]
@@ -254,19 +243,6 @@ def _clinical(rng: np.random.Generator, case_id: str, centre: str) -> tuple[dict
     return true, row
 
 
-def _survival(rng: np.random.Generator, true: dict, les: LesionSummary) -> tuple[int, int]:
-    """Relapse flag and RFS (days) from a Weibull hazard with independent uniform + exponential censoring."""
-    s = SURVIVAL
-    volume = max(les.gtvp_ml + les.gtvn_ml, 1.0)
-    lp = (s["log_volume"] * math.log(volume / 15.0) + s["log_suvmax"] * math.log(max(les.suvmax, 1.0) / 10.0)
-          + s["hpv"] * true[HPV_COLUMN] + s["age_per_year"] * (true["Age"] - 62)
-          + s["performance"] * true["Performance status"] + s["two_nodes"] * (les.n_nodes >= 2)
-          + s["tobacco"] * true["Tobacco"])
-    t_event = s["scale_days"] * (rng.exponential() / math.exp(lp)) ** (1.0 / s["shape"])
-    t_cens = min(rng.uniform(s["admin_min_days"], s["admin_max_days"]), rng.exponential(s["loss_mean_days"]))
-    return int(t_event <= t_cens), int(max(1, round(min(t_event, t_cens))))
-
-
 def synthesize_case(centre: str, index: int, config: PhantomConfig | None = None) -> PhantomCase:
     """Generate case ``index`` of ``centre`` in memory (what :func:`synthesize_phantom` writes).
 
@@ -325,7 +301,7 @@ def synthesize_case(centre: str, index: int, config: PhantomConfig | None = None
     sd = sc.pet_noise * r_img.uniform(0.85, 1.15) * np.sqrt(np.maximum(pet, 0.02))
     pet = np.maximum(pet + sd * smooth_noise(r_img, pet.shape, 0.6), 0.0).astype(np.float32)
 
-    relapse, rfs = _survival(r_surv, true, les)
+    relapse, rfs = relapse_and_rfs(r_surv, true, les)
     mr = mr_aff = None
     if tissue_hu is not None:  # its own stream: CT, PET and label are those of the phantom without MR
         r_mr = np.random.default_rng(np.random.SeedSequence([cfg.seed, sc.centre_id, index]).spawn(5)[4])
