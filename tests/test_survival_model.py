@@ -125,10 +125,13 @@ class FakeImages:
 
 
 @pytest.mark.slow
-def test_fit_trains_the_head_only_and_l2_shrinks_it(unetr: UNETR, tmp_path) -> None:
+def test_fit_solves_the_head_only_and_l2_shrinks_it(unetr: UNETR, tmp_path) -> None:
+    """A frozen-encoder stage solves the head (no optimiser steps, no metrics.csv); a given l2 is used as is and
+    shrinks the head; without l2 the penalty is chosen from the grid by inner CV."""
     import logging
 
     from pemma.config import build_config
+    from pemma.survival.config import SurvivalConfig
     from pemma.survival.data import Split
     from pemma.survival.fit import fit
 
@@ -136,18 +139,22 @@ def test_fit_trains_the_head_only_and_l2_shrinks_it(unetr: UNETR, tmp_path) -> N
     n = 8
     split = Split(FakeImages(n), torch.linspace(100, 800, n), torch.tensor([1.0, 0, 1, 1, 0, 1, 0, 1]))
     norms = {}
-    for l2 in (0.0, 5.0):
+    for l2 in (0.0, 5.0, None):
         torch.manual_seed(0)
         model = PrognosisModel(unetr, CoxHead(145), ("ct",))
         model.encoder.requires_grad_(False)
         before = {k: v.clone() for k, v in unetr.state_dict().items()}
-        result = fit(model, split, cfg, torch.device("cpu"), tmp_path, logging.getLogger("test"), l2=l2)
-        assert result["steps"] == 15 and math.isfinite(result["loss"])
+        settings = SurvivalConfig(l2=l2, l2_grid=(0.1, 1.0), cv_folds=2)
+        result = fit(model, split, cfg, torch.device("cpu"), tmp_path, logging.getLogger("test"), settings)
+        assert result["steps"] == 0 and result["probe_iterations"] > 0 and math.isfinite(result["loss"])
         assert all(torch.equal(before[k], v) for k, v in unetr.state_dict().items())  # frozen encoder
+        if l2 is None:
+            assert result["l2"] in (0.1, 1.0) and [r["l2"] for r in result["l2_cv"]] == [0.1, 1.0]
+        else:
+            assert result["l2"] == l2 and result["l2_cv"] == []
         norms[l2] = model.head.linear.weight.detach().norm().item()
     assert norms[5.0] < 0.5 * norms[0.0]
-    rows = (tmp_path / "metrics.csv").read_text().splitlines()
-    assert rows[0] == "step,epoch,loss,events,lr,seconds" and len(rows) == 16
+    assert not (tmp_path / "metrics.csv").exists()
 
 
 class KeyedImages(FakeImages):

@@ -38,7 +38,7 @@ def survival_train(base: RunLike, data: str | os.PathLike, out: str | os.PathLik
         centres: centres. Default all.
         modalities: inputs; must be the segmentation run's. Default ``ct``.
         head: ``mtlr`` or ``cox``. bins: MTLR time bins (default: sqrt of the training relapses).
-        l2: L2 penalty on the head's weights.
+        l2: L2 penalty on the head's weights. Default: chosen by inner cross-validation on the training cases.
         endpoints: endpoint CSV. Default: ``hecktor2022_endpoint_training.csv`` under ``data``.
         preset, config, overrides, settings: as for :func:`pemma.train` (``roi`` / ``spacing``, if given, must
             be the segmentation run's). resume: continue an interrupted stage in ``out``.
@@ -91,7 +91,8 @@ def survival_adapt(model: RunLike, out: str | os.PathLike, *, data: str | os.Pat
         rank, alpha: adapter rank and alpha for new adapters.
         numeric_column, categorical_column: clinical columns (exact CSV names). Default: Age, Weight and
             Gender, Tobacco, Alcohol, Performance status, HPV status, Surgery, Chemotherapy.
-        l2: L2 penalty on the head's and clinical projection's weights.
+        l2: L2 penalty on the head's and clinical projection's weights. Default: chosen by inner
+            cross-validation on the training cases.
         encoder_lr_scale: learning rate of adapters and PET pathway relative to ``lr``.
         init_adapters: a PEMMA segmentation run (same base) whose adapters and PET pathway start the PET stage.
         freeze_adapters: train only the head and clinical projection, on image features computed once.

@@ -246,7 +246,8 @@ class PrognosisSpec:
         methods: adapter methods, each a chain of its own ("lora", "dora"). Default both.
         head: survival head, "mtlr" or "cox". Default "mtlr".
         epochs: epochs per stage; None = the preset's. Default None.
-        l2: weight penalty of the head and the clinical projection (``pemma survival --l2``). Default 0.1.
+        l2: weight penalty of the head and the clinical projection (``pemma survival --l2``); None = chosen by
+            inner cross-validation on the training cases of each stage. Default None.
         adapters_from_segmentation: the +PET stage starts from the adapters and PET pathway of the strategy's
             PEMMA segmentation run of the same method (its ``adapt`` phase), when the strategy has one.
             Default True.
@@ -259,7 +260,7 @@ class PrognosisSpec:
     methods: tuple[str, ...] = PROGNOSIS_METHODS
     head: str = "mtlr"
     epochs: int | None = None
-    l2: float = 0.1
+    l2: float | None = None
     adapters_from_segmentation: bool = True
     train_adapters: bool = True
 
@@ -276,9 +277,10 @@ class PrognosisSpec:
         if self.epochs is not None and (isinstance(self.epochs, bool) or not isinstance(self.epochs, int)
                                         or self.epochs < 1):
             raise StrategyError(f"{where}: epochs must be null or a positive integer, got {self.epochs!r}")
-        if isinstance(self.l2, bool) or not isinstance(self.l2, (int, float)) or not self.l2 >= 0:
-            raise StrategyError(f"{where}: l2 must be a number >= 0, got {self.l2!r}")
-        object.__setattr__(self, "l2", float(self.l2))
+        if self.l2 is not None:
+            if isinstance(self.l2, bool) or not isinstance(self.l2, (int, float)) or not self.l2 >= 0:
+                raise StrategyError(f"{where}: l2 must be null or a number >= 0, got {self.l2!r}")
+            object.__setattr__(self, "l2", float(self.l2))
         for name in ("adapters_from_segmentation", "train_adapters"):
             if not isinstance(getattr(self, name), bool):
                 raise StrategyError(f"{where}: {name} must be true or false, got {getattr(self, name)!r}")

@@ -18,8 +18,9 @@ from pemma.vocab import SURVIVAL_HEADS as HEADS
 ADAPTER_METHODS: tuple[str, ...] = tuple(PEMMA_METHODS.values())
 #: learning-rate factor of trainable encoder parts (adapters, PET pathway) relative to the head's
 ENCODER_LR_SCALE = 0.1
-#: L2 penalty ``l2 / 2 * ||W||^2`` on the head's and the clinical projection's weights (MTLR's C1 regulariser)
-L2_DEFAULT = 0.1
+#: candidate L2 penalties ``l2 / 2 * ||W||^2`` on the head's and the clinical projection's weights (MTLR's C1
+#: regulariser), chosen by inner cross-validation unless ``l2`` is given (:mod:`pemma.survival.probe`)
+L2_GRID: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
 #: training minus validation C-index above which a prognosis stage is reported as overfitting
 OVERFIT_GAP = 0.1
 
@@ -33,14 +34,21 @@ class SurvivalConfig:
 
     Example:
         >>> SurvivalConfig(head="cox", l2=0.5)
+        >>> SurvivalConfig(head="cox", l2_grid=(0.1, 1.0, 10.0), cv_folds=4)
         >>> SurvivalConfig(add_modality="pet", method="dora", rank=8, alpha=16.0)
     """
 
     head: str = field(default="mtlr", metadata={"help": "survival head: mtlr or cox (stage ct; later stages keep it)"})
     bins: int | None = field(default=None, metadata={
         "help": "MTLR time bins; None = ceil(sqrt(training relapses))"})
-    l2: float = field(default=L2_DEFAULT, metadata={
-        "help": "L2 penalty l2/2 ||W||^2 on the head's and the clinical projection's weights"})
+    l2: float | None = field(default=None, metadata={
+        "help": "L2 penalty l2/2 ||W||^2 on the head's and the clinical projection's weights; default: chosen "
+                "from l2_grid by inner cross-validation on the training cases"})
+    l2_grid: tuple[float, ...] = field(default=L2_GRID, metadata={
+        "help": "candidate penalties when l2 is not given"})
+    cv_folds: int = field(default=5, metadata={"help": "inner cross-validation folds choosing l2 (>= 2)"})
+    probe_iterations: int = field(default=200, metadata={
+        "help": "most L-BFGS iterations solving the head on the frozen features"})
     encoder_lr_scale: float = field(default=ENCODER_LR_SCALE, metadata={
         "help": "learning rate of adapters and PET pathway relative to train.lr"})
     clip_norm: float = field(default=1.0, metadata={"help": "gradient-norm clipping of the trainable parameters"})
@@ -59,8 +67,15 @@ class SurvivalConfig:
             raise ValueError(f"head must be one of {HEADS}, got {self.head!r}")
         if self.bins is not None and int(self.bins) < 1:
             raise ValueError(f"bins must be >= 1, got {self.bins}")
-        if not self.l2 >= 0:
+        if self.l2 is not None and not self.l2 >= 0:
             raise ValueError(f"l2 must be >= 0, got {self.l2}")
+        self.l2_grid = tuple(float(g) for g in self.l2_grid)
+        if not self.l2_grid or min(self.l2_grid) <= 0:
+            raise ValueError(f"l2_grid must hold values > 0, got {self.l2_grid}")
+        if int(self.cv_folds) < 2:
+            raise ValueError(f"cv_folds must be >= 2, got {self.cv_folds}")
+        if int(self.probe_iterations) < 1:
+            raise ValueError(f"probe_iterations must be >= 1, got {self.probe_iterations}")
         if not self.encoder_lr_scale > 0:
             raise ValueError(f"encoder_lr_scale must be > 0, got {self.encoder_lr_scale}")
         if not self.clip_norm > 0:

@@ -19,9 +19,10 @@ import torch
 from pemma.config import RunConfig
 from pemma.errors import PemmaError
 from pemma.runtime import DistInfo, barrier
-from pemma.survival.config import ENCODER_LR_SCALE, L2_DEFAULT
+from pemma.survival.config import SurvivalConfig
 from pemma.survival.data import CaseImages, Split
 from pemma.survival.model import PrognosisModel
+from pemma.survival.probe import select_penalty, solve_head
 from pemma.training.engine import Engine, StepFn
 
 #: columns of a prognosis stage's ``metrics.csv``
@@ -96,11 +97,11 @@ def _batch(order: np.ndarray, pos: int, batch_size: int, dist: DistInfo) -> np.n
     return np.take(order, np.arange(start, start + batch_size), mode="wrap")
 
 
-def _step_fn(model: PrognosisModel, inputs: torch.Tensor, cached: bool, clin: torch.Tensor | None,
-             times: torch.Tensor, events: torch.Tensor, penalised: list[torch.Tensor], l2: float) -> StepFn:
+def _step_fn(model: PrognosisModel, inputs: torch.Tensor, clin: torch.Tensor | None, times: torch.Tensor,
+             events: torch.Tensor, penalised: list[torch.Tensor], l2: float) -> StepFn:
     """The engine closure: survival loss (+ the L2 penalty as objective), the survival loss reported."""
     def compute(module: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-        out = model.from_features(inputs, clin) if cached else module(inputs, clin)
+        out = module(inputs, clin)
         loss = model.head.loss(out, times, events)
         total_loss = loss + 0.5 * l2 * sum((w ** 2).sum() for w in penalised) if penalised and l2 else loss
         return total_loss, loss
@@ -108,65 +109,84 @@ def _step_fn(model: PrognosisModel, inputs: torch.Tensor, cached: bool, clin: to
 
 
 def fit(model: PrognosisModel, train: Split, cfg: RunConfig, device: torch.device, out_dir: Path,
-        log: Any, encoder_lr_scale: float = ENCODER_LR_SCALE, l2: float = L2_DEFAULT, *, clip_norm: float = 1.0,
-        dist: DistInfo | None = None, resume: bool = False) -> dict[str, Any]:
-    """Optimise the trainable parameters of ``model`` on ``train`` with the :class:`~pemma.training.engine.Engine`;
-    append to ``metrics.csv``, checkpoint every ``train.checkpoint_every`` steps.
+        log: Any, settings: SurvivalConfig, *, dist: DistInfo | None = None, resume: bool = False) -> dict[str, Any]:
+    """Fit the trainable parameters of ``model`` on ``train``: the head solved on the frozen features, then (when
+    the encoder trains) the Engine's steps; the latter append to ``metrics.csv`` and checkpoint every
+    ``train.checkpoint_every`` steps.
 
-    The loss is the head's survival loss plus ``l2 / 2`` times the squared norm of the head's weight matrix
-    and of the clinical projection's (when they train); ``metrics.csv`` logs the survival loss alone.
+    1. **The head on the stage's starting features** (:mod:`pemma.survival.probe`): the penalty ``settings.l2``,
+       or when it is None the one of ``settings.l2_grid`` with the best inner-CV C-index (``settings.cv_folds``
+       folds, seeded by ``train.seed``); then the head (and clinical projection) solved to the penalised optimum by
+       L-BFGS on all training cases. A stage whose encoder is frozen ends here (no optimiser steps, no
+       ``metrics.csv``): ``train.epochs`` / ``max_steps`` do not apply to it.
+    2. **Encoder training** (adapters, PET pathway): the head's survival loss plus ``l2 / 2`` times the squared norm
+       of the head's weight matrix and of the clinical projection's; ``metrics.csv`` logs the survival loss alone.
+       AdamW with cosine decay; the head and clinical projection use ``cfg.train.lr``, trainable encoder parts
+       ``lr * settings.encoder_lr_scale``; gradients are clipped to norm ``settings.clip_norm``. The pooled
+       features differ little between patients (their standardisation magnifies them), so encoder updates at the
+       head's learning rate destabilise the head. No mixed precision (the head's loss is computed in float32).
 
-    AdamW with cosine decay; the head and clinical projection use ``cfg.train.lr``, trainable encoder parts
-    (adapters, PET pathway) ``lr * encoder_lr_scale``; gradients are clipped to norm ``clip_norm``. The pooled
-    features differ little between patients (their standardisation magnifies them), so encoder updates at the
-    head's learning rate destabilise the head. No mixed precision (the head's loss is computed in float32).
-
-    Under torchrun (``dist`` with several processes): when the encoder trains, DDP wraps the model and each
+    Under torchrun (``dist`` with several processes): every process solves the same head on all cached features
+    (one process's work repeated; the main process writes); when the encoder trains, DDP wraps the model and each
     process takes its own batch of ``train.batch_size`` cases per step (``ceil(cases / (batch_size x
-    processes))`` steps per epoch). When only the head trains, the model is not wrapped: every process computes
-    all cached features and runs the same full-batch steps (one process's work repeated); the main process
-    writes. ``resume`` continues from ``out_dir/checkpoint.pt`` (weights, optimiser, schedule, step, RNG), so
-    the final weights equal an uninterrupted run's.
+    processes))`` steps per epoch). ``resume`` continues the encoder steps from ``out_dir/checkpoint.pt``
+    (weights, optimiser, schedule, step, RNG), so the final weights equal an uninterrupted run's.
+
+    Returns:
+        ``steps`` (optimiser steps), ``probe_iterations``, ``loss``, ``seconds``, ``l2`` (the penalty used) and
+        ``l2_cv`` (``[{l2, c_index}]`` of the grid; empty when ``l2`` was given).
     """
     tc, dist = cfg.train, dist or DistInfo()
-    if l2 < 0:
-        raise PemmaError(f"l2 must be >= 0, got {l2}")
+    if settings.l2 is not None and settings.l2 < 0:
+        raise PemmaError(f"l2 must be >= 0, got {settings.l2}")
     encoder_trains = any(p.requires_grad for n, p in model.named_parameters() if n.startswith("encoder."))
+    started = time.time()
+    feats = features_of(model, train.images, tc.batch_size, device)
+    time_all, event_all = train.time.to(device), train.event.to(device)
+    clin_all = None if train.clinical is None else train.clinical.to(device)
+    if settings.l2 is None:
+        l2, cv, folds = select_penalty(model, feats, time_all, event_all, clin_all, settings.l2_grid,
+                                       settings.cv_folds, tc.seed, settings.probe_iterations)
+        log.info(f"L2 penalty {l2:g} chosen by {folds}-fold inner cross-validation on the "
+                 f"{len(feats)} training cases (out-of-fold C-index per penalty: "
+                 + ", ".join(f"{k:g}: {'n/a' if v is None else f'{v:.3f}'}" for k, v in cv.items()) + ")")
+    else:
+        l2, cv = float(settings.l2), {}
+    solved = solve_head(model, feats, time_all, event_all, clin_all, l2, settings.probe_iterations)
+    log.info(f"head solved on the {'starting ' if encoder_trains else ''}frozen features ({model.feature_dim} "
+             f"pooled features, L-BFGS, {solved['iterations']} iterations): survival loss {solved['loss']:.4f}")
+    result = {"steps": 0, "probe_iterations": solved["iterations"], "loss": round(solved["loss"], 5), "l2": l2,
+              "l2_cv": [{"l2": k, "c_index": v} for k, v in cv.items()]}
+    if not encoder_trains:
+        model.eval()
+        return {**result, "seconds": time.time() - started}
     penalised = [w for w in (model.head.linear.weight, getattr(model.clinical, "weight", None))
                  if w is not None and w.requires_grad]
     n = len(train.images)
-    world = dist if encoder_trains else DistInfo()
-    per_epoch = max(1, math.ceil(n / (tc.batch_size * world.world_size)))
+    per_epoch = max(1, math.ceil(n / (tc.batch_size * dist.world_size)))
     total = tc.epochs * per_epoch if tc.max_steps is None else min(tc.epochs * per_epoch, tc.max_steps)
     engine = Engine(model, total, tc.lr, device, weight_decay=tc.weight_decay, dist=dist,
-                    lr_scales={"encoder.": encoder_lr_scale}, clip_norm=clip_norm, ddp=encoder_trains)
-    cached = None if encoder_trains else features_of(model, train.images, tc.batch_size, device)
-    time_all, event_all = train.time.to(device), train.event.to(device)
-    clin_all = None if train.clinical is None else train.clinical.to(device)
-    if encoder_trains and tc.batch_size < 2 and model.head.kind == "cox":
+                    lr_scales={"encoder.": settings.encoder_lr_scale}, clip_norm=settings.clip_norm, ddp=True)
+    if tc.batch_size < 2 and model.head.kind == "cox":
         log.warning("Cox partial likelihood needs >= 2 cases per batch; with --batch-size 1 every loss is 0")
-    log.info(f"training {total} steps on {n} cases ("
-             + (f"batches of {tc.batch_size} through the encoder" if encoder_trains
-                else "encoder frozen: cached features, every case in each step") + ")")
+    log.info(f"training {total} steps on {n} cases (batches of {tc.batch_size} through the encoder)")
     if dist.enabled:
-        log.info(f"DistributedDataParallel over {dist.world_size} processes, a batch each" if encoder_trains else
-                 f"{dist.world_size} processes: each runs the same full-batch steps (no DDP for the head alone)")
+        log.info(f"DistributedDataParallel over {dist.world_size} processes, a batch each")
     extra = engine.begin(out_dir, resume, tc.seed, METRIC_FIELDS)
     value = math.nan
     if extra is not None:
         value = float(extra.get("loss", math.nan))
         log.info(f"resumed at step {engine.step_count} of {total}")
-    started, order, order_epoch = time.time(), np.arange(n), -1
+    order, order_epoch = np.arange(n), -1
     model.train()
     while engine.step_count < total:
         epoch, pos = divmod(engine.step_count, per_epoch)
         if epoch != order_epoch:  # a pure function of the epoch: a resumed run draws the same order
             order, order_epoch = np.random.default_rng([tc.seed, epoch, 11]).permutation(n), epoch
-        idx = torch.as_tensor(_batch(order, pos, tc.batch_size, world) if encoder_trains else order).to(device)
+        idx = torch.as_tensor(_batch(order, pos, tc.batch_size, dist)).to(device)
         clin = None if clin_all is None else clin_all[idx]
-        inputs = train.images.batch(idx.tolist()).to(device) if cached is None else cached[idx]
-        value = engine.step(_step_fn(model, inputs, cached is not None, clin, time_all[idx], event_all[idx],
-                                     penalised, l2))
+        inputs = train.images.batch(idx.tolist()).to(device)
+        value = engine.step(_step_fn(model, inputs, clin, time_all[idx], event_all[idx], penalised, l2))
         step = engine.step_count
         engine.log_metrics({"step": step, "epoch": epoch, "loss": f"{value:.5f}", "events": int(event_all[idx].sum()),
                             "lr": f"{engine.lr:.3e}", "seconds": f"{time.time() - started:.1f}"})
@@ -177,4 +197,4 @@ def fit(model: PrognosisModel, train: Split, cfg: RunConfig, device: torch.devic
     engine.finish()
     barrier(dist)
     model.eval()
-    return {"steps": total, "loss": float(f"{value:.5f}"), "seconds": time.time() - started}
+    return {**result, "steps": total, "loss": float(f"{value:.5f}"), "seconds": time.time() - started}

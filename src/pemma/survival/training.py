@@ -1,7 +1,7 @@
 """``pemma survival train`` and ``adapt``: the prognosis stages CT -> CT+PET -> CT+PET+EHR.
 
 * **train** (CT): the segmentation run's network is frozen; its pooled features are computed once per
-  case and only the head trains (each step sees every training case: full-batch partial likelihood).
+  case and only the head trains: it is solved to the penalised optimum on those features (L-BFGS, full batch).
 * **adapt --add-modality pet**: the PEMMA model is built around the same base (LoRA/DoRA on the attention
   projections, a PET patch embedding [+ fusion for Swin]); adapters, the PET pathway and the head train.
   Feature scaling is re-estimated on the CT+PET training features first.
@@ -13,7 +13,9 @@ Every stage keeps the training / validation cases of the stage it extends (new c
 ``val_fraction``), so no stage is validated on cases an earlier stage trained on. Steps that run the
 encoder use ``train.batch_size`` cases per step (Cox batches without an event give a zero loss and a zero
 gradient). The number of steps is ``epochs * ceil(training cases / batch_size)``, capped by ``max_steps``.
-The head's weights carry an L2 penalty (``l2``); adapters and the PET pathway learn at ``lr *
+The head's weights carry an L2 penalty (``l2``), chosen by inner cross-validation on the training cases unless
+given (:mod:`pemma.survival.probe`); every stage first solves its head on its starting (frozen) features, and a
+stage that trains the encoder continues from there, adapters and PET pathway learning at ``lr *
 encoder_lr_scale``. The final weights are kept (validation sets are too small to select on) and the
 validation C-index is logged.
 
@@ -83,7 +85,7 @@ def _finish(model: PrognosisModel, cfg: RunConfig, train: Split, val: Split | No
                     f"{len(train.case_ids)} training cases)")
     row = {"stage": stage, "run": str(final_path(out_dir).resolve()), "trainable": params["trainable"],
            "total": params["total"], "train_c_index": train_c, "val_c_index": val_c, "steps": fitted["steps"],
-           "overfitting": overfit}
+           "overfitting": overfit, "l2": fitted["l2"]}
     meta.update({"stage": stage, "risk_threshold": float(np.median(train_risk)), "train_c_index": train_c,
                  "val_c_index": val_c, "overfitting": overfit, "train_cases": train.case_ids,
                  "val_cases": [] if val is None else val.case_ids, "parameters": params,
@@ -91,7 +93,8 @@ def _finish(model: PrognosisModel, cfg: RunConfig, train: Split, val: Split | No
     if dist.is_main:
         save_run(model, cfg, out_dir, meta)
     barrier(dist)
-    log.info(f"done {stage}: {fitted['steps']} steps in {fitted['seconds']:.0f} s; C-index train {_fmt(train_c)}, "
+    how = f"{fitted['steps']} steps" if fitted["steps"] else "head solved"
+    log.info(f"done {stage}: {how} in {fitted['seconds']:.0f} s (l2 {fitted['l2']:g}); C-index train {_fmt(train_c)}, "
              f"validation {_fmt(val_c)}; training median risk {meta['risk_threshold']:.4g}")
     return {**row, "seconds": fitted["seconds"], "risk_threshold": meta["risk_threshold"]}
 
@@ -165,9 +168,8 @@ def _train_survival(base_run: Path, cfg: RunConfig, out_dir: Path, settings: Sur
     log.info(f"stage {stage_name(modalities, False)}: {head} head on {base.config.model.backbone} features "
              f"(D={model.feature_dim}){f', MTLR bins {list(bins.boundaries)}' if bins else ''}; trainable "
              f"parameters {params['trainable']:,} of {params['total']:,}")
-    fitted = fit(model, train, cfg, device, out, log, l2=settings.l2, clip_norm=settings.clip_norm, dist=dist,
-                 resume=resume)
-    meta = {"modalities": list(modalities), "ehr": False, "head": head, "l2": settings.l2,
+    fitted = fit(model, train, cfg, device, out, log, settings, dist=dist, resume=resume)
+    meta = {"modalities": list(modalities), "ehr": False, "head": head, "l2": fitted["l2"], "l2_cv": fitted["l2_cv"],
             "time_bins": list(bins.boundaries) if bins else None, "backbone": base.config.model.backbone,
             "feature_dim": model.feature_dim, "base_run": str(base_run.resolve()),
             "base_sha256": sha256_file(base_run / MODEL_FILE), "adapter_config": None, "clinical_encoder": None,
@@ -289,10 +291,10 @@ def _adapt_survival(model_run: Path, cfg: RunConfig, out_dir: Path, settings: Su
              f"{params['trainable']:,} of {params['total']:,} ("
              + ", ".join(f"{k.split(':', 1)[1]} {v:,}" for k, v in params.items() if k.startswith("trainable:"))
              + ")")
-    fitted = fit(model, train, cfg, device, out, log, settings.encoder_lr_scale, settings.l2,
-                 clip_norm=settings.clip_norm, dist=dist, resume=resume)
+    fitted = fit(model, train, cfg, device, out, log, settings, dist=dist, resume=resume)
     meta = {**{k: prev.meta[k] for k in ("head", "time_bins", "backbone", "feature_dim", "base_run", "base_sha256")},
-            "modalities": list(modalities), "ehr": ehr, "l2": settings.l2, "settings": settings.to_dict(),
+            "modalities": list(modalities), "ehr": ehr, "l2": fitted["l2"], "l2_cv": fitted["l2_cv"],
+            "settings": settings.to_dict(),
             "adapter_config": adapter_cfg.to_dict(),
             "clinical_encoder": encoder.to_dict() if (ehr and encoder) else None,
             "init_adapters": str(Path(init_adapters).resolve()) if init_adapters is not None else None,
