@@ -37,7 +37,8 @@ PAPER = {"ct+pet": 0.10, "ct+pet+ehr": 0.23}
 
 def run_seed(args: argparse.Namespace, seed: int) -> dict:
     work = Path(args.work) / f"seed_{seed}"
-    common = {"preset": "tiny", "overrides": {"data": {"val_fraction": args.val_fraction}, "train": {"seed": seed}},
+    train = {"seed": seed} if args.epochs is None else {"seed": seed, "epochs": args.epochs}
+    common = {"preset": "tiny", "overrides": {"data": {"val_fraction": args.val_fraction}, "train": train},
               "l2": args.l2}
     centres = args.centres.split(",") if args.centres else None
     runs = {"ct": work / "ct", "ct+pet": work / "ct+pet", "ct+pet+ehr": work / "ct+pet+ehr"}
@@ -82,6 +83,8 @@ def main() -> None:
     p.add_argument("--centres", default=None, help="comma-separated centres (default: all)")
     p.add_argument("--head", default="cox", choices=["cox", "mtlr"])
     p.add_argument("--l2", type=float, default=None, help="fixed penalty (default: chosen by inner CV per stage)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="epochs of stages that take optimiser steps (default: the preset's; the demo uses 10)")
     p.add_argument("--val-fraction", type=float, default=0.4, help="held-out share per centre")
     p.add_argument("--seeds", default="0,1,2", help="comma-separated split seeds")
     p.add_argument("--device", default="cpu")
