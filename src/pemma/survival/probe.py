@@ -3,8 +3,9 @@
 With the encoder frozen, a stage's objective (survival loss of a linear head on standardised pooled features, plus
 ``l2 / 2 * ||W||^2``) is convex in the head's weights; for ``l2 > 0`` strictly, so it has one optimum whatever the
 starting weights. :func:`solve_head` finds it by full-batch L-BFGS (strong-Wolfe line search): the fitted head depends
-on the data and the penalty only, not on a learning rate, a number of steps or the random initialisation (a few
-optimiser steps from a random start leave the random projection in the risk score: near-chance C-index).
+on the data and the penalty only, not on a learning rate, a number of steps or the random initialisation (a fixed
+number of optimiser steps from a random head stops wherever the schedule ends, so the penalty is not what decides the
+fit, and choosing it by cross-validation would be choosing among unfinished fits).
 
 :func:`select_penalty` picks ``l2`` from a grid the way :mod:`pemma.survival.coxnet` does for the lesion chain: each
 inner fold's cases are scored by the head solved on the other folds, one Harrell C-index is computed over all
