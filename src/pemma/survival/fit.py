@@ -17,12 +17,11 @@ import numpy as np
 import torch
 
 from pemma.config import RunConfig
-from pemma.errors import PemmaError
 from pemma.runtime import DistInfo, barrier
 from pemma.survival.config import SurvivalConfig
 from pemma.survival.data import CaseImages, Split
 from pemma.survival.model import PrognosisModel
-from pemma.survival.probe import select_penalty, solve_head
+from pemma.survival.probe import probe_parameters, select_penalty, solve_head, weight_penalty
 from pemma.training.engine import Engine, StepFn
 
 #: columns of a prognosis stage's ``metrics.csv``
@@ -103,8 +102,7 @@ def _step_fn(model: PrognosisModel, inputs: torch.Tensor, clin: torch.Tensor | N
     def compute(module: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
         out = module(inputs, clin)
         loss = model.head.loss(out, times, events)
-        total_loss = loss + 0.5 * l2 * sum((w ** 2).sum() for w in penalised) if penalised and l2 else loss
-        return total_loss, loss
+        return loss + weight_penalty(penalised, l2), loss
     return compute
 
 
@@ -137,8 +135,6 @@ def fit(model: PrognosisModel, train: Split, cfg: RunConfig, device: torch.devic
         ``l2_cv`` (``[{l2, c_index}]`` of the grid; empty when ``l2`` was given).
     """
     tc, dist = cfg.train, dist or DistInfo()
-    if settings.l2 is not None and settings.l2 < 0:
-        raise PemmaError(f"l2 must be >= 0, got {settings.l2}")
     encoder_trains = any(p.requires_grad for n, p in model.named_parameters() if n.startswith("encoder."))
     started = time.time()
     feats = features_of(model, train.images, tc.batch_size, device)
@@ -160,8 +156,7 @@ def fit(model: PrognosisModel, train: Split, cfg: RunConfig, device: torch.devic
     if not encoder_trains:
         model.eval()
         return {**result, "seconds": time.time() - started}
-    penalised = [w for w in (model.head.linear.weight, getattr(model.clinical, "weight", None))
-                 if w is not None and w.requires_grad]
+    penalised = probe_parameters(model)[1]
     n = len(train.images)
     per_epoch = max(1, math.ceil(n / (tc.batch_size * dist.world_size)))
     total = tc.epochs * per_epoch if tc.max_steps is None else min(tc.epochs * per_epoch, tc.max_steps)

@@ -2,7 +2,9 @@
 
 With the encoder frozen, a stage's objective (survival loss of a linear head on standardised pooled features, plus
 ``l2 / 2 * ||W||^2``) is convex in the head's weights; for ``l2 > 0`` strictly, so it has one optimum whatever the
-starting weights. :func:`solve_head` finds it by full-batch L-BFGS (strong-Wolfe line search): the fitted head depends
+starting weights (a stage that adds EHR trains the clinical projection too: head and projection compose bilinearly,
+so there the solver finds a stationary point from the previous stage's head and a zero projection). :func:`solve_head`
+finds it by full-batch L-BFGS (strong-Wolfe line search): the fitted head depends
 on the data and the penalty only, not on a learning rate, a number of steps or the random initialisation (a fixed
 number of optimiser steps from a random head stops wherever the schedule ends, so the penalty is not what decides the
 fit, and choosing it by cross-validation would be choosing among unfinished fits).
@@ -42,6 +44,11 @@ def probe_parameters(model: PrognosisModel) -> tuple[list[torch.nn.Parameter], l
     return params, penalised
 
 
+def weight_penalty(penalised: Sequence[torch.Tensor], l2: float) -> torch.Tensor | float:
+    """``l2 / 2`` x the squared norm of the penalised weight matrices (0 when there are none or ``l2`` is 0)."""
+    return 0.5 * l2 * sum((w ** 2).sum() for w in penalised) if penalised and l2 else 0.0
+
+
 def _state(params: Sequence[torch.nn.Parameter]) -> list[torch.Tensor]:
     return [p.detach().clone() for p in params]
 
@@ -56,9 +63,7 @@ def objective(model: PrognosisModel, feats: torch.Tensor, time: torch.Tensor, ev
               clinical: torch.Tensor | None, l2: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(survival loss + ``l2 / 2`` x squared norm of the penalised weights, the survival loss) on (N, D) features."""
     loss = model.head.loss(model.from_features(feats, clinical), time, event)
-    _, penalised = probe_parameters(model)
-    total = loss + 0.5 * l2 * sum((w ** 2).sum() for w in penalised) if penalised and l2 else loss
-    return total, loss
+    return loss + weight_penalty(probe_parameters(model)[1], l2), loss
 
 
 def solve_head(model: PrognosisModel, feats: torch.Tensor, time: torch.Tensor, event: torch.Tensor,
