@@ -10,6 +10,9 @@
 #   PYTHON=path/to/python   (default: .venv/bin/python if present, else python)
 #   DEVICE=cpu              CPU dry run of the same commands (tiny sizes, few repeats; checks the script itself)
 #   STEP_TIMEOUT=seconds    per step (default 900)
+#   BUDGET=seconds          for the whole script (default 3600): a step gets min(STEP_TIMEOUT, what is left), and
+#                           is skipped (recorded as rc 125) once under 15 s are left, so a leased machine's time
+#                           limit still leaves the finished steps' files and the summary
 # Writes under OUT_DIR: <step>.json (benchmark results), <step>.log (output), steps.jsonl (exit code and seconds
 # of every step), env.txt, summary.json. A failing step is recorded and the next one still runs; the script exits
 # non-zero when any step failed.
@@ -24,6 +27,7 @@ elif [[ -x "$ROOT/.venv/bin/python" ]]; then PY="$ROOT/.venv/bin/python"
 else PY="python"; fi
 DEVICE="${DEVICE:-cuda}"
 STEP_TIMEOUT="${STEP_TIMEOUT:-900}"
+END=$((SECONDS + ${BUDGET:-3600}))
 BENCH="$ROOT/benchmarks"
 export PYTHONUNBUFFERED=1
 FAILED=0
@@ -33,9 +37,15 @@ log() { echo "$(date +%H:%M:%S) gpu_check: $*" | tee -a "$OUT/gpu_check.log"; }
 # step NAME CMD...: run with a timeout, output to NAME.log, exit code and seconds to steps.jsonl
 step() {
   local name="$1"; shift
-  log "step $name: $*"
+  local left=$((END - SECONDS))
+  if [[ $left -lt 15 ]]; then
+    echo "{\"step\": \"$name\", \"rc\": 125, \"seconds\": 0}" >> "$OUT/steps.jsonl"
+    FAILED=1; log "step $name SKIPPED: budget spent"; return 0
+  fi
+  local limit=$(( left < STEP_TIMEOUT ? left : STEP_TIMEOUT ))
+  log "step $name (limit ${limit} s): $*"
   local t0=$SECONDS
-  timeout "$STEP_TIMEOUT" "$@" > "$OUT/$name.log" 2>&1
+  timeout "$limit" "$@" > "$OUT/$name.log" 2>&1
   local rc=$?
   local dt=$((SECONDS - t0))
   echo "{\"step\": \"$name\", \"rc\": $rc, \"seconds\": $dt}" >> "$OUT/steps.jsonl"
@@ -66,9 +76,9 @@ if [[ "$DEVICE" == "cuda" ]]; then
     exit 2
   fi
   AMP=(--amp); THREADS=4
-  BACKBONES=(--presets tiny paper)
-  ADAPT=(--presets tiny paper --backbones unetr swin_unetr)
-  PREDICT=(--preset paper --slices 100 200 300 --repeats 2)
+  BACKBONES=(--presets paper --repeats 10)
+  ADAPT=(--presets paper --backbones unetr swin_unetr --repeats 10)
+  PREDICT=(--preset paper --slices 100 200 300)
   TRAIN_STEPS=20
 else
   AMP=(); THREADS=1  # CPU dry run: the same commands at tiny sizes (bf16 autocast on a CPU is slow and not the point)
@@ -78,21 +88,31 @@ else
   TRAIN_STEPS=2
 fi
 
-# 1. training step + sliding window: pemma vs plain MONAI; PEMMA adaptation vs early fusion
-step backbones "$PY" "$BENCH/bench_backbones.py" --device "$DEVICE" "${AMP[@]}" --threads "$THREADS" \
-  "${BACKBONES[@]}" --json "$OUT/backbones.json"
-step adaptation "$PY" "$BENCH/bench_adaptation.py" --device "$DEVICE" "${AMP[@]}" --threads "$THREADS" \
-  "${ADAPT[@]}" --json "$OUT/adaptation.json"
-# 2. predict on generated clinical-size cases (network on the GPU; reading, resampling and writing on the CPU)
-step predict "$PY" "$BENCH/bench_predict.py" --device "$DEVICE" "${AMP[@]}" --threads "$THREADS" \
-  "${PREDICT[@]}" --json "$OUT/predict.json"
-
-# 3. training smoke runs on a small phantom: one process on the device, then two processes under torchrun
+# 1. the CUDA paths of the CLI on a small phantom, one process: CT training, PEMMA adaptation (the authors' recipe,
+#    shared CT route), predict with the adapted model
 DATA="$OUT/phantom"
 step synth "$PY" -m pemma.cli.main synth "$DATA" --cases-per-centre 2 --centres CHUM,MDA --shape 64 64 48
-TRAIN=(train --data "$DATA" --modalities ct,pet --preset tiny --spacing 4 4 4 --roi 32 32 32 --batch-size 1
-       --val-every "$TRAIN_STEPS" --max-steps "$TRAIN_STEPS" --val-fraction 0.25 --seed 0)
+SMALL=(--preset tiny --spacing 4 4 4 --roi 32 32 32 --batch-size 1 --val-every "$TRAIN_STEPS"
+       --max-steps "$TRAIN_STEPS" --val-fraction 0.25 --seed 0)
+TRAIN=(train --data "$DATA" --modalities ct,pet "${SMALL[@]}")
 step train_1proc "$PY" -m pemma.cli.main "${TRAIN[@]}" --device "$DEVICE" "${AMP[@]}" --out "$OUT/run_1proc"
+step train_ct "$PY" -m pemma.cli.main train --data "$DATA" --centres CHUM --modalities ct "${SMALL[@]}" \
+  --device "$DEVICE" "${AMP[@]}" --out "$OUT/run_ct"
+step adapt "$PY" -m pemma.cli.main adapt --base "$OUT/run_ct" --data "$DATA" --centres MDA --add-modality pet \
+  --recipe authors --ct-route shared "${SMALL[@]}" --device "$DEVICE" "${AMP[@]}" --out "$OUT/run_adapt"
+step predict_cli "$PY" -m pemma.cli.main predict --model "$OUT/run_adapt" --input "$DATA" --centres MDA \
+  --device "$DEVICE" "${AMP[@]}" --out "$OUT/pred_adapt"
+
+# 2. training step: PEMMA adaptation vs early fusion (the issue's ratios); predict on generated clinical-size cases
+#    (network on the device; reading, resampling and writing on the CPU); pemma vs plain MONAI
+step adaptation "$PY" "$BENCH/bench_adaptation.py" --device "$DEVICE" "${AMP[@]}" --threads "$THREADS" \
+  "${ADAPT[@]}" --json "$OUT/adaptation.json"
+step predict "$PY" "$BENCH/bench_predict.py" --device "$DEVICE" "${AMP[@]}" --threads "$THREADS" \
+  "${PREDICT[@]}" --json "$OUT/predict.json"
+step backbones "$PY" "$BENCH/bench_backbones.py" --device "$DEVICE" "${AMP[@]}" --threads "$THREADS" \
+  "${BACKBONES[@]}" --json "$OUT/backbones.json"
+
+# 3. two processes under torchrun
 TORCHRUN="$(dirname "$PY")/torchrun"
 [[ -x "$TORCHRUN" ]] || TORCHRUN="torchrun"
 PORT=$((29500 + RANDOM % 1000))

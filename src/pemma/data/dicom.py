@@ -15,16 +15,19 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pydicom
-import SimpleITK as sitk
 from pydicom.dataset import Dataset
 
 from pemma.data.layout import CaseRecord, centre_of
 from pemma.data.suv import suv_factor
 from pemma.errors import PemmaError
 from pemma.io_utils import save_nifti
+
+if TYPE_CHECKING:  # SimpleITK is imported where a series is read, not by every look-up for DICOM input
+    import SimpleITK as sitk
 
 log = logging.getLogger("pemma.dicom")
 
@@ -109,6 +112,8 @@ def find_series(root: str | os.PathLike) -> list[DicomSeries]:
         PemmaError: a series split over two folders (both named).
     """
     root = Path(root)
+    import SimpleITK as sitk
+
     folders = [root.parent] if root.is_file() else [Path(d) for d, _, files in sorted(os.walk(root)) if files]
     found: dict[str, DicomSeries] = {}
     warn = sitk.ProcessObject.GetGlobalWarningDisplay()
@@ -123,6 +128,8 @@ def find_series(root: str | os.PathLike) -> list[DicomSeries]:
 
 def _add_series(folder: Path, found: dict[str, DicomSeries]) -> None:
     """Add the CT and PT image series of one folder to ``found`` (by SeriesInstanceUID)."""
+    import SimpleITK as sitk
+
     for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)) or ():
         files = tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid))
         head = _header(files[0])
@@ -226,6 +233,8 @@ def read_series(series: DicomSeries) -> sitk.Image:
     Raises:
         PemmaError: unreadable files, uneven slices, or (PET) a missing SUV tag; one line naming the series.
     """
+    import SimpleITK as sitk
+
     headers = [_header(f) for f in series.files]
     _check_spacing(series, headers)
     factor = suv_factor(headers, series.where) if series.modality == "PT" else None  # a missing tag fails early
@@ -254,6 +263,8 @@ def nifti_affine(image: sitk.Image) -> np.ndarray:
 
 def write_nifti(image: sitk.Image, path: str | os.PathLike) -> None:
     """Write a SimpleITK image as NIfTI (float32, voxel order x, y, z, RAS affine) atomically."""
+    import SimpleITK as sitk
+
     array = sitk.GetArrayFromImage(image).transpose(2, 1, 0)
     save_nifti(np.ascontiguousarray(array, dtype=np.float32), nifti_affine(image), path, dtype=np.float32)
 
