@@ -91,3 +91,43 @@ def test_checkpoint_resume_continues_bit_identically(tmp_path: Path) -> None:
         assert torch.equal(a, b)
     with pytest.raises(ValueError, match="clash"):
         second.state_dict(step=1)
+
+
+def _nan_step(engine: Engine) -> float:
+    x = torch.randn(6, 4)
+    return engine.step(lambda module: (module(x) * float("nan")).mean())
+
+
+@pytest.mark.parametrize("clip_norm", [None, 1.0])
+def test_a_nonfinite_step_is_skipped_and_training_goes_on(clip_norm: float | None) -> None:
+    engine = Engine(_model(), total_steps=10, lr=0.05, device=CPU, clip_norm=clip_norm)
+    _noisy_step(engine)
+    weights = [p.detach().clone() for p in engine.model.parameters()]
+    moments = [engine.optimizer.state[p]["exp_avg"].clone() for p in engine.params]
+    lr_before = engine.lr
+    assert math.isnan(_nan_step(engine))
+    assert engine.step_count == 2 and engine.skipped_steps == 1 and engine.lr < lr_before  # the schedule moves on
+    for p, w in zip(engine.model.parameters(), weights, strict=True):
+        assert torch.equal(p, w)  # weights unchanged, not NaN
+    for p, m in zip(engine.params, moments, strict=True):
+        assert torch.equal(engine.optimizer.state[p]["exp_avg"], m)  # AdamW's state untouched
+    assert math.isfinite(_noisy_step(engine))
+    assert all(torch.isfinite(p).all() for p in engine.model.parameters())
+    assert any(not torch.equal(p, w) for p, w in zip(engine.model.parameters(), weights, strict=True))
+
+
+def test_nonfinite_steps_in_a_row_stop_training_as_diverged() -> None:
+    engine = Engine(_model(), total_steps=10, lr=0.05, device=CPU, max_nonfinite_steps=3)
+    _noisy_step(engine)
+    weights = [p.detach().clone() for p in engine.model.parameters()]
+    _nan_step(engine)
+    _noisy_step(engine)  # a finite step resets the count
+    _nan_step(engine)
+    _nan_step(engine)
+    with pytest.raises(PemmaError, match=r"diverged: non-finite gradients on 3 steps in a row \(steps 4-6"):
+        _nan_step(engine)
+    assert engine.skipped_steps == 4
+    assert all(torch.isfinite(p).all() for p in engine.model.parameters())
+    assert any(not torch.equal(p, w) for p, w in zip(engine.model.parameters(), weights, strict=True))
+    with pytest.raises(PemmaError, match="max_nonfinite_steps"):
+        Engine(_model(), total_steps=1, lr=0.1, device=CPU, max_nonfinite_steps=0)

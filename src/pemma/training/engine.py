@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import warnings
@@ -45,6 +46,12 @@ Loss = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
 StepFn = Callable[[nn.Module], Loss]
 #: checkpoint entries the engine writes itself; everything else in a checkpoint is the caller's ``extra``
 ENGINE_KEYS = ("model", "optimizer", "scheduler", "scaler", "step", "rng")
+#: consecutive optimiser steps with non-finite gradients (each skipped, the weights kept) after which training
+#: stops as diverged; one such step is a transient (seen once in a bf16 Swin UNETR run on 2 CPU threads at step 33,
+#: not again with the same seed), several in a row are a learning rate or precision problem
+MAX_NONFINITE_STEPS = 5
+
+log = logging.getLogger("pemma.run")
 
 
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -108,14 +115,24 @@ class Engine:
         clip_norm: clip the gradient norm of the trainable parameters to this value (None: no clipping).
         find_unused_parameters: DDP flag, True when some steps skip part of the model.
         ddp: False keeps the model unwrapped even under torchrun (each process then trains its own copy).
+        max_nonfinite_steps: a step whose gradients hold a NaN or an infinity is skipped (weights and optimiser
+            state unchanged, the schedule moves on, as CUDA's GradScaler does for fp16 overflows); this many in a
+            row raise :class:`PemmaError` (default :data:`MAX_NONFINITE_STEPS`). On CUDA with ``amp`` the
+            GradScaler decides instead (it skips overflowing steps and lowers its scale).
     """
 
     def __init__(self, model: nn.Module, total_steps: int, lr: float, device: torch.device, *,
                  weight_decay: float = 0.0, dist: DistInfo | None = None, amp: bool = False,
                  lr_scales: Mapping[str, float] | None = None, clip_norm: float | None = None,
-                 find_unused_parameters: bool = False, ddp: bool = True) -> None:
+                 find_unused_parameters: bool = False, ddp: bool = True,
+                 max_nonfinite_steps: int = MAX_NONFINITE_STEPS) -> None:
         if total_steps < 1:
             raise PemmaError(f"total_steps must be >= 1, got {total_steps}")
+        if max_nonfinite_steps < 1:
+            raise PemmaError(f"max_nonfinite_steps must be >= 1, got {max_nonfinite_steps}")
+        self.max_nonfinite_steps = max_nonfinite_steps
+        self.skipped_steps = 0  # steps skipped for non-finite gradients (this process's run, not checkpointed)
+        self._nonfinite_in_a_row = 0
         self.dist = dist or DistInfo()
         self.device, self.amp, self.clip_norm, self.total_steps = device, amp, clip_norm, total_steps
         if amp and device.type == "cpu" and not native_bf16_cpu():
@@ -168,17 +185,41 @@ class Engine:
                         objective = objective / n
                 self.scaler.scale(objective).backward()
             reported += float(shown.detach())
+        norm = None
         if self.clip_norm is not None:
             self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.params, self.clip_norm)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+            norm = torch.nn.utils.clip_grad_norm_(self.params, self.clip_norm)
+        if self.scaler.is_enabled():
+            self.scaler.step(self.optimizer)  # skips the update itself when the scaled gradients overflowed
+            self.scaler.update()
+        else:
+            if norm is None:  # the same on every DDP rank: the gradients are all-reduced
+                norm = torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
+            if bool(torch.isfinite(norm)):
+                self._nonfinite_in_a_row = 0
+                self.optimizer.step()
+            else:
+                self._skip_nonfinite(reported / n)
         lr = self.lr
         self.scheduler.step()
         self.step_count += 1
         if self.events is not None:
             self.events.step(self.step_count, reported / n, lr)
         return reported / n
+
+    def _skip_nonfinite(self, loss: float) -> None:
+        """Leave the weights and the optimiser as they are for this step; stop after too many in a row."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.skipped_steps += 1
+        self._nonfinite_in_a_row += 1
+        step = self.step_count + 1
+        log.warning(f"step {step}: non-finite gradients (loss {loss:.4g}); step skipped, weights unchanged")
+        if self._nonfinite_in_a_row >= self.max_nonfinite_steps:
+            first = step - self._nonfinite_in_a_row + 1
+            raise PemmaError(f"training diverged: non-finite gradients on {self._nonfinite_in_a_row} steps in a row "
+                             f"(steps {first}-{step}, loss {loss:.4g}); the weights are those before step {first}"
+                             f" (the run folder keeps its last checkpoint); lower the learning rate (--lr)"
+                             + (" or train without --amp" if self.amp else ""))
 
     # ---- checkpoints
 
