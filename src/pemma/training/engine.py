@@ -47,8 +47,8 @@ StepFn = Callable[[nn.Module], Loss]
 #: checkpoint entries the engine writes itself; everything else in a checkpoint is the caller's ``extra``
 ENGINE_KEYS = ("model", "optimizer", "scheduler", "scaler", "step", "rng")
 #: consecutive optimiser steps with non-finite gradients (each skipped, the weights kept) after which training
-#: stops as diverged; one such step is a transient (seen once in a bf16 Swin UNETR run on 2 CPU threads at step 33,
-#: not again with the same seed), several in a row are a learning rate or precision problem
+#: stops as diverged; one such step can be a transient (bf16 Swin UNETR on 2 CPU threads went NaN at step 33 in one
+#: run and at step 323 in a re-run of the same seed), several in a row are a learning rate or precision problem
 MAX_NONFINITE_STEPS = 5
 
 log = logging.getLogger("pemma.run")
