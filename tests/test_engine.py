@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import logging
 import math
 from pathlib import Path
 
@@ -131,3 +133,42 @@ def test_nonfinite_steps_in_a_row_stop_training_as_diverged() -> None:
     assert any(not torch.equal(p, w) for p, w in zip(engine.model.parameters(), weights, strict=True))
     with pytest.raises(PemmaError, match="max_nonfinite_steps"):
         Engine(_model(), total_steps=1, lr=0.1, device=CPU, max_nonfinite_steps=0)
+
+
+def test_the_warning_names_the_tensors_with_nonfinite_gradients() -> None:
+    engine = Engine(_model(), total_steps=4, lr=0.05, device=CPU)
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logger = logging.getLogger("pemma.run")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    hook = engine.model[2].weight.register_hook(lambda g: g * float("nan"))
+    try:
+        _noisy_step(engine)
+    finally:
+        hook.remove()
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    assert engine.skipped_steps == 1
+    message = records[-1].getMessage()
+    assert "step 1: non-finite gradients" in message and "1 tensors: 2.weight" in message
+
+
+def test_clipped_step_equals_torch_clip_grad_norm_and_adamw() -> None:
+    model = _model()
+    reference = copy.deepcopy(model)
+    engine = Engine(model, total_steps=3, lr=0.05, device=CPU, clip_norm=0.1, weight_decay=0.01)
+    optimizer = torch.optim.AdamW(reference.parameters(), lr=0.05, weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, 3) / 3)))
+    for _ in range(3):
+        x, y = torch.randn(6, 4), torch.randn(6, 1)
+        engine.step(lambda m, x=x, y=y: ((m(x) - y) ** 2).mean())
+        optimizer.zero_grad()
+        ((reference(x) - y) ** 2).mean().backward()
+        torch.nn.utils.clip_grad_norm_(reference.parameters(), 0.1)
+        optimizer.step()
+        schedule.step()
+    for a, b in zip(engine.model.parameters(), reference.parameters(), strict=True):
+        assert torch.equal(a, b)

@@ -185,18 +185,18 @@ class Engine:
                         objective = objective / n
                 self.scaler.scale(objective).backward()
             reported += float(shown.detach())
-        norm = None
-        if self.clip_norm is not None:
-            self.scaler.unscale_(self.optimizer)
-            norm = torch.nn.utils.clip_grad_norm_(self.params, self.clip_norm)
         if self.scaler.is_enabled():
+            if self.clip_norm is not None:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.params, self.clip_norm)
             self.scaler.step(self.optimizer)  # skips the update itself when the scaled gradients overflowed
             self.scaler.update()
-        else:
-            if norm is None:  # the same on every DDP rank: the gradients are all-reduced
-                norm = torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
+        else:  # the norm is the same on every DDP rank (the gradients are all-reduced), and so is the decision
+            norm = torch.nn.utils.get_total_norm([p.grad for p in self.params if p.grad is not None])
             if bool(torch.isfinite(norm)):
                 self._nonfinite_in_a_row = 0
+                if self.clip_norm is not None:  # what clip_grad_norm_ does, with the norm already at hand
+                    torch.nn.utils.clip_grads_with_norm_(self.params, self.clip_norm, norm)
                 self.optimizer.step()
             else:
                 self._skip_nonfinite(reported / n)
@@ -209,11 +209,14 @@ class Engine:
 
     def _skip_nonfinite(self, loss: float) -> None:
         """Leave the weights and the optimiser as they are for this step; stop after too many in a row."""
+        bad = [name for name, p in self.model.named_parameters()
+               if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
         self.optimizer.zero_grad(set_to_none=True)
         self.skipped_steps += 1
         self._nonfinite_in_a_row += 1
         step = self.step_count + 1
-        log.warning(f"step {step}: non-finite gradients (loss {loss:.4g}); step skipped, weights unchanged")
+        where = f"{len(bad)} tensors: {', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}"
+        log.warning(f"step {step}: non-finite gradients (loss {loss:.4g}; {where}); step skipped, weights unchanged")
         if self._nonfinite_in_a_row >= self.max_nonfinite_steps:
             first = step - self._nonfinite_in_a_row + 1
             raise PemmaError(f"training diverged: non-finite gradients on {self._nonfinite_in_a_row} steps in a row "
