@@ -111,9 +111,9 @@ def find_series(root: str | os.PathLike) -> list[DicomSeries]:
     Raises:
         PemmaError: a series split over two folders (both named).
     """
-    root = Path(root)
     import SimpleITK as sitk
 
+    root = Path(root)
     folders = [root.parent] if root.is_file() else [Path(d) for d, _, files in sorted(os.walk(root)) if files]
     found: dict[str, DicomSeries] = {}
     warn = sitk.ProcessObject.GetGlobalWarningDisplay()

@@ -220,8 +220,7 @@ class Engine:
         if self._nonfinite_in_a_row >= self.max_nonfinite_steps:
             first = step - self._nonfinite_in_a_row + 1
             raise PemmaError(f"training diverged: non-finite gradients on {self._nonfinite_in_a_row} steps in a row "
-                             f"(steps {first}-{step}, loss {loss:.4g}); the weights are those before step {first}"
-                             f" (the run folder keeps its last checkpoint); lower the learning rate (--lr)"
+                             f"(steps {first}-{step}, loss {loss:.4g}); lower the learning rate (--lr)"
                              + (" or train without --amp" if self.amp else ""))
 
     # ---- checkpoints
