@@ -4,15 +4,18 @@ For one preset x UNETR (the same backbone size, roi and batch for every variant)
 
 * ``early_fusion``: the 2-channel UNETR, all parameters trained (``backbone_task``, what ``pemma train`` runs);
 * ``early_fusion+fused``: the same with fused attention switched on (to see what the lever is worth there too);
-* ``<method>-plain``: the PEMMA model with ``AdapterConfig(fused_attention=False)`` (the einsum attention of
-  MONAI's UNETR, pemma's behaviour before the switch);
-* ``<method>``: the PEMMA model with the defaults a user gets (fused attention on);
+* ``<method>-plain``: the PEMMA model with ``AdapterConfig(fused_attention=False, checkpoint_full_resolution=False)``
+  (the einsum attention of MONAI's UNETR, every activation kept: pemma's behaviour before both levers);
+* ``<method>-keep``: fused attention, ``checkpoint_full_resolution=False`` (the full-resolution encoders keep their
+  activations: the default until 2026-12-04);
+* ``<method>``: the PEMMA model with the defaults a user gets (fused attention on, the full-resolution encoders,
+  ``encoder1`` and the PET skip block, recomputed in backward: ``AdapterConfig.checkpoint_full_resolution``);
 * ``<method>+ckpt``: the defaults plus activation checkpointing of the transformer blocks
   (``PemmaUNETR.gradient_checkpointing``; ``pemma adapt`` turns it on when the base run was trained with
   ``--gradient-checkpointing``).
-* ``<method>+ckpt-fullres``: the defaults plus activation checkpointing of the full-resolution modules only
-  (``encoder1``, the PET skip block, ``decoder2``: ``AdapterConfig.checkpoint_full_resolution``,
-  ``pemma adapt --checkpoint-full-resolution``).
+* ``<method>+ckpt-decoder``: the defaults plus recomputation of the last (full-resolution) decoder, UNETR
+  ``decoder2`` / Swin UNETR ``decoder1`` (a benchmark-only wrapper; ``checkpoint_full_resolution`` included it until
+  2026-12-04).
 * ``--amp``: ``early_fusion+bf16`` and ``<method>+bf16`` (bf16 autocast, the defaults otherwise).
 * ``--compile`` / ``--channels-last``: ``+compile`` (``torch.compile`` of the trained module, the compile time
   printed with the warm-up) and ``+cl3d`` (module and batch in ``torch.channels_last_3d``) variants of early fusion
@@ -53,6 +56,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_adaptation import interleaved, resident_mb  # noqa: E402
@@ -68,13 +72,16 @@ from pemma.models.registry import build_backbone  # noqa: E402
 CTPET = ("ct", "pet")
 def build_trainers(preset: str, methods: list[str], repeats: int, log: Callable[[str], None],
                    skip: tuple[str, ...] = (), amp: bool = False, compiled: bool = False,
-                   channels_last: bool = False) -> tuple[dict[str, PemmaTrainer], torch.Tensor, torch.Tensor]:
+                   channels_last: bool = False, backbone: str = "unetr"
+                   ) -> tuple[dict[str, PemmaTrainer], torch.Tensor, torch.Tensor]:
     """All variants on the CT base's weights, and one random batch (image, label); ``amp`` adds bf16-autocast
     variants of early fusion and of each method (``+bf16``, the default adapter settings otherwise);
     ``compiled`` / ``channels_last`` add ``+compile`` / ``+cl3d`` variants of those (on top of bf16 with ``amp``).
     A ``+cl3d`` trainer has ``channels_last = True``: :func:`variant_input` gives it its batch in that layout."""
     device = torch.device("cpu")
-    overrides = {"model": {"backbone": "unetr"}, "train": {"device": "cpu", "amp": False}}
+    if backbone != "unetr":  # fused attention and block checkpointing are UNETR levers
+        skip = (*skip, "early_fusion+fused", *(f"{m}{s}" for m in methods for s in ("-plain", "+ckpt")))
+    overrides = {"model": {"backbone": backbone}, "train": {"device": "cpu", "amp": False}}
     cfg_ct = build_config(preset, overrides={**overrides, "data": {"modalities": ["ct"]}})
     cfg_ef = build_config(preset, overrides={**overrides, "data": {"modalities": ["ct", "pet"]}})
     torch.manual_seed(cfg_ef.train.seed)
@@ -85,19 +92,21 @@ def build_trainers(preset: str, methods: list[str], repeats: int, log: Callable[
     if "early_fusion+fused" not in skip:
         trainers["early_fusion+fused"] = PemmaTrainer(cfg_ef, device, steps)
         enable_fused_attention(trainers["early_fusion+fused"].model, "vit")
-    cfg_bf16 = build_config(preset, overrides={"model": {"backbone": "unetr"}, "data": {"modalities": ["ct", "pet"]},
+    cfg_bf16 = build_config(preset, overrides={"model": {"backbone": backbone}, "data": {"modalities": ["ct", "pet"]},
                                                "train": {"device": "cpu", "amp": True}})
     if amp:
         trainers["early_fusion+bf16"] = PemmaTrainer(cfg_bf16, device, steps)
     for m in methods:
-        variants = ((f"{m}-plain", False, False, False), (m, True, False, False), (f"{m}+ckpt", True, True, False),
-                    (f"{m}+ckpt-fullres", True, False, True))
+        variants = ((f"{m}-plain", False, False, False), (f"{m}-keep", True, False, False), (m, True, False, True),
+                    (f"{m}+ckpt", True, True, True), (f"{m}+ckpt-decoder", True, False, True))
         for name, fused, ckpt, fullres in variants:
             if name in skip:
                 continue
             adapter = AdapterConfig(method=m, fused_attention=fused, checkpoint_full_resolution=fullres)
             task = pemma_task(shell, Path("."), adapter, cfg_ct)
             task.model.gradient_checkpointing = ckpt
+            if name.endswith("+ckpt-decoder"):
+                checkpoint_last_decoder(task.model)
             task = dataclasses.replace(task, forward=lambda module, x, step: module(x, CTPET))
             trainers[name] = PemmaTrainer(cfg_ef, device, steps, task=task)
         if amp:
@@ -125,8 +134,29 @@ def build_trainers(preset: str, methods: list[str], repeats: int, log: Callable[
     gen = torch.Generator().manual_seed(1234)
     image = torch.rand((tc.batch_size, 2, *roi), generator=gen)
     label = torch.randint(0, cfg_ef.model.out_channels, (tc.batch_size, 1, *roi), generator=gen).float()
-    log(f"[{preset}/unetr] roi {roi}, batch {tc.batch_size}, {cfg_ef.model.backbone_kwargs}; variants {list(trainers)}")
+    log(f"[{preset}/{backbone}] roi {roi}, batch {tc.batch_size}, {cfg_ef.model.backbone_kwargs}; "
+        f"variants {list(trainers)}")
     return trainers, image, label
+
+
+class _Recomputed(nn.Module):
+    """``module`` whose activations are recomputed in backward (benchmark-only, for ``+ckpt-decoder``)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.inner = module
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+        if torch.is_grad_enabled():
+            return checkpoint(self.inner, *inputs, use_reentrant=False)
+        return self.inner(*inputs)
+
+
+def checkpoint_last_decoder(model: nn.Module) -> None:
+    """Benchmark-only variant ``+ckpt-decoder``: the last decoder (UNETR ``decoder2``, Swin UNETR ``decoder1``)
+    recomputes its activations too, as ``checkpoint_full_resolution`` did until 2026-12-04."""
+    last = "decoder1" if model.backbone_name == "swin_unetr" else "decoder2"
+    setattr(model.net, last, _Recomputed(getattr(model.net, last)))
 
 
 def variant_input(trainer: PemmaTrainer, image: torch.Tensor) -> torch.Tensor:
@@ -246,6 +276,8 @@ def frozen_ct_embedding_records_graph(trainer: PemmaTrainer, image: torch.Tensor
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--preset", default="tiny", choices=["tiny", "paper"])
+    p.add_argument("--backbone", default="unetr", choices=["unetr", "swin_unetr"],
+                   help="default unetr; swin_unetr has no fused-attention / block-checkpointing variants")
     p.add_argument("--methods", nargs="+", default=["lora", "dora"], choices=["lora", "dora"])
     p.add_argument("--repeats", type=int, default=3, help="timed steps per variant after one warm-up")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the CPU is shared)")
@@ -259,6 +291,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--channels-last", action="store_true", help="add channels_last_3d variants (+cl3d)")
     p.add_argument("--top", type=int, default=8, help="operators listed in a profile")
     args = p.parse_args(argv)
+    if args.backbone != "unetr" and (args.profile or args.profile_only or args.attention_only):
+        p.error("--profile / --profile-only / --attention-only are UNETR-only")
+    if args.backbone != "unetr":
+        args.attention_rounds = 0
     torch.set_num_threads(args.threads)
 
     def log(msg: str) -> None:
@@ -270,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.attention_only:
             return 0
     trainers, image, label = build_trainers(args.preset, args.methods, args.repeats, log, tuple(args.skip), args.amp,
-                                           args.compile, args.channels_last)
+                                           args.compile, args.channels_last, args.backbone)
     if args.profile_only:
         for name in ("early_fusion", args.methods[0]):
             trainers[name].train_step(image, label)  # warm-up (AdamW state)
@@ -302,8 +338,8 @@ def main(argv: list[str] | None = None) -> int:
     ef_t, ef_best = statistics.median(times["early_fusion"]), min(times["early_fusion"])
     ef_foot = max(s.growth_mb for s in mem["early_fusion"]) + resident["early_fusion"]
     print()
-    print(f"{args.preset} / unetr, {args.repeats} repeat(s), 1 warm-up, {args.threads} thread(s), load at end "
-          f"{_load()}; memory: {probe.method}")
+    print(f"{args.preset} / {args.backbone}, {args.repeats} repeat(s), 1 warm-up, {args.threads} thread(s), "
+          f"load at end {_load()}; memory: {probe.method}")
     print()
     print("| variant | s/step median | / EF (median, best) | step peak MiB | footprint MiB | footprint / EF |")
     print("|---|---|---|---|---|---|")
@@ -323,7 +359,8 @@ def main(argv: list[str] | None = None) -> int:
         plain = losses[f"{m}-plain"]
         print(f"{m}: loss vs {m}-plain, largest relative difference over the steps: fused "
               f"{rel(losses[m], plain):.1e}, fused+ckpt {rel(losses.get(f'{m}+ckpt', plain), plain):.1e}, "
-              f"fused+ckpt-fullres {rel(losses.get(f'{m}+ckpt-fullres', plain), plain):.1e}")
+              f"fused+keep {rel(losses.get(f'{m}-keep', plain), plain):.1e}, "
+              f"fused+ckpt-decoder {rel(losses.get(f'{m}+ckpt-decoder', plain), plain):.1e}")
         print(f"{m}: frozen CT patch embedding records an autograd graph in training: "
               f"{frozen_ct_embedding_records_graph(trainers[m], image)}")
     if args.profile:

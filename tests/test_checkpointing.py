@@ -129,8 +129,9 @@ def _calls(module: torch.nn.Module) -> list[int]:
 
 @pytest.mark.parametrize("backbone", ["unetr", "swin_unetr"])
 def test_full_resolution_checkpointing_equals_plain_and_recomputes(backbone: str):
-    """``checkpoint_full_resolution``: the same outputs and gradients, the first skip encoder, the PET skip block
-    and the last decoder run twice per training step (forward, recomputation in backward), once in inference."""
+    """``checkpoint_full_resolution`` (the default): the same outputs and gradients as without it, bit for bit; the
+    first skip encoder and the PET skip block run twice per training step (forward, recomputation in backward), the
+    last decoder once; every module once in inference."""
     torch.manual_seed(0)
     if backbone == "unetr":
         base, shape, last = UNETR(1, 3, **UNETR_KW), (1, 2, 32, 32, 32), "decoder2"
@@ -138,7 +139,8 @@ def test_full_resolution_checkpointing_equals_plain_and_recomputes(backbone: str
     else:
         base = SwinUNETR(1, 3, feature_size=12, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1))
         shape, last, build = (1, 2, 64, 64, 64), "decoder1", PemmaSwinUNETR
-    models = [build(base, AdapterConfig()), build(base, AdapterConfig(checkpoint_full_resolution=True))]
+    assert AdapterConfig().checkpoint_full_resolution is True
+    models = [build(base, AdapterConfig(checkpoint_full_resolution=False)), build(base, AdapterConfig())]
     gen = torch.Generator().manual_seed(3)
     with torch.no_grad():  # pretend adaptation happened (LoRA B and the PET skip output start at zero)
         for p in models[0].parameters():
@@ -149,22 +151,23 @@ def test_full_resolution_checkpointing_equals_plain_and_recomputes(backbone: str
         model.train()
     watched = [_calls(m) for m in (models[1].net.encoder1, models[1].pet_skip, getattr(models[1].net, last))]
     x = torch.rand(*shape, generator=torch.Generator().manual_seed(1))
-    _assert_same_step(_step(models[0], x, ("ct", "pet")), _step(models[1], x, ("ct", "pet")), atol=1e-5)
+    _assert_same_step(_step(models[0], x, ("ct", "pet")), _step(models[1], x, ("ct", "pet")), atol=0.0)
     # Swin's encoder1 is frozen and reads the CT (no gradient): autograd records nothing there, so nothing is
     # recomputed; UNETR trains its encoder1
     first = 2 if any(p.requires_grad for p in models[1].net.encoder1.parameters()) else 1
     assert first == (2 if backbone == "unetr" else 1)
-    assert [c[0] for c in watched] == [first, 2, 2]
+    assert [c[0] for c in watched] == [first, 2, 1]
     with torch.no_grad():
         assert torch.equal(models[1](x, ("ct", "pet")), models[0](x, ("ct", "pet")))
-    assert [c[0] for c in watched] == [first + 1, 3, 3]
+    assert [c[0] for c in watched] == [first + 1, 3, 2]
 
 
 def test_full_resolution_checkpointing_is_a_flag_and_validated():
     from pemma.cli.main import build_parser
 
-    args = build_parser().parse_args(["adapt", "--base", "b", "--data", "d", "--out", "o",
-                                      "--checkpoint-full-resolution"])
-    assert args.checkpoint_full_resolution is True
+    argv = ["adapt", "--base", "b", "--data", "d", "--out", "o"]
+    assert build_parser().parse_args(argv).checkpoint_full_resolution is None  # not given: the config's default
+    assert build_parser().parse_args([*argv, "--checkpoint-full-resolution"]).checkpoint_full_resolution is True
+    assert build_parser().parse_args([*argv, "--no-checkpoint-full-resolution"]).checkpoint_full_resolution is False
     with pytest.raises(ValueError, match="checkpoint_full_resolution"):
         AdapterConfig(checkpoint_full_resolution="yes")

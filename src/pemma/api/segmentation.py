@@ -96,8 +96,8 @@ def adapt(base: RunLike, data: str | os.PathLike, out: str | os.PathLike, *, cen
         recipe: named defaults (:data:`pemma.vocab.RECIPES`, YAML files in ``pemma/recipes``): ``pemma`` (None,
             the default) or ``authors`` (the authors' configuration per backbone). Explicit arguments override it;
             the run records the recipe and the resolved values (``adapter_config.json``).
-        checkpoint_full_resolution: recompute the full-resolution modules in backward (less training memory, a
-            slower step; :class:`~pemma.adapters.config.AdapterConfig`). Default False.
+        checkpoint_full_resolution: recompute the full-resolution encoders in backward (less training memory;
+            :class:`~pemma.adapters.config.AdapterConfig`). Default True.
         preset, config, resume, force, overrides, settings: as for :func:`train`.
 
     Returns:

@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_field_flag(g, AdapterConfig, "modality_dropout", metavar=("CTPET", "CT", "PET"))
     add_field_flag(g, AdapterConfig, "ct_route", choices=CT_ROUTES)
     add_field_flag(g, AdapterConfig, "recipe", choices=RECIPES)
-    add_field_flag(g, AdapterConfig, "checkpoint_full_resolution")
+    add_field_flag(g, AdapterConfig, "checkpoint_full_resolution", action=argparse.BooleanOptionalAction)
     p.add_argument("--out", required=True, help="run folder of the adapted model")
     add_training_flags(p)
     p.set_defaults(func=cmd_adapt)

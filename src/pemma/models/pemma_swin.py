@@ -145,7 +145,7 @@ class PemmaSwinUNETR(PemmaAdaptedModel):
         dec2 = net.decoder4(dec3, enc3)
         dec1 = net.decoder3(dec2, enc2)
         dec0 = net.decoder2(dec1, enc1)
-        return net.out(full(net.decoder1, dec0, enc0))
+        return net.out(net.decoder1(dec0, enc0))
 
 
 register_backbone(BackboneSpec(name="swin_unetr", net_class=SwinUNETR, roi_multiple=ROI_MULTIPLES["swin_unetr"],

@@ -146,7 +146,7 @@ class PemmaUNETR(PemmaAdaptedModel):
         dec3 = net.decoder5(net.proj_feat(last), enc4)
         dec2 = net.decoder4(dec3, enc3)
         dec1 = net.decoder3(dec2, enc2)
-        return net.out(self._full_resolution(net.decoder2, dec1, enc1))
+        return net.out(net.decoder2(dec1, enc1))
 
 
 register_backbone(BackboneSpec(
