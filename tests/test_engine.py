@@ -135,7 +135,8 @@ def test_nonfinite_steps_in_a_row_stop_training_as_diverged() -> None:
         Engine(_model(), total_steps=1, lr=0.1, device=CPU, max_nonfinite_steps=0)
 
 
-def test_the_warning_names_the_tensors_with_nonfinite_gradients() -> None:
+def _warning_of_a_step_with(grad_hook) -> tuple[Engine, str]:
+    """The last pemma.run log message of one step whose ``2.weight`` gradient goes through ``grad_hook``."""
     engine = Engine(_model(), total_steps=4, lr=0.05, device=CPU)
     records: list[logging.LogRecord] = []
     handler = logging.Handler()
@@ -144,16 +145,28 @@ def test_the_warning_names_the_tensors_with_nonfinite_gradients() -> None:
     level = logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
-    hook = engine.model[2].weight.register_hook(lambda g: g * float("nan"))
+    hook = engine.model[2].weight.register_hook(grad_hook)
     try:
         _noisy_step(engine)
     finally:
         hook.remove()
         logger.removeHandler(handler)
         logger.setLevel(level)
+    return engine, records[-1].getMessage()
+
+
+def test_the_warning_names_the_tensors_with_nonfinite_gradients() -> None:
+    engine, message = _warning_of_a_step_with(lambda g: g * float("nan"))
     assert engine.skipped_steps == 1
-    message = records[-1].getMessage()
     assert "step 1: non-finite gradients" in message and "1 tensors: 2.weight" in message
+
+
+def test_finite_gradients_whose_norm_overflows_are_skipped_and_named() -> None:
+    """Entries of ~1e30 are finite, their squares are not (what torch's bf16 conv3d defect produced)."""
+    engine, message = _warning_of_a_step_with(lambda g: torch.full_like(g, 1e30))
+    assert engine.skipped_steps == 1
+    assert all(torch.isfinite(p).all() for p in engine.model.parameters())
+    assert "finite, but the norm overflows: largest |grad| 1e+30 in 2.weight" in message
 
 
 def test_clipped_step_equals_torch_clip_grad_norm_and_adamw() -> None:

@@ -40,6 +40,7 @@ from pemma.runtime import (
     resolve_device,
 )
 from pemma.training.curves import CURVES_FILE, TensorBoardLog, plot_training_curves
+from pemma.training.precision import guard_small_convolutions
 
 #: what a step closure returns: the objective to minimise, or (objective, the value to report)
 Loss = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
@@ -47,8 +48,8 @@ StepFn = Callable[[nn.Module], Loss]
 #: checkpoint entries the engine writes itself; everything else in a checkpoint is the caller's ``extra``
 ENGINE_KEYS = ("model", "optimizer", "scheduler", "scaler", "step", "rng")
 #: consecutive optimiser steps with non-finite gradients (each skipped, the weights kept) after which training
-#: stops as diverged; one such step can be a transient (bf16 Swin UNETR on 2 CPU threads went NaN at step 33 in one
-#: run and at step 323 in a re-run of the same seed), several in a row are a learning rate or precision problem
+#: stops as diverged; one such step can be a transient, several in a row are a learning rate or precision problem
+#: (a kernel defect made them too: bf16 Swin UNETR on the CPU, see pemma.training.precision)
 MAX_NONFINITE_STEPS = 5
 
 log = logging.getLogger("pemma.run")
@@ -138,6 +139,8 @@ class Engine:
         if amp and device.type == "cpu" and not native_bf16_cpu():
             warnings.warn("amp on a CPU without native bf16 (AMX / AVX512-BF16): bf16 autocast is emulated and far "
                           "slower than fp32 here; leave amp off on this machine", stacklevel=2)
+        if amp and device.type == "cpu":  # a oneDNN bf16 weight-gradient defect (pemma.training.precision)
+            guard_small_convolutions(model)
         self.model = model.to(device)
         self.module: nn.Module = self.model
         if self.dist.enabled and ddp:
@@ -209,13 +212,17 @@ class Engine:
 
     def _skip_nonfinite(self, loss: float) -> None:
         """Leave the weights and the optimiser as they are for this step; stop after too many in a row."""
-        bad = [name for name, p in self.model.named_parameters()
-               if p.grad is not None and not bool(torch.isfinite(p.grad).all())]
+        grads = [(name, p.grad) for name, p in self.model.named_parameters() if p.grad is not None]
+        bad = [name for name, g in grads if not bool(torch.isfinite(g).all())]
+        if bad:
+            where = f"{len(bad)} tensors: {', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}"
+        else:  # every entry finite, their norm is not: entries beyond ~1e19 square past float32's range
+            name, largest = max(((n, float(g.abs().max())) for n, g in grads), key=lambda t: t[1], default=("", 0.0))
+            where = f"finite, but the norm overflows: largest |grad| {largest:.3g} in {name}"
         self.optimizer.zero_grad(set_to_none=True)
         self.skipped_steps += 1
         self._nonfinite_in_a_row += 1
         step = self.step_count + 1
-        where = f"{len(bad)} tensors: {', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''}"
         log.warning(f"step {step}: non-finite gradients (loss {loss:.4g}; {where}); step skipped, weights unchanged")
         if self._nonfinite_in_a_row >= self.max_nonfinite_steps:
             first = step - self._nonfinite_in_a_row + 1
