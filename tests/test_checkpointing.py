@@ -171,3 +171,39 @@ def test_full_resolution_checkpointing_is_a_flag_and_validated():
     assert build_parser().parse_args([*argv, "--no-checkpoint-full-resolution"]).checkpoint_full_resolution is False
     with pytest.raises(ValueError, match="checkpoint_full_resolution"):
         AdapterConfig(checkpoint_full_resolution="yes")
+
+
+def test_recomputation_sees_the_adapter_state_of_the_forward():
+    """A block checkpointed inside ``adapter_active`` is recomputed in backward after the context ended; with
+    ``recompute_as_now`` it runs under the forward's adapter, so the gradients are those of the plain block."""
+    from peft import LoraConfig, inject_adapter_in_model
+    from torch.utils.checkpoint import checkpoint
+
+    from pemma.adapters.state import adapter_active, recompute_as_now
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Tanh(), torch.nn.Linear(8, 8))
+    for name in ("a", "b"):
+        net = inject_adapter_in_model(LoraConfig(r=2, target_modules=["0", "2"], init_lora_weights=False), net,
+                                      adapter_name=name)
+    for layer in (net[0], net[2]):
+        layer.set_adapter("a")  # "a" active outside the context, as a model's default adapter would be
+    for p in net.parameters():
+        p.requires_grad_("lora_" in "".join(n for n, q in net.named_parameters() if q is p))
+    x = torch.randn(4, 8)
+
+    def grads(run) -> dict[str, torch.Tensor]:
+        net.zero_grad(set_to_none=True)
+        with adapter_active(net, "b"):
+            out = run()
+        out.square().sum().backward()
+        return {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
+
+    plain = grads(lambda: net(x))
+    guarded = grads(lambda: checkpoint(net, x, use_reentrant=False, context_fn=recompute_as_now(net)))
+    unguarded = grads(lambda: checkpoint(net, x, use_reentrant=False))
+    assert plain.keys() == guarded.keys() and all(".b." in n for n in plain)
+    for n in plain:
+        torch.testing.assert_close(guarded[n], plain[n], rtol=0, atol=0)
+    # without it the recomputation ran adapter "a": the gradients reach b's parameters with a's activations, silently
+    assert unguarded.keys() == plain.keys() and any(not torch.allclose(unguarded[n], plain[n]) for n in plain)

@@ -8,7 +8,7 @@ gradients of adapters the caller froze). peft is pinned to 0.21.2 in pyproject.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -32,6 +32,38 @@ def _layer_state(module: nn.Module, attribute: str, value: object) -> Iterator[N
     finally:
         for layer, state in zip(layers, previous, strict=True):
             setattr(layer, attribute, state)
+
+
+#: the per-layer peft switches the adapter contexts of this module flip
+_SWITCHES = ("_active_adapter", "_disable_adapters")
+
+
+def recompute_as_now(module: nn.Module) -> Callable[[], tuple[contextlib.AbstractContextManager[None],
+                                                                 contextlib.AbstractContextManager[None]]]:
+    """A ``context_fn`` for ``torch.utils.checkpoint.checkpoint(..., use_reentrant=False)``: the recomputation in
+    backward runs ``module`` with the peft adapter state its layers have *now*, at forward time.
+
+    Without it, a block checkpointed inside :func:`adapter_active` (a stacked level, a CT-update adapter) is
+    recomputed after the context has ended, under whichever adapter is active then: torch raises when the saved
+    tensors differ in number, and silently computes gradients through the wrong copy when they do not.
+    """
+    layers = [m for m in module.modules() if isinstance(m, (BaseTunerLayer, AuxiliaryTrainingWrapper))]
+    state = [{k: getattr(m, k) for k in _SWITCHES if hasattr(m, k)} for m in layers]
+
+    @contextlib.contextmanager
+    def as_at_forward() -> Iterator[None]:
+        previous = [{k: getattr(m, k) for k in s} for m, s in zip(layers, state, strict=True)]
+        for layer, values in zip(layers, state, strict=True):
+            for k, v in values.items():
+                setattr(layer, k, v)
+        try:
+            yield
+        finally:
+            for layer, values in zip(layers, previous, strict=True):
+                for k, v in values.items():
+                    setattr(layer, k, v)
+
+    return lambda: (contextlib.nullcontext(), as_at_forward())
 
 
 def adapters_disabled(module: nn.Module) -> contextlib.AbstractContextManager[None]:

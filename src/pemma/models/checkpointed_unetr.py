@@ -8,6 +8,8 @@ import torch
 from monai.networks.nets import UNETR
 from torch.utils.checkpoint import checkpoint
 
+from pemma.adapters.state import recompute_as_now
+
 __all__ = ["CheckpointedUNETR"]
 
 
@@ -40,7 +42,8 @@ class CheckpointedUNETR(UNETR):
         x = self.vit.patch_embedding(x_in)
         hidden = []
         for block in self.vit.blocks:
-            x = checkpoint(block, x, use_reentrant=False)
+            # the adapter state of the forward also in the recomputation (a PEMMA copy switches adapters per call)
+            x = checkpoint(block, x, use_reentrant=False, context_fn=recompute_as_now(block))
             hidden.append(x)
         x = self.vit.norm(x)
         enc1 = self.encoder1(x_in)

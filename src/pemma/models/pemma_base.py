@@ -35,7 +35,7 @@ from torch.utils.checkpoint import checkpoint
 
 from pemma.adapters.config import NEW_PARTS, AdapterConfig, AdapterDefaults, register_adapter_defaults
 from pemma.adapters.split_qkv import needs_split, split_fused_qkv
-from pemma.adapters.state import adapter_active, adapters_disabled
+from pemma.adapters.state import adapter_active, adapters_disabled, recompute_as_now
 from pemma.models.fused_attention import enable_fused_attention, fused_attention_off
 from pemma.models.stacking import StackingMixin, StackLevel
 from pemma.vocab import check_modalities
@@ -175,7 +175,7 @@ class PemmaAdaptedModel(StackingMixin, nn.Module):
         arithmetic per MiB saved (``benchmarks/bench_flops.py``), and recomputing it did not lower the measured peak
         further (``benchmarks/bench_levers.py``)."""
         if self.config.checkpoint_full_resolution and torch.is_grad_enabled():
-            return checkpoint(module, *inputs, use_reentrant=False)
+            return checkpoint(module, *inputs, use_reentrant=False, context_fn=recompute_as_now(module))
         return module(*inputs)
 
     def _set_new_parts_trainable(self) -> None:

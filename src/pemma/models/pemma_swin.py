@@ -79,13 +79,15 @@ class PemmaSwinUNETR(PemmaAdaptedModel):
         self._set_new_parts_trainable()
 
     def forward(self, x: torch.Tensor, modalities: Sequence[str]) -> torch.Tensor:
-        """As :meth:`PemmaAdaptedModel.forward`. CT alone runs the copied base inside peft adapter contexts,
-        which a recomputation in backward (MONAI's ``use_checkpoint``) would run outside of: there the
-        blocks' checkpointing is off for the call (as for UNETR, whose PEMMA copy never checkpoints CT alone).
+        """As :meth:`PemmaAdaptedModel.forward`. A call that runs inside a peft adapter context (CT alone on the
+        exact route, a CT-update adapter, a stacked level) would be recomputed in backward (MONAI's
+        ``use_checkpoint``, which takes no ``context_fn``) outside of it, under another adapter: for such calls the
+        blocks' checkpointing is off (pemma's own checkpoints carry the state: ``recompute_as_now``).
         """
         mods = tuple(check_modalities(modalities, self.modalities))
         exact_ct = mods == ("ct",) and not self.shared_route and self.level_of(mods) == 0
-        blocks = [m for m in self.net.modules() if getattr(m, "use_checkpoint", False) is True] if exact_ct else []
+        in_context = exact_ct or bool(self.stack) or self.ct_adapter is not None
+        blocks = [m for m in self.net.modules() if getattr(m, "use_checkpoint", False) is True] if in_context else []
         for block in blocks:
             block.use_checkpoint = False
         try:

@@ -11,6 +11,7 @@ from torch.utils.checkpoint import checkpoint
 
 from pemma.adapters.blocks import PetSkipBlock
 from pemma.adapters.config import AdapterConfig, AdapterDefaults
+from pemma.adapters.state import recompute_as_now
 from pemma.models.checkpointed_unetr import CheckpointedUNETR
 from pemma.models.pemma_base import PemmaAdaptedModel, first_conv
 from pemma.models.registry import BackboneSpec, register_backbone
@@ -117,7 +118,7 @@ class PemmaUNETR(PemmaAdaptedModel):
 
     def _block(self, block: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if self.gradient_checkpointing and torch.is_grad_enabled():
-            return checkpoint(block, x, use_reentrant=False)
+            return checkpoint(block, x, use_reentrant=False, context_fn=recompute_as_now(block))
         return block(x)
 
     def _forward_adapted(self, inputs: dict[str, torch.Tensor], level: int = 0) -> torch.Tensor:
