@@ -11,11 +11,11 @@ matmuls, fused attention; forward and backward counted separately, per top-level
   up in the backward count);
 * ``<recipe>/<method>-keep``: the same with ``checkpoint_full_resolution=False`` (every activation kept).
 
-Networks run on PyTorch's ``meta`` device where the backbone allows it (UNETR: no memory, no arithmetic; the paper
-preset is counted in seconds); Swin UNETR builds with real tensors and runs on them (about a minute a variant at
-the paper preset on one core). The ratio of counted work is a lower bound on what a compute-bound device can give
-for the step-time ratio: a PEMMA step cannot take less than ``flops(PEMMA) / flops(EF)`` of early fusion's time
-unless its kernels run at a higher throughput than early fusion's (they do not: the same layer shapes).
+Networks are counted on PyTorch's ``meta`` device (no memory, no arithmetic: the paper preset in seconds; Swin UNETR,
+which MONAI builds with real tensors, is moved there before the step). On a compute-bound device the ratio of
+counted work bounds the step-time ratio: a PEMMA step takes at least ``flops(PEMMA) / flops(EF)`` of early fusion's
+time unless its kernels run at a higher throughput than early fusion's (measured on the CPU: they run lower,
+``bench_levers.py``).
 
 Run (from the repository root)::
 
@@ -85,11 +85,7 @@ def count_step(model: nn.Module, call: Callable[[nn.Module, torch.Tensor], torch
             "forward_by_module": _top_level(fwd_mode.get_flop_counts())}
 
 
-def _device_of(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
-def build_variants(backbone: str, preset: str, recipes: list[str], methods: list[str], fullres: bool
+def build_variants(backbone: str, preset: str, recipes: list[str], methods: list[str], keep: bool
                    ) -> dict[str, tuple[nn.Module, Callable[[nn.Module, torch.Tensor], torch.Tensor]]]:
     """The early-fusion network and the PEMMA variants (lazily built: a Swin paper model is 250 MB)."""
     model_cfg = dataclasses.replace(build_config(preset).model, backbone=backbone)
@@ -107,11 +103,11 @@ def build_variants(backbone: str, preset: str, recipes: list[str], methods: list
         "early_fusion": (early_fusion, lambda m, x: m(x))}
     for recipe in recipes:
         for method in methods:
-            settings = [("", True)] + ([("-keep", False)] if fullres else [])
+            settings = [("", True)] + ([("-keep", False)] if keep else [])
             for suffix, ckpt in settings:
                 cfg = recipe_config(recipe, backbone, method, overrides={"checkpoint_full_resolution": ckpt})
                 variants[f"{recipe}/{method}{suffix}"] = (
-                    lambda cfg=cfg: build_for_count(backbone, kwargs, cfg).train(),
+                    lambda cfg=cfg: build_for_count(backbone, kwargs, cfg),
                     lambda m, x: m(x, CTPET))
     return variants, model_cfg
 
@@ -137,21 +133,15 @@ def main(argv: list[str] | None = None) -> int:
         tables = {}
         for name, (build, call) in variants.items():
             t0 = time.perf_counter()
-            model = build()
-            if name == "early_fusion":
-                model.train()
-            if _device_of(model).type != "meta":  # built with real tensors (Swin): counted on meta all the same
-                model = model.to("meta")
-            device = _device_of(model)
-            batch = torch.zeros((batch_size, 2, *roi), device=device) if device.type == "meta" else \
-                torch.rand((batch_size, 2, *roi), generator=torch.Generator().manual_seed(0))
+            model = build().train().to("meta")  # Swin UNETR is built with real tensors: counted on meta all the same
+            batch = torch.zeros((batch_size, 2, *roi), device="meta")
             counted = count_step(model, call, batch)
             total = counted["forward"] + counted["backward"]
             ef_total = total if ef_total is None else ef_total
             trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
             print(f"| {name} | {counted['forward'] / GIGA:,.0f} | {counted['backward'] / GIGA:,.0f} | "
                   f"{total / GIGA:,.0f} | {total / ef_total:.2f} | {trained / 1e6:.2f} M |"
-                  f"  <!-- {time.perf_counter() - t0:.0f} s on {device.type} -->")
+                  f"  <!-- {time.perf_counter() - t0:.0f} s -->")
             tables[name] = counted
             del model
         if args.modules:

@@ -17,21 +17,33 @@ from peft.utils.other import AuxiliaryTrainingWrapper
 from torch import nn
 
 
+def _peft_layers(module: nn.Module) -> list[nn.Module]:
+    """The peft adapter layers and ModulesToSave wrappers inside ``module``."""
+    return [m for m in module.modules() if isinstance(m, (BaseTunerLayer, AuxiliaryTrainingWrapper))]
+
+
 @contextlib.contextmanager
-def _layer_state(module: nn.Module, attribute: str, value: object) -> Iterator[None]:
+def _set_for_block(layers: list[nn.Module], values: list[dict[str, object]]) -> Iterator[None]:
+    """Set ``values[i]`` (attribute -> value) on ``layers[i]`` for the block, then restore what they had."""
+    previous = [{k: getattr(m, k) for k in v} for m, v in zip(layers, values, strict=True)]
+    for layer, v in zip(layers, values, strict=True):
+        for k, value in v.items():
+            setattr(layer, k, value)
+    try:
+        yield
+    finally:
+        for layer, v in zip(layers, previous, strict=True):
+            for k, value in v.items():
+                setattr(layer, k, value)
+
+
+def _layer_state(module: nn.Module, attribute: str, value: object) -> contextlib.AbstractContextManager[None]:
     """Set ``attribute`` on every peft layer / ModulesToSave wrapper of ``module`` for the block, then restore.
 
     ``requires_grad`` flags are left alone (peft's public toggles re-mark trainable parameters).
     """
-    layers = [m for m in module.modules() if isinstance(m, (BaseTunerLayer, AuxiliaryTrainingWrapper))]
-    previous = [getattr(m, attribute) for m in layers]
-    for layer in layers:
-        setattr(layer, attribute, value)
-    try:
-        yield
-    finally:
-        for layer, state in zip(layers, previous, strict=True):
-            setattr(layer, attribute, state)
+    layers = _peft_layers(module)
+    return _set_for_block(layers, [{attribute: value}] * len(layers))
 
 
 #: the per-layer peft switches the adapter contexts of this module flip
@@ -47,23 +59,9 @@ def recompute_as_now(module: nn.Module) -> Callable[[], tuple[contextlib.Abstrac
     recomputed after the context has ended, under whichever adapter is active then: torch raises when the saved
     tensors differ in number, and silently computes gradients through the wrong copy when they do not.
     """
-    layers = [m for m in module.modules() if isinstance(m, (BaseTunerLayer, AuxiliaryTrainingWrapper))]
+    layers = _peft_layers(module)
     state = [{k: getattr(m, k) for k in _SWITCHES if hasattr(m, k)} for m in layers]
-
-    @contextlib.contextmanager
-    def as_at_forward() -> Iterator[None]:
-        previous = [{k: getattr(m, k) for k in s} for m, s in zip(layers, state, strict=True)]
-        for layer, values in zip(layers, state, strict=True):
-            for k, v in values.items():
-                setattr(layer, k, v)
-        try:
-            yield
-        finally:
-            for layer, values in zip(layers, previous, strict=True):
-                for k, v in values.items():
-                    setattr(layer, k, v)
-
-    return lambda: (contextlib.nullcontext(), as_at_forward())
+    return lambda: (contextlib.nullcontext(), _set_for_block(layers, state))
 
 
 def adapters_disabled(module: nn.Module) -> contextlib.AbstractContextManager[None]:

@@ -171,9 +171,9 @@ class PemmaAdaptedModel(StackingMixin, nn.Module):
     def _full_resolution(self, module: nn.Module, *inputs: torch.Tensor) -> torch.Tensor:
         """``module(*inputs)`` for an encoder that runs at the input's resolution (the first skip encoder, a modality's
         skip block); in training with ``config.checkpoint_full_resolution`` its activations are recomputed in backward
-        instead of kept. The last decoder is not among them: it holds as much but costs two to three times the
-        arithmetic per MiB saved (``benchmarks/bench_flops.py``), and recomputing it did not lower the measured peak
-        further (``benchmarks/bench_levers.py``)."""
+        instead of kept. The last decoder is not among them: it costs about twice the arithmetic per MiB saved (paper
+        UNETR: 77 GFLOP for 783 MiB against 26 for 554; ``benchmarks/bench_flops.py``), and recomputing it did not
+        lower the measured peak further (``benchmarks/bench_levers.py``)."""
         if self.config.checkpoint_full_resolution and torch.is_grad_enabled():
             return checkpoint(module, *inputs, use_reentrant=False, context_fn=recompute_as_now(module))
         return module(*inputs)
