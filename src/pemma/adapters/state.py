@@ -40,10 +40,15 @@ def _set_for_block(layers: list[nn.Module], values: list[dict[str, object]]) -> 
 def _layer_state(module: nn.Module, attribute: str, value: object) -> contextlib.AbstractContextManager[None]:
     """Set ``attribute`` on every peft layer / ModulesToSave wrapper of ``module`` for the block, then restore.
 
-    ``requires_grad`` flags are left alone (peft's public toggles re-mark trainable parameters).
+    ``requires_grad`` flags are left alone (peft's public toggles re-mark trainable parameters). MONAI's own block
+    checkpointing (``use_checkpoint``, Swin UNETR) takes no ``context_fn``: a block it checkpointed inside the
+    context would be recomputed in backward after the context ended, under another adapter, so it is off for the
+    block (pemma's own checkpoints carry the state: :func:`recompute_as_now`).
     """
     layers = _peft_layers(module)
-    return _set_for_block(layers, [{attribute: value}] * len(layers))
+    checkpointed = [m for m in module.modules() if getattr(m, "use_checkpoint", None) is True]
+    return _set_for_block(layers + checkpointed,
+                          [{attribute: value}] * len(layers) + [{"use_checkpoint": False}] * len(checkpointed))
 
 
 #: the per-layer peft switches the adapter contexts of this module flip

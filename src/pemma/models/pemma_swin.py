@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Sequence
 
 import torch
 from monai.networks.nets import SwinUNETR
@@ -14,7 +13,7 @@ from pemma.adapters.config import AdapterConfig, AdapterDefaults
 from pemma.models.pemma_base import PemmaAdaptedModel, first_conv
 from pemma.models.registry import BackboneSpec, register_backbone
 from pemma.models.stacking import base_module
-from pemma.vocab import ROI_MULTIPLES, check_modalities
+from pemma.vocab import ROI_MULTIPLES
 
 __all__ = ["PemmaSwinUNETR"]
 
@@ -77,24 +76,6 @@ class PemmaSwinUNETR(PemmaAdaptedModel):
         self.pet_skip = PetSkipBlock(out_channels=first_conv(base.encoder1).out_channels) \
             if self.config.pet_skip_block == "conv" else copy.deepcopy(base.encoder1)
         self._set_new_parts_trainable()
-
-    def forward(self, x: torch.Tensor, modalities: Sequence[str]) -> torch.Tensor:
-        """As :meth:`PemmaAdaptedModel.forward`. A call that runs inside a peft adapter context (CT alone on the
-        exact route, a CT-update adapter, a stacked level) would be recomputed in backward (MONAI's
-        ``use_checkpoint``, which takes no ``context_fn``) outside of it, under another adapter: for such calls the
-        blocks' checkpointing is off (pemma's own checkpoints carry the state: ``recompute_as_now``).
-        """
-        mods = tuple(check_modalities(modalities, self.modalities))
-        exact_ct = mods == ("ct",) and not self.shared_route and self.level_of(mods) == 0
-        in_context = exact_ct or bool(self.stack) or self.ct_adapter is not None
-        blocks = [m for m in self.net.modules() if getattr(m, "use_checkpoint", False) is True] if in_context else []
-        for block in blocks:
-            block.use_checkpoint = False
-        try:
-            return super().forward(x, modalities)
-        finally:
-            for block in blocks:
-                block.use_checkpoint = True
 
     def _stages(self, x0: torch.Tensor) -> list[torch.Tensor]:
         """``SwinTransformer.forward`` from the (fused) patch embedding on: the five normalised outputs."""
