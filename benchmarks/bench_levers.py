@@ -28,9 +28,15 @@ every other repeat reversed) so that load on a shared machine hits all alike; ra
 ``early_fusion`` of the same run. Memory: *step peak* (growth during a step, CPU ``VmHWM`` after a reset) and
 *footprint* = step peak + the variant's parameters, buffers and AdamW state (see ``bench_adaptation.py``).
 
-``--profile`` adds, for early fusion and the default PEMMA variant, a profile of one step: per top-level module
-the forward time (forward hooks) and the bytes autograd saves for backward inside it (``saved_tensors_hooks``,
-distinct storages), and the top operators by self CPU time (``torch.profiler``, forward and backward).
+``--profile`` adds, for early fusion and the default PEMMA variant (either backbone), a profile of one step: per
+top-level module (and the transformer's parts) the forward time (forward hooks) and the bytes autograd saves for
+backward inside it (``saved_tensors_hooks``, distinct storages), and the top operators by self CPU time
+(``torch.profiler``, forward and backward).
+
+``--routes`` adds the other input sets of modality dropout on both CT routes: ``<method>[pet]`` (exact route, PET
+alone), ``<method>@shared`` (shared route, CT+PET), ``<method>@shared[ct]`` and ``<method>@shared[pet]``, and prints
+per route the expected step under the default modality dropout (the exact route draws CT+PET 0.75 / PET 0.25:
+CT alone runs the frozen base and trains nothing; the shared route CT+PET 0.6 / CT 0.2 / PET 0.2).
 
 It also checks lever (b), "no autograd through what nothing trainable needs": whether the frozen CT patch
 embedding's output carries an autograd graph (it should not: its input and weights do not require grad, so
@@ -65,15 +71,44 @@ from bench_backbones import MB, MemProbe, MemSample, PemmaTrainer, _load  # noqa
 
 from pemma.adapters.config import AdapterConfig  # noqa: E402
 from pemma.config import build_config  # noqa: E402
+from pemma.methods.adaptation import select_channels  # noqa: E402
 from pemma.methods.pemma import pemma_task  # noqa: E402
 from pemma.models.fused_attention import enable_fused_attention  # noqa: E402
 from pemma.models.loaded import LoadedModel  # noqa: E402
 from pemma.models.registry import build_backbone  # noqa: E402
 
 CTPET = ("ct", "pet")
+# ``--routes``: the other input sets of modality dropout (the default variant ``<method>`` is the exact route, CT+PET)
+ROUTE_VARIANTS = (("exact", ("pet",)), ("shared", CTPET), ("shared", ("ct",)), ("shared", ("pet",)))
+
+
+def route_variant(method: str, route: str, modalities: tuple[str, ...]) -> str:
+    """Variant name of ``method`` on ``route`` for one input set: ``lora`` (exact, CT+PET), ``lora[pet]``,
+    ``lora@shared``, ``lora@shared[ct]``."""
+    inputs = "" if modalities == CTPET else f"[{'+'.join(modalities)}]"
+    return method + ("" if route == "exact" else f"@{route}") + inputs
+
+
+def weights(method: str, route: str) -> str:
+    """``ct+pet 0.75, pet 0.25``: the input sets a training step draws on ``route``."""
+    choices = AdapterConfig(method=method, ct_route=route).modality_choices(trainable_only=route == "exact")
+    return ", ".join(f"{'+'.join(mods)} {p:.2f}" for mods, p in choices)
+
+
+def expected_step(method: str, times: dict[str, list[float]]) -> dict[str, float]:
+    """Per route, the mean step time under the default modality dropout: the medians of the route's input-set
+    variants weighted by :meth:`AdapterConfig.modality_choices` (the exact route never trains a CT-only batch: CT
+    alone runs the frozen base, so its draws are renormalised over CT+PET and PET, as ``pemma adapt`` does)."""
+    out = {}
+    for route in ("exact", "shared"):
+        choices = AdapterConfig(method=method, ct_route=route).modality_choices(trainable_only=route == "exact")
+        names = [(route_variant(method, route, mods), p) for mods, p in choices]
+        if all(n in times for n, _ in names):
+            out[route] = sum(p * statistics.median(times[n]) for n, p in names)
+    return out
 def build_trainers(preset: str, methods: list[str], repeats: int, log: Callable[[str], None],
                    skip: tuple[str, ...] = (), amp: bool = False, compiled: bool = False,
-                   channels_last: bool = False, backbone: str = "unetr"
+                   channels_last: bool = False, backbone: str = "unetr", routes: bool = False
                    ) -> tuple[dict[str, PemmaTrainer], torch.Tensor, torch.Tensor]:
     """All variants on the CT base's weights, and one random batch (image, label); ``amp`` adds bf16-autocast
     variants of early fusion and of each method (``+bf16``, the default adapter settings otherwise);
@@ -114,6 +149,15 @@ def build_trainers(preset: str, methods: list[str], repeats: int, log: Callable[
             task = pemma_task(shell, Path("."), AdapterConfig(method=m), cfg_ct)
             task = dataclasses.replace(task, forward=lambda module, x, step: module(x, CTPET))
             trainers[f"{m}+bf16"] = PemmaTrainer(cfg_bf16, device, steps, task=task)
+        if routes:
+            for route, mods in ROUTE_VARIANTS:
+                name = route_variant(m, route, mods)
+                if name in skip:
+                    continue
+                task = pemma_task(shell, Path("."), AdapterConfig(method=m, ct_route=route), cfg_ct)
+                task = dataclasses.replace(task, forward=lambda module, x, step, mods=mods: module(
+                    select_channels(x, mods, list(CTPET)), mods))
+                trainers[name] = PemmaTrainer(cfg_ef, device, steps, task=task)
     cfg_fast = cfg_bf16 if amp else cfg_ef
     suffix = "+bf16" if amp else ""
     for lever, wanted in (("compile", compiled), ("cl3d", channels_last)):
@@ -171,6 +215,17 @@ def variant_input(trainer: PemmaTrainer, image: torch.Tensor) -> torch.Tensor:
 # profile of one step
 
 
+def transformer_entries(net: nn.Module) -> list[tuple[str, nn.Module]]:
+    """The transformer's parts as profile entries in both models. PEMMA runs them one by one (not the transformer's
+    own ``forward``): UNETR's blocks as one entry ``vit.blocks``; Swin UNETR's patch embedding and each of its four
+    stages (``swinViT.layers1`` ... ``layers4``), so that early fusion's and PEMMA's rows compare."""
+    if hasattr(net, "vit"):
+        return [("vit.blocks", block) for block in net.vit.blocks]
+    vit = net.swinViT
+    return [("swinViT.patch_embed", vit.patch_embed)] + [
+        (f"swinViT.layers{i}", getattr(vit, f"layers{i}")[0]) for i in range(1, 5)]
+
+
 @contextmanager
 def module_profile(model: nn.Module, fwd_s: dict[str, float], saved: dict[str, float]) -> Iterator[None]:
     """Forward seconds and MiB saved for backward per top-level module of ``model`` (the PEMMA model's own new
@@ -178,8 +233,7 @@ def module_profile(model: nn.Module, fwd_s: dict[str, float], saved: dict[str, f
     net = getattr(model, "net", model)
     tops = [(n, m) for n, m in net.named_children() if n != "base_model"]
     tops += [(n, m) for n, m in model.named_children() if n != "base_model" and m is not net]
-    # PEMMA runs the ViT's blocks one by one (not vit.forward): time them as one entry in both models
-    tops += [("vit.blocks", block) for block in net.vit.blocks]
+    tops += transformer_entries(net)
     stack: list[str] = []
     started: dict[str, float] = {}
     seen: dict[str, set[int]] = defaultdict(set)
@@ -290,10 +344,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--amp", action="store_true", help="add bf16-autocast variants (early_fusion+bf16, <method>+bf16)")
     p.add_argument("--compile", action="store_true", help="add torch.compile variants (+compile)")
     p.add_argument("--channels-last", action="store_true", help="add channels_last_3d variants (+cl3d)")
+    p.add_argument("--routes", action="store_true",
+                   help="add the other input sets of modality dropout on both CT routes (<method>[pet], "
+                        "<method>@shared, <method>@shared[ct], <method>@shared[pet]) and print the expected step")
     p.add_argument("--top", type=int, default=8, help="operators listed in a profile")
     args = p.parse_args(argv)
-    if args.backbone != "unetr" and (args.profile or args.profile_only or args.attention_only):
-        p.error("--profile / --profile-only / --attention-only are UNETR-only")
+    if args.backbone != "unetr" and args.attention_only:
+        p.error("--attention-only is UNETR-only")
     if args.backbone != "unetr":
         args.attention_rounds = 0
     torch.set_num_threads(args.threads)
@@ -307,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.attention_only:
             return 0
     trainers, image, label = build_trainers(args.preset, args.methods, args.repeats, log, tuple(args.skip), args.amp,
-                                           args.compile, args.channels_last, args.backbone)
+                                           args.compile, args.channels_last, args.backbone, args.routes)
     if args.profile_only:
         for name in ("early_fusion", args.methods[0]):
             trainers[name].train_step(image, label)  # warm-up (AdamW state)
@@ -351,6 +408,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"| {name} | {med:.2f} | {med / ef_t:.2f}, {best / ef_best:.2f} | {peak:.0f} | {foot:.0f} | "
               f"{foot / ef_foot:.2f} |")
     print()
+    for m in args.methods:
+        for route, t in expected_step(m, times).items():
+            print(f"{m}, {route} CT route: expected step under modality dropout {t:.2f} s = {t / ef_t:.2f}x EF "
+                  f"({weights(m, route)})")
     for m in args.methods:
         if f"{m}-plain" not in trainers or m not in trainers:
             continue
