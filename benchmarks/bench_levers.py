@@ -14,6 +14,8 @@ and ``+ckpt-decoder``), the same backbone size, roi and batch for every variant,
 * ``<method>+ckpt``: the defaults plus activation checkpointing of the transformer blocks
   (``PemmaUNETR.gradient_checkpointing``; ``pemma adapt`` turns it on when the base run was trained with
   ``--gradient-checkpointing``).
+* ``dora-keep-dora``: the defaults, but the DoRA layers keep their outputs for backward
+  (``AdapterConfig(recompute_dora=False)``: the default until 2026-12-05; ``-plain`` and ``-keep`` keep them too).
 * ``<method>+ckpt-decoder``: the defaults plus recomputation of the last (full-resolution) decoder, UNETR
   ``decoder2`` / Swin UNETR ``decoder1`` (a benchmark-only wrapper; ``checkpoint_full_resolution`` included it until
   2026-12-04).
@@ -133,12 +135,16 @@ def build_trainers(preset: str, methods: list[str], repeats: int, log: Callable[
     if amp:
         trainers["early_fusion+bf16"] = PemmaTrainer(cfg_bf16, device, steps)
     for m in methods:
-        variants = ((f"{m}-plain", False, False, False), (f"{m}-keep", True, False, False), (m, True, False, True),
-                    (f"{m}+ckpt", True, True, True), (f"{m}+ckpt-decoder", True, False, True))
-        for name, fused, ckpt, fullres in variants:
+        variants = ((f"{m}-plain", False, False, False, False), (f"{m}-keep", True, False, False, False),
+                    (m, True, False, True, True), (f"{m}+ckpt", True, True, True, True),
+                    (f"{m}+ckpt-decoder", True, False, True, True))
+        if m == "dora":
+            variants += ((f"{m}-keep-dora", True, False, True, False),)
+        for name, fused, ckpt, fullres, dora_recomputed in variants:
             if name in skip:
                 continue
-            adapter = AdapterConfig(method=m, fused_attention=fused, checkpoint_full_resolution=fullres)
+            adapter = AdapterConfig(method=m, fused_attention=fused, checkpoint_full_resolution=fullres,
+                                    recompute_dora=dora_recomputed)
             task = pemma_task(shell, Path("."), adapter, cfg_ct)
             task.model.gradient_checkpointing = ckpt
             if name.endswith("+ckpt-decoder"):

@@ -67,7 +67,7 @@ def adapt(base: RunLike, data: str | os.PathLike, out: str | os.PathLike, *, cen
           add_modality: str = "pet", method: str = "lora", rank: int | None = None, alpha: float | None = None,
           adapter_dropout: float | None = None, target_modules: Names = None, train_parts: Names = None,
           modality_dropout: Sequence[float] | None = None, ct_route: str | None = None, recipe: str | None = None,
-          checkpoint_full_resolution: bool | None = None, preset: str = "tiny",
+          checkpoint_full_resolution: bool | None = None, recompute_dora: bool | None = None, preset: str = "tiny",
           config: str | os.PathLike | None = None, resume: bool = False,
           force: bool = False, overrides: dict[str, dict[str, Any]] | None = None, **settings: Any) -> Run:
     """Add PET to a CT-only run (PEMMA: PET pathway + LoRA / DoRA adapters), or train a baseline from it.
@@ -98,6 +98,8 @@ def adapt(base: RunLike, data: str | os.PathLike, out: str | os.PathLike, *, cen
             the run records the recipe and the resolved values (``adapter_config.json``).
         checkpoint_full_resolution: recompute the full-resolution encoders in backward (less training memory;
             :class:`~pemma.adapters.config.AdapterConfig`). Default True.
+        recompute_dora: DoRA layers recompute their output in backward (less training memory; same results).
+            Default True.
         preset, config, resume, force, overrides, settings: as for :func:`train`.
 
     Returns:
@@ -120,7 +122,8 @@ def adapt(base: RunLike, data: str | os.PathLike, out: str | os.PathLike, *, cen
         given = {"rank": rank, "alpha": alpha, "dropout": adapter_dropout, "target_modules": _tuple(target_modules),
                  "train_parts": _tuple(train_parts),
                  "modality_dropout": None if modality_dropout is None else tuple(modality_dropout),
-                 "ct_route": ct_route, "checkpoint_full_resolution": checkpoint_full_resolution}
+                 "ct_route": ct_route, "checkpoint_full_resolution": checkpoint_full_resolution,
+                 "recompute_dora": recompute_dora}
         backbone = _base_backbone(base)
         if backbone is None:  # an unreadable base: the adaptation itself reports it (one line)
             adapter_cfg = AdapterConfig(method=adapter_type, **{k: v for k, v in given.items() if v is not None})

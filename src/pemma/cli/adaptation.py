@@ -33,6 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_field_flag(g, AdapterConfig, "ct_route", choices=CT_ROUTES)
     add_field_flag(g, AdapterConfig, "recipe", choices=RECIPES)
     add_field_flag(g, AdapterConfig, "checkpoint_full_resolution", action=argparse.BooleanOptionalAction)
+    add_field_flag(g, AdapterConfig, "recompute_dora", action=argparse.BooleanOptionalAction)
     p.add_argument("--out", required=True, help="run folder of the adapted model")
     add_training_flags(p)
     p.set_defaults(func=cmd_adapt)
@@ -90,7 +91,8 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     adapter = {"rank": args.rank, "alpha": args.alpha, "adapter_dropout": args.adapter_dropout,
                "target_modules": args.target_modules, "train_parts": args.train_parts,
                "modality_dropout": args.modality_dropout, "ct_route": args.ct_route, "recipe": args.recipe,
-               "checkpoint_full_resolution": args.checkpoint_full_resolution}
+               "checkpoint_full_resolution": args.checkpoint_full_resolution,
+               "recompute_dora": args.recompute_dora}
     run = adapt(args.base, args.data, args.out, centres=args.centres, add_modality=args.add_modality,
                 method=args.method, **{k: v for k, v in adapter.items() if v is not None}, **training_settings(args))
     summary = run.summary

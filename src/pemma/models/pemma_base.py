@@ -34,6 +34,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from pemma.adapters.config import NEW_PARTS, AdapterConfig, AdapterDefaults, register_adapter_defaults
+from pemma.adapters.recomputed_dora import register_recomputed_dora
 from pemma.adapters.split_qkv import needs_split, split_fused_qkv
 from pemma.adapters.state import adapter_active, adapters_disabled, recompute_as_now
 from pemma.models.fused_attention import enable_fused_attention, fused_attention_off
@@ -145,6 +146,8 @@ class PemmaAdaptedModel(StackingMixin, nn.Module):
             use_dora=self.config.method == "dora", target_modules=targets, bias="none",
             init_lora_weights=True,
         )
+        if self.config.method == "dora" and self.config.recompute_dora:
+            register_recomputed_dora(lora_config)
         self.base_model = LoraModel(net, lora_config, adapter_name)
         # Trainable base parts: peft's ModulesToSaveWrapper (frozen original + trainable copy per adapter),
         # attached by exact name; LoraConfig.modules_to_save matches by bare suffix ("out" hits "lora_dropout").
