@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from adapted_pairs import assert_same_step, same_adapted_weights, training_step
 from monai.networks.nets import UNETR, SwinUNETR
 
 from pemma.adapters import AdapterConfig
@@ -24,21 +25,6 @@ def _block_calls(net: torch.nn.Module) -> list[int]:
     calls = [0]
     net.vit.blocks[0].register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
     return calls
-
-
-def _step(net: torch.nn.Module, x: torch.Tensor, *args) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    net.zero_grad()
-    out = net(x, *args)
-    (out.square().mean() + out[:, 1].mean()).backward()
-    return out.detach(), {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
-
-
-def _assert_same_step(a, b, atol: float = 1e-6) -> None:
-    (out_a, grads_a), (out_b, grads_b) = a, b
-    assert torch.allclose(out_a, out_b, atol=atol, rtol=0)
-    assert grads_a.keys() == grads_b.keys() and grads_a
-    for name in grads_a:
-        assert torch.allclose(grads_a[name], grads_b[name], atol=atol, rtol=0), name
 
 
 def test_build_backbone_checkpointed_unetr_keeps_tree_and_init():
@@ -64,12 +50,12 @@ def test_checkpointed_unetr_equals_unetr_outputs_and_gradients():
     ck.load_state_dict(plain.state_dict())
     x = torch.rand(2, 1, 32, 32, 32, generator=torch.Generator().manual_seed(1))
     calls_plain, calls_ck = _block_calls(plain), _block_calls(ck)
-    _assert_same_step(_step(plain, x), _step(ck, x))
+    assert_same_step(training_step(plain, x), training_step(ck, x))
     assert calls_plain == [1] and calls_ck == [2]  # forward, and the recomputation in backward
     with torch.no_grad():  # inference: UNETR.forward itself, nothing recomputed
         assert torch.equal(ck(x), plain(x)) and calls_ck == [3]
     ck.gradient_checkpointing = False
-    _step(ck, x)
+    training_step(ck, x)
     assert calls_ck == [4]
 
 
@@ -82,21 +68,12 @@ def test_pemma_unetr_on_checkpointed_base_equals_plain(ct_update: bool):
     ck.load_state_dict(plain.state_dict())
     models = [PemmaUNETR(plain), PemmaUNETR(ck, gradient_checkpointing=True)]
     assert models[1].net.gradient_checkpointing is False and ck.gradient_checkpointing is True
-    for model in models:
-        if ct_update:
-            model.add_ct_adapter()
-        model.train()
-    gen = torch.Generator().manual_seed(3)
-    with torch.no_grad():  # pretend adaptation happened (LoRA B starts at zero)
-        for name, p in models[0].named_parameters():
-            if ".lora_" in name or p.requires_grad:
-                p.add_(torch.randn(p.shape, generator=gen) * 0.05)
-    models[1].load_state_dict(models[0].state_dict())
+    same_adapted_weights(models, ct_update)
     x = torch.rand(1, 2, 32, 32, 32, generator=torch.Generator().manual_seed(1))
     if ct_update:  # only the CT adapter trains
-        _assert_same_step(_step(models[0], x[:, :1], ("ct",)), _step(models[1], x[:, :1], ("ct",)))
+        assert_same_step(training_step(models[0], x[:, :1], ("ct",)), training_step(models[1], x[:, :1], ("ct",)))
     else:
-        _assert_same_step(_step(models[0], x, ("ct", "pet")), _step(models[1], x, ("ct", "pet")))
+        assert_same_step(training_step(models[0], x, ("ct", "pet")), training_step(models[1], x, ("ct", "pet")))
 
 
 def test_pemma_swin_ct_update_on_checkpointed_base_equals_plain():
@@ -107,17 +84,9 @@ def test_pemma_swin_ct_update_on_checkpointed_base_equals_plain():
     ck = SwinUNETR(1, 3, use_checkpoint=True, **kw)
     ck.load_state_dict(plain.state_dict())
     models = [PemmaSwinUNETR(plain, AdapterConfig()), PemmaSwinUNETR(ck, AdapterConfig())]
-    for model in models:
-        model.add_ct_adapter()
-        model.train()
-    gen = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for name, p in models[0].named_parameters():
-            if ".lora_" in name:
-                p.add_(torch.randn(p.shape, generator=gen) * 0.05)
-    models[1].load_state_dict(models[0].state_dict())
+    same_adapted_weights(models, ct_update=True)
     x = torch.rand(1, 1, 64, 32, 32, generator=torch.Generator().manual_seed(1))
-    _assert_same_step(_step(models[0], x, ("ct",)), _step(models[1], x, ("ct",)))
+    assert_same_step(training_step(models[0], x, ("ct",)), training_step(models[1], x, ("ct",)))
     assert all(m.use_checkpoint for m in models[1].net.modules() if hasattr(m, "use_checkpoint"))  # restored
 
 
@@ -141,17 +110,10 @@ def test_full_resolution_checkpointing_equals_plain_and_recomputes(backbone: str
         shape, last, build = (1, 2, 64, 64, 64), "decoder1", PemmaSwinUNETR
     assert AdapterConfig().checkpoint_full_resolution is True
     models = [build(base, AdapterConfig(checkpoint_full_resolution=False)), build(base, AdapterConfig())]
-    gen = torch.Generator().manual_seed(3)
-    with torch.no_grad():  # pretend adaptation happened (LoRA B and the PET skip output start at zero)
-        for p in models[0].parameters():
-            if p.requires_grad:
-                p.add_(torch.randn(p.shape, generator=gen) * 0.05)
-    models[1].load_state_dict(models[0].state_dict())
-    for model in models:
-        model.train()
+    same_adapted_weights(models)
     watched = [_calls(m) for m in (models[1].net.encoder1, models[1].pet_skip, getattr(models[1].net, last))]
     x = torch.rand(*shape, generator=torch.Generator().manual_seed(1))
-    _assert_same_step(_step(models[0], x, ("ct", "pet")), _step(models[1], x, ("ct", "pet")), atol=0.0)
+    assert_same_step(training_step(models[0], x, ("ct", "pet")), training_step(models[1], x, ("ct", "pet")), atol=0.0)
     # Swin's encoder1 is frozen and reads the CT (no gradient): autograd records nothing there, so nothing is
     # recomputed; UNETR trains its encoder1
     first = 2 if any(p.requires_grad for p in models[1].net.encoder1.parameters()) else 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from adapted_pairs import assert_same_step, same_adapted_weights, training_step
 from monai.networks.nets import UNETR, SwinUNETR
 from peft.tuners.lora import Linear as LoraLinear
 
@@ -26,24 +27,8 @@ def _pair(backbone: str, method: str = "dora", ct_update: bool = False):
         base, build, shape = SwinUNETR(1, 3, **SWIN_KW), PemmaSwinUNETR, (1, 2, 64, 64, 64)
     models = [build(base, AdapterConfig(method=method, recompute_dora=False)),
               build(base, AdapterConfig(method=method))]
-    for model in models:
-        if ct_update:
-            model.add_ct_adapter()
-        model.train()
-    gen = torch.Generator().manual_seed(3)
-    with torch.no_grad():  # pretend adaptation happened (LoRA B starts at zero)
-        for p in models[0].parameters():
-            if p.requires_grad:
-                p.add_(torch.randn(p.shape, generator=gen) * 0.05)
-    models[1].load_state_dict(models[0].state_dict())
+    same_adapted_weights(models, ct_update)
     return models, torch.rand(*shape, generator=torch.Generator().manual_seed(1))
-
-
-def _step(net: torch.nn.Module, x: torch.Tensor, mods: tuple[str, ...]):
-    net.zero_grad()
-    out = net(x, mods)
-    (out.square().mean() + out[:, 1].mean()).backward()
-    return out.detach(), {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
 
 
 def _saved_bytes(net: torch.nn.Module, x: torch.Tensor, mods: tuple[str, ...]) -> int:
@@ -70,9 +55,7 @@ def test_recomputed_dora_equals_peft_dora_bit_for_bit_and_keeps_less(backbone: s
     assert list(models[0].state_dict()) == list(models[1].state_dict())  # the same names: artifacts unchanged
     calls = [0]
     recomputed[0].base_layer.register_forward_pre_hook(lambda *_: calls.__setitem__(0, calls[0] + 1))
-    a, b = _step(models[0], x, ("ct", "pet")), _step(models[1], x, ("ct", "pet"))
-    assert torch.equal(a[0], b[0]) and a[1].keys() == b[1].keys() and a[1]
-    assert all(torch.equal(a[1][k], b[1][k]) for k in a[1]), [k for k in a[1] if not torch.equal(a[1][k], b[1][k])]
+    assert_same_step(training_step(models[0], x, ("ct", "pet")), training_step(models[1], x, ("ct", "pet")), atol=0.0)
     assert calls[0] == 2  # forward, and again in backward (the frozen linear inside the DoRA layer)
     assert _saved_bytes(models[1], x, ("ct", "pet")) < _saved_bytes(models[0], x, ("ct", "pet"))
     with torch.no_grad():  # inference runs peft's forward once
@@ -84,9 +67,8 @@ def test_recomputed_dora_runs_under_the_adapter_of_its_forward():
     """A CT-only update trains its own adapter inside ``adapter_active``; the recomputation in backward (after the
     context ended) must use that adapter, not the default one."""
     models, x = _pair("swin_unetr", ct_update=True)
-    a, b = _step(models[0], x[:, :1], ("ct",)), _step(models[1], x[:, :1], ("ct",))
-    assert torch.equal(a[0], b[0]) and a[1].keys() == b[1].keys() and a[1]
-    assert all(torch.equal(a[1][k], b[1][k]) for k in a[1])
+    assert_same_step(training_step(models[0], x[:, :1], ("ct",)), training_step(models[1], x[:, :1], ("ct",)),
+                     atol=0.0)
 
 
 def test_lora_layers_and_the_flag():
