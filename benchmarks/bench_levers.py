@@ -91,20 +91,24 @@ def route_variant(method: str, route: str, modalities: tuple[str, ...]) -> str:
     return method + ("" if route == "exact" else f"@{route}") + inputs
 
 
+def draws(method: str, route: str) -> list[tuple[tuple[str, ...], float]]:
+    """The input sets a training step on ``route`` draws and their probabilities (the default modality dropout;
+    the exact route never trains a CT-only batch: CT alone runs the frozen base, so its draws are renormalised over
+    CT+PET and PET, as ``pemma adapt`` does)."""
+    return AdapterConfig(method=method, ct_route=route).modality_choices(trainable_only=route == "exact")
+
+
 def weights(method: str, route: str) -> str:
-    """``ct+pet 0.75, pet 0.25``: the input sets a training step draws on ``route``."""
-    choices = AdapterConfig(method=method, ct_route=route).modality_choices(trainable_only=route == "exact")
-    return ", ".join(f"{'+'.join(mods)} {p:.2f}" for mods, p in choices)
+    """``ct+pet 0.75, pet 0.25``: :func:`draws` as text."""
+    return ", ".join(f"{'+'.join(mods)} {p:.2f}" for mods, p in draws(method, route))
 
 
 def expected_step(method: str, times: dict[str, list[float]]) -> dict[str, float]:
     """Per route, the mean step time under the default modality dropout: the medians of the route's input-set
-    variants weighted by :meth:`AdapterConfig.modality_choices` (the exact route never trains a CT-only batch: CT
-    alone runs the frozen base, so its draws are renormalised over CT+PET and PET, as ``pemma adapt`` does)."""
+    variants weighted by :func:`draws`."""
     out = {}
     for route in ("exact", "shared"):
-        choices = AdapterConfig(method=method, ct_route=route).modality_choices(trainable_only=route == "exact")
-        names = [(route_variant(method, route, mods), p) for mods, p in choices]
+        names = [(route_variant(method, route, mods), p) for mods, p in draws(method, route)]
         if all(n in times for n, _ in names):
             out[route] = sum(p * statistics.median(times[n]) for n, p in names)
     return out
