@@ -41,7 +41,8 @@ def survival_train(base: RunLike, data: str | os.PathLike, out: str | os.PathLik
         l2: L2 penalty on the head's weights. Default: chosen by inner cross-validation on the training cases.
         endpoints: endpoint CSV. Default: ``hecktor2022_endpoint_training.csv`` under ``data``.
         preset, config, overrides, settings: as for :func:`pemma.train` (``roi`` / ``spacing``, if given, must
-            be the segmentation run's). resume: continue an interrupted stage in ``out``.
+            be the segmentation run's; no ``amp``: the survival stages run in fp32). resume: continue an
+            interrupted stage in ``out``.
         force: replace a finished run in ``out`` (swapped in only on success).
 
     Returns:
@@ -55,10 +56,12 @@ def survival_train(base: RunLike, data: str | os.PathLike, out: str | os.PathLik
     from pemma.survival.config import survival_settings
     from pemma.survival.training import train_survival
 
+    _fp32_only(settings)
     check_out_of_reads(out, [path_of(base)])  # before reading anything
     cfg = absolute_data(run_config(preset, config, overrides, data=data, centres=centres, modalities=modalities,
                                    **settings))
     warn_tiny_preset(preset, cfg)
+    _fp32_only(settings, cfg)
     loaded = load_model(path_of(base))
     _check_geometry(settings.get("roi"), settings.get("spacing"), loaded.config.model, loaded.config.preprocess,
                     path_of(base))
@@ -98,7 +101,7 @@ def survival_adapt(model: RunLike, out: str | os.PathLike, *, data: str | os.Pat
         freeze_adapters: train only the head and clinical projection, on image features computed once.
         base: the segmentation base run, if it moved since training.
         endpoints, clinical: CSV paths. Default: found under ``data``.
-        preset, config, overrides, settings: as for :func:`pemma.train`.
+        preset, config, overrides, settings: as for :func:`pemma.train` (no ``amp``: fp32 only).
         resume: continue an interrupted stage in ``out``. force: replace a finished run in ``out``.
 
     Example:
@@ -111,6 +114,7 @@ def survival_adapt(model: RunLike, out: str | os.PathLike, *, data: str | os.Pat
     from pemma.survival.runs import read_meta
     from pemma.survival.training import adapt_survival
 
+    _fp32_only(settings)
     if encoder_lr_scale is not None and not encoder_lr_scale > 0:
         raise PemmaError(f"--encoder-lr-scale must be > 0, got {encoder_lr_scale}")
     previous = path_of(model)
@@ -132,6 +136,7 @@ def survival_adapt(model: RunLike, out: str | os.PathLike, *, data: str | os.Pat
             raise PemmaError(f"invalid clinical columns: {exc}") from None
     cfg = absolute_data(run_config(preset, config, overrides, data=data, centres=centres, **settings))
     warn_tiny_preset(preset, cfg)
+    _fp32_only(settings, cfg)
     stage = survival_settings(**_given(add_modality=add_modality, add_ehr=add_ehr, method=method, rank=rank,
                                        alpha=alpha, encoder_lr_scale=encoder_lr_scale, l2=l2,
                                        train_adapters=not freeze_adapters))
@@ -140,6 +145,19 @@ def survival_adapt(model: RunLike, out: str | os.PathLike, *, data: str | os.Pat
                                  endpoints=_opt(endpoints), clinical=_opt(clinical), base_run=path_of(base),
                                  init_adapters=path_of(init_adapters), resume=resume)
     return Run.open(out, summary)
+
+
+def _fp32_only(settings: dict[str, Any], cfg: Any = None) -> None:
+    """The survival stages train and predict in fp32 (the segmentation verbs' mixed precision is not implemented
+    for them): ``amp=True`` is an error; with ``cfg``, its ``train.amp`` (from a config file) is ignored with a
+    warning."""
+    import warnings
+
+    if settings.get("amp"):
+        raise PemmaError("amp: the survival stages train and predict in fp32 (mixed precision is not implemented "
+                         "for them); leave amp off")
+    if cfg is not None and cfg.train.amp:
+        warnings.warn("train.amp of the config is ignored: the survival stages run in fp32", stacklevel=3)
 
 
 def _given(**values: Any) -> dict[str, Any]:

@@ -69,7 +69,8 @@ def add_field_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup, kl
     return action
 
 
-def add_training_flags(parser: argparse.ArgumentParser) -> None:
+def add_training_flags(parser: argparse.ArgumentParser, *, amp: bool = True) -> None:
+    """The flags every training verb shares; ``amp=False`` leaves ``--amp`` out (a verb that trains in fp32 only)."""
     g = parser.add_argument_group("training")
     g.add_argument("--preset", default="tiny", help="size preset: tiny (CPU, tests) or paper (default: tiny)")
     g.add_argument("--config", help="YAML with data/preprocess/model/train sections (overrides the preset)")
@@ -85,13 +86,15 @@ def add_training_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     g.add_argument("--force", action="store_true",
                    help="replace a finished run in --out (the new run is swapped in only when it succeeds)")
-    add_device_flags(parser)
+    add_device_flags(parser, amp=amp)
     add_field_flag(parser, ModelConfig, "gradient_checkpointing")
 
 
-def add_device_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+def add_device_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, *, amp: bool = True) -> None:
+    """``--device`` and, unless ``amp=False`` (the survival stages run in fp32 only), ``--amp``."""
     add_field_flag(parser, TrainConfig, "device")
-    add_field_flag(parser, TrainConfig, "amp")
+    if amp:
+        add_field_flag(parser, TrainConfig, "amp")
 
 
 #: ``--amp`` of ``reproduce`` / ``demo``: the strategy's mixed-precision setting (pemma.runtime.resolve_amp)
@@ -137,11 +140,12 @@ def add_window_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def training_settings(args: argparse.Namespace) -> dict[str, Any]:
-    """The keyword arguments of :func:`add_training_flags` for a training function of :mod:`pemma.api`."""
+    """The keyword arguments of :func:`add_training_flags` for a training function of :mod:`pemma.api` (``amp``
+    only where the verb has the flag)."""
     names = ("preset", "config", "seed", "epochs", "max_steps", "batch_size", "lr", "val_every", "checkpoint_every",
              "roi", "spacing", "register", "val_fraction", "cache_dir", "exclude_bad_cases", "roi_names", "resume",
              "force", "device", "amp", "gradient_checkpointing")
-    return {name: getattr(args, name) for name in names}
+    return {name: getattr(args, name) for name in names if name != "amp" or hasattr(args, name)}
 
 
 def window_settings(args: argparse.Namespace) -> dict[str, Any]:

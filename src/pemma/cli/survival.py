@@ -46,7 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         add_field_flag(p, SurvivalConfig, name)
     p.add_argument("--out", required=True, help="prognosis run folder")
     _table_flags(p, clinical=False)
-    add_training_flags(p)
+    add_training_flags(p, amp=False)  # the survival stages run in fp32
     p.set_defaults(func=cmd_train)
 
     p = verbs.add_parser("adapt", help="add PET and/or clinical data to a prognosis model with LoRA / DoRA")
@@ -74,7 +74,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--base", help="segmentation base run, if it moved since training")
     p.add_argument("--out", required=True, help="new prognosis run folder")
     _table_flags(p)
-    add_training_flags(p)
+    add_training_flags(p, amp=False)  # the survival stages run in fp32
     p.set_defaults(func=cmd_adapt)
 
     p = verbs.add_parser("evaluate", help="C-index with bootstrap CI and Kaplan-Meier plot of risk groups")
@@ -89,7 +89,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--base", help="segmentation base run, if it moved")
     add_field_flag(p, DataConfig, "cache_dir")
     _table_flags(p)
-    add_device_flags(p)
+    add_device_flags(p, amp=False)
     p.set_defaults(func=cmd_evaluate)
 
     p = verbs.add_parser("predict", help="HECKTOR Task-2 CSV: PatientID,Prediction (risk, higher = earlier)")
@@ -100,7 +100,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--base", help="segmentation base run, if it moved")
     add_field_flag(p, DataConfig, "cache_dir")
     _table_flags(p, endpoints=False)
-    add_device_flags(p)
+    add_device_flags(p, amp=False)
     p.set_defaults(func=cmd_predict)
 
     from pemma.cli.survival_chain import register as register_chain

@@ -39,7 +39,7 @@ def register(verbs: argparse._SubParsersAction) -> None:
     p.add_argument("--categorical-column", action="append", metavar="NAME", help="categorical clinical column (repeat)")
     p.add_argument("--endpoints", help="endpoint CSV (default: hecktor2022_endpoint_training.csv under --data)")
     p.add_argument("--clinical", help="clinical CSV (default: hecktor2022_clinical_info_*.csv under --data)")
-    add_device_flags(p)
+    add_device_flags(p, amp=False)  # the survival stages run in fp32
     p.set_defaults(func=cmd_chain)
 
 
