@@ -11,7 +11,7 @@ from pemma.vocab import BACKBONES, PHANTOM_DIFFICULTIES
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="default phantom + the demo protocol (pretrain, adapt, PET update, prognosis)",
                        description="Generates the default phantom and runs `pemma reproduce --strategy demo` on it "
-                                   "(tiny preset; 14-18 minutes wall on the 2-core development machine, "
+                                   "(tiny preset; 8-18 minutes wall on 2-core development machines, "
                                    "README: the demo's wall time), then prints the report.")
     p.add_argument("--out", default="demo", help="output folder (default: demo)")
     p.add_argument("--seed", type=int, action="append",

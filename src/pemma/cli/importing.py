@@ -22,8 +22,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backbone", choices=IMPORT_BACKBONES, help="network of the weights (a bundle names its own)")
     p.add_argument("--config", help="YAML with pemma's config fields: model sizes, preprocessing (spacing, ct_window, "
                                     "crop_mm) the model was trained with")
-    p.add_argument("--preset", default="paper", help="size preset under --config (default: paper, MONAI's default "
-                                                     "sizes at 96^3; tiny for tests)")
+    p.add_argument("--preset", default="paper", help="size preset under --config (default: paper, 96^3: MONAI's "
+                                                     "default UNETR sizes, Swin UNETR feature size 48 as in the "
+                                                     "paper; tiny for tests)")
     p.add_argument("--label-map", help="head classes to keep, e.g. GTVp=3,GTVn=5 (background=0 unless given); "
                                        "default: a 3-class head is kept, another head is replaced by a new one")
     p.add_argument("--min-matched", type=float, default=1.0,

@@ -1,7 +1,7 @@
 """``pemma demo``: the default phantom and ``pemma reproduce`` with the shipped ``demo`` strategy on the CPU.
 
-The demo strategy (``src/pemma/strategies/demo.yaml``) is the hecktor2022 protocol cut to about 15 minutes on
-2 CPU cores (14-18 min on the machine that last timed it, as its speed varied; README) with the tiny preset: CT
+The demo strategy (``src/pemma/strategies/demo.yaml``) is the hecktor2022 protocol cut to at most about 15 minutes on
+2 CPU cores (8-18 min on the machines that timed it, whose speed varied by up to 2x; README) with the tiny preset: CT
 pretraining on CHUM/CHUP/CHUS/CHUV, CT+PET adaptation on MDA (PEMMA LoRA and DoRA, early fusion, full
 fine-tuning), a PET-only update on HGJ, and the prognosis chain CT -> CT+PET -> CT+PET+EHR. Each seed is a full
 run in ``OUT/seed_<n>`` (the phantom is shared); with several seeds ``OUT/seeds.md`` summarises the findings over them.
