@@ -1,7 +1,8 @@
 """The levers on PEMMA's training step, each on and off, against early fusion, in one process (issue 13, parts 1-2).
 
-For one preset x backbone (``--backbone``, UNETR by default; Swin UNETR runs early fusion, ``-keep``, the defaults
-and ``+ckpt-decoder``), the same backbone size, roi and batch for every variant, training steps of:
+For one preset x backbone (``--backbone``, UNETR by default; Swin UNETR runs early fusion, ``-keep``, the defaults,
+``+ckpt-decoder`` and, for DoRA, ``dora-keep-dora``), the same backbone size, roi and batch for every variant,
+training steps of:
 
 * ``early_fusion``: the 2-channel UNETR, all parameters trained (``backbone_task``, what ``pemma train`` runs);
 * ``early_fusion+fused``: the same with fused attention switched on (to see what the lever is worth there too);
