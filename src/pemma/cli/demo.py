@@ -12,7 +12,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="default phantom + the demo protocol (pretrain, adapt, PET update, prognosis)",
                        description="Generates the default phantom and runs `pemma reproduce --strategy demo` on it "
                                    "(tiny preset; 8-18 minutes wall on 2-core development machines, "
-                                   "README: the demo's wall time), then prints the report.")
+                                   "README: how long it takes), then prints the report.")
     p.add_argument("--out", default="demo", help="output folder (default: demo)")
     p.add_argument("--seed", type=int, action="append",
                    help="split and training seed (default 0); repeat for several seeds and a summary (seeds.md)")
