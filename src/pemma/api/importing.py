@@ -25,7 +25,8 @@ def import_model(weights: str | os.PathLike, out: str | os.PathLike, *, backbone
         backbone: ``unetr`` or ``swin_unetr`` (a bundle's ``network_def`` names it; a mismatch is an error).
         config: YAML with pemma's config fields: the network sizes (``model``) and the preprocessing the model
             was trained with (``preprocess``: spacing, CT window, crop); stored in the run.
-        preset: size preset under ``config``. Default ``paper`` (MONAI's default network sizes at 96³).
+        preset: size preset under ``config``. Default ``paper`` (96³; MONAI's default UNETR sizes, Swin UNETR at the
+            paper's feature size 48 where MONAI's default is 24).
         label_map: ``"GTVp=3,GTVn=5"`` (or a mapping): the head's classes to keep as GTVp / GTVn (background 0
             unless given). Default: keep a 3-class head, or put a new head (trained during adaptation) in place
             of a head with another number of classes.

@@ -39,7 +39,8 @@ def reproduce(strategy: str | os.PathLike, data: str | os.PathLike, out: str | o
             ``routes``.
         recipe: the PEMMA methods' recipes (``pemma``, ``authors``; one or a list), replacing the strategy's
             ``recipes``.
-        amp: mixed precision for every training and prediction of the run, replacing the strategy's ``amp``:
+        amp: mixed precision for every segmentation training and prediction of the run (the neural prognosis
+            stages run in fp32), replacing the strategy's ``amp``:
             ``True``, ``False`` or ``"auto"`` (on for CUDA or a CPU with native bf16: :func:`pemma.runtime.resolve_amp`)
         workers: processes that train and evaluate the method chains side by side once the CT base is trained,
             replacing the strategy's ``workers``: an integer or ``"auto"`` (two on a CPU with two or more cores,

@@ -30,6 +30,7 @@ def survival_chain(seg_ct: RunLike | str, data: str | os.PathLike, out: str | os
         numeric_column, categorical_column: clinical columns (default: those of ``pemma survival adapt``).
         endpoints, clinical: CSV paths. Default: found under ``data``.
         device: where segmentation runs (``auto``, ``cpu``, ``cuda``...). Default auto.
+        progress: show progress bars. Default False.
         settings: fields of :class:`~pemma.survival.chain.ChainConfig` (``grid``, ``folds``, ``seed``,
             ``overfit_gap``, ``suv_threshold``, ``suv_relative``, ``min_node_ml``, ``test_fraction``, ``bootstrap``).
 

@@ -1,4 +1,4 @@
-"""Adaptation verbs: ``adapt`` (CT -> CT+PET with LoRA / DoRA), ``params``, ``export``."""
+"""Adaptation verbs: ``adapt`` (CT -> CT+PET with LoRA / DoRA), ``update``, ``params``, ``export``."""
 
 from __future__ import annotations
 

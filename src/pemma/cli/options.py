@@ -1,4 +1,5 @@
-"""Argument groups shared by the CLI verbs (every training verb takes the same training flags).
+"""Argument groups shared by the CLI verbs (every training verb takes the same training flags; the survival stages
+all but ``--amp``: they run in fp32).
 
 Flags that set a configuration field are made by :func:`add_field_flag` from the dataclass field in
 :mod:`pemma.config`: the help text is the field's ``metadata["help"]`` and the type / number of values come
@@ -132,7 +133,8 @@ def add_workers_choice(parser: argparse.ArgumentParser) -> None:
 
 
 def add_window_flags(parser: argparse.ArgumentParser) -> None:
-    g = parser.add_argument_group("sliding window (default: as the run was trained)")
+    g = parser.add_argument_group("sliding window (--roi, --overlap, --sw-batch-size default: as the run was "
+                                  "trained; --device auto, --amp off)")
     add_field_flag(g, ModelConfig, "roi_size", "--roi")
     add_field_flag(g, TrainConfig, "overlap")
     add_field_flag(g, TrainConfig, "sw_batch_size")

@@ -1,4 +1,4 @@
-"""Prognosis verbs: ``pemma survival train | adapt | evaluate | predict``.
+"""Prognosis verbs: ``pemma survival train | adapt | evaluate | predict | chain``.
 
 ::
 
@@ -31,9 +31,13 @@ def _table_flags(p: argparse.ArgumentParser, endpoints: bool = True, clinical: b
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    top = sub.add_parser("survival", help="prognosis (recurrence-free survival): train, adapt, evaluate, predict",
-                         description="Recurrence-free survival from a segmentation backbone's pooled encoder "
-                                     "features: CT -> +PET -> +EHR, each step training adapters only.")
+    top = sub.add_parser("survival", help="prognosis (recurrence-free survival): train, adapt, evaluate, predict, "
+                                          "chain",
+                         description="Recurrence-free survival: train / adapt / evaluate / predict a head on a "
+                                     "segmentation backbone's pooled encoder features (CT -> +PET -> +EHR: train "
+                                     "fits the head on the frozen CT encoder, adapt adds PET adapters and / or "
+                                     "the clinical vector), or chain a ridge Cox model over lesion features of the "
+                                     "model's own segmentation.")
     verbs = top.add_subparsers(dest="survival_verb", required=True, metavar="ACTION")
 
     p = verbs.add_parser("train", help="train a survival head on the frozen encoder of a segmentation run")

@@ -27,7 +27,7 @@ from pemma.models.loaded import LoadedModel
 
 @dataclass
 class WindowSettings:
-    """Sliding-window settings; ``None`` takes the value the model was trained with."""
+    """Sliding-window settings; ``None`` takes the value the model was trained with (``amp``: off unless given)."""
 
     roi_size: list[int] | None = None
     overlap: float | None = None

@@ -3,7 +3,7 @@
 ``pemma reproduce`` predicts the same case with the same network several times: evaluation, then the overlay
 figure (the test cases it shows were evaluated), then the lesion-feature prognosis chain (every case, segmented by
 the CT model once per chain, and the test cases again with the PEMMA run). On the exact CT route a PEMMA run's
-CT-only input runs the untouched CT base (:meth:`pemma.models.pemma_base.PemmaModel.adapter_for` is None), so its
+CT-only input runs the untouched CT base (:meth:`pemma.models.pemma_base.PemmaAdaptedModel.adapter_for` is None), so its
 CT-only predictions *are* the base's. :class:`PredictionCache` keys a prediction by what determines it:
 
 * the network that serves the input set: the run's weights (``model.json`` SHA-256, or the run folder and the time

@@ -43,6 +43,8 @@ class PemmaSwinUNETR(PemmaAdaptedModel):
         base: the CT model, ``monai.networks.nets.SwinUNETR`` (3-D, in_channels=1). Deep-copied, never edited.
         config: adapter configuration. Default ``AdapterConfig()`` (LoRA rank 4 on attn.qkv and attn.proj).
         adapter_name: peft adapter name. Default "ctpet".
+        added_modality: the modality the PET pathway reads (``pet``, or another catalogued one, e.g. ``mr``).
+            Default "pet".
 
     Example:
         >>> base = SwinUNETR(in_channels=1, out_channels=3, feature_size=48)

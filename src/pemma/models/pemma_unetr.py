@@ -55,6 +55,8 @@ class PemmaUNETR(PemmaAdaptedModel):
             (CT alone runs the copy's forward inside peft adapter contexts, which a recompute in backward
             would run outside of), and a ``forward`` patched onto the base's modules (an instance attribute)
             is removed from the copy, because it would call the original, un-adapted module.
+        added_modality: the modality the PET pathway reads (``pet``, or another catalogued one, e.g. ``mr``).
+            Default "pet".
 
     Example:
         >>> base = UNETR(in_channels=1, out_channels=3, img_size=96)
@@ -64,8 +66,8 @@ class PemmaUNETR(PemmaAdaptedModel):
 
     backbone_name = "unetr"
     transformer_name = "vit"
-    # method.md: UNETR trains the PET embedding, the PET skip block, the shallow skip encoders and the head; pemma
-    # also trains the last (full-resolution) decoder block, so a class the CT base never learnt can be added
+    # the paper's method: UNETR trains the PET embedding, the PET skip block, the shallow skip encoders and the head;
+    # pemma also trains the last (full-resolution) decoder block, so a class the CT base never learnt can be added
     # (docs/phantom-difficulty.md: GTVn 0.000 -> 0.356 with a node-blind base)
     adapter_defaults = AdapterDefaults(target_modules=("attn.qkv",), new_parts=("pet_embedding", "pet_skip"),
                                        train_parts=("pet_embedding", "pet_skip", "encoder1", "encoder2", "decoder2",

@@ -131,8 +131,8 @@ def run_lesion_chains(*, data_root: str, base_run: Path, out: Path, backbone: st
     :data:`PROGNOSIS_COLUMNS` (:func:`chain_rows`, method ``lesion-cox:<segmentation>``).
 
     Every chain segments every case with the CT run: one :class:`PredictionCache` (``predictions``, or a new one
-    predicting with bf16 autocast when ``amp``: the run's precision) serves them all, so each case is segmented by the
-    CT run once, and not at all where evaluation already did.
+    predicting with autocast when ``amp``, bf16 on the CPU and fp16 on CUDA: the run's precision) serves them all,
+    so each case is segmented by the CT run once, and not at all where evaluation already did.
     """
     from pemma.runtime import resolve_device
     from pemma.survival.chain import ChainConfig

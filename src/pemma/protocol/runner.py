@@ -92,7 +92,7 @@ def reproduce(strategy_path: str | Path, data_root: str | Path, out_dir: str | P
 
     ``ct_routes`` / ``recipes`` replace the strategy's ``routes`` / ``recipes`` (the PEMMA methods run once per pair);
     ``amp`` its ``amp`` (``True``, ``False`` or ``"auto"``: :func:`~pemma.runtime.resolve_amp`, once for the run:
-    every training and every segmentation prediction of the run uses it).
+    every segmentation training and prediction of the run uses it; the neural prognosis stages run in fp32).
 
     Every case the strategy will read is checked before anything trains (:func:`~pemma.data.check.check_cases`):
     a bad case stops the run at once, or, with ``exclude_bad_cases``, is left out before the split (listed in

@@ -6,7 +6,7 @@ The model is the proportional-hazards model ``h(t | x) = h0(t) exp(beta . z)`` o
 by Newton-Raphson with step halving. That is lifelines' ``CoxPHFitter(penalizer=l2, l1_ratio=0)`` objective
 (which standardises the same way), so without tied event times the coefficients agree (tested).
 
-:func:`select_penalty` picks ``l2`` from a grid by the C-index of the *cross-validated linear predictor*:
+:meth:`PenalisedCox.fit_cv` picks ``l2`` from a grid by the C-index of the *cross-validated linear predictor*:
 each fold's cases are scored by the model fitted on the other folds, and one Harrell C is computed over all
 out-of-fold scores (more stable than averaging per-fold C-indices of a handful of cases). The folds are
 stratified by event and seeded; ties in the C-index go to the larger penalty (the simpler model).

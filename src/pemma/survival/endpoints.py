@@ -1,6 +1,6 @@
 """HECKTOR 2022 Task-2 tables: relapse-free survival endpoints and clinical information, matched to image cases.
 
-Files (``hecktor-data.md``)::
+Files (HECKTOR 2022 Task 2, as released)::
 
     hecktor2022_endpoint_training.csv       PatientID,Relapse,RFS   (Relapse 1 = event, 0 = censored; RFS days)
     hecktor2022_clinical_info_training.csv  PatientID,Task 1,Task 2,CenterID,Gender,Age,Weight,Tobacco,Alcohol,

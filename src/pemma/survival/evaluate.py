@@ -87,7 +87,10 @@ def evaluate_survival(model_run: str | Path, data: str | Path, centres: list[str
         data: dataset folder (images + endpoint CSV [+ clinical CSV]).
         centres: only these centres. Default all.
         out_dir: report folder. Default ``<model_run>/evaluation``.
+        device: ``auto`` (default), ``cpu``, ``cuda``, ``cuda:N``.
         n_bootstrap, seed: bootstrap resamples and seed.
+        endpoints, clinical: endpoint and clinical CSVs. Default: HECKTOR's file names under ``data``.
+        base_run: the segmentation base run, if it moved since training. cache_dir: preprocessed-case cache.
         split: "all" cases of ``data``, or only the model's "train" or held-out "val" cases. Default "all".
         case_ids: only these cases (e.g. a protocol's held-out cases). Default: no restriction.
 
@@ -155,7 +158,7 @@ def predict_survival(model_run: str | Path, data: str | Path, out_csv: str | Pat
     """Write ``PatientID,Prediction`` (risk scores) for every case of ``data`` with the model's inputs.
 
     Returns:
-        ``{"n": cases written, "path": out_csv}``.
+        ``{"n": cases written, "path": out_csv, "stage": the model's stage}``.
 
     Example:
         >>> predict_survival("runs/surv_ctpet_ehr", "data/phantom", "risk.csv")

@@ -25,7 +25,7 @@ class TimeBins:
     """MTLR interval boundaries (days), from the training RFS distribution.
 
     Args:
-        boundaries: strictly increasing, positive, at least one.
+        boundaries: strictly increasing, finite, non-negative, at least one.
 
     Example:
         >>> TimeBins.from_times([100, 200, 300, 400, 500], [1, 1, 0, 1, 1]).boundaries

@@ -160,7 +160,7 @@ class PrognosisModel(nn.Module):
         (B, K + 1) MTLR); :meth:`risk` maps it to (B,) risk scores.
 
     Example:
-        >>> model = PrognosisModel(unetr, CoxHead(96), ("ct",))
+        >>> model = PrognosisModel(unetr, CoxHead(289), ("ct",))  # tiny UNETR: 3 x 96 + 1 pooled features
         >>> risk = model.risk(model(torch.rand(2, 1, 32, 32, 32)))  # (2,)
     """
 

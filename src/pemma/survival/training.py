@@ -128,6 +128,7 @@ def train_survival(base_run: str | Path, cfg: RunConfig, out_dir: str | Path, se
             ``l2`` (weight penalty of the head, see :func:`fit`), ``clip_norm``; default :class:`SurvivalConfig` ().
         endpoints: endpoint CSV; default: found under ``cfg.data.root``.
         split: (training, validation) case IDs; default: ``cfg.data.val_fraction`` of the cases, seeded.
+        progress: show progress bars. Default False.
         resume: continue an interrupted run in ``out_dir`` (from its ``checkpoint.pt``; none: start afresh).
         changes: fields of ``settings`` to change (e.g. ``head="cox", l2=0.5``).
 
@@ -204,6 +205,7 @@ def adapt_survival(model_run: str | Path, cfg: RunConfig, out_dir: str | Path, s
             ``cfg.data.val_fraction``).
         init_adapters: a PEMMA segmentation run (``pemma adapt``) on the same base whose adapters and PET
             pathway start this stage (adding PET); its adapter config replaces ``method``/``rank``/``alpha``.
+        progress: show progress bars. Default False.
         resume: continue an interrupted run in ``out_dir`` (from its ``checkpoint.pt``; none: start afresh).
         changes: fields of ``settings`` to change (e.g. ``add_modality="pet", method="lora"``).
 
