@@ -45,12 +45,12 @@ def _setting(seed_dir: Path) -> dict[str, Any]:
     index = next(i for i, p in enumerate(phases) if p["operation"] == "adapt")
     seen = list(dict.fromkeys(c for p in phases[: index + 1] for c in p["centres"]))
     return {"preset": strategy["preset"], "seed": strategy["split"]["seed"], "amp": strategy.get("amp", "auto"),
-            "phase": phases[index], "index": index, "centres": seen}
+            "phase": phases[index], "index": index, "centres": seen, "backbone": strategy["backbones"][0]}
 
 
 def _existing_run(seed_dir: Path, method: str, setting: dict[str, Any]) -> Path | None:
     """The seed's own run of ``method`` in the adapt phase (the default route and recipe), if it finished."""
-    folder = seed_dir / "runs" / "unetr" / method_folder(method, "", "")
+    folder = seed_dir / "runs" / setting["backbone"] / method_folder(method, "", "")
     found = sorted(folder.glob(f"{setting['index']:02d}_{setting['phase']['name']}_*"))
     return found[0] if found and (found[0] / "phase.json").is_file() else None
 
@@ -62,19 +62,20 @@ def _train(seed_dir: Path, method: str, lr: float, out: Path) -> Path:
     root = str(seed_dir.parent / "phantom")
     data = ProtocolData(root, {c.case_id: c for c in discover_cases(root)},
                         json.loads((seed_dir / "split.json").read_text()))
-    base = next((seed_dir / "runs" / "unetr" / "shared").glob("00_*"))
+    backbone = setting["backbone"]
+    base = next((seed_dir / "runs" / backbone / "shared").glob("00_*"))
     phase = setting["phase"]
     amp, _ = resolve_amp(setting["amp"], torch.device("cpu"))
     cfg = build_config(setting["preset"], overrides={
         "data": {"root": root, "centres": phase["centres"], "modalities": phase["modalities"]},
-        "model": {"backbone": "unetr"},
+        "model": {"backbone": backbone},
         "train": {"seed": setting["seed"], "epochs": phase.get("epochs"), "amp": amp, "lr": lr}})
     if not (out / "model.json").is_file():
         shutil.rmtree(out, ignore_errors=True)
         split = (data.part(tuple(phase["centres"]), "train"), data.part(tuple(phase["centres"]), "val"))
         added = next(m for m in phase["modalities"] if m != "ct")
         adapt(base, cfg, out, method=method, progress=False, split=split, added_modality=added,
-              **adapt_kwargs(method, "", "", "unetr", "bench_baseline_lr"))
+              **adapt_kwargs(method, "", "", backbone, "bench_baseline_lr"))
     evaluate_run(out, data, tuple(setting["centres"]), torch.device("cpu"), {}, input_sets=(INPUTS,))
     return out
 
@@ -120,7 +121,8 @@ def main() -> None:
         runs[("pemma_lora", 1.0)] = _train(args.seed_dir, "pemma_lora", base_lr, args.work / "pemma_lora_base")
     counts = {key: _counts(run, setting["centres"]) for key, run in runs.items()}
     reference = counts[("pemma_lora", 1.0)]
-    print(f"{args.seed_dir}: phase {setting['phase']['name']}, preset {setting['preset']} (lr {base_lr:g}), "
+    print(f"{args.seed_dir}: {setting['backbone']}, phase {setting['phase']['name']}, preset {setting['preset']} "
+          f"(lr {base_lr:g}), "
           f"{reference.shape[0]} test cases of {', '.join(setting['centres'])}, CT+PET input")
     print("| method | lr | DSCagg mean | GTVp | GTVn | − same method at the preset's lr [95 % CI] | − PEMMA LoRA at "
           "the preset's lr [95 % CI] |")
