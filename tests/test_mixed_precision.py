@@ -5,6 +5,7 @@ without native bf16 warns."""
 
 from __future__ import annotations
 
+import json
 import types
 import warnings
 from pathlib import Path
@@ -51,6 +52,20 @@ def test_a_bad_amp_setting_is_one_clear_error(bad: object) -> None:
 def test_without_the_cpu_probes_bf16_counts_as_not_native(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delattr(torch.cpu, "_is_amx_tile_supported", raising=False)
     assert runtime.native_bf16_cpu() is False
+
+
+@pytest.mark.parametrize(("amx", "avx512_bf16", "kind"), [(True, False, "AMX"), (True, True, "AMX"),
+                                                         (False, True, "AVX512-BF16"), (False, False, "none")])
+def test_cpu_bf16_kind_names_what_the_cpu_has(monkeypatch: pytest.MonkeyPatch, amx: bool, avx512_bf16: bool,
+                                              kind: str) -> None:
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    assert runtime.cpu_bf16_kind() == kind
+    assert runtime.native_bf16_cpu() is (kind != "none")
+    machine = runtime.describe_machine(CPU)
+    assert machine["cpu_bf16"] == kind and machine["device"] == "cpu" and machine["torch"] == torch.__version__
+    assert isinstance(machine["cores"], int) and machine["cores"] >= 1 and machine["cpu"]
+    assert runtime.machine_line(machine).startswith(f"{machine['cpu']} (bf16: {kind}), {machine['cores']} cores, cpu;")
 
 
 @pytest.mark.parametrize("native", [True, False])
@@ -126,3 +141,6 @@ def test_reproduce_trains_with_the_resolved_setting(phantom: Path, tmp_path: Pat
     with pytest.raises(Stop):
         runner_module.reproduce(strategy, phantom, tmp_path / "out", amp=setting, progress=False)
     assert trained == [expected]
+    # where it ran is written before anything trains (the CPU kind changes the numbers of a seed)
+    machine = json.loads((tmp_path / "out" / "machine.json").read_text())
+    assert machine["torch"] == torch.__version__ and machine["device"] == "cpu"

@@ -7,9 +7,11 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import csv
+import importlib.metadata
 import logging
 import multiprocessing
 import os
+import platform
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,14 +58,21 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     return device
 
 
+def cpu_bf16_kind() -> str:
+    """How this CPU computes bf16: ``"AMX"``, ``"AVX512-BF16"`` or ``"none"`` (emulated)."""
+    try:
+        if torch.cpu._is_amx_tile_supported():
+            return "AMX"
+        return "AVX512-BF16" if torch.cpu._is_avx512_bf16_supported() else "none"
+    except (AttributeError, RuntimeError):  # a torch without the probes: assume no native bf16
+        return "none"
+
+
 def native_bf16_cpu() -> bool:
     """Whether this CPU computes bf16 natively (Intel AMX or AVX512-BF16). Without either, oneDNN emulates bf16 and
     autocast is far slower than fp32: a tiny-UNETR training step took 24 s in bf16 with oneDNN
     held to AVX2, 0.92 s in fp32 without the cap (benchmarks/README.md); with AMX, 0.41 s in bf16 against 0.63 s."""
-    try:
-        return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
-    except (AttributeError, RuntimeError):  # a torch without the probes: assume no native bf16
-        return False
+    return cpu_bf16_kind() != "none"
 
 
 def resolve_amp(setting: bool | str, device: torch.device) -> tuple[bool, str]:
@@ -86,6 +95,50 @@ def resolve_amp(setting: bool | str, device: torch.device) -> tuple[bool, str]:
             return True, f"{kind}: this CPU has native bf16 (AMX / AVX512-BF16)"
         return False, "fp32: this CPU has no native bf16 (AMX / AVX512-BF16), where bf16 autocast is slower"
     return setting, (f"{kind}: amp on" if setting else "fp32: amp off")
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            names = [line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")]
+        if names:
+            return names[0]
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def describe_machine(device: torch.device) -> dict[str, Any]:
+    """What produced a run's numbers. The same seed gives other numbers on another CPU kind (AMX and AVX512-BF16
+    kernels sum in other orders; README: findings over seeds), so ``reproduce`` records this beside its results.
+
+    Returns:
+        ``{"cpu": model name, "cpu_bf16": cpu_bf16_kind(), "cores": usable cores, "device": "cpu" or the CUDA
+        device's name, "torch_threads", "torch", "pemma", "python"}`` (versions as strings).
+
+    Example:
+        >>> describe_machine(torch.device("cpu"))["cpu_bf16"] in ("AMX", "AVX512-BF16", "none")
+        True
+    """
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    try:
+        version = importlib.metadata.version("pemma")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that is not installed
+        version = "unknown"
+    return {"cpu": _cpu_model(), "cpu_bf16": cpu_bf16_kind(), "cores": cores,
+            "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "pemma": version,
+            "python": platform.python_version()}
+
+
+def machine_line(machine: dict[str, Any]) -> str:
+    """One line of :func:`describe_machine` for a report, e.g. ``AMD EPYC (bf16: AVX512-BF16), 2 cores, cpu; torch
+    2.13.0, pemma 0.1.0, Python 3.11.2``."""
+    return (f"{machine['cpu']} (bf16: {machine['cpu_bf16']}), {machine['cores']} cores, {machine['device']}; "
+            f"torch {machine['torch']}, pemma {machine['pemma']}, Python {machine['python']}")
 
 
 def init_distributed(device: torch.device) -> DistInfo:

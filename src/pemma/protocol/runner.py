@@ -34,7 +34,7 @@ from pemma.protocol.routes import adapt_kwargs, method_folder, pairs
 from pemma.protocol.split import split_case_ids
 from pemma.protocol.strategy import PlannedPhase, Strategy, StrategyError
 from pemma.protocol.strategy_file import load_strategy
-from pemma.runtime import resolve_amp, side_by_side
+from pemma.runtime import describe_machine, machine_line, resolve_amp, side_by_side
 from pemma.vocab import EVAL_INPUT_SETS, METHODS, canonical_method, method_choices
 
 
@@ -144,6 +144,9 @@ def reproduce(strategy_path: str | Path, data_root: str | Path, out_dir: str | P
     write_text_atomic(out / "strategy.json", json.dumps(strategy.to_dict(), indent=2))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     mixed, precision = resolve_amp(strategy.amp, device)
+    # the CPU kind changes the numbers of the same seed (README: findings over seeds), so the run says where it ran
+    machine = describe_machine(device)
+    write_text_atomic(out / "machine.json", json.dumps(machine, indent=2))
 
     jobs = [(b, m, pair, p) for b in strategy.backbones for m in strategy.methods for pair in pairs(strategy, m)
             for p in strategy.plan()]
@@ -175,7 +178,8 @@ def reproduce(strategy_path: str | Path, data_root: str | Path, out_dir: str | P
     write_case_results(case_rows, out)
     prognosis = _prognosis(strategy, data, out, predictions, count)
     figures = _overlays(strategy, data, out, device, inputs_cache, predictions)
-    return _report(strategy, rows, out, time.time() - started, figures, prognosis, case_rows, precision)
+    return _report(strategy, rows, out, time.time() - started, figures, prognosis, case_rows, precision,
+                   machine_line(machine))
 
 
 def _finished(out: Path, job: chains.Job) -> bool:
@@ -322,7 +326,7 @@ def _overlays(strategy: Strategy, data: ProtocolData, out: Path, device: torch.d
 
 def _report(strategy: Strategy, rows: list[dict[str, Any]], out: Path, seconds: float,
             overlays: dict[str, str] | None = None, prognosis: list[dict[str, Any]] | None = None,
-            case_rows: list[dict[str, Any]] | None = None, precision: str = "") -> Path:
+            case_rows: list[dict[str, Any]] | None = None, precision: str = "", machine: str = "") -> Path:
     from pemma.protocol.figures import plot_dsc_across_phases
     from pemma.protocol.findings import collect_findings, findings_markdown
     from pemma.protocol.prognosis import prognosis_markdown
@@ -349,7 +353,8 @@ def _report(strategy: Strategy, rows: list[dict[str, Any]], out: Path, seconds: 
         findings += prognosis_markdown(prognosis)
     notes = [f"Strategy `{strategy.name}` ({strategy.source}), preset `{strategy.preset}`, max steps "
              f"{strategy.max_steps}, split seed {strategy.split.seed}; test cases per centre held out "
-             f"(`split.json`). Wall time {seconds / 60:.1f} min." + (f" Precision: {precision}." if precision else "")]
+             f"(`split.json`). Wall time {seconds / 60:.1f} min." + (f" Precision: {precision}." if precision else "")
+             + (f" Machine: {machine} (`machine.json`)." if machine else "")]
     text = markdown_report(rows, title=f"PEMMA protocol: {strategy.name}", figures=figures,
                            learnt_at=strategy.centre_learnt_at(strategy.variant_names[0]), notes=notes,
                            extra_sections=findings)
