@@ -54,6 +54,8 @@ def test_every_phase_and_method_evaluated(reproduced: Path) -> None:
     report = (reproduced / "report.md").read_text()
     assert "pemma_lora" in report and "early_fusion" in report and "orgetting" in report
     assert (reproduced / "results.json").is_file() and list(reproduced.glob("dsc_*.png"))
+    machine = json.loads((reproduced / "machine.json").read_text())
+    assert f"Machine: {machine['cpu']} (bf16: {machine['cpu_bf16']})" in report
     # overlays: CT+PET after adaptation, and CT input after the last update (forgetting)
     for name in ("overlays_adapt.png", "overlays_default_last.png"):
         assert (reproduced / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"({name})" in report
