@@ -1,8 +1,9 @@
 """How much the demo's single learning rate decides the comparison with the full-network baselines.
 
-``pemma demo`` (like the paper) trains every method of a phase at one learning rate: the preset's (tiny: 2e-3, the
+``pemma demo`` trains every method of a phase at one learning rate: the preset's (tiny: 2e-3, the
 rate the CT model was pretrained at). Early fusion and full fine-tuning update every pretrained weight at that rate,
-PEMMA only its new adapters and pathway. This script re-runs the first adaptation phase of a finished demo seed
+PEMMA its new adapters and pathway and the copies of the base parts its recipe trains. This script re-runs the
+first adaptation phase of a finished demo seed
 (same CT base, split, epochs, seed and precision) for each method at the preset's rate times each ``--factors``
 value, evaluates every run on the test cases of the centres seen so far (CT+PET input, as ``reproduce`` does) and
 prints, per method and rate, the pooled DSCagg (mean, GTVp, GTVn) and two paired-bootstrap differences over the same
@@ -89,8 +90,8 @@ def _counts(run: Path, centres: list[str]) -> np.ndarray:
 
 
 def _per_class(counts: np.ndarray) -> list[float]:
-    pooled = counts.sum(axis=0)
-    return [float(2 * p[0] / (p[1] + p[2])) if p[1] + p[2] > 0 else float("nan") for p in pooled]
+    """Pooled DSCagg of each class (``dscagg_mean`` of that class alone)."""
+    return [float(dscagg_mean(counts[:, [k]])) for k in range(counts.shape[1])]
 
 
 def main() -> None:

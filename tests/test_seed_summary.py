@@ -25,8 +25,8 @@ def test_seed_summary_leaves_out_undefined_c_indices(tmp_path: Path) -> None:
 def test_seed_summary_names_the_machine_of_each_seed(tmp_path: Path) -> None:
     from pemma.runtime import machine_line
 
-    amx = {"cpu": "Intel Xeon", "cpu_bf16": "AMX", "cores": 2, "device": "cpu", "torch_threads": 2,
-           "torch": "2.13.0", "pemma": "0.1.0", "python": "3.11.2"}
+    amx = {"cpu": "Intel Xeon", "cpu_bf16": "AMX", "cores": 2, "device": "cpu", "torch": "2.13.0",
+           "pemma": "0.1.0", "python": "3.11.2"}
     epyc = {**amx, "cpu": "AMD EPYC", "cpu_bf16": "AVX512-BF16"}
     for seed, machine in ((0, amx), (1, epyc), (2, amx), (3, None)):
         folder = tmp_path / f"seed_{seed}"

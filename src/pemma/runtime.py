@@ -114,7 +114,7 @@ def describe_machine(device: torch.device) -> dict[str, Any]:
 
     Returns:
         ``{"cpu": model name, "cpu_bf16": cpu_bf16_kind(), "cores": usable cores, "device": "cpu" or the CUDA
-        device's name, "torch_threads", "torch", "pemma", "python"}`` (versions as strings).
+        device's name, "torch", "pemma", "python"}`` (versions as strings).
 
     Example:
         >>> describe_machine(torch.device("cpu"))["cpu_bf16"] in ("AMX", "AVX512-BF16", "none")
@@ -130,8 +130,7 @@ def describe_machine(device: torch.device) -> dict[str, Any]:
         version = "unknown"
     return {"cpu": _cpu_model(), "cpu_bf16": cpu_bf16_kind(), "cores": cores,
             "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-            "torch_threads": torch.get_num_threads(), "torch": torch.__version__, "pemma": version,
-            "python": platform.python_version()}
+            "torch": torch.__version__, "pemma": version, "python": platform.python_version()}
 
 
 def machine_line(machine: dict[str, Any]) -> str:
