@@ -144,3 +144,6 @@ def test_reproduce_trains_with_the_resolved_setting(phantom: Path, tmp_path: Pat
     # where it ran is written before anything trains (the CPU kind changes the numbers of a seed)
     machine = json.loads((tmp_path / "out" / "machine.json").read_text())
     assert machine["torch"] == torch.__version__ and machine["device"] == "cpu"
+    # and the run folder of the phase it started records it too (a later call may reuse the run elsewhere)
+    (pretraining,) = (tmp_path / "out").glob("runs/*/*/*pre*/machine.json")
+    assert json.loads(pretraining.read_text()) == machine

@@ -104,6 +104,12 @@ def test_two_workers_give_the_results_of_one_process(phantom: Path, tmp_path: Pa
     runs = [r for r in (two / "runs" / "unetr").glob("*/*") if not r.parent.name.startswith("prognosis")]
     assert len(runs) == 5  # the shared base + 2 chains x 2 phases, each trained and evaluated
     assert all((run / "phase.json").is_file() and (run / "evaluation.json").is_file() for run in runs)
+    # the worker processes record the machine of each run they train, prognosis stages and chains included
+    from pemma.protocol.provenance import run_machines
+    from pemma.runtime import describe_machine, machine_line
+    machines = run_machines(two)
+    assert list(machines) == [machine_line(describe_machine(torch.device("cpu")))] and len(machines[
+        next(iter(machines))]) > len(runs)
     assert _rows(two / "results_cases.csv") == _rows(one / "results_cases.csv")  # every case, every number
     # the prognosis: the same rows
     prognosis = json.loads((two / "prognosis.json").read_text())

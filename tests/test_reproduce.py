@@ -56,6 +56,10 @@ def test_every_phase_and_method_evaluated(reproduced: Path) -> None:
     assert (reproduced / "results.json").is_file() and list(reproduced.glob("dsc_*.png"))
     machine = json.loads((reproduced / "machine.json").read_text())
     assert f"Machine: {machine['cpu']} (bf16: {machine['cpu_bf16']})" in report
+    # every run (phases, prognosis stages, lesion chains) records the machine that trained it: here, this one
+    from pemma.protocol.provenance import run_machines
+    from pemma.runtime import machine_line
+    assert list(run_machines(reproduced)) == [machine_line(machine)] and "Runs reused" not in report
     # overlays: CT+PET after adaptation, and CT input after the last update (forgetting)
     for name in ("overlays_adapt.png", "overlays_default_last.png"):
         assert (reproduced / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"({name})" in report

@@ -38,6 +38,7 @@ from pemma.inference.predict import WindowSettings
 from pemma.inference.prediction_cache import PredictionCache
 from pemma.io_utils import write_text_atomic
 from pemma.methods import adapt, load_model, parameter_summary, update
+from pemma.protocol.provenance import record_machine
 from pemma.protocol.routes import adapt_kwargs, method_folder, update_kwargs
 from pemma.protocol.strategy import PlannedPhase, Strategy
 from pemma.runtime import call_with_threads, valid_workers
@@ -162,6 +163,7 @@ def run_phase(strategy: Strategy, data: ProtocolData, out: Path, job: Job, devic
     backbone, method, pair, planned = job
     run = job_run(out, job)
     if not (run / "phase.json").is_file():
+        record_machine(run, device)  # the run may be reused by a later call on another machine: provenance
         parent = parent_dir(strategy, out, backbone, method_folder(method, *pair), planned)
         train_phase(strategy, data, backbone, method, planned, run, parent, progress=progress, route=pair[0],
                     recipe=pair[1], amp=amp)

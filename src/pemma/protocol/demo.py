@@ -20,8 +20,8 @@ from pemma.data.phantom import ENDPOINT_FILE, PhantomConfig, read_phantom_config
 from pemma.errors import PemmaError
 from pemma.io_utils import write_text_atomic
 from pemma.protocol.findings import summarise_seeds
+from pemma.protocol.provenance import seed_machines
 from pemma.protocol.runner import reproduce
-from pemma.runtime import machine_line
 
 DEMO_STRATEGY = "demo"
 
@@ -71,7 +71,7 @@ def run_demo(out_dir: str | Path = "demo", seeds: Sequence[int] = (0,), preset: 
 
 def write_seed_summary(results: dict[int, Path], path: Path) -> Path:
     """``seeds.md``: per claim how many seeds hold it and the mean [min, max] of its numbers; per prognosis
-    stage the C-index mean [min, max]; the machine each seed ran on (its ``machine.json``)."""
+    stage the C-index mean [min, max]; the machine(s) that trained each seed's runs (:func:`seed_machines`)."""
     per_seed = {}
     for seed, folder in results.items():
         found = json.loads((folder / "findings.json").read_text())
@@ -96,11 +96,9 @@ def write_seed_summary(results: dict[int, Path], path: Path) -> Path:
             numbers = f"{sum(v) / len(v):.3f} [{min(v):.3f}, {max(v):.3f}]" if v else "–"
             lines.append(f"| {m} | {s} | {numbers}" + (f" (defined on {len(v)}/{len(values)} seeds)"
                                                        if len(v) < len(values) else "") + " |")
-    machines: dict[str, list[str]] = {}  # a seed reused from an earlier run may come from another machine
+    machines: dict[str, list[str]] = {}  # runs reused from an earlier call may come from another machine
     for seed, folder in results.items():
-        file = folder / "machine.json"
-        line = machine_line(json.loads(file.read_text())) if file.is_file() else "not recorded"
-        machines.setdefault(line, []).append(str(seed))
+        machines.setdefault(seed_machines(folder), []).append(str(seed))
     lines += ["", "Machines (another CPU kind gives the same seed other numbers): "
               + "; ".join(f"seed {', '.join(seeds)}: {line}" for line, seeds in machines.items())]
     lines += ["", "Per-seed reports: " + ", ".join(f"[{s}]({f.name}/report.md)" for s, f in results.items())]

@@ -30,6 +30,8 @@ from pemma.inference.predict import WindowSettings
 from pemma.inference.prediction_cache import PredictionCache
 from pemma.io_utils import write_text_atomic
 from pemma.protocol.phases import PrognosisSpec
+from pemma.protocol.provenance import record_machine
+from pemma.runtime import resolve_device
 
 #: one row per (backbone, method, stage)
 PROGNOSIS_COLUMNS: tuple[str, ...] = ("backbone", "method", "stage", "c_index", "ci_low", "ci_high", "n_cases",
@@ -81,6 +83,7 @@ def run_prognosis(spec: PrognosisSpec, *, data_root: str, base_run: Path, out: P
             "model": {"backbone": backbone},
             "train": {"seed": seed, "max_steps": max_steps, "epochs": spec.epochs}})
         if not (run / "stage.json").is_file():
+            record_machine(run, resolve_device("auto"))
             split = (list(train_ids), list(val_ids))
             if parent is None:
                 summary = train_survival(base_run, cfg, run, head=spec.head, split=split, l2=spec.l2)
@@ -134,7 +137,6 @@ def run_lesion_chains(*, data_root: str, base_run: Path, out: Path, backbone: st
     predicting with autocast when ``amp``, bf16 on the CPU and fp16 on CUDA: the run's precision) serves them all,
     so each case is segmented by the CT run once, and not at all where evaluation already did.
     """
-    from pemma.runtime import resolve_device
     from pemma.survival.chain import ChainConfig
     from pemma.survival.chain_run import survival_chain
 
@@ -145,6 +147,7 @@ def run_lesion_chains(*, data_root: str, base_run: Path, out: Path, backbone: st
         path = out / name / "chain.json"
         if not path.is_file():
             print(f"prognosis ({backbone}): lesion-feature chain {name}", flush=True)
+            record_machine(out / name, resolve_device("auto"))
             survival_chain(data_root, out / name, base_run, seg_run, centres=list(centres),
                            cfg=ChainConfig(seed=seed), train_ids=list(train_ids), test_ids=list(held_out_ids),
                            device=str(resolve_device("auto")), predictions=predictions)

@@ -4,7 +4,8 @@ with CT, PET and CT+PET inputs after each phase, then results, report and figure
 Runs live in ``OUT/runs/<backbone>/<method or "shared">/<run key>`` (PEMMA methods with a route / recipe other
 than ``exact`` / ``pemma``: ``<method>_<route>_<recipe>``, see :mod:`pemma.protocol.routes`); a phase whose
 ``phase.json`` exists is finished and not recomputed (an interrupted run resumes from its checkpoint), and
-evaluations are cached in ``evaluation.json`` beside it.
+evaluations are cached in ``evaluation.json`` beside it. Each run folder records the machine that trained it
+(``machine.json``, :mod:`pemma.protocol.provenance`); the report names runs reused from another machine.
 """
 
 from __future__ import annotations
@@ -330,6 +331,7 @@ def _report(strategy: Strategy, rows: list[dict[str, Any]], out: Path, seconds: 
     from pemma.protocol.figures import plot_dsc_across_phases
     from pemma.protocol.findings import collect_findings, findings_markdown
     from pemma.protocol.prognosis import prognosis_markdown
+    from pemma.protocol.provenance import other_machines_note
 
     figures = {}
     pretrain_centres = list(strategy.phases[0].centres)
@@ -351,10 +353,11 @@ def _report(strategy: Strategy, rows: list[dict[str, Any]], out: Path, seconds: 
         findings += [f"**{label}**", "", *findings_markdown(found), ""]
     if prognosis:
         findings += prognosis_markdown(prognosis)
-    notes = [f"Strategy `{strategy.name}` ({strategy.source}), preset `{strategy.preset}`, max steps "
+    notes = [(f"Strategy `{strategy.name}` ({strategy.source}), preset `{strategy.preset}`, max steps "
              f"{strategy.max_steps}, split seed {strategy.split.seed}; test cases per centre held out "
              f"(`split.json`). Wall time {seconds / 60:.1f} min." + (f" Precision: {precision}." if precision else "")
-             + (f" Machine: {machine} (`machine.json`)." if machine else "")]
+             + (f" Machine: {machine} (`machine.json`; each run's folder has its own). " if machine else "")
+             + (other_machines_note(out, machine) if machine else "")).rstrip()]
     text = markdown_report(rows, title=f"PEMMA protocol: {strategy.name}", figures=figures,
                            learnt_at=strategy.centre_learnt_at(strategy.variant_names[0]), notes=notes,
                            extra_sections=findings)
