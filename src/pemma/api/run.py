@@ -129,6 +129,27 @@ def run_config(preset: str = "tiny", config: str | os.PathLike | None = None,
     return build_config(preset, None if config is None else os.fspath(config), merged)
 
 
+def resolve_preset(preset: str | None, run: RunLike | None) -> str:
+    """``preset``, or when None the preset of the run a verb builds on (its ``config.yaml``; ``tiny`` when it
+    cannot be read, the command then reports the run itself): adapting a paper-size base (``pemma import-model``
+    or ``train --preset paper``) keeps the paper's training settings unless the caller names another preset.
+
+    Example:
+        >>> resolve_preset(None, "runs/my_ct")  # an imported run  # doctest: +SKIP
+        'paper'
+    """
+    from pemma.runs import CONFIG_FILE
+
+    if preset is not None:
+        return preset
+    if run is None:
+        return "tiny"
+    try:
+        return RunConfig.load(Path(str(path_of(run))) / CONFIG_FILE).preset
+    except PemmaError:
+        return "tiny"
+
+
 def check_register(given: str | None, preprocess: PreprocessConfig, source: str) -> None:
     """``--register``, if given, must be the mode the run ``source`` was trained with (a trained model saw its PET
     registered that way; ``update``, prognosis and ``predict`` keep it)."""

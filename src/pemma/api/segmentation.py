@@ -16,6 +16,7 @@ from pemma.api.run import (
     check_register,
     name_list,
     path_of,
+    resolve_preset,
     run_config,
     warn_tiny_preset,
 )
@@ -67,7 +68,8 @@ def adapt(base: RunLike, data: str | os.PathLike, out: str | os.PathLike, *, cen
           add_modality: str = "pet", method: str = "lora", rank: int | None = None, alpha: float | None = None,
           adapter_dropout: float | None = None, target_modules: Names = None, train_parts: Names = None,
           modality_dropout: Sequence[float] | None = None, ct_route: str | None = None, recipe: str | None = None,
-          checkpoint_full_resolution: bool | None = None, recompute_dora: bool | None = None, preset: str = "tiny",
+          checkpoint_full_resolution: bool | None = None, recompute_dora: bool | None = None,
+          preset: str | None = None,
           config: str | os.PathLike | None = None, resume: bool = False,
           force: bool = False, overrides: dict[str, dict[str, Any]] | None = None, **settings: Any) -> Run:
     """Add PET to a CT-only run (PEMMA: PET pathway + LoRA / DoRA adapters), or train a baseline from it.
@@ -100,7 +102,9 @@ def adapt(base: RunLike, data: str | os.PathLike, out: str | os.PathLike, *, cen
             :class:`~pemma.adapters.config.AdapterConfig`). Default True.
         recompute_dora: DoRA layers recompute their output in backward (less training memory; same results).
             Default True.
-        preset, config, resume, force, overrides, settings: as for :func:`train`.
+        preset: size preset (``tiny``, ``paper``) of the training settings; the model and preprocessing are the
+            base run's whatever the preset. Default: the base run's preset (:func:`resolve_preset`).
+        config, resume, force, overrides, settings: as for :func:`train`.
 
     Returns:
         The :class:`Run`; ``run.summary`` holds ``steps``, ``best_dsc`` (and ``weight`` for late fusion).
@@ -131,6 +135,7 @@ def adapt(base: RunLike, data: str | os.PathLike, out: str | os.PathLike, *, cen
             adapter_cfg = recipe_config(recipe, backbone, adapter_type, given)
     except ValueError as exc:
         raise PemmaError(f"invalid adapter settings: {exc}") from None
+    preset = resolve_preset(preset, base)
     cfg = absolute_data(run_config(preset, config, overrides, data=data, centres=centres, **settings))
     known = [m for m in cfg.preprocess.modality_registry() if m != "ct"]
     if added not in known:
@@ -155,7 +160,7 @@ def _base_backbone(base: RunLike) -> str | None:
 
 
 def update(model: RunLike, data: str | os.PathLike, modalities: Names, out: str | os.PathLike, *,
-           centres: Names = None, ct_route: str | None = None, recipe: str | None = None, preset: str = "tiny",
+           centres: Names = None, ct_route: str | None = None, recipe: str | None = None, preset: str | None = None,
            config: str | os.PathLike | None = None, resume: bool = False, force: bool = False,
            base: RunLike | None = None, overrides: dict[str, dict[str, Any]] | None = None,
            **settings: Any) -> Run:
@@ -170,7 +175,9 @@ def update(model: RunLike, data: str | os.PathLike, modalities: Names, out: str 
         ct_route, recipe: the CT route / recipe the run was adapted with, if the caller wants it checked (an update
             keeps both: on the shared route a CT-only update trains the same adapter; on the exact route it gets
             a ``ct_update`` adapter). None: the run's. A mismatch is an error.
-        preset, config, resume, force, overrides, settings: as for :func:`train`.
+        preset: size preset of the training settings (the model and preprocessing are the run's). Default: the
+            preset ``model`` was trained with (:func:`resolve_preset`).
+        config, resume, force, overrides, settings: as for :func:`train`.
         base: the CT base run of ``model``, if it moved since adaptation.
 
     Example:
@@ -182,6 +189,7 @@ def update(model: RunLike, data: str | os.PathLike, modalities: Names, out: str 
 
     if settings.get("register") is not None:
         check_register(settings["register"], Run.open(model).config.preprocess, str(path_of(model)))
+    preset = resolve_preset(preset, model)
     cfg = absolute_data(run_config(preset, config, overrides, data=data, centres=centres, **settings))
     warn_tiny_preset(preset, cfg)
     reads = [*run_family(path_of(model)), path_of(base)]

@@ -7,7 +7,17 @@ import os
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from pemma.api.run import Run, RunLike, absolute_data, check_register, name_list, path_of, run_config, warn_tiny_preset
+from pemma.api.run import (
+    Run,
+    RunLike,
+    absolute_data,
+    check_register,
+    name_list,
+    path_of,
+    resolve_preset,
+    run_config,
+    warn_tiny_preset,
+)
 from pemma.errors import PemmaError
 
 Names = str | Iterable[str] | None
@@ -26,7 +36,7 @@ def _check_geometry(roi: Sequence[int] | None, spacing: Sequence[float] | None, 
 
 def survival_train(base: RunLike, data: str | os.PathLike, out: str | os.PathLike, *, centres: Names = None,
                    modalities: Names = "ct", head: str | None = None, bins: int | None = None, l2: float | None = None,
-                   endpoints: str | os.PathLike | None = None, preset: str = "tiny",
+                   endpoints: str | os.PathLike | None = None, preset: str | None = None,
                    config: str | os.PathLike | None = None, resume: bool = False, force: bool = False,
                    overrides: dict[str, dict[str, Any]] | None = None, **settings: Any) -> Run:
     """Train a survival head on the frozen encoder of a segmentation run (stage ``ct``).
@@ -40,7 +50,8 @@ def survival_train(base: RunLike, data: str | os.PathLike, out: str | os.PathLik
         head: ``mtlr`` or ``cox``. bins: MTLR time bins (default: sqrt of the training relapses).
         l2: L2 penalty on the head's weights. Default: chosen by inner cross-validation on the training cases.
         endpoints: endpoint CSV. Default: ``hecktor2022_endpoint_training.csv`` under ``data``.
-        preset, config, overrides, settings: as for :func:`pemma.train` (``roi`` / ``spacing``, if given, must
+        preset: size preset of the training settings. Default: the segmentation run's (:func:`resolve_preset`).
+        config, overrides, settings: as for :func:`pemma.train` (``roi`` / ``spacing``, if given, must
             be the segmentation run's; no ``amp``: the survival stages run in fp32). resume: continue an
             interrupted stage in ``out``.
         force: replace a finished run in ``out`` (swapped in only on success).
@@ -58,6 +69,7 @@ def survival_train(base: RunLike, data: str | os.PathLike, out: str | os.PathLik
 
     _fp32_only(settings)
     check_out_of_reads(out, [path_of(base)])  # before reading anything
+    preset = resolve_preset(preset, base)
     cfg = absolute_data(run_config(preset, config, overrides, data=data, centres=centres, modalities=modalities,
                                    **settings))
     warn_tiny_preset(preset, cfg)
@@ -80,7 +92,7 @@ def survival_adapt(model: RunLike, out: str | os.PathLike, *, data: str | os.Pat
                    l2: float | None = None, encoder_lr_scale: float | None = None, init_adapters: RunLike | None = None,
                    freeze_adapters: bool = False, base: RunLike | None = None,
                    endpoints: str | os.PathLike | None = None, clinical: str | os.PathLike | None = None,
-                   preset: str = "tiny", config: str | os.PathLike | None = None, resume: bool = False,
+                   preset: str | None = None, config: str | os.PathLike | None = None, resume: bool = False,
                    force: bool = False, overrides: dict[str, dict[str, Any]] | None = None, **settings: Any) -> Run:
     """Add PET (PEMMA pathway + LoRA / DoRA) and/or clinical data to a prognosis model; ``model`` is unchanged.
 
@@ -101,7 +113,8 @@ def survival_adapt(model: RunLike, out: str | os.PathLike, *, data: str | os.Pat
         freeze_adapters: train only the head and clinical projection, on image features computed once.
         base: the segmentation base run, if it moved since training.
         endpoints, clinical: CSV paths. Default: found under ``data``.
-        preset, config, overrides, settings: as for :func:`pemma.train` (no ``amp``: fp32 only).
+        preset: size preset of the training settings. Default: the preset ``model`` was trained with.
+        config, overrides, settings: as for :func:`pemma.train` (no ``amp``: fp32 only).
         resume: continue an interrupted stage in ``out``. force: replace a finished run in ``out``.
 
     Example:
@@ -134,6 +147,7 @@ def survival_adapt(model: RunLike, out: str | os.PathLike, *, data: str | os.Pat
                                              categorical=tuple(categorical_column or ()))
         except ValueError as exc:
             raise PemmaError(f"invalid clinical columns: {exc}") from None
+    preset = preset if preset is not None else prev_cfg.preset
     cfg = absolute_data(run_config(preset, config, overrides, data=data, centres=centres, **settings))
     warn_tiny_preset(preset, cfg)
     _fp32_only(settings, cfg)

@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_field_flag(g, AdapterConfig, "checkpoint_full_resolution", action=argparse.BooleanOptionalAction)
     add_field_flag(g, AdapterConfig, "recompute_dora", action=argparse.BooleanOptionalAction)
     p.add_argument("--out", required=True, help="run folder of the adapted model")
-    add_training_flags(p)
+    add_training_flags(p, preset_of="--base")
     p.set_defaults(func=cmd_adapt)
 
     p = sub.add_parser("update", help="continue training an adapted model on new centres with one modality",
@@ -53,7 +53,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "'shared' a CT-only update trains the same adapter). Default: the run's")
     p.add_argument("--recipe", choices=RECIPES,
                    help="the recipe the model was adapted with, checked (an update keeps it). Default: the run's")
-    add_training_flags(p)
+    add_training_flags(p, preset_of="--model")
     p.set_defaults(func=cmd_update)
 
     p = sub.add_parser("params", help="trainable / total parameters, and %% of early fusion (two ways)",
@@ -87,6 +87,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def cmd_adapt(args: argparse.Namespace) -> int:
     from pemma.api import adapt
+    from pemma.training.loop import best_dsc_text
 
     adapter = {"rank": args.rank, "alpha": args.alpha, "adapter_dropout": args.adapter_dropout,
                "target_modules": args.target_modules, "train_parts": args.train_parts,
@@ -99,18 +100,18 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     extra = f", CT logit weight {summary['weight']}" if "weight" in summary else ""
     inputs = "+".join(m.upper() for m in run.meta.get("modalities") or ["ct", args.add_modality])
     print(f"{args.out}: {summary['steps']} steps, best validation mean DSCagg ({inputs}) "
-          f"{summary['best_dsc']:.4f}"
-          f"{extra}")
+          f"{best_dsc_text(summary['best_dsc'])}{extra}")
     return 0
 
 
 def cmd_update(args: argparse.Namespace) -> int:
     from pemma.api import update
+    from pemma.training.loop import best_dsc_text
 
     run = update(args.model, args.data, args.modalities, args.out, centres=args.centres, base=args.base,
                  ct_route=args.ct_route, recipe=args.recipe, **training_settings(args))
     print(f"{args.out}: {run.summary['steps']} steps, best validation mean DSCagg ({args.modalities}) "
-          f"{run.summary['best_dsc']:.4f}")
+          f"{best_dsc_text(run.summary['best_dsc'])}")
     return 0
 
 

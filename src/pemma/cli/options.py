@@ -70,10 +70,15 @@ def add_field_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup, kl
     return action
 
 
-def add_training_flags(parser: argparse.ArgumentParser, *, amp: bool = True) -> None:
-    """The flags every training verb shares; ``amp=False`` leaves ``--amp`` out (a verb that trains in fp32 only)."""
+def add_training_flags(parser: argparse.ArgumentParser, *, amp: bool = True, preset_of: str | None = None) -> None:
+    """The flags every training verb shares; ``amp=False`` leaves ``--amp`` out (a verb that trains in fp32 only);
+    ``preset_of`` names the flag of the run a verb builds on, whose preset ``--preset`` then defaults to."""
     g = parser.add_argument_group("training")
-    g.add_argument("--preset", default="tiny", help="size preset: tiny (CPU, tests) or paper (default: tiny)")
+    if preset_of:
+        g.add_argument("--preset", default=None, help=f"size preset of the training settings: tiny (CPU, tests) or "
+                                                      f"paper (default: the {preset_of} run's)")
+    else:
+        g.add_argument("--preset", default="tiny", help="size preset: tiny (CPU, tests) or paper (default: tiny)")
     g.add_argument("--config", help="YAML with data/preprocess/model/train sections (overrides the preset)")
     for name in ("seed", "epochs", "max_steps", "batch_size", "lr", "val_every", "checkpoint_every"):
         add_field_flag(g, TrainConfig, name)

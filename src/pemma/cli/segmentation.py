@@ -89,10 +89,12 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from pemma.api import train
+    from pemma.training.loop import best_dsc_text
 
     run = train(args.data, args.out, centres=args.centres, modalities=args.modalities, backbone=args.backbone,
                 **training_settings(args))
-    print(f"{args.out}: {run.summary['steps']} steps, best validation mean DSCagg {run.summary['best_dsc']:.4f}")
+    print(f"{args.out}: {run.summary['steps']} steps, best validation mean DSCagg "
+          f"{best_dsc_text(run.summary['best_dsc'])}")
     return 0
 
 

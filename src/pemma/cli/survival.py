@@ -50,7 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         add_field_flag(p, SurvivalConfig, name)
     p.add_argument("--out", required=True, help="prognosis run folder")
     _table_flags(p, clinical=False)
-    add_training_flags(p, amp=False)  # the survival stages run in fp32
+    add_training_flags(p, amp=False, preset_of="--base")  # the survival stages run in fp32
     p.set_defaults(func=cmd_train)
 
     p = verbs.add_parser("adapt", help="add PET and/or clinical data to a prognosis model with LoRA / DoRA")
@@ -78,7 +78,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--base", help="segmentation base run, if it moved since training")
     p.add_argument("--out", required=True, help="new prognosis run folder")
     _table_flags(p)
-    add_training_flags(p, amp=False)  # the survival stages run in fp32
+    add_training_flags(p, amp=False, preset_of="--model")  # the survival stages run in fp32
     p.set_defaults(func=cmd_adapt)
 
     p = verbs.add_parser("evaluate", help="C-index with bootstrap CI and Kaplan-Meier plot of risk groups")

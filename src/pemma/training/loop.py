@@ -60,6 +60,12 @@ class TrainingTask:
     find_unused_parameters: bool = False
 
 
+def best_dsc_text(best: float) -> str:
+    """A run summary's ``best_dsc`` for people: 4 decimals, or "n/a (no validation cases)" for the -1 that a run
+    without validation cases records."""
+    return f"{best:.4f}" if best >= 0 else "n/a (no validation cases)"
+
+
 def validate(task: TrainingTask, module: nn.Module, val_ds: Any, cfg: RunConfig, device: torch.device) -> dict:
     """DSCagg per class and mean over the validation cases (preprocessed grid, sliding window)."""
     module.eval()
@@ -291,6 +297,6 @@ class SegmentationTraining:
             self.log.info(f"training curves: {figure}; TensorBoard: tensorboard --logdir {self.out_dir}")
         barrier(self.dist)
         seconds = time.time() - self.started
-        best_text = f"{self.best:.4f}" if self.best >= 0 else "n/a (no validation cases)"
-        self.log.info(f"done: {step} steps in {seconds:.0f} s; best mean DSCagg {best_text} at step {self.best_step}")
+        self.log.info(f"done: {step} steps in {seconds:.0f} s; best mean DSCagg {best_dsc_text(self.best)} "
+                      f"at step {self.best_step}")
         return {"steps": step, "best_dsc": self.best, "best_step": self.best_step, "seconds": seconds}
