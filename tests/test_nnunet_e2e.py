@@ -12,7 +12,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import FAST, run_main
+from conftest import FAST, main_result, run_main
 
 from pemma.io_utils import save_nifti
 
@@ -82,9 +82,27 @@ def test_train_predict_evaluate_on_nnunet_raw(nnunet: Path, phantom: Path, tmp_p
     for cid in TRAIN:
         shutil.copy(phantom / "labelsTr" / f"{cid}.nii.gz", truth / f"{cid}.nii.gz")
     _to_mha(phantom / "labelsTr" / "MDA-000.nii.gz", truth / "MDA-000.mha")  # as nnU-Net writes its file_ending
-    run_main("evaluate", "--pred", str(truth), "--data", str(nnunet), "--out", str(tmp_path / "eval_truth"))
+    # the numbering of the predictions is ambiguous on such a dataset: the user says which, or gets one line
+    refused = main_result("evaluate", "--pred", str(truth), "--data", str(nnunet), "--out", str(tmp_path / "x"))
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr and not (tmp_path / "x").exists()
+    assert "numbers its labels otherwise than pemma (GTVn 1, GTVp 2" in refused.stderr
+    assert "--pred-labels dataset" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    run_main("evaluate", "--pred", str(truth), "--data", str(nnunet), "--pred-labels", "pemma", "--out",
+             str(tmp_path / "eval_truth"))
     scores = json.loads((tmp_path / "eval_truth" / "metrics_predictions.json").read_text())
     assert scores["n_cases"] == 5 and scores["DSCagg"]["GTVp"] == 1.0 and scores["DSCagg"]["GTVn"] == 1.0
+    # nnU-Net's own predictions carry the dataset's numbering (here its label files, copied): --pred-labels dataset
+    nnunet_preds = tmp_path / "nnunet_preds"
+    nnunet_preds.mkdir()
+    for cid in (*TRAIN, "MDA-000"):
+        folder = "Tr" if cid in TRAIN else "Ts"
+        shutil.copy(nnunet / f"labels{folder}" / f"{cid}.mha", nnunet_preds / f"{cid}.mha")
+    for numbering, perfect in (("dataset", True), ("pemma", False)):
+        out = tmp_path / f"eval_{numbering}"
+        run_main("evaluate", "--pred", str(nnunet_preds), "--data", str(nnunet), "--pred-labels", numbering,
+                 "--out", str(out))
+        dsc = json.loads((out / "metrics_predictions.json").read_text())["DSCagg"]
+        assert (dsc["GTVp"] == 1.0 and dsc["GTVn"] == 1.0) is perfect, (numbering, dsc)
 
     run_main("evaluate", "--model", str(run), "--data", str(nnunet), "--out", str(tmp_path / "eval_model"))
     scores = json.loads((tmp_path / "eval_model" / "metrics_ct.json").read_text())

@@ -170,6 +170,9 @@ LABELS: dict[str, int] = {"background": 0, "GTVp": 1, "GTVn": 2}
 TUMOUR_CLASSES: tuple[str, ...] = ("GTVp", "GTVn")
 #: Every valid label value.
 LABEL_VALUES: tuple[int, ...] = tuple(LABELS.values())
+#: How a predictions folder scored by ``evaluate --pred`` numbers its labels: pemma's (GTVp 1, GTVn 2, what
+#: ``pemma predict`` writes) or the dataset's (its ``dataset.json`` labels, what nnU-Net predicts)
+PRED_NUMBERINGS: tuple[str, ...] = ("pemma", "dataset")
 #: class name -> the RTSTRUCT ROI / SEG segment names a user gave for it (lower case), ``--roi-names``
 RoiNames = dict[str, tuple[str, ...]]
 

@@ -123,7 +123,8 @@ def evaluate(model: RunLike | None = None, data: str | os.PathLike | None = None
              pred: str | os.PathLike | None = None, centres: Names = None, modalities: Names = None, split: str = "all",
              out: str | os.PathLike | None = None, save_predictions: bool = False, base: RunLike | None = None,
              roi: Sequence[int] | None = None, overlap: float | None = None, sw_batch_size: int | None = None,
-             device: str | None = None, amp: bool | None = None, roi_names: str | None = None) -> dict[str, Any]:
+             device: str | None = None, amp: bool | None = None, roi_names: str | None = None,
+             pred_labels: str | None = None) -> dict[str, Any]:
     """HECKTOR DSCagg (GTVp, GTVn, mean), per-case Dice, HD95 and volumes on the labelled cases of ``data``: of a
     model's predictions (``model``), or of an existing predictions folder (``pred``, no model run).
 
@@ -143,6 +144,9 @@ def evaluate(model: RunLike | None = None, data: str | os.PathLike | None = None
         base, roi, overlap, sw_batch_size, device, amp: as for :func:`predict`.
         roi_names: ``data`` a DICOM tree: the RTSTRUCT / SEG names of GTVp and GTVn
             (``GTVp=GTV_primary,GTVn=GTV_LN``), see :mod:`pemma.data.dicom_labels`. Default the usual names.
+        pred_labels: with ``pred``, how the predictions number their labels: ``pemma`` (GTVp 1, GTVn 2) or
+            ``dataset`` (the nnU-Net dataset's ``dataset.json`` labels, as nnU-Net predicts them). Required when
+            the dataset numbers its labels otherwise than pemma; else pemma's.
 
     Returns:
         The scores: ``{"inputs", "n_cases", "DSCagg": {"GTVp", "GTVn", "mean"}, "mean_case", "cases", "counts",
@@ -151,7 +155,7 @@ def evaluate(model: RunLike | None = None, data: str | os.PathLike | None = None
     Example:
         >>> scores = pemma.evaluate(ad, data="data/phantom", centres=["MDA"], modalities=["ct", "pet"])
         >>> scores["DSCagg"]["mean"]
-        >>> pemma.evaluate(pred="nnunet_preds/", data="nnUNet_raw/Dataset501_HN")["DSCagg"]
+        >>> pemma.evaluate(pred="nnunet_preds/", data="nnUNet_raw/Dataset501_HN", pred_labels="dataset")["DSCagg"]
     """
     import warnings
 
@@ -162,11 +166,13 @@ def evaluate(model: RunLike | None = None, data: str | os.PathLike | None = None
         raise PemmaError("evaluate needs either a model (--model) or a predictions folder (--pred), not both")
     if data is None:
         raise PemmaError("evaluate needs --data (the labelled cases)")
+    if pred_labels is not None and pred is None:
+        raise PemmaError("--pred-labels applies to a predictions folder (--pred), not to --model")
     source = os.fspath(data)
     if pred is not None:
         cases = select_cases(discover_cases(source, roi_names=roi_names), centres=name_list(centres) or [],
                              require_label=True, source=source)
-        result = evaluate_predictions(os.fspath(pred), cases)
+        result = evaluate_predictions(os.fspath(pred), cases, numbering=pred_labels)
         folder = Path(os.fspath(out)) if out is not None else Path(os.fspath(pred)) / "evaluation"
     else:
         loaded, chosen, dev = _loaded(model, base, modalities, device, source)

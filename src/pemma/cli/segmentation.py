@@ -6,7 +6,7 @@ import argparse
 
 from pemma.cli.options import add_field_flag, add_training_flags, add_window_flags, training_settings, window_settings
 from pemma.config import DataConfig, ModelConfig
-from pemma.vocab import BACKBONES, PHANTOM_DIFFICULTIES
+from pemma.vocab import BACKBONES, PHANTOM_DIFFICULTIES, PRED_NUMBERINGS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -72,6 +72,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="report folder (default: <model>/evaluation or <pred>/evaluation)")
     p.add_argument("--save-predictions", action="store_true", help="also write the label maps")
     p.add_argument("--base", help="CT base run of an adapted model, if it moved since adaptation")
+    p.add_argument("--pred-labels", choices=PRED_NUMBERINGS,
+                   help="with --pred on an nnU-Net dataset whose dataset.json numbers the labels otherwise than "
+                        "pemma (GTVp 1, GTVn 2; required there): dataset (nnU-Net's predictions use its numbering) "
+                        "or pemma (pemma predict's)")
     add_field_flag(p, DataConfig, "roi_names")
     add_window_flags(p)
     p.set_defaults(func=cmd_evaluate)
@@ -113,7 +117,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     result = evaluate(args.model, args.data, pred=args.pred, centres=args.centres, modalities=args.modalities,
                       split=args.split, out=args.out, save_predictions=args.save_predictions, base=args.base,
-                      roi_names=args.roi_names, **window_settings(args))
+                      roi_names=args.roi_names, pred_labels=args.pred_labels, **window_settings(args))
     print(format_summary(result))
     print(f"report: {result['report']['json']} and {result['report']['csv']}")
     return 0

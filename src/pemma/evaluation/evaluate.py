@@ -25,7 +25,7 @@ from pemma.inference.predict import WindowSettings, predict_case
 from pemma.inference.prediction_cache import PredictionCache
 from pemma.io_utils import IMAGE_ENDINGS, load_nifti, save_nifti, write_text_atomic
 from pemma.models.loaded import LoadedModel
-from pemma.vocab import LABEL_VALUES
+from pemma.vocab import LABEL_VALUES, LABELS, PRED_NUMBERINGS
 
 
 def label_on_grid(case: CaseRecord, ref: nib.Nifti1Image) -> np.ndarray:
@@ -102,19 +102,36 @@ def score_case(case: CaseRecord, pred: np.ndarray, label: np.ndarray,
     return row, [list(per_class[c]) for c in sorted(per_class)]
 
 
-def evaluate_predictions(pred_dir: str | Path, cases: Sequence[CaseRecord], progress: bool = True) -> dict[str, Any]:
+def evaluate_predictions(pred_dir: str | Path, cases: Sequence[CaseRecord], progress: bool = True,
+                         numbering: str | None = None) -> dict[str, Any]:
     """Score an existing folder of label maps (``<case_id>.nii.gz``, e.g. another tool's predictions) against the
     cases' labels: no model is run. Each prediction must lie on its case's CT grid (HECKTOR scores there).
+
+    Args:
+        numbering: how the predictions number GTVp and GTVn (:data:`pemma.vocab.PRED_NUMBERINGS`): ``pemma``
+            (1, 2: ``pemma predict``'s) or ``dataset`` (the ``dataset.json`` labels of an nnU-Net dataset:
+            nnU-Net's predictions), remapped by name like the labels. Needed only when the dataset numbers its
+            labels otherwise than pemma (the two readings then give other scores); None: pemma's where they agree.
 
     Returns:
         as :func:`evaluate_model` (``inputs`` is ``"predictions"``).
 
     Raises:
-        PemmaError: a case has no prediction file, or a prediction has other values than {0, 1, 2} or another grid.
+        PemmaError: a case has no prediction file, or a prediction has other values than {0, 1, 2} (or than the
+        dataset names) or another grid; the dataset numbers its labels otherwise and ``numbering`` is None.
     """
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():
         raise PemmaError(f"{pred_dir}: predictions folder not found")
+    if numbering is not None and numbering not in PRED_NUMBERINGS:
+        raise PemmaError(f"--pred-labels must be one of {', '.join(PRED_NUMBERINGS)}, got {numbering!r}")
+    renumbered = next((c for c in cases if c.label_map is not None), None)
+    if renumbered is not None and numbering is None:
+        names = {v: k for k, v in LABELS.items()}
+        theirs = ", ".join(f"{names[p]} {f}" for f, p in renumbered.label_map if p)
+        raise PemmaError(f"{pred_dir}: the dataset numbers its labels otherwise than pemma ({theirs}; pemma: GTVp 1, "
+                         f"GTVn 2); say which the predictions use: --pred-labels dataset (e.g. nnU-Net's predictions "
+                         f"of this dataset) or --pred-labels pemma (pemma predict's)")
     agg = AggregatedDice()
     rows, counts = [], {}
     for case in tqdm(cases, desc="evaluate", unit="case", disable=not progress):
@@ -124,6 +141,8 @@ def evaluate_predictions(pred_dir: str | Path, cases: Sequence[CaseRecord], prog
             raise PemmaError(f"{pred_dir}: no prediction for case {case.case_id} (expected {case.case_id}.nii.gz)")
         ref = load_nifti(path, what=f"prediction of case {case.case_id}")
         pred = np.asanyarray(ref.dataobj).reshape(ref.shape[:3])
+        if numbering == "dataset" and case.label_map is not None:
+            pred = to_pemma_labels(pred, case.label_map, str(path), case.case_id)
         bad = sorted(set(np.unique(pred).tolist()) - set(LABEL_VALUES))
         if bad:
             raise PemmaError(f"{path}: prediction of case {case.case_id} has values {bad[:5]} outside {{0, 1, 2}}")
