@@ -267,6 +267,22 @@ def test_predict_dicom_cli_matches_nifti(phantom: Path, tmp_path: Path, caplog: 
     rt = pydicom.dcmread(tmp_path / "preds" / "CHUM-000_RTSTRUCT.dcm")
     assert [r.ROIName for r in rt.StructureSetROISequence] == [n for n, v in (("GTVp", 1), ("GTVn", 2))
                                                                if (a == v).any()]
+    # PET-only input from DICOM: written on the CT series' grid (HECKTOR scores there), or with --reference pet on
+    # the PET's, equal to the same case predicted from NIfTI
+    pet_run = tmp_path / "pet_run"
+    run_main("train", "--data", str(phantom), "--centres", "CHUM", "--modalities", "pet", *FAST, "--max-steps", "1",
+             "--out", str(pet_run))
+    for reference, grid in (("ct", ct_path), ("pet", pet_path)):
+        outs = {}
+        for source, extra in (("dicom", [str(tmp_path / "dicom")]), ("nifti", [str(phantom / "imagesTr"),
+                                                                                "--centres", "CHUM"])):
+            outs[source] = tmp_path / f"pet_{reference}_{source}"
+            run_main("predict", "--model", str(pet_run), "--input", *extra, "--modalities", "pet", "--reference",
+                     reference, "--out", str(outs[source]))
+        got, want = (nib.load(str(outs[s] / "CHUM-000.nii.gz")) for s in ("dicom", "nifti"))
+        assert got.shape == nib.load(str(grid)).shape and np.allclose(got.affine, nib.load(str(grid)).affine,
+                                                                       atol=1e-4), reference
+        assert (np.asarray(got.dataobj) == np.asarray(want.dataobj)).mean() > 0.999, reference
     for f in (dcm / "pet").iterdir():
         ds = pydicom.dcmread(f)
         del ds.PatientWeight

@@ -82,7 +82,7 @@ def predict(model: RunLike, inputs: str | os.PathLike, out: str | os.PathLike, *
     failures: dict[str, str] = {}
     if dicom:
         written, cases = _predict_dicom(loaded, source, chosen, out, dev, centres, rtstruct, failures,
-                                        _window(roi, overlap, sw_batch_size, amp))
+                                        _window(roi, overlap, sw_batch_size, amp), reference)
     else:
         specs = loaded.config.preprocess.modality_registry()  # the run's modalities (a declared one's suffix)
         cases = select_cases(discover_cases(source, specs), centres=name_list(centres) or [], modalities=chosen,
@@ -101,7 +101,8 @@ def predict(model: RunLike, inputs: str | os.PathLike, out: str | os.PathLike, *
 
 
 def _predict_dicom(loaded: Any, source: str, chosen: list[str], out: str | os.PathLike, dev: Any, centres: Names,
-                   rtstruct: bool, failures: dict[str, str], window: Any) -> tuple[list[Path], list]:
+                   rtstruct: bool, failures: dict[str, str], window: Any,
+                   reference: str = "ct") -> tuple[list[Path], list]:
     """:func:`predict` on a DICOM folder: cases staged one at a time in a temporary folder."""
     import tempfile
 
@@ -115,7 +116,7 @@ def _predict_dicom(loaded: Any, source: str, chosen: list[str], out: str | os.Pa
                                source=source)
         kept = [c for c in cases if c.record in records]
         written = predict_dicom_cases(loaded, kept, chosen, os.fspath(out), dev, window, rtstruct=rtstruct,
-                                      failures=failures)
+                                      failures=failures, reference=reference)
     return written, records
 
 

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from pemma.data.dicom import DicomCase
 from pemma.errors import PemmaError
-from pemma.inference.predict import WindowSettings, predict_case
+from pemma.inference.predict import WindowSettings, output_reference, predict_case
 from pemma.inference.rtstruct import write_rtstruct
 from pemma.io_utils import save_nifti
 from pemma.models.loaded import LoadedModel
@@ -28,9 +28,10 @@ RTSTRUCT_NAME = "{case_id}_RTSTRUCT.dcm"
 def predict_dicom_cases(model: LoadedModel, cases: Sequence[DicomCase], modalities: Sequence[str],
                         out_dir: str | Path, device: torch.device, window: WindowSettings | None = None,
                         rtstruct: bool = False, progress: bool = True,
-                        failures: dict[str, str] | None = None) -> list[Path]:
-    """Predict every DICOM case; write ``out_dir/<case_id>.nii.gz`` (on the CT grid, or the PET grid for a
-    PET-only model) and with ``rtstruct`` ``out_dir/<case_id>_RTSTRUCT.dcm``.
+                        failures: dict[str, str] | None = None, reference: str = "ct") -> list[Path]:
+    """Predict every DICOM case; write ``out_dir/<case_id>.nii.gz`` (on the CT grid; input without CT on the CT
+    grid when the case has a CT series, as HECKTOR scores, else or with ``reference="pet"`` on its own) and with
+    ``rtstruct`` ``out_dir/<case_id>_RTSTRUCT.dcm``.
 
     Args:
         model: the loaded model.
@@ -43,6 +44,8 @@ def predict_dicom_cases(model: LoadedModel, cases: Sequence[DicomCase], modaliti
         progress: show a progress bar.
         failures: when given, a bad case (a :class:`PemmaError`) is recorded here (``{case_id: message}``) and
             the others are still predicted; by default the first bad case stops.
+        reference: the grid of predictions without CT input (:func:`~pemma.inference.predict.output_reference`):
+            ``ct`` (default; the CT series is then read for its geometry) or ``pet``.
 
     Returns:
         The label NIfTI files written.
@@ -60,8 +63,10 @@ def predict_dicom_cases(model: LoadedModel, cases: Sequence[DicomCase], modaliti
         try:
             if rtstruct and "ct" not in case.series:
                 raise PemmaError(f"case {cid}: no CT series, so no RTSTRUCT (it references the CT series)")
-            case.stage(modalities)
-            label, ref_img = predict_case(model, case.record, modalities, device, window)
+            # the output grid's series is read too (a PET-only prediction is written on the CT grid)
+            ref_key = output_reference(case.record, modalities, reference)
+            case.stage([*modalities, *([ref_key] if ref_key not in modalities else [])])
+            label, ref_img = predict_case(model, case.record, modalities, device, window, reference=reference)
             path = out_dir / f"{cid}.nii.gz"
             save_nifti(label, ref_img.affine, path, header=ref_img.header, dtype=np.uint8)
             written.append(path)
