@@ -138,8 +138,10 @@ def reproduce(strategy_path: str | Path, data_root: str | Path, out_dir: str | P
     if not checked.ok:
         kept = {c.case_id for c in good}
         by_centre = {c: [i for i in ids if i in kept] for c, ids in by_centre.items()}
-        write_text_atomic(out / "excluded_cases.json", json.dumps(checked.to_dict(), indent=2))
     split = split_of(by_centre)
+    _check_same_split(out, split)
+    if not checked.ok:
+        write_text_atomic(out / "excluded_cases.json", json.dumps(checked.to_dict(), indent=2))
     data = ProtocolData(str(data_root), {c.case_id: c for c in all_cases}, split)
     write_text_atomic(out / "split.json", json.dumps(split, indent=2))
     write_text_atomic(out / "strategy.json", json.dumps(strategy.to_dict(), indent=2))
@@ -181,6 +183,25 @@ def reproduce(strategy_path: str | Path, data_root: str | Path, out_dir: str | P
     figures = _overlays(strategy, data, out, device, inputs_cache, predictions)
     return _report(strategy, rows, out, time.time() - started, figures, prognosis, case_rows, precision,
                    machine_line(machine))
+
+
+def _check_same_split(out: Path, split: dict[str, dict[str, list[str]]]) -> None:
+    """``out`` may hold an earlier call's runs only for the same split: they are reused (not retrained), so under
+    another split (another ``--seed``, other excluded cases) they would be scored as if trained on it.
+
+    Raises:
+        PemmaError: ``out/split.json`` records another split; nothing has been written.
+    """
+    file = out / "split.json"
+    if not file.is_file():
+        return
+    try:
+        earlier = json.loads(file.read_text())
+    except ValueError:
+        earlier = None
+    if earlier != json.loads(json.dumps(split)):
+        raise PemmaError(f"{out}: holds the runs of another split (its split.json: another --seed or other cases); "
+                         f"they would be reused as if trained on this one: write to another --out, or delete it")
 
 
 def _finished(out: Path, job: chains.Job) -> bool:
