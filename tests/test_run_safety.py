@@ -184,3 +184,24 @@ def test_forced_run_failing_mid_training_keeps_old_run(finished: Path, phantom: 
     with pytest.raises(PemmaError, match="CHUM-001"):
         pemma.train(phantom, new, centres="CHUM", **TINY)
     assert not new.exists()
+
+
+def test_predict_never_writes_over_the_dataset(bases: dict[str, Path], phantom: Path, tmp_path: Path) -> None:
+    from conftest import main_result
+
+    data = tmp_path / "data"
+    shutil.copytree(phantom, data)
+    before = {p.name: p.read_bytes() for p in (data / "labelsTr").iterdir()}
+    for inputs in ([str(data), "--centres", "MDA"], [str(data / "imagesTr"), "--centres", "MDA"]):
+        # the dataset (labels known) and its images folder alone (labels not read): the labels folder is refused
+        result = main_result("predict", "--model", str(bases["unetr"]), "--input", *inputs, "--out",
+                             str(data / "labelsTr"))
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert "would overwrite" in result.stderr and "MDA-00" in result.stderr
+    assert {p.name: p.read_bytes() for p in (data / "labelsTr").iterdir()} == before
+    plain = tmp_path / "plain"  # a folder of CT files of any names: case "patient" is read from patient.nii.gz
+    plain.mkdir()
+    shutil.copy(phantom / "imagesTr" / "MDA-000__CT.nii.gz", plain / "patient.nii.gz")
+    result = main_result("predict", "--model", str(bases["unetr"]), "--input", str(plain), "--out", str(plain))
+    assert result.returncode == 2 and "would overwrite" in result.stderr and "patient.nii.gz" in result.stderr
+    assert (plain / "patient.nii.gz").read_bytes() == (phantom / "imagesTr" / "MDA-000__CT.nii.gz").read_bytes()

@@ -114,6 +114,21 @@ def predict_case(model: LoadedModel, case: CaseRecord, modalities: Sequence[str]
     return label, ref_img
 
 
+def check_not_over_inputs(out_dir: Path, cases: Sequence[CaseRecord]) -> None:
+    """Predictions ``out_dir/<case_id>.nii.gz`` must not replace a file the cases are read from (an image or a
+    ground-truth label: ``--out data/labelsTr``), nor an existing file of a dataset's ``labels*`` folder.
+
+    Raises:
+        PemmaError: naming the file that would be overwritten; before anything is predicted.
+    """
+    inputs = {Path(p).resolve() for c in cases for p in (*c.images.values(), c.label) if p}
+    for case in cases:
+        target = out_dir / f"{case.case_id}.nii.gz"
+        if target.resolve() in inputs or (target.is_file() and out_dir.name.lower().startswith("labels")):
+            raise PemmaError(f"{out_dir}: the prediction of case {case.case_id} would overwrite {target}, a "
+                             f"dataset's image or label; write the predictions to another --out")
+
+
 def predict_cases(model: LoadedModel, cases: Sequence[CaseRecord], modalities: Sequence[str], out_dir: str | Path,
                   device: torch.device, window: WindowSettings | None = None, progress: bool = True,
                   failures: dict[str, str] | None = None, reference: str = "ct") -> list[Path]:
@@ -126,6 +141,7 @@ def predict_cases(model: LoadedModel, cases: Sequence[CaseRecord], modalities: S
             PET grid.
     """
     out_dir = Path(out_dir)
+    check_not_over_inputs(out_dir, cases)
     written = []
     for case in tqdm(cases, desc="predict", unit="case", disable=not progress):
         try:
