@@ -127,11 +127,18 @@ def find_series(root: str | os.PathLike) -> list[DicomSeries]:
 
 
 def _add_series(folder: Path, found: dict[str, DicomSeries]) -> None:
-    """Add the CT and PT image series of one folder to ``found`` (by SeriesInstanceUID)."""
+    """Add the CT and PT image series of one folder to ``found`` (by SeriesInstanceUID).
+
+    Raises:
+        PemmaError: a DICOM file of the folder that belongs to no series GDCM could read (a truncated or damaged
+            file, or an unreadable slice of a series: GDCM leaves it out, so the volume would silently lose it).
+    """
     import SimpleITK as sitk
 
+    listed: set[str] = set()
     for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)) or ():
         files = tuple(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), uid))
+        listed.update(os.path.realpath(f) for f in files)
         head = _header(files[0])
         modality = str(head.get("Modality", ""))
         if modality in ("RTSTRUCT", "SEG"):
@@ -149,6 +156,24 @@ def _add_series(folder: Path, found: dict[str, DicomSeries]) -> None:
         found[uid] = DicomSeries(uid, modality, str(head.get("PatientID", "") or "patient"),
                                  str(head.get("StudyInstanceUID", "")), str(head.get("StudyDate", "") or ""),
                                  str(folder), files, str(head.get("SeriesDescription", "") or ""))
+    _check_unlisted(folder, listed, found)
+
+
+def _check_unlisted(folder: Path, listed: set[str], found: dict[str, DicomSeries]) -> None:
+    """Refuse a DICOM file of ``folder`` outside every series GDCM read (``listed``): damaged, or a slice GDCM
+    could not read. A DICOMDIR and complete files of other kinds are left alone."""
+    for path in sorted(folder.iterdir()):
+        if (not path.is_file() or os.path.realpath(path) in listed or path.name.upper() == "DICOMDIR"
+                or not pydicom.misc.is_dicom(str(path))):
+            continue
+        head = _header(str(path))
+        uid = head.get("SeriesInstanceUID")
+        if uid is None and head.get("Modality") is None and "DirectoryRecordSequence" not in head:
+            raise PemmaError(f"{path}: damaged or truncated DICOM file (no Modality or SeriesInstanceUID); "
+                             f"replace or remove it")
+        if uid is not None and str(uid) in found:
+            raise PemmaError(f"{path}: a slice of {found[str(uid)].where} that cannot be read (damaged or "
+                             f"truncated?); replace or remove it")
 
 
 def _case_id(patient: str, study_date: str, index: int, studies: int) -> str:
