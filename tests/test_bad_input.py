@@ -150,3 +150,33 @@ def test_predict_ct_truncated_after_its_header(ct_model: Path, phantom: Path, tm
                                 "--out", str(tmp_path / "pred")])
     assert "CHUM-000__CT.nii.gz: cannot read CT of case CHUM-000" in line
     assert not (tmp_path / "pred" / "CHUM-000.nii.gz").exists()
+
+
+@pytest.mark.parametrize(("verb_args", "expected"), [
+    (["predict", "--overlap", "1.5"], "--overlap must be in [0, 1), got 1.5"),
+    (["predict", "--sw-batch-size", "-3"], "--sw-batch-size must be >= 1, got -3"),
+    (["predict", "--roi", "48", "48", "48"], "--roi 48 48 48: UNETR predicts with the window it was trained with "
+                                             "(32 32 32"),
+    (["evaluate", "--overlap", "-0.5"], "--overlap must be in [0, 1), got -0.5"),
+    (["adapt", "--target-modules", "attn.qkvv"], "invalid adapter settings for unetr: target module 'attn.qkvv' "
+                                                 "matches no"),
+    (["adapt", "--train-parts", "encoder9"], "invalid adapter settings for unetr: train_parts ['encoder9']"),
+    (["train", "--cache-dir", "FILE"], "the cache folder (--cache-dir) is a file"),
+])
+def test_settings_that_do_not_fit_are_user_errors(bases: dict[str, Path], phantom: Path, tmp_path: Path,
+                                                   verb_args: list[str], expected: str) -> None:
+    """Were "unexpected error ... please report it" with a traceback log (MONAI's or a ValueError)."""
+    from conftest import main_result
+
+    verb, *rest = verb_args
+    (tmp_path / "FILE").write_text("not a folder")
+    rest = [str(tmp_path / "FILE") if a == "FILE" else a for a in rest]
+    where = {"predict": ["--model", str(bases["unetr"]), "--input", str(phantom), "--centres", "MDA"],
+             "evaluate": ["--model", str(bases["unetr"]), "--data", str(phantom), "--centres", "MDA"],
+             "adapt": ["--base", str(bases["unetr"]), "--data", str(phantom), "--centres", "MDA", *FAST,
+                       "--max-steps", "1"],
+             "train": ["--data", str(phantom), "--centres", "CHUM", *FAST, "--max-steps", "1"]}[verb]
+    result = main_result(verb, *where, *rest, "--out", str(tmp_path / "out"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr and "unexpected" not in result.stderr
+    assert expected in result.stderr, result.stderr
+    assert len([line for line in result.stderr.splitlines() if "error" in line]) == 1

@@ -19,6 +19,7 @@ from monai.transforms.utils import convert_to_contiguous
 
 from pemma.data.labels import LABEL_MAP_KEY
 from pemma.data.layout import CaseRecord
+from pemma.errors import PemmaError
 from pemma.io_utils import CACHE_ENV, default_cache_dir  # noqa: F401 - CACHE_ENV: re-exported (tests, callers)
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,8 @@ def cached_dataset(items: list[dict[str, Any]], transform: Compose, cache_dir: s
                      f"(data.memory_cache_share): caching them on disk in {cache_dir} (MONAI PersistentDataset; "
                      "--cache-dir chooses the folder)")
     if cache_dir:
+        if Path(cache_dir).exists() and not Path(cache_dir).is_dir():
+            raise PemmaError(f"{cache_dir}: the cache folder (--cache-dir) is a file; give a folder")
         return PersistentDataset(items, transform=transform, cache_dir=cache_dir,
                                  hash_transform=partial(_transform_hash, cache_key=cache_key))
     if first is not None and _cached_part(transform) is None:  # the whole transform is what is cached

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from pemma.config import PreprocessConfig
+from pemma.config import PreprocessConfig, RunConfig
 from pemma.data.layout import CaseRecord
 from pemma.data.register import register_files
 from pemma.data.registration import RegistrationSettings, registrable
@@ -23,6 +23,7 @@ from pemma.inference.resample_back import labels_on_reference
 from pemma.inference.sliding import sliding_window_probs
 from pemma.io_utils import load_nifti, save_nifti
 from pemma.models.loaded import LoadedModel
+from pemma.vocab import ROI_MULTIPLES
 
 
 @dataclass
@@ -33,6 +34,30 @@ class WindowSettings:
     overlap: float | None = None
     sw_batch_size: int | None = None
     amp: bool = False
+
+    def __post_init__(self) -> None:
+        if self.overlap is not None and not 0 <= self.overlap < 1:
+            raise PemmaError(f"--overlap must be in [0, 1), got {self.overlap}")
+        if self.sw_batch_size is not None and self.sw_batch_size < 1:
+            raise PemmaError(f"--sw-batch-size must be >= 1, got {self.sw_batch_size}")
+        if self.roi_size is not None and (len(self.roi_size) != 3 or min(self.roi_size) < 1):
+            raise PemmaError(f"--roi must be three sizes >= 1, got {self.roi_size}")
+
+
+def check_window_roi(roi: Sequence[int], cfg: RunConfig) -> None:
+    """A sliding window the network can take: UNETR's position embeddings fix it to the size it was trained with;
+    Swin UNETR takes multiples of its patch-merging factor (:data:`pemma.vocab.ROI_MULTIPLES`).
+
+    Raises:
+        PemmaError: naming ``--roi`` and what the run accepts.
+    """
+    backbone, trained = cfg.model.backbone, list(cfg.model.roi_size)
+    if backbone == "unetr" and list(roi) != trained:
+        raise PemmaError(f"--roi {' '.join(map(str, roi))}: UNETR predicts with the window it was trained with "
+                         f"({' '.join(map(str, trained))}; its position embeddings are fixed to it)")
+    multiple = ROI_MULTIPLES.get(backbone, 1)
+    if any(r % multiple for r in roi):
+        raise PemmaError(f"--roi {' '.join(map(str, roi))}: {backbone} needs multiples of {multiple}")
 
 
 #: ``--reference`` choices: the grid a prediction is written on when the input is PET alone
@@ -89,6 +114,7 @@ def predict_case(model: LoadedModel, case: CaseRecord, modalities: Sequence[str]
     window = window or WindowSettings()
     cfg = model.config
     roi = window.roi_size or cfg.model.roi_size
+    check_window_roi(roi, cfg)
     ref_key = output_reference(case, modalities, reference)
     key = (case.case_id, tuple(modalities), repr(cfg.preprocess), tuple(roi), ref_key)
     if inputs_cache is not None and key in inputs_cache:

@@ -96,7 +96,10 @@ def build_pemma(base: LoadedModel, adapter_cfg: AdapterConfig, added_modality: s
     model_class = PEMMA_MODELS[base.config.model.backbone]
     extra = {"gradient_checkpointing": True} if base.config.model.gradient_checkpointing and \
         model_class.supports_gradient_checkpointing else {}
-    model = model_class(net, adapter_cfg, added_modality=added_modality, **extra)
+    try:  # adapter settings that do not fit this network (a target or trained part it does not have)
+        model = model_class(net, adapter_cfg, added_modality=added_modality, **extra)
+    except ValueError as exc:
+        raise PemmaError(f"invalid adapter settings for {base.config.model.backbone}: {exc}") from None
     report["new"] = sorted(model.adapter_state_dict())
     model.load_report = report
     return model
