@@ -97,7 +97,10 @@ def test_label_value_outside_0_1_2(phantom: Path, tmp_path: Path, capsys: pytest
 
 def test_empty_selection(phantom: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     line = _error_line(capsys, ["train", "--data", str(phantom), "--centres", "HMR", "--out", str(tmp_path / "r")])
-    assert "no cases for centres ['HMR']" in line and "CHUM" in line
+    assert "no cases for centre(s) HMR (centres found: CHUM" in line
+    # a misspelt centre beside a valid one was dropped silently (training on CHUM alone)
+    line = _error_line(capsys, ["train", "--data", str(phantom), "--centres", "CHUM,XYZ", "--out", str(tmp_path / "r")])
+    assert "no cases for centre(s) XYZ (centres found: CHUM" in line and not (tmp_path / "r").exists()
 
 
 @pytest.mark.slow

@@ -38,8 +38,10 @@ def test_hecktor_layout_recursive_with_both_id_styles(tmp_path: Path) -> None:
         "CHUM-000", "CHUP_012"]
     with pytest.raises(PemmaError, match="MDA-101: no label"):
         select_cases(cases, centres=["MDA"], require_label=True)
-    with pytest.raises(PemmaError, match="no cases for centres"):
+    with pytest.raises(PemmaError, match=r"no cases for centre\(s\) HGJ"):
         select_cases(cases, centres=["HGJ"])
+    with pytest.raises(PemmaError, match=r"no cases for centre\(s\) HGJ \(centres found: CHUM, CHUP, MDA\)"):
+        select_cases(cases, centres=["CHUM", "HGJ"])
 
 
 def test_missing_modality_is_named(tmp_path: Path) -> None:

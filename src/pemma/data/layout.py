@@ -246,9 +246,11 @@ def select_cases(cases: list[CaseRecord], *, centres: list[str] | None = None, m
     chosen = [c for c in cases if not wanted or c.centre.upper() in wanted]
     if require_label:  # nnU-Net imagesTs cases without labelsTs cannot be scored or trained on: not an error
         chosen = [c for c in chosen if c.label is not None or not c.test] or chosen
-    if not chosen:
+    missing = sorted(wanted - {c.centre.upper() for c in cases})
+    if not chosen or missing:  # a misspelt centre beside a valid one is not silently dropped either
         found = sorted({c.centre for c in cases})
-        raise PemmaError(f"{source}: no cases for centres {sorted(wanted)} (centres found: {', '.join(found)})")
+        raise PemmaError(f"{source}: no cases for centre(s) {', '.join(missing or sorted(wanted))} (centres found: "
+                         f"{', '.join(found)})")
     for case in chosen:
         for modality in modalities or []:
             if not NAME_PATTERN.match(str(modality)):
