@@ -205,3 +205,16 @@ def test_predict_never_writes_over_the_dataset(bases: dict[str, Path], phantom: 
     result = main_result("predict", "--model", str(bases["unetr"]), "--input", str(plain), "--out", str(plain))
     assert result.returncode == 2 and "would overwrite" in result.stderr and "patient.nii.gz" in result.stderr
     assert (plain / "patient.nii.gz").read_bytes() == (phantom / "imagesTr" / "MDA-000__CT.nii.gz").read_bytes()
+
+
+def test_interrupted_run_needs_resume_or_force(finished: Path, phantom: Path, tmp_path: Path) -> None:
+    """A rerun that forgot --resume restarted from step 0 and wrote over the interrupted run's checkpoint."""
+    run = copy_run(finished, tmp_path)
+    (run / MODEL_META).unlink()  # interrupted before it finished: a checkpoint and no model.json
+    checkpoint = (run / "checkpoint.pt").read_bytes()
+    with pytest.raises(PemmaError, match=r"holds an interrupted run \(checkpoint.pt\); pass --resume"):
+        pemma.train(phantom, run, centres="CHUM", **TINY)
+    assert (run / "checkpoint.pt").read_bytes() == checkpoint
+    for flags in ({"resume": True}, {"force": True}):  # either choice opens it
+        with new_run_folder(run, **flags) as folder:
+            assert folder == run

@@ -276,7 +276,9 @@ def new_run_folder(out: str | os.PathLike, *, force: bool = False, resume: bool 
       With ``force`` the new run is written into a hidden sibling (``.<out>.pemma-new``) that replaces ``out``
       only when the command succeeds: a failed forced run leaves the old run exactly as it was. With
       ``resume`` the finished run is continued in place, as before.
-    * An unfinished run (or any other existing folder) is written into, as before (``resume`` continues it).
+    * An interrupted run (a checkpoint, no finished run) is an error unless ``resume`` (continue it) or ``force``
+      (start over, writing over its checkpoint): a rerun that forgot ``--resume`` no longer discards it silently.
+    * Any other existing folder is written into.
     * When the command fails, the folders it created for ``out`` are removed again unless they hold a
       checkpoint (``--resume`` can continue it); a folder that existed before is never removed.
     * Hidden ``.*.part*`` files a killed process left in ``out`` are deleted first.
@@ -311,6 +313,9 @@ def new_run_folder(out: str | os.PathLike, *, force: bool = False, resume: bool 
         with _replacing(target, main) as fresh:
             yield fresh
         return
+    if meta_file is None and not resume and not force and (target / STATE_FILE).is_file():
+        raise PemmaError(f"{target}: holds an interrupted run ({STATE_FILE}); pass --resume to continue it, or "
+                         "--force to start it over (resume=True / force=True in the API)")
     created = _first_missing(target.absolute())
     try:
         yield target
