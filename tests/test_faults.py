@@ -169,6 +169,11 @@ def test_resume_with_other_settings_is_refused(tmp_path: Path) -> None:
     with pytest.raises(PemmaError, match=r"run: --resume with other settings than its checkpoint's "
                                          r"\(train.seed 0 -> 3; train.lr 0.002 -> 0.001\)"):
         check_resume_settings(run, other)
+    # other centres: the first half trained on cases the second half's config.yaml would not record
+    build_config("tiny", overrides={"data": {"centres": ["CHUM", "CHUP"]}}).save(run / CONFIG_FILE)
+    check_resume_settings(run, build_config("tiny", overrides={"data": {"centres": ["chup", "CHUM"]}}))
+    with pytest.raises(PemmaError, match=r"data.centres \['CHUM', 'CHUP'\] -> \['CHUM', 'MDA'\]"):
+        check_resume_settings(run, build_config("tiny", overrides={"data": {"centres": ["CHUM", "MDA"]}}))
 
 
 def test_resume_reads_the_checkpoint_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -134,7 +134,7 @@ def train_task(task: TrainingTask, cfg: RunConfig, train_cases: list[CaseRecord]
 #: settings a resumed run must share with its checkpoint, per config section (None: the whole section)
 RESUME_SETTINGS: dict[str, tuple[str, ...] | None] = {
     "model": ("backbone", "roi_size", "out_channels", "unetr", "swin_unetr"), "preprocess": None,
-    "data": ("modalities", "val_fraction"),
+    "data": ("centres", "modalities", "val_fraction"),
     "train": ("seed", "epochs", "max_steps", "batch_size", "samples_per_case", "lr", "weight_decay", "label_ratios",
               "dice_batch", "dice_background", "class_weights"),
 }
@@ -156,6 +156,9 @@ def check_resume_settings(out_dir: Path, cfg: RunConfig) -> dict[str, Any] | Non
         return None
     checkpoint = load_state(out_dir)  # a truncated or corrupt checkpoint is the first thing to report
     old, new = RunConfig.load(path).to_dict(), cfg.to_dict()
+    for raw in (old, new):  # the same centres in another order or case are the same cases
+        if raw["data"].get("centres"):
+            raw["data"]["centres"] = sorted(str(c).upper() for c in raw["data"]["centres"])
     diffs = [f"{section}.{key} {old[section].get(key)!r} -> {new[section].get(key)!r}"
              for section, keys in RESUME_SETTINGS.items() for key in (keys or new[section])
              if old[section].get(key) != new[section].get(key)]
