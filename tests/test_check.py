@@ -152,3 +152,26 @@ def test_tumour_outside_the_ct_is_found_by_the_check(phantom: Path, tmp_path: Pa
     save_nifti(label, ct.affine, case.label, dtype=np.uint8)
     problems = check_case(case, ["ct", "pet"])
     assert len(problems) == 1 and case.case_id in problems[0] and "outside" in problems[0]
+
+
+def test_a_label_off_its_ct_grid_is_named(phantom: Path, tmp_path: Path) -> None:
+    """A label cut short or with a shifted affine still overlaps the CT and is resampled onto it; the check (and
+    every training, which runs it) names it instead of passing it silently. One voxel off stays silent (HECKTOR)."""
+    data = tmp_path / "data"
+    shutil.copytree(phantom, data)
+    cut = data / "labelsTr" / "CHUM-000.nii.gz"
+    img = nib.load(str(cut))
+    save_nifti(np.asanyarray(img.dataobj)[:, :, :-6], img.affine, cut, dtype=np.uint8)
+    shifted = data / "labelsTr" / "CHUM-001.nii.gz"
+    img = nib.load(str(shifted))
+    moved = img.affine.copy()
+    moved[:3, 3] += moved[:3, 2] * 3  # three slices along the slice axis
+    save_nifti(np.asanyarray(img.dataobj), moved, shifted, dtype=np.uint8)
+    one_voxel = data / "labelsTr" / "CHUP-000.nii.gz"
+    img = nib.load(str(one_voxel))
+    save_nifti(np.asanyarray(img.dataobj)[:, :, :-1], img.affine, one_voxel, dtype=np.uint8)
+    code, out, err = _run(["check", str(data), "--centres", "CHUM,CHUP"])
+    warned = [line for line in err.splitlines() if "is not on its CT grid" in line]
+    assert code == 0 and len(warned) == 2, err
+    assert any(str(cut) in w and "case CHUM-000" in w for w in warned)
+    assert any(str(shifted) in w and "case CHUM-001" in w for w in warned)

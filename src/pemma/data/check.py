@@ -12,6 +12,7 @@ grid overlaps the CT.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -118,7 +119,27 @@ def check_case(case: CaseRecord, modalities: Sequence[str], with_label: bool = T
             check_label_overlap(case.label, case.case_id, label_voxels, label.affine, ref.shape[:3], ref.affine)
         except PemmaError as exc:
             problems.append(str(exc))
+        else:
+            off_grid = label_grid_difference(label, ref)  # e.g. a truncated label or a shifted affine
+            if off_grid:
+                warnings.warn(f"{case.label}: label of case {case.case_id} is not on its CT grid ({off_grid}); it is "
+                              f"resampled onto the CT (nearest neighbour): check that it belongs to this CT",
+                              UserWarning, stacklevel=2)
     return problems
+
+
+def label_grid_difference(label: nib.Nifti1Image, ct: nib.Nifti1Image) -> str:
+    """How a label's grid differs from its CT's by more than the one voxel HECKTOR's labels may be off: the world
+    boxes of the two grids (their voxel centres; any axis order or orientation) compared; ``""`` when they agree.
+
+    Example:
+        >>> cut = nib.Nifti1Image(np.zeros((4, 4, 2)), np.eye(4))  # a label cut to 2 of the CT's 8 slices
+        >>> label_grid_difference(cut, nib.Nifti1Image(np.zeros((4, 4, 8)), np.eye(4)))
+        "its field of view is up to 6.0 mm from the CT's"
+    """
+    spacing = float(np.sqrt((np.asarray(ct.affine)[:3, :3] ** 2).sum(axis=0)).max())
+    apart = np.abs(affine_world_box(label.affine, label.shape) - affine_world_box(ct.affine, ct.shape)).max()
+    return f"its field of view is up to {apart:.1f} mm from the CT's" if apart > spacing * 1.01 else ""
 
 
 #: results of :func:`check_case` in this process, keyed by the files' identity (path, size, mtime): ``reproduce``
