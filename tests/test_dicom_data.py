@@ -225,6 +225,16 @@ def test_check_and_convert_dicom_cli(phantom: Path, dicom_tree: Path, cache: Pat
         assert Path(case.images["pet"]).name == f"{cid}__PT.nii.gz" and Path(case.label).parent.name == "labelsTr"
         np.testing.assert_array_equal(np.asarray(nib.load(case.label).dataobj),
                                       np.asarray(nib.load(staged[cid].label).dataobj))
+    # into a dataset that already holds these cases: refused before anything is written, unless --force
+    label = Path(converted["CHUM-000"].label)
+    label.write_bytes(b"the user's own label")
+    code, err = _main("convert-dicom", str(dicom_tree), "--out", str(tmp_path / "nifti"))
+    assert code == 2 and "exists" in err and "--force" in err and len(err.strip().splitlines()) == 1
+    assert label.read_bytes() == b"the user's own label"
+    assert "wrote 2 cases" in run_main("convert-dicom", str(dicom_tree), "--out", str(tmp_path / "nifti"), "--force")
+    assert label.read_bytes() != b"the user's own label"
+    code, err = _main("convert-dicom", str(tmp_path / "nowhere"), "--out", str(tmp_path / "n2"))
+    assert code == 2 and err.strip().endswith(f"{tmp_path / 'nowhere'}: not found")
 
 
 @pytest.mark.slow

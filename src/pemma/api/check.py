@@ -133,7 +133,7 @@ def registration_preprocess(model: RunLike | None, preset: str | None,
 
 
 def convert_dicom(data: str | os.PathLike, out: str | os.PathLike, *, roi_names: str | None = None,
-                  progress: bool = True) -> list[str]:
+                  progress: bool = True, force: bool = False) -> list[str]:
     """Write a DICOM tree as a HECKTOR-layout dataset: ``out/imagesTr/<case>__CT.nii.gz``, ``__PT.nii.gz`` (SUVbw)
     and ``out/labelsTr/<case>.nii.gz`` (from the case's RTSTRUCT / DICOM-SEG, on the CT grid).
 
@@ -145,6 +145,7 @@ def convert_dicom(data: str | os.PathLike, out: str | os.PathLike, *, roi_names:
         roi_names: the RTSTRUCT / SEG names of GTVp and GTVn (``GTVp=GTV_primary,GTVn=GTV_LN``). Default the usual
             names (:mod:`pemma.data.dicom_labels`).
         progress: show a progress bar.
+        force: replace files in ``out`` named like a converted case's (default: an error, nothing written).
 
     Returns:
         The case IDs written.
@@ -156,6 +157,8 @@ def convert_dicom(data: str | os.PathLike, out: str | os.PathLike, *, roi_names:
     from pemma.data.dicom_stage import convert_dicom as convert
     from pemma.errors import PemmaError
 
+    if not os.path.exists(data):
+        raise PemmaError(f"{os.fspath(data)}: not found")
     if not is_dicom_input(os.fspath(data)):
         raise PemmaError(f"{os.fspath(data)}: not a DICOM file or a folder of DICOM series (without NIfTI files)")
-    return [r.case_id for r in convert(os.fspath(data), os.fspath(out), roi_names, progress)]
+    return [r.case_id for r in convert(os.fspath(data), os.fspath(out), roi_names, progress, force=force)]

@@ -47,6 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "out/labelsTr/<case>.nii.gz).")
     p.add_argument("data", help="a folder (tree) of DICOM CT / PET series with RTSTRUCT or SEG files")
     p.add_argument("--out", required=True, help="dataset folder to write")
+    p.add_argument("--force", action="store_true",
+                   help="replace files of --out named like a converted case's (default: an error, nothing written)")
     add_field_flag(p, DataConfig, "roi_names")
     p.set_defaults(func=cmd_convert_dicom)
 
@@ -68,6 +70,6 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_convert_dicom(args: argparse.Namespace) -> int:
     from pemma.api import convert_dicom
 
-    written = convert_dicom(args.data, args.out, roi_names=args.roi_names)
+    written = convert_dicom(args.data, args.out, roi_names=args.roi_names, force=args.force)
     print(f"wrote {len(written)} cases to {args.out}")
     return 0

@@ -168,24 +168,33 @@ def _resample_label(values: np.ndarray, grid: sitk.Image, target: sitk.Image) ->
 
 
 def convert_dicom(root: str | os.PathLike, out: str | os.PathLike,
-                  roi_names: str | Mapping[str, object] | None = None, progress: bool = True) -> list[CaseRecord]:
+                  roi_names: str | Mapping[str, object] | None = None, progress: bool = True,
+                  force: bool = False) -> list[CaseRecord]:
     """Write the cases of a DICOM tree in the HECKTOR layout: ``out/imagesTr/<case>__CT.nii.gz``, ``__PT.nii.gz``
     and ``out/labelsTr/<case>.nii.gz`` (copied from the staging cache, each file atomically).
+
+    Args:
+        force: replace files of ``out`` that have a converted case's name (else an error before anything is
+            written: a dataset of the same case IDs is not overwritten by accident).
 
     Returns:
         The records of the written cases (paths in ``out``).
     """
-    written = []
+    plan = []
     for record in discover_dicom(root, roi_names, progress):
-        images = {}
-        for modality, path in record.images.items():
-            images[modality] = str(Path(out) / "imagesTr" / Path(path).name)
-            with atomic_path(images[modality]) as tmp:
-                shutil.copyfile(path, tmp)
-        label = None
-        if record.label is not None:
-            label = str(Path(out) / "labelsTr" / Path(record.label).name)
-            with atomic_path(label) as tmp:
-                shutil.copyfile(record.label, tmp)
-        written.append(CaseRecord(record.case_id, record.centre, images, label))
+        images = {m: (p, Path(out) / "imagesTr" / Path(p).name) for m, p in record.images.items()}
+        label = (record.label, Path(out) / "labelsTr" / Path(record.label).name) if record.label else None
+        plan.append((record, images, label))
+    existing = [t for _, images, label in plan for _, t in [*images.values(), *([label] if label else [])]
+                if t.exists()]
+    if existing and not force:
+        raise PemmaError(f"{existing[0]}: exists ({len(existing)} file(s) of the converted cases are already in "
+                         f"{out}); convert into another --out, or pass --force to replace them")
+    written = []
+    for record, images, label in plan:
+        for source, target in [*images.values(), *([label] if label else [])]:
+            with atomic_path(target) as tmp:
+                shutil.copyfile(source, tmp)
+        written.append(CaseRecord(record.case_id, record.centre, {m: str(t) for m, (_, t) in images.items()},
+                                  str(label[1]) if label else None))
     return written
