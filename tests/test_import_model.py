@@ -128,6 +128,10 @@ def test_bad_sources_are_one_line_errors(tmp_path: Path) -> None:
         pemma.import_model(tmp_path / "pickled.pt", tmp_path / "r2", backbone="unetr", preset="tiny")
     assert "weights_only=False" not in str(err.value)
 
+    (tmp_path / "notes.pth").write_text("not weights at all")  # was "cannot read the weights (105)"
+    with pytest.raises(PemmaError, match=r"notes.pth: not a PyTorch weights file"):
+        pemma.import_model(tmp_path / "notes.pth", tmp_path / "r7", backbone="unetr", preset="tiny")
+
     torch.save({"epoch": 1}, tmp_path / "empty.pt")
     with pytest.raises(PemmaError, match="holds no state dict"):
         pemma.import_model(tmp_path / "empty.pt", tmp_path / "r3", backbone="unetr", preset="tiny")

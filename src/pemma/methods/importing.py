@@ -122,6 +122,11 @@ def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
             return _unwrap(load_file(str(path)), path)
         except (SafetensorError, OSError, ValueError) as exc:
             raise PemmaError(f"{path}: not a readable safetensors file ({str(exc).splitlines()[0]})") from None
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
+    if not (magic.startswith(b"PK") or magic[:1] == b"\x80"):  # torch.save's zip archive, or a legacy pickle
+        raise PemmaError(f"{path}: not a PyTorch weights file (neither torch.save's archive nor a pickle); give a "
+                         f".pt / .pth written by torch.save, a .safetensors file or a MONAI bundle folder")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for foreign or truncated files
