@@ -175,3 +175,16 @@ def test_a_label_off_its_ct_grid_is_named(phantom: Path, tmp_path: Path) -> None
     assert code == 0 and len(warned) == 2, err
     assert any(str(cut) in w and "case CHUM-000" in w for w in warned)
     assert any(str(shifted) in w and "case CHUM-001" in w for w in warned)
+
+
+def test_a_missing_label_is_reported(phantom: Path, tmp_path: Path) -> None:
+    """Training refuses a case without its label: the check says so too (it said "all good"); a dataset without
+    any label (a test set) is still checked without them."""
+    data = tmp_path / "data"
+    shutil.copytree(phantom, data)
+    (data / "labelsTr" / "MDA-000.nii.gz").unlink()
+    code, out, _ = _run(["check", str(data), "--centres", "MDA"])
+    assert code == 1 and "case MDA-000: no label file" in out
+    shutil.rmtree(data / "labelsTr")
+    code, out, _ = _run(["check", str(data), "--centres", "MDA"])
+    assert code == 0 and out.strip().splitlines()[-1] == "2 case(s) checked: all good"

@@ -77,9 +77,11 @@ def check(data: str | os.PathLike, *, centres: Names = None, modalities: Names =
     found = discover_cases(os.fspath(data), roi_names=roi_names, failures=unstaged)
     cases = select_cases(found, centres=name_list(centres), source=os.fspath(data)) if found else []
     report = CheckReport(n_cases=len(cases) + len(unstaged), problems={c: [m] for c, m in unstaged.items()})
+    # a training case without a label, in a dataset whose other cases have theirs, is one training would refuse
+    labelled = any(c.label is not None for c in cases)
     for case in tqdm(cases, desc="check", unit="case", disable=not progress):
         problems = check_case(case, wanted or [m for m in known if m in case.images],
-                              with_label=case.label is not None)
+                              with_label=case.label is not None or (labelled and not case.test))
         moving = [m for m in registrable(list(case.images), preprocess) if wanted is None or m in wanted]
         for modality in moving if not problems and registration else []:
             try:
