@@ -102,6 +102,12 @@ def test_config_file_errors_name_the_file(tmp_path: Path) -> None:
     path.write_text("- train\n- seed\n")
     with pytest.raises(PemmaError, match=r"my.yaml: invalid configuration: the file must map sections"):
         build_config("tiny", path)
+    for text, unknown in (("train:\n  lrr: 0.1\n", "unknown keys in train: ['lrr']"),
+                          ("trainn:\n  lr: 0.1\n", "unknown config sections ['trainn']")):
+        path.write_text(text)  # the unknown names come from the file: it is named
+        with pytest.raises(PemmaError) as err:
+            build_config("tiny", path)
+        assert str(err.value) == f"{path}: invalid configuration: {unknown}"
     path.write_text("train: 5\n")
     with pytest.raises(PemmaError) as err:
         RunConfig.load(path)

@@ -369,6 +369,8 @@ def build_config(preset: str = "tiny", config_file: str | Path | None = None,
 def _source_of(message: str, user: dict[str, Any], flags: dict[str, dict[str, Any]],
                config_file: str | Path | None) -> str:
     """``"<file>: "`` when the setting an error names came from the user's YAML file (not from a flag)."""
+    if config_file is not None and message.startswith("unknown"):  # flags and presets hold known keys only
+        return f"{config_file}: "
     section, _, rest = message.partition(".")
     name = rest.split(" ", 1)[0].split(".")[0]
     if config_file is None or name in flags.get(section, {}) or name not in (user.get(section) or {}):
