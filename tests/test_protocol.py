@@ -106,8 +106,11 @@ def test_overrides_are_revalidated() -> None:
     strategy = load_strategy(SHIPPED)
     quick = strategy.with_overrides(backbones=["swin_unetr"], preset="tiny", max_steps=3, variants=["pet_only"])
     assert (quick.backbones, quick.max_steps, quick.variant_names) == (("swin_unetr",), 3, ("pet_only",))
-    with pytest.raises(StrategyError, match=r"hecktor2022\.yaml: unknown backbone 'vit'"):
+    # the flag that brought the bad value is named, not the (valid) file
+    with pytest.raises(StrategyError, match=r"^--backbone \(over .*hecktor2022\.yaml\): unknown backbone 'vit'"):
         strategy.with_overrides(backbones=["vit"])
+    with pytest.raises(StrategyError, match=r"^--max-steps \(over .*\): max_steps must be null or an integer >= 1"):
+        strategy.with_overrides(max_steps=-3)
     with pytest.raises(StrategyError, match=r"unknown variant 'mri_only' \(known: pet_only, ct_only, ct_pet\)"):
         strategy.with_overrides(variants=["mri_only"])
 

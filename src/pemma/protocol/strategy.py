@@ -128,6 +128,12 @@ def _available_presets() -> list[str]:
     return sorted(p.name[:-5] for p in files.iterdir() if p.name.endswith(".yaml"))
 
 
+#: where :meth:`Strategy.with_overrides`' changes come from, for its error messages
+_OVERRIDE_SOURCES = {"backbones": "--backbone", "preset": "--preset", "max_steps": "--max-steps", "amp": "--amp",
+                     "workers": "--workers", "variants": "--variant", "dataset_centres": "the dataset's centres",
+                     "routes": "--ct-route", "recipes": "--recipe", "split": "--seed"}
+
+
 @dataclass(frozen=True)
 class Strategy:
     """A validated protocol. Build it with :func:`load_strategy` or :func:`parse_strategy`.
@@ -346,7 +352,12 @@ class Strategy:
             changes["recipes"] = tuple(recipes)
         if seed is not None:
             changes["split"] = dataclasses.replace(self.split, seed=seed)
-        return dataclasses.replace(self, **changes)
+        try:
+            return dataclasses.replace(self, **changes)
+        except StrategyError as exc:  # the file is valid (it loaded): what the command line changed is not
+            given = ", ".join(_OVERRIDE_SOURCES[k] for k in changes)
+            raise StrategyError(f"{given} (over {self.source}): {str(exc).removeprefix(f'{self.source}: ')}") \
+                from None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (YAML/JSON-ready) equal to what :func:`parse_strategy` reads back."""
