@@ -132,6 +132,10 @@ def test_survival_end_to_end(setup: dict[str, Path]) -> None:
     assert [r[0] for r in rows[1:]] == [f"{c}-{i:03d}" for c in ("CHUM", "MDA") for i in range(3)]
     assert all(math.isfinite(float(r[1])) for r in rows[1:])
     assert sorted(p.name for p in csv_path.parent.iterdir()) == ["risk.csv"]  # no temporary file left
+    code, _, err = pemma("survival", "predict", "--model", runs["surv_ctpet_ehr"], "--data", data, "--out",
+                         csv_path.parent)  # a folder: was "....part.tmp: Is a directory"
+    assert code == 2 and err.strip().endswith(f"{csv_path.parent}: is a folder; --out names the CSV file to "
+                                              f"write (e.g. risk.csv)")
     predicted = {r[0]: float(r[1]) for r in rows[1:]}
     for case in report["cases"]:  # evaluate and predict agree (reloaded model, same preprocessing)
         assert predicted[case["PatientID"]] == pytest.approx(case["risk"], rel=1e-6, abs=1e-9)

@@ -240,6 +240,8 @@ def survival_predict(model: RunLike, data: str | os.PathLike, out: str | os.Path
     from pemma.runtime import run_logger
     from pemma.survival.evaluate import predict_survival
 
+    if os.path.isdir(out):
+        raise PemmaError(f"{os.fspath(out)}: is a folder; --out names the CSV file to write (e.g. risk.csv)")
     run_logger(None)
     return predict_survival(path_of(model), os.fspath(data), os.fspath(out), centres=name_list(centres) or None,
                             device=device or "auto", clinical=_opt(clinical), base_run=path_of(base),
