@@ -86,6 +86,15 @@ def test_find_table(tmp_path: Path) -> None:
     assert find_table(tmp_path, "hecktor2022_endpoint_training.csv") is None
     with pytest.raises(PemmaError, match="table file not found"):
         find_table(tmp_path, "x.csv", explicit=tmp_path / "missing.csv")
+    # beside a datalist JSON: its folder only, not the datasets in folders next to it (they made `check` fail)
+    (tmp_path / "other").mkdir()
+    write(tmp_path / "other" / "hecktor2022_clinical_info_training.csv", HEADER + "\n")
+    (tmp_path / "datalist.json").write_text("{}")
+    assert find_table(tmp_path / "datalist.json", "hecktor2022_clinical_info_training.csv") is None
+    assert find_table(tmp_path, "hecktor2022_clinical_info_training.csv").parent.name == "other"  # a folder: all
+    write(tmp_path / "hecktor2022_clinical_info_training.csv", HEADER + "\n")
+    assert find_table(tmp_path / "datalist.json", "hecktor2022_clinical_info_training.csv") == (
+        tmp_path / "hecktor2022_clinical_info_training.csv")
 
 
 ROWS = [

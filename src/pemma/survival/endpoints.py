@@ -192,7 +192,8 @@ def read_clinical(path: str | Path) -> ClinicalTable:
 
 
 def find_table(root: str | Path, name: str, explicit: str | Path | None = None) -> Path | None:
-    """Locate a table: ``explicit`` if given, else ``name`` anywhere under ``root`` (its folder if a file).
+    """Locate a table: ``explicit`` if given, else ``name`` anywhere under the folder ``root``, or beside the file
+    ``root`` (a datalist JSON: its folder alone, not the folders next to it).
 
     Falls back to the matching pattern with any split (``*_clinical_info_*.csv``, ``*_endpoint_*.csv``)
     when the training name is absent, e.g. ``hecktor2022_clinical_info_testing.csv``.
@@ -206,13 +207,15 @@ def find_table(root: str | Path, name: str, explicit: str | Path | None = None) 
             raise PemmaError(f"{path}: table file not found")
         return path
     folder = Path(root)
-    folder = folder.parent if folder.is_file() else folder
+    beside = folder.is_file()
+    folder = folder.parent if beside else folder
     if not folder.is_dir():
         return None
-    hits = sorted(folder.rglob(name))
+    search = folder.glob if beside else folder.rglob
+    hits = sorted(search(name))
     if not hits:
         pattern = name.replace("_training.csv", "_*.csv")
-        hits = sorted(folder.rglob(pattern))
+        hits = sorted(search(pattern))
     if len(hits) > 1:
         listed = ", ".join(str(h) for h in hits[:3])
         raise PemmaError(f"{folder}: several {name} candidates ({listed}); choose one explicitly")
