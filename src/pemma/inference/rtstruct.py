@@ -6,10 +6,11 @@ class is left out with a log line.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 from rt_utils import RTStruct, ds_helper
@@ -49,9 +50,7 @@ def write_rtstruct(label: np.ndarray, series: DicomSeries, path: str | os.PathLi
     if tuple(label.shape) != (columns, rows, len(series.files)):
         raise PemmaError(f"{path}: label shape {tuple(label.shape)} does not match {series.where} "
                          f"({columns} x {rows} x {len(series.files)})")
-    with warnings.catch_warnings():
-        # rt-utils sets the transfer syntax through attributes pydicom 3 deprecates; the file is the same
-        warnings.filterwarnings("ignore", message=".*FileDataset.is_", category=DeprecationWarning)
+    with _quiet_pydicom_deprecations():
         rtstruct = RTStruct(headers, ds_helper.create_rtstruct_dataset(headers))
     rtstruct.set_series_description(description)
     written = []
@@ -64,6 +63,21 @@ def write_rtstruct(label: np.ndarray, series: DicomSeries, path: str | os.PathLi
         rtstruct.add_roi(mask=np.ascontiguousarray(mask), name=name, color=ROI_COLOURS.get(name),
                          description=description, roi_generation_algorithm="AUTOMATIC")
         written.append(name)
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp, _quiet_pydicom_deprecations():
         rtstruct.ds.save_as(str(tmp))
     return written
+
+
+@contextlib.contextmanager
+def _quiet_pydicom_deprecations() -> Iterator[None]:
+    """rt-utils sets the transfer syntax through attributes pydicom 3 deprecates (the file is the same); pydicom
+    both warns and logs each use, which printed two lines per case under ``predict --rtstruct``."""
+    logger = logging.getLogger("pydicom")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*FileDataset.is_", category=DeprecationWarning)
+            yield
+    finally:
+        logger.setLevel(level)
