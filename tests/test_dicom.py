@@ -138,6 +138,8 @@ def test_dicom_case_equals_the_nifti_it_was_written_from(phantom: Path, tmp_path
         np.testing.assert_allclose(staged.affine, truth.affine, atol=1e-4)
         np.testing.assert_allclose(staged.get_fdata(), truth.get_fdata(), atol=atol)
     assert nib.load(case.record.images["pet"]).get_fdata().max() > 1.0  # SUVs, not Bq/ml (thousands)
+    # whole HU are written as int16 (the same values, a smaller file), SUVs as float32
+    assert [nib.load(case.record.images[k]).get_data_dtype() for k in ("ct", "pet")] == [np.int16, np.float32]
     case.unstage()
     assert not Path(case.record.images["ct"]).exists()
 

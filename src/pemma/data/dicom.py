@@ -287,11 +287,15 @@ def nifti_affine(image: sitk.Image) -> np.ndarray:
 
 
 def write_nifti(image: sitk.Image, path: str | os.PathLike) -> None:
-    """Write a SimpleITK image as NIfTI (float32, voxel order x, y, z, RAS affine) atomically."""
+    """Write a SimpleITK image as NIfTI (voxel order x, y, z, RAS affine) atomically: int16 when every value is a
+    whole number in its range (a CT in HU: two thirds of the float32 file, the same values), else float32."""
     import SimpleITK as sitk
 
-    array = sitk.GetArrayFromImage(image).transpose(2, 1, 0)
-    save_nifti(np.ascontiguousarray(array, dtype=np.float32), nifti_affine(image), path, dtype=np.float32)
+    array = np.ascontiguousarray(sitk.GetArrayFromImage(image).transpose(2, 1, 0), dtype=np.float32)
+    info = np.iinfo(np.int16)
+    whole = array.size and info.min <= array.min() and array.max() <= info.max and np.all(np.rint(array) == array)
+    dtype = np.int16 if whole else np.float32
+    save_nifti(array.astype(dtype), nifti_affine(image), path, dtype=dtype)
 
 
 def series_headers(series: DicomSeries, square: bool = True) -> tuple[list[Dataset], list[int]]:
