@@ -218,3 +218,36 @@ def test_interrupted_run_needs_resume_or_force(finished: Path, phantom: Path, tm
     for flags in ({"resume": True}, {"force": True}):  # either choice opens it
         with new_run_folder(run, **flags) as folder:
             assert folder == run
+
+
+def test_a_run_stopped_after_its_first_best_weights_is_interrupted_not_finished(
+        phantom: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """model.json is written with each best validation; a run killed after that looked finished: a rerun said
+    "holds a finished run" instead of offering --resume, and predict used the partial weights without a word."""
+    import warnings
+
+    import pemma.training.loop as loop
+    from pemma.methods import load_model
+
+    def killed(self):
+        raise KeyboardInterrupt  # what Ctrl-C does after the last step's validation
+
+    run = tmp_path / "run"
+    with monkeypatch.context() as patch:
+        patch.setattr(loop.SegmentationTraining, "_finish", killed)
+        with pytest.raises(KeyboardInterrupt):
+            pemma.train(phantom, run, centres="CHUM,CHUP", val_fraction=0.5, **TINY)
+    meta = json.loads((run / MODEL_META).read_text())
+    assert meta["complete"] is False and meta["step"] == 1 and meta["total_steps"] == 1
+    with pytest.raises(PemmaError, match=r"holds an interrupted run \(training stopped before its end; best weights "
+                                         r"of step 1 of 1\); pass --resume"):
+        pemma.train(phantom, run, centres="CHUM,CHUP", val_fraction=0.5, **TINY)
+    with pytest.warns(UserWarning, match="its training stopped before its end"):
+        load_model(run)
+    pemma.train(phantom, run, centres="CHUM,CHUP", resume=True, val_fraction=0.5, **TINY)  # finishes it
+    assert json.loads((run / MODEL_META).read_text())["complete"] is True
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_model(run)
+    with pytest.raises(PemmaError, match="holds a finished run"):
+        pemma.train(phantom, run, centres="CHUM,CHUP", val_fraction=0.5, **TINY)

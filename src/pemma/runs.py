@@ -198,6 +198,22 @@ def finished_meta(folder: str | Path) -> Path | None:
     return None
 
 
+def interrupted_meta(folder: str | Path) -> str | None:
+    """How far a run whose training stopped before its end got (``model.json`` holds its best weights so far with
+    ``"complete": false``), e.g. ``"best weights of step 40 of 120"``; None for a run that finished (or one written
+    before pemma recorded it) and for no run."""
+    path = Path(folder) / MODEL_META
+    if not path.is_file():
+        return None
+    try:
+        meta = json.loads(path.read_text())
+    except ValueError:
+        return None
+    if not isinstance(meta, dict) or meta.get("complete") is not False:
+        return None
+    return f"best weights of step {meta.get('step')} of {meta.get('total_steps')}"
+
+
 def run_family(run_dir: str | os.PathLike | None) -> list[Path]:
     """``run_dir`` and the base run its metadata records (what a command reading ``run_dir`` reads)."""
     if run_dir is None:
@@ -276,8 +292,9 @@ def new_run_folder(out: str | os.PathLike, *, force: bool = False, resume: bool 
       With ``force`` the new run is written into a hidden sibling (``.<out>.pemma-new``) that replaces ``out``
       only when the command succeeds: a failed forced run leaves the old run exactly as it was. With
       ``resume`` the finished run is continued in place, as before.
-    * An interrupted run (a checkpoint, no finished run) is an error unless ``resume`` (continue it) or ``force``
-      (start over, writing over its checkpoint): a rerun that forgot ``--resume`` no longer discards it silently.
+    * An interrupted run (a checkpoint and no ``model.json``, or a ``model.json`` of best weights so far whose
+      training stopped before its end: :func:`interrupted_meta`) is an error unless ``resume`` (continue it) or
+      ``force`` (start over): a rerun that forgot ``--resume`` no longer discards it silently.
     * Any other existing folder is written into.
     * When the command fails, the folders it created for ``out`` are removed again unless they hold a
       checkpoint (``--resume`` can continue it); a folder that existed before is never removed.
@@ -306,6 +323,10 @@ def new_run_folder(out: str | os.PathLike, *, force: bool = False, resume: bool 
     if target.is_dir() and main:
         remove_stale_parts(target)
     meta_file = finished_meta(target)
+    stopped = interrupted_meta(target)
+    if stopped is not None and not resume and not force:
+        raise PemmaError(f"{target}: holds an interrupted run (training stopped before its end; {stopped}); pass "
+                         "--resume to finish it, or --force to start it over (resume=True / force=True in the API)")
     if meta_file is not None and not resume:
         if not force:
             raise PemmaError(f"{target}: holds a finished run ({meta_file.name}); pass --force to replace it "

@@ -4,6 +4,7 @@ exact resume, DistributedDataParallel under torchrun)."""
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable
@@ -27,7 +28,7 @@ from pemma.data.transforms import describe, preprocessing, training_augmentation
 from pemma.errors import PemmaError
 from pemma.evaluation.metrics import AggregatedDice
 from pemma.inference.sliding import labels_of, sliding_window_probs
-from pemma.runs import CONFIG_FILE, STATE_FILE, load_state
+from pemma.runs import CONFIG_FILE, MODEL_META, STATE_FILE, load_state, write_meta
 from pemma.runtime import DistInfo, agree_on_failure, barrier, run_logger
 from pemma.training.engine import Engine, StepFn, process_group, trainable_state
 
@@ -58,6 +59,15 @@ class TrainingTask:
     save: Callable[[nn.Module, Path, dict[str, Any]], None]
     describe: list[str]
     find_unused_parameters: bool = False
+
+
+def mark_complete(run_dir: Path) -> None:
+    """Record in the run's ``model.json`` (written with the best weights during training) that training ended."""
+    path = run_dir / MODEL_META
+    if path.is_file():
+        meta = json.loads(path.read_text())
+        if meta.get("complete") is False:
+            write_meta(run_dir, {**meta, "complete": True})
 
 
 def best_dsc_text(best: float) -> str:
@@ -189,6 +199,7 @@ class SegmentationTraining:
         self.show = progress and dist.is_main
         self.best, self.best_step = -1.0, -1
         self.val_ds: Any = None
+        self.total = 0
 
     def run(self, train_cases: list[CaseRecord], val_cases: list[CaseRecord], resume: bool) -> dict[str, Any]:
         tc, dist = self.cfg.train, self.dist
@@ -213,6 +224,7 @@ class SegmentationTraining:
         total = tc.epochs * plan.steps_per_epoch
         if tc.max_steps is not None:
             total = min(total, tc.max_steps)
+        self.total = total
         self.engine = engine = segmentation_engine(self.task, tc, total, self.device, dist)
         self.loss_fn = dice_ce_loss(tc)
         checkpoint, self.checkpoint = self.checkpoint, None
@@ -286,15 +298,21 @@ class SegmentationTraining:
                           f"{scores['GTVp']:.3f} GTVn {scores['GTVn']:.3f} mean {scores['mean']:.3f}")
             if mean >= self.best:  # a tie keeps the later, longer-trained weights
                 self.best, self.best_step = mean, step
-                self.task.save(self.engine.model, self.out_dir, {**self.meta, "step": step, "val_dsc": scores})
+                # the best weights so far; "complete" becomes true when the training ends (a run stopped before
+                # then is interrupted, not finished: pemma.runs.interrupted_meta)
+                self.task.save(self.engine.model, self.out_dir, {**self.meta, "step": step, "val_dsc": scores,
+                                                                 "complete": False, "total_steps": self.total})
         self.engine.log_metrics(row)
 
     def _finish(self) -> dict[str, Any]:
         """Without validation cases the final weights are saved; the summary."""
         step = self.engine.step_count
         if self.dist.is_main and self.best_step < 0:
-            self.task.save(self.engine.model, self.out_dir, {**self.meta, "step": step, "val_dsc": None})
+            self.task.save(self.engine.model, self.out_dir, {**self.meta, "step": step, "val_dsc": None,
+                                                             "complete": True, "total_steps": self.total})
             self.best_step = step
+        elif self.dist.is_main:
+            mark_complete(self.out_dir)
         figure = self.engine.finish()
         if figure is not None:
             self.log.info(f"training curves: {figure}; TensorBoard: tensorboard --logdir {self.out_dir}")
