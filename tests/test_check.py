@@ -185,6 +185,12 @@ def test_a_missing_label_is_reported(phantom: Path, tmp_path: Path) -> None:
     (data / "labelsTr" / "MDA-000.nii.gz").unlink()
     code, out, _ = _run(["check", str(data), "--centres", "MDA"])
     assert code == 1 and "case MDA-000: no label file" in out
+    # the same case's images in an imagesTs folder (a test set beside the training set) need no label
+    (data / "imagesTs").mkdir()
+    for image in (data / "imagesTr").glob("MDA-000__*"):
+        image.rename(data / "imagesTs" / image.name)
+    code, out, _ = _run(["check", str(data), "--centres", "MDA"])
+    assert code == 0 and out.strip().splitlines()[-1] == "2 case(s) checked: all good", out
     shutil.rmtree(data / "labelsTr")
     code, out, _ = _run(["check", str(data), "--centres", "MDA"])
     assert code == 0 and out.strip().splitlines()[-1] == "2 case(s) checked: all good"

@@ -162,15 +162,22 @@ def test_missing_slice_and_gantry_tilt_are_refused(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("slice_file", ["CT0000.dcm", "CT0002.dcm"])  # the first slice, a middle one
-def test_a_damaged_slice_is_named_not_dropped(tmp_path: Path, slice_file: str) -> None:
+def test_a_damaged_slice_is_named_not_dropped(tmp_path: Path, slice_file: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """GDCM leaves an unreadable file out of its series: a truncated first slice gave a volume one slice short
-    with exit 0, a middle one an error about slice spacing that did not name the file."""
-    write_series(_oblique_ct((8, 8, 5)), tmp_path / "ct", "CT")
-    damaged = tmp_path / "ct" / slice_file
+    with exit 0, a middle one an error about slice spacing that did not name the file. Only its case fails."""
+    from pemma.data.layout import discover_cases
+
+    monkeypatch.setenv("PEMMA_CACHE_DIR", str(tmp_path / "cache"))
+    for patient in ("A", "B"):
+        write_series(_oblique_ct((8, 8, 5)), tmp_path / "tree" / patient / "ct", "CT", patient=patient)
+    damaged = tmp_path / "tree" / "B" / "ct" / slice_file
     damaged.write_bytes(damaged.read_bytes()[:300])
-    code, err = _main("convert-dicom", str(tmp_path / "ct"), "--out", str(tmp_path / "out"))
-    assert code == 2 and "Traceback" not in err and not (tmp_path / "out").exists()
+    code, err = _main("convert-dicom", str(tmp_path / "tree"), "--out", str(tmp_path / "out"))
+    assert code == 2 and "Traceback" not in err and not (tmp_path / "out" / "imagesTr" / "B__CT.nii.gz").exists()
     assert f"{damaged}: damaged or truncated DICOM file" in err
+    failures: dict[str, str] = {}  # what check / predict / train collect: the healthy case is still read
+    assert [c.case_id for c in discover_cases(tmp_path / "tree", failures=failures)] == ["A"]
+    assert list(failures) == ["B"] and f"{damaged}: damaged or truncated" in failures["B"]
 
 
 # ------------------------------------------------------------------------------------------------ RTSTRUCT out

@@ -86,6 +86,12 @@ def test_datalist_json(tmp_path: Path) -> None:
     (case,) = discover_cases(tmp_path / "list.json")
     assert case.case_id == "CHUV-007" and case.centre == "CHUV"
     assert Path(case.images["pet"]).name == "a_pt.nii.gz" and Path(case.label).is_file()
+    assert not case.test
+    (tmp_path / "list.json").write_text(json.dumps({  # a "test" entry is a test case: never trained on
+        "training": [{"id": "CHUV-007", "ct": "a_ct.nii.gz", "label": "a_seg.nii.gz"}],
+        "test": [{"id": "CHUV-008", "ct": "a_ct.nii.gz"}]}))
+    assert [(c.case_id, c.test) for c in discover_cases(tmp_path / "list.json")] == [("CHUV-007", False),
+                                                                                     ("CHUV-008", True)]
 
 
 def test_missing_root_and_empty_folder(tmp_path: Path) -> None:

@@ -44,6 +44,9 @@ def test_resolve_preset(bases: dict[str, Path], tmp_path: Path) -> None:
     assert resolve_preset("tiny", paper) == "tiny"  # the caller's choice wins
     assert resolve_preset(None, tmp_path / "missing") == "tiny"  # the verb itself reports the missing run
     assert resolve_preset(None, None) == "tiny"
+    # --resume keeps the preset of the run it continues (started with --preset tiny on a paper base, say)
+    assert resolve_preset(None, paper, resumed=bases["unetr"]) == "tiny"
+    assert resolve_preset(None, paper, resumed=tmp_path / "not_started") == "paper"
 
 
 def test_adapt_and_update_train_with_the_preset_of_their_run(bases: dict[str, Path], phantom: Path,

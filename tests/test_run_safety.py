@@ -199,6 +199,10 @@ def test_predict_never_writes_over_the_dataset(bases: dict[str, Path], phantom: 
         assert result.returncode == 2 and "Traceback" not in result.stderr
         assert "would overwrite" in result.stderr and "MDA-00" in result.stderr
     assert {p.name: p.read_bytes() for p in (data / "labelsTr").iterdir()} == before
+    results = tmp_path / "results" / "labels"  # a predictions folder that happens to be named labels*: reused
+    for _ in range(2):
+        main_result("predict", "--model", str(bases["unetr"]), "--input", str(data), "--centres", "MDA", "--out",
+                    str(results)).check_returncode()
     plain = tmp_path / "plain"  # a folder of CT files of any names: case "patient" is read from patient.nii.gz
     plain.mkdir()
     shutil.copy(phantom / "imagesTr" / "MDA-000__CT.nii.gz", plain / "patient.nii.gz")
@@ -218,6 +222,7 @@ def test_interrupted_run_needs_resume_or_force(finished: Path, phantom: Path, tm
     for flags in ({"resume": True}, {"force": True}):  # either choice opens it
         with new_run_folder(run, **flags) as folder:
             assert folder == run
+    assert not (run / "checkpoint.pt").exists()  # --force started it over: no old checkpoint to resume later
 
 
 def test_a_run_stopped_after_its_first_best_weights_is_interrupted_not_finished(

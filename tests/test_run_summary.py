@@ -11,11 +11,11 @@ from pemma.training.loop import best_dsc_text
 
 def test_best_dsc_text() -> None:
     assert best_dsc_text(0.51234) == "0.5123" and best_dsc_text(0.0) == "0.0000"
-    assert best_dsc_text(-1.0) == "n/a (no validation cases)"
+    assert best_dsc_text(-1.0) == "n/a (no validation score)"
 
 
 def test_train_without_validation_cases_prints_n_a(phantom: Path, tmp_path: Path) -> None:
     stdout = run_main("train", "--data", str(phantom), "--centres", "CHUM", "--modalities", "ct", *FAST,
                       "--val-fraction", "0", "--max-steps", "1", "--out", str(tmp_path / "run"))
     last = stdout.strip().splitlines()[-1]
-    assert last == f"{tmp_path / 'run'}: 1 steps, best validation mean DSCagg n/a (no validation cases)", last
+    assert last == f"{tmp_path / 'run'}: 1 steps, best validation mean DSCagg n/a (no validation score)", last

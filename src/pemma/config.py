@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -369,8 +370,10 @@ def build_config(preset: str = "tiny", config_file: str | Path | None = None,
 def _source_of(message: str, user: dict[str, Any], flags: dict[str, dict[str, Any]],
                config_file: str | Path | None) -> str:
     """``"<file>: "`` when the setting an error names came from the user's YAML file (not from a flag)."""
-    if config_file is not None and message.startswith("unknown"):  # flags and presets hold known keys only
-        return f"{config_file}: "
+    if config_file is not None and message.startswith("unknown"):  # an unknown name the user's file holds
+        names = set(re.findall(r"'([^']+)'", message))
+        in_file = set(user) | {k for v in user.values() if isinstance(v, dict) for k in v}
+        return f"{config_file}: " if names & in_file else ""
     section, _, rest = message.partition(".")
     name = rest.split(" ", 1)[0].split(".")[0]
     if config_file is None or name in flags.get(section, {}) or name not in (user.get(section) or {}):

@@ -334,9 +334,12 @@ def new_run_folder(out: str | os.PathLike, *, force: bool = False, resume: bool 
         with _replacing(target, main) as fresh:
             yield fresh
         return
-    if meta_file is None and not resume and not force and (target / STATE_FILE).is_file():
-        raise PemmaError(f"{target}: holds an interrupted run ({STATE_FILE}); pass --resume to continue it, or "
-                         "--force to start it over (resume=True / force=True in the API)")
+    if meta_file is None and not resume and (target / STATE_FILE).is_file():
+        if not force:
+            raise PemmaError(f"{target}: holds an interrupted run ({STATE_FILE}); pass --resume to continue it, or "
+                             "--force to start it over (resume=True / force=True in the API)")
+        if main:  # started over: a later --resume must not restore the old weights under the new settings
+            (target / STATE_FILE).unlink()
     created = _first_missing(target.absolute())
     try:
         yield target

@@ -34,6 +34,13 @@ def _window(roi: Sequence[int] | None, overlap: float | None, sw_batch_size: int
                           amp=bool(amp))
 
 
+def _check_roi(roi: Sequence[int] | None, loaded: Any) -> None:
+    from pemma.inference.predict import check_window_roi
+
+    if roi is not None:
+        check_window_roi(list(roi), loaded.config)
+
+
 def predict(model: RunLike, inputs: str | os.PathLike, out: str | os.PathLike, *, modalities: Names = None,
             centres: Names = None, base: RunLike | None = None, roi: Sequence[int] | None = None,
             overlap: float | None = None, sw_batch_size: int | None = None, device: str | None = None,
@@ -79,6 +86,7 @@ def predict(model: RunLike, inputs: str | os.PathLike, out: str | os.PathLike, *
     if rtstruct and not dicom:
         raise PemmaError(f"{source}: --rtstruct needs DICOM input (a folder of DICOM CT series), not NIfTI")
     loaded, chosen, dev = _loaded(model, base, modalities, device, source)
+    _check_roi(roi, loaded)  # once, before any case is read (not a failure per case)
     failures: dict[str, str] = {}
     if dicom:
         written, cases = _predict_dicom(loaded, source, chosen, out, dev, centres, rtstruct, failures,
@@ -177,6 +185,7 @@ def evaluate(model: RunLike | None = None, data: str | os.PathLike | None = None
         folder = Path(os.fspath(out)) if out is not None else Path(os.fspath(pred)) / "evaluation"
     else:
         loaded, chosen, dev = _loaded(model, base, modalities, device, source)
+        _check_roi(roi, loaded)
         specs = loaded.config.preprocess.modality_registry()  # the run's modalities (a declared one's suffix)
         cases = select_cases(discover_cases(source, specs, roi_names), centres=name_list(centres) or [],
                              modalities=chosen, require_label=True, source=source)

@@ -129,10 +129,11 @@ def run_config(preset: str = "tiny", config: str | os.PathLike | None = None,
     return build_config(preset, None if config is None else os.fspath(config), merged)
 
 
-def resolve_preset(preset: str | None, run: RunLike | None) -> str:
-    """``preset``, or when None the preset of the run a verb builds on (its ``config.yaml``; ``tiny`` when it
-    cannot be read, the command then reports the run itself): adapting a paper-size base (``pemma import-model``
-    or ``train --preset paper``) keeps the paper's training settings unless the caller names another preset.
+def resolve_preset(preset: str | None, run: RunLike | None, resumed: str | os.PathLike | None = None) -> str:
+    """``preset``, or when None: the preset of ``resumed`` (the run a ``--resume`` continues, when it has a
+    ``config.yaml``: it keeps its own settings), else of the run a verb builds on (``tiny`` when neither can be
+    read, the command then reports the run itself): adapting a paper-size base (``pemma import-model`` or
+    ``train --preset paper``) keeps the paper's training settings unless the caller names another preset.
 
     Example:
         >>> resolve_preset(None, "runs/my_ct")  # an imported run  # doctest: +SKIP
@@ -142,12 +143,13 @@ def resolve_preset(preset: str | None, run: RunLike | None) -> str:
 
     if preset is not None:
         return preset
-    if run is None:
-        return "tiny"
-    try:
-        return RunConfig.load(Path(str(path_of(run))) / CONFIG_FILE).preset
-    except PemmaError:
-        return "tiny"
+    for folder in (resumed, path_of(run)):
+        if folder is not None and (Path(folder) / CONFIG_FILE).is_file():
+            try:
+                return RunConfig.load(Path(folder) / CONFIG_FILE).preset
+            except PemmaError:
+                pass
+    return "tiny"
 
 
 def check_register(given: str | None, preprocess: PreprocessConfig, source: str) -> None:

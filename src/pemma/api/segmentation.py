@@ -135,7 +135,7 @@ def adapt(base: RunLike, data: str | os.PathLike, out: str | os.PathLike, *, cen
             adapter_cfg = recipe_config(recipe, backbone, adapter_type, given)
     except ValueError as exc:
         raise PemmaError(f"invalid adapter settings: {exc}") from None
-    preset = resolve_preset(preset, base)
+    preset = resolve_preset(preset, base, out if resume else None)
     cfg = absolute_data(run_config(preset, config, overrides, data=data, centres=centres, **settings))
     known = [m for m in cfg.preprocess.modality_registry() if m != "ct"]
     if added not in known:
@@ -189,7 +189,7 @@ def update(model: RunLike, data: str | os.PathLike, modalities: Names, out: str 
 
     if settings.get("register") is not None:
         check_register(settings["register"], Run.open(model).config.preprocess, str(path_of(model)))
-    preset = resolve_preset(preset, model)
+    preset = resolve_preset(preset, model, out if resume else None)
     cfg = absolute_data(run_config(preset, config, overrides, data=data, centres=centres, **settings))
     warn_tiny_preset(preset, cfg)
     reads = [*run_family(path_of(model)), path_of(base)]

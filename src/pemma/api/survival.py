@@ -69,7 +69,7 @@ def survival_train(base: RunLike, data: str | os.PathLike, out: str | os.PathLik
 
     _fp32_only(settings)
     check_out_of_reads(out, [path_of(base)])  # before reading anything
-    preset = resolve_preset(preset, base)
+    preset = resolve_preset(preset, base, out if resume else None)
     cfg = absolute_data(run_config(preset, config, overrides, data=data, centres=centres, modalities=modalities,
                                    **settings))
     warn_tiny_preset(preset, cfg)
@@ -100,7 +100,7 @@ def survival_adapt(model: RunLike, out: str | os.PathLike, *, data: str | os.Pat
         model: prognosis run folder to extend.
         out: new prognosis run folder.
         data: dataset folder. Default: the one ``model`` was trained on.
-        centres: centres. Default: as ``model`` was trained.
+        centres: centres. Default: as ``model`` was trained when ``data`` is its dataset (not given), else all.
         add_modality: ``pet`` or None. add_ehr: add the clinical vector (projected, zero-initialised).
         method: ``lora`` or ``dora``. Default: the model's, else lora.
         rank, alpha: adapter rank and alpha for new adapters.
@@ -137,9 +137,9 @@ def survival_adapt(model: RunLike, out: str | os.PathLike, *, data: str | os.Pat
     prev_cfg = RunConfig.load(f"{previous}/config.yaml")
     _check_geometry(settings.get("roi"), settings.get("spacing"), prev_cfg.model, prev_cfg.preprocess, previous)
     check_register(settings.get("register"), prev_cfg.preprocess, str(previous))
-    data = data or prev_cfg.data.root
-    if centres is None and prev_cfg.data.centres:
+    if centres is None and prev_cfg.data.centres and data is None:  # the model's centres of the model's data
         centres = list(prev_cfg.data.centres)
+    data = data or prev_cfg.data.root
     clinical_config = None
     if numeric_column is not None or categorical_column is not None:
         try:
@@ -147,7 +147,7 @@ def survival_adapt(model: RunLike, out: str | os.PathLike, *, data: str | os.Pat
                                              categorical=tuple(categorical_column or ()))
         except ValueError as exc:
             raise PemmaError(f"invalid clinical columns: {exc}") from None
-    preset = preset if preset is not None else prev_cfg.preset
+    preset = resolve_preset(preset, previous, out if resume else None)
     cfg = absolute_data(run_config(preset, config, overrides, data=data, centres=centres, **settings))
     warn_tiny_preset(preset, cfg)
     _fp32_only(settings, cfg)

@@ -56,7 +56,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = verbs.add_parser("adapt", help="add PET and/or clinical data to a prognosis model with LoRA / DoRA")
     p.add_argument("--model", required=True, help="prognosis run folder to extend (left unchanged)")
     p.add_argument("--data", help="dataset folder (default: the one the model was trained on)")
-    p.add_argument("--centres", help="comma-separated centres (default: as the model was trained)")
+    p.add_argument("--centres", help="comma-separated centres (default: as the model was trained when --data is "
+                                     "not given, else all)")
     add_field_flag(p, SurvivalConfig, "add_modality", choices=["pet"])
     add_field_flag(p, SurvivalConfig, "add_ehr")
     add_field_flag(p, SurvivalConfig, "method", choices=ADAPTER_METHODS)

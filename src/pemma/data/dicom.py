@@ -9,6 +9,7 @@ and the predicted label lies on the CT grid of the DICOM series.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
@@ -52,6 +53,8 @@ class DicomSeries:
     folder: str
     files: tuple[str, ...] = field(hash=False)
     description: str = ""
+    #: a damaged file of the series' folder that GDCM left out (:func:`read_series` refuses the series with it)
+    problem: str = field(default="", compare=False)
 
     @property
     def where(self) -> str:
@@ -127,11 +130,12 @@ def find_series(root: str | os.PathLike) -> list[DicomSeries]:
 
 
 def _add_series(folder: Path, found: dict[str, DicomSeries]) -> None:
-    """Add the CT and PT image series of one folder to ``found`` (by SeriesInstanceUID).
+    """Add the CT and PT image series of one folder to ``found`` (by SeriesInstanceUID). A DICOM file of the folder
+    that belongs to no series GDCM could read (truncated or damaged: GDCM leaves it out, so the volume would
+    silently lose a slice) becomes the ``problem`` of the folder's series, which only their case then fails on.
 
     Raises:
-        PemmaError: a DICOM file of the folder that belongs to no series GDCM could read (a truncated or damaged
-            file, or an unreadable slice of a series: GDCM leaves it out, so the volume would silently lose it).
+        PemmaError: a series split over two folders.
     """
     import SimpleITK as sitk
 
@@ -156,24 +160,37 @@ def _add_series(folder: Path, found: dict[str, DicomSeries]) -> None:
         found[uid] = DicomSeries(uid, modality, str(head.get("PatientID", "") or "patient"),
                                  str(head.get("StudyInstanceUID", "")), str(head.get("StudyDate", "") or ""),
                                  str(folder), files, str(head.get("SeriesDescription", "") or ""))
-    _check_unlisted(folder, listed, found)
+    here = [uid for uid, s in found.items() if s.folder == str(folder)]
+    for uid, problem in _unlisted_problems(folder, listed, found):
+        targets = [uid] if uid in found else here
+        for target in targets:
+            found[target] = dataclasses.replace(found[target], problem=found[target].problem or problem)
+        if not targets:
+            log.warning(problem)
 
 
-def _check_unlisted(folder: Path, listed: set[str], found: dict[str, DicomSeries]) -> None:
-    """Refuse a DICOM file of ``folder`` outside every series GDCM read (``listed``): damaged, or a slice GDCM
-    could not read. A DICOMDIR and complete files of other kinds are left alone."""
+def _unlisted_problems(folder: Path, listed: set[str], found: dict[str, DicomSeries]) -> list[tuple[str, str]]:
+    """``(series UID or "", message)`` for each DICOM file of ``folder`` outside every series GDCM read
+    (``listed``): damaged, or a slice GDCM could not read. A DICOMDIR and complete files of other kinds are left
+    alone."""
+    problems = []
     for path in sorted(folder.iterdir()):
         if (not path.is_file() or os.path.realpath(path) in listed or path.name.upper() == "DICOMDIR"
                 or not pydicom.misc.is_dicom(str(path))):
             continue
-        head = _header(str(path))
+        try:
+            head = _header(str(path))
+        except PemmaError as exc:
+            problems.append(("", str(exc)))
+            continue
         uid = head.get("SeriesInstanceUID")
         if uid is None and head.get("Modality") is None and "DirectoryRecordSequence" not in head:
-            raise PemmaError(f"{path}: damaged or truncated DICOM file (no Modality or SeriesInstanceUID); "
-                             f"replace or remove it")
-        if uid is not None and str(uid) in found:
-            raise PemmaError(f"{path}: a slice of {found[str(uid)].where} that cannot be read (damaged or "
-                             f"truncated?); replace or remove it")
+            problems.append(("", f"{path}: damaged or truncated DICOM file (no Modality or SeriesInstanceUID); "
+                                 f"replace or remove it"))
+        elif uid is not None and str(uid) in found:
+            problems.append((str(uid), f"{path}: a slice of {found[str(uid)].where} that cannot be read (damaged "
+                                       f"or truncated?); replace or remove it"))
+    return problems
 
 
 def _case_id(patient: str, study_date: str, index: int, studies: int) -> str:
@@ -256,10 +273,13 @@ def read_series(series: DicomSeries) -> sitk.Image:
     """The series as a float32 SimpleITK image (CT in HU; PET in SUVbw from its tags, see :func:`suv_factor`).
 
     Raises:
-        PemmaError: unreadable files, uneven slices, or (PET) a missing SUV tag; one line naming the series.
+        PemmaError: unreadable files, uneven slices, or (PET) a missing SUV tag; one line naming the series (or a
+            damaged file of its folder: :attr:`DicomSeries.problem`).
     """
     import SimpleITK as sitk
 
+    if series.problem:
+        raise PemmaError(series.problem)
     headers = [_header(f) for f in series.files]
     _check_spacing(series, headers)
     factor = suv_factor(headers, series.where) if series.modality == "PT" else None  # a missing tag fails early

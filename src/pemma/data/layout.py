@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,8 +35,8 @@ class CaseRecord:
     """One patient: image paths by modality (``ct``, ``pet``, ``mr``...) and an optional label path.
 
     ``label_map`` holds the (file value, pemma value) pairs of a dataset whose ``dataset.json`` numbers GTVp and
-    GTVn otherwise than 1 and 2 (None: the files hold pemma's values); ``test`` marks an nnU-Net ``imagesTs`` case,
-    which training never uses.
+    GTVn otherwise than 1 and 2 (None: the files hold pemma's values); ``test`` marks a test case (an ``imagesTs``
+    folder's, a datalist's ``"test"`` entry), which training never uses.
     """
 
     case_id: str
@@ -136,7 +136,13 @@ def _discover_hecktor(root: Path, specs: Specs | None = None) -> list[CaseRecord
             raise PemmaError(f"case {cid}: two label files, {labels[cid]} and {path}; keep one of them "
                              f"(labels are read from folders named labels*)")
         labels[cid] = str(path)
-    return [CaseRecord(cid, centre_of(cid), imgs, labels.get(cid)) for cid, imgs in sorted(images.items())]
+    return [CaseRecord(cid, centre_of(cid), imgs, labels.get(cid), test=_in_test_folder(imgs.values(), root))
+            for cid, imgs in sorted(images.items())]
+
+
+def _in_test_folder(paths: Iterable[str], root: Path) -> bool:
+    """Whether a case's images lie in a folder named ``imagesTs*`` (HECKTOR's and nnU-Net's test images)."""
+    return any(part.lower().startswith("imagests") for p in paths for part in Path(p).relative_to(root).parts[:-1])
 
 
 def _discover_datalist(path: Path, specs: Specs | None = None) -> list[CaseRecord]:
@@ -145,6 +151,7 @@ def _discover_datalist(path: Path, specs: Specs | None = None) -> list[CaseRecor
     except (OSError, ValueError) as exc:
         raise PemmaError(f"{path}: cannot read datalist JSON ({exc})") from None
     entries = raw.get("training", []) + raw.get("test", []) if isinstance(raw, dict) else raw
+    n_training = len(raw.get("training", [])) if isinstance(raw, dict) else len(entries)  # "test": never trained on
     cases = []
     keys = [("ct", "ct"), ("pet", "pet"), ("pet", "pt")]
     keys += [(m, m) for m in (specs or default_registry()) if m not in ("ct", "pet")]
@@ -160,7 +167,7 @@ def _discover_datalist(path: Path, specs: Specs | None = None) -> list[CaseRecor
             raise PemmaError(f"{path}: entry {i} ({cid}): label {entry['label']} is the same file as its {key} "
                              f"image {imgs[key]}; give the label file")
         centre = str(entry.get("centre") or entry.get("center") or centre_of(cid))
-        cases.append(CaseRecord(cid, centre, imgs, label))
+        cases.append(CaseRecord(cid, centre, imgs, label, test=i >= n_training))
     return cases
 
 

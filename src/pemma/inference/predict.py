@@ -142,15 +142,19 @@ def predict_case(model: LoadedModel, case: CaseRecord, modalities: Sequence[str]
 
 def check_not_over_inputs(out_dir: Path, cases: Sequence[CaseRecord]) -> None:
     """Predictions ``out_dir/<case_id>.nii.gz`` must not replace a file the cases are read from (an image or a
-    ground-truth label: ``--out data/labelsTr``), nor an existing file of a dataset's ``labels*`` folder.
+    ground-truth label: ``--out data/labelsTr``), nor an existing file of a dataset's ``labels*`` folder (beside
+    its ``imagesTr`` / ``imagesTs`` / ``dataset.json``; another folder of that name may hold earlier predictions).
 
     Raises:
         PemmaError: naming the file that would be overwritten; before anything is predicted.
     """
     inputs = {Path(p).resolve() for c in cases for p in (*c.images.values(), c.label) if p}
+    parent = out_dir.resolve().parent
+    label_folder = out_dir.name.lower().startswith("labels") and any(
+        (parent / name).exists() for name in ("imagesTr", "imagesTs", "dataset.json"))  # a dataset's, not a name
     for case in cases:
         target = out_dir / f"{case.case_id}.nii.gz"
-        if target.resolve() in inputs or (target.is_file() and out_dir.name.lower().startswith("labels")):
+        if target.resolve() in inputs or (label_folder and target.is_file()):
             raise PemmaError(f"{out_dir}: the prediction of case {case.case_id} would overwrite {target}, a "
                              f"dataset's image or label; write the predictions to another --out")
 

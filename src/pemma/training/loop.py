@@ -71,9 +71,9 @@ def mark_complete(run_dir: Path) -> None:
 
 
 def best_dsc_text(best: float) -> str:
-    """A run summary's ``best_dsc`` for people: 4 decimals, or "n/a (no validation cases)" for the -1 that a run
-    without validation cases records."""
-    return f"{best:.4f}" if best >= 0 else "n/a (no validation cases)"
+    """A run summary's ``best_dsc`` for people: 4 decimals, or "n/a (no validation score)" for the -1 that a run
+    records without validation cases (or whose validations never gave a defined mean)."""
+    return f"{best:.4f}" if best >= 0 else "n/a (no validation score)"
 
 
 def validate(task: TrainingTask, module: nn.Module, val_ds: Any, cfg: RunConfig, device: torch.device) -> dict:
