@@ -90,6 +90,8 @@ def test_forced_run_replaces_only_on_success(finished: Path, phantom: Path, tmp_
     assert json.loads((run / MODEL_META).read_text())["sha256"] != old_meta["sha256"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
     assert stat.S_IMODE(run.stat().st_mode) == 0o755
+    curves = next(line for line in (run / "train.log").read_text().splitlines() if "training curves:" in line)
+    assert f"training curves: {run}/training_curves.png" in curves and "pemma-new" not in curves, curves
 
 
 def test_out_inside_a_run_that_is_read_is_refused(finished: Path, phantom: Path, tmp_path: Path) -> None:

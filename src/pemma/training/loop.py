@@ -28,7 +28,7 @@ from pemma.data.transforms import describe, preprocessing, training_augmentation
 from pemma.errors import PemmaError
 from pemma.evaluation.metrics import AggregatedDice
 from pemma.inference.sliding import labels_of, sliding_window_probs
-from pemma.runs import CONFIG_FILE, MODEL_META, STATE_FILE, load_state, write_meta
+from pemma.runs import CONFIG_FILE, MODEL_META, STATE_FILE, final_path, load_state, write_meta
 from pemma.runtime import DistInfo, agree_on_failure, barrier, run_logger
 from pemma.training.engine import Engine, StepFn, process_group, trainable_state
 
@@ -314,8 +314,9 @@ class SegmentationTraining:
         elif self.dist.is_main:
             mark_complete(self.out_dir)
         figure = self.engine.finish()
-        if figure is not None:
-            self.log.info(f"training curves: {figure}; TensorBoard: tensorboard --logdir {self.out_dir}")
+        if figure is not None:  # named where they will be (a --force run is written beside the run it replaces)
+            final = final_path(self.out_dir)
+            self.log.info(f"training curves: {final / Path(figure).name}; TensorBoard: tensorboard --logdir {final}")
         barrier(self.dist)
         seconds = time.time() - self.started
         self.log.info(f"done: {step} steps in {seconds:.0f} s; best mean DSCagg {best_dsc_text(self.best)} "
