@@ -355,9 +355,18 @@ class Strategy:
         try:
             return dataclasses.replace(self, **changes)
         except StrategyError as exc:  # the file is valid (it loaded): what the command line changed is not
-            given = ", ".join(_OVERRIDE_SOURCES[k] for k in changes)
+            at_fault = [k for k in changes if not self._accepts(k, changes[k])] or list(changes)
+            given = ", ".join(_OVERRIDE_SOURCES[k] for k in at_fault)
             raise StrategyError(f"{given} (over {self.source}): {str(exc).removeprefix(f'{self.source}: ')}") \
                 from None
+
+    def _accepts(self, key: str, value: Any) -> bool:
+        """Whether this strategy stays valid with the one override ``key`` (to name the flag at fault)."""
+        try:
+            dataclasses.replace(self, **{key: value})
+        except StrategyError:
+            return False
+        return True
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (YAML/JSON-ready) equal to what :func:`parse_strategy` reads back."""
