@@ -298,3 +298,21 @@ def test_adapt_stage_two_process_gloo(setup: dict[str, Path], tmp_path: Path) ->
     meta = json.loads((out / "survival.json").read_text())
     assert meta["steps"] == math.ceil(len(meta["train_cases"]) / (2 * 2))
     assert "DistributedDataParallel over 2 processes" in (out / "train.log").read_text()
+
+
+def test_adapt_on_other_data_does_not_inherit_the_models_centres(setup: dict[str, Path], tmp_path: Path) -> None:
+    """``survival adapt --data OTHER`` without ``--centres``: all of OTHER's centres, not the model's (which OTHER
+    may not have: an error about centres the user never typed); on the model's own data its centres."""
+    import shutil
+
+    data, base = setup["data"], setup["base"]
+    ok("survival", "train", "--base", base, "--data", data, "--centres", "CHUM,MDA", "--out", tmp_path / "ct",
+       *TINY)
+    other = tmp_path / "mda_only"
+    shutil.copytree(data, other)
+    for path in [*other.rglob("CHUM-*")]:
+        path.unlink()
+    ok("survival", "adapt", "--model", tmp_path / "ct", "--data", other, "--add-ehr", "--out", tmp_path / "ehr",
+       *TINY)
+    meta = json.loads((tmp_path / "ehr" / "survival.json").read_text())
+    assert {c.split("-")[0] for c in meta["train_cases"] + meta["val_cases"]} == {"MDA"}
