@@ -199,9 +199,7 @@ def finished_meta(folder: str | Path) -> Path | None:
 
 
 def interrupted_meta(folder: str | Path) -> str | None:
-    """How far a run whose training stopped before its end got (``model.json`` holds its best weights so far with
-    ``"complete": false``), e.g. ``"best weights of step 40 of 120"``; None for a run that finished (or one written
-    before pemma recorded it) and for no run."""
+    """:func:`interrupted_text` of the ``model.json`` in ``folder`` (None without one, or an unreadable one)."""
     path = Path(folder) / MODEL_META
     if not path.is_file():
         return None
@@ -209,7 +207,14 @@ def interrupted_meta(folder: str | Path) -> str | None:
         meta = json.loads(path.read_text())
     except ValueError:
         return None
-    if not isinstance(meta, dict) or meta.get("complete") is not False:
+    return interrupted_text(meta) if isinstance(meta, dict) else None
+
+
+def interrupted_text(meta: dict[str, Any]) -> str | None:
+    """How far a run whose training stopped before its end got (its ``model.json`` holds the best weights so far
+    with ``"complete": false``), e.g. ``"best weights of step 40 of 120"``; None for a run that finished (or one
+    written before pemma recorded it)."""
+    if meta.get("complete") is not False:
         return None
     return f"best weights of step {meta.get('step')} of {meta.get('total_steps')}"
 

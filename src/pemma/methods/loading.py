@@ -12,7 +12,7 @@ from pemma.config import RunConfig
 from pemma.errors import PemmaError
 from pemma.methods.registry import get_kind
 from pemma.models.loaded import LoadedModel
-from pemma.runs import CONFIG_FILE, MODEL_META, check_base, interrupted_meta, read_meta
+from pemma.runs import CONFIG_FILE, MODEL_META, check_base, interrupted_text, read_meta
 from pemma.vocab import KIND_BACKBONE
 
 
@@ -38,7 +38,7 @@ def load_model(run_dir: str | Path, device: torch.device | str = "cpu",
     """
     run_dir = Path(run_dir)
     meta = read_meta(run_dir)
-    stopped = interrupted_meta(run_dir)
+    stopped = interrupted_text(meta)  # the metadata just read, not the file again
     if stopped is not None:
         warnings.warn(f"{run_dir}: its training stopped before its end ({stopped}); rerun the training command with "
                       f"--resume to finish it", UserWarning, stacklevel=2)

@@ -30,12 +30,13 @@ from pemma.io_utils import write_text_atomic
 from pemma.protocol import chains
 from pemma.protocol.chains import ProtocolData, run_dir
 from pemma.protocol.claims.cindex import prognosis_findings  # the lesion chain's cindex_gain_* claims
+from pemma.protocol.provenance import other_machines_note, record_machine
 from pemma.protocol.results import markdown_report, write_case_results, write_results
 from pemma.protocol.routes import adapt_kwargs, method_folder, pairs
 from pemma.protocol.split import split_case_ids
 from pemma.protocol.strategy import PlannedPhase, Strategy, StrategyError
 from pemma.protocol.strategy_file import load_strategy
-from pemma.runtime import describe_machine, machine_line, resolve_amp, side_by_side
+from pemma.runtime import machine_line, resolve_amp, side_by_side
 from pemma.vocab import EVAL_INPUT_SETS, METHODS, canonical_method, method_choices
 
 
@@ -148,8 +149,7 @@ def reproduce(strategy_path: str | Path, data_root: str | Path, out_dir: str | P
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     mixed, precision = resolve_amp(strategy.amp, device)
     # the CPU kind changes the numbers of the same seed (README: findings over seeds), so the run says where it ran
-    machine = describe_machine(device)
-    write_text_atomic(out / "machine.json", json.dumps(machine, indent=2))
+    machine = record_machine(out, device)  # as each run folder records its own
 
     jobs = [(b, m, pair, p) for b in strategy.backbones for m in strategy.methods for pair in pairs(strategy, m)
             for p in strategy.plan()]
@@ -352,7 +352,6 @@ def _report(strategy: Strategy, rows: list[dict[str, Any]], out: Path, seconds: 
     from pemma.protocol.figures import plot_dsc_across_phases
     from pemma.protocol.findings import collect_findings, findings_markdown
     from pemma.protocol.prognosis import prognosis_markdown
-    from pemma.protocol.provenance import other_machines_note
 
     figures = {}
     pretrain_centres = list(strategy.phases[0].centres)
