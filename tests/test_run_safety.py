@@ -107,6 +107,32 @@ def test_out_inside_a_run_that_is_read_is_refused(finished: Path, phantom: Path,
         pemma.update(model, phantom, "pet", finished, centres="MDA", force=True, **SMALL)
 
 
+def test_out_over_the_dataset_or_holding_a_read_run_is_refused(finished: Path, phantom: Path,
+                                                                tmp_path: Path) -> None:
+    """A run written into the dataset folder (or a folder holding a run it reads) would be deleted with its cases
+    (or base) by a later ``--force``: refused before anything is written."""
+    data = tmp_path / "data"
+    shutil.copytree(phantom, data)
+    before = snapshot(data)
+    with pytest.raises(PemmaError, match=rf"{data}: is {data}, an input"):
+        pemma.train(data, data, centres="CHUM", **TINY)
+    with pytest.raises(PemmaError, match=rf"{tmp_path}: holds {data}, an input"):
+        pemma.train(data, tmp_path, centres="CHUM", **TINY)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = main(["train", "--data", str(data), "--centres", "CHUM", "--out", str(data), "--max-steps", "1",
+                     "--force"])
+    assert code == 2 and len(err.getvalue().strip().splitlines()) == 1, err.getvalue()
+    assert snapshot(data) == before
+    # a run written beside its base's folder: --out is the folder holding the base run
+    with pytest.raises(PemmaError, match=rf"{finished.parent}: holds the run {finished}"):
+        pemma.adapt(finished, phantom, finished.parent, centres="MDA", force=True, **SMALL)
+    assert (finished / MODEL_META).is_file()
+    # a run inside the dataset folder is allowed (nothing of the dataset is replaced)
+    with new_run_folder(data / "runs" / "ct", data=[data]) as folder:
+        assert folder == data / "runs" / "ct"
+
+
 def test_failed_new_run_leaves_nothing(phantom: Path, tmp_path: Path) -> None:
     with pytest.raises(PemmaError):
         pemma.train(phantom, tmp_path / "a" / "b", centres="NOPE", **TINY)

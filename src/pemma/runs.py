@@ -235,21 +235,43 @@ def run_family(run_dir: str | os.PathLike | None) -> list[Path]:
     return family
 
 
-def check_out_of_reads(out: str | Path, reads: Iterable[str | os.PathLike | None]) -> None:
-    """``out`` must be neither one of the runs in ``reads`` nor inside one.
+def check_out_of_reads(out: str | Path, reads: Iterable[str | os.PathLike | None],
+                       data: Iterable[str | os.PathLike | None] = ()) -> None:
+    """``out`` must not overlap what the command reads.
+
+    ``out`` may be neither one of the runs in ``reads``, nor inside one, nor a folder holding one (a forced rerun
+    would replace that folder with everything in it); nor an input in ``data`` (dataset folder, datalist, weights
+    file) or a folder holding one (the run's files would land among the cases, and ``--force`` would later delete
+    them).
 
     Raises:
-        PemmaError: naming ``out`` and the run it would overwrite.
+        PemmaError: naming ``out`` and the run or dataset it would overwrite.
     """
-    target = Path(os.path.abspath(out)).resolve()
+    target = _absolute(out)
     for read in reads:
         if read is None:
             continue
-        source = Path(os.path.abspath(os.fspath(read))).resolve()
+        source = _absolute(read)
         if target == source or source in target.parents:
             where = "is" if target == source else "is inside"
             raise PemmaError(f"{out}: {where} the run {os.fspath(read)} that this command reads; write the new "
                              "run to another --out, not over or inside it")
+        if target in source.parents:
+            raise PemmaError(f"{out}: holds the run {os.fspath(read)} that this command reads; write the new run "
+                             "to a folder of its own (e.g. a sibling of it)")
+    for dataset in data:
+        if dataset is None or not os.fspath(dataset):
+            continue
+        source = _absolute(dataset)
+        if target == source or target in source.parents:
+            where = "is" if target == source else "holds"
+            raise PemmaError(f"{out}: {where} {os.fspath(dataset)}, an input of this command (dataset or file); "
+                             "write the run to a folder of its own, outside it")
+
+
+def _absolute(path: str | os.PathLike) -> Path:
+    """``path`` made absolute with its links resolved (also for a path that does not exist yet)."""
+    return Path(os.path.abspath(os.fspath(path))).resolve()
 
 
 def remove_stale_parts(folder: str | Path) -> list[Path]:
@@ -288,11 +310,12 @@ def _first_missing(path: Path) -> Path | None:
 
 @contextlib.contextmanager
 def new_run_folder(out: str | os.PathLike, *, force: bool = False, resume: bool = False,
-                   reads: Iterable[str | os.PathLike | None] = ()) -> Iterator[Path]:
+                   reads: Iterable[str | os.PathLike | None] = (),
+                   data: Iterable[str | os.PathLike | None] = ()) -> Iterator[Path]:
     """Open ``out`` for a training command and yield the folder to write the run into.
 
-    * ``out`` equal to or inside a run in ``reads`` (the base / model runs the command reads), or an existing
-      file, is an error.
+    * ``out`` equal to, inside or holding a run in ``reads`` (the base / model runs the command reads), equal to
+      or holding a dataset in ``data``, or an existing file, is an error (:func:`check_out_of_reads`).
     * A finished run in ``out`` (``model.json`` / ``survival.json``) is an error unless ``force`` or ``resume``.
       With ``force`` the new run is written into a hidden sibling (``.<out>.pemma-new``) that replaces ``out``
       only when the command succeeds: a failed forced run leaves the old run exactly as it was. With
@@ -312,6 +335,7 @@ def new_run_folder(out: str | os.PathLike, *, force: bool = False, resume: bool 
         force: replace a finished run in ``out``.
         resume: continue the run in ``out``.
         reads: run folders the command reads (``None`` entries are skipped).
+        data: other inputs the command reads: dataset folders, datalists, files (``None`` entries are skipped).
 
     Raises:
         PemmaError: one line naming ``out`` (and the run it clashes with).
@@ -321,7 +345,7 @@ def new_run_folder(out: str | os.PathLike, *, force: bool = False, resume: bool 
         ...     adapt("runs/ct", cfg, folder)
     """
     target = Path(os.fspath(out))
-    check_out_of_reads(target, reads)
+    check_out_of_reads(target, reads, data)
     if target.exists() and not target.is_dir():
         raise PemmaError(f"{target}: exists and is not a folder; choose another --out")
     main = _is_main_process()

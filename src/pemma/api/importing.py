@@ -64,6 +64,6 @@ def import_model(weights: str | os.PathLike, out: str | os.PathLike, *, backbone
             cfg.model = ModelConfig(**{**dataclasses.asdict(cfg.model), **bundle})
         except ValueError as exc:
             raise PemmaError(f"{source}: invalid network_def for pemma ({str(exc).splitlines()[0]})") from None
-    with new_run_folder(out, force=force) as folder:
+    with new_run_folder(out, force=force, data=[source]) as folder:
         summary = import_weights(source, cfg, Path(folder), label_map=mapping, min_matched=min_matched)
     return Run.open(out, summary)

@@ -79,7 +79,8 @@ def survival_train(base: RunLike, data: str | os.PathLike, out: str | os.PathLik
                     path_of(base))
     check_register(settings.get("register"), loaded.config.preprocess, str(path_of(base)))
     stage = survival_settings(**_given(head=head, bins=bins, l2=l2))
-    with new_run_folder(out, force=force, resume=resume, reads=[path_of(base)]) as folder:
+    with new_run_folder(out, force=force, resume=resume, reads=[path_of(base)],
+                        data=[cfg.data.root, _opt(endpoints)]) as folder:
         summary = train_survival(path_of(base), cfg, os.fspath(folder), stage, endpoints=_opt(endpoints),
                                  resume=resume)
     return Run.open(out, summary)
@@ -154,7 +155,8 @@ def survival_adapt(model: RunLike, out: str | os.PathLike, *, data: str | os.Pat
     stage = survival_settings(**_given(add_modality=add_modality, add_ehr=add_ehr, method=method, rank=rank,
                                        alpha=alpha, encoder_lr_scale=encoder_lr_scale, l2=l2,
                                        train_adapters=not freeze_adapters))
-    with new_run_folder(out, force=force, resume=resume, reads=reads) as folder:
+    with new_run_folder(out, force=force, resume=resume, reads=reads,
+                        data=[cfg.data.root, _opt(endpoints), _opt(clinical)]) as folder:
         summary = adapt_survival(previous, cfg, os.fspath(folder), stage, clinical_config=clinical_config,
                                  endpoints=_opt(endpoints), clinical=_opt(clinical), base_run=path_of(base),
                                  init_adapters=path_of(init_adapters), resume=resume)
