@@ -144,15 +144,23 @@ def test_failed_case_leaves_earlier_outputs_whole(ct_model: Path, phantom: Path,
 def test_predict_ct_truncated_after_its_header(ct_model: Path, phantom: Path, tmp_path: Path,
                                               capsys: pytest.CaptureFixture) -> None:
     """``predict`` takes the output geometry from the CT's header alone: a CT whose header reads but whose voxels
-    are cut off is still refused in one line naming the file (by preprocessing, which reads the voxels)."""
+    are cut off is still refused, in a warning line naming the file (by preprocessing, which reads the voxels),
+    and fails only its case: the other cases are predicted, the error line names the failed case."""
     data = _copy_case(phantom, tmp_path / "d")
+    shutil.copy(phantom / "imagesTr" / "CHUM-001__CT.nii.gz", data / "imagesTr")
     path = data / "imagesTr" / "CHUM-000__CT.nii.gz"
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
     assert nib.load(str(path)).shape  # the header still reads
-    line = _error_line(capsys, ["predict", "--model", str(ct_model), "--input", str(data / "imagesTr"),
-                                "--out", str(tmp_path / "pred")])
-    assert "CHUM-000__CT.nii.gz: cannot read CT of case CHUM-000" in line
+    code = main(["predict", "--model", str(ct_model), "--input", str(data / "imagesTr"), "--modalities", "ct",
+                 "--out", str(tmp_path / "pred")])
+    err = capsys.readouterr().err
+    assert code != 0 and "Traceback" not in err
+    (warning,) = [ln for ln in err.splitlines() if "warning:" in ln]
+    (line,) = [ln for ln in err.splitlines() if "error:" in ln]
+    assert "CHUM-000__CT.nii.gz: cannot read CT of case CHUM-000" in warning
+    assert "wrote 1 of 2 label maps; 1 case(s) failed: CHUM-000" in line
     assert not (tmp_path / "pred" / "CHUM-000.nii.gz").exists()
+    assert (tmp_path / "pred" / "CHUM-001.nii.gz").is_file()
 
 
 @pytest.mark.parametrize(("verb_args", "expected"), [

@@ -8,3 +8,15 @@ class PemmaError(Exception):
 
     The message must name the file or case and the problem in one line.
     """
+
+
+def user_error(exc: BaseException | None) -> PemmaError | None:
+    """The :class:`PemmaError` that ``exc`` is or wraps (MONAI's transforms re-raise what a transform raised as a
+    ``RuntimeError`` whose cause is the original), or None when ``exc`` is not a user error."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, PemmaError):
+            return exc
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__
+    return None

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pemma import __version__
 from pemma.cli import adaptation, check, demo, importing, protocol, segmentation, survival
-from pemma.errors import PemmaError
+from pemma.errors import user_error
 
 VERBS = (check, segmentation, importing, adaptation, survival, protocol, demo)
 
@@ -29,17 +29,6 @@ def build_parser() -> argparse.ArgumentParser:
     for module in VERBS:
         module.register(sub)
     return parser
-
-
-def _user_error(exc: BaseException) -> PemmaError | None:
-    """A :class:`PemmaError` raised directly or wrapped by MONAI's transform machinery."""
-    seen = set()
-    while exc is not None and id(exc) not in seen:
-        if isinstance(exc, PemmaError):
-            return exc
-        seen.add(id(exc))
-        exc = exc.__cause__ or exc.__context__
-    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -56,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("pemma: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # user errors become one line; a bug becomes one line and a log file
-        user = _user_error(exc)
+        user = user_error(exc)
         if user is None:
             user = _environment_error(exc)
         if user is not None:

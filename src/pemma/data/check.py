@@ -4,9 +4,9 @@
 check on the cases they will read before they train (:func:`preflight`), and ``--exclude-bad-cases`` leaves the
 bad cases out instead of stopping, recording them in the run.
 
-Per case: each image and the label is readable, 3-D, finite, with an invertible header affine; label values are
-HECKTOR's {0, 1, 2}; the PET covers at least half of the CT field of view in world space (co-registered); the label
-grid overlaps the CT.
+Per case: each image and the label is readable, 3-D, finite, with an invertible header affine; the CT is in HU and
+the PET in SUV as far as their voxels tell (:mod:`pemma.data.intensity`); label values are HECKTOR's {0, 1, 2}; the
+PET covers at least half of the CT field of view in world space (co-registered); the label grid overlaps the CT.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import nibabel as nib
 import numpy as np
 from tqdm.auto import tqdm
 
+from pemma.data.intensity import intensity_problem, intensity_warning
 from pemma.data.labels import to_pemma_labels
 from pemma.data.layout import CaseRecord
 from pemma.data.overlap import affine_world_box, covered_fraction, pet_overlap_problem
@@ -93,6 +94,16 @@ def check_case(case: CaseRecord, modalities: Sequence[str], with_label: bool = T
                                                     f"{case.case_id}")
         except PemmaError as exc:
             problems.append(str(exc))
+            continue
+        voxels = np.asanyarray(images[modality].dataobj)
+        problem = intensity_problem(modality, voxels, path, case.case_id)
+        if problem:
+            problems.append(problem)
+            del images[modality]
+            continue
+        unusual = intensity_warning(modality, voxels, path, case.case_id)
+        if unusual:
+            warnings.warn(unusual, UserWarning, stacklevel=2)
     label = label_voxels = None
     if with_label:
         if case.label is None:

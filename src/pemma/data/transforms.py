@@ -31,6 +31,7 @@ from monai.transforms import (
 )
 
 from pemma.config import PreprocessConfig
+from pemma.data.intensity import intensity_problem
 from pemma.data.labels import LABEL_MAP_KEY, to_pemma_labels
 from pemma.data.normalise import NormaliseModalityd
 from pemma.data.overlap import MIN_PET_OVERLAP, pet_overlap_problem
@@ -46,7 +47,8 @@ _WHAT = {"ct": "CT", "pet": "PET", "label": "label"}
 class LoadCased(MapTransform):
     """Load the NIfTI paths under ``keys`` as channel-first float32 :class:`MetaTensor` (affine kept).
 
-    Checks each file (missing, corrupt, not 3-D, NaN/inf; label values in {0, 1, 2}) and raises a
+    Checks each file (missing, corrupt, not 3-D, NaN/inf; label values in {0, 1, 2}; a CT in HU and a PET in SUV:
+    :func:`pemma.data.intensity.intensity_problem`) and raises a
     one-line :class:`PemmaError` naming the case and file. A ``label_map`` entry of the item (a dataset numbering
     its labels otherwise, see :mod:`pemma.data.labels`) remaps the label to pemma's values and is dropped.
     """
@@ -65,6 +67,10 @@ class LoadCased(MapTransform):
             array = array.reshape(array.shape[:3])
             if key == "label":
                 array = to_pemma_labels(array, label_map, str(path), str(case))
+            else:
+                problem = intensity_problem(str(key), array, str(path), str(case))  # a mask given as the CT...
+                if problem:
+                    raise PemmaError(problem)
             meta = {"filename_or_obj": str(path), "original_affine": img.affine.copy(),
                     "spatial_shape": np.asarray(array.shape)}
             d[key] = MetaTensor(torch.as_tensor(np.asarray(array, dtype=np.float32))[None],
@@ -309,12 +315,8 @@ def describe(modalities: Sequence[str], cfg: PreprocessConfig) -> list[str]:
              f"head-and-neck box",
              f"crop: head and neck box {cfg.crop_mm} mm below the top of the body (CT > "
              f"{cfg.body_threshold_hu} HU), label never used"]
-    if "ct" in modalities:
-        lines.append(f"CT: clip HU to {cfg.ct_window}, scale to [0, 1]")
-    if "pet" in modalities:
-        lines.append(f"PET: clip SUV to {cfg.pet_suv_range}, scale to [0, 1]")
-    specs = cfg.modality_registry() if extra else {}
-    lines += [specs[m].describe() for m in extra if m in specs]
+    specs = cfg.modality_registry()  # CT's HU window, PET's SUV range, MR's z-score...
+    lines += [specs[m].describe() for m in modalities if m in specs]
     lines += [describe_registration(RegistrationSettings.from_preprocess(cfg, modality=m))
               for m in registrable(modalities, cfg)]
     return lines

@@ -18,7 +18,7 @@ from pemma.data.layout import CaseRecord
 from pemma.data.register import register_files
 from pemma.data.registration import RegistrationSettings, registrable
 from pemma.data.transforms import preprocessing
-from pemma.errors import PemmaError
+from pemma.errors import PemmaError, user_error
 from pemma.inference.resample_back import labels_on_reference
 from pemma.inference.sliding import sliding_window_probs
 from pemma.io_utils import load_nifti, save_nifti
@@ -176,10 +176,11 @@ def predict_cases(model: LoadedModel, cases: Sequence[CaseRecord], modalities: S
     for case in tqdm(cases, desc="predict", unit="case", disable=not progress):
         try:
             label, ref_img = predict_case(model, case, modalities, device, window, reference=reference)
-        except PemmaError as exc:
-            if failures is None:
+        except Exception as exc:  # a bad input raised inside MONAI's transforms arrives wrapped
+            problem = user_error(exc)
+            if failures is None or problem is None:
                 raise
-            failures[case.case_id] = str(exc)
+            failures[case.case_id] = str(problem)
             continue
         path = out_dir / f"{case.case_id}.nii.gz"
         save_nifti(label, ref_img.affine, path, header=ref_img.header, dtype=np.uint8)
