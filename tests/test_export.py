@@ -190,3 +190,24 @@ def test_adapted_run_every_input_set(bases: dict[str, Path], phantom: Path, tmp_
     scripted = parser.get_parsed_content("network")
     x = torch.rand((1, 2, 32, 32, 32), generator=torch.Generator().manual_seed(16))
     np.testing.assert_allclose(scripted(x).detach().numpy(), pemma_logits(run, x, ["ct", "pet"]), atol=TOLERANCE)
+
+
+@pytest.mark.slow  # a tiny MR phantom and a one-step adaptation of the imported base
+def test_a_ct_mr_run_exports_merged_with_its_mr_preprocessing(ct_run: Path, tmp_path: Path) -> None:
+    """An adapted CT+MR run exports as CT+PET runs do (merged, checked), its record names MR's z-score, and a bundle
+    (MONAI's fixed-range transforms) is refused before any tracing instead of a KeyError."""
+    data = tmp_path / "mr"
+    pemma.synth(data, cases_per_centre=1, centres="CHUM,MDA", shape=[48, 48, 32], modalities="ct,pet,mr")
+    run = pemma.adapt(ct_run, data, tmp_path / "ctmr", centres="MDA", add_modality="mr", max_steps=1,
+                      batch_size=1, val_every=1).path
+    info = pemma.export(run, tmp_path / "ctmr.pt", modalities="ct,mr")
+    assert info["merged"] and info["max_abs_diff"] <= TOLERANCE
+    x = torch.rand((1, 2, 32, 32, 32), generator=torch.Generator().manual_seed(18))
+    np.testing.assert_allclose(torch.jit.load(str(tmp_path / "ctmr.pt"))(x).detach().numpy(),
+                               pemma_logits(run, x, ["ct", "mr"]), rtol=0, atol=TOLERANCE)
+    steps = json.loads((tmp_path / "ctmr.preprocessing.json").read_text())["steps"]
+    assert "MR: clip to percentiles [0.5, 99.5] inside the body, z-score" in steps, steps
+    assert export_merged(run, tmp_path / "merged.pt")["max_abs_diff"] <= TOLERANCE  # CT+MR, the run's set
+    with pytest.raises(PemmaError, match=r"bundle cannot express MR: clip to percentiles.*z-score.*torchscript"):
+        pemma.export(run, tmp_path / "bundle", format="bundle", modalities="ct,mr")
+    assert not (tmp_path / "bundle").exists()

@@ -22,12 +22,31 @@ from typing import Any
 import torch
 from torch import nn
 
+from pemma.config import PreprocessConfig
+from pemma.errors import PemmaError
 from pemma.models.loaded import LoadedModel
 from pemma.models.registry import backbone_nets, constructor_kwargs
 
 #: the bundle's files (relative paths)
 INFERENCE_CONFIG, METADATA, TORCHSCRIPT, STATE_DICT = ("configs/inference.json", "configs/metadata.json",
                                                        "models/model.ts", "models/model.pt")
+
+
+def check_bundle_preprocessing(pre: PreprocessConfig, modalities: list[str], out: Path) -> None:
+    """A bundle's preprocessing is MONAI's ``ScaleIntensityRanged`` per input: every input must have a ``range``
+    normalisation (CT's HU window, PET's SUV range, a dose range).
+
+    Raises:
+        PemmaError: an input normalised otherwise (MR's z-score or min-max inside the body, which MONAI's
+            transforms do not express), naming the export formats that carry it in their preprocessing record.
+    """
+    registry = pre.modality_registry()
+    for modality in modalities:
+        spec = registry[modality]
+        if spec.normalisation != "range":
+            raise PemmaError(f"{out}: a MONAI bundle cannot express {spec.describe()} (its transforms clip to a "
+                             f"fixed range); export {'+'.join(m.upper() for m in modalities)} as --format torchscript "
+                             f"or onnx, whose preprocessing.json describes it")
 
 
 def inference_config(loaded: LoadedModel, modalities: list[str], plain: bool) -> dict[str, Any]:
@@ -54,9 +73,9 @@ def inference_config(loaded: LoadedModel, modalities: list[str], plain: bool) ->
     if others:  # once, straight onto the reference's target grid, as pemma's preprocessing does
         transforms.append({"_target_": "ResampleToMatchd", "keys": others, "key_dst": ref, "mode": "bilinear",
                            "padding_mode": "zeros"})
-    windows = {"ct": pre.ct_window, "pet": pre.pet_suv_range}
-    for modality in modalities:
-        low, high = windows[modality]
+    registry = pre.modality_registry()
+    for modality in modalities:  # every input's spec is a range (check_bundle_preprocessing)
+        low, high = registry[modality].range
         transforms.append({"_target_": "ScaleIntensityRanged", "keys": modality, "a_min": low, "a_max": high,
                            "b_min": 0.0, "b_max": 1.0, "clip": True})
     transforms += [{"_target_": "SpatialPadd", "keys": modalities, "spatial_size": list(cfg.model.roi_size)},

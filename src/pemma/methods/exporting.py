@@ -32,7 +32,7 @@ from pemma.adapters.state import unwrap_model
 from pemma.config import PreprocessConfig
 from pemma.errors import PemmaError
 from pemma.io_utils import atomic_path, write_text_atomic
-from pemma.methods.bundle import write_bundle
+from pemma.methods.bundle import check_bundle_preprocessing, write_bundle
 from pemma.methods.loading import load_model
 from pemma.models.loaded import LoadedModel, run_network
 from pemma.runs import package_versions
@@ -100,10 +100,11 @@ def deployable(loaded: LoadedModel, modalities: Sequence[str]) -> nn.Module:
 
 
 def merges(loaded: LoadedModel, modalities: Sequence[str]) -> bool:
-    """True when the export of ``modalities`` merges adapters (an adapted run's input sets with PET; a stacked run's
+    """True when the export of ``modalities`` merges adapters (an adapted run's input sets with its added modality; a
+    stacked run's
     input sets served by an adapter level, i.e. all but CT alone on the exact route)."""
-    if loaded.kind == KIND_PEMMA:
-        return "pet" in modalities
+    if loaded.kind == KIND_PEMMA:  # every input set with the added modality (PET, MR...) runs the adapters
+        return any(m != "ct" for m in modalities)
     if loaded.kind == KIND_PEMMA_STACKED:
         model = unwrap_model(loaded.net)
         return model.level_of(modalities) > 0 or any(m != "ct" for m in modalities) or model.shared_route
@@ -120,9 +121,8 @@ def preprocessing_record(loaded: LoadedModel, modalities: Sequence[str], fmt: st
     if "ct" in modalities:
         steps.append(f"crop a head-and-neck box {pre.crop_mm} mm below the top of the body (CT > "
                      f"{pre.body_threshold_hu} HU)")
-        steps.append(f"CT: clip HU to {pre.ct_window}, scale to [0, 1]")
-    if "pet" in modalities:
-        steps.append(f"PET: clip SUV to {pre.pet_suv_range}, scale to [0, 1]")
+    registry = pre.modality_registry()
+    steps += [registry[m].describe() for m in modalities]  # CT's HU window, PET's SUV range, MR's z-score...
     steps.append(f"pad to at least {cfg.model.roi_size}; stack channels {channels}")
     registration = registration_record(pre, modalities)
     if registration["step"]:  # CT+PET: right after loading; PET-only: how its output maps back
@@ -228,6 +228,8 @@ def export_model(run_dir: str | Path, out: str | Path, fmt: str | None = None,
     loaded = load_model(run_dir, base_run=base_run)
     mods = list(modalities) if modalities else list(loaded.input_sets[0])
     loaded.check_inputs(mods, str(run_dir))
+    if fmt == "bundle":
+        check_bundle_preprocessing(loaded.config.preprocess, mods, out)  # before any tracing
     roi = loaded.config.model.roi_size
     x = torch.rand((1, len(mods), *roi), generator=torch.Generator().manual_seed(0))
     x2 = torch.rand((2, len(mods), *roi), generator=torch.Generator().manual_seed(1))

@@ -10,7 +10,7 @@ from pemma.methods.exporting import export_model
 from pemma.methods.loading import load_model
 from pemma.methods.registry import get_kind
 from pemma.runs import read_meta
-from pemma.vocab import ALL_INPUT_SETS, KIND_PEMMA, KIND_PEMMA_STACKED
+from pemma.vocab import KIND_PEMMA, KIND_PEMMA_STACKED
 
 
 def configuration_budget(backbone: str, preset: str = "tiny", recipe: str | None = None,
@@ -61,10 +61,10 @@ def parameter_summary(run_dir: Path, base_run: str | Path | None = None) -> dict
 
 def export_merged(run_dir: Path, out_path: Path, tolerance: float = 1e-4,
                   base_run: str | Path | None = None) -> dict[str, Any]:
-    """Merge the adapters of an adapted run and write a standalone TorchScript model for CT+PET input: the
-    ``torchscript`` export of :func:`pemma.methods.exporting.export_model` for CT+PET (checked against the unmerged
-    model on seeded inputs of the training window; a difference above ``tolerance`` is an error and nothing is
-    written; the preprocessing record goes beside it).
+    """Merge the adapters of an adapted run and write a standalone TorchScript model for its full input set (CT+PET,
+    CT+MR...): the ``torchscript`` export of :func:`pemma.methods.exporting.export_model` for it (checked against the
+    unmerged model on seeded inputs of the training window; a difference above ``tolerance`` is an error and nothing
+    is written; the preprocessing record goes beside it).
 
     Returns:
         ``{"backbone", "max_abs_diff", "bytes"}``.
@@ -72,8 +72,7 @@ def export_merged(run_dir: Path, out_path: Path, tolerance: float = 1e-4,
     loaded_kind = read_meta(Path(run_dir)).get("kind")
     if loaded_kind not in (KIND_PEMMA, KIND_PEMMA_STACKED):
         raise PemmaError(f"{run_dir}: only adapted (pemma adapt) runs have adapters to merge")
-    # a stacked run: every modality (its newest level's adapter)
-    inputs = read_meta(Path(run_dir))["modalities"] if loaded_kind == KIND_PEMMA_STACKED else ALL_INPUT_SETS[0]
+    inputs = read_meta(Path(run_dir))["modalities"]  # CT and the added modality (a stacked run: its newest level's)
     info = export_model(run_dir, out_path, fmt="torchscript", modalities=inputs, base_run=base_run,
                         tolerance=tolerance)
     return {key: info[key] for key in ("backbone", "max_abs_diff", "bytes")}
