@@ -10,8 +10,9 @@ import pytest
 
 from pemma.data.layout import CaseRecord
 from pemma.errors import PemmaError
-from pemma.survival.clinical import HPV_COLUMN, ClinicalConfig, ClinicalEncoder
+from pemma.survival.clinical import ClinicalConfig, ClinicalEncoder
 from pemma.survival.endpoints import find_table, match_endpoints, read_clinical, read_endpoints
+from pemma.vocab import HPV_COLUMN
 
 HEADER = ('PatientID,Task 1,Task 2,CenterID,Gender,Age,Weight,Tobacco,Alcohol,Performance status,'
           '"HPV status (0=-, 1=+)",Surgery,Chemotherapy')

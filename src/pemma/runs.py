@@ -75,11 +75,6 @@ def write_meta(run_dir: str | Path, meta: dict[str, Any], name: str = MODEL_META
     write_text_atomic(Path(run_dir) / name, json.dumps(meta, indent=2, default=str) + "\n")
 
 
-def run_kind(run_dir: str | Path) -> str:
-    """The kind of the run in ``run_dir`` (``backbone`` for old model folders that predate the field)."""
-    return str(read_meta(run_dir).get("kind", KIND_BACKBONE))
-
-
 def check_base(run_dir: str | Path, meta: dict[str, Any], base_run: str | Path | None = None) -> Path:
     """The base run a run was built on (``base_run`` overrides the recorded path, e.g. when it moved), checked
     to hold the weights the run was trained on.

@@ -164,6 +164,10 @@ SURVIVAL_HEADS: tuple[str, ...] = ("mtlr", "cox")
 # ---------------------------------------------------------------------------------------------- data
 #: Centres of HECKTOR 2022 (training: CHUM, CHUP, CHUS, CHUV, MDA, HGJ, HMR; test: CHB, USZ).
 HECKTOR_CENTRES: tuple[str, ...] = ("CHUM", "CHUP", "CHUS", "CHUV", "MDA", "HGJ", "HMR", "CHB", "USZ")
+#: HECKTOR 2022's Task-2 tables (endpoints: PatientID, Relapse, RFS; clinical information), and its HPV column.
+ENDPOINT_FILE = "hecktor2022_endpoint_training.csv"
+CLINICAL_FILE = "hecktor2022_clinical_info_training.csv"
+HPV_COLUMN = "HPV status (0=-, 1=+)"
 #: Label values of HECKTOR 2022.
 LABELS: dict[str, int] = {"background": 0, "GTVp": 1, "GTVn": 2}
 #: The tumour classes scored by HECKTOR (DSCagg per class), in label order.

@@ -12,9 +12,20 @@ from collections.abc import Callable, Iterator
 from typing import Any, Protocol, runtime_checkable
 
 import torch
+from peft import LoraModel
 from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils.other import AuxiliaryTrainingWrapper
 from torch import nn
+
+#: the name prefix peft gives the tensors of the adapters pemma builds (LoRA / DoRA: ``lora_A``, ``lora_B``,
+#: ``lora_magnitude_vector``); the one place that knows it
+ADAPTER_PREFIX: str = LoraModel.prefix
+
+
+def is_adapter_param(name: str) -> bool:
+    """Whether the parameter / state-dict key ``name`` is an adapter tensor (a part of its dotted name starts with
+    :data:`ADAPTER_PREFIX`), e.g. ``base_model.model.vit.blocks.0.attn.q.lora_A.default.weight``."""
+    return any(part.startswith(ADAPTER_PREFIX) for part in name.split("."))
 
 
 def _peft_layers(module: nn.Module) -> list[nn.Module]:

@@ -58,8 +58,8 @@ def check(data: str | os.PathLike, *, centres: Names = None, modalities: Names =
     from pemma.data.register import register_files
     from pemma.data.registration import RegistrationSettings, registrable
     from pemma.errors import PemmaError
-    from pemma.survival.endpoints import CLINICAL_FILE, ENDPOINT_FILE, find_table, read_clinical, read_endpoints
-    from pemma.vocab import parse_modalities
+    from pemma.survival.endpoints import find_table, read_clinical, read_endpoints
+    from pemma.vocab import CLINICAL_FILE, ENDPOINT_FILE, parse_modalities
 
     try:
         preprocess = registration_preprocess(model, preset, config)

@@ -116,10 +116,10 @@ def adapt(base: RunLike, data: str | os.PathLike, out: str | os.PathLike, *, cen
     from pemma.adapters.recipes import recipe_config
     from pemma.methods import adapt as adapt_run
     from pemma.runs import new_run_folder
-    from pemma.vocab import PEMMA_METHODS, canonical_method
+    from pemma.vocab import MODALITY_ALIASES, PEMMA_METHODS, canonical_method
 
     added = str(add_modality).strip().lower()
-    added = "pet" if added == "pt" else added
+    added = MODALITY_ALIASES.get(added, added)  # pt -> pet
     try:
         # the PEMMA methods set the adapter type; full fine-tuning builds the PEMMA pathway with LoRA
         adapter_type = PEMMA_METHODS.get(canonical_method(method), "lora")

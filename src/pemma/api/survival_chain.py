@@ -44,7 +44,7 @@ def survival_chain(seg_ct: RunLike | str, data: str | os.PathLike, out: str | os
     from pemma.protocol.claims.cindex import chain_claims
     from pemma.runtime import resolve_device, run_logger
     from pemma.survival.chain_config import ChainConfig
-    from pemma.survival.chain_run import LABELS
+    from pemma.survival.chain_run import ORACLE_LABELS
     from pemma.survival.chain_run import survival_chain as run
     from pemma.survival.clinical import ClinicalConfig
 
@@ -57,7 +57,7 @@ def survival_chain(seg_ct: RunLike | str, data: str | os.PathLike, out: str | os
     except (TypeError, ValueError) as exc:
         raise PemmaError(f"invalid chain settings: {exc}") from None
     run_logger(None)
-    ct = LABELS if str(seg_ct) == LABELS else path_of(seg_ct)
+    ct = ORACLE_LABELS if str(seg_ct) == ORACLE_LABELS else path_of(seg_ct)
     result = run(os.fspath(data), os.fspath(out), ct, path_of(seg_ctpet), centres=name_list(centres) or None, cfg=cfg,
                  clinical_config=clinical_config, train_ids=train_ids, test_ids=test_ids,
                  endpoints=None if endpoints is None else os.fspath(endpoints),

@@ -12,7 +12,7 @@ import numpy as np
 
 from pemma.errors import PemmaError
 from pemma.modalities import NAME_PATTERN, ModalitySpec, default_registry
-from pemma.vocab import HECKTOR_CENTRES
+from pemma.vocab import HECKTOR_CENTRES, MODALITY_ALIASES
 
 #: modality name -> spec (what discovery reads of it: the HECKTOR file suffixes, the nnU-Net channel names)
 Specs = Mapping[str, ModalitySpec]
@@ -153,12 +153,12 @@ def _discover_datalist(path: Path, specs: Specs | None = None) -> list[CaseRecor
     entries = raw.get("training", []) + raw.get("test", []) if isinstance(raw, dict) else raw
     n_training = len(raw.get("training", [])) if isinstance(raw, dict) else len(entries)  # "test": never trained on
     cases = []
-    keys = [("ct", "ct"), ("pet", "pet"), ("pet", "pt")]
-    keys += [(m, m) for m in (specs or default_registry()) if m not in ("ct", "pet")]
+    modalities = list(specs or default_registry())  # CT, PET, then the others (MR, dose...)
+    keys = [(m, m) for m in modalities] + [(m, alias) for alias, m in MODALITY_ALIASES.items() if m in modalities]
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict) or not any(k in entry for _, k in keys):
             raise PemmaError(f"{path}: entry {i} needs a 'ct' and/or 'pet' path (or another modality's: "
-                             f"{', '.join(k for _, k in keys[3:])})")
+                             f"{', '.join(m for m in modalities if m not in ('ct', 'pet'))})")
         imgs = {m: str((path.parent / entry[k]).resolve()) for m, k in keys if k in entry}
         cid = str(entry.get("case_id") or entry.get("id") or Path(imgs.get("ct", imgs.get("pet", ""))).name)
         label = str((path.parent / entry["label"]).resolve()) if entry.get("label") else None

@@ -60,10 +60,11 @@ from pemma.data.phantom_anatomy import (
 from pemma.data.phantom_dose import paint_dose
 from pemma.data.phantom_hard import DIFFICULTIES, HARD_HU_DELTA, paint_hard_confounders
 from pemma.data.phantom_mr import MR_MAX_OFFSET_MM, MR_SPACING_MM, paint_mr
-from pemma.data.phantom_survival import HPV_COLUMN, relapse_and_rfs
+from pemma.data.phantom_survival import relapse_and_rfs
 from pemma.errors import PemmaError
 from pemma.io_utils import save_nifti, write_text_atomic
 from pemma.modalities import CATALOGUE
+from pemma.vocab import CLINICAL_FILE, ENDPOINT_FILE, HPV_COLUMN
 
 CLINICAL_HEADER: tuple[str, ...] = ("PatientID", "Task 1", "Task 2", "CenterID", "Gender", "Age", "Weight",
                                     "Tobacco", "Alcohol", "Performance status", HPV_COLUMN, "Surgery",
@@ -72,8 +73,6 @@ ENDPOINT_HEADER: tuple[str, ...] = ("PatientID", "Relapse", "RFS")
 #: the NIfTI header ``descrip`` of every phantom CT: how pemma tells its phantom from real data (it survives a copy
 #: of the files into another layout)
 PHANTOM_DESCRIP = "pemma phantom"
-CLINICAL_FILE = "hecktor2022_clinical_info_training.csv"
-ENDPOINT_FILE = "hecktor2022_endpoint_training.csv"
 #: What was synthesised (the :class:`PhantomConfig` fields), written next to the CSVs for a phantom other than
 #: the default one (a default phantom keeps exactly the HECKTOR layout).
 PHANTOM_FILE = "phantom.json"

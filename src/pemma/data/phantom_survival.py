@@ -17,9 +17,7 @@ import math
 import numpy as np
 
 from pemma.data.phantom_anatomy import LesionSummary
-
-#: the clinical table's HPV column (0 = negative, 1 = positive)
-HPV_COLUMN = "HPV status (0=-, 1=+)"
+from pemma.vocab import HPV_COLUMN
 
 #: Weibull proportional-hazards model of relapse and censoring (days).
 #: PET uptake is the strongest image factor and HPV the strongest clinical one, so that each added input

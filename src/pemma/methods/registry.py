@@ -4,7 +4,8 @@ Modelled on peft's ``register_peft_method``: a method module (``pemma/methods/<n
 :func:`register_method` for what it trains from a CT base (``pemma adapt --method NAME``, strategy files) and
 :func:`register_kind` for the run folders it writes (how they load, update and report). Everything else
 (``load_model``, ``adapt``, ``update``, ``pemma params``, ``pemma reproduce``) looks them up here, so adding a
-method is one new file plus its tests.
+method is one new file, its name in :data:`pemma.vocab.METHODS` (the torch-free vocabulary that the CLI's choices,
+strategy files and configs are checked against before any model code is imported), and its tests.
 
 Example:
     >>> get_method("early-fusion").name, get_method("early-fusion").kind
@@ -110,8 +111,9 @@ def get_method(name: str) -> Method:
 
 
 def registered_methods() -> tuple[str, ...]:
-    """Canonical names of the registered methods (vocabulary order first, then any others)."""
-    return tuple(sorted(_METHODS, key=lambda m: METHODS.index(m) if m in METHODS else len(METHODS)))
+    """Canonical names of the registered methods, in vocabulary order (:func:`register_method` takes only names
+    of :data:`pemma.vocab.METHODS`)."""
+    return tuple(m for m in METHODS if m in _METHODS)
 
 
 def registered_kinds() -> tuple[str, ...]:

@@ -36,7 +36,7 @@ from torch.utils.checkpoint import checkpoint
 from pemma.adapters.config import NEW_PARTS, AdapterConfig, AdapterDefaults, register_adapter_defaults
 from pemma.adapters.recomputed_dora import register_recomputed_dora
 from pemma.adapters.split_qkv import needs_split, split_fused_qkv
-from pemma.adapters.state import adapter_active, adapters_disabled, recompute_as_now
+from pemma.adapters.state import adapter_active, adapters_disabled, is_adapter_param, recompute_as_now
 from pemma.models.fused_attention import enable_fused_attention, fused_attention_off
 from pemma.models.stacking import StackingMixin, StackLevel
 from pemma.vocab import check_modalities
@@ -260,8 +260,7 @@ class PemmaAdaptedModel(StackingMixin, nn.Module):
         PET modules (whatever their ``requires_grad``). The frozen base copy is left out."""
         out = {}
         for key, value in self.state_dict().items():
-            if not key.startswith("base_model.") or ".modules_to_save." in key \
-                    or any(part.startswith("lora_") for part in key.split(".")):
+            if not key.startswith("base_model.") or ".modules_to_save." in key or is_adapter_param(key):
                 out[key] = value
         return out
 

@@ -16,12 +16,13 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-from pemma.data.phantom import ENDPOINT_FILE, PhantomConfig, read_phantom_config, synthesize_phantom
+from pemma.data.phantom import PhantomConfig, read_phantom_config, synthesize_phantom
 from pemma.errors import PemmaError
 from pemma.io_utils import write_text_atomic
 from pemma.protocol.findings import summarise_seeds
 from pemma.protocol.provenance import seed_machines
 from pemma.protocol.runner import reproduce
+from pemma.vocab import ENDPOINT_FILE
 
 DEMO_STRATEGY = "demo"
 

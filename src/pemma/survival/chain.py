@@ -26,7 +26,7 @@ A stage whose training C-index exceeds its cross-validated C-index by more than 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -155,13 +155,6 @@ def run_chain(data: ChainData, cfg: ChainConfig | None = None, train: Sequence[i
     return {"settings": cfg.to_dict(), "train_cases": [data.case_ids[i] for i in tr],
             "test_cases": [data.case_ids[i] for i in te], "test_time": t[te].tolist(),
             "test_event": e[te].astype(int).tolist(), "stages": results}
-
-
-def chain_table(result: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """One summary row per stage (no models, no risks)."""
-    keep = ("stage", "n_features", "l2", "cv_c_index", "train_c_index", "test_c_index", "test_ci", "n_train",
-            "events_train", "n_test", "events_test", "overfitting")
-    return [{k: s[k] for k in keep} for s in result["stages"]]
 
 
 def _fmt(value: float | None) -> str:

@@ -31,15 +31,15 @@ from pemma.survival.lesion import CT_FEATURES, PET_FEATURES, Segmenter, label_se
 log = logging.getLogger("pemma.run")
 
 #: the value of a segmentation argument that reads the reference labels instead of a model (oracle)
-LABELS = "labels"
+ORACLE_LABELS = "labels"
 
 
 def _segmenter(spec: str | Path | Segmenter, modalities: Sequence[str], device: str,
                predictions: PredictionCache | None = None) -> tuple[Segmenter, str]:
     if callable(spec):
         return spec, getattr(spec, "__name__", "callable")
-    if str(spec) == LABELS:
-        return label_segmenter, LABELS
+    if str(spec) == ORACLE_LABELS:
+        return label_segmenter, ORACLE_LABELS
     return model_segmenter(spec, modalities, device, predictions), str(Path(spec).resolve())
 
 

@@ -32,8 +32,8 @@ import numpy as np
 
 from pemma.errors import PemmaError
 from pemma.survival.endpoints import is_missing
+from pemma.vocab import HPV_COLUMN
 
-HPV_COLUMN = "HPV status (0=-, 1=+)"
 DEFAULT_NUMERIC: tuple[str, ...] = ("Age", "Weight")
 DEFAULT_CATEGORICAL: tuple[str, ...] = ("Gender", "Tobacco", "Alcohol", "Performance status", HPV_COLUMN,
                                         "Surgery", "Chemotherapy")

@@ -26,8 +26,6 @@ from pemma.data.transforms import preprocessing
 from pemma.errors import PemmaError
 from pemma.survival.clinical import ClinicalEncoder
 from pemma.survival.endpoints import (
-    CLINICAL_FILE,
-    ENDPOINT_FILE,
     ClinicalTable,
     Endpoint,
     MatchReport,
@@ -36,6 +34,7 @@ from pemma.survival.endpoints import (
     read_clinical,
     read_endpoints,
 )
+from pemma.vocab import CLINICAL_FILE, ENDPOINT_FILE
 
 log = logging.getLogger("pemma.run")
 

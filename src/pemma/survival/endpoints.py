@@ -35,8 +35,6 @@ from pathlib import Path
 from pemma.data.layout import CaseRecord, centre_of
 from pemma.errors import PemmaError
 
-ENDPOINT_FILE = "hecktor2022_endpoint_training.csv"
-CLINICAL_FILE = "hecktor2022_clinical_info_training.csv"
 ENDPOINT_COLUMNS: tuple[str, ...] = ("PatientID", "Relapse", "RFS")
 #: Cell values read as "missing" (besides the empty cell), compared case-insensitively.
 MISSING_TOKENS = frozenset({"", "nan", "na", "n/a", "none", "null", "?", "-", "unknown"})
@@ -233,9 +231,6 @@ class MatchReport:
     @property
     def cases(self) -> list[CaseRecord]:
         return [c for c, _ in self.pairs]
-
-    def endpoint_of(self, case_id: str) -> Endpoint:
-        return {c.case_id: e for c, e in self.pairs}[case_id]
 
     def summary(self) -> str:
         """One line with the counts (and the first few skipped IDs)."""

@@ -38,6 +38,7 @@ import torch
 from monai.networks.nets import UNETR, SwinUNETR
 from torch import nn
 
+from pemma.adapters.state import is_adapter_param
 from pemma.io_utils import copy_tensors_into
 from pemma.models.pemma_base import PemmaAdaptedModel
 
@@ -255,7 +256,7 @@ def trainable_summary(model: nn.Module) -> dict[str, int]:
     parts: dict[str, int] = {}
     for name, p in params.items():
         if p.requires_grad:
-            if ".lora_" in name:
+            if is_adapter_param(name):
                 part = "adapters"
             else:
                 pieces = name.split(".")

@@ -37,6 +37,7 @@ import torch
 
 from pemma.adapters.artifacts import load_adapter, read_adapter_config
 from pemma.adapters.config import AdapterConfig
+from pemma.adapters.state import is_adapter_param
 from pemma.config import RunConfig
 from pemma.data.transforms import describe
 from pemma.errors import PemmaError
@@ -279,7 +280,7 @@ def _adapt_survival(model_run: Path, cfg: RunConfig, out_dir: Path, settings: Su
     train_encoder = settings.train_adapters or (old_cfg is None and init_adapters is None)
     if train_encoder:
         for name, p in model.encoder.named_parameters():
-            if ".lora_" in name:
+            if is_adapter_param(name):
                 p.requires_grad_(True)
     if add_modality and train_encoder:
         for part in PEMMA_MODELS[backbone].feature_pet_parts:
