@@ -113,8 +113,12 @@ EVAL_INPUTS: tuple[str, ...] = tuple(input_set_name(s) for s in EVAL_INPUT_SETS)
 METHODS: tuple[str, ...] = ("pemma_lora", "pemma_dora", "early_fusion", "late_fusion", "full_finetune")
 #: PEMMA methods (adapters on the frozen CT model) and the adapter type each uses.
 PEMMA_METHODS: dict[str, str] = {"pemma_lora": "lora", "pemma_dora": "dora"}
+#: Adapter types (``AdapterConfig.method``; prognosis stages name their adapters so): LoRA and DoRA.
+ADAPTER_TYPES: tuple[str, ...] = tuple(PEMMA_METHODS.values())
 #: Baselines of the paper, trained from the CT model like PEMMA.
 BASELINE_METHODS: tuple[str, ...] = ("early_fusion", "late_fusion", "full_finetune")
+#: Methods that add PET only (late fusion's second network is a PET network); the others add any modality (MR...).
+PET_ONLY_METHODS: tuple[str, ...] = ("late_fusion",)
 #: Older spellings still accepted (the CLI's ``--method`` values before the vocabulary was unified).
 METHOD_ALIASES: dict[str, str] = {
     "lora": "pemma_lora", "dora": "pemma_dora", "early-fusion": "early_fusion", "late-fusion": "late_fusion",

@@ -11,7 +11,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from pemma.vocab import BACKBONES, CT_ROUTES, DROPOUT_INPUT_SETS, RECIPES
+from pemma.vocab import ADAPTER_TYPES, BACKBONES, CT_ROUTES, DROPOUT_INPUT_SETS, RECIPES
 
 #: ``AdapterConfig.pet_patch_embedding`` choices: a trainable copy of the CT patch embedding, or the CT one (frozen)
 PET_PATCH_EMBEDDINGS: tuple[str, ...] = ("copy", "shared")
@@ -142,8 +142,8 @@ class AdapterConfig:
     )
 
     def __post_init__(self) -> None:
-        if self.method not in ("lora", "dora"):
-            raise ValueError(f"method must be 'lora' or 'dora', got {self.method!r}")
+        if self.method not in ADAPTER_TYPES:
+            raise ValueError(f"method must be one of {', '.join(ADAPTER_TYPES)}, got {self.method!r}")
         if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank < 1:
             raise ValueError(f"rank must be a positive integer, got {self.rank!r}")
         if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not self.alpha > 0:

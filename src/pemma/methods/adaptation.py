@@ -25,7 +25,7 @@ from pemma.models.loaded import LoadedModel
 from pemma.runtime import is_main_process
 from pemma.training.loop import train_task
 from pemma.training.segmentation import select_split
-from pemma.vocab import KIND_BACKBONE, MODALITY_ORDER
+from pemma.vocab import KIND_BACKBONE, METHODS, MODALITY_ORDER, PET_ONLY_METHODS
 
 #: the channels an adaptation reads: every modality, in channel order
 ALL_INPUTS: list[str] = list(MODALITY_ORDER)
@@ -38,7 +38,7 @@ def select_channels(image: torch.Tensor, modalities: tuple[str, ...],
     return image[:, [list(order).index(m) for m in modalities]]
 
 #: the methods that can add a modality other than PET (their model names the added modality, or its channel)
-OTHER_MODALITY_METHODS: tuple[str, ...] = ("pemma_lora", "pemma_dora", "early_fusion", "full_finetune")
+OTHER_MODALITY_METHODS: tuple[str, ...] = tuple(m for m in METHODS if m not in PET_ONLY_METHODS)
 
 
 @dataclasses.dataclass

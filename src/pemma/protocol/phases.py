@@ -16,7 +16,15 @@ from typing import Any
 
 from pemma.errors import PemmaError
 from pemma.modalities import default_registry
-from pemma.vocab import CT_ROUTES, MODALITY_ALIASES, PEMMA_METHODS, canonical_method
+from pemma.vocab import (
+    ADAPTER_TYPES,
+    CT_ROUTES,
+    MODALITY_ALIASES,
+    PEMMA_METHODS,
+    PET_ONLY_METHODS,
+    SURVIVAL_HEADS,
+    canonical_method,
+)
 
 #: the modalities a strategy can name, in channel order: CT, PET and the catalogue's (MR, dose; pemma.modalities)
 STRATEGY_MODALITIES: tuple[str, ...] = tuple(default_registry())
@@ -33,8 +41,8 @@ OVERRIDE_KEYS = ("centres", "modalities")
 SPLIT_KEYS = ("val_fraction", "test_fraction", "seed")
 PROGNOSIS_KEYS = ("centres", "methods", "head", "epochs", "l2", "adapters_from_segmentation", "train_adapters")
 #: prognosis stages name the adapter type (``lora``, ``dora``); ``pemma_lora`` / ``pemma_dora`` are accepted
-PROGNOSIS_METHODS: tuple[str, ...] = tuple(PEMMA_METHODS.values())
-PROGNOSIS_HEADS: tuple[str, ...] = ("mtlr", "cox")
+PROGNOSIS_METHODS: tuple[str, ...] = ADAPTER_TYPES
+PROGNOSIS_HEADS: tuple[str, ...] = SURVIVAL_HEADS
 
 
 class StrategyError(PemmaError):
@@ -202,8 +210,9 @@ def check_methods(phases: Sequence[Phase], methods: Sequence[str], where: str) -
                 raise StrategyError(f"{at}: a second 'adapt' stacks a modality on the adapted model, which only the "
                                     f"PEMMA methods ({', '.join(PEMMA_METHODS)}) do; remove {', '.join(others)}")
         added = [m for m in phase.modalities if m != "ct"][-1:]
-        if "late_fusion" in methods and added and added != ["pet"]:
-            raise StrategyError(f"{at}: late_fusion adds pet only, not {added[0]}; remove it from methods")
+        pet_only = [m for m in methods if m in PET_ONLY_METHODS]
+        if pet_only and added and added != ["pet"]:
+            raise StrategyError(f"{at}: {', '.join(pet_only)} adds pet only, not {added[0]}; remove it from methods")
 
 
 def eval_input_sets(modalities: Sequence[str]) -> tuple[tuple[str, ...], ...]:

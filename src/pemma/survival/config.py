@@ -12,10 +12,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pemma.errors import PemmaError
-from pemma.vocab import PEMMA_METHODS
+from pemma.vocab import ADAPTER_TYPES as ADAPTER_METHODS
 from pemma.vocab import SURVIVAL_HEADS as HEADS
 
-ADAPTER_METHODS: tuple[str, ...] = tuple(PEMMA_METHODS.values())
 #: learning-rate factor of trainable encoder parts (adapters, PET pathway) relative to the head's
 ENCODER_LR_SCALE = 0.1
 #: candidate L2 penalties ``l2 / 2 * ||W||^2`` on the head's and the clinical projection's weights (MTLR's C1
