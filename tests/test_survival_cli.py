@@ -136,6 +136,11 @@ def test_survival_end_to_end(setup: dict[str, Path]) -> None:
                          csv_path.parent)  # a folder: was "....part.tmp: Is a directory"
     assert code == 2 and err.strip().endswith(f"{csv_path.parent}: is a folder; --out names the CSV file to "
                                               f"write (e.g. risk.csv)")
+    endpoints = Path(data) / "hecktor2022_endpoint_training.csv"
+    before = endpoints.read_bytes()
+    code, _, err = pemma("survival", "predict", "--model", runs["surv_ctpet_ehr"], "--data", data, "--out",
+                         endpoints)  # the ground truth: was replaced by the risks
+    assert code == 2 and "a file this prediction reads" in err and endpoints.read_bytes() == before, err
     predicted = {r[0]: float(r[1]) for r in rows[1:]}
     for case in report["cases"]:  # evaluate and predict agree (reloaded model, same preprocessing)
         assert predicted[case["PatientID"]] == pytest.approx(case["risk"], rel=1e-6, abs=1e-9)
