@@ -22,7 +22,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
-from pemma.data.layout import CaseRecord, centre_of
+from pemma.data.case import CaseRecord, centre_of
 from pemma.data.suv import suv_factor
 from pemma.errors import PemmaError
 from pemma.io_utils import save_nifti

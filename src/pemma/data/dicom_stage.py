@@ -22,9 +22,9 @@ import numpy as np
 import SimpleITK as sitk
 from tqdm.auto import tqdm
 
+from pemma.data.case import CaseRecord
 from pemma.data.dicom import DicomCase, dicom_cases, nifti_affine, read_series, write_nifti
 from pemma.data.dicom_labels import LabelObject, find_label_objects, read_label
-from pemma.data.layout import CaseRecord
 from pemma.errors import PemmaError
 from pemma.io_utils import atomic_path, default_cache_dir, save_nifti
 from pemma.vocab import parse_roi_names

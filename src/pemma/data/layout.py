@@ -5,17 +5,16 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from pemma.data import nnunet
+from pemma.data.case import CaseRecord, CaseSplit, Specs, centre_of
 from pemma.errors import PemmaError
-from pemma.modalities import NAME_PATTERN, ModalitySpec, default_registry
+from pemma.modalities import NAME_PATTERN, default_registry
 from pemma.vocab import HECKTOR_CENTRES, MODALITY_ALIASES
 
-#: modality name -> spec (what discovery reads of it: the HECKTOR file suffixes, the nnU-Net channel names)
-Specs = Mapping[str, ModalitySpec]
 _NIFTI = (".nii.gz", ".nii")
 
 
@@ -28,36 +27,6 @@ def hecktor_suffixes(specs: Specs | None = None) -> dict[str, str]:
         for suffix in spec.suffixes:
             found.setdefault(suffix, name)
     return dict(sorted(found.items(), key=lambda pair: -len(pair[0])))
-
-
-@dataclass(frozen=True)
-class CaseRecord:
-    """One patient: image paths by modality (``ct``, ``pet``, ``mr``...) and an optional label path.
-
-    ``label_map`` holds the (file value, pemma value) pairs of a dataset whose ``dataset.json`` numbers GTVp and
-    GTVn otherwise than 1 and 2 (None: the files hold pemma's values); ``test`` marks a test case (an ``imagesTs``
-    folder's, a datalist's ``"test"`` entry), which training never uses.
-    """
-
-    case_id: str
-    centre: str
-    images: dict[str, str] = field(hash=False)
-    label: str | None = None
-    label_map: tuple[tuple[int, int], ...] | None = None
-    test: bool = False
-
-
-#: (training cases, validation cases)
-CaseSplit = tuple[list[CaseRecord], list[CaseRecord]]
-
-
-def centre_of(case_id: str) -> str:
-    """Centre from a case ID: a known HECKTOR centre token, else the prefix before ``-`` or ``_``."""
-    tokens = re.split(r"[-_]", case_id)
-    for token in tokens:
-        if token.upper() in HECKTOR_CENTRES:
-            return token.upper()
-    return tokens[0]
 
 
 def _strip_nifti(name: str) -> str | None:
@@ -200,8 +169,6 @@ def discover_cases(root: str | Path, specs: Specs | None = None, roi_names: str 
         PemmaError: the path does not exist or holds no case; two label files for one case; an image file
             where a label is expected.
     """
-    from pemma.data import nnunet  # its discovery builds on CaseRecord
-
     root = Path(root)
     if not root.exists():
         raise PemmaError(f"{root}: dataset path not found")

@@ -9,8 +9,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pemma.data.case import CaseRecord, Specs, centre_of
 from pemma.data.labels import LabelMap, label_map_from_names
-from pemma.data.layout import CaseRecord, Specs, centre_of
 from pemma.errors import PemmaError
 from pemma.io_utils import IMAGE_ENDINGS
 from pemma.modalities import default_registry
