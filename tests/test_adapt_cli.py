@@ -56,6 +56,9 @@ def test_adapt_predict_params_export(bases: dict[str, Path], phantom: Path, tmp_
     assert summary["kind"] == "pemma" and summary["method"] == method
     assert 0 < summary["trainable"] < summary["early_fusion"] < summary["total"] + summary["early_fusion"]
     assert summary["adapter_bytes"] == (run / "adapter_model.safetensors").stat().st_size
+    # percentages are numbers, as without a run (they were "3.791%" strings here)
+    assert summary["percent_of_early_fusion"] == pytest.approx(100.0 * summary["trainable"] / summary["early_fusion"])
+    assert isinstance(summary["authors_percent"], float) and 0 < summary["authors_percent"] < 100
 
     if backbone == "unetr":
         merged = tmp_path / "merged.pt"

@@ -68,6 +68,13 @@ def test_model_free_equals_model_based(phantom: Path, tmp_path: Path) -> None:
     assert model_free["DSCagg"] == model_based["DSCagg"] and model_free["counts"] == model_based["counts"]
     assert [c["dice_GTVp"] for c in model_free["cases"]] == [c["dice_GTVp"] for c in model_based["cases"]]
     code, _, err = _run(["evaluate", "--model", str(run), "--data", str(phantom), "--centres", "CHUM,MDA",
-                         "--split", "unseen", "--out", str(tmp_path / "unseen")])
-    unseen = json.loads((tmp_path / "unseen" / "metrics_ct.json").read_text())
+                         "--split", "unseen", "--out", str(tmp_path / "eval")])
+    unseen = json.loads((tmp_path / "eval" / "metrics_ct_unseen.json").read_text())  # beside, not over, all cases'
     assert code == 0 and "training cases" not in err and unseen["centres"] == ["MDA"]
+    assert json.loads((tmp_path / "eval" / "metrics_ct.json").read_text()) == model_based
+    code, _, err = _run(["evaluate", "--model", str(run), "--data", str(phantom), "--centres", "CHUM",
+                         "--split", "train", "--out", str(tmp_path / "eval")])
+    assert code == 0 and "training cases" not in err  # asked for: no warning
+    trained = json.loads((run / "model.json").read_text())["train_cases"]
+    scored = json.loads((tmp_path / "eval" / "metrics_ct_train.json").read_text())["cases"]
+    assert sorted(c["case_id"] for c in scored) == sorted(trained)

@@ -93,6 +93,22 @@ def test_a_chain_stage_without_held_out_relapse_says_why() -> None:
                for c in claims)
 
 
+def test_a_stage_left_out_is_named_not_another_stages_note() -> None:
+    """``survival chain --no-ehr``: the PET+EHR claim is not computed because the chain has no such stage, not
+    because of the CT stage's overfitting note (which it used to report)."""
+    from pemma.protocol.claims.cindex import stage_claims
+
+    time, event = np.arange(1.0, 9.0), np.array([1, 1, 0, 1, 1, 0, 1, 1])
+    cases = [{"PatientID": f"p{i}", "RFS": t, "Relapse": e, "risk": -t}
+             for i, (t, e) in enumerate(zip(time, event, strict=True))]
+    rows = [{"stage": "ct", "c_index": 0.6, "n_cases": 8, "cases": cases,
+             "note": "overfitting: training C-index exceeds the cross-validated one"},
+            {"stage": "ct+pet", "c_index": 0.7, "n_cases": 8, "cases": cases}]
+    pet, pet_ehr = stage_claims(rows)
+    assert pet["values"]["c_index_ct"] == 0.6
+    assert pet_ehr["holds"] is None and pet_ehr["detail"] == "not computed (the chain has no ct+pet+ehr stage)"
+
+
 def test_a_ct_stage_of_c_index_zero_leaves_the_gain_undefined() -> None:
     """Reversed CT risks (C = 0): the relative gain is undefined, the claim says so instead of failing."""
     from pemma.protocol.claims.cindex import stage_claims

@@ -137,3 +137,21 @@ def test_params_without_a_run_cli_matches_api():
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     with pytest.raises(PemmaError, match="either a run folder"):
         pemma.params()
+
+
+def test_adapter_config_says_what_to_import_before_resolving() -> None:
+    """In a fresh interpreter the backbone defaults are registered by the model modules (a layer above the
+    adapters): resolving before importing them says so (it said "backbone must be one of [], got 'swin_unetr'"),
+    and the docstring example, which imports them, gives its documented answer."""
+    import subprocess
+    import sys
+
+    code = ("from pemma.adapters.config import AdapterConfig\n"
+            "try:\n    AdapterConfig().resolve('swin_unetr')\nexcept ValueError as exc:\n    print(exc)\n"
+            "import pemma.models\n"
+            "print(AdapterConfig(method='dora', rank=8, alpha=16).resolve('swin_unetr').target_modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines() == [
+        "no backbone's adapter defaults are registered yet: import pemma.models first (each PEMMA model module "
+        "registers its backbone's)", "('attn.qkv', 'attn.proj')"]

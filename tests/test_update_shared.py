@@ -10,6 +10,7 @@ import pytest
 import torch
 from conftest import FAST, main_result, run_main
 
+import pemma
 from pemma.methods.loading import load_model
 
 pytestmark = pytest.mark.slow  # trains a tiny adapted model and updates it (CLI adapt / update)
@@ -37,6 +38,9 @@ def test_shared_route_adapt_and_updates(bases: dict[str, Path], phantom: Path, t
     summary = json.loads(run_main("params", str(adapted), "--json"))
     assert summary["ct_route"] == "shared" and summary["recipe"] == "authors"
     assert summary["adapter for ct"] == summary["adapter for ct+pet"] == "ctpet"
+    api = pemma.params(adapted)  # numbers, as without a run (were "x.xxx%" strings with one)
+    assert api["percent_of_early_fusion"] == pytest.approx(100.0 * api["trainable"] / api["early_fusion"])
+    assert api["authors_percent"] == pytest.approx(summary["authors_percent"]) and 0 < api["authors_percent"] < 100
 
     # a CT-only update trains the same adapter: CT+PET output moves too, and no ct_update adapter appears
     ct = tmp_path / "ct"

@@ -26,6 +26,23 @@ def test_unknown_method_is_a_clear_error() -> None:
         get_method("lorra")
 
 
+def test_adapter_methods_take_the_method_spellings_too(tmp_path) -> None:
+    """Prognosis stages take the adapter type; the README's method names (pemma_lora...) mean the same."""
+    from conftest import main_result
+
+    from pemma.survival.config import survival_settings
+
+    assert [vocab.adapter_type(n) for n in ("lora", "pemma_lora", "DORA", "pemma-dora")] == ["lora"] * 2 + ["dora"] * 2
+    with pytest.raises(ValueError, match="unknown method 'ia3' for an adapter; choose lora, dora"):
+        vocab.adapter_type("ia3")
+    with pytest.raises(ValueError, match="unknown method 'early_fusion' for an adapter"):
+        vocab.adapter_type("early_fusion")  # a method, but not one with adapters
+    assert survival_settings(method="pemma_dora").method == "dora"
+    result = main_result("survival", "adapt", "--model", str(tmp_path / "none"), "--add-modality", "pet",
+                         "--method", "pemma_lora", "--out", str(tmp_path / "out"))
+    assert result.returncode == 2 and "invalid choice" not in result.stderr and "none" in result.stderr
+
+
 @pytest.mark.parametrize(("text", "parsed"), [
     ("ct", ["ct"]), ("PET,ct", ["ct", "pet"]), ("pt", ["pet"]), ("ct+pet", ["ct", "pet"]),
     (["pet", "CT"], ["ct", "pet"]),

@@ -140,6 +140,23 @@ def canonical_method(name: str) -> str:
     return key
 
 
+def adapter_type(name: str) -> str:
+    """The adapter type (``lora``, ``dora``) that a PEMMA method names, in any spelling (``pemma_lora``, ``dora``,
+    ``pemma-dora``): prognosis stages and ``AdapterConfig`` take the type, users may write the method.
+
+    Raises:
+        ValueError: a name that is neither an adapter type nor a PEMMA method.
+    """
+    key = str(name).strip().lower()
+    if key in ADAPTER_TYPES:
+        return key
+    method = METHOD_ALIASES.get(key, key)
+    if method not in PEMMA_METHODS:
+        raise ValueError(f"unknown method {name!r} for an adapter; choose {', '.join(ADAPTER_TYPES)} (or "
+                         f"{', '.join(PEMMA_METHODS)})")
+    return PEMMA_METHODS[method]
+
+
 def method_choices() -> list[str]:
     """Every accepted spelling (canonical first), for argparse ``choices``."""
     return [*METHODS, *METHOD_ALIASES]

@@ -65,6 +65,7 @@ class AdapterConfig:
     fills them in, and a model always stores the resolved config (so a saved adapter is self-describing).
 
     Example:
+        >>> import pemma.models  # registers each backbone's defaults (target modules, new and trained parts)
         >>> cfg = AdapterConfig(method="dora", rank=8, alpha=16).resolve("swin_unetr")
         >>> cfg.target_modules
         ('attn.qkv', 'attn.proj')
@@ -77,13 +78,13 @@ class AdapterConfig:
     target_modules: tuple[str, ...] | None = field(
         default=None,
         metadata=_help("suffixes of Linear modules in the transformer that get adapters, e.g. 'attn.qkv'; "
-                       "None: the backbone default (UNETR: attn.qkv; Swin: attn.qkv, attn.proj)."),
+                       "default: the backbone's (UNETR: attn.qkv; Swin: attn.qkv, attn.proj)."),
     )
     train_parts: tuple[str, ...] | None = field(
         default=None,
         metadata=_help("non-adapter parts that train: new modules (pet_embedding, pet_skip, fusion [Swin]) and "
                        "top-level base modules outside the transformer (e.g. encoder1, encoder2, out); a base "
-                       "module trains as a copy, the original stays for CT-only input. None: backbone default."),
+                       "module trains as a copy, the original stays for CT-only input. Default: the backbone's."),
     )
     modality_dropout: tuple[float, float, float] = field(
         default=(0.6, 0.2, 0.2),
@@ -197,6 +198,9 @@ class AdapterConfig:
         Raises:
             ValueError: unknown backbone, or a ``train_parts`` entry naming a new module of another backbone.
         """
+        if not NEW_PARTS:  # filled when pemma.models is imported (a layer above this one)
+            raise ValueError("no backbone's adapter defaults are registered yet: import pemma.models first (each "
+                             "PEMMA model module registers its backbone's)")
         if backbone not in NEW_PARTS:
             raise ValueError(f"backbone must be one of {list(NEW_PARTS)}, got {backbone!r}")
         targets = self.target_modules or DEFAULT_TARGET_MODULES[backbone]

@@ -138,7 +138,7 @@ def evaluate(model: RunLike | None = None, data: str | os.PathLike | None = None
     model's predictions (``model``), or of an existing predictions folder (``pred``, no model run).
 
     Writes ``metrics_<inputs>.json`` (undefined values as ``null``, the HD95 policy stated) and
-    ``cases_<inputs>.csv`` into ``out``.
+    ``cases_<inputs>.csv`` into ``out`` (``..._<split>`` names with a ``split`` other than ``all``).
 
     Args:
         model: run folder (or :class:`Run`). Give ``model`` or ``pred``.
@@ -146,7 +146,8 @@ def evaluate(model: RunLike | None = None, data: str | os.PathLike | None = None
         pred: a folder of label maps named ``<case_id>.nii.gz`` on each case's CT grid (e.g. nnU-Net's output).
         centres: only these centres. Default all.
         modalities: input set. Default: what the model was trained with.
-        split: with a model, which cases: ``all`` (default; a warning names the training cases scored),
+        split: with a model, which cases: ``all`` (default; a warning names the training cases scored; ``train``
+            scores them without one),
             ``unseen`` (neither trained nor validated on), ``val`` (the model's validation cases) or ``train``.
         out: report folder. Default ``<model>/evaluation`` (with ``pred``: ``<pred>/evaluation``).
         save_predictions: also write the label maps (``out/predictions_<inputs>/``).
@@ -192,7 +193,7 @@ def evaluate(model: RunLike | None = None, data: str | os.PathLike | None = None
         cases = _split_cases(cases, loaded.meta, split, path_of(model))
         trained = set(loaded.meta.get("train_cases") or [])
         seen = [c.case_id for c in cases if c.case_id in trained]
-        if seen:
+        if seen and split != "train":  # asked for: no warning
             listed = ", ".join(seen[:5]) + (", ..." if len(seen) > 5 else "")
             warnings.warn(f"{len(seen)} of {len(cases)} evaluated cases were training cases of {path_of(model)} "
                           f"({listed}); --split unseen or val scores only others", UserWarning, stacklevel=2)
@@ -201,7 +202,7 @@ def evaluate(model: RunLike | None = None, data: str | os.PathLike | None = None
         result = evaluate_model(loaded, cases, chosen, dev, _window(roi, overlap, sw_batch_size, amp),
                                 predictions_dir=predictions)
     result["centres"] = sorted({c.centre for c in cases})
-    json_path, csv_path = write_report(result, folder)
+    json_path, csv_path = write_report(result, folder, split if model is not None else "all")
     return {**result, "report": {"json": str(json_path), "csv": str(csv_path)}}
 
 

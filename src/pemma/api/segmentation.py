@@ -224,7 +224,8 @@ def params(model: RunLike | None = None, *, base: RunLike | None = None, backbon
         >>> pemma.params(backbone="unetr", preset="paper", recipe="authors")["authors_percent"]  # 8.16...
     """
     if (model is None) == (backbone is None):
-        raise PemmaError("params needs either a run folder or --backbone (with --preset / --recipe), not both")
+        given = "not both" if model is not None else "got neither"
+        raise PemmaError(f"params needs either a run folder or --backbone (with --preset / --recipe), {given}")
     from pemma.methods import configuration_budget, parameter_summary
 
     if model is None:

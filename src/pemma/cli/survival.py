@@ -15,8 +15,8 @@ import argparse
 
 from pemma.cli.options import add_device_flags, add_field_flag, add_training_flags, training_settings
 from pemma.config import DataConfig
-from pemma.survival.config import ADAPTER_METHODS, SurvivalConfig
-from pemma.vocab import SURVIVAL_HEADS
+from pemma.survival.config import SurvivalConfig
+from pemma.vocab import ADAPTER_TYPES, PEMMA_METHODS, SURVIVAL_HEADS
 
 
 def _fmt(value: float | None) -> str:
@@ -60,7 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                      "not given, else all)")
     add_field_flag(p, SurvivalConfig, "add_modality", choices=["pet"])
     add_field_flag(p, SurvivalConfig, "add_ehr")
-    add_field_flag(p, SurvivalConfig, "method", choices=ADAPTER_METHODS)
+    add_field_flag(p, SurvivalConfig, "method", choices=[*ADAPTER_TYPES, *PEMMA_METHODS])
     for name in ("rank", "alpha"):
         add_field_flag(p, SurvivalConfig, name)
     p.add_argument("--numeric-column", action="append", metavar="NAME",
@@ -151,7 +151,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"stage {res['stage']} on {', '.join(res['centres'])} ({res['split']} cases): {res['text']}")
     print(f"risk groups split at the training median {res['risk_threshold']:.4g}: {res['high_risk']} high-risk, "
           f"{res['n_cases'] - res['high_risk']} low-risk; log-rank p = {p}")
-    print(f"skipped: {res['skipped']}")
+    print(f"cases: {res['skipped']}")  # "N cases with images and endpoints; skipped ..."
     print(f"report: {res['report']}; Kaplan-Meier plot: {res['km_plot']}")
     return 0
 

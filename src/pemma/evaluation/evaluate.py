@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -174,10 +175,12 @@ def json_ready(value: Any) -> Any:
     return value
 
 
-def write_report(result: dict[str, Any], out_dir: str | Path) -> tuple[Path, Path]:
-    """Write ``metrics_<inputs>.json`` and ``cases_<inputs>.csv`` (atomically) and return their paths."""
+def write_report(result: dict[str, Any], out_dir: str | Path, split: str = "all") -> tuple[Path, Path]:
+    """Write ``metrics_<inputs>.json`` and ``cases_<inputs>.csv`` (atomically) and return their paths; a ``split``
+    other than ``all`` is part of the names (``metrics_ct+pet_val.json``), so it does not replace the report of all
+    cases."""
     out_dir = Path(out_dir)
-    tag = result["inputs"]
+    tag = result["inputs"] if split == "all" else f"{result['inputs']}_{split}"
     json_path, csv_path = out_dir / f"metrics_{tag}.json", out_dir / f"cases_{tag}.csv"
     write_text_atomic(json_path, json.dumps(json_ready(result), indent=2, allow_nan=False))
     buffer = io.StringIO()
@@ -193,5 +196,10 @@ def format_summary(result: dict[str, Any]) -> str:
     """One table of DSCagg (and mean per-case HD95) for the console."""
     d, m = result["DSCagg"], result["mean_case"]
     return (f"inputs {result['inputs']:<7} cases {result['n_cases']:>3}  DSCagg GTVp {d['GTVp']:.4f}  "
-            f"GTVn {d['GTVn']:.4f}  mean {d['mean']:.4f}  |  HD95 GTVp {m.get('hd95_GTVp', float('nan')):.1f} mm  "
-            f"GTVn {m.get('hd95_GTVn', float('nan')):.1f} mm")
+            f"GTVn {d['GTVn']:.4f}  mean {d['mean']:.4f}  |  HD95 GTVp {_mm(m.get('hd95_GTVp'))}  "
+            f"GTVn {_mm(m.get('hd95_GTVn'))}")
+
+
+def _mm(value: float | None) -> str:
+    """A mean HD95 for the console; undefined (no case with that class in both masks) is "n/a", as JSON's null."""
+    return "n/a" if value is None or not math.isfinite(float(value)) else f"{float(value):.1f} mm"

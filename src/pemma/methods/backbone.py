@@ -54,7 +54,7 @@ def report_trained(loaded: LoadedModel, trained_net: nn.Module) -> dict[str, Any
     early = early_fusion_parameter_count(loaded.config.model.backbone, base_constructor_kwargs(loaded.config))
     return {"inputs": "+".join(loaded.meta["modalities"]), "method": loaded.meta.get("method"),
             "trainable": trainable, "total": count_parameters(loaded.net)[1],
-            "early_fusion": early, "percent_of_early_fusion": f"{100.0 * trainable / early:.3f}%"}
+            "early_fusion": early, "percent_of_early_fusion": 100.0 * trainable / early}
 
 
 register_kind(RunKind(name=KIND_BACKBONE, load=load_backbone, input_sets=_input_sets, update=_update,

@@ -189,10 +189,10 @@ def _report(loaded: LoadedModel) -> dict[str, Any]:
                             early_fusion=int(report["early_fusion"]))
     out: dict[str, Any] = {"method": loaded.meta.get("method"), "trainable": int(report["trainable"]),
                            "total": int(report["total"]), "early_fusion": int(report["early_fusion"]),
-                           "percent_of_early_fusion": f"{report['percent_of_early_fusion']:.3f}%",
+                           "percent_of_early_fusion": float(report["percent_of_early_fusion"]),
                            "authors_trainable": authors["authors_trainable"],
                            "authors_reference": authors["authors_reference"],
-                           "authors_percent": f"{authors['authors_percent']:.3f}%",
+                           "authors_percent": float(authors["authors_percent"]),
                            "authors_counted": authors["authors_counted"],
                            "adapter_bytes": int(loaded.meta.get("adapter_bytes", 0))}
     out["ct_route"] = model.config.ct_route

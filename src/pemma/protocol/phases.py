@@ -23,7 +23,7 @@ from pemma.vocab import (
     PEMMA_METHODS,
     PET_ONLY_METHODS,
     SURVIVAL_HEADS,
-    canonical_method,
+    adapter_type,
 )
 
 #: the modalities a strategy can name, in channel order: CT, PET and the catalogue's (MR, dose; pemma.modalities)
@@ -276,11 +276,10 @@ class PrognosisSpec:
     def __post_init__(self) -> None:
         where = "prognosis"
         centres = () if not self.centres else tuple(name_list(self.centres, f"{where}: centres"))
-        methods = tuple(dict.fromkeys(m.lower() for m in name_list(self.methods, f"{where}: methods")))
-        for method in methods:
-            if method not in PROGNOSIS_METHODS and method not in PEMMA_METHODS:
-                raise StrategyError(f"{where}: unknown method {method!r} (known: {', '.join(PROGNOSIS_METHODS)})")
-        methods = tuple(dict.fromkeys(PEMMA_METHODS[canonical_method(m)] for m in methods))
+        try:  # the adapter types; pemma_lora / pemma_dora accepted
+            methods = tuple(dict.fromkeys(adapter_type(m) for m in name_list(self.methods, f"{where}: methods")))
+        except ValueError as exc:
+            raise StrategyError(f"{where}: {exc}") from None
         if self.head not in PROGNOSIS_HEADS:
             raise StrategyError(f"{where}: unknown head {self.head!r} (known: {', '.join(PROGNOSIS_HEADS)})")
         if self.epochs is not None and (isinstance(self.epochs, bool) or not isinstance(self.epochs, int)

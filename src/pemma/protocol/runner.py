@@ -40,6 +40,11 @@ from pemma.runtime import machine_line, resolve_amp, side_by_side
 from pemma.vocab import EVAL_INPUT_SETS, METHODS, canonical_method, method_choices
 
 
+def _percent(value: float | str | None) -> float | None:
+    """A percentage of ``pemma params`` (a number; ``"7.912%"`` in the caches of earlier versions)."""
+    return None if value is None or value == "" else float(str(value).rstrip("%"))
+
+
 def _rows(cache: dict[str, Any], backbone: str, method: str, planned: PlannedPhase,
           pair: tuple[str, str] = ("", ""),
           input_sets: tuple[tuple[str, ...], ...] = EVAL_INPUT_SETS) -> list[dict[str, Any]]:
@@ -60,7 +65,7 @@ def _rows(cache: dict[str, Any], backbone: str, method: str, planned: PlannedPha
                          "HD95_GTVp": _nanmean(c.get("hd95_GTVp") for c in cases),
                          "HD95_GTVn": _nanmean(c.get("hd95_GTVn") for c in cases), "n_cases": len(cases),
                          "trainable_params": params.get("trainable"),
-                         "percent_of_early_fusion": float(percent.rstrip("%")) if percent else None})
+                         "percent_of_early_fusion": _percent(percent)})
     return rows
 
 

@@ -34,6 +34,7 @@ def split_case_ids(case_ids_by_centre: Mapping[str, Iterable[str]],
         ``{centre: {"train": [...], "val": [...], "test": [...]}}``, each list sorted.
 
     Example:
+        >>> from pemma.protocol.phases import SplitSpec
         >>> ids = {"MDA": [f"MDA-{i:03d}" for i in range(10)]}
         >>> split_case_ids(ids, SplitSpec(val_fraction=0.2, test_fraction=0.2, seed=0))["MDA"]["test"]
         ['MDA-003', 'MDA-004']

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pemma.errors import PemmaError
-from pemma.vocab import ADAPTER_TYPES as ADAPTER_METHODS
 from pemma.vocab import SURVIVAL_HEADS as HEADS
+from pemma.vocab import adapter_type
 
 #: learning-rate factor of trainable encoder parts (adapters, PET pathway) relative to the head's
 ENCODER_LR_SCALE = 0.1
@@ -39,7 +39,7 @@ class SurvivalConfig:
 
     head: str = field(default="mtlr", metadata={"help": "survival head: mtlr or cox (stage ct; later stages keep it)"})
     bins: int | None = field(default=None, metadata={
-        "help": "MTLR time bins; None = ceil(sqrt(training relapses))"})
+        "help": "MTLR time bins (default: ceil(sqrt(training relapses)))"})
     l2: float | None = field(default=None, metadata={
         "help": "L2 penalty l2/2 ||W||^2 on the head's and the clinical projection's weights; default: chosen "
                 "from l2_grid by inner cross-validation on the training cases"})
@@ -51,10 +51,12 @@ class SurvivalConfig:
     encoder_lr_scale: float = field(default=ENCODER_LR_SCALE, metadata={
         "help": "learning rate of adapters and PET pathway relative to train.lr"})
     clip_norm: float = field(default=1.0, metadata={"help": "gradient-norm clipping of the trainable parameters"})
-    add_modality: str | None = field(default=None, metadata={"help": "adapt: image modality to add (pet) or None"})
+    add_modality: str | None = field(default=None, metadata={
+        "help": "adapt: image modality to add (pet; default: none)"})
     add_ehr: bool = field(default=False, metadata={"help": "adapt: add the clinical vector (zero-initialised)"})
     method: str | None = field(default=None, metadata={
-        "help": "adapt: lora or dora for new adapters; None = the previous stage's, else lora"})
+        "help": "adapt: lora or dora (pemma_lora, pemma_dora) for new adapters (default: the previous stage's, "
+                "else lora)"})
     rank: int = field(default=4, metadata={"help": "adapt: rank of new adapters"})
     alpha: float = field(default=8.0, metadata={"help": "adapt: scaling alpha of new adapters"})
     train_adapters: bool = field(default=True, metadata={
@@ -81,8 +83,8 @@ class SurvivalConfig:
             raise ValueError(f"clip_norm must be > 0, got {self.clip_norm}")
         if self.add_modality not in (None, "pet"):
             raise ValueError(f"add_modality must be pet, got {self.add_modality!r}")
-        if self.method is not None and self.method not in ADAPTER_METHODS:
-            raise ValueError(f"method must be one of {ADAPTER_METHODS}, got {self.method!r}")
+        if self.method is not None:  # pemma_lora / pemma_dora name the same adapters as lora / dora
+            self.method = adapter_type(self.method)
         if int(self.rank) < 1:
             raise ValueError(f"rank must be >= 1, got {self.rank}")
         if not self.alpha > 0:

@@ -101,6 +101,17 @@ def _not_run() -> list[dict[str, Any]]:
             for claim_id, (_, name) in GAINS.items()]
 
 
+def _missing_reason(ct: Mapping[str, Any] | None, row: Mapping[str, Any] | None, stage: str) -> str:
+    """Why a claim has no C-index pair: the missing stage, or the note of the stage without a C-index (not a
+    note of the other stage, e.g. the CT stage's overfitting flag when the EHR stage was not run)."""
+    for name, r in (("ct", ct), (stage, row)):
+        if r is None:
+            return f"the chain has no {name} stage"
+        if r.get("c_index") is None:
+            return r.get("note") or f"the {name} stage has no C-index"
+    return "a stage of the chain is missing"
+
+
 def stage_claims(rows: Sequence[Mapping[str, Any] | None], label: str = "", seed: int = 0,
                  replicates: int = 2000) -> list[dict[str, Any]]:
     """Both C-index claims of one chain, from its prognosis rows.
@@ -121,8 +132,7 @@ def stage_claims(rows: Sequence[Mapping[str, Any] | None], label: str = "", seed
         row = next((r for r in rows if r["stage"] == stage), None)
         title = f"{label}: {name}" if label else name
         if ct is None or row is None or ct.get("c_index") is None or row.get("c_index") is None:
-            note = next((r.get("note") for r in (ct, row) if r and r.get("note")), None)
-            out.append(claim(title, None, f"not computed ({note or 'a stage of the chain is missing'})", {}, claim_id,
+            out.append(claim(title, None, f"not computed ({_missing_reason(ct, row, stage)})", {}, claim_id,
                              pair=("", "")))
             continue
         c0, c1 = float(ct["c_index"]), float(row["c_index"])
