@@ -23,7 +23,7 @@ from pemma.inference.resample_back import labels_on_reference
 from pemma.inference.sliding import sliding_window_probs
 from pemma.io_utils import load_nifti, save_nifti
 from pemma.models.loaded import LoadedModel
-from pemma.vocab import ROI_MULTIPLES
+from pemma.models.registry import get_backbone
 
 
 @dataclass
@@ -52,10 +52,11 @@ def check_window_roi(roi: Sequence[int], cfg: RunConfig) -> None:
         PemmaError: naming ``--roi`` and what the run accepts.
     """
     backbone, trained = cfg.model.backbone, list(cfg.model.roi_size)
-    if backbone == "unetr" and list(roi) != trained:
-        raise PemmaError(f"--roi {' '.join(map(str, roi))}: UNETR predicts with the window it was trained with "
-                         f"({' '.join(map(str, trained))}; its position embeddings are fixed to it)")
-    multiple = ROI_MULTIPLES.get(backbone, 1)
+    spec = get_backbone(backbone)
+    if spec.roi_kwarg and list(roi) != trained:  # the ROI is a constructor argument (UNETR's img_size)
+        raise PemmaError(f"--roi {' '.join(map(str, roi))}: {spec.net_class.__name__} predicts with the window it "
+                         f"was trained with ({' '.join(map(str, trained))}; its position embeddings are fixed to it)")
+    multiple = spec.roi_multiple
     if any(r % multiple for r in roi):
         raise PemmaError(f"--roi {' '.join(map(str, roi))}: {backbone} needs multiples of {multiple}")
 

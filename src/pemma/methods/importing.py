@@ -36,7 +36,7 @@ from torch import nn
 from pemma.config import RunConfig
 from pemma.errors import PemmaError
 from pemma.io_utils import sha256_file
-from pemma.models.registry import build_backbone
+from pemma.models.registry import backbone_nets, build_backbone, get_backbone
 from pemma.runs import CONFIG_FILE, _load_failure, save_weights
 from pemma.vocab import KIND_BACKBONE, LABELS
 
@@ -49,8 +49,6 @@ WRAPPER_PREFIXES: tuple[str, ...] = ("module.", "_orig_mod.")
 #: bundle files looked for, in order
 BUNDLE_CONFIGS: tuple[str, ...] = ("configs/inference.json", "configs/inference.yaml", "configs/inference.yml")
 BUNDLE_WEIGHTS: tuple[str, ...] = ("models/model.pt", "models/model.safetensors")
-#: MONAI class name of each backbone (a bundle's ``network_def`` ``_target_`` ends with it)
-BACKBONE_CLASSES: dict[str, str] = {"UNETR": "unetr", "SwinUNETR": "swin_unetr"}
 #: prefix of the segmentation head's tensors in both MONAI networks (``UnetOutBlock`` ``out``)
 HEAD_PREFIX = "out."
 
@@ -164,15 +162,17 @@ def read_bundle(folder: Path) -> tuple[Path, dict[str, Any]]:
 def bundle_model_settings(network: dict[str, Any], backbone: str | None, source: Path) -> dict[str, Any]:
     """``model`` config settings from a bundle's ``network_def`` (backbone, ROI, sizes, source classes)."""
     target = network["_target_"].rsplit(".", 1)[-1]
-    found = BACKBONE_CLASSES.get(target)
+    classes = {net.__name__: name for name, net in backbone_nets().items()}  # "UNETR" -> unetr (the registry's)
+    found = classes.get(target)
     if found is None:
-        raise PemmaError(f"{source}: network_def is {target}; pemma imports {' or '.join(BACKBONE_CLASSES)}")
+        raise PemmaError(f"{source}: network_def is {target}; pemma imports {' or '.join(classes)}")
     if backbone is not None and backbone != found:
         raise PemmaError(f"{source}: network_def is {target} ({found}), not --backbone {backbone}")
-    kwargs = {k: v for k, v in network.items() if k not in ("_target_", "in_channels", "out_channels", "img_size")}
+    roi_kwarg = get_backbone(found).roi_kwarg  # UNETR's img_size: the ROI is part of the network
+    kwargs = {k: v for k, v in network.items() if k not in ("_target_", "in_channels", "out_channels", roi_kwarg)}
     settings: dict[str, Any] = {"backbone": found, found: kwargs}
-    img_size = network.get("img_size")
-    if found == "unetr" and img_size is not None:
+    img_size = network.get(roi_kwarg) if roi_kwarg else None
+    if img_size is not None:
         settings["roi_size"] = [int(img_size)] * 3 if isinstance(img_size, int) else [int(v) for v in img_size]
     if int(network.get("in_channels", 1)) != 1:
         raise PemmaError(f"{source}: network_def has in_channels {network['in_channels']}; a pemma base is CT-only "
