@@ -32,7 +32,8 @@ previous model's predictions exactly. The head (:mod:`pemma.survival.heads`) map
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from monai.networks.nets import UNETR, SwinUNETR
@@ -48,15 +49,71 @@ UNETR_PATCH, SWIN_STRIDE = 16, 32
 FEATURES = "mean-max-tumour_weighted-burden/1"
 
 
+@dataclass(frozen=True)
+class EncoderReadout:
+    """Where a backbone's image features are read (one entry per MONAI class in :data:`READOUTS`).
+
+    Args:
+        stride: input voxels per token / feature-map voxel along each axis.
+        channels: ``net -> C``, the channels of the encoder output.
+        plain: ``(net, x) -> encoded`` of a plain MONAI network: (B, N, C) tokens or (B, C, x, y, z).
+        adapted: ``(model, inputs) -> encoded`` of a PEMMA model around it on the adapted path, ``inputs`` the
+            ``{modality: (B, 1, X, Y, Z)}`` of :meth:`~pemma.models.pemma_base.PemmaAdaptedModel.split_modalities`.
+    """
+
+    stride: int
+    channels: Callable[[nn.Module], int]
+    plain: Callable[[nn.Module, torch.Tensor], torch.Tensor]
+    adapted: Callable[[PemmaAdaptedModel, dict[str, torch.Tensor]], torch.Tensor]
+
+
+def _unetr_adapted(model: PemmaAdaptedModel, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """CT (and PET) patch tokens through the adapter-carrying transformer, after its final LayerNorm."""
+    net = model.net
+    sequences = [net.vit.patch_embedding(inputs["ct"])]
+    if "pet" in inputs:
+        sequences.append(model._pet_tokens(inputs["pet"]))
+    h = torch.cat(sequences, dim=1)
+    for block in net.vit.blocks:
+        h = block(h)
+    return net.vit.norm(h)
+
+
+def _swin_adapted(model: PemmaAdaptedModel, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The (fused CT+PET, or CT) embedding through the adapted Swin stages: the deepest stage."""
+    embedding = model.net.swinViT.patch_embed(inputs["ct"])
+    if "pet" in inputs:
+        embedding = model.fusion({"ct": embedding, "pet": model.pet_embedding(inputs["pet"])})
+    return model._stages(embedding)[-1]
+
+
+#: the feature readout of each MONAI backbone class (a new backbone adds its entry here)
+READOUTS: dict[type[nn.Module], EncoderReadout] = {
+    UNETR: EncoderReadout(
+        stride=UNETR_PATCH, channels=lambda net: int(net.vit.norm.normalized_shape[0]),
+        plain=lambda net, x: net.vit(x)[0],  # (B, N, C) hidden states after the final LayerNorm
+        adapted=_unetr_adapted),
+    SwinUNETR: EncoderReadout(
+        stride=SWIN_STRIDE, channels=lambda net: int(net.swinViT.patch_embed.proj.out_channels) * 16,
+        plain=lambda net, x: net.swinViT(x, net.normalize)[-1],  # (B, 16 * feature_size, x/32, y/32, z/32)
+        adapted=_swin_adapted),
+}
+
+
+def readout_of(net: nn.Module) -> EncoderReadout:
+    """The :class:`EncoderReadout` of a plain MONAI network (ValueError for another class)."""
+    for cls, readout in READOUTS.items():
+        if isinstance(net, cls):
+            return readout
+    raise ValueError(f"unsupported network {type(net).__name__}; expected "
+                     f"{' or '.join(c.__name__ for c in READOUTS)}")
+
+
 def feature_dim(encoder: nn.Module) -> int:
     """D of the image features (:func:`pool_features`) of a plain MONAI UNETR / SwinUNETR or a PEMMA model
     around one."""
     net = encoder.net if isinstance(encoder, PemmaAdaptedModel) else encoder
-    if isinstance(net, UNETR):
-        return 3 * int(net.vit.norm.normalized_shape[0]) + 1
-    if isinstance(net, SwinUNETR):
-        return 3 * int(net.swinViT.patch_embed.proj.out_channels) * 16 + 1
-    raise ValueError(f"unsupported encoder {type(net).__name__}; expected MONAI UNETR or SwinUNETR")
+    return 3 * readout_of(net).channels(net) + 1
 
 
 def tumour_probability(logits: torch.Tensor) -> torch.Tensor:
@@ -105,14 +162,9 @@ def plain_features(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
         >>> plain_features(net, torch.rand(2, 1, 32, 32, 32)).shape
         torch.Size([2, 289])
     """
+    readout = readout_of(net)
     tumour = tumour_probability(net(x))
-    if isinstance(net, UNETR):
-        tokens, _ = net.vit(x)  # (B, N, C), after the final LayerNorm
-        return pool_features(tokens, tumour, UNETR_PATCH)
-    if isinstance(net, SwinUNETR):
-        deepest = net.swinViT(x, net.normalize)[-1]  # (B, 16 * feature_size, x/32, y/32, z/32)
-        return pool_features(deepest, tumour, SWIN_STRIDE)
-    raise ValueError(f"unsupported network {type(net).__name__}")
+    return pool_features(readout.plain(net, x), tumour, readout.stride)
 
 
 def pemma_features(model: PemmaAdaptedModel, x: torch.Tensor, modalities: Sequence[str]) -> torch.Tensor:
@@ -129,22 +181,9 @@ def pemma_features(model: PemmaAdaptedModel, x: torch.Tensor, modalities: Sequen
     inputs = model.split_modalities(x, modalities)
     if "ct" not in inputs:
         raise ValueError("prognosis features need CT (PET-only input is not supported)")
+    readout = readout_of(model.net)
     tumour = tumour_probability(model(x, modalities))
-    net = model.net
-    if isinstance(net, UNETR):
-        sequences = [net.vit.patch_embedding(inputs["ct"])]
-        if "pet" in inputs:
-            sequences.append(model._pet_tokens(inputs["pet"]))
-        h = torch.cat(sequences, dim=1)
-        for block in net.vit.blocks:
-            h = block(h)
-        return pool_features(net.vit.norm(h), tumour, UNETR_PATCH)
-    if isinstance(net, SwinUNETR):
-        embedding = net.swinViT.patch_embed(inputs["ct"])
-        if "pet" in inputs:
-            embedding = model.fusion({"ct": embedding, "pet": model.pet_embedding(inputs["pet"])})
-        return pool_features(model._stages(embedding)[-1], tumour, SWIN_STRIDE)
-    raise ValueError(f"unsupported network {type(net).__name__}")
+    return pool_features(readout.adapted(model, inputs), tumour, readout.stride)
 
 
 class PrognosisModel(nn.Module):
