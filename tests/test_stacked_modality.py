@@ -226,6 +226,8 @@ def test_a_stacked_run_loads_back_exactly(runs: dict[str, Any]) -> None:
     assert report["kind"] == "pemma_stacked" and report["stacked"] == "ct+pet -> mr"
     assert report["adapter for ct+pet"] == "ctpet" and report["adapter for pet+mr"] == "ctpetmr"
     assert report["trainable"] == sum(p.numel() for p in original.parameters() if p.requires_grad) > 0
+    assert report["ct_route"] == "exact"  # the key adapted runs use (was "route")
+    assert report["percent_of_early_fusion"] == pytest.approx(100.0 * report["trainable"] / report["early_fusion"])
 
 
 def test_a_stacked_run_exports_merged(runs: dict[str, Any], tmp_path: Path) -> None:

@@ -171,8 +171,10 @@ def _report(loaded: Any) -> dict[str, Any]:
                            "stacked": " -> ".join(["+".join(model.level_modalities(0))]
                                                   + [level.modality for level in model.stack]),
                            "trainable": int(report["trainable"]), "total": int(report["total"]),
+                           "early_fusion": int(report["early_fusion"]),
+                           "percent_of_early_fusion": float(report["percent_of_early_fusion"]),
                            "adapter_bytes": int(loaded.meta.get("adapter_bytes", 0)),
-                           "route": loaded.meta.get("ct_route")}
+                           "ct_route": loaded.meta.get("ct_route")}  # the key adapted runs report it under
     for inputs, adapter in loaded.meta.get("adapters", {}).items():
         out[f"adapter for {inputs}"] = adapter
     return out
