@@ -24,7 +24,6 @@ from monai.transforms import (
     RandCropByLabelClassesd,
     RandFlipd,
     ResampleToMatchd,
-    ScaleIntensityRanged,
     Spacingd,
     SpatialCrop,
     SpatialPadd,
@@ -253,9 +252,8 @@ def preprocessing(modalities: Sequence[str], cfg: PreprocessConfig, roi_size: Se
     CT the first modality's grid is the reference.
     """
     ref = "ct" if "ct" in modalities else modalities[0]
-    extra = [m for m in modalities if m not in ("ct", "pet")]
-    specs = cfg.modality_registry() if extra else {}
-    unknown = [m for m in extra if m not in specs]
+    specs = cfg.modality_registry()  # CT's HU window, PET's SUV range, MR's z-score...: one spec per modality
+    unknown = [m for m in modalities if m not in specs]
     if unknown:
         raise PemmaError(f"no spec for modality {unknown[0]!r} (known: {', '.join(specs)}); declare it in the "
                          f"config's preprocess.modality_specs")
@@ -265,7 +263,7 @@ def preprocessing(modalities: Sequence[str], cfg: PreprocessConfig, roi_size: Se
     if cfg.register != "none" and ref == "ct":  # before PET, MR... meet the CT grid (not dose: it is on it)
         steps += [RegisterModalityd(RegistrationSettings.from_preprocess(cfg, modality=m))
                   for m in registrable(modalities, cfg)]
-    steps += [CheckOverlapd(m, ref_key=ref) for m in ["pet", *extra] if m != ref]
+    steps += [CheckOverlapd(m, ref_key=ref) for m in modalities if m != ref]
     steps.append(CheckLabelOverlapd(ref_key=ref))
     # The reference alone goes to RAS, the target spacing and the head-and-neck box; every other image is then
     # resampled once, straight onto that box (not onto the whole native CT grid first and again to the target
@@ -280,11 +278,8 @@ def preprocessing(modalities: Sequence[str], cfg: PreprocessConfig, roi_size: Se
         steps.append(ResampleToMatchd(others, key_dst=ref, mode=["nearest" if k == "label" else "bilinear"
                                                                   for k in others], padding_mode="zeros",
                                       dtype=np.float32))
-    steps += [NormaliseModalityd(m, specs[m], body_key="ct", threshold_hu=cfg.body_threshold_hu) for m in extra]
-    if "ct" in modalities:  # after the other modalities: their body masks are the CT in HU
-        steps.append(ScaleIntensityRanged("ct", *cfg.ct_window, 0.0, 1.0, clip=True))
-    if "pet" in modalities:
-        steps.append(ScaleIntensityRanged("pet", *cfg.pet_suv_range, 0.0, 1.0, clip=True))
+    last_ct = [m for m in modalities if m != "ct"] + [m for m in modalities if m == "ct"]  # MR's body mask: CT in HU
+    steps += [NormaliseModalityd(m, specs[m], body_key="ct", threshold_hu=cfg.body_threshold_hu) for m in last_ct]
     steps += [
         SpatialPadd(keys, spatial_size=roi_size, mode="constant"),
         ConcatItemsd(list(modalities), name="image", dim=0),
