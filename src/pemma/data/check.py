@@ -27,8 +27,6 @@ from pemma.data.overlap import affine_world_box, covered_fraction, pet_overlap_p
 from pemma.errors import PemmaError
 from pemma.io_utils import load_nifti
 
-_WHAT = {"ct": "CT", "pet": "PET"}
-
 
 @dataclass
 class CheckReport:
@@ -87,10 +85,10 @@ def check_case(case: CaseRecord, modalities: Sequence[str], with_label: bool = T
     for modality in modalities:
         path = case.images.get(modality)
         if path is None:
-            problems.append(f"case {case.case_id}: no {_WHAT.get(modality, modality.upper())} file")
+            problems.append(f"case {case.case_id}: no {modality.upper()} file")
             continue
         try:
-            images[modality] = load_nifti(path, what=f"{_WHAT.get(modality, modality.upper())} of case "
+            images[modality] = load_nifti(path, what=f"{modality.upper()} of case "
                                                     f"{case.case_id}")
         except PemmaError as exc:
             problems.append(str(exc))
@@ -118,7 +116,7 @@ def check_case(case: CaseRecord, modalities: Sequence[str], with_label: bool = T
     ref = images.get("ct")
     for other in [m for m in images if m != "ct"] if ref is not None else []:  # the loader's rule (CheckOverlapd)
         problem = pet_overlap_problem(case.case_id, ref.affine, ref.shape, images[other].affine, images[other].shape,
-                                      case.images[other], what=_WHAT.get(other, other.upper()))
+                                      case.images[other], what=other.upper())
         if problem is not None:
             problems.append(problem)
     if ref is not None and label is not None and _overlap(ref, label, pad=True) <= 0.0:

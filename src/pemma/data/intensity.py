@@ -19,7 +19,8 @@ MAX_NEGATIVE_SHARE = 0.01
 #: PET voxels below this (SUV) are more than reconstruction noise: worth a warning
 PET_NOISE_FLOOR = -1.0
 
-_WHAT = {"ct": "CT", "pet": "PET"}
+#: the modalities whose units are checked (MR, dose and declared modalities have any scale)
+CHECKED: tuple[str, ...] = ("ct", "pet")
 
 
 def intensity_problem(modality: str, voxels: np.ndarray, path: str, case_id: str) -> str | None:
@@ -39,9 +40,9 @@ def intensity_problem(modality: str, voxels: np.ndarray, path: str, case_id: str
         >>> intensity_problem("ct", np.array([0, 1, 2]), "p001_mask.nii.gz", "p001")
         'p001_mask.nii.gz: CT of case p001 has voxels from 0 to 2 only: not a CT in Hounsfield units (a mask? an ...'
     """
-    if modality not in _WHAT or voxels.size == 0:
+    if modality not in CHECKED or voxels.size == 0:
         return None
-    what = f"{_WHAT[modality]} of case {case_id}"
+    what = f"{modality.upper()} of case {case_id}"
     if modality == "ct":
         low, high = float(np.min(voxels)), float(np.max(voxels))
         if 0 < high - low < MIN_CT_SPAN_HU:  # one value everywhere is a degenerate image, not a mask: a warning
@@ -58,9 +59,9 @@ def intensity_problem(modality: str, voxels: np.ndarray, path: str, case_id: str
 def intensity_warning(modality: str, voxels: np.ndarray, path: str, case_id: str) -> str | None:
     """What is unusual about a plausible image (a CT of one value, a CT with no voxel below 0 HU, a PET below -1
     SUV), or None."""
-    if modality not in _WHAT or voxels.size == 0:
+    if modality not in CHECKED or voxels.size == 0:
         return None
-    what = f"{_WHAT[modality]} of case {case_id}"
+    what = f"{modality.upper()} of case {case_id}"
     low = float(np.min(voxels))
     if modality == "ct" and low == float(np.max(voxels)):
         return f"{path}: {what} has the value {low:g} everywhere: an empty image (an empty mask?), not a CT scan"

@@ -40,7 +40,10 @@ from pemma.data.registration import describe as describe_registration
 from pemma.errors import PemmaError
 from pemma.io_utils import load_nifti
 
-_WHAT = {"ct": "CT", "pet": "PET", "label": "label"}
+
+def _what(key: Hashable) -> str:
+    """A data key as messages name it: ``CT``, ``PET``, ``MR``..., and ``label``."""
+    return "label" if key == "label" else str(key).upper()
 
 
 class LoadCased(MapTransform):
@@ -61,7 +64,7 @@ class LoadCased(MapTransform):
         label_map = d.pop(LABEL_MAP_KEY, None)
         for key in self.key_iterator(d):
             path = d[key]
-            img = load_nifti(path, what=f"{_WHAT.get(str(key), str(key).upper())} of case {case}")
+            img = load_nifti(path, what=f"{_what(key)} of case {case}")
             array = np.asanyarray(img.dataobj)
             array = array.reshape(array.shape[:3])
             if key == "label":
@@ -93,7 +96,7 @@ class CheckOverlapd(MapTransform):
             ref, other = d[self.ref_key], d[key]
             problem = pet_overlap_problem(str(d.get("case_id", "?")), np.asarray(ref.affine), ref.shape[1:],
                                           np.asarray(other.affine), other.shape[1:], other.meta.get("filename_or_obj"),
-                                          what=_WHAT.get(str(key), str(key).upper()), min_fraction=self.min_fraction)
+                                          what=_what(key), min_fraction=self.min_fraction)
             if problem is not None:
                 raise PemmaError(problem)
         return d
