@@ -96,6 +96,22 @@ def test_bundle_folder_gives_the_network_sizes(tmp_path: Path) -> None:
         pemma.import_model(bundle, tmp_path / "run2", backbone="swin_unetr", preset="tiny")
 
 
+def test_a_swin_bundle_with_img_size_imports(tmp_path: Path) -> None:
+    """The model zoo's Swin UNETR bundles still pass ``img_size`` (MONAI 1.5+ refuses it): pemma sets the window
+    itself and leaves it out of the network's arguments."""
+    torch.manual_seed(2)
+    source = SwinUNETR(in_channels=1, out_channels=3, **TINY_SWIN).eval()
+    bundle = tmp_path / "bundle"
+    (bundle / "configs").mkdir(parents=True)
+    (bundle / "models").mkdir()
+    torch.save(source.state_dict(), bundle / "models" / "model.pt")
+    network_def = {"_target_": "SwinUNETR", "img_size": 64, "in_channels": 1, "out_channels": 3, **TINY_SWIN}
+    (bundle / "configs" / "inference.json").write_text(json.dumps({"network_def": network_def}))
+    run = pemma.import_model(bundle, tmp_path / "run", preset="tiny", roi=[64, 64, 64])
+    assert run.config.model.backbone == "swin_unetr" and "img_size" not in run.config.model.swin_unetr
+    assert torch.equal(logits(load_model(run).net, size=64), logits(source, size=64))
+
+
 def test_swin_unetr_state_dict(tmp_path: Path) -> None:
     torch.manual_seed(1)
     source = SwinUNETR(in_channels=1, out_channels=3, **TINY_SWIN).eval()

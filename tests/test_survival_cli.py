@@ -141,6 +141,10 @@ def test_survival_end_to_end(setup: dict[str, Path]) -> None:
     code, _, err = pemma("survival", "predict", "--model", runs["surv_ctpet_ehr"], "--data", data, "--out",
                          endpoints)  # the ground truth: was replaced by the risks
     assert code == 2 and "a file this prediction reads" in err and endpoints.read_bytes() == before, err
+    clinical = Path(data) / "hecktor2022_clinical_info_training.csv"
+    before = clinical.read_bytes()
+    code, _, err = pemma("survival", "predict", "--model", runs["surv_ctpet_ehr"], "--data", data, "--out", clinical)
+    assert code == 2 and "a file this prediction reads" in err and clinical.read_bytes() == before, err
     predicted = {r[0]: float(r[1]) for r in rows[1:]}
     for case in report["cases"]:  # evaluate and predict agree (reloaded model, same preprocessing)
         assert predicted[case["PatientID"]] == pytest.approx(case["risk"], rel=1e-6, abs=1e-9)

@@ -38,6 +38,8 @@ def test_adapter_methods_take_the_method_spellings_too(tmp_path) -> None:
     with pytest.raises(ValueError, match="unknown method 'early_fusion' for an adapter"):
         vocab.adapter_type("early_fusion")  # a method, but not one with adapters
     assert survival_settings(method="pemma_dora").method == "dora"
+    assert all(vocab.adapter_type(name) in ("lora", "dora") for name in vocab.adapter_choices())
+    assert {"pemma-dora", "pemma_lora", "lora"} <= set(vocab.adapter_choices())
     result = main_result("survival", "adapt", "--model", str(tmp_path / "none"), "--add-modality", "pet",
                          "--method", "pemma_lora", "--out", str(tmp_path / "out"))
     assert result.returncode == 2 and "invalid choice" not in result.stderr and "none" in result.stderr

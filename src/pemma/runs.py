@@ -237,31 +237,24 @@ def check_out_of_reads(out: str | Path, reads: Iterable[str | os.PathLike | None
     ``out`` may be neither one of the runs in ``reads``, nor inside one, nor a folder holding one (a forced rerun
     would replace that folder with everything in it); nor an input in ``data`` (dataset folder, datalist, weights
     file) or a folder holding one (the run's files would land among the cases, and ``--force`` would later delete
-    them).
+    them). A run inside a dataset folder is allowed.
 
     Raises:
-        PemmaError: naming ``out`` and the run or dataset it would overwrite.
+        PemmaError: naming ``out`` and the run or input it would overwrite.
     """
     target = _absolute(out)
-    for read in reads:
-        if read is None:
+    inputs = [(path, True) for path in reads] + [(path, False) for path in data]
+    for path, is_run in inputs:
+        if path is None or not os.fspath(path):
             continue
-        source = _absolute(read)
-        if target == source or source in target.parents:
+        source = _absolute(path)
+        what = f"the run {os.fspath(path)} that this command reads" if is_run else \
+            f"{os.fspath(path)}, an input of this command (dataset or file)"
+        if target == source or (is_run and source in target.parents):
             where = "is" if target == source else "is inside"
-            raise PemmaError(f"{out}: {where} the run {os.fspath(read)} that this command reads; write the new "
-                             "run to another --out, not over or inside it")
+            raise PemmaError(f"{out}: {where} {what}; write the new run to another --out, not over or inside it")
         if target in source.parents:
-            raise PemmaError(f"{out}: holds the run {os.fspath(read)} that this command reads; write the new run "
-                             "to a folder of its own (e.g. a sibling of it)")
-    for dataset in data:
-        if dataset is None or not os.fspath(dataset):
-            continue
-        source = _absolute(dataset)
-        if target == source or target in source.parents:
-            where = "is" if target == source else "holds"
-            raise PemmaError(f"{out}: {where} {os.fspath(dataset)}, an input of this command (dataset or file); "
-                             "write the run to a folder of its own, outside it")
+            raise PemmaError(f"{out}: holds {what}; write the new run to a folder of its own, beside it")
 
 
 def _absolute(path: str | os.PathLike) -> Path:

@@ -157,6 +157,12 @@ def adapter_type(name: str) -> str:
     return PEMMA_METHODS[method]
 
 
+def adapter_choices() -> list[str]:
+    """Every spelling :func:`adapter_type` accepts (adapter types first), for argparse ``choices``."""
+    return [*ADAPTER_TYPES, *PEMMA_METHODS,
+            *(a for a, m in METHOD_ALIASES.items() if m in PEMMA_METHODS and a not in ADAPTER_TYPES)]
+
+
 def method_choices() -> list[str]:
     """Every accepted spelling (canonical first), for argparse ``choices``."""
     return [*METHODS, *METHOD_ALIASES]

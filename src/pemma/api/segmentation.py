@@ -269,11 +269,13 @@ def export(model: RunLike, out: str | os.PathLike, *, format: str | None = None,
 
     if not merge:
         raise PemmaError("export needs --merge (an unmerged adapted model is its run folder)")
-    try:  # the run's modalities: CT, PET and any it added (MR...)
-        known = list(Run.open(model).config.preprocess.modality_registry())
-        mods = None if modalities is None else parse_modalities(modalities, known)
-    except ValueError as exc:
-        raise PemmaError(f"--modalities: {exc}") from None
+    mods = None
+    if modalities is not None:
+        known = list(Run.open(model).config.preprocess.modality_registry())  # CT, PET and any it added (MR...)
+        try:
+            mods = parse_modalities(modalities, known)
+        except ValueError as exc:
+            raise PemmaError(f"--modalities: {exc}") from None
     return export_model(Path(path_of(model)), Path(os.fspath(out)), fmt=format, modalities=mods,
                         base_run=path_of(base))
 

@@ -16,7 +16,7 @@ import argparse
 from pemma.cli.options import add_device_flags, add_field_flag, add_training_flags, training_settings
 from pemma.config import DataConfig
 from pemma.survival.config import SurvivalConfig
-from pemma.vocab import ADAPTER_TYPES, PEMMA_METHODS, SURVIVAL_HEADS
+from pemma.vocab import SURVIVAL_HEADS, adapter_choices
 
 
 def _fmt(value: float | None) -> str:
@@ -60,7 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                      "not given, else all)")
     add_field_flag(p, SurvivalConfig, "add_modality", choices=["pet"])
     add_field_flag(p, SurvivalConfig, "add_ehr")
-    add_field_flag(p, SurvivalConfig, "method", choices=[*ADAPTER_TYPES, *PEMMA_METHODS])
+    add_field_flag(p, SurvivalConfig, "method", choices=adapter_choices())
     for name in ("rank", "alpha"):
         add_field_flag(p, SurvivalConfig, name)
     p.add_argument("--numeric-column", action="append", metavar="NAME",

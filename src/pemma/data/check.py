@@ -4,9 +4,10 @@
 check on the cases they will read before they train (:func:`preflight`), and ``--exclude-bad-cases`` leaves the
 bad cases out instead of stopping, recording them in the run.
 
-Per case: each image and the label is readable, 3-D, finite, with an invertible header affine; the CT is in HU and
-the PET in SUV as far as their voxels tell (:mod:`pemma.data.intensity`); label values are HECKTOR's {0, 1, 2}; the
-PET covers at least half of the CT field of view in world space (co-registered); the label grid overlaps the CT.
+Per case: each image and the label is readable, 3-D, finite, with an invertible header affine; the CT is not a mask
+or a normalised image and the PET not a CT (:mod:`pemma.data.intensity`; units that look wrong, such as a PET in
+Bq/mL, are warnings); label values are HECKTOR's {0, 1, 2}; the PET covers at least half of the CT field of view in
+world space (co-registered); the label grid overlaps the CT.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import nibabel as nib
 import numpy as np
 from tqdm.auto import tqdm
 
-from pemma.data.intensity import intensity_problem, intensity_warning
+from pemma.data.intensity import intensity_problem, intensity_warnings
 from pemma.data.labels import to_pemma_labels
 from pemma.data.layout import CaseRecord
 from pemma.data.overlap import affine_world_box, covered_fraction, pet_overlap_problem
@@ -99,8 +100,7 @@ def check_case(case: CaseRecord, modalities: Sequence[str], with_label: bool = T
             problems.append(problem)
             del images[modality]
             continue
-        unusual = intensity_warning(modality, voxels, path, case.case_id)
-        if unusual:
+        for unusual in intensity_warnings(modality, voxels, path, case.case_id):
             warnings.warn(unusual, UserWarning, stacklevel=2)
     label = label_voxels = None
     if with_label:

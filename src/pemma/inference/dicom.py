@@ -13,7 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from pemma.data.dicom import DicomCase
-from pemma.errors import PemmaError, user_error
+from pemma.errors import PemmaError, record_case_failure
 from pemma.inference.predict import WindowSettings, output_reference, predict_case
 from pemma.inference.rtstruct import write_rtstruct
 from pemma.io_utils import save_nifti
@@ -75,10 +75,7 @@ def predict_dicom_cases(model: LoadedModel, cases: Sequence[DicomCase], modaliti
                 rois = write_rtstruct(label, case.series["ct"], rt_path)
                 log.info(f"case {cid}: RTSTRUCT {rt_path} with ROIs {', '.join(rois) or 'none'}")
         except Exception as exc:  # a bad input raised inside MONAI's transforms arrives wrapped
-            problem = user_error(exc)
-            if failures is None or problem is None:
-                raise
-            failures[cid] = str(problem)
+            record_case_failure(failures, cid, exc)
         finally:
             case.unstage()
     return written

@@ -18,7 +18,7 @@ from pemma.data.layout import CaseRecord
 from pemma.data.register import register_files
 from pemma.data.registration import RegistrationSettings, registrable
 from pemma.data.transforms import preprocessing
-from pemma.errors import PemmaError, user_error
+from pemma.errors import PemmaError, record_case_failure
 from pemma.inference.resample_back import labels_on_reference
 from pemma.inference.sliding import sliding_window_probs
 from pemma.io_utils import load_nifti, save_nifti
@@ -178,10 +178,7 @@ def predict_cases(model: LoadedModel, cases: Sequence[CaseRecord], modalities: S
         try:
             label, ref_img = predict_case(model, case, modalities, device, window, reference=reference)
         except Exception as exc:  # a bad input raised inside MONAI's transforms arrives wrapped
-            problem = user_error(exc)
-            if failures is None or problem is None:
-                raise
-            failures[case.case_id] = str(problem)
+            record_case_failure(failures, case.case_id, exc)
             continue
         path = out_dir / f"{case.case_id}.nii.gz"
         save_nifti(label, ref_img.affine, path, header=ref_img.header, dtype=np.uint8)

@@ -49,6 +49,9 @@ WRAPPER_PREFIXES: tuple[str, ...] = ("module.", "_orig_mod.")
 #: bundle files looked for, in order
 BUNDLE_CONFIGS: tuple[str, ...] = ("configs/inference.json", "configs/inference.yaml", "configs/inference.yml")
 BUNDLE_WEIGHTS: tuple[str, ...] = ("models/model.pt", "models/model.safetensors")
+#: ``network_def`` keys pemma sets itself (channels from the run; ``img_size``: older MONAI Swin UNETR took it, as the
+#: model zoo's ``swin_unetr_btcv_segmentation`` bundle still writes, and MONAI 1.5+ refuses it)
+NETWORK_KEYS_SET_BY_PEMMA: tuple[str, ...] = ("_target_", "in_channels", "out_channels", "img_size")
 #: prefix of the segmentation head's tensors in both MONAI networks (``UnetOutBlock`` ``out``)
 HEAD_PREFIX = "out."
 
@@ -169,7 +172,7 @@ def bundle_model_settings(network: dict[str, Any], backbone: str | None, source:
     if backbone is not None and backbone != found:
         raise PemmaError(f"{source}: network_def is {target} ({found}), not --backbone {backbone}")
     roi_kwarg = get_backbone(found).roi_kwarg  # UNETR's img_size: the ROI is part of the network
-    kwargs = {k: v for k, v in network.items() if k not in ("_target_", "in_channels", "out_channels", roi_kwarg)}
+    kwargs = {k: v for k, v in network.items() if k not in (*NETWORK_KEYS_SET_BY_PEMMA, roi_kwarg)}
     settings: dict[str, Any] = {"backbone": found, found: kwargs}
     img_size = network.get(roi_kwarg) if roi_kwarg else None
     if img_size is not None:

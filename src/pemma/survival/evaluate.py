@@ -156,12 +156,13 @@ def evaluate_survival(model_run: str | Path, data: str | Path, centres: list[str
 def _check_not_an_input(out_csv: Path, data: str | Path, clinical: str | Path | None,
                         cases: Sequence[CaseRecord]) -> None:
     """The risk CSV must not replace a file the prediction reads: the dataset's endpoint or clinical table (e.g.
-    ``--out data/hecktor2022_endpoint_training.csv``), a case's image or label.
+    ``--out data/hecktor2022_endpoint_training.csv``), its datalist, a case's image or label.
 
     Raises:
         PemmaError: naming the file; before anything is predicted.
     """
     reads = [find_table(data, ENDPOINT_FILE, None), find_table(data, CLINICAL_FILE, clinical),
+             *([data] if Path(data).is_file() else []),  # a datalist
              *(p for c in cases for p in (*c.images.values(), c.label) if p)]
     target = out_csv.resolve()
     for path in reads:

@@ -42,9 +42,10 @@ from torch import nn
 from pemma.adapters.state import is_adapter_param
 from pemma.io_utils import copy_tensors_into
 from pemma.models.pemma_base import PemmaAdaptedModel
+from pemma.vocab import ROI_MULTIPLES
 
-#: input patch edge of a UNETR token and of a Swin UNETR deepest-stage voxel
-UNETR_PATCH, SWIN_STRIDE = 16, 32
+#: input patch edge of a UNETR token and of a Swin UNETR deepest-stage voxel: the ROI multiples each needs
+UNETR_PATCH, SWIN_STRIDE = ROI_MULTIPLES["unetr"], ROI_MULTIPLES["swin_unetr"]
 #: names the image features; runs keyed by it (``pemma reproduce``'s prognosis folder) retrain when it changes
 FEATURES = "mean-max-tumour_weighted-burden/1"
 
