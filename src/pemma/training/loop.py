@@ -31,6 +31,7 @@ from pemma.inference.sliding import labels_of, sliding_window_probs
 from pemma.runs import CONFIG_FILE, MODEL_META, STATE_FILE, final_path, load_state, write_meta
 from pemma.runtime import DistInfo, agree_on_failure, barrier, run_logger
 from pemma.training.engine import Engine, StepFn, process_group, trainable_state
+from pemma.vocab import BACKBONES
 
 __all__ = ["SegmentationTraining", "TrainingTask", "dice_ce_loss", "segmentation_engine", "segmentation_step",
            "train_task", "trainable_state", "validate"]
@@ -143,7 +144,7 @@ def train_task(task: TrainingTask, cfg: RunConfig, train_cases: list[CaseRecord]
 
 #: settings a resumed run must share with its checkpoint, per config section (None: the whole section)
 RESUME_SETTINGS: dict[str, tuple[str, ...] | None] = {
-    "model": ("backbone", "roi_size", "out_channels", "unetr", "swin_unetr"), "preprocess": None,
+    "model": ("backbone", "roi_size", "out_channels", *BACKBONES), "preprocess": None,  # each backbone's sizes
     "data": ("centres", "modalities", "val_fraction"),
     "train": ("seed", "epochs", "max_steps", "batch_size", "samples_per_case", "lr", "weight_decay", "label_ratios",
               "dice_batch", "dice_background", "class_weights"),
