@@ -174,8 +174,13 @@ def convert_dicom(root: str | os.PathLike, out: str | os.PathLike,
     and ``out/labelsTr/<case>.nii.gz`` (copied from the staging cache, each file atomically).
 
     Args:
+        root: the DICOM tree (any folder layout; one case per patient and study).
+        out: the dataset folder to write.
+        roi_names: the RTSTRUCT / SEG names of GTVp and GTVn (``"GTVp=GTV_primary,GTVn=GTV_LN"``); default the
+            usual names (:mod:`pemma.data.dicom_labels`).
+        progress: show a progress bar. Default True.
         force: replace files of ``out`` that have a converted case's name (else an error before anything is
-            written: a dataset of the same case IDs is not overwritten by accident).
+            written: a dataset of the same case IDs is not overwritten by accident). Default False.
 
     Returns:
         The records of the written cases (paths in ``out``).

@@ -50,6 +50,10 @@ def evaluate_model(model: LoadedModel, cases: Sequence[CaseRecord], modalities: 
     """Predict and score every case.
 
     Args:
+        model: the loaded run. cases: labelled cases. modalities: the input set, e.g. ``["ct", "pet"]``.
+        device: where the network runs. window: sliding-window settings (default: as trained).
+        predictions_dir: also write each label map there (``<case_id>.nii.gz``, CT geometry). Default None.
+        progress: show a progress bar. Default True.
         inputs_cache: preprocessed inputs shared between calls (see :func:`predict_case`).
         predictions: predictions shared between calls (:class:`~pemma.inference.prediction_cache.PredictionCache`):
             a case this network already predicted with these inputs and settings is not predicted again.

@@ -42,6 +42,7 @@ def run_demo(out_dir: str | Path = "demo", seeds: Sequence[int] = (0,), preset: 
         phantom: the phantom to generate. Default :class:`PhantomConfig` () (the default phantom). An existing
             ``OUT/phantom`` of another difficulty is refused (one line), not silently reused.
         exclude_bad_cases: leave out cases that fail the data check instead of stopping. Default False.
+        progress: show progress bars. Default True.
         amp: replaces the strategy's ``amp`` (``True``, ``False``, ``"auto"``); None keeps it.
         workers: replaces the strategy's ``workers`` (an integer or ``"auto"``); None keeps it.
 
