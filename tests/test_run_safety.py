@@ -128,6 +128,17 @@ def test_out_over_the_dataset_or_holding_a_read_run_is_refused(finished: Path, p
     with pytest.raises(PemmaError, match=rf"{finished.parent}: holds the run {finished}"):
         pemma.adapt(finished, phantom, finished.parent, centres="MDA", force=True, **SMALL)
     assert (finished / MODEL_META).is_file()
+    # a datalist's images may lie anywhere: the folders it lists are inputs too
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    entries = [{"id": c, "ct": str(data / "imagesTr" / f"{c}__CT.nii.gz"),
+                "label": str(data / "labelsTr" / f"{c}.nii.gz")} for c in ("CHUM-000", "CHUM-001")]
+    (lists / "d.json").write_text(json.dumps({"training": entries}))
+    with pytest.raises(PemmaError, match=rf"{data / 'imagesTr'}: is {data / 'imagesTr'}, an input"):
+        pemma.train(lists / "d.json", data / "imagesTr", force=True, **TINY)
+    with pytest.raises(PemmaError, match=rf"{lists}: holds {lists / 'd.json'}, an input"):
+        pemma.train(lists / "d.json", lists, **TINY)
+    assert snapshot(data) == before
     # a run inside the dataset folder is allowed (nothing of the dataset is replaced)
     with new_run_folder(data / "runs" / "ct", data=[data]) as folder:
         assert folder == data / "runs" / "ct"

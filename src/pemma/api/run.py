@@ -168,6 +168,23 @@ def absolute_data(cfg: RunConfig) -> RunConfig:
     return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, root=os.path.abspath(cfg.data.root)))
 
 
+def data_inputs(cfg: RunConfig) -> list[str]:
+    """What a training command reads of ``cfg.data.root`` that a run folder must not overlap
+    (:func:`pemma.runs.check_out_of_reads`): the dataset folder, or a datalist and the folders of the files it
+    lists (a datalist's images may lie anywhere). A datalist that cannot be read is left to the command to report."""
+    root = cfg.data.root
+    if not root or not (Path(root).is_file() and Path(root).suffix == ".json"):
+        return [root] if root else []
+    from pemma.data.layout import discover_cases
+
+    try:
+        cases = discover_cases(root)
+    except PemmaError:
+        return [root]
+    folders = {str(Path(p).parent) for c in cases for p in (*c.images.values(), c.label) if p}
+    return [root, *sorted(folders)]
+
+
 def warn_tiny_preset(preset: str, cfg: RunConfig) -> None:
     """Warn (one line) when the ``tiny`` preset, the CPU test model and every training verb's default, trains on
     data that is not pemma's phantom (its CT headers carry :data:`pemma.data.phantom.PHANTOM_DESCRIP`)."""

@@ -14,6 +14,7 @@ from pemma.api.run import (
     RunLike,
     absolute_data,
     check_register,
+    data_inputs,
     name_list,
     path_of,
     resolve_preset,
@@ -59,7 +60,7 @@ def train(data: str | os.PathLike, out: str | os.PathLike, *, centres: Names = N
     cfg = absolute_data(run_config(preset, config, overrides, data=data, centres=centres, modalities=modalities,
                                    backbone=backbone, **settings))
     warn_tiny_preset(preset, cfg)
-    with new_run_folder(out, force=force, resume=resume, data=[cfg.data.root]) as folder:
+    with new_run_folder(out, force=force, resume=resume, data=data_inputs(cfg)) as folder:
         summary = train_backbone(cfg, os.fspath(folder), resume=resume)
     return Run.open(out, summary)
 
@@ -142,7 +143,7 @@ def adapt(base: RunLike, data: str | os.PathLike, out: str | os.PathLike, *, cen
         raise PemmaError(f"--add-modality {add_modality}: unknown modality (known: {', '.join(known)}; declare others "
                          f"in the config's preprocess.modality_specs)")
     warn_tiny_preset(preset, cfg)
-    with new_run_folder(out, force=force, resume=resume, reads=[path_of(base)], data=[cfg.data.root]) as folder:
+    with new_run_folder(out, force=force, resume=resume, reads=[path_of(base)], data=data_inputs(cfg)) as folder:
         summary = adapt_run(path_of(base), cfg, os.fspath(folder), method=method, adapter_cfg=adapter_cfg,
                             resume=resume, **({} if added == "pet" else {"added_modality": added}))
     return Run.open(out, summary)
@@ -193,7 +194,7 @@ def update(model: RunLike, data: str | os.PathLike, modalities: Names, out: str 
     cfg = absolute_data(run_config(preset, config, overrides, data=data, centres=centres, **settings))
     warn_tiny_preset(preset, cfg)
     reads = [*run_family(path_of(model)), path_of(base)]
-    with new_run_folder(out, force=force, resume=resume, reads=reads, data=[cfg.data.root]) as folder:
+    with new_run_folder(out, force=force, resume=resume, reads=reads, data=data_inputs(cfg)) as folder:
         known = list(cfg.preprocess.modality_registry())  # CT, PET and the other modalities (an added mr...)
         summary = update_run(path_of(model), cfg, parse_modalities(modalities or [], known), os.fspath(folder),
                              resume=resume, base_run=path_of(base), ct_route=ct_route, recipe=recipe)

@@ -12,6 +12,7 @@ from pemma.api.run import (
     RunLike,
     absolute_data,
     check_register,
+    data_inputs,
     name_list,
     path_of,
     resolve_preset,
@@ -80,7 +81,7 @@ def survival_train(base: RunLike, data: str | os.PathLike, out: str | os.PathLik
     check_register(settings.get("register"), loaded.config.preprocess, str(path_of(base)))
     stage = survival_settings(**_given(head=head, bins=bins, l2=l2))
     with new_run_folder(out, force=force, resume=resume, reads=[path_of(base)],
-                        data=[cfg.data.root, _opt(endpoints)]) as folder:
+                        data=[*data_inputs(cfg), _opt(endpoints)]) as folder:
         summary = train_survival(path_of(base), cfg, os.fspath(folder), stage, endpoints=_opt(endpoints),
                                  resume=resume)
     return Run.open(out, summary)
@@ -156,7 +157,7 @@ def survival_adapt(model: RunLike, out: str | os.PathLike, *, data: str | os.Pat
                                        alpha=alpha, encoder_lr_scale=encoder_lr_scale, l2=l2,
                                        train_adapters=not freeze_adapters))
     with new_run_folder(out, force=force, resume=resume, reads=reads,
-                        data=[cfg.data.root, _opt(endpoints), _opt(clinical)]) as folder:
+                        data=[*data_inputs(cfg), _opt(endpoints), _opt(clinical)]) as folder:
         summary = adapt_survival(previous, cfg, os.fspath(folder), stage, clinical_config=clinical_config,
                                  endpoints=_opt(endpoints), clinical=_opt(clinical), base_run=path_of(base),
                                  init_adapters=path_of(init_adapters), resume=resume)
