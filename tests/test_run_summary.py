@@ -18,4 +18,4 @@ def test_train_without_validation_cases_prints_n_a(phantom: Path, tmp_path: Path
     stdout = run_main("train", "--data", str(phantom), "--centres", "CHUM", "--modalities", "ct", *FAST,
                       "--val-fraction", "0", "--max-steps", "1", "--out", str(tmp_path / "run"))
     last = stdout.strip().splitlines()[-1]
-    assert last == f"{tmp_path / 'run'}: 1 steps, best validation mean DSCagg n/a (no validation score)", last
+    assert last == f"{tmp_path / 'run'}: 1 step, best validation mean DSCagg n/a (no validation score)", last

@@ -158,3 +158,8 @@ def training_settings(args: argparse.Namespace) -> dict[str, Any]:
 def window_settings(args: argparse.Namespace) -> dict[str, Any]:
     """The keyword arguments of :func:`add_window_flags` for :func:`pemma.predict` / :func:`pemma.evaluate`."""
     return {name: getattr(args, name) for name in ("roi", "overlap", "sw_batch_size", "device", "amp")}
+
+
+def steps_text(steps: int) -> str:
+    """``"1 step"``, ``"120 steps"``: a training summary's step count."""
+    return f"{steps} step{'' if steps == 1 else 's'}"

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from pemma.cli.options import add_field_flag, add_training_flags, add_window_flags, training_settings, window_settings
+from pemma.cli.options import (
+    add_field_flag,
+    add_training_flags,
+    add_window_flags,
+    steps_text,
+    training_settings,
+    window_settings,
+)
 from pemma.config import DataConfig, ModelConfig
 from pemma.vocab import BACKBONES, PHANTOM_DIFFICULTIES, PRED_NUMBERINGS
 
@@ -97,7 +104,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     run = train(args.data, args.out, centres=args.centres, modalities=args.modalities, backbone=args.backbone,
                 **training_settings(args))
-    print(f"{args.out}: {run.summary['steps']} steps, best validation mean DSCagg "
+    print(f"{args.out}: {steps_text(run.summary['steps'])}, best validation mean DSCagg "
           f"{best_dsc_text(run.summary['best_dsc'])}")
     return 0
 
