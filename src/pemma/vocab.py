@@ -148,9 +148,7 @@ def adapter_type(name: str) -> str:
         ValueError: a name that is neither an adapter type nor a PEMMA method.
     """
     key = str(name).strip().lower()
-    if key in ADAPTER_TYPES:
-        return key
-    method = METHOD_ALIASES.get(key, key)
+    method = METHOD_ALIASES.get(key, key)  # lora -> pemma_lora, pemma-dora -> pemma_dora
     if method not in PEMMA_METHODS:
         raise ValueError(f"unknown method {name!r} for an adapter; choose {', '.join(ADAPTER_TYPES)} (or "
                          f"{', '.join(PEMMA_METHODS)})")

@@ -89,8 +89,7 @@ def check_case(case: CaseRecord, modalities: Sequence[str], with_label: bool = T
             problems.append(f"case {case.case_id}: no {modality.upper()} file")
             continue
         try:
-            images[modality] = load_nifti(path, what=f"{modality.upper()} of case "
-                                                    f"{case.case_id}")
+            images[modality] = load_nifti(path, what=f"{modality.upper()} of case {case.case_id}")
         except PemmaError as exc:
             problems.append(str(exc))
             continue

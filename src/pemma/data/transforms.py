@@ -49,8 +49,8 @@ def _what(key: Hashable) -> str:
 class LoadCased(MapTransform):
     """Load the NIfTI paths under ``keys`` as channel-first float32 :class:`MetaTensor` (affine kept).
 
-    Checks each file (missing, corrupt, not 3-D, NaN/inf; label values in {0, 1, 2}; a CT in HU and a PET in SUV:
-    :func:`pemma.data.intensity.intensity_problem`) and raises a
+    Checks each file (missing, corrupt, not 3-D, NaN/inf; label values in {0, 1, 2}; no mask or normalised image as
+    the CT and no CT as the PET: :func:`pemma.data.intensity.intensity_problem`) and raises a
     one-line :class:`PemmaError` naming the case and file. A ``label_map`` entry of the item (a dataset numbering
     its labels otherwise, see :mod:`pemma.data.labels`) remaps the label to pemma's values and is dropped.
     """

@@ -69,10 +69,10 @@ def export_merged(run_dir: Path, out_path: Path, tolerance: float = 1e-4,
     Returns:
         ``{"backbone", "max_abs_diff", "bytes"}``.
     """
-    loaded_kind = read_meta(Path(run_dir)).get("kind")
-    if loaded_kind not in (KIND_PEMMA, KIND_PEMMA_STACKED):
+    meta = read_meta(Path(run_dir))
+    if meta.get("kind") not in (KIND_PEMMA, KIND_PEMMA_STACKED):
         raise PemmaError(f"{run_dir}: only adapted (pemma adapt) runs have adapters to merge")
-    inputs = read_meta(Path(run_dir))["modalities"]  # CT and the added modality (a stacked run: its newest level's)
+    inputs = meta["modalities"]  # CT and the added modality (a stacked run: its newest level's)
     info = export_model(run_dir, out_path, fmt="torchscript", modalities=inputs, base_run=base_run,
                         tolerance=tolerance)
     return {key: info[key] for key in ("backbone", "max_abs_diff", "bytes")}

@@ -46,6 +46,7 @@ class Tables:
     endpoints: dict[str, Endpoint] | None = None
     clinical: ClinicalTable | None = None
     endpoint_path: Path | None = None
+    clinical_path: Path | None = None
 
     @classmethod
     def find(cls, root: str | Path, endpoints: str | Path | None = None, clinical: str | Path | None = None,
@@ -62,7 +63,7 @@ class Tables:
         if need_clinical and clin_path is None:
             raise PemmaError(f"{root}: no {CLINICAL_FILE} found (pass --clinical FILE)")
         return cls(read_endpoints(end_path) if end_path and need_endpoints else None,
-                   read_clinical(clin_path) if clin_path and need_clinical else None, end_path)
+                   read_clinical(clin_path) if clin_path and need_clinical else None, end_path, clin_path)
 
 
 def select_image_cases(cfg: RunConfig, modalities: Sequence[str]) -> list[CaseRecord]:

@@ -27,10 +27,9 @@ from pemma.errors import PemmaError
 from pemma.io_utils import write_text_atomic
 from pemma.runtime import resolve_device
 from pemma.survival.data import CaseImages, Tables, encode_clinical, outcome_tensors
-from pemma.survival.endpoints import find_table, match_endpoints
+from pemma.survival.endpoints import match_endpoints
 from pemma.survival.metrics import bootstrap_c_index, plot_risk_groups
 from pemma.survival.runs import PrognosisRun, load_run
-from pemma.vocab import CLINICAL_FILE, ENDPOINT_FILE
 
 log = logging.getLogger("pemma.run")
 
@@ -153,16 +152,14 @@ def evaluate_survival(model_run: str | Path, data: str | Path, centres: list[str
     return summary
 
 
-def _check_not_an_input(out_csv: Path, data: str | Path, clinical: str | Path | None,
-                        cases: Sequence[CaseRecord]) -> None:
+def _check_not_an_input(out_csv: Path, data: str | Path, tables: Tables, cases: Sequence[CaseRecord]) -> None:
     """The risk CSV must not replace a file the prediction reads: the dataset's endpoint or clinical table (e.g.
     ``--out data/hecktor2022_endpoint_training.csv``), its datalist, a case's image or label.
 
     Raises:
         PemmaError: naming the file; before anything is predicted.
     """
-    reads = [find_table(data, ENDPOINT_FILE, None), find_table(data, CLINICAL_FILE, clinical),
-             *([data] if Path(data).is_file() else []),  # a datalist
+    reads = [tables.endpoint_path, tables.clinical_path, *([data] if Path(data).is_file() else []),  # a datalist
              *(p for c in cases for p in (*c.images.values(), c.label) if p)]
     target = out_csv.resolve()
     for path in reads:
@@ -185,7 +182,7 @@ def predict_survival(model_run: str | Path, data: str | Path, out_csv: str | Pat
     run = load_run(model_run, dev, base_run=base_run)
     tables = Tables.find(data, clinical=clinical, need_endpoints=False, need_clinical=run.ehr)
     cases = _cases(run, data, centres)
-    _check_not_an_input(Path(out_csv), data, clinical, cases)
+    _check_not_an_input(Path(out_csv), data, tables, cases)
     risk = predict_risks(run, cases, data, tables, dev, cache_dir=cache_dir)
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
