@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pemma.protocol.bootstrap import Difference, dscagg_mean, paired_bootstrap
+from pemma.protocol.bootstrap import Difference, bootstrap_relative, dscagg_mean, paired_bootstrap
 
 # (case, class [GTVp, GTVn], (|GT∩P|, |GT|, |P|))
 A = np.array([[[8, 10, 10], [3, 4, 4]], [[5, 10, 8], [0, 0, 0]], [[9, 12, 10], [1, 2, 3]], [[0, 5, 0], [2, 2, 2]]])
@@ -50,6 +50,26 @@ def test_identical_methods_give_a_zero_interval_and_no_verdict() -> None:
 ])
 def test_verdict_needs_the_whole_interval(low: float, high: float, margin: float, verdict: bool | None) -> None:
     assert Difference(0.0, low, high, 10).verdict(margin) is verdict
+
+
+def test_a_reference_of_zero_in_many_replicates_gives_an_infinite_bound_not_a_verdict() -> None:
+    # B segments one case of ten; a replicate that misses it has B's DSCagg 0 and an infinite gain for A.
+    # Leaving those out (they are A's best replicates) gave a finite CI [-0.78, -0.45] and "does not hold".
+    a = np.zeros((10, 2, 3))
+    b = np.zeros((10, 2, 3))
+    a[:, 0] = [1, 10, 10]
+    b[:, 0] = [0, 10, 0]
+    b[0, 0] = [10, 10, 10]
+    gain = bootstrap_relative(a, b, replicates=2000, seed=0)
+    draws = np.random.default_rng(0).integers(0, 10, size=(2000, 10))
+    assert ((draws == 0).sum(axis=1) == 0).mean() > 0.025  # over a tail's share of replicates are infinite
+    assert gain.high == np.inf and np.isfinite(gain.low)
+    assert gain.verdict() is None
+    from pemma.protocol.claim_ci import ci_text
+
+    assert ci_text(gain) == f"-45.0% [95% CI {gain.low:+.1%}, +inf%; n=10]"  # a gain in percent, like the detail
+    assert gain.to_dict()["ci95"] == [gain.low, None]  # JSON has no infinity
+    assert gain.estimate == pytest.approx((20 / 200) / (20 / 110) - 1)  # pooled GTVp: A 2·10/(100+100), B 2·10/(100+10)
 
 
 def test_shapes_are_checked() -> None:

@@ -56,7 +56,7 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_demo_findings_carry_every_claim(demo_run: Path) -> None:
     findings = json.loads((demo_run / "findings.json").read_text())
     claims = [c for label, found in findings.items() if "lesion" not in label for c in found]
-    assert [c["claim"] for c in claims] == ["CT+PET > CT", "pemma_lora ≈ early fusion",
+    assert [c["claim"] for c in claims] == ["CT+PET > CT", "pemma_lora ≥ early fusion − 0.03",
                                             "pemma_lora trains ≤ 10% of early fusion's parameters",
                                             "less CT forgetting after update_hgj (PET only)",
                                             "less PET forgetting after update_hgj (PET only)",

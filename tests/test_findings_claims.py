@@ -199,10 +199,13 @@ def test_cindex_gain_bootstrap_matches_a_plain_loop() -> None:
     ref = []
     for d in draws:
         try:
-            ref.append(_plain_c(time[d], event[d], better[d]) / _plain_c(time[d], event[d], base[d]) - 1)
-        except ZeroDivisionError:
+            c_base, c_better = _plain_c(time[d], event[d], base[d]), _plain_c(time[d], event[d], better[d])
+        except ZeroDivisionError:  # no comparable pair among the drawn cases: the replicate is left out
             continue
-    assert (diff.low, diff.high) == pytest.approx(tuple(np.percentile(ref, [2.5, 97.5])), abs=1e-9)
+        ref.append(1e6 if c_base == 0 else c_better / c_base - 1)  # a base C of 0: an unbounded gain
+    low, high = np.percentile(ref, [2.5, 97.5])
+    assert sum(r == 1e6 for r in ref) > 5  # 12 cases: some draws hold a pair or two, ranked wrong by the base
+    assert diff.low == pytest.approx(low, abs=1e-9) and high > 1e5 and diff.high == np.inf
 
 
 def test_cindex_claims_with_and_without_per_case_risks() -> None:
@@ -286,6 +289,17 @@ def test_matching_an_early_fusion_that_segments_nothing_is_not_shown() -> None:
     rows, cases = _build(quality)
     found = [c for c in _check(rows, cases).values() if c["id"] == "matches_early_fusion"]
     assert len(found) == 1 and found[0]["holds"] is None and "segments (almost) nothing" in found[0]["detail"]
+    # the report gives that reason, not "the CI includes the opposite" (early fusion at 0.02: its CI is clear of it)
+    from pemma.protocol.findings import findings_markdown
+
+    quality[("pemma_lora", "exact", "ct+pet")] = [None, 0.7, None]
+    quality[("early_fusion", "", "ct+pet")] = [None, 0.02, None]
+    rows, cases = _build(quality)
+    found = [c for c in _check(rows, cases).values() if c["id"] == "matches_early_fusion"]
+    assert found[0]["holds"] is None and found[0]["ci"]["pemma_lora - early_fusion"]["ci95"][0] > 0.5
+    (line,) = findings_markdown(found)
+    assert ": not shown — not shown: early fusion segments (almost) nothing" in line and "includes the opposite" \
+        not in line
     quality[("pemma_lora", "exact", "ct+pet")] = [None, 0.6, None]
     quality[("early_fusion", "", "ct+pet")] = [None, 0.6, None]
     rows, cases = _build(quality)

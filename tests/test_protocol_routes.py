@@ -91,10 +91,13 @@ def test_results_carry_route_and_recipe(tmp_path: Path) -> None:
     with open(tmp_path / "results.csv", newline="") as fh:
         table = list(csv.DictReader(fh))
     assert tuple(table[0]) == COLUMNS and [r["route"] for r in table] == ["exact", "", "shared"]
-    write_case_results([{**rows[2], "case_id": "MDA-001", "counts": [[1, 2, 2], [0, 0, 0]]}], tmp_path)
+    write_case_results([{**rows[2], "case_id": "MDA-001", "counts": [[1, 2, 2], [0, 0, 0]], "dice_GTVp": 0.5,
+                         "dice_GTVn": float("nan"), "hd95_GTVn": None}], tmp_path)
     with open(tmp_path / "results_cases.csv", newline="") as fh:
         case = next(csv.DictReader(fh))
     assert (case["route"], case["recipe"], case["inter_vox_GTVp"]) == ("shared", "authors", "1")
+    # undefined numbers are empty cells, as in results.csv (NaN was written "nan")
+    assert (case["dice_GTVp"], case["dice_GTVn"], case["hd95_GTVn"]) == ("0.5", "", "")
 
 
 def test_reproduce_ct_route_flag_reaches_the_runner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

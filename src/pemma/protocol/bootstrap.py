@@ -17,11 +17,15 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+
+_INFINITE = 1e200  # a bound above this came from an infinite replicate (no DSCagg or C-index statistic is near it)
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,7 @@ class Difference:
     Args:
         estimate: the difference on all cases. low, high: the CI bounds (percentile method).
         n_cases: cases resampled. level: CI level (0.95). replicates: bootstrap replicates.
+        relative: a relative gain (``A / B - 1``, a fraction: printed as a percentage), not a difference.
     """
 
     estimate: float
@@ -39,6 +44,7 @@ class Difference:
     n_cases: int
     level: float = 0.95
     replicates: int = 2000
+    relative: bool = False
 
     def verdict(self, margin: float = 0.0) -> bool | None:
         """True when the whole CI is above ``margin``, False when it is wholly below, None (not shown) otherwise."""
@@ -48,9 +54,10 @@ class Difference:
             return False
         return None
 
-    def to_dict(self) -> dict[str, float | int]:
-        return {"estimate": self.estimate, "ci95": [self.low, self.high], "n_cases": self.n_cases,
-                "replicates": self.replicates}
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: a bound that is infinite (or undefined) is null, since JSON has no infinity."""
+        bounds = [b if np.isfinite(b) else None for b in (self.low, self.high)]
+        return {"estimate": self.estimate, "ci95": bounds, "n_cases": self.n_cases, "replicates": self.replicates}
 
 
 def dscagg_mean(counts: np.ndarray) -> np.ndarray:
@@ -78,8 +85,9 @@ def bootstrap_statistic(n: int, replicate: Callable[[np.ndarray], np.ndarray], e
 
     Args:
         n: cases resampled.
-        replicate: ``(replicates, n)`` drawn case indices -> ``(replicates,)`` statistic (NaN / inf: the
-            replicate is left out).
+        replicate: ``(replicates, n)`` drawn case indices -> ``(replicates,)`` statistic. A NaN replicate (the
+            statistic is undefined on those cases) is left out; an infinite one is kept, so a ratio whose reference
+            is 0 in many replicates gives an infinite bound (not shown), not a CI of the finite replicates only.
         estimate: the statistic on all cases.
         replicates, seed, level: bootstrap replicates, the draws' seed (``numpy.random.default_rng(seed)``) and
             CI level.
@@ -89,10 +97,15 @@ def bootstrap_statistic(n: int, replicate: Callable[[np.ndarray], np.ndarray], e
         warnings.simplefilter("ignore", RuntimeWarning)  # replicates whose statistic is undefined
         values = np.asarray(replicate(draws), dtype=np.float64)
         point = float(estimate())
-    values = values[np.isfinite(values)]
+    values = values[~np.isnan(values)]
     tail = (1.0 - level) / 2 * 100
-    low, high = np.percentile(values, [tail, 100 - tail]) if values.size else (np.nan, np.nan)
-    return Difference(point, float(low), float(high), n, level, replicates)
+    if not values.size:
+        return Difference(point, np.nan, np.nan, n, level, replicates)
+    # np.percentile interpolates inf with a finite neighbour to NaN: clip, then read a clipped bound back as inf
+    big = np.finfo(np.float64).max / 4
+    bounds = np.percentile(np.clip(values, -big, big), [tail, 100 - tail])
+    low, high = (float(np.sign(b) * np.inf) if abs(b) > _INFINITE else float(b) for b in bounds)
+    return Difference(point, low, high, n, level, replicates)
 
 
 def bootstrap_contrast(terms: list[tuple[float, np.ndarray]], replicates: int = 2000, seed: int = 0,
@@ -138,7 +151,8 @@ def bootstrap_relative(a: np.ndarray, b: np.ndarray, replicates: int = 2000, see
     """The relative gain ``DSCagg mean(A) / DSCagg mean(B) - 1`` on the same cases, with a paired bootstrap CI.
 
     Same draws as :func:`paired_bootstrap` (the same ``seed`` resamples the same cases); replicates where B's
-    DSCagg is 0 or undefined are left out.
+    DSCagg is undefined (or both are 0) are left out, and where only B's is 0 the gain is infinite: enough of
+    those make the upper bound infinite, and the verdict "not shown".
 
     Args:
         a, b: counts ``(n_cases, n_classes, 3)`` of the two methods on the same cases, in the same order.
@@ -150,5 +164,6 @@ def bootstrap_relative(a: np.ndarray, b: np.ndarray, replicates: int = 2000, see
     a, b = (np.asarray(x, dtype=np.float64) for x in (a, b))
     if a.shape != b.shape or a.ndim != 3 or a.shape[-1] != 3 or a.shape[0] == 0:
         raise ValueError(f"paired counts must both be (n_cases > 0, n_classes, 3), got {a.shape} and {b.shape}")
-    return bootstrap_statistic(a.shape[0], lambda draws: dscagg_mean(a[draws]) / dscagg_mean(b[draws]) - 1.0,
+    gain = bootstrap_statistic(a.shape[0], lambda draws: dscagg_mean(a[draws]) / dscagg_mean(b[draws]) - 1.0,
                                lambda: float(dscagg_mean(a) / dscagg_mean(b) - 1.0), replicates, seed, level)
+    return dataclasses.replace(gain, relative=True)

@@ -61,4 +61,7 @@ def combine(verdicts: Iterable[bool | None]) -> bool | None:
 
 
 def ci_text(diff: Difference) -> str:
-    return f"{diff.estimate:+.3f} [95% CI {diff.low:+.3f}, {diff.high:+.3f}; n={diff.n_cases}]"
+    """``+0.120 [95% CI +0.050, +0.190; n=15]``; a relative gain as a percentage (``+12.0 % [...]``)."""
+    form = "{:+.1%}" if diff.relative else "{:+.3f}"
+    low, estimate, high = (form.format(v) for v in (diff.low, diff.estimate, diff.high))
+    return f"{estimate} [95% CI {low}, {high}; n={diff.n_cases}]"

@@ -120,13 +120,16 @@ def collect_findings(rows: Sequence[Mapping[str, Any]], strategy: Any,
 
 
 def findings_markdown(claims: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Markdown lines: one bullet per claim, ``holds`` / ``does not hold`` / ``not evaluated`` (with a CI that
-    straddles: ``not shown``), its numbers and CIs, and the paper's statement and number beside it."""
+    """Markdown lines: one bullet per claim, ``holds`` / ``does not hold`` / ``not evaluated`` / ``not shown`` (null
+    with CIs: they straddle, or the detail opens with ``not shown:`` and its reason), its numbers and CIs, and the
+    paper's statement and number beside it."""
     verdict = {True: "**holds**", False: "**does not hold**", None: "not evaluated"}
     lines = []
     for c in claims:
-        word = "not shown (the 95% CI includes the opposite)" if c["holds"] is None and c.get("ci") else \
-            verdict[c["holds"]]
+        word = verdict[c["holds"]]
+        if c["holds"] is None and c.get("ci"):  # null with CIs: they straddle, unless the detail gives its reason
+            word = "not shown" if c["detail"].startswith("not shown:") else \
+                "not shown (the 95% CI includes the opposite)"
         paper = c.get("paper") or ""
         lines.append(f"- {c['claim']}: {word} — {c['detail']} · paper: {paper}" if paper else
                      f"- {c['claim']}: {word} — {c['detail']}")

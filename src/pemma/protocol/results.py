@@ -7,7 +7,9 @@ One row is the evaluation of one model on the held-out test cases of one centre 
      "DSCagg_GTVn": 0.55, "DSCagg_mean": 0.63, "trainable_params": 123456, "percent_of_early_fusion": 7.9}
 
 ``route`` / ``recipe`` are the PEMMA methods' CT route and recipe (empty for the baselines, which have neither;
-rows written before these columns existed get ``exact`` / ``pemma`` for PEMMA methods). ``backbone`` may be omitted
+rows written before these columns existed get ``exact`` / ``pemma`` for PEMMA methods). ``HD95_GTVp`` / ``HD95_GTVn``
+are means over the cases where HD95 is defined, ``HD95_n_GTVp`` / ``HD95_n_GTVn`` how many those are (of
+``n_cases``: a lesion missed or predicted where there is none has no HD95). ``backbone`` may be omitted
 (""), ``trainable_params`` / ``percent_of_early_fusion`` may be None, and a
 DSCagg is None (NaN is turned into None) when it is undefined (no foreground anywhere). Phases shared by
 several variants are repeated under each variant. The figures live in :mod:`pemma.protocol.figures`
@@ -36,10 +38,10 @@ from pemma.vocab import EVAL_INPUTS, METHODS
 
 COLUMNS: tuple[str, ...] = ("backbone", "method", "route", "recipe", "variant", "phase", "phase_index", "eval_centre",
                             "inputs", "DSCagg_GTVp", "DSCagg_GTVn", "DSCagg_mean", "HD95_GTVp", "HD95_GTVn", "n_cases",
-                            "trainable_params", "percent_of_early_fusion")
+                            "HD95_n_GTVp", "HD95_n_GTVn", "trainable_params", "percent_of_early_fusion")
 DSC_KEYS: tuple[str, ...] = ("DSCagg_GTVp", "DSCagg_GTVn", "DSCagg_mean")
 _OPTIONAL = {"backbone": "", "route": "", "recipe": "", "trainable_params": None, "percent_of_early_fusion": None,
-             "HD95_GTVp": None, "HD95_GTVn": None, "n_cases": None}
+             "HD95_GTVp": None, "HD95_GTVn": None, "n_cases": None, "HD95_n_GTVp": None, "HD95_n_GTVn": None}
 #: columns of ``results_cases.csv`` (one row per test case, method, phase and input set)
 CASE_COLUMNS: tuple[str, ...] = ("backbone", "method", "route", "recipe", "variant", "phase", "phase_index",
                                  "eval_centre", "inputs",
@@ -94,8 +96,9 @@ def normalise_rows(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
             clean["phase_index"] = int(clean["phase_index"])
             for key in (*DSC_KEYS, "HD95_GTVp", "HD95_GTVn", "percent_of_early_fusion"):
                 clean[key] = _number(clean[key], key)
-            cases = _number(clean["n_cases"], "n_cases")
-            clean["n_cases"] = None if cases is None else int(cases)
+            for key in ("n_cases", "HD95_n_GTVp", "HD95_n_GTVn"):
+                count = _number(clean[key], key)
+                clean[key] = None if count is None else int(count)
             params = _number(clean["trainable_params"], "trainable_params")
             clean["trainable_params"] = None if params is None else int(params)
         except (TypeError, ValueError) as exc:
@@ -133,9 +136,15 @@ def write_results(rows: Iterable[Mapping[str, Any]], out_dir: str | os.PathLike)
     return paths
 
 
+def _cell(value: Any) -> Any:
+    """A CSV cell: an undefined number (None or NaN) is an empty cell, as in ``results.csv``."""
+    return "" if value is None or (isinstance(value, float) and math.isnan(value)) else value
+
+
 def write_case_results(case_rows: Iterable[Mapping[str, Any]], out_dir: str | os.PathLike) -> Path:
     """Write ``results_cases.csv``: :data:`CASE_COLUMNS`, one row per case (Dice, HD95 in mm, volumes in mL and the
-    voxel counts DSCagg and its bootstrap are made of), so anyone can redo the statistics."""
+    voxel counts DSCagg and its bootstrap are made of), so anyone can redo the statistics. An undefined Dice or HD95
+    is an empty cell."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CASE_COLUMNS, lineterminator="\n", extrasaction="ignore")
     writer.writeheader()
@@ -144,7 +153,7 @@ def write_case_results(case_rows: Iterable[Mapping[str, Any]], out_dir: str | os
         for c, name in enumerate(("GTVp", "GTVn")):
             counts = (row.get("counts") or [[None] * 3] * 2)[c]
             flat.update({f"inter_vox_{name}": counts[0], f"gt_vox_{name}": counts[1], f"pred_vox_{name}": counts[2]})
-        writer.writerow({k: "" if flat.get(k) is None else flat.get(k) for k in CASE_COLUMNS})
+        writer.writerow({k: _cell(flat.get(k)) for k in CASE_COLUMNS})
     path = Path(out_dir) / "results_cases.csv"
     write_text_atomic(path, buffer.getvalue())
     return path

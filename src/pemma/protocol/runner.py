@@ -64,6 +64,8 @@ def _rows(cache: dict[str, Any], backbone: str, method: str, planned: PlannedPha
                          "DSCagg_GTVn": scores["GTVn"], "DSCagg_mean": scores["mean"],
                          "HD95_GTVp": _nanmean(c.get("hd95_GTVp") for c in cases),
                          "HD95_GTVn": _nanmean(c.get("hd95_GTVn") for c in cases), "n_cases": len(cases),
+                         "HD95_n_GTVp": _defined(c.get("hd95_GTVp") for c in cases),
+                         "HD95_n_GTVn": _defined(c.get("hd95_GTVn") for c in cases),
                          "trainable_params": params.get("trainable"),
                          "percent_of_early_fusion": _percent(percent)})
     return rows
@@ -87,6 +89,11 @@ def _case_rows(cache: dict[str, Any], backbone: str, method: str, planned: Plann
 def _nanmean(values: Iterable[Any]) -> float | None:
     numbers = [float(v) for v in values if v is not None and not math.isnan(float(v))]
     return sum(numbers) / len(numbers) if numbers else None
+
+
+def _defined(values: Iterable[Any]) -> int:
+    """Cases whose HD95 is defined (the mean's n: a missed lesion has none, so it is left out of the mean)."""
+    return sum(v is not None and not math.isnan(float(v)) for v in values)
 
 
 def reproduce(strategy_path: str | Path, data_root: str | Path, out_dir: str | Path, *,

@@ -20,6 +20,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -54,8 +55,8 @@ def cindex_gain(time: Any, event: Any, base_risk: Any, risk: Any, replicates: in
         time, event: (N,) follow-up and relapse flags of the cases.
         base_risk, risk: (N,) risk scores of the CT stage and of the stage compared (higher = earlier relapse).
         replicates, seed, level: bootstrap replicates, seed and CI level
-            (:func:`pemma.protocol.bootstrap.bootstrap_statistic`). Replicates without a comparable pair (or a base
-            C of 0) are left out.
+            (:func:`pemma.protocol.bootstrap.bootstrap_statistic`). Replicates without a comparable pair are left
+            out; one whose base C is 0 has an infinite gain, which makes the bound infinite if there are enough.
 
     Raises:
         ValueError: lengths differ, no comparable pair, or the base C-index is 0.
@@ -76,7 +77,7 @@ def cindex_gain(time: Any, event: Any, base_risk: Any, risk: Any, replicates: in
         weights = np.stack([np.bincount(d, minlength=n) for d in draws]).astype(np.float64)
         return _weighted_c(comparable, score_b, weights) / _weighted_c(comparable, score_a, weights) - 1.0
 
-    return bootstrap_statistic(n, gain, lambda: estimate, replicates, seed, level)
+    return dataclasses.replace(bootstrap_statistic(n, gain, lambda: estimate, replicates, seed, level), relative=True)
 
 
 def _paired(base: Mapping[str, Any], other: Mapping[str, Any], seed: int, replicates: int) -> Difference | None:

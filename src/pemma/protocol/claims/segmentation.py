@@ -60,8 +60,8 @@ def adapt_claims(entries: Sequence[Mapping[str, Any]], index: CaseIndex, phases:
             continue
         percent = value(entries, method, "ct+pet", adapt, "percent_of_early_fusion")
         if ef is None or percent is None:
-            out.append(claim(f"{method} ≈ early fusion", None, "early fusion or the parameter count is missing",
-                             {}, "matches_early_fusion", pair=pair))
+            out.append(claim(f"{method} ≥ early fusion − {tolerance:g}", None,
+                             "early fusion or the parameter count is missing", {}, "matches_early_fusion", pair=pair))
             continue
         gap = fused[method] - ef
         _append_match(out, index, method, fused[method], ef, gap, adapt, tolerance, seed, pair, min_reference)
@@ -82,5 +82,5 @@ def _append_match(out: list[dict[str, Any]], index: CaseIndex, method: str, pemm
     if ef < min_reference:
         holds, detail = None, (f"not shown: early fusion segments (almost) nothing (CT+PET DSCagg mean {ef:.3f} < "
                                f"{min_reference}), so matching it would show nothing; {detail}")
-    out.append(claim(f"{method} ≈ early fusion", holds, detail,
+    out.append(claim(f"{method} ≥ early fusion − {tolerance:g}", holds, detail,
                      {"pemma": pemma, "early_fusion": ef, "gap": gap}, "matches_early_fusion", ci, pair))
