@@ -105,3 +105,22 @@ def test_disk_cache_is_not_read_by_another_pipeline_or_config(tmp_path):
     reordered = Compose([*_pre().transforms, DeleteItemsd("idx")])
     assert "idx" not in cached_dataset(_items(2), reordered, cache_dir=str(folder), cache_key="a")[0]
     assert len(files()) == 4  # another pipeline: not the files of the first one
+
+
+def test_a_file_replaced_under_its_name_is_preprocessed_again(tmp_path):
+    """The disk cache keys a case by its files' size and modification time too, not by its paths alone (a CT
+    overwritten with another case's was read back as the old one's preprocessed arrays)."""
+    import os
+
+    source = tmp_path / "c0__CT.txt"
+    source.write_text("1.0")
+    pre = Compose([Lambda(lambda d: {**d, "image": np.full((1, 4, 4, 4), float(open(d["ct"]).read()), np.float32)})])
+    items = [{"case_id": "c0", "ct": str(source)}]
+    folder = tmp_path / "cache"
+    assert float(cached_dataset(items, pre, cache_dir=str(folder))[0]["image"].max()) == 1.0
+    assert float(cached_dataset(items, pre, cache_dir=str(folder))[0]["image"].max()) == 1.0  # read back
+    assert len(list(folder.iterdir())) == 1
+    source.write_text("7.0")
+    stat = source.stat()
+    os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # a coarse clock could keep the mtime
+    assert float(cached_dataset(items, pre, cache_dir=str(folder))[0]["image"].max()) == 7.0

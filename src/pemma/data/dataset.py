@@ -5,7 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Iterator, Sequence
+import os
+from collections.abc import Iterator, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -71,11 +72,24 @@ def cached_dataset(items: list[dict[str, Any]], transform: Compose, cache_dir: s
     if cache_dir:
         if Path(cache_dir).exists() and not Path(cache_dir).is_dir():
             raise PemmaError(f"{cache_dir}: the cache folder (--cache-dir) is a file; give a folder")
-        return PersistentDataset(items, transform=transform, cache_dir=cache_dir,
+        return PersistentDataset(items, transform=transform, cache_dir=cache_dir, hash_func=_item_hash,
                                  hash_transform=partial(_transform_hash, cache_key=cache_key))
     if first is not None and _cached_part(transform) is None:  # the whole transform is what is cached
         return _PrimedCacheDataset(items, transform, first, progress)
     return CacheDataset(items, transform=transform, num_workers=1, progress=progress)
+
+
+def _item_hash(item: Mapping[str, Any]) -> bytes:
+    """The part of a disk-cache file's name that names the case (MONAI's ``hash_func``): its data dict and the size
+    and modification time of each file it names. MONAI's default hashes the dict alone, i.e. the paths, so a CT or
+    label replaced under the same name was read back as its old preprocessed self (a replaced file gets a new
+    ``mtime_ns``; the registration cache keys its inputs the same way)."""
+    stamps = {}
+    for key, value in item.items():
+        if isinstance(value, (str, os.PathLike)) and os.path.isfile(value):
+            stat = os.stat(value)
+            stamps[key] = [stat.st_size, stat.st_mtime_ns]
+    return json_hashing({"item": dict(item), "files": stamps})
 
 
 def _transform_hash(transforms: Sequence[Transform], cache_key: str | None) -> bytes:
