@@ -206,3 +206,21 @@ def test_label_tumour_outside_the_ct_is_refused_in_training_and_evaluation(tmp_p
         preprocessing(["ct"], cfg, [16, 16, 16], with_label=True)(
             {"case_id": "CHUM-001", "ct": case.images["ct"], "label": case.label})
     assert isinstance(err.value.__cause__, PemmaError) and re.search(pattern, str(err.value.__cause__))
+
+
+def test_the_same_case_id_twice_is_named_not_dropped(tmp_path: Path) -> None:
+    """Two sites' folders with the same IDs under one root: the second CT silently replaced the first (predict
+    wrote 3 label maps for 6 CTs); a datalist with one ID twice wrote one prediction for two entries."""
+    _hecktor_case(tmp_path / "siteA", "CHUM-001")
+    _img(tmp_path / "siteB" / "imagesTr" / "CHUM-001__CT.nii.gz")
+    with pytest.raises(PemmaError) as err:
+        discover_cases(tmp_path)
+    msg = str(err.value)
+    assert msg.startswith("case CHUM-001: two CT images") and "siteA" in msg and "siteB" in msg and "\n" not in msg
+    assert [c.case_id for c in discover_cases(tmp_path / "siteA")] == ["CHUM-001"]  # one site: fine
+    _img(tmp_path / "a_ct.nii.gz")
+    _img(tmp_path / "b_ct.nii.gz")
+    (tmp_path / "list.json").write_text(json.dumps({"training": [{"id": "CHUM-001", "ct": "a_ct.nii.gz"}],
+                                                    "test": [{"id": "CHUM-001", "ct": "b_ct.nii.gz"}]}))
+    with pytest.raises(PemmaError, match=r"list\.json: entries 0 and 1 have the same case ID CHUM-001"):
+        discover_cases(tmp_path / "list.json")

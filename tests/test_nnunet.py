@@ -206,3 +206,9 @@ def test_survival_train_warns_of_the_tiny_preset_off_the_phantom(tmp_path: Path)
     lines = err.getvalue().splitlines()
     assert code == 2 and lines[0].startswith("pemma survival: warning: --preset tiny (the default: a CPU test model)")
     assert lines[-1].startswith("pemma survival: error:") and "no-run" in lines[-1]
+
+
+def test_a_case_in_both_imagesTr_and_imagesTs_is_refused(tmp_path: Path) -> None:
+    _dataset(tmp_path, {"0": "CT"}, test_cases=("CHUM-001",))
+    with pytest.raises(PemmaError, match="case CHUM-001 is in both imagesTr and imagesTs"):
+        discover_cases(tmp_path)

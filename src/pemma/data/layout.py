@@ -82,7 +82,8 @@ def _discover_hecktor(root: Path, specs: Specs | None = None) -> list[CaseRecord
     inside the dataset) are ignored.
 
     Raises:
-        PemmaError: two label files for one case, or an image file inside a label folder (both files named).
+        PemmaError: two images of one modality or two label files for one case (e.g. two sites' folders with
+            the same IDs under one root), or an image file inside a label folder (both files named).
     """
     images: dict[str, dict[str, str]] = {}
     suffixes = hecktor_suffixes(specs)
@@ -94,7 +95,12 @@ def _discover_hecktor(root: Path, specs: Specs | None = None) -> list[CaseRecord
         stem = _strip_nifti(path.name) or ""
         for suffix, modality in suffixes.items():
             if stem.endswith(suffix) and len(stem) > len(suffix):
-                images.setdefault(stem[: -len(suffix)], {})[modality] = str(path)
+                case_images = images.setdefault(stem[: -len(suffix)], {})
+                if modality in case_images:
+                    raise PemmaError(f"case {stem[: -len(suffix)]}: two {modality.upper()} images, "
+                                     f"{case_images[modality]} and {path}; case IDs must be unique in a dataset "
+                                     "(give one site's folder, or rename one case)")
+                case_images[modality] = str(path)
                 break
     labels: dict[str, str] = {}
     for path in paths:
@@ -124,6 +130,7 @@ def _discover_datalist(path: Path, specs: Specs | None = None) -> list[CaseRecor
     cases = []
     modalities = list(specs or default_registry())  # CT, PET, then the others (MR, dose...)
     keys = [(m, m) for m in modalities] + [(m, alias) for alias, m in MODALITY_ALIASES.items() if m in modalities]
+    seen: dict[str, int] = {}
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict) or not any(k in entry for _, k in keys):
             raise PemmaError(f"{path}: entry {i} needs a 'ct' and/or 'pet' path (or another modality's: "
@@ -136,6 +143,10 @@ def _discover_datalist(path: Path, specs: Specs | None = None) -> list[CaseRecor
             raise PemmaError(f"{path}: entry {i} ({cid}): label {entry['label']} is the same file as its {key} "
                              f"image {imgs[key]}; give the label file")
         centre = str(entry.get("centre") or entry.get("center") or centre_of(cid))
+        if cid in seen:
+            raise PemmaError(f"{path}: entries {seen[cid]} and {i} have the same case ID {cid}; IDs name the "
+                             "predictions and results, so each must be unique")
+        seen[cid] = i
         cases.append(CaseRecord(cid, centre, imgs, label, test=i >= n_training))
     return cases
 

@@ -160,8 +160,16 @@ def discover_nnunet(root: Path, specs: Specs | None = None) -> list[CaseRecord]:
     """The cases of an nnU-Net raw dataset folder: ``imagesTr`` (labels from ``labelsTr``) and ``imagesTs``
     (labels from ``labelsTs`` when there are; these cases are marked ``test`` and never trained on)."""
     meta = read_dataset_json(root / "dataset.json", specs)
-    return [case for images, labels in (("imagesTr", "labelsTr"), ("imagesTs", "labelsTs"))
-            for case in _cases(root / images, meta, root / labels, True, images == "imagesTs")]
+    cases = [case for images, labels in (("imagesTr", "labelsTr"), ("imagesTs", "labelsTs"))
+             for case in _cases(root / images, meta, root / labels, True, images == "imagesTs")]
+    seen: dict[str, CaseRecord] = {}
+    for case in cases:
+        if case.case_id in seen:
+            raise PemmaError(f"{root}: case {case.case_id} is in both imagesTr and imagesTs "
+                             f"({next(iter(seen[case.case_id].images.values()))}, {next(iter(case.images.values()))}); "
+                             "IDs name the predictions and results, so each must be unique")
+        seen[case.case_id] = case
+    return cases
 
 
 def folder_meta(folder: Path, specs: Specs | None = None) -> NnunetMeta:
