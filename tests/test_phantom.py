@@ -177,6 +177,27 @@ def test_progress_bar_and_output_errors(tmp_path, capsys):
         synthesize_phantom(tmp_path / "file", cfg, progress=False)
 
 
+def test_a_real_dataset_is_not_overwritten(tmp_path):
+    """synth into a folder holding a real dataset replaced same-named cases and rewrote HECKTOR's tables with the
+    phantom's patients only; into a phantom (or an empty folder) it writes as before."""
+    cfg = PhantomConfig(cases_per_centre=1, centres=("CHUP",), ct_shape=(16, 16, 16))
+    synthesize_phantom(tmp_path / "phantom", cfg, progress=False)
+    synthesize_phantom(tmp_path / "phantom", cfg, progress=False)  # again: a phantom's folder
+    real = tmp_path / "real"
+    (real / "imagesTr").mkdir(parents=True)
+    ct = nib.load(tmp_path / "phantom" / "imagesTr" / "CHUP-000__CT.nii.gz")
+    nib.save(nib.Nifti1Image(np.asarray(ct.dataobj), ct.affine), real / "imagesTr" / "CHUP-000__CT.nii.gz")
+    (real / "hecktor2022_endpoint_training.csv").write_text("PatientID,Relapse,RFS\nCHUP-000,1,300\nCHUP-001,0,900\n")
+    before = {p: p.read_bytes() for p in real.rglob("*") if p.is_file()}
+    with pytest.raises(PemmaError, match=r"real: holds a dataset that is not pemma's phantom \(.*CHUP-000__CT"):
+        synthesize_phantom(real, cfg, progress=False)
+    (real / "imagesTr" / "CHUP-000__CT.nii.gz").unlink()
+    with pytest.raises(PemmaError, match="hecktor2022_endpoint_training.csv"):  # tables without any phantom CT
+        synthesize_phantom(real, cfg, progress=False)
+    assert {p: p.read_bytes() for p in real.rglob("*") if p.is_file()} == {
+        p: b for p, b in before.items() if p.name != "CHUP-000__CT.nii.gz"}
+
+
 @pytest.mark.parametrize("kwargs", [
     {"cases_per_centre": 0}, {"cases_per_centre": -2}, {"cases_per_centre": 1.5}, {"cases_per_centre": True},
     {"centres": ()}, {"centres": "CHUM"}, {"centres": ("CHUM", "XYZ")}, {"centres": ("CHUM", "CHUM")},

@@ -329,7 +329,10 @@ def synthesize_phantom(out_dir: str | Path, config: PhantomConfig | None = None,
                        progress: bool = True) -> list[str]:
     """Write a synthetic HECKTOR-2022-layout dataset to ``out_dir``; return the case IDs written.
 
-    Files are written atomically; existing files of the same names are replaced, others are left alone.
+    Files are written atomically; existing files of the same names are replaced, others are left alone. A folder
+    that holds a dataset other than a phantom (a CT without the phantom's header mark, or HECKTOR's tables without
+    any phantom CT) is refused before anything is written: the tables would be rewritten with the phantom's
+    patients only and same-named cases replaced.
 
     Args:
         out_dir: destination folder (created if missing).
@@ -337,7 +340,7 @@ def synthesize_phantom(out_dir: str | Path, config: PhantomConfig | None = None,
         progress: show a tqdm bar over cases. Default True.
 
     Raises:
-        PemmaError: ``out_dir`` exists and is not a folder.
+        PemmaError: ``out_dir`` exists and is not a folder, or holds a dataset that is not a phantom.
 
     Example:
         >>> synthesize_phantom("phantom", PhantomConfig(cases_per_centre=1, centres=("CHUM",)))
@@ -347,6 +350,7 @@ def synthesize_phantom(out_dir: str | Path, config: PhantomConfig | None = None,
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise PemmaError(f"{out}: exists and is not a folder")
+    _refuse_other_dataset(out)
     jobs = [(c, i) for c in cfg.centres for i in range(cfg.cases_per_centre)]
     marker = nib.Nifti1Header()
     marker["descrip"] = PHANTOM_DESCRIP.encode()
@@ -374,6 +378,19 @@ def synthesize_phantom(out_dir: str | Path, config: PhantomConfig | None = None,
     if cfg.difficulty != "normal" or "modalities" in settings:  # the default phantom: the HECKTOR layout only
         write_text_atomic(out / PHANTOM_FILE, json.dumps({**settings, "cases": ids}, indent=1) + "\n")
     return ids
+
+
+def _refuse_other_dataset(out: Path) -> None:
+    """Raise when ``out`` holds a dataset that is not pemma's phantom (see :func:`synthesize_phantom`)."""
+    if not out.is_dir():
+        return
+    cts = sorted(out.glob("imagesTr/*__CT.nii*"))
+    other = next((ct for ct in cts if not is_phantom_image(ct)), None)
+    if other is None and not cts:
+        other = next((out / name for name in (ENDPOINT_FILE, CLINICAL_FILE) if (out / name).exists()), None)
+    if other is not None:
+        raise PemmaError(f"{out}: holds a dataset that is not pemma's phantom ({other}); synth would replace its "
+                         "tables and same-named cases: write the phantom into another folder")
 
 
 def read_phantom_config(folder: str | Path) -> PhantomConfig | None:
