@@ -46,3 +46,36 @@ def test_another_split_in_the_same_out_is_refused(phantom: Path, tmp_path: Path,
     assert (out / "split.json").read_text() == written  # nothing rewritten
     with pytest.raises(Stop):  # the same seed again resumes
         runner_module.reproduce(strategy, phantom, out, seed=0, progress=False)
+
+
+def test_other_training_settings_or_data_in_the_same_out_are_refused(phantom: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runs of an out folder were reused under another --max-steps, --preset or dataset (same case IDs): the
+    report said "max steps 6" for 2-step runs. Now each is refused, naming what changed, before anything is
+    written; the same settings still resume."""
+    import shutil
+
+    def stop(cfg, run, **kwargs):
+        raise Stop
+
+    monkeypatch.setattr(chains_module, "train", stop)
+    strategy, out = tmp_path / "s.yaml", tmp_path / "out"
+    strategy.write_text(STRATEGY)
+    with pytest.raises(Stop):
+        runner_module.reproduce(strategy, phantom, out, seed=0, progress=False, max_steps=2)
+    written = (out / "training.json").read_text()
+    with pytest.raises(PemmaError, match=r"out: holds runs trained under other settings \(--max-steps 2 -> 6\)"):
+        runner_module.reproduce(strategy, phantom, out, seed=0, progress=False, max_steps=6)
+    with pytest.raises(PemmaError, match=r"--preset tiny -> paper"):
+        runner_module.reproduce(strategy, phantom, out, seed=0, progress=False, max_steps=2, preset="paper")
+    other = tmp_path / "other"  # the same IDs, one case's files replaced by another case's
+    shutil.copytree(phantom, other)
+    for name in ("imagesTr/{}__CT.nii.gz", "imagesTr/{}__PT.nii.gz", "labelsTr/{}.nii.gz"):
+        shutil.copy(other / name.format("MDA-001"), other / name.format("MDA-000"))
+    with pytest.raises(PemmaError, match=r"--data \(other files\)"):
+        runner_module.reproduce(strategy, other, out, seed=0, progress=False, max_steps=2)
+    assert (out / "training.json").read_text() == written  # nothing rewritten
+    moved = tmp_path / "moved"  # the same dataset elsewhere: the same runs
+    shutil.copytree(phantom, moved)
+    with pytest.raises(Stop):
+        runner_module.reproduce(strategy, moved, out, seed=0, progress=False, max_steps=2)

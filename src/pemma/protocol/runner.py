@@ -11,16 +11,18 @@ evaluations are cached in ``evaluation.json`` beside it. Each run folder records
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
+from pemma.data.case import CaseRecord
 from pemma.data.check import preflight
 from pemma.data.layout import discover_cases
 from pemma.errors import PemmaError
@@ -153,11 +155,14 @@ def reproduce(strategy_path: str | Path, data_root: str | Path, out_dir: str | P
         by_centre = {c: [i for i in ids if i in kept] for c, ids in by_centre.items()}
     split = split_of(by_centre)
     _check_same_split(out, split)
+    training = _training_settings(strategy, [cases_by_id[i] for c in used for i in by_centre[c]])
+    _check_same_training(out, training)
     if not checked.ok:
         write_text_atomic(out / "excluded_cases.json", json.dumps(checked.to_dict(), indent=2))
     data = ProtocolData(str(data_root), {c.case_id: c for c in all_cases}, split)
     write_text_atomic(out / "split.json", json.dumps(split, indent=2))
     write_text_atomic(out / "strategy.json", json.dumps(strategy.to_dict(), indent=2))
+    write_text_atomic(out / TRAINING_FILE, json.dumps(training, indent=2))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     mixed, precision = resolve_amp(strategy.amp, device)
     # the CPU kind changes the numbers of the same seed (README: findings over seeds), so the run says where it ran
@@ -214,6 +219,46 @@ def _check_same_split(out: Path, split: dict[str, dict[str, list[str]]]) -> None
     if earlier != json.loads(json.dumps(split)):
         raise PemmaError(f"{out}: holds the runs of another split (its split.json: another --seed or other cases); "
                          f"they would be reused as if trained on this one: write to another --out, or delete it")
+
+
+#: what an out folder's runs were trained under, beyond the split (:func:`_check_same_training`)
+TRAINING_FILE = "training.json"
+
+
+def _training_settings(strategy: Strategy, cases: Sequence[CaseRecord]) -> dict[str, Any]:
+    """The settings that shape every trained run and are not in its run key (phases, centres, modalities and epochs
+    are): the preset, the step cap, and the data, as a digest of each case's files' names and sizes (the same
+    dataset moved or copied elsewhere keeps it; another phantom or other images under the same IDs do not)."""
+    entries = sorted([case.case_id, key, Path(path).name, Path(path).stat().st_size]
+                     for case in cases for key, path in [*case.images.items(), ("label", case.label)] if path)
+    digest = hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:16]
+    return {"preset": strategy.preset, "max_steps": strategy.max_steps, "data_digest": digest}
+
+
+def _check_same_training(out: Path, settings: Mapping[str, Any]) -> None:
+    """``out`` may hold an earlier call's runs only under the same preset, step cap and data (they are reused, not
+    retrained); an earlier call that recorded no ``training.json`` is compared on its ``strategy.json``'s preset
+    and step cap.
+
+    Raises:
+        PemmaError: naming each setting that differs (earlier -> now); nothing has been written.
+    """
+    file, strategy_file = out / TRAINING_FILE, out / "strategy.json"
+    try:
+        if file.is_file():
+            earlier = json.loads(file.read_text())
+        elif strategy_file.is_file():
+            earlier = {k: v for k, v in json.loads(strategy_file.read_text()).items() if k in ("preset", "max_steps")}
+        else:
+            return
+    except ValueError:
+        return
+    flags = {"preset": "--preset", "max_steps": "--max-steps", "data_digest": "--data (other files)"}
+    changed = [f"{flags[k]} {earlier[k]} -> {settings[k]}" if k != "data_digest" else flags[k]
+               for k in flags if k in earlier and earlier[k] != settings[k]]
+    if changed:
+        raise PemmaError(f"{out}: holds runs trained under other settings ({'; '.join(changed)}); they would be "
+                         "reused as if trained under these: write to another --out, or delete it")
 
 
 def _finished(out: Path, job: chains.Job) -> bool:
