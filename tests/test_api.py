@@ -126,6 +126,7 @@ def test_readme_example_matches_the_cli(phantom: Path, tmp_path: Path) -> None:
                    "--out", str(tmp_path / "eval_cli"))
     cli = json.loads((tmp_path / "eval_cli" / "metrics_ct+pet.json").read_text())
     assert scores["n_cases"] == cli["n_cases"] == 2 and scores["centres"] == cli["centres"] == ["MDA"]
+    assert scores["data"] == cli["data"] == str(phantom.resolve())  # the report says what it scored
     assert scores["DSCagg"] == pytest.approx(cli["DSCagg"], rel=1e-12, abs=0, nan_ok=True)
     assert [c["dice_GTVp"] for c in scores["cases"]] == pytest.approx([c["dice_GTVp"] for c in cli["cases"]])
     assert f"mean {scores['DSCagg']['mean']:.4f}" in proc.stdout

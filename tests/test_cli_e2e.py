@@ -51,6 +51,7 @@ def test_synth_train_predict_evaluate(cli_phantom: Path, tmp_path: Path, backbon
     assert f"inputs {tag}" in proc.stdout and "DSCagg GTVp" in proc.stdout
     report = json.loads((tmp_path / "eval" / f"metrics_{tag}.json").read_text())
     assert report["inputs"] == tag and report["n_cases"] == 2 and report["centres"] == ["MDA"]
+    assert report["data"] == str(Path(cli_phantom).resolve())  # what the report scored
     assert set(report["DSCagg"]) == {"GTVp", "GTVn", "mean"}
     header = (tmp_path / "eval" / f"cases_{tag}.csv").read_text().splitlines()[0]
     assert header.startswith("case_id,centre,dice_GTVp,hd95_GTVp,dice_GTVn,hd95_GTVn")

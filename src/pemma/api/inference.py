@@ -160,7 +160,7 @@ def evaluate(model: RunLike | None = None, data: str | os.PathLike | None = None
 
     Returns:
         The scores: ``{"inputs", "n_cases", "DSCagg": {"GTVp", "GTVn", "mean"}, "mean_case", "cases", "counts",
-        "hd95_policy", "centres"}`` (as written to the JSON report) plus ``"report"``: the JSON and CSV paths.
+        "hd95_policy", "centres", "data"}`` (as written to the JSON report; ``data``: the dataset's absolute path) plus ``"report"``: the JSON and CSV paths.
 
     Example:
         >>> scores = pemma.evaluate(ad, data="data/phantom", centres=["MDA"], modalities=["ct", "pet"])
@@ -202,6 +202,7 @@ def evaluate(model: RunLike | None = None, data: str | os.PathLike | None = None
         result = evaluate_model(loaded, cases, chosen, dev, _window(roi, overlap, sw_batch_size, amp),
                                 predictions_dir=predictions)
     result["centres"] = sorted({c.centre for c in cases})
+    result["data"] = str(Path(source).resolve())  # the report says what it scored (a later one may replace it)
     json_path, csv_path = write_report(result, folder, split if model is not None else "all")
     return {**result, "report": {"json": str(json_path), "csv": str(csv_path)}}
 
