@@ -160,7 +160,8 @@ def evaluate(model: RunLike | None = None, data: str | os.PathLike | None = None
 
     Returns:
         The scores: ``{"inputs", "n_cases", "DSCagg": {"GTVp", "GTVn", "mean"}, "mean_case", "cases", "counts",
-        "hd95_policy", "centres", "data"}`` (as written to the JSON report; ``data``: the dataset's absolute path) plus ``"report"``: the JSON and CSV paths.
+        "hd95_policy", "centres", "data"}`` (as written to the JSON report; ``data``: the dataset's absolute
+        path) plus ``"report"``: the JSON and CSV paths.
 
     Example:
         >>> scores = pemma.evaluate(ad, data="data/phantom", centres=["MDA"], modalities=["ct", "pet"])

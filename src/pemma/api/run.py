@@ -187,11 +187,11 @@ def data_inputs(cfg: RunConfig) -> list[str]:
 
 def warn_tiny_preset(preset: str, cfg: RunConfig) -> None:
     """Warn (one line) when the ``tiny`` preset, the CPU test model and every training verb's default, trains on
-    data that is not pemma's phantom (its CT headers carry :data:`pemma.data.phantom.PHANTOM_DESCRIP`)."""
+    data that is not pemma's phantom (its CT headers carry :data:`pemma.data.phantom_marker.PHANTOM_DESCRIP`)."""
     import warnings
 
     from pemma.data.layout import discover_cases
-    from pemma.data.phantom import is_phantom_image
+    from pemma.data.phantom_marker import is_phantom_image
 
     if preset != "tiny" or not cfg.data.root:
         return

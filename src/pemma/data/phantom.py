@@ -59,6 +59,7 @@ from pemma.data.phantom_anatomy import (
 )
 from pemma.data.phantom_dose import paint_dose
 from pemma.data.phantom_hard import DIFFICULTIES, HARD_HU_DELTA, paint_hard_confounders
+from pemma.data.phantom_marker import PHANTOM_DESCRIP, refuse_other_dataset
 from pemma.data.phantom_mr import MR_MAX_OFFSET_MM, MR_SPACING_MM, paint_mr
 from pemma.data.phantom_survival import relapse_and_rfs
 from pemma.errors import PemmaError
@@ -70,9 +71,6 @@ CLINICAL_HEADER: tuple[str, ...] = ("PatientID", "Task 1", "Task 2", "CenterID",
                                     "Tobacco", "Alcohol", "Performance status", HPV_COLUMN, "Surgery",
                                     "Chemotherapy")
 ENDPOINT_HEADER: tuple[str, ...] = ("PatientID", "Relapse", "RFS")
-#: the NIfTI header ``descrip`` of every phantom CT: how pemma tells its phantom from real data (it survives a copy
-#: of the files into another layout)
-PHANTOM_DESCRIP = "pemma phantom"
 #: What was synthesised (the :class:`PhantomConfig` fields), written next to the CSVs for a phantom other than
 #: the default one (a default phantom keeps exactly the HECKTOR layout).
 PHANTOM_FILE = "phantom.json"
@@ -350,7 +348,7 @@ def synthesize_phantom(out_dir: str | Path, config: PhantomConfig | None = None,
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise PemmaError(f"{out}: exists and is not a folder")
-    _refuse_other_dataset(out)
+    refuse_other_dataset(out)
     jobs = [(c, i) for c in cfg.centres for i in range(cfg.cases_per_centre)]
     marker = nib.Nifti1Header()
     marker["descrip"] = PHANTOM_DESCRIP.encode()
@@ -370,27 +368,16 @@ def synthesize_phantom(out_dir: str | Path, config: PhantomConfig | None = None,
         clinical.append(case.clinical)
         endpoint.append({"PatientID": case.case_id, "Relapse": case.relapse, "RFS": case.rfs})
         ids.append(case.case_id)
-    write_text_atomic(out / CLINICAL_FILE, _csv_text(CLINICAL_HEADER, clinical))
-    write_text_atomic(out / ENDPOINT_FILE, _csv_text(ENDPOINT_HEADER, endpoint))
     settings = asdict(cfg)
     if cfg.modalities == PhantomConfig.modalities:  # phantom.json of a CT / PET phantom as before
         settings.pop("modalities")
     if cfg.difficulty != "normal" or "modalities" in settings:  # the default phantom: the HECKTOR layout only
         write_text_atomic(out / PHANTOM_FILE, json.dumps({**settings, "cases": ids}, indent=1) + "\n")
+    write_text_atomic(out / CLINICAL_FILE, _csv_text(CLINICAL_HEADER, clinical))
+    # the endpoint table last: `pemma demo` takes a folder with it for a finished phantom (a hard one interrupted
+    # before its phantom.json was written would have passed for a normal one)
+    write_text_atomic(out / ENDPOINT_FILE, _csv_text(ENDPOINT_HEADER, endpoint))
     return ids
-
-
-def _refuse_other_dataset(out: Path) -> None:
-    """Raise when ``out`` holds a dataset that is not pemma's phantom (see :func:`synthesize_phantom`)."""
-    if not out.is_dir():
-        return
-    cts = sorted(out.glob("imagesTr/*__CT.nii*"))
-    other = next((ct for ct in cts if not is_phantom_image(ct)), None)
-    if other is None and not cts:
-        other = next((out / name for name in (ENDPOINT_FILE, CLINICAL_FILE) if (out / name).exists()), None)
-    if other is not None:
-        raise PemmaError(f"{out}: holds a dataset that is not pemma's phantom ({other}); synth would replace its "
-                         "tables and same-named cases: write the phantom into another folder")
 
 
 def read_phantom_config(folder: str | Path) -> PhantomConfig | None:
@@ -409,14 +396,3 @@ def read_phantom_config(folder: str | Path) -> PhantomConfig | None:
         return PhantomConfig(**fields)
     except (OSError, ValueError, TypeError) as exc:
         raise PemmaError(f"{path}: cannot read the phantom settings ({exc})") from None
-
-
-def is_phantom_image(path: str | Path) -> bool:
-    """True when the image file is a CT of pemma's phantom (its header carries :data:`PHANTOM_DESCRIP`); False for
-    any other file, also one that cannot be read."""
-    try:
-        descrip = nib.load(str(path)).header.get("descrip")
-        text = bytes(np.asarray(descrip).item()).decode("ascii", "ignore") if descrip is not None else ""
-    except Exception:  # not NIfTI, unreadable: not the phantom
-        return False
-    return text.strip("\x00 ").startswith(PHANTOM_DESCRIP)

@@ -159,7 +159,7 @@ def reproduce(strategy_path: str | Path, data_root: str | Path, out_dir: str | P
     _check_same_training(out, training)
     if not checked.ok:
         write_text_atomic(out / "excluded_cases.json", json.dumps(checked.to_dict(), indent=2))
-    data = ProtocolData(str(data_root), {c.case_id: c for c in all_cases}, split)
+    data = ProtocolData(str(Path(data_root).resolve()), {c.case_id: c for c in all_cases}, split)
     write_text_atomic(out / "split.json", json.dumps(split, indent=2))
     write_text_atomic(out / "strategy.json", json.dumps(strategy.to_dict(), indent=2))
     write_text_atomic(out / TRAINING_FILE, json.dumps(training, indent=2))
