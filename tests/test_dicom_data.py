@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import nibabel as nib
@@ -233,6 +234,14 @@ def test_check_and_convert_dicom_cli(phantom: Path, dicom_tree: Path, cache: Pat
     assert label.read_bytes() == b"the user's own label"
     assert "wrote 2 cases" in run_main("convert-dicom", str(dicom_tree), "--out", str(tmp_path / "nifti"), "--force")
     assert label.read_bytes() != b"the user's own label"
+    # a file of the case this conversion does not write (an earlier conversion's MR, or a label the case no longer
+    # has) would be paired with the new images: refused, and removed with --force
+    stale = tmp_path / "nifti" / "imagesTr" / "CHUM-000__MR.nii.gz"
+    shutil.copyfile(converted["CHUM-000"].images["ct"], stale)
+    code, err = _main("convert-dicom", str(dicom_tree), "--out", str(tmp_path / "nifti"))
+    assert code == 2 and "--force" in err and stale.is_file()
+    assert "wrote 2 cases" in run_main("convert-dicom", str(dicom_tree), "--out", str(tmp_path / "nifti"), "--force")
+    assert not stale.exists() and Path(converted["CHUM-000"].images["pet"]).is_file()
     code, err = _main("convert-dicom", str(tmp_path / "nowhere"), "--out", str(tmp_path / "n2"))
     assert code == 2 and err.strip().endswith(f"{tmp_path / 'nowhere'}: not found")
 

@@ -10,6 +10,7 @@ Staged folders are never removed by pemma; delete the folder to reclaim the spac
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import logging
@@ -179,8 +180,10 @@ def convert_dicom(root: str | os.PathLike, out: str | os.PathLike,
         roi_names: the RTSTRUCT / SEG names of GTVp and GTVn (``"GTVp=GTV_primary,GTVn=GTV_LN"``); default the
             usual names (:mod:`pemma.data.dicom_labels`).
         progress: show a progress bar. Default True.
-        force: replace files of ``out`` that have a converted case's name (else an error before anything is
-            written: a dataset of the same case IDs is not overwritten by accident). Default False.
+        force: replace files of ``out`` that have a converted case's name, and remove the case's files this
+            conversion does not write (a label or PET the case no longer has, which would else be paired with the
+            new images); else an error before anything is written: a dataset of the same case IDs is not
+            overwritten by accident. Default False.
 
     Returns:
         The records of the written cases (paths in ``out``).
@@ -190,8 +193,9 @@ def convert_dicom(root: str | os.PathLike, out: str | os.PathLike,
         images = {m: (p, Path(out) / "imagesTr" / Path(p).name) for m, p in record.images.items()}
         label = (record.label, Path(out) / "labelsTr" / Path(record.label).name) if record.label else None
         plan.append((record, images, label))
-    existing = [t for _, images, label in plan for _, t in [*images.values(), *([label] if label else [])]
-                if t.exists()]
+    targets = {t for _, images, label in plan for _, t in [*images.values(), *([label] if label else [])]}
+    stale = [p for record, _, _ in plan for p in _case_files(Path(out), record.case_id) if p not in targets]
+    existing = sorted(t for t in targets if t.exists()) + stale
     if existing and not force:
         raise PemmaError(f"{existing[0]}: exists ({len(existing)} file(s) of the converted cases are already in "
                          f"{out}); convert into another --out, or pass --force to replace them")
@@ -202,4 +206,12 @@ def convert_dicom(root: str | os.PathLike, out: str | os.PathLike,
                 shutil.copyfile(source, tmp)
         written.append(CaseRecord(record.case_id, record.centre, {m: str(t) for m, (_, t) in images.items()},
                                   str(label[1]) if label else None))
+    for path in stale:  # only with force: the case's files from an earlier conversion that this one has not
+        path.unlink()
     return written
+
+
+def _case_files(out: Path, case_id: str) -> list[Path]:
+    """The files of ``case_id`` in a HECKTOR-layout ``out``: its images (``imagesTr/<case>__*``) and label."""
+    name = glob.escape(case_id)
+    return sorted([*(out / "imagesTr").glob(f"{name}__*.nii.gz"), *(out / "labelsTr").glob(f"{name}.nii.gz")])
