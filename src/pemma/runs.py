@@ -12,15 +12,20 @@ metadata JSON (``model.json``; ``survival.json`` for prognosis runs) with
 Every file is written atomically (temporary file, then rename), and ``checkpoint.pt`` holds the resumable state.
 Runs written before ``versions`` existed load unchanged; a ``model.json`` without ``kind`` is a backbone run.
 A finished run is never overwritten by accident: every training verb opens its output with
-:func:`new_run_folder`.
+:func:`new_run_folder`, which also holds the run folder's lock (:func:`run_folder_lock`) while the command writes it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import csv
+import errno
 import json
 import os
 import shutil
+import socket
+import time
+import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -43,6 +48,13 @@ META_FILES = (MODEL_META, SURVIVAL_META)
 PART_GLOB = ".*.part*"
 #: suffixes of the hidden siblings a forced run is written into / the replaced run is moved to while swapping
 NEW_SUFFIX, OLD_SUFFIX = ".pemma-new", ".pemma-old"
+#: suffix of the lock file beside a run folder (``.<name>.pemma-lock``) while a command writes it
+LOCK_SUFFIX = ".pemma-lock"
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: the lock falls back to the holder recorded in the file
+    fcntl = None  # type: ignore[assignment]
 
 
 def package_versions() -> dict[str, str]:
@@ -113,6 +125,10 @@ def read_meta(run_dir: str | Path, name: str = MODEL_META) -> dict[str, Any]:
     """The metadata JSON ``name`` of a run folder (``model.json`` by default)."""
     path = Path(run_dir) / name
     if not Path(run_dir).is_dir():
+        old = hidden_sibling(run_dir, OLD_SUFFIX)
+        if old.is_dir():
+            raise PemmaError(f"{run_dir}: model folder not found, but {old} holds the run a killed --force was "
+                             f"replacing; rename it back to {run_dir} (the next training command on it does so)")
         raise PemmaError(f"{run_dir}: model folder not found")
     if not path.is_file():
         if name == MODEL_META and (Path(run_dir) / SURVIVAL_META).is_file():
@@ -315,6 +331,10 @@ def new_run_folder(out: str | os.PathLike, *, force: bool = False, resume: bool 
     * When the command fails, the folders it created for ``out`` are removed again unless they hold a
       checkpoint (``--resume`` can continue it); a folder that existed before is never removed.
     * Hidden ``.*.part*`` files a killed process left in ``out`` are deleted first.
+    * The whole command holds the lock of ``out`` (:func:`run_folder_lock`): a second command writing the same
+      ``out`` meanwhile is refused at once.
+    * A run that a ``--force`` killed between its two renames left in ``.<out>.pemma-old`` (``out`` missing) is
+      renamed back to ``out`` first, with a warning (:func:`_recover_swap`).
 
     Under torchrun only rank 0 touches the file system; every rank gets the same path.
 
@@ -326,7 +346,7 @@ def new_run_folder(out: str | os.PathLike, *, force: bool = False, resume: bool 
         data: other inputs the command reads: dataset folders, datalists, files (``None`` entries are skipped).
 
     Raises:
-        PemmaError: one line naming ``out`` (and the run it clashes with).
+        PemmaError: one line naming ``out`` (and the run it clashes with, or the command holding its lock).
 
     Example:
         >>> with new_run_folder("runs/ad", reads=["runs/ct"]) as folder:
@@ -337,6 +357,19 @@ def new_run_folder(out: str | os.PathLike, *, force: bool = False, resume: bool 
     if target.exists() and not target.is_dir():
         raise PemmaError(f"{target}: exists and is not a folder; choose another --out")
     main = _is_main_process()
+    created = _first_missing(target.absolute())  # before the lock file's folder is made
+    with run_folder_lock(target) if main else contextlib.nullcontext():
+        if main:
+            _recover_swap(target)
+        with _open_run_folder(target, main, created, force=force, resume=resume) as folder:
+            yield folder
+
+
+@contextlib.contextmanager
+def _open_run_folder(target: Path, main: bool, created: Path | None, *, force: bool,
+                     resume: bool) -> Iterator[Path]:
+    """The body of :func:`new_run_folder`, run while the lock is held (``created``: the first folder of ``target``
+    that did not exist before the command)."""
     if target.is_dir() and main:
         remove_stale_parts(target)
     meta_file = finished_meta(target)
@@ -357,7 +390,6 @@ def new_run_folder(out: str | os.PathLike, *, force: bool = False, resume: bool 
                              "--force to start it over (resume=True / force=True in the API)")
         if main:  # started over: a later --resume must not restore the old weights under the new settings
             (target / STATE_FILE).unlink()
-    created = _first_missing(target.absolute())
     try:
         yield target
     except Exception:
@@ -368,9 +400,13 @@ def new_run_folder(out: str | os.PathLike, *, force: bool = False, resume: bool 
 
 @contextlib.contextmanager
 def _replacing(target: Path, main: bool) -> Iterator[Path]:
-    """Yield a hidden sibling of the finished run ``target``; on success swap it in (renames), else remove it."""
-    fresh = target.parent / f".{target.name}{NEW_SUFFIX}"
-    old = target.parent / f".{target.name}{OLD_SUFFIX}"
+    """Yield a hidden sibling of the finished run ``target``; on success swap it in (renames), else remove it.
+
+    An interrupted (Ctrl-C) replacement is discarded like a failed one and says so: the :class:`KeyboardInterrupt`
+    re-raised carries ``"<target> is left as it was (the old run); the new run's N steps were discarded"``.
+    """
+    fresh = hidden_sibling(target, NEW_SUFFIX)
+    old = hidden_sibling(target, OLD_SUFFIX)
     if main:
         for stale in (fresh, old):
             if stale.is_dir():
@@ -378,11 +414,181 @@ def _replacing(target: Path, main: bool) -> Iterator[Path]:
         fresh.mkdir()
     try:
         yield fresh
-    except BaseException:
+    except BaseException as exc:
         if main:
+            steps = _logged_steps(fresh)
             shutil.rmtree(fresh, ignore_errors=True)
+            if isinstance(exc, KeyboardInterrupt):
+                done = f"the new run's {steps} steps were discarded" if steps else "the new run was discarded"
+                raise KeyboardInterrupt(f"{target} is left as it was (the old run); {done}") from None
         raise
     if main:
         os.rename(target, old)
         os.rename(fresh, target)
         shutil.rmtree(old, ignore_errors=True)
+
+
+def hidden_sibling(folder: str | os.PathLike, suffix: str) -> Path:
+    """``.<name><suffix>`` beside ``folder``: where a forced run is written (``NEW_SUFFIX``), where the run it
+    replaces waits during the swap (``OLD_SUFFIX``), the lock file (``LOCK_SUFFIX``)."""
+    folder = Path(os.fspath(folder))
+    return folder.parent / f".{folder.name}{suffix}"
+
+
+def _logged_steps(folder: Path) -> int | None:
+    """How many steps the run in ``folder`` got through, as far as its files tell: the later of its checkpoint's
+    step and the last step in its ``metrics.csv`` (None with neither)."""
+    steps = []
+    try:
+        with open(folder / "metrics.csv", newline="") as fh:
+            steps += [int(row["step"]) for row in csv.DictReader(fh) if row.get("step")]
+    except (OSError, ValueError, KeyError):
+        pass
+    if (folder / STATE_FILE).is_file():
+        try:  # mmap: the step only, not the weights and optimizer state
+            steps.append(int(torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True, mmap=True)["step"]))
+        except Exception:  # a checkpoint being written when the interrupt came: the metrics tell
+            pass
+    return max(steps) if steps else None
+
+
+def _recover_swap(target: Path) -> None:
+    """Finish what a ``--force`` killed between its renames left: with ``target`` missing, the old run waiting in
+    ``.<target>.pemma-old`` is renamed back (with a warning); beside a finished ``target`` (the swap completed
+    before the kill) it is deleted. Call with the lock held."""
+    old = hidden_sibling(target, OLD_SUFFIX)
+    if not old.is_dir():
+        return
+    if not target.exists():
+        os.rename(old, target)
+        fresh = hidden_sibling(target, NEW_SUFFIX)
+        kept = f"; the new run it was swapping in is left in {fresh}" if fresh.is_dir() else ""
+        warnings.warn(f"{target}: restored the old run from {old} (a forced run was killed while swapping in its "
+                      f"replacement{kept})", UserWarning, stacklevel=4)
+    elif finished_meta(target) is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+# ---- the lock of a run folder
+
+
+@contextlib.contextmanager
+def run_folder_lock(folder: str | os.PathLike) -> Iterator[Path]:
+    """Hold the lock of the run folder ``folder`` (a second holder, in this or another process, is refused).
+
+    The lock is ``.<name>.pemma-lock`` beside the folder, not inside it: it covers the name, so also a forced run's
+    hidden ``.<name>.pemma-new`` and the renames that swap it in. It is an exclusive ``fcntl.flock`` on that file,
+    which the kernel releases when the process ends however it ends (even ``kill -9``): a lock is never left held
+    by a process that is gone. The file records the holder (pid, host, start time) for the message; a file left by
+    a killed holder is taken over with a warning naming it. Released (the file deleted) when the block is left,
+    also on errors and ``KeyboardInterrupt``. Where the file system has no ``flock`` (or not on POSIX), the record
+    decides: a live pid on this host, or any pid on another host, holds it.
+
+    Raises:
+        PemmaError: ``"runs/cc: another pemma command (pid N on host H, since T) is writing this run folder; wait
+            for it or remove runs/.cc.pemma-lock if it is gone"``.
+
+    Example:
+        >>> with run_folder_lock("runs/cc"):
+        ...     write_the_run("runs/cc")
+    """
+    folder = Path(os.fspath(folder))
+    lock = hidden_sibling(folder, LOCK_SUFFIX)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = _acquire(folder, lock)
+    try:
+        yield lock
+    finally:
+        _release(lock, fd)
+
+
+def _acquire(folder: Path, lock: Path) -> int:
+    """Open and lock ``lock`` for ``folder``, record this process in it; return its descriptor."""
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            locked = _flock(fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        holder = _read_holder(fd)
+        if locked is False or (locked is None and holder and _holder_alive(holder)):
+            os.close(fd)
+            raise PemmaError(f"{folder}: another pemma command ({_describe(holder)}) is writing this run folder; "
+                             f"wait for it or remove {lock} if it is gone")
+        if not _same_file(fd, lock):  # the holder deleted the file while we waited on it: lock the new one
+            os.close(fd)
+            continue
+        if holder:
+            warnings.warn(f"{folder}: took over the stale lock {lock} of a pemma command that is gone "
+                          f"({_describe(holder)})", UserWarning, stacklevel=5)
+        record = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                             "since": time.strftime("%Y-%m-%d %H:%M:%S")})
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, record.encode() + b"\n", 0)
+        return fd
+
+
+def _flock(fd: int) -> bool | None:
+    """Take an exclusive ``flock`` on ``fd`` without waiting: True taken, False held by another, None where the
+    file system (or the platform) offers none."""
+    if fcntl is None:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError as exc:
+        if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            return None
+        raise
+    return True
+
+
+def _release(lock: Path, fd: int) -> None:
+    """Delete ``lock`` if it is still the file ``fd`` holds, then close ``fd`` (which drops the ``flock``)."""
+    try:
+        if _same_file(fd, lock):
+            lock.unlink(missing_ok=True)
+    finally:
+        os.close(fd)
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether ``path`` still names the file open as ``fd``."""
+    try:
+        here, there = os.fstat(fd), os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
+
+
+def _read_holder(fd: int) -> dict[str, Any]:
+    """The holder recorded in a lock file (empty when none is, or the record is unreadable)."""
+    try:
+        text = os.pread(fd, 4096, 0).decode(errors="replace").strip()
+        holder = json.loads(text) if text else {}
+    except (OSError, ValueError):
+        return {}
+    return holder if isinstance(holder, dict) else {}
+
+
+def _holder_alive(holder: dict[str, Any]) -> bool:
+    """Whether the recorded holder may still run: its pid is alive on this host, or it runs on another host."""
+    if holder.get("host") != socket.gethostname():
+        return True
+    try:
+        pid = int(holder.get("pid", 0))
+        if pid <= 0 or pid == os.getpid():
+            return pid == os.getpid()
+        os.kill(pid, 0)
+    except (ValueError, TypeError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _describe(holder: dict[str, Any]) -> str:
+    """``pid N on host H, since T`` of a lock's record."""
+    return f"pid {holder.get('pid', '?')} on host {holder.get('host', '?')}, since {holder.get('since', '?')}"

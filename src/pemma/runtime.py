@@ -247,12 +247,16 @@ class MetricsCSV:
         self.path, self.fields = path, list(fields)
 
     def truncate(self, last_step: int) -> None:
+        """Drop the rows after ``last_step`` (a resumed run logs them again); the file is rewritten through a
+        temporary file and a rename, so a failure or a kill midway keeps the old file whole."""
+        from pemma.io_utils import atomic_path  # here: a spawned worker importing this module stays light
+
         if not self.path.is_file():
             return
         with open(self.path, newline="") as fh:
             rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= last_step]
-        with open(self.path, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=self.fields)
+        with atomic_path(self.path) as tmp, open(tmp, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=self.fields, extrasaction="ignore")
             writer.writeheader()
             writer.writerows(rows)
 

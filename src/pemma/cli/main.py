@@ -41,8 +41,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             warnings.simplefilter("always", UserWarning)
             warnings.showwarning = _one_line_warning(args.verb)
             result = args.func(args)
-    except KeyboardInterrupt:
-        print("pemma: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # a forced run says what it kept: "runs/r1 is left as it was (the old run)..."
+        print(f"pemma: interrupted: {exc}" if str(exc) else "pemma: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # user errors become one line; a bug becomes one line and a log file
         user = user_error(exc)
