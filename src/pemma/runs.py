@@ -12,19 +12,16 @@ metadata JSON (``model.json``; ``survival.json`` for prognosis runs) with
 Every file is written atomically (temporary file, then rename), and ``checkpoint.pt`` holds the resumable state.
 Runs written before ``versions`` existed load unchanged; a ``model.json`` without ``kind`` is a backbone run.
 A finished run is never overwritten by accident: every training verb opens its output with
-:func:`new_run_folder`, which also holds the run folder's lock (:func:`run_folder_lock`) while the command writes it.
+:func:`new_run_folder`, which also holds the run folder's lock (:func:`pemma.run_lock.run_folder_lock`) while the command writes it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
-import errno
 import json
 import os
 import shutil
-import socket
-import time
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -35,6 +32,7 @@ from torch import nn
 
 from pemma.errors import PemmaError
 from pemma.io_utils import atomic_path, load_tensors, save_tensors, sha256_file, write_text_atomic
+from pemma.run_lock import hidden_sibling, run_folder_lock
 from pemma.vocab import KIND_BACKBONE, KIND_SURVIVAL
 
 MODEL_FILE = "model.safetensors"
@@ -48,13 +46,6 @@ META_FILES = (MODEL_META, SURVIVAL_META)
 PART_GLOB = ".*.part*"
 #: suffixes of the hidden siblings a forced run is written into / the replaced run is moved to while swapping
 NEW_SUFFIX, OLD_SUFFIX = ".pemma-new", ".pemma-old"
-#: suffix of the lock file beside a run folder (``.<name>.pemma-lock``) while a command writes it
-LOCK_SUFFIX = ".pemma-lock"
-
-try:
-    import fcntl
-except ImportError:  # not POSIX: the lock falls back to the holder recorded in the file
-    fcntl = None  # type: ignore[assignment]
 
 
 def package_versions() -> dict[str, str]:
@@ -331,7 +322,7 @@ def new_run_folder(out: str | os.PathLike, *, force: bool = False, resume: bool 
     * When the command fails, the folders it created for ``out`` are removed again unless they hold a
       checkpoint (``--resume`` can continue it); a folder that existed before is never removed.
     * Hidden ``.*.part*`` files a killed process left in ``out`` are deleted first.
-    * The whole command holds the lock of ``out`` (:func:`run_folder_lock`): a second command writing the same
+    * The whole command holds the lock of ``out`` (:func:`pemma.run_lock.run_folder_lock`): a second command writing the same
       ``out`` meanwhile is refused at once.
     * A run that a ``--force`` killed between its two renames left in ``.<out>.pemma-old`` (``out`` missing) is
       renamed back to ``out`` first, with a warning (:func:`_recover_swap`).
@@ -428,13 +419,6 @@ def _replacing(target: Path, main: bool) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def hidden_sibling(folder: str | os.PathLike, suffix: str) -> Path:
-    """``.<name><suffix>`` beside ``folder``: where a forced run is written (``NEW_SUFFIX``), where the run it
-    replaces waits during the swap (``OLD_SUFFIX``), the lock file (``LOCK_SUFFIX``)."""
-    folder = Path(os.fspath(folder))
-    return folder.parent / f".{folder.name}{suffix}"
-
-
 def _logged_steps(folder: Path) -> int | None:
     """How many steps the run in ``folder`` got through, as far as its files tell: the later of its checkpoint's
     step and the last step in its ``metrics.csv`` (None with neither)."""
@@ -467,128 +451,3 @@ def _recover_swap(target: Path) -> None:
                       f"replacement{kept})", UserWarning, stacklevel=4)
     elif finished_meta(target) is not None:
         shutil.rmtree(old, ignore_errors=True)
-
-
-# ---- the lock of a run folder
-
-
-@contextlib.contextmanager
-def run_folder_lock(folder: str | os.PathLike) -> Iterator[Path]:
-    """Hold the lock of the run folder ``folder`` (a second holder, in this or another process, is refused).
-
-    The lock is ``.<name>.pemma-lock`` beside the folder, not inside it: it covers the name, so also a forced run's
-    hidden ``.<name>.pemma-new`` and the renames that swap it in. It is an exclusive ``fcntl.flock`` on that file,
-    which the kernel releases when the process ends however it ends (even ``kill -9``): a lock is never left held
-    by a process that is gone. The file records the holder (pid, host, start time) for the message; a file left by
-    a killed holder is taken over with a warning naming it. Released (the file deleted) when the block is left,
-    also on errors and ``KeyboardInterrupt``. Where the file system has no ``flock`` (or not on POSIX), the record
-    decides: a live pid on this host, or any pid on another host, holds it.
-
-    Raises:
-        PemmaError: ``"runs/cc: another pemma command (pid N on host H, since T) is writing this run folder; wait
-            for it or remove runs/.cc.pemma-lock if it is gone"``.
-
-    Example:
-        >>> with run_folder_lock("runs/cc"):
-        ...     write_the_run("runs/cc")
-    """
-    folder = Path(os.fspath(folder))
-    lock = hidden_sibling(folder, LOCK_SUFFIX)
-    lock.parent.mkdir(parents=True, exist_ok=True)
-    fd = _acquire(folder, lock)
-    try:
-        yield lock
-    finally:
-        _release(lock, fd)
-
-
-def _acquire(folder: Path, lock: Path) -> int:
-    """Open and lock ``lock`` for ``folder``, record this process in it; return its descriptor."""
-    while True:
-        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o666)
-        try:
-            locked = _flock(fd)
-        except BaseException:
-            os.close(fd)
-            raise
-        holder = _read_holder(fd)
-        if locked is False or (locked is None and holder and _holder_alive(holder)):
-            os.close(fd)
-            raise PemmaError(f"{folder}: another pemma command ({_describe(holder)}) is writing this run folder; "
-                             f"wait for it or remove {lock} if it is gone")
-        if not _same_file(fd, lock):  # the holder deleted the file while we waited on it: lock the new one
-            os.close(fd)
-            continue
-        if holder:
-            warnings.warn(f"{folder}: took over the stale lock {lock} of a pemma command that is gone "
-                          f"({_describe(holder)})", UserWarning, stacklevel=5)
-        record = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                             "since": time.strftime("%Y-%m-%d %H:%M:%S")})
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, record.encode() + b"\n", 0)
-        return fd
-
-
-def _flock(fd: int) -> bool | None:
-    """Take an exclusive ``flock`` on ``fd`` without waiting: True taken, False held by another, None where the
-    file system (or the platform) offers none."""
-    if fcntl is None:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return False
-    except OSError as exc:
-        if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
-            return None
-        raise
-    return True
-
-
-def _release(lock: Path, fd: int) -> None:
-    """Delete ``lock`` if it is still the file ``fd`` holds, then close ``fd`` (which drops the ``flock``)."""
-    try:
-        if _same_file(fd, lock):
-            lock.unlink(missing_ok=True)
-    finally:
-        os.close(fd)
-
-
-def _same_file(fd: int, path: Path) -> bool:
-    """Whether ``path`` still names the file open as ``fd``."""
-    try:
-        here, there = os.fstat(fd), os.stat(path)
-    except FileNotFoundError:
-        return False
-    return (here.st_dev, here.st_ino) == (there.st_dev, there.st_ino)
-
-
-def _read_holder(fd: int) -> dict[str, Any]:
-    """The holder recorded in a lock file (empty when none is, or the record is unreadable)."""
-    try:
-        text = os.pread(fd, 4096, 0).decode(errors="replace").strip()
-        holder = json.loads(text) if text else {}
-    except (OSError, ValueError):
-        return {}
-    return holder if isinstance(holder, dict) else {}
-
-
-def _holder_alive(holder: dict[str, Any]) -> bool:
-    """Whether the recorded holder may still run: its pid is alive on this host, or it runs on another host."""
-    if holder.get("host") != socket.gethostname():
-        return True
-    try:
-        pid = int(holder.get("pid", 0))
-        if pid <= 0 or pid == os.getpid():
-            return pid == os.getpid()
-        os.kill(pid, 0)
-    except (ValueError, TypeError, ProcessLookupError):
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _describe(holder: dict[str, Any]) -> str:
-    """``pid N on host H, since T`` of a lock's record."""
-    return f"pid {holder.get('pid', '?')} on host {holder.get('host', '?')}, since {holder.get('since', '?')}"
