@@ -12,7 +12,8 @@ metadata JSON (``model.json``; ``survival.json`` for prognosis runs) with
 Every file is written atomically (temporary file, then rename), and ``checkpoint.pt`` holds the resumable state.
 Runs written before ``versions`` existed load unchanged; a ``model.json`` without ``kind`` is a backbone run.
 A finished run is never overwritten by accident: every training verb opens its output with
-:func:`new_run_folder`, which also holds the run folder's lock (:func:`pemma.run_lock.run_folder_lock`) while the command writes it.
+:func:`new_run_folder`, which also holds the run folder's lock (:func:`pemma.run_lock.run_folder_lock`) while
+the command writes it.
 """
 
 from __future__ import annotations
@@ -322,8 +323,8 @@ def new_run_folder(out: str | os.PathLike, *, force: bool = False, resume: bool 
     * When the command fails, the folders it created for ``out`` are removed again unless they hold a
       checkpoint (``--resume`` can continue it); a folder that existed before is never removed.
     * Hidden ``.*.part*`` files a killed process left in ``out`` are deleted first.
-    * The whole command holds the lock of ``out`` (:func:`pemma.run_lock.run_folder_lock`): a second command writing the same
-      ``out`` meanwhile is refused at once.
+    * The whole command holds the lock of ``out`` (:func:`pemma.run_lock.run_folder_lock`): a second command
+      writing the same ``out`` meanwhile is refused at once.
     * A run that a ``--force`` killed between its two renames left in ``.<out>.pemma-old`` (``out`` missing) is
       renamed back to ``out`` first, with a warning (:func:`_recover_swap`).
 
