@@ -166,14 +166,47 @@ def test_resume_with_other_settings_is_refused(tmp_path: Path) -> None:
     torch.save({"step": 1}, run / "checkpoint.pt")
     check_resume_settings(run, same)  # the device may change between the two halves
     other = build_config("tiny", overrides={"train": {"lr": 0.001, "seed": 3}})
-    with pytest.raises(PemmaError, match=r"run: --resume with other settings than its checkpoint's "
-                                         r"\(train.seed 0 -> 3; train.lr 0.002 -> 0.001\)"):
+    with pytest.raises(PemmaError, match=r"run: --resume with other settings than the interrupted run: "
+                                         r"train.seed 0 → 3, train.lr 0.002 → 0.001; rerun with the same flags, "
+                                         r"or --force to start over$"):
         check_resume_settings(run, other)
     # other centres: the first half trained on cases the second half's config.yaml would not record
     build_config("tiny", overrides={"data": {"centres": ["CHUM", "CHUP"]}}).save(run / CONFIG_FILE)
     check_resume_settings(run, build_config("tiny", overrides={"data": {"centres": ["chup", "CHUM"]}}))
-    with pytest.raises(PemmaError, match=r"data.centres \['CHUM', 'CHUP'\] -> \['CHUM', 'MDA'\]"):
+    with pytest.raises(PemmaError, match=r"data.centres \[CHUM, CHUP\] → \[CHUM, MDA\]"):
         check_resume_settings(run, build_config("tiny", overrides={"data": {"centres": ["CHUM", "MDA"]}}))
+
+
+def test_resume_compares_what_the_checkpoint_recorded(tmp_path: Path) -> None:
+    """The dataset (its folder, resolved), and what the checkpoint records besides the config (adapters, the base run
+    by its weights checksum) must be the interrupted run's; a checkpoint without that record compares the config."""
+    from pemma.config import build_config
+    from pemma.training.loop import check_resume_settings
+
+    run = tmp_path / "run"
+    run.mkdir()
+    cfg = build_config("tiny", overrides={"data": {"root": str(tmp_path / "data")}})
+    cfg.save(run / CONFIG_FILE)
+    base = {"run": str(tmp_path / "ct"), "sha256": "a" * 64}
+    settings = {"method": "pemma_lora", "base": base, "alpha": 8.0, "ct_route": "exact",
+                "modality_dropout": [0.6, 0.2, 0.2]}
+    torch.save({"step": 5}, run / "checkpoint.pt")  # written before the record existed: the config alone
+    check_resume_settings(run, cfg, {**settings, "alpha": 32.0})
+    torch.save({"step": 5, "settings": settings}, run / "checkpoint.pt")
+    assert check_resume_settings(run, cfg, dict(settings))["step"] == 5  # the same flags resume
+    moved = {**settings, "base": {"run": str(tmp_path / "moved"), "sha256": "a" * 64}}
+    check_resume_settings(run, cfg, moved)  # the base moved, its weights are the same
+    other = {**settings, "alpha": 32.0, "base": {"run": str(tmp_path / "r1"), "sha256": "b" * 64},
+             "ct_route": "shared", "modality_dropout": [0.5, 0.25, 0.25]}
+    with pytest.raises(PemmaError) as err:
+        check_resume_settings(run, cfg, other)
+    assert str(err.value) == (f"{run}: --resume with other settings than the interrupted run: base "
+                              f"{tmp_path / 'ct'} → {tmp_path / 'r1'}, alpha 8 → 32, ct_route exact → shared, "
+                              "modality_dropout [0.6, 0.2, 0.2] → [0.5, 0.25, 0.25]; rerun with the same flags, or "
+                              "--force to start over")
+    data2 = build_config("tiny", overrides={"data": {"root": str(tmp_path / "data2")}})
+    with pytest.raises(PemmaError, match=f"data.root {tmp_path / 'data'} → {tmp_path / 'data2'};"):
+        check_resume_settings(run, data2, settings)
 
 
 def test_resume_reads_the_checkpoint_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -325,3 +325,31 @@ def test_adapt_on_other_data_does_not_inherit_the_models_centres(setup: dict[str
        *TINY)
     meta = json.loads((tmp_path / "ehr" / "survival.json").read_text())
     assert {c.split("-")[0] for c in meta["train_cases"] + meta["val_cases"]} == {"MDA"}
+
+
+def test_stage_resume_with_other_settings_is_refused(setup: dict[str, Path], tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The interrupted stage's checkpoint records its settings (the stage writes no config before it ends): a
+    ``--resume`` with another learning rate or L2 penalty is refused naming both; the same flags resume."""
+    from pemma.training.engine import Engine
+
+    data, base = setup["data"], setup["base"]
+    ok("survival", "train", "--base", base, "--data", data, "--out", tmp_path / "ct", *TINY)
+    out = tmp_path / "pet"
+    cmd = ["survival", "adapt", "--model", tmp_path / "ct", "--add-modality", "pet", "--out", out, *TINY[:-2],
+           "--max-steps", "2", "--checkpoint-every", "1", "--lr", "0.001", "--l2", "1"]
+    save = Engine.save
+
+    def save_then_stop(self: Engine, run_dir: Path, **extra: object) -> None:
+        save(self, run_dir, **extra)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Engine, "save", save_then_stop)
+    assert pemma(*cmd)[0] == 130
+    monkeypatch.setattr(Engine, "save", save)
+    code, _, err = pemma(*cmd[:-4], "--lr", "0.05", "--l2", "3", "--alpha", "64", "--resume")
+    assert code == 2 and (f"{out}: --resume with other settings than the interrupted run: train.lr 0.001 → 0.05, "
+                          "l2 1 → 3, alpha 8 → 64; rerun with the same flags, or --force to start over"
+                          ) in one_error_line(err)
+    ok(*cmd, "--resume")
+    assert "resumed at step 1 of 2" in (out / "train.log").read_text()

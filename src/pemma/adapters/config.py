@@ -57,6 +57,11 @@ def _help(text: str) -> dict[str, str]:
     return {"help": text}
 
 
+#: fields an interrupted run may resume with changed: memory levers whose outputs, gradients and weights are
+#: bit-identical (every other field determines what trains, and a resume with it changed is refused)
+RESUMABLE_FIELDS: tuple[str, ...] = ("checkpoint_full_resolution", "recompute_dora")
+
+
 @dataclass
 class AdapterConfig:
     """How a CT model is adapted to CT+PET (arXiv 2504.13645).
@@ -242,6 +247,13 @@ class AdapterConfig:
         ranks take the same path."""
         choices = self.modality_choices(trainable_only, added)
         return rng.choices([m for m, _ in choices], weights=[p for _, p in choices], k=1)[0]
+
+    def resume_settings(self) -> dict[str, Any]:
+        """``{label: value}`` of the fields that determine the trained weights, as a checkpoint records them for
+        ``--resume`` to compare (:func:`pemma.training.loop.check_resume_settings`): every field but
+        :data:`RESUMABLE_FIELDS`; ``method`` as ``adapter_method``, ``dropout`` as ``adapter_dropout`` (its flag)."""
+        labels = {"method": "adapter_method", "dropout": "adapter_dropout"}
+        return {labels.get(k, k): v for k, v in self.to_dict().items() if k not in RESUMABLE_FIELDS}
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict[str, Any]:

@@ -16,14 +16,17 @@ from typing import Any
 import torch
 
 from pemma.adapters.config import AdapterConfig
+from pemma.adapters.state import unwrap_model
 from pemma.config import REGISTRATION_FIELDS, RunConfig
 from pemma.data.layout import CaseRecord, CaseSplit
 from pemma.errors import PemmaError
+from pemma.io_utils import sha256_file
 from pemma.methods.loading import load_model
 from pemma.methods.registry import get_method
 from pemma.models.loaded import LoadedModel
+from pemma.runs import MODEL_META
 from pemma.runtime import is_main_process
-from pemma.training.loop import train_task
+from pemma.training.loop import TrainingTask, train_task
 from pemma.training.segmentation import select_split
 from pemma.vocab import KIND_BACKBONE, METHODS, MODALITY_ORDER, PET_ONLY_METHODS
 
@@ -61,6 +64,24 @@ class AdaptationSetup:
     def base_reference(self) -> dict[str, str]:
         """``base_run`` (absolute) and ``base_sha256`` for the run's metadata."""
         return {"base_run": str(self.base_run.resolve()), "base_sha256": self.base.meta["sha256"]}
+
+
+def run_reference(run_dir: str | Path, meta: dict[str, Any]) -> dict[str, str]:
+    """The run another trains from, as a checkpoint records it for ``--resume`` to compare: its folder (shown) and
+    the checksum of its weights (compared: a moved run with the same weights is the same run): ``model.json``'s
+    ``sha256`` or ``weights_sha256``, else the checksum of that ``model.json`` (which records the weights')."""
+    digest = meta.get("sha256") or meta.get("weights_sha256") or sha256_file(Path(run_dir) / MODEL_META)
+    return {"run": str(Path(run_dir).resolve()), "sha256": str(digest)}
+
+
+def record_resume_settings(task: TrainingTask, method: str, run_dir: str | Path, meta: dict[str, Any],
+                           label: str = "base") -> None:
+    """Add to ``task.settings`` what determines an adapted run's weights besides its config: the method, the run it
+    starts from (``label``: ``base``, or ``model`` for an update) by weights checksum, and the adapter settings
+    of a model that has them (:meth:`AdapterConfig.resume_settings`)."""
+    adapter = getattr(unwrap_model(task.model), "config", None)
+    task.settings.update({"method": method, label: run_reference(run_dir, meta),
+                          **(adapter.resume_settings() if isinstance(adapter, AdapterConfig) else {})})
 
 
 def prepare_adaptation(base_run: str | Path, cfg: RunConfig, out_dir: str | Path,
@@ -172,6 +193,7 @@ def adapt(base_run: str | Path, cfg: RunConfig, out_dir: str | Path, method: str
                          f"other than pet (method {spec.name} adds pet only)")
     setup = prepare_adaptation(base_run, cfg, out_dir, split, added_modality)
     task = spec.build(setup, adapter_cfg)
+    record_resume_settings(task, spec.name, setup.base_run, setup.base.meta)
     summary = train_task(task, setup.cfg, setup.train_cases, setup.val_cases, out_dir, resume=resume,
                          progress=progress, meta=setup.meta)
     if spec.finish is not None and is_main_process():

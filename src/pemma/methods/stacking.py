@@ -24,7 +24,7 @@ from pemma.config import RunConfig
 from pemma.data.layout import CaseSplit
 from pemma.errors import PemmaError
 from pemma.io_utils import copy_tensors_into, load_tensors, save_tensors, sha256_file
-from pemma.methods.adaptation import AdaptationSetup, select_channels
+from pemma.methods.adaptation import AdaptationSetup, record_resume_settings, select_channels
 from pemma.methods.loading import load_model
 from pemma.methods.pemma import dropout_seed
 from pemma.methods.registry import RunKind, register_kind
@@ -141,6 +141,7 @@ def adapt_stacked(base_run: str | Path, cfg: RunConfig, out_dir: str | Path, met
                          f"(--method pemma_{recorded}), not {PEMMA_METHODS[name]}")
     setup = prepare_stacking(base_run, cfg, out_dir, added_modality, split)
     task = stack_task(setup, PEMMA_METHODS[name], adapter_cfg)
+    record_resume_settings(task, name, setup.base_run, setup.base.meta)
     return train_task(task, setup.cfg, setup.train_cases, setup.val_cases, out_dir, resume=resume,
                       progress=progress, meta=setup.meta)
 

@@ -20,6 +20,7 @@ from torch import nn
 from pemma.config import RunConfig
 from pemma.data.layout import CaseSplit
 from pemma.errors import PemmaError
+from pemma.methods.adaptation import record_resume_settings
 from pemma.methods.loading import load_model
 from pemma.methods.registry import get_kind
 from pemma.models.accounting import count_parameters
@@ -114,6 +115,7 @@ def update(model_run: str | Path, cfg: RunConfig, modalities: list[str], out_dir
                               data=dataclasses.replace(cfg.data, modalities=list(mods)))
     train_cases, val_cases = split or select_split(cfg, list(mods))
     task = kind.update(loaded, model_run, mods, cfg)
+    record_resume_settings(task, f"update of {loaded.kind}", model_run, loaded.meta, label="model")
     return train_task(task, cfg, train_cases, val_cases, out_dir, resume=resume, progress=progress,
                       meta={"train_cases": [c.case_id for c in train_cases],
                             "val_cases": [c.case_id for c in val_cases]})

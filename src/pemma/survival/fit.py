@@ -17,15 +17,29 @@ import numpy as np
 import torch
 
 from pemma.config import RunConfig
+from pemma.runs import STATE_FILE, load_state
 from pemma.runtime import DistInfo, barrier
 from pemma.survival.config import SurvivalConfig
 from pemma.survival.data import CaseImages, Split
 from pemma.survival.model import PrognosisModel
 from pemma.survival.probe import probe_parameters, select_penalty, solve_head, weight_penalty
 from pemma.training.engine import Engine, StepFn
+from pemma.training.loop import RECORD_KEY, config_settings, refuse_other_settings
 
 #: columns of a prognosis stage's ``metrics.csv``
 METRIC_FIELDS = ("step", "epoch", "loss", "events", "lr", "seconds")
+#: :class:`SurvivalConfig` fields a stage's checkpoint does not record for ``--resume``: the adapters' own settings
+#: are recorded as the stage's effective adapter config (``lineage``), which may be the previous stage's
+UNRECORDED_SETTINGS = ("method", "rank", "alpha")
+
+
+def resume_record(cfg: RunConfig, settings: SurvivalConfig, lineage: dict[str, Any] | None) -> dict[str, Any]:
+    """``{label: value}`` of what determines a stage's trained weights, saved with its checkpoint (a stage writes no
+    ``config.yaml`` before it ends) and compared on ``--resume``: the config's
+    :data:`~pemma.training.loop.RESUME_SETTINGS`, the stage's settings and ``lineage`` (base / parent run by weights
+    checksum, adapter settings, tables). Free to change: ``train.device``, ``checkpoint_every``, progress."""
+    own = {k: v for k, v in settings.to_dict().items() if k not in UNRECORDED_SETTINGS}
+    return {**config_settings(cfg), **own, **(lineage or {})}
 
 
 #: pooled features already computed in this process: (encoder weights, input set, case crop) -> (D,) tensor. A stage
@@ -107,7 +121,8 @@ def _step_fn(model: PrognosisModel, inputs: torch.Tensor, clin: torch.Tensor | N
 
 
 def fit(model: PrognosisModel, train: Split, cfg: RunConfig, device: torch.device, out_dir: Path,
-        log: Any, settings: SurvivalConfig, *, dist: DistInfo | None = None, resume: bool = False) -> dict[str, Any]:
+        log: Any, settings: SurvivalConfig, *, dist: DistInfo | None = None, resume: bool = False,
+        lineage: dict[str, Any] | None = None) -> dict[str, Any]:
     """Fit the trainable parameters of ``model`` on ``train``: the head solved on the frozen features, then (when
     the encoder trains) the Engine's steps; the latter append to ``metrics.csv`` and checkpoint every
     ``train.checkpoint_every`` steps.
@@ -128,13 +143,19 @@ def fit(model: PrognosisModel, train: Split, cfg: RunConfig, device: torch.devic
     (one process's work repeated; the main process writes); when the encoder trains, DDP wraps the model and each
     process takes its own batch of ``train.batch_size`` cases per step (``ceil(cases / (batch_size x
     processes))`` steps per epoch). ``resume`` continues the encoder steps from ``out_dir/checkpoint.pt``
-    (weights, optimiser, schedule, step, RNG), so the final weights equal an uninterrupted run's.
+    (weights, optimiser, schedule, step, RNG), so the final weights equal an uninterrupted run's. The checkpoint
+    records :func:`resume_record` (``lineage``: what the stage starts from, see there); a ``resume`` with other
+    settings is refused before anything is computed.
 
     Returns:
         ``steps`` (optimiser steps), ``probe_iterations``, ``loss``, ``seconds``, ``l2`` (the penalty used) and
         ``l2_cv`` (``[{l2, c_index}]`` of the grid; empty when ``l2`` was given).
     """
     tc, dist = cfg.train, dist or DistInfo()
+    record = resume_record(cfg, settings, lineage)
+    checkpoint = load_state(out_dir) if resume and (out_dir / STATE_FILE).is_file() else None
+    if checkpoint is not None and isinstance(checkpoint.get(RECORD_KEY), dict):
+        refuse_other_settings(out_dir, checkpoint[RECORD_KEY], record)
     encoder_trains = any(p.requires_grad for n, p in model.named_parameters() if n.startswith("encoder."))
     started = time.time()
     feats = features_of(model, train.images, tc.batch_size, device)
@@ -167,7 +188,8 @@ def fit(model: PrognosisModel, train: Split, cfg: RunConfig, device: torch.devic
     log.info(f"training {total} steps on {n} cases (batches of {tc.batch_size} through the encoder)")
     if dist.enabled:
         log.info(f"DistributedDataParallel over {dist.world_size} processes, a batch each")
-    extra = engine.begin(out_dir, resume, tc.seed, METRIC_FIELDS)
+    extra = engine.begin(out_dir, resume, tc.seed, METRIC_FIELDS, checkpoint=checkpoint)
+    del checkpoint
     value = math.nan
     if extra is not None:
         value = float(extra.get("loss", math.nan))
@@ -188,7 +210,7 @@ def fit(model: PrognosisModel, train: Split, cfg: RunConfig, device: torch.devic
         if step % max(1, total // 5) == 0 or step == total:
             log.info(f"step {step}/{total} epoch {epoch}: loss {value:.4f}")
         if step % tc.checkpoint_every == 0 or step == total:
-            engine.save(out_dir, loss=value)
+            engine.save(out_dir, loss=value, **{RECORD_KEY: record})
     engine.finish()
     barrier(dist)
     model.eval()

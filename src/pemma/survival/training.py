@@ -170,11 +170,14 @@ def _train_survival(base_run: Path, cfg: RunConfig, out_dir: Path, settings: Sur
     log.info(f"stage {stage_name(modalities, False)}: {head} head on {base.config.model.backbone} features "
              f"(D={model.feature_dim}){f', MTLR bins {list(bins.boundaries)}' if bins else ''}; trainable "
              f"parameters {params['trainable']:,} of {params['total']:,}")
-    fitted = fit(model, train, cfg, device, out, log, settings, dist=dist, resume=resume)
+    base_sha256 = sha256_file(base_run / MODEL_FILE)
+    lineage = {"base": {"run": str(base_run.resolve()), "sha256": base_sha256},
+               "endpoints": str(tables.endpoint_path)}
+    fitted = fit(model, train, cfg, device, out, log, settings, dist=dist, resume=resume, lineage=lineage)
     meta = {"modalities": list(modalities), "ehr": False, "head": head, "l2": fitted["l2"], "l2_cv": fitted["l2_cv"],
             "time_bins": list(bins.boundaries) if bins else None, "backbone": base.config.model.backbone,
             "feature_dim": model.feature_dim, "base_run": str(base_run.resolve()),
-            "base_sha256": sha256_file(base_run / MODEL_FILE), "adapter_config": None, "clinical_encoder": None,
+            "base_sha256": base_sha256, "adapter_config": None, "clinical_encoder": None,
             "parent": None, "settings": settings.to_dict()}
     return _finish(model, cfg, train, val, out, meta, [], log, device, fitted, params, dist)
 
@@ -294,7 +297,15 @@ def _adapt_survival(model_run: Path, cfg: RunConfig, out_dir: Path, settings: Su
              f"{params['trainable']:,} of {params['total']:,} ("
              + ", ".join(f"{k.split(':', 1)[1]} {v:,}" for k, v in params.items() if k.startswith("trainable:"))
              + ")")
-    fitted = fit(model, train, cfg, device, out, log, settings, dist=dist, resume=resume)
+    init = None if init_adapters is None else {"run": str(Path(init_adapters).resolve()),
+                                               "sha256": read_adapter_config(init_adapters)["weights_sha256"]}
+    lineage = {"parent": {"run": str(model_run.resolve()), "sha256": prev.meta["weights_sha256"]},
+               "base": {"run": str(prev.meta["base_run"]), "sha256": prev.meta["base_sha256"]},
+               **adapter_cfg.resume_settings(), "init_adapters": init,
+               "endpoints": str(tables.endpoint_path),
+               "clinical": str(tables.clinical_path) if ehr else None,
+               "clinical_columns": dataclasses.asdict(clinical_config or ClinicalConfig()) if add_ehr else None}
+    fitted = fit(model, train, cfg, device, out, log, settings, dist=dist, resume=resume, lineage=lineage)
     meta = {**{k: prev.meta[k] for k in ("head", "time_bins", "backbone", "feature_dim", "base_run", "base_sha256")},
             "modalities": list(modalities), "ehr": ehr, "l2": fitted["l2"], "l2_cv": fitted["l2_cv"],
             "settings": settings.to_dict(),

@@ -8,7 +8,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,8 @@ from pemma.runtime import DistInfo, agree_on_failure, barrier, run_logger
 from pemma.training.engine import Engine, StepFn, process_group, trainable_state
 from pemma.vocab import BACKBONES
 
-__all__ = ["SegmentationTraining", "TrainingTask", "dice_ce_loss", "segmentation_engine", "segmentation_step",
+__all__ = ["RECORD_KEY", "RESUME_SETTINGS", "SegmentationTraining", "TrainingTask", "check_resume_settings",
+           "config_settings", "dice_ce_loss", "refuse_other_settings", "segmentation_engine", "segmentation_step",
            "train_task", "trainable_state", "validate"]
 
 ForwardFn = Callable[[nn.Module, torch.Tensor, int], torch.Tensor]
@@ -51,6 +52,9 @@ class TrainingTask:
         save: ``(module, run_dir, meta)`` writes the final artifacts (called for the best weights).
         describe: extra lines for the run log (trainable parameters, adapters).
         find_unused_parameters: DDP flag, True when some steps skip part of the model.
+        settings: ``{label: value}`` of what else determines the trained weights besides the run config (method,
+            adapter settings, the base / parent run by weights checksum): recorded in the checkpoint, and a
+            ``--resume`` with other values is refused (:func:`check_resume_settings`).
     """
 
     model: nn.Module
@@ -60,6 +64,7 @@ class TrainingTask:
     save: Callable[[nn.Module, Path, dict[str, Any]], None]
     describe: list[str]
     find_unused_parameters: bool = False
+    settings: dict[str, Any] = field(default_factory=dict)
 
 
 def mark_complete(run_dir: Path) -> None:
@@ -124,7 +129,7 @@ def train_task(task: TrainingTask, cfg: RunConfig, train_cases: list[CaseRecord]
         summary dict (steps, best_dsc, best_step, seconds).
     """
     meta = dict(meta or {})
-    checkpoint = check_resume_settings(Path(out_dir), cfg) if resume else None
+    checkpoint = check_resume_settings(Path(out_dir), cfg, task.settings) if resume else None
     good, report = preflight([*train_cases, *val_cases], task.modalities, cfg.data.exclude_bad_cases,
                              source=cfg.data.root)
     if not report.ok:  # --exclude-bad-cases: leave them out, and say so in the run
@@ -142,41 +147,91 @@ def train_task(task: TrainingTask, cfg: RunConfig, train_cases: list[CaseRecord]
         return training.run(train_cases, val_cases, resume)
 
 
-#: settings a resumed run must share with its checkpoint, per config section (None: the whole section)
+#: settings a resumed run must share with its checkpoint, per config section (None: the whole section). Deliberately
+#: left out, free to change on ``--resume`` (how the run is carried out, not what trains): train.val_every, overlap,
+#: sw_batch_size (validation only), checkpoint_every, device and amp (a run may continue on another machine),
+#: data.cache_dir / memory_cache_share (caching), exclude_bad_cases (a bad case fails the data check without it),
+#: model.gradient_checkpointing (recomputation, same weights), and the progress bars.
 RESUME_SETTINGS: dict[str, tuple[str, ...] | None] = {
     "model": ("backbone", "roi_size", "out_channels", *BACKBONES), "preprocess": None,  # each backbone's sizes
-    "data": ("centres", "modalities", "val_fraction"),
+    "data": ("root", "centres", "modalities", "val_fraction", "roi_names"),
     "train": ("seed", "epochs", "max_steps", "batch_size", "samples_per_case", "lr", "weight_decay", "label_ratios",
               "dice_batch", "dice_background", "class_weights"),
 }
+#: the checkpoint entry recording ``{label: value}`` of the settings outside ``config.yaml`` that determine the
+#: trained weights (:attr:`TrainingTask.settings`; a prognosis stage records its config there too)
+RECORD_KEY = "settings"
 
 
-def check_resume_settings(out_dir: Path, cfg: RunConfig) -> dict[str, Any] | None:
-    """``--resume`` must use the settings the checkpoint was trained with (else ``config.yaml`` would record
-    settings the weights never saw).
+def config_settings(cfg: RunConfig) -> dict[str, Any]:
+    """``{"section.key": value}`` of ``cfg``'s :data:`RESUME_SETTINGS`: the centres upper-case and sorted (another
+    order or case names the same cases), the data root resolved (a dataset is identified by its folder or
+    datalist)."""
+    raw = cfg.to_dict()
+    out = {f"{section}.{key}": raw[section].get(key)
+           for section, keys in RESUME_SETTINGS.items() for key in (keys or raw[section])}
+    if out.get("data.centres"):
+        out["data.centres"] = sorted(str(c).upper() for c in out["data.centres"])
+    if out.get("data.root"):
+        out["data.root"] = str(Path(out["data.root"]).resolve())
+    return out
+
+
+def _same(old: Any, new: Any) -> bool:
+    """A run reference (``{"run", "sha256"}``) is the same run by its weights checksum (a moved run is still it)."""
+    if isinstance(old, dict) and isinstance(new, dict) and "sha256" in old and "sha256" in new:
+        return old["sha256"] == new["sha256"]
+    if isinstance(old, (list, tuple)) and isinstance(new, (list, tuple)):
+        return len(old) == len(new) and all(_same(a, b) for a, b in zip(old, new, strict=True))
+    return bool(old == new)
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, dict) and "run" in value:
+        return str(value["run"])
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_shown(v) for v in value) + "]"
+    return str(value)
+
+
+def refuse_other_settings(out_dir: Path, recorded: dict[str, Any], current: dict[str, Any]) -> None:
+    """Refuse a ``--resume`` whose settings differ from those the interrupted run ``recorded`` (``{label: value}``).
+    Only what was recorded is compared: a checkpoint of an older pemma resumes on the settings it has.
+
+    Raises:
+        PemmaError: one line naming each differing setting, old → new.
+    """
+    diffs = [f"{key} {_shown(old)} → {_shown(current[key])}" for key, old in recorded.items()
+             if key in current and not _same(old, current[key])]
+    if diffs:
+        raise PemmaError(f"{out_dir}: --resume with other settings than the interrupted run: {', '.join(diffs)}; "
+                         "rerun with the same flags, or --force to start over")
+
+
+def check_resume_settings(out_dir: Path, cfg: RunConfig, settings: dict[str, Any] | None = None
+                          ) -> dict[str, Any] | None:
+    """``--resume`` must use the settings the checkpoint was trained with (else ``config.yaml`` and ``model.json``
+    would record settings the weights never saw): ``cfg``'s :data:`RESUME_SETTINGS` against the run's
+    ``config.yaml``, and ``settings`` (:attr:`TrainingTask.settings`) against what the checkpoint recorded
+    (:data:`RECORD_KEY`; a checkpoint without it: the config alone).
 
     Returns:
         the checkpoint, read here to report a truncated or corrupt one first, for the engine to restore without
         reading it again (None: no config or no checkpoint in ``out_dir``, nothing compared).
 
     Raises:
-        PemmaError: a truncated or corrupt checkpoint; else naming the run and the first differing settings.
+        PemmaError: a truncated or corrupt checkpoint; else naming the run and each differing setting.
     """
     path = out_dir / CONFIG_FILE
     if not (path.is_file() and (out_dir / STATE_FILE).is_file()):
         return None
     checkpoint = load_state(out_dir)  # a truncated or corrupt checkpoint is the first thing to report
-    old, new = RunConfig.load(path).to_dict(), cfg.to_dict()
-    for raw in (old, new):  # the same centres in another order or case are the same cases
-        if raw["data"].get("centres"):
-            raw["data"]["centres"] = sorted(str(c).upper() for c in raw["data"]["centres"])
-    diffs = [f"{section}.{key} {old[section].get(key)!r} -> {new[section].get(key)!r}"
-             for section, keys in RESUME_SETTINGS.items() for key in (keys or new[section])
-             if old[section].get(key) != new[section].get(key)]
-    if diffs:
-        raise PemmaError(f"{out_dir}: --resume with other settings than its checkpoint's ({'; '.join(diffs[:3])}"
-                         f"{'; ...' if len(diffs) > 3 else ''}); resume with the run's settings (its {CONFIG_FILE}) or "
-                         "start a new run")
+    recorded = checkpoint.get(RECORD_KEY)
+    refuse_other_settings(out_dir, {**config_settings(RunConfig.load(path)),
+                                    **(recorded if isinstance(recorded, dict) else {})},
+                          {**config_settings(cfg), **(settings or {})})
     return checkpoint
 
 
@@ -280,7 +335,8 @@ class SegmentationTraining:
                 if dist.is_main and (step == total or (last_of_epoch and (epoch + 1) % tc.val_every == 0)):
                     self.validate_and_log(epoch, loss_value)
                 if step % tc.checkpoint_every == 0 or step == total:
-                    engine.save(self.out_dir, best=self.best, best_step=self.best_step)
+                    engine.save(self.out_dir, best=self.best, best_step=self.best_step,
+                                **{RECORD_KEY: self.task.settings})
                 barrier(dist)
                 if step >= total:
                     break
