@@ -78,3 +78,17 @@ def test_model_free_equals_model_based(phantom: Path, tmp_path: Path) -> None:
     trained = json.loads((run / "model.json").read_text())["train_cases"]
     scored = json.loads((tmp_path / "eval" / "metrics_ct_train.json").read_text())["cases"]
     assert sorted(c["case_id"] for c in scored) == sorted(trained)
+
+
+def test_a_models_training_cases_are_known_under_either_id_spelling() -> None:
+    """An nnU-Net copy of a HECKTOR folder spells MDA-000 as MDA_000: --split unseen scored the model's own training
+    cases there (and the training-case warning stayed silent)."""
+    from pemma.api.inference import _split_cases
+    from pemma.data.case import CaseRecord, patient_key
+
+    assert patient_key("MDA_000") == patient_key("mda-000") == patient_key(" MDA-000") == "MDA-000"
+    cases = [CaseRecord(cid, "MDA", {"ct": "x"}) for cid in ("MDA_000", "MDA_001", "MDA_002")]
+    meta = {"train_cases": ["MDA-000"], "val_cases": ["MDA-001"]}
+    assert [c.case_id for c in _split_cases(cases, meta, "unseen", "nnraw")] == ["MDA_002"]
+    assert [c.case_id for c in _split_cases(cases, meta, "train", "nnraw")] == ["MDA_000"]
+    assert [c.case_id for c in _split_cases(cases, meta, "val", "nnraw")] == ["MDA_001"]

@@ -170,6 +170,7 @@ def evaluate(model: RunLike | None = None, data: str | os.PathLike | None = None
     """
     import warnings
 
+    from pemma.data.case import patient_key
     from pemma.data.layout import discover_cases, select_cases
     from pemma.evaluation.evaluate import evaluate_model, evaluate_predictions, write_report
 
@@ -192,8 +193,8 @@ def evaluate(model: RunLike | None = None, data: str | os.PathLike | None = None
         cases = select_cases(discover_cases(source, specs, roi_names), centres=name_list(centres) or [],
                              modalities=chosen, require_label=True, source=source)
         cases = _split_cases(cases, loaded.meta, split, path_of(model))
-        trained = set(loaded.meta.get("train_cases") or [])
-        seen = [c.case_id for c in cases if c.case_id in trained]
+        trained = {patient_key(i) for i in loaded.meta.get("train_cases") or []}  # CHUM-001 is CHUM_001
+        seen = [c.case_id for c in cases if patient_key(c.case_id) in trained]
         if seen and split != "train":  # asked for: no warning
             listed = ", ".join(seen[:5]) + (", ..." if len(seen) > 5 else "")
             warnings.warn(f"{len(seen)} of {len(cases)} evaluated cases were training cases of {path_of(model)} "
@@ -213,13 +214,17 @@ SPLITS = ("all", "unseen", "val", "train")
 
 
 def _split_cases(cases: list, meta: dict[str, Any], split: str, source: str | None) -> list:
+    """The cases of ``split`` among ``cases``, a model's training / validation cases recognised under either
+    spelling of their IDs (:func:`pemma.data.case.patient_key`)."""
+    from pemma.data.case import patient_key
+
     if split not in SPLITS:
         raise PemmaError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
     if split == "all":
         return cases
-    train, val = set(meta.get("train_cases") or []), set(meta.get("val_cases") or [])
-    keep = {"unseen": lambda c: c.case_id not in train | val, "val": lambda c: c.case_id in val,
-            "train": lambda c: c.case_id in train}[split]
+    train, val = ({patient_key(i) for i in meta.get(key) or []} for key in ("train_cases", "val_cases"))
+    keep = {"unseen": lambda c: patient_key(c.case_id) not in train | val,
+            "val": lambda c: patient_key(c.case_id) in val, "train": lambda c: patient_key(c.case_id) in train}[split]
     chosen = [c for c in cases if keep(c)]
     if not chosen:
         raise PemmaError(f"{source}: no {split} cases of this model among the selected cases")

@@ -35,6 +35,13 @@ class CaseRecord:
 CaseSplit = tuple[list[CaseRecord], list[CaseRecord]]
 
 
+def patient_key(case_id: str) -> str:
+    """A case ID with its separators and case unified (``CHUM_001``, ``chum-001`` -> ``CHUM-001``): HECKTOR's folders
+    spell an ID with ``-``, nnU-Net copies of them with ``_``, and both name the same patient (so a model's
+    training cases are recognised under either spelling)."""
+    return re.sub(r"[-_\s]+", "-", case_id.strip()).upper()
+
+
 def centre_of(case_id: str) -> str:
     """Centre from a case ID: a known HECKTOR centre token, else the prefix before ``-`` or ``_``."""
     tokens = re.split(r"[-_]", case_id)
