@@ -107,6 +107,22 @@ def test_out_inside_a_run_that_is_read_is_refused(finished: Path, phantom: Path,
         pemma.update(model, phantom, "pet", finished, centres="MDA", force=True, **SMALL)
 
 
+def test_runs_inside_runs_are_refused_and_never_deleted_by_force(finished: Path, tmp_path: Path) -> None:
+    """An --out inside another run was accepted, and a later --force of the outer run deleted it with its files."""
+    outer = tmp_path / "outer"
+    shutil.copytree(finished, outer)
+    with pytest.raises(PemmaError, match=rf"outer/sub: inside the run folder {outer}"):
+        with new_run_folder(outer / "sub"):
+            pass
+    assert not (outer / "sub").exists()
+    inner = outer / "evaluation" / "sub"  # a run put there by hand (or by an earlier pemma)
+    shutil.copytree(finished, inner)
+    with pytest.raises(PemmaError, match=rf"outer: --force would delete the run {inner} inside it"):
+        with new_run_folder(outer, force=True):
+            pass
+    assert (inner / MODEL_META).is_file() and (outer / MODEL_META).is_file()
+
+
 def test_out_over_the_dataset_or_holding_a_read_run_is_refused(finished: Path, phantom: Path,
                                                                 tmp_path: Path) -> None:
     """A run written into the dataset folder (or a folder holding a run it reads) would be deleted with its cases

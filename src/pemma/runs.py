@@ -304,6 +304,11 @@ def _first_missing(path: Path) -> Path | None:
     return missing
 
 
+def _is_run(folder: Path) -> bool:
+    """Whether ``folder`` is a run folder: finished (``model.json`` / ``survival.json``) or interrupted."""
+    return finished_meta(folder) is not None or (folder / STATE_FILE).is_file()
+
+
 @contextlib.contextmanager
 def new_run_folder(out: str | os.PathLike, *, force: bool = False, resume: bool = False,
                    reads: Iterable[str | os.PathLike | None] = (),
@@ -311,7 +316,9 @@ def new_run_folder(out: str | os.PathLike, *, force: bool = False, resume: bool 
     """Open ``out`` for a training command and yield the folder to write the run into.
 
     * ``out`` equal to, inside or holding a run in ``reads`` (the base / model runs the command reads), equal to
-      or holding a dataset in ``data``, or an existing file, is an error (:func:`check_out_of_reads`).
+      or holding a dataset in ``data``, or an existing file, is an error (:func:`check_out_of_reads`); so is an
+      ``out`` inside any run folder (a ``--force`` of that run would delete it with its own files), and a
+      ``force`` that would delete a run inside ``out``.
     * A finished run in ``out`` (``model.json`` / ``survival.json``) is an error unless ``force`` or ``resume``.
       With ``force`` the new run is written into a hidden sibling (``.<out>.pemma-new``) that replaces ``out``
       only when the command succeeds: a failed forced run leaves the old run exactly as it was. With
@@ -348,6 +355,10 @@ def new_run_folder(out: str | os.PathLike, *, force: bool = False, resume: bool 
     check_out_of_reads(target, reads, data)
     if target.exists() and not target.is_dir():
         raise PemmaError(f"{target}: exists and is not a folder; choose another --out")
+    container = next((p for p in target.absolute().parents if _is_run(p)), None)
+    if container is not None:
+        raise PemmaError(f"{target}: inside the run folder {container}; a --force of that run would delete this one "
+                         "with it: choose an --out outside it")
     main = _is_main_process()
     created = _first_missing(target.absolute())  # before the lock file's folder is made
     with run_folder_lock(target) if main else contextlib.nullcontext():
@@ -373,6 +384,10 @@ def _open_run_folder(target: Path, main: bool, created: Path | None, *, force: b
         if not force:
             raise PemmaError(f"{target}: holds a finished run ({meta_file.name}); pass --force to replace it "
                              "(force=True in the API), or choose another --out")
+        nested = next((p.parent for name in META_FILES for p in sorted(target.glob(f"*/**/{name}"))), None)
+        if nested is not None:
+            raise PemmaError(f"{target}: --force would delete the run {nested} inside it with the old run; move it "
+                             "out first")
         with _replacing(target, main) as fresh:
             yield fresh
         return
