@@ -46,7 +46,23 @@ def test_a_missing_or_off_grid_prediction_is_one_line(phantom: Path, tmp_path: P
     label = nib.load(str(phantom / "labelsTr" / "MDA-000.nii.gz"))
     save_nifti(np.asanyarray(label.dataobj)[::2], label.affine, preds / "MDA-000.nii.gz", dtype=np.uint8)
     code, _, err = _run(["evaluate", "--pred", str(preds), "--data", str(phantom), "--centres", "MDA"])
-    assert code == 2 and "prediction of case MDA-000 is not on its CT grid" in err
+    assert code == 2 and "prediction of case MDA-000 is not on its CT grid (shape (24, 48, 32) vs (48, 48, 32)" in err
+    # the same shape elsewhere: the message says what differs (it printed two equal shapes)
+    moved = label.affine.copy()
+    moved[:3, 3] += [6.0, 8.0, 0.0]
+    save_nifti(np.asanyarray(label.dataobj), moved, preds / "MDA-000.nii.gz", dtype=np.uint8)
+    code, _, err = _run(["evaluate", "--pred", str(preds), "--data", str(phantom), "--centres", "MDA"])
+    assert code == 2 and "not on its CT grid (origin 10.0 mm apart, prediction vs CT)" in err
+    flipped = label.affine @ np.diag([-1.0, 1.0, 1.0, 1.0])
+    save_nifti(np.asanyarray(label.dataobj), flipped, preds / "MDA-000.nii.gz", dtype=np.uint8)
+    code, _, err = _run(["evaluate", "--pred", str(preds), "--data", str(phantom), "--centres", "MDA"])
+    assert code == 2 and "orientation" in err and "origin" not in err
+    # the CT's own grid stored in another orientation (x reversed, the affine adjusted): the same voxels, scored
+    nib.save(label.as_reoriented([[0, -1], [1, 1], [2, 1]]), preds / "MDA-000.nii.gz")
+    shutil.copy(phantom / "labelsTr" / "MDA-001.nii.gz", preds / "MDA-001.nii.gz")
+    code, _, err = _run(["evaluate", "--pred", str(preds), "--data", str(phantom), "--centres", "MDA"])
+    report = json.loads((preds / "evaluation" / "metrics_predictions.json").read_text())
+    assert code == 0 and report["DSCagg"]["GTVp"] == 1.0, err
     with pytest.raises(SystemExit):  # argparse: --model or --pred is required
         _run(["evaluate", "--data", str(phantom)])
 

@@ -182,6 +182,31 @@ def load_nifti(path: str | os.PathLike, *, what: str = "image", voxels: bool = T
     return img
 
 
+def grid_difference(image: nib.Nifti1Image, reference: nib.Nifti1Image, atol: float = 1e-3) -> str | None:
+    """What differs between two images' voxel grids, for an error message (None: the same grid to ``atol`` mm).
+
+    Example: ``"origin 10.0 mm apart; orientation RAS vs LPS"`` (shape ``(i, j, k) vs (...)``, spacing in mm, the
+    origin's distance, the axis codes of :func:`nibabel.aff2axcodes`, or "direction" for an oblique rotation).
+    """
+    shape, ref_shape = tuple(image.shape[:3]), tuple(reference.shape[:3])
+    a, b = np.asarray(image.affine, dtype=np.float64), np.asarray(reference.affine, dtype=np.float64)
+    if shape == ref_shape and np.allclose(a, b, atol=atol):
+        return None
+    parts = [f"shape {shape} vs {ref_shape}"] if shape != ref_shape else []
+    spacing, ref_spacing = np.linalg.norm(a[:3, :3], axis=0), np.linalg.norm(b[:3, :3], axis=0)
+    if not np.allclose(spacing, ref_spacing, atol=atol):
+        parts.append(f"spacing {tuple(round(float(s), 3) for s in spacing)} vs "
+                     f"{tuple(round(float(s), 3) for s in ref_spacing)} mm")
+    codes, ref_codes = "".join(nib.aff2axcodes(a)), "".join(nib.aff2axcodes(b))
+    if codes != ref_codes:
+        parts.append(f"orientation {codes} vs {ref_codes}")
+    elif not np.allclose(a[:3, :3] / spacing, b[:3, :3] / ref_spacing, atol=1e-4):
+        parts.append("direction (a rotation) differs")
+    if not np.allclose(a[:3, 3], b[:3, 3], atol=atol):
+        parts.append(f"origin {float(np.linalg.norm(a[:3, 3] - b[:3, 3])):.1f} mm apart")
+    return "; ".join(parts) or "affine differs"
+
+
 def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
     """Hex SHA-256 of a file's bytes (raises PemmaError naming the file when it cannot be read)."""
     digest = hashlib.sha256()

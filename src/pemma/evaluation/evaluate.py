@@ -24,7 +24,7 @@ from pemma.errors import PemmaError
 from pemma.evaluation.metrics import CLASS_NAMES, AggregatedDice, case_counts, case_metrics, summarize
 from pemma.inference.predict import WindowSettings, predict_case
 from pemma.inference.prediction_cache import PredictionCache
-from pemma.io_utils import IMAGE_ENDINGS, load_nifti, save_nifti, write_text_atomic
+from pemma.io_utils import IMAGE_ENDINGS, grid_difference, load_nifti, save_nifti, write_text_atomic
 from pemma.models.loaded import LoadedModel
 from pemma.vocab import LABEL_VALUES, LABELS, PRED_NUMBERINGS
 
@@ -145,18 +145,21 @@ def evaluate_predictions(pred_dir: str | Path, cases: Sequence[CaseRecord], prog
         if path is None:
             raise PemmaError(f"{pred_dir}: no prediction for case {case.case_id} (expected {case.case_id}.nii.gz)")
         ref = load_nifti(path, what=f"prediction of case {case.case_id}")
+        ct = case.images.get("ct")
+        ct_img = load_nifti(ct, what=f"CT of case {case.case_id}", voxels=False) if ct is not None else None
+        if ct_img is not None:
+            ref = _onto_ct_axes(ref, ct_img)
         pred = np.asanyarray(ref.dataobj).reshape(ref.shape[:3])
         if numbering == "dataset" and case.label_map is not None:
             pred = to_pemma_labels(pred, case.label_map, str(path), case.case_id)
         bad = sorted(set(np.unique(pred).tolist()) - set(LABEL_VALUES))
         if bad:
             raise PemmaError(f"{path}: prediction of case {case.case_id} has values {bad[:5]} outside {{0, 1, 2}}")
-        ct = case.images.get("ct")
-        if ct is not None:
-            ct_img = load_nifti(ct, what=f"CT of case {case.case_id}", voxels=False)  # its geometry only
-            if ct_img.shape[:3] != ref.shape[:3] or not np.allclose(ct_img.affine, ref.affine, atol=1e-3):
-                raise PemmaError(f"{path}: prediction of case {case.case_id} is not on its CT grid "
-                                 f"({ref.shape[:3]} vs CT {ct_img.shape[:3]}); HECKTOR scores on the CT grid")
+        if ct_img is not None:  # its geometry only
+            differs = grid_difference(ref, ct_img)
+            if differs is not None:
+                raise PemmaError(f"{path}: prediction of case {case.case_id} is not on its CT grid ({differs}, "
+                                 "prediction vs CT); HECKTOR scores on the CT grid")
         pred = np.rint(pred).astype(np.uint8)
         label = label_on_grid(case, ref)
         row, counts[case.case_id] = score_case(case, pred, label, ref)
@@ -164,6 +167,17 @@ def evaluate_predictions(pred_dir: str | Path, cases: Sequence[CaseRecord], prog
         rows.append(row)
     return {"inputs": "predictions", "n_cases": len(rows), "DSCagg": agg.compute(), "mean_case": summarize(rows),
             "cases": rows, "counts": counts, "hd95_policy": HD95_POLICY}
+
+
+def _onto_ct_axes(pred: nib.Nifti1Image, ct: nib.Nifti1Image) -> nib.Nifti1Image:
+    """``pred`` with its axes flipped / permuted to the CT's when it is the CT's grid stored in another orientation
+    (e.g. saved as RAS where the CT is LPS): lossless, the same voxels. Otherwise ``pred`` unchanged."""
+    ornt = nib.orientations.ornt_transform(nib.orientations.io_orientation(pred.affine),
+                                           nib.orientations.io_orientation(ct.affine))
+    if np.array_equal(ornt, [[0, 1], [1, 1], [2, 1]]) or len(pred.shape) != 3:
+        return pred
+    turned = pred.as_reoriented(ornt)
+    return turned if grid_difference(turned, ct) is None else pred
 
 
 def json_ready(value: Any) -> Any:
