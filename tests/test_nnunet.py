@@ -5,6 +5,7 @@ tiny-preset warning off the phantom."""
 from __future__ import annotations
 
 import json
+import shutil
 import warnings
 from pathlib import Path
 
@@ -189,6 +190,15 @@ def test_tiny_preset_warns_off_the_phantom(phantom: Path, tmp_path: Path) -> Non
     with pytest.warns(UserWarning, match=r"--preset tiny \(the default: a CPU test model\) on .* which is not pemma's "
                                          r"phantom; real data needs --preset paper"):
         warn_tiny_preset("tiny", run_config("tiny", data=str(tmp_path)))
+    # a real centre beside phantom centres: --centres selecting it warns (the first CT alone was a phantom's)
+    mixed = tmp_path / "mixed"
+    shutil.copytree(phantom, mixed)
+    save_nifti(np.zeros((4, 4, 4), np.int16), np.eye(4), mixed / "imagesTr" / "CHUV-000__CT.nii.gz")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        warn_tiny_preset("tiny", run_config("tiny", data=str(mixed), centres="MDA"))
+    with pytest.warns(UserWarning, match="which is not pemma's phantom"):
+        warn_tiny_preset("tiny", run_config("tiny", data=str(mixed), centres="CHUV"))
 
 
 def test_survival_train_warns_of_the_tiny_preset_off_the_phantom(tmp_path: Path) -> None:

@@ -187,7 +187,8 @@ def data_inputs(cfg: RunConfig) -> list[str]:
 
 def warn_tiny_preset(preset: str, cfg: RunConfig) -> None:
     """Warn (one line) when the ``tiny`` preset, the CPU test model and every training verb's default, trains on
-    data that is not pemma's phantom (its CT headers carry :data:`pemma.data.phantom_marker.PHANTOM_DESCRIP`)."""
+    data that is not pemma's phantom (its CT headers carry :data:`pemma.data.phantom_marker.PHANTOM_DESCRIP`): any
+    CT of the selected centres (``cfg.data.centres``; all when none) without the mark."""
     import warnings
 
     from pemma.data.layout import discover_cases
@@ -197,9 +198,10 @@ def warn_tiny_preset(preset: str, cfg: RunConfig) -> None:
         return
     try:
         cases = discover_cases(cfg.data.root, roi_names=cfg.data.roi_names)  # DICOM: staged once, for the run too
-        first = next((c.images["ct"] for c in cases if "ct" in c.images), None)
     except PemmaError:
         return  # the command itself reports what is wrong with the data
-    if first is not None and not is_phantom_image(first):
+    centres = {str(c).upper() for c in cfg.data.centres or []}
+    cts = (c.images["ct"] for c in cases if "ct" in c.images and (not centres or c.centre.upper() in centres))
+    if any(not is_phantom_image(ct) for ct in cts):
         warnings.warn(f"--preset tiny (the default: a CPU test model) on {cfg.data.root}, which is not pemma's "
                       f"phantom; real data needs --preset paper (or your --config)", UserWarning, stacklevel=3)
