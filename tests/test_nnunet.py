@@ -222,3 +222,18 @@ def test_a_case_in_both_imagesTr_and_imagesTs_is_refused(tmp_path: Path) -> None
     _dataset(tmp_path, {"0": "CT"}, test_cases=("CHUM-001",))
     with pytest.raises(PemmaError, match="case CHUM-001 is in both imagesTr and imagesTs"):
         discover_cases(tmp_path)
+
+
+def test_a_channel_named_as_another_modality_is_shown_in_the_error(tmp_path: Path) -> None:
+    """channel_names {"0": "CT", "1": "MRI"} where 1 is the PET: "no PET file" alone hid that the _0001 file was
+    read (as MR); the error now says what each file was read as."""
+    from pemma.data.check import check_case
+    from pemma.data.layout import select_cases
+
+    _dataset(tmp_path, {"0": "CT", "1": "MRI"})
+    (case,) = discover_cases(tmp_path)
+    with pytest.raises(PemmaError, match=r"case CHUM-001: no PET image in .* \(found: CT CHUM-001_0000.nii.gz, "
+                                         r"MR CHUM-001_0001.nii.gz\)"):
+        select_cases([case], modalities=["ct", "pet"], source=str(tmp_path))
+    problems = check_case(case, ["ct", "pet"], with_label=False)
+    assert any("no PET file (found: CT CHUM-001_0000.nii.gz, MR CHUM-001_0001.nii.gz)" in p for p in problems)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from pemma.modalities import ModalitySpec
 from pemma.vocab import HECKTOR_CENTRES
@@ -33,6 +34,12 @@ class CaseRecord:
 
 #: (training cases, validation cases)
 CaseSplit = tuple[list[CaseRecord], list[CaseRecord]]
+
+
+def found_images(case: CaseRecord) -> str:
+    """``"found: CT MDA_000_0000.nii.gz, MR MDA_000_0001.nii.gz"``: what a case's files were read as, for the error
+    naming a missing modality (an nnU-Net channel named as another modality in ``dataset.json`` shows here)."""
+    return "found: " + (", ".join(f"{m.upper()} {Path(p).name}" for m, p in case.images.items()) or "no image")
 
 
 def patient_key(case_id: str) -> str:

@@ -21,6 +21,7 @@ import nibabel as nib
 import numpy as np
 from tqdm.auto import tqdm
 
+from pemma.data.case import found_images
 from pemma.data.intensity import intensity_problem, intensity_warnings
 from pemma.data.labels import to_pemma_labels
 from pemma.data.layout import CaseRecord
@@ -86,7 +87,7 @@ def check_case(case: CaseRecord, modalities: Sequence[str], with_label: bool = T
     for modality in modalities:
         path = case.images.get(modality)
         if path is None:
-            problems.append(f"case {case.case_id}: no {modality.upper()} file")
+            problems.append(f"case {case.case_id}: no {modality.upper()} file ({found_images(case)})")
             continue
         try:
             images[modality] = load_nifti(path, what=f"{modality.upper()} of case {case.case_id}")
