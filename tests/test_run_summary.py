@@ -19,3 +19,7 @@ def test_train_without_validation_cases_prints_n_a(phantom: Path, tmp_path: Path
                       "--val-fraction", "0", "--max-steps", "1", "--out", str(tmp_path / "run"))
     last = stdout.strip().splitlines()[-1]
     assert last == f"{tmp_path / 'run'}: 1 step, best validation mean DSCagg n/a (no validation score)", last
+    one = tmp_path / "one"  # predict / synth / convert-dicom summaries count the same way ("1 label maps")
+    assert run_main("predict", "--model", str(tmp_path / "run"), "--input",
+                    str(phantom / "imagesTr" / "CHUM-000__CT.nii.gz"), "--out", str(one)).strip().splitlines()[-1] \
+        == f"wrote 1 label map to {one}"

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from pemma.adapters.config import AdapterConfig
-from pemma.cli.options import add_field_flag, add_training_flags, steps_text, training_settings
+from pemma.cli.options import add_field_flag, add_training_flags, counted, training_settings
 from pemma.vocab import BACKBONES, CT_ROUTES, EXPORT_FORMATS, RECIPES, method_choices
 
 
@@ -99,7 +99,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     summary = run.summary
     extra = f", CT logit weight {summary['weight']}" if "weight" in summary else ""
     inputs = "+".join(m.upper() for m in run.meta.get("modalities") or ["ct", args.add_modality])
-    print(f"{args.out}: {steps_text(summary['steps'])}, best validation mean DSCagg ({inputs}) "
+    print(f"{args.out}: {counted(summary['steps'], 'step')}, best validation mean DSCagg ({inputs}) "
           f"{best_dsc_text(summary['best_dsc'])}{extra}")
     return 0
 
@@ -110,7 +110,7 @@ def cmd_update(args: argparse.Namespace) -> int:
 
     run = update(args.model, args.data, args.modalities, args.out, centres=args.centres, base=args.base,
                  ct_route=args.ct_route, recipe=args.recipe, **training_settings(args))
-    print(f"{args.out}: {steps_text(run.summary['steps'])}, best validation mean DSCagg ({args.modalities}) "
+    print(f"{args.out}: {counted(run.summary['steps'], 'step')}, best validation mean DSCagg ({args.modalities}) "
           f"{best_dsc_text(run.summary['best_dsc'])}")
     return 0
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from pemma.cli.options import add_field_flag
+from pemma.cli.options import add_field_flag, counted
 from pemma.config import DataConfig
 from pemma.vocab import REGISTER_MODES
 
@@ -71,5 +71,5 @@ def cmd_convert_dicom(args: argparse.Namespace) -> int:
     from pemma.api import convert_dicom
 
     written = convert_dicom(args.data, args.out, roi_names=args.roi_names, force=args.force)
-    print(f"wrote {len(written)} cases to {args.out}")
+    print(f"wrote {counted(len(written), 'case')} to {args.out}")
     return 0

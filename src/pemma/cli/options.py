@@ -160,6 +160,6 @@ def window_settings(args: argparse.Namespace) -> dict[str, Any]:
     return {name: getattr(args, name) for name in ("roi", "overlap", "sw_batch_size", "device", "amp")}
 
 
-def steps_text(steps: int) -> str:
-    """``"1 step"``, ``"120 steps"``: a training summary's step count."""
-    return f"{steps} step{'' if steps == 1 else 's'}"
+def counted(number: int, noun: str, plural: str | None = None) -> str:
+    """``"1 step"``, ``"120 steps"``, ``"1 label map"``: a count in a CLI summary (``plural`` default noun + s)."""
+    return f"{number} {noun if number == 1 else plural or noun + 's'}"

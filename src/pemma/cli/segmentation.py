@@ -8,7 +8,7 @@ from pemma.cli.options import (
     add_field_flag,
     add_training_flags,
     add_window_flags,
-    steps_text,
+    counted,
     training_settings,
     window_settings,
 )
@@ -94,7 +94,8 @@ def cmd_synth(args: argparse.Namespace) -> int:
     ids = synth(args.out, cases_per_centre=args.cases_per_centre, centres=args.centres, shape=args.shape,
                 ct_spacing=args.ct_spacing, oblique_degrees=args.oblique_degrees, seed=args.seed,
                 difficulty=args.difficulty, modalities=args.modalities)
-    print(f"wrote {len(ids)} cases to {args.out}" + (f" ({args.difficulty} phantom)" if args.difficulty else ""))
+    kind = f" ({args.difficulty} phantom)" if args.difficulty else ""
+    print(f"wrote {counted(len(ids), 'case')} to {args.out}{kind}")
     return 0
 
 
@@ -104,7 +105,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     run = train(args.data, args.out, centres=args.centres, modalities=args.modalities, backbone=args.backbone,
                 **training_settings(args))
-    print(f"{args.out}: {steps_text(run.summary['steps'])}, best validation mean DSCagg "
+    print(f"{args.out}: {counted(run.summary['steps'], 'step')}, best validation mean DSCagg "
           f"{best_dsc_text(run.summary['best_dsc'])}")
     return 0
 
@@ -114,7 +115,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     written = predict(args.model, args.input, args.out, modalities=args.modalities, centres=args.centres,
                       base=args.base, rtstruct=args.rtstruct, reference=args.reference, **window_settings(args))
-    print(f"wrote {len(written)} label maps to {args.out}")
+    print(f"wrote {counted(len(written), 'label map')} to {args.out}")
     return 0
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import argparse
 
-from pemma.cli.options import add_device_flags, add_field_flag, add_training_flags, steps_text, training_settings
+from pemma.cli.options import add_device_flags, add_field_flag, add_training_flags, counted, training_settings
 from pemma.config import DataConfig
 from pemma.survival.config import SurvivalConfig
 from pemma.vocab import SURVIVAL_HEADS, adapter_choices
@@ -113,7 +113,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _print_summary(out: str, summary: dict) -> None:
-    print(f"{out}: stage {summary['stage']}, {steps_text(summary['steps'])}, trainable parameters "
+    print(f"{out}: stage {summary['stage']}, {counted(summary['steps'], 'step')}, trainable parameters "
           f"{summary['trainable']:,} of {summary['total']:,}; C-index train {_fmt(summary['train_c_index'])}, "
           f"validation {_fmt(summary['val_c_index'])}")
 
