@@ -82,3 +82,20 @@ def test_plot_training_curves_reads_metrics_csv(tmp_path: Path) -> None:
     out = plot_training_curves(csv, tmp_path / "sub" / "curves.png")
     assert out is not None and out.read_bytes()[:8] == PNG_SIGNATURE and len(out.read_bytes()) > 5000
     assert [p.name for p in out.parent.iterdir()] == ["curves.png"]  # written atomically, no temporary left
+
+
+def test_a_warning_is_printed_on_its_own_line_under_a_progress_bar(capsys) -> None:
+    """A warning raised while a tqdm bar was drawn was appended to the bar's line ("check: 25%|...pemma check:
+    warning: ..."), easy to miss: the bar is cleared, the warning printed, the bar drawn again."""
+    import sys
+
+    from tqdm import tqdm
+
+    from pemma.cli.main import _one_line_warning
+
+    show = _one_line_warning("check")
+    for i in tqdm(range(3), desc="check", file=sys.stderr, ncols=60):
+        if i == 1:
+            show(UserWarning("case X: a warning"), UserWarning)
+    err = capsys.readouterr().err
+    assert "\rpemma check: warning: case X: a warning\n" in err

@@ -77,9 +77,13 @@ def _environment_error(exc: BaseException) -> str | None:
 
 
 def _one_line_warning(verb: str):
-    """``warnings.showwarning`` replacement: a user warning is one line ``pemma VERB: warning: ...`` on stderr."""
+    """``warnings.showwarning`` replacement: a user warning is one line ``pemma VERB: warning: ...`` on stderr, on a
+    line of its own while a progress bar is drawn (it was appended to the bar's line, easy to miss)."""
+    from tqdm import tqdm
+
     def show(message: Warning | str, category: type[Warning], *args: object, **kwargs: object) -> None:
-        print(f"pemma {verb}: warning: {str(message).splitlines()[0]}", file=sys.stderr)
+        with tqdm.external_write_mode(file=sys.stderr):
+            print(f"pemma {verb}: warning: {str(message).splitlines()[0]}", file=sys.stderr)
 
     return show
 
