@@ -166,5 +166,6 @@ def test_check_reports_an_mr_that_misses_the_ct(tmp_path: Path) -> None:
     (case,) = discover_cases(tmp_path)
     (problem,) = check_case(case, ["ct", "mr"], with_label=False)
     assert problem.startswith("case CHUM-001: MR covers only 0% of the CT field of view") and "__MR" in problem
-    assert check_case(case, ["ct", "t2"], with_label=False) == ["case CHUM-001: no T2 file"]
+    assert check_case(case, ["ct", "t2"], with_label=False) == [
+        "case CHUM-001: no T2 file (found: CT CHUM-001__CT.nii.gz, MR CHUM-001__MR.nii.gz)"]
     assert CATALOGUE["mr"].suffixes == ["__MR"]
