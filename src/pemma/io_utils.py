@@ -9,6 +9,7 @@ import os
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -180,6 +181,16 @@ def load_nifti(path: str | os.PathLike, *, what: str = "image", voxels: bool = T
     if data is not None and nifti:  # keep the voxels read for the checks: the caller does not read them again
         img = type(img)(data, img.affine, img.header)
     return img
+
+
+def file_stamp(path: object) -> list[Any] | None:
+    """``[absolute path, size, mtime_ns]`` of a file (None: not a readable file): what the caches key an input by,
+    so a file replaced under its name (a new ``mtime_ns``) is read again."""
+    try:
+        stat = os.stat(os.fspath(path))  # type: ignore[arg-type]
+    except (OSError, TypeError):
+        return None
+    return [os.path.abspath(os.fspath(path)), stat.st_size, stat.st_mtime_ns]  # type: ignore[arg-type]
 
 
 def grid_difference(image: nib.Nifti1Image, reference: nib.Nifti1Image, atol: float = 1e-3) -> str | None:

@@ -12,7 +12,6 @@ world space (co-registered); the label grid overlaps the CT.
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ from pemma.data.labels import to_pemma_labels
 from pemma.data.layout import CaseRecord
 from pemma.data.overlap import affine_world_box, covered_fraction, pet_overlap_problem
 from pemma.errors import PemmaError
-from pemma.io_utils import load_nifti
+from pemma.io_utils import file_stamp, load_nifti
 
 
 @dataclass
@@ -157,13 +156,8 @@ _CHECKED: dict[tuple, list[str]] = {}
 
 
 def _file_key(path: str | None) -> tuple:
-    if path is None:
-        return (None,)
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return (path, None)
-    return (path, stat.st_size, stat.st_mtime_ns)
+    """A case file's :func:`~pemma.io_utils.file_stamp` (a file replaced under its name is checked again)."""
+    return (None,) if path is None else tuple(file_stamp(path) or (path, None))
 
 
 def _check_once(case: CaseRecord, modalities: Sequence[str], with_label: bool) -> list[str]:

@@ -21,7 +21,7 @@ from monai.transforms.utils import convert_to_contiguous
 from pemma.data.labels import LABEL_MAP_KEY
 from pemma.data.layout import CaseRecord
 from pemma.errors import PemmaError
-from pemma.io_utils import CACHE_ENV, default_cache_dir  # noqa: F401 - CACHE_ENV: re-exported (tests, callers)
+from pemma.io_utils import CACHE_ENV, default_cache_dir, file_stamp  # noqa: F401 - CACHE_ENV: re-exported (tests, callers)
 
 log = logging.getLogger(__name__)
 
@@ -84,11 +84,8 @@ def _item_hash(item: Mapping[str, Any]) -> bytes:
     and modification time of each file it names. MONAI's default hashes the dict alone, i.e. the paths, so a CT or
     label replaced under the same name was read back as its old preprocessed self (a replaced file gets a new
     ``mtime_ns``; the registration cache keys its inputs the same way)."""
-    stamps = {}
-    for key, value in item.items():
-        if isinstance(value, (str, os.PathLike)) and os.path.isfile(value):
-            stat = os.stat(value)
-            stamps[key] = [stat.st_size, stat.st_mtime_ns]
+    stamps = {key: file_stamp(value) for key, value in item.items()
+              if isinstance(value, (str, os.PathLike)) and os.path.isfile(value)}
     return json_hashing({"item": dict(item), "files": stamps})
 
 

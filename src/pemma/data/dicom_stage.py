@@ -27,7 +27,7 @@ from pemma.data.case import CaseRecord
 from pemma.data.dicom import DicomCase, dicom_cases, nifti_affine, read_series, write_nifti
 from pemma.data.dicom_labels import LabelObject, find_label_objects, read_label
 from pemma.errors import PemmaError
-from pemma.io_utils import atomic_path, default_cache_dir, save_nifti
+from pemma.io_utils import atomic_path, default_cache_dir, file_stamp, save_nifti
 from pemma.vocab import parse_roi_names
 
 log = logging.getLogger("pemma.dicom")
@@ -44,15 +44,10 @@ def cache_folder() -> Path:
     return default_cache_dir("dicom")
 
 
-def _identity(path: str) -> list[object]:
-    stat = os.stat(path)
-    return [os.path.abspath(path), stat.st_size, stat.st_mtime_ns]
-
-
 def _key(case: DicomCase, label: LabelObject | None, roi_names: Mapping[str, tuple[str, ...]]) -> str:
     parts = {"version": STAGING_VERSION, "case": case.record.case_id, "rois": sorted(roi_names.items()),
-             "series": {m: [s.uid, [_identity(f) for f in s.files]] for m, s in sorted(case.series.items())},
-             "label": _identity(label.path) if label else None}
+             "series": {m: [s.uid, [file_stamp(f) for f in s.files]] for m, s in sorted(case.series.items())},
+             "label": file_stamp(label.path) if label else None}
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 

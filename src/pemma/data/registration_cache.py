@@ -11,28 +11,18 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pemma.io_utils import atomic_path, write_text_atomic
+from pemma.io_utils import atomic_path, file_stamp, write_text_atomic
 
 if TYPE_CHECKING:
     import SimpleITK as sitk
 
 #: RAS <-> LPS (its own inverse)
 FLIP = np.diag([-1.0, -1.0, 1.0, 1.0])
-
-
-def identity(path: object) -> list[Any] | None:
-    """``[absolute path, size, mtime_ns]`` of a file, or None when it is not a readable file."""
-    try:
-        stat = os.stat(str(path))
-    except (OSError, TypeError):
-        return None
-    return [os.path.abspath(str(path)), stat.st_size, stat.st_mtime_ns]
 
 
 def cache_folder() -> Path:
@@ -51,7 +41,7 @@ def cache_entry(case_id: str, fixed_path: object, moving_path: object, settings_
         settings_key: :meth:`~pemma.data.registration.RegistrationSettings.key`. mode: rigid / affine / none.
         modality: the moving modality (named in the stem unless PET).
     """
-    ids = [identity(fixed_path), identity(moving_path)]
+    ids = [file_stamp(fixed_path), file_stamp(moving_path)]
     if None in ids:
         return None
     key = hashlib.sha256(json.dumps([ids, settings_key]).encode("utf-8")).hexdigest()[:20]

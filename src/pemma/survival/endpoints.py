@@ -27,11 +27,11 @@ from __future__ import annotations
 
 import csv
 import math
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pemma.data.case import patient_key
 from pemma.data.layout import CaseRecord, centre_of
 from pemma.errors import PemmaError
 
@@ -67,15 +67,10 @@ class ClinicalTable:
         """The row of ``patient_id`` (also found when the table writes ``CHUM_001`` for ``CHUM-001``)."""
         if patient_id in self.rows:
             return self.rows[patient_id]
-        return self._by_key().get(id_key(patient_id))
+        return self._by_key().get(patient_key(patient_id))
 
     def _by_key(self) -> dict[str, dict[str, str | None]]:
-        return {id_key(pid): row for pid, row in self.rows.items()}
-
-
-def id_key(patient_id: str) -> str:
-    """Matching key of a patient ID: ``CHUM_001``, ``chum-001`` and ``CHUM-001`` are the same patient."""
-    return re.sub(r"[-_]", "-", patient_id.strip()).upper()
+        return {patient_key(pid): row for pid, row in self.rows.items()}
 
 
 def is_missing(value: object) -> bool:
@@ -111,9 +106,9 @@ def _patient(path: Path, line: int, row: Mapping[str, str | None], seen: set[str
     pid = (row.get("PatientID") or "").strip()
     if not pid:
         raise PemmaError(f"{path}: line {line}: empty PatientID")
-    if id_key(pid) in seen:
+    if patient_key(pid) in seen:
         raise PemmaError(f"{path}: line {line}: patient {pid} appears twice")
-    seen.add(id_key(pid))
+    seen.add(patient_key(pid))
     return pid
 
 
@@ -255,17 +250,17 @@ def match_endpoints(cases: Sequence[CaseRecord], endpoints: Mapping[str, Endpoin
     Returns:
         :class:`MatchReport`; skipped rows and cases are listed, never an error.
     """
-    by_key = {id_key(pid): e for pid, e in endpoints.items()}
+    by_key = {patient_key(pid): e for pid, e in endpoints.items()}
     report = MatchReport()
     used: set[str] = set()
     for case in cases:
-        endpoint = by_key.get(id_key(case.case_id))
+        endpoint = by_key.get(patient_key(case.case_id))
         if endpoint is None:
             report.images_without_endpoints.append(case.case_id)
         else:
             report.pairs.append((case, endpoint))
-            used.add(id_key(case.case_id))
+            used.add(patient_key(case.case_id))
     wanted = {c.upper() for c in centres or []}
-    report.endpoints_without_images = [pid for pid in endpoints if id_key(pid) not in used
+    report.endpoints_without_images = [pid for pid in endpoints if patient_key(pid) not in used
                                        and (not wanted or centre_of(pid).upper() in wanted)]
     return report
