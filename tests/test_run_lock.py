@@ -194,3 +194,14 @@ def test_metrics_truncate_is_atomic(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     metrics.truncate(2)
     with open(metrics.path, newline="") as fh:
         assert [row["step"] for row in csv.DictReader(fh)] == ["1", "2"]
+
+
+def test_the_lock_holds_however_the_path_is_spelled(tmp_path: Path) -> None:
+    """A symlinked parent (or "..") named the same folder by another path, and both commands took "its" lock."""
+    (tmp_path / "real").mkdir()
+    (tmp_path / "alias").symlink_to(tmp_path / "real")
+    with run_folder_lock(tmp_path / "real" / "cc"):
+        for spelling in (tmp_path / "alias" / "cc", tmp_path / "alias" / ".." / "real" / "cc"):
+            with pytest.raises(PemmaError, match="another pemma command"):
+                with run_folder_lock(spelling):
+                    pass

@@ -121,6 +121,20 @@ def test_runs_inside_runs_are_refused_and_never_deleted_by_force(finished: Path,
         with new_run_folder(outer, force=True):
             pass
     assert (inner / MODEL_META).is_file() and (outer / MODEL_META).is_file()
+    shutil.rmtree(inner)
+    interrupted = outer / "evaluation" / "stopped"  # an interrupted run inside: its checkpoint and config
+    interrupted.mkdir(parents=True)
+    shutil.copy(outer / CONFIG_FILE, interrupted / CONFIG_FILE)
+    (interrupted / "checkpoint.pt").write_bytes(b"state")
+    with pytest.raises(PemmaError, match=rf"--force would delete the run {interrupted} inside it"):
+        with new_run_folder(outer, force=True):
+            pass
+    # not a run: a stray checkpoint.pt (a common name) above --out, or a sibling named through ".."
+    (tmp_path / "checkpoint.pt").write_bytes(b"x")
+    with new_run_folder(tmp_path / "runs" / "cc"):
+        pass
+    with new_run_folder(outer / ".." / "beside"):
+        pass
 
 
 def test_out_over_the_dataset_or_holding_a_read_run_is_refused(finished: Path, phantom: Path,

@@ -54,7 +54,8 @@ def run_folder_lock(folder: str | os.PathLike) -> Iterator[Path]:
         ...     write_the_run("runs/cc")
     """
     folder = Path(os.fspath(folder))
-    lock = hidden_sibling(folder, LOCK_SUFFIX)
+    # one lock per folder however the path is spelled (a symlinked parent, "..")
+    lock = hidden_sibling(Path(os.path.realpath(folder.parent or ".")) / folder.name, LOCK_SUFFIX)
     lock.parent.mkdir(parents=True, exist_ok=True)
     fd = _acquire(folder, lock)
     try:
@@ -86,7 +87,8 @@ def _acquire(folder: Path, lock: Path) -> int:
         record = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                              "since": time.strftime("%Y-%m-%d %H:%M:%S")})
         os.ftruncate(fd, 0)
-        os.pwrite(fd, record.encode() + b"\n", 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, record.encode() + b"\n")
         return fd
 
 
@@ -107,12 +109,16 @@ def _flock(fd: int) -> bool | None:
 
 
 def _release(lock: Path, fd: int) -> None:
-    """Delete ``lock`` if it is still the file ``fd`` holds, then close ``fd`` (which drops the ``flock``)."""
+    """Delete ``lock`` if it is still the file ``fd`` holds, then close ``fd`` (which drops the ``flock``). Without
+    ``flock`` (not POSIX) the file is closed first: an open file cannot be deleted there."""
+    same = _same_file(fd, lock)
     try:
-        if _same_file(fd, lock):
+        if same and fcntl is not None:
             lock.unlink(missing_ok=True)
     finally:
         os.close(fd)
+    if same and fcntl is None:
+        lock.unlink(missing_ok=True)
 
 
 def _same_file(fd: int, path: Path) -> bool:
@@ -127,7 +133,8 @@ def _same_file(fd: int, path: Path) -> bool:
 def _read_holder(fd: int) -> dict[str, Any]:
     """The holder recorded in a lock file (empty when none is, or the record is unreadable)."""
     try:
-        text = os.pread(fd, 4096, 0).decode(errors="replace").strip()
+        os.lseek(fd, 0, os.SEEK_SET)  # not os.pread: POSIX only, and the fallback is for where flock is missing
+        text = os.read(fd, 4096).decode(errors="replace").strip()
         holder = json.loads(text) if text else {}
     except (OSError, ValueError):
         return {}

@@ -305,8 +305,9 @@ def _first_missing(path: Path) -> Path | None:
 
 
 def _is_run(folder: Path) -> bool:
-    """Whether ``folder`` is a run folder: finished (``model.json`` / ``survival.json``) or interrupted."""
-    return finished_meta(folder) is not None or (folder / STATE_FILE).is_file()
+    """Whether ``folder`` is a pemma run folder: its ``config.yaml`` beside a ``model.json`` / ``survival.json``
+    (finished) or a ``checkpoint.pt`` (interrupted); either name alone is too common to tell."""
+    return (folder / CONFIG_FILE).is_file() and (finished_meta(folder) is not None or (folder / STATE_FILE).is_file())
 
 
 @contextlib.contextmanager
@@ -355,7 +356,7 @@ def new_run_folder(out: str | os.PathLike, *, force: bool = False, resume: bool 
     check_out_of_reads(target, reads, data)
     if target.exists() and not target.is_dir():
         raise PemmaError(f"{target}: exists and is not a folder; choose another --out")
-    container = next((p for p in target.absolute().parents if _is_run(p)), None)
+    container = next((p for p in Path(os.path.abspath(target)).parents if _is_run(p)), None)  # "..": resolved
     if container is not None:
         raise PemmaError(f"{target}: inside the run folder {container}; a --force of that run would delete this one "
                          "with it: choose an --out outside it")
@@ -384,7 +385,7 @@ def _open_run_folder(target: Path, main: bool, created: Path | None, *, force: b
         if not force:
             raise PemmaError(f"{target}: holds a finished run ({meta_file.name}); pass --force to replace it "
                              "(force=True in the API), or choose another --out")
-        nested = next((p.parent for name in META_FILES for p in sorted(target.glob(f"*/**/{name}"))), None)
+        nested = next((p.parent for p in sorted(target.glob(f"*/**/{CONFIG_FILE}")) if _is_run(p.parent)), None)
         if nested is not None:
             raise PemmaError(f"{target}: --force would delete the run {nested} inside it with the old run; move it "
                              "out first")
