@@ -63,6 +63,11 @@ def test_a_missing_or_off_grid_prediction_is_one_line(phantom: Path, tmp_path: P
     code, _, err = _run(["evaluate", "--pred", str(preds), "--data", str(phantom), "--centres", "MDA"])
     report = json.loads((preds / "evaluation" / "metrics_predictions.json").read_text())
     assert code == 0 and report["DSCagg"]["GTVp"] == 1.0, err
+    turned = label.as_reoriented([[0, -1], [1, 1], [2, 1]])  # the same, 4D with a singleton channel
+    nib.save(nib.Nifti1Image(np.asanyarray(turned.dataobj)[..., None], turned.affine), preds / "MDA-000.nii.gz")
+    code, _, err = _run(["evaluate", "--pred", str(preds), "--data", str(phantom), "--centres", "MDA"])
+    assert code == 0 and json.loads((preds / "evaluation" / "metrics_predictions.json").read_text())["DSCagg"][
+        "GTVp"] == 1.0, err
     with pytest.raises(SystemExit):  # argparse: --model or --pred is required
         _run(["evaluate", "--data", str(phantom)])
 

@@ -196,6 +196,11 @@ def test_a_real_dataset_is_not_overwritten(tmp_path):
         synthesize_phantom(real, cfg, progress=False)
     assert {p: p.read_bytes() for p in real.rglob("*") if p.is_file()} == {
         p: b for p, b in before.items() if p.name != "CHUP-000__CT.nii.gz"}
+    nnunet = tmp_path / "Dataset501_HN"
+    nnunet.mkdir()
+    (nnunet / "dataset.json").write_text("{}")
+    with pytest.raises(PemmaError, match="dataset.json"):
+        synthesize_phantom(nnunet, cfg, progress=False)
 
 
 @pytest.mark.parametrize("kwargs", [

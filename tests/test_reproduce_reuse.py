@@ -79,3 +79,43 @@ def test_other_training_settings_or_data_in_the_same_out_are_refused(phantom: Pa
     shutil.copytree(phantom, moved)
     with pytest.raises(Stop):
         runner_module.reproduce(strategy, moved, out, seed=0, progress=False, max_steps=2)
+
+
+def test_reproduce_holds_the_lock_of_its_out_and_refuses_an_unreadable_record(phantom: Path, tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two reproduce calls on one --out wrote the same runs at once; an unreadable training.json was ignored."""
+    import shutil
+
+    from pemma.run_lock import run_folder_lock
+
+    def stop(cfg, run, **kwargs):
+        raise Stop
+
+    monkeypatch.setattr(chains_module, "train", stop)
+    strategy, out = tmp_path / "s.yaml", tmp_path / "out"
+    strategy.write_text(STRATEGY)
+    with run_folder_lock(out), pytest.raises(PemmaError, match=r"out: another pemma command"):
+        runner_module.reproduce(strategy, phantom, out, seed=0, progress=False)
+    with pytest.raises(Stop):
+        runner_module.reproduce(strategy, phantom, out, seed=0, progress=False)
+    import nibabel as nib
+    import numpy as np
+
+    relabelled, out2 = tmp_path / "relabelled", tmp_path / "out2"  # an uncompressed label: its size is its shape's
+    shutil.copytree(phantom, relabelled)
+    gz = relabelled / "labelsTr" / "MDA-000.nii.gz"
+    label = nib.load(gz)
+    voxels = np.asarray(label.dataobj).astype(np.uint8)
+    nib.save(nib.Nifti1Image(voxels, label.affine), relabelled / "labelsTr" / "MDA-000.nii")
+    gz.unlink()
+    with pytest.raises(Stop):
+        runner_module.reproduce(strategy, relabelled, out2, seed=0, progress=False)
+    size = (relabelled / "labelsTr" / "MDA-000.nii").stat().st_size
+    voxels[voxels.shape[0] // 2, 0, 0] = 1 - min(1, voxels[voxels.shape[0] // 2, 0, 0])  # one voxel corrected
+    nib.save(nib.Nifti1Image(voxels, label.affine), relabelled / "labelsTr" / "MDA-000.nii")
+    assert (relabelled / "labelsTr" / "MDA-000.nii").stat().st_size == size
+    with pytest.raises(PemmaError, match=r"--data \(other files\)"):
+        runner_module.reproduce(strategy, relabelled, out2, seed=0, progress=False)
+    (out / "training.json").write_text("{not json")
+    with pytest.raises(PemmaError, match=r"training.json: unreadable"):
+        runner_module.reproduce(strategy, phantom, out, seed=0, progress=False)

@@ -196,7 +196,7 @@ def file_stamp(path: object) -> list[Any] | None:
 def grid_difference(image: nib.Nifti1Image, reference: nib.Nifti1Image, atol: float = 1e-3) -> str | None:
     """What differs between two images' voxel grids, for an error message (None: the same grid to ``atol`` mm).
 
-    Example: ``"origin 10.0 mm apart; orientation RAS vs LPS"`` (shape ``(i, j, k) vs (...)``, spacing in mm, the
+    Example: ``"orientation RAS vs LPS; origin 10.0 mm apart"`` (shape ``(i, j, k) vs (...)``, spacing in mm, the
     origin's distance, the axis codes of :func:`nibabel.aff2axcodes`, or "direction" for an oblique rotation).
     """
     shape, ref_shape = tuple(image.shape[:3]), tuple(reference.shape[:3])

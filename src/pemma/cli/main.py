@@ -11,7 +11,7 @@ import tempfile
 import time
 import traceback
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from pemma import __version__
@@ -76,7 +76,7 @@ def _environment_error(exc: BaseException) -> str | None:
     return None
 
 
-def _one_line_warning(verb: str):
+def _one_line_warning(verb: str) -> Callable[..., None]:
     """``warnings.showwarning`` replacement: a user warning is one line ``pemma VERB: warning: ...`` on stderr, on a
     line of its own while a progress bar is drawn (it was appended to the bar's line, easy to miss)."""
     from tqdm import tqdm

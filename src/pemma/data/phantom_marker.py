@@ -28,14 +28,17 @@ def is_phantom_image(path: str | Path) -> bool:
 
 
 def refuse_other_dataset(out: Path) -> None:
-    """Raise when ``out`` holds a dataset that is not pemma's phantom: a CT without the phantom's header mark, or
-    HECKTOR's tables without any phantom CT (:func:`pemma.data.phantom.synthesize_phantom` would replace them)."""
+    """Raise when ``out`` holds a dataset that is not pemma's phantom: a CT without the phantom's header mark,
+    HECKTOR's tables without any phantom CT (:func:`pemma.data.phantom.synthesize_phantom` would replace them), or
+    an nnU-Net raw dataset (``dataset.json``)."""
     if not out.is_dir():
         return
     cts = sorted(out.glob("imagesTr/*__CT.nii*"))
     other = next((ct for ct in cts if not is_phantom_image(ct)), None)
     if other is None and not cts:
         other = next((out / name for name in (ENDPOINT_FILE, CLINICAL_FILE) if (out / name).exists()), None)
+    if other is None and (out / "dataset.json").is_file():  # an nnU-Net raw dataset: phantom files would join it
+        other = out / "dataset.json"
     if other is not None:
         raise PemmaError(f"{out}: holds a dataset that is not pemma's phantom ({other}); synth would replace its "
                          "tables and same-named cases: write the phantom into another folder")

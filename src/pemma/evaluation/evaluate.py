@@ -174,7 +174,7 @@ def _onto_ct_axes(pred: nib.Nifti1Image, ct: nib.Nifti1Image) -> nib.Nifti1Image
     (e.g. saved as RAS where the CT is LPS): lossless, the same voxels. Otherwise ``pred`` unchanged."""
     ornt = nib.orientations.ornt_transform(nib.orientations.io_orientation(pred.affine),
                                            nib.orientations.io_orientation(ct.affine))
-    if np.array_equal(ornt, [[0, 1], [1, 1], [2, 1]]) or len(pred.shape) != 3:
+    if np.array_equal(ornt, [[0, 1], [1, 1], [2, 1]]) or pred.shape[3:] not in ((), (1,)):
         return pred
     turned = pred.as_reoriented(ornt)
     return turned if grid_difference(turned, ct) is None else pred

@@ -11,18 +11,16 @@ evaluations are cached in ``evaluation.json`` beside it. Each run folder records
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from pemma.data.case import CaseRecord
 from pemma.data.check import preflight
 from pemma.data.layout import discover_cases
 from pemma.errors import PemmaError
@@ -34,10 +32,12 @@ from pemma.protocol.chains import ProtocolData, run_dir
 from pemma.protocol.claims.cindex import prognosis_findings  # the lesion chain's cindex_gain_* claims
 from pemma.protocol.provenance import other_machines_note, record_machine
 from pemma.protocol.results import markdown_report, write_case_results, write_results
+from pemma.protocol.reuse import TRAINING_FILE, check_same_split, check_same_training, training_settings
 from pemma.protocol.routes import adapt_kwargs, method_folder, pairs
 from pemma.protocol.split import split_case_ids
 from pemma.protocol.strategy import PlannedPhase, Strategy, StrategyError
 from pemma.protocol.strategy_file import load_strategy
+from pemma.run_lock import run_folder_lock
 from pemma.runtime import machine_line, resolve_amp, side_by_side
 from pemma.vocab import EVAL_INPUT_SETS, METHODS, canonical_method, method_choices
 
@@ -119,146 +119,88 @@ def reproduce(strategy_path: str | Path, data_root: str | Path, out_dir: str | P
     """
     started = time.time()
     out = Path(out_dir)
-    all_cases = discover_cases(data_root)
-    # the strategy's modalities (read once with every labelled centre) decide which cases count
-    labelled = {case.centre for case in all_cases if case.label is not None}
-    needed = set(load_strategy(strategy_path, dataset_centres=labelled).modalities)
-    by_centre: dict[str, list[str]] = {}
-    for case in all_cases:
-        if case.label is not None and needed <= set(case.images):
-            by_centre.setdefault(case.centre, []).append(case.case_id)
-    strategy = load_strategy(strategy_path, dataset_centres=by_centre).with_overrides(
-        backbones=backbones, preset=preset, max_steps=max_steps, variants=variants, seed=seed, routes=ct_routes,
-        recipes=recipes, amp=amp, workers=workers)
-    if methods:
-        unknown = sorted(m for m in methods if m not in method_choices())
-        if unknown:
-            raise PemmaError(f"unknown method(s) {unknown}; known: {', '.join(METHODS)}")
-        strategy = dataclasses.replace(strategy, methods=tuple(dict.fromkeys(canonical_method(m) for m in methods)))
-    for method in strategy.methods:  # a route or recipe this build cannot apply stops here, before any training
-        for pair in pairs(strategy, method):
-            for backbone in strategy.backbones:
-                adapt_kwargs(method, *pair, backbone, strategy.source)
-    used = sorted({c for p in strategy.plan() for c in p.phase.centres} | set(strategy.prognosis_centres))
-    def split_of(ids_by_centre: dict[str, list[str]]) -> dict[str, dict[str, list[str]]]:
-        try:
-            return split_case_ids({c: ids_by_centre[c] for c in used}, strategy.split)
-        except StrategyError as exc:
-            raise StrategyError(f"{strategy.source}: {exc}") from None
+    with run_folder_lock(out):  # one command at a time writes an --out (its runs, caches and reports)
+        all_cases = discover_cases(data_root)
+        # the strategy's modalities (read once with every labelled centre) decide which cases count
+        labelled = {case.centre for case in all_cases if case.label is not None}
+        needed = set(load_strategy(strategy_path, dataset_centres=labelled).modalities)
+        by_centre: dict[str, list[str]] = {}
+        for case in all_cases:
+            if case.label is not None and needed <= set(case.images):
+                by_centre.setdefault(case.centre, []).append(case.case_id)
+        strategy = load_strategy(strategy_path, dataset_centres=by_centre).with_overrides(
+            backbones=backbones, preset=preset, max_steps=max_steps, variants=variants, seed=seed, routes=ct_routes,
+            recipes=recipes, amp=amp, workers=workers)
+        if methods:
+            unknown = sorted(m for m in methods if m not in method_choices())
+            if unknown:
+                raise PemmaError(f"unknown method(s) {unknown}; known: {', '.join(METHODS)}")
+            strategy = dataclasses.replace(strategy, methods=tuple(dict.fromkeys(canonical_method(m) for m in methods)))
+        for method in strategy.methods:  # a route or recipe this build cannot apply stops here, before any training
+            for pair in pairs(strategy, method):
+                for backbone in strategy.backbones:
+                    adapt_kwargs(method, *pair, backbone, strategy.source)
+        used = sorted({c for p in strategy.plan() for c in p.phase.centres} | set(strategy.prognosis_centres))
+        def split_of(ids_by_centre: dict[str, list[str]]) -> dict[str, dict[str, list[str]]]:
+            try:
+                return split_case_ids({c: ids_by_centre[c] for c in used}, strategy.split)
+            except StrategyError as exc:
+                raise StrategyError(f"{strategy.source}: {exc}") from None
 
-    split_of(by_centre)  # split fractions that leave a centre no training case fail before the data check
-    cases_by_id = {c.case_id: c for c in all_cases}
-    good, checked = preflight([cases_by_id[i] for c in used for i in by_centre[c]], list(strategy.modalities),
-                              exclude_bad_cases, source=str(data_root))
-    if not checked.ok:
-        kept = {c.case_id for c in good}
-        by_centre = {c: [i for i in ids if i in kept] for c, ids in by_centre.items()}
-    split = split_of(by_centre)
-    _check_same_split(out, split)
-    training = _training_settings(strategy, [cases_by_id[i] for c in used for i in by_centre[c]])
-    _check_same_training(out, training)
-    if not checked.ok:
-        write_text_atomic(out / "excluded_cases.json", json.dumps(checked.to_dict(), indent=2))
-    data = ProtocolData(str(Path(data_root).resolve()), {c.case_id: c for c in all_cases}, split)
-    write_text_atomic(out / "split.json", json.dumps(split, indent=2))
-    write_text_atomic(out / "strategy.json", json.dumps(strategy.to_dict(), indent=2))
-    write_text_atomic(out / TRAINING_FILE, json.dumps(training, indent=2))
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    mixed, precision = resolve_amp(strategy.amp, device)
-    # the CPU kind changes the numbers of the same seed (README: findings over seeds), so the run says where it ran
-    machine = record_machine(out, device)  # as each run folder records its own
+        split_of(by_centre)  # split fractions that leave a centre no training case fail before the data check
+        cases_by_id = {c.case_id: c for c in all_cases}
+        good, checked = preflight([cases_by_id[i] for c in used for i in by_centre[c]], list(strategy.modalities),
+                                  exclude_bad_cases, source=str(data_root))
+        if not checked.ok:
+            kept = {c.case_id for c in good}
+            by_centre = {c: [i for i in ids if i in kept] for c, ids in by_centre.items()}
+        split = split_of(by_centre)
+        check_same_split(out, split)
+        training = training_settings(strategy, [cases_by_id[i] for c in used for i in by_centre[c]])
+        check_same_training(out, training)
+        if not checked.ok:
+            write_text_atomic(out / "excluded_cases.json", json.dumps(checked.to_dict(), indent=2))
+        data = ProtocolData(str(Path(data_root).resolve()), {c.case_id: c for c in all_cases}, split)
+        write_text_atomic(out / "split.json", json.dumps(split, indent=2))
+        write_text_atomic(out / "strategy.json", json.dumps(strategy.to_dict(), indent=2))
+        write_text_atomic(out / TRAINING_FILE, json.dumps(training, indent=2))
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        mixed, precision = resolve_amp(strategy.amp, device)
+        # the CPU kind changes the numbers of the same seed (README: findings over seeds), so the run says where it ran
+        machine = record_machine(out, device)  # as each run folder records its own
 
-    jobs = [(b, m, pair, p) for b in strategy.backbones for m in strategy.methods for pair in pairs(strategy, m)
-            for p in strategy.plan()]
-    rows: list[dict[str, Any]] = []
-    case_rows: list[dict[str, Any]] = []
-    inputs_cache: dict[tuple, Any] = {}  # preprocessed test inputs, shared by every model evaluated
-    # every prediction made, so none is made twice (evaluation, overlays, lesions), in the run's precision
-    predictions = PredictionCache(window=WindowSettings(amp=mixed))
-    count, how = chains.resolve_workers(strategy.workers, device, len(chains.chains_of(jobs)))
-    print(f"reproduce: {precision}; {how}", flush=True)
-    pending = [c for c in chains.chains_of(jobs) if not all(_finished(out, job) for job in c)] if count > 1 else []
-    if pending:  # the CT bases here (trained and evaluated), then the method chains side by side in worker processes
-        for job in jobs:
-            if job[3].phase.operation == "pretrain":
-                chains.run_phase(strategy, data, out, job, device, mixed, inputs_cache, predictions, progress)
-        # the prognosis experiment joins them once the runs it reads are trained
-        chains.run_chains(strategy, data, out, pending, count, device, mixed, progress,
-                          tasks=_prognosis_tasks(strategy, data, out, mixed))
-    bar = tqdm(jobs, desc="reproduce", unit="phase", disable=not progress, dynamic_ncols=True)
-    for job in bar:
-        backbone, method, pair, planned = job
-        bar.set_postfix_str(f"{backbone} {method_folder(method, *pair)} {planned.variant} {planned.phase.name}")
-        cache = chains.run_phase(strategy, data, out, job, device, mixed, inputs_cache, predictions, progress)
-        sets = strategy.eval_input_sets
-        rows += _rows(cache, backbone, method, planned, pair, sets)
-        case_rows += _case_rows(cache, backbone, method, planned, pair, sets)
-    bar.close()
-    write_results(rows, out)
-    write_case_results(case_rows, out)
-    prognosis = _prognosis(strategy, data, out, predictions, count)
-    figures = _overlays(strategy, data, out, device, inputs_cache, predictions)
-    return _report(strategy, rows, out, time.time() - started, figures, prognosis, case_rows, precision,
-                   machine_line(machine))
-
-
-def _check_same_split(out: Path, split: dict[str, dict[str, list[str]]]) -> None:
-    """``out`` may hold an earlier call's runs only for the same split: they are reused (not retrained), so under
-    another split (another ``--seed``, other excluded cases) they would be scored as if trained on it.
-
-    Raises:
-        PemmaError: ``out/split.json`` records another split; nothing has been written.
-    """
-    file = out / "split.json"
-    if not file.is_file():
-        return
-    try:
-        earlier = json.loads(file.read_text())
-    except ValueError:
-        earlier = None
-    if earlier != json.loads(json.dumps(split)):
-        raise PemmaError(f"{out}: holds the runs of another split (its split.json: another --seed or other cases); "
-                         f"they would be reused as if trained on this one: write to another --out, or delete it")
-
-
-#: what an out folder's runs were trained under, beyond the split (:func:`_check_same_training`)
-TRAINING_FILE = "training.json"
-
-
-def _training_settings(strategy: Strategy, cases: Sequence[CaseRecord]) -> dict[str, Any]:
-    """The settings that shape every trained run and are not in its run key (phases, centres, modalities and epochs
-    are): the preset, the step cap, and the data, as a digest of each case's files' names and sizes (the same
-    dataset moved or copied elsewhere keeps it; another phantom or other images under the same IDs do not)."""
-    entries = sorted([case.case_id, key, Path(path).name, Path(path).stat().st_size]
-                     for case in cases for key, path in [*case.images.items(), ("label", case.label)] if path)
-    digest = hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:16]
-    return {"preset": strategy.preset, "max_steps": strategy.max_steps, "data_digest": digest}
-
-
-def _check_same_training(out: Path, settings: Mapping[str, Any]) -> None:
-    """``out`` may hold an earlier call's runs only under the same preset, step cap and data (they are reused, not
-    retrained); an earlier call that recorded no ``training.json`` is compared on its ``strategy.json``'s preset
-    and step cap.
-
-    Raises:
-        PemmaError: naming each setting that differs (earlier -> now); nothing has been written.
-    """
-    file, strategy_file = out / TRAINING_FILE, out / "strategy.json"
-    try:
-        if file.is_file():
-            earlier = json.loads(file.read_text())
-        elif strategy_file.is_file():
-            earlier = {k: v for k, v in json.loads(strategy_file.read_text()).items() if k in ("preset", "max_steps")}
-        else:
-            return
-    except ValueError:
-        return
-    flags = {"preset": "--preset", "max_steps": "--max-steps", "data_digest": "--data (other files)"}
-    changed = [f"{flags[k]} {earlier[k]} -> {settings[k]}" if k != "data_digest" else flags[k]
-               for k in flags if k in earlier and earlier[k] != settings[k]]
-    if changed:
-        raise PemmaError(f"{out}: holds runs trained under other settings ({'; '.join(changed)}); they would be "
-                         "reused as if trained under these: write to another --out, or delete it")
+        jobs = [(b, m, pair, p) for b in strategy.backbones for m in strategy.methods for pair in pairs(strategy, m)
+                for p in strategy.plan()]
+        rows: list[dict[str, Any]] = []
+        case_rows: list[dict[str, Any]] = []
+        inputs_cache: dict[tuple, Any] = {}  # preprocessed test inputs, shared by every model evaluated
+        # every prediction made, so none is made twice (evaluation, overlays, lesions), in the run's precision
+        predictions = PredictionCache(window=WindowSettings(amp=mixed))
+        count, how = chains.resolve_workers(strategy.workers, device, len(chains.chains_of(jobs)))
+        print(f"reproduce: {precision}; {how}", flush=True)
+        pending = [c for c in chains.chains_of(jobs) if not all(_finished(out, job) for job in c)] if count > 1 else []
+        if pending:  # the CT bases here (trained and evaluated), then the method chains side by side in workers
+            for job in jobs:
+                if job[3].phase.operation == "pretrain":
+                    chains.run_phase(strategy, data, out, job, device, mixed, inputs_cache, predictions, progress)
+            # the prognosis experiment joins them once the runs it reads are trained
+            chains.run_chains(strategy, data, out, pending, count, device, mixed, progress,
+                              tasks=_prognosis_tasks(strategy, data, out, mixed))
+        bar = tqdm(jobs, desc="reproduce", unit="phase", disable=not progress, dynamic_ncols=True)
+        for job in bar:
+            backbone, method, pair, planned = job
+            bar.set_postfix_str(f"{backbone} {method_folder(method, *pair)} {planned.variant} {planned.phase.name}")
+            cache = chains.run_phase(strategy, data, out, job, device, mixed, inputs_cache, predictions, progress)
+            sets = strategy.eval_input_sets
+            rows += _rows(cache, backbone, method, planned, pair, sets)
+            case_rows += _case_rows(cache, backbone, method, planned, pair, sets)
+        bar.close()
+        write_results(rows, out)
+        write_case_results(case_rows, out)
+        prognosis = _prognosis(strategy, data, out, predictions, count)
+        figures = _overlays(strategy, data, out, device, inputs_cache, predictions)
+        return _report(strategy, rows, out, time.time() - started, figures, prognosis, case_rows, precision,
+                       machine_line(machine))
 
 
 def _finished(out: Path, job: chains.Job) -> bool:

@@ -172,7 +172,7 @@ def _train_survival(base_run: Path, cfg: RunConfig, out_dir: Path, settings: Sur
              f"parameters {params['trainable']:,} of {params['total']:,}")
     base_sha256 = sha256_file(base_run / MODEL_FILE)
     lineage = {"base": {"run": str(base_run.resolve()), "sha256": base_sha256},
-               "endpoints": str(tables.endpoint_path)}
+               "endpoints": str(Path(tables.endpoint_path).resolve())}
     fitted = fit(model, train, cfg, device, out, log, settings, dist=dist, resume=resume, lineage=lineage)
     meta = {"modalities": list(modalities), "ehr": False, "head": head, "l2": fitted["l2"], "l2_cv": fitted["l2_cv"],
             "time_bins": list(bins.boundaries) if bins else None, "backbone": base.config.model.backbone,
@@ -302,8 +302,8 @@ def _adapt_survival(model_run: Path, cfg: RunConfig, out_dir: Path, settings: Su
     lineage = {"parent": {"run": str(model_run.resolve()), "sha256": prev.meta["weights_sha256"]},
                "base": {"run": str(prev.meta["base_run"]), "sha256": prev.meta["base_sha256"]},
                **adapter_cfg.resume_settings(), "init_adapters": init,
-               "endpoints": str(tables.endpoint_path),
-               "clinical": str(tables.clinical_path) if ehr else None,
+               "endpoints": str(Path(tables.endpoint_path).resolve()),
+               "clinical": str(Path(tables.clinical_path).resolve()) if ehr else None,
                "clinical_columns": dataclasses.asdict(clinical_config or ClinicalConfig()) if add_ehr else None}
     fitted = fit(model, train, cfg, device, out, log, settings, dist=dist, resume=resume, lineage=lineage)
     meta = {**{k: prev.meta[k] for k in ("head", "time_bins", "backbone", "feature_dim", "base_run", "base_sha256")},

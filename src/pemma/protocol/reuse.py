@@ -1,0 +1,79 @@
+"""When ``reproduce`` may reuse the runs an ``--out`` already holds: only under the same split (``split.json``) and
+the same training settings and data (``training.json``); another is refused before anything is written, since the
+runs would be scored as if trained under the new ones."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pemma.data.case import CaseRecord
+from pemma.errors import PemmaError
+from pemma.io_utils import sha256_file
+from pemma.protocol.strategy import Strategy
+
+
+def check_same_split(out: Path, split: dict[str, dict[str, list[str]]]) -> None:
+    """``out`` may hold an earlier call's runs only for the same split: they are reused (not retrained), so under
+    another split (another ``--seed``, other excluded cases) they would be scored as if trained on it.
+
+    Raises:
+        PemmaError: ``out/split.json`` records another split; nothing has been written.
+    """
+    file = out / "split.json"
+    if not file.is_file():
+        return
+    try:
+        earlier = json.loads(file.read_text())
+    except ValueError:
+        earlier = None
+    if earlier != json.loads(json.dumps(split)):
+        raise PemmaError(f"{out}: holds the runs of another split (its split.json: another --seed or other cases); "
+                         f"they would be reused as if trained on this one: write to another --out, or delete it")
+
+
+#: what an out folder's runs were trained under, beyond the split (:func:`check_same_training`)
+TRAINING_FILE = "training.json"
+
+
+def training_settings(strategy: Strategy, cases: Sequence[CaseRecord]) -> dict[str, Any]:
+    """The settings that shape every trained run and are not in its run key (phases, centres, modalities and epochs
+    are): the preset, the step cap, and the data, as a digest of each case's image names and sizes and its label's
+    content (labels are small: a corrected label of the same size counts; the same dataset moved or copied
+    elsewhere keeps the digest, another phantom or other images under the same IDs almost surely do not)."""
+    entries = sorted([case.case_id, key, Path(path).name,
+                      sha256_file(path) if key == "label" else Path(path).stat().st_size]
+                     for case in cases for key, path in [*case.images.items(), ("label", case.label)] if path)
+    digest = hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:16]
+    return {"preset": strategy.preset, "max_steps": strategy.max_steps, "data_digest": digest}
+
+
+def check_same_training(out: Path, settings: Mapping[str, Any]) -> None:
+    """``out`` may hold an earlier call's runs only under the same preset, step cap and data (they are reused, not
+    retrained); an earlier call that recorded no ``training.json`` is compared on its ``strategy.json``'s preset
+    and step cap.
+
+    Raises:
+        PemmaError: naming each setting that differs (earlier -> now); nothing has been written.
+    """
+    file, strategy_file = out / TRAINING_FILE, out / "strategy.json"
+    try:
+        if file.is_file():
+            earlier = json.loads(file.read_text())
+        elif strategy_file.is_file():
+            earlier = {k: v for k, v in json.loads(strategy_file.read_text()).items() if k in ("preset", "max_steps")}
+        else:
+            return
+    except ValueError:
+        raise PemmaError(f"{file if file.is_file() else strategy_file}: unreadable; it says how the runs of {out} "
+                         "were trained, so they are not reused without it: write to another --out, or delete it") \
+            from None
+    flags = {"preset": "--preset", "max_steps": "--max-steps", "data_digest": "--data (other files)"}
+    changed = [f"{flags[k]} {earlier[k]} -> {settings[k]}" if k != "data_digest" else flags[k]
+               for k in flags if k in earlier and earlier[k] != settings[k]]
+    if changed:
+        raise PemmaError(f"{out}: holds runs trained under other settings ({'; '.join(changed)}); they would be "
+                         "reused as if trained under these: write to another --out, or delete it")
