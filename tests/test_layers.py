@@ -15,7 +15,7 @@ SRC = Path(pemma.__file__).parent
 
 #: bottom to top; a unit (a top-level module or a folder of ``pemma``) may import from its own layer or below
 LAYERS: tuple[tuple[str, ...], ...] = (
-    ("vocab", "errors", "io_utils", "config_fields", "run_lock"),
+    ("vocab", "errors", "io_utils", "config_fields", "run_guards"),
     ("runs", "runtime", "config", "modalities"),
     ("data",),
     ("adapters",),

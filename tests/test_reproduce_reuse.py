@@ -86,7 +86,7 @@ def test_reproduce_holds_the_lock_of_its_out_and_refuses_an_unreadable_record(ph
     """Two reproduce calls on one --out wrote the same runs at once; an unreadable training.json was ignored."""
     import shutil
 
-    from pemma.run_lock import run_folder_lock
+    from pemma.run_guards import run_folder_lock
 
     def stop(cfg, run, **kwargs):
         raise Stop

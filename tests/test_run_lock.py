@@ -14,7 +14,7 @@ import pytest
 
 import pemma
 from pemma.errors import PemmaError
-from pemma.run_lock import run_folder_lock
+from pemma.run_guards import run_folder_lock
 from pemma.runs import MODEL_META, new_run_folder, read_meta, save_state
 from pemma.runtime import MetricsCSV
 

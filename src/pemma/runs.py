@@ -12,7 +12,7 @@ metadata JSON (``model.json``; ``survival.json`` for prognosis runs) with
 Every file is written atomically (temporary file, then rename), and ``checkpoint.pt`` holds the resumable state.
 Runs written before ``versions`` existed load unchanged; a ``model.json`` without ``kind`` is a backbone run.
 A finished run is never overwritten by accident: every training verb opens its output with
-:func:`new_run_folder`, which also holds the run folder's lock (:func:`pemma.run_lock.run_folder_lock`) while
+:func:`new_run_folder`, which also holds the run folder's lock (:func:`pemma.run_guards.run_folder_lock`) while
 the command writes it.
 """
 
@@ -33,7 +33,7 @@ from torch import nn
 
 from pemma.errors import PemmaError
 from pemma.io_utils import atomic_path, load_tensors, save_tensors, sha256_file, write_text_atomic
-from pemma.run_lock import hidden_sibling, run_folder_lock
+from pemma.run_guards import check_out_of_reads, hidden_sibling, run_folder_lock
 from pemma.vocab import KIND_BACKBONE, KIND_SURVIVAL
 
 MODEL_FILE = "model.safetensors"
@@ -238,38 +238,6 @@ def run_family(run_dir: str | os.PathLike | None) -> list[Path]:
     return family
 
 
-def check_out_of_reads(out: str | Path, reads: Iterable[str | os.PathLike | None],
-                       data: Iterable[str | os.PathLike | None] = ()) -> None:
-    """``out`` must not overlap what the command reads.
-
-    ``out`` may be neither one of the runs in ``reads``, nor inside one, nor a folder holding one (a forced rerun
-    would replace that folder with everything in it); nor an input in ``data`` (dataset folder, datalist, weights
-    file) or a folder holding one (the run's files would land among the cases, and ``--force`` would later delete
-    them). A run inside a dataset folder is allowed.
-
-    Raises:
-        PemmaError: naming ``out`` and the run or input it would overwrite.
-    """
-    target = _absolute(out)
-    inputs = [(path, True) for path in reads] + [(path, False) for path in data]
-    for path, is_run in inputs:
-        if path is None or not os.fspath(path):
-            continue
-        source = _absolute(path)
-        what = f"the run {os.fspath(path)} that this command reads" if is_run else \
-            f"{os.fspath(path)}, an input of this command (dataset or file)"
-        if target == source or (is_run and source in target.parents):
-            where = "is" if target == source else "is inside"
-            raise PemmaError(f"{out}: {where} {what}; write the new run to another --out, not over or inside it")
-        if target in source.parents:
-            raise PemmaError(f"{out}: holds {what}; write the new run to a folder of its own, beside it")
-
-
-def _absolute(path: str | os.PathLike) -> Path:
-    """``path`` made absolute with its links resolved (also for a path that does not exist yet)."""
-    return Path(os.path.abspath(os.fspath(path))).resolve()
-
-
 def remove_stale_parts(folder: str | Path) -> list[Path]:
     """Delete the hidden ``.*.part*`` files a killed writer left in ``folder`` (and below); return them."""
     removed = []
@@ -317,9 +285,9 @@ def new_run_folder(out: str | os.PathLike, *, force: bool = False, resume: bool 
     """Open ``out`` for a training command and yield the folder to write the run into.
 
     * ``out`` equal to, inside or holding a run in ``reads`` (the base / model runs the command reads), equal to
-      or holding a dataset in ``data``, or an existing file, is an error (:func:`check_out_of_reads`); so is an
-      ``out`` inside any run folder (a ``--force`` of that run would delete it with its own files), and a
-      ``force`` that would delete a run inside ``out``.
+      or holding a dataset in ``data``, or an existing file, is an error
+      (:func:`pemma.run_guards.check_out_of_reads`); so is an ``out`` inside any run folder (a ``--force`` of that
+      run would delete it with its own files), and a ``force`` that would delete a run inside ``out``.
     * A finished run in ``out`` (``model.json`` / ``survival.json``) is an error unless ``force`` or ``resume``.
       With ``force`` the new run is written into a hidden sibling (``.<out>.pemma-new``) that replaces ``out``
       only when the command succeeds: a failed forced run leaves the old run exactly as it was. With
@@ -331,7 +299,7 @@ def new_run_folder(out: str | os.PathLike, *, force: bool = False, resume: bool 
     * When the command fails, the folders it created for ``out`` are removed again unless they hold a
       checkpoint (``--resume`` can continue it); a folder that existed before is never removed.
     * Hidden ``.*.part*`` files a killed process left in ``out`` are deleted first.
-    * The whole command holds the lock of ``out`` (:func:`pemma.run_lock.run_folder_lock`): a second command
+    * The whole command holds the lock of ``out`` (:func:`pemma.run_guards.run_folder_lock`): a second command
       writing the same ``out`` meanwhile is refused at once.
     * A run that a ``--force`` killed between its two renames left in ``.<out>.pemma-old`` (``out`` missing) is
       renamed back to ``out`` first, with a warning (:func:`_recover_swap`).

@@ -170,7 +170,7 @@ def absolute_data(cfg: RunConfig) -> RunConfig:
 
 def data_inputs(cfg: RunConfig) -> list[str]:
     """What a training command reads of ``cfg.data.root`` that a run folder must not overlap
-    (:func:`pemma.runs.check_out_of_reads`): the dataset folder, or a datalist and the folders of the files it
+    (:func:`pemma.run_guards.check_out_of_reads`): the dataset folder, or a datalist and the folders of the files it
     lists (a datalist's images may lie anywhere). A datalist that cannot be read is left to the command to report."""
     root = cfg.data.root
     if not root or not (Path(root).is_file() and Path(root).suffix == ".json"):

@@ -64,7 +64,8 @@ def survival_train(base: RunLike, data: str | os.PathLike, out: str | os.PathLik
         >>> surv = pemma.survival_train(run, data="data/phantom", head="mtlr", out="runs/surv_ct")
     """
     from pemma.methods import load_model
-    from pemma.runs import check_out_of_reads, new_run_folder
+    from pemma.run_guards import check_out_of_reads
+    from pemma.runs import new_run_folder
     from pemma.survival.config import survival_settings
     from pemma.survival.training import train_survival
 
@@ -123,7 +124,8 @@ def survival_adapt(model: RunLike, out: str | os.PathLike, *, data: str | os.Pat
         >>> pemma.survival_adapt(surv, add_modality="pet", method="lora", out="runs/surv_ctpet")
     """
     from pemma.config import RunConfig
-    from pemma.runs import check_out_of_reads, new_run_folder, run_family
+    from pemma.run_guards import check_out_of_reads
+    from pemma.runs import new_run_folder, run_family
     from pemma.survival.clinical import ClinicalConfig
     from pemma.survival.config import survival_settings
     from pemma.survival.runs import read_meta

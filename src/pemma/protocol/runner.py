@@ -37,7 +37,7 @@ from pemma.protocol.routes import adapt_kwargs, method_folder, pairs
 from pemma.protocol.split import split_case_ids
 from pemma.protocol.strategy import PlannedPhase, Strategy, StrategyError
 from pemma.protocol.strategy_file import load_strategy
-from pemma.run_lock import run_folder_lock
+from pemma.run_guards import run_folder_lock
 from pemma.runtime import machine_line, resolve_amp, side_by_side
 from pemma.vocab import EVAL_INPUT_SETS, METHODS, canonical_method, method_choices
 

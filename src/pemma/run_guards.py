@@ -1,6 +1,7 @@
-"""The lock of a run folder: one command writes a run folder at a time (:func:`run_folder_lock`, held by
-:func:`pemma.runs.new_run_folder` for the whole command), and the hidden siblings of a run folder
-(:func:`hidden_sibling`: a forced run's new folder, the run it replaces while swapping, the lock file)."""
+"""Guards around a run folder, which :func:`pemma.runs.new_run_folder` applies for every training command: one
+command writes a run folder at a time (:func:`run_folder_lock`), the folder does not overlap what the command reads
+(:func:`check_out_of_reads`), and the hidden siblings a run folder may have (:func:`hidden_sibling`: a forced run's
+new folder, the run it replaces while swapping, the lock file)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import os
 import socket
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -160,3 +161,35 @@ def _holder_alive(holder: dict[str, Any]) -> bool:
 def _describe(holder: dict[str, Any]) -> str:
     """``pid N on host H, since T`` of a lock's record."""
     return f"pid {holder.get('pid', '?')} on host {holder.get('host', '?')}, since {holder.get('since', '?')}"
+
+
+def check_out_of_reads(out: str | Path, reads: Iterable[str | os.PathLike | None],
+                       data: Iterable[str | os.PathLike | None] = ()) -> None:
+    """``out`` must not overlap what the command reads.
+
+    ``out`` may be neither one of the runs in ``reads``, nor inside one, nor a folder holding one (a forced rerun
+    would replace that folder with everything in it); nor an input in ``data`` (dataset folder, datalist, weights
+    file) or a folder holding one (the run's files would land among the cases, and ``--force`` would later delete
+    them). A run inside a dataset folder is allowed.
+
+    Raises:
+        PemmaError: naming ``out`` and the run or input it would overwrite.
+    """
+    target = _absolute(out)
+    inputs = [(path, True) for path in reads] + [(path, False) for path in data]
+    for path, is_run in inputs:
+        if path is None or not os.fspath(path):
+            continue
+        source = _absolute(path)
+        what = f"the run {os.fspath(path)} that this command reads" if is_run else \
+            f"{os.fspath(path)}, an input of this command (dataset or file)"
+        if target == source or (is_run and source in target.parents):
+            where = "is" if target == source else "is inside"
+            raise PemmaError(f"{out}: {where} {what}; write the new run to another --out, not over or inside it")
+        if target in source.parents:
+            raise PemmaError(f"{out}: holds {what}; write the new run to a folder of its own, beside it")
+
+
+def _absolute(path: str | os.PathLike) -> Path:
+    """``path`` made absolute with its links resolved (also for a path that does not exist yet)."""
+    return Path(os.path.abspath(os.fspath(path))).resolve()
