@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -75,6 +76,8 @@ def test_survival_end_to_end(setup: dict[str, Path]) -> None:
     out = ok("survival", "train", "--base", base, "--data", data, "--modalities", "ct", "--head", "mtlr",
              "--out", runs["surv_ct"], *TINY)
     assert "stage ct" in out and "trainable parameters" in out
+    assert re.search(r"C-index train (\d\.\d{3}|n/a) \(4 cases, \d relapses?\), validation (\d\.\d{3}|n/a) \(2 cases, "
+                     r"\d relapses?\)", out), out  # with what each C-index was computed on
     ok("survival", "adapt", "--model", runs["surv_ct"], "--add-modality", "pet", "--method", "lora",
        "--out", runs["surv_ctpet"], *TINY)
     out = ok("survival", "adapt", "--model", runs["surv_ctpet"], "--add-ehr", "--method", "lora",
@@ -123,6 +126,15 @@ def test_survival_end_to_end(setup: dict[str, Path]) -> None:
     train_report = json.loads((eval_dir / "survival_ct+pet+ehr_train.json").read_text())
     assert sorted(c["PatientID"] for c in train_report["cases"]) == sorted(meta["train_cases"])
     assert train_report["c_index"] == pytest.approx(meta["train_c_index"], abs=1e-9)  # reloaded == trained model
+    assert train_report["skipped_endpoints_without_images"] == []  # the val cases have images: not "without"
+    underscored = root / "underscored"  # the same data under nnU-Net's spelling of the IDs (CHUM_000)
+    shutil.copytree(data, underscored)
+    for path in sorted(underscored.rglob("*.nii.gz")):
+        path.rename(path.with_name(path.name.replace("-", "_", 1)))
+    ok("survival", "evaluate", "--model", runs["surv_ctpet_ehr"], "--data", underscored, "--split", "train",
+       "--out", root / "eval_us", "--bootstrap", "20")
+    spelled = json.loads((root / "eval_us" / "survival_ct+pet+ehr_train.json").read_text())
+    assert sorted(c["PatientID"].replace("_", "-") for c in spelled["cases"]) == sorted(meta["train_cases"])
     csv_path = root / "out" / "risk.csv"
     out = ok("survival", "predict", "--model", runs["surv_ctpet_ehr"], "--data", data, "--out", csv_path)
     assert "wrote 6 risk scores" in out

@@ -40,6 +40,48 @@ def test_clinical_row_with_an_unquoted_comma_is_refused(tmp_path: Path) -> None:
         read_clinical(path)
 
 
+def test_clinical_row_with_fewer_cells_than_the_header_is_refused(tmp_path: Path) -> None:
+    """An unquoted HPV header (a comma in its name) made 14 columns over 13-cell rows: each value slid under the
+    next column's name (Surgery held Chemotherapy's), silently."""
+    unquoted = HEADER.replace('"', "")
+    path = write(tmp_path / "clin.csv", unquoted + "\nCHUM-001,1,1,1,M,61,82,1,0,0,1,0,1\n")
+    with pytest.raises(PemmaError, match=r"clin\.csv: line 2 has 13 cells, the header 14 \(an unquoted comma in a "
+                                         r"column name"):
+        read_clinical(path)
+
+
+def test_hpv_minus_is_a_value_not_missing(tmp_path: Path) -> None:
+    """The HPV column is named "(0=-, 1=+)": "-" was read as missing, merging the negatives into it."""
+    path = write(tmp_path / "clin.csv", HEADER + "\nCHUM-001,1,1,1,M,61,82,1,0,0,-,0,1\n"
+                                                 "CHUM-002,1,1,1,M,61,82,1,0,0,+,0,1\nCHUM-003,1,1,1,M,61,82,1,0,0,,0,1\n")
+    table = read_clinical(path)
+    assert [table.rows[p][HPV_COLUMN] for p in ("CHUM-001", "CHUM-002", "CHUM-003")] == ["-", "+", None]
+    enc = ClinicalEncoder(ClinicalConfig(numeric=(), categorical=(HPV_COLUMN,))).fit(list(table.rows.values()))
+    assert enc.levels[HPV_COLUMN] == ["+", "-"]
+
+
+def test_evaluating_against_a_table_the_encoder_does_not_fit(tmp_path: Path) -> None:
+    """survival evaluate / predict encoded a renamed or dropped column (or another coding) as missing for every
+    patient, exit 0: risks changed without a word. Training already refused the unknown column."""
+    from pemma.survival.data import encode_clinical
+
+    enc = ClinicalEncoder(ClinicalConfig(numeric=("Age",), categorical=("Gender",)))
+    cases = [CaseRecord(f"CHUM-00{i}", "CHUM", {"ct": "x"}) for i in (1, 2)]
+    good = read_clinical(write(tmp_path / "good.csv", "PatientID,Age,Gender\nCHUM-001,61,M\nCHUM-002,70,F\n"))
+    enc.fit(list(good.rows.values()), source=str(good.path))
+    renamed = read_clinical(write(tmp_path / "renamed.csv", "PatientID,Age,\"Gender (1=M,0=F)\"\nCHUM-001,61,1\n"
+                                                            "CHUM-002,70,0\n"))
+    with pytest.raises(PemmaError, match=r"renamed\.csv: unknown clinical column\(s\) \['Gender'\]"):
+        encode_clinical(enc, cases, renamed)
+    recoded = read_clinical(write(tmp_path / "recoded.csv", "PatientID,Age,Gender\nCHUM-001,61,1\nCHUM-002,70,0\n"))
+    with pytest.warns(UserWarning, match=r"recoded\.csv: values the model never saw in training, encoded as "
+                                         r"missing: Gender 2 of 2 cases"):
+        encode_clinical(enc, cases, recoded)
+    text = read_clinical(write(tmp_path / "text.csv", "PatientID,Age,Gender\nCHUM-001,65 years,M\n"))
+    with pytest.raises(PemmaError, match=r"text\.csv: patient CHUM-001: clinical column 'Age' value '65 years'"):
+        encode_clinical(enc, cases[:1], text)
+
+
 def test_read_endpoints_and_phantom_files(phantom: Path) -> None:
     endpoints = read_endpoints(phantom / "hecktor2022_endpoint_training.csv")
     assert len(endpoints) == 6 and all(e.relapse in (0, 1) and e.rfs >= 0 for e in endpoints.values())
@@ -78,6 +120,9 @@ def test_matching_skips_and_counts(tmp_path: Path) -> None:
     assert report.endpoints_without_images == ["CHUM-002"]  # HGJ is outside the selected centres
     assert "2 cases with images and endpoints; skipped 1 endpoint rows without images (CHUM-002), " \
            "1 image cases without endpoints (CHUM-003)" == report.summary()
+    # a case left out on purpose (another split) has images: its row is not "without images"
+    assert match_endpoints(cases, read_endpoints(path), ["CHUM", "MDA"], left_out=["CHUM_002"]) \
+        .endpoints_without_images == []
 
 
 def test_find_table(tmp_path: Path) -> None:
@@ -145,7 +190,7 @@ def test_clinical_encoder_errors_and_json_round_trip(tmp_path: Path) -> None:
     enc = ClinicalEncoder(ClinicalConfig(numeric=("Age",), categorical=("Smoking",)))
     with pytest.raises(PemmaError, match=r"unknown clinical column\(s\) \['Smoking'\]; available: .*HPV status"):
         enc.fit(ROWS, columns=HEADER.replace('"', "").split(",")[:10] + [HPV_COLUMN, "Surgery", "Chemotherapy"])
-    with pytest.raises(PemmaError, match="patient B: clinical column 'Age' value 'old' is not a number"):
+    with pytest.raises(PemmaError, match="clinical CSV: patient B: clinical column 'Age' value 'old' is not a number"):
         ClinicalEncoder(CONFIG).fit([ROWS[0], {**ROWS[1], "Age": "old"}])
     with pytest.raises(PemmaError, match="not fitted"):
         ClinicalEncoder(CONFIG).transform(ROWS)

@@ -19,10 +19,6 @@ from pemma.survival.config import SurvivalConfig
 from pemma.vocab import SURVIVAL_HEADS, adapter_choices
 
 
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
-
-
 def _table_flags(p: argparse.ArgumentParser, endpoints: bool = True, clinical: bool = True) -> None:
     if endpoints:
         p.add_argument("--endpoints", help="endpoint CSV (default: hecktor2022_endpoint_training.csv under --data)")
@@ -113,9 +109,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _print_summary(out: str, summary: dict) -> None:
+    from pemma.survival.training import scored_text
+
     print(f"{out}: stage {summary['stage']}, {counted(summary['steps'], 'step')}, trainable parameters "
-          f"{summary['trainable']:,} of {summary['total']:,}; C-index train {_fmt(summary['train_c_index'])}, "
-          f"validation {_fmt(summary['val_c_index'])}")
+          f"{summary['trainable']:,} of {summary['total']:,}; C-index train "
+          f"{scored_text(summary['train_c_index'], summary.get('n_train'), summary.get('events_train'))}, "
+          f"validation {scored_text(summary['val_c_index'], summary.get('n_val'), summary.get('events_val'))}")
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -137,7 +137,7 @@ def survival_chain(data_root: str | Path, out_dir: str | Path, seg_ct: str | Pat
         rows = [r for r in clinical_rows([cases[i] for i in train], tables.clinical) if r is not None]
         if not rows:
             raise PemmaError(f"{tables.clinical.path}: no training case has a clinical row")
-        encoder.fit(rows)
+        encoder.fit(rows, source=str(tables.clinical.path))
         matrix, names = encode_clinical(encoder, cases, tables.clinical).astype(np.float64), encoder.feature_names
     data = ChainData([c.case_id for c in cases], time, event, np.array(ct_rows, float), np.array(pet_rows, float),
                      matrix, names)

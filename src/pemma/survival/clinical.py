@@ -86,13 +86,14 @@ class ClinicalConfig:
         return self.numeric + self.categorical
 
 
-def _number(value: str | None, column: str, patient: str) -> float | None:
+def _number(value: str | None, column: str, patient: str, source: str) -> float | None:
     if is_missing(value):
         return None
     try:
         number = float(str(value).strip())
     except ValueError:
-        raise PemmaError(f"patient {patient}: clinical column {column!r} value {value!r} is not a number") from None
+        raise PemmaError(f"{source}: patient {patient}: clinical column {column!r} value {value!r} is not a "
+                         "number") from None
     return number if math.isfinite(number) else None
 
 
@@ -164,25 +165,27 @@ class ClinicalEncoder:
             available = [c for c in columns if c not in RESERVED]
             raise PemmaError(f"{source}: unknown clinical column(s) {unknown}; available: {available}")
 
-    def fit(self, rows: Sequence[Mapping[str, str | None]], columns: Sequence[str] | None = None) -> ClinicalEncoder:
+    def fit(self, rows: Sequence[Mapping[str, str | None]], columns: Sequence[str] | None = None,
+            source: str = "clinical CSV") -> ClinicalEncoder:
         """Learn medians, means, standard deviations and levels from training ``rows``.
 
         Args:
             rows: one mapping per training patient (column -> raw text or None); ``PatientID`` is used in
                 error messages when present.
             columns: the CSV header; configured columns it lacks raise :class:`PemmaError`. Default: not checked.
+            source: the table's path, named in errors. Default "clinical CSV".
 
         Returns:
             ``self``.
         """
         if columns is not None:
-            self.check_columns(columns)
+            self.check_columns(columns, source)
         if not rows:
             raise PemmaError("clinical encoder: no training rows to fit on")
         self.numeric_stats, self.levels = {}, {}
         for col in self.config.numeric:
             values = [v for i, r in enumerate(rows)
-                      if (v := _number(r.get(col), col, str(r.get("PatientID", f"#{i}")))) is not None]
+                      if (v := _number(r.get(col), col, str(r.get("PatientID", f"#{i}")), source)) is not None]
             if values:
                 arr = np.asarray(values, dtype=np.float64)
                 std = float(arr.std())
@@ -195,8 +198,8 @@ class ClinicalEncoder:
             self.levels[col] = sorted(seen, key=_level_sort_key)
         return self
 
-    def transform(self, rows: Sequence[Mapping[str, str | None] | None]) -> np.ndarray:
-        """Encode ``rows`` (a ``None`` row = every value missing).
+    def transform(self, rows: Sequence[Mapping[str, str | None] | None], source: str = "clinical CSV") -> np.ndarray:
+        """Encode ``rows`` (a ``None`` row = every value missing; ``source``: the table's path, named in errors).
 
         Returns:
             float32 array (len(rows), n_features).
@@ -214,7 +217,7 @@ class ClinicalEncoder:
             j = 0
             for col in self.config.numeric:
                 stats = self.numeric_stats[col]
-                value = _number(row.get(col), col, patient)
+                value = _number(row.get(col), col, patient, source)
                 missing = value is None
                 value = stats["median"] if missing else value
                 out[i, j] = (value - stats["mean"]) / stats["std"]

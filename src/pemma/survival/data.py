@@ -9,6 +9,7 @@ the ROI) and then a single **centre crop** of the ROI size, cached with
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,15 +94,27 @@ def clinical_rows(cases: Sequence[CaseRecord], table: ClinicalTable) -> list[dic
 
 
 def encode_clinical(encoder: ClinicalEncoder, cases: Sequence[CaseRecord], table: ClinicalTable) -> np.ndarray:
-    """(N, F) encoded clinical matrix; patients missing from the table are logged and encoded as all-missing."""
+    """(N, F) encoded clinical matrix; patients missing from the table are logged and encoded as all-missing.
+
+    Raises:
+        PemmaError: the table lacks a column the encoder was fitted on (renamed or dropped: every patient's value
+            would silently be "missing").
+
+    Warns:
+        UserWarning: values of a categorical column the encoder never saw (another coding, e.g. 1/0 for M/F),
+            encoded as missing.
+    """
+    encoder.check_columns(table.columns, str(table.path))
     rows = clinical_rows(cases, table)
     absent = [c.case_id for c, r in zip(cases, rows, strict=True) if r is None]
     if absent:
         log.info(f"clinical {table.path}: {len(absent)} of {len(cases)} cases have no row "
                  f"({', '.join(absent[:3])}{', ...' if len(absent) > 3 else ''}); encoded as all missing")
-    matrix = encoder.transform(rows)
+    matrix = encoder.transform(rows, str(table.path))
     if encoder.unseen:
-        log.info(f"clinical {table.path}: unseen categories encoded as missing: {encoder.unseen}")
+        counts = ", ".join(f"{col} {n} of {len(cases)}" for col, n in encoder.unseen.items())
+        warnings.warn(f"clinical {table.path}: values the model never saw in training, encoded as missing: {counts} "
+                      "cases (another coding of the column?)", UserWarning, stacklevel=2)
     return matrix
 
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,7 +37,7 @@ from pemma.errors import PemmaError
 
 ENDPOINT_COLUMNS: tuple[str, ...] = ("PatientID", "Relapse", "RFS")
 #: Cell values read as "missing" (besides the empty cell), compared case-insensitively.
-MISSING_TOKENS = frozenset({"", "nan", "na", "n/a", "none", "null", "?", "-", "unknown"})
+MISSING_TOKENS = frozenset({"", "nan", "na", "n/a", "none", "null", "?", "unknown"})  # not "-": HPV's negative
 
 
 @dataclass(frozen=True)
@@ -164,7 +164,8 @@ def read_clinical(path: str | Path) -> ClinicalTable:
     text: :class:`~pemma.survival.clinical.ClinicalEncoder` parses the columns it is configured to use.
 
     Raises:
-        PemmaError: missing file, no PatientID column, empty or repeated PatientID.
+        PemmaError: missing file, no PatientID column, empty or repeated PatientID, a row with more or fewer
+            cells than the header.
 
     Example:
         >>> table = read_clinical("hecktor2022_clinical_info_training.csv")
@@ -179,6 +180,9 @@ def read_clinical(path: str | Path) -> ClinicalTable:
         if None in row:  # more cells than header columns: csv.DictReader collects them under None
             raise PemmaError(f"{path}: line {line} has {len(header) + len(row[None])} cells, the header "
                              f"{len(header)} (an unquoted comma in a value?)")
+        if any(v is None for v in row.values()):  # fewer: the values would shift under the wrong columns
+            raise PemmaError(f"{path}: line {line} has {sum(v is not None for v in row.values())} cells, the header "
+                             f"{len(header)} (an unquoted comma in a column name, such as the HPV column's?)")
         pid = _patient(path, line, row, seen)
         out[pid] = {k: None if is_missing(v) else str(v).strip() for k, v in row.items() if k != "PatientID"}
     return ClinicalTable(path, header, out)
@@ -239,13 +243,15 @@ class MatchReport:
 
 
 def match_endpoints(cases: Sequence[CaseRecord], endpoints: Mapping[str, Endpoint],
-                    centres: Sequence[str] | None = None) -> MatchReport:
+                    centres: Sequence[str] | None = None, left_out: Iterable[str] = ()) -> MatchReport:
     """Pair image cases with endpoint rows by patient ID (``CHUM_001`` matches ``CHUM-001``).
 
     Args:
         cases: image cases (already restricted to the wanted centres and modalities).
         endpoints: from :func:`read_endpoints`.
         centres: when given, endpoint rows of other centres are not counted as "without images".
+        left_out: IDs of cases whose images exist but were left out on purpose (another split): their rows are
+            not counted as "without images" either.
 
     Returns:
         :class:`MatchReport`; skipped rows and cases are listed, never an error.
@@ -261,6 +267,7 @@ def match_endpoints(cases: Sequence[CaseRecord], endpoints: Mapping[str, Endpoin
             report.pairs.append((case, endpoint))
             used.add(patient_key(case.case_id))
     wanted = {c.upper() for c in centres or []}
+    used |= {patient_key(i) for i in left_out}
     report.endpoints_without_images = [pid for pid in endpoints if patient_key(pid) not in used
                                        and (not wanted or centre_of(pid).upper() in wanted)]
     return report

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pemma.data.case import patient_key
 from pemma.data.layout import CaseRecord, discover_cases, select_cases
 from pemma.errors import PemmaError
 from pemma.io_utils import write_text_atomic
@@ -62,17 +63,20 @@ def predict_risks(run: PrognosisRun, cases: list[CaseRecord], data: str | Path, 
 SPLITS = ("all", "train", "val")
 
 
-def _cases(run: PrognosisRun, data: str | Path, centres: list[str] | None, split: str = "all") -> list[CaseRecord]:
-    """Cases of ``data`` with the model's inputs; ``split`` "train" / "val" keeps the run's own case lists."""
+def _cases(run: PrognosisRun, data: str | Path, centres: list[str] | None, split: str = "all"
+           ) -> tuple[list[CaseRecord], list[str]]:
+    """Cases of ``data`` with the model's inputs, and the IDs of those left out: ``split`` "train" / "val" keeps
+    the run's own case lists (an ID under either spelling, :func:`~pemma.data.case.patient_key`)."""
     if split not in SPLITS:
         raise PemmaError(f"split must be one of {SPLITS}, got {split!r}")
     cases = select_cases(discover_cases(data), centres=centres, modalities=list(run.modalities), source=str(data))
-    if split != "all":
-        wanted = set(run.meta.get(f"{split}_cases") or [])
-        cases = [c for c in cases if c.case_id in wanted]
-        if not cases:
-            raise PemmaError(f"{data}: none of the model's {split} cases is here")
-    return cases
+    if split == "all":
+        return cases, []
+    wanted = {patient_key(i) for i in run.meta.get(f"{split}_cases") or []}
+    chosen = [c for c in cases if patient_key(c.case_id) in wanted]
+    if not chosen:
+        raise PemmaError(f"{data}: none of the model's {split} cases is here")
+    return chosen, [c.case_id for c in cases if patient_key(c.case_id) not in wanted]
 
 
 def evaluate_survival(model_run: str | Path, data: str | Path, centres: list[str] | None = None,
@@ -105,11 +109,12 @@ def evaluate_survival(model_run: str | Path, data: str | Path, centres: list[str
     run = load_run(model_run, dev, base_run=base_run)
     tables = Tables.find(data, endpoints=endpoints, clinical=clinical, need_clinical=run.ehr)
     assert tables.endpoints is not None
-    cases = _cases(run, data, centres, split)
+    cases, left_out = _cases(run, data, centres, split)
     if case_ids is not None:
-        wanted = set(case_ids)
-        cases = [c for c in cases if c.case_id in wanted]
-    report = match_endpoints(cases, tables.endpoints, centres)
+        wanted = {patient_key(i) for i in case_ids}
+        left_out += [c.case_id for c in cases if patient_key(c.case_id) not in wanted]
+        cases = [c for c in cases if patient_key(c.case_id) in wanted]
+    report = match_endpoints(cases, tables.endpoints, centres, left_out)
     if not report.pairs:
         raise PemmaError(f"{tables.endpoint_path}: no endpoint row matches an image case of {data}")
     cases = report.cases
@@ -127,8 +132,8 @@ def evaluate_survival(model_run: str | Path, data: str | Path, centres: list[str
     threshold = float(run.meta["risk_threshold"])
     test = plot_risk_groups(time_, event, risk, threshold, png, title=f"{tag} ({len(cases)} cases)")
     if split == "all" and run.meta.get("val_cases"):
-        seen = set(run.meta.get("train_cases", []))
-        overlap = sum(c.case_id in seen for c in cases)
+        seen = {patient_key(i) for i in run.meta.get("train_cases", [])}  # CHUM-001 is CHUM_001
+        overlap = sum(patient_key(c.case_id) in seen for c in cases)
         if overlap:
             log.info(f"note: {overlap} of the {len(cases)} evaluated cases were training cases of this model "
                      "(use --split val for the held-out ones)")
@@ -181,7 +186,7 @@ def predict_survival(model_run: str | Path, data: str | Path, out_csv: str | Pat
     dev = resolve_device(device)
     run = load_run(model_run, dev, base_run=base_run)
     tables = Tables.find(data, clinical=clinical, need_endpoints=False, need_clinical=run.ehr)
-    cases = _cases(run, data, centres)
+    cases, _ = _cases(run, data, centres)
     _check_not_an_input(Path(out_csv), data, tables, cases)
     risk = predict_risks(run, cases, data, tables, dev, cache_dir=cache_dir)
     buf = io.StringIO()

@@ -67,6 +67,13 @@ def _fmt(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
+def scored_text(c_index: float | None, n: int | None, events: int | None) -> str:
+    """``0.833 (15 cases, 6 relapses)``: a C-index with what it was computed on (``n/a`` when undefined)."""
+    if n is None:
+        return _fmt(c_index)
+    return f"{_fmt(c_index)} ({n} case{'' if n == 1 else 's'}, {events} relapse{'' if events == 1 else 's'})"
+
+
 
 
 def _finish(model: PrognosisModel, cfg: RunConfig, train: Split, val: Split | None, out_dir: Path,
@@ -86,7 +93,9 @@ def _finish(model: PrognosisModel, cfg: RunConfig, train: Split, val: Split | No
                     f"{len(train.case_ids)} training cases)")
     row = {"stage": stage, "run": str(final_path(out_dir).resolve()), "trainable": params["trainable"],
            "total": params["total"], "train_c_index": train_c, "val_c_index": val_c, "steps": fitted["steps"],
-           "overfitting": overfit, "l2": fitted["l2"]}
+           "overfitting": overfit, "l2": fitted["l2"], "n_train": len(train.case_ids),
+           "events_train": int(train.event.sum()), "n_val": None if val is None else len(val.case_ids),
+           "events_val": None if val is None else int(val.event.sum())}
     meta.update({"stage": stage, "risk_threshold": float(np.median(train_risk)), "train_c_index": train_c,
                  "val_c_index": val_c, "overfitting": overfit, "train_cases": train.case_ids,
                  "val_cases": [] if val is None else val.case_ids, "parameters": params,
@@ -95,8 +104,10 @@ def _finish(model: PrognosisModel, cfg: RunConfig, train: Split, val: Split | No
         save_run(model, cfg, out_dir, meta)
     barrier(dist)
     how = f"{fitted['steps']} steps" if fitted["steps"] else "head solved"
-    log.info(f"done {stage}: {how} in {fitted['seconds']:.0f} s (l2 {fitted['l2']:g}); C-index train {_fmt(train_c)}, "
-             f"validation {_fmt(val_c)}; training median risk {meta['risk_threshold']:.4g}")
+    log.info(f"done {stage}: {how} in {fitted['seconds']:.0f} s (l2 {fitted['l2']:g}); C-index train "
+             f"{scored_text(train_c, row['n_train'], row['events_train'])}, validation "
+             f"{scored_text(val_c, row['n_val'], row['events_val'])}; training median risk "
+             f"{meta['risk_threshold']:.4g}")
     return {**row, "seconds": fitted["seconds"], "risk_threshold": meta["risk_threshold"]}
 
 
@@ -262,7 +273,7 @@ def _adapt_survival(model_run: Path, cfg: RunConfig, out_dir: Path, settings: Su
         rows = [r for r in clinical_rows(train_cases, tables.clinical) if r is not None]
         if not rows:
             raise PemmaError(f"{tables.clinical.path}: no training case has a clinical row")
-        encoder.fit(rows)
+        encoder.fit(rows, source=str(tables.clinical.path))
         log.info(f"clinical encoder fitted on {len(rows)} training cases: {encoder.n_features} features "
                  f"({', '.join(encoder.feature_names[:6])}, ...)")
     train, val = prepare_splits(cfg, modalities, tables, encoder if ehr else None, progress, report, train_cases,
