@@ -16,7 +16,7 @@ SRC = Path(pemma.__file__).parent
 #: bottom to top; a unit (a top-level module or a folder of ``pemma``) may import from its own layer or below
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("vocab", "errors", "io_utils", "config_fields", "run_guards"),
-    ("runs", "runtime", "config", "modalities"),
+    ("runs", "run_folder", "runtime", "config", "modalities"),
     ("data",),
     ("adapters",),
     ("models",),

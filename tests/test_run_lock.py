@@ -14,8 +14,9 @@ import pytest
 
 import pemma
 from pemma.errors import PemmaError
+from pemma.run_folder import new_run_folder
 from pemma.run_guards import run_folder_lock
-from pemma.runs import MODEL_META, new_run_folder, read_meta, save_state
+from pemma.runs import MODEL_META, read_meta, save_state
 from pemma.runtime import MetricsCSV
 
 TINY = {"spacing": [4, 4, 4], "roi": [32, 32, 32], "batch_size": 1, "val_every": 1, "max_steps": 1,

@@ -16,7 +16,8 @@ import pemma
 from pemma.cli.main import main
 from pemma.errors import PemmaError
 from pemma.io_utils import save_tensors, write_text_atomic
-from pemma.runs import CONFIG_FILE, MODEL_META, new_run_folder, run_family
+from pemma.run_folder import new_run_folder
+from pemma.runs import CONFIG_FILE, MODEL_META, run_family
 
 SMALL = {"spacing": [4, 4, 4], "roi": [32, 32, 32], "batch_size": 1, "val_every": 1, "max_steps": 1}
 TINY = {**SMALL, "modalities": "ct"}

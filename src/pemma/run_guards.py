@@ -1,4 +1,4 @@
-"""Guards around a run folder, which :func:`pemma.runs.new_run_folder` applies for every training command: one
+"""Guards around a run folder, which :func:`pemma.run_folder.new_run_folder` applies for every training command: one
 command writes a run folder at a time (:func:`run_folder_lock`), the folder does not overlap what the command reads
 (:func:`check_out_of_reads`), and the hidden siblings a run folder may have (:func:`hidden_sibling`: a forced run's
 new folder, the run it replaces while swapping, the lock file)."""

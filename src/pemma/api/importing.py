@@ -44,7 +44,7 @@ def import_model(weights: str | os.PathLike, out: str | os.PathLike, *, backbone
     """
     from pemma.config import ModelConfig
     from pemma.methods.importing import bundle_model_settings, import_weights, parse_label_map, read_bundle
-    from pemma.runs import new_run_folder
+    from pemma.run_folder import new_run_folder
 
     source = Path(os.fspath(weights))
     if not source.exists():

@@ -54,7 +54,7 @@ def train(data: str | os.PathLike, out: str | os.PathLike, *, centres: Names = N
     Example:
         >>> run = pemma.train("data/phantom", "runs/ct", centres=["CHUM"], modalities=["ct"], max_steps=2)
     """
-    from pemma.runs import new_run_folder
+    from pemma.run_folder import new_run_folder
     from pemma.training.segmentation import train as train_backbone
 
     cfg = absolute_data(run_config(preset, config, overrides, data=data, centres=centres, modalities=modalities,
@@ -116,7 +116,7 @@ def adapt(base: RunLike, data: str | os.PathLike, out: str | os.PathLike, *, cen
     from pemma.adapters.config import AdapterConfig
     from pemma.adapters.recipes import recipe_config
     from pemma.methods import adapt as adapt_run
-    from pemma.runs import new_run_folder
+    from pemma.run_folder import new_run_folder
     from pemma.vocab import MODALITY_ALIASES, PEMMA_METHODS, canonical_method
 
     added = str(add_modality).strip().lower()
@@ -185,7 +185,8 @@ def update(model: RunLike, data: str | os.PathLike, modalities: Names, out: str 
         >>> up = pemma.update(ad, data="data/phantom", centres=["HGJ"], modalities="pet", out="runs/up")
     """
     from pemma.methods import update as update_run
-    from pemma.runs import new_run_folder, run_family
+    from pemma.run_folder import new_run_folder
+    from pemma.runs import run_family
     from pemma.vocab import parse_modalities
 
     if settings.get("register") is not None:

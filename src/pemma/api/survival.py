@@ -64,8 +64,8 @@ def survival_train(base: RunLike, data: str | os.PathLike, out: str | os.PathLik
         >>> surv = pemma.survival_train(run, data="data/phantom", head="mtlr", out="runs/surv_ct")
     """
     from pemma.methods import load_model
+    from pemma.run_folder import new_run_folder
     from pemma.run_guards import check_out_of_reads
-    from pemma.runs import new_run_folder
     from pemma.survival.config import survival_settings
     from pemma.survival.training import train_survival
 
@@ -124,8 +124,9 @@ def survival_adapt(model: RunLike, out: str | os.PathLike, *, data: str | os.Pat
         >>> pemma.survival_adapt(surv, add_modality="pet", method="lora", out="runs/surv_ctpet")
     """
     from pemma.config import RunConfig
+    from pemma.run_folder import new_run_folder
     from pemma.run_guards import check_out_of_reads
-    from pemma.runs import new_run_folder, run_family
+    from pemma.runs import run_family
     from pemma.survival.clinical import ClinicalConfig
     from pemma.survival.config import survival_settings
     from pemma.survival.runs import read_meta
