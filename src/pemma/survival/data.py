@@ -101,8 +101,8 @@ def encode_clinical(encoder: ClinicalEncoder, cases: Sequence[CaseRecord], table
             would silently be "missing").
 
     Warns:
-        UserWarning: values of a categorical column the encoder never saw (another coding, e.g. 1/0 for M/F),
-            encoded as missing.
+        UserWarning: values of a categorical column the encoder never saw, for half the cases or more (another
+            coding, e.g. 1/0 for M/F), encoded as missing; fewer (a level rare in training) are logged.
     """
     encoder.check_columns(table.columns, str(table.path))
     rows = clinical_rows(cases, table)
@@ -113,8 +113,11 @@ def encode_clinical(encoder: ClinicalEncoder, cases: Sequence[CaseRecord], table
     matrix = encoder.transform(rows, str(table.path))
     if encoder.unseen:
         counts = ", ".join(f"{col} {n} of {len(cases)}" for col, n in encoder.unseen.items())
-        warnings.warn(f"clinical {table.path}: values the model never saw in training, encoded as missing: {counts} "
-                      "cases (another coding of the column?)", UserWarning, stacklevel=2)
+        text = f"clinical {table.path}: values the model never saw in training, encoded as missing: {counts} cases"
+        if 2 * max(encoder.unseen.values()) >= len(cases):  # most patients: another coding of the column
+            warnings.warn(f"{text} (another coding of the column?)", UserWarning, stacklevel=2)
+        else:  # a rare level of a small training set
+            log.info(text)
     return matrix
 
 
