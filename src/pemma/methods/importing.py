@@ -242,10 +242,11 @@ def import_weights(source: str | Path, cfg: RunConfig, out_dir: Path, label_map:
         if report[kind]:
             log.info("  %s: %s%s", kind, ", ".join(report[kind][:8]), " ..." if len(report[kind]) > 8 else "")
     if not body or len(loaded_body) < min_matched * len(body):
-        hint = report["shape_mismatch"][:2] or report["missing"][:2]
-        raise PemmaError(f"{weights}: only {len(loaded_body)} of {len(body)} {cfg.model.backbone} tensors match "
-                         f"({counts}; e.g. {', '.join(hint) or '-'}); check --backbone and the network sizes in "
-                         f"--config (model.{cfg.model.backbone}, model.roi_size)")
+        why = "; ".join(f"{len(report[k])} {k.replace('_', ' ')} (e.g. {report[k][0]})"
+                        for k in ("shape_mismatch", "missing", "unexpected") if report[k])
+        raise PemmaError(f"{weights}: {len(body) - len(loaded_body)} of the {len(body)} {cfg.model.backbone} tensors "
+                         f"besides the head do not load: {why}; check --backbone and the network sizes in --config "
+                         f"(model.{cfg.model.backbone}, model.roi_size)")
     head_keys = [k for k in net.state_dict() if k.startswith(HEAD_PREFIX)]
     head_loaded = all(k in report["matched"] for k in head_keys)
     head = "selected" if label_map is not None else "loaded" if head_loaded else "new"
