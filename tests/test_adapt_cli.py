@@ -79,7 +79,8 @@ def test_foreign_base_is_refused(bases: dict[str, Path], phantom: Path, tmp_path
     proc = run_cli("predict", "--model", str(run), "--base", str(other), "--input", str(phantom / "imagesTr"),
                    "--out", str(tmp_path / "p"), check=False)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
-    assert "adapter was trained on base" in proc.stderr
+    # named with both paths (the adapter's own check said "this base is ...", naming neither)
+    assert f"{run}: was trained on base" in proc.stderr and f"but {other} holds" in proc.stderr
     # the base run itself is never modified by adaptation
     assert before == {p.name: p.read_bytes() for p in bases["unetr"].iterdir()}
 

@@ -92,7 +92,8 @@ def check_base(run_dir: str | Path, meta: dict[str, Any], base_run: str | Path |
     expected = meta.get("base_sha256")
     if expected and sha256_file(weights) != expected:
         held = read_meta(base_dir).get("sha256", "?")
-        raise PemmaError(f"{run_dir}: was trained on base {str(expected)[:12]} but {base_dir} holds {str(held)[:12]}")
+        raise PemmaError(f"{run_dir}: was trained on base {str(expected)[:12]} but {base_dir} holds {str(held)[:12]} "
+                         "(retrained or replaced since?); pass --base with the run it was trained on")
     return base_dir
 
 

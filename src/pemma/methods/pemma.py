@@ -27,10 +27,9 @@ from pemma.adapters.artifacts import format_load_report, load_adapter, read_adap
 from pemma.adapters.config import NEW_PARTS, AdapterConfig
 from pemma.adapters.state import unwrap_model
 from pemma.config import RunConfig
-from pemma.errors import PemmaError
 from pemma.io_utils import sha256_file
 from pemma.methods.adaptation import AdaptationSetup, select_channels
-from pemma.methods.loading import load_model
+from pemma.methods.loading import load_base
 from pemma.methods.registry import Method, RunKind, register_kind, register_method
 from pemma.methods.update import update_task
 from pemma.models.accounting import parameter_report
@@ -40,7 +39,6 @@ from pemma.runs import MODEL_FILE, stamp, write_meta
 from pemma.training.loop import TrainingTask
 from pemma.vocab import (
     ALL_INPUT_SETS,
-    KIND_BACKBONE,
     KIND_PEMMA,
     PEMMA_METHODS,
     input_set_name,
@@ -132,9 +130,7 @@ def _build(adapter_type: str):
 # ---------------------------------------------------------------------------------------------- run kind
 def _load(run_dir: Path, meta: dict[str, Any], config: RunConfig, base_run: Path | None) -> nn.Module:
     base_dir = Path(base_run or meta["base_run"])
-    base = load_model(base_dir)
-    if base.kind != KIND_BACKBONE:
-        raise PemmaError(f"{base_dir}: the base of {run_dir} must be a plain CT run")
+    base = load_base(run_dir, meta, base_run)  # a base retrained since is named with its path, before the adapter
     stored = read_adapter_config(run_dir)
     added = (meta.get("modalities") or ["ct", "pet"])[-1]  # runs before other modalities: ct, pet
     model = build_pemma(base, AdapterConfig.from_dict(stored["adapter_config"]), added)
