@@ -202,3 +202,9 @@ def test_clinical_encoder_errors_and_json_round_trip(tmp_path: Path) -> None:
     restored = ClinicalEncoder.from_dict(json.loads(json.dumps(fitted.to_dict())))
     np.testing.assert_array_equal(restored.transform(ROWS), fitted.transform(ROWS))
     assert restored.feature_names == fitted.feature_names
+
+
+def test_rfs_of_zero_days_is_a_warning(tmp_path: Path) -> None:
+    path = write(tmp_path / "end.csv", "PatientID,Relapse,RFS\nCHUM-001,1,0\nCHUM-002,0,900\n")
+    with pytest.warns(UserWarning, match=r"end\.csv: 1 patient\(s\) with RFS 0 days \(CHUM-001\)"):
+        assert read_endpoints(path)["CHUM-001"].rfs == 0.0

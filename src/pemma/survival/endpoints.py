@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import csv
 import math
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,6 +126,9 @@ def read_endpoints(path: str | Path) -> dict[str, Endpoint]:
         PemmaError: missing file or column, empty or repeated PatientID, RFS not a finite number >= 0,
             Relapse not 0/1 (``1.0`` / ``0.0`` are accepted). The message names file, line and patient.
 
+    Warns:
+        UserWarning: patients with RFS 0 days (one line naming the first of them).
+
     Example:
         >>> read_endpoints("data/phantom/hecktor2022_endpoint_training.csv")["CHUM-001"]  # the default phantom
         Endpoint(patient_id='CHUM-001', relapse=1, rfs=597.0)
@@ -154,6 +158,11 @@ def read_endpoints(path: str | Path) -> dict[str, Endpoint]:
         out[pid] = Endpoint(pid, int(relapse_value), rfs)
     if not out:
         raise PemmaError(f"{path}: endpoint CSV has no rows")
+    zero = [pid for pid, e in out.items() if e.rfs == 0]
+    if zero:  # legal, but a censored patient followed for 0 days adds nothing, and a day-0 relapse is rare
+        warnings.warn(f"{path}: {len(zero)} patient(s) with RFS 0 days ({', '.join(zero[:3])}"
+                      f"{', ...' if len(zero) > 3 else ''}): a relapse or censoring at the end of radiotherapy; "
+                      "check these rows", UserWarning, stacklevel=2)
     return out
 
 
