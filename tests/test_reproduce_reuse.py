@@ -21,14 +21,20 @@ class Stop(Exception):
     pass
 
 
-def test_another_split_in_the_same_out_is_refused(phantom: Path, tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def stopped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, Path]:
+    """The strategy file and an --out; training raises :class:`Stop` (the checks before it are what is tested)."""
     def stop(cfg, run, **kwargs):
         raise Stop
 
     monkeypatch.setattr(chains_module, "train", stop)
-    strategy, out = tmp_path / "s.yaml", tmp_path / "out"
+    strategy = tmp_path / "s.yaml"
     strategy.write_text(STRATEGY)
+    return strategy, tmp_path / "out"
+
+
+def test_another_split_in_the_same_out_is_refused(phantom: Path, stopped: tuple[Path, Path]) -> None:
+    strategy, out = stopped
     with pytest.raises(Stop):
         runner_module.reproduce(strategy, phantom, out, seed=0, progress=False)
     written = (out / "split.json").read_text()
@@ -49,18 +55,13 @@ def test_another_split_in_the_same_out_is_refused(phantom: Path, tmp_path: Path,
 
 
 def test_other_training_settings_or_data_in_the_same_out_are_refused(phantom: Path, tmp_path: Path,
-                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                     stopped: tuple[Path, Path]) -> None:
     """The runs of an out folder were reused under another --max-steps, --preset or dataset (same case IDs): the
     report said "max steps 6" for 2-step runs. Now each is refused, naming what changed, before anything is
     written; the same settings still resume."""
     import shutil
 
-    def stop(cfg, run, **kwargs):
-        raise Stop
-
-    monkeypatch.setattr(chains_module, "train", stop)
-    strategy, out = tmp_path / "s.yaml", tmp_path / "out"
-    strategy.write_text(STRATEGY)
+    strategy, out = stopped
     with pytest.raises(Stop):
         runner_module.reproduce(strategy, phantom, out, seed=0, progress=False, max_steps=2)
     written = (out / "training.json").read_text()
@@ -82,18 +83,13 @@ def test_other_training_settings_or_data_in_the_same_out_are_refused(phantom: Pa
 
 
 def test_reproduce_holds_the_lock_of_its_out_and_refuses_an_unreadable_record(phantom: Path, tmp_path: Path,
-                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+                                                                              stopped: tuple[Path, Path]) -> None:
     """Two reproduce calls on one --out wrote the same runs at once; an unreadable training.json was ignored."""
     import shutil
 
     from pemma.run_guards import run_folder_lock
 
-    def stop(cfg, run, **kwargs):
-        raise Stop
-
-    monkeypatch.setattr(chains_module, "train", stop)
-    strategy, out = tmp_path / "s.yaml", tmp_path / "out"
-    strategy.write_text(STRATEGY)
+    strategy, out = stopped
     with run_folder_lock(out), pytest.raises(PemmaError, match=r"out: another pemma command"):
         runner_module.reproduce(strategy, phantom, out, seed=0, progress=False)
     with pytest.raises(Stop):
