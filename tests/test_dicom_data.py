@@ -10,6 +10,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
 import SimpleITK as sitk
 from conftest import FAST, run_main
@@ -169,6 +170,30 @@ def test_unnamed_rois_are_an_error_naming_them_until_roi_names_maps_them(tmp_pat
     label = np.asarray(nib.load(case.label).dataobj)
     assert {v: int((label == v).sum()) for v in (1, 2)} == {1: 4 * 5 * 3, 2: 3 * 3 * 3}  # box ROIs: exact
     assert label[3:7, 4:9, 1:4].min() == 1 and label[10:13, 10:13, 2:5].min() == 2
+
+
+def test_rois_as_planning_systems_export_them(tmp_path: Path, cache: Path) -> None:
+    """Two ROIs named "GTVn" (two nodes): the second was lost (rt-utils' lookup by name finds the first); an ROI
+    without a ContourSequence (an empty planned ROI) failed the case; GTVn_L beside a GTVp became background with
+    an info line only."""
+    _block_ct(tmp_path / "p", {"GTVp": np.s_[3:7, 4:9, 1:4], "node_a": np.s_[10:13, 10:13, 2:5],
+                               "node_b": np.s_[1:3, 12:15, 0:2], "planned": np.s_[5:6, 5:6, 5:6],
+                               "GTVn_L": np.s_[12:14, 1:3, 4:6]})
+    rs = pydicom.dcmread(tmp_path / "p" / "rs.dcm")
+    names = {str(r.ROINumber): str(r.ROIName) for r in rs.StructureSetROISequence}
+    for roi in rs.StructureSetROISequence:
+        if roi.ROIName in ("node_a", "node_b"):
+            roi.ROIName = "GTVn"
+    for contour in rs.ROIContourSequence:
+        if names[str(contour.ReferencedROINumber)] == "planned":
+            del contour.ContourSequence
+    rs.save_as(tmp_path / "p" / "rs.dcm")
+    with pytest.warns(UserWarning, match=r"ROI\(s\) GTVn_L look like tumour volumes but map to neither GTVp nor "
+                                         r"GTVn.*--roi-names \(e\.g\. GTVn=GTVn_L\)"):
+        (case,) = discover_cases(tmp_path / "p")
+    label = np.asarray(nib.load(case.label).dataobj)
+    assert {v: int((label == v).sum()) for v in (1, 2)} == {1: 4 * 5 * 3, 2: 3 * 3 * 3 + 2 * 3 * 2}  # both nodes
+    assert label[12:14, 1:3, 4:6].max() == 0  # GTVn_L: background, as warned
 
 
 def test_a_label_drawn_on_the_pet_is_resampled_onto_the_ct(tmp_path: Path, cache: Path) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,6 +104,11 @@ def read_label(obj: LabelObject, series: DicomSeries, case_id: str, roi_names: R
                 label[mask()] = value
                 used.setdefault(next(c for c in TUMOUR_CLASSES if LABELS[c] == value), []).append(name)
     ignored = [n for n in rois if roi_value(n, roi_names) is None]
+    tumour_like = [n for n in ignored if re.sub(r"[\s_\-]+", "", n.lower()).startswith("gtv")]
+    if used and tumour_like:  # e.g. GTVn_L / GTVn_R beside a GTVp: background in training, unless named
+        warnings.warn(f"case {case_id}: {obj.path}: ROI(s) {', '.join(tumour_like)} look like tumour volumes but "
+                      "map to neither GTVp nor GTVn, so they are background in the label; name them with "
+                      f"--roi-names (e.g. GTVn={'+'.join(tumour_like)})", UserWarning, stacklevel=2)
     if not used:
         raise PemmaError(f"case {case_id}: {obj.path}: no {obj.modality} ROI names GTVp or GTVn (ROIs found: "
                          f"{', '.join(rois) or 'none'}); name them with --roi-names GTVp=NAME,GTVn=NAME")
@@ -118,10 +124,11 @@ def _grid(series: DicomSeries) -> tuple[int, int, int]:
 
 
 def _rtstruct_masks(obj: LabelObject, series: DicomSeries) -> dict[str, Callable[[], np.ndarray]]:
-    """ROI name -> a function giving its mask on the series grid (rasterised by rt-utils when called)."""
-    import warnings
-
+    """ROI name -> a function giving its mask on the series grid (rasterised by rt-utils when called). Several ROIs
+    of one name (two nodes both named "GTVn") are merged; an ROI without contours (no ``ContourSequence``: an
+    empty planned ROI, a type 3 attribute) is an empty mask."""
     from rt_utils import RTStruct
+    from rt_utils.image_helper import create_series_mask_from_contour_sequence
 
     headers, order = series_headers(series, square=False)
     if int(headers[0].Rows) != int(headers[0].Columns):
@@ -136,17 +143,27 @@ def _rtstruct_masks(obj: LabelObject, series: DicomSeries) -> dict[str, Callable
         raise PemmaError(f"{obj.path}: cannot read the RTSTRUCT ({str(exc).splitlines()[0] if str(exc) else exc})") \
             from None
     inverse = np.argsort(order)  # rt-utils slice i is our slice order[i]
+    numbers: dict[str, list[str]] = {}
+    for roi in rt.ds.StructureSetROISequence:
+        numbers.setdefault(str(roi.ROIName), []).append(str(roi.ROINumber))
+    contours = {str(c.ReferencedROINumber): c for c in getattr(rt.ds, "ROIContourSequence", [])}
 
     def mask_of(name: str) -> Callable[[], np.ndarray]:
         def mask() -> np.ndarray:
-            try:
-                rows_cols = rt.get_roi_mask_by_name(name)  # (row, column, slice ascending along the normal)
-            except Exception as exc:  # noqa: BLE001
-                raise PemmaError(f"{obj.path}: cannot rasterise ROI {name} ({exc})") from None
+            rows_cols = np.zeros((int(headers[0].Rows), int(headers[0].Columns), len(headers)), bool)
+            for number in numbers.get(name, []):
+                sequence = getattr(contours.get(number), "ContourSequence", None)
+                if not sequence:
+                    log.info(f"{obj.path}: ROI {name} (number {number}) has no contours: an empty mask")
+                    continue
+                try:  # (row, column, slice ascending along the normal)
+                    rows_cols |= create_series_mask_from_contour_sequence(rt.series_data, sequence).astype(bool)
+                except Exception as exc:  # noqa: BLE001
+                    raise PemmaError(f"{obj.path}: cannot rasterise ROI {name} ({exc})") from None
             return np.transpose(rows_cols, (1, 0, 2))[:, :, inverse]
         return mask
 
-    return {str(n): mask_of(str(n)) for n in names}
+    return {str(n): mask_of(str(n)) for n in dict.fromkeys(names)}
 
 
 def _seg_masks(obj: LabelObject, series: DicomSeries) -> dict[str, Callable[[], np.ndarray]]:
@@ -172,4 +189,11 @@ def _seg_masks(obj: LabelObject, series: DicomSeries) -> dict[str, Callable[[], 
             return np.transpose(pixels >= 0.5, (2, 1, 0))
         return mask
 
-    return {str(seg.get_segment_description(n).segment_label): mask_of(n) for n in seg.segment_numbers}
+    by_label: dict[str, list[int]] = {}
+    for number in seg.segment_numbers:  # several segments of one label are merged, as ROIs of one name are
+        by_label.setdefault(str(seg.get_segment_description(number).segment_label), []).append(number)
+
+    def merged(numbers: list[int]) -> Callable[[], np.ndarray]:
+        return lambda: np.logical_or.reduce([mask_of(n)() for n in numbers])
+
+    return {label: merged(numbers) for label, numbers in by_label.items()}
