@@ -196,6 +196,18 @@ def test_rois_as_planning_systems_export_them(tmp_path: Path, cache: Path) -> No
     assert label[12:14, 1:3, 4:6].max() == 0  # GTVn_L: background, as warned
 
 
+def test_the_ct_series_the_label_is_drawn_on_is_the_one_used(tmp_path: Path, cache: Path) -> None:
+    """A study with the head-and-neck CT the RTSTRUCT is drawn on and a whole-body CT of more slices: the larger was
+    chosen and the RTSTRUCT dropped ("it references series ..., which is not the CT or PET series of any case")."""
+    _block_ct(tmp_path / "p", {"GTVp": np.s_[3:7, 4:9, 1:4]})
+    body = sitk.GetImageFromArray(np.zeros((9, 16, 16), np.float32))
+    body.SetSpacing((2.0, 2.0, 3.0))
+    write_series(body, tmp_path / "p" / "wholebody", "CT", patient="BLK-1", study_uid="1.7.1")
+    (case,) = discover_cases(tmp_path / "p")
+    assert nib.load(case.images["ct"]).shape == (16, 16, 6) and case.label is not None
+    assert int((np.asarray(nib.load(case.label).dataobj) == 1).sum()) == 4 * 5 * 3
+
+
 def test_a_label_drawn_on_the_pet_is_resampled_onto_the_ct(tmp_path: Path, cache: Path) -> None:
     """PET voxels of 4 x 4 x 6 mm centred 1, 1, 1.5 mm past the CT's 2 x 2 x 3 mm ones: CT voxel j lies in PET voxel
     j // 2 on every axis, so the PET box [1:3, 2:4, 0:2] is the CT box [2:6, 4:8, 0:4] exactly."""

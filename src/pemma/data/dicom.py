@@ -65,11 +65,25 @@ class DicomSeries:
 
 @dataclass
 class DicomCase:
-    """A case from DICOM: the :class:`CaseRecord` pemma predicts from (paths of the staged NIfTI files) and its
-    series by pemma modality (``ct``, ``pet``)."""
+    """A case from DICOM: the :class:`CaseRecord` pemma predicts from (paths of the staged NIfTI files), its
+    series by pemma modality (``ct``, ``pet``), and the other series of each modality in its study (``alternatives``:
+    a second reconstruction, a whole-body CT), one of which replaces the chosen one when the case's RTSTRUCT / SEG
+    is drawn on it (:meth:`use`)."""
 
     record: CaseRecord
     series: dict[str, DicomSeries]
+    alternatives: dict[str, list[DicomSeries]] = field(default_factory=dict)
+
+    def use(self, modality: str, uid: str) -> DicomSeries | None:
+        """Make the alternative series ``uid`` of ``modality`` the chosen one (logged); None when it is none."""
+        others = self.alternatives.get(modality, [])
+        found = next((s for s in others if s.uid == uid), None)
+        if found is not None:
+            log.info(f"case {self.record.case_id}: using {found.where} ({len(found.files)} slices), the series its "
+                     f"label is drawn on, instead of {self.series[modality].where}")
+            self.alternatives[modality] = [s for s in others if s is not found] + [self.series[modality]]
+            self.series[modality] = found
+        return found
 
     def stage(self, modalities: Sequence[str]) -> None:
         """Read the requested series and write them to the record's NIfTI paths (PET in SUVbw)."""
@@ -201,7 +215,8 @@ def _case_id(patient: str, study_date: str, index: int, studies: int) -> str:
 
 
 def _pick(series: list[DicomSeries], case_id: str) -> DicomSeries:
-    """The series with the most slices (the others are logged as ignored)."""
+    """The series with the most slices (the others are logged as ignored; a label drawn on one of them makes it the
+    case's series: :meth:`DicomCase.use`)."""
     chosen = max(series, key=lambda s: (len(s.files), s.uid))
     for other in series:
         if other is not chosen:
@@ -237,13 +252,14 @@ def dicom_cases(root: str | os.PathLike, staging: str | os.PathLike) -> list[Dic
         ordered = sorted(studies.items(), key=lambda item: (item[1][0].study_date, item[0]))
         for index, (_, members) in enumerate(ordered, start=1):
             cid = _case_id(patient, members[0].study_date, index, len(studies))
-            chosen = {}
+            chosen, alternatives = {}, {}
             for dicom_modality, modality in MODALITY_OF.items():
                 of_kind = [s for s in members if s.modality == dicom_modality]
                 if of_kind:
                     chosen[modality] = _pick(of_kind, cid)
+                    alternatives[modality] = [s for s in of_kind if s is not chosen[modality]]
             images = {m: str(Path(staging) / f"{cid}{_SUFFIX[m]}") for m in chosen}
-            cases.append(DicomCase(CaseRecord(cid, centre_of(cid), images), chosen))
+            cases.append(DicomCase(CaseRecord(cid, centre_of(cid), images), chosen, alternatives))
             log.info(f"case {cid}: " + ", ".join(f"{s.where} ({len(s.files)} slices)" for s in chosen.values()))
     return cases
 

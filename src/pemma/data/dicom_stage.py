@@ -54,16 +54,34 @@ def _key(case: DicomCase, label: LabelObject | None, roi_names: Mapping[str, tup
 def _labels_by_case(root: str | Path, cases: list[DicomCase]) -> dict[str, tuple[LabelObject, str]]:
     """Case ID -> the RTSTRUCT / SEG drawn on one of its series, and that series' modality (``ct``, ``pet``).
 
-    A label drawn on the CT is preferred to one drawn on the PET (the other is logged as ignored).
+    A label drawn on the CT is preferred to one drawn on the PET (the other is logged as ignored). A label drawn
+    on a series of the case other than the one chosen (the study's second CT reconstruction, a whole-body CT) makes
+    that series the case's (:meth:`~pemma.data.dicom.DicomCase.use`), so the label and its images stay together.
 
     Raises:
         PemmaError: two label files on one series of a case (both named).
     """
-    files = {f for c in cases for s in c.series.values() for f in s.files}
+    files = {f for c in cases for s in [*c.series.values(), *(a for v in c.alternatives.values() for a in v)]
+             for f in s.files}
     by_series = {s.uid: (c.record.case_id, m) for c in cases for m, s in c.series.items()}
+    by_alternative = {s.uid: (c, m) for c in cases for m, v in c.alternatives.items() for s in v}
     found: dict[str, tuple[LabelObject, str]] = {}
     for obj in find_label_objects(root, files):
-        cid, modality = by_series.get(obj.referenced_series, (None, ""))
+        ref = obj.referenced_series
+        cid, modality = by_series.get(ref, (None, ""))
+        if cid is None and ref in by_alternative:  # drawn on another series of the case than the one chosen
+            case, kind = by_alternative[ref]
+            held = found.get(case.record.case_id)
+            if held is not None and held[1] == kind:
+                log.warning(f"{obj.path}: {obj.modality} ignored: drawn on another {kind.upper()} series of case "
+                            f"{case.record.case_id} than {held[0].path}, which is used")
+                continue
+            previous = case.series[kind].uid
+            case.use(kind, ref)  # the series the label is drawn on becomes the case's
+            by_alternative[previous] = by_alternative.pop(ref)
+            by_series.pop(previous, None)
+            by_series[ref] = (case.record.case_id, kind)
+            cid, modality = case.record.case_id, kind
         if cid is None:
             log.warning(f"{obj.path}: {obj.modality} ignored: it references series {obj.referenced_series or '?'}, "
                         f"which is not the CT or PET series of any case")
