@@ -66,7 +66,8 @@ def test_suv_known_answers() -> None:
     late = [_pet_header({"SeriesTime": "103000", "AcquisitionTime": t}) for t in ("100000", "100500")]
     assert suv_factor(late, "s").elapsed_s == 3600
     # values already in SUVbw
-    assert suv_factor([_pet_header({"Units": "GML"})], "s").factor == 1.0
+    gml = suv_factor([_pet_header({"Units": "GML"})], "s")
+    assert gml.factor == 1.0 and gml.describe() == "PET units GML: already SUVbw, read as it is (factor 1)"
 
 
 @pytest.mark.parametrize(("tags", "drug", "named"), [

@@ -41,7 +41,10 @@ class SuvFactor:
     elapsed_s: float
 
     def describe(self) -> str:
-        """One line: units, decay correction, weight, dose, half-life, time from injection and the factor."""
+        """One line: units, decay correction, weight, dose, half-life, time from injection and the factor (for GML,
+        already SUVbw, only that)."""
+        if self.units == "GML":
+            return "PET units GML: already SUVbw, read as it is (factor 1)"
         return (f"PET units {self.units}, decay correction {self.decay_correction}, weight {self.weight_kg:g} kg, "
                 f"dose {self.dose_bq / 1e6:.4g} MBq, half-life {self.half_life_s:g} s, "
                 f"{self.elapsed_s:.0f} s from injection to scan: SUVbw = value x {self.factor:.6g}")
