@@ -62,6 +62,14 @@ def test_suv_known_answers() -> None:
     found = suv_factor([f18], "s")
     assert found.elapsed_s == 4500
     assert found.factor == pytest.approx(3.471891e-4, rel=1e-6)
+    # the same with the injection as a time alone (23:30, the scan at 00:45): the day before the scan (it was an
+    # error: "injection ... is 81900 s after the scan"); an injection an hour after the scan's time stays one
+    f18_time = _pet_header({"PatientWeight": "80", "SeriesDate": "20260102", "SeriesTime": "004500",
+                            "AcquisitionDate": "20260102", "AcquisitionTime": "004500"},
+                           {"RadiopharmaceuticalStartTime": "233000", "RadionuclideTotalDose": "370000000",
+                            "RadionuclideHalfLife": "6586.2"})
+    assert suv_factor([f18_time], "s").elapsed_s == 4500
+    assert suv_factor([f18_time], "s").factor == pytest.approx(found.factor, rel=1e-12)
     # a series time after the first acquisition (post-processed series): the earliest acquisition is the reference
     late = [_pet_header({"SeriesTime": "103000", "AcquisitionTime": t}) for t in ("100000", "100500")]
     assert suv_factor(late, "s").elapsed_s == 3600

@@ -7,6 +7,7 @@ SUVbw = activity [Bq/ml] x patient weight [g] / injected dose decayed to the sca
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -14,6 +15,8 @@ from pydicom.dataset import Dataset
 from pydicom.valuerep import DA, DT, TM
 
 from pemma.errors import PemmaError
+
+log = logging.getLogger("pemma.dicom")
 
 #: tags SUVbw needs, with their (group, element) for the error messages
 SUV_TAGS = {
@@ -79,6 +82,13 @@ def _datetime(date: object, time: object) -> dt.datetime | None:
     return dt.datetime.combine(DA(str(date)), TM(str(time)))
 
 
+DAY_S = 86400.0
+#: a time-only injection this close before midnight, with the scan after it, is taken as the day before the scan
+#: (no uptake time of a PET protocol comes near 12 h; an injection an hour after the scan's time of day stays an
+#: error, not a 23-hour uptake)
+MIDNIGHT_WINDOW_S = 12 * 3600.0
+
+
 def _injection_time(info: Dataset, scan_date: object, where: str) -> dt.datetime:
     """RadiopharmaceuticalStartDateTime, else the scan date with RadiopharmaceuticalStartTime."""
     if info.get("RadiopharmaceuticalStartDateTime"):
@@ -139,6 +149,11 @@ def suv_factor(slices: Sequence[Dataset], where: str) -> SuvFactor:
     elif correction == "START":  # corrected to the scan reference time: decay the dose from injection to then
         injected = _injection_time(info, first.get("SeriesDate") or first.get("StudyDate"), where)
         elapsed = (_scan_time(first, slices, where) - injected).total_seconds()
+        if elapsed < -DAY_S + MIDNIGHT_WINDOW_S and not info.get("RadiopharmaceuticalStartDateTime"):
+            # a time-only injection late in the evening before a scan after midnight: the day before
+            elapsed += DAY_S
+            log.info(f"{where}: injection at {info.get('RadiopharmaceuticalStartTime')} after the scan's time of day: "
+                     f"taken as the day before the scan ({elapsed:.0f} s from injection)")
         if elapsed < 0:
             raise PemmaError(f"{where}: injection (RadiopharmaceuticalStart*) is {-elapsed:.0f} s after the scan "
                              f"(SeriesTime / AcquisitionTime); check the dates and times")
