@@ -26,11 +26,7 @@ from pemma.runs import (
     interrupted_meta,
     remove_stale_parts,
 )
-
-
-def _is_main_process() -> bool:
-    """True unless this is a non-zero rank under torchrun (only rank 0 touches the folders)."""
-    return os.environ.get("RANK", "0") in ("", "0")
+from pemma.runtime import is_main_process
 
 
 def _first_missing(path: Path) -> Path | None:
@@ -99,7 +95,7 @@ def new_run_folder(out: str | os.PathLike, *, force: bool = False, resume: bool 
     if container is not None:
         raise PemmaError(f"{target}: inside the run folder {container}; a --force of that run would delete this one "
                          "with it: choose an --out outside it")
-    main = _is_main_process()
+    main = is_main_process()  # only rank 0 of a torchrun job touches the folders
     created = _first_missing(target.absolute())  # before the lock file's folder is made
     with run_folder_lock(target) if main else contextlib.nullcontext():
         if main:
