@@ -219,8 +219,8 @@ class PemmaTrainer:
 
     def infer(self, volume: torch.Tensor, roi: list[int], sw_batch_size: int, overlap: float) -> torch.Tensor:
         self.model.eval()
-        return sliding_window_probs(self.task.predictor(self.model), volume, roi, sw_batch_size, overlap,
-                                    device=self.device, amp=self.amp)
+        predictor = self.task.predictor(self.model, tuple(self.task.modalities))
+        return sliding_window_probs(predictor, volume, roi, sw_batch_size, overlap, device=self.device, amp=self.amp)
 
 
 class PlainTrainer:

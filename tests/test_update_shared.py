@@ -3,6 +3,7 @@ that keep training the same adapter, recorded in the run and shown by ``pemma pa
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -33,6 +34,11 @@ def test_shared_route_adapt_and_updates(bases: dict[str, Path], phantom: Path, t
     assert meta["ct_route"] == "shared" and meta["recipe"] == "authors"
     stored = json.loads((adapted / "adapter_config.json").read_text())["adapter_config"]
     assert stored["ct_route"] == "shared" and stored["target_modules"] == ["attn.qkv.q", "attn.qkv.v"]
+    # the authors validate on all three input sets: each scored alone, the best weights by their average
+    assert stored["validation_inputs"] == "each"
+    assert "validation: each input set alone (ct+pet, ct, pet)" in (adapted / "train.log").read_text()
+    header = next(csv.reader((adapted / "metrics.csv").open()))  # no validation cases here: test_validation_sets
+    assert {"val_mean", "val_ct+pet_mean", "val_ct_mean", "val_pet_mean"} <= set(header)
     # CT alone runs the adapted network: it is no longer the base's output
     assert not torch.equal(_logits(adapted, ("ct",)), _logits(bases["unetr"], ("ct",)))
     summary = json.loads(run_main("params", str(adapted), "--json"))

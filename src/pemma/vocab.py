@@ -39,6 +39,10 @@ CT_ROUTES: tuple[str, ...] = ("exact", "shared")
 #: Named sets of adaptation defaults (YAML files shipped with the package): ``pemma`` (pemma's defaults) and
 #: ``authors`` (the configuration of the paper's released code, per backbone).
 RECIPES: tuple[str, ...] = ("pemma", "authors")
+#: What an adaptation validates on to keep its best weights: ``full`` (every modality together, e.g. CT+PET) or
+#: ``each`` (every input set modality dropout trains, scored alone and averaged: the authors' "validation on all
+#: three").
+VALIDATION_INPUTS: tuple[str, ...] = ("full", "each")
 
 # ---------------------------------------------------------------------------------------------- export formats
 #: ``pemma export --format``: a TorchScript file, an ONNX file, or a MONAI bundle folder.

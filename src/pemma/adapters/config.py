@@ -11,7 +11,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
-from pemma.vocab import ADAPTER_TYPES, BACKBONES, CT_ROUTES, DROPOUT_INPUT_SETS, RECIPES
+from pemma.vocab import ADAPTER_TYPES, BACKBONES, CT_ROUTES, DROPOUT_INPUT_SETS, RECIPES, VALIDATION_INPUTS
 
 #: ``AdapterConfig.pet_patch_embedding`` choices: a trainable copy of the CT patch embedding, or the CT one (frozen)
 PET_PATCH_EMBEDDINGS: tuple[str, ...] = ("copy", "shared")
@@ -100,6 +100,12 @@ class AdapterConfig:
         metadata=_help("how CT-only input runs: 'exact' (the untouched CT base; CT output never changes) or "
                        "'shared' (the paper's: through the adapted network, so CT-only draws train)."),
     )
+    validation_inputs: str = field(
+        default="full",
+        metadata=_help("what validation scores to keep the best weights: 'full' (CT and PET together) or 'each' "
+                       "(every input set modality dropout trains: CT+PET, and CT and PET alone; each scored, "
+                       "the mean DSCagg averaged over them: the authors')."),
+    )
     pet_patch_embedding: str = field(
         default="copy",
         metadata=_help("UNETR: PET patch tokens from 'copy' (a trainable copy of the CT patch embedding, part "
@@ -173,7 +179,8 @@ class AdapterConfig:
         if self.ct_route not in CT_ROUTES:
             raise ValueError(f"ct_route must be one of {list(CT_ROUTES)}, got {self.ct_route!r}")
         for name, choices in (("pet_patch_embedding", PET_PATCH_EMBEDDINGS), ("pet_skip_block", PET_SKIP_BLOCKS),
-                              ("single_adapter", SINGLE_ADAPTERS), ("recipe", RECIPES)):
+                              ("single_adapter", SINGLE_ADAPTERS), ("recipe", RECIPES),
+                              ("validation_inputs", VALIDATION_INPUTS)):
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {list(choices)}, got {getattr(self, name)!r}")
         if self.pet_patch_embedding == "shared" and self.train_parts is not None \
@@ -247,6 +254,14 @@ class AdapterConfig:
         ranks take the same path."""
         choices = self.modality_choices(trainable_only, added)
         return rng.choices([m for m, _ in choices], weights=[p for _, p in choices], k=1)[0]
+
+    def validation_sets(self, trainable_only: bool = False, added: str = "pet") -> tuple[tuple[str, ...], ...]:
+        """The input sets validation scores alone (:attr:`validation_inputs`): ``full``: none (``()``, every
+        modality together); ``each``: every set of :meth:`modality_choices` (same arguments), in (ct+added, ct,
+        added) order."""
+        if self.validation_inputs == "full":
+            return ()
+        return tuple(s for s, _ in self.modality_choices(trainable_only, added))
 
     def resume_settings(self) -> dict[str, Any]:
         """``{label: value}`` of the fields that determine the trained weights, as a checkpoint records them for

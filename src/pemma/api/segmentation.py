@@ -69,8 +69,8 @@ def adapt(base: RunLike, data: str | os.PathLike, out: str | os.PathLike, *, cen
           add_modality: str = "pet", method: str = "lora", rank: int | None = None, alpha: float | None = None,
           adapter_dropout: float | None = None, target_modules: Names = None, train_parts: Names = None,
           modality_dropout: Sequence[float] | None = None, ct_route: str | None = None, recipe: str | None = None,
-          checkpoint_full_resolution: bool | None = None, recompute_dora: bool | None = None,
-          preset: str | None = None,
+          validation_inputs: str | None = None, checkpoint_full_resolution: bool | None = None,
+          recompute_dora: bool | None = None, preset: str | None = None,
           config: str | os.PathLike | None = None, resume: bool = False,
           force: bool = False, overrides: dict[str, dict[str, Any]] | None = None, **settings: Any) -> Run:
     """Add PET to a CT-only run (PEMMA: PET pathway + LoRA / DoRA adapters), or train a baseline from it.
@@ -99,6 +99,9 @@ def adapt(base: RunLike, data: str | os.PathLike, out: str | os.PathLike, *, cen
         recipe: named defaults (:data:`pemma.vocab.RECIPES`, YAML files in ``pemma/recipes``): ``pemma`` (None,
             the default) or ``authors`` (the authors' configuration per backbone). Explicit arguments override it;
             the run records the recipe and the resolved values (``adapter_config.json``).
+        validation_inputs: what validation scores to keep the best weights: ``full`` (CT and PET together) or
+            ``each`` (CT+PET, CT and PET alone, averaged). Default: the recipe's (``pemma``: full; ``authors``:
+            each).
         checkpoint_full_resolution: recompute the full-resolution encoders in backward (less training memory;
             :class:`~pemma.adapters.config.AdapterConfig`). Default True.
         recompute_dora: DoRA layers recompute their output in backward (less training memory; same results).
@@ -127,7 +130,8 @@ def adapt(base: RunLike, data: str | os.PathLike, out: str | os.PathLike, *, cen
         given = {"rank": rank, "alpha": alpha, "dropout": adapter_dropout, "target_modules": _tuple(target_modules),
                  "train_parts": _tuple(train_parts),
                  "modality_dropout": None if modality_dropout is None else tuple(modality_dropout),
-                 "ct_route": ct_route, "checkpoint_full_resolution": checkpoint_full_resolution,
+                 "ct_route": ct_route, "validation_inputs": validation_inputs,
+                 "checkpoint_full_resolution": checkpoint_full_resolution,
                  "recompute_dora": recompute_dora}
         backbone = _base_backbone(base)
         if backbone is None:  # an unreadable base: the adaptation itself reports it (one line)

@@ -7,7 +7,7 @@ import json
 
 from pemma.adapters.config import AdapterConfig
 from pemma.cli.options import add_field_flag, add_training_flags, counted, training_settings
-from pemma.vocab import BACKBONES, CT_ROUTES, EXPORT_FORMATS, RECIPES, method_choices
+from pemma.vocab import BACKBONES, CT_ROUTES, EXPORT_FORMATS, RECIPES, VALIDATION_INPUTS, method_choices
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,6 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_field_flag(g, AdapterConfig, "modality_dropout", metavar=("CTPET", "CT", "PET"))
     add_field_flag(g, AdapterConfig, "ct_route", choices=CT_ROUTES)
     add_field_flag(g, AdapterConfig, "recipe", choices=RECIPES)
+    add_field_flag(g, AdapterConfig, "validation_inputs", choices=VALIDATION_INPUTS)
     add_field_flag(g, AdapterConfig, "checkpoint_full_resolution", action=argparse.BooleanOptionalAction)
     add_field_flag(g, AdapterConfig, "recompute_dora", action=argparse.BooleanOptionalAction)
     p.add_argument("--out", required=True, help="run folder of the adapted model")
@@ -92,6 +93,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     adapter = {"rank": args.rank, "alpha": args.alpha, "adapter_dropout": args.adapter_dropout,
                "target_modules": args.target_modules, "train_parts": args.train_parts,
                "modality_dropout": args.modality_dropout, "ct_route": args.ct_route, "recipe": args.recipe,
+               "validation_inputs": args.validation_inputs,
                "checkpoint_full_resolution": args.checkpoint_full_resolution,
                "recompute_dora": args.recompute_dora}
     run = adapt(args.base, args.data, args.out, centres=args.centres, add_modality=args.add_modality,

@@ -227,11 +227,12 @@ class AggregatedDice:
         dice = [math.nan] * len(CLASS_NAMES) if buffer is None else \
             [float(v) for v in compute_confusion_matrix_metric("f1 score", buffer.sum(0))]
         out = dict(zip(CLASS_NAMES.values(), dice, strict=True))
-        out["mean"] = _nanmean([out[name] for name in CLASS_NAMES.values()])
+        out["mean"] = nanmean([out[name] for name in CLASS_NAMES.values()])
         return out
 
 
-def _nanmean(values: Iterable[float]) -> float:
+def nanmean(values: Iterable[float]) -> float:
+    """The mean of the values that are not NaN (NaN when none is)."""
     finite = [float(v) for v in values if not math.isnan(float(v))]
     return sum(finite) / len(finite) if finite else math.nan
 
@@ -322,7 +323,7 @@ def summarize(per_case: list[dict]) -> dict[str, float]:
             if key not in keys and isinstance(value, (int, float, np.number)) and not isinstance(value, bool):
                 keys.append(key)
     out = {
-        key: _nanmean(
+        key: nanmean(
             float(row[key])
             for row in per_case
             if isinstance(row.get(key), (int, float, np.number)) and not isinstance(row.get(key), bool)

@@ -53,7 +53,7 @@ def full_finetune_task(setup: AdaptationSetup, adapter_cfg: AdapterConfig | None
         save_full_run(module, run_dir, {"backbone": setup.cfg.model.backbone, **setup.base_reference, **meta})
 
     return TrainingTask(model=model, modalities=inputs, forward=forward,
-                        predictor=lambda module: (lambda x: module(x, tuple(inputs))), save=save,
+                        predictor=lambda module, chosen: (lambda x: module(x, chosen)), save=save,
                         find_unused_parameters=True,
                         describe=[f"full fine-tuning of the CT model with the {added.upper()} pathway: trainable "
                                   f"{trainable:,}"

@@ -58,7 +58,7 @@ def late_fusion_task(setup: AdaptationSetup, adapter_cfg: AdapterConfig | None =
     pet = ALL_INPUTS.index("pet")
     return TrainingTask(model=pet_net, modalities=ALL_INPUTS,
                         forward=lambda module, image, step: module(image[:, pet:pet + 1]),
-                        predictor=lambda module: (lambda x: module(x[:, pet:pet + 1])), save=save,
+                        predictor=lambda module, chosen: (lambda x: module(x[:, pet:pet + 1])), save=save,
                         find_unused_parameters=get_backbone(setup.cfg.model.backbone).unused_parameters,
                         describe=[f"late fusion: PET model ({trainable:,} parameters) trained alone; CT model "
                                   f"{setup.base_run} frozen; logit weight chosen on validation"])

@@ -104,8 +104,9 @@ def pemma_task(base: LoadedModel, base_run: Path, adapter_cfg: AdapterConfig, cf
 
     return TrainingTask(
         model=model, modalities=inputs, forward=forward,
-        predictor=lambda module: (lambda x: module(x, tuple(inputs))), save=save,
+        predictor=lambda module, chosen: (lambda x: module(x, chosen)), save=save,
         find_unused_parameters=True,  # PET-only steps leave parts of the model unused
+        validation_sets=model.config.validation_sets(skip_ct, added_modality),
         describe=[f"PEMMA {model.config.method.upper()} on {base.config.model.backbone}: rank "
                   f"{model.config.rank}, alpha {model.config.alpha}, targets {list(model.config.target_modules)}, "
                   f"training {list(model.config.train_parts)}, CT route {model.config.ct_route}",
@@ -168,13 +169,17 @@ def _update(loaded: LoadedModel, model_run: Path, modalities: tuple[str, ...], c
             if len(modalities) == 1:  # pet; or ct on the shared route (the same adapter keeps training)
                 return modalities
             return model.config.sample_modalities(dropout_seed(seed, step), skip_ct, model.added_modality)
+    # what the update draws is what it validates on ("each"); a single-modality update has that one set
+    sets = model.config.validation_sets(skip_ct, model.added_modality) if len(modalities) > 1 else ()
+    if sets:
+        sets = tuple(s for s in sets if set(s) <= set(modalities))
 
     meta_in = dict(loaded.meta)
 
     def save(module: nn.Module, run_dir: Path, meta: dict[str, Any]) -> None:
         save_pemma_run(module, run_dir, Path(meta_in["base_run"]), meta_in["base_sha256"], loaded.config, meta)
 
-    return update_task(loaded, model_run, modalities, model, draw, save)
+    return update_task(loaded, model_run, modalities, model, draw, save, sets)
 
 
 def _report(loaded: LoadedModel) -> dict[str, Any]:

@@ -101,7 +101,7 @@ def stack_task(setup: AdaptationSetup, adapter_type: str, adapter_cfg: AdapterCo
     serves = model.serving()
     return TrainingTask(
         model=model, modalities=inputs, forward=forward,
-        predictor=lambda module: (lambda x: module(x, tuple(inputs))), save=save, find_unused_parameters=True,
+        predictor=lambda module, chosen: (lambda x: module(x, chosen)), save=save, find_unused_parameters=True,
         describe=[f"base: {setup.base_run} ({'+'.join(inputs[:-1])}, kept frozen); stacking {level.modality}: "
                   f"adapter {level.adapter!r} (a copy of {model.level_adapter(depth - 1)!r}: {model.config.method}, "
                   f"rank {model.config.rank}, alpha {model.config.alpha}, as the base), route {level.route}",

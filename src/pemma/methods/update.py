@@ -34,7 +34,8 @@ SaveFn = Callable[[nn.Module, Path, dict[str, Any]], None]
 
 
 def update_task(loaded: LoadedModel, model_run: Path, modalities: tuple[str, ...], model: nn.Module,
-                draw: Callable[[int], tuple[str, ...]], save: SaveFn) -> TrainingTask:
+                draw: Callable[[int], tuple[str, ...]], save: SaveFn,
+                validation_sets: tuple[tuple[str, ...], ...] = ()) -> TrainingTask:
     """The training task of an update, once a run kind has chosen what trains.
 
     Args:
@@ -42,6 +43,8 @@ def update_task(loaded: LoadedModel, model_run: Path, modalities: tuple[str, ...
         model: ``loaded.net`` with ``requires_grad`` set on what trains.
         draw: ``step -> input set`` used at that step (a subset of ``modalities``).
         save: writes the run; it receives the lineage (``updated_from``, ``update_modalities``) in its ``meta``.
+        validation_sets: the input sets validated, each alone (:attr:`TrainingTask.validation_sets`). Default:
+            ``modalities`` together.
     """
     trained = loaded.meta.get("modalities", [])
     lineage = {"updated_from": str(model_run.resolve()), "update_modalities": list(modalities)}
@@ -57,8 +60,8 @@ def update_task(loaded: LoadedModel, model_run: Path, modalities: tuple[str, ...
     trainable, total = count_parameters(model)
     return TrainingTask(
         model=model, modalities=list(modalities), forward=forward,
-        predictor=lambda module: (lambda x: run_network(module, trained, x, modalities)),
-        save=save_with_lineage, find_unused_parameters=True,
+        predictor=lambda module, chosen: (lambda x: run_network(module, trained, x, chosen)),
+        save=save_with_lineage, find_unused_parameters=True, validation_sets=validation_sets,
         describe=[f"update of {model_run} ({loaded.kind}, {loaded.meta.get('method')}) with {'+'.join(modalities)}, "
                   f"no replay; trainable parameters: {trainable:,} of {total:,}"])
 

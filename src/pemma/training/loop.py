@@ -26,10 +26,10 @@ from pemma.data.registration import registrable
 from pemma.data.registration_record import REGISTRATION_FILE, record_registration, registration_by_modality
 from pemma.data.transforms import describe, preprocessing, training_augmentation
 from pemma.errors import PemmaError
-from pemma.evaluation.metrics import AggregatedDice
+from pemma.evaluation.metrics import AggregatedDice, nanmean
 from pemma.inference.sliding import labels_of, sliding_window_probs
 from pemma.runs import CONFIG_FILE, MODEL_META, STATE_FILE, final_path, load_state, write_meta
-from pemma.runtime import DistInfo, agree_on_failure, barrier, run_logger
+from pemma.runtime import METRIC_FIELDS, DistInfo, agree_on_failure, barrier, run_logger
 from pemma.training.engine import Engine, StepFn, process_group, trainable_state
 from pemma.vocab import BACKBONES
 
@@ -48,23 +48,30 @@ class TrainingTask:
         model: the module to train (parameters with ``requires_grad`` are optimised).
         modalities: channels loaded from the data, in [CT, PET] order.
         forward: ``(module, image, step) -> logits`` for a training batch (may drop modalities per step).
-        predictor: ``(module) -> (window -> logits)`` used for validation.
+        predictor: ``(module, input set) -> (window of that set's channels -> logits)``, used for validation.
         save: ``(module, run_dir, meta)`` writes the final artifacts (called for the best weights).
         describe: extra lines for the run log (trainable parameters, adapters).
         find_unused_parameters: DDP flag, True when some steps skip part of the model.
         settings: ``{label: value}`` of what else determines the trained weights besides the run config (method,
             adapter settings, the base / parent run by weights checksum): recorded in the checkpoint, and a
             ``--resume`` with other values is refused (:func:`check_resume_settings`).
+        validation_sets: the input sets validated (subsets of ``modalities``), each scored alone; the best weights
+            are kept on their averaged mean DSCagg. Default (empty): ``modalities`` together.
     """
 
     model: nn.Module
     modalities: list[str]
     forward: ForwardFn
-    predictor: Callable[[nn.Module], Callable[[torch.Tensor], torch.Tensor]]
+    predictor: Callable[[nn.Module, tuple[str, ...]], Callable[[torch.Tensor], torch.Tensor]]
     save: Callable[[nn.Module, Path, dict[str, Any]], None]
     describe: list[str]
     find_unused_parameters: bool = False
     settings: dict[str, Any] = field(default_factory=dict)
+    validation_sets: tuple[tuple[str, ...], ...] = ()
+
+    def validated_sets(self) -> tuple[tuple[str, ...], ...]:
+        """The input sets validation scores (:attr:`validation_sets`, or every modality together)."""
+        return self.validation_sets or (tuple(self.modalities),)
 
 
 def mark_complete(run_dir: Path) -> None:
@@ -83,17 +90,29 @@ def best_dsc_text(best: float) -> str:
 
 
 def validate(task: TrainingTask, module: nn.Module, val_ds: Any, cfg: RunConfig, device: torch.device) -> dict:
-    """DSCagg per class and mean over the validation cases (preprocessed grid, sliding window)."""
+    """DSCagg per class and mean over the validation cases (preprocessed grid, sliding window).
+
+    With several :meth:`~TrainingTask.validated_sets`, each set is scored alone (``"<set>_mean"``, e.g.
+    ``"ct+pet_mean"``) and ``GTVp`` / ``GTVn`` / ``mean`` are the averages over the sets (NaN left out)."""
     module.eval()
-    agg = AggregatedDice()
-    predictor = task.predictor(module)
+    sets = task.validated_sets()
+    aggs = [AggregatedDice() for _ in sets]
+    predictors = [task.predictor(module, inputs) for inputs in sets]
+    channels = [[task.modalities.index(m) for m in inputs] for inputs in sets]
     for i in range(len(val_ds)):
         item = val_ds[i]
-        probs = sliding_window_probs(predictor, item["image"].as_tensor(), cfg.model.roi_size,
-                                     cfg.train.sw_batch_size, cfg.train.overlap, device=device, amp=cfg.train.amp)
-        agg.update(labels_of(probs).numpy(), item["label"][0].numpy().astype("uint8"))
+        image, label = item["image"].as_tensor(), item["label"][0].numpy().astype("uint8")
+        for agg, predictor, chosen in zip(aggs, predictors, channels, strict=True):
+            probs = sliding_window_probs(predictor, image[chosen], cfg.model.roi_size, cfg.train.sw_batch_size,
+                                         cfg.train.overlap, device=device, amp=cfg.train.amp)
+            agg.update(labels_of(probs).numpy(), label)
     module.train()
-    return agg.compute()
+    scores = [agg.compute() for agg in aggs]
+    if len(scores) == 1:
+        return scores[0]
+    out = {key: nanmean([s[key] for s in scores]) for key in scores[0]}
+    out.update({f"{'+'.join(inputs)}_mean": s["mean"] for inputs, s in zip(sets, scores, strict=True)})
+    return out
 
 
 def dice_ce_loss(tc: TrainConfig) -> DiceCELoss:
@@ -266,6 +285,10 @@ class SegmentationTraining:
         self.log = log = run_logger(self.out_dir, enabled=dist.is_main)
         for line in describe(self.task.modalities, self.cfg.preprocess) + self.task.describe:
             log.info(line)
+        sets = self.task.validated_sets()
+        if len(sets) > 1:
+            log.info(f"validation: each input set alone ({', '.join('+'.join(s) for s in sets)}); the best weights "
+                     "by their averaged mean DSCagg")
         log.info(f"cases: {len(train_cases)} training, {len(val_cases)} validation; device {self.device}; "
                  f"processes {dist.world_size}; amp {tc.amp}")
         # a case only one process reads (validation: rank 0) must fail every process with the same one line
@@ -284,7 +307,10 @@ class SegmentationTraining:
         self.engine = engine = segmentation_engine(self.task, tc, total, self.device, dist)
         self.loss_fn = dice_ce_loss(tc)
         checkpoint, self.checkpoint = self.checkpoint, None
-        extra = engine.begin(self.out_dir, resume, tc.seed, checkpoint=checkpoint)
+        sets = self.task.validated_sets()
+        per_set = [f"val_{'+'.join(s)}_mean" for s in sets] if len(sets) > 1 else []
+        fields = [f for f in METRIC_FIELDS if f != "seconds"] + per_set + ["seconds"]
+        extra = engine.begin(self.out_dir, resume, tc.seed, metric_fields=fields, checkpoint=checkpoint)
         del checkpoint
         if extra is not None:
             self.best, self.best_step = float(extra["best"]), int(extra["best_step"])
@@ -351,8 +377,11 @@ class SegmentationTraining:
             scores = validate(self.task, self.engine.model, self.val_ds, self.cfg, self.device)
             row.update({f"val_{k}": f"{v:.4f}" for k, v in scores.items()})
             mean = -1.0 if math.isnan(scores["mean"]) else scores["mean"]
+            sets = self.task.validated_sets()
+            each = "" if len(sets) == 1 else " (averaged over " + ", ".join(
+                f"{'+'.join(s)} {scores['+'.join(s) + '_mean']:.3f}" for s in sets) + ")"
             self.log.info(f"step {step} epoch {epoch}: loss {loss_value:.4f} validation DSCagg GTVp "
-                          f"{scores['GTVp']:.3f} GTVn {scores['GTVn']:.3f} mean {scores['mean']:.3f}")
+                          f"{scores['GTVp']:.3f} GTVn {scores['GTVn']:.3f} mean {scores['mean']:.3f}{each}")
             if mean >= self.best:  # a tie keeps the later, longer-trained weights
                 self.best, self.best_step = mean, step
                 # the best weights so far; "complete" becomes true when the training ends (a run stopped before

@@ -38,7 +38,7 @@ def backbone_task(cfg: RunConfig, net: nn.Module | None = None, name: str | None
 
     return TrainingTask(
         model=net, modalities=modalities, forward=lambda module, image, step: module(image),
-        predictor=lambda module: module, save=save,
+        predictor=lambda module, inputs: module, save=save,
         # MONAI's TransformerBlock always builds a cross-attention norm that UNETR never uses
         find_unused_parameters=get_backbone(cfg.model.backbone).unused_parameters,
         describe=[f"model: {cfg.model.backbone} ({name}), {len(modalities)} input channel(s), "
