@@ -238,7 +238,7 @@ def test_resume_reads_the_checkpoint_once(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setattr(loop.SegmentationTraining, "_train_steps", lambda self, crops, plan, total: None)
     model = nn.Linear(3, 2)
     task = loop.TrainingTask(model=model, modalities=["ct"], forward=lambda m, x, s: m(x),
-                             predictor=lambda m: m, save=lambda m, d, meta: None, describe=[])
+                             predictor=lambda m, inputs: m, save=lambda m, d, meta: None, describe=[])
     summary = loop.train_task(task, cfg, [], [], run, resume=True, progress=False)
     assert reads == [run]
     assert (summary["steps"], summary["best_step"]) == (1, 1)
