@@ -28,8 +28,9 @@ def _logits(run: Path, modalities: tuple[str, ...]) -> torch.Tensor:
 
 def test_shared_route_adapt_and_updates(bases: dict[str, Path], phantom: Path, tmp_path: Path) -> None:
     adapted = tmp_path / "authors"
-    run_main("adapt", "--base", str(bases["unetr"]), "--data", str(phantom), "--centres", "MDA", "--recipe", "authors",
-             *TINY, "--out", str(adapted))
+    shown = run_main("adapt", "--base", str(bases["unetr"]), "--data", str(phantom), "--centres", "MDA", "--recipe",
+                     "authors", *TINY, "--out", str(adapted))
+    assert "best validation mean DSCagg (CT+PET, CT, PET averaged)" in shown  # not "(CT+PET)": what it is over
     meta = json.loads((adapted / "model.json").read_text())
     assert meta["ct_route"] == "shared" and meta["recipe"] == "authors"
     stored = json.loads((adapted / "adapter_config.json").read_text())["adapter_config"]

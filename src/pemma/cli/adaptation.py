@@ -100,7 +100,8 @@ def cmd_adapt(args: argparse.Namespace) -> int:
                 method=args.method, **{k: v for k, v in adapter.items() if v is not None}, **training_settings(args))
     summary = run.summary
     extra = f", CT logit weight {summary['weight']}" if "weight" in summary else ""
-    inputs = "+".join(m.upper() for m in run.meta.get("modalities") or ["ct", args.add_modality])
+    inputs = summary.get("validated") or "+".join(m.upper() for m in run.meta.get("modalities")
+                                                    or ["ct", args.add_modality])
     print(f"{args.out}: {counted(summary['steps'], 'step')}, best validation mean DSCagg ({inputs}) "
           f"{best_dsc_text(summary['best_dsc'])}{extra}")
     return 0
@@ -112,7 +113,8 @@ def cmd_update(args: argparse.Namespace) -> int:
 
     run = update(args.model, args.data, args.modalities, args.out, centres=args.centres, base=args.base,
                  ct_route=args.ct_route, recipe=args.recipe, **training_settings(args))
-    print(f"{args.out}: {counted(run.summary['steps'], 'step')}, best validation mean DSCagg ({args.modalities}) "
+    inputs = run.summary.get("validated") or args.modalities
+    print(f"{args.out}: {counted(run.summary['steps'], 'step')}, best validation mean DSCagg ({inputs}) "
           f"{best_dsc_text(run.summary['best_dsc'])}")
     return 0
 

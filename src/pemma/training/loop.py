@@ -35,7 +35,7 @@ from pemma.vocab import BACKBONES
 
 __all__ = ["RECORD_KEY", "RESUME_SETTINGS", "SegmentationTraining", "TrainingTask", "check_resume_settings",
            "config_settings", "dice_ce_loss", "refuse_other_settings", "segmentation_engine", "segmentation_step",
-           "train_task", "trainable_state", "validate"]
+           "train_task", "trainable_state", "validate", "validated_text"]
 
 ForwardFn = Callable[[nn.Module, torch.Tensor, int], torch.Tensor]
 
@@ -81,6 +81,12 @@ def mark_complete(run_dir: Path) -> None:
         meta = json.loads(path.read_text())
         if meta.get("complete") is False:
             write_meta(run_dir, {**meta, "complete": True})
+
+
+def validated_text(sets: tuple[tuple[str, ...], ...]) -> str:
+    """What a best score was measured on, for people: ``"CT+PET"``, or ``"CT+PET, CT, PET averaged"``."""
+    names = ", ".join("+".join(m.upper() for m in s) for s in sets)
+    return names if len(sets) == 1 else f"{names} averaged"
 
 
 def best_dsc_text(best: float) -> str:
@@ -407,4 +413,5 @@ class SegmentationTraining:
         seconds = time.time() - self.started
         self.log.info(f"done: {step} steps in {seconds:.0f} s; best mean DSCagg {best_dsc_text(self.best)} "
                       f"at step {self.best_step}")
-        return {"steps": step, "best_dsc": self.best, "best_step": self.best_step, "seconds": seconds}
+        return {"steps": step, "best_dsc": self.best, "best_step": self.best_step, "seconds": seconds,
+                "validated": validated_text(self.task.validated_sets())}
