@@ -155,3 +155,20 @@ def test_adapter_config_says_what_to_import_before_resolving() -> None:
     assert proc.stdout.strip().splitlines() == [
         "no backbone's adapter defaults are registered yet: import pemma.models first (each PEMMA model module "
         "registers its backbone's)", "('attn.qkv', 'attn.proj')"]
+
+
+@pytest.mark.parametrize("recipe", ["pemma", "authors"])
+def test_params_without_a_run_counts_swin_at_the_tiny_preset(recipe):
+    # the tiny preset's window is per backbone (UNETR 48, Swin 64): params took UNETR's and refused Swin
+    import pemma
+    from pemma.config import build_config
+    from pemma.models.budget import build_for_count
+    from pemma.models.registry import constructor_kwargs
+
+    shown = json.loads(run_main("params", "--backbone", "swin_unetr", "--recipe", recipe, "--json"))
+    assert shown["backbone"] == "swin_unetr" and shown["preset"] == "tiny"
+    model_cfg = build_config("tiny", overrides={"model": {"backbone": "swin_unetr"}}).model
+    assert model_cfg.roi_size == [64, 64, 64]
+    model = build_for_count("swin_unetr", constructor_kwargs(model_cfg, 1), recipe_config(recipe, "swin_unetr"))
+    assert count_parameters(model) == (shown["trainable"], shown["total"])
+    assert pemma.params(backbone="swin_unetr", recipe=recipe, method="dora")["trainable"] > shown["trainable"]

@@ -22,15 +22,14 @@ def configuration_budget(backbone: str, preset: str = "tiny", recipe: str | None
         backbone: ``unetr`` or ``swin_unetr``. preset: size preset (``tiny``, ``paper``).
         recipe: adaptation recipe (None: ``pemma``). method: ``lora`` or ``dora``.
     """
-    import dataclasses
-
     from pemma.adapters.recipes import recipe_config
     from pemma.config import build_config
     from pemma.models.budget import parameter_budget
     from pemma.models.registry import constructor_kwargs
 
     try:
-        model_cfg = dataclasses.replace(build_config(preset).model, backbone=backbone)
+        # the preset's sizes for this backbone (its window too: Swin's must be a multiple of 32)
+        model_cfg = build_config(preset, overrides={"model": {"backbone": backbone}}).model
         adapter_cfg = recipe_config(recipe, backbone, method)
     except ValueError as exc:
         raise PemmaError(f"invalid params settings: {exc}") from None
