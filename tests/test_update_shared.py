@@ -62,3 +62,17 @@ def test_shared_route_adapt_and_updates(bases: dict[str, Path], phantom: Path, t
     bad = main_result("update", "--model", str(adapted), "--data", str(phantom), "--centres", "CHUP", "--modalities",
                       "pet", "--ct-route", "exact", *TINY, "--out", str(tmp_path / "bad"))
     assert bad.returncode == 2 and "keeps the route" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_adapt_and_update_refuse_another_window_or_spacing(bases: dict[str, Path], phantom: Path,
+                                                           tmp_path: Path) -> None:
+    # both keep the run's window and voxel spacing: another --roi / --spacing was accepted and silently ignored
+    base = str(bases["unetr"])  # trained with --roi 32 32 32 --spacing 4 4 4 (FAST)
+    bad = main_result("adapt", "--base", base, "--data", str(phantom), "--centres", "MDA", "--preset", "tiny",
+                      "--roi", "64", "64", "64", "--max-steps", "1", "--out", str(tmp_path / "roi"))
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert f"{base}: --roi 64 64 64 differs from the run's (32 32 32); the run's is kept" in bad.stderr
+    bad = main_result("update", "--model", base, "--data", str(phantom), "--centres", "HGJ", "--modalities", "ct",
+                      "--preset", "tiny", "--spacing", "2", "2", "2", "--max-steps", "1", "--out", str(tmp_path / "sp"))
+    assert bad.returncode == 2 and "--spacing 2 2 2 differs from the run's (4 4 4)" in bad.stderr
+    assert not (tmp_path / "roi").exists() and not (tmp_path / "sp").exists()

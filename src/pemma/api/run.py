@@ -160,6 +160,19 @@ def check_register(given: str | None, preprocess: PreprocessConfig, source: str)
                          f"registration is kept (leave the flag out)")
 
 
+def check_kept_geometry(cfg: RunConfig, settings: dict[str, Any], run: RunConfig, source: str) -> None:
+    """``--roi`` / ``--spacing`` given to a verb that keeps the run ``source``'s window and voxel spacing (adapt,
+    update: the model must see what its base saw) must be the run's (``cfg``: the settings built from them);
+    predict and evaluate take ``--roi`` for their sliding window."""
+    for flag, key, given, have in (("--roi", "roi", cfg.model.roi_size, run.model.roi_size),
+                                   ("--spacing", "spacing", cfg.preprocess.target_spacing,
+                                    run.preprocess.target_spacing)):
+        if settings.get(key) is not None and [float(v) for v in given] != [float(v) for v in have]:
+            shown = " ".join(f"{float(v):g}" for v in have)
+            raise PemmaError(f"{source}: {flag} {' '.join(f'{float(v):g}' for v in given)} differs from the run's "
+                             f"({shown}); the run's is kept (leave {flag} out)")
+
+
 def absolute_data(cfg: RunConfig) -> RunConfig:
     """``cfg`` with ``data.root`` made absolute (what a run stores, so a later stage run from another folder
     finds the data)."""
