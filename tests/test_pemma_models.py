@@ -188,6 +188,25 @@ def test_custom_targets_and_parts(bases):
         build(bases, "unetr", train_parts=("fusion",))
 
 
+def test_swin_parts_that_leave_pet_no_way_in_are_refused(bases):
+    # Swin's PET enters through the fusion (it starts by passing CT through) or the PET skip block (zero at the
+    # start): at the start PET changes nothing, so parts training neither would leave a model that ignores PET
+    x = volume("swin_unetr")
+    model = build(bases, "swin_unetr")
+    no_pet = x.clone()
+    no_pet[:, 1] = 0
+    assert torch.equal(run(model, x, ("ct", "pet")), run(model, no_pet, ("ct", "pet")))
+    with pytest.raises(ValueError, match=r"train none of \['fusion', 'pet_skip'\].*could never change a prediction"):
+        build(bases, "swin_unetr", train_parts=("pet_embedding", "encoder2", "decoder2", "out"))
+    for parts in (("fusion",), ("pet_skip",)):
+        assert trainable_names(build(bases, "swin_unetr", train_parts=parts))
+    # UNETR's PET tokens join the attention from the start: any parts will do
+    unetr, y = build(bases, "unetr", train_parts=("encoder2",)), volume("unetr")
+    no_pet = y.clone()
+    no_pet[:, 1] = 0
+    assert not torch.equal(run(unetr, y, ("ct", "pet")), run(unetr, no_pet, ("ct", "pet")))
+
+
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("backbone", BACKBONES)
 def test_save_load_roundtrip(bases, backbone, method, tmp_path):

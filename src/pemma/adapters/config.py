@@ -31,17 +31,23 @@ class AdapterDefaults:
             UNETR; ``WindowAttention.qkv`` / ``.proj`` for Swin).
         new_parts: modules PEMMA adds to the backbone (always created; trained if listed in ``train_parts``).
         train_parts: what trains besides the adapters (new parts and top-level base modules).
+        pet_entry_parts: new parts through which the added modality reaches the output when everything else is as
+            it started (Swin: the fusion starts by passing CT through, and the PET skip block); when given, one of
+            them must train, or the added modality could never change the output. Default none (UNETR: PET
+            tokens join the CT tokens' attention from the start).
     """
 
     target_modules: tuple[str, ...]
     new_parts: tuple[str, ...]
     train_parts: tuple[str, ...]
+    pet_entry_parts: tuple[str, ...] = ()
 
 
 #: Per-backbone defaults, filled by :func:`register_adapter_defaults` (one entry per PEMMA model class).
 DEFAULT_TARGET_MODULES: dict[str, tuple[str, ...]] = {}
 NEW_PARTS: dict[str, tuple[str, ...]] = {}
 DEFAULT_TRAIN_PARTS: dict[str, tuple[str, ...]] = {}
+PET_ENTRY_PARTS: dict[str, tuple[str, ...]] = {}
 
 
 def register_adapter_defaults(backbone: str, defaults: AdapterDefaults) -> None:
@@ -51,6 +57,7 @@ def register_adapter_defaults(backbone: str, defaults: AdapterDefaults) -> None:
     DEFAULT_TARGET_MODULES[backbone] = tuple(defaults.target_modules)
     NEW_PARTS[backbone] = tuple(defaults.new_parts)
     DEFAULT_TRAIN_PARTS[backbone] = tuple(defaults.train_parts)
+    PET_ENTRY_PARTS[backbone] = tuple(defaults.pet_entry_parts)
 
 
 def _help(text: str) -> dict[str, str]:
@@ -208,7 +215,8 @@ class AdapterConfig:
         """A copy with ``target_modules`` / ``train_parts`` filled in for ``backbone``, checked against it.
 
         Raises:
-            ValueError: unknown backbone, or a ``train_parts`` entry naming a new module of another backbone.
+            ValueError: unknown backbone, a ``train_parts`` entry naming a new module of another backbone, or
+                ``train_parts`` without any of the backbone's :attr:`AdapterDefaults.pet_entry_parts`.
         """
         if not NEW_PARTS:  # filled when pemma.models is imported (a layer above this one)
             raise ValueError("no backbone's adapter defaults are registered yet: import pemma.models first (each "
@@ -228,6 +236,11 @@ class AdapterConfig:
         if bad:
             raise ValueError(f"train_parts {bad} do not exist for backbone {backbone!r}; "
                              f"its new parts are {list(NEW_PARTS[backbone])}")
+        entry = PET_ENTRY_PARTS.get(backbone, ())
+        if entry and not set(entry) & set(parts):
+            raise ValueError(f"train_parts {list(parts)} train none of {list(entry)}: on {backbone} the added modality "
+                             f"reaches the output only through them (each starts as 'no change'), so it could never "
+                             f"change a prediction; add one (the default trains {list(DEFAULT_TRAIN_PARTS[backbone])})")
         return dataclasses.replace(self, target_modules=tuple(targets), train_parts=tuple(parts))
 
     # ------------------------------------------------------------------ modality dropout

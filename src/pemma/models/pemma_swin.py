@@ -56,7 +56,8 @@ class PemmaSwinUNETR(PemmaAdaptedModel):
     transformer_name = "swinViT"
     adapter_defaults = AdapterDefaults(target_modules=("attn.qkv", "attn.proj"),
                                        new_parts=("pet_embedding", "pet_skip", "fusion"),
-                                       train_parts=("pet_embedding", "pet_skip", "fusion"))
+                                       train_parts=("pet_embedding", "pet_skip", "fusion"),
+                                       pet_entry_parts=("fusion", "pet_skip"))
     feature_pet_parts = ("pet_embedding", "fusion")
 
     def __init__(self, base: SwinUNETR, config: AdapterConfig | None = None, adapter_name: str = "ctpet",
