@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from numbers import Integral
@@ -185,6 +185,13 @@ class ModelConfig:
         feature = self.swin_unetr.get("feature_size", 24)
         if isinstance(feature, bool) or not isinstance(feature, Integral) or feature < 12 or feature % 12:
             raise ValueError(f"swin_unetr.feature_size must be a positive multiple of 12, got {shown(feature)}")
+        for key in ("depths", "num_heads"):  # one entry per Swin stage (MONAI's SwinUNETR has 4)
+            value = self.swin_unetr.get(key)
+            if value is None:
+                continue
+            if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != 4 or any(
+                    isinstance(v, bool) or not isinstance(v, Integral) or v < 1 for v in value):
+                raise ValueError(f"swin_unetr.{key} must be 4 positive integers (one per stage), got {shown(value)}")
 
     @property
     def backbone_kwargs(self) -> dict[str, Any]:
