@@ -122,3 +122,16 @@ def test_claims_are_decided_by_the_confidence_interval() -> None:
     assert worse["holds"] is False
     point = next(c for c in check_findings(rows, phases, "v") if c["id"] == "ctpet_beats_ct")
     assert point["holds"] is False and "point estimate" in point["detail"] and "ci" not in point
+
+
+def test_ci_text_shows_differences_that_would_print_as_zero() -> None:
+    from pemma.protocol.bootstrap import Difference
+    from pemma.protocol.claim_ci import ci_text
+
+    # a verdict on +1.6e-05 printed "+0.000 [95% CI +0.000, +0.000]" (2 training steps: holds on a negligible gain)
+    tiny = Difference(estimate=1.6e-5, low=1.1e-5, high=2.04e-5, n_cases=5)
+    assert ci_text(tiny) == "+1.6e-05 [95% CI +1.1e-05, +2e-05; n=5]"
+    assert ci_text(Difference(0.12, 0.05, 0.19, 15)) == "+0.120 [95% CI +0.050, +0.190; n=15]"
+    assert ci_text(Difference(0.0001, -0.02, 0.03, 15)) == "+0.000 [95% CI -0.020, +0.030; n=15]"  # CI says enough
+    assert ci_text(Difference(0.0, 0.0, 0.0, 3)) == "+0.000 [95% CI +0.000, +0.000; n=3]"  # exactly equal
+    assert ci_text(Difference(2e-6, 1e-6, 3e-6, 4, relative=True)) == "+0.0002% [95% CI +0.0001%, +0.0003%; n=4]"

@@ -6,6 +6,7 @@ with :func:`pemma.protocol.bootstrap.bootstrap_contrast` (DSCagg mean of the poo
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -61,7 +62,17 @@ def combine(verdicts: Iterable[bool | None]) -> bool | None:
 
 
 def ci_text(diff: Difference) -> str:
-    """``+0.120 [95% CI +0.050, +0.190; n=15]``; a relative gain as a percentage (``+12.0 % [...]``)."""
-    form = "{:+.1%}" if diff.relative else "{:+.3f}"
-    low, estimate, high = (form.format(v) for v in (diff.low, diff.estimate, diff.high))
+    """``+0.120 [95% CI +0.050, +0.190; n=15]``; a relative gain as a percentage (``+12.0 % [...]``). Differences
+    that would all print as zero (every finite one below half the last digit, not all 0) get two significant digits
+    instead (``+1.6e-05 [95% CI +1.1e-05, +2.0e-05; n=5]``): a verdict on a difference shown as "+0.000" reads as
+    a verdict on nothing."""
+    values = (diff.low, diff.estimate, diff.high)
+    scale, digits = (100.0, 1) if diff.relative else (1.0, 3)
+    finite = [abs(v) * scale for v in values if math.isfinite(v)]
+    if finite and 0 < max(finite) < 0.5 * 10 ** -digits:
+        unit = "%" if diff.relative else ""
+        low, estimate, high = (f"{v * scale:+.2g}{unit}" for v in values)
+    else:
+        form = "{:+.1%}" if diff.relative else "{:+.3f}"
+        low, estimate, high = (form.format(v) for v in values)
     return f"{estimate} [95% CI {low}, {high}; n={diff.n_cases}]"
