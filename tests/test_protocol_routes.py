@@ -41,6 +41,37 @@ def test_routes_and_recipes_of_a_strategy() -> None:
     assert method_folder("pemma_lora", "shared", "authors") == "pemma_lora_shared_authors"
 
 
+def test_prognosis_starts_from_the_chosen_segmentation_run(capsys: pytest.CaptureFixture[str]) -> None:
+    from pemma.protocol.chains import ProtocolData
+    from pemma.protocol.runner import _prognosis_jobs, _prognosis_source
+    from pemma.protocol.strategy_file import load_strategy
+
+    prognosis = {"centres": ["CHUM", "MDA"], "methods": ["lora", "dora"]}
+    both = {**RAW, "routes": ["exact", "shared"], "recipes": ["pemma", "authors"]}
+    first = parse_strategy({**both, "prognosis": prognosis})  # the method's first pair, as before
+    chosen = parse_strategy({**both, "prognosis": {**prognosis, "segmentation_route": "shared",
+                                                   "segmentation_recipe": "authors"}})
+    data = ProtocolData("/data", {}, {c: {"train": [], "val": [], "test": []} for c in ("CHUM", "MDA")})
+    for strategy, folders in ((first, ("pemma_lora", "pemma_dora")),
+                              (chosen, ("pemma_lora_shared_authors", "pemma_dora_shared_authors"))):
+        (_, neural, needs), = _prognosis_jobs(strategy, data, Path("/out"))
+        seg = neural["segmentation_adapters"]
+        assert (seg["lora"].parent.name, seg["dora"].parent.name) == folders and set(seg.values()) <= set(needs)
+    # narrowed to the pemma recipe: falls back to the method's first pair (exact, pemma), and says so
+    narrowed = chosen.with_overrides(recipes=["pemma"])
+    assert _prognosis_jobs(narrowed, data, Path("/out"))[0][1]["segmentation_adapters"]["lora"].parent.name \
+        == "pemma_lora"
+    assert _prognosis_source(narrowed, "lora") == ("pemma_lora (the prognosis asks for route shared, recipe "
+                                                   "authors, which this run does not train)")
+    # the digest (the prognosis folder) of a strategy that does not choose is what it was
+    assert "segmentation_route" not in first.prognosis.to_dict()
+    assert first.prognosis.digest() != chosen.prognosis.digest()
+    spec = load_strategy("hecktor2022").prognosis  # the paper's: the authors' recipe on the shared route
+    assert (spec.segmentation_route, spec.segmentation_recipe) == ("shared", "authors")
+    with pytest.raises(StrategyError, match="segmentation_recipe must be null or one of pemma, authors"):
+        parse_strategy({**both, "prognosis": {**prognosis, "segmentation_recipe": "paper"}})
+
+
 @pytest.mark.parametrize(("change", "message"), [
     ({"routes": ["exact", "sharde"]}, "routes: unknown name 'sharde' (known: exact, shared)"),
     ({"recipes": "paper"}, "recipes: unknown name 'paper' (known: pemma, authors)"),

@@ -22,6 +22,7 @@ from pemma.vocab import (
     MODALITY_ALIASES,
     PEMMA_METHODS,
     PET_ONLY_METHODS,
+    RECIPES,
     SURVIVAL_HEADS,
     adapter_type,
 )
@@ -39,7 +40,8 @@ PHASE_KEYS = ("name", "operation", "centres", "modalities")
 OPTIONAL_PHASE_KEYS = ("epochs",)
 OVERRIDE_KEYS = ("centres", "modalities")
 SPLIT_KEYS = ("val_fraction", "test_fraction", "seed")
-PROGNOSIS_KEYS = ("centres", "methods", "head", "epochs", "l2", "adapters_from_segmentation", "train_adapters")
+PROGNOSIS_KEYS = ("centres", "methods", "head", "epochs", "l2", "adapters_from_segmentation", "train_adapters",
+                  "segmentation_route", "segmentation_recipe")
 #: prognosis stages name the adapter type (``lora``, ``dora``); ``pemma_lora`` / ``pemma_dora`` are accepted
 PROGNOSIS_METHODS: tuple[str, ...] = ADAPTER_TYPES
 PROGNOSIS_HEADS: tuple[str, ...] = SURVIVAL_HEADS
@@ -263,6 +265,10 @@ class PrognosisSpec:
         train_adapters: whether stages whose adapters already exist (+PET started from segmentation, +EHR)
             train them too (True), or only the head and clinical projection on image features computed once
             (False, much faster). Default True.
+        segmentation_route, segmentation_recipe: which of the method's segmentation runs starts +PET when the
+            strategy runs several (CT routes × recipes): the first run with this route and recipe (None: any).
+            Default None, None: the method's first (route, recipe). A pair the run does not train (narrowed by
+            ``--ct-route`` / ``--recipe``) falls back to the first, and the log says so.
     """
 
     centres: tuple[str, ...] = ()
@@ -272,9 +278,15 @@ class PrognosisSpec:
     l2: float | None = None
     adapters_from_segmentation: bool = True
     train_adapters: bool = True
+    segmentation_route: str | None = None
+    segmentation_recipe: str | None = None
 
     def __post_init__(self) -> None:
         where = "prognosis"
+        for name, choices in (("segmentation_route", CT_ROUTES), ("segmentation_recipe", RECIPES)):
+            if getattr(self, name) is not None and getattr(self, name) not in choices:
+                raise StrategyError(f"{where}: {name} must be null or one of {', '.join(choices)}, got "
+                                    f"{getattr(self, name)!r}")
         centres = () if not self.centres else tuple(name_list(self.centres, f"{where}: centres"))
         try:  # the adapter types; pemma_lora / pemma_dora accepted
             methods = tuple(dict.fromkeys(adapter_type(m) for m in name_list(self.methods, f"{where}: methods")))
@@ -314,4 +326,7 @@ class PrognosisSpec:
     def to_dict(self) -> dict[str, Any]:
         return {"centres": list(self.centres), "methods": list(self.methods), "head": self.head,
                 "epochs": self.epochs, "l2": self.l2, "adapters_from_segmentation": self.adapters_from_segmentation,
-                "train_adapters": self.train_adapters}
+                "train_adapters": self.train_adapters,
+                # only when chosen: the digest (the prognosis folder) of strategies that do not choose stays
+                **{k: getattr(self, k) for k in ("segmentation_route", "segmentation_recipe")
+                   if getattr(self, k) is not None}}

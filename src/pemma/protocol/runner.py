@@ -210,8 +210,20 @@ def _finished(out: Path, job: chains.Job) -> bool:
 
 
 def _first_folder(strategy: Strategy, method: str) -> str:
-    """The run folder of ``method``'s first (route, recipe): what the overlays and the prognosis read."""
+    """The run folder of ``method``'s first (route, recipe): what the overlays read."""
     return method_folder(method, *pairs(strategy, method)[0])
+
+
+def _prognosis_pair(strategy: Strategy, method: str) -> tuple[tuple[str, str], bool]:
+    """The (route, recipe) of ``method``'s segmentation run whose adapters start +PET: the first the strategy runs
+    that has the prognosis section's ``segmentation_route`` / ``segmentation_recipe`` (None: any), and whether one
+    was found (False: the method's first pair, the asked one not being run)."""
+    spec, run = strategy.prognosis, pairs(strategy, method)
+    assert spec is not None
+    for route, recipe in run:
+        if spec.segmentation_route in (None, route) and spec.segmentation_recipe in (None, recipe):
+            return (route, recipe), True
+    return run[0], False
 
 
 def _first_variant(strategy: Strategy) -> tuple[list[PlannedPhase], PlannedPhase | None]:
@@ -234,7 +246,8 @@ def _prognosis_jobs(strategy: Strategy, data: ProtocolData, out: Path,
     for backbone in strategy.backbones:
         seg = {}
         if adapt is not None and strategy.prognosis.adapters_from_segmentation:
-            seg = {m: run_dir(out, backbone, _first_folder(strategy, f"pemma_{m}"), adapt, adapt.run_key)
+            seg = {m: run_dir(out, backbone, method_folder(f"pemma_{m}", *_prognosis_pair(strategy, f"pemma_{m}")[0]),
+                              adapt, adapt.run_key)
                    for m in strategy.prognosis.methods
                    if f"pemma_{m}" in strategy.methods}
         base = run_dir(out, backbone, "", plan[0], plan[0].run_key)
@@ -248,6 +261,20 @@ def _prognosis_jobs(strategy: Strategy, data: ProtocolData, out: Path,
                   "val_ids": [c.case_id for c in val]}
         jobs.append((lesion, neural, (base, *seg.values())))
     return jobs
+
+
+def _prognosis_source(strategy: Strategy, method: str) -> str:
+    """Which segmentation run starts ``method``'s +PET stage, for the log: its folder name, and when the asked
+    (route, recipe) is not run here, that it fell back."""
+    assert strategy.prognosis is not None
+    pair, found = _prognosis_pair(strategy, f"pemma_{method}")
+    text = method_folder(f"pemma_{method}", *pair)
+    if not found:
+        spec = strategy.prognosis
+        asked = ", ".join(f"{k} {v}" for k, v in (("route", spec.segmentation_route),
+                                                 ("recipe", spec.segmentation_recipe)) if v is not None)
+        text += f" (the prognosis asks for {asked}, which this run does not train)"
+    return text
 
 
 def _prognosis_tasks(strategy: Strategy, data: ProtocolData, out: Path, amp: bool) -> list[chains.Task]:
@@ -275,7 +302,8 @@ def _prognosis(strategy: Strategy, data: ProtocolData, out: Path,
     jobs = _prognosis_jobs(strategy, data, out, predictions.window.amp if predictions is not None else False)
     for _, neural, _ in jobs:
         seg = neural["segmentation_adapters"]
-        start = {m: "segmentation adapters" if m in seg else "new adapters" for m in strategy.prognosis.methods}
+        start = {m: f"the adapters of {_prognosis_source(strategy, m)}" if m in seg else "new adapters"
+                 for m in strategy.prognosis.methods}
         print(f"prognosis ({neural['backbone']}): CT -> CT+PET -> CT+PET+EHR on {', '.join(neural['centres'])}; "
               "+PET starts from " + ", ".join(f"{m}: {how}" for m, how in start.items()), flush=True)
     rows: list[dict[str, Any]] = []
