@@ -365,3 +365,18 @@ def test_stage_resume_with_other_settings_is_refused(setup: dict[str, Path], tmp
                           ) in one_error_line(err)
     ok(*cmd, "--resume")
     assert "resumed at step 1 of 2" in (out / "train.log").read_text()
+
+
+def test_pet_stage_from_the_authors_segmentation_adapters_trains(setup: dict[str, Path]) -> None:
+    """The authors' UNETR recipe has no PET embedding of its own (PET through the frozen CT one): a +PET stage
+    started from it with its adapters training (hecktor2022's prognosis) failed on the missing module."""
+    data, base, root = setup["data"], setup["base"], setup["root"]
+    seg = root / "seg_authors"
+    ok("adapt", "--base", base, "--data", data, "--centres", "MDA", "--recipe", "authors", *TINY[:-2],
+       "--max-steps", "1", "--out", seg)
+    ok("survival", "train", "--base", base, "--data", data, "--out", root / "authors_ct", *TINY)
+    ok("survival", "adapt", "--model", root / "authors_ct", "--add-modality", "pet", "--init-adapters", seg,
+       "--out", root / "authors_ctpet", *TINY)
+    meta = json.loads((root / "authors_ctpet" / "survival.json").read_text())
+    assert meta["adapter_config"]["pet_patch_embedding"] == "shared" and meta["adapter_config"]["ct_route"] == "shared"
+    assert meta["parameters"]["trainable:adapters"] > 0 and meta["parameters"]["trainable:head"] > 0

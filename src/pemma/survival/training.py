@@ -298,7 +298,9 @@ def _adapt_survival(model_run: Path, cfg: RunConfig, out_dir: Path, settings: Su
                 p.requires_grad_(True)
     if add_modality and train_encoder:
         for part in PEMMA_MODELS[backbone].feature_pet_parts:
-            getattr(model.encoder, part).requires_grad_(True)
+            module = getattr(model.encoder, part, None)
+            if module is not None:  # the authors' UNETR has none: PET through the frozen CT patch embedding
+                module.requires_grad_(True)
     if add_ehr and model.clinical is not None:
         model.clinical.requires_grad_(True)
     model.head.requires_grad_(True)
