@@ -172,3 +172,25 @@ def test_params_without_a_run_counts_swin_at_the_tiny_preset(recipe):
     model = build_for_count("swin_unetr", constructor_kwargs(model_cfg, 1), recipe_config(recipe, "swin_unetr"))
     assert count_parameters(model) == (shown["trainable"], shown["total"])
     assert pemma.params(backbone="swin_unetr", recipe=recipe, method="dora")["trainable"] > shown["trainable"]
+
+
+def test_params_without_a_run_on_the_other_route():
+    # Swin's CT adapter exists on the shared route only: the authors' recipe on the exact route counts without it
+    # (a run adapted with --recipe authors --ct-route exact had fewer parameters than params could show)
+    import pemma
+    from pemma.config import build_config
+    from pemma.models.budget import build_for_count
+    from pemma.models.registry import constructor_kwargs
+
+    shared = pemma.params(backbone="swin_unetr", recipe="authors")
+    exact = json.loads(run_main("params", "--backbone", "swin_unetr", "--recipe", "authors", "--ct-route", "exact",
+                                "--json"))
+    assert (shared["ct_route"], exact["ct_route"]) == ("shared", "exact")
+    assert exact["serves ct"].startswith("the untouched")
+    kwargs = constructor_kwargs(build_config("tiny", overrides={"model": {"backbone": "swin_unetr"}}).model, 1)
+    cfg = recipe_config("authors", "swin_unetr", overrides={"ct_route": "exact"})
+    model = build_for_count("swin_unetr", kwargs, cfg)
+    assert count_parameters(model)[0] == exact["trainable"] < shared["trainable"]
+    with_ct = build_for_count("swin_unetr", kwargs, recipe_config("authors", "swin_unetr"))
+    ct_adapter = sum(p.numel() for n, p in with_ct.named_parameters() if n.startswith("fusion.single.ct."))
+    assert shared["trainable"] - exact["trainable"] == ct_adapter > 0

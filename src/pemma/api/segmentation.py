@@ -229,7 +229,8 @@ def _tuple(value: Names) -> tuple[str, ...] | None:
 
 
 def params(model: RunLike | None = None, *, base: RunLike | None = None, backbone: str | None = None,
-           preset: str = "tiny", recipe: str | None = None, method: str = "lora") -> dict[str, Any]:
+           preset: str = "tiny", recipe: str | None = None, method: str = "lora",
+           ct_route: str | None = None) -> dict[str, Any]:
     """Trainable / total parameters of a run, or of a configuration without a run, and their share of early fusion
     counted two ways: against early fusion of the same backbone and size, and as the PEMMA authors counted
     (UNETR: a feature-size-48 PEMMA UNETR against a feature-size-16 early fusion; Swin: trainable / total).
@@ -241,6 +242,8 @@ def params(model: RunLike | None = None, *, base: RunLike | None = None, backbon
         preset: without a run: size preset (``tiny`` default, ``paper``).
         recipe: without a run: ``pemma`` (None, default) or ``authors``.
         method: without a run: ``lora`` (default) or ``dora``.
+        ct_route: without a run: ``exact`` or ``shared`` (the Swin CT adapter exists on the shared route only).
+            Default: the recipe's.
 
     Example:
         >>> pemma.params(ad)["percent_of_early_fusion"]
@@ -258,7 +261,7 @@ def params(model: RunLike | None = None, *, base: RunLike | None = None, backbon
             adapter_type = PEMMA_METHODS[canonical_method(method)]
         except (KeyError, ValueError):
             raise PemmaError(f"--method must be a PEMMA method (lora, dora), got {method!r}") from None
-        return configuration_budget(backbone, preset=preset, recipe=recipe, method=adapter_type)
+        return configuration_budget(backbone, preset=preset, recipe=recipe, method=adapter_type, ct_route=ct_route)
     return parameter_summary(Path(path_of(model)), base_run=path_of(base))
 
 

@@ -69,6 +69,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--recipe", choices=RECIPES,
                    help="without a run: pemma (default) or authors (the paper's configuration)")
     p.add_argument("--method", default="lora", help="without a run: lora (default) or dora")
+    p.add_argument("--ct-route", choices=CT_ROUTES, help="without a run: exact or shared (default: the recipe's)")
     p.set_defaults(func=cmd_params)
 
     p = sub.add_parser("export", help="write a deployable model (TorchScript, ONNX or MONAI bundle)",
@@ -123,7 +124,7 @@ def cmd_params(args: argparse.Namespace) -> int:
     from pemma.api import params
 
     summary = params(args.model, base=args.base, backbone=args.backbone, preset=args.preset, recipe=args.recipe,
-                     method=args.method)
+                     method=args.method, ct_route=args.ct_route)
     if args.json:
         print(json.dumps(summary, indent=2))
         return 0

@@ -14,13 +14,14 @@ from pemma.vocab import KIND_PEMMA, KIND_PEMMA_STACKED
 
 
 def configuration_budget(backbone: str, preset: str = "tiny", recipe: str | None = None,
-                         method: str = "lora") -> dict[str, Any]:
+                         method: str = "lora", ct_route: str | None = None) -> dict[str, Any]:
     """The parameter budget of a configuration without a run (``pemma params --backbone --preset --recipe``):
     trainable / total and the share of early fusion counted two ways (:mod:`pemma.models.budget`).
 
     Args:
         backbone: ``unetr`` or ``swin_unetr``. preset: size preset (``tiny``, ``paper``).
         recipe: adaptation recipe (None: ``pemma``). method: ``lora`` or ``dora``.
+        ct_route: ``exact`` or ``shared`` (None: the recipe's).
     """
     from pemma.adapters.recipes import recipe_config
     from pemma.config import build_config
@@ -30,7 +31,7 @@ def configuration_budget(backbone: str, preset: str = "tiny", recipe: str | None
     try:
         # the preset's sizes for this backbone (its window too: Swin's must be a multiple of 32)
         model_cfg = build_config(preset, overrides={"model": {"backbone": backbone}}).model
-        adapter_cfg = recipe_config(recipe, backbone, method)
+        adapter_cfg = recipe_config(recipe, backbone, method, {"ct_route": ct_route})
     except ValueError as exc:
         raise PemmaError(f"invalid params settings: {exc}") from None
     budget = parameter_budget(backbone, constructor_kwargs(model_cfg, 1), adapter_cfg)
