@@ -113,3 +113,82 @@ def test_a_models_training_cases_are_known_under_either_id_spelling() -> None:
     assert [c.case_id for c in _split_cases(cases, meta, "unseen", "nnraw")] == ["MDA_002"]
     assert [c.case_id for c in _split_cases(cases, meta, "train", "nnraw")] == ["MDA_000"]
     assert [c.case_id for c in _split_cases(cases, meta, "val", "nnraw")] == ["MDA_001"]
+
+
+def _lineage_run(folder: Path, train: list[str], val: list[str] | None = None, **links: str) -> Path:
+    """A run folder holding only the ``model.json`` fields a lineage reads."""
+    folder.mkdir(parents=True)
+    meta = {"kind": "pemma", "train_cases": train, "val_cases": val or [], **links}
+    (folder / "model.json").write_text(json.dumps(meta))
+    return folder
+
+
+def _unseen(run: Path, cases: list, base: str | None = None) -> list[str]:
+    from pemma.api.inference import _lineage_cases, _split_cases
+
+    meta = json.loads((run / "model.json").read_text())
+    lineage = _lineage_cases(str(run), meta, base)
+    return [c.case_id for c in _split_cases(cases, meta, "unseen", str(run), lineage)]
+
+
+def test_unseen_leaves_out_the_cases_of_every_run_in_the_lineage(tmp_path: Path,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """--split unseen knew only the evaluated run's own cases: an adapted run scored its CT base's training cases,
+    an update the cases the run it continued was adapted on (each run records only its own)."""
+    import logging
+
+    from pemma.data.case import CaseRecord
+
+    base = _lineage_run(tmp_path / "base", ["CHUM-000"], ["CHUM-001"])
+    adapted = _lineage_run(tmp_path / "ad", ["MDA-000"], base_run=str(base))
+    first = _lineage_run(tmp_path / "up1", ["CHUP-000"], base_run=str(base), updated_from=str(adapted))
+    second = _lineage_run(tmp_path / "up2", ["HGJ-000"], base_run=str(base), updated_from=str(first))
+    stacked = _lineage_run(tmp_path / "stacked", ["HGJ-001"], base_run=str(second))  # a level records its parent
+    ids = ("CHUM-000", "CHUM-001", "MDA-000", "MDA-001", "CHUP-000", "HGJ-000", "HGJ-001")
+    cases = [CaseRecord(i.replace("-", "_"), i[:-4], {"ct": "x"}) for i in ids]  # either ID spelling
+    assert _unseen(adapted, cases) == ["MDA_001", "CHUP_000", "HGJ_000", "HGJ_001"]
+    with caplog.at_level(logging.INFO, logger="pemma.evaluate"):
+        caplog.clear()
+        assert _unseen(stacked, cases) == ["MDA_001"]
+    logged = [r.getMessage() for r in caplog.records if r.name == "pemma.evaluate"]
+    assert logged == [f"--split unseen: left out 6 of 7 cases trained or validated on: 1 by {stacked} (this model); "
+                      f"1 by {second} (base_run of {stacked}); 1 by {first} (updated_from of {second}); "
+                      f"1 by {adapted} (updated_from of {first}); 2 by {base} (base_run of {adapted})"]
+    # the CT base moved (evaluate --base): the runs recording its old path find it at the new one
+    moved = base.rename(tmp_path / "moved_base")
+    assert _unseen(second, cases, base=str(moved)) == ["MDA_001", "HGJ_001"]
+
+
+def test_a_missing_lineage_run_is_one_warning_naming_it(tmp_path: Path) -> None:
+    from pemma.data.case import CaseRecord
+
+    base = _lineage_run(tmp_path / "base", ["CHUM-000"])
+    update = _lineage_run(tmp_path / "up", ["CHUP-000"], base_run=str(base), updated_from=str(tmp_path / "gone"))
+    cases = [CaseRecord(i, i[:-4], {"ct": "x"}) for i in ("CHUM-000", "CHUP-000", "MDA-000")]
+    with pytest.warns(UserWarning, match=rf"^{tmp_path / 'gone'}: not found \(updated_from of {update}\); the cases "
+                                         "it trained or validated on cannot be left out of --split unseen$"):
+        assert _unseen(update, cases) == ["MDA-000"]
+
+
+@pytest.mark.slow
+def test_unseen_split_of_adapted_and_updated_runs(bases: dict[str, Path], phantom: Path, tmp_path: Path) -> None:
+    """End to end: the base trained on CHUM and CHUP, the adaptation on MDA, the update on CHUP."""
+    from conftest import main_result, run_main
+
+    adapted, update = tmp_path / "ad", tmp_path / "up"
+    run_main("adapt", "--base", str(bases["unetr"]), "--data", str(phantom), "--centres", "MDA", *FAST,
+             "--max-steps", "2", "--out", str(adapted))
+    done = main_result("evaluate", "--model", str(adapted), "--data", str(phantom), "--centres", "CHUM,CHUP",
+                       "--modalities", "ct", "--split", "unseen", "--out", str(tmp_path / "eval"))
+    assert done.returncode == 2 and "no unseen cases of this model among the 4 selected cases" in done.stderr
+    assert f"4 by {bases['unetr'].resolve()} (base_run of {adapted})" in done.stderr
+    run_main("update", "--model", str(adapted), "--data", str(phantom), "--centres", "CHUP", "--modalities",
+             "ct,pet", *FAST, "--max-steps", "2", "--out", str(update))
+    done = main_result("evaluate", "--model", str(update), "--data", str(phantom), "--centres", "MDA", "--split",
+                       "unseen", "--out", str(tmp_path / "eval"))
+    assert done.returncode == 2 and f"2 by {adapted.resolve()} (updated_from of {update})" in done.stderr
+    adapted.rename(tmp_path / "elsewhere")  # the update loads without it: its MDA cases are unknown, said once
+    done = main_result("evaluate", "--model", str(update), "--data", str(phantom), "--centres", "MDA", "--split",
+                       "unseen", "--out", str(tmp_path / "eval"))
+    assert done.returncode == 0 and f"warning: {adapted.resolve()}: not found (updated_from of" in done.stderr
+    assert json.loads((tmp_path / "eval" / "metrics_ct+pet_unseen.json").read_text())["n_cases"] == 2

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -231,6 +232,67 @@ def run_family(run_dir: str | os.PathLike | None) -> list[Path]:
         if base:
             family.append(Path(str(base)))
     return family
+
+
+#: metadata keys naming the runs a run was built on, followed in this order: the run an update continued, a
+#: prognosis run's previous stage, the CT base (an adapted run's; a stacked level's adapted run)
+LINEAGE_KEYS = ("updated_from", "parent", "base_run")
+
+
+@dataclass(frozen=True)
+class Ancestor:
+    """A run in another's lineage: its folder, how its child names it (a :data:`LINEAGE_KEYS` key), the child's
+    folder, and its metadata (None: no finished run at that path any more, or unreadable metadata)."""
+
+    path: Path
+    relation: str
+    child: Path
+    meta: dict[str, Any] | None
+
+
+def run_lineage(run_dir: str | os.PathLike, meta: dict[str, Any],
+                moved: dict[str, str | os.PathLike] | None = None) -> list[Ancestor]:
+    """Every run ``run_dir`` was built on, each once, depth first in :data:`LINEAGE_KEYS` order (an update's
+    parent run, its parent..., then the CT base; a stacked level's adapted run, then its base).
+
+    ``moved`` maps a recorded path to where that run is now (``--base`` of a moved CT base). A run not found at
+    its path is listed with ``meta`` None and not followed further; only metadata is read, never weights."""
+    relocated = {_key(k): Path(os.fspath(v)) for k, v in (moved or {}).items()}
+    out: list[Ancestor] = []
+    _follow(Path(os.fspath(run_dir)), meta, relocated, {_key(run_dir)}, out)
+    return out
+
+
+def _follow(child: Path, meta: dict[str, Any], relocated: dict[str, Path], seen: set[str],
+            out: list[Ancestor]) -> None:
+    """Append to ``out`` the runs ``meta`` (of ``child``) names and, recursively, theirs, skipping ``seen``."""
+    for relation in LINEAGE_KEYS:
+        recorded = meta.get(relation)
+        if not recorded or _key(recorded) in seen:
+            continue
+        path = relocated.get(_key(recorded), Path(str(recorded)))
+        seen.update({_key(recorded), _key(path)})
+        found = _lenient_meta(path)
+        out.append(Ancestor(path, relation, child, found))
+        if found is not None:
+            _follow(path, found, relocated, seen, out)
+
+
+def _key(path: str | os.PathLike) -> str:
+    """A run folder's identity in a lineage (its absolute path)."""
+    return os.path.abspath(os.fspath(path))
+
+
+def _lenient_meta(folder: Path) -> dict[str, Any] | None:
+    """The metadata JSON of a finished run folder, or None (no such folder, no metadata, or unreadable)."""
+    path = finished_meta(folder)
+    if path is None:
+        return None
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) else None
 
 
 def remove_stale_parts(folder: str | Path) -> list[Path]:

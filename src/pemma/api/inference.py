@@ -148,7 +148,9 @@ def evaluate(model: RunLike | None = None, data: str | os.PathLike | None = None
         modalities: input set. Default: what the model was trained with.
         split: with a model, which cases: ``all`` (default; a warning names the training cases scored; ``train``
             scores them without one),
-            ``unseen`` (neither trained nor validated on), ``val`` (the model's validation cases) or ``train``.
+            ``unseen`` (neither trained nor validated on, by the model nor by any run it was built on: its CT
+            base, the run an update continued, recursively; logged how many each left out), ``val`` (the model's
+            validation cases) or ``train``.
         out: report folder. Default ``<model>/evaluation`` (with ``pred``: ``<pred>/evaluation``).
         save_predictions: also write the label maps (``out/predictions_<inputs>/``).
         base, roi, overlap, sw_batch_size, device, amp: as for :func:`predict`.
@@ -192,7 +194,8 @@ def evaluate(model: RunLike | None = None, data: str | os.PathLike | None = None
         specs = loaded.config.preprocess.modality_registry()  # the run's modalities (a declared one's suffix)
         cases = select_cases(discover_cases(source, specs, roi_names), centres=name_list(centres) or [],
                              modalities=chosen, require_label=True, source=source)
-        cases = _split_cases(cases, loaded.meta, split, path_of(model))
+        lineage = _lineage_cases(path_of(model), loaded.meta, path_of(base)) if split == "unseen" else []
+        cases = _split_cases(cases, loaded.meta, split, path_of(model), lineage)
         trained = {patient_key(i) for i in loaded.meta.get("train_cases") or []}  # CHUM-001 is CHUM_001
         seen = [c.case_id for c in cases if patient_key(c.case_id) in trained]
         if seen and split != "train":  # asked for: no warning
@@ -213,9 +216,11 @@ def evaluate(model: RunLike | None = None, data: str | os.PathLike | None = None
 SPLITS = ("all", "unseen", "val", "train")
 
 
-def _split_cases(cases: list, meta: dict[str, Any], split: str, source: str | None) -> list:
+def _split_cases(cases: list, meta: dict[str, Any], split: str, source: str | None,
+                 lineage: Sequence[tuple[str, set[str]]] = ()) -> list:
     """The cases of ``split`` among ``cases``, a model's training / validation cases recognised under either
-    spelling of their IDs (:func:`pemma.data.case.patient_key`)."""
+    spelling of their IDs (:func:`pemma.data.case.patient_key`). ``unseen`` also leaves out the cases of
+    ``lineage`` (:func:`_lineage_cases`: the runs the model was built on), logging how many each run took."""
     from pemma.data.case import patient_key
 
     if split not in SPLITS:
@@ -223,9 +228,62 @@ def _split_cases(cases: list, meta: dict[str, Any], split: str, source: str | No
     if split == "all":
         return cases
     train, val = ({patient_key(i) for i in meta.get(key) or []} for key in ("train_cases", "val_cases"))
-    keep = {"unseen": lambda c: patient_key(c.case_id) not in train | val,
-            "val": lambda c: patient_key(c.case_id) in val, "train": lambda c: patient_key(c.case_id) in train}[split]
+    if split == "unseen":
+        return _unseen_cases(cases, [(f"{source} (this model)", train | val), *lineage], source)
+    keep = {"val": lambda c: patient_key(c.case_id) in val, "train": lambda c: patient_key(c.case_id) in train}[split]
     chosen = [c for c in cases if keep(c)]
     if not chosen:
         raise PemmaError(f"{source}: no {split} cases of this model among the selected cases")
     return chosen
+
+
+def _unseen_cases(cases: list, seen_by: Sequence[tuple[str, set[str]]], source: str | None) -> list:
+    """``cases`` less those in any set of ``seen_by`` (``(run, patient keys)``, nearest run first; a case counts
+    for the first run that has it); one log line says how many each run left out."""
+    import logging
+
+    from pemma.data.case import patient_key
+
+    chosen: list = []
+    left_out = dict.fromkeys((run for run, _ in seen_by), 0)
+    for case in cases:
+        by = next((run for run, keys in seen_by if patient_key(case.case_id) in keys), None)
+        if by is None:
+            chosen.append(case)
+        else:
+            left_out[by] = left_out.get(by, 0) + 1
+    text = "; ".join(f"{n} by {run}" for run, n in left_out.items() if n)
+    if not chosen:
+        raise PemmaError(f"{source}: no unseen cases of this model among the {len(cases)} selected cases: each "
+                         f"trained or validated it or a run it was built on ({text})")
+    if any(left_out.values()):
+        logging.getLogger("pemma.evaluate").info(
+            f"--split unseen: left out {sum(left_out.values())} of {len(cases)} cases trained or validated on: {text}")
+    return chosen
+
+
+def _lineage_cases(run_dir: str | None, meta: dict[str, Any], base: str | None) -> list[tuple[str, set[str]]]:
+    """``(run, patient keys of its training and validation cases)`` for every run the model at ``run_dir`` was
+    built on (:func:`pemma.runs.run_lineage`: its CT base, the run an update continued, recursively), nearest
+    first; ``base`` is where the CT base is now if it moved.
+
+    A lineage run no longer at its recorded path is a one-line warning naming it, and its cases are not left out:
+    the model still loads without it (an update does not read the run it continued), and no run records its
+    ancestors' cases, so they are unknown; failing would make such a model impossible to evaluate at all."""
+    import warnings
+
+    from pemma.data.case import patient_key
+    from pemma.runs import run_lineage
+
+    if run_dir is None:
+        return []
+    moved = {str(meta["base_run"]): base} if base and meta.get("base_run") else None
+    out = []
+    for run in run_lineage(run_dir, meta, moved):
+        if run.meta is None:
+            warnings.warn(f"{run.path}: not found ({run.relation} of {run.child}); the cases it trained or "
+                          "validated on cannot be left out of --split unseen", UserWarning, stacklevel=3)
+            continue
+        keys = {patient_key(i) for key in ("train_cases", "val_cases") for i in run.meta.get(key) or []}
+        out.append((f"{run.path} ({run.relation} of {run.child})", keys))
+    return out

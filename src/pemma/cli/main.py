@@ -36,6 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("pemma.dicom").setLevel(logging.INFO)  # DICOM decisions: series used, SUV factor, ROIs
+    logging.getLogger("pemma.evaluate").setLevel(logging.INFO)  # which cases --split unseen left out, and why
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("always", UserWarning)
