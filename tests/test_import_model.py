@@ -162,6 +162,22 @@ def test_bad_sources_are_one_line_errors(tmp_path: Path) -> None:
                                roi=[32, 32, 32], label_map=bad)
 
 
+def test_the_counts_of_a_failed_import_add_up(tmp_path: Path) -> None:
+    """UNETR weights for a Swin UNETR said "101 of the 101 ... do not load: 20 shape mismatch; 82 missing": the
+    reasons counted the head's tensors (one shape mismatch) among those besides the head."""
+    import re
+
+    torch.save(monai_unetr().state_dict(), tmp_path / "unetr.pt")
+    with pytest.raises(PemmaError, match="swin_unetr tensors besides the head do not load") as err:
+        pemma.import_model(tmp_path / "unetr.pt", tmp_path / "run", backbone="swin_unetr", preset="tiny")
+    text = str(err.value)
+    failed = int(re.search(r"(\d+) of the \d+ swin_unetr tensors", text).group(1))
+    reasons = [int(n) for n in re.findall(r"(\d+) (?:shape mismatch|missing) \(e\.g\.", text)]
+    assert len(reasons) == 2 and sum(reasons) == failed, text
+    assert "out." not in text.split("; the source also holds")[0]  # no head tensor among the reasons
+    assert re.search(r"the source also holds \d+ tensors this network has no place for \(e\.g\. ", text)
+
+
 @pytest.mark.slow  # adapts and predicts (a few tiny steps)
 def test_14_class_base_gets_a_new_head_and_adapts(tmp_path: Path, phantom: Path) -> None:
     torch.save(monai_unetr(out_channels=14).state_dict(), tmp_path / "btcv.pt")

@@ -195,6 +195,22 @@ def key_report(net: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, list
             "unexpected": sorted(k for k in state if k not in own), "shape_mismatch": mismatched}
 
 
+def _unloaded_reasons(report: dict[str, list[str]], body: list[str]) -> str:
+    """Why the network's tensors besides the head did not load: its shape-mismatched and missing ones (those of
+    ``body`` only, so they add up to the count not loaded), then the source's tensors it has no place for."""
+    wanted = set(body)
+    parts = []
+    for kind in ("shape_mismatch", "missing"):
+        keys = [k for k in report[kind] if k in wanted]
+        if keys:
+            parts.append(f"{len(keys)} {kind.replace('_', ' ')} (e.g. {keys[0]})")
+    text = "; ".join(parts)
+    if report["unexpected"]:
+        text += (f"; the source also holds {len(report['unexpected'])} tensors this network has no place for "
+                 f"(e.g. {report['unexpected'][0]})")
+    return text
+
+
 def _select_head(state: dict[str, torch.Tensor], label_map: dict[str, int], source: Path) -> dict[str, torch.Tensor]:
     heads = {k: v for k, v in state.items() if k.startswith(HEAD_PREFIX)}
     if not heads:
@@ -242,11 +258,9 @@ def import_weights(source: str | Path, cfg: RunConfig, out_dir: Path, label_map:
         if report[kind]:
             log.info("  %s: %s%s", kind, ", ".join(report[kind][:8]), " ..." if len(report[kind]) > 8 else "")
     if not body or len(loaded_body) < min_matched * len(body):
-        why = "; ".join(f"{len(report[k])} {k.replace('_', ' ')} (e.g. {report[k][0]})"
-                        for k in ("shape_mismatch", "missing", "unexpected") if report[k])
         raise PemmaError(f"{weights}: {len(body) - len(loaded_body)} of the {len(body)} {cfg.model.backbone} tensors "
-                         f"besides the head do not load: {why}; check --backbone and the network sizes in --config "
-                         f"(model.{cfg.model.backbone}, model.roi_size)")
+                         f"besides the head do not load: {_unloaded_reasons(report, body)}; check --backbone and the "
+                         f"network sizes in --config (model.{cfg.model.backbone}, model.roi_size)")
     head_keys = [k for k in net.state_dict() if k.startswith(HEAD_PREFIX)]
     head_loaded = all(k in report["matched"] for k in head_keys)
     head = "selected" if label_map is not None else "loaded" if head_loaded else "new"
