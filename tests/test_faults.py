@@ -209,23 +209,22 @@ def test_resume_compares_what_the_checkpoint_recorded(tmp_path: Path) -> None:
         check_resume_settings(run, data2, settings)
 
 
-def test_resume_reads_the_checkpoint_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The settings check reads the checkpoint (a truncated one is reported first); the engine restores that
-    same content instead of reading the file a second time."""
+def _resume_after_one_step(run: Path, monkeypatch: pytest.MonkeyPatch, best: float, best_step: int,
+                           reads: list[Path]) -> tuple[dict, nn.Module, nn.Module]:
+    """Resume (no data, no steps) the run ``run`` whose checkpoint holds one step and ``best`` at ``best_step``;
+    the checkpoint reads are appended to ``reads``. The summary, the resumed model and the first one."""
     import pemma.training.engine as engine_module
     import pemma.training.loop as loop
     from pemma.config import build_config
     from pemma.data.dataset import EpochPlan
 
-    run = tmp_path / "run"
     run.mkdir()
     cfg = build_config("tiny", overrides={"train": {"device": "cpu", "amp": False}})
     cfg.save(run / CONFIG_FILE)
     torch.manual_seed(0)
     first = Engine(nn.Linear(3, 2), total_steps=4, lr=0.1, device=torch.device("cpu"))
     first.step(lambda module: module(torch.ones(1, 3)).square().sum())
-    first.save(run, best=0.5, best_step=1)
-    reads: list[Path] = []
+    first.save(run, best=best, best_step=best_step)
     read = loop.load_state
 
     def counted(run_dir: Path) -> dict:
@@ -239,10 +238,27 @@ def test_resume_reads_the_checkpoint_once(tmp_path: Path, monkeypatch: pytest.Mo
     model = nn.Linear(3, 2)
     task = loop.TrainingTask(model=model, modalities=["ct"], forward=lambda m, x, s: m(x),
                              predictor=lambda m, inputs: m, save=lambda m, d, meta: None, describe=[])
-    summary = loop.train_task(task, cfg, [], [], run, resume=True, progress=False)
+    return loop.train_task(task, cfg, [], [], run, resume=True, progress=False), model, first.model
+
+
+def test_resume_reads_the_checkpoint_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The settings check reads the checkpoint (a truncated one is reported first); the engine restores that
+    same content instead of reading the file a second time."""
+    run, reads = tmp_path / "run", []
+    summary, model, first = _resume_after_one_step(run, monkeypatch, 0.5, 1, reads)
     assert reads == [run]
     assert (summary["steps"], summary["best_step"]) == (1, 1)
-    torch.testing.assert_close(model.weight, first.model.weight)  # restored from that single read
+    torch.testing.assert_close(model.weight, first.weight)  # restored from that single read
+    assert "resumed at step 1 (best mean DSCagg 0.5000 at step 1)" in (run / "train.log").read_text()
+
+
+def test_resume_before_any_validation_says_there_is_no_score(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    """It logged "resumed at step 1 (best mean DSCagg -1.0000 at step -1)": the checkpoint's "none yet"."""
+    run = tmp_path / "run"
+    _resume_after_one_step(run, monkeypatch, -1.0, -1, [])
+    log = (run / "train.log").read_text()
+    assert "resumed at step 1 (no validation score yet)" in log and "-1.0000" not in log and "step -1" not in log
 
 
 def test_predict_writes_the_good_cases_and_names_the_bad_ones(phantom: Path, tmp_path: Path) -> None:

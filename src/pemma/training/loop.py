@@ -95,6 +95,14 @@ def best_dsc_text(best: float) -> str:
     return f"{best:.4f}" if best >= 0 else "n/a (no validation score)"
 
 
+def resumed_text(step: int, best: float, best_step: int) -> str:
+    """The log line of a resumed run: its step and best validation score so far, or that no validation has run
+    yet (the checkpoint records ``best_step`` -1 then)."""
+    if best_step < 0:
+        return f"resumed at step {step} (no validation score yet)"
+    return f"resumed at step {step} (best mean DSCagg {best_dsc_text(best)} at step {best_step})"
+
+
 def validate(task: TrainingTask, module: nn.Module, val_ds: Any, cfg: RunConfig, device: torch.device) -> dict:
     """DSCagg per class and mean over the validation cases (preprocessed grid, sliding window).
 
@@ -320,8 +328,7 @@ class SegmentationTraining:
         del checkpoint
         if extra is not None:
             self.best, self.best_step = float(extra["best"]), int(extra["best_step"])
-            log.info(f"resumed at step {engine.step_count} (best mean DSCagg {self.best:.4f} at step "
-                     f"{self.best_step})")
+            log.info(resumed_text(engine.step_count, self.best, self.best_step))
         log.info(f"training {total} steps ({plan.steps_per_epoch} per epoch, batch {tc.batch_size} x "
                  f"{tc.samples_per_case} crops per process)")
         self.started = time.time()
