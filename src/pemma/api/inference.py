@@ -95,6 +95,7 @@ def predict(model: RunLike, inputs: str | os.PathLike, out: str | os.PathLike, *
         specs = loaded.config.preprocess.modality_registry()  # the run's modalities (a declared one's suffix)
         cases = select_cases(discover_cases(source, specs), centres=name_list(centres) or [], modalities=chosen,
                              source=source)
+        _log_inputs(cases, chosen, asked=modalities is not None)
         written = predict_cases(loaded, cases, chosen, os.fspath(out), dev,
                                 _window(roi, overlap, sw_batch_size, amp), failures=failures,
                                 reference=reference)
@@ -106,6 +107,21 @@ def predict(model: RunLike, inputs: str | os.PathLike, out: str | os.PathLike, *
         raise PemmaError(f"{os.fspath(out)}: wrote {len(written)} of {len(cases)} label maps; {len(failures)} "
                          f"case(s) failed: {', '.join(failures)} (see the warnings above)")
     return [Path(p) for p in written]
+
+
+def _log_inputs(cases: list, chosen: list[str], asked: bool) -> None:
+    """One log line: how many cases, the input set and whose choice it is; for a single case the file read as each
+    modality (a CT file given alone brings the PET found beside it when the model reads CT+PET)."""
+    import logging
+
+    from pemma.vocab import input_set_name
+
+    whose = "as asked" if asked else "the model's; --modalities to choose"
+    line = f"predicting {len(cases)} case{'s' if len(cases) != 1 else ''} with {input_set_name(chosen).upper()} " \
+           f"input ({whose})"
+    if len(cases) == 1:
+        line += f"; {cases[0].case_id}: " + ", ".join(f"{m.upper()} {cases[0].images[m]}" for m in chosen)
+    logging.getLogger("pemma.predict").info(line)
 
 
 def _predict_dicom(loaded: Any, source: str, chosen: list[str], out: str | os.PathLike, dev: Any, centres: Names,

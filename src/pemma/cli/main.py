@@ -37,6 +37,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("pemma.dicom").setLevel(logging.INFO)  # DICOM decisions: series used, SUV factor, ROIs
     logging.getLogger("pemma.evaluate").setLevel(logging.INFO)  # which cases --split unseen left out, and why
+    logging.getLogger("pemma.predict").setLevel(logging.INFO)  # the input set, and a single case's files
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("always", UserWarning)
