@@ -196,10 +196,14 @@ def test_swin_parts_that_leave_pet_no_way_in_are_refused(bases):
     no_pet = x.clone()
     no_pet[:, 1] = 0
     assert torch.equal(run(model, x, ("ct", "pet")), run(model, no_pet, ("ct", "pet")))
-    with pytest.raises(ValueError, match=r"train none of \['fusion', 'pet_skip'\].*could never change a prediction"):
-        build(bases, "swin_unetr", train_parts=("pet_embedding", "encoder2", "decoder2", "out"))
+    bad = AdapterConfig(train_parts=("pet_embedding", "encoder2", "decoder2", "out"))
+    with pytest.raises(ValueError, match=r"train none of \['fusion', 'pet_skip'\].*CT\+PET predictions could never"):
+        bad.check_added_modality_reaches("swin_unetr")
+    # a run adapted so before the check still loads (the check guards new adaptations: methods.pemma.pemma_task)
+    assert trainable_names(build(bases, "swin_unetr", train_parts=bad.train_parts))
     for parts in (("fusion",), ("pet_skip",)):
-        assert trainable_names(build(bases, "swin_unetr", train_parts=parts))
+        AdapterConfig(train_parts=parts).check_added_modality_reaches("swin_unetr")
+    AdapterConfig(train_parts=("encoder2",)).check_added_modality_reaches("unetr")
     # UNETR's PET tokens join the attention from the start: any parts will do
     unetr, y = build(bases, "unetr", train_parts=("encoder2",)), volume("unetr")
     no_pet = y.clone()

@@ -215,8 +215,7 @@ class AdapterConfig:
         """A copy with ``target_modules`` / ``train_parts`` filled in for ``backbone``, checked against it.
 
         Raises:
-            ValueError: unknown backbone, a ``train_parts`` entry naming a new module of another backbone, or
-                ``train_parts`` without any of the backbone's :attr:`AdapterDefaults.pet_entry_parts`.
+            ValueError: unknown backbone, or a ``train_parts`` entry naming a new module of another backbone.
         """
         if not NEW_PARTS:  # filled when pemma.models is imported (a layer above this one)
             raise ValueError("no backbone's adapter defaults are registered yet: import pemma.models first (each "
@@ -236,12 +235,23 @@ class AdapterConfig:
         if bad:
             raise ValueError(f"train_parts {bad} do not exist for backbone {backbone!r}; "
                              f"its new parts are {list(NEW_PARTS[backbone])}")
+        return dataclasses.replace(self, target_modules=tuple(targets), train_parts=tuple(parts))
+
+    def check_added_modality_reaches(self, backbone: str) -> None:
+        """A new adaptation's ``train_parts`` must train one of the backbone's
+        :attr:`AdapterDefaults.pet_entry_parts` (Swin: the fusion, which starts by passing CT through, or the PET
+        skip block, which starts at zero), else its CT+PET predictions could never read the PET. Checked when an
+        adaptation is set up, not when a run loads (a run adapted so before this check still loads).
+
+        Raises:
+            ValueError: naming the parts and the fix.
+        """
+        parts = self.resolve(backbone).train_parts or ()
         entry = PET_ENTRY_PARTS.get(backbone, ())
         if entry and not set(entry) & set(parts):
             raise ValueError(f"train_parts {list(parts)} train none of {list(entry)}: on {backbone} the added modality "
-                             f"reaches the output only through them (each starts as 'no change'), so it could never "
-                             f"change a prediction; add one (the default trains {list(DEFAULT_TRAIN_PARTS[backbone])})")
-        return dataclasses.replace(self, target_modules=tuple(targets), train_parts=tuple(parts))
+                             f"joins CT only through them (each starts as 'no change'), so CT+PET predictions could "
+                             f"never read it; add one (the default trains {list(DEFAULT_TRAIN_PARTS[backbone])})")
 
     # ------------------------------------------------------------------ modality dropout
     def modality_choices(self, trainable_only: bool = False,

@@ -27,6 +27,7 @@ from pemma.adapters.artifacts import format_load_report, load_adapter, read_adap
 from pemma.adapters.config import NEW_PARTS, AdapterConfig
 from pemma.adapters.state import unwrap_model
 from pemma.config import RunConfig
+from pemma.errors import PemmaError
 from pemma.io_utils import sha256_file
 from pemma.methods.adaptation import AdaptationSetup, select_channels
 from pemma.methods.loading import load_base
@@ -86,6 +87,11 @@ def pemma_task(base: LoadedModel, base_run: Path, adapter_cfg: AdapterConfig, cf
                added_modality: str = "pet") -> TrainingTask:
     """The PEMMA model built on ``base`` and how it trains (seeded modality dropout per step over every subset of
     CT and ``added_modality``)."""
+    backbone = base.config.model.backbone
+    try:  # a new adaptation (a run adapted otherwise before this check still loads)
+        adapter_cfg.check_added_modality_reaches(backbone)
+    except ValueError as exc:
+        raise PemmaError(f"invalid adapter settings for {backbone}: {exc}") from None
     torch.manual_seed(cfg.train.seed)
     model = build_pemma(base, adapter_cfg, added_modality)
     report = parameter_report(model, base_constructor_kwargs(base.config))
