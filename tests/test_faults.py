@@ -207,6 +207,10 @@ def test_resume_compares_what_the_checkpoint_recorded(tmp_path: Path) -> None:
     data2 = build_config("tiny", overrides={"data": {"root": str(tmp_path / "data2")}})
     with pytest.raises(PemmaError, match=f"data.root {tmp_path / 'data'} → {tmp_path / 'data2'};"):
         check_resume_settings(run, data2, settings)
+    # a setting added since the checkpoint was written: it trained with the old behaviour, which must stay
+    check_resume_settings(run, cfg, {**settings, "validation_inputs": "full"})
+    with pytest.raises(PemmaError, match="validation_inputs full → each"):  # was resumed under the new choice
+        check_resume_settings(run, cfg, {**settings, "validation_inputs": "each"})
 
 
 def _resume_after_one_step(run: Path, monkeypatch: pytest.MonkeyPatch, best: float, best_step: int,

@@ -67,6 +67,10 @@ def _help(text: str) -> dict[str, str]:
 #: fields an interrupted run may resume with changed: memory levers whose outputs, gradients and weights are
 #: bit-identical (every other field determines what trains, and a resume with it changed is refused)
 RESUMABLE_FIELDS: tuple[str, ...] = ("checkpoint_full_resolution", "recompute_dora")
+#: fields added after checkpoints began to record the adapter settings, with the value every earlier run trained
+#: with: a ``--resume`` of such a checkpoint compares against it (an older authors'-recipe checkpoint validated
+#: CT+PET only, and resuming it under ``each`` would change what its best weights are chosen by)
+RECORDED_BEFORE_FIELD: dict[str, Any] = {"validation_inputs": "full"}
 
 
 @dataclass

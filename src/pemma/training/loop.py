@@ -18,6 +18,7 @@ from monai.losses import DiceCELoss
 from torch import nn
 from tqdm.auto import tqdm
 
+from pemma.adapters.config import RECORDED_BEFORE_FIELD
 from pemma.config import RunConfig, TrainConfig
 from pemma.data.check import preflight
 from pemma.data.dataset import EpochPlan, SeededCrops, cached_dataset, case_dicts, preprocessing_key
@@ -262,6 +263,8 @@ def check_resume_settings(out_dir: Path, cfg: RunConfig, settings: dict[str, Any
         return None
     checkpoint = load_state(out_dir)  # a truncated or corrupt checkpoint is the first thing to report
     recorded = checkpoint.get(RECORD_KEY)
+    if isinstance(recorded, dict):  # a setting added since the checkpoint was written: the value it trained with
+        recorded = {**RECORDED_BEFORE_FIELD, **recorded}
     refuse_other_settings(out_dir, {**config_settings(RunConfig.load(path)),
                                     **(recorded if isinstance(recorded, dict) else {})},
                           {**config_settings(cfg), **(settings or {})})
