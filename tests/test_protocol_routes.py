@@ -43,7 +43,7 @@ def test_routes_and_recipes_of_a_strategy() -> None:
 
 def test_prognosis_starts_from_the_chosen_segmentation_run(capsys: pytest.CaptureFixture[str]) -> None:
     from pemma.protocol.chains import ProtocolData
-    from pemma.protocol.runner import _prognosis_jobs, _prognosis_source
+    from pemma.protocol.runner import _prognosis_folder, _prognosis_jobs, _prognosis_source
     from pemma.protocol.strategy_file import load_strategy
 
     prognosis = {"centres": ["CHUM", "MDA"], "methods": ["lora", "dora"]}
@@ -63,11 +63,20 @@ def test_prognosis_starts_from_the_chosen_segmentation_run(capsys: pytest.Captur
         == "pemma_lora"
     assert _prognosis_source(narrowed, "lora") == ("pemma_lora (the prognosis asks for route shared, recipe "
                                                    "authors, which this run does not train)")
-    # the digest (the prognosis folder) of a strategy that does not choose is what it was
+    # the prognosis folder of a strategy that does not choose is what it was (the demo's: stages reused)
     assert "segmentation_route" not in first.prognosis.to_dict()
-    assert first.prognosis.digest() != chosen.prognosis.digest()
-    spec = load_strategy("hecktor2022").prognosis  # the paper's: the authors' recipe on the shared route
+    demo = load_strategy("demo")
+    assert _prognosis_folder(first) == f"prognosis_{first.prognosis.digest()}"
+    assert _prognosis_folder(demo) == f"prognosis_{demo.prognosis.digest()}"
+    # stages started from another run are other stages: narrowing the run to another starting run changes the
+    # folder (it reused the full run's stages, or they its)
+    hecktor = load_strategy("hecktor2022")
+    spec = hecktor.prognosis  # the paper's: the authors' recipe on the shared route
     assert (spec.segmentation_route, spec.segmentation_recipe) == ("shared", "authors")
+    full, shared_only = (_prognosis_folder(s) for s in (hecktor, hecktor.with_overrides(routes=["shared"])))
+    pemma_only, exact_only = (_prognosis_folder(hecktor.with_overrides(**k)) for k in ({"recipes": ["pemma"]},
+                                                                                      {"routes": ["exact"]}))
+    assert full == shared_only != pemma_only == exact_only  # the same starting run, the same stages
     with pytest.raises(StrategyError, match="segmentation_recipe must be null or one of pemma, authors"):
         parse_strategy({**both, "prognosis": {**prognosis, "segmentation_recipe": "paper"}})
 

@@ -315,12 +315,14 @@ class PrognosisSpec:
         check_keys(raw, PROGNOSIS_KEYS, "prognosis")
         return cls(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in raw.items()})
 
-    def digest(self) -> str:
+    def digest(self, started: Mapping[str, str] | None = None) -> str:
         """8 hex characters naming these settings and the image features (the runner's prognosis folder), so
-        changed settings retrain."""
+        changed settings retrain; ``started``: ``{method: segmentation run folder}`` of the methods whose +PET
+        starts from another run than their default one (none: the digest these settings always had)."""
         from pemma.survival.model import FEATURES
 
-        blob = json.dumps({**self.to_dict(), "features": FEATURES}, sort_keys=True)
+        blob = json.dumps({**self.to_dict(), "features": FEATURES, **({"started": dict(started)} if started else {})},
+                          sort_keys=True)
         return hashlib.sha1(blob.encode()).hexdigest()[:8]
 
     def to_dict(self) -> dict[str, Any]:

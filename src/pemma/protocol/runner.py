@@ -252,7 +252,7 @@ def _prognosis_jobs(strategy: Strategy, data: ProtocolData, out: Path,
                    if f"pemma_{m}" in strategy.methods}
         base = run_dir(out, backbone, "", plan[0], plan[0].run_key)
         shared = {"data_root": data.root, "base_run": base,
-                  "out": out / "runs" / backbone / f"prognosis_{strategy.prognosis.digest()}", "backbone": backbone,
+                  "out": out / "runs" / backbone / _prognosis_folder(strategy), "backbone": backbone,
                   "seed": strategy.split.seed, "centres": centres,
                   "train_ids": [c.case_id for c in data.part(centres, "train")],
                   "held_out_ids": [c.case_id for c in val + test], "segmentation_adapters": seg}
@@ -261,6 +261,22 @@ def _prognosis_jobs(strategy: Strategy, data: ProtocolData, out: Path,
                   "val_ids": [c.case_id for c in val]}
         jobs.append((lesion, neural, (base, *seg.values())))
     return jobs
+
+
+def _prognosis_folder(strategy: Strategy) -> str:
+    """The prognosis experiment's folder name: its settings' digest, with the segmentation runs whose adapters start
+    +PET when they are not the methods' default (exact, pemma) runs, so that a run narrowed to other routes or
+    recipes (``--ct-route`` / ``--recipe``: another starting run) does not reuse stages started from another run."""
+    spec = strategy.prognosis
+    assert spec is not None
+    started = {}
+    if spec.adapters_from_segmentation:
+        for m in spec.methods:
+            if f"pemma_{m}" in strategy.methods:
+                folder = method_folder(f"pemma_{m}", *_prognosis_pair(strategy, f"pemma_{m}")[0])
+                if folder != method_folder(f"pemma_{m}", "", ""):
+                    started[m] = folder
+    return f"prognosis_{spec.digest(started)}"
 
 
 def _prognosis_source(strategy: Strategy, method: str) -> str:
@@ -334,7 +350,7 @@ def _with_risks(strategy: Strategy, out: Path, rows: list[dict[str, Any]]) -> li
             out_rows.append(row)
             continue
         folder = "ct" if row["stage"] == "ct" else f"{row['method']}_{row['stage']}"
-        report = (out / "runs" / row["backbone"] / f"prognosis_{strategy.prognosis.digest()}" / folder / "evaluation"
+        report = (out / "runs" / row["backbone"] / _prognosis_folder(strategy) / folder / "evaluation"
                   / f"survival_{row['stage']}.json")
         if "cases" not in row and report.is_file():
             row = {**row, "cases": json.loads(report.read_text()).get("cases")}
@@ -389,7 +405,7 @@ def _report(strategy: Strategy, rows: list[dict[str, Any]], out: Path, seconds: 
         figures[f"DSCagg mean on {', '.join(pretrain_centres)} across phases ({variant})"] = name
     figures.update(overlays or {})
     claims = collect_findings(rows, strategy, case_rows, _with_risks(strategy, out, prognosis or []))
-    claims.update(prognosis_findings(out, strategy.split.seed, f"runs/*/prognosis_{strategy.prognosis.digest()}")
+    claims.update(prognosis_findings(out, strategy.split.seed, f"runs/*/{_prognosis_folder(strategy)}")
                   if strategy.prognosis else {})
     write_text_atomic(out / "findings.json", json.dumps(claims, indent=2, default=float))
     findings = ["## Findings", "",
