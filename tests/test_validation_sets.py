@@ -68,9 +68,8 @@ def test_each_input_set_is_scored_alone_and_averaged():
     for key in ("GTVp", "GTVn", "mean"):
         values = [s[key] for s in alone.values() if not math.isnan(s[key])]
         assert scores[key] == pytest.approx(sum(values) / len(values))
-    # "full": one score, CT and PET together, as before
-    full = validate(_task(model, ["ct", "pet"]), model, _cases([0, 1]), cfg, device)
-    assert set(full) == {"GTVp", "GTVn", "mean"} and full == alone["ct+pet"]
+    # "full": one score, CT and PET together, no per-set keys (metrics.csv as before)
+    assert set(alone["ct+pet"]) == {"GTVp", "GTVn", "mean"}
 
 
 def test_which_sets_each_recipe_and_route_validate():
@@ -89,3 +88,27 @@ def test_which_sets_each_recipe_and_route_validate():
     assert AdapterConfig(validation_inputs="each").validation_sets(added="mr") == (("ct", "mr"), ("ct",), ("mr",))
     with pytest.raises(ValueError, match="validation_inputs must be one of"):
         AdapterConfig(validation_inputs="all")
+
+
+def test_the_methods_tasks_validate_what_the_config_says():
+    """PEMMA and full fine-tuning (the PEMMA pathway, every parameter trained) validate each input set under
+    ``each`` and CT+PET together under ``full``; the exact route leaves out CT alone only where it is the base."""
+    from pathlib import Path
+
+    from pemma.methods.adaptation import AdaptationSetup
+    from pemma.methods.full_finetune import full_finetune_task
+    from pemma.methods.pemma import pemma_task
+    from pemma.models.loaded import LoadedModel
+    from pemma.models.registry import build_backbone
+
+    cfg = build_config("tiny", overrides={"model": {"roi_size": [32, 32, 32]}})
+    base = LoadedModel(net=build_backbone(cfg.model, in_channels=1), config=cfg, meta={}, input_sets=[["ct"]],
+                       run_dir=Path("base"))
+    setup = AdaptationSetup(base, Path("base"), cfg, [], [])
+    for route, pemma_sets in (("exact", (("ct", "pet"), ("pet",))), ("shared", (("ct", "pet"), ("ct",), ("pet",)))):
+        each = AdapterConfig(validation_inputs="each", ct_route=route)
+        assert pemma_task(base, Path("base"), each, cfg).validated_sets() == pemma_sets
+        assert full_finetune_task(setup, each).validated_sets() == (("ct", "pet"), ("ct",), ("pet",))
+        full = AdapterConfig(ct_route=route)
+        assert pemma_task(base, Path("base"), full, cfg).validated_sets() == (("ct", "pet"),)
+        assert full_finetune_task(setup, full).validated_sets() == (("ct", "pet"),)

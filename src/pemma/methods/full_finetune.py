@@ -54,7 +54,7 @@ def full_finetune_task(setup: AdaptationSetup, adapter_cfg: AdapterConfig | None
 
     return TrainingTask(model=model, modalities=inputs, forward=forward,
                         predictor=lambda module, chosen: (lambda x: module(x, chosen)), save=save,
-                        find_unused_parameters=True,
+                        find_unused_parameters=True, validation_sets=model.config.validation_sets(added=added),
                         describe=[f"full fine-tuning of the CT model with the {added.upper()} pathway: trainable "
                                   f"{trainable:,}"
                                   f" of {total:,}; modality dropout {model.config.modality_dropout}"])
@@ -85,7 +85,8 @@ def _update(loaded: LoadedModel, model_run: Path, modalities: tuple[str, ...], c
     def save(module: nn.Module, run_dir: Path, meta: dict[str, Any]) -> None:
         save_full_run(module, run_dir, {**carry, **meta})
 
-    return update_task(loaded, model_run, modalities, model, draw, save)
+    sets = model.config.validation_sets(added=model.added_modality) if len(modalities) > 1 else ()
+    return update_task(loaded, model_run, modalities, model, draw, save, sets)
 
 
 register_kind(RunKind(name=KIND_PEMMA_FULL, load=_load, input_sets=lambda meta: [list(s) for s in meta["input_sets"]],
