@@ -243,7 +243,7 @@ def test_bad_options(setup: dict[str, Path], tmp_path: Path) -> None:
     data, base, root = setup["data"], setup["base"], setup["root"]
     code, _, err = pemma("survival", "train", "--base", base, "--data", data, "--out", tmp_path / "r", "--roi",
                          "48", "48", "48")
-    assert code == 2 and "--roi [48, 48, 48] differs from the segmentation run's [32, 32, 32]" in one_error_line(err)
+    assert code == 2 and "--roi 48 48 48 differs from the segmentation run's (32 32 32)" in one_error_line(err)
     code, _, err = pemma("survival", "train", "--base", base, "--data", data, "--modalities", "ct,pet",
                          "--out", tmp_path / "r")
     assert code == 2 and "train on its inputs" in one_error_line(err)

@@ -12,6 +12,7 @@ import torch
 from conftest import FAST, main_result, run_main
 
 import pemma
+from pemma.errors import PemmaError
 from pemma.methods.loading import load_model
 
 pytestmark = pytest.mark.slow  # trains a tiny adapted model and updates it (CLI adapt / update)
@@ -78,3 +79,14 @@ def test_adapt_and_update_refuse_another_window_or_spacing(bases: dict[str, Path
                       "--preset", "tiny", "--spacing", "2", "2", "2", "--max-steps", "1", "--out", str(tmp_path / "sp"))
     assert bad.returncode == 2 and "--spacing 2 2 2 differs from the run's (4 4 4)" in bad.stderr
     assert not (tmp_path / "roi").exists() and not (tmp_path / "sp").exists()
+    # the Python API's other spellings: the field name, and overrides
+    for given in ({"roi_size": [64, 64, 64]}, {"overrides": {"model": {"roi_size": [64, 64, 64]}}},
+                  {"overrides": {"preprocess": {"target_spacing": [2, 2, 2]}}}):
+        with pytest.raises(PemmaError, match="differs from the run's"):
+            pemma.adapt(base, phantom, tmp_path / "api", centres=["MDA"], max_steps=1, **given)
+    from pemma.api.run import check_kept_geometry
+    from pemma.config import RunConfig
+
+    kept = RunConfig.load(bases["unetr"] / "config.yaml")  # the same values are accepted
+    check_kept_geometry({"roi": [32, 32, 32], "target_spacing": [4, 4, 4]}, {"model": {"roi_size": [32] * 3}}, kept,
+                        base)

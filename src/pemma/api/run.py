@@ -160,17 +160,28 @@ def check_register(given: str | None, preprocess: PreprocessConfig, source: str)
                          f"registration is kept (leave the flag out)")
 
 
-def check_kept_geometry(cfg: RunConfig, settings: dict[str, Any], run: RunConfig, source: str) -> None:
-    """``--roi`` / ``--spacing`` given to a verb that keeps the run ``source``'s window and voxel spacing (adapt,
-    update: the model must see what its base saw) must be the run's (``cfg``: the settings built from them);
-    predict and evaluate take ``--roi`` for their sliding window."""
-    for flag, key, given, have in (("--roi", "roi", cfg.model.roi_size, run.model.roi_size),
-                                   ("--spacing", "spacing", cfg.preprocess.target_spacing,
-                                    run.preprocess.target_spacing)):
-        if settings.get(key) is not None and [float(v) for v in given] != [float(v) for v in have]:
+def check_kept_geometry(settings: dict[str, Any], overrides: dict[str, dict[str, Any]] | None, run: RunConfig,
+                        source: str, whose: str = "the run's") -> None:
+    """A window (``roi``) or voxel spacing a caller gave a verb that keeps those of the run ``source`` (adapt and
+    update: the model must see what its base saw; the prognosis stages: the encoder's) must be the run's. Given
+    means a keyword (``roi`` / ``roi_size``, ``spacing`` / ``target_spacing``: the flags) or ``overrides``;
+    predict and evaluate take ``--roi`` for their sliding window instead.
+
+    Raises:
+        PemmaError: one line naming the flag, both values and ``source``.
+    """
+    sections = overrides or {}
+    for flag, (section, field_name), have in (("--roi", ALIASES["roi"], run.model.roi_size),
+                                              ("--spacing", ALIASES["spacing"], run.preprocess.target_spacing)):
+        given = next((v for v in (settings.get(flag[2:]), settings.get(field_name),
+                                  (sections.get(section) or {}).get(field_name)) if v is not None), None)
+        if given is None:
+            continue
+        values = [given] * 3 if isinstance(given, (int, float)) else list(given)
+        if [float(v) for v in values] != [float(v) for v in have]:
             shown = " ".join(f"{float(v):g}" for v in have)
-            raise PemmaError(f"{source}: {flag} {' '.join(f'{float(v):g}' for v in given)} differs from the run's "
-                             f"({shown}); the run's is kept (leave {flag} out)")
+            raise PemmaError(f"{source}: {flag} {' '.join(f'{float(v):g}' for v in values)} differs from {whose} "
+                             f"({shown}); {whose} is kept (leave {flag} out)")
 
 
 def absolute_data(cfg: RunConfig) -> RunConfig:

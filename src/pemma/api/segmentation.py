@@ -144,7 +144,7 @@ def adapt(base: RunLike, data: str | os.PathLike, out: str | os.PathLike, *, cen
         raise PemmaError(f"invalid adapter settings: {exc}") from None
     preset = resolve_preset(preset, base, out if resume else None)
     cfg = absolute_data(run_config(preset, config, overrides, data=data, centres=centres, **settings))
-    _check_kept(cfg, settings, base)
+    _check_kept(settings, overrides, base)
     known = [m for m in cfg.preprocess.modality_registry() if m != "ct"]
     if added not in known:
         raise PemmaError(f"--add-modality {add_modality}: unknown modality (known: {', '.join(known)}; declare others "
@@ -156,18 +156,16 @@ def adapt(base: RunLike, data: str | os.PathLike, out: str | os.PathLike, *, cen
     return Run.open(out, summary)
 
 
-def _check_kept(cfg: RunConfig, settings: dict[str, Any], run: RunLike) -> None:
-    """Refuse a ``roi`` / ``spacing`` other than ``run``'s (adapt and update keep the run's window and spacing); a
-    run whose config cannot be read is left to the verb to report."""
+def _check_kept(settings: dict[str, Any], overrides: dict[str, dict[str, Any]] | None, run: RunLike) -> None:
+    """Refuse a window / spacing other than ``run``'s (adapt and update keep the run's, :func:`check_kept_geometry`);
+    a run whose config cannot be read is left to the verb to report."""
     from pemma.runs import CONFIG_FILE
 
-    if settings.get("roi") is None and settings.get("spacing") is None:
-        return
     try:
         kept = RunConfig.load(Path(path_of(run)) / CONFIG_FILE)
     except PemmaError:
         return
-    check_kept_geometry(cfg, settings, kept, str(path_of(run)))
+    check_kept_geometry(settings, overrides, kept, str(path_of(run)))
 
 
 def _base_backbone(base: RunLike) -> str | None:
@@ -213,7 +211,7 @@ def update(model: RunLike, data: str | os.PathLike, modalities: Names, out: str 
         check_register(settings["register"], Run.open(model).config.preprocess, str(path_of(model)))
     preset = resolve_preset(preset, model, out if resume else None)
     cfg = absolute_data(run_config(preset, config, overrides, data=data, centres=centres, **settings))
-    _check_kept(cfg, settings, model)
+    _check_kept(settings, overrides, model)
     warn_tiny_preset(preset, cfg)
     reads = [*run_family(path_of(model)), path_of(base)]
     with new_run_folder(out, force=force, resume=resume, reads=reads, data=data_inputs(cfg)) as folder:

@@ -11,6 +11,7 @@ from pemma.api.run import (
     Run,
     RunLike,
     absolute_data,
+    check_kept_geometry,
     check_register,
     data_inputs,
     name_list,
@@ -22,17 +23,6 @@ from pemma.api.run import (
 from pemma.errors import PemmaError
 
 Names = str | Iterable[str] | None
-
-
-def _check_geometry(roi: Sequence[int] | None, spacing: Sequence[float] | None, model_cfg: Any,
-                    preprocess_cfg: Any, source: str) -> None:
-    """``roi`` / ``spacing``, if given, must be what the encoder was trained with."""
-    if roi is not None and [int(v) for v in roi] != list(model_cfg.roi_size):
-        raise PemmaError(f"{source}: --roi {[int(v) for v in roi]} differs from the segmentation run's "
-                         f"{model_cfg.roi_size}")
-    if spacing is not None and [float(v) for v in spacing] != list(preprocess_cfg.target_spacing):
-        raise PemmaError(f"{source}: --spacing {[float(v) for v in spacing]} differs from the segmentation run's "
-                         f"{preprocess_cfg.target_spacing}")
 
 
 def survival_train(base: RunLike, data: str | os.PathLike, out: str | os.PathLike, *, centres: Names = None,
@@ -77,8 +67,7 @@ def survival_train(base: RunLike, data: str | os.PathLike, out: str | os.PathLik
     warn_tiny_preset(preset, cfg)
     _fp32_only(settings, cfg)
     loaded = load_model(path_of(base))
-    _check_geometry(settings.get("roi"), settings.get("spacing"), loaded.config.model, loaded.config.preprocess,
-                    path_of(base))
+    check_kept_geometry(settings, overrides, loaded.config, str(path_of(base)), "the segmentation run's")
     check_register(settings.get("register"), loaded.config.preprocess, str(path_of(base)))
     stage = survival_settings(**_given(head=head, bins=bins, l2=l2))
     with new_run_folder(out, force=force, resume=resume, reads=[path_of(base)],
@@ -140,7 +129,7 @@ def survival_adapt(model: RunLike, out: str | os.PathLike, *, data: str | os.Pat
     check_out_of_reads(out, reads)
     read_meta(previous)
     prev_cfg = RunConfig.load(f"{previous}/config.yaml")
-    _check_geometry(settings.get("roi"), settings.get("spacing"), prev_cfg.model, prev_cfg.preprocess, previous)
+    check_kept_geometry(settings, overrides, prev_cfg, str(previous), "the segmentation run's")
     check_register(settings.get("register"), prev_cfg.preprocess, str(previous))
     if centres is None and prev_cfg.data.centres and data is None:  # the model's centres of the model's data
         centres = list(prev_cfg.data.centres)
