@@ -34,8 +34,8 @@ CONFIG_ERRORS: list[tuple[dict[str, dict[str, Any]], str]] = [
      E + "model.swin_unetr.feature_size must be a positive multiple of 12, got 16 (a number)"),
     ({"model": {"swin_unetr": {"num_heads": [1, 2, 2]}}},  # was an IndexError inside MONAI, with a traceback
      E + "model.swin_unetr.num_heads must be 4 positive integers (one per stage), got [1, 2, 2] (a list)"),
-    ({"model": {"swin_unetr": {"depths": [2, 2, 0, 2]}}},
-     E + "model.swin_unetr.depths must be 4 positive integers (one per stage), got [2, 2, 0, 2] (a list)"),
+    ({"model": {"swin_unetr": {"depths": [2, 2, -1, 2]}}},  # 0 is allowed: MONAI builds a stage without blocks
+     E + "model.swin_unetr.depths must be 4 integers >= 0 (one per stage), got [2, 2, -1, 2] (a list)"),
     ({"model": {"unetr": [16]}},
      E + "model.unetr must be a mapping of keyword arguments, got [16] (a list); write e.g. unetr: {feature_size: 16}"),
     ({"train": {"seed": "3"}},

@@ -185,13 +185,14 @@ class ModelConfig:
         feature = self.swin_unetr.get("feature_size", 24)
         if isinstance(feature, bool) or not isinstance(feature, Integral) or feature < 12 or feature % 12:
             raise ValueError(f"swin_unetr.feature_size must be a positive multiple of 12, got {shown(feature)}")
-        for key in ("depths", "num_heads"):  # one entry per Swin stage (MONAI's SwinUNETR has 4)
+        for key, least in (("depths", 0), ("num_heads", 1)):  # one entry per Swin stage (MONAI's SwinUNETR has 4)
             value = self.swin_unetr.get(key)
             if value is None:
                 continue
             if isinstance(value, (str, bytes)) or not isinstance(value, Sequence) or len(value) != 4 or any(
-                    isinstance(v, bool) or not isinstance(v, Integral) or v < 1 for v in value):
-                raise ValueError(f"swin_unetr.{key} must be 4 positive integers (one per stage), got {shown(value)}")
+                    isinstance(v, bool) or not isinstance(v, Integral) or v < least for v in value):
+                kind = "positive integers" if least else "integers >= 0"
+                raise ValueError(f"swin_unetr.{key} must be 4 {kind} (one per stage), got {shown(value)}")
 
     @property
     def backbone_kwargs(self) -> dict[str, Any]:
