@@ -38,6 +38,13 @@ def test_unlearnt_classes_known_answers(tmp_path):
     assert unlearnt_classes(tmp_path / "e") == []  # no metrics.csv (an imported model)
     damaged = _metrics(tmp_path / "f", "100,4,4.6,1e-3,0.5,oops,0.25,44\n200,9,4.1,1e-3,0.5,0.0,0.25,95\n")
     assert unlearnt_classes(damaged) == ["GTVn"]  # a damaged cell is skipped, not a crash
+    each = tmp_path / "g"  # a run validated on each input set: its per-set columns are not classes
+    each.mkdir()
+    (each / "metrics.csv").write_text("step,epoch,loss,lr,val_GTVp,val_GTVn,val_mean,val_ct+pet_mean,val_ct_mean,"
+                                      "val_pet_mean,seconds
+100,4,4.6,1e-3,0.5,0.2,0.35,0.5,0.0,0.4,44
+")
+    assert unlearnt_classes(each) == []
 
 
 def test_warning_names_the_run_and_the_class(tmp_path):

@@ -20,6 +20,7 @@ from pemma.adapters.state import unwrap_model
 from pemma.config import REGISTRATION_FIELDS, RunConfig
 from pemma.data.layout import CaseRecord, CaseSplit
 from pemma.errors import PemmaError
+from pemma.evaluation.metrics import CLASS_NAMES
 from pemma.io_utils import sha256_file
 from pemma.methods.loading import load_model
 from pemma.methods.registry import get_method
@@ -127,7 +128,7 @@ def unlearnt_classes(run_dir: str | Path) -> list[str]:
         return []
     with open(path, newline="") as fh:
         rows = list(csv.DictReader(fh))
-    columns = [c for c in (rows[0] if rows else {}) if c.startswith("val_") and c != "val_mean"]
+    columns = [c for c in (rows[0] if rows else {}) if c[4:] in CLASS_NAMES.values() and c.startswith("val_")]
     unlearnt = []
     for column in columns:
         values = []

@@ -84,6 +84,12 @@ def mark_complete(run_dir: Path) -> None:
             write_meta(run_dir, {**meta, "complete": True})
 
 
+def set_score_key(inputs: tuple[str, ...]) -> str:
+    """The key of one input set's mean DSCagg when several are validated (``"ct+pet_mean"``; ``val_`` before it in
+    ``metrics.csv``)."""
+    return f"{'+'.join(inputs)}_mean"
+
+
 def validated_text(sets: tuple[tuple[str, ...], ...]) -> str:
     """What a best score was measured on, for people: ``"CT+PET"``, or ``"CT+PET, CT, PET averaged"``."""
     names = ", ".join("+".join(m.upper() for m in s) for s in sets)
@@ -107,8 +113,10 @@ def resumed_text(step: int, best: float, best_step: int) -> str:
 def validate(task: TrainingTask, module: nn.Module, val_ds: Any, cfg: RunConfig, device: torch.device) -> dict:
     """DSCagg per class and mean over the validation cases (preprocessed grid, sliding window).
 
-    With several :meth:`~TrainingTask.validated_sets`, each set is scored alone (``"<set>_mean"``, e.g.
-    ``"ct+pet_mean"``) and ``GTVp`` / ``GTVn`` / ``mean`` are the averages over the sets (NaN left out)."""
+    With several :meth:`~TrainingTask.validated_sets`, each set is scored alone (:func:`set_score_key`, e.g.
+    ``"ct+pet_mean"``); ``mean`` (what the best weights are chosen by) averages the sets' means, and ``GTVp`` /
+    ``GTVn`` each class over the sets where it is defined (NaN left out): where a class is undefined in some sets
+    (no such lesion labelled or predicted), ``mean`` need not be the mean of the averaged ``GTVp`` and ``GTVn``."""
     module.eval()
     sets = task.validated_sets()
     aggs = [AggregatedDice() for _ in sets]
@@ -126,7 +134,7 @@ def validate(task: TrainingTask, module: nn.Module, val_ds: Any, cfg: RunConfig,
     if len(scores) == 1:
         return scores[0]
     out = {key: nanmean([s[key] for s in scores]) for key in scores[0]}
-    out.update({f"{'+'.join(inputs)}_mean": s["mean"] for inputs, s in zip(sets, scores, strict=True)})
+    out.update({set_score_key(inputs): s["mean"] for inputs, s in zip(sets, scores, strict=True)})
     return out
 
 
@@ -325,7 +333,7 @@ class SegmentationTraining:
         self.loss_fn = dice_ce_loss(tc)
         checkpoint, self.checkpoint = self.checkpoint, None
         sets = self.task.validated_sets()
-        per_set = [f"val_{'+'.join(s)}_mean" for s in sets] if len(sets) > 1 else []
+        per_set = [f"val_{set_score_key(s)}" for s in sets] if len(sets) > 1 else []
         fields = [f for f in METRIC_FIELDS if f != "seconds"] + per_set + ["seconds"]
         extra = engine.begin(self.out_dir, resume, tc.seed, metric_fields=fields, checkpoint=checkpoint)
         del checkpoint
@@ -395,7 +403,7 @@ class SegmentationTraining:
             mean = -1.0 if math.isnan(scores["mean"]) else scores["mean"]
             sets = self.task.validated_sets()
             each = "" if len(sets) == 1 else " (averaged over " + ", ".join(
-                f"{'+'.join(s)} {scores['+'.join(s) + '_mean']:.3f}" for s in sets) + ")"
+                f"{'+'.join(s)} {scores[set_score_key(s)]:.3f}" for s in sets) + ")"
             self.log.info(f"step {step} epoch {epoch}: loss {loss_value:.4f} validation DSCagg GTVp "
                           f"{scores['GTVp']:.3f} GTVn {scores['GTVn']:.3f} mean {scores['mean']:.3f}{each}")
             if mean >= self.best:  # a tie keeps the later, longer-trained weights
