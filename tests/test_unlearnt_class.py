@@ -41,9 +41,7 @@ def test_unlearnt_classes_known_answers(tmp_path):
     each = tmp_path / "g"  # a run validated on each input set: its per-set columns are not classes
     each.mkdir()
     (each / "metrics.csv").write_text("step,epoch,loss,lr,val_GTVp,val_GTVn,val_mean,val_ct+pet_mean,val_ct_mean,"
-                                      "val_pet_mean,seconds
-100,4,4.6,1e-3,0.5,0.2,0.35,0.5,0.0,0.4,44
-")
+                                      "val_pet_mean,seconds\n100,4,4.6,1e-3,0.5,0.2,0.35,0.5,0.0,0.4,44\n")
     assert unlearnt_classes(each) == []
 
 
