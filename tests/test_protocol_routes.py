@@ -43,7 +43,7 @@ def test_routes_and_recipes_of_a_strategy() -> None:
 
 def test_prognosis_starts_from_the_chosen_segmentation_run(capsys: pytest.CaptureFixture[str]) -> None:
     from pemma.protocol.chains import ProtocolData
-    from pemma.protocol.runner import _prognosis_folder, _prognosis_jobs, _prognosis_source
+    from pemma.protocol.prognosis_plan import prognosis_folder, prognosis_jobs, prognosis_source
     from pemma.protocol.strategy_file import load_strategy
 
     prognosis = {"centres": ["CHUM", "MDA"], "methods": ["lora", "dora"]}
@@ -54,27 +54,27 @@ def test_prognosis_starts_from_the_chosen_segmentation_run(capsys: pytest.Captur
     data = ProtocolData("/data", {}, {c: {"train": [], "val": [], "test": []} for c in ("CHUM", "MDA")})
     for strategy, folders in ((first, ("pemma_lora", "pemma_dora")),
                               (chosen, ("pemma_lora_shared_authors", "pemma_dora_shared_authors"))):
-        (_, neural, needs), = _prognosis_jobs(strategy, data, Path("/out"))
+        (_, neural, needs), = prognosis_jobs(strategy, data, Path("/out"))
         seg = neural["segmentation_adapters"]
         assert (seg["lora"].parent.name, seg["dora"].parent.name) == folders and set(seg.values()) <= set(needs)
     # narrowed to the pemma recipe: falls back to the method's first pair (exact, pemma), and says so
     narrowed = chosen.with_overrides(recipes=["pemma"])
-    assert _prognosis_jobs(narrowed, data, Path("/out"))[0][1]["segmentation_adapters"]["lora"].parent.name \
+    assert prognosis_jobs(narrowed, data, Path("/out"))[0][1]["segmentation_adapters"]["lora"].parent.name \
         == "pemma_lora"
-    assert _prognosis_source(narrowed, "lora") == ("pemma_lora (the prognosis asks for route shared, recipe "
+    assert prognosis_source(narrowed, "lora") == ("pemma_lora (the prognosis asks for route shared, recipe "
                                                    "authors, which this run does not train)")
     # the prognosis folder of a strategy that does not choose is what it was (the demo's: stages reused)
     assert "segmentation_route" not in first.prognosis.to_dict()
     demo = load_strategy("demo")
-    assert _prognosis_folder(first) == f"prognosis_{first.prognosis.digest()}"
-    assert _prognosis_folder(demo) == f"prognosis_{demo.prognosis.digest()}"
+    assert prognosis_folder(first) == f"prognosis_{first.prognosis.digest()}"
+    assert prognosis_folder(demo) == f"prognosis_{demo.prognosis.digest()}"
     # stages started from another run are other stages: narrowing the run to another starting run changes the
     # folder (it reused the full run's stages, or they its)
     hecktor = load_strategy("hecktor2022")
     spec = hecktor.prognosis  # the paper's: the authors' recipe on the shared route
     assert (spec.segmentation_route, spec.segmentation_recipe) == ("shared", "authors")
-    full, shared_only = (_prognosis_folder(s) for s in (hecktor, hecktor.with_overrides(routes=["shared"])))
-    pemma_only, exact_only = (_prognosis_folder(hecktor.with_overrides(**k)) for k in ({"recipes": ["pemma"]},
+    full, shared_only = (prognosis_folder(s) for s in (hecktor, hecktor.with_overrides(routes=["shared"])))
+    pemma_only, exact_only = (prognosis_folder(hecktor.with_overrides(**k)) for k in ({"recipes": ["pemma"]},
                                                                                       {"routes": ["exact"]}))
     assert full == shared_only != pemma_only == exact_only  # the same starting run, the same stages
     with pytest.raises(StrategyError, match="segmentation_recipe must be null or one of pemma, authors"):

@@ -30,6 +30,7 @@ from pemma.io_utils import write_text_atomic
 from pemma.protocol import chains
 from pemma.protocol.chains import ProtocolData, run_dir
 from pemma.protocol.claims.cindex import prognosis_findings  # the lesion chain's cindex_gain_* claims
+from pemma.protocol.prognosis_plan import first_variant, prognosis_folder, prognosis_jobs, prognosis_source
 from pemma.protocol.provenance import other_machines_note, record_machine
 from pemma.protocol.results import markdown_report, write_case_results, write_results
 from pemma.protocol.reuse import TRAINING_FILE, check_same_split, check_same_training, training_settings
@@ -214,92 +215,13 @@ def _first_folder(strategy: Strategy, method: str) -> str:
     return method_folder(method, *pairs(strategy, method)[0])
 
 
-def _prognosis_pair(strategy: Strategy, method: str) -> tuple[tuple[str, str], bool]:
-    """The (route, recipe) of ``method``'s segmentation run whose adapters start +PET: the first the strategy runs
-    that has the prognosis section's ``segmentation_route`` / ``segmentation_recipe`` (None: any), and whether one
-    was found (False: the method's first pair, the asked one not being run)."""
-    spec, run = strategy.prognosis, pairs(strategy, method)
-    assert spec is not None
-    for route, recipe in run:
-        if spec.segmentation_route in (None, route) and spec.segmentation_recipe in (None, recipe):
-            return (route, recipe), True
-    return run[0], False
-
-
-def _first_variant(strategy: Strategy) -> tuple[list[PlannedPhase], PlannedPhase | None]:
-    """The first variant's planned phases and its ``adapt`` phase (None without one)."""
-    plan = [p for p in strategy.plan() if p.variant == strategy.variant_names[0]]
-    return plan, next((p for p in plan if p.phase.operation == "adapt"), None)
-
-
-def _prognosis_jobs(strategy: Strategy, data: ProtocolData, out: Path,
-                    amp: bool = False) -> list[tuple[dict[str, Any], dict[str, Any], tuple[Path, ...]]]:
-    """Per backbone: the arguments of its lesion-feature chains (:func:`~pemma.protocol.prognosis.run_lesion_chains`)
-    and of its neural stages (:func:`~pemma.protocol.prognosis.run_prognosis`), and the runs both read (the CT base
-    and the segmentation runs whose adapters start +PET); none without a ``prognosis`` section."""
-    if strategy.prognosis is None:
-        return []
-    centres = strategy.prognosis_centres
-    plan, adapt = _first_variant(strategy)
-    val, test = data.part(centres, "val"), data.part(centres, "test")
-    jobs = []
-    for backbone in strategy.backbones:
-        seg = {}
-        if adapt is not None and strategy.prognosis.adapters_from_segmentation:
-            seg = {m: run_dir(out, backbone, method_folder(f"pemma_{m}", *_prognosis_pair(strategy, f"pemma_{m}")[0]),
-                              adapt, adapt.run_key)
-                   for m in strategy.prognosis.methods
-                   if f"pemma_{m}" in strategy.methods}
-        base = run_dir(out, backbone, "", plan[0], plan[0].run_key)
-        shared = {"data_root": data.root, "base_run": base,
-                  "out": out / "runs" / backbone / _prognosis_folder(strategy), "backbone": backbone,
-                  "seed": strategy.split.seed, "centres": centres,
-                  "train_ids": [c.case_id for c in data.part(centres, "train")],
-                  "held_out_ids": [c.case_id for c in val + test], "segmentation_adapters": seg}
-        lesion = {**shared, "methods": strategy.prognosis.methods, "amp": amp}
-        neural = {**shared, "spec": strategy.prognosis, "preset": strategy.preset, "max_steps": strategy.max_steps,
-                  "val_ids": [c.case_id for c in val]}
-        jobs.append((lesion, neural, (base, *seg.values())))
-    return jobs
-
-
-def _prognosis_folder(strategy: Strategy) -> str:
-    """The prognosis experiment's folder name: its settings' digest, with the segmentation runs whose adapters start
-    +PET when they are not the methods' default (exact, pemma) runs, so that a run narrowed to other routes or
-    recipes (``--ct-route`` / ``--recipe``: another starting run) does not reuse stages started from another run."""
-    spec = strategy.prognosis
-    assert spec is not None
-    started = {}
-    if spec.adapters_from_segmentation:
-        for m in spec.methods:
-            if f"pemma_{m}" in strategy.methods:
-                folder = method_folder(f"pemma_{m}", *_prognosis_pair(strategy, f"pemma_{m}")[0])
-                if folder != method_folder(f"pemma_{m}", "", ""):
-                    started[m] = folder
-    return f"prognosis_{spec.digest(started)}"
-
-
-def _prognosis_source(strategy: Strategy, method: str) -> str:
-    """Which segmentation run starts ``method``'s +PET stage, for the log: its folder name, and when the asked
-    (route, recipe) is not run here, that it fell back."""
-    assert strategy.prognosis is not None
-    pair, found = _prognosis_pair(strategy, f"pemma_{method}")
-    text = method_folder(f"pemma_{method}", *pair)
-    if not found:
-        spec = strategy.prognosis
-        asked = ", ".join(f"{k} {v}" for k, v in (("route", spec.segmentation_route),
-                                                 ("recipe", spec.segmentation_recipe)) if v is not None)
-        text += f" (the prognosis asks for {asked}, which this run does not train)"
-    return text
-
-
 def _prognosis_tasks(strategy: Strategy, data: ProtocolData, out: Path, amp: bool) -> list[chains.Task]:
     """The prognosis experiment as worker tasks beside the method chains (each backbone's neural stages and its
     lesion-feature chains, each once the runs it reads are trained); :func:`_prognosis` then reads their results."""
     from pemma.protocol.prognosis import run_lesion_chains, run_prognosis
 
     tasks = []
-    for lesion, neural, needs in _prognosis_jobs(strategy, data, out, amp):
+    for lesion, neural, needs in prognosis_jobs(strategy, data, out, amp):
         tasks.append(chains.Task(f"{neural['backbone']} prognosis: lesion-feature chains", run_lesion_chains, lesion,
                                  needs))
         tasks.append(chains.Task(f"{neural['backbone']} prognosis: neural stages", run_prognosis,
@@ -315,10 +237,10 @@ def _prognosis(strategy: Strategy, data: ProtocolData, out: Path,
     to a worker process while this one trains the neural stages (both cache their results on disk)."""
     from pemma.protocol.prognosis import lesion_chains_finished, run_lesion_chains, run_prognosis, write_prognosis
 
-    jobs = _prognosis_jobs(strategy, data, out, predictions.window.amp if predictions is not None else False)
+    jobs = prognosis_jobs(strategy, data, out, predictions.window.amp if predictions is not None else False)
     for _, neural, _ in jobs:
         seg = neural["segmentation_adapters"]
-        start = {m: f"the adapters of {_prognosis_source(strategy, m)}" if m in seg else "new adapters"
+        start = {m: f"the adapters of {prognosis_source(strategy, m)}" if m in seg else "new adapters"
                  for m in strategy.prognosis.methods}
         print(f"prognosis ({neural['backbone']}): CT -> CT+PET -> CT+PET+EHR on {', '.join(neural['centres'])}; "
               "+PET starts from " + ", ".join(f"{m}: {how}" for m, how in start.items()), flush=True)
@@ -350,7 +272,7 @@ def _with_risks(strategy: Strategy, out: Path, rows: list[dict[str, Any]]) -> li
             out_rows.append(row)
             continue
         folder = "ct" if row["stage"] == "ct" else f"{row['method']}_{row['stage']}"
-        report = (out / "runs" / row["backbone"] / _prognosis_folder(strategy) / folder / "evaluation"
+        report = (out / "runs" / row["backbone"] / prognosis_folder(strategy) / folder / "evaluation"
                   / f"survival_{row['stage']}.json")
         if "cases" not in row and report.is_file():
             row = {**row, "cases": json.loads(report.read_text()).get("cases")}
@@ -366,7 +288,7 @@ def _overlays(strategy: Strategy, data: ProtocolData, out: Path, device: torch.d
     from pemma.protocol.overlays import overlay_figure
 
     backbone, variant = strategy.backbones[0], strategy.variant_names[0]
-    plan, adapt = _first_variant(strategy)
+    plan, adapt = first_variant(strategy)
     pretrain = plan[0]
     base = run_dir(out, backbone, "", pretrain, pretrain.run_key)
     figures: dict[str, str] = {}
@@ -405,7 +327,7 @@ def _report(strategy: Strategy, rows: list[dict[str, Any]], out: Path, seconds: 
         figures[f"DSCagg mean on {', '.join(pretrain_centres)} across phases ({variant})"] = name
     figures.update(overlays or {})
     claims = collect_findings(rows, strategy, case_rows, _with_risks(strategy, out, prognosis or []))
-    claims.update(prognosis_findings(out, strategy.split.seed, f"runs/*/{_prognosis_folder(strategy)}")
+    claims.update(prognosis_findings(out, strategy.split.seed, f"runs/*/{prognosis_folder(strategy)}")
                   if strategy.prognosis else {})
     write_text_atomic(out / "findings.json", json.dumps(claims, indent=2, default=float))
     findings = ["## Findings", "",
