@@ -27,11 +27,10 @@ from pemma.data.registration import registrable
 from pemma.data.registration_record import REGISTRATION_FILE, record_registration, registration_by_modality
 from pemma.data.transforms import describe, preprocessing, training_augmentation
 from pemma.errors import PemmaError
-from pemma.evaluation.metrics import AggregatedDice, nanmean
-from pemma.inference.sliding import labels_of, sliding_window_probs
 from pemma.runs import CONFIG_FILE, MODEL_META, STATE_FILE, final_path, load_state, write_meta
 from pemma.runtime import METRIC_FIELDS, DistInfo, agree_on_failure, barrier, run_logger
 from pemma.training.engine import Engine, StepFn, process_group, trainable_state
+from pemma.training.validation import set_score_key, validate, validated_text
 from pemma.vocab import BACKBONES
 
 __all__ = ["RECORD_KEY", "RESUME_SETTINGS", "SegmentationTraining", "TrainingTask", "check_resume_settings",
@@ -84,18 +83,6 @@ def mark_complete(run_dir: Path) -> None:
             write_meta(run_dir, {**meta, "complete": True})
 
 
-def set_score_key(inputs: tuple[str, ...]) -> str:
-    """The key of one input set's mean DSCagg when several are validated (``"ct+pet_mean"``; ``val_`` before it in
-    ``metrics.csv``)."""
-    return f"{'+'.join(inputs)}_mean"
-
-
-def validated_text(sets: tuple[tuple[str, ...], ...]) -> str:
-    """What a best score was measured on, for people: ``"CT+PET"``, or ``"CT+PET, CT, PET averaged"``."""
-    names = ", ".join("+".join(m.upper() for m in s) for s in sets)
-    return names if len(sets) == 1 else f"{names} averaged"
-
-
 def best_dsc_text(best: float) -> str:
     """A run summary's ``best_dsc`` for people: 4 decimals, or "n/a (no validation score)" for the -1 that a run
     records without validation cases (or whose validations never gave a defined mean)."""
@@ -108,34 +95,6 @@ def resumed_text(step: int, best: float, best_step: int) -> str:
     if best_step < 0:
         return f"resumed at step {step} (no validation score yet)"
     return f"resumed at step {step} (best mean DSCagg {best_dsc_text(best)} at step {best_step})"
-
-
-def validate(task: TrainingTask, module: nn.Module, val_ds: Any, cfg: RunConfig, device: torch.device) -> dict:
-    """DSCagg per class and mean over the validation cases (preprocessed grid, sliding window).
-
-    With several :meth:`~TrainingTask.validated_sets`, each set is scored alone (:func:`set_score_key`, e.g.
-    ``"ct+pet_mean"``); ``mean`` (what the best weights are chosen by) averages the sets' means, and ``GTVp`` /
-    ``GTVn`` each class over the sets where it is defined (NaN left out): where a class is undefined in some sets
-    (no such lesion labelled or predicted), ``mean`` need not be the mean of the averaged ``GTVp`` and ``GTVn``."""
-    module.eval()
-    sets = task.validated_sets()
-    aggs = [AggregatedDice() for _ in sets]
-    predictors = [task.predictor(module, inputs) for inputs in sets]
-    channels = [[task.modalities.index(m) for m in inputs] for inputs in sets]
-    for i in range(len(val_ds)):
-        item = val_ds[i]
-        image, label = item["image"].as_tensor(), item["label"][0].numpy().astype("uint8")
-        for agg, predictor, chosen in zip(aggs, predictors, channels, strict=True):
-            probs = sliding_window_probs(predictor, image[chosen], cfg.model.roi_size, cfg.train.sw_batch_size,
-                                         cfg.train.overlap, device=device, amp=cfg.train.amp)
-            agg.update(labels_of(probs).numpy(), label)
-    module.train()
-    scores = [agg.compute() for agg in aggs]
-    if len(scores) == 1:
-        return scores[0]
-    out = {key: nanmean([s[key] for s in scores]) for key in scores[0]}
-    out.update({set_score_key(inputs): s["mean"] for inputs, s in zip(sets, scores, strict=True)})
-    return out
 
 
 def dice_ce_loss(tc: TrainConfig) -> DiceCELoss:
