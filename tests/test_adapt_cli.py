@@ -91,12 +91,17 @@ def test_adapt_two_process_gloo_with_modality_dropout(bases: dict[str, Path], ph
     cmd = [torchrun, "--nproc_per_node", "2", "--master_port", str(31500 + os.getpid() % 1000), "-m",
            "pemma.cli.main", "adapt", "--base", str(bases["swin_unetr"]), "--data", str(phantom), "--centres",
            "MDA,CHUM", "--method", "lora", *FAST_SWIN[:2], "--spacing", "4", "4", "4", "--batch-size", "1",
-           "--modality-dropout", "0.4", "0.2", "0.4", "--max-steps", "4", "--out", str(out)]
+           "--modality-dropout", "0.4", "0.2", "0.4", "--max-steps", "4", "--val-fraction", "0.5", "--val-every", "1",
+           "--out", str(out)]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = (out / "train.log").read_text()
     assert "processes 2" in log and "ct+pet 0.50, pet 0.50" in log
     assert (out / "adapter_model.safetensors").is_file()
+    # validation partway through (rank 0 alone): it hung in an all-gather the other rank never joined
+    rows = (out / "metrics.csv").read_text().splitlines()[1:]
+    assert len(rows) >= 2 and all(row.split(",")[6] for row in rows)  # val_mean of every validation
+    assert proc.stdout.count("best validation mean DSCagg") == 1  # rank 0's summary only
 
 
 @pytest.mark.parametrize("method", ["early-fusion", "full", "late-fusion"])

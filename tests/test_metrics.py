@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import doctest
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -240,3 +241,39 @@ def test_dscagg_matches_numpy_counts_on_random_maps(absent):
         by_counts.update_counts(case_counts(pred, label))
     assert by_counts.compute().keys() == got.keys()
     assert all(math.isnan(v) if math.isnan(got[k]) else v == got[k] for k, v in by_counts.compute().items())
+
+
+def _dice_on_rank_zero_only(rank: int, port: int, errors: Any) -> None:
+    """Rank 0 computes DSCagg while rank 1 waits at a barrier, as validation runs under torchrun."""
+    import datetime
+
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
+                            timeout=datetime.timedelta(seconds=30))
+    try:
+        if rank == 0:
+            agg = AggregatedDice()
+            agg.update(np.array([[[1, 1, 0]]]), np.array([[[1, 0, 0]]]))
+            assert round(agg.compute()["GTVp"], 4) == 0.6667 and agg.num_cases == 1
+        dist.barrier()
+    except Exception as exc:  # noqa: BLE001  (reported to the test)
+        errors.put(f"rank {rank}: {exc!r}")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow  # two spawned processes (each imports torch)
+def test_aggregated_dice_does_not_synchronise_processes() -> None:
+    # MONAI's cumulative metric all-gathered its buffer under torch.distributed: rank 0 validating alone waited for
+    # the other rank, which waited at a barrier (a torchrun adapt hung at its first validation)
+    import os
+
+    import torch.multiprocessing as mp
+
+    errors = mp.get_context("spawn").SimpleQueue()
+    mp.spawn(_dice_on_rank_zero_only, args=(29000 + os.getpid() % 1000, errors), nprocs=2, join=True)
+    found = []
+    while not errors.empty():
+        found.append(errors.get())
+    assert not found, found

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import logging
 import os
@@ -11,7 +12,7 @@ import tempfile
 import time
 import traceback
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from pemma import __version__
@@ -31,6 +32,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextlib.contextmanager
+def _stdout_of_main_process() -> Iterator[None]:
+    """Under torchrun only rank 0 prints a verb's summary (the other ranks' stdout is dropped; their errors still
+    reach stderr): the others never validate, so theirs said "n/a (no validation score)" beside rank 0's score."""
+    from pemma.runtime import is_main_process
+
+    if is_main_process():
+        yield
+        return
+    with open(os.devnull, "w") as sink, contextlib.redirect_stdout(sink):
+        yield
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -39,7 +53,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("pemma.evaluate").setLevel(logging.INFO)  # which cases --split unseen left out, and why
     logging.getLogger("pemma.predict").setLevel(logging.INFO)  # the input set, and a single case's files
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _stdout_of_main_process():
             warnings.simplefilter("always", UserWarning)
             warnings.showwarning = _one_line_warning(args.verb)
             result = args.func(args)

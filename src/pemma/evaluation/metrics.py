@@ -150,8 +150,11 @@ class AggregatedDice:
 
     ``DSCagg_c = 2 * sum_i |GT_i,c ∩ P_i,c| / sum_i (|GT_i,c| + |P_i,c|)``. Unlike the mean of per-case
     Dice, cases with an empty class contribute their false-positive voxels without a 0/0 problem, and
-    large tumours weigh more. A thin wrapper over MONAI's ``ConfusionMatrixMetric`` (F1 of the per-class
-    ``[tp, fp, tn, fn]`` counts summed over the cases); the counts are kept in float64, exact integers.
+    large tumours weigh more. MONAI computes each case's per-class ``[tp, fp, tn, fn]`` counts
+    (``get_confusion_matrix``) and the F1 of their sums (``compute_confusion_matrix_metric``); the sums are kept
+    here in float64, exact integers, and in this process only: MONAI's cumulative ``ConfusionMatrixMetric`` would
+    gather its buffer across processes under ``torch.distributed``, and validation runs on the main process
+    alone (under torchrun the other ranks waited at a barrier for an all-gather that never came).
 
     Conventions:
         * A class with no ground-truth and no predicted voxel in **any** case is NaN (undefined).
@@ -167,27 +170,28 @@ class AggregatedDice:
     """
 
     def __init__(self) -> None:
-        from monai.metrics import ConfusionMatrixMetric
-
-        self._metric = ConfusionMatrixMetric(include_background=False, metric_name="f1 score",
-                                             compute_sample=False, reduction="sum_batch")
+        self._sum = torch.zeros(len(CLASS_NAMES), 4, dtype=torch.float64)  # [tp, fp, tn, fn] per class
+        self._cases = 0
 
     @property
     def num_cases(self) -> int:
         """Number of cases added."""
-        buffer = self._metric.get_buffer()
-        return 0 if buffer is None else len(buffer)
+        return self._cases
 
     @property
     def totals(self) -> dict[int, CaseCounts]:
         """Voxel counts per class summed over the cases added so far."""
-        buffer = self._metric.get_buffer()
-        summed = torch.zeros(len(CLASS_NAMES), 4, dtype=torch.float64) if buffer is None else buffer.sum(0)
-        return _counts_of(summed)
+        return _counts_of(self._sum)
 
     def reset(self) -> None:
         """Forget all accumulated cases."""
-        self._metric.reset()
+        self._sum.zero_()
+        self._cases = 0
+
+    def _add(self, confusion: torch.Tensor) -> None:
+        """Add one case's ``(1, 2, 4)`` confusion matrix."""
+        self._sum += confusion.reshape(len(CLASS_NAMES), 4).to(torch.float64)
+        self._cases += 1
 
     def update(self, pred: np.ndarray, label: np.ndarray) -> None:
         """Add one case.
@@ -199,7 +203,7 @@ class AggregatedDice:
         Raises:
             ValueError: as :func:`case_counts`.
         """
-        self._metric.extend(_case_confusion(pred, label))
+        self._add(_case_confusion(pred, label))
 
     def update_counts(self, counts: Mapping[int, Sequence[int] | CaseCounts]) -> None:
         """Add one case from precomputed counts (e.g. the output of :func:`case_counts`).
@@ -216,16 +220,15 @@ class AggregatedDice:
                 raise ValueError(f"inconsistent counts for class {c}: {item}")
             tp = item.intersection
             rows.append([tp, item.pred - tp, 0, item.gt - tp])  # tn is not known (nor used)
-        self._metric.extend(torch.tensor([rows], dtype=torch.float64))
+        self._add(torch.tensor([rows], dtype=torch.float64))
 
     def compute(self) -> dict[str, float]:
         """Return ``{"GTVp": DSCagg_1, "GTVn": DSCagg_2, "mean": nan-mean of the two}``."""
         from monai.metrics import compute_confusion_matrix_metric
 
-        # = self._metric.aggregate() ("sum_batch", then F1), whose reduction would cast the sums to float32
-        buffer = self._metric.get_buffer()
-        dice = [math.nan] * len(CLASS_NAMES) if buffer is None else \
-            [float(v) for v in compute_confusion_matrix_metric("f1 score", buffer.sum(0))]
+        # as ConfusionMatrixMetric("f1 score", reduction "sum_batch").aggregate(), without its float32 cast
+        dice = [math.nan] * len(CLASS_NAMES) if not self._cases else \
+            [float(v) for v in compute_confusion_matrix_metric("f1 score", self._sum)]
         out = dict(zip(CLASS_NAMES.values(), dice, strict=True))
         out["mean"] = nanmean([out[name] for name in CLASS_NAMES.values()])
         return out
