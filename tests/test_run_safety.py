@@ -326,3 +326,21 @@ def test_a_run_stopped_after_its_first_best_weights_is_interrupted_not_finished(
         load_model(run)
     with pytest.raises(PemmaError, match="holds a finished run"):
         pemma.train(phantom, run, centres="CHUM,CHUP", val_fraction=0.5, **TINY)
+
+
+def test_the_same_tensors_give_the_same_file(tmp_path: Path) -> None:
+    # safetensors writes its metadata in a hash map's order, which changes from call to call: identical weights
+    # (a resumed run and an uninterrupted one) got different files and checksums
+    import torch
+    from safetensors import safe_open
+
+    from pemma.io_utils import load_tensors
+
+    state = {"b.weight": torch.arange(6.0).reshape(2, 3), "a.bias": torch.ones(2, dtype=torch.float64)}
+    metadata = {"format": "pt", "pemma": "pemma-adapter", "note": "x"}
+    digests = {save_tensors(state, tmp_path / f"w{i}.safetensors", metadata) for i in range(20)}
+    assert len(digests) == 1
+    loaded = load_tensors(tmp_path / "w0.safetensors", sha256=digests.pop())
+    assert set(loaded) == set(state) and all(torch.equal(loaded[k], v) for k, v in state.items())
+    with safe_open(str(tmp_path / "w0.safetensors"), "pt") as fh:
+        assert fh.metadata() == metadata

@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import json
 import os
+import struct
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -232,11 +234,29 @@ def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
 
 def save_tensors(state: dict[str, torch.Tensor], path: str | os.PathLike,
                  metadata: dict[str, str] | None = None) -> str:
-    """Write tensors as safetensors atomically (CPU, contiguous copies); return the file's SHA-256."""
+    """Write tensors as safetensors atomically (CPU, contiguous copies); return the file's SHA-256.
+
+    The same tensors and metadata always give the same bytes (so the same checksum): safetensors writes the
+    metadata entries in a hash map's order, which changes from one call to the next; the header is rewritten with
+    its keys sorted (:func:`_sort_header`)."""
     clean = {k: v.detach().to("cpu").contiguous().clone() for k, v in state.items()}
     with atomic_path(path) as tmp:
         save_file(clean, str(tmp), metadata=metadata or {"format": "pt"})
+        _sort_header(Path(tmp))
     return sha256_file(path)
+
+
+def _sort_header(path: Path) -> None:
+    """Rewrite a safetensors file's JSON header in place with its keys sorted (at every level), the same length:
+    the tensors' offsets are relative to the data after the header, so nothing else moves."""
+    with open(path, "r+b") as fh:
+        (size,) = struct.unpack("<Q", fh.read(8))
+        raw = fh.read(size)
+        text = json.dumps(json.loads(raw), sort_keys=True, separators=(",", ":")).encode()
+        if len(text) > size:  # cannot happen (same content, compact): leave the file as safetensors wrote it
+            return
+        fh.seek(8)
+        fh.write(text + b" " * (size - len(text)))  # safetensors pads its header with spaces too
 
 
 def load_tensors(path: str | os.PathLike, *, sha256: str | None = None, what: str = "weights file",
