@@ -267,7 +267,7 @@ def _unseen_cases(cases: list, seen_by: Sequence[tuple[str, set[str]]], source: 
         if by is None:
             chosen.append(case)
         else:
-            left_out[by] = left_out.get(by, 0) + 1
+            left_out[by] += 1
     text = "; ".join(f"{n} by {run}" for run, n in left_out.items() if n)
     if not chosen:
         raise PemmaError(f"{source}: no unseen cases of this model among the {len(cases)} selected cases: each "
