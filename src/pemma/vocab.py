@@ -51,9 +51,9 @@ EXPORT_FORMATS: tuple[str, ...] = ("torchscript", "onnx", "bundle")
 IMPORT_BACKBONES: tuple[str, ...] = BACKBONES
 
 # ---------------------------------------------------------------------------------------------- modalities
-#: Fixed channel order of every multi-modal tensor in pemma.
 #: ``--register`` choices: PET left on its header geometry, or registered to the CT (rigid: Euler 3-D; affine)
 REGISTER_MODES: tuple[str, ...] = ("none", "rigid", "affine")
+#: Fixed channel order of every multi-modal tensor in pemma.
 MODALITY_ORDER: tuple[str, ...] = ("ct", "pet")
 #: Other spellings users write for a modality (HECKTOR's file suffix ``__PT``).
 MODALITY_ALIASES: dict[str, str] = {"pt": "pet"}

@@ -31,8 +31,8 @@ class Run:
 
     Attributes:
         path: the run folder.
-        kind: ``backbone`` (``pemma train``, early fusion), ``pemma`` (adapters), ``pemma_full``, ``late_fusion``,
-            or ``survival`` (a prognosis run).
+        kind: ``backbone`` (``pemma train``, early fusion), ``pemma`` (adapters), ``pemma_stacked`` (a modality
+            stacked on an adapted run), ``pemma_full``, ``late_fusion``, or ``survival`` (a prognosis run).
         config: the :class:`~pemma.config.RunConfig` saved in ``config.yaml``.
         meta: ``model.json`` (segmentation) or ``survival.json`` (prognosis).
         summary: what training reported (``steps``, ``best_dsc`` or C-indices); empty for :meth:`open`.

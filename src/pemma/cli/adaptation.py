@@ -25,7 +25,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="pemma_lora (alias lora, the default) | pemma_dora (dora): PEMMA; baselines: early_fusion "
                         "(2 channels from the CT model, all trained), full_finetune (full: PEMMA pathway, all "
                         "parameters trained), late_fusion (a PET model, logits weighted with the CT model's)")
-    g = p.add_argument_group("adapters (PEMMA; full_finetune builds the same pathway)")
+    g = p.add_argument_group(
+        "adapters (PEMMA; full_finetune builds the same pathway)",
+        "A flag not given takes the --recipe's value; the default recipe, pemma: --rank 4 --alpha 8 "
+        "--adapter-dropout 0 --modality-dropout 0.6 0.2 0.2 --ct-route exact --validation-inputs full; authors: "
+        "README and pemma/recipes/authors.yaml. --checkpoint-full-resolution and --recompute-dora are on unless "
+        "turned off.")
     for name in ("rank", "alpha", "target_modules", "train_parts"):
         add_field_flag(g, AdapterConfig, name)
     add_field_flag(g, AdapterConfig, "dropout", "--adapter-dropout")

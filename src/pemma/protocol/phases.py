@@ -257,8 +257,8 @@ class PrognosisSpec:
         methods: adapter methods, each a chain of its own ("lora", "dora"). Default both.
         head: survival head, "mtlr" or "cox". Default "mtlr".
         epochs: epochs per stage; None = the preset's. Default None.
-        l2: weight penalty of the head and the clinical projection (``pemma survival --l2``); None = chosen by
-            inner cross-validation on the training cases of each stage. Default None.
+        l2: weight penalty of the head and the clinical projection (``pemma survival train|adapt --l2``); None =
+            chosen by inner cross-validation on the training cases of each stage. Default None.
         adapters_from_segmentation: the +PET stage starts from the adapters and PET pathway of the strategy's
             PEMMA segmentation run of the same method (its ``adapt`` phase), when the strategy has one.
             Default True.
