@@ -1,9 +1,18 @@
 """pemma: parameter-efficient multi-modal adaptation for medical image segmentation and prognosis.
 
-The Python API (``pemma.train``, ``pemma.adapt``, ``pemma.update``, ``pemma.predict``, ``pemma.evaluate``,
-``pemma.reproduce``, ``pemma.demo``, ``pemma.params``, ``pemma.export``, ``pemma.import_model``, ``pemma.synth``,
-``pemma.survival_train|adapt|evaluate|predict|chain`` and ``pemma.Run``) lives in :mod:`pemma.api`, whose
-functions import torch and MONAI when they run, so ``import pemma`` stays light (no torch).
+The Python API, one function per ``pemma`` verb (``pemma.check``, ``pemma.convert_dicom``, ``pemma.synth``,
+``pemma.train``, ``pemma.predict``, ``pemma.evaluate``, ``pemma.import_model``, ``pemma.adapt``, ``pemma.update``,
+``pemma.params``, ``pemma.export``, ``pemma.survival_train``, ``pemma.survival_adapt``, ``pemma.survival_evaluate``,
+``pemma.survival_predict``, ``pemma.survival_chain``, ``pemma.reproduce``, ``pemma.demo``), ``pemma.run_config``
+(the configuration keyword arguments give) and ``pemma.Run`` (a run folder) live in :mod:`pemma.api`, whose
+functions import torch and MONAI when they run, so ``import pemma`` stays light (no torch). ``pemma.LABELS``
+(HECKTOR's label values, ``{"background": 0, "GTVp": 1, "GTVn": 2}``) and ``pemma.MODALITY_ORDER`` (the channel
+order, CT first) come from :mod:`pemma.vocab`.
+
+Example:
+    >>> import pemma
+    >>> run = pemma.train(data="data/phantom", centres=["CHUM"], modalities=["ct"], out="runs/ct")
+    >>> help(pemma.adapt)  # every function: its arguments, defaults and an example
 """
 
 from __future__ import annotations
