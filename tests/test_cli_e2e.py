@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -61,3 +63,13 @@ def test_synth_train_predict_evaluate(cli_phantom: Path, tmp_path: Path, backbon
 def test_help_on_every_verb() -> None:
     for verb in ("synth", "train", "predict", "evaluate"):
         assert "usage: pemma " + verb in run_cli(verb, "--help").stdout
+
+
+def test_python_dash_m_pemma_runs_the_cli() -> None:
+    """``python -m pemma`` (and so ``torchrun ... -m pemma``) is the ``pemma`` command."""
+    proc = subprocess.run([sys.executable, "-m", "pemma", "train", "--help"], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "usage: pemma train" in proc.stdout
+    bad = subprocess.run([sys.executable, "-m", "pemma", "no-such-verb"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "no-such-verb" in bad.stderr

@@ -221,13 +221,15 @@ def test_every_documented_benchmark_flag_exists() -> None:
 
 def test_torchrun_lines_start_pemma_as_a_module() -> None:
     """torchrun starts a Python file or, with -m, a module (``pemma`` is neither: a console script), so a documented
-    ``torchrun ... pemma VERB`` must be ``torchrun ... -m pemma.cli.main VERB`` (or ``--no-python pemma VERB``)."""
+    ``torchrun ... pemma VERB`` must be ``torchrun ... -m pemma VERB`` (``pemma.__main__``; or ``-m pemma.cli.main``,
+    or ``--no-python pemma VERB``)."""
     problems = []
     for where, text in [*doc_spans(), *[(w, line) for w, _, line in doc_lines()]]:
         if "torchrun" not in text or "pemma" not in text:
             continue
         tokens = words(text.replace("...", ""))
-        if "pemma" in tokens and "--no-python" not in tokens and "--no_python" not in tokens:
+        as_script = [i for i, t in enumerate(tokens) if t == "pemma" and (i == 0 or tokens[i - 1] != "-m")]
+        if as_script and "--no-python" not in tokens and "--no_python" not in tokens:
             problems.append(f"{where}: `{text}` runs `python pemma`")
     assert not problems, "\n".join(problems)
 

@@ -26,7 +26,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("survival",),
     ("protocol",),
     ("api", "__init__"),
-    ("cli",),
+    ("cli", "__main__"),
 )
 LAYER_OF = {unit: i for i, units in enumerate(LAYERS) for unit in units}
 
