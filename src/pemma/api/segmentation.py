@@ -97,7 +97,8 @@ def adapt(base: RunLike, data: str | os.PathLike, out: str | os.PathLike, *, cen
         train_parts: non-adapter parts that train. Default: the recipe's, per backbone.
         modality_dropout: probabilities of the input sets (ct+pet, ct, pet). Default (0.6, 0.2, 0.2).
         ct_route: ``exact`` (CT alone runs the untouched base) or ``shared`` (the paper's: CT alone through the
-            adapted network). Default: the recipe's (``pemma``: exact; ``authors``: shared).
+            adapted network). Default: the recipe's (``pemma``: exact; ``authors``: shared). Full fine-tuning is
+            one network for every input set: always ``shared`` (``exact`` is refused).
         recipe: named defaults (:data:`pemma.vocab.RECIPES`, YAML files in ``pemma/recipes``): ``pemma`` (None,
             the default) or ``authors`` (the authors' configuration per backbone). Explicit arguments override it;
             the run records the recipe and the resolved values (``adapter_config.json``).
@@ -129,6 +130,9 @@ def adapt(base: RunLike, data: str | os.PathLike, out: str | os.PathLike, *, cen
     try:
         # the PEMMA methods set the adapter type; full fine-tuning builds the PEMMA pathway with LoRA
         adapter_type = PEMMA_METHODS.get(canonical_method(method), "lora")
+        if canonical_method(method) == "full_finetune" and ct_route not in (None, "shared"):
+            raise PemmaError(f"--ct-route {ct_route}: full fine-tuning trains the CT model itself, one network for "
+                             "every input set (the shared route); --ct-route exact is for the PEMMA methods")
         given = {"rank": rank, "alpha": alpha, "dropout": adapter_dropout, "target_modules": _tuple(target_modules),
                  "train_parts": _tuple(train_parts),
                  "modality_dropout": None if modality_dropout is None else tuple(modality_dropout),

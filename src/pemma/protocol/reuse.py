@@ -14,6 +14,7 @@ from pemma.data.case import CaseRecord
 from pemma.errors import PemmaError
 from pemma.io_utils import sha256_file
 from pemma.protocol.strategy import Strategy
+from pemma.vocab import KIND_PEMMA_FULL
 
 
 def check_same_split(out: Path, split: dict[str, dict[str, list[str]]]) -> None:
@@ -77,3 +78,22 @@ def check_same_training(out: Path, settings: Mapping[str, Any]) -> None:
     if changed:
         raise PemmaError(f"{out}: holds runs trained under other settings ({'; '.join(changed)}); they would be "
                          "reused as if trained under these: write to another --out, or delete it")
+
+
+def check_full_finetune_runs(out: Path) -> None:
+    """``out`` may not hold full fine-tuning runs trained before it became one network for every input set
+    (:mod:`pemma.methods.full_finetune`): their ``adapter_config`` records the ``exact`` CT route, under which CT alone
+    ran separate copies that PET-only updates never reach, so reusing them would score the old baseline as the new.
+
+    Raises:
+        PemmaError: naming the first such run; nothing has been written.
+    """
+    for meta_file in sorted(out.glob("runs/*/full_finetune*/*/model.json")):
+        try:
+            meta = json.loads(meta_file.read_text())
+        except ValueError:
+            continue  # an unreadable run folder is reported where it is read
+        if meta.get("kind") == KIND_PEMMA_FULL and (meta.get("adapter_config") or {}).get("ct_route") == "exact":
+            raise PemmaError(f"{meta_file.parent}: full fine-tuning run of an earlier pemma (CT alone ran separate "
+                             "copies of the modules PET-only updates train); it would be reused as today's baseline: "
+                             "write to another --out, or delete its runs/*/full_finetune folder")

@@ -33,7 +33,13 @@ from pemma.protocol.claims.cindex import prognosis_findings  # the lesion chain'
 from pemma.protocol.prognosis_plan import first_variant, prognosis_folder, prognosis_jobs, prognosis_source
 from pemma.protocol.provenance import other_machines_note, record_machine
 from pemma.protocol.results import markdown_report, write_case_results, write_results
-from pemma.protocol.reuse import TRAINING_FILE, check_same_split, check_same_training, training_settings
+from pemma.protocol.reuse import (
+    TRAINING_FILE,
+    check_full_finetune_runs,
+    check_same_split,
+    check_same_training,
+    training_settings,
+)
 from pemma.protocol.routes import adapt_kwargs, method_folder, pairs
 from pemma.protocol.split import split_case_ids
 from pemma.protocol.strategy import PlannedPhase, Strategy, StrategyError
@@ -159,6 +165,7 @@ def reproduce(strategy_path: str | Path, data_root: str | Path, out_dir: str | P
         check_same_split(out, split)
         training = training_settings(strategy, [cases_by_id[i] for c in used for i in by_centre[c]])
         check_same_training(out, training)
+        check_full_finetune_runs(out)
         if not checked.ok:
             write_text_atomic(out / "excluded_cases.json", json.dumps(checked.to_dict(), indent=2))
         data = ProtocolData(str(Path(data_root).resolve()), {c.case_id: c for c in all_cases}, split)
