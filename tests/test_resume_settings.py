@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import shutil
 from pathlib import Path
 
@@ -95,3 +96,23 @@ def test_train_resume_on_another_dataset_is_refused(phantom: Path, tmp_path: Pat
     code, err = pemma("train", "--resume", "--data", phantom, *flags, "--checkpoint-every", "2")
     assert code == 0, err[-2000:]
     assert "resumed at step 1" in (out / "train.log").read_text()
+
+
+def test_resume_with_another_number_of_processes_is_refused(phantom: Path, tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """An epoch has ceil(cases / (batch x processes)) steps and each process takes every N-th crop: a run interrupted
+    under `torchrun --nproc_per_node 2` and resumed as one process went on silently with another schedule (20 steps
+    became 30, the epochs counted again from 3) and other crops. The checkpoint records the number of processes."""
+    out = tmp_path / "ct"
+    flags = ["--data", phantom, "--centres", "CHUM", "--modalities", "ct", "--out", out, *FAST, *STEPS]
+    stopped_after_step_1(monkeypatch, "train", *flags)
+    assert torch.load(out / "checkpoint.pt", weights_only=False)["settings"]["torchrun processes"] == 1
+    with monkeypatch.context() as patch:  # what torchrun sets; refused before any process group is joined
+        patch.setenv("WORLD_SIZE", "2")
+        code, err = pemma("train", "--resume", *flags)
+    assert code == 2, err[-2000:]
+    assert (f"{out}: --resume with other settings than the interrupted run: torchrun processes 1 → 2; rerun with the "
+            "same flags, or --force to start over") in err
+    code, err = pemma("train", "--resume", *flags)
+    assert code == 0, err[-2000:]
+    assert json.loads((out / "model.json").read_text())["processes"] == 1

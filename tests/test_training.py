@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -79,5 +80,9 @@ def test_two_process_ddp_gloo(phantom: Path, tmp_path: Path) -> None:
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "processes 2" in (out / "train.log").read_text()
-    assert int(torch.load(out / "checkpoint.pt", weights_only=True)["step"]) == 3
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert int(state["step"]) == 3
+    # recorded, so that a --resume as one process is refused (its epochs and crops would differ)
+    assert state["settings"]["torchrun processes"] == 2
+    assert json.loads((out / "model.json").read_text())["processes"] == 2
     assert (out / "model.safetensors").is_file()

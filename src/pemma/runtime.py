@@ -140,9 +140,15 @@ def machine_line(machine: dict[str, Any]) -> str:
             f"torch {machine['torch']}, pemma {machine['pemma']}, Python {machine['python']}")
 
 
+def launched_processes() -> int:
+    """How many processes this job was launched with: torchrun's ``WORLD_SIZE`` (1 for a single process). Known
+    before the process group is joined (a ``--resume`` compares it with the checkpoint's first)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def init_distributed(device: torch.device) -> DistInfo:
     """Join the process group when launched by ``torchrun`` (``WORLD_SIZE`` > 1); else single process."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    world = launched_processes()
     if world <= 1:
         return DistInfo()
     if device.type == "cuda":  # NCCL object collectives (agree_on_failure) use the current device

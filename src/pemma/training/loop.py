@@ -4,6 +4,7 @@ exact resume, DistributedDataParallel under torchrun)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -28,14 +29,14 @@ from pemma.data.registration_record import REGISTRATION_FILE, record_registratio
 from pemma.data.transforms import describe, preprocessing, training_augmentation
 from pemma.errors import PemmaError
 from pemma.runs import CONFIG_FILE, MODEL_META, STATE_FILE, final_path, load_state, write_meta
-from pemma.runtime import METRIC_FIELDS, DistInfo, agree_on_failure, barrier, run_logger
+from pemma.runtime import METRIC_FIELDS, DistInfo, agree_on_failure, barrier, launched_processes, run_logger
 from pemma.training.engine import Engine, StepFn, process_group, trainable_state
 from pemma.training.validation import set_score_key, validate, validated_text
 from pemma.vocab import BACKBONES
 
-__all__ = ["RECORD_KEY", "RESUME_SETTINGS", "SegmentationTraining", "TrainingTask", "check_resume_settings",
-           "config_settings", "dice_ce_loss", "refuse_other_settings", "segmentation_engine", "segmentation_step",
-           "train_task", "trainable_state", "validate", "validated_text"]
+__all__ = ["PROCESSES_SETTING", "RECORD_KEY", "RESUME_SETTINGS", "SegmentationTraining", "TrainingTask",
+           "check_resume_settings", "config_settings", "dice_ce_loss", "refuse_other_settings", "segmentation_engine",
+           "segmentation_step", "train_task", "trainable_state", "validate", "validated_text"]
 
 ForwardFn = Callable[[nn.Module, torch.Tensor, int], torch.Tensor]
 
@@ -130,6 +131,11 @@ def train_task(task: TrainingTask, cfg: RunConfig, train_cases: list[CaseRecord]
         summary dict (steps, best_dsc, best_step, seconds).
     """
     meta = dict(meta or {})
+    # the number of processes decides the epochs and the crops of every step (each takes every N-th visit), so it is
+    # a setting of the weights like the batch size: recorded in the checkpoint, and a --resume on another is refused
+    processes = launched_processes()
+    task = dataclasses.replace(task, settings={**task.settings, PROCESSES_SETTING: processes})
+    meta["processes"] = processes
     checkpoint = check_resume_settings(Path(out_dir), cfg, task.settings) if resume else None
     good, report = preflight([*train_cases, *val_cases], task.modalities, cfg.data.exclude_bad_cases,
                              source=cfg.data.root)
@@ -162,6 +168,10 @@ RESUME_SETTINGS: dict[str, tuple[str, ...] | None] = {
 #: the checkpoint entry recording ``{label: value}`` of the settings outside ``config.yaml`` that determine the
 #: trained weights (:attr:`TrainingTask.settings`; a prognosis stage records its config there too)
 RECORD_KEY = "settings"
+#: the :attr:`TrainingTask.settings` label of the number of processes (torchrun's ``--nproc_per_node`` times its
+#: nodes; 1 without torchrun): an epoch has ``ceil(cases / (batch x processes))`` steps, each process its own
+#: batch, so another number trains other weights. A checkpoint written before it was recorded is not compared.
+PROCESSES_SETTING = "torchrun processes"
 
 
 def config_settings(cfg: RunConfig) -> dict[str, Any]:
