@@ -367,6 +367,44 @@ def test_stage_resume_with_other_settings_is_refused(setup: dict[str, Path], tmp
     assert "resumed at step 1 of 2" in (out / "train.log").read_text()
 
 
+
+@pytest.mark.long
+def test_stage_resume_on_another_number_of_processes_is_refused(setup: dict[str, Path], tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the encoder trains, each DDP process takes its own batch (an epoch has ceil(cases / (batch x
+    processes)) steps): a stage interrupted as one process and resumed under `torchrun --nproc_per_node 2` went on
+    with other batches and another schedule, silently. The checkpoint records the number of processes."""
+    import os
+    import subprocess
+    import sys
+
+    from pemma.training.engine import Engine
+
+    data, base = setup["data"], setup["base"]
+    ok("survival", "train", "--base", base, "--data", data, "--out", tmp_path / "ct", *TINY)
+    out = tmp_path / "pet"
+    cmd = ["survival", "adapt", "--model", tmp_path / "ct", "--add-modality", "pet", "--out", out, *TINY[:-2],
+           "--max-steps", "2", "--checkpoint-every", "1", "--l2", "1"]
+    save = Engine.save
+
+    def save_then_stop(self: Engine, run_dir: Path, **extra: object) -> None:
+        save(self, run_dir, **extra)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Engine, "save", save_then_stop)
+    assert pemma(*cmd)[0] == 130
+    monkeypatch.setattr(Engine, "save", save)
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
+    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(33500 + os.getpid() % 1000), "-m",
+                           "pemma.cli.main", *map(str, cmd), "--resume"], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode != 0
+    expected = (f"pemma survival: error: {out}: --resume with other settings than the interrupted run: torchrun "
+                "processes 1 → 2; rerun with the same flags, or --force to start over")
+    assert proc.stderr.count(expected) == 2, proc.stderr[-3000:]  # one line per process
+    ok(*cmd, "--resume")
+    assert "resumed at step 1 of 2" in (out / "train.log").read_text()
+
 def test_pet_stage_from_the_authors_segmentation_adapters_trains(setup: dict[str, Path]) -> None:
     """The authors' UNETR recipe has no PET embedding of its own (PET through the frozen CT one): a +PET stage
     started from it with its adapters training (hecktor2022's prognosis) failed on the missing module."""

@@ -24,7 +24,7 @@ from pemma.survival.data import CaseImages, Split
 from pemma.survival.model import PrognosisModel
 from pemma.survival.probe import probe_parameters, select_penalty, solve_head, weight_penalty
 from pemma.training.engine import Engine, StepFn
-from pemma.training.loop import RECORD_KEY, config_settings, refuse_other_settings
+from pemma.training.loop import PROCESSES_SETTING, RECORD_KEY, config_settings, refuse_other_settings
 
 #: columns of a prognosis stage's ``metrics.csv``
 METRIC_FIELDS = ("step", "epoch", "loss", "events", "lr", "seconds")
@@ -152,7 +152,9 @@ def fit(model: PrognosisModel, train: Split, cfg: RunConfig, device: torch.devic
         ``l2_cv`` (``[{l2, c_index}]`` of the grid; empty when ``l2`` was given).
     """
     tc, dist = cfg.train, dist or DistInfo()
-    record = resume_record(cfg, settings, lineage)
+    # the processes decide each step's batch when the encoder trains (DDP, a batch each): another number trains
+    # other weights, so a resume on another is refused like other settings
+    record = {**resume_record(cfg, settings, lineage), PROCESSES_SETTING: dist.world_size}
     checkpoint = load_state(out_dir) if resume and (out_dir / STATE_FILE).is_file() else None
     if checkpoint is not None and isinstance(checkpoint.get(RECORD_KEY), dict):
         refuse_other_settings(out_dir, checkpoint[RECORD_KEY], record)
