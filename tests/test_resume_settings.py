@@ -116,3 +116,22 @@ def test_resume_with_another_number_of_processes_is_refused(phantom: Path, tmp_p
     code, err = pemma("train", "--resume", *flags)
     assert code == 0, err[-2000:]
     assert json.loads((out / "model.json").read_text())["processes"] == 1
+
+
+def test_resume_of_a_finished_run_with_another_val_every_keeps_it_loadable(phantom: Path, tmp_path: Path) -> None:
+    """A --resume of a finished run (nothing left to train) with a setting free to change on a resume rewrote
+    config.yaml and kept model.json's old checksum of it: the command failed at its end and the finished run no
+    longer loaded ("config.yaml: changed after the run was written")."""
+    from pemma.methods.loading import load_model
+
+    out = tmp_path / "ct"
+    flags = ["--data", phantom, "--centres", "CHUM", "--modalities", "ct", "--out", out, *FAST, "--max-steps", "2",
+             "--val-fraction", "0.5"]
+    code, err = pemma("train", *flags)
+    assert code == 0, err[-2000:]
+    weights = (out / "model.safetensors").read_bytes()
+    code, err = pemma("train", "--resume", *flags, "--val-every", "2")
+    assert code == 0, err[-2000:]
+    assert "resumed at step 2" in (out / "train.log").read_text()
+    assert load_model(out).meta["complete"] is True  # loads: its config checksum is the rewritten file's
+    assert (out / "model.safetensors").read_bytes() == weights

@@ -28,6 +28,7 @@ from pemma.data.registration import registrable
 from pemma.data.registration_record import REGISTRATION_FILE, record_registration, registration_by_modality
 from pemma.data.transforms import describe, preprocessing, training_augmentation
 from pemma.errors import PemmaError
+from pemma.io_utils import sha256_file
 from pemma.runs import CONFIG_FILE, MODEL_META, STATE_FILE, final_path, load_state, write_meta
 from pemma.runtime import METRIC_FIELDS, DistInfo, agree_on_failure, barrier, launched_processes, run_logger
 from pemma.training.engine import Engine, StepFn, process_group, trainable_state
@@ -76,12 +77,17 @@ class TrainingTask:
 
 
 def mark_complete(run_dir: Path) -> None:
-    """Record in the run's ``model.json`` (written with the best weights during training) that training ended."""
+    """Record in the run's ``model.json`` (written with the best weights during training) that training ended, and
+    the checksum of the ``config.yaml`` this command wrote: a ``--resume`` rewrites it (settings free to change on a
+    resume, such as ``val_every``, may differ), and a finished run resumed (nothing left to train) kept its old
+    checksum beside the new file, so the run no longer loaded ("config.yaml: changed after the run was written")."""
     path = run_dir / MODEL_META
     if path.is_file():
         meta = json.loads(path.read_text())
-        if meta.get("complete") is False:
-            write_meta(run_dir, {**meta, "complete": True})
+        config = run_dir / CONFIG_FILE
+        stale = config.is_file() and meta.get("config_sha256") != sha256_file(config)
+        if meta.get("complete") is False or stale:
+            write_meta(run_dir, {**meta, "complete": True} if meta.get("complete") is False else meta)
 
 
 def best_dsc_text(best: float) -> str:
