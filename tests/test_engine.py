@@ -6,6 +6,7 @@ import copy
 import logging
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -185,3 +186,43 @@ def test_clipped_step_equals_torch_clip_grad_norm_and_adamw() -> None:
         schedule.step()
     for a, b in zip(engine.model.parameters(), reference.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+def _ddp_step(rank: int, port: int, results: Any) -> None:
+    """One DDP step in each of two processes, each on its own batch (rank 1's loss is larger)."""
+    import datetime
+
+    import torch.distributed as dist
+
+    from pemma.runtime import DistInfo
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2,
+                            timeout=datetime.timedelta(seconds=60))
+    try:
+        model = nn.Linear(2, 1, bias=False)
+        with torch.no_grad():
+            model.weight.fill_(0.0)
+        engine = Engine(model, total_steps=2, lr=0.1, device=CPU, dist=DistInfo(rank, 2))
+        y = torch.full((3, 1), float(rank + 1))  # loss (y - 0)^2: 1 on rank 0, 4 on rank 1
+        results.put((rank, engine.step(lambda module: ((module(torch.ones(3, 2)) - y) ** 2).mean())))
+    except Exception as exc:  # noqa: BLE001  (reported to the test)
+        results.put((rank, repr(exc)))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow  # two spawned processes (each imports torch)
+def test_ddp_step_reports_the_mean_loss_of_every_process() -> None:
+    """The gradient of a DDP step is the mean over every process's batch; its reported loss (metrics.csv, the
+    progress bar, TensorBoard, the run log) was the main process's own batch's alone."""
+    import os
+
+    import torch.multiprocessing as mp
+
+    results = mp.get_context("spawn").SimpleQueue()
+    mp.spawn(_ddp_step, args=(28000 + os.getpid() % 1000, results), nprocs=2, join=True)
+    got = {}
+    while not results.empty():
+        rank, value = results.get()
+        got[rank] = value
+    assert got == {0: pytest.approx(2.5), 1: pytest.approx(2.5)}

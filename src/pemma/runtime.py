@@ -163,6 +163,16 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
+def mean_over_processes(value: float, info: DistInfo, device: torch.device) -> float:
+    """The mean of ``value`` over the processes of ``info`` (every process must call it; ``value`` itself for one
+    process): a DDP step's loss, whose gradient is the mean over every process's batch."""
+    if not info.enabled:
+        return value
+    total = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(total)
+    return float(total.item()) / info.world_size
+
+
 def _user_message(exc: BaseException | None) -> str | None:
     """The message of a :class:`PemmaError` raised directly or wrapped (MONAI wraps transform errors)."""
     seen = set()

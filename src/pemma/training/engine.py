@@ -36,6 +36,7 @@ from pemma.runtime import (
     MetricsCSV,
     cleanup,
     init_distributed,
+    mean_over_processes,
     native_bf16_cpu,
     resolve_device,
 )
@@ -172,7 +173,8 @@ class Engine:
 
         Returns:
             the reported loss (the objective unless the closure returns ``(objective, reported)``), averaged
-            over the micro-batches.
+            over the micro-batches and, under DDP, over the processes (each its own batch; before, the main
+            process logged its own batch's loss alone).
         """
         if not micro_batches:
             raise ValueError("step needs at least one closure")
@@ -188,6 +190,9 @@ class Engine:
                         objective = objective / n
                 self.scaler.scale(objective).backward()
             reported += float(shown.detach())
+        loss = reported / n
+        if isinstance(self.module, DistributedDataParallel):  # the step's loss, as its gradient: every batch's mean
+            loss = mean_over_processes(loss, self.dist, self.device)
         if self.scaler.is_enabled():
             if self.clip_norm is not None:
                 self.scaler.unscale_(self.optimizer)
@@ -202,13 +207,13 @@ class Engine:
                     torch.nn.utils.clip_grads_with_norm_(self.params, self.clip_norm, norm)
                 self.optimizer.step()
             else:
-                self._skip_nonfinite(reported / n)
+                self._skip_nonfinite(loss)
         lr = self.lr
         self.scheduler.step()
         self.step_count += 1
         if self.events is not None:
-            self.events.step(self.step_count, reported / n, lr)
-        return reported / n
+            self.events.step(self.step_count, loss, lr)
+        return loss
 
     def _skip_nonfinite(self, loss: float) -> None:
         """Leave the weights and the optimiser as they are for this step; stop after too many in a row."""
