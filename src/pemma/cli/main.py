@@ -45,9 +45,26 @@ def _stdout_of_main_process() -> Iterator[None]:
         yield
 
 
+def _not_under_torchrun(args: argparse.Namespace) -> str | None:
+    """The error of a verb launched by torchrun that does not train with DDP (predict, evaluate, reproduce...): every
+    process did all of its work and wrote the same files (None: one process, or a training verb)."""
+    from pemma.runtime import launched_processes
+
+    processes = launched_processes()
+    if processes <= 1 or getattr(args, "distributed", False):
+        return None
+    return (f"runs as one process: under torchrun ({processes} processes) each would do all of its work and write "
+            "the same files; torchrun is for the training verbs (train, adapt, update, survival train / adapt): run "
+            "this one without it")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    refused = _not_under_torchrun(args)
+    if refused is not None:
+        print(f"pemma {args.verb}: error: {refused}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     logging.getLogger("pemma.dicom").setLevel(logging.INFO)  # DICOM decisions: series used, SUV factor, ROIs
     logging.getLogger("pemma.evaluate").setLevel(logging.INFO)  # which cases --split unseen left out, and why

@@ -73,6 +73,7 @@ def add_field_flag(parser: argparse.ArgumentParser | argparse._ArgumentGroup, kl
 def add_training_flags(parser: argparse.ArgumentParser, *, amp: bool = True, preset_of: str | None = None) -> None:
     """The flags every training verb shares; ``amp=False`` leaves ``--amp`` out (a verb that trains in fp32 only);
     ``preset_of`` names the flag of the run a verb builds on, whose preset ``--preset`` then defaults to."""
+    parser.set_defaults(distributed=True)  # a verb torchrun may launch (DDP); any other is refused under it (main)
     g = parser.add_argument_group("training", "A flag not given keeps the --config file's value, else the --preset's.")
     if preset_of:
         g.add_argument("--preset", default=None, help=f"size preset of the training settings: tiny (CPU, tests) or "
