@@ -96,6 +96,40 @@ def test_bundle_folder_gives_the_network_sizes(tmp_path: Path) -> None:
         pemma.import_model(bundle, tmp_path / "run2", backbone="swin_unetr", preset="tiny")
 
 
+def test_a_bundle_brings_its_preprocessing(tmp_path: Path) -> None:
+    """A bundle's model was trained at its ``Spacingd`` pixdim and ``ScaleIntensityRanged`` window (a model-zoo
+    bundle), or at the settings of pemma's own ``configs/preprocessing.json`` (``pemma export --format bundle``):
+    the import takes them where the caller set none. Before, the preset's (paper: 1 mm, another CT window) were
+    stored without a word, and the model was fed images at another scale."""
+    sizes = {"feature_size": 8, "hidden_size": 64, "mlp_dim": 128, "num_heads": 4}
+    bundle = tmp_path / "bundle"
+    (bundle / "configs").mkdir(parents=True)
+    (bundle / "models").mkdir()
+    torch.save(monai_unetr(**sizes).state_dict(), bundle / "models" / "model.pt")
+    network_def = {"_target_": "UNETR", "in_channels": 1, "out_channels": 3, "img_size": [32, 32, 32], **sizes}
+    transforms = [{"_target_": "LoadImaged", "keys": "image"},
+                  {"_target_": "Spacingd", "keys": "image", "pixdim": "@pixdim"},
+                  {"_target_": "ScaleIntensityRanged", "keys": "image", "a_min": -57, "a_max": 164, "b_min": 0.0,
+                   "b_max": 1.0, "clip": True}]
+    (bundle / "configs" / "inference.json").write_text(json.dumps(
+        {"pixdim": [1.5, 1.5, 2.0], "network_def": network_def, "preprocessing": {"_target_": "Compose",
+                                                                                  "transforms": transforms}}))
+    run = pemma.import_model(bundle, tmp_path / "zoo", preset="paper")
+    assert run.config.preprocess.target_spacing == [1.5, 1.5, 2.0]
+    assert run.config.preprocess.ct_window == [-57.0, 164.0]
+    with pytest.warns(UserWarning) as caught:
+        run = pemma.import_model(bundle, tmp_path / "mine", preset="paper", config=write_config(tmp_path / "c.yaml"))
+    assert sorted(str(w.message).split(": ", 1)[1] for w in caught) == [
+        "the bundle was trained with ct_window [-57.0, 164.0], your configuration says [-200.0, 300.0] (used)",
+        "the bundle was trained with target_spacing [1.5, 1.5, 2.0], your configuration says [4.0, 4.0, 4.0] (used)"]
+    assert run.config.preprocess.target_spacing == [4.0, 4.0, 4.0] and run.config.preprocess.ct_window == [-200, 300]
+    # pemma's own export record wins over the transforms, and carries the crop
+    record = {"target_spacing": [3.0, 3.0, 3.0], "ct_window": [-250.0, 250.0], "crop_mm": [150.0, 150.0, 120.0]}
+    (bundle / "configs" / "preprocessing.json").write_text(json.dumps(record))
+    run = pemma.import_model(bundle, tmp_path / "pemma", preset="paper")
+    assert {k: getattr(run.config.preprocess, k) for k in record} == record
+
+
 def test_a_swin_bundle_with_img_size_imports(tmp_path: Path) -> None:
     """The model zoo's Swin UNETR bundles still pass ``img_size`` (MONAI 1.5+ refuses it): pemma sets the window
     itself and leaves it out of the network's arguments."""

@@ -6,10 +6,13 @@ import dataclasses
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pemma.api.run import Run, run_config
 from pemma.errors import PemmaError
+
+if TYPE_CHECKING:
+    from pemma.config import RunConfig
 
 
 def import_model(weights: str | os.PathLike, out: str | os.PathLike, *, backbone: str | None = None,
@@ -64,6 +67,58 @@ def import_model(weights: str | os.PathLike, out: str | os.PathLike, *, backbone
             cfg.model = ModelConfig(**{**dataclasses.asdict(cfg.model), **bundle})
         except ValueError as exc:
             raise PemmaError(f"{source}: invalid network_def for pemma ({str(exc).splitlines()[0]})") from None
+        _bundle_preprocessing(cfg, source, _given_preprocess(config, overrides, settings))
     with new_run_folder(out, force=force, data=[source]) as folder:
         summary = import_weights(source, cfg, Path(folder), label_map=mapping, min_matched=min_matched)
     return Run.open(out, summary)
+
+
+def _given_preprocess(config: str | os.PathLike | None, overrides: dict[str, dict[str, Any]] | None,
+                      settings: Mapping[str, Any]) -> set[str]:
+    """The ``preprocess`` fields the caller set: in the ``config`` YAML, ``overrides`` or ``settings`` (by field or
+    flag name)."""
+    import yaml
+
+    from pemma.api.run import ALIASES
+
+    given = set((overrides or {}).get("preprocess") or {})
+    if config is not None:  # already read and validated by run_config
+        user = yaml.safe_load(Path(os.fspath(config)).read_text()) or {}
+        given |= set(user.get("preprocess") or {})
+    for key, value in settings.items():
+        if value is not None:
+            given.add(ALIASES[key][1] if key in ALIASES and ALIASES[key][0] == "preprocess" else key)
+    return given
+
+
+def _bundle_preprocessing(cfg: RunConfig, source: Path, given: set[str]) -> None:
+    """Take the preprocessing a bundle states (spacing, CT window...; :func:`bundle_preprocessing`) into ``cfg``
+    where the caller did not set it: the weights were trained with it, and the preset's (paper: 1 mm) would feed
+    them another spacing or intensity scale without a word. A value the caller set otherwise wins, with a warning."""
+    import logging
+    import warnings
+
+    from pemma.config import PreprocessConfig
+    from pemma.methods.importing import bundle_preprocessing
+
+    stated = bundle_preprocessing(source)
+    current = dataclasses.asdict(cfg.preprocess)
+    taken = {k: v for k, v in stated.items() if k not in given}
+    for name in sorted(set(stated) & given):
+        if not _same(current[name], stated[name]):
+            warnings.warn(f"{source}: the bundle was trained with {name} {stated[name]}, your configuration says "
+                          f"{current[name]} (used)", UserWarning, stacklevel=3)
+    if taken:
+        try:
+            cfg.preprocess = PreprocessConfig(**{**current, **taken})
+        except ValueError as exc:
+            raise PemmaError(f"{source}: invalid preprocessing for pemma ({str(exc).splitlines()[0]})") from None
+        logging.getLogger("pemma.methods.importing").info(
+            "import: preprocessing from the bundle: %s", ", ".join(f"{k} {v}" for k, v in taken.items()))
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return [float(x) for x in a] == [float(x) for x in b]
+    except TypeError:
+        return float(a) == float(b)

@@ -25,6 +25,7 @@ unexpected, shape mismatches) is logged and stored in ``model.json`` (``import``
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -160,6 +161,54 @@ def read_bundle(folder: Path) -> tuple[Path, dict[str, Any]]:
             value = parser.get_parsed_content(f"network_def#{key}")
             network[key] = list(value) if isinstance(value, tuple) else value
     return weights, network
+
+
+#: ``preprocess`` fields a bundle states: pemma's own export (``configs/preprocessing.json``) all of them; another
+#: bundle its ``Spacingd`` ``pixdim`` (target_spacing) and ``ScaleIntensityRanged`` ``a_min`` / ``a_max`` (ct_window)
+BUNDLE_PREPROCESS_FIELDS: tuple[str, ...] = ("target_spacing", "ct_window", "pet_suv_range", "crop_mm",
+                                             "body_threshold_hu")
+
+
+def bundle_preprocessing(folder: Path) -> dict[str, Any]:
+    """The preprocessing a MONAI bundle says its model was trained with, as ``preprocess`` config fields.
+
+    Read from pemma's ``configs/preprocessing.json`` (a bundle ``pemma export`` wrote), else from the inference
+    config's ``preprocessing`` transforms: one ``Spacingd`` (``pixdim`` -> ``target_spacing``) and one
+    ``ScaleIntensityRanged`` (``a_min``, ``a_max`` -> ``ct_window``). What cannot be read is left out (empty dict:
+    nothing stated)."""
+    record = folder / "configs" / "preprocessing.json"
+    if record.is_file():
+        try:
+            data = json.loads(record.read_text())
+        except (OSError, ValueError) as exc:
+            raise PemmaError(f"{record}: cannot be read ({exc})") from None
+        return {k: data[k] for k in BUNDLE_PREPROCESS_FIELDS if isinstance(data, dict) and data.get(k) is not None}
+    from monai.bundle import ConfigParser
+
+    config = next((folder / c for c in BUNDLE_CONFIGS if (folder / c).is_file()), None)
+    if config is None:
+        return {}
+    parser = ConfigParser()
+    found: dict[str, list[Any]] = {"Spacingd": [], "ScaleIntensityRanged": []}
+    try:
+        parser.read_config(str(config))
+        transforms = parser.get("preprocessing#transforms")
+        for i, item in enumerate(transforms if isinstance(transforms, list) else []):
+            target = str(item.get("_target_", "")).rsplit(".", 1)[-1] if isinstance(item, Mapping) else ""
+            at = f"preprocessing#transforms#{i}#"
+            if target == "Spacingd":
+                found[target].append([float(v) for v in parser.get_parsed_content(at + "pixdim")])
+            elif target == "ScaleIntensityRanged":
+                found[target].append([float(parser.get_parsed_content(at + k)) for k in ("a_min", "a_max")])
+    except Exception as exc:  # a bundle config is user input; unreadable preprocessing states nothing
+        log.info("import: %s: its preprocessing could not be read (%s)", config, str(exc).splitlines()[0])
+        return {}
+    out: dict[str, Any] = {}
+    if len(found["Spacingd"]) == 1 and len(found["Spacingd"][0]) == 3:
+        out["target_spacing"] = found["Spacingd"][0]
+    if len(found["ScaleIntensityRanged"]) == 1:
+        out["ct_window"] = found["ScaleIntensityRanged"][0]
+    return out
 
 
 def bundle_model_settings(network: dict[str, Any], backbone: str | None, source: Path) -> dict[str, Any]:
