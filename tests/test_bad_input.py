@@ -141,6 +141,40 @@ def test_failed_case_leaves_earlier_outputs_whole(ct_model: Path, phantom: Path,
     assert sorted(p.name for p in out.iterdir()) == ["CHUM-000.nii.gz", "CHUM-001.nii.gz"]
 
 
+def test_interrupted_predict_says_what_it_wrote(phantom: Path, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C while predicting into a folder: the label maps written stay whole, a file of an earlier run that was
+    not rewritten yet is untouched, no temporary file is left, and the one line says which cases it wrote and
+    which it did not (it said only "pemma: interrupted")."""
+    from test_runs import _backbone_run
+
+    import pemma.inference.predict as predicting
+
+    model = _backbone_run(tmp_path / "ct")
+    real, calls = predicting.predict_case, []
+
+    def stopped_at_the_second(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(predicting, "predict_case", stopped_at_the_second)
+    out = tmp_path / "pred"
+    out.mkdir()
+    (out / "CHUM-001.nii.gz").write_bytes(b"previous result")
+    code = main(["predict", "--model", str(model), "--input", str(phantom / "imagesTr"), "--modalities", "ct",
+                 "--out", str(out)])
+    err = capsys.readouterr().err
+    assert code == 130 and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (f"pemma: interrupted: {out} holds 1 of 6 label maps of this run, each "
+                                            "complete; not written: CHUM-001, CHUP-000, CHUP-001 and 2 more")
+    ct = nib.load(str(phantom / "imagesTr" / "CHUM-000__CT.nii.gz"))
+    assert nib.load(str(out / "CHUM-000.nii.gz")).shape == ct.shape
+    assert (out / "CHUM-001.nii.gz").read_bytes() == b"previous result"
+    assert sorted(p.name for p in out.iterdir()) == ["CHUM-000.nii.gz", "CHUM-001.nii.gz"]
+
+
 def test_predict_ct_truncated_after_its_header(ct_model: Path, phantom: Path, tmp_path: Path,
                                               capsys: pytest.CaptureFixture) -> None:
     """``predict`` takes the output geometry from the CT's header alone: a CT whose header reads but whose voxels

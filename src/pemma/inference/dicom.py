@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from pemma.data.dicom import DicomCase
 from pemma.errors import PemmaError, record_case_failure
-from pemma.inference.predict import WindowSettings, output_reference, predict_case
+from pemma.inference.predict import WindowSettings, interrupted, output_reference, predict_case
 from pemma.inference.rtstruct import write_rtstruct
 from pemma.io_utils import save_nifti
 from pemma.models.loaded import LoadedModel
@@ -57,25 +57,36 @@ def predict_dicom_cases(model: LoadedModel, cases: Sequence[DicomCase], modaliti
         raise PemmaError(f"--rtstruct needs the CT among the inputs (the RTSTRUCT is drawn on the CT series), got "
                          f"{'+'.join(modalities)}")
     out_dir = Path(out_dir)
-    written = []
-    for case in tqdm(cases, desc="predict", unit="case", disable=not progress):
-        cid = case.record.case_id
-        try:
-            if rtstruct and "ct" not in case.series:
-                raise PemmaError(f"case {cid}: no CT series, so no RTSTRUCT (it references the CT series)")
-            # the output grid's series is read too (a PET-only prediction is written on the CT grid)
-            ref_key = output_reference(case.record, modalities, reference)
-            case.stage([*modalities, *([ref_key] if ref_key not in modalities else [])])
-            label, ref_img = predict_case(model, case.record, modalities, device, window, reference=reference)
-            path = out_dir / f"{cid}.nii.gz"
-            save_nifti(label, ref_img.affine, path, header=ref_img.header, dtype=np.uint8)
-            written.append(path)
-            if rtstruct:
-                rt_path = out_dir / RTSTRUCT_NAME.format(case_id=cid)
-                rois = write_rtstruct(label, case.series["ct"], rt_path)
-                log.info(f"case {cid}: RTSTRUCT {rt_path} with ROIs {', '.join(rois) or 'none'}")
-        except Exception as exc:  # a bad input raised inside MONAI's transforms arrives wrapped
-            record_case_failure(failures, cid, exc)
-        finally:
-            case.unstage()
+    written: list[Path] = []
+    try:
+        for case in tqdm(cases, desc="predict", unit="case", disable=not progress):
+            _predict_one(model, case, modalities, out_dir, device, window, rtstruct, failures, reference, written)
+    except KeyboardInterrupt:
+        raise interrupted(out_dir, written, [c.record.case_id for c in cases]) from None
     return written
+
+
+def _predict_one(model: LoadedModel, case: DicomCase, modalities: Sequence[str], out_dir: Path, device: torch.device,
+                 window: WindowSettings | None, rtstruct: bool, failures: dict[str, str] | None, reference: str,
+                 written: list[Path]) -> None:
+    """One case of :func:`predict_dicom_cases`: staged, predicted, written (label map, then RTSTRUCT: each file
+    atomically), unstaged; its label map is appended to ``written``."""
+    cid = case.record.case_id
+    try:
+        if rtstruct and "ct" not in case.series:
+            raise PemmaError(f"case {cid}: no CT series, so no RTSTRUCT (it references the CT series)")
+        # the output grid's series is read too (a PET-only prediction is written on the CT grid)
+        ref_key = output_reference(case.record, modalities, reference)
+        case.stage([*modalities, *([ref_key] if ref_key not in modalities else [])])
+        label, ref_img = predict_case(model, case.record, modalities, device, window, reference=reference)
+        path = out_dir / f"{cid}.nii.gz"
+        save_nifti(label, ref_img.affine, path, header=ref_img.header, dtype=np.uint8)
+        written.append(path)
+        if rtstruct:
+            rt_path = out_dir / RTSTRUCT_NAME.format(case_id=cid)
+            rois = write_rtstruct(label, case.series["ct"], rt_path)
+            log.info(f"case {cid}: RTSTRUCT {rt_path} with ROIs {', '.join(rois) or 'none'}")
+    except Exception as exc:  # a bad input raised inside MONAI's transforms arrives wrapped
+        record_case_failure(failures, cid, exc)
+    finally:
+        case.unstage()

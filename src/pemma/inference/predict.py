@@ -173,14 +173,27 @@ def predict_cases(model: LoadedModel, cases: Sequence[CaseRecord], modalities: S
     """
     out_dir = Path(out_dir)
     check_not_over_inputs(out_dir, cases)
-    written = []
-    for case in tqdm(cases, desc="predict", unit="case", disable=not progress):
-        try:
-            label, ref_img = predict_case(model, case, modalities, device, window, reference=reference)
-        except Exception as exc:  # a bad input raised inside MONAI's transforms arrives wrapped
-            record_case_failure(failures, case.case_id, exc)
-            continue
-        path = out_dir / f"{case.case_id}.nii.gz"
-        save_nifti(label, ref_img.affine, path, header=ref_img.header, dtype=np.uint8)
-        written.append(path)
+    written: list[Path] = []
+    try:
+        for case in tqdm(cases, desc="predict", unit="case", disable=not progress):
+            try:
+                label, ref_img = predict_case(model, case, modalities, device, window, reference=reference)
+            except Exception as exc:  # a bad input raised inside MONAI's transforms arrives wrapped
+                record_case_failure(failures, case.case_id, exc)
+                continue
+            path = out_dir / f"{case.case_id}.nii.gz"
+            save_nifti(label, ref_img.affine, path, header=ref_img.header, dtype=np.uint8)
+            written.append(path)
+    except KeyboardInterrupt:
+        raise interrupted(out_dir, written, [c.case_id for c in cases]) from None
     return written
+
+
+def interrupted(out_dir: Path, written: Sequence[Path], case_ids: Sequence[str]) -> KeyboardInterrupt:
+    """What a prediction stopped by Ctrl-C left, for the one line the CLI prints: the label maps this run wrote
+    (each complete: a file is renamed into place only when whole) and the cases it did not write."""
+    done = {p.name for p in written}
+    missing = [c for c in case_ids if f"{c}.nii.gz" not in done]
+    more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+    return KeyboardInterrupt(f"{out_dir} holds {len(written)} of {len(case_ids)} label maps of this run, each "
+                             f"complete; not written: {', '.join(missing[:3])}{more}")
