@@ -156,6 +156,27 @@ def test_swin_unetr_state_dict(tmp_path: Path) -> None:
     assert torch.equal(logits(load_model(run).net, size=64), logits(source, size=64))
 
 
+def test_tensors_the_network_has_no_place_for_are_an_error(tmp_path: Path) -> None:
+    """A Swin UNETR v2 (``use_v2=True``: a residual conv block before each stage) imported as v1 said "imported
+    ...; 8 unexpected" and dropped those trained blocks: the run computed another function than the user's model.
+    It is now an error naming the fix; with ``use_v2`` in the config the model is imported exactly."""
+    torch.manual_seed(1)
+    source = SwinUNETR(in_channels=1, out_channels=3, use_v2=True, **TINY_SWIN).eval()
+    torch.save(source.state_dict(), tmp_path / "swin_v2.pt")
+    with pytest.raises(PemmaError, match=r"swin_v2.pt: 8 of its tensors have no place in this swin_unetr \(e\.g\. "
+                                         r"swinViT\.layers1c\..*set model\.swin_unetr\.use_v2: true in --config"):
+        pemma.import_model(tmp_path / "swin_v2.pt", tmp_path / "v1", backbone="swin_unetr", preset="tiny",
+                           roi=[64, 64, 64])
+    assert not (tmp_path / "v1").exists()
+    run = pemma.import_model(tmp_path / "swin_v2.pt", tmp_path / "v2", backbone="swin_unetr", preset="tiny",
+                             roi=[64, 64, 64], overrides={"model": {"swin_unetr": {**TINY_SWIN, "use_v2": True}}})
+    assert torch.equal(logits(load_model(run).net, size=64), logits(source, size=64))
+    # an inexact import stays possible when asked for
+    run = pemma.import_model(tmp_path / "swin_v2.pt", tmp_path / "v1b", backbone="swin_unetr", preset="tiny",
+                             roi=[64, 64, 64], min_matched=0.99)
+    assert run.summary["unexpected"] == 8
+
+
 class _NotATensor:
     pass
 

@@ -310,6 +310,14 @@ def import_weights(source: str | Path, cfg: RunConfig, out_dir: Path, label_map:
         raise PemmaError(f"{weights}: {len(body) - len(loaded_body)} of the {len(body)} {cfg.model.backbone} tensors "
                          f"besides the head do not load: {_unloaded_reasons(report, body)}; check --backbone and the "
                          f"network sizes in --config (model.{cfg.model.backbone}, model.roi_size)")
+    if report["unexpected"] and min_matched >= 1.0:  # dropping trained tensors changes the model's function
+        unexpected = report["unexpected"]
+        hint = ("a Swin UNETR v2? set model.swin_unetr.use_v2: true in --config" if any(
+            k.startswith("swinViT.layers") and k.split(".")[1].endswith("c") for k in unexpected)
+            else f"check --backbone and the network sizes in --config (model.{cfg.model.backbone})")
+        raise PemmaError(f"{weights}: {len(unexpected)} of its tensors have no place in this {cfg.model.backbone} "
+                         f"(e.g. {unexpected[0]}), so the imported model would compute something else; {hint} "
+                         f"(--min-matched below 1 accepts an inexact import)")
     head_keys = [k for k in net.state_dict() if k.startswith(HEAD_PREFIX)]
     head_loaded = all(k in report["matched"] for k in head_keys)
     head = "selected" if label_map is not None else "loaded" if head_loaded else "new"
