@@ -79,6 +79,36 @@ def test_label_map_selects_classes_of_a_14_class_head(tmp_path: Path) -> None:
     torch.testing.assert_close(logits(load_model(run).net), expected, rtol=0, atol=1e-5)
 
 
+def test_predicting_with_an_untrained_new_head_warns(tmp_path: Path) -> None:
+    """A 14-class head imported without --label-map is replaced by a new, untrained head: predicting with that run
+    wrote random label maps without a word (README: "adapt, or use a label map, before relying on them"). It now
+    warns, naming the run; also for CT alone through an adapted run's exact route on such a base."""
+    import warnings
+
+    import nibabel as nib
+    import numpy as np
+
+    from pemma.methods.importing import untrained_head
+
+    torch.save(monai_unetr(out_channels=14).state_dict(), tmp_path / "btcv.pt")
+    new = pemma.import_model(tmp_path / "btcv.pt", tmp_path / "new", backbone="unetr", preset="tiny", roi=[32] * 3)
+    mapped = pemma.import_model(tmp_path / "btcv.pt", tmp_path / "mapped", backbone="unetr", preset="tiny",
+                                roi=[32] * 3, label_map="GTVp=3,GTVn=5")
+    ct = np.full((24, 24, 16), -1000, np.int16)
+    ct[4:20, 4:20, 2:14] = 40
+    nib.save(nib.Nifti1Image(ct, np.diag([4.0, 4.0, 4.0, 1.0])), tmp_path / "ct.nii.gz")
+    with pytest.warns(UserWarning, match=r"new: its head is new and untrained \(imported from a 14-class head "
+                                         r"without --label-map\)"):
+        pemma.predict(new, inputs=tmp_path / "ct.nii.gz", out=tmp_path / "p1")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pemma.predict(mapped, inputs=tmp_path / "ct.nii.gz", out=tmp_path / "p2")
+    adapted = {"method": "pemma_lora", "adapters": {"ct": "none (exact CT base)"}, "base_run": str(new.path)}
+    assert "CT alone runs its untouched base" in untrained_head(adapted, tmp_path / "ad", ["ct"])
+    assert untrained_head(adapted, tmp_path / "ad", ["ct", "pet"]) is None  # the adapted head trained
+    assert untrained_head({**adapted, "base_run": str(mapped.path)}, tmp_path / "ad", ["ct"]) is None
+
+
 def test_bundle_folder_gives_the_network_sizes(tmp_path: Path) -> None:
     sizes = {"feature_size": 8, "hidden_size": 64, "mlp_dim": 128, "num_heads": 4}  # not the tiny preset's
     source = monai_unetr(**sizes)

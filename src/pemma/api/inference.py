@@ -24,6 +24,13 @@ def _loaded(model: RunLike, base: RunLike | None, modalities: Names, device: str
     known = list(loaded.config.preprocess.modality_registry())  # CT, PET and the run's other modalities
     chosen = parse_modalities(name_list(modalities), known) if modalities else loaded.input_sets[0]
     loaded.check_inputs(chosen, source)
+    from pemma.methods.importing import untrained_head
+
+    reason = untrained_head(loaded.meta, Path(path_of(model)), list(chosen))
+    if reason is not None:
+        import warnings
+
+        warnings.warn(reason, UserWarning, stacklevel=3)
     return loaded, chosen, dev
 
 

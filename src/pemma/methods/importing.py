@@ -331,3 +331,28 @@ def import_weights(source: str | Path, cfg: RunConfig, out_dir: Path, label_map:
     save_weights(net, out_dir, {"kind": KIND_BACKBONE, "backbone": cfg.model.backbone, "modalities": ["ct"],
                                 "method": "import", "import": record, "train_cases": [], "val_cases": []})
     return {**summary, "head": head, "source_classes": source_classes, "out": str(out_dir)}
+
+
+def untrained_head(meta: Mapping[str, Any], run_dir: Path, modalities: list[str]) -> str | None:
+    """Why predictions of ``run_dir`` with ``modalities`` come from an untrained head, or None: an imported run
+    whose head was replaced (``head: new``), or CT alone through an adapted run's exact route (the untouched base,
+    so its head) on such a base."""
+    base: Mapping[str, Any] | None = meta
+    where, advice = f"{run_dir}: its", "adapt it (the head trains) or re-import with --label-map"
+    if meta.get("method") != "import":
+        route = meta.get("adapters", {}).get("ct", "") if isinstance(meta.get("adapters"), Mapping) else ""
+        if modalities != ["ct"] or "exact" not in str(route) or not meta.get("base_run"):
+            return None
+        where = f"{run_dir}: CT alone runs its untouched base {meta['base_run']} (exact CT route), whose"
+        advice = "re-import the base with --label-map, or adapt with --ct-route shared"
+        from pemma.runs import read_meta
+
+        try:
+            base = read_meta(meta["base_run"])
+        except Exception:  # a moved base is reported by loading, not here
+            return None
+    record = base.get("import") if base and base.get("method") == "import" else None
+    if not isinstance(record, Mapping) or record.get("head") != "new":
+        return None
+    return (f"{where} head is new and untrained (imported from a {record.get('source_classes')}-class head without "
+            f"--label-map): these predictions are not the source model's; {advice}")
