@@ -175,6 +175,22 @@ def test_interrupted_predict_says_what_it_wrote(phantom: Path, tmp_path: Path, c
     assert sorted(p.name for p in out.iterdir()) == ["CHUM-000.nii.gz", "CHUM-001.nii.gz"]
 
 
+def test_predict_into_the_images_folder_it_reads_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """``--out data/imagesTs`` (the folder read) wrote ``case_003.nii.gz`` beside ``case_003_0000.nii.gz``: a label
+    map among a dataset's images, which nnU-Net then reads as an image. Refused before anything is predicted."""
+    from test_runs import _backbone_run
+
+    images = tmp_path / "Dataset001_X" / "imagesTs"
+    images.mkdir(parents=True)
+    ct = np.full((24, 24, 16), -1000, np.int16)
+    ct[4:20, 4:20, 2:14] = 40
+    save_nifti(ct, np.diag([4.0, 4.0, 4.0, 1.0]), images / "case_003_0000.nii.gz")
+    line = _error_line(capsys, ["predict", "--model", str(_backbone_run(tmp_path / "ct")), "--input", str(images),
+                                "--out", str(images)])
+    assert f"{images}: is the images folder the cases are read from" in line
+    assert sorted(p.name for p in images.iterdir()) == ["case_003_0000.nii.gz"]
+
+
 def test_predict_ct_truncated_after_its_header(ct_model: Path, phantom: Path, tmp_path: Path,
                                               capsys: pytest.CaptureFixture) -> None:
     """``predict`` takes the output geometry from the CT's header alone: a CT whose header reads but whose voxels

@@ -144,12 +144,17 @@ def predict_case(model: LoadedModel, case: CaseRecord, modalities: Sequence[str]
 def check_not_over_inputs(out_dir: Path, cases: Sequence[CaseRecord]) -> None:
     """Predictions ``out_dir/<case_id>.nii.gz`` must not replace a file the cases are read from (an image or a
     ground-truth label: ``--out data/labelsTr``), nor an existing file of a dataset's ``labels*`` folder (beside
-    its ``imagesTr`` / ``imagesTs`` / ``dataset.json``; another folder of that name may hold earlier predictions).
+    its ``imagesTr`` / ``imagesTs`` / ``dataset.json``; another folder of that name may hold earlier predictions),
+    nor go into the ``images*`` folder the cases' images are read from (``--out data/imagesTs``).
 
     Raises:
         PemmaError: naming the file that would be overwritten; before anything is predicted.
     """
     inputs = {Path(p).resolve() for c in cases for p in (*c.images.values(), c.label) if p}
+    if out_dir.name.lower().startswith("images") and out_dir.resolve() in {p.parent for p in inputs}:
+        raise PemmaError(f"{out_dir}: is the images folder the cases are read from; label maps written there would "
+                         f"be mixed with the images (nnU-Net would read them as image channels of other cases); "
+                         f"write the predictions to another --out")
     parent = out_dir.resolve().parent
     label_folder = out_dir.name.lower().startswith("labels") and any(
         (parent / name).exists() for name in ("imagesTr", "imagesTs", "dataset.json"))  # a dataset's, not a name
