@@ -241,3 +241,26 @@ def test_settings_that_do_not_fit_are_user_errors(bases: dict[str, Path], phanto
     assert result.returncode == 2 and "Traceback" not in result.stderr and "unexpected" not in result.stderr
     assert expected in result.stderr, result.stderr
     assert len([line for line in result.stderr.splitlines() if "error" in line]) == 1
+
+
+def test_missing_image_of_the_default_input_set_names_the_other_input_sets(phantom: Path, tmp_path: Path) -> None:
+    """A CT+PET model given CT alone (no --modalities): the one-line error says the model also takes CT alone."""
+    from types import SimpleNamespace
+
+    from pemma.api.inference import _missing_image_hint
+    from pemma.data.layout import discover_cases, select_cases
+    from pemma.errors import PemmaError
+
+    ct_only = tmp_path / "ct_only"
+    ct_only.mkdir()
+    shutil.copy(phantom / "imagesTr" / "MDA-000__CT.nii.gz", ct_only / "MDA-000__CT.nii.gz")
+    adapted = SimpleNamespace(input_sets=[["ct", "pet"], ["ct"], ["pet"]])
+    with pytest.raises(PemmaError, match=r"case MDA-000: no PET image in .*; the model also takes ct or pet "
+                                         r"\(--modalities\)$"):
+        with _missing_image_hint(adapted, ["ct", "pet"], asked=False):
+            select_cases(discover_cases(str(ct_only)), modalities=["ct", "pet"], source=str(ct_only))
+    # asked for CT+PET explicitly, or a model with one input set: the message stays as it was
+    for model, asked in ((adapted, True), (SimpleNamespace(input_sets=[["ct", "pet"]]), False)):
+        with pytest.raises(PemmaError, match=r"no PET image in [^;]*$"):
+            with _missing_image_hint(model, ["ct", "pet"], asked=asked):
+                select_cases(discover_cases(str(ct_only)), modalities=["ct", "pet"], source=str(ct_only))

@@ -4,7 +4,9 @@ runs."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,23 @@ def _loaded(model: RunLike, base: RunLike | None, modalities: Names, device: str
 
         warnings.warn(reason, UserWarning, stacklevel=3)
     return loaded, chosen, dev
+
+
+def _missing_image_hint(loaded: Any, chosen: Sequence[str], asked: bool) -> contextlib.AbstractContextManager:
+    """A case without an image of the input set the model defaults to (no ``--modalities`` given): the one-line
+    error also names the other input sets the model takes (a CT+PET model given CT alone: ``--modalities ct``)."""
+
+    @contextlib.contextmanager
+    def hint():
+        try:
+            yield
+        except PemmaError as exc:
+            others = [",".join(s) for s in loaded.input_sets if list(s) != list(chosen)]
+            if asked or not others or not re.search(r": no \w+ image in ", str(exc)):
+                raise
+            raise PemmaError(f"{exc}; the model also takes {' or '.join(others)} (--modalities)") from None
+
+    return hint()
 
 
 def _window(roi: Sequence[int] | None, overlap: float | None, sw_batch_size: int | None, amp: bool | None):
@@ -100,8 +119,9 @@ def predict(model: RunLike, inputs: str | os.PathLike, out: str | os.PathLike, *
                                         _window(roi, overlap, sw_batch_size, amp), reference)
     else:
         specs = loaded.config.preprocess.modality_registry()  # the run's modalities (a declared one's suffix)
-        cases = select_cases(discover_cases(source, specs), centres=name_list(centres) or [], modalities=chosen,
-                             source=source)
+        with _missing_image_hint(loaded, chosen, asked=modalities is not None):
+            cases = select_cases(discover_cases(source, specs), centres=name_list(centres) or [], modalities=chosen,
+                                 source=source)
         _log_inputs(cases, chosen, asked=modalities is not None)
         written = predict_cases(loaded, cases, chosen, os.fspath(out), dev,
                                 _window(roi, overlap, sw_batch_size, amp), failures=failures,
@@ -215,8 +235,9 @@ def evaluate(model: RunLike | None = None, data: str | os.PathLike | None = None
         loaded, chosen, dev = _loaded(model, base, modalities, device, source)
         _check_roi(roi, loaded)
         specs = loaded.config.preprocess.modality_registry()  # the run's modalities (a declared one's suffix)
-        cases = select_cases(discover_cases(source, specs, roi_names), centres=name_list(centres) or [],
-                             modalities=chosen, require_label=True, source=source)
+        with _missing_image_hint(loaded, chosen, asked=modalities is not None):
+            cases = select_cases(discover_cases(source, specs, roi_names), centres=name_list(centres) or [],
+                                 modalities=chosen, require_label=True, source=source)
         lineage = _lineage_cases(path_of(model), loaded.meta, path_of(base)) if split == "unseen" else []
         cases = _split_cases(cases, loaded.meta, split, path_of(model), lineage)
         trained = {patient_key(i) for i in loaded.meta.get("train_cases") or []}  # CHUM-001 is CHUM_001
