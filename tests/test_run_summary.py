@@ -28,3 +28,6 @@ def test_train_without_validation_cases_prints_n_a(phantom: Path, tmp_path: Path
     assert proc.returncode == 0 and proc.stdout.strip().splitlines()[-1] == f"wrote 1 label map to {one}"
     # what it read is said (a CT+PET model given this file alone reads the PET beside it: the line names it)
     assert f"predicting 1 case with CT input (the model's; --modalities to choose); CHUM-000: CT {ct}" in caplog.text
+    # and the region it predicts (outside the run's crop box the label map is background, said once)
+    assert caplog.text.count("region: the run's box of [") == 1 and "outside it the label map is background" \
+        in caplog.text

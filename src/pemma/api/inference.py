@@ -122,7 +122,7 @@ def predict(model: RunLike, inputs: str | os.PathLike, out: str | os.PathLike, *
         with _missing_image_hint(loaded, chosen, asked=modalities is not None):
             cases = select_cases(discover_cases(source, specs), centres=name_list(centres) or [], modalities=chosen,
                                  source=source)
-        _log_inputs(cases, chosen, asked=modalities is not None)
+        _log_inputs(cases, chosen, asked=modalities is not None, preprocess=loaded.config.preprocess)
         written = predict_cases(loaded, cases, chosen, os.fspath(out), dev,
                                 _window(roi, overlap, sw_batch_size, amp), failures=failures,
                                 reference=reference)
@@ -136,9 +136,10 @@ def predict(model: RunLike, inputs: str | os.PathLike, out: str | os.PathLike, *
     return [Path(p) for p in written]
 
 
-def _log_inputs(cases: list, chosen: list[str], asked: bool) -> None:
-    """One log line: how many cases, the input set and whose choice it is; for a single case the file read as each
-    modality (a CT file given alone brings the PET found beside it when the model reads CT+PET)."""
+def _log_inputs(cases: list, chosen: list[str], asked: bool, preprocess: Any = None) -> None:
+    """Log how many cases, the input set and whose choice it is; for a single case the file read as each modality (a
+    CT file given alone brings the PET found beside it when the model reads CT+PET); and the region predicted (the
+    run's crop box: outside it the label map is background, e.g. most of a chest CT for a head-and-neck run)."""
     import logging
 
     from pemma.vocab import input_set_name
@@ -148,7 +149,11 @@ def _log_inputs(cases: list, chosen: list[str], asked: bool) -> None:
            f"input ({whose})"
     if len(cases) == 1:
         line += f"; {cases[0].case_id}: " + ", ".join(f"{m.upper()} {cases[0].images[m]}" for m in chosen)
-    logging.getLogger("pemma.predict").info(line)
+    logger = logging.getLogger("pemma.predict")
+    logger.info(line)
+    if preprocess is not None:
+        logger.info(f"region: the run's box of {list(preprocess.crop_mm)} mm below the top of the body (CT > "
+                    f"{preprocess.body_threshold_hu} HU); outside it the label map is background (preprocess.crop_mm)")
 
 
 def _predict_dicom(loaded: Any, source: str, chosen: list[str], out: str | os.PathLike, dev: Any, centres: Names,
