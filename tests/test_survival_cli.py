@@ -339,17 +339,17 @@ def test_adapt_on_other_data_does_not_inherit_the_models_centres(setup: dict[str
     assert {c.split("-")[0] for c in meta["train_cases"] + meta["val_cases"]} == {"MDA"}
 
 
-def test_stage_resume_with_other_settings_is_refused(setup: dict[str, Path], tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    """The interrupted stage's checkpoint records its settings (the stage writes no config before it ends): a
-    ``--resume`` with another learning rate or L2 penalty is refused naming both; the same flags resume."""
+def _interrupted_pet_stage(setup: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                           *flags: str) -> tuple[list, Path]:
+    """A CT stage, then a +PET stage (2 steps, ``flags``) stopped by Ctrl-C right after its first checkpoint: the
+    +PET command and its run folder, for a ``--resume``."""
     from pemma.training.engine import Engine
 
     data, base = setup["data"], setup["base"]
     ok("survival", "train", "--base", base, "--data", data, "--out", tmp_path / "ct", *TINY)
     out = tmp_path / "pet"
     cmd = ["survival", "adapt", "--model", tmp_path / "ct", "--add-modality", "pet", "--out", out, *TINY[:-2],
-           "--max-steps", "2", "--checkpoint-every", "1", "--lr", "0.001", "--l2", "1"]
+           "--max-steps", "2", "--checkpoint-every", "1", *flags]
     save = Engine.save
 
     def save_then_stop(self: Engine, run_dir: Path, **extra: object) -> None:
@@ -359,13 +359,20 @@ def test_stage_resume_with_other_settings_is_refused(setup: dict[str, Path], tmp
     monkeypatch.setattr(Engine, "save", save_then_stop)
     assert pemma(*cmd)[0] == 130
     monkeypatch.setattr(Engine, "save", save)
+    return cmd, out
+
+
+def test_stage_resume_with_other_settings_is_refused(setup: dict[str, Path], tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The interrupted stage's checkpoint records its settings (the stage writes no config before it ends): a
+    ``--resume`` with another learning rate or L2 penalty is refused naming both; the same flags resume."""
+    cmd, out = _interrupted_pet_stage(setup, tmp_path, monkeypatch, "--lr", "0.001", "--l2", "1")
     code, _, err = pemma(*cmd[:-4], "--lr", "0.05", "--l2", "3", "--alpha", "64", "--resume")
     assert code == 2 and (f"{out}: --resume with other settings than the interrupted run: train.lr 0.001 → 0.05, "
                           "l2 1 → 3, alpha 8 → 64; rerun with the same flags, or --force to start over"
                           ) in one_error_line(err)
     ok(*cmd, "--resume")
     assert "resumed at step 1 of 2" in (out / "train.log").read_text()
-
 
 
 @pytest.mark.long
@@ -378,22 +385,7 @@ def test_stage_resume_on_another_number_of_processes_is_refused(setup: dict[str,
     import subprocess
     import sys
 
-    from pemma.training.engine import Engine
-
-    data, base = setup["data"], setup["base"]
-    ok("survival", "train", "--base", base, "--data", data, "--out", tmp_path / "ct", *TINY)
-    out = tmp_path / "pet"
-    cmd = ["survival", "adapt", "--model", tmp_path / "ct", "--add-modality", "pet", "--out", out, *TINY[:-2],
-           "--max-steps", "2", "--checkpoint-every", "1", "--l2", "1"]
-    save = Engine.save
-
-    def save_then_stop(self: Engine, run_dir: Path, **extra: object) -> None:
-        save(self, run_dir, **extra)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(Engine, "save", save_then_stop)
-    assert pemma(*cmd)[0] == 130
-    monkeypatch.setattr(Engine, "save", save)
+    cmd, out = _interrupted_pet_stage(setup, tmp_path, monkeypatch, "--l2", "1")
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
     proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", str(33500 + os.getpid() % 1000), "-m",
                            "pemma.cli.main", *map(str, cmd), "--resume"], capture_output=True, text=True, timeout=600,
