@@ -7,6 +7,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import csv
+import datetime
 import importlib.metadata
 import logging
 import multiprocessing
@@ -146,15 +147,39 @@ def launched_processes() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+#: environment variable: minutes a process waits in a collective (default :data:`DIST_TIMEOUT_MINUTES`)
+DIST_TIMEOUT_ENV = "PEMMA_DIST_TIMEOUT_MINUTES"
+#: validation runs on the main process while the others wait at a barrier: on a large validation set (three input
+#: sets with the authors' recipe) that wait can pass NCCL's 10-minute default, which would end the job
+DIST_TIMEOUT_MINUTES = 120.0
+
+
+def dist_timeout() -> datetime.timedelta:
+    """How long a process waits in a collective: ``PEMMA_DIST_TIMEOUT_MINUTES`` (a positive number), default 120.
+
+    Raises:
+        PemmaError: the variable is set to something else.
+    """
+    given = os.environ.get(DIST_TIMEOUT_ENV, "").strip()
+    try:
+        minutes = float(given) if given else DIST_TIMEOUT_MINUTES
+    except ValueError:
+        minutes = -1.0
+    if not minutes > 0:
+        raise PemmaError(f"{DIST_TIMEOUT_ENV}={given!r}: must be a positive number of minutes")
+    return datetime.timedelta(minutes=minutes)
+
+
 def init_distributed(device: torch.device) -> DistInfo:
-    """Join the process group when launched by ``torchrun`` (``WORLD_SIZE`` > 1); else single process."""
+    """Join the process group when launched by ``torchrun`` (``WORLD_SIZE`` > 1), with :func:`dist_timeout`; else
+    single process."""
     world = launched_processes()
     if world <= 1:
         return DistInfo()
     if device.type == "cuda":  # NCCL object collectives (agree_on_failure) use the current device
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", timeout=dist_timeout())
     return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
