@@ -84,3 +84,21 @@ def test_reproduce_refuses_to_reuse_an_exact_route_full_finetuning_run(tmp_path:
     (run / "model.json").write_text(json.dumps(meta))
     with pytest.raises(PemmaError, match="01_adapt_mda_ct-pet_0000: full fine-tuning run of an earlier pemma"):
         check_full_finetune_runs(tmp_path)
+
+
+def test_resume_of_an_exact_route_full_finetuning_checkpoint_says_why(bases, phantom: Path, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A checkpoint of an earlier pemma (exact route) is refused with a reason the user can act on: before, the line
+    said 'ct_route exact → shared; rerun with the same flags', and --ct-route exact is refused for full fine-tuning."""
+    import pemma.methods.full_finetune as full
+
+    out = tmp_path / "full"
+    args = ("adapt", "--base", str(bases["unetr"]), "--data", str(phantom), "--centres", "MDA", "--method", "full",
+            *FAST, "--max-steps", "1", "--out", str(out))
+    monkeypatch.setattr(full, "FULL_FINETUNE_ROUTE", "exact")  # as pemma built it before 2026-12-06
+    run_main(*args)
+    monkeypatch.undo()
+    proc = main_result(*args, "--resume")
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "earlier pemma" in proc.stderr and "--force" in proc.stderr
+    assert "rerun with the same flags" not in proc.stderr

@@ -31,7 +31,7 @@ from pemma.models.accounting import count_parameters
 from pemma.models.loaded import LoadedModel, build_pemma
 from pemma.models.registry import build_backbone
 from pemma.runs import load_weights, save_weights
-from pemma.training.loop import TrainingTask
+from pemma.training.loop import RESUME_REFUSALS, TrainingTask
 from pemma.vocab import KIND_PEMMA_FULL
 
 
@@ -51,6 +51,20 @@ def full_finetune_config(adapter_cfg: AdapterConfig | None) -> AdapterConfig:
     """The adapter configuration full fine-tuning builds its PEMMA pathway with: ``adapter_cfg`` (default
     :class:`AdapterConfig`) on the shared CT route (:data:`FULL_FINETUNE_ROUTE`), whatever the recipe's route."""
     return dataclasses.replace(adapter_cfg or AdapterConfig(), ct_route=FULL_FINETUNE_ROUTE)
+
+
+def _earlier_route_checkpoint(recorded: dict[str, Any], current: dict[str, Any]) -> str | None:
+    """Why a ``--resume`` of a full fine-tuning checkpoint written on the exact route (before 2026-12-06) is refused:
+    ``--ct-route exact`` is refused for full fine-tuning, so "rerun with the same flags" cannot be followed."""
+    if (recorded.get("method") == "full_finetune" and recorded.get("ct_route") == "exact"
+            and current.get("ct_route") == FULL_FINETUNE_ROUTE):
+        return ("checkpoint of a full fine-tuning run of an earlier pemma, built on the exact CT route (CT alone ran "
+                "separate copies of the modules PET-only updates train); full fine-tuning is now one network for "
+                "every input set and cannot continue it: start the run over (--force, or delete the folder)")
+    return None
+
+
+RESUME_REFUSALS.append(_earlier_route_checkpoint)
 
 
 def full_finetune_task(setup: AdaptationSetup, adapter_cfg: AdapterConfig | None) -> TrainingTask:

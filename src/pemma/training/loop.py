@@ -178,6 +178,9 @@ RECORD_KEY = "settings"
 #: nodes; 1 without torchrun): an epoch has ``ceil(cases / (batch x processes))`` steps, each process its own
 #: batch, so another number trains other weights. A checkpoint written before it was recorded is not compared.
 PROCESSES_SETTING = "torchrun processes"
+#: ``(recorded, current) -> reason or None``: a refused ``--resume`` whose settings no flag can give back (the
+#: generic "rerun with the same flags" would send the user in a circle); registered by the methods that need one
+RESUME_REFUSALS: list[Callable[[dict[str, Any], dict[str, Any]], str | None]] = []
 
 
 def config_settings(cfg: RunConfig) -> dict[str, Any]:
@@ -218,10 +221,14 @@ def refuse_other_settings(out_dir: Path, recorded: dict[str, Any], current: dict
     Only what was recorded is compared: a checkpoint of an older pemma resumes on the settings it has.
 
     Raises:
-        PemmaError: one line naming each differing setting, old → new.
+        PemmaError: one line naming each differing setting, old → new (or the reason of a :data:`RESUME_REFUSALS`
+            entry).
     """
     diffs = [f"{key} {_shown(old)} → {_shown(current[key])}" for key, old in recorded.items()
              if key in current and not _same(old, current[key])]
+    reason = next((r for r in (why(recorded, current) for why in RESUME_REFUSALS) if r), None) if diffs else None
+    if reason:
+        raise PemmaError(f"{out_dir}: {reason}")
     if diffs:
         raise PemmaError(f"{out_dir}: --resume with other settings than the interrupted run: {', '.join(diffs)}; "
                          "rerun with the same flags, or --force to start over")
