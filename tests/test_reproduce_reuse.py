@@ -115,3 +115,23 @@ def test_reproduce_holds_the_lock_of_its_out_and_refuses_an_unreadable_record(ph
     (out / "training.json").write_text("{not json")
     with pytest.raises(PemmaError, match=r"training.json: unreadable"):
         runner_module.reproduce(strategy, phantom, out, seed=0, progress=False)
+
+
+def test_an_earlier_full_finetuning_run_blocks_only_a_strategy_that_runs_it(phantom: Path,
+                                                                            stopped: tuple[Path, Path]) -> None:
+    """An exact-route full fine-tuning run of an earlier pemma in --out is refused where it would be reused (the
+    strategy runs full_finetune on that backbone); a strategy of the PEMMA methods only, or of another backbone,
+    never reads it and goes on (before, both were refused: 'it would be reused as today's baseline')."""
+    import json
+
+    strategy, out = stopped
+    old = out / "runs" / "unetr" / "full_finetune" / "01_add_mda_ct-pet_0000"
+    old.mkdir(parents=True)
+    (old / "model.json").write_text(json.dumps({"kind": "pemma_full", "adapter_config": {"ct_route": "exact"}}))
+    with pytest.raises(Stop):  # pemma_lora only
+        runner_module.reproduce(strategy, phantom, out, seed=0, progress=False)
+    with pytest.raises(Stop):  # full fine-tuning of another backbone
+        runner_module.reproduce(strategy, phantom, out, seed=0, progress=False, methods=["full_finetune"],
+                                backbones=["swin_unetr"])
+    with pytest.raises(PemmaError, match="full fine-tuning run of an earlier pemma"):
+        runner_module.reproduce(strategy, phantom, out, seed=0, progress=False, methods=["pemma_lora", "full"])

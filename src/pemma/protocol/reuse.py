@@ -80,15 +80,18 @@ def check_same_training(out: Path, settings: Mapping[str, Any]) -> None:
                          "reused as if trained under these: write to another --out, or delete it")
 
 
-def check_full_finetune_runs(out: Path) -> None:
+def check_full_finetune_runs(out: Path, backbones: Sequence[str] | None = None) -> None:
     """``out`` may not hold full fine-tuning runs trained before it became one network for every input set
     (:mod:`pemma.methods.full_finetune`): their ``adapter_config`` records the ``exact`` CT route, under which CT alone
     ran separate copies that PET-only updates never reach, so reusing them would score the old baseline as the new.
+    Only the runs a call would reuse are looked at: those of ``backbones`` (None: every backbone); the caller checks
+    only when its strategy runs full fine-tuning at all.
 
     Raises:
         PemmaError: naming the first such run; nothing has been written.
     """
-    for meta_file in sorted(out.glob("runs/*/full_finetune*/*/model.json")):
+    found = [m for b in (backbones or ["*"]) for m in out.glob(f"runs/{b}/full_finetune*/*/model.json")]
+    for meta_file in sorted(found):
         try:
             meta = json.loads(meta_file.read_text())
         except ValueError:

@@ -165,7 +165,8 @@ def reproduce(strategy_path: str | Path, data_root: str | Path, out_dir: str | P
         check_same_split(out, split)
         training = training_settings(strategy, [cases_by_id[i] for c in used for i in by_centre[c]])
         check_same_training(out, training)
-        check_full_finetune_runs(out)
+        if "full_finetune" in strategy.methods:  # only a strategy that runs it would reuse them
+            check_full_finetune_runs(out, strategy.backbones)
         if not checked.ok:
             write_text_atomic(out / "excluded_cases.json", json.dumps(checked.to_dict(), indent=2))
         data = ProtocolData(str(Path(data_root).resolve()), {c.case_id: c for c in all_cases}, split)
