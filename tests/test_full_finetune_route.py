@@ -102,3 +102,21 @@ def test_resume_of_an_exact_route_full_finetuning_checkpoint_says_why(bases, pha
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
     assert "earlier pemma" in proc.stderr and "--force" in proc.stderr
     assert "rerun with the same flags" not in proc.stderr
+
+
+def test_update_asking_for_the_exact_route_of_a_full_finetuning_run_does_not_send_to_adapt() -> None:
+    """'adapt again to change it' cannot be followed for full fine-tuning (adapt refuses --ct-route exact for it)."""
+    from types import SimpleNamespace
+
+    from pemma.methods.update import check_adaptation_settings
+
+    def loaded(kind: str, route: str) -> SimpleNamespace:
+        return SimpleNamespace(kind=kind, net=SimpleNamespace(config=AdapterConfig(ct_route=route)))
+
+    with pytest.raises(PemmaError, match="full fine-tuning is one network") as exc:
+        check_adaptation_settings(loaded("pemma_full", "shared"), Path("runs/full"), "exact", None)
+    assert "adapt again" not in str(exc.value)
+    with pytest.raises(PemmaError, match="adapt again to change it"):  # an earlier pemma's run: adapt gives shared
+        check_adaptation_settings(loaded("pemma_full", "exact"), Path("runs/full"), "shared", None)
+    with pytest.raises(PemmaError, match="adapt again to change it"):
+        check_adaptation_settings(loaded("pemma", "shared"), Path("runs/lora"), "exact", None)

@@ -27,7 +27,7 @@ from pemma.models.accounting import count_parameters
 from pemma.models.loaded import LoadedModel, run_network
 from pemma.training.loop import TrainingTask, train_task
 from pemma.training.segmentation import select_split
-from pemma.vocab import CT_ROUTES, RECIPES
+from pemma.vocab import CT_ROUTES, KIND_PEMMA_FULL, RECIPES
 
 #: ``(module, run_dir, meta)``: writes the updated run's artifacts
 SaveFn = Callable[[nn.Module, Path, dict[str, Any]], None]
@@ -80,8 +80,10 @@ def check_adaptation_settings(loaded: LoadedModel, model_run: Path, ct_route: st
     if has is None:
         return
     if ct_route is not None and ct_route != has:
+        again = "adapt again to change it" if loaded.kind != KIND_PEMMA_FULL or ct_route == "shared" else \
+            "full fine-tuning is one network for every input set and is adapted on the shared route only"
         raise PemmaError(f"{model_run}: the run was adapted with --ct-route {has}; an update keeps the route "
-                         f"(asked for {ct_route}; adapt again to change it)")
+                         f"(asked for {ct_route}; {again})")
     stored = getattr(config, "recipe", "pemma")
     if recipe is not None and recipe != stored:
         raise PemmaError(f"{model_run}: the run was adapted with --recipe {stored}; an update keeps the recipe "
