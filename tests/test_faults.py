@@ -219,6 +219,7 @@ def _resume_after_one_step(run: Path, monkeypatch: pytest.MonkeyPatch, best: flo
     the checkpoint reads are appended to ``reads``. The summary, the resumed model and the first one."""
     import pemma.training.engine as engine_module
     import pemma.training.loop as loop
+    import pemma.training.resume_settings as resume_settings
     from pemma.config import build_config
     from pemma.data.dataset import EpochPlan
 
@@ -229,13 +230,13 @@ def _resume_after_one_step(run: Path, monkeypatch: pytest.MonkeyPatch, best: flo
     first = Engine(nn.Linear(3, 2), total_steps=4, lr=0.1, device=torch.device("cpu"))
     first.step(lambda module: module(torch.ones(1, 3)).square().sum())
     first.save(run, best=best, best_step=best_step)
-    read = loop.load_state
+    read = resume_settings.load_state
 
     def counted(run_dir: Path) -> dict:
         reads.append(Path(run_dir))
         return read(run_dir)
 
-    monkeypatch.setattr(loop, "load_state", counted)
+    monkeypatch.setattr(resume_settings, "load_state", counted)
     monkeypatch.setattr(engine_module, "load_state", counted)
     monkeypatch.setattr(loop.SegmentationTraining, "_data", lambda self, train, val: (None, EpochPlan(1, 1, 0)))
     monkeypatch.setattr(loop.SegmentationTraining, "_train_steps", lambda self, crops, plan, total: None)

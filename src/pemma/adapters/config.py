@@ -292,7 +292,7 @@ class AdapterConfig:
 
     def resume_settings(self) -> dict[str, Any]:
         """``{label: value}`` of the fields that determine the trained weights, as a checkpoint records them for
-        ``--resume`` to compare (:func:`pemma.training.loop.check_resume_settings`): every field but
+        ``--resume`` to compare (:func:`pemma.training.resume_settings.check_resume_settings`): every field but
         :data:`RESUMABLE_FIELDS`; ``method`` as ``adapter_method``, ``dropout`` as ``adapter_dropout`` (its flag)."""
         labels = {"method": "adapter_method", "dropout": "adapter_dropout"}
         return {labels.get(k, k): v for k, v in self.to_dict().items() if k not in RESUMABLE_FIELDS}

@@ -31,7 +31,8 @@ from pemma.models.accounting import count_parameters
 from pemma.models.loaded import LoadedModel, build_pemma
 from pemma.models.registry import build_backbone
 from pemma.runs import load_weights, save_weights
-from pemma.training.loop import RESUME_REFUSALS, TrainingTask
+from pemma.training.loop import TrainingTask
+from pemma.training.resume_settings import RESUME_REFUSALS
 from pemma.vocab import KIND_PEMMA_FULL
 
 

@@ -24,7 +24,7 @@ from pemma.survival.data import CaseImages, Split
 from pemma.survival.model import PrognosisModel
 from pemma.survival.probe import probe_parameters, select_penalty, solve_head, weight_penalty
 from pemma.training.engine import Engine, StepFn
-from pemma.training.loop import PROCESSES_SETTING, RECORD_KEY, config_settings, refuse_other_settings
+from pemma.training.resume_settings import PROCESSES_SETTING, RECORD_KEY, config_settings, refuse_other_settings
 
 #: columns of a prognosis stage's ``metrics.csv``
 METRIC_FIELDS = ("step", "epoch", "loss", "events", "lr", "seconds")
@@ -36,8 +36,8 @@ UNRECORDED_SETTINGS = ("method", "rank", "alpha")
 def resume_record(cfg: RunConfig, settings: SurvivalConfig, lineage: dict[str, Any] | None) -> dict[str, Any]:
     """``{label: value}`` of what determines a stage's trained weights, saved with its checkpoint (a stage writes no
     ``config.yaml`` before it ends) and compared on ``--resume``: the config's
-    :data:`~pemma.training.loop.RESUME_SETTINGS`, the stage's settings and ``lineage`` (base / parent run by weights
-    checksum, adapter settings, tables). Free to change: ``train.device``, ``checkpoint_every``, progress."""
+    :data:`~pemma.training.resume_settings.RESUME_SETTINGS`, the stage's settings and ``lineage`` (base / parent run
+    by weights checksum, adapter settings, tables). Free to change: ``train.device``, ``checkpoint_every``, progress."""
     own = {k: v for k, v in settings.to_dict().items() if k not in UNRECORDED_SETTINGS}
     return {**config_settings(cfg), **own, **(lineage or {})}
 
