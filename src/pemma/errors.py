@@ -10,6 +10,10 @@ class PemmaError(Exception):
     """
 
 
+class MissingImageError(PemmaError):
+    """A selected case has no image of a requested modality (a caller may add what else the model takes)."""
+
+
 def user_error(exc: BaseException | None) -> PemmaError | None:
     """The :class:`PemmaError` that ``exc`` is or wraps (MONAI's transforms re-raise what a transform raised as a
     ``RuntimeError`` ``from`` the original), or None when ``exc`` is not a user error.

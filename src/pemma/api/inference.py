@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from pemma.api.run import RunLike, name_list, path_of
 from pemma.api.segmentation import Names
-from pemma.errors import PemmaError
+from pemma.errors import MissingImageError, PemmaError
 
 
 def _loaded(model: RunLike, base: RunLike | None, modalities: Names, device: str | None, source: str):
@@ -44,9 +43,9 @@ def _missing_image_hint(loaded: Any, chosen: Sequence[str], asked: bool) -> cont
     def hint():
         try:
             yield
-        except PemmaError as exc:
+        except MissingImageError as exc:
             others = [",".join(s) for s in loaded.input_sets if list(s) != list(chosen)]
-            if asked or not others or not re.search(r": no \w+ image in ", str(exc)):
+            if asked or not others:
                 raise
             raise PemmaError(f"{exc}; the model also takes {' or '.join(others)} (--modalities)") from None
 

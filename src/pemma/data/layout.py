@@ -11,7 +11,7 @@ import numpy as np
 
 from pemma.data import nnunet
 from pemma.data.case import CaseRecord, CaseSplit, Specs, centre_of, found_images
-from pemma.errors import PemmaError
+from pemma.errors import MissingImageError, PemmaError
 from pemma.modalities import NAME_PATTERN, default_registry
 from pemma.vocab import HECKTOR_CENTRES, MODALITY_ALIASES
 
@@ -241,7 +241,8 @@ def select_cases(cases: list[CaseRecord], *, centres: list[str] | None = None, m
             if not NAME_PATTERN.match(str(modality)):
                 raise PemmaError(f"unknown modality {modality!r}")
             if modality not in case.images:
-                raise PemmaError(f"case {case.case_id}: no {modality.upper()} image in {source} ({found_images(case)})")
+                raise MissingImageError(f"case {case.case_id}: no {modality.upper()} image in {source} "
+                                        f"({found_images(case)})")
         if require_label and case.label is None:
             raise PemmaError(f"case {case.case_id}: no label file in {source} (labelsTr/ID.nii.gz; for DICOM an "
                              f"RTSTRUCT or DICOM-SEG drawn on the case's CT series)")
