@@ -19,7 +19,7 @@ from pemma.methods.adaptation import AdaptationSetup
 from pemma.methods.full_finetune import full_finetune_task
 from pemma.models.loaded import LoadedModel
 from pemma.models.registry import build_backbone
-from pemma.protocol.reuse import check_full_finetune_runs
+from pemma.protocol.reuse import check_earlier_constructions
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -79,11 +79,11 @@ def test_reproduce_refuses_to_reuse_an_exact_route_full_finetuning_run(tmp_path:
     run.mkdir(parents=True)
     meta = {"kind": "pemma_full", "adapter_config": {"ct_route": "shared"}}
     (run / "model.json").write_text(json.dumps(meta))
-    check_full_finetune_runs(tmp_path)  # today's runs are reused
+    check_earlier_constructions(tmp_path)  # today's runs are reused
     meta["adapter_config"]["ct_route"] = "exact"
     (run / "model.json").write_text(json.dumps(meta))
     with pytest.raises(PemmaError, match="01_adapt_mda_ct-pet_0000: full fine-tuning run of an earlier pemma"):
-        check_full_finetune_runs(tmp_path)
+        check_earlier_constructions(tmp_path)
 
 
 def test_resume_of_an_exact_route_full_finetuning_checkpoint_says_why(bases, phantom: Path, tmp_path: Path,

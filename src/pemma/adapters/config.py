@@ -19,6 +19,9 @@ PET_PATCH_EMBEDDINGS: tuple[str, ...] = ("copy", "shared")
 PET_SKIP_BLOCKS: tuple[str, ...] = ("conv", "encoder1_copy")
 #: ``AdapterConfig.single_adapter`` choices (Swin): residual 48->48 adapter, or the authors' 48->96 + projection
 SINGLE_ADAPTERS: tuple[str, ...] = ("residual", "projected")
+#: ``AdapterConfig.pet_alone_skip`` choices (UNETR): PET alone's first skip from encoder1 plus the PET block, or the
+#: PET block alone
+PET_ALONE_SKIPS: tuple[str, ...] = ("added", "replaces")
 
 
 @dataclass(frozen=True)
@@ -70,7 +73,7 @@ RESUMABLE_FIELDS: tuple[str, ...] = ("checkpoint_full_resolution", "recompute_do
 #: fields added after checkpoints began to record the adapter settings, with the value every earlier run trained
 #: with: a ``--resume`` of such a checkpoint compares against it (an older authors'-recipe checkpoint validated
 #: CT+PET only, and resuming it under ``each`` would change what its best weights are chosen by)
-RECORDED_BEFORE_FIELD: dict[str, Any] = {"validation_inputs": "full"}
+RECORDED_BEFORE_FIELD: dict[str, Any] = {"validation_inputs": "full", "pet_alone_skip": None}
 
 
 @dataclass
@@ -127,6 +130,15 @@ class AdapterConfig:
         metadata=_help("the PET block of the first skip (part pet_skip): 'conv' (a conv block with a zero-"
                        "initialised output) or 'encoder1_copy' (a copy of the base's encoder1, the authors'; on "
                        "Swin it replaces encoder1 for PET alone instead of being added)."),
+    )
+    pet_alone_skip: str | None = field(
+        default=None,
+        metadata=_help("UNETR: the first (full-resolution) skip of PET alone: 'added' (encoder1 reads the PET and the "
+                       "pet_skip block's output is added: pemma's) or 'replaces' (the pet_skip block alone, as the "
+                       "authors' Swin UNETR does with its PET copy of encoder1: encoder1 then only ever reads CT, so "
+                       "a PET-only update cannot re-fit a module CT alone runs through). None (default): 'added', "
+                       "which every UNETR run before this setting used. Swin UNETR: not settable (pet_skip_block "
+                       "decides: 'encoder1_copy' replaces, 'conv' is added)."),
     )
     single_adapter: str = field(
         default="residual",
@@ -194,6 +206,9 @@ class AdapterConfig:
                               ("validation_inputs", VALIDATION_INPUTS)):
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {list(choices)}, got {getattr(self, name)!r}")
+        if self.pet_alone_skip is not None and self.pet_alone_skip not in PET_ALONE_SKIPS:
+            raise ValueError(f"pet_alone_skip must be one of {list(PET_ALONE_SKIPS)} or None, "
+                             f"got {self.pet_alone_skip!r}")
         if self.pet_patch_embedding == "shared" and self.train_parts is not None \
                 and "pet_embedding" in self.train_parts:
             raise ValueError("train_parts names pet_embedding, but pet_patch_embedding='shared' has none "
@@ -232,6 +247,9 @@ class AdapterConfig:
             if backbone != "unetr":
                 raise ValueError(f"pet_patch_embedding='shared' exists for unetr only, not {backbone!r}")
             parts = tuple(p for p in parts if p != "pet_embedding")
+        if self.pet_alone_skip is not None and backbone != "unetr":
+            raise ValueError(f"pet_alone_skip exists for unetr only, not {backbone!r} (there pet_skip_block decides: "
+                             "'encoder1_copy' replaces encoder1 for PET alone, 'conv' is added to it)")
         if self.single_adapter != "residual" and backbone != "swin_unetr":
             raise ValueError(f"single_adapter={self.single_adapter!r} exists for swin_unetr only, not {backbone!r}")
         foreign = {p for b, new in NEW_PARTS.items() if b != backbone for p in new} - set(NEW_PARTS[backbone])

@@ -71,8 +71,8 @@ def adapt(base: RunLike, data: str | os.PathLike, out: str | os.PathLike, *, cen
           add_modality: str = "pet", method: str = "lora", rank: int | None = None, alpha: float | None = None,
           adapter_dropout: float | None = None, target_modules: Names = None, train_parts: Names = None,
           modality_dropout: Sequence[float] | None = None, ct_route: str | None = None, recipe: str | None = None,
-          validation_inputs: str | None = None, checkpoint_full_resolution: bool | None = None,
-          recompute_dora: bool | None = None, preset: str | None = None,
+          validation_inputs: str | None = None, pet_alone_skip: str | None = None,
+          checkpoint_full_resolution: bool | None = None, recompute_dora: bool | None = None, preset: str | None = None,
           config: str | os.PathLike | None = None, resume: bool = False,
           force: bool = False, overrides: dict[str, dict[str, Any]] | None = None, **settings: Any) -> Run:
     """Add PET to a CT-only run (PEMMA: PET pathway + LoRA / DoRA adapters), or train a baseline from it.
@@ -105,6 +105,9 @@ def adapt(base: RunLike, data: str | os.PathLike, out: str | os.PathLike, *, cen
         validation_inputs: what validation scores to keep the best weights: ``full`` (CT and PET together) or
             ``each`` (CT+PET, CT and PET alone, averaged). Default: the recipe's (``pemma``: full; ``authors``:
             each).
+        pet_alone_skip: UNETR: PET alone's first skip, ``added`` (``encoder1`` reads the PET, the PET skip block's
+            output is added) or ``replaces`` (the PET skip block alone: ``encoder1`` only reads CT, so a PET-only
+            update cannot re-fit it). Default: the recipe's (``pemma``: added; ``authors``: replaces).
         checkpoint_full_resolution: recompute the full-resolution encoders in backward (less training memory;
             :class:`~pemma.adapters.config.AdapterConfig`). Default True.
         recompute_dora: DoRA layers recompute their output in backward (less training memory; same results).
@@ -136,7 +139,7 @@ def adapt(base: RunLike, data: str | os.PathLike, out: str | os.PathLike, *, cen
         given = {"rank": rank, "alpha": alpha, "dropout": adapter_dropout, "target_modules": _tuple(target_modules),
                  "train_parts": _tuple(train_parts),
                  "modality_dropout": None if modality_dropout is None else tuple(modality_dropout),
-                 "ct_route": ct_route, "validation_inputs": validation_inputs,
+                 "ct_route": ct_route, "validation_inputs": validation_inputs, "pet_alone_skip": pet_alone_skip,
                  "checkpoint_full_resolution": checkpoint_full_resolution,
                  "recompute_dora": recompute_dora}
         backbone = _base_backbone(base)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from pemma.adapters.config import AdapterConfig
+from pemma.adapters.config import PET_ALONE_SKIPS, AdapterConfig
 from pemma.cli.options import add_field_flag, add_training_flags, counted, training_settings
 from pemma.vocab import BACKBONES, CT_ROUTES, EXPORT_FORMATS, RECIPES, VALIDATION_INPUTS, method_choices
 
@@ -28,9 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group(
         "adapters (PEMMA; full_finetune builds the same pathway)",
         "A flag not given takes the --recipe's value; the default recipe, pemma: --rank 4 --alpha 8 "
-        "--adapter-dropout 0 --modality-dropout 0.6 0.2 0.2 --ct-route exact --validation-inputs full; authors: "
-        "README and pemma/recipes/authors.yaml. --checkpoint-full-resolution and --recompute-dora are on unless "
-        "turned off.")
+        "--adapter-dropout 0 --modality-dropout 0.6 0.2 0.2 --ct-route exact --validation-inputs full "
+        "(UNETR: --pet-alone-skip added); authors: README and pemma/recipes/authors.yaml. "
+        "--checkpoint-full-resolution and --recompute-dora are on unless turned off.")
     for name in ("rank", "alpha", "target_modules", "train_parts"):
         add_field_flag(g, AdapterConfig, name)
     add_field_flag(g, AdapterConfig, "dropout", "--adapter-dropout")
@@ -38,6 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_field_flag(g, AdapterConfig, "ct_route", choices=CT_ROUTES)
     add_field_flag(g, AdapterConfig, "recipe", choices=RECIPES)
     add_field_flag(g, AdapterConfig, "validation_inputs", choices=VALIDATION_INPUTS)
+    add_field_flag(g, AdapterConfig, "pet_alone_skip", choices=PET_ALONE_SKIPS)
     add_field_flag(g, AdapterConfig, "checkpoint_full_resolution", action=argparse.BooleanOptionalAction)
     add_field_flag(g, AdapterConfig, "recompute_dora", action=argparse.BooleanOptionalAction)
     p.add_argument("--out", required=True, help="run folder of the adapted model")
@@ -99,7 +100,7 @@ def cmd_adapt(args: argparse.Namespace) -> int:
     adapter = {"rank": args.rank, "alpha": args.alpha, "adapter_dropout": args.adapter_dropout,
                "target_modules": args.target_modules, "train_parts": args.train_parts,
                "modality_dropout": args.modality_dropout, "ct_route": args.ct_route, "recipe": args.recipe,
-               "validation_inputs": args.validation_inputs,
+               "validation_inputs": args.validation_inputs, "pet_alone_skip": args.pet_alone_skip,
                "checkpoint_full_resolution": args.checkpoint_full_resolution,
                "recompute_dora": args.recompute_dora}
     run = adapt(args.base, args.data, args.out, centres=args.centres, add_modality=args.add_modality,

@@ -38,12 +38,28 @@ from pemma.models.budget import authors_count
 from pemma.models.loaded import LoadedModel, base_constructor_kwargs, build_pemma
 from pemma.runs import MODEL_FILE, stamp, write_meta
 from pemma.training.loop import TrainingTask
+from pemma.training.resume_settings import RESUME_REFUSALS
 from pemma.vocab import (
     ALL_INPUT_SETS,
     KIND_PEMMA,
     PEMMA_METHODS,
     input_set_name,
 )
+
+
+def _earlier_pet_alone_checkpoint(recorded: dict[str, Any], current: dict[str, Any]) -> str | None:
+    """Why a ``--resume`` of an ``authors``-recipe UNETR checkpoint written before ``pet_alone_skip`` existed is
+    refused: it trained with PET alone reading ``encoder1`` too, the recipe now has it read the PET copy only, and
+    no flag gives the old construction back, so "rerun with the same flags" could not be followed."""
+    if (recorded.get("recipe") == "authors" and recorded.get("pet_alone_skip") is None
+            and current.get("pet_alone_skip") == "replaces"):
+        return ("checkpoint of an authors'-recipe run of an earlier pemma (PET alone read encoder1 besides its PET "
+                "copy); the recipe now has PET alone read the copy only and cannot continue it: start the run over "
+                "(--force, or delete the folder)")
+    return None
+
+
+RESUME_REFUSALS.append(_earlier_pet_alone_checkpoint)
 
 
 def dropout_seed(seed: int, step: int) -> random.Random:

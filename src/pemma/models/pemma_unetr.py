@@ -33,7 +33,8 @@ class PemmaUNETR(PemmaAdaptedModel):
       positions, or at the PET positions when CT is absent. The final ViT LayerNorm is token-wise, so
       applying it to the CT slice equals slicing its output.
     * ``pet_skip`` (a conv block on the raw PET volume, zero-initialised output) is added to the first,
-      full-resolution skip ``encoder1(ct)``. Without CT, ``encoder1`` reads the PET volume instead.
+      full-resolution skip ``encoder1(ct)``. Without CT, ``encoder1`` reads the PET volume instead, or, with
+      ``config.pet_alone_skip="replaces"`` (the authors' recipe), PET alone's first skip is ``pet_skip(pet)`` only.
     * The authors' structure (``--recipe authors``): ``config.pet_patch_embedding="shared"`` sends PET through the
       CT model's frozen patch projection (no ``pet_embedding``), ``config.pet_skip_block="encoder1_copy"`` makes
       ``pet_skip`` a trainable copy of the base's ``encoder1`` (their ``encoder1_pt``).
@@ -139,10 +140,14 @@ class PemmaUNETR(PemmaAdaptedModel):
             hidden.append(x[:, :n_tokens])
         last = net.vit.norm(x[:, :n_tokens])
 
-        enc1 = self._full_resolution(net.encoder1, primary)
-        for m in mods:
-            if m != "ct":
-                enc1 = enc1 + self._full_resolution(self.skip_of(m), inputs[m])
+        # the first skip: encoder1 reads CT (or, without CT and unless config.pet_alone_skip is 'replaces', the
+        # first other modality), and each added modality's skip block is added
+        skips = [self._full_resolution(self.skip_of(m), inputs[m]) for m in mods if m != "ct"]
+        if "ct" in inputs or self.config.pet_alone_skip != "replaces":
+            skips.insert(0, self._full_resolution(net.encoder1, primary))
+        enc1 = skips[0]
+        for skip in skips[1:]:
+            enc1 = enc1 + skip
         enc2 = net.encoder2(net.proj_feat(hidden[3]))
         enc3 = net.encoder3(net.proj_feat(hidden[6]))
         enc4 = net.encoder4(net.proj_feat(hidden[9]))

@@ -80,23 +80,46 @@ def check_same_training(out: Path, settings: Mapping[str, Any]) -> None:
                          "reused as if trained under these: write to another --out, or delete it")
 
 
-def check_full_finetune_runs(out: Path, backbones: Sequence[str] | None = None) -> None:
-    """``out`` may not hold full fine-tuning runs trained before it became one network for every input set
-    (:mod:`pemma.methods.full_finetune`): their ``adapter_config`` records the ``exact`` CT route, under which CT alone
-    ran separate copies that PET-only updates never reach, so reusing them would score the old baseline as the new.
-    Only the runs a call would reuse are looked at: those of ``backbones`` (None: every backbone); the caller checks
-    only when its strategy runs full fine-tuning at all.
+def _earlier_construction(meta: Mapping[str, Any], backbone: str) -> str | None:
+    """What makes a run of ``backbone`` (its ``model.json``) one of an earlier pemma that ``reproduce`` must not reuse
+    as today's, or None: a full fine-tuning run on the ``exact`` CT route (:mod:`pemma.methods.full_finetune`: CT
+    alone ran separate copies that PET-only updates never reach), or an ``authors``-recipe UNETR adaptation recorded
+    before ``pet_alone_skip`` (PET alone read its first skip from ``encoder1`` plus its PET copy, so a PET-only
+    update re-fit the ``encoder1`` CT alone runs through; the recipe now has PET alone read the copy only)."""
+    config = meta.get("adapter_config") or {}
+    if meta.get("kind") == KIND_PEMMA_FULL:
+        if config.get("ct_route") == "exact":
+            return ("full fine-tuning run of an earlier pemma (CT alone ran separate copies of the modules PET-only "
+                    "updates train)")
+        return None
+    if backbone == "unetr" and config.get("recipe") == "authors" and config.get("pet_alone_skip") is None:
+        return ("authors'-recipe run of an earlier pemma (PET alone read encoder1 besides its PET copy, which the "
+                "recipe no longer does)")
+    return None
+
+
+def check_earlier_constructions(out: Path, backbones: Sequence[str] | None = None, *, full_finetune: bool = True,
+                                authors: bool = True) -> None:
+    """``out`` may not hold runs an earlier pemma built another way than today's (:func:`_earlier_construction`):
+    reused, they would be scored as today's method. Only the runs a call would reuse are looked at: those of
+    ``backbones`` (None: every backbone), of full fine-tuning when ``full_finetune`` and of the ``authors`` recipe
+    when ``authors`` (the caller passes what its strategy runs).
 
     Raises:
         PemmaError: naming the first such run; nothing has been written.
     """
-    found = [m for b in (backbones or ["*"]) for m in out.glob(f"runs/{b}/full_finetune*/*/model.json")]
-    for meta_file in sorted(found):
+    found = []
+    for backbone in backbones or ["*"]:
+        if full_finetune:
+            found += out.glob(f"runs/{backbone}/full_finetune*/*/model.json")
+        if authors:
+            found += out.glob(f"runs/{backbone}/pemma_*_authors/*/model.json")
+    for meta_file in sorted(set(found)):
         try:
             meta = json.loads(meta_file.read_text())
         except ValueError:
             continue  # an unreadable run folder is reported where it is read
-        if meta.get("kind") == KIND_PEMMA_FULL and (meta.get("adapter_config") or {}).get("ct_route") == "exact":
-            raise PemmaError(f"{meta_file.parent}: full fine-tuning run of an earlier pemma (CT alone ran separate "
-                             "copies of the modules PET-only updates train); it would be reused as today's baseline: "
-                             "write to another --out, or delete its runs/*/full_finetune folder")
+        why = _earlier_construction(meta, meta_file.parent.parent.parent.name)  # runs/<backbone>/<method>/<run>
+        if why is not None:
+            raise PemmaError(f"{meta_file.parent}: {why}; it would be reused as today's: write to another --out, or "
+                             "delete that run's folder")

@@ -35,7 +35,7 @@ from pemma.protocol.provenance import other_machines_note, record_machine
 from pemma.protocol.results import markdown_report, write_case_results, write_results
 from pemma.protocol.reuse import (
     TRAINING_FILE,
-    check_full_finetune_runs,
+    check_earlier_constructions,
     check_same_split,
     check_same_training,
     training_settings,
@@ -165,8 +165,8 @@ def reproduce(strategy_path: str | Path, data_root: str | Path, out_dir: str | P
         check_same_split(out, split)
         training = training_settings(strategy, [cases_by_id[i] for c in used for i in by_centre[c]])
         check_same_training(out, training)
-        if "full_finetune" in strategy.methods:  # only a strategy that runs it would reuse them
-            check_full_finetune_runs(out, strategy.backbones)
+        check_earlier_constructions(out, strategy.backbones, full_finetune="full_finetune" in strategy.methods,
+                                    authors="authors" in strategy.recipes)  # only the runs this strategy would reuse
         if not checked.ok:
             write_text_atomic(out / "excluded_cases.json", json.dumps(checked.to_dict(), indent=2))
         data = ProtocolData(str(Path(data_root).resolve()), {c.case_id: c for c in all_cases}, split)
