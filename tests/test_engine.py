@@ -240,3 +240,25 @@ def test_ddp_step_reports_the_mean_loss_of_every_process() -> None:
         rank, value = results.get()
         got[rank] = value
     assert got == {0: pytest.approx(2.5), 1: pytest.approx(2.5)}
+
+
+def test_process_group_waits_for_every_process_before_leaving_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A normal exit collects what the body freed (a DDP reducer in a reference cycle) and waits at a barrier before
+    the group is left (freed after it, gloo's destructor could wait for its worker thread forever); an exception
+    leaves the group at once (the other processes may be gone: torchrun stops them)."""
+    import pemma.training.engine as engine_module
+    from pemma.runtime import DistInfo
+
+    calls: list[str] = []
+    monkeypatch.setattr(engine_module, "init_distributed", lambda device: DistInfo(0, 2))
+    monkeypatch.setattr(engine_module.gc, "collect", lambda: calls.append("collect"))
+    monkeypatch.setattr(engine_module, "barrier", lambda dist: calls.append("barrier"))
+    monkeypatch.setattr(engine_module, "cleanup", lambda dist: calls.append("cleanup"))
+    with engine_module.process_group("cpu") as (_, dist):
+        assert dist.enabled
+        calls.append("body")
+    assert calls == ["body", "collect", "barrier", "cleanup"]
+    calls.clear()
+    with pytest.raises(RuntimeError), engine_module.process_group("cpu"):
+        raise RuntimeError("a step failed")
+    assert calls == ["cleanup"]

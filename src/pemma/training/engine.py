@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import math
 import os
@@ -34,6 +35,7 @@ from pemma.runtime import (
     METRIC_FIELDS,
     DistInfo,
     MetricsCSV,
+    barrier,
     cleanup,
     init_distributed,
     mean_over_processes,
@@ -77,11 +79,19 @@ def cosine_schedule(optimizer: torch.optim.Optimizer, total: int) -> torch.optim
 @contextlib.contextmanager
 def process_group(device_name: str) -> Iterator[tuple[torch.device, DistInfo]]:
     """This process's device (``cuda:<LOCAL_RANK>`` under torchrun) and the process group it joins when
-    launched by torchrun (single process otherwise); the group is left on exit."""
+    launched by torchrun (single process otherwise); the group is left on exit.
+
+    On a normal exit every process first collects what the body freed (a DDP reducer in a reference cycle) and waits
+    for the others: a DDP model freed after the group is left made gloo's destructor wait for a worker thread that
+    waited for the GIL, and a two-process test never exited (tests/test_engine.py). The body should drop its
+    engine before it ends (:func:`pemma.training.loop.train_task` does)."""
     device = resolve_device(device_name, int(os.environ.get("LOCAL_RANK", "0")))
     dist = init_distributed(device)
     try:
         yield device, dist
+        if dist.enabled:
+            gc.collect()
+            barrier(dist)
     finally:
         cleanup(dist)
 

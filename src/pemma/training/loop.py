@@ -164,7 +164,9 @@ def train_task(task: TrainingTask, cfg: RunConfig, train_cases: list[CaseRecord]
     with process_group(cfg.train.device) as (device, dist):
         training = SegmentationTraining(task, cfg, Path(out_dir), progress, meta, device, dist, checkpoint)
         del checkpoint  # restored once by the engine, not held for the whole run
-        return training.run(train_cases, val_cases, resume)
+        summary = training.run(train_cases, val_cases, resume)
+        del training  # its engine (a DDP reducer under torchrun) is freed before process_group leaves the group
+    return summary
 
 
 class SegmentationTraining:
