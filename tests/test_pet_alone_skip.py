@@ -123,3 +123,19 @@ def test_resume_of_an_earlier_authors_checkpoint_says_why(tmp_path: Path) -> Non
     pemma_recipe = recipe_config("pemma", "unetr").resume_settings()
     refuse_other_settings(tmp_path, {**RECORDED_BEFORE_FIELD, **{k: v for k, v in pemma_recipe.items()
                                                                 if k != "pet_alone_skip"}}, pemma_recipe)
+
+
+def test_an_earlier_checkpoint_continues_with_the_construction_it_trained_with(tmp_path: Path) -> None:
+    """A checkpoint recorded before the setting (None) built what ``added`` builds: ``--pet-alone-skip added``
+    continues it, and the refusal without the flag says so (no flag repeats None, so "rerun with the same flags"
+    would send the user in a circle)."""
+    from pemma.adapters.config import RECORDED_BEFORE_FIELD
+
+    current = recipe_config("authors", "unetr").resume_settings()
+    recorded = {**RECORDED_BEFORE_FIELD, **{k: v for k, v in current.items() if k != "pet_alone_skip"}}
+    with pytest.raises(PemmaError, match="continue it as it was built with --pet-alone-skip added"):
+        refuse_other_settings(tmp_path, recorded, current)
+    refuse_other_settings(tmp_path, recorded, {**current, "pet_alone_skip": "added"})
+    refuse_other_settings(tmp_path, {**recorded, "pet_alone_skip": "added"}, {**current, "pet_alone_skip": None})
+    with pytest.raises(PemmaError, match="pet_alone_skip added → replaces"):  # another construction stays refused
+        refuse_other_settings(tmp_path, {**recorded, "pet_alone_skip": "added"}, current)

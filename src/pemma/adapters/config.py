@@ -74,6 +74,10 @@ RESUMABLE_FIELDS: tuple[str, ...] = ("checkpoint_full_resolution", "recompute_do
 #: with: a ``--resume`` of such a checkpoint compares against it (an older authors'-recipe checkpoint validated
 #: CT+PET only, and resuming it under ``each`` would change what its best weights are chosen by)
 RECORDED_BEFORE_FIELD: dict[str, Any] = {"validation_inputs": "full", "pet_alone_skip": None}
+#: recorded values that build the same network as another value of their field, which a ``--resume`` compares them
+#: as: ``pet_alone_skip`` None (every UNETR run before the setting) is ``added``, so ``--pet-alone-skip added``
+#: continues such a checkpoint (no flag gives None itself)
+SAME_CONSTRUCTION: dict[str, dict[Any, Any]] = {"pet_alone_skip": {None: "added"}}
 
 
 @dataclass

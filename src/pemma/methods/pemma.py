@@ -50,12 +50,13 @@ from pemma.vocab import (
 def _earlier_pet_alone_checkpoint(recorded: dict[str, Any], current: dict[str, Any]) -> str | None:
     """Why a ``--resume`` of an ``authors``-recipe UNETR checkpoint written before ``pet_alone_skip`` existed is
     refused: it trained with PET alone reading ``encoder1`` too, the recipe now has it read the PET copy only, and
-    no flag gives the old construction back, so "rerun with the same flags" could not be followed."""
+    the checkpoint records no value a flag can repeat (None, which builds what ``added`` builds:
+    :data:`~pemma.adapters.config.SAME_CONSTRUCTION`), so "rerun with the same flags" could not be followed."""
     if (recorded.get("recipe") == "authors" and recorded.get("pet_alone_skip") is None
             and current.get("pet_alone_skip") == "replaces"):
         return ("checkpoint of an authors'-recipe run of an earlier pemma (PET alone read encoder1 besides its PET "
-                "copy); the recipe now has PET alone read the copy only and cannot continue it: start the run over "
-                "(--force, or delete the folder)")
+                "copy); the recipe now has PET alone read the copy only: continue it as it was built with "
+                "--pet-alone-skip added, or start the run over (--force, or delete the folder)")
     return None
 
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pemma.adapters.config import RECORDED_BEFORE_FIELD
+from pemma.adapters.config import RECORDED_BEFORE_FIELD, SAME_CONSTRUCTION
 from pemma.config import RunConfig
 from pemma.errors import PemmaError
 from pemma.runs import CONFIG_FILE, STATE_FILE, load_state
@@ -64,6 +64,12 @@ def _same(old: Any, new: Any) -> bool:
     return bool(old == new)
 
 
+def _as_built(key: str, value: Any) -> Any:
+    """The value of setting ``key`` that builds the same network as ``value`` (:data:`SAME_CONSTRUCTION`)."""
+    same = SAME_CONSTRUCTION.get(key)
+    return same.get(value, value) if same else value
+
+
 def _shown(value: Any) -> str:
     if isinstance(value, dict) and "run" in value:
         return str(value["run"])
@@ -83,7 +89,7 @@ def refuse_other_settings(out_dir: Path, recorded: dict[str, Any], current: dict
             entry).
     """
     diffs = [f"{key} {_shown(old)} → {_shown(current[key])}" for key, old in recorded.items()
-             if key in current and not _same(old, current[key])]
+             if key in current and not _same(_as_built(key, old), _as_built(key, current[key]))]
     reason = next((r for r in (why(recorded, current) for why in RESUME_REFUSALS) if r), None) if diffs else None
     if reason:
         raise PemmaError(f"{out_dir}: {reason}")
