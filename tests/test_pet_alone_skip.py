@@ -139,3 +139,23 @@ def test_an_earlier_checkpoint_continues_with_the_construction_it_trained_with(t
     refuse_other_settings(tmp_path, {**recorded, "pet_alone_skip": "added"}, {**current, "pet_alone_skip": None})
     with pytest.raises(PemmaError, match="pet_alone_skip added → replaces"):  # another construction stays refused
         refuse_other_settings(tmp_path, {**recorded, "pet_alone_skip": "added"}, current)
+
+
+def test_reproduce_refuses_prognosis_stages_started_from_an_earlier_authors_run(tmp_path: Path) -> None:
+    """The hecktor2022 prognosis starts +PET from the authors'-recipe segmentation adapters; once the refused
+    segmentation run is deleted and trained again, its prognosis folder (keyed by the folder's name, not its weights)
+    would be reused as it is: a stage that copied the earlier run's adapter config is refused too."""
+    folder = tmp_path / "runs" / "unetr" / "prognosis_0123456789ab"
+    stage = folder / "lora_ct+pet"
+    stage.mkdir(parents=True)
+    config = recipe_config("authors", "unetr").to_dict()
+    (folder / "ct").mkdir()
+    (folder / "ct" / "survival.json").write_text(json.dumps({"kind": "survival", "adapter_config": None}))
+    (stage / "survival.json").write_text(json.dumps({"kind": "survival", "adapter_config": config}))
+    check_earlier_constructions(tmp_path, ["unetr"])  # started from today's run
+    del config["pet_alone_skip"]
+    (stage / "survival.json").write_text(json.dumps({"kind": "survival", "adapter_config": config}))
+    check_earlier_constructions(tmp_path, ["unetr"], authors=False)  # a strategy without the authors' recipe
+    with pytest.raises(PemmaError, match=r"lora_ct\+pet: prognosis stage started from the adapters of an "
+                                         r"authors'-recipe run of an earlier pemma.*delete that prognosis folder"):
+        check_earlier_constructions(tmp_path, ["unetr"])

@@ -103,23 +103,31 @@ def check_earlier_constructions(out: Path, backbones: Sequence[str] | None = Non
     """``out`` may not hold runs an earlier pemma built another way than today's (:func:`_earlier_construction`):
     reused, they would be scored as today's method. Only the runs a call would reuse are looked at: those of
     ``backbones`` (None: every backbone), of full fine-tuning when ``full_finetune`` and of the ``authors`` recipe
-    when ``authors`` (the caller passes what its strategy runs).
+    when ``authors`` (the caller passes what its strategy runs). With ``authors``, a prognosis stage started from the
+    adapters of such a run (its ``survival.json`` records the run's adapter config) is refused too: its experiment
+    folder is reused as it is once the segmentation run is trained again.
 
     Raises:
         PemmaError: naming the first such run; nothing has been written.
     """
-    found = []
+    found, stages = [], []
     for backbone in backbones or ["*"]:
         if full_finetune:
             found += out.glob(f"runs/{backbone}/full_finetune*/*/model.json")
         if authors:
             found += out.glob(f"runs/{backbone}/pemma_*_authors/*/model.json")
-    for meta_file in sorted(set(found)):
+            stages += out.glob(f"runs/{backbone}/prognosis_*/*/survival.json")
+    for meta_file in sorted(set(found)) + sorted(set(stages)):
         try:
             meta = json.loads(meta_file.read_text())
         except ValueError:
             continue  # an unreadable run folder is reported where it is read
-        why = _earlier_construction(meta, meta_file.parent.parent.parent.name)  # runs/<backbone>/<method>/<run>
-        if why is not None:
-            raise PemmaError(f"{meta_file.parent}: {why}; it would be reused as today's: write to another --out, or "
-                             "delete that run's folder")
+        why = _earlier_construction(meta, meta_file.parent.parent.parent.name)  # runs/<backbone>/<folder>/<run>
+        if why is None:
+            continue
+        if meta_file in stages:
+            raise PemmaError(f"{meta_file.parent}: prognosis stage started from the adapters of an {why}; it would be "
+                             "reused as today's: write to another --out, or delete that prognosis folder "
+                             f"({meta_file.parent.parent}: its stages and lesion-feature chains read that run)")
+        raise PemmaError(f"{meta_file.parent}: {why}; it would be reused as today's: write to another --out, or "
+                         "delete that run's folder")
