@@ -159,3 +159,13 @@ def test_reproduce_refuses_prognosis_stages_started_from_an_earlier_authors_run(
     with pytest.raises(PemmaError, match=r"lora_ct\+pet: prognosis stage started from the adapters of an "
                                          r"authors'-recipe run of an earlier pemma.*delete that prognosis folder"):
         check_earlier_constructions(tmp_path, ["unetr"])
+
+
+def test_a_checkpoint_that_never_recorded_the_setting_gets_no_pet_alone_reason(tmp_path: Path) -> None:
+    """A prognosis stage's checkpoint records its adapter settings as they were (no RECORDED_BEFORE_FIELD): one of
+    an earlier pemma lacks pet_alone_skip, which is then not compared, so another difference (here the epochs) must
+    not be explained as the PET-alone skip (nor send the user to a flag ``pemma survival adapt`` does not have)."""
+    current = {**recipe_config("authors", "unetr").resume_settings(), "train.epochs": 3}
+    recorded = {**{k: v for k, v in current.items() if k != "pet_alone_skip"}, "train.epochs": 2}
+    with pytest.raises(PemmaError, match="other settings than the interrupted run: train.epochs 2 → 3;"):
+        refuse_other_settings(tmp_path, recorded, current)

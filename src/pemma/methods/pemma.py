@@ -52,8 +52,8 @@ def _earlier_pet_alone_checkpoint(recorded: dict[str, Any], current: dict[str, A
     refused: it trained with PET alone reading ``encoder1`` too, the recipe now has it read the PET copy only, and
     the checkpoint records no value a flag can repeat (None, which builds what ``added`` builds:
     :data:`~pemma.adapters.config.SAME_CONSTRUCTION`), so "rerun with the same flags" could not be followed."""
-    if (recorded.get("recipe") == "authors" and recorded.get("pet_alone_skip") is None
-            and current.get("pet_alone_skip") == "replaces"):
+    if (recorded.get("recipe") == "authors" and "pet_alone_skip" in recorded  # a prognosis checkpoint may lack it
+            and recorded["pet_alone_skip"] is None and current.get("pet_alone_skip") == "replaces"):
         return ("checkpoint of an authors'-recipe run of an earlier pemma (PET alone read encoder1 besides its PET "
                 "copy); the recipe now has PET alone read the copy only: continue it as it was built with "
                 "--pet-alone-skip added, or start the run over (--force, or delete the folder)")
