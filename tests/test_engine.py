@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import copy
+import gc
 import logging
 import math
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -245,13 +247,15 @@ def test_ddp_step_reports_the_mean_loss_of_every_process() -> None:
 def test_process_group_waits_for_every_process_before_leaving_it(monkeypatch: pytest.MonkeyPatch) -> None:
     """A normal exit collects what the body freed (a DDP reducer in a reference cycle) and waits at a barrier before
     the group is left (freed after it, gloo's destructor could wait for its worker thread forever); an exception
-    leaves the group at once (the other processes may be gone: torchrun stops them)."""
+    leaves the group without waiting (the others may be gone: torchrun stops them), the failed calls' locals freed
+    first."""
     import pemma.training.engine as engine_module
     from pemma.runtime import DistInfo
 
     calls: list[str] = []
+    collect = gc.collect
     monkeypatch.setattr(engine_module, "init_distributed", lambda device: DistInfo(0, 2))
-    monkeypatch.setattr(engine_module.gc, "collect", lambda: calls.append("collect"))
+    monkeypatch.setattr(engine_module.gc, "collect", lambda: calls.append("collect") or collect())
     monkeypatch.setattr(engine_module, "barrier", lambda dist: calls.append("barrier"))
     monkeypatch.setattr(engine_module, "cleanup", lambda dist: calls.append("cleanup"))
     with engine_module.process_group("cpu") as (_, dist):
@@ -259,6 +263,17 @@ def test_process_group_waits_for_every_process_before_leaving_it(monkeypatch: py
         calls.append("body")
     assert calls == ["body", "collect", "barrier", "cleanup"]
     calls.clear()
-    with pytest.raises(RuntimeError), engine_module.process_group("cpu"):
+
+    class Held:  # stands for a DDP model a failed training call still held
+        pass
+
+    def failing_step() -> None:
+        held = Held()
+        alive.append(weakref.ref(held))
         raise RuntimeError("a step failed")
-    assert calls == ["cleanup"]
+
+    alive: list[weakref.ref] = []
+    monkeypatch.setattr(engine_module, "cleanup", lambda dist: calls.append(f"cleanup, held {alive[0]() is not None}"))
+    with pytest.raises(RuntimeError), engine_module.process_group("cpu"):
+        failing_step()
+    assert calls == ["collect", "cleanup, held False"]  # no barrier; the failed call's locals gone first

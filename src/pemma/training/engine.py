@@ -19,6 +19,7 @@ import gc
 import logging
 import math
 import os
+import traceback
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -84,7 +85,9 @@ def process_group(device_name: str) -> Iterator[tuple[torch.device, DistInfo]]:
     On a normal exit every process first collects what the body freed (a DDP reducer in a reference cycle) and waits
     for the others: a DDP model freed after the group is left made gloo's destructor wait for a worker thread that
     waited for the GIL, and a two-process test never exited (tests/test_engine.py). The body should drop its
-    engine before it ends (:func:`pemma.training.loop.train_task` does)."""
+    engine before it ends (:func:`pemma.training.loop.train_task` does). On an exception the locals of the calls that
+    failed (the traceback's frames) are cleared and collected before the group is left, without waiting for the
+    others (they may be gone: torchrun stops them)."""
     device = resolve_device(device_name, int(os.environ.get("LOCAL_RANK", "0")))
     dist = init_distributed(device)
     try:
@@ -92,6 +95,11 @@ def process_group(device_name: str) -> Iterator[tuple[torch.device, DistInfo]]:
         if dist.enabled:
             gc.collect()
             barrier(dist)
+    except BaseException as exc:
+        if dist.enabled:  # the failed calls' locals (a DDP model) go before the group, not with the traceback later
+            traceback.clear_frames(exc.__traceback__)
+            gc.collect()
+        raise
     finally:
         cleanup(dist)
 
