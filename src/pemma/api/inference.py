@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,21 +35,17 @@ def _loaded(model: RunLike, base: RunLike | None, modalities: Names, device: str
     return loaded, chosen, dev
 
 
-def _missing_image_hint(loaded: Any, chosen: Sequence[str], asked: bool) -> contextlib.AbstractContextManager:
+@contextlib.contextmanager
+def _missing_image_hint(loaded: Any, chosen: Sequence[str], asked: bool) -> Iterator[None]:
     """A case without an image of the input set the model defaults to (no ``--modalities`` given): the one-line
     error also names the other input sets the model takes (a CT+PET model given CT alone: ``--modalities ct``)."""
-
-    @contextlib.contextmanager
-    def hint():
-        try:
-            yield
-        except MissingImageError as exc:
-            others = [",".join(s) for s in loaded.input_sets if list(s) != list(chosen)]
-            if asked or not others:
-                raise
-            raise PemmaError(f"{exc}; the model also takes {' or '.join(others)} (--modalities)") from None
-
-    return hint()
+    try:
+        yield
+    except MissingImageError as exc:
+        others = [",".join(s) for s in loaded.input_sets if list(s) != list(chosen)]
+        if asked or not others:
+            raise
+        raise PemmaError(f"{exc}; the model also takes {' or '.join(others)} (--modalities)") from None
 
 
 def _window(roi: Sequence[int] | None, overlap: float | None, sw_batch_size: int | None, amp: bool | None):
