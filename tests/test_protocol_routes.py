@@ -41,6 +41,36 @@ def test_routes_and_recipes_of_a_strategy() -> None:
     assert method_folder("pemma_lora", "shared", "authors") == "pemma_lora_shared_authors"
 
 
+def test_recipes_per_route() -> None:
+    """``recipes: {route: [...]}``: each route runs its own recipes (the demo: pemma's on the exact route, the
+    authors' on the paper's shared route), which the findings' views follow; a list applies to every route."""
+    from pemma.protocol.routes import pairs
+    from pemma.protocol.strategy_file import load_strategy
+
+    raw = {**RAW, "routes": {"pemma_lora": ["exact", "shared"]},
+           "recipes": {"exact": ["pemma"], "shared": ["authors"]}}
+    per_route = parse_strategy(raw)
+    assert per_route.recipes == {"exact": ("pemma",), "shared": ("authors",)}
+    assert pairs(per_route, "pemma_lora") == [("exact", "pemma"), ("shared", "authors")]
+    assert pairs(per_route, "pemma_dora") == [("exact", "pemma")]
+    assert per_route.pairs == (("exact", "pemma"), ("shared", "authors"))
+    assert parse_strategy(per_route.to_dict()) == per_route
+    # a route the mapping does not name runs pemma's recipe; --recipe replaces the mapping for every route
+    assert pairs(parse_strategy({**raw, "recipes": {"shared": ["authors", "pemma"]}}), "pemma_lora") == \
+        [("exact", "pemma"), ("shared", "authors"), ("shared", "pemma")]
+    assert pairs(per_route.with_overrides(recipes=["authors"]), "pemma_lora") == [("exact", "authors"),
+                                                                                  ("shared", "authors")]
+    assert pairs(per_route.with_overrides(routes=["shared"]), "pemma_dora") == [("shared", "authors")]
+    assert parse_strategy(RAW).pairs == (("exact", "pemma"),)
+    # the demo shows pemma's exact route beside the paper's method on the paper's route
+    assert pairs(load_strategy("demo"), "pemma_lora") == [("exact", "pemma"), ("shared", "authors")]
+    for bad, message in (({"exakt": ["pemma"]}, "recipes: 'exakt' is not a CT route"),
+                         ({"shared": ["paper"]}, "recipes of shared: unknown name 'paper'"),
+                         ({"shared": []}, "recipes of shared")):
+        with pytest.raises(StrategyError, match=message):
+            parse_strategy({**raw, "recipes": bad})
+
+
 def test_prognosis_starts_from_the_chosen_segmentation_run(capsys: pytest.CaptureFixture[str]) -> None:
     from pemma.protocol.chains import ProtocolData
     from pemma.protocol.prognosis_plan import prognosis_folder, prognosis_jobs, prognosis_source

@@ -103,9 +103,8 @@ def collect_findings(rows: Sequence[Mapping[str, Any]], strategy: Any,
         prognosis: the prognosis rows (None or empty: the C-index claims are "not run").
     """
     seed = strategy.split.seed
-    pairs = [(route, recipe) for route in strategy.all_routes for recipe in strategy.recipes]
     out: dict[str, list[dict[str, Any]]] = {}
-    for route, recipe in pairs:
+    for route, recipe in strategy.pairs:
         suffix = "" if (route, recipe) == (DEFAULT_ROUTE, DEFAULT_RECIPE) else f" · {route} · {recipe}"
         for backbone in strategy.backbones:
             for variant in strategy.variant_names:

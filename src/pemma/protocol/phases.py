@@ -88,6 +88,20 @@ def check_routes(routes: Any) -> tuple[str, ...] | dict[str, tuple[str, ...]]:
     return checked
 
 
+def check_recipes(recipes: Any) -> tuple[str, ...] | dict[str, tuple[str, ...]]:
+    """A strategy's ``recipes``: a list of recipes for every CT route, or ``{CT route: recipes}`` (e.g. the paper's
+    recipe on the paper's route only: ``{exact: [pemma], shared: [authors]}``)."""
+    if not isinstance(recipes, Mapping):
+        return names_in(recipes, RECIPES, "recipes")
+    checked = {}
+    for route, names in recipes.items():
+        if not isinstance(route, str) or route.strip() not in CT_ROUTES:
+            raise StrategyError(f"recipes: {route!r} is not a CT route (recipes per route name "
+                                f"{', '.join(CT_ROUTES)})")
+        checked[route.strip()] = names_in(names, RECIPES, f"recipes of {route.strip()}")
+    return checked
+
+
 def check_variants(variants: Any, phases: Sequence[Phase]) -> list[str]:
     """The variant names of ``variants`` (``{variant: {phase name: {centres / modalities}}}``), each entry checked
     for its shape and keys; expanding and checking each variant's phases is the strategy's."""

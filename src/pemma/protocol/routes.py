@@ -1,10 +1,11 @@
 """Routes and recipes in the protocol: which (CT route, recipe) pairs each method runs with, where their runs live,
 and how they reach :func:`pemma.methods.adapt` / :func:`pemma.methods.update`.
 
-The PEMMA methods run once per pair of the strategy's ``routes`` x ``recipes`` (:data:`pemma.vocab.CT_ROUTES`,
-:data:`pemma.vocab.RECIPES`); the baselines (early fusion, late fusion, full fine-tuning) have neither and run once,
-with ``route`` and ``recipe`` left empty in the results. The default pair (``exact``, ``pemma``) keeps the run folder
-of a method as it always was (``runs/<backbone>/<method>/<key>``), so old result folders resume; any other pair gets
+The PEMMA methods run once per pair of the strategy's ``routes`` and each route's ``recipes``
+(:data:`pemma.vocab.CT_ROUTES`, :data:`pemma.vocab.RECIPES`; :meth:`~pemma.protocol.strategy.Strategy.recipes_of`);
+the baselines (early fusion, late fusion, full fine-tuning) have neither and run once, with ``route`` and ``recipe``
+left empty in the results. The default pair (``exact``, ``pemma``) keeps the run folder of a method as it always
+was (``runs/<backbone>/<method>/<key>``), so old result folders resume; any other pair gets
 ``runs/<backbone>/<method>_<route>_<recipe>/<key>``.
 
 Only what differs from the defaults is passed on: a non-default pair becomes the ``adapter_cfg`` of
@@ -12,8 +13,8 @@ Only what differs from the defaults is passed on: a non-default pair becomes the
 route on top; updates inherit both from the run they continue.
 
 Example:
-    >>> pairs(strategy, "pemma_lora")
-    [('exact', 'pemma'), ('shared', 'pemma')]
+    >>> pairs(load_strategy("demo"), "pemma_lora")  # routes {pemma_lora: [exact, shared]}, recipes per route
+    [('exact', 'pemma'), ('shared', 'authors')]
     >>> method_folder("pemma_lora", "shared", "pemma")
     'pemma_lora_shared_pemma'
 """
@@ -31,16 +32,16 @@ from pemma.vocab import PEMMA_METHODS
 
 
 def pairs(strategy: Any, method: str) -> list[tuple[str, str]]:
-    """The (route, recipe) pairs ``method`` runs with: the strategy's product for PEMMA methods, ``[("", "")]`` for
-    the baselines.
+    """The (route, recipe) pairs ``method`` runs with: each of its routes with that route's recipes for PEMMA methods,
+    ``[("", "")]`` for the baselines.
 
     Args:
-        strategy: a :class:`~pemma.protocol.strategy.Strategy` (its ``routes_of(method)`` and ``recipes``).
+        strategy: a :class:`~pemma.protocol.strategy.Strategy` (its ``routes_of(method)`` and ``recipes_of(route)``).
         method: a canonical method name.
     """
     if method not in PEMMA_METHODS:
         return [("", "")]
-    return [(route, recipe) for route in strategy.routes_of(method) for recipe in strategy.recipes]
+    return [(route, recipe) for route in strategy.routes_of(method) for recipe in strategy.recipes_of(route)]
 
 
 def method_folder(method: str, route: str, recipe: str) -> str:

@@ -165,8 +165,9 @@ def reproduce(strategy_path: str | Path, data_root: str | Path, out_dir: str | P
         check_same_split(out, split)
         training = training_settings(strategy, [cases_by_id[i] for c in used for i in by_centre[c]])
         check_same_training(out, training)
+        # only the runs this strategy would reuse
         check_earlier_constructions(out, strategy.backbones, full_finetune="full_finetune" in strategy.methods,
-                                    authors="authors" in strategy.recipes)  # only the runs this strategy would reuse
+                                    authors=any(recipe == "authors" for _, recipe in strategy.pairs))
         if not checked.ok:
             write_text_atomic(out / "excluded_cases.json", json.dumps(checked.to_dict(), indent=2))
         data = ProtocolData(str(Path(data_root).resolve()), {c.case_id: c for c in all_cases}, split)

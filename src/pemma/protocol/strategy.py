@@ -13,7 +13,8 @@ A strategy is a small YAML file (``strategies/hecktor2022.yaml`` is the authors'
     methods: [pemma_lora, pemma_dora, early_fusion, late_fusion, full_finetune]
     routes: [exact]             # CT routes of the PEMMA methods (pemma.vocab.CT_ROUTES), or per method:
                                 # {pemma_lora: [exact, shared]}; --ct-route overrides
-    recipes: [pemma]            # adaptation recipes of the PEMMA methods (pemma.vocab.RECIPES); --recipe overrides
+    recipes: [pemma]            # adaptation recipes of the PEMMA methods (pemma.vocab.RECIPES), or per CT route:
+                                # {exact: [pemma], shared: [authors]}; --recipe overrides
     phases:                     # {name, operation, centres, modalities}, in training order
       - {name: pretrain, operation: pretrain, centres: [CHUM, CHUP, CHUS, CHUV], modalities: [ct]}
       - ...
@@ -21,7 +22,8 @@ A strategy is a small YAML file (``strategies/hecktor2022.yaml`` is the authors'
       pet_only: {}
       ct_only: {update_hgj: {modalities: [ct]}, update_hmr: {modalities: [ct]}}
 
-Routes and recipes: the PEMMA methods run once per (route, recipe) pair; the baselines once (they have neither).
+Routes and recipes: the PEMMA methods run once per (route, recipe) pair, each of their routes with the recipes of
+that route (:meth:`Strategy.recipes_of`); the baselines once (they have neither).
 
 Operations: ``pretrain`` trains the CT base model (shared by every method); ``adapt`` adds a modality to
 it (PEMMA adapters, or a baseline built from the base); ``update`` continues training an adapted model on
@@ -75,11 +77,11 @@ from pemma.protocol.phases import (
     check_centres,
     check_methods,
     check_order,
+    check_recipes,
     check_routes,
     check_variants,
     eval_input_sets,
     name_list,
-    names_in,
 )
 from pemma.protocol.split import split_case_ids
 from pemma.runtime import valid_workers
@@ -90,7 +92,6 @@ from pemma.vocab import (
     HECKTOR_CENTRES,
     METHODS,
     PEMMA_METHODS,
-    RECIPES,
     canonical_method,
     method_choices,
 )
@@ -158,7 +159,7 @@ class Strategy:
     source: str = "<strategy>"
     prognosis: PrognosisSpec | None = None
     routes: tuple[str, ...] | Mapping[str, tuple[str, ...]] = ("exact",)
-    recipes: tuple[str, ...] = ("pemma",)
+    recipes: tuple[str, ...] | Mapping[str, tuple[str, ...]] = ("pemma",)
 
     def __post_init__(self) -> None:
         try:
@@ -175,7 +176,7 @@ class Strategy:
         for m in name_list(self.methods, "methods"):
             if m not in method_choices():
                 raise StrategyError(f"unknown method {m!r} (known: {', '.join(METHODS)})")
-        object.__setattr__(self, "recipes", names_in(self.recipes, RECIPES, "recipes"))
+        object.__setattr__(self, "recipes", check_recipes(self.recipes))
         object.__setattr__(self, "routes", check_routes(self.routes))
         if self.preset not in _available_presets():
             raise StrategyError(f"unknown preset {self.preset!r} (known: {', '.join(_available_presets())})")
@@ -226,6 +227,19 @@ class Strategy:
         """Every route some PEMMA method of the strategy runs with, in :data:`pemma.vocab.CT_ROUTES` order."""
         used = {r for m in self.methods if m in PEMMA_METHODS for r in self.routes_of(m)}
         return tuple(r for r in CT_ROUTES if r in used) or ("exact",)
+
+    def recipes_of(self, route: str) -> tuple[str, ...]:
+        """The recipes the PEMMA methods run with on CT route ``route`` (``recipes`` as a list: every route; as a
+        mapping: per route, ``pemma`` for a route it does not list)."""
+        if isinstance(self.recipes, Mapping):
+            return tuple(self.recipes.get(route, ("pemma",)))
+        return tuple(self.recipes)
+
+    @property
+    def pairs(self) -> tuple[tuple[str, str], ...]:
+        """Every (route, recipe) some PEMMA method of the strategy runs with: each of :attr:`all_routes` with its
+        :meth:`recipes_of`."""
+        return tuple((route, recipe) for route in self.all_routes for recipe in self.recipes_of(route))
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -375,7 +389,8 @@ class Strategy:
                 "split": dataclasses.asdict(self.split), "methods": list(self.methods),
                 "routes": ({m: list(r) for m, r in self.routes.items()} if isinstance(self.routes, Mapping)
                            else list(self.routes)),
-                "recipes": list(self.recipes),
+                "recipes": ({r: list(n) for r, n in self.recipes.items()} if isinstance(self.recipes, Mapping)
+                            else list(self.recipes)),
                 "phases": [{"name": p.name, "operation": p.operation, "centres": list(p.centres),
                             "modalities": list(p.modalities), **({"epochs": p.epochs} if p.epochs else {})}
                            for p in self.phases],
