@@ -75,31 +75,32 @@ def check_keys(raw: Any, allowed: Sequence[str], where: str) -> None:
         raise StrategyError(f"{where}: unknown key {unknown[0]!r} (allowed: {', '.join(allowed)})")
 
 
+def names_per_key(value: Any, known: Sequence[str], what: str, keys: Sequence[str], not_a_key: str,
+                  ) -> tuple[str, ...] | dict[str, tuple[str, ...]]:
+    """A list of names (each one of ``known``), or ``{key: names}`` with each key one of ``keys``; an unknown key
+    raises ``"<what>: <key> is not <not_a_key>"``."""
+    if not isinstance(value, Mapping):
+        return names_in(value, known, what)
+    checked = {}
+    for key, names in value.items():
+        if not isinstance(key, str) or key.strip() not in keys:
+            raise StrategyError(f"{what}: {key!r} is not {not_a_key}")
+        checked[key.strip()] = names_in(names, known, f"{what} of {key.strip()}")
+    return checked
+
+
 def check_routes(routes: Any) -> tuple[str, ...] | dict[str, tuple[str, ...]]:
     """A strategy's ``routes``: a list of CT routes for every PEMMA method, or ``{PEMMA method: routes}``."""
-    if not isinstance(routes, Mapping):
-        return names_in(routes, CT_ROUTES, "routes")
-    checked = {}
-    for method, names in routes.items():
-        if not isinstance(method, str) or method.strip() not in PEMMA_METHODS:
-            raise StrategyError(f"routes: {method!r} is not a PEMMA method (routes per method name "
-                                f"{', '.join(PEMMA_METHODS)}; the baselines have no route)")
-        checked[method.strip()] = names_in(names, CT_ROUTES, f"routes of {method.strip()}")
-    return checked
+    return names_per_key(routes, CT_ROUTES, "routes", tuple(PEMMA_METHODS),
+                         f"a PEMMA method (routes per method name {', '.join(PEMMA_METHODS)}; the baselines have no "
+                         "route)")
 
 
 def check_recipes(recipes: Any) -> tuple[str, ...] | dict[str, tuple[str, ...]]:
     """A strategy's ``recipes``: a list of recipes for every CT route, or ``{CT route: recipes}`` (e.g. the paper's
     recipe on the paper's route only: ``{exact: [pemma], shared: [authors]}``)."""
-    if not isinstance(recipes, Mapping):
-        return names_in(recipes, RECIPES, "recipes")
-    checked = {}
-    for route, names in recipes.items():
-        if not isinstance(route, str) or route.strip() not in CT_ROUTES:
-            raise StrategyError(f"recipes: {route!r} is not a CT route (recipes per route name "
-                                f"{', '.join(CT_ROUTES)})")
-        checked[route.strip()] = names_in(names, RECIPES, f"recipes of {route.strip()}")
-    return checked
+    return names_per_key(recipes, RECIPES, "recipes", CT_ROUTES, f"a CT route (recipes per route name "
+                                                                  f"{', '.join(CT_ROUTES)})")
 
 
 def check_variants(variants: Any, phases: Sequence[Phase]) -> list[str]:
