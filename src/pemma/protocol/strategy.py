@@ -83,6 +83,7 @@ from pemma.protocol.phases import (
     eval_input_sets,
     name_list,
 )
+from pemma.protocol.results import DEFAULT_RECIPE, DEFAULT_ROUTE
 from pemma.protocol.split import split_case_ids
 from pemma.runtime import valid_workers
 from pemma.vocab import (
@@ -158,8 +159,8 @@ class Strategy:
     dataset_centres: tuple[str, ...] | None = None
     source: str = "<strategy>"
     prognosis: PrognosisSpec | None = None
-    routes: tuple[str, ...] | Mapping[str, tuple[str, ...]] = ("exact",)
-    recipes: tuple[str, ...] | Mapping[str, tuple[str, ...]] = ("pemma",)
+    routes: tuple[str, ...] | Mapping[str, tuple[str, ...]] = (DEFAULT_ROUTE,)
+    recipes: tuple[str, ...] | Mapping[str, tuple[str, ...]] = (DEFAULT_RECIPE,)
 
     def __post_init__(self) -> None:
         try:
@@ -219,20 +220,20 @@ class Strategy:
         """The CT routes ``method`` runs with (``routes`` as a list: every PEMMA method; as a mapping: per method,
         ``exact`` for a PEMMA method it does not list)."""
         if isinstance(self.routes, Mapping):
-            return tuple(self.routes.get(method, ("exact",)))
+            return tuple(self.routes.get(method, (DEFAULT_ROUTE,)))
         return tuple(self.routes)
 
     @property
     def all_routes(self) -> tuple[str, ...]:
         """Every route some PEMMA method of the strategy runs with, in :data:`pemma.vocab.CT_ROUTES` order."""
         used = {r for m in self.methods if m in PEMMA_METHODS for r in self.routes_of(m)}
-        return tuple(r for r in CT_ROUTES if r in used) or ("exact",)
+        return tuple(r for r in CT_ROUTES if r in used) or (DEFAULT_ROUTE,)
 
     def recipes_of(self, route: str) -> tuple[str, ...]:
         """The recipes the PEMMA methods run with on CT route ``route`` (``recipes`` as a list: every route; as a
         mapping: per route, ``pemma`` for a route it does not list)."""
         if isinstance(self.recipes, Mapping):
-            return tuple(self.recipes.get(route, ("pemma",)))
+            return tuple(self.recipes.get(route, (DEFAULT_RECIPE,)))
         return tuple(self.recipes)
 
     @property
